@@ -19,8 +19,10 @@ export type Hypers = Record<string, HyperValue>;
 export interface HyperSpec {
   name: string;
   type: 'number' | 'boolean' | 'pair';
-  /** torch's default; `undefined` means required (e.g. SGD's lr). */
+  /** torch's default; `undefined` (and no defaultFrom) means required (e.g. SGD's lr). */
   default?: HyperValue;
+  /** When not given, takes the resolved value of this other hyperparameter (lr_out: 'lr'). */
+  defaultFrom?: string;
   minimum?: number;
   maximum?: number;
   exclusiveMinimum?: number;
