@@ -58,6 +58,7 @@ demo: build
 clean:
 	rm -rf node_modules */node_modules ts-server/dist ts-client/dist ts-server/generated ts-client/generated python-runner/mur/_proto $(VENV)
 
-# --- placeholders, each replaced by the issue that owns it ---
-native: node-deps
-	@echo "native tensorflow backend: not set up yet (server runs on wasm)"
+# Native TensorFlow backend for tfjs-node from the tensorflow-cpu wheel
+# (cached in $${MUR_CACHE:-~/.cache/mur}); says why and goes on when impossible.
+native: node-deps py-deps
+	bash scripts/native-backend.sh

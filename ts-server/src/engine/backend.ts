@@ -13,10 +13,13 @@ function tryRegister(name: BackendName): boolean {
   try {
     switch (name) {
       case 'tensorflow':
-        // The addon registers the 'tensorflow' backend on import.
+        // The addon registers the 'tensorflow' backend on import. Its build
+        // comes from `make native` (scripts/native-backend.sh).
+        process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
         require('@tensorflow/tfjs-node');
         return true;
       case 'tensorflow-gpu':
+        process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
         require('@tensorflow/tfjs-node-gpu');
         return true;
       case 'wasm': {
