@@ -1,5 +1,14 @@
 // Every optimizer the service offers, by name. GetCapabilities is read off this list.
 import type { OptimizerDef } from '../engine/types';
+import { adadelta } from './adadelta';
+import { adagrad } from './adagrad';
+import { adam } from './adam';
+import { adamax } from './adamax';
+import { adamw } from './adamw';
+import { lion } from './lion';
+import { nadam } from './nadam';
+import { radam } from './radam';
+import { rmsprop } from './rmsprop';
 import { sgd } from './sgd';
 
-export const OPTIMIZERS: readonly OptimizerDef[] = [sgd];
+export const OPTIMIZERS: readonly OptimizerDef[] = [sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion];

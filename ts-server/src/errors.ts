@@ -1,0 +1,20 @@
+// Typed errors raised where a problem is found. grpc/status.ts maps them to
+// gRPC status codes in one place; their messages go to the client as they are.
+export class MurError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+/** The request is malformed: a bad spec, id, shape, dtype, value. */
+export class InvalidArgument extends MurError {}
+/** The named session does not exist (never created, or closed). */
+export class NotFound extends MurError {}
+/** The request is well formed but the session is not in a state to take it. */
+export class FailedPrecondition extends MurError {}
+/** A size limit was exceeded. */
+export class ResourceExhausted extends MurError {}
+/** A stream broke its own framing: chunks out of order, a step never closed. */
+export class OutOfRange extends MurError {}
+/** A stream ended before a frame it had announced was complete. */
+export class Aborted extends MurError {}
