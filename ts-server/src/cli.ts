@@ -1,0 +1,131 @@
+#!/usr/bin/env node
+// mur-server: the optimizer service on one port.
+import * as fs from 'fs';
+import { BACKEND_NAMES, initBackend, type BackendName } from './engine/backend';
+import { startServer } from './grpc/server';
+import { log } from './log';
+import { checkSpecJson, type SpecJson } from './registry';
+
+const HELP = `mur-server: remote optimizer service (multiplicative update rules)
+
+Usage: mur-server [options]
+  --port N            port to listen on (0: any free port; default 50051)
+  --host H            address to bind (default 127.0.0.1)
+  --backend NAME      tensor backend: ${BACKEND_NAMES.join(' | ')}
+                      (default: tensorflow when @tensorflow/tfjs-node loads, else wasm)
+  --config FILE       default optimizer spec (JSON, same schema as CreateSession's spec)
+  --max-message-mb N  largest gRPC message accepted or sent (default 64)
+  --chunk-kb N        size of the chunks of streamed tensors (default 1024)
+  --help              this text
+
+On start it prints {"event":"listening","port":N,"backend":"..."} on stdout.
+Logs are JSON lines on stderr. SIGTERM/SIGINT shut it down gracefully.`;
+
+export interface CliOptions {
+  port: number;
+  host: string;
+  backend?: BackendName;
+  config?: SpecJson;
+  maxMessageBytes: number;
+  chunkBytes: number;
+}
+
+function positive(flag: string, v: string | undefined, allowZero = false): number {
+  const n = Number(v);
+  if (v === undefined || !Number.isInteger(n) || n < 0 || (!allowZero && n === 0)) {
+    throw new Error(`${flag}: ${JSON.stringify(v ?? null)} is not a ${allowZero ? 'non-negative' : 'positive'} integer`);
+  }
+  return n;
+}
+
+export function parseArgs(argv: string[]): CliOptions | 'help' {
+  const o: CliOptions = { port: 50051, host: '127.0.0.1', maxMessageBytes: 64 << 20, chunkBytes: 1 << 20 };
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i];
+    const next = () => argv[++i];
+    switch (flag) {
+      case '--help':
+      case '-h':
+        return 'help';
+      case '--port':
+        o.port = positive(flag, next(), true);
+        if (o.port > 65535) throw new Error(`--port: ${o.port} is not a port`);
+        break;
+      case '--host':
+        o.host = next() ?? '';
+        if (!o.host) throw new Error('--host: missing value');
+        break;
+      case '--backend': {
+        const b = next();
+        if (!BACKEND_NAMES.includes(b as BackendName)) throw new Error(`--backend: ${JSON.stringify(b ?? null)} is not one of ${BACKEND_NAMES.join(', ')}`);
+        o.backend = b as BackendName;
+        break;
+      }
+      case '--config': {
+        const file = next();
+        if (!file) throw new Error('--config: missing file name');
+        let json: unknown;
+        try {
+          json = JSON.parse(fs.readFileSync(file, 'utf8'));
+        } catch (e) {
+          throw new Error(`--config: cannot read ${file}: ${(e as Error).message}`);
+        }
+        checkSpecJson(json, `--config ${file}: `);
+        o.config = json;
+        break;
+      }
+      case '--max-message-mb':
+        o.maxMessageBytes = positive(flag, next()) * 1024 * 1024;
+        break;
+      case '--chunk-kb':
+        o.chunkBytes = positive(flag, next()) * 1024;
+        break;
+      default:
+        throw new Error(`unknown option ${JSON.stringify(flag)} (see --help)`);
+    }
+  }
+  return o;
+}
+
+async function main(): Promise<void> {
+  let opts: CliOptions | 'help';
+  try {
+    opts = parseArgs(process.argv.slice(2));
+  } catch (e) {
+    process.stderr.write(`mur-server: ${(e as Error).message}\n`);
+    process.exit(2);
+  }
+  if (opts === 'help') {
+    process.stdout.write(HELP + '\n');
+    return;
+  }
+  const backend = await initBackend(opts.backend);
+  const server = await startServer({
+    port: opts.port,
+    host: opts.host,
+    maxMessageBytes: opts.maxMessageBytes,
+    chunkBytes: opts.chunkBytes,
+    defaultSpec: opts.config,
+  });
+  process.stdout.write(JSON.stringify({ event: 'listening', port: server.port, host: opts.host, backend }) + '\n');
+  log('info', 'listening', { port: server.port, host: opts.host, backend });
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log('info', 'shutdown', { signal });
+    server.close().then(() => {
+      log('info', 'stopped', {});
+      process.exit(0);
+    });
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+if (require.main === module) {
+  main().catch((e) => {
+    process.stderr.write(`mur-server: ${(e as Error).message}\n`);
+    process.exit(1);
+  });
+}

@@ -1,0 +1,27 @@
+// CreateSession: validate the spec and the declarations, then allocate.
+import type { CreateSessionReply, CreateSessionRequest } from '../../../generated/mur/v1/optimizer';
+import { InvalidArgument } from '../../errors';
+import { resolveSpec } from '../../registry';
+import type { ParamDeclaration } from '../../session/session';
+import { bytesToF32, checkDtype } from '../../wire/tensors';
+import type { ServerContext } from '../context';
+import { specFromWire, specToWire } from '../spec';
+
+export function createSession(ctx: ServerContext, req: CreateSessionRequest): CreateSessionReply {
+  const json = req.spec && (req.spec.optimizer || req.spec.rule) ? specFromWire(req.spec) : ctx.defaultSpec;
+  if (!json) throw new InvalidArgument('spec: missing (and the server has no --config default)');
+  if (req.params.length === 0) throw new InvalidArgument('params: a session needs at least one parameter');
+  const decls: ParamDeclaration[] = req.params.map((p, i) => {
+    checkDtype(p.dtype, `params[${i}] '${p.id}'`);
+    return {
+      id: p.id,
+      name: p.name || p.id,
+      shape: p.shape,
+      group: p.group,
+      values: p.data.length ? bytesToF32(p.data, `params[${i}] '${p.id}'`) : null,
+    };
+  });
+  const spec = resolveSpec(json, new Set(decls.map((d) => d.group)));
+  const session = ctx.store.create(spec, decls);
+  return { sessionId: session.id, resolvedSpec: specToWire(spec) };
+}

@@ -1,0 +1,45 @@
+// GetCapabilities: read off the registry, so it never advertises what the code lacks.
+import type { Capabilities, ComponentInfo, HyperparameterInfo } from '../../../generated/mur/v1/optimizer';
+import { availableBackends } from '../../engine/backend';
+import type { HyperSpec } from '../../engine/types';
+import { OPTIMIZERS } from '../../optimizers';
+import { specSchema } from '../../registry';
+import { RULES } from '../../rules';
+import { SUPPORTED_DTYPES } from '../../wire/tensors';
+import type { ServerContext } from '../context';
+
+const VERSION: string = require('../../../../package.json').version;
+
+function hyperInfo(h: HyperSpec): HyperparameterInfo {
+  return {
+    name: h.name,
+    type: h.type,
+    defaultValue: h.default ?? null,
+    minimum: h.minimum,
+    maximum: h.maximum,
+    exclusiveMinimum: h.exclusiveMinimum,
+    exclusiveMaximum: h.exclusiveMaximum,
+    description: h.defaultFrom ? `${h.description} (default: the value of ${h.defaultFrom})` : h.description,
+    fixed: h.fixed ?? false,
+  };
+}
+
+const component = (c: { name: string; description: string; hypers: HyperSpec[] }): ComponentInfo => ({
+  name: c.name,
+  description: c.description,
+  hyperparameters: c.hypers.map(hyperInfo),
+});
+
+export function getCapabilities(ctx: ServerContext): Capabilities {
+  return {
+    optimizers: OPTIMIZERS.map(component),
+    rules: RULES.map(component),
+    backend: ctx.backend,
+    availableBackends: availableBackends(),
+    dtypes: SUPPORTED_DTYPES,
+    maxMessageBytes: ctx.maxMessageBytes,
+    chunkBytes: ctx.chunkBytes,
+    serverVersion: VERSION,
+    specSchemaJson: JSON.stringify(specSchema()),
+  };
+}

@@ -1,0 +1,92 @@
+// StepStream: any number of steps over one bidirectional stream. Per step the
+// client sends StepBegin, the gradient chunks, StepEnd; the server answers the
+// updated parameters as chunks, then StepDone. A stream that breaks its
+// framing ends with a status; a step not closed by StepEnd is never applied.
+import type { ServerDuplexStream } from '@grpc/grpc-js';
+import type { StepBegin, StepStreamReply, StepStreamRequest } from '../../../generated/mur/v1/optimizer';
+import { Aborted, InvalidArgument, OutOfRange } from '../../errors';
+import type { Session } from '../../session/session';
+import { ChunkAssembler, split } from '../../wire/chunks';
+import type { ServerContext } from '../context';
+import { overridesFromWire } from '../spec';
+import { toServiceError } from '../status';
+
+interface OpenStep {
+  begin: StepBegin;
+  session: Session;
+  chunks: ChunkAssembler;
+}
+
+/** The framing state machine, separate from the transport so it is testable. */
+export class StepStreamProtocol {
+  private open: OpenStep | null = null;
+
+  constructor(private readonly ctx: ServerContext, private readonly send: (r: StepStreamReply) => void) {}
+
+  frame(req: StepStreamRequest): void {
+    const f = req.frame;
+    if (!f) throw new InvalidArgument('frame: empty StepStreamRequest');
+    if (f.$case === 'begin') {
+      if (this.open) throw new OutOfRange(`begin: step ${this.open.begin.step} is still open (send StepEnd first)`);
+      const session = this.ctx.store.get(f.value.sessionId);
+      this.open = { begin: f.value, session, chunks: new ChunkAssembler(this.ctx.maxStreamElements) };
+      return;
+    }
+    const open = this.open;
+    if (!open) throw new OutOfRange(`${f.$case}: no step is open (send StepBegin first)`);
+    if (f.$case === 'grad') {
+      const c = f.value;
+      if (c.slot !== '') throw new InvalidArgument(`grad '${c.paramId}': slot must be empty, got '${c.slot}'`);
+      if (c.offset === 0) {
+        const shape = open.session.shapeOf(c.paramId, 'grad');
+        const size = shape.reduce((a, b) => a * b, 1);
+        if (c.totalElements !== size) {
+          throw new InvalidArgument(`grad '${c.paramId}': total_elements ${c.totalElements}, parameter has ${size} (shape ${JSON.stringify(shape)})`);
+        }
+      }
+      open.chunks.add(c);
+      return;
+    }
+    // StepEnd: apply, then answer.
+    this.open = null;
+    const grads = open.chunks.finish().map((t) => ({ id: t.paramId, data: t.data }));
+    const r = open.session.step(open.begin.step, grads, overridesFromWire(open.begin.groupOverrides));
+    for (const v of r.values) {
+      for (const chunk of split(v.id, '', v.data, this.ctx.chunkBytes)) this.send({ frame: { $case: 'param', value: chunk } });
+    }
+    this.send({ frame: { $case: 'done', value: { step: r.step, replayed: r.replayed } } });
+  }
+
+  /** The client closed its side: a step still open was truncated. */
+  end(): void {
+    if (this.open) throw new Aborted(`stream ended inside step ${this.open.begin.step} (no StepEnd); nothing was applied`);
+  }
+}
+
+export function stepStream(ctx: ServerContext, call: ServerDuplexStream<StepStreamRequest, StepStreamReply>): void {
+  let failed = false;
+  const fail = (e: unknown) => {
+    if (failed) return;
+    failed = true;
+    call.emit('error', toServiceError(e, 'StepStream'));
+  };
+  const protocol = new StepStreamProtocol(ctx, (r) => call.write(r));
+  call.on('data', (req: StepStreamRequest) => {
+    if (failed) return;
+    try {
+      protocol.frame(req);
+    } catch (e) {
+      fail(e);
+    }
+  });
+  call.on('end', () => {
+    if (failed) return;
+    try {
+      protocol.end();
+      call.end();
+    } catch (e) {
+      fail(e);
+    }
+  });
+  call.on('error', () => undefined); // cancelled by the client: nothing to apply
+}

@@ -1,0 +1,25 @@
+// The one place where errors become gRPC statuses. Typed errors keep their
+// message; anything else is INTERNAL with a generic message (the stack trace
+// goes to the server log, never to the client).
+import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
+import * as E from '../errors';
+import { log } from '../log';
+
+const CODES: Array<[new (...a: never[]) => E.MurError, status]> = [
+  [E.InvalidArgument, status.INVALID_ARGUMENT],
+  [E.NotFound, status.NOT_FOUND],
+  [E.FailedPrecondition, status.FAILED_PRECONDITION],
+  [E.ResourceExhausted, status.RESOURCE_EXHAUSTED],
+  [E.OutOfRange, status.OUT_OF_RANGE],
+  [E.Aborted, status.ABORTED],
+];
+
+export function toServiceError(e: unknown, rpc: string): Partial<ServiceError> {
+  const hit = CODES.find(([cls]) => e instanceof cls);
+  if (hit) {
+    log('warn', 'rpc_error', { rpc, code: status[hit[1]], message: (e as Error).message });
+    return { code: hit[1], details: (e as Error).message, metadata: new Metadata() };
+  }
+  log('error', 'internal_error', { rpc, message: String((e as Error)?.message ?? e), stack: (e as Error)?.stack });
+  return { code: status.INTERNAL, details: `internal error in ${rpc}`, metadata: new Metadata() };
+}
