@@ -96,7 +96,7 @@ export class Session {
       this.params.set(d.id, {
         decl: d,
         size: sizeOf(d.shape),
-        value: d.values ? tf.variable(tf.tensor(d.values, d.shape, 'float32'), false) : null,
+        value: d.values ? toVariable(tf.tensor(d.values, d.shape, 'float32')) : null,
         opt: new Map(),
         rule: new Map(),
         steps: 0,
@@ -292,6 +292,13 @@ export class Session {
     }
     this.params.clear();
   }
+}
+
+/** A Variable holding `t`'s values; `t` itself is disposed. */
+function toVariable(t: tf.Tensor): tf.Variable {
+  const v = tf.variable(t, false);
+  t.dispose();
+  return v;
 }
 
 /** Checks that every group of these parameters resolves under `spec`. */
