@@ -9,6 +9,13 @@ export const BACKEND_NAMES: BackendName[] = ['tensorflow', 'tensorflow-gpu', 'wa
 /** Why a backend could not be loaded, by name (filled as backends are tried). */
 export const backendErrors: Partial<Record<BackendName, string>> = {};
 
+/** tfjs-node switches the active backend when imported; probing must not. */
+function keepingBackend(load: () => unknown): void {
+  const active = tf.engine().backendName;
+  load();
+  if (active && tf.engine().backendName !== active) tf.setBackend(active);
+}
+
 function tryRegister(name: BackendName): boolean {
   try {
     switch (name) {
@@ -16,11 +23,11 @@ function tryRegister(name: BackendName): boolean {
         // The addon registers the 'tensorflow' backend on import. Its build
         // comes from `make native` (scripts/native-backend.sh).
         process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
-        require('@tensorflow/tfjs-node');
+        keepingBackend(() => require('@tensorflow/tfjs-node'));
         return true;
       case 'tensorflow-gpu':
         process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
-        require('@tensorflow/tfjs-node-gpu');
+        keepingBackend(() => require('@tensorflow/tfjs-node-gpu'));
         return true;
       case 'wasm': {
         const wasm = require('@tensorflow/tfjs-backend-wasm');

@@ -1,0 +1,110 @@
+// A real server on port 0 and a real grpc-js client, with promise helpers.
+import * as grpc from '@grpc/grpc-js';
+import {
+  DType,
+  type Capabilities,
+  type CloseSessionReply,
+  type CloseSessionRequest,
+  type CreateSessionReply,
+  type GetCapabilitiesRequest,
+  OptimizerClient,
+  type CreateSessionRequest,
+  type StateFrame,
+  type StepReply,
+  type StepRequest,
+  type StepStreamReply,
+  type StepStreamRequest,
+} from '../generated/mur/v1/optimizer';
+import { startServer, type RunningServer, type ServerOptions } from '../src/grpc/server';
+
+export interface Harness {
+  server: RunningServer;
+  client: OptimizerClient;
+  address: string;
+  close(): Promise<void>;
+}
+
+export async function startHarness(opts: ServerOptions = {}, channel: grpc.ChannelOptions = {}): Promise<Harness> {
+  const server = await startServer({ port: 0, ...opts });
+  const address = `127.0.0.1:${server.port}`;
+  const client = new OptimizerClient(address, grpc.credentials.createInsecure(), {
+    'grpc.max_receive_message_length': -1,
+    'grpc.max_send_message_length': -1,
+    ...channel,
+  });
+  return {
+    server,
+    client,
+    address,
+    close: async () => {
+      client.close();
+      await server.close();
+    },
+  };
+}
+
+export const bytes = (a: number[] | Float32Array) => {
+  const f = a instanceof Float32Array ? a : Float32Array.from(a);
+  return Buffer.from(f.buffer, f.byteOffset, f.byteLength);
+};
+export const floats = (b: Buffer) => new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+
+export function call<Req, Res>(fn: (req: Req, cb: (e: grpc.ServiceError | null, r: Res) => void) => unknown, req: Req): Promise<Res> {
+  return new Promise((resolve, reject) => fn(req, (e, r) => (e ? reject(e) : resolve(r))));
+}
+
+export const capabilities = (h: Harness) => call<GetCapabilitiesRequest, Capabilities>(h.client.getCapabilities.bind(h.client), {});
+export const create = (h: Harness, req: CreateSessionRequest) =>
+  call<CreateSessionRequest, CreateSessionReply>(h.client.createSession.bind(h.client), req);
+export const step = (h: Harness, req: StepRequest) => call<StepRequest, StepReply>(h.client.step.bind(h.client), req);
+export const closeSession = (h: Harness, sessionId: string) =>
+  call<CloseSessionRequest, CloseSessionReply>(h.client.closeSession.bind(h.client), { sessionId });
+
+/** A unary step with one gradient per parameter. */
+export function grads(values: Record<string, { shape: number[]; data: number[] | Float32Array }>) {
+  return Object.entries(values).map(([paramId, v]) => ({
+    paramId,
+    grad: { shape: v.shape, dtype: DType.DTYPE_FLOAT32, data: bytes(v.data) },
+  }));
+}
+
+/** Runs one bidi stream: writes `frames`, half-closes, collects replies or the error. */
+export function stream(h: Harness, frames: StepStreamRequest[], end = true): Promise<{ replies: StepStreamReply[]; error?: grpc.ServiceError }> {
+  return new Promise((resolve) => {
+    const call = h.client.stepStream();
+    const replies: StepStreamReply[] = [];
+    call.on('data', (r: StepStreamReply) => replies.push(r));
+    call.on('error', (error: grpc.ServiceError) => resolve({ replies, error }));
+    call.on('end', () => resolve({ replies }));
+    for (const f of frames) call.write(f);
+    if (end) call.end();
+    else call.cancel();
+  });
+}
+
+/** Every frame ExportState sends, as one comparable string per tensor. */
+export function exportAll(h: Harness, sessionId: string): Promise<{ header: unknown; tensors: Map<string, string> }> {
+  return new Promise((resolve, reject) => {
+    const s = h.client.exportState({ sessionId });
+    let header: unknown;
+    const tensors = new Map<string, string>();
+    s.on('data', (f: StateFrame) => {
+      if (f.frame?.$case === 'header') header = f.frame.value;
+      else if (f.frame?.$case === 'chunk') {
+        const c = f.frame.value;
+        const key = `${c.paramId}/${c.slot}`;
+        tensors.set(key, (tensors.get(key) ?? '') + c.data.toString('hex'));
+      }
+    });
+    s.on('error', reject);
+    s.on('end', () => resolve({ header, tensors }));
+  });
+}
+
+export function importFrames(h: Harness, frames: StateFrame[]): Promise<{ tensorsImported: number }> {
+  return new Promise((resolve, reject) => {
+    const s = h.client.importState((e, r) => (e ? reject(e) : resolve(r)));
+    for (const f of frames) s.write(f);
+    s.end();
+  });
+}
