@@ -1,0 +1,63 @@
+// The mur-server CLI as a user runs it: --help, a bad flag or --config (exit 2,
+// naming the field), and a real start on port 0 with SIGTERM shutdown.
+import { strict as assert } from 'assert';
+import { spawn, spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import * as readline from 'readline';
+import * as grpc from '@grpc/grpc-js';
+import { OptimizerClient } from '../generated/mur/v1/optimizer';
+
+const CLI = path.join(__dirname, '../src/cli.js');
+const env = { ...process.env, MUR_LOG: 'info' };
+
+describe('mur-server CLI', () => {
+  it('--help describes every flag', () => {
+    const r = spawnSync(process.execPath, [CLI, '--help'], { encoding: 'utf8', env });
+    assert.equal(r.status, 0);
+    for (const f of ['--port', '--backend', '--config', '--max-message-mb', '--chunk-kb']) assert.ok(r.stdout.includes(f), f);
+  });
+
+  it('refuses a bad flag value and a bad --config with exit code 2, naming the field and value', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mur-cli-'));
+    const cfg = path.join(dir, 'spec.json');
+    fs.writeFileSync(cfg, JSON.stringify({ optimizer: 'adam', rule: 'hybrid', defaults: { lr_in: -1 } }));
+    const bad = spawnSync(process.execPath, [CLI, '--config', cfg], { encoding: 'utf8', env });
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /defaults\.lr_in: -1 must be >= 0/);
+    const port = spawnSync(process.execPath, [CLI, '--port', 'abc'], { encoding: 'utf8', env });
+    assert.equal(port.status, 2);
+    assert.match(port.stderr, /--port: "abc"/);
+    const backend = spawnSync(process.execPath, [CLI, '--backend', 'gpu9'], { encoding: 'utf8', env });
+    assert.equal(backend.status, 2);
+    assert.match(backend.stderr, /--backend: "gpu9"/);
+    fs.rmSync(dir, { recursive: true });
+  });
+
+  it('starts on port 0 with --config, serves, and stops cleanly on SIGTERM', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mur-cli-'));
+    const cfg = path.join(dir, 'spec.json');
+    fs.writeFileSync(cfg, JSON.stringify({ optimizer: 'adam', rule: 'hybrid' }));
+    const child = spawn(process.execPath, [CLI, '--port', '0', '--backend', 'cpu', '--config', cfg], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const stderr: string[] = [];
+    child.stderr.on('data', (b) => stderr.push(String(b)));
+    const first = await new Promise<string>((resolve) => readline.createInterface({ input: child.stdout }).once('line', resolve));
+    const info = JSON.parse(first);
+    assert.equal(info.event, 'listening');
+    assert.equal(info.backend, 'cpu');
+    const client = new OptimizerClient(`127.0.0.1:${info.port}`, grpc.credentials.createInsecure());
+    const caps = await new Promise<{ backend: string }>((resolve, reject) => client.getCapabilities({}, (e, r) => (e ? reject(e) : resolve(r))));
+    assert.equal(caps.backend, 'cpu');
+    client.close();
+    const code = await new Promise<number | null>((resolve) => {
+      child.on('exit', resolve);
+      child.kill('SIGTERM');
+    });
+    assert.equal(code, 0);
+    // JSON log lines (libtensorflow may print its own non-JSON notices when probed).
+    const events = stderr.join('').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l).event);
+    assert.deepEqual(events.filter((e) => e !== 'rpc_error'), ['listening', 'shutdown', 'stopped']);
+    fs.rmSync(dir, { recursive: true });
+  });
+});
