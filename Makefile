@@ -47,10 +47,10 @@ proto: deps
 	bash scripts/gen-proto.sh
 
 build: proto native
-	npm run build --workspaces
+	npm run build -w ts-server
 
 test: build
-	bash scripts/test-all.sh
+	PY=$(PY) bash scripts/test-all.sh
 
 demo: build
 	$(PY) -m mur.demo

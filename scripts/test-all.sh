@@ -1,6 +1,22 @@
 #!/usr/bin/env bash
-# Every test of the project; `make test` runs it after installing everything.
+# Every test of the project; `make test` runs it after installing and building.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "== ts-server (mocha)"
-npm test -w ts-server
+PY=${PY:-.venv/bin/python}
+export MUR_LOG=silent
+
+echo "== ts-server on the wasm backend (mocha)"
+MUR_BACKEND=wasm npm test -w ts-server
+
+if (cd ts-server && TF_CPP_MIN_LOG_LEVEL=3 node -e 'require("@tensorflow/tfjs-node")' >/dev/null 2>&1); then
+  echo "== ts-server on the native tensorflow backend (mocha)"
+  MUR_BACKEND=tensorflow MUR_EXPECT_NATIVE=1 npm test -w ts-server
+else
+  echo "== native tensorflow backend unavailable here (see 'make native'): its suite is not run"
+fi
+
+echo "== additive rule vs torch.optim, golden trajectories regenerated with this machine's torch"
+golden=$(mktemp --suffix=.json)
+trap 'rm -f "$golden"' EXIT
+"$PY" python-runner/scripts/make_golden.py "$golden"
+(cd ts-server && MUR_BACKEND=wasm MUR_GOLDEN="$golden" npx mocha --no-config --require dist/test/setup.js --timeout 60000 dist/test/torch-golden.test.js)
