@@ -1,0 +1,9 @@
+"""mur: the multiplicative update rules of Kirtas et al. (2024) for PyTorch, computed by a mur server."""
+from .errors import (ConnectionLostError, FailedPreconditionError, InvalidArgumentError, MurError,
+                     NotFoundError, ResourceExhaustedError)
+from .optimizer import RemoteOptimizer
+from .server import LocalServer
+
+__all__ = ["RemoteOptimizer", "LocalServer", "MurError", "InvalidArgumentError", "NotFoundError",
+           "FailedPreconditionError", "ResourceExhaustedError", "ConnectionLostError"]
+__version__ = "0.1.0"
