@@ -62,3 +62,7 @@ clean:
 # (cached in $${MUR_CACHE:-~/.cache/mur}); says why and goes on when impossible.
 native: node-deps py-deps
 	bash scripts/native-backend.sh
+
+# Engine throughput per optimizer x rule x backend beside torch.optim (issue 2, 4).
+bench-engine: build
+	cd ts-server && MUR_LOG=silent PYTHON=/usr/bin/python3 node dist/bench/engine.js

@@ -1,0 +1,172 @@
+"""mur.reference: every optimizer x rule of UPDATE_RULES.md in plain torch.
+
+The second framework of the cross-framework validation, and usable alone
+(no server) in any dtype:
+
+    opt = mur.reference.Optimizer(model.parameters(), optimizer="adam", rule="hybrid", lr=1e-3)
+"""
+import math
+
+import torch
+
+# torch's defaults per optimizer (lr None: required, as torch.optim.SGD).
+DEFAULTS = {
+    "sgd": dict(lr=None, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False),
+    "adam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False),
+    "adamw": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False),
+    "adagrad": dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10),
+    "rmsprop": dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False),
+    "adamax": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
+    "nadam": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3),
+    "radam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
+    "adadelta": dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0),
+    "lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0),
+}
+RULE_DEFAULTS = {
+    "additive": {},
+    "multiplicative": dict(lr_in=1.0, lr_out=None),
+    "hybrid": dict(lr_in=1.0, lr_out=None, gamma=1.0),
+    "exp_sign": dict(g_bound=10.0, p_scale=3.0),
+}
+
+
+def direction(name, g, p, s, h, t):
+    """(d, scale, decay) for one parameter; updates the state dict ``s`` in place."""
+    wd = h["weight_decay"]
+    if name not in ("adamw", "lion") and wd != 0:
+        g = g + wd * p
+    if name == "sgd":
+        mu = h["momentum"]
+        if mu == 0:
+            return g, 1.0, 1.0
+        if "momentum_buffer" not in s:
+            s["momentum_buffer"] = g.clone()
+        else:
+            s["momentum_buffer"].mul_(mu).add_(g, alpha=1 - h["dampening"])
+        buf = s["momentum_buffer"]
+        return (g + mu * buf if h["nesterov"] else buf.clone()), 1.0, 1.0
+    if name in ("adam", "adamw"):
+        b1, b2 = h["betas"]
+        m = s.setdefault("exp_avg", torch.zeros_like(p)).mul_(b1).add_(g, alpha=1 - b1)
+        v = s.setdefault("exp_avg_sq", torch.zeros_like(p)).mul_(b2).addcmul_(g, g, value=1 - b2)
+        if h["amsgrad"]:
+            v = torch.maximum(s.setdefault("max_exp_avg_sq", torch.zeros_like(p)), v, out=s["max_exp_avg_sq"])
+        bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+        d = m / (v.sqrt() / math.sqrt(bc2) + h["eps"])  # m is not bias-corrected inside d
+        return d, 1 / bc1, (1 - h["lr"] * wd) if name == "adamw" else 1.0
+    if name == "adagrad":
+        acc = s.setdefault("sum", torch.full_like(p, h["initial_accumulator_value"])).addcmul_(g, g)
+        return g / (acc.sqrt() + h["eps"]), 1 / (1 + (t - 1) * h["lr_decay"]), 1.0
+    if name == "rmsprop":
+        a = h["alpha"]
+        sq = s.setdefault("square_avg", torch.zeros_like(p)).mul_(a).addcmul_(g, g, value=1 - a)
+        if h["centered"]:
+            ga = s.setdefault("grad_avg", torch.zeros_like(p)).mul_(a).add_(g, alpha=1 - a)
+            avg = (sq - ga * ga).sqrt() + h["eps"]
+        else:
+            avg = sq.sqrt() + h["eps"]
+        if h["momentum"] > 0:
+            buf = s.setdefault("momentum_buffer", torch.zeros_like(p)).mul_(h["momentum"]).add_(g / avg)
+            return buf.clone(), 1.0, 1.0
+        return g / avg, 1.0, 1.0
+    if name == "adamax":
+        b1, b2 = h["betas"]
+        m = s.setdefault("exp_avg", torch.zeros_like(p)).mul_(b1).add_(g, alpha=1 - b1)
+        u = s.setdefault("exp_inf", torch.zeros_like(p))
+        torch.maximum(u * b2, g.abs() + h["eps"], out=u)
+        return m / u, 1 / (1 - b1 ** t), 1.0
+    if name == "nadam":
+        b1, b2 = h["betas"]
+        psi = h["momentum_decay"]
+        mu = b1 * (1 - 0.5 * 0.96 ** (t * psi))
+        mu1 = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * psi))
+        s["mu_product"] = s.get("mu_product", 1.0) * mu
+        prod = s["mu_product"]
+        m = s.setdefault("exp_avg", torch.zeros_like(p)).mul_(b1).add_(g, alpha=1 - b1)
+        v = s.setdefault("exp_avg_sq", torch.zeros_like(p)).mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = (v / (1 - b2 ** t)).sqrt() + h["eps"]
+        return (1 - mu) / (1 - prod) * g / denom + mu1 / (1 - prod * mu1) * m / denom, 1.0, 1.0
+    if name == "radam":
+        b1, b2 = h["betas"]
+        m = s.setdefault("exp_avg", torch.zeros_like(p)).mul_(b1).add_(g, alpha=1 - b1)
+        v = s.setdefault("exp_avg_sq", torch.zeros_like(p)).mul_(b2).addcmul_(g, g, value=1 - b2)
+        bc2 = 1 - b2 ** t
+        rho_inf = 2 / (1 - b2) - 1
+        rho = rho_inf - 2 * t * b2 ** t / bc2
+        if rho > 5:
+            rect = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+            d = m * rect * math.sqrt(bc2) / (v.sqrt() + h["eps"])
+        else:
+            d = m.clone()
+        return d, 1 / (1 - b1 ** t), 1.0
+    if name == "adadelta":
+        rho, eps = h["rho"], h["eps"]
+        sq = s.setdefault("square_avg", torch.zeros_like(p)).mul_(rho).addcmul_(g, g, value=1 - rho)
+        acc = s.setdefault("acc_delta", torch.zeros_like(p))
+        d = (acc + eps).sqrt() / (sq + eps).sqrt() * g
+        acc.mul_(rho).addcmul_(d, d, value=1 - rho)
+        return d, 1.0, 1.0
+    if name == "lion":
+        b1, b2 = h["betas"]
+        m = s.setdefault("exp_avg", torch.zeros_like(p))
+        d = (b1 * m + (1 - b1) * g).sign()
+        m.mul_(b2).add_(g, alpha=1 - b2)
+        return d, 1.0, 1 - h["lr"] * wd
+    raise ValueError(f"optimizer={name!r}: unknown")
+
+
+def change(rule, p, d, h, scale, rs):
+    """The change xi subtracted from p (theta_t = theta_{t-1} - xi)."""
+    eta = h["lr"] * scale
+    if rule == "additive":
+        return eta * d
+    eta_out = (h["lr_out"] if h.get("lr_out") is not None else h["lr"]) * scale
+    if rule == "multiplicative":
+        return eta_out * p.abs() * torch.tanh(h["lr_in"] * d)
+    if rule == "hybrid":
+        gm = h["gamma"]
+        return gm * eta_out * p.abs() * torch.tanh(h["lr_in"] * d) + (1 - gm) * eta * d
+    if rule == "exp_sign":
+        bound = rs["bound"]
+        new = p * torch.exp(-eta * p.sign() * d.clamp(-h["g_bound"], h["g_bound"]))
+        return p - torch.maximum(torch.minimum(new, bound), -bound)
+    raise ValueError(f"rule={rule!r}: unknown")
+
+
+class Optimizer(torch.optim.Optimizer):
+    """optimizer x rule, in-process, in the parameters' own dtype."""
+
+    def __init__(self, params, optimizer="adam", rule="hybrid", **hyperparameters):
+        if optimizer not in DEFAULTS:
+            raise ValueError(f"optimizer={optimizer!r}: unknown (one of {', '.join(DEFAULTS)})")
+        if rule not in RULE_DEFAULTS:
+            raise ValueError(f"rule={rule!r}: unknown (one of {', '.join(RULE_DEFAULTS)})")
+        defaults = {**DEFAULTS[optimizer], **RULE_DEFAULTS[rule]}
+        for k, v in hyperparameters.items():
+            if k not in defaults:
+                raise ValueError(f"{k}={v!r}: not a hyperparameter of {optimizer} with the {rule} rule")
+        defaults.update(hyperparameters)
+        if defaults["lr"] is None:
+            raise ValueError(f"lr: required by {optimizer}")
+        self.optimizer_name, self.rule_name = optimizer, rule
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                st["step"] = st.get("step", 0) + 1
+                if self.rule_name == "exp_sign" and "bound" not in st:
+                    st["bound"] = group["p_scale"] * p.pow(2).mean().sqrt()
+                d, scale, decay = direction(self.optimizer_name, p.grad, p, st, group, st["step"])
+                if decay != 1.0:
+                    p.mul_(decay)
+                p.sub_(change(self.rule_name, p, d, group, scale, st))
+        return loss
