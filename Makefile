@@ -6,7 +6,7 @@ SHELL := /bin/bash
 
 # Debian packages the project needs (Python side, protoc, the dataset).
 APT_PACKAGES := python3-torch python3-grpcio python3-protobuf python3-numpy \
-  python3-matplotlib python3-tqdm python3-venv python3-pip \
+  python3-matplotlib python3-tqdm python3-venv python3-pip python3-pytest \
   protobuf-compiler protobuf-compiler-grpc dataset-fashion-mnist
 SYS_PYTHON := /usr/bin/python3
 VENV := .venv

@@ -20,3 +20,9 @@ golden=$(mktemp --suffix=.json)
 trap 'rm -f "$golden"' EXIT
 "$PY" python-runner/scripts/make_golden.py "$golden"
 (cd ts-server && MUR_BACKEND=wasm MUR_GOLDEN="$golden" npx mocha --no-config --require dist/test/setup.js --timeout 60000 dist/test/torch-golden.test.js)
+
+echo "== python-runner (pytest: RemoteOptimizer against a live server, mur.reference against torch.optim)"
+"$PY" -m pytest -q python-runner/tests
+
+echo "== cross-framework validation, quick size (torch.optim vs mur.reference vs the server)"
+"$PY" -m mur.validate --quick

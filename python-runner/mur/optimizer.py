@@ -83,6 +83,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             if rl is None:
                 raise ValueError(f"rule={rule!r}: unknown (one of {', '.join(r.name for r in caps.rules)})")
             known = {h.name: h for h in list(opt.hyperparameters) + list(rl.hyperparameters)}
+            self._known = set(known)
             for k in hyperparameters:
                 if k not in known:
                     raise ValueError(f"{k}={hyperparameters[k]!r}: not a hyperparameter of {optimizer} with the {rule} rule "
@@ -116,7 +117,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
             raise from_rpc_error(e) from None
 
     def _group_hypers(self, group):
-        return {k: _wire_value(k, v) for k, v in group.items() if k != "params" and v is not None}
+        # Only the server's hyperparameters: schedulers add keys such as initial_lr.
+        return {k: _wire_value(k, v) for k, v in group.items() if k in self._known and v is not None}
 
     def _params(self):
         for gi, group in enumerate(self.param_groups):
