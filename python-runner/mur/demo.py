@@ -20,7 +20,7 @@ def model():
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--optimizer", default="adam")
     ap.add_argument("--rule", default="hybrid")
@@ -50,7 +50,8 @@ def main(argv=None):
                 loss = loss_fn(net(xtr[idx]), ytr[idx])
                 loss.backward()
                 opt.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                if i % (20 * a.batch_size) == 0:
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
             with torch.no_grad():
                 acc = (net(xte).argmax(1) == yte).float().mean().item()
             print(f"epoch {epoch}: test accuracy {acc * 100:.2f}%")
