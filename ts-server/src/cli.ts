@@ -106,6 +106,7 @@ async function main(): Promise<void> {
     maxMessageBytes: opts.maxMessageBytes,
     chunkBytes: opts.chunkBytes,
     defaultSpec: opts.config,
+    backend,
   });
   process.stdout.write(JSON.stringify({ event: 'listening', port: server.port, host: opts.host, backend }) + '\n');
   log('info', 'listening', { port: server.port, host: opts.host, backend });

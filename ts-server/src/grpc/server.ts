@@ -27,6 +27,8 @@ export interface ServerOptions {
   chunkBytes?: number;
   maxStreamElements?: number;
   defaultSpec?: SpecJson;
+  /** The backend name to report (tensorflow-gpu shares tfjs's 'tensorflow'). */
+  backend?: BackendName;
 }
 
 export interface RunningServer {
@@ -60,7 +62,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   if (opts.defaultSpec) checkSpecJson(opts.defaultSpec, 'config: ');
   const ctx: ServerContext = {
     store: new SessionStore(),
-    backend: tf.getBackend() as BackendName,
+    backend: opts.backend ?? (tf.getBackend() as BackendName),
     maxMessageBytes,
     chunkBytes: opts.chunkBytes ?? 1024 * 1024,
     maxStreamElements: opts.maxStreamElements ?? 2 ** 30,
