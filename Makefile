@@ -47,7 +47,7 @@ proto: deps
 	bash scripts/gen-proto.sh
 
 build: proto native
-	npm run build -w ts-server
+	npm run build --workspaces
 
 test: build
 	PY=$(PY) bash scripts/test-all.sh

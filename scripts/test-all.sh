@@ -15,6 +15,9 @@ else
   echo "== native tensorflow backend unavailable here (see 'make native'): its suite is not run"
 fi
 
+echo "== ts-client against an in-process server (mocha)"
+npm test -w ts-client
+
 echo "== additive rule vs torch.optim, golden trajectories regenerated with this machine's torch"
 golden=$(mktemp --suffix=.json)
 trap 'rm -f "$golden"' EXIT

@@ -1,0 +1,43 @@
+// Trains a small tfjs MLP in Node with its optimizer on a mur server:
+// tfjs computes the gradients, mur the hybrid-rule Adam step.
+//   npm run example -w ts-client [-- host:port]
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs-backend-cpu';
+import { startServer } from '@mur/server';
+import { MurClient } from '../src';
+
+async function main() {
+  await tf.setBackend('cpu');
+  const local = process.argv[2] ? null : await startServer({ port: 0 });
+  const client = new MurClient(process.argv[2] ?? `127.0.0.1:${local!.port}`);
+  // y = sin(3x) on [-1, 1]: a 1-32-1 tanh network.
+  const x = tf.reshape(tf.linspace(-1, 1, 256), [256, 1]);
+  const y = tf.sin(tf.mul(x, 3));
+  const vars: Record<string, tf.Variable> = {
+    w1: tf.variable(tf.randomNormal([1, 32], 0, 1, 'float32', 1)),
+    b1: tf.variable(tf.zeros([32])),
+    w2: tf.variable(tf.randomNormal([32, 1], 0, 0.3, 'float32', 2)),
+    b2: tf.variable(tf.fill([1], 0.01)),
+  };
+  const session = await client.createSession(
+    { optimizer: 'adam', rule: 'hybrid', defaults: { lr: 0.02, lr_out: 0.02, gamma: 0.5 } },
+    Object.entries(vars).map(([id, v]) => ({ id, shape: v.shape, values: v.dataSync() as Float32Array })),
+  );
+  const loss = () => tf.losses.meanSquaredError(y, tf.add(tf.matMul(tf.tanh(tf.add(tf.matMul(x, vars.w1), vars.b1)), vars.w2), vars.b2)) as tf.Scalar;
+  for (let step = 1; step <= 300; step++) {
+    const { value, grads } = tf.variableGrads(loss, Object.values(vars));
+    const g = new Map(Object.entries(vars).map(([id, v]) => [id, grads[v.name].dataSync() as Float32Array]));
+    const next = await session.step(g);
+    for (const [id, v] of Object.entries(vars)) v.assign(tf.tensor(next.get(id)!, v.shape));
+    if (step === 1 || step % 50 === 0) console.log(`step ${String(step).padStart(3)}  loss ${value.dataSync()[0].toFixed(5)}`);
+    tf.dispose([value, ...Object.values(grads)]);
+  }
+  await session.close();
+  client.close();
+  await local?.close();
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

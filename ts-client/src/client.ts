@@ -1,0 +1,234 @@
+// A typed client for mur: promises for the unary calls, async iterators for
+// the streams, Float32Array in and out with no per-element copies.
+import * as grpc from '@grpc/grpc-js';
+import {
+  DType,
+  OptimizerClient,
+  type Capabilities,
+  type CloseSessionReply,
+  type CloseSessionRequest,
+  type CreateSessionReply,
+  type CreateSessionRequest,
+  type GetCapabilitiesRequest,
+  type StepReply,
+  type StepRequest,
+  type StateFrame,
+  type StepStreamReply,
+  type StepStreamRequest,
+  type TensorChunk,
+} from '../generated/mur/v1/optimizer';
+import { fromServiceError } from './errors';
+
+export type Hypers = Record<string, number | boolean | number[]>;
+
+export interface Spec {
+  optimizer: string;
+  rule: string;
+  defaults?: Hypers;
+  groups?: Record<string, Hypers>;
+}
+
+export interface ParamInit {
+  id: string;
+  name?: string;
+  shape: number[];
+  values: Float32Array;
+  group?: string;
+}
+
+export type Values = Map<string, Float32Array>;
+export type Overrides = Record<string, Hypers>;
+
+const F32 = DType.DTYPE_FLOAT32;
+const bytes = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+/** A Float32Array over a Buffer (copied only when misaligned). */
+function floats(b: Buffer): Float32Array {
+  if (b.byteOffset % 4 === 0) return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+}
+
+function* chunksOf(paramId: string, slot: string, a: Float32Array, chunkBytes: number): Generator<TensorChunk> {
+  const per = Math.max(1, Math.floor(chunkBytes / 4));
+  let offset = 0;
+  do {
+    const part = a.subarray(offset, offset + per);
+    yield { paramId, slot, offset, totalElements: a.length, dtype: F32, data: bytes(part) };
+    offset += part.length;
+  } while (offset < a.length);
+}
+
+/** Reassembles chunked tensors by parameter id. */
+class Reassembly {
+  readonly values: Values = new Map();
+  add(c: TensorChunk) {
+    let a = this.values.get(c.paramId);
+    if (!a) this.values.set(c.paramId, (a = new Float32Array(c.totalElements)));
+    a.set(floats(c.data), c.offset);
+  }
+}
+
+export class MurClient {
+  readonly raw: OptimizerClient;
+  private caps?: Capabilities;
+
+  constructor(address: string, options: grpc.ChannelOptions = {}) {
+    this.raw = new OptimizerClient(address, grpc.credentials.createInsecure(), {
+      'grpc.max_receive_message_length': -1,
+      'grpc.max_send_message_length': -1,
+      ...options,
+    });
+  }
+
+  /** Promisifies one unary call, mapping failures to MurError subclasses. */
+  private unary<Req, Res>(method: (req: Req, cb: (e: grpc.ServiceError | null, r: Res) => void) => unknown, req: Req): Promise<Res> {
+    return new Promise((resolve, reject) => method.call(this.raw, req, (e, r) => (e ? reject(fromServiceError(e)) : resolve(r))));
+  }
+
+  async capabilities(): Promise<Capabilities> {
+    this.caps ??= await this.unary<GetCapabilitiesRequest, Capabilities>(this.raw.getCapabilities, {});
+    return this.caps;
+  }
+
+  /** Creates a session; values beyond the message limit go through ImportState chunks. */
+  async createSession(spec: Spec, params: ParamInit[]): Promise<MurSession> {
+    const caps = await this.capabilities();
+    const total = params.reduce((n, p) => n + p.values.byteLength, 0);
+    const inline = total < caps.maxMessageBytes * 0.9;
+    const reply = await this.unary<CreateSessionRequest, CreateSessionReply>(this.raw.createSession, {
+      spec: { optimizer: spec.optimizer, rule: spec.rule, defaults: spec.defaults, groups: spec.groups ?? {} },
+      params: params.map((p) => ({
+        id: p.id, name: p.name ?? p.id, shape: p.shape, dtype: F32, group: p.group ?? '',
+        data: inline ? bytes(p.values) : Buffer.alloc(0),
+      })),
+    });
+    const session = new MurSession(this, reply.sessionId, new Map(params.map((p) => [p.id, p.shape])), caps);
+    if (!inline) await session.importState(params.map((p) => ({ paramId: p.id, slot: '', values: p.values })));
+    return session;
+  }
+
+  close(): void {
+    this.raw.close();
+  }
+
+  /** @internal */
+  call<Req, Res>(method: (req: Req, cb: (e: grpc.ServiceError | null, r: Res) => void) => unknown, req: Req): Promise<Res> {
+    return this.unary(method, req);
+  }
+}
+
+export interface SlotValues {
+  paramId: string;
+  /** "" for the parameter; an optimizer slot ("exp_avg"), or "rule.<slot>". */
+  slot: string;
+  values: Float32Array;
+}
+
+export class MurSession {
+  private nextStep = 1;
+
+  constructor(
+    private readonly client: MurClient,
+    readonly id: string,
+    private readonly shapes: Map<string, number[]>,
+    private readonly caps: Capabilities,
+  ) {}
+
+  /**
+   * One optimizer step. Returns the new values of the parameters that had a
+   * gradient. Unary when it fits in one message, else streamed in chunks.
+   */
+  async step(grads: Values | Record<string, Float32Array>, overrides: Overrides = {}, step = this.nextStep): Promise<Values> {
+    const g = grads instanceof Map ? grads : new Map(Object.entries(grads));
+    const size = [...g.values()].reduce((n, a) => n + a.byteLength, 0);
+    let out: Values;
+    if (size < this.caps.maxMessageBytes * 0.9) {
+      const reply = await this.client.call<StepRequest, StepReply>(this.client.raw.step, {
+        sessionId: this.id, step, groupOverrides: overrides,
+        grads: [...g].map(([paramId, a]) => ({ paramId, grad: { shape: this.shapes.get(paramId) ?? [a.length], dtype: F32, data: bytes(a) } })),
+      });
+      out = new Map(reply.params.map((p) => [p.paramId, floats(p.value!.data)]));
+    } else {
+      const stream = this.stream();
+      try {
+        out = await stream.step(g, overrides, step);
+      } finally {
+        stream.close();
+      }
+    }
+    this.nextStep = step + 1;
+    return out;
+  }
+
+  /** A StepStream kept open for many steps (one round trip of chunks per step). */
+  stream(): StepStream {
+    return new StepStream(this.client.raw.stepStream(), this.id, this.caps.chunkBytes);
+  }
+
+  /** Every tensor of the session (parameters and state), as an async iterator. */
+  async *exportState(): AsyncGenerator<SlotValues> {
+    const call = this.client.raw.exportState({ sessionId: this.id });
+    const parts = new Map<string, Float32Array>();
+    try {
+      for await (const f of call as AsyncIterable<StateFrame>) {
+        if (f.frame?.$case !== 'chunk') continue;
+        const c = f.frame.value;
+        const key = `${c.paramId}\0${c.slot}`;
+        let a = parts.get(key);
+        if (!a) parts.set(key, (a = new Float32Array(c.totalElements)));
+        a.set(floats(c.data), c.offset);
+        if (c.offset + c.data.byteLength / 4 === c.totalElements) {
+          parts.delete(key);
+          yield { paramId: c.paramId, slot: c.slot, values: a };
+        }
+      }
+    } catch (e) {
+      throw fromServiceError(e as grpc.ServiceError);
+    }
+  }
+
+  /** Replaces parameters and/or state slots, all or nothing. */
+  importState(tensors: SlotValues[]): Promise<number> {
+    return new Promise((resolve, reject) => {
+      const call = this.client.raw.importState((e, r) => (e ? reject(fromServiceError(e)) : resolve(r.tensorsImported)));
+      call.write({ frame: { $case: 'header', value: { sessionId: this.id, stepCounts: [], lastStep: 0 } } });
+      for (const t of tensors) for (const c of chunksOf(t.paramId, t.slot, t.values, this.caps.chunkBytes)) call.write({ frame: { $case: 'chunk', value: c } });
+      call.end();
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.client.call<CloseSessionRequest, CloseSessionReply>(this.client.raw.closeSession, { sessionId: this.id });
+  }
+}
+
+/** One open StepStream: step() sends a step's chunks and resolves with its reply. */
+export class StepStream {
+  private readonly replies: AsyncIterator<StepStreamReply>;
+
+  constructor(private readonly call: grpc.ClientDuplexStream<StepStreamRequest, StepStreamReply>, private readonly sessionId: string, private readonly chunkBytes: number) {
+    this.replies = (call as AsyncIterable<StepStreamReply>)[Symbol.asyncIterator]();
+  }
+
+  async step(grads: Values, overrides: Overrides, step: number): Promise<Values> {
+    this.call.write({ frame: { $case: 'begin', value: { sessionId: this.sessionId, step, groupOverrides: overrides } } });
+    for (const [id, a] of grads) for (const c of chunksOf(id, '', a, this.chunkBytes)) this.call.write({ frame: { $case: 'grad', value: c } });
+    this.call.write({ frame: { $case: 'end', value: {} } });
+    const out = new Reassembly();
+    try {
+      for (;;) {
+        const r = await this.replies.next();
+        if (r.done) throw new Error('the server closed the stream before StepDone');
+        const f = r.value.frame;
+        if (f?.$case === 'param') out.add(f.value);
+        else if (f?.$case === 'done') return out.values;
+      }
+    } catch (e) {
+      if ((e as grpc.ServiceError).code !== undefined) throw fromServiceError(e as grpc.ServiceError);
+      throw e;
+    }
+  }
+
+  close(): void {
+    this.call.end();
+  }
+}

@@ -1,0 +1,67 @@
+// MurClient against a real server started in-process on port 0.
+import { strict as assert } from 'assert';
+import { initBackend, startServer, type RunningServer } from '@mur/server';
+import { MurClient, NotFoundError, InvalidArgumentError } from '../src';
+
+describe('MurClient', () => {
+  let server: RunningServer;
+  let client: MurClient;
+  before(async () => {
+    await initBackend('wasm');
+    server = await startServer({ port: 0, chunkBytes: 4096, maxMessageBytes: 1 << 20 });
+    client = new MurClient(`127.0.0.1:${server.port}`);
+  });
+  after(async () => {
+    client.close();
+    await server.close();
+  });
+
+  it('capabilities lists the optimizers and rules', async () => {
+    const c = await client.capabilities();
+    assert.ok(c.optimizers.some((o) => o.name === 'adam'));
+    assert.deepEqual(c.rules.map((r) => r.name), ['additive', 'multiplicative', 'hybrid', 'exp_sign']);
+  });
+
+  it('unary steps: SGD additive by hand', async () => {
+    const s = await client.createSession({ optimizer: 'sgd', rule: 'additive', defaults: { lr: 0.5 } }, [
+      { id: 'w', shape: [3], values: Float32Array.from([1, 2, 3]) },
+    ]);
+    const out = await s.step({ w: Float32Array.from([1, 1, 2]) });
+    assert.deepEqual(Array.from(out.get('w')!), [0.5, 1.5, 2]);
+    await s.close();
+  });
+
+  it('streams a model larger than the message limit, in chunks, for several steps', async () => {
+    const n = 400_000; // 1.6 MB > the 1 MiB limit of this server
+    const s = await client.createSession({ optimizer: 'sgd', rule: 'multiplicative', defaults: { lr: 0.1 } }, [
+      { id: 'big', shape: [n], values: new Float32Array(n).fill(2) },
+    ]);
+    let out = await s.step({ big: new Float32Array(n).fill(1) });
+    out = await s.step({ big: new Float32Array(n).fill(1) });
+    const expect = 2 * (1 - 0.1 * Math.tanh(1)) ** 2;
+    assert.ok(Math.abs(out.get('big')![n - 1] - expect) < 1e-6);
+    const state = [];
+    for await (const t of s.exportState()) state.push(t);
+    assert.deepEqual(state.map((t) => `${t.paramId}/${t.slot}`), ['big/']);
+    assert.ok(Math.abs(state[0].values[12345] - expect) < 1e-6);
+    await s.close();
+  });
+
+  it('an open StepStream carries many steps', async () => {
+    const s = await client.createSession({ optimizer: 'adam', rule: 'hybrid' }, [{ id: 'w', shape: [2], values: Float32Array.from([1, -1]) }]);
+    const stream = s.stream();
+    let last;
+    for (let k = 1; k <= 5; k++) last = await stream.step(new Map([['w', Float32Array.from([0.1, -0.1])]]), {}, k);
+    stream.close();
+    assert.ok(last!.get('w')![0] < 1 && last!.get('w')![1] > -1);
+    await s.close();
+  });
+
+  it('errors are typed and carry the server message', async () => {
+    await assert.rejects(client.createSession({ optimizer: 'adam', rule: 'hybrid', defaults: { gamma: 3 } }, [{ id: 'w', shape: [1], values: Float32Array.from([1]) }]),
+      (e: unknown) => e instanceof InvalidArgumentError && /defaults\.gamma: 3/.test((e as Error).message));
+    const s = await client.createSession({ optimizer: 'adam', rule: 'hybrid' }, [{ id: 'w', shape: [1], values: Float32Array.from([1]) }]);
+    await s.close();
+    await assert.rejects(s.step({ w: Float32Array.from([1]) }), (e: unknown) => e instanceof NotFoundError && (e as Error).message.includes(s.id));
+  });
+});
