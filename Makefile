@@ -66,3 +66,7 @@ native: node-deps py-deps
 # Engine throughput per optimizer x rule x backend beside torch.optim (issue 2, 4).
 bench-engine: build
 	cd ts-server && MUR_LOG=silent PYTHON=/usr/bin/python3 node dist/bench/engine.js
+
+# RemoteOptimizer step vs a local torch.optim step, with a time breakdown (issue 3).
+bench-e2e: build
+	$(PY) -m mur.bench_e2e
