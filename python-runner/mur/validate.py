@@ -148,6 +148,7 @@ def main(argv=None):
                         print(f"{m:5} {o:9} {r:14} {pair:17} {w['max_abs']:10.2e} {w['max_rel']:10.2e} "
                               f"{w['per_step'][-1]:10.2e}  {'ok' if w['ok'] else 'FAIL'}", flush=True)
     print(f"{len(rows)} comparisons, {failed} over tolerance, {time.time() - start:.0f} s")
+    print(f"validate: {len(rows) - failed} passed, {failed} failed")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"steps": a.steps, "rows": rows}, f, indent=1)
