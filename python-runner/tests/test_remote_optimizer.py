@@ -2,6 +2,7 @@
 import io
 from pathlib import Path
 
+import grpc
 import pytest
 import torch
 
@@ -154,3 +155,35 @@ def test_auto_server_starts_and_stops():
     train(a, opt, 2)
     opt.close()
     assert proc.poll() is not None, "the auto-started server stopped with close()"
+
+
+class _LostReply(grpc.RpcError):
+    """What grpc raises when the connection drops after the server got the call."""
+
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self):
+        return "connection reset (simulated)"
+
+
+@needs_server
+def test_a_lost_connection_is_retried_with_the_same_step_number(server):
+    a, b = net(), net()
+    opt = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="hybrid", server=server, gamma=0.5)
+    ref = reference.Optimizer(b.parameters(), optimizer="adam", rule="hybrid", gamma=0.5)
+    real_step, seen = opt._stub.Step, []
+
+    def flaky(req, **kw):
+        seen.append(req.step)
+        reply = real_step(req, **kw)  # the server applies the step...
+        if len(seen) == 1:
+            raise _LostReply()  # ...but the reply is lost on the way back
+        return reply
+    opt._stub.Step = flaky
+    train(a, opt, 1)
+    train(b, ref, 1)
+    assert seen == [1, 1], "the retry carries the same step number"
+    assert max_diff(a, b) < 1e-6, "the step was applied exactly once"
+    opt._stub.Step = real_step
+    opt.close()
