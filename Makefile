@@ -70,3 +70,7 @@ bench-engine: build
 # RemoteOptimizer step vs a local torch.optim step, with a time breakdown (issue 3).
 bench-e2e: build
 	$(PY) -m mur.bench_e2e
+
+# The paper's experiments through the server: results/REPORT.md, JSON, plots (issue 5).
+reproduce: build
+	$(PY) -m mur.experiments.reproduce

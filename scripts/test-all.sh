@@ -29,3 +29,6 @@ echo "== python-runner (pytest: RemoteOptimizer against a live server, mur.refer
 
 echo "== cross-framework validation, quick size (torch.optim vs mur.reference vs the server)"
 "$PY" -m mur.validate --quick
+
+echo "== paper reproduction, quick size (through the server; writes results/quick/)"
+"$PY" -m mur.experiments.reproduce --quick --out "$(mktemp -d)"
