@@ -286,19 +286,27 @@ def main(argv=None):
     return 0
 
 
+CHECKS = 2
+
+
 def check_quick(res):
-    """What the quick run asserts: only findings the full run shows robustly."""
-    f = findings(res, QUICK)
+    """What --quick asserts: only findings that the full run shows too
+    (results/REPORT.md), and that hold with margin at the quick size."""
     failures = []
-    held = f["rosenbrock: hybrid best <= additive best"]
-    if len(held) < len(toy.OPTIMIZERS):
-        failures.append(f"rosenbrock: hybrid best distance above additive for {set(toy.OPTIMIZERS) - set(held)}")
+    # 1. Every image run learned something through the server.
     for k, v in res["images"].items():
         if v["accuracy"][-1] < 0.5:
-            failures.append(f"{k}: accuracy {v['accuracy'][-1]:.3f} < 0.5 (training through the server failed)")
+            failures.append(f"[1] {k}: test accuracy {v['accuracy'][-1]:.3f} < 0.5")
+    # 2. Robustness to the learning rate: at the largest rate of the sweep the
+    #    hybrid rule still trains where the additive rule has broken down.
+    for o, lrs in QUICK["sens_lrs"].items():
+        hy, ad = (res["sensitivity"][f"{o}/{r}/{lrs[-1]:g}"] for r in ("hybrid", "additive"))
+        if not hy > ad + 0.1:
+            failures.append(f"[2] sensitivity/{o} at lr {lrs[-1]:g}: hybrid {hy:.3f} not above additive {ad:.3f} + 0.1")
     for msg in failures:
         print("reproduce --quick: FAILED:", msg)
-    print(f"reproduce: {CHECKS - len(failures)} passed, {len(failures)} failed")
+    failed = len({m[:3] for m in failures})  # checks with at least one failure
+    print(f"reproduce: {CHECKS - failed} passed, {failed} failed")
     return 1 if failures else 0
 
 
