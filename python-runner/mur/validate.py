@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import mur
-from mur import reference
+from mur import models, reference
 from mur.data import load
 
 OPTIMIZERS = ["sgd", "adam", "adamw", "adagrad", "rmsprop", "adamax", "nadam", "radam", "adadelta", "lion"]
@@ -51,17 +51,7 @@ def torch_quirk(opt_name):
     return None
 
 
-def mlp():
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
-
-
-def cnn():
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(16 * 7 * 7, 10))
-
-
-MODELS = {"mlp": mlp, "cnn": cnn}
+MODELS = {"mlp": lambda: models.mlp(64), "cnn": lambda: models.cnn(8, 16)}
 
 
 def rel_diff(a, b):

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import mur
+from mur import models
 from mur.data import load
 
 # Learning rates of the image runs, per optimizer. The multiplicative term
@@ -18,17 +19,7 @@ GAMMA = 0.9
 OUT_SCALE = 10.0
 
 
-def mlp():
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
-
-
-def cnn():
-    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(32 * 7 * 7, 10))
-
-
-MODELS = {"mlp": mlp, "cnn": cnn}
+MODELS = {"mlp": lambda: models.mlp(128), "cnn": lambda: models.cnn(16, 32)}
 
 
 class Data:
