@@ -248,7 +248,8 @@ def report(res, cfg, files, out, quick, wall):
     L += ["", "![sensitivity](sensitivity.png)", "", "## What agrees with the paper, and what does not", ""]
     for k, opts in findings(res, cfg).items():
         L.append(f"- {k}: holds for {', '.join(opts) if opts else 'none'} of {', '.join(toy.OPTIMIZERS)}.")
-    L += ["", "_Discussion_: see the section below (written from the full run)."]
+    L += ["", "Why results agree or differ, and what `--quick` asserts: [DISCUSSION.md](DISCUSSION.md) "
+          "(written by hand from the committed full run)."]
     (out / "REPORT.md").write_text("\n".join(L) + "\n")
 
 
