@@ -85,6 +85,16 @@ def run_sensitivity(cfg, address):
 
 
 # ---------------------------------------------------------------- plots
+def _save(fig, axes, out, name, ylabel):
+    """Label, lay out, write and close one figure; returns its file name."""
+    axes[0].set_ylabel(ylabel)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=90)
+    plt.close(fig)
+    return name
+
+
 def plot_toy(res, out):
     files = []
     for p, prob in toy.PROBLEMS.items():
@@ -101,11 +111,7 @@ def plot_toy(res, out):
             ax.set_xlim(lo_x, hi_x)
             ax.set_ylim(lo_y, hi_y)
             ax.set_title(f"{p}: {o}")
-        axes[0].legend()
-        fig.tight_layout()
-        files.append(f"toy_trajectories_{p}.png")
-        fig.savefig(out / files[-1], dpi=90)
-        plt.close(fig)
+        files.append(_save(fig, axes, out, f"toy_trajectories_{p}.png", "y"))
         fig, axes = plt.subplots(1, 4, figsize=(18, 4))
         for ax, o in zip(axes, toy.OPTIMIZERS):
             for r in toy.RULES:
@@ -113,12 +119,7 @@ def plot_toy(res, out):
                 ax.semilogy([min(v, 1e6) for v in d], label=r)
             ax.set_title(f"{p}: {o}")
             ax.set_xlabel("iteration")
-        axes[0].set_ylabel("distance to the minimum")
-        axes[0].legend()
-        fig.tight_layout()
-        files.append(f"toy_distance_{p}.png")
-        fig.savefig(out / files[-1], dpi=90)
-        plt.close(fig)
+        files.append(_save(fig, axes, out, f"toy_distance_{p}.png", "distance to the minimum"))
     return files
 
 
@@ -133,28 +134,19 @@ def plot_images(res, out):
                 ax.plot(range(1, len(mean) + 1), mean * 100, "o-", label=r)
             ax.set_title(f"{model}: {o}")
             ax.set_xlabel("epoch")
-        axes[0].set_ylabel("test accuracy (%)")
-        axes[0].legend()
-        fig.tight_layout()
-        files.append(f"images_accuracy_{model}.png")
-        fig.savefig(out / files[-1], dpi=90)
-        plt.close(fig)
+        files.append(_save(fig, axes, out, f"images_accuracy_{model}.png", "test accuracy (%)"))
     return files
 
 
 def plot_sensitivity(res, lrs, out):
     fig, axes = plt.subplots(1, len(lrs), figsize=(6 * len(lrs), 4))
-    for ax, (o, grid) in zip(np.atleast_1d(axes), lrs.items()):
+    axes = np.atleast_1d(axes)
+    for ax, (o, grid) in zip(axes, lrs.items()):
         for r in toy.RULES:
             ax.semilogx(grid, [res[f"{o}/{r}/{lr:g}"] * 100 for lr in grid], "o-", label=r)
         ax.set_title(f"sensitivity: {o} (mlp)")
         ax.set_xlabel("learning rate (lr = lr_out)")
-    np.atleast_1d(axes)[0].set_ylabel("final test accuracy (%)")
-    np.atleast_1d(axes)[0].legend()
-    fig.tight_layout()
-    fig.savefig(out / "sensitivity.png", dpi=90)
-    plt.close(fig)
-    return ["sensitivity.png"]
+    return [_save(fig, axes, out, "sensitivity.png", "final test accuracy (%)")]
 
 
 # ---------------------------------------------------------------- report
