@@ -7,13 +7,14 @@ SHELL := /bin/bash
 # Debian packages the project needs (Python side, protoc, the dataset).
 APT_PACKAGES := python3-torch python3-grpcio python3-protobuf python3-numpy \
   python3-matplotlib python3-tqdm python3-venv python3-pip python3-pytest \
-  protobuf-compiler protobuf-compiler-grpc dataset-fashion-mnist
+  protobuf-compiler protobuf-compiler-grpc dataset-fashion-mnist \
+  libhwy-dev g++ make
 SYS_PYTHON := /usr/bin/python3
 VENV := .venv
 PY := $(CURDIR)/$(VENV)/bin/python
 PROTO_SRC := proto/mur/v1/optimizer.proto
 
-.PHONY: help deps apt node-deps py-deps proto native build test test-ts test-py demo \
+.PHONY: help deps apt node-deps py-deps proto native native-engine build test test-ts test-py demo \
   bench-engine bench-e2e reproduce clean
 
 help:
@@ -46,7 +47,7 @@ deps: apt node-deps py-deps
 proto: deps
 	bash scripts/gen-proto.sh
 
-build: proto native
+build: proto native native-engine
 	npm run build --workspaces
 
 test: build
@@ -56,6 +57,7 @@ demo: build
 	$(PY) -m mur.demo
 
 clean:
+	rm -rf ts-server/native/build
 	rm -rf node_modules */node_modules ts-server/dist ts-client/dist ts-server/generated ts-client/generated python-runner/mur/_proto $(VENV)
 
 # Native TensorFlow backend for tfjs-node from the tensorflow-cpu wheel
@@ -63,9 +65,19 @@ clean:
 native: node-deps py-deps
 	bash scripts/native-backend.sh
 
-# Engine throughput per optimizer x rule x backend beside torch.optim (issue 2, 4).
-bench-engine: build
-	cd ts-server && MUR_LOG=silent PYTHON=/usr/bin/python3 node dist/bench/engine.js
+# The fused native engine (ts-server/native: C++, Highway SIMD, both cores),
+# rebuilt when its sources change.
+NATIVE_ADDON := ts-server/native/build/Release/mur_native.node
+NATIVE_SRC := $(wildcard ts-server/native/src/*.cc ts-server/native/src/*.h ts-server/native/src/*/*.h) ts-server/native/binding.gyp
+native-engine: $(NATIVE_ADDON)
+$(NATIVE_ADDON): $(NATIVE_SRC) | node-deps apt
+	bash scripts/native-engine.sh
+
+# Engine throughput per optimizer x rule x backend x threads beside torch.optim
+# in its strongest CPU form (torch 2.x fused from the cached venv, else foreach
+# or default) and Debian's torch 1.13.
+bench-engine: build torch2
+	cd ts-server && MUR_LOG=silent node dist/bench/engine.js
 
 # RemoteOptimizer step vs a local torch.optim step, with a time breakdown (issue 3).
 bench-e2e: build
@@ -74,3 +86,26 @@ bench-e2e: build
 # The paper's experiments through the server: results/REPORT.md, JSON, plots (issue 5).
 reproduce: build
 	$(PY) -m mur.experiments.reproduce
+
+# torch 2.x (fused CPU optimizers) in its own venv, for comparing against it in
+# bench-engine. Wheels are kept in $${MUR_CACHE:-~/.cache/mur}/pip/wheels, so a
+# rebuild of the venv downloads nothing and works offline; says why and goes on
+# when impossible.
+TORCH2_VENV := .venv-torch2
+TORCH2_PACKAGES := 'torch>=2,<3' numpy grpcio protobuf pytest
+.PHONY: torch2
+
+torch2: $(TORCH2_VENV)/.installed
+
+$(TORCH2_VENV)/.installed: | apt
+	@cache="$${MUR_CACHE:-$$HOME/.cache/mur}/pip"; log=$$(mktemp); \
+	echo "torch2: installing torch 2.x into $(TORCH2_VENV) (wheels cached in $$cache)"; \
+	mkdir -p "$$cache/wheels" && $(SYS_PYTHON) -m venv $(TORCH2_VENV) >"$$log" 2>&1 \
+	  && { $(TORCH2_VENV)/bin/python -m pip download -q --retries 1 --no-cache-dir -d "$$cache/wheels" \
+	         $(TORCH2_PACKAGES) >>"$$log" 2>&1 || echo "torch2: could not download from PyPI, trying cached wheels"; } \
+	  && $(TORCH2_VENV)/bin/python -m pip install -q --no-index --find-links "$$cache/wheels" \
+	       $(TORCH2_PACKAGES) >>"$$log" 2>&1 \
+	  && touch $@ \
+	  && echo "torch2: $$($(TORCH2_VENV)/bin/python -c 'import torch; print(torch.__version__)') in $(TORCH2_VENV)" \
+	  || echo "torch2: skipped, no torch 2.x ($$(grep '^ERROR' "$$log" | tail -n1 | grep . || tail -n1 "$$log"))"; \
+	rm -f "$$log"

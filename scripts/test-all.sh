@@ -4,8 +4,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export MUR_LOG=silent
+# `make build` built the native engine or failed: its tests must run, not skip.
+export MUR_EXPECT_NATIVE_ENGINE=1
 
-echo "== ts-server on the wasm backend (mocha)"
+echo "== ts-server on the native engine (mocha: the whole table, goldens, rules, bad input, gRPC)"
+MUR_BACKEND=native npm test -w ts-server
+
+echo "== ts-server on the tfjs wasm backend (mocha)"
 MUR_BACKEND=wasm npm test -w ts-server
 
 if (cd ts-server && TF_CPP_MIN_LOG_LEVEL=3 node -e 'require("@tensorflow/tfjs-node")' >/dev/null 2>&1); then
@@ -22,7 +27,9 @@ echo "== additive rule vs torch.optim, golden trajectories regenerated with this
 golden=$(mktemp --suffix=.json)
 trap 'rm -f "$golden"' EXIT
 "$PY" python-runner/scripts/make_golden.py "$golden"
-(cd ts-server && MUR_BACKEND=wasm MUR_GOLDEN="$golden" npx mocha --no-config --require dist/test/setup.js --timeout 60000 dist/test/torch-golden.test.js)
+for backend in native wasm; do
+  (cd ts-server && MUR_BACKEND=$backend MUR_GOLDEN="$golden" npx mocha --no-config --require dist/test/setup.js --timeout 60000 dist/test/torch-golden.test.js)
+done
 
 echo "== python-runner (pytest: RemoteOptimizer against a live server, mur.reference against torch.optim)"
 "$PY" -m pytest -q python-runner/tests

@@ -3,7 +3,7 @@
 For every optimizer x rule, an MLP and a small CNN are trained on the same
 Fashion-MNIST batches from the same initial weights with
   1. torch.optim (additive rule only: that is what torch.optim computes),
-  2. mur.reference (in-process torch, the maths of UPDATE_RULES.md),
+  2. mur.reference (in-process torch, the maths of docs/update-rules.md),
   3. mur.RemoteOptimizer (the server),
 each fed the same gradients (those of the reference model at its own
 parameters, so the trajectory is a real training run), and after each step

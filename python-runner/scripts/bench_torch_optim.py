@@ -1,47 +1,105 @@
 #!/usr/bin/env python3
-"""torch.optim step throughput (Mparam/s) on one float32 parameter, for make bench-engine.
+"""torch.optim step throughput on one float32 parameter of n elements, for make bench-engine.
 
-    python3 bench_torch_optim.py 1000000,4000000 sgd,adam,adagrad,rmsprop
+For every optimizer x size x thread count it measures each form of the step this
+torch supports on CPU: "default" (no flags), "foreach" (foreach=True) and "fused"
+(fused=True; support is detected by trying one step, not by version number).
 
-Prints one JSON object: {"sgd": {"1000000": mparams_per_s, ...}, ...}.
+    python bench_torch_optim.py --sizes 1000000,4000000 \
+        --optimizers sgd,adam,adamw,adagrad,rmsprop --threads 1,2 [--seconds 1.0]
+
+Prints ONE JSON object on stdout (progress goes to stderr):
+    {"torch_version": "2.x", "max_threads": 2, "rows": [{"optimizer": "adam",
+     "params": 4000000, "threads": 1, "mode": "fused", "mparams_per_s": 1234.5,
+     "ms_per_step": 3.24}, ...]}
+Each row uses the median per-step time (after 3 warm-up steps, at least 5 steps
+and --seconds of stepping), which resists noise on a shared machine.
 """
+import argparse
 import json
+import os
+import statistics
 import sys
 import time
 
 import torch
 
-MAKE = {
-    "sgd": lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9),
-    "adam": lambda p: torch.optim.Adam(p, lr=1e-3),
-    "adagrad": lambda p: torch.optim.Adagrad(p, lr=1e-2),
-    "rmsprop": lambda p: torch.optim.RMSprop(p, lr=1e-2),
+OPTIMIZERS = {
+    "sgd": lambda params, **kw: torch.optim.SGD(params, lr=0.01, momentum=0.9, **kw),
+    "adam": lambda params, **kw: torch.optim.Adam(params, lr=1e-3, **kw),
+    "adamw": lambda params, **kw: torch.optim.AdamW(params, lr=1e-3, **kw),
+    "adagrad": lambda params, **kw: torch.optim.Adagrad(params, lr=1e-2, **kw),
+    "rmsprop": lambda params, **kw: torch.optim.RMSprop(params, lr=1e-2, **kw),
 }
+MODES = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
 
-def throughput(name, n, min_seconds=1.0):
+def make(name, mode, n):
+    """A fresh parameter (seed 0) with a gradient, and its optimizer in `mode`."""
     torch.manual_seed(0)
     p = torch.nn.Parameter(torch.randn(n))
-    p.grad = torch.randn(n) * 0.01
-    opt = MAKE[name]([p])
+    p.grad = 0.01 * torch.randn(n)
+    return OPTIMIZERS[name]([p], **MODES[mode])
+
+
+def supported(name, mode):
+    """Whether this torch accepts `mode` for `name` on CPU: try one step."""
+    try:
+        make(name, mode, 16).step()
+        return True
+    except (TypeError, RuntimeError, ValueError) as e:
+        print(f"  {name} {mode}: unsupported ({type(e).__name__}: {str(e).splitlines()[0][:100]})",
+              file=sys.stderr)
+        return False
+
+
+def measure(name, mode, n, seconds):
+    """Median seconds per step."""
+    opt = make(name, mode, n)
     for _ in range(3):
         opt.step()
-    steps, start = 0, time.perf_counter()
-    while True:
+    times = []
+    start = time.perf_counter()
+    while len(times) < 5 or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
         opt.step()
-        steps += 1
-        elapsed = time.perf_counter() - start
-        if steps >= 5 and elapsed >= min_seconds:
-            return n * steps / elapsed / 1e6
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def main():
-    sizes = [int(s) for s in sys.argv[1].split(",")]
-    names = sys.argv[2].split(",")
-    out = {name: {str(n): throughput(name, n) for n in sizes} for name in names}
-    out["torch_version"] = torch.__version__
-    out["threads"] = torch.get_num_threads()
-    print(json.dumps(out))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1000000,4000000")
+    ap.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    ap.add_argument("--threads", default="1")
+    ap.add_argument("--seconds", type=float, default=1.0)
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    names = args.optimizers.split(",")
+    threads = [int(t) for t in args.threads.split(",")]
+    unknown = [name for name in names if name not in OPTIMIZERS]
+    if unknown:
+        ap.error(f"unknown optimizer(s) {unknown}; known: {list(OPTIMIZERS)}")
+
+    # The CPUs this process may use (torch's default thread count can be lower).
+    max_threads = len(os.sched_getaffinity(0))
+    print(f"torch {torch.__version__}, {max_threads} threads available", file=sys.stderr)
+    rows = []
+    for name in names:
+        modes = [mode for mode in MODES if supported(name, mode)]
+        for n in sizes:
+            for k in threads:
+                torch.set_num_threads(k)
+                for mode in modes:
+                    sec = measure(name, mode, n, args.seconds)
+                    row = {"optimizer": name, "params": n, "threads": k, "mode": mode,
+                           "mparams_per_s": round(n / sec / 1e6, 1),
+                           "ms_per_step": round(sec * 1e3, 3)}
+                    print(f"  {name} n={n} threads={k} {mode}: {row['mparams_per_s']} Mparam/s",
+                          file=sys.stderr)
+                    rows.append(row)
+    print(json.dumps({"torch_version": torch.__version__, "max_threads": max_threads,
+                      "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 // mur-server: the optimizer service on one port.
 import * as fs from 'fs';
 import { BACKEND_NAMES, initBackend, type BackendName } from './engine/backend';
+import { currentEngine } from './engine/engine';
+import { NativeEngine } from './engine/native';
 import { startServer } from './grpc/server';
 import { log } from './log';
 import { checkSpecJson, type SpecJson } from './registry';
@@ -11,8 +13,10 @@ const HELP = `mur-server: remote optimizer service (multiplicative update rules)
 Usage: mur-server [options]
   --port N            port to listen on (0: any free port; default 50051)
   --host H            address to bind (default 127.0.0.1)
-  --backend NAME      tensor backend: ${BACKEND_NAMES.join(' | ')}
-                      (default: tensorflow when @tensorflow/tfjs-node loads, else wasm)
+  --backend NAME      engine: ${BACKEND_NAMES.join(' | ')}
+                      (default: native, the fused C++ engine, when its addon loads;
+                      else tensorflow when @tensorflow/tfjs-node loads; else wasm)
+  --threads N         native engine threads (0: every core; default: MUR_THREADS or 0)
   --config FILE       default optimizer spec (JSON, same schema as CreateSession's spec)
   --max-message-mb N  largest gRPC message accepted or sent (default 64)
   --chunk-kb N        size of the chunks of streamed tensors (default 1024)
@@ -26,6 +30,7 @@ export interface CliOptions {
   host: string;
   backend?: BackendName;
   config?: SpecJson;
+  threads?: number;
   maxMessageBytes: number;
   chunkBytes: number;
 }
@@ -74,6 +79,9 @@ export function parseArgs(argv: string[]): CliOptions | 'help' {
         o.config = json;
         break;
       }
+      case '--threads':
+        o.threads = positive(flag, next(), true);
+        break;
       case '--max-message-mb':
         o.maxMessageBytes = positive(flag, next()) * 1024 * 1024;
         break;
@@ -99,7 +107,9 @@ async function main(): Promise<void> {
     process.stdout.write(HELP + '\n');
     return;
   }
-  const backend = await initBackend(opts.backend);
+  const backend = await initBackend(opts.backend, opts.threads);
+  const engine = currentEngine();
+  const detail = engine instanceof NativeEngine ? { simd: engine.target, threads: engine.threads() } : {};
   const server = await startServer({
     port: opts.port,
     host: opts.host,
@@ -108,8 +118,8 @@ async function main(): Promise<void> {
     defaultSpec: opts.config,
     backend,
   });
-  process.stdout.write(JSON.stringify({ event: 'listening', port: server.port, host: opts.host, backend }) + '\n');
-  log('info', 'listening', { port: server.port, host: opts.host, backend });
+  process.stdout.write(JSON.stringify({ event: 'listening', port: server.port, host: opts.host, backend, ...detail }) + '\n');
+  log('info', 'listening', { port: server.port, host: opts.host, backend, ...detail });
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;

@@ -2,10 +2,10 @@
 // and streamed steps (with chunking, above the 4 MiB default message size),
 // replay of a repeated step number, export/import, health and reflection.
 import { strict as assert } from 'assert';
+import { currentEngine } from '../src/engine/engine';
 import * as path from 'path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import * as tf from '@tensorflow/tfjs-core';
 import { DType, type StateFrame, type StepStreamRequest } from '../generated/mur/v1/optimizer';
 import { OPTIMIZERS } from '../src/optimizers';
 import { RULES } from '../src/rules';
@@ -16,21 +16,21 @@ const adamHybrid = { optimizer: 'adam', rule: 'hybrid', defaults: { lr: 0.01, lr
 
 describe('service over gRPC', () => {
   let h: Harness;
-  let tensorsBefore: number;
+  let memoryBefore: { buffers: number; bytes: number };
   before(async () => {
-    tensorsBefore = tf.memory().numTensors;
+    memoryBefore = currentEngine().memory();
     h = await startHarness({ chunkBytes: 64 * 1024 });
   });
   after(async () => {
     await h.close();
-    assert.equal(tf.memory().numTensors, tensorsBefore, 'closing the server disposes every tensor');
+    assert.deepEqual(currentEngine().memory(), memoryBefore, 'closing the server disposes every tensor and buffer');
   });
 
   it('GetCapabilities lists every optimizer and rule of the registry, the backend and the limits', async () => {
     const c = await capabilities(h);
     assert.deepEqual(c.optimizers.map((o) => o.name), OPTIMIZERS.map((o) => o.name));
     assert.deepEqual(c.rules.map((r) => r.name), RULES.map((r) => r.name));
-    assert.equal(c.backend, tf.getBackend());
+    assert.equal(c.backend, currentEngine().name);
     assert.ok(c.availableBackends.includes(c.backend));
     assert.deepEqual(c.dtypes, [F32]);
     assert.equal(c.chunkBytes, 64 * 1024);

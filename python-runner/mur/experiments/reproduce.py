@@ -34,7 +34,7 @@ QUICK = dict(robust_n=5, grid_quick=True, models={"mlp": (5000, 2)}, test_size=2
              sens_lrs={"adam": [1e-4, 1e-3, 1e-2, 3e-2, 1e-1], "sgd": [1e-3, 1e-2, 0.1, 0.3, 1.0]},
              sens=(3000, 1), target={"mlp": 0.75})
 
-PAPER = {  # UPDATE_RULES.md section 4: distance after 100 iterations, best configuration
+PAPER = {  # the paper (Kirtas et al. 2024), toy problems: distance after 100 iterations, best configuration
     "convex": {"sgd": (8.61e-1, 2.92e-5, 3.57e-7), "adagrad": (5.80e-4, 1.35e-4, 1.68e-7),
                "adam": (3.75e-2, 7.44e-3, 4.47e-3), "rmsprop": (1.82e-5, 7.58e-6, 1.68e-7)},
     "rosenbrock": {"sgd": (1.38, 7.70e-2, 2.04e-2), "adagrad": (4.60e-1, 1.88e-1, 1.26e-2),

@@ -1,4 +1,4 @@
-"""mur.reference: every optimizer x rule of UPDATE_RULES.md in plain torch.
+"""mur.reference: every optimizer x rule of docs/update-rules.md in plain torch.
 
 The second framework of the cross-framework validation, and usable alone
 (no server) in any dtype:

@@ -1,10 +1,16 @@
-// Chooses the tfjs backend at start-up: native TensorFlow (tfjs-node) when
-// its addon loads, else the embedded wasm backend, else the pure-JS cpu one.
+// Chooses the engine at start-up: the fused native engine when its addon
+// loads, else a tfjs backend: native TensorFlow (tfjs-node), the embedded
+// wasm backend, the pure-JS cpu one. `--backend` picks one by name.
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs-core';
+import { OPTIMIZERS } from '../optimizers';
+import { RULES } from '../rules';
+import { setEngine } from './engine';
+import { loadNative, NativeEngine, nativeLoadError } from './native';
+import { TfjsEngine } from './tfjs';
 
-export type BackendName = 'tensorflow' | 'tensorflow-gpu' | 'wasm' | 'cpu';
-export const BACKEND_NAMES: BackendName[] = ['tensorflow', 'tensorflow-gpu', 'wasm', 'cpu'];
+export type BackendName = 'native' | 'tensorflow' | 'tensorflow-gpu' | 'wasm' | 'cpu';
+export const BACKEND_NAMES: BackendName[] = ['native', 'tensorflow', 'tensorflow-gpu', 'wasm', 'cpu'];
 
 /** Why a backend could not be loaded, by name (filled as backends are tried). */
 export const backendErrors: Partial<Record<BackendName, string>> = {};
@@ -19,6 +25,10 @@ function keepingBackend(load: () => unknown): void {
 function tryRegister(name: BackendName): boolean {
   try {
     switch (name) {
+      case 'native':
+        if (loadNative()) return true;
+        backendErrors.native = nativeLoadError() ?? 'not built';
+        return false;
       case 'tensorflow':
         // The addon registers the 'tensorflow' backend on import. Its build
         // comes from `make native` (scripts/native-backend.sh).
@@ -45,26 +55,39 @@ function tryRegister(name: BackendName): boolean {
   }
 }
 
-/** Backends whose module loads on this machine (tfjs-node's addon included). */
+/** Backends whose module loads on this machine (the native addons included). */
 export function availableBackends(): BackendName[] {
-  return BACKEND_NAMES.filter((n) => tryRegister(n) && tf.findBackendFactory(tfName(n)) !== null);
+  return BACKEND_NAMES.filter((n) => tryRegister(n) && (n === 'native' || tf.findBackendFactory(tfName(n)) !== null));
 }
 
 function tfName(n: BackendName): string {
   return n === 'tensorflow-gpu' ? 'tensorflow' : n;
 }
 
+/** Native engine threads: MUR_THREADS, else every core. */
+function threadsFromEnv(): number {
+  const n = Number(process.env.MUR_THREADS ?? 0);
+  return Number.isInteger(n) && n >= 0 ? n : 0;
+}
+
 /**
- * Activates `requested`, or the best available (tensorflow, then wasm, then
- * cpu) when undefined. Throws with the loader's reason when a requested
- * backend cannot be used.
+ * Activates `requested`, or the best available (native, then tensorflow,
+ * then wasm, then cpu) when undefined, and makes it the engine sessions use.
+ * Throws with the loader's reason when a requested backend cannot be used.
  */
-export async function initBackend(requested?: BackendName): Promise<BackendName> {
-  const order: BackendName[] = requested ? [requested] : ['tensorflow', 'wasm', 'cpu'];
+export async function initBackend(requested?: BackendName, threads?: number): Promise<BackendName> {
+  const order: BackendName[] = requested ? [requested] : ['native', 'tensorflow', 'wasm', 'cpu'];
   for (const name of order) {
     if (!tryRegister(name)) continue;
+    if (name === 'native') {
+      const engine = new NativeEngine(loadNative()!, OPTIMIZERS, RULES);
+      engine.setThreads(threads ?? threadsFromEnv());
+      setEngine(engine);
+      return name;
+    }
     if (await tf.setBackend(tfName(name))) {
       await tf.ready();
+      setEngine(new TfjsEngine(name));
       return name;
     }
     backendErrors[name] = backendErrors[name] ?? 'tf.setBackend failed';

@@ -1,17 +1,9 @@
-// One parameter's step: the optimizer's direction, then the rule's change,
-// then the one subtraction of the framework (theta_t = theta_{t-1} - xi).
+// One parameter's step on tfjs tensors: the optimizer's direction, then the
+// rule's change, then the one subtraction of the framework
+// (theta_t = theta_{t-1} - xi). The native engine composes the same pieces in
+// C++ (native/src/kernels.cc), with the subtraction in one place there too.
 import * as tf from '@tensorflow/tfjs-core';
-import type { Hypers, OptimizerDef, RuleDef, RuleRates, State } from './types';
-
-/** The rates a rule sees: eta and eta_out carry the optimizer's scale, eta_in never does. */
-export function ruleRates(h: Hypers, scale: number): RuleRates {
-  return {
-    eta: (h.lr as number) * scale,
-    etaIn: (h.lr_in as number) ?? 1,
-    etaOut: (h.lr_out as number) * scale,
-    gamma: (h.gamma as number) ?? 1,
-  };
-}
+import type { Hypers, OptimizerDef, RuleDef, State } from './types';
 
 export interface ParamStepResult {
   theta: tf.Tensor;
@@ -35,6 +27,6 @@ export function stepParam(
 ): ParamStepResult {
   const u = opt.update(g, theta, optState, h, t);
   const decayed = u.decay === undefined || u.decay === 1 ? theta : tf.mul(theta, u.decay);
-  const r = rule.apply(decayed, u.d, ruleRates(h, u.scale), h, ruleState);
+  const r = rule.apply(decayed, u.d, u.scale, h, ruleState);
   return { theta: tf.sub(decayed, r.change), optState: u.state, ruleState: r.state };
 }

@@ -1,4 +1,4 @@
-// The two kinds of pieces of the framework (UPDATE_RULES.md section 1), in
+// The two kinds of pieces of the framework (docs/update-rules.md, section 1), in
 // optax's init/update style:
 //  - an Optimizer turns a gradient and its own state into a direction `d` and
 //    step-size factors; it never changes the parameter;
@@ -35,6 +35,31 @@ export interface HyperSpec {
 /** Named state tensors of one parameter, e.g. {exp_avg, exp_avg_sq}. */
 export type State = Record<string, tf.Tensor>;
 
+/** How a state slot starts. */
+export type SlotInit =
+  /** every element this value */
+  | { fill: number }
+  /** every element the value of this hyperparameter */
+  | { fillFrom: string }
+  /** a copy of the first gradient that uses it (SGD's momentum buffer) */
+  | { copyOfGrad: true }
+  /** one element: rms(theta at creation) times this hyperparameter (Madam's bound) */
+  | { rmsTimes: string };
+
+/**
+ * One state slot of an optimizer or a rule. The list is positional: the
+ * native engine's kernels take the slots in this order (checked against the
+ * addon's own list when it loads).
+ */
+export interface SlotDecl {
+  name: string;
+  init: SlotInit;
+  /** One element per parameter instead of one per element. */
+  scalar?: boolean;
+  /** The slot exists only with these hyperparameters (default: always). */
+  when?: (h: Hypers) => boolean;
+}
+
 /** What an optimizer hands to the rule. */
 export interface Direction {
   /** Same shape as the parameter. */
@@ -61,8 +86,8 @@ export interface OptimizerDef {
   name: string;
   description: string;
   hypers: HyperSpec[];
-  /** State slots for one parameter, before its first step. */
-  init(theta: tf.Tensor, h: Hypers): State;
+  /** The state slots of one parameter, created by the engine when first needed. */
+  slots: SlotDecl[];
   /**
    * One step for one parameter. `t` counts this parameter's steps from 1.
    * Runs inside tf.tidy: allocate freely, return what must survive.
@@ -70,29 +95,18 @@ export interface OptimizerDef {
   update(g: tf.Tensor, theta: tf.Tensor, state: State, h: Hypers, t: number): OptimizerUpdate;
 }
 
-/** The learning rates a rule sees, with the optimizer's scale applied. */
-export interface RuleRates {
-  /** Additive learning rate (lr), times scale. */
-  eta: number;
-  /** Inner learning rate (lr_in), never scaled. */
-  etaIn: number;
-  /** Outer learning rate (lr_out), times scale. */
-  etaOut: number;
-  /** Hybrid weight. */
-  gamma: number;
-}
-
 export interface RuleDef {
   name: string;
   description: string;
   hypers: HyperSpec[];
-  /** Rule state for one parameter (e.g. Madam's bound from theta_0). */
-  init(theta: tf.Tensor, h: Hypers): State;
+  /** Rule state of one parameter (e.g. Madam's bound from theta_0). */
+  slots: SlotDecl[];
   /**
    * The change xi that the step subtracts: theta_t = theta_{t-1} - xi
-   * (UPDATE_RULES.md section 1), and the rule's new state. A rule never
+   * (docs/update-rules.md, section 1), and the rule's new state. It reads its
+   * own rates from `h`; `scale` multiplies lr and lr_out, never lr_in. A rule never
    * subtracts itself: the sign lives in engine/step.ts alone. Runs inside
    * tf.tidy.
    */
-  apply(theta: tf.Tensor, d: tf.Tensor, rates: RuleRates, h: Hypers, state: State): { change: tf.Tensor; state: State };
+  apply(theta: tf.Tensor, d: tf.Tensor, scale: number, h: Hypers, state: State): { change: tf.Tensor; state: State };
 }

@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
-import * as tf from '@tensorflow/tfjs-core';
+import { currentEngine } from '../engine/engine';
 import { OptimizerService, type OptimizerServer } from '../../generated/mur/v1/optimizer';
 import type { BackendName } from '../engine/backend';
 import { checkSpecJson, type SpecJson } from '../registry';
@@ -62,7 +62,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   if (opts.defaultSpec) checkSpecJson(opts.defaultSpec, 'config: ');
   const ctx: ServerContext = {
     store: new SessionStore(),
-    backend: opts.backend ?? (tf.getBackend() as BackendName),
+    backend: opts.backend ?? (currentEngine().name as BackendName),
     maxMessageBytes,
     chunkBytes: opts.chunkBytes ?? 1024 * 1024,
     maxStreamElements: opts.maxStreamElements ?? 2 ** 30,

@@ -2,7 +2,8 @@
 // d = sqrt(acc + eps) / sqrt(sq + eps) * g;  acc = rho acc + (1-rho) d^2.
 import * as tf from '@tensorflow/tfjs-core';
 import type { OptimizerDef } from '../engine/types';
-import { ema, eps, lr, weightDecay, withWeightDecay, zeros } from './common';
+import { ema, eps, lr, weightDecay, withWeightDecay } from './common';
+import { num } from '../engine/hypers';
 
 export const adadelta: OptimizerDef = {
   name: 'adadelta',
@@ -13,11 +14,11 @@ export const adadelta: OptimizerDef = {
     eps(1e-6),
     weightDecay(0),
   ],
-  init: (theta) => ({ square_avg: zeros(theta), acc_delta: zeros(theta) }),
+  slots: [{ name: 'square_avg', init: { fill: 0 } }, { name: 'acc_delta', init: { fill: 0 } }],
   update(g, theta, state, h) {
-    g = withWeightDecay(g, theta, h.weight_decay as number);
-    const rho = h.rho as number;
-    const e = h.eps as number;
+    g = withWeightDecay(g, theta, num(h, 'weight_decay'));
+    const rho = num(h, 'rho');
+    const e = num(h, 'eps');
     const sq = ema(state.square_avg, tf.square(g), rho);
     const d = tf.mul(tf.div(tf.sqrt(tf.add(state.acc_delta, e)), tf.sqrt(tf.add(sq, e))), g);
     const acc = ema(state.acc_delta, tf.square(d), rho);

@@ -3,6 +3,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { OptimizerDef } from '../engine/types';
 import { eps, lr, weightDecay, withWeightDecay } from './common';
+import { num } from '../engine/hypers';
 
 export const adagrad: OptimizerDef = {
   name: 'adagrad',
@@ -14,11 +15,11 @@ export const adagrad: OptimizerDef = {
     { name: 'initial_accumulator_value', type: 'number', default: 0, minimum: 0, fixed: true, description: 'starting value of the sum of squares' },
     eps(1e-10),
   ],
-  init: (theta, h) => ({ sum: tf.fill(theta.shape, h.initial_accumulator_value as number) }),
+  slots: [{ name: 'sum', init: { fillFrom: 'initial_accumulator_value' } }],
   update(g, theta, state, h, t) {
-    g = withWeightDecay(g, theta, h.weight_decay as number);
+    g = withWeightDecay(g, theta, num(h, 'weight_decay'));
     const sum = tf.add(state.sum, tf.square(g));
-    const d = tf.div(g, tf.add(tf.sqrt(sum), h.eps as number));
-    return { d, scale: 1 / (1 + (t - 1) * (h.lr_decay as number)), state: { sum } };
+    const d = tf.div(g, tf.add(tf.sqrt(sum), num(h, 'eps')));
+    return { d, scale: 1 / (1 + (t - 1) * num(h, 'lr_decay')), state: { sum } };
   },
 };

@@ -1,33 +1,35 @@
-// Adam (UPDATE_RULES.md section 3), as torch.optim.Adam:
+// Adam (docs/update-rules.md, section 3), as torch.optim.Adam:
 //   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2  (vmax = max(vmax, v) with amsgrad)
 //   d = m / (sqrt(v) / sqrt(bc2) + eps)   -- m is NOT bias-corrected inside d
 //   scale = 1 / bc1, applied to eta and eta_out only.
 import * as tf from '@tensorflow/tfjs-core';
-import type { Hypers, OptimizerDef, OptimizerUpdate, State } from '../engine/types';
-import { betas, ema, eps, lr, weightDecay, withWeightDecay, zeros } from './common';
+import type { Hypers, OptimizerDef, OptimizerUpdate, SlotDecl, State } from '../engine/types';
+import { betas, ema, eps, lr, weightDecay, withWeightDecay } from './common';
+import { num, flag, pair } from '../engine/hypers';
 
 /** The shared Adam step on an already weight-decayed gradient (Adam and AdamW). */
 export function adamDirection(g: tf.Tensor, state: State, h: Hypers, t: number): OptimizerUpdate {
-  const [b1, b2] = h.betas as [number, number];
+  const [b1, b2] = pair(h, 'betas');
   const m = ema(state.exp_avg, g, b1);
   const v = ema(state.exp_avg_sq, tf.square(g), b2);
   const next: State = { exp_avg: m, exp_avg_sq: v };
   let denomBase = v;
-  if (h.amsgrad) {
+  if (flag(h, 'amsgrad')) {
     denomBase = tf.maximum(state.max_exp_avg_sq, v);
     next.max_exp_avg_sq = denomBase;
   }
   const bc1 = 1 - Math.pow(b1, t);
   const bc2 = 1 - Math.pow(b2, t);
-  const denom = tf.add(tf.div(tf.sqrt(denomBase), Math.sqrt(bc2)), h.eps as number);
+  const denom = tf.add(tf.div(tf.sqrt(denomBase), Math.sqrt(bc2)), num(h, 'eps'));
   return { d: tf.div(m, denom), scale: 1 / bc1, state: next };
 }
 
-export function adamInit(theta: tf.Tensor, h: Hypers): State {
-  const s: State = { exp_avg: zeros(theta), exp_avg_sq: zeros(theta) };
-  if (h.amsgrad) s.max_exp_avg_sq = zeros(theta);
-  return s;
-}
+/** Adam's and AdamW's slots; max_exp_avg_sq only with AMSGrad. */
+export const ADAM_SLOTS: SlotDecl[] = [
+  { name: 'exp_avg', init: { fill: 0 } },
+  { name: 'exp_avg_sq', init: { fill: 0 } },
+  { name: 'max_exp_avg_sq', init: { fill: 0 }, when: (h) => flag(h, 'amsgrad') },
+];
 
 export const AMSGRAD = {
   name: 'amsgrad', type: 'boolean' as const, default: false, fixed: true,
@@ -38,6 +40,6 @@ export const adam: OptimizerDef = {
   name: 'adam',
   description: 'Adam (torch.optim.Adam), with optional AMSGrad.',
   hypers: [lr(1e-3), betas(0.9, 0.999), eps(1e-8), weightDecay(0), AMSGRAD],
-  init: adamInit,
-  update: (g, theta, state, h, t) => adamDirection(withWeightDecay(g, theta, h.weight_decay as number), state, h, t),
+  slots: ADAM_SLOTS,
+  update: (g, theta, state, h, t) => adamDirection(withWeightDecay(g, theta, num(h, 'weight_decay')), state, h, t),
 };

@@ -5,7 +5,8 @@
 // P_t is a one-element tensor so it survives checkpoints without a host sync.
 import * as tf from '@tensorflow/tfjs-core';
 import type { OptimizerDef } from '../engine/types';
-import { betas, ema, eps, lr, weightDecay, withWeightDecay, zeros } from './common';
+import { betas, ema, eps, lr, weightDecay, withWeightDecay } from './common';
+import { num, pair } from '../engine/hypers';
 
 export const nadam: OptimizerDef = {
   name: 'nadam',
@@ -14,17 +15,21 @@ export const nadam: OptimizerDef = {
     lr(2e-3), betas(0.9, 0.999), eps(1e-8), weightDecay(0),
     { name: 'momentum_decay', type: 'number', default: 4e-3, minimum: 0, description: 'psi in mu_t = b1 (1 - 0.5 * 0.96^(t psi))' },
   ],
-  init: (theta) => ({ exp_avg: zeros(theta), exp_avg_sq: zeros(theta), mu_product: tf.ones([1]) }),
+  slots: [
+    { name: 'exp_avg', init: { fill: 0 } },
+    { name: 'exp_avg_sq', init: { fill: 0 } },
+    { name: 'mu_product', init: { fill: 1 }, scalar: true },
+  ],
   update(g, theta, state, h, t) {
-    g = withWeightDecay(g, theta, h.weight_decay as number);
-    const [b1, b2] = h.betas as [number, number];
-    const psi = h.momentum_decay as number;
+    g = withWeightDecay(g, theta, num(h, 'weight_decay'));
+    const [b1, b2] = pair(h, 'betas');
+    const psi = num(h, 'momentum_decay');
     const mu = b1 * (1 - 0.5 * Math.pow(0.96, t * psi));
     const muNext = b1 * (1 - 0.5 * Math.pow(0.96, (t + 1) * psi));
     const prod = tf.mul(state.mu_product, mu);
     const m = ema(state.exp_avg, g, b1);
     const v = ema(state.exp_avg_sq, tf.square(g), b2);
-    const denom = tf.add(tf.sqrt(tf.div(v, 1 - Math.pow(b2, t))), h.eps as number);
+    const denom = tf.add(tf.sqrt(tf.div(v, 1 - Math.pow(b2, t))), num(h, 'eps'));
     const cg = tf.div(1 - mu, tf.sub(1, prod));
     const cm = tf.div(muNext, tf.sub(1, tf.mul(prod, muNext)));
     const d = tf.add(tf.mul(tf.div(g, denom), cg), tf.mul(tf.div(m, denom), cm));

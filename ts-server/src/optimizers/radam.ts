@@ -4,16 +4,17 @@
 // and d = m otherwise; scale = 1 / bc1.
 import * as tf from '@tensorflow/tfjs-core';
 import type { OptimizerDef } from '../engine/types';
-import { betas, ema, eps, lr, weightDecay, withWeightDecay, zeros } from './common';
+import { betas, ema, eps, lr, weightDecay, withWeightDecay } from './common';
+import { num, pair } from '../engine/hypers';
 
 export const radam: OptimizerDef = {
   name: 'radam',
   description: 'RAdam (torch.optim.RAdam): Adam with variance rectification.',
   hypers: [lr(1e-3), betas(0.9, 0.999), eps(1e-8), weightDecay(0)],
-  init: (theta) => ({ exp_avg: zeros(theta), exp_avg_sq: zeros(theta) }),
+  slots: [{ name: 'exp_avg', init: { fill: 0 } }, { name: 'exp_avg_sq', init: { fill: 0 } }],
   update(g, theta, state, h, t) {
-    g = withWeightDecay(g, theta, h.weight_decay as number);
-    const [b1, b2] = h.betas as [number, number];
+    g = withWeightDecay(g, theta, num(h, 'weight_decay'));
+    const [b1, b2] = pair(h, 'betas');
     const m = ema(state.exp_avg, g, b1);
     const v = ema(state.exp_avg_sq, tf.square(g), b2);
     const bc2 = 1 - Math.pow(b2, t);
@@ -22,7 +23,7 @@ export const radam: OptimizerDef = {
     let d = m;
     if (rhoT > 5) {
       const rect = Math.sqrt(((rhoT - 4) * (rhoT - 2) * rhoInf) / ((rhoInf - 4) * (rhoInf - 2) * rhoT));
-      d = tf.mul(tf.div(m, tf.add(tf.sqrt(v), h.eps as number)), rect * Math.sqrt(bc2));
+      d = tf.mul(tf.div(m, tf.add(tf.sqrt(v), num(h, 'eps'))), rect * Math.sqrt(bc2));
     }
     return { d, scale: 1 / (1 - Math.pow(b1, t)), state: { exp_avg: m, exp_avg_sq: v } };
   },

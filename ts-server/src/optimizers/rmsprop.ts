@@ -4,6 +4,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { OptimizerDef, State } from '../engine/types';
 import { ema, eps, lr, weightDecay, withWeightDecay, zeros } from './common';
+import { num, flag } from '../engine/hypers';
 
 export const rmsprop: OptimizerDef = {
   name: 'rmsprop',
@@ -16,24 +17,24 @@ export const rmsprop: OptimizerDef = {
     { name: 'momentum', type: 'number', default: 0, minimum: 0, description: 'momentum factor' },
     { name: 'centered', type: 'boolean', default: false, fixed: true, description: 'normalise by the variance estimate' },
   ],
-  init(theta, h) {
-    const s: State = { square_avg: zeros(theta) };
-    if (h.centered) s.grad_avg = zeros(theta);
-    return s;
-  },
+  slots: [
+    { name: 'square_avg', init: { fill: 0 } },
+    { name: 'grad_avg', init: { fill: 0 }, when: (h) => flag(h, 'centered') },
+    { name: 'momentum_buffer', init: { fill: 0 }, when: (h) => num(h, 'momentum') > 0 },
+  ],
   update(g, theta, state, h) {
-    g = withWeightDecay(g, theta, h.weight_decay as number);
-    const alpha = h.alpha as number;
+    g = withWeightDecay(g, theta, num(h, 'weight_decay'));
+    const alpha = num(h, 'alpha');
     const sq = ema(state.square_avg, tf.square(g), alpha);
     const next: State = { square_avg: sq };
     let variance = sq;
-    if (h.centered) {
+    if (flag(h, 'centered')) {
       const ga = ema(state.grad_avg, g, alpha);
       next.grad_avg = ga;
       variance = tf.sub(sq, tf.square(ga));
     }
-    const step = tf.div(g, tf.add(tf.sqrt(variance), h.eps as number));
-    const mu = h.momentum as number;
+    const step = tf.div(g, tf.add(tf.sqrt(variance), num(h, 'eps')));
+    const mu = num(h, 'momentum');
     if (mu === 0) return { d: step, scale: 1, state: next };
     const prev = state.momentum_buffer ?? zeros(theta);
     const buf = tf.add(tf.mul(prev, mu), step);

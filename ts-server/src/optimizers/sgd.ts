@@ -1,7 +1,8 @@
-// SGD (UPDATE_RULES.md section 3): coupled weight decay, optional momentum
+// SGD (docs/update-rules.md, section 3): coupled weight decay, optional momentum
 // with dampening and Nesterov, as torch.optim.SGD.
 import * as tf from '@tensorflow/tfjs-core';
 import type { OptimizerDef, OptimizerUpdate } from '../engine/types';
+import { num, flag } from '../engine/hypers';
 
 export const sgd: OptimizerDef = {
   name: 'sgd',
@@ -13,16 +14,16 @@ export const sgd: OptimizerDef = {
     { name: 'weight_decay', type: 'number', default: 0, minimum: 0, description: 'coupled L2 weight decay' },
     { name: 'nesterov', type: 'boolean', default: false, description: 'Nesterov momentum (needs momentum > 0, dampening 0)' },
   ],
-  // The momentum buffer is created on the first step that uses momentum.
-  init: () => ({}),
+  // The momentum buffer starts as a copy of the first gradient that uses it.
+  slots: [{ name: 'momentum_buffer', init: { copyOfGrad: true }, when: (h) => num(h, 'momentum') !== 0 }],
   update(g, theta, state, h): OptimizerUpdate {
-    const wd = h.weight_decay as number;
-    const mu = h.momentum as number;
+    const wd = num(h, 'weight_decay');
+    const mu = num(h, 'momentum');
     if (wd !== 0) g = tf.add(g, tf.mul(theta, wd));
     if (mu === 0) return { d: g, scale: 1, state: {} };
     const prev = state.momentum_buffer;
-    const buf = prev === undefined ? tf.clone(g) : tf.add(tf.mul(prev, mu), tf.mul(g, 1 - (h.dampening as number)));
-    const d = h.nesterov ? tf.add(g, tf.mul(buf, mu)) : buf;
+    const buf = prev === undefined ? tf.clone(g) : tf.add(tf.mul(prev, mu), tf.mul(g, 1 - num(h, 'dampening')));
+    const d = flag(h, 'nesterov') ? tf.add(g, tf.mul(buf, mu)) : buf;
     return { d, scale: 1, state: { momentum_buffer: buf } };
   },
 };

@@ -1,9 +1,10 @@
 // The hybrid rule: xi = gamma * eta_out * |theta| * tanh(eta_in * d) + (1 - gamma) * eta * d.
 // The additive part lets a weight cross or leave zero; gamma = 1 is purely
-// multiplicative, gamma = 0 purely additive.
+// multiplicative, gamma = 0 purely additive (docs/update-rules.md).
 import * as tf from '@tensorflow/tfjs-core';
+import { num } from '../engine/hypers';
 import type { RuleDef } from '../engine/types';
-import { LR_IN, LR_OUT, multiplicativeTerm } from './multiplicative';
+import { eta, LR_IN, LR_OUT, multiplicativeTerm } from './common';
 
 export const hybrid: RuleDef = {
   name: 'hybrid',
@@ -13,9 +14,10 @@ export const hybrid: RuleDef = {
     LR_OUT,
     { name: 'gamma', type: 'number', default: 1, minimum: 0, maximum: 1, description: 'weight of the multiplicative term' },
   ],
-  init: () => ({}),
-  apply(theta, d, r) {
-    const mult = tf.mul(multiplicativeTerm(theta, d, r.etaIn, r.etaOut), r.gamma);
-    return { change: tf.add(mult, tf.mul(d, (1 - r.gamma) * r.eta)), state: {} };
+  slots: [],
+  apply(theta, d, scale, h) {
+    const gamma = num(h, 'gamma');
+    const mult = tf.mul(multiplicativeTerm(theta, d, h, scale), gamma);
+    return { change: tf.add(mult, tf.mul(d, (1 - gamma) * eta(h, scale))), state: {} };
   },
 };

@@ -1,11 +1,16 @@
-// The properties UPDATE_RULES.md states for the rules, on random data.
+// The properties docs/update-rules.md states for the rules, on random data.
+// Each rule runs through a real Session on the engine under test, behind plain
+// SGD (no momentum, no decay), whose direction is the gradient itself: d = g.
 import { strict as assert } from 'assert';
-import * as tf from '@tensorflow/tfjs-core';
-import type { RuleDef, RuleRates } from '../engine/types';
-import { additive } from './additive';
-import { expSign } from './expSign';
-import { hybrid } from './hybrid';
-import { multiplicative } from './multiplicative';
+import { resolveSpec } from '../registry';
+import { Session } from '../session/session';
+
+interface Rates {
+  eta: number;
+  etaIn: number;
+  etaOut: number;
+  gamma: number;
+}
 
 /** A small deterministic generator (LCG) so failures reproduce. */
 function rand(seed: number) {
@@ -13,24 +18,35 @@ function rand(seed: number) {
   return () => ((s = (1664525 * s + 1013904223) >>> 0) / 2 ** 32) * 2 - 1;
 }
 
-function apply(rule: RuleDef, theta: number[], d: number[], rates: RuleRates, h = {}): number[] {
-  return tf.tidy(() => {
-    const th = tf.tensor1d(theta);
-    const state = rule.init(th, { g_bound: 10, p_scale: 3, ...h });
-    const r = rule.apply(th, tf.tensor1d(d), rates, { g_bound: 10, p_scale: 3, ...h }, state);
-    return Array.from(tf.sub(th, r.change).dataSync());
-  });
+const HYPERS: Record<string, (r: Rates) => Record<string, number>> = {
+  additive: () => ({}),
+  multiplicative: (r) => ({ lr_in: r.etaIn, lr_out: r.etaOut }),
+  hybrid: (r) => ({ lr_in: r.etaIn, lr_out: r.etaOut, gamma: r.gamma }),
+  exp_sign: () => ({}),
+};
+
+/** One step of `rule` on theta with direction d. */
+function apply(rule: string, theta: number[], d: number[], rates: Rates, h: Record<string, number> = {}): number[] {
+  const defaults = { lr: rates.eta, ...HYPERS[rule](rates), ...h };
+  const s = new Session('rules', resolveSpec({ optimizer: 'sgd', rule, defaults }), [
+    { id: 'w', name: 'w', shape: [theta.length], group: '', values: Float32Array.from(theta) },
+  ]);
+  try {
+    return Array.from(s.step(1, [{ id: 'w', data: Float32Array.from(d) }]).values[0].data);
+  } finally {
+    s.dispose();
+  }
 }
 
 const N = 2000;
 const r = rand(7);
 const theta = Array.from({ length: N }, (_, i) => (i % 50 === 0 ? 0 : r() * 3));
 const d = Array.from({ length: N }, () => r() * 20);
-const rates: RuleRates = { eta: 0.1, etaIn: 0.7, etaOut: 0.9, gamma: 0.5 };
+const rates: Rates = { eta: 0.1, etaIn: 0.7, etaOut: 0.9, gamma: 0.5 };
 
-describe('rules: properties of UPDATE_RULES.md', () => {
+describe('rules: properties of docs/update-rules.md', () => {
   it('multiplicative: no sign change while eta_out < 1, and |step| <= eta_out |theta|', () => {
-    const out = apply(multiplicative, theta, d, rates);
+    const out = apply('multiplicative', theta, d, rates);
     theta.forEach((t, i) => {
       assert.ok(out[i] * t >= 0, `element ${i}: ${t} -> ${out[i]}`);
       assert.ok(Math.abs(out[i] - t) <= rates.etaOut * Math.abs(t) * (1 + 1e-6), `element ${i}: step too large`);
@@ -39,28 +55,28 @@ describe('rules: properties of UPDATE_RULES.md', () => {
 
   it('multiplicative: a weight at exactly zero stays zero over many steps', () => {
     let x = [0, 0, 0];
-    for (let k = 0; k < 20; k++) x = apply(multiplicative, x, [5, -3, 0.1], rates);
+    for (let k = 0; k < 20; k++) x = apply('multiplicative', x, [5, -3, 0.1], rates);
     assert.deepEqual(x, [0, 0, 0]);
   });
 
   it('hybrid: gamma = 0 is additive, gamma = 1 is multiplicative', () => {
-    const h0 = apply(hybrid, theta, d, { ...rates, gamma: 0 });
-    const a = apply(additive, theta, d, rates);
-    const h1 = apply(hybrid, theta, d, { ...rates, gamma: 1 });
-    const m = apply(multiplicative, theta, d, rates);
+    const h0 = apply('hybrid', theta, d, { ...rates, gamma: 0 });
+    const a = apply('additive', theta, d, rates);
+    const h1 = apply('hybrid', theta, d, { ...rates, gamma: 1 });
+    const m = apply('multiplicative', theta, d, rates);
     // Same float32 ops in the same order up to the 0 * term: equal to rounding.
     h0.forEach((v, i) => assert.ok(Math.abs(v - a[i]) <= 1e-6 * (1 + Math.abs(a[i])), `gamma=0 element ${i}`));
     h1.forEach((v, i) => assert.ok(Math.abs(v - m[i]) <= 1e-6 * (1 + Math.abs(m[i])), `gamma=1 element ${i}`));
   });
 
   it('hybrid: the additive part moves a weight off zero', () => {
-    const out = apply(hybrid, [0], [1], rates);
+    const out = apply('hybrid', [0], [1], rates);
     assert.ok(Math.abs(out[0] + (1 - rates.gamma) * rates.eta) < 1e-7, `got ${out[0]}`);
   });
 
   it('exp_sign: keeps signs and stays within p_scale * rms(theta_0)', () => {
     const rms = Math.sqrt(theta.reduce((a, v) => a + v * v, 0) / N);
-    const out = apply(expSign, theta, d, { ...rates, eta: 0.5 }, { p_scale: 1.5 });
+    const out = apply('exp_sign', theta, d, { ...rates, eta: 0.5 }, { p_scale: 1.5 });
     out.forEach((v, i) => {
       assert.ok(v * theta[i] >= 0, `element ${i} changed sign`);
       assert.ok(Math.abs(v) <= 1.5 * rms * (1 + 1e-6), `element ${i}: ${v} outside the bound`);
@@ -68,7 +84,7 @@ describe('rules: properties of UPDATE_RULES.md', () => {
   });
 
   it('exp_sign: clamps d to g_bound', () => {
-    const big = apply(expSign, [1], [1e6], { ...rates, eta: 0.01 }, { g_bound: 2 });
+    const big = apply('exp_sign', [1], [1e6], { ...rates, eta: 0.01 }, { g_bound: 2 });
     assert.ok(Math.abs(big[0] - Math.exp(-0.02)) < 1e-6, `got ${big[0]}`);
   });
 });

@@ -25,24 +25,3 @@ export function bytesToF32(bytes: Uint8Array, what: string): Float32Array {
 export function f32ToBytes(a: Float32Array): Buffer {
   return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 }
-
-export function shapeSize(shape: number[]): number {
-  return shape.reduce((a, b) => a * b, 1);
-}
-
-/** Decodes a tensor checking dtype and that its shape matches `expected`. */
-export function decodeTensor(
-  t: { shape: number[]; dtype: DType; data: Uint8Array },
-  expected: number[],
-  what: string,
-): Float32Array {
-  checkDtype(t.dtype, what);
-  if (t.shape.length !== expected.length || t.shape.some((n, i) => n !== expected[i])) {
-    throw new InvalidArgument(`${what}: shape ${JSON.stringify(t.shape)} does not match the parameter's ${JSON.stringify(expected)}`);
-  }
-  const a = bytesToF32(t.data, what);
-  if (a.length !== shapeSize(expected)) {
-    throw new InvalidArgument(`${what}: ${a.length} values for shape ${JSON.stringify(expected)}`);
-  }
-  return a;
-}

@@ -1,4 +1,4 @@
-// The plain-number reference of UPDATE_RULES.md: float64, element by element,
+// The plain-number reference of docs/update-rules.md: float64, element by element,
 // no tfjs. It is written independently of src/ (one loop per element, the
 // formulas as the document states them) so that the two check each other.
 export type H = Record<string, number | boolean | number[]>;

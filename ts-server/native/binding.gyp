@@ -1,0 +1,14 @@
+{
+  "targets": [
+    {
+      "target_name": "mur_native",
+      "sources": ["src/addon.cc", "src/kernels.cc", "src/pool.cc"],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "src"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-O2", "-O3"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+      "libraries": ["-lhwy", "-lpthread"]
+    }
+  ]
+}

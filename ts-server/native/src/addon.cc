@@ -1,0 +1,175 @@
+// The Node-API binding of the native engine (node-addon-api). It checks the
+// layout of every job before the kernel runs and throws a TypeError naming
+// the bad argument; it never touches tensor elements itself.
+//
+//   describe() -> {optimizers, rules, target, threads, layout}
+//   step(opt, rule, buffers, hypers, fresh)
+//       buffers: per job kStride entries [theta, grad, slot0..2, ruleSlot0]
+//                (Float32Array, or null where unused)
+//       hypers:  Float64Array, kHyperBlock values per job
+//       fresh:   Uint32Array, one bitmask per job (slot created this step, init "grad")
+//   firstNonFinite(Float32Array) -> index or -1
+//   sumSquares(Float32Array) -> number
+//   setThreads(n) (0: all hardware threads), threads() -> n
+#include <napi.h>
+
+#include <string>
+#include <vector>
+
+#include "kernel.h"
+#include "pool.h"
+
+namespace {
+
+constexpr int kStride = 2 + mur::kMaxOptSlots + mur::kMaxRuleSlots;
+
+Napi::Object DescribeOne(Napi::Env env, const mur::Descriptor& d) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("name", d.name);
+  Napi::Array hypers = Napi::Array::New(env, d.n_hypers);
+  for (int i = 0; i < d.n_hypers; ++i) hypers.Set(i, d.hypers[i]);
+  Napi::Array slots = Napi::Array::New(env, d.n_slots);
+  for (int i = 0; i < d.n_slots; ++i) {
+    Napi::Object s = Napi::Object::New(env);
+    s.Set("name", d.slots[i]);
+    s.Set("scalar", ((d.scalar_slots >> i) & 1u) != 0);
+    slots.Set(i, s);
+  }
+  o.Set("hypers", hypers);
+  o.Set("slots", slots);
+  return o;
+}
+
+Napi::Value Describe(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object out = Napi::Object::New(env);
+  Napi::Array opts = Napi::Array::New(env, mur::kNumOptimizers);
+  for (int i = 0; i < mur::kNumOptimizers; ++i) opts.Set(i, DescribeOne(env, mur::OptimizerDescriptor(i)));
+  Napi::Array rules = Napi::Array::New(env, mur::kNumRules);
+  for (int i = 0; i < mur::kNumRules; ++i) rules.Set(i, DescribeOne(env, mur::RuleDescriptor(i)));
+  Napi::Object layout = Napi::Object::New(env);
+  layout.Set("stride", kStride);
+  layout.Set("maxOptSlots", mur::kMaxOptSlots);
+  layout.Set("maxRuleSlots", mur::kMaxRuleSlots);
+  layout.Set("hyperBlock", mur::kHyperBlock);
+  layout.Set("optHyper", mur::kOptHyper);
+  layout.Set("ruleHyper", mur::kRuleHyper);
+  out.Set("optimizers", opts);
+  out.Set("rules", rules);
+  out.Set("target", mur::TargetName());
+  out.Set("threads", mur::Pool::Get().threads());
+  out.Set("layout", layout);
+  return out;
+}
+
+[[noreturn]] void Fail(Napi::Env env, const std::string& msg) {
+  throw Napi::TypeError::New(env, msg);
+}
+
+/** The Float32Array at buffers[i], or nullptr for null/undefined. */
+float* Floats(Napi::Env env, const Napi::Array& buffers, uint32_t i, size_t* len) {
+  Napi::Value v = buffers.Get(i);
+  if (v.IsNull() || v.IsUndefined()) return nullptr;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+    Fail(env, "buffers[" + std::to_string(i) + "]: expected a Float32Array or null");
+  }
+  Napi::Float32Array a = v.As<Napi::Float32Array>();
+  *len = a.ElementLength();
+  return a.Data();
+}
+
+Napi::Value Step(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 5 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsArray() ||
+      !info[3].IsTypedArray() || !info[4].IsTypedArray()) {
+    Fail(env, "step(opt, rule, buffers, hypers, fresh): bad arguments");
+  }
+  const int opt = info[0].As<Napi::Number>().Int32Value();
+  const int rule = info[1].As<Napi::Number>().Int32Value();
+  if (opt < 0 || opt >= mur::kNumOptimizers) Fail(env, "step: unknown optimizer id " + std::to_string(opt));
+  if (rule < 0 || rule >= mur::kNumRules) Fail(env, "step: unknown rule id " + std::to_string(rule));
+  const mur::Descriptor& od = mur::OptimizerDescriptor(opt);
+  const mur::Descriptor& rd = mur::RuleDescriptor(rule);
+  Napi::Array buffers = info[2].As<Napi::Array>();
+  if (info[3].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) Fail(env, "step: hypers must be a Float64Array");
+  if (info[4].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) Fail(env, "step: fresh must be a Uint32Array");
+  Napi::Float64Array hypers = info[3].As<Napi::Float64Array>();
+  Napi::Uint32Array fresh = info[4].As<Napi::Uint32Array>();
+  if (buffers.Length() % kStride != 0) Fail(env, "step: buffers.length must be a multiple of " + std::to_string(kStride));
+  const size_t njobs = buffers.Length() / kStride;
+  if (hypers.ElementLength() != njobs * mur::kHyperBlock) Fail(env, "step: hypers.length must be jobs * " + std::to_string(mur::kHyperBlock));
+  if (fresh.ElementLength() != njobs) Fail(env, "step: fresh.length must equal the number of jobs");
+
+  std::vector<mur::Job> jobs(njobs);
+  for (size_t k = 0; k < njobs; ++k) {
+    const uint32_t base = static_cast<uint32_t>(k * kStride);
+    const std::string where = "job " + std::to_string(k);
+    mur::Job& j = jobs[k];
+    size_t n = 0, gn = 0;
+    j.theta = Floats(env, buffers, base, &n);
+    j.grad = Floats(env, buffers, base + 1, &gn);
+    if (j.theta == nullptr || j.grad == nullptr) Fail(env, where + ": theta and grad are required");
+    if (gn != n) Fail(env, where + ": grad has " + std::to_string(gn) + " elements, theta " + std::to_string(n));
+    j.n = n;
+    auto slot = [&](uint32_t at, int k2, const mur::Descriptor& d) -> float* {
+      size_t len = 0;
+      float* p = Floats(env, buffers, at, &len);
+      if (p == nullptr) return nullptr;
+      if (k2 >= d.n_slots) Fail(env, where + ": " + d.name + " has no slot " + std::to_string(k2));
+      const bool scalar = ((d.scalar_slots >> k2) & 1u) != 0;
+      if (scalar ? len < 1 : len != n) {
+        Fail(env, where + ": slot '" + d.slots[k2] + "' has " + std::to_string(len) + " elements, expected " +
+                      (scalar ? std::string("1") : std::to_string(n)));
+      }
+      return p;
+    };
+    for (int s = 0; s < mur::kMaxOptSlots; ++s) j.slot[s] = slot(base + 2 + s, s, od);
+    for (int s = 0; s < mur::kMaxRuleSlots; ++s) j.rule_slot[s] = slot(base + 2 + mur::kMaxOptSlots + s, s, rd);
+    j.h = hypers.Data() + k * mur::kHyperBlock;
+    j.fresh = fresh[k];
+  }
+  std::string err = mur::RunStep(opt, rule, jobs.data(), njobs);
+  if (!err.empty()) Fail(env, "step: " + err);
+  return env.Undefined();
+}
+
+Napi::Float32Array Arg(const Napi::CallbackInfo& info, const char* fn) {
+  if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+    Fail(info.Env(), std::string(fn) + ": expected a Float32Array");
+  }
+  return info[0].As<Napi::Float32Array>();
+}
+
+Napi::Value FirstNonFinite(const Napi::CallbackInfo& info) {
+  Napi::Float32Array a = Arg(info, "firstNonFinite");
+  return Napi::Number::New(info.Env(), static_cast<double>(mur::FirstNonFinite(a.Data(), a.ElementLength())));
+}
+
+Napi::Value SumSquares(const Napi::CallbackInfo& info) {
+  Napi::Float32Array a = Arg(info, "sumSquares");
+  return Napi::Number::New(info.Env(), mur::SumSquares(a.Data(), a.ElementLength()));
+}
+
+Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  if (info.Length() != 1 || !info[0].IsNumber()) Fail(info.Env(), "setThreads(n): n must be a number");
+  mur::Pool::Get().SetThreads(info[0].As<Napi::Number>().Int32Value());
+  return Napi::Number::New(info.Env(), mur::Pool::Get().threads());
+}
+
+Napi::Value Threads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), mur::Pool::Get().threads()); }
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("describe", Napi::Function::New(env, Describe));
+  exports.Set("step", Napi::Function::New(env, Step));
+  exports.Set("firstNonFinite", Napi::Function::New(env, FirstNonFinite));
+  exports.Set("sumSquares", Napi::Function::New(env, SumSquares));
+  exports.Set("setThreads", Napi::Function::New(env, SetThreads));
+  exports.Set("threads", Napi::Function::New(env, Threads));
+  // Join the workers before the process tears down.
+  napi_add_env_cleanup_hook(env, [](void*) { mur::Pool::Get().Stop(); }, nullptr);
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(mur_native, Init)

@@ -1,0 +1,68 @@
+// Pieces several optimizers share (per SIMD target): loads and stores of a
+// slot, coupled weight decay, the exponential moving average, and the
+// host-side bias corrections. Included by kernels.cc once per target.
+#if defined(MUR_OPTIMIZERS_COMMON_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef MUR_OPTIMIZERS_COMMON_INL_H_
+#undef MUR_OPTIMIZERS_COMMON_INL_H_
+#else
+#define MUR_OPTIMIZERS_COMMON_INL_H_
+#endif
+
+#include <cmath>
+#include <string>
+
+#include "hwy/highway.h"
+#include "kernel.h"
+#include "simd-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace mur {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+/** What an optimizer hands the rule besides d (docs/update-rules.md, section 1). */
+struct Factors {
+  double scale = 1;  // multiplies eta and eta_out, never eta_in
+  double decay = 1;  // decoupled decay: theta *= decay before the rule
+};
+
+/** The i-th hyperparameter of the optimizer's table. */
+inline double OptH(const Job& j, int i) { return j.h[kOptHyper + i]; }
+/** This parameter's step number, from 1. */
+inline double StepT(const Job& j) { return j.h[0]; }
+
+/** 1 - beta^t, the bias correction of a moment started at zero. */
+inline double BiasCorrection(double beta, double t) { return 1.0 - std::pow(beta, t); }
+
+/** Refuses a job whose slot k is missing (the binding laid it out wrongly). */
+inline bool Need(const Job& j, int k, const char* what, std::string* err) {
+  if (j.slot[k] != nullptr) return true;
+  *err = std::string("state slot '") + what + "' is missing";
+  return false;
+}
+
+template <class D>
+HWY_INLINE hn::Vec<D> LoadSlot(D d, const Job& j, int k, size_t i) {
+  return hn::LoadU(d, j.slot[k] + i);
+}
+template <class D>
+HWY_INLINE void StoreSlot(D d, hn::Vec<D> v, const Job& j, int k, size_t i) {
+  hn::StoreU(v, d, j.slot[k] + i);
+}
+
+/** g + wd * theta (torch's coupled L2 decay); wd = 0 leaves g unchanged. */
+template <class D>
+HWY_INLINE hn::Vec<D> CoupledDecay(D d, hn::Vec<D> g, hn::Vec<D> theta, float wd) {
+  return hn::MulAdd(hn::Set(d, wd), theta, g);
+}
+
+/** beta * prev + (1 - beta) * x. */
+template <class D>
+HWY_INLINE hn::Vec<D> Ema(D d, hn::Vec<D> prev, hn::Vec<D> x, float beta, float one_minus_beta) {
+  return hn::MulAdd(hn::Set(d, beta), prev, hn::Mul(hn::Set(d, one_minus_beta), x));
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace mur
+HWY_AFTER_NAMESPACE();
+#endif

@@ -1,0 +1,57 @@
+// SGD (torch.optim.SGD): coupled weight decay, momentum with dampening and
+// Nesterov. The momentum buffer starts as a copy of the first gradient that
+// uses it.
+//   g' = g + wd theta;  buf = g' (first) | mu buf + (1 - tau) g'
+//   d = g' + mu buf (nesterov) | buf | g' (no momentum)
+#ifndef MUR_SGD_DESC_
+#define MUR_SGD_DESC_
+namespace mur {
+namespace sgd_desc {
+inline constexpr const char* kHypers[] = {"lr", "momentum", "dampening", "weight_decay", "nesterov"};
+inline constexpr const char* kSlots[] = {"momentum_buffer"};
+}  // namespace sgd_desc
+}  // namespace mur
+#endif
+
+#if defined(MUR_OPTIMIZERS_SGD_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef MUR_OPTIMIZERS_SGD_INL_H_
+#undef MUR_OPTIMIZERS_SGD_INL_H_
+#else
+#define MUR_OPTIMIZERS_SGD_INL_H_
+#endif
+#include "optimizers/common-inl.h"
+HWY_BEFORE_NAMESPACE();
+namespace mur {
+namespace HWY_NAMESPACE {
+
+struct Sgd {
+  struct C {
+    float mu, one_minus_tau, wd;
+    bool momentum, nesterov, first;
+  };
+  static bool Prepare(const Job& j, C* c, Factors*, std::string* err) {
+    c->mu = static_cast<float>(OptH(j, 1));
+    c->one_minus_tau = static_cast<float>(1.0 - OptH(j, 2));
+    c->wd = static_cast<float>(OptH(j, 3));
+    c->nesterov = OptH(j, 4) != 0;
+    c->momentum = OptH(j, 1) != 0;
+    c->first = (j.fresh & 1u) != 0;
+    return !c->momentum || Need(j, 0, "momentum_buffer", err);
+  }
+  static void Commit(const Job&, const C&) {}
+
+  template <class D>
+  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const Job& j, size_t i, hn::Vec<D> g, hn::Vec<D> theta) {
+    g = CoupledDecay(d, g, theta, c.wd);
+    if (!c.momentum) return g;
+    const auto mu = hn::Set(d, c.mu);
+    const auto buf = c.first ? g : hn::MulAdd(mu, LoadSlot(d, j, 0, i), hn::Mul(hn::Set(d, c.one_minus_tau), g));
+    StoreSlot(d, buf, j, 0, i);
+    return c.nesterov ? hn::MulAdd(mu, buf, g) : buf;
+  }
+};
+
+}  // namespace HWY_NAMESPACE
+}  // namespace mur
+HWY_AFTER_NAMESPACE();
+#endif

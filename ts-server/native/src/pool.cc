@@ -1,0 +1,83 @@
+#include "pool.h"
+
+#include <algorithm>
+
+namespace mur {
+
+Pool& Pool::Get() {
+  static Pool pool;
+  return pool;
+}
+
+Pool::Pool() { SetThreads(0); }
+
+void Pool::SetThreads(int n) {
+  int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int want = n <= 0 ? hw : std::min(n, hw);
+  if (want == threads_ && static_cast<int>(workers_.size()) == want - 1) return;
+  Stop();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = false;
+  }
+  threads_ = want;
+  for (int i = 0; i < want - 1; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+}
+
+void Pool::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  for (auto& w : workers_) w.join();
+  workers_.clear();
+  threads_ = 1;
+}
+
+// Pulls tasks of the current batch until none is left.
+void Pool::Drain() {
+  for (;;) {
+    size_t i = next_.fetch_add(1, std::memory_order_relaxed);
+    if (i >= ntasks_) return;
+    fn_(ctx_, i);
+  }
+}
+
+void Pool::WorkerLoop() {
+  uint64_t seen = 0;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
+      if (stopping_) return;
+      seen = generation_;
+    }
+    Drain();
+    finished_workers_.fetch_add(1, std::memory_order_acq_rel);
+  }
+}
+
+void Pool::Run(size_t ntasks, Fn fn, void* ctx) {
+  if (ntasks == 0) return;
+  if (workers_.empty() || ntasks == 1) {
+    for (size_t i = 0; i < ntasks; ++i) fn(ctx, i);
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    fn_ = fn;
+    ctx_ = ctx;
+    ntasks_ = ntasks;
+    next_.store(0, std::memory_order_relaxed);
+    finished_workers_.store(0, std::memory_order_relaxed);
+    ++generation_;
+  }
+  wake_.notify_all();
+  Drain();
+  // Every task was handed out; wait until every worker has left Drain().
+  const int n = static_cast<int>(workers_.size());
+  while (finished_workers_.load(std::memory_order_acquire) < n) std::this_thread::yield();
+}
+
+}  // namespace mur

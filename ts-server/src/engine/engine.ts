@@ -1,0 +1,85 @@
+// The engine contract: where a session's tensors live and how one step is
+// computed. Two implementations hold every parameter to the same tests:
+//   native (engine/native.ts): Float32Arrays updated in place by fused C++
+//     kernels, one pass over memory per optimizer x rule;
+//   tfjs (engine/tfjs.ts): tf.Variables on a tfjs backend (tensorflow,
+//     tensorflow-gpu, wasm, cpu).
+// The session (session/session.ts) validates a step whole, then calls
+// Engine.step, which must either apply every job or throw having changed
+// nothing.
+import type { Hypers, OptimizerDef, RuleDef } from './types';
+
+/** One stored tensor: a parameter or a state slot. */
+export interface Slot {
+  readonly size: number;
+  /** The current values, without a copy where the engine can (valid until the next step). */
+  view(): Float32Array;
+  /** A copy of the current values. */
+  read(): Float32Array;
+}
+
+/** Everything the engine stores for one parameter. */
+export interface ParamState {
+  theta: Slot | null;
+  opt: Map<string, Slot>;
+  rule: Map<string, Slot>;
+  /** Steps applied to this parameter (its t is steps + 1 in the next one). */
+  steps: number;
+}
+
+export interface StepJob {
+  state: ParamState;
+  shape: number[];
+  grad: Float32Array;
+  h: Hypers;
+  /** This parameter's step number, from 1. */
+  t: number;
+}
+
+export interface EngineMemory {
+  /** Tensors or buffers the engine holds. */
+  buffers: number;
+  bytes: number;
+}
+
+export interface Engine {
+  /** 'native' or the tfjs backend's name. */
+  readonly name: string;
+  /** Index of the first NaN or infinity, or -1. */
+  firstNonFinite(a: Float32Array): number;
+  /** New storage holding a copy of `values`. */
+  create(values: Float32Array, shape: number[]): Slot;
+  /** Overwrites a slot of the same size. */
+  write(slot: Slot, values: Float32Array): void;
+  dispose(slot: Slot): void;
+  /**
+   * Applies one step to every job: creates the slots the optimizer and rule
+   * declare when first needed, computes, and commits. Called only after the
+   * session validated the step; throws having changed nothing, or applies
+   * every job.
+   */
+  step(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[]): void;
+  memory(): EngineMemory;
+}
+
+let current: Engine | null = null;
+
+/** The engine sessions use; set once at start-up by engine/backend.ts. */
+export function currentEngine(): Engine {
+  if (!current) throw new Error('no engine: call initBackend() first');
+  return current;
+}
+
+export function setEngine(e: Engine): void {
+  current = e;
+}
+
+/** Disposes every slot of a parameter. */
+export function disposeParam(engine: Engine, p: ParamState): void {
+  if (p.theta) engine.dispose(p.theta);
+  for (const s of p.opt.values()) engine.dispose(s);
+  for (const s of p.rule.values()) engine.dispose(s);
+  p.theta = null;
+  p.opt.clear();
+  p.rule.clear();
+}

@@ -1,0 +1,207 @@
+// The native engine: parameters and slots are Float32Arrays, updated in
+// place by the addon's fused kernels (ts-server/native, built by
+// `make native-engine`): one pass over memory per optimizer x rule, SIMD
+// chosen at run time, both cores for large steps.
+//
+// A step is all-or-nothing: the session has validated ids, shapes and
+// finiteness before it gets here; this file lays out every job and creates
+// missing slots off to the side; the addon checks the layout and prepares
+// every job before it writes anything, and its element loop has no failure
+// path. Only then are the new slots committed into the parameter's maps.
+import * as path from 'path';
+import type { Engine, EngineMemory, ParamState, Slot, StepJob } from './engine';
+import { num } from './hypers';
+import type { HyperValue, Hypers, OptimizerDef, RuleDef, SlotDecl } from './types';
+
+interface Descriptor {
+  name: string;
+  hypers: string[];
+  slots: Array<{ name: string; scalar: boolean }>;
+}
+
+export interface NativeAddon {
+  describe(): {
+    optimizers: Descriptor[];
+    rules: Descriptor[];
+    target: string;
+    threads: number;
+    layout: { stride: number; maxOptSlots: number; maxRuleSlots: number; hyperBlock: number; optHyper: number; ruleHyper: number };
+  };
+  step(opt: number, rule: number, buffers: Array<Float32Array | null>, hypers: Float64Array, fresh: Uint32Array): void;
+  firstNonFinite(a: Float32Array): number;
+  sumSquares(a: Float32Array): number;
+  setThreads(n: number): number;
+  threads(): number;
+}
+
+export const ADDON_PATH = path.join(__dirname, '../../../native/build/Release/mur_native.node');
+
+let addon: NativeAddon | null = null;
+let loadError: string | null = null;
+
+/** The addon, or null (with the reason in nativeLoadError()). */
+export function loadNative(): NativeAddon | null {
+  if (addon || loadError) return addon;
+  try {
+    addon = require(ADDON_PATH) as NativeAddon;
+  } catch (e) {
+    loadError = (e as Error).message.split('\n')[0];
+  }
+  return addon;
+}
+
+export function nativeLoadError(): string | null {
+  loadNative();
+  return loadError;
+}
+
+class NativeSlot implements Slot {
+  constructor(readonly data: Float32Array) {}
+  get size(): number {
+    return this.data.length;
+  }
+  view(): Float32Array {
+    return this.data;
+  }
+  read(): Float32Array {
+    return this.data.slice();
+  }
+}
+
+const dataOf = (s: Slot) => (s as NativeSlot).data;
+
+/** A hyperparameter by its flattened name: "lr", "betas.1"; booleans as 0/1. */
+function flatValue(h: Hypers, name: string): number {
+  const dot = name.indexOf('.');
+  const v: HyperValue | undefined = dot < 0 ? h[name] : (h[name.slice(0, dot)] as [number, number] | undefined)?.[Number(name.slice(dot + 1))];
+  if (typeof v === 'boolean') return v ? 1 : 0;
+  if (typeof v !== 'number') throw new Error(`native engine: hyperparameter '${name}' is ${JSON.stringify(v)}`);
+  return v;
+}
+
+/** Checks that the addon's slot list is the TypeScript definition's, in order. */
+function sameSlots(what: string, ts: SlotDecl[], native: Descriptor['slots']): void {
+  const a = ts.map((s) => `${s.name}${s.scalar ? '[1]' : ''}`).join(',');
+  const b = native.map((s) => `${s.name}${s.scalar ? '[1]' : ''}`).join(',');
+  if (a !== b) throw new Error(`native engine: ${what} slots differ: TypeScript [${a}], addon [${b}]`);
+}
+
+export class NativeEngine implements Engine {
+  readonly name = 'native';
+  private readonly ids = new Map<string, number>();
+  private readonly descs = new Map<string, Descriptor>();
+  private readonly layout: ReturnType<NativeAddon['describe']>['layout'];
+  private live = { buffers: 0, bytes: 0 };
+
+  constructor(private readonly addon: NativeAddon, optimizers: readonly OptimizerDef[], rules: readonly RuleDef[]) {
+    const d = addon.describe();
+    this.layout = d.layout;
+    const index = (kind: string, list: Descriptor[], defs: ReadonlyArray<{ name: string; slots: SlotDecl[] }>) => {
+      for (const def of defs) {
+        const i = list.findIndex((x) => x.name === def.name);
+        if (i < 0) throw new Error(`native engine: the addon has no ${kind} '${def.name}'`);
+        sameSlots(`${kind} '${def.name}'`, def.slots, list[i].slots);
+        this.ids.set(`${kind}:${def.name}`, i);
+        this.descs.set(`${kind}:${def.name}`, list[i]);
+      }
+    };
+    index('optimizer', d.optimizers, optimizers);
+    index('rule', d.rules, rules);
+  }
+
+  /** The SIMD target the addon chose, e.g. "AVX3". */
+  get target(): string {
+    return this.addon.describe().target;
+  }
+
+  setThreads(n: number): number {
+    return this.addon.setThreads(n);
+  }
+
+  threads(): number {
+    return this.addon.threads();
+  }
+
+  firstNonFinite(a: Float32Array): number {
+    return this.addon.firstNonFinite(a);
+  }
+
+  private alloc(n: number): Float32Array {
+    this.live.buffers += 1;
+    this.live.bytes += 4 * n;
+    return new Float32Array(n);
+  }
+
+  create(values: Float32Array): Slot {
+    const a = this.alloc(values.length);
+    a.set(values);
+    return new NativeSlot(a);
+  }
+
+  write(slot: Slot, values: Float32Array): void {
+    dataOf(slot).set(values);
+  }
+
+  dispose(slot: Slot): void {
+    this.live.buffers -= 1;
+    this.live.bytes -= 4 * slot.size;
+  }
+
+  memory(): EngineMemory {
+    return { ...this.live };
+  }
+
+  /** A new slot's buffer with its declared first value. */
+  private initial(decl: SlotDecl, theta: Float32Array, h: Hypers): Float32Array {
+    const a = this.alloc(decl.scalar ? 1 : theta.length);
+    const i = decl.init;
+    if ('fill' in i) a.fill(i.fill);
+    else if ('fillFrom' in i) a.fill(num(h, i.fillFrom));
+    else if ('rmsTimes' in i) a[0] = Math.sqrt(this.addon.sumSquares(theta) / Math.max(1, theta.length)) * num(h, i.rmsTimes);
+    // copyOfGrad: the kernel copies the gradient in (its "fresh" bit).
+    return a;
+  }
+
+  step(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[]): void {
+    const { stride, maxOptSlots, hyperBlock, optHyper, ruleHyper } = this.layout;
+    const od = this.descs.get(`optimizer:${opt.name}`)!;
+    const rd = this.descs.get(`rule:${rule.name}`)!;
+    const buffers: Array<Float32Array | null> = new Array(jobs.length * stride).fill(null);
+    const hypers = new Float64Array(jobs.length * hyperBlock);
+    const fresh = new Uint32Array(jobs.length);
+    const created: Array<{ into: Map<string, Slot>; name: string; data: Float32Array }> = [];
+    try {
+      jobs.forEach((j, k) => {
+        const base = k * stride;
+        const theta = dataOf(j.state.theta!);
+        buffers[base] = theta;
+        buffers[base + 1] = j.grad;
+        const place = (decls: SlotDecl[], into: Map<string, Slot>, at: number, freshBits: boolean) => {
+          decls.forEach((d, i) => {
+            if (d.when && !d.when(j.h)) return;
+            let s = into.get(d.name);
+            if (!s) {
+              const data = this.initial(d, theta, j.h);
+              created.push({ into, name: d.name, data });
+              s = new NativeSlot(data);
+              if (freshBits && 'copyOfGrad' in d.init) fresh[k] |= 1 << i;
+            }
+            buffers[at + i] = dataOf(s);
+          });
+        };
+        place(opt.slots, j.state.opt, base + 2, true);
+        place(rule.slots, j.state.rule, base + 2 + maxOptSlots, false);
+        const hb = k * hyperBlock;
+        hypers[hb] = j.t;
+        hypers[hb + 1] = flatValue(j.h, 'lr');
+        od.hypers.forEach((name, i) => (hypers[hb + optHyper + i] = flatValue(j.h, name)));
+        rd.hypers.forEach((name, i) => (hypers[hb + ruleHyper + i] = flatValue(j.h, name)));
+      });
+      this.addon.step(this.ids.get(`optimizer:${opt.name}`)!, this.ids.get(`rule:${rule.name}`)!, buffers, hypers, fresh);
+    } catch (e) {
+      for (const c of created) this.dispose(new NativeSlot(c.data));
+      throw e;
+    }
+    for (const c of created) c.into.set(c.name, new NativeSlot(c.data));
+  }
+}

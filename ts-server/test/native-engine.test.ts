@@ -1,0 +1,143 @@
+// The native engine's addon itself: it built and loads (a failure when
+// MUR_EXPECT_NATIVE_ENGINE=1, as `make test` sets), it agrees with the
+// TypeScript tables, its threads and its one-lane tails compute exactly what
+// one thread and full vectors do, its layout guard refuses bad jobs without
+// writing, and its finiteness scan finds the first NaN or infinity anywhere.
+// The maths itself is held to the references by the engine table, the torch
+// golden trajectories and the rule properties, which run on `native` too.
+import { strict as assert } from 'assert';
+import { loadNative, NativeEngine, nativeLoadError, type NativeAddon } from '../src/engine/native';
+import { flag, num, pair } from '../src/engine/hypers';
+import { OPTIMIZERS } from '../src/optimizers';
+import { resolveGroup, resolveSpec } from '../src/registry';
+import { RULES } from '../src/rules';
+import { Session } from '../src/session/session';
+
+const expected = process.env.MUR_EXPECT_NATIVE_ENGINE === '1';
+
+/** A deterministic generator (LCG) so failures reproduce. */
+function rand(seed: number) {
+  let s = seed >>> 0;
+  return () => ((s = (1664525 * s + 1013904223) >>> 0) / 2 ** 32) * 2 - 1;
+}
+const randomArray = (n: number, seed: number, scale = 1) => {
+  const r = rand(seed);
+  return Float32Array.from({ length: n }, () => r() * scale);
+};
+
+describe('native engine addon', () => {
+  let addon: NativeAddon;
+  before(function () {
+    const a = loadNative();
+    if (!a && !expected) this.skip(); // not built here: the tfjs engines still run every other test
+    assert.ok(a, `the native engine addon did not load: ${nativeLoadError()}`);
+    addon = a;
+  });
+
+  it('loads and reports its SIMD target and threads', () => {
+    const d = addon.describe();
+    console.log(`      SIMD target ${d.target}, ${d.threads} threads`);
+    assert.match(d.target, /^[A-Z0-9_]+$/);
+    assert.ok(d.threads >= 1);
+  });
+
+  it("has every optimizer and rule, with the TypeScript tables' hyperparameters and slots", () => {
+    // The constructor compares the slot lists and throws on any difference.
+    const engine = new NativeEngine(addon, OPTIMIZERS, RULES);
+    assert.equal(engine.name, 'native');
+    const d = addon.describe();
+    for (const def of [...OPTIMIZERS, ...RULES]) {
+      const desc = [...d.optimizers, ...d.rules].find((x) => x.name === def.name)!;
+      const h = resolveGroup(resolveSpec({ optimizer: OPTIMIZERS.includes(def as never) ? def.name : 'sgd', rule: RULES.includes(def as never) ? def.name : 'additive', defaults: { lr: 0.1 } }), '');
+      const flattened = def.hypers.flatMap((x) => (x.type === 'pair' ? [`${x.name}.0`, `${x.name}.1`] : [x.name]));
+      assert.deepEqual(desc.hypers, flattened, `${def.name}: the addon reads its hyperparameters in this order`);
+      for (const x of def.hypers) {
+        if (x.type === 'pair') pair(h, x.name);
+        else if (x.type === 'boolean') flag(h, x.name);
+        else num(h, x.name);
+      }
+    }
+  });
+
+  for (const [optimizer, rule, hypers] of [
+    ['adam', 'hybrid', { lr_out: 0.01, gamma: 0.7, amsgrad: true }],
+    ['rmsprop', 'multiplicative', { centered: true, momentum: 0.5, lr_out: 0.01 }],
+    ['sgd', 'exp_sign', { lr: 0.01, momentum: 0.9, nesterov: true }],
+    ['lion', 'additive', { weight_decay: 0.1 }],
+  ] as const) {
+    it(`${optimizer} x ${rule}: both threads give bit for bit what one thread gives (large tensor, 300 small ones, odd tails)`, () => {
+      const shapes = [[1 << 18], [3, 1001], ...Array.from({ length: 300 }, (_, i) => [i % 3 === 0 ? 96 : 97])];
+      const run = (threads: number) => {
+        const engine = new NativeEngine(addon, OPTIMIZERS, RULES);
+        engine.setThreads(threads);
+        const decls = shapes.map((shape, i) => ({
+          id: `p${i}`, name: `p${i}`, shape, group: '', values: randomArray(shape.reduce((a, b) => a * b, 1), i + 1),
+        }));
+        const s = new Session('threads', resolveSpec({ optimizer, rule, defaults: hypers }), decls, engine);
+        try {
+          let out: Float32Array[] = [];
+          for (let t = 1; t <= 3; t++) {
+            const grads = decls.map((d, i) => ({ id: d.id, data: randomArray(d.values.length, 1000 * t + i, 0.1) }));
+            out = s.step(t, grads).values.map((v) => v.data.slice());
+          }
+          return out;
+        } finally {
+          s.dispose();
+          engine.setThreads(0);
+        }
+      };
+      const one = run(1);
+      const all = run(2);
+      one.forEach((a, i) => assert.ok(Buffer.from(a.buffer).equals(Buffer.from(all[i].buffer)), `tensor ${i} differs`));
+      // The step really moved every tensor.
+      assert.ok(one.every((a) => a.some((v) => v !== 0)));
+    });
+  }
+
+  it('refuses a job with a wrongly sized slot before writing anything', () => {
+    const theta = Float32Array.from([1, 2, 3]);
+    const grad = Float32Array.from([0.1, 0.1, 0.1]);
+    const m = new Float32Array(3);
+    const shortV = new Float32Array(2);
+    const h = new Float64Array(24);
+    h[0] = 1;
+    h[1] = 0.1;
+    // Two jobs: the first is valid, the second bad; neither may be applied.
+    const ok = [theta, grad, m, new Float32Array(3), null, null];
+    const bad = [Float32Array.from([4, 5, 6]), grad, new Float32Array(3), shortV, null, null];
+    const hyp = new Float64Array(48);
+    hyp.set([1, 0.1, 0.1, 0.9, 0.999, 1e-8, 0, 0], 0);
+    hyp.set([1, 0.1, 0.1, 0.9, 0.999, 1e-8, 0, 0], 24);
+    assert.throws(() => addon.step(1, 0, [...ok, ...bad], hyp, new Uint32Array(2)), /job 1: slot 'exp_avg_sq' has 2 elements, expected 3/);
+    assert.deepEqual(Array.from(theta), [1, 2, 3]);
+    assert.deepEqual(Array.from(m), [0, 0, 0]);
+    // A missing required slot (AMSGrad's) is refused by the kernel's prepare step, also before any write.
+    hyp[7] = 1; // amsgrad
+    assert.throws(() => addon.step(1, 0, [...ok, ...ok], hyp, new Uint32Array(2)), /max_exp_avg_sq' is missing/);
+    assert.deepEqual(Array.from(theta), [1, 2, 3]);
+    assert.throws(() => addon.step(99, 0, [], new Float64Array(0), new Uint32Array(0)), /unknown optimizer id 99/);
+  });
+
+  it('finds the first NaN or infinity at every position, in vector bodies and tails', () => {
+    for (const n of [1, 7, 16, 63, 64, 65, 130]) {
+      const a = randomArray(n, n);
+      assert.equal(addon.firstNonFinite(a), -1, `n=${n}: all finite`);
+      for (let i = 0; i < n; i++) {
+        for (const bad of [NaN, Infinity, -Infinity]) {
+          const b = a.slice();
+          b[i] = bad;
+          if (i + 1 < n) b[n - 1] = NaN; // a later one must not hide the first
+          assert.equal(addon.firstNonFinite(b), i, `n=${n}: ${bad} at ${i}`);
+        }
+      }
+    }
+    assert.equal(addon.firstNonFinite(new Float32Array(0)), -1);
+    assert.equal(addon.firstNonFinite(Float32Array.of(3.4e38, -3.4e38, 1e-45)), -1, 'large and subnormal values are finite');
+  });
+
+  it('sums squares in double precision', () => {
+    const a = Float32Array.from({ length: 1001 }, (_, i) => (i % 7) - 3);
+    const want = Array.from(a).reduce((s, v) => s + v * v, 0);
+    assert.equal(addon.sumSquares(a), want);
+  });
+});
