@@ -143,7 +143,7 @@ export class MurSession {
     let out: Values;
     if (size < this.caps.maxMessageBytes * 0.9) {
       const reply = await this.client.call<StepRequest, StepReply>(this.client.raw.step, {
-        sessionId: this.id, step, groupOverrides: overrides,
+        sessionId: this.id, step, groupOverrides: overrides, arenaGrads: [],
         grads: [...g].map(([paramId, a]) => ({ paramId, grad: { shape: this.shapes.get(paramId) ?? [a.length], dtype: F32, data: bytes(a) } })),
       });
       out = new Map(reply.params.map((p) => [p.paramId, floats(p.value!.data)]));

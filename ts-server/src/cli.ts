@@ -13,6 +13,10 @@ const HELP = `mur-server: remote optimizer service (multiplicative update rules)
 Usage: mur-server [options]
   --port N            port to listen on (0: any free port; default 50051)
   --host H            address to bind (default 127.0.0.1)
+  --socket PATH       listen on a Unix domain socket instead of --host/--port
+                      (what server="auto" clients use; the socket file is removed on exit)
+  --exit-with-stdin   shut down when stdin closes (a parent that started this server
+                      died or let go of it: server="auto" never leaves an orphan)
   --backend NAME      engine: ${BACKEND_NAMES.join(' | ')}
                       (default: native, the fused C++ engine, when its addon loads;
                       else tensorflow when @tensorflow/tfjs-node loads; else wasm)
@@ -22,12 +26,15 @@ Usage: mur-server [options]
   --chunk-kb N        size of the chunks of streamed tensors (default 1024)
   --help              this text
 
-On start it prints {"event":"listening","port":N,"backend":"..."} on stdout.
+On start it prints {"event":"listening","port":N,"backend":"..."} on stdout
+(with --socket: "socket":PATH and port 0).
 Logs are JSON lines on stderr. SIGTERM/SIGINT shut it down gracefully.`;
 
 export interface CliOptions {
   port: number;
   host: string;
+  socket?: string;
+  exitWithStdin?: boolean;
   backend?: BackendName;
   config?: SpecJson;
   threads?: number;
@@ -79,6 +86,13 @@ export function parseArgs(argv: string[]): CliOptions | 'help' {
         o.config = json;
         break;
       }
+      case '--socket':
+        o.socket = next() ?? '';
+        if (!o.socket) throw new Error('--socket: missing path');
+        break;
+      case '--exit-with-stdin':
+        o.exitWithStdin = true;
+        break;
       case '--threads':
         o.threads = positive(flag, next(), true);
         break;
@@ -113,25 +127,34 @@ async function main(): Promise<void> {
   const server = await startServer({
     port: opts.port,
     host: opts.host,
+    socket: opts.socket,
     maxMessageBytes: opts.maxMessageBytes,
     chunkBytes: opts.chunkBytes,
     defaultSpec: opts.config,
     backend,
   });
-  process.stdout.write(JSON.stringify({ event: 'listening', port: server.port, host: opts.host, backend, ...detail }) + '\n');
-  log('info', 'listening', { port: server.port, host: opts.host, backend, ...detail });
+  const where = opts.socket ? { socket: opts.socket } : { host: opts.host };
+  const port = opts.socket ? 0 : server.port;
+  process.stdout.write(JSON.stringify({ event: 'listening', port, ...where, backend, ...detail }) + '\n');
+  log('info', 'listening', { port, ...where, backend, ...detail });
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
     log('info', 'shutdown', { signal });
     server.close().then(() => {
+      if (opts.socket) fs.rmSync(opts.socket, { force: true });
       log('info', 'stopped', {});
       process.exit(0);
     });
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  if (opts.exitWithStdin) {
+    process.stdin.on('end', () => stop('stdin closed'));
+    process.stdin.on('error', () => stop('stdin closed'));
+    process.stdin.resume();
+  }
 }
 
 if (require.main === module) {

@@ -56,7 +56,9 @@ export function call<Req, Res>(fn: (req: Req, cb: (e: grpc.ServiceError | null, 
 export const capabilities = (h: Harness) => call<GetCapabilitiesRequest, Capabilities>(h.client.getCapabilities.bind(h.client), {});
 export const create = (h: Harness, req: CreateSessionRequest) =>
   call<CreateSessionRequest, CreateSessionReply>(h.client.createSession.bind(h.client), req);
-export const step = (h: Harness, req: StepRequest) => call<StepRequest, StepReply>(h.client.step.bind(h.client), req);
+/** A unary Step; `arena_grads` defaults to none (gradients inline). */
+export const step = (h: Harness, req: Omit<StepRequest, 'arenaGrads'> & Partial<Pick<StepRequest, 'arenaGrads'>>) =>
+  call<StepRequest, StepReply>(h.client.step.bind(h.client), { arenaGrads: [], ...req });
 export const closeSession = (h: Harness, sessionId: string) =>
   call<CloseSessionRequest, CloseSessionReply>(h.client.closeSession.bind(h.client), { sessionId });
 

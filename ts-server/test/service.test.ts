@@ -32,7 +32,8 @@ describe('service over gRPC', () => {
     assert.deepEqual(c.rules.map((r) => r.name), RULES.map((r) => r.name));
     assert.equal(c.backend, currentEngine().name);
     assert.ok(c.availableBackends.includes(c.backend));
-    assert.deepEqual(c.dtypes, [F32]);
+    assert.deepEqual(c.dtypes, [F32, DType.DTYPE_BFLOAT16]);
+    assert.deepEqual(c.transports, currentEngine().createArena ? ['grpc', 'shm'] : ['grpc']);
     assert.equal(c.chunkBytes, 64 * 1024);
     assert.equal(c.maxMessageBytes, 64 * 1024 * 1024);
     const adam = c.optimizers.find((o) => o.name === 'adam')!;

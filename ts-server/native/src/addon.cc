@@ -11,11 +11,13 @@
 //   firstNonFinite(Float32Array) -> index or -1
 //   sumSquares(Float32Array) -> number
 //   setThreads(n) (0: all hardware threads), threads() -> n
+//   arenaCreate(bytes), arenaCloseFd(fd): shared memory (arena.cc)
 #include <napi.h>
 
 #include <string>
 #include <vector>
 
+#include "arena.h"
 #include "kernel.h"
 #include "pool.h"
 
@@ -165,6 +167,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sumSquares", Napi::Function::New(env, SumSquares));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("threads", Napi::Function::New(env, Threads));
+  mur::InitArena(env, exports);
   // Join the workers before the process tears down.
   napi_add_env_cleanup_hook(env, [](void*) { mur::Pool::Get().Stop(); }, nullptr);
   return exports;

@@ -169,10 +169,10 @@ HWY_INLINE bool AllFinite(D d, const float* x, size_t i) {
   return hn::AllTrue(d, hn::Eq(hn::Sub(v, v), hn::Zero(d)));
 }
 
-int64_t FirstNonFiniteImpl(const float* x, size_t n) {
+int64_t FirstNonFiniteRange(const float* x, size_t begin, size_t n) {
   const hn::ScalableTag<float> d;
   const size_t lanes = hn::Lanes(d);
-  size_t i = 0;
+  size_t i = begin;
   // Four vectors per test keep the loop at memory speed.
   for (; i + 4 * lanes <= n; i += 4 * lanes) {
     const auto a = hn::LoadU(d, x + i), b = hn::LoadU(d, x + i + lanes);
@@ -182,6 +182,30 @@ int64_t FirstNonFiniteImpl(const float* x, size_t n) {
   }
   for (; i < n; ++i) {
     if (!std::isfinite(x[i])) return static_cast<int64_t>(i);
+  }
+  return -1;
+}
+
+// Large arrays are scanned in kChunk pieces on the pool; the answer is the
+// smallest index any piece found.
+int64_t FirstNonFiniteImpl(const float* x, size_t n) {
+  Pool& pool = Pool::Get();
+  if (pool.threads() == 1 || n < kParallelMin) return FirstNonFiniteRange(x, 0, n);
+  struct Ctx {
+    const float* x;
+    size_t n;
+    std::vector<int64_t> found;
+  } ctx{x, n, std::vector<int64_t>((n + kChunk - 1) / kChunk, -1)};
+  pool.Run(
+      ctx.found.size(),
+      [](void* c, size_t k) {
+        Ctx& cx = *static_cast<Ctx*>(c);
+        const size_t b = k * kChunk;
+        cx.found[k] = FirstNonFiniteRange(cx.x, b, b + kChunk < cx.n ? b + kChunk : cx.n);
+      },
+      &ctx);
+  for (int64_t f : ctx.found) {
+    if (f >= 0) return f;
   }
   return -1;
 }

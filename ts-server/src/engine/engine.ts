@@ -7,6 +7,7 @@
 // The session (session/session.ts) validates a step whole, then calls
 // Engine.step, which must either apply every job or throw having changed
 // nothing.
+import type { Arena } from '../transport/arena';
 import type { Hypers, OptimizerDef, RuleDef } from './types';
 
 /** One stored tensor: a parameter or a state slot. */
@@ -52,6 +53,14 @@ export interface Engine {
   /** Overwrites a slot of the same size. */
   write(slot: Slot, values: Float32Array): void;
   dispose(slot: Slot): void;
+  /**
+   * A slot over memory the caller owns, without a copy (a shared-memory
+   * arena region), or undefined where the engine cannot compute in place in
+   * foreign memory (the tfjs engines).
+   */
+  adopt?(memory: Float32Array): Slot;
+  /** A shared-memory arena for these parameters (engines that can adopt its memory). */
+  createArena?(params: Array<{ id: string; size: number }>): Arena;
   /**
    * Applies one step to every job: creates the slots the optimizer and rule
    * declare when first needed, computes, and commits. Called only after the

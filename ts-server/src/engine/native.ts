@@ -10,6 +10,7 @@
 // path. Only then are the new slots committed into the parameter's maps.
 import * as path from 'path';
 import type { Engine, EngineMemory, ParamState, Slot, StepJob } from './engine';
+import { Arena } from '../transport/arena';
 import { num } from './hypers';
 import type { HyperValue, Hypers, OptimizerDef, RuleDef, SlotDecl } from './types';
 
@@ -32,6 +33,8 @@ export interface NativeAddon {
   sumSquares(a: Float32Array): number;
   setThreads(n: number): number;
   threads(): number;
+  arenaCreate(bytes: number): { buffer: ArrayBuffer; fd: number };
+  arenaCloseFd(fd: number): void;
 }
 
 export const ADDON_PATH = path.join(__dirname, '../../../native/build/Release/mur_native.node');
@@ -56,7 +59,8 @@ export function nativeLoadError(): string | null {
 }
 
 class NativeSlot implements Slot {
-  constructor(readonly data: Float32Array) {}
+  /** @param borrowed memory the engine does not own (an arena region) */
+  constructor(readonly data: Float32Array, readonly borrowed = false) {}
   get size(): number {
     return this.data.length;
   }
@@ -142,7 +146,17 @@ export class NativeEngine implements Engine {
     dataOf(slot).set(values);
   }
 
+  /** A slot over memory the caller owns (an arena region): no copy, not counted as the engine's. */
+  adopt(memory: Float32Array): Slot {
+    return new NativeSlot(memory, true);
+  }
+
+  createArena(params: Array<{ id: string; size: number }>): Arena {
+    return new Arena(this.addon, params);
+  }
+
   dispose(slot: Slot): void {
+    if ((slot as NativeSlot).borrowed) return;
     this.live.buffers -= 1;
     this.live.bytes -= 4 * slot.size;
   }

@@ -16,19 +16,56 @@ import { createSession } from './handlers/createSession';
 import { exportState } from './handlers/exportState';
 import { getCapabilities } from './handlers/getCapabilities';
 import { importState } from './handlers/importState';
+import { openArena } from './handlers/openArena';
 import { step } from './handlers/step';
 import { stepStream } from './handlers/stepStream';
 import { toServiceError } from './status';
+import { log } from '../log';
 
 export interface ServerOptions {
   port?: number;
   host?: string;
+  /** A Unix domain socket path to listen on instead of host:port. */
+  socket?: string;
   maxMessageBytes?: number;
   chunkBytes?: number;
   maxStreamElements?: number;
   defaultSpec?: SpecJson;
   /** The backend name to report (tensorflow-gpu shares tfjs's 'tensorflow'). */
   backend?: BackendName;
+  /**
+   * HTTP/2 flow-control window, per stream and per connection, in bytes
+   * (default 16 MiB; 0 keeps Node's 64 KiB). Large gradients otherwise wait
+   * for a WINDOW_UPDATE every 64 KiB.
+   */
+  flowControlWindow?: number;
+}
+
+/**
+ * Raises the HTTP/2 receive windows of the server: grpc-js 1.14 has no server
+ * option for them (its `grpc-node.flow_control_window` is client-only), so
+ * this sets the SETTINGS_INITIAL_WINDOW_SIZE it passes to http2.createServer
+ * and the connection window of each new session. It reaches into grpc-js
+ * internals, guarded: where they differ it changes nothing and says so.
+ */
+function raiseFlowControlWindow(server: grpc.Server, bytes: number): boolean {
+  const s = server as unknown as { commonServerOptions?: { settings?: Record<string, number> }; http2Servers?: Map<unknown, unknown> };
+  if (!s.commonServerOptions) return false;
+  s.commonServerOptions.settings = { ...(s.commonServerOptions.settings ?? {}), initialWindowSize: bytes };
+  return true;
+}
+
+function raiseSessionWindows(server: grpc.Server, bytes: number): void {
+  const servers = (server as unknown as { http2Servers?: Map<import('http2').Http2Server, unknown> }).http2Servers;
+  for (const h of servers?.keys() ?? []) {
+    h.on('session', (session: import('http2').ServerHttp2Session) => {
+      try {
+        session.setLocalWindowSize(bytes);
+      } catch {
+        // an old Node without setLocalWindowSize: the stream window still applies
+      }
+    });
+  }
 }
 
 export interface RunningServer {
@@ -73,6 +110,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     createSession: unary('CreateSession', (req) => createSession(ctx, req)),
     step: unary('Step', (req) => step(ctx, req)),
     closeSession: unary('CloseSession', (req) => closeSession(ctx, req)),
+    openArena: unary('OpenArena', (req) => openArena(ctx, req)),
     stepStream: (call) => stepStream(ctx, call),
     exportState: (call) => exportState(ctx, call),
     importState: (call, cb) => importState(ctx, call, cb),
@@ -81,6 +119,9 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     'grpc.max_receive_message_length': maxMessageBytes,
     'grpc.max_send_message_length': maxMessageBytes,
   });
+  const window = opts.flowControlWindow ?? 16 * 1024 * 1024;
+  const tuned = window > 0 && raiseFlowControlWindow(server, window);
+  if (window > 0 && !tuned) log('warn', 'flow_control_window', { message: 'grpc-js internals changed: HTTP/2 windows left at their defaults' });
   server.addService(OptimizerService, impl);
   const health = new HealthImplementation({ '': 'SERVING', 'mur.v1.Optimizer': 'SERVING' });
   health.addToServer(server);
@@ -88,10 +129,11 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const pkg = protoLoader.loadSync(path.join(root, 'mur/v1/optimizer.proto'), { includeDirs: [root] });
   new ReflectionService(pkg).addToServer(server);
 
-  const address = `${opts.host ?? '127.0.0.1'}:${opts.port ?? 0}`;
+  const address = opts.socket ? `unix:${opts.socket}` : `${opts.host ?? '127.0.0.1'}:${opts.port ?? 0}`;
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
   );
+  if (tuned) raiseSessionWindows(server, window);
   let closed = false;
   return {
     port,

@@ -8,6 +8,7 @@
 import { currentEngine, disposeParam, type Engine, type ParamState, type StepJob } from '../engine/engine';
 import type { Hypers } from '../engine/types';
 import { FailedPrecondition, InvalidArgument } from '../errors';
+import type { Arena } from '../transport/arena';
 import { resolveGroup, withOverrides, type ResolvedSpec } from '../registry';
 import { checkImport, paramTensors, slotRef, type SessionHeader, type SlotTensor } from './checkpoint';
 import { checkDeclarations, checkFinite, sizeOf, type ParamDeclaration } from './declarations';
@@ -45,6 +46,8 @@ export class Session {
   private lastStepIds: string[] = [];
   private disposed = false;
   private readonly engine: Engine;
+  /** The same-host data plane, once a client asked for it (OpenArena). */
+  private arena: Arena | null = null;
 
   constructor(id: string, spec: ResolvedSpec, decls: ParamDeclaration[], engine: Engine = currentEngine()) {
     this.id = id;
@@ -134,6 +137,47 @@ export class Session {
     return { step, replayed: false, values: this.lastStepIds.map((id) => ({ id, data: this.view(id) })) };
   }
 
+  /**
+   * Moves every parameter into a shared-memory arena (the same-host
+   * transport) and returns it; the same arena on later calls. From then on
+   * the parameters live in the arena and each step updates them there.
+   */
+  openArena(): Arena {
+    this.checkOpen();
+    if (this.arena) return this.arena;
+    const engine = this.engine;
+    if (!engine.createArena || !engine.adopt) {
+      throw new FailedPrecondition(`the shm transport needs the native engine (this server runs '${engine.name}'); use the grpc transport`);
+    }
+    const params = [...this.params.values()];
+    params.forEach((p, i) => {
+      if (!p.state.theta) throw new FailedPrecondition(`params[${i}] '${p.id}' has no values yet (send them with ImportState first)`);
+    });
+    const arena = engine.createArena(params.map((p) => ({ id: p.id, size: p.size })));
+    params.forEach((p, i) => {
+      const region = arena.param(i);
+      region.set(p.state.theta!.view());
+      engine.dispose(p.state.theta!);
+      p.state.theta = engine.adopt!(region);
+    });
+    this.arena = arena;
+    return arena;
+  }
+
+  /** A step whose gradients are in the arena's gradient regions, by arena index. */
+  stepArena(step: number, indices: number[], overrides: Overrides = {}): StepResult {
+    this.checkOpen();
+    const arena = this.arena;
+    if (!arena) throw new FailedPrecondition('arena_grads: this session has no arena (call OpenArena first)');
+    const grads = indices.map((i, k) => {
+      if (!Number.isSafeInteger(i) || i < 0 || i >= arena.tensors.length) {
+        throw new InvalidArgument(`arena_grads[${k}]: ${i} is not a tensor of the arena (0..${arena.tensors.length - 1})`);
+      }
+      return { id: arena.tensors[i].paramId, data: arena.grad(i) };
+    });
+    return this.step(step, grads, overrides);
+  }
+
   private view(id: string): Float32Array {
     return this.params.get(id)!.state.theta!.view();
   }
@@ -196,6 +240,8 @@ export class Session {
     if (this.disposed) return;
     this.disposed = true;
     for (const p of this.params.values()) disposeParam(this.engine, p.state);
+    this.arena?.close();
+    this.arena = null;
     this.params.clear();
   }
 }

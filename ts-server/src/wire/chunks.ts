@@ -4,7 +4,7 @@
 import type { TensorChunk } from '../../generated/mur/v1/optimizer';
 import { DType } from '../../generated/mur/v1/optimizer';
 import { Aborted, InvalidArgument, OutOfRange, ResourceExhausted } from '../errors';
-import { bytesToF32, checkDtype, f32ToBytes } from './tensors';
+import { bytesToF32, checkDtype, f32ToBytes, VALUE_DTYPES } from './tensors';
 
 interface Partial {
   paramId: string;
@@ -18,14 +18,17 @@ export class ChunkAssembler {
   private readonly done: Partial[] = [];
   private elements = 0;
 
-  /** @param maxElements the most float32 values all tensors together may hold */
-  constructor(private readonly maxElements: number) {}
+  /**
+   * @param maxElements the most values all tensors together may hold
+   * @param dtypes what the chunks may carry (gradients: float32 or bfloat16)
+   */
+  constructor(private readonly maxElements: number, private readonly dtypes: DType[] = VALUE_DTYPES) {}
 
   add(c: TensorChunk): void {
     const key = `${c.paramId}\0${c.slot}`;
     const where = `chunk of '${c.paramId}'${c.slot ? ` slot '${c.slot}'` : ''} at offset ${c.offset}`;
-    checkDtype(c.dtype, where);
-    const values = bytesToF32(c.data, where);
+    checkDtype(c.dtype, where, this.dtypes);
+    const values = bytesToF32(c.data, where, c.dtype);
     let t = this.open.get(key);
     if (!t) {
       if (this.done.some((d) => d.paramId === c.paramId && d.slot === c.slot)) {

@@ -1,6 +1,7 @@
 // GetCapabilities: read off the registry, so it never advertises what the code lacks.
 import type { Capabilities, ComponentInfo, HyperparameterInfo } from '../../../generated/mur/v1/optimizer';
 import { availableBackends } from '../../engine/backend';
+import { currentEngine } from '../../engine/engine';
 import type { HyperSpec } from '../../engine/types';
 import { OPTIMIZERS } from '../../optimizers';
 import { specSchema } from '../../registry';
@@ -41,5 +42,6 @@ export function getCapabilities(ctx: ServerContext): Capabilities {
     chunkBytes: ctx.chunkBytes,
     serverVersion: VERSION,
     specSchemaJson: JSON.stringify(specSchema()),
+    transports: currentEngine().createArena ? ['grpc', 'shm'] : ['grpc'],
   };
 }

@@ -1,25 +1,31 @@
-// Step (unary): every gradient inline; the updated parameters inline.
+// Step (unary): every gradient inline and the updated parameters inline, or
+// (same-host transport) the gradients and parameters in the session's arena.
 import type { StepReply, StepRequest } from '../../../generated/mur/v1/optimizer';
 import { DType } from '../../../generated/mur/v1/optimizer';
 import { InvalidArgument } from '../../errors';
 import { f32ToBytes } from '../../wire/tensors';
-import { bytesToF32, checkDtype } from '../../wire/tensors';
+import { bytesToF32, checkDtype, GRADIENT_DTYPES } from '../../wire/tensors';
 import type { ServerContext } from '../context';
 import { overridesFromWire } from '../spec';
 
 export function step(ctx: ServerContext, req: StepRequest): StepReply {
   const session = ctx.store.get(req.sessionId);
+  if (req.arenaGrads.length > 0) {
+    if (req.grads.length > 0) throw new InvalidArgument('grads: must be empty when arena_grads names the gradients');
+    const r = session.stepArena(req.step, req.arenaGrads, overridesFromWire(req.groupOverrides));
+    return { step: r.step, replayed: r.replayed, params: [] };
+  }
   const shapes = new Map<string, number[]>();
   const grads = req.grads.map((g, i) => {
     const where = `grads[${i}] '${g.paramId}'`;
     if (!g.grad) throw new InvalidArgument(`${where}: missing tensor`);
-    checkDtype(g.grad.dtype, where);
+    checkDtype(g.grad.dtype, where, GRADIENT_DTYPES);
     const expected = session.shapeOf(g.paramId, `grads[${i}]`);
     if (g.grad.shape.length !== expected.length || g.grad.shape.some((n, k) => n !== expected[k])) {
       throw new InvalidArgument(`${where}: shape ${JSON.stringify(g.grad.shape)} does not match the parameter's ${JSON.stringify(expected)}`);
     }
     shapes.set(g.paramId, expected);
-    return { id: g.paramId, data: bytesToF32(g.grad.data, where) };
+    return { id: g.paramId, data: bytesToF32(g.grad.data, where, g.grad.dtype) };
   });
   const r = session.step(req.step, grads, overridesFromWire(req.groupOverrides));
   return {

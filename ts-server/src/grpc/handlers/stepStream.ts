@@ -7,6 +7,7 @@ import type { StepBegin, StepStreamReply, StepStreamRequest } from '../../../gen
 import { Aborted, InvalidArgument, OutOfRange } from '../../errors';
 import type { Session } from '../../session/session';
 import { ChunkAssembler, split } from '../../wire/chunks';
+import { GRADIENT_DTYPES } from '../../wire/tensors';
 import type { ServerContext } from '../context';
 import { overridesFromWire } from '../spec';
 import { toServiceError } from '../status';
@@ -29,7 +30,7 @@ export class StepStreamProtocol {
     if (f.$case === 'begin') {
       if (this.open) throw new OutOfRange(`begin: step ${this.open.begin.step} is still open (send StepEnd first)`);
       const session = this.ctx.store.get(f.value.sessionId);
-      this.open = { begin: f.value, session, chunks: new ChunkAssembler(this.ctx.maxStreamElements) };
+      this.open = { begin: f.value, session, chunks: new ChunkAssembler(this.ctx.maxStreamElements, GRADIENT_DTYPES) };
       return;
     }
     const open = this.open;
