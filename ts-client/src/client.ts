@@ -1,9 +1,12 @@
 // A typed client for mur: promises for the unary calls, async iterators for
 // the streams, Float32Array in and out with no per-element copies.
+import * as fs from 'fs';
 import * as grpc from '@grpc/grpc-js';
 import {
   DType,
   OptimizerClient,
+  type ArenaInfo,
+  type OpenArenaRequest,
   type Capabilities,
   type CloseSessionReply,
   type CloseSessionRequest,
@@ -38,6 +41,59 @@ export interface ParamInit {
 
 export type Values = Map<string, Float32Array>;
 export type Overrides = Record<string, Hypers>;
+
+/**
+ * How tensors travel. "shm": the session's shared-memory arena on the
+ * server's host (gradients are written into it and parameters read from it
+ * with pwrite/pread on the server's memfd; gRPC carries only control);
+ * "grpc": tensors inside messages; "auto" (default): shm when the server
+ * offers it and its arena opens from here (same host, same user), else grpc.
+ */
+export type Transport = 'auto' | 'shm' | 'grpc';
+
+export interface SessionOptions {
+  transport?: Transport;
+}
+
+/** A session's arena as this client reaches it: the server's memfd through /proc. */
+class ArenaFile {
+  private readonly fd: number;
+  private readonly index: Map<string, number>;
+
+  constructor(readonly info: ArenaInfo) {
+    this.fd = fs.openSync(info.path, 'r+');
+    const token = Buffer.alloc(32);
+    fs.readSync(this.fd, token, 0, 32, 0);
+    if (!token.equals(Buffer.from(info.token))) {
+      fs.closeSync(this.fd);
+      throw new Error(`${info.path} is not this server's arena (another host or pid namespace)`);
+    }
+    this.index = new Map(info.tensors.map((t, i) => [t.paramId, i]));
+  }
+
+  indexOf(id: string): number {
+    const i = this.index.get(id);
+    if (i === undefined) throw new TypeError(`parameter '${id}' is not in the session's arena`);
+    return i;
+  }
+
+  writeGrad(id: string, a: Float32Array): void {
+    const t = this.info.tensors[this.indexOf(id)];
+    if (a.length !== t.elements) throw new TypeError(`gradient of '${id}': ${a.length} elements, parameter has ${t.elements}`);
+    fs.writeSync(this.fd, bytes(a), 0, a.byteLength, t.gradOffset);
+  }
+
+  readParam(id: string): Float32Array {
+    const t = this.info.tensors[this.indexOf(id)];
+    const out = new Float32Array(t.elements);
+    fs.readSync(this.fd, bytes(out), 0, out.byteLength, t.paramOffset);
+    return out;
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
+  }
+}
 
 const F32 = DType.DTYPE_FLOAT32;
 const bytes = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
@@ -89,8 +145,13 @@ export class MurClient {
     return this.caps;
   }
 
-  /** Creates a session; values beyond the message limit go through ImportState chunks. */
-  async createSession(spec: Spec, params: ParamInit[]): Promise<MurSession> {
+  /**
+   * Creates a session; values beyond the message limit go through ImportState
+   * chunks. `options.transport` picks the data plane (default "auto").
+   */
+  async createSession(spec: Spec, params: ParamInit[], options: SessionOptions = {}): Promise<MurSession> {
+    const transport = options.transport ?? 'auto';
+    if (!['auto', 'shm', 'grpc'].includes(transport)) throw new TypeError(`transport: ${JSON.stringify(transport)} is not auto, shm or grpc`);
     const caps = await this.capabilities();
     const total = params.reduce((n, p) => n + p.values.byteLength, 0);
     const inline = total < caps.maxMessageBytes * 0.9;
@@ -103,6 +164,18 @@ export class MurClient {
     });
     const session = new MurSession(this, reply.sessionId, new Map(params.map((p) => [p.id, p.shape])), caps);
     if (!inline) await session.importState(params.map((p) => ({ paramId: p.id, slot: '', values: p.values })));
+    if (transport !== 'grpc') {
+      try {
+        if (!caps.transports.includes('shm')) throw new Error(`the server (engine '${caps.backend}') offers no shm transport`);
+        const info = await this.unary<OpenArenaRequest, ArenaInfo>(this.raw.openArena, { sessionId: reply.sessionId });
+        session.useArena(new ArenaFile(info));
+      } catch (e) {
+        if (transport === 'shm') {
+          await session.close().catch(() => undefined);
+          throw new Error(`transport "shm" is not possible here: ${(e as Error).message}`);
+        }
+      }
+    }
     return session;
   }
 
@@ -125,6 +198,7 @@ export interface SlotValues {
 
 export class MurSession {
   private nextStep = 1;
+  private arena: ArenaFile | null = null;
 
   constructor(
     private readonly client: MurClient,
@@ -141,7 +215,14 @@ export class MurSession {
     const g = grads instanceof Map ? grads : new Map(Object.entries(grads));
     const size = [...g.values()].reduce((n, a) => n + a.byteLength, 0);
     let out: Values;
-    if (size < this.caps.maxMessageBytes * 0.9) {
+    const arena = this.arena;
+    if (arena) {
+      for (const [id, a] of g) arena.writeGrad(id, a);
+      await this.client.call<StepRequest, StepReply>(this.client.raw.step, {
+        sessionId: this.id, step, groupOverrides: overrides, grads: [], arenaGrads: [...g.keys()].map((id) => arena.indexOf(id)),
+      });
+      out = new Map([...g.keys()].map((id) => [id, arena.readParam(id)]));
+    } else if (size < this.caps.maxMessageBytes * 0.9) {
       const reply = await this.client.call<StepRequest, StepReply>(this.client.raw.step, {
         sessionId: this.id, step, groupOverrides: overrides, arenaGrads: [],
         grads: [...g].map(([paramId, a]) => ({ paramId, grad: { shape: this.shapes.get(paramId) ?? [a.length], dtype: F32, data: bytes(a) } })),
@@ -157,6 +238,16 @@ export class MurSession {
     }
     this.nextStep = step + 1;
     return out;
+  }
+
+  /** "shm" when steps go through the session's shared-memory arena, else "grpc". */
+  get transport(): 'shm' | 'grpc' {
+    return this.arena ? 'shm' : 'grpc';
+  }
+
+  /** @internal */
+  useArena(a: ArenaFile): void {
+    this.arena = a;
   }
 
   /** A StepStream kept open for many steps (one round trip of chunks per step). */
@@ -197,6 +288,8 @@ export class MurSession {
   }
 
   async close(): Promise<void> {
+    this.arena?.close();
+    this.arena = null;
     await this.client.call<CloseSessionRequest, CloseSessionReply>(this.client.raw.closeSession, { sessionId: this.id });
   }
 }

@@ -65,3 +65,61 @@ describe('MurClient', () => {
     await assert.rejects(s.step({ w: Float32Array.from([1]) }), (e: unknown) => e instanceof NotFoundError && (e as Error).message.includes(s.id));
   });
 });
+
+describe('MurClient transports: shm (same host) and grpc give the same steps', () => {
+  let server: RunningServer;
+  let client: MurClient;
+  before(async function () {
+    try {
+      await initBackend('native');
+    } catch (e) {
+      if (process.env.MUR_EXPECT_NATIVE_ENGINE === '1') throw e;
+      this.skip(); // no native engine here: no shm transport to test
+    }
+    server = await startServer({ port: 0 });
+    client = new MurClient(`127.0.0.1:${server.port}`);
+  });
+  after(async () => {
+    client?.close();
+    await server?.close();
+  });
+
+  it('"auto" picks shm on the same host; every step equals the grpc transport bit for bit', async () => {
+    const init = () => [
+      { id: 'w', shape: [3, 4], values: Float32Array.from({ length: 12 }, (_, i) => Math.sin(i)) },
+      { id: 'b', shape: [4], values: Float32Array.from([0.1, -0.2, 0.3, 0]) },
+    ];
+    const spec = { optimizer: 'adam', rule: 'hybrid', defaults: { lr: 0.01, lr_out: 0.01, gamma: 0.5 } };
+    const shm = await client.createSession(spec, init());
+    const wire = await client.createSession(spec, init(), { transport: 'grpc' });
+    assert.equal(shm.transport, 'shm');
+    assert.equal(wire.transport, 'grpc');
+    for (let k = 1; k <= 4; k++) {
+      const g = { w: Float32Array.from({ length: 12 }, (_, i) => Math.cos(i + k)), b: Float32Array.from([k, -k, 0.5, 0]) };
+      const a = await shm.step(g);
+      const b = await wire.step(g);
+      const raw = (x: Float32Array) => Buffer.from(x.buffer, x.byteOffset, x.byteLength);
+      for (const id of ['w', 'b']) assert.ok(raw(a.get(id)!).equals(raw(b.get(id)!)), `step ${k} '${id}'`);
+    }
+    await shm.close();
+    await wire.close();
+  });
+
+  it('"shm" against a server without it fails with the reason; "auto" falls back to grpc', async () => {
+    await initBackend('wasm');
+    const tfjs = await startServer({ port: 0 });
+    const c = new MurClient(`127.0.0.1:${tfjs.port}`);
+    try {
+      const params = [{ id: 'w', shape: [1], values: Float32Array.from([1]) }];
+      await assert.rejects(c.createSession({ optimizer: 'sgd', rule: 'additive', defaults: { lr: 0.1 } }, params, { transport: 'shm' }), /not possible here.*no shm transport/);
+      const s = await c.createSession({ optimizer: 'sgd', rule: 'additive', defaults: { lr: 0.1 } }, params);
+      assert.equal(s.transport, 'grpc');
+      assert.deepEqual(Array.from((await s.step({ w: Float32Array.from([1]) })).get('w')!), [Math.fround(0.9)]);
+      await s.close();
+    } finally {
+      c.close();
+      await tfjs.close();
+      await initBackend('native');
+    }
+  });
+});

@@ -110,3 +110,16 @@ export function importFrames(h: Harness, frames: StateFrame[]): Promise<{ tensor
     s.end();
   });
 }
+
+/** Awaits a call that must fail with `code` and a message naming every word (and no stack trace). */
+export async function expectStatus(p: Promise<unknown>, code: grpc.status, ...words: string[]): Promise<void> {
+  const e = await p.then(
+    () => {
+      throw new Error(`the call succeeded; expected ${grpc.status[code]}`);
+    },
+    (x: grpc.ServiceError) => x,
+  );
+  if (e.code !== code) throw new Error(`status ${grpc.status[e.code]} (${e.details}), expected ${grpc.status[code]}`);
+  for (const w of words) if (!e.details.includes(w)) throw new Error(`"${e.details}" does not name ${w}`);
+  if (e.details.includes('    at ')) throw new Error('a stack trace reached the client');
+}

@@ -96,7 +96,12 @@ export class Session {
    * Applies one step. `grads` holds one flat gradient per parameter that has
    * one, in the parameter's row-major order.
    */
-  step(step: number, grads: Array<{ id: string; data: Float32Array }>, overrides: Overrides = {}): StepResult {
+  step(
+    step: number,
+    grads: Array<{ id: string; data: Float32Array }>,
+    overrides: Overrides = {},
+    where: (i: number) => string = (i) => `grads[${i}]`,
+  ): StepResult {
     this.checkOpen();
     if (!Number.isSafeInteger(step) || step < 1) throw new InvalidArgument(`step: ${step} must be a positive integer`);
     if (this.lastStep > 0 && step === this.lastStep) {
@@ -117,14 +122,14 @@ export class Session {
     };
     const seen = new Set<string>();
     const jobs: StepJob[] = grads.map((g, i) => {
-      const p = this.param(g.id, `grads[${i}]`);
-      if (seen.has(g.id)) throw new InvalidArgument(`grads[${i}]: parameter '${g.id}' appears twice`);
+      const p = this.param(g.id, where(i));
+      if (seen.has(g.id)) throw new InvalidArgument(`${where(i)}: parameter '${g.id}' appears twice`);
       seen.add(g.id);
-      if (!p.state.theta) throw new FailedPrecondition(`grads[${i}]: parameter '${g.id}' has no values yet (send them with ImportState)`);
+      if (!p.state.theta) throw new FailedPrecondition(`${where(i)}: parameter '${g.id}' has no values yet (send them with ImportState)`);
       if (g.data.length !== p.size) {
-        throw new InvalidArgument(`grads[${i}] '${g.id}': ${g.data.length} elements, parameter has ${p.size} (shape ${JSON.stringify(p.shape)})`);
+        throw new InvalidArgument(`${where(i)} '${g.id}': ${g.data.length} elements, parameter has ${p.size} (shape ${JSON.stringify(p.shape)})`);
       }
-      this.finite(g.data, `grads[${i}] '${g.id}'`);
+      this.finite(g.data, `${where(i)} '${g.id}'`);
       return { state: p.state, shape: p.shape, grad: g.data, h: hyp(p.group), t: p.state.steps + 1 };
     });
     // 2. Compute and commit, all or nothing.
@@ -175,7 +180,7 @@ export class Session {
       }
       return { id: arena.tensors[i].paramId, data: arena.grad(i) };
     });
-    return this.step(step, grads, overrides);
+    return this.step(step, grads, overrides, (i) => `arena_grads[${i}] (tensor ${indices[i]})`);
   }
 
   private view(id: string): Float32Array {
