@@ -43,8 +43,11 @@ namespace mur {
 // task's overhead vanishes, small enough to balance two cores.
 constexpr size_t kChunk = size_t{1} << 15;
 // Below this many elements in a step one thread is faster than waking the
-// pool (measured by bench/threshold.ts).
-constexpr size_t kParallelMin = size_t{1} << 16;
+// pool (~30 us here): ~384Ki for memory-bound kernels (the additive rule, the
+// finiteness scan), ~96Ki for kernels that evaluate tanh or exp per element.
+// Measured with `node dist/bench/threshold.js` (ts-server).
+constexpr size_t kParallelMinCheap = size_t{3} << 17;
+constexpr size_t kParallelMinTranscendental = size_t{3} << 15;
 }  // namespace mur
 #endif
 
@@ -126,7 +129,7 @@ struct Fused {
     }
     Ctx ctx{jobs, plans.data(), tasks.data()};
     Pool& pool = Pool::Get();
-    if (pool.threads() > 1 && total >= kParallelMin) {
+    if (pool.threads() > 1 && total >= (Rule::kTranscendental ? kParallelMinTranscendental : kParallelMinCheap)) {
       pool.Run(tasks.size(), &RunTask, &ctx);
     } else {
       for (size_t k = 0; k < tasks.size(); ++k) RunTask(&ctx, k);
@@ -190,7 +193,7 @@ int64_t FirstNonFiniteRange(const float* x, size_t begin, size_t n) {
 // smallest index any piece found.
 int64_t FirstNonFiniteImpl(const float* x, size_t n) {
   Pool& pool = Pool::Get();
-  if (pool.threads() == 1 || n < kParallelMin) return FirstNonFiniteRange(x, 0, n);
+  if (pool.threads() == 1 || n < kParallelMinCheap) return FirstNonFiniteRange(x, 0, n);
   struct Ctx {
     const float* x;
     size_t n;

@@ -22,6 +22,8 @@ namespace mur {
 namespace HWY_NAMESPACE {
 
 struct Additive {
+  /** Evaluates tanh or exp per element (threads pay off on smaller tensors). */
+  static constexpr bool kTranscendental = false;
   struct C {
     float eta;
   };

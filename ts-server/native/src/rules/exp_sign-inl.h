@@ -24,6 +24,8 @@ namespace mur {
 namespace HWY_NAMESPACE {
 
 struct ExpSign {
+  /** Evaluates tanh or exp per element (threads pay off on smaller tensors). */
+  static constexpr bool kTranscendental = true;
   struct C {
     float eta, g_bound, bound;
   };

@@ -22,6 +22,8 @@ namespace mur {
 namespace HWY_NAMESPACE {
 
 struct Hybrid {
+  /** Evaluates tanh or exp per element (threads pay off on smaller tensors). */
+  static constexpr bool kTranscendental = true;
   struct C {
     float eta_in, gamma_eta_out, rest_eta;
   };

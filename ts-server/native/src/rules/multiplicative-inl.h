@@ -22,6 +22,8 @@ namespace mur {
 namespace HWY_NAMESPACE {
 
 struct Multiplicative {
+  /** Evaluates tanh or exp per element (threads pay off on smaller tensors). */
+  static constexpr bool kTranscendental = true;
   struct C {
     float eta_in, eta_out;
   };
