@@ -11,6 +11,10 @@ for out in ts-server/generated ts-client/generated; do
   rm -rf "$out" && mkdir -p "$out"
   protoc --plugin="protoc-gen-ts_proto=$PLUGIN" --ts_proto_out="$out" --ts_proto_opt="$OPTS" -I proto "$PROTO"
 done
+# The descriptor set server reflection serves: every file with its real name
+# and its imports (google/protobuf/struct.proto), plus grpc.health.v1.
+protoc --include_imports --descriptor_set_out=ts-server/generated/descriptor.pb \
+  -I proto -I node_modules/grpc-health-check/proto "$PROTO" health/v1/health.proto
 py=python-runner/mur/_proto
 rm -rf "$py" && mkdir -p "$py"
 protoc -I proto --python_out="$py" --grpc_out="$py" --plugin=protoc-gen-grpc="$(command -v grpc_python_plugin)" "$PROTO"

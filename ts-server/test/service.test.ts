@@ -162,21 +162,36 @@ describe('service over gRPC', () => {
     assert.equal(r.status, 'SERVING');
   });
 
-  it('server reflection lists mur.v1.Optimizer (so grpcurl works)', async () => {
+  it('server reflection serves every service and every file with its imports (so grpcurl describe works)', async () => {
     const dir = path.join(require.resolve('@grpc/reflection/package.json'), '../build/proto');
     const def = protoLoader.loadSync('grpc/reflection/v1alpha/reflection.proto', { includeDirs: [dir] });
     const R = (grpc.loadPackageDefinition(def) as any).grpc.reflection.v1alpha.ServerReflection;
     const c = new R(h.address, grpc.credentials.createInsecure());
-    const names = await new Promise<string[]>((resolve, reject) => {
-      const s = c.serverReflectionInfo();
-      s.on('data', (r: any) => {
-        resolve(r.listServicesResponse.service.map((x: { name: string }) => x.name));
-        s.end();
+    const ask = (req: object) =>
+      new Promise<any>((resolve, reject) => {
+        const s = c.serverReflectionInfo();
+        s.on('data', (r: unknown) => {
+          resolve(r);
+          s.end();
+        });
+        s.on('error', reject);
+        s.write(req);
       });
-      s.on('error', reject);
-      s.write({ listServices: '' });
-    });
-    c.close();
-    assert.ok(names.includes('mur.v1.Optimizer'), names.join(','));
+    // A FileDescriptorProto starts with field 1 (name): tag 0x0a, a length byte, the name.
+    const fileNames = (r: any): string[] =>
+      (r.fileDescriptorResponse?.fileDescriptorProto ?? []).map((b: Buffer) => b.subarray(2, 2 + b[1]).toString('utf8'));
+    try {
+      const list = await ask({ listServices: '' });
+      const services = list.listServicesResponse.service.map((x: { name: string }) => x.name).sort();
+      assert.deepEqual(services, ['grpc.health.v1.Health', 'mur.v1.Optimizer']);
+      const opt = fileNames(await ask({ fileContainingSymbol: 'mur.v1.Optimizer' }));
+      assert.ok(opt.includes('mur/v1/optimizer.proto'), opt.join());
+      assert.ok(opt.includes('google/protobuf/struct.proto'), `the import travels with it: ${opt.join()}`);
+      assert.deepEqual(fileNames(await ask({ fileByFilename: 'google/protobuf/struct.proto' })), ['google/protobuf/struct.proto']);
+      assert.ok(fileNames(await ask({ fileContainingSymbol: 'mur.v1.StepRequest' })).includes('mur/v1/optimizer.proto'));
+      assert.ok(fileNames(await ask({ fileContainingSymbol: 'grpc.health.v1.Health' })).includes('health/v1/health.proto'));
+    } finally {
+      c.close();
+    }
   });
 });

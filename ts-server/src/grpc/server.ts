@@ -85,13 +85,17 @@ function unary<Req, Res>(name: string, fn: (req: Req) => Res): grpc.handleUnaryC
   };
 }
 
-/** proto/ at the repository root, found from this file's location (src or dist). */
-export function protoRoot(): string {
+/**
+ * What server reflection serves: protoc's descriptor set of the contract with
+ * its imports and the health service (written by scripts/gen-proto.sh), so
+ * every file keeps its real name and `grpcurl describe` resolves imports.
+ */
+function reflectionDescriptors(): protoLoader.PackageDefinition {
   for (let dir = __dirname; dir !== path.dirname(dir); dir = path.dirname(dir)) {
-    const p = path.join(dir, 'proto');
-    if (fs.existsSync(path.join(p, 'mur/v1/optimizer.proto'))) return p;
+    const p = path.join(dir, 'generated', 'descriptor.pb');
+    if (fs.existsSync(p)) return protoLoader.loadFileDescriptorSetFromBuffer(fs.readFileSync(p));
   }
-  throw new Error('proto/mur/v1/optimizer.proto not found above ' + __dirname);
+  throw new Error('generated/descriptor.pb not found above ' + __dirname + ' (run make proto)');
 }
 
 export async function startServer(opts: ServerOptions = {}): Promise<RunningServer> {
@@ -125,9 +129,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   server.addService(OptimizerService, impl);
   const health = new HealthImplementation({ '': 'SERVING', 'mur.v1.Optimizer': 'SERVING' });
   health.addToServer(server);
-  const root = protoRoot();
-  const pkg = protoLoader.loadSync(path.join(root, 'mur/v1/optimizer.proto'), { includeDirs: [root] });
-  new ReflectionService(pkg).addToServer(server);
+  new ReflectionService(reflectionDescriptors()).addToServer(server);
 
   const address = opts.socket ? `unix:${opts.socket}` : `${opts.host ?? '127.0.0.1'}:${opts.port ?? 0}`;
   const port = await new Promise<number>((resolve, reject) =>
