@@ -4,6 +4,10 @@
 //
 //   describe() -> {optimizers, rules, target, threads, layout}
 //   step(opt, rule, buffers, hypers, fresh)
+//   stepAsync(opt, rule, buffers, hypers, fresh) -> Promise<null | [job, index]>
+//       the same off Node's main thread (a libuv worker): first the
+//       finiteness scan of every gradient (the first NaN/infinity found is
+//       returned, nothing written), then the kernel
 //       buffers: per job kStride entries [theta, grad, slot0..2, ruleSlot0]
 //                (Float32Array, or null where unused)
 //       hypers:  Float64Array, kHyperBlock values per job
@@ -80,7 +84,8 @@ float* Floats(Napi::Env env, const Napi::Array& buffers, uint32_t i, size_t* len
   return a.Data();
 }
 
-Napi::Value Step(const Napi::CallbackInfo& info) {
+/** Checks the arguments of step/stepAsync and lays out the jobs. */
+std::vector<mur::Job> ParseJobs(const Napi::CallbackInfo& info, int* opt_out, int* rule_out) {
   Napi::Env env = info.Env();
   if (info.Length() != 5 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsArray() ||
       !info[3].IsTypedArray() || !info[4].IsTypedArray()) {
@@ -130,9 +135,68 @@ Napi::Value Step(const Napi::CallbackInfo& info) {
     j.h = hypers.Data() + k * mur::kHyperBlock;
     j.fresh = fresh[k];
   }
-  std::string err = mur::RunStep(opt, rule, jobs.data(), njobs);
-  if (!err.empty()) Fail(env, "step: " + err);
-  return env.Undefined();
+  *opt_out = opt;
+  *rule_out = rule;
+  return jobs;
+}
+
+Napi::Value Step(const Napi::CallbackInfo& info) {
+  int opt = 0, rule = 0;
+  std::vector<mur::Job> jobs = ParseJobs(info, &opt, &rule);
+  std::string err = mur::RunStep(opt, rule, jobs.data(), jobs.size());
+  if (!err.empty()) Fail(info.Env(), "step: " + err);
+  return info.Env().Undefined();
+}
+
+/** A step on a libuv worker thread. It holds references to every buffer so none is collected meanwhile. */
+class StepWorker : public Napi::AsyncWorker {
+ public:
+  StepWorker(Napi::Env env, const Napi::CallbackInfo& info, int opt, int rule, std::vector<mur::Job> jobs)
+      : Napi::AsyncWorker(env, "mur.step"), deferred_(Napi::Promise::Deferred::New(env)), opt_(opt), rule_(rule), jobs_(std::move(jobs)) {
+    for (size_t i = 2; i < 5; ++i) keep_.push_back(Napi::Persistent(info[i].As<Napi::Object>()));
+  }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    for (size_t k = 0; k < jobs_.size(); ++k) {
+      const int64_t i = mur::FirstNonFinite(jobs_[k].grad, jobs_[k].n);
+      if (i >= 0) {
+        bad_job_ = static_cast<int64_t>(k);
+        bad_index_ = i;
+        return;  // nothing written
+      }
+    }
+    std::string err = mur::RunStep(opt_, rule_, jobs_.data(), jobs_.size());
+    if (!err.empty()) SetError("step: " + err);
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (bad_job_ < 0) {
+      deferred_.Resolve(env.Null());
+      return;
+    }
+    Napi::Array bad = Napi::Array::New(env, 2);
+    bad.Set(0u, Napi::Number::New(env, static_cast<double>(bad_job_)));
+    bad.Set(1u, Napi::Number::New(env, static_cast<double>(bad_index_)));
+    deferred_.Resolve(bad);
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(Napi::TypeError::New(Env(), e.Message()).Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  int opt_, rule_;
+  std::vector<mur::Job> jobs_;
+  std::vector<Napi::ObjectReference> keep_;
+  int64_t bad_job_ = -1, bad_index_ = -1;
+};
+
+Napi::Value StepAsync(const Napi::CallbackInfo& info) {
+  int opt = 0, rule = 0;
+  std::vector<mur::Job> jobs = ParseJobs(info, &opt, &rule);
+  auto* w = new StepWorker(info.Env(), info, opt, rule, std::move(jobs));
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
 }
 
 Napi::Float32Array Arg(const Napi::CallbackInfo& info, const char* fn) {
@@ -163,6 +227,7 @@ Napi::Value Threads(const Napi::CallbackInfo& info) { return Napi::Number::New(i
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("describe", Napi::Function::New(env, Describe));
   exports.Set("step", Napi::Function::New(env, Step));
+  exports.Set("stepAsync", Napi::Function::New(env, StepAsync));
   exports.Set("firstNonFinite", Napi::Function::New(env, FirstNonFinite));
   exports.Set("sumSquares", Napi::Function::New(env, SumSquares));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));

@@ -12,10 +12,11 @@ Pool& Pool::Get() {
 Pool::Pool() { SetThreads(0); }
 
 void Pool::SetThreads(int n) {
+  std::lock_guard<std::mutex> owner(run_mu_);  // never while a batch runs
   int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   int want = n <= 0 ? hw : std::min(n, hw);
   if (want == threads_ && static_cast<int>(workers_.size()) == want - 1) return;
-  Stop();
+  StopWorkers();
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = false;
@@ -25,6 +26,11 @@ void Pool::SetThreads(int n) {
 }
 
 void Pool::Stop() {
+  std::lock_guard<std::mutex> owner(run_mu_);
+  StopWorkers();
+}
+
+void Pool::StopWorkers() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
@@ -45,7 +51,11 @@ void Pool::Drain() {
 }
 
 void Pool::WorkerLoop() {
-  uint64_t seen = 0;
+  uint64_t seen;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    seen = generation_;  // a worker started later must not replay an old batch
+  }
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mu_);
@@ -60,7 +70,8 @@ void Pool::WorkerLoop() {
 
 void Pool::Run(size_t ntasks, Fn fn, void* ctx) {
   if (ntasks == 0) return;
-  if (workers_.empty() || ntasks == 1) {
+  std::unique_lock<std::mutex> owner(run_mu_, std::try_to_lock);
+  if (!owner.owns_lock() || workers_.empty() || ntasks == 1) {
     for (size_t i = 0; i < ntasks; ++i) fn(ctx, i);
     return;
   }

@@ -1,7 +1,8 @@
 // A small persistent thread pool: the calling thread and (threads - 1)
 // workers pull task indices from one atomic counter. Run() returns when every
-// task has finished. One Run() at a time (the engine is called from Node's
-// main thread only).
+// task has finished. Steps run on libuv's threads (several sessions at once):
+// the pool takes one batch at a time, and a caller that finds it busy runs its
+// own tasks on its own thread instead of waiting.
 #pragma once
 
 #include <atomic>
@@ -20,7 +21,7 @@ class Pool {
 
   /** 1 .. hardware threads; 0 means all hardware threads. */
   void SetThreads(int n);
-  int threads() const { return threads_; }
+  int threads() const { return threads_.load(std::memory_order_relaxed); }
   /** Runs fn(ctx, i) for i in [0, ntasks) on up to threads() threads. */
   void Run(size_t ntasks, Fn fn, void* ctx);
   /** Joins the workers (at process exit; Run still works, on one thread). */
@@ -30,10 +31,12 @@ class Pool {
  private:
   Pool();
   void WorkerLoop();
+  void StopWorkers();  // run_mu_ held
   void Drain();
 
-  int threads_ = 1;
+  std::atomic<int> threads_{1};
   std::vector<std::thread> workers_;
+  std::mutex run_mu_;  // held by the caller whose batch the workers serve
   std::mutex mu_;
   std::condition_variable wake_;
   uint64_t generation_ = 0;

@@ -37,6 +37,13 @@ export interface StepJob {
   t: number;
 }
 
+/** Where a gradient is not finite: job (index into the step's jobs), element, value. */
+export interface NonFinite {
+  job: number;
+  index: number;
+  value: number;
+}
+
 export interface EngineMemory {
   /** Tensors or buffers the engine holds. */
   buffers: number;
@@ -68,6 +75,12 @@ export interface Engine {
    * every job.
    */
   step(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[]): void;
+  /**
+   * The same off the event loop (engines that can), with the finiteness
+   * check of every gradient included: resolves the first non-finite element
+   * (nothing applied) or null (applied).
+   */
+  stepAsync?(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[]): Promise<NonFinite | null>;
   memory(): EngineMemory;
 }
 

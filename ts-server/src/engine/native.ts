@@ -9,7 +9,7 @@
 // every job before it writes anything, and its element loop has no failure
 // path. Only then are the new slots committed into the parameter's maps.
 import * as path from 'path';
-import type { Engine, EngineMemory, ParamState, Slot, StepJob } from './engine';
+import type { Engine, EngineMemory, NonFinite, Slot, StepJob } from './engine';
 import { Arena } from '../transport/arena';
 import { num } from './hypers';
 import type { HyperValue, Hypers, OptimizerDef, RuleDef, SlotDecl } from './types';
@@ -29,6 +29,8 @@ export interface NativeAddon {
     layout: { stride: number; maxOptSlots: number; maxRuleSlots: number; hyperBlock: number; optHyper: number; ruleHyper: number };
   };
   step(opt: number, rule: number, buffers: Array<Float32Array | null>, hypers: Float64Array, fresh: Uint32Array): void;
+  /** Off the main thread; resolves [job, index] of the first non-finite gradient (nothing written), else null. */
+  stepAsync(opt: number, rule: number, buffers: Array<Float32Array | null>, hypers: Float64Array, fresh: Uint32Array): Promise<[number, number] | null>;
   firstNonFinite(a: Float32Array): number;
   sumSquares(a: Float32Array): number;
   setThreads(n: number): number;
@@ -74,6 +76,15 @@ class NativeSlot implements Slot {
 
 const dataOf = (s: Slot) => (s as NativeSlot).data;
 
+interface Layout {
+  opt: number;
+  rule: number;
+  buffers: Array<Float32Array | null>;
+  hypers: Float64Array;
+  fresh: Uint32Array;
+  created: Array<{ into: Map<string, Slot>; name: string; data: Float32Array }>;
+}
+
 /** A hyperparameter by its flattened name: "lr", "betas.1"; booleans as 0/1. */
 function flatValue(h: Hypers, name: string): number {
   const dot = name.indexOf('.');
@@ -94,12 +105,12 @@ export class NativeEngine implements Engine {
   readonly name = 'native';
   private readonly ids = new Map<string, number>();
   private readonly descs = new Map<string, Descriptor>();
-  private readonly layout: ReturnType<NativeAddon['describe']>['layout'];
+  private readonly layout_: ReturnType<NativeAddon['describe']>['layout'];
   private live = { buffers: 0, bytes: 0 };
 
   constructor(private readonly addon: NativeAddon, optimizers: readonly OptimizerDef[], rules: readonly RuleDef[]) {
     const d = addon.describe();
-    this.layout = d.layout;
+    this.layout_ = d.layout;
     const index = (kind: string, list: Descriptor[], defs: ReadonlyArray<{ name: string; slots: SlotDecl[] }>) => {
       for (const def of defs) {
         const i = list.findIndex((x) => x.name === def.name);
@@ -176,46 +187,91 @@ export class NativeEngine implements Engine {
     return a;
   }
 
-  step(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[]): void {
-    const { stride, maxOptSlots, hyperBlock, optHyper, ruleHyper } = this.layout;
+  /** Every job's buffers and hyperparameters; slots needed for the first time are made off to the side. */
+  private layout(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[]): Layout {
+    const { stride, maxOptSlots, hyperBlock, optHyper, ruleHyper } = this.layout_;
     const od = this.descs.get(`optimizer:${opt.name}`)!;
     const rd = this.descs.get(`rule:${rule.name}`)!;
-    const buffers: Array<Float32Array | null> = new Array(jobs.length * stride).fill(null);
-    const hypers = new Float64Array(jobs.length * hyperBlock);
-    const fresh = new Uint32Array(jobs.length);
-    const created: Array<{ into: Map<string, Slot>; name: string; data: Float32Array }> = [];
+    const out: Layout = {
+      opt: this.ids.get(`optimizer:${opt.name}`)!,
+      rule: this.ids.get(`rule:${rule.name}`)!,
+      buffers: new Array(jobs.length * stride).fill(null),
+      hypers: new Float64Array(jobs.length * hyperBlock),
+      fresh: new Uint32Array(jobs.length),
+      created: [],
+    };
     try {
       jobs.forEach((j, k) => {
         const base = k * stride;
         const theta = dataOf(j.state.theta!);
-        buffers[base] = theta;
-        buffers[base + 1] = j.grad;
+        out.buffers[base] = theta;
+        out.buffers[base + 1] = j.grad;
         const place = (decls: SlotDecl[], into: Map<string, Slot>, at: number, freshBits: boolean) => {
           decls.forEach((d, i) => {
             if (d.when && !d.when(j.h)) return;
             let s = into.get(d.name);
             if (!s) {
               const data = this.initial(d, theta, j.h);
-              created.push({ into, name: d.name, data });
+              out.created.push({ into, name: d.name, data });
               s = new NativeSlot(data);
-              if (freshBits && 'copyOfGrad' in d.init) fresh[k] |= 1 << i;
+              if (freshBits && 'copyOfGrad' in d.init) out.fresh[k] |= 1 << i;
             }
-            buffers[at + i] = dataOf(s);
+            out.buffers[at + i] = dataOf(s);
           });
         };
         place(opt.slots, j.state.opt, base + 2, true);
         place(rule.slots, j.state.rule, base + 2 + maxOptSlots, false);
         const hb = k * hyperBlock;
-        hypers[hb] = j.t;
-        hypers[hb + 1] = flatValue(j.h, 'lr');
-        od.hypers.forEach((name, i) => (hypers[hb + optHyper + i] = flatValue(j.h, name)));
-        rd.hypers.forEach((name, i) => (hypers[hb + ruleHyper + i] = flatValue(j.h, name)));
+        out.hypers[hb] = j.t;
+        out.hypers[hb + 1] = flatValue(j.h, 'lr');
+        od.hypers.forEach((name, i) => (out.hypers[hb + optHyper + i] = flatValue(j.h, name)));
+        rd.hypers.forEach((name, i) => (out.hypers[hb + ruleHyper + i] = flatValue(j.h, name)));
       });
-      this.addon.step(this.ids.get(`optimizer:${opt.name}`)!, this.ids.get(`rule:${rule.name}`)!, buffers, hypers, fresh);
     } catch (e) {
-      for (const c of created) this.dispose(new NativeSlot(c.data));
+      this.drop(out);
       throw e;
     }
-    for (const c of created) c.into.set(c.name, new NativeSlot(c.data));
+    return out;
+  }
+
+  private drop(l: Layout): void {
+    for (const c of l.created) this.dispose(new NativeSlot(c.data));
+  }
+
+  private keep(l: Layout): void {
+    for (const c of l.created) c.into.set(c.name, new NativeSlot(c.data));
+  }
+
+  step(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[]): void {
+    const l = this.layout(opt, rule, jobs);
+    try {
+      this.addon.step(l.opt, l.rule, l.buffers, l.hypers, l.fresh);
+    } catch (e) {
+      this.drop(l);
+      throw e;
+    }
+    this.keep(l);
+  }
+
+  /**
+   * The step on a libuv thread, with the finiteness scan of every gradient
+   * first: the event loop serves other sessions meanwhile. Resolves the first
+   * non-finite gradient element (nothing applied), or null once applied.
+   */
+  async stepAsync(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[]): Promise<NonFinite | null> {
+    const l = this.layout(opt, rule, jobs);
+    let bad: [number, number] | null;
+    try {
+      bad = await this.addon.stepAsync(l.opt, l.rule, l.buffers, l.hypers, l.fresh);
+    } catch (e) {
+      this.drop(l);
+      throw e;
+    }
+    if (bad) {
+      this.drop(l);
+      return { job: bad[0], index: bad[1], value: jobs[bad[0]].grad[bad[1]] };
+    }
+    this.keep(l);
+    return null;
   }
 }

@@ -75,13 +75,15 @@ export interface RunningServer {
   close(graceMs?: number): Promise<void>;
 }
 
-function unary<Req, Res>(name: string, fn: (req: Req) => Res): grpc.handleUnaryCall<Req, Res> {
+/** The one adapter for unary calls: a handler returns a value or a promise; errors map in status.ts. */
+function unary<Req, Res>(name: string, fn: (req: Req) => Res | Promise<Res>): grpc.handleUnaryCall<Req, Res> {
   return (call, callback) => {
-    try {
-      callback(null, fn(call.request));
-    } catch (e) {
-      callback(toServiceError(e, name));
-    }
+    Promise.resolve()
+      .then(() => fn(call.request))
+      .then(
+        (r) => callback(null, r),
+        (e) => callback(toServiceError(e, name)),
+      );
   };
 }
 
@@ -116,7 +118,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     closeSession: unary('CloseSession', (req) => closeSession(ctx, req)),
     openArena: unary('OpenArena', (req) => openArena(ctx, req)),
     stepStream: (call) => stepStream(ctx, call),
-    exportState: (call) => exportState(ctx, call),
+    exportState: (call) => void exportState(ctx, call),
     importState: (call, cb) => importState(ctx, call, cb),
   };
   const server = new grpc.Server({

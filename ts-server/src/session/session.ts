@@ -26,6 +26,9 @@ interface Param {
 }
 
 export type Overrides = Record<string, Record<string, unknown>>;
+/** Names the i-th gradient of a request in messages. */
+type Where = (i: number) => string;
+const gradsAt: Where = (i) => `grads[${i}]`;
 
 export interface StepResult {
   step: number;
@@ -48,6 +51,8 @@ export class Session {
   private readonly engine: Engine;
   /** The same-host data plane, once a client asked for it (OpenArena). */
   private arena: Arena | null = null;
+  /** Operations queued on this session (see exclusive). */
+  private queue: Promise<unknown> = Promise.resolve();
 
   constructor(id: string, spec: ResolvedSpec, decls: ParamDeclaration[], engine: Engine = currentEngine()) {
     this.id = id;
@@ -94,23 +99,62 @@ export class Session {
 
   /**
    * Applies one step. `grads` holds one flat gradient per parameter that has
-   * one, in the parameter's row-major order.
+   * one, in the parameter's row-major order. Runs on the calling thread; the
+   * gRPC handlers use stepAsync.
    */
-  step(
+  step(step: number, grads: Array<{ id: string; data: Float32Array }>, overrides: Overrides = {}, where: Where = gradsAt): StepResult {
+    const plan = this.plan(step, grads, overrides, where, true);
+    if ('replay' in plan) return plan.replay;
+    this.engine.step(plan.spec.optimizer, plan.spec.rule, plan.jobs);
+    return this.record(step, plan);
+  }
+
+  /**
+   * The same step, after any step or checkpoint operation already queued on
+   * this session; on the native engine the finiteness scan and the kernel
+   * run off the event loop, so other sessions are served meanwhile.
+   */
+  stepAsync(step: number, grads: Array<{ id: string; data: Float32Array }>, overrides: Overrides = {}, where: Where = gradsAt): Promise<StepResult> {
+    return this.exclusive(async () => {
+      const engine = this.engine;
+      if (!engine.stepAsync) return this.step(step, grads, overrides, where);
+      const plan = this.plan(step, grads, overrides, where, false);
+      if ('replay' in plan) return plan.replay;
+      const bad = await engine.stepAsync(plan.spec.optimizer, plan.spec.rule, plan.jobs);
+      if (bad) throw new InvalidArgument(`${where(bad.job)} '${grads[bad.job].id}': element ${bad.index} is ${bad.value} (must be finite)`);
+      return this.record(step, plan);
+    });
+  }
+
+  /**
+   * Runs `fn` once every operation queued before it has finished: steps and
+   * checkpoint operations on one session never interleave.
+   */
+  exclusive<T>(fn: () => T | Promise<T>): Promise<T> {
+    const run = this.queue.then(fn);
+    this.queue = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
+  /** Everything but finiteness (optionally) checked, and the jobs laid out; or the replay of the last step. */
+  private plan(
     step: number,
     grads: Array<{ id: string; data: Float32Array }>,
-    overrides: Overrides = {},
-    where: (i: number) => string = (i) => `grads[${i}]`,
-  ): StepResult {
+    overrides: Overrides,
+    where: Where,
+    checkFinite: boolean,
+  ): { replay: StepResult } | { spec: ResolvedSpec; jobs: StepJob[]; ids: string[] } {
     this.checkOpen();
     if (!Number.isSafeInteger(step) || step < 1) throw new InvalidArgument(`step: ${step} must be a positive integer`);
     if (this.lastStep > 0 && step === this.lastStep) {
-      return { step, replayed: true, values: this.lastStepIds.map((id) => ({ id, data: this.view(id) })) };
+      return { replay: { step, replayed: true, values: this.lastStepIds.map((id) => ({ id, data: this.view(id) })) } };
     }
     if (step < this.lastStep) {
       throw new FailedPrecondition(`step: ${step} is before the last applied step ${this.lastStep}`);
     }
-    // 1. Validate everything.
     const spec = Object.keys(overrides).length ? withOverrides(this.spec, overrides, this.groups()) : this.spec;
     for (const g of Object.keys(overrides)) {
       if (!this.groups().has(g)) throw new InvalidArgument(`group_overrides: no parameter is in group '${g}'`);
@@ -129,16 +173,18 @@ export class Session {
       if (g.data.length !== p.size) {
         throw new InvalidArgument(`${where(i)} '${g.id}': ${g.data.length} elements, parameter has ${p.size} (shape ${JSON.stringify(p.shape)})`);
       }
-      this.finite(g.data, `${where(i)} '${g.id}'`);
+      if (checkFinite) this.finite(g.data, `${where(i)} '${g.id}'`);
       return { state: p.state, shape: p.shape, grad: g.data, h: hyp(p.group), t: p.state.steps + 1 };
     });
-    // 2. Compute and commit, all or nothing.
-    this.engine.step(spec.optimizer, spec.rule, jobs);
-    // 3. Record.
-    for (const j of jobs) j.state.steps += 1;
-    this.spec = spec;
+    return { spec, jobs, ids: grads.map((g) => g.id) };
+  }
+
+  /** After the engine applied a planned step. */
+  private record(step: number, plan: { spec: ResolvedSpec; jobs: StepJob[]; ids: string[] }): StepResult {
+    for (const j of plan.jobs) j.state.steps += 1;
+    this.spec = plan.spec;
     this.lastStep = step;
-    this.lastStepIds = grads.map((g) => g.id);
+    this.lastStepIds = plan.ids;
     return { step, replayed: false, values: this.lastStepIds.map((id) => ({ id, data: this.view(id) })) };
   }
 
@@ -170,7 +216,7 @@ export class Session {
   }
 
   /** A step whose gradients are in the arena's gradient regions, by arena index. */
-  stepArena(step: number, indices: number[], overrides: Overrides = {}): StepResult {
+  stepArena(step: number, indices: number[], overrides: Overrides = {}): Promise<StepResult> {
     this.checkOpen();
     const arena = this.arena;
     if (!arena) throw new FailedPrecondition('arena_grads: this session has no arena (call OpenArena first)');
@@ -180,7 +226,7 @@ export class Session {
       }
       return { id: arena.tensors[i].paramId, data: arena.grad(i) };
     });
-    return this.step(step, grads, overrides, (i) => `arena_grads[${i}] (tensor ${indices[i]})`);
+    return this.stepAsync(step, grads, overrides, (i) => `arena_grads[${i}] (tensor ${indices[i]})`);
   }
 
   private view(id: string): Float32Array {

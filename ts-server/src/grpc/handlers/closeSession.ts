@@ -1,8 +1,9 @@
-// CloseSession: dispose every tensor of the session.
+// CloseSession: dispose every tensor of the session, after whatever is
+// already queued on it (a step in flight finishes first).
 import type { CloseSessionReply, CloseSessionRequest } from '../../../generated/mur/v1/optimizer';
 import type { ServerContext } from '../context';
 
-export function closeSession(ctx: ServerContext, req: CloseSessionRequest): CloseSessionReply {
-  ctx.store.close(req.sessionId);
+export async function closeSession(ctx: ServerContext, req: CloseSessionRequest): Promise<CloseSessionReply> {
+  await ctx.store.get(req.sessionId).exclusive(() => ctx.store.close(req.sessionId));
   return {};
 }

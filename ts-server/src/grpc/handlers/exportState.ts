@@ -21,9 +21,11 @@ export function* exportFrames(session: Session, chunkBytes: number): Generator<S
   }
 }
 
-export function exportState(ctx: ServerContext, call: ServerWritableStream<ExportStateRequest, StateFrame>): void {
+export async function exportState(ctx: ServerContext, call: ServerWritableStream<ExportStateRequest, StateFrame>): Promise<void> {
   try {
-    const frames = [...exportFrames(ctx.store.get(call.request.sessionId), ctx.chunkBytes)];
+    const session = ctx.store.get(call.request.sessionId);
+    // A consistent snapshot: taken between steps, never during one.
+    const frames = await session.exclusive(() => [...exportFrames(session, ctx.chunkBytes)]);
     for (const f of frames) call.write(f);
     call.end();
   } catch (e) {

@@ -46,14 +46,14 @@ export function importState(ctx: ServerContext, call: ServerReadableStream<State
   });
   call.on('end', () => {
     if (failed) return;
-    try {
+    (async () => {
       if (!header) throw new InvalidArgument('header: the stream carried no StateHeader');
       const session = ctx.store.get(header.sessionId);
-      const n = session.importState(headerFromWire(header), chunks.finish());
+      const h = headerFromWire(header);
+      const tensors = chunks.finish();
+      const n = await session.exclusive(() => session.importState(h, tensors));
       done(null, { tensorsImported: n });
-    } catch (e) {
-      fail(e);
-    }
+    })().catch(fail);
   });
   call.on('error', () => undefined);
 }

@@ -3,7 +3,8 @@
 import type { ArenaInfo, OpenArenaRequest } from '../../../generated/mur/v1/optimizer';
 import type { ServerContext } from '../context';
 
-export function openArena(ctx: ServerContext, req: OpenArenaRequest): ArenaInfo {
-  const a = ctx.store.get(req.sessionId).openArena();
+export async function openArena(ctx: ServerContext, req: OpenArenaRequest): Promise<ArenaInfo> {
+  const session = ctx.store.get(req.sessionId);
+  const a = await session.exclusive(() => session.openArena());
   return { path: a.path, bytes: a.bytes, token: a.token, tensors: a.tensors };
 }

@@ -8,11 +8,11 @@ import { bytesToF32, checkDtype, GRADIENT_DTYPES } from '../../wire/tensors';
 import type { ServerContext } from '../context';
 import { overridesFromWire } from '../spec';
 
-export function step(ctx: ServerContext, req: StepRequest): StepReply {
+export async function step(ctx: ServerContext, req: StepRequest): Promise<StepReply> {
   const session = ctx.store.get(req.sessionId);
   if (req.arenaGrads.length > 0) {
     if (req.grads.length > 0) throw new InvalidArgument('grads: must be empty when arena_grads names the gradients');
-    const r = session.stepArena(req.step, req.arenaGrads, overridesFromWire(req.groupOverrides));
+    const r = await session.stepArena(req.step, req.arenaGrads, overridesFromWire(req.groupOverrides));
     return { step: r.step, replayed: r.replayed, params: [] };
   }
   const shapes = new Map<string, number[]>();
@@ -27,7 +27,7 @@ export function step(ctx: ServerContext, req: StepRequest): StepReply {
     shapes.set(g.paramId, expected);
     return { id: g.paramId, data: bytesToF32(g.grad.data, where, g.grad.dtype) };
   });
-  const r = session.step(req.step, grads, overridesFromWire(req.groupOverrides));
+  const r = await session.stepAsync(req.step, grads, overridesFromWire(req.groupOverrides));
   return {
     step: r.step,
     replayed: r.replayed,

@@ -5,7 +5,7 @@
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import type { StepBegin, StepStreamReply, StepStreamRequest } from '../../../generated/mur/v1/optimizer';
 import { Aborted, InvalidArgument, OutOfRange } from '../../errors';
-import type { Session } from '../../session/session';
+import type { Session, StepResult } from '../../session/session';
 import { ChunkAssembler, split } from '../../wire/chunks';
 import { GRADIENT_DTYPES } from '../../wire/tensors';
 import type { ServerContext } from '../context';
@@ -24,7 +24,8 @@ export class StepStreamProtocol {
 
   constructor(private readonly ctx: ServerContext, private readonly send: (r: StepStreamReply) => void) {}
 
-  frame(req: StepStreamRequest): void {
+  /** Handles one frame; StepEnd applies the step (asynchronously) and answers it. */
+  frame(req: StepStreamRequest): void | Promise<void> {
     const f = req.frame;
     if (!f) throw new InvalidArgument('frame: empty StepStreamRequest');
     if (f.$case === 'begin') {
@@ -51,7 +52,10 @@ export class StepStreamProtocol {
     // StepEnd: apply, then answer.
     this.open = null;
     const grads = open.chunks.finish().map((t) => ({ id: t.paramId, data: t.data }));
-    const r = open.session.step(open.begin.step, grads, overridesFromWire(open.begin.groupOverrides));
+    return open.session.stepAsync(open.begin.step, grads, overridesFromWire(open.begin.groupOverrides)).then((r) => this.answer(r));
+  }
+
+  private answer(r: StepResult): void {
     for (const v of r.values) {
       for (const chunk of split(v.id, '', v.data, this.ctx.chunkBytes)) this.send({ frame: { $case: 'param', value: chunk } });
     }
@@ -72,22 +76,18 @@ export function stepStream(ctx: ServerContext, call: ServerDuplexStream<StepStre
     call.emit('error', toServiceError(e, 'StepStream'));
   };
   const protocol = new StepStreamProtocol(ctx, (r) => call.write(r));
-  call.on('data', (req: StepStreamRequest) => {
-    if (failed) return;
-    try {
-      protocol.frame(req);
-    } catch (e) {
-      fail(e);
-    }
-  });
-  call.on('end', () => {
-    if (failed) return;
-    try {
+  // Frames are handled strictly in order: a step's reply is sent before the
+  // next frame is looked at.
+  let chain: Promise<void> = Promise.resolve();
+  const then = (fn: () => void | Promise<void>) => {
+    chain = chain.then(() => (failed ? undefined : fn())).catch(fail);
+  };
+  call.on('data', (req: StepStreamRequest) => then(() => protocol.frame(req)));
+  call.on('end', () =>
+    then(() => {
       protocol.end();
       call.end();
-    } catch (e) {
-      fail(e);
-    }
-  });
+    }),
+  );
   call.on('error', () => undefined); // cancelled by the client: nothing to apply
 }
