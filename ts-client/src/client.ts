@@ -123,6 +123,15 @@ class Reassembly {
   }
 }
 
+type UnaryMethod<Req, Res> = (req: Req, metadata: grpc.Metadata, cb: (e: grpc.ServiceError | null, r: Res) => void) => unknown;
+
+/** Call metadata carrying a session's token (proto: authorization: Bearer). */
+function auth(token: string): grpc.Metadata {
+  const m = new grpc.Metadata();
+  m.set('authorization', `Bearer ${token}`);
+  return m;
+}
+
 export class MurClient {
   readonly raw: OptimizerClient;
   private caps?: Capabilities;
@@ -136,8 +145,8 @@ export class MurClient {
   }
 
   /** Promisifies one unary call, mapping failures to MurError subclasses. */
-  private unary<Req, Res>(method: (req: Req, cb: (e: grpc.ServiceError | null, r: Res) => void) => unknown, req: Req): Promise<Res> {
-    return new Promise((resolve, reject) => method.call(this.raw, req, (e, r) => (e ? reject(fromServiceError(e)) : resolve(r))));
+  private unary<Req, Res>(method: UnaryMethod<Req, Res>, req: Req, metadata = new grpc.Metadata()): Promise<Res> {
+    return new Promise((resolve, reject) => method.call(this.raw, req, metadata, (e, r) => (e ? reject(fromServiceError(e)) : resolve(r))));
   }
 
   async capabilities(): Promise<Capabilities> {
@@ -162,12 +171,12 @@ export class MurClient {
         data: inline ? bytes(p.values) : Buffer.alloc(0),
       })),
     });
-    const session = new MurSession(this, reply.sessionId, new Map(params.map((p) => [p.id, p.shape])), caps);
+    const session = new MurSession(this, reply.sessionId, reply.sessionToken, new Map(params.map((p) => [p.id, p.shape])), caps);
     if (!inline) await session.importState(params.map((p) => ({ paramId: p.id, slot: '', values: p.values })));
     if (transport !== 'grpc') {
       try {
         if (!caps.transports.includes('shm')) throw new Error(`the server (engine '${caps.backend}') offers no shm transport`);
-        const info = await this.unary<OpenArenaRequest, ArenaInfo>(this.raw.openArena, { sessionId: reply.sessionId });
+        const info = await this.unary<OpenArenaRequest, ArenaInfo>(this.raw.openArena, { sessionId: reply.sessionId }, auth(reply.sessionToken));
         session.useArena(new ArenaFile(info));
       } catch (e) {
         if (transport === 'shm') {
@@ -184,8 +193,8 @@ export class MurClient {
   }
 
   /** @internal */
-  call<Req, Res>(method: (req: Req, cb: (e: grpc.ServiceError | null, r: Res) => void) => unknown, req: Req): Promise<Res> {
-    return this.unary(method, req);
+  call<Req, Res>(method: UnaryMethod<Req, Res>, req: Req, metadata?: grpc.Metadata): Promise<Res> {
+    return this.unary(method, req, metadata);
   }
 }
 
@@ -203,6 +212,7 @@ export class MurSession {
   constructor(
     private readonly client: MurClient,
     readonly id: string,
+    private readonly token: string,
     private readonly shapes: Map<string, number[]>,
     private readonly caps: Capabilities,
   ) {}
@@ -220,13 +230,13 @@ export class MurSession {
       for (const [id, a] of g) arena.writeGrad(id, a);
       await this.client.call<StepRequest, StepReply>(this.client.raw.step, {
         sessionId: this.id, step, groupOverrides: overrides, grads: [], arenaGrads: [...g.keys()].map((id) => arena.indexOf(id)),
-      });
+      }, this.auth());
       out = new Map([...g.keys()].map((id) => [id, arena.readParam(id)]));
     } else if (size < this.caps.maxMessageBytes * 0.9) {
       const reply = await this.client.call<StepRequest, StepReply>(this.client.raw.step, {
         sessionId: this.id, step, groupOverrides: overrides, arenaGrads: [],
         grads: [...g].map(([paramId, a]) => ({ paramId, grad: { shape: this.shapes.get(paramId) ?? [a.length], dtype: F32, data: bytes(a) } })),
-      });
+      }, this.auth());
       out = new Map(reply.params.map((p) => [p.paramId, floats(p.value!.data)]));
     } else {
       const stream = this.stream();
@@ -238,6 +248,10 @@ export class MurSession {
     }
     this.nextStep = step + 1;
     return out;
+  }
+
+  private auth(): grpc.Metadata {
+    return auth(this.token);
   }
 
   /** "shm" when steps go through the session's shared-memory arena, else "grpc". */
@@ -252,12 +266,12 @@ export class MurSession {
 
   /** A StepStream kept open for many steps (one round trip of chunks per step). */
   stream(): StepStream {
-    return new StepStream(this.client.raw.stepStream(), this.id, this.caps.chunkBytes);
+    return new StepStream(this.client.raw.stepStream(this.auth()), this.id, this.caps.chunkBytes);
   }
 
   /** Every tensor of the session (parameters and state), as an async iterator. */
   async *exportState(): AsyncGenerator<SlotValues> {
-    const call = this.client.raw.exportState({ sessionId: this.id });
+    const call = this.client.raw.exportState({ sessionId: this.id }, this.auth());
     const parts = new Map<string, Float32Array>();
     try {
       for await (const f of call as AsyncIterable<StateFrame>) {
@@ -280,7 +294,7 @@ export class MurSession {
   /** Replaces parameters and/or state slots, all or nothing. */
   importState(tensors: SlotValues[]): Promise<number> {
     return new Promise((resolve, reject) => {
-      const call = this.client.raw.importState((e, r) => (e ? reject(fromServiceError(e)) : resolve(r.tensorsImported)));
+      const call = this.client.raw.importState(this.auth(), (e, r) => (e ? reject(fromServiceError(e)) : resolve(r.tensorsImported)));
       call.write({ frame: { $case: 'header', value: { sessionId: this.id, stepCounts: [], lastStep: 0 } } });
       for (const t of tensors) for (const c of chunksOf(t.paramId, t.slot, t.values, this.caps.chunkBytes)) call.write({ frame: { $case: 'chunk', value: c } });
       call.end();
@@ -290,7 +304,7 @@ export class MurSession {
   async close(): Promise<void> {
     this.arena?.close();
     this.arena = null;
-    await this.client.call<CloseSessionRequest, CloseSessionReply>(this.client.raw.closeSession, { sessionId: this.id });
+    await this.client.call<CloseSessionRequest, CloseSessionReply>(this.client.raw.closeSession, { sessionId: this.id }, this.auth());
   }
 }
 

@@ -18,3 +18,7 @@ export class ResourceExhausted extends MurError {}
 export class OutOfRange extends MurError {}
 /** A stream ended before a frame it had announced was complete. */
 export class Aborted extends MurError {}
+/** A per-session call without a session token. */
+export class Unauthenticated extends MurError {}
+/** A per-session call with a token that does not open this session. */
+export class PermissionDenied extends MurError {}

@@ -9,7 +9,7 @@ import * as fs from 'fs';
 import { status } from '@grpc/grpc-js';
 import { DType, type ArenaInfo, type CreateSessionRequest, type OpenArenaRequest } from '../generated/mur/v1/optimizer';
 import { currentEngine } from '../src/engine/engine';
-import { call, capabilities as getCaps, closeSession, create, expectStatus as expectRefused, importFrames as importState, startHarness, step, type Harness } from './harness';
+import { auth, call, capabilities as getCaps, closeSession, create, expectStatus as expectRefused, importFrames as importState, startHarness, step, type Harness } from './harness';
 
 const F32 = DType.DTYPE_FLOAT32;
 const bytes = (a: number[]) => Buffer.from(Float32Array.from(a).buffer);
@@ -22,7 +22,7 @@ const request = (): CreateSessionRequest => ({
   ],
 });
 const openArena = (h: Harness, sessionId: string) =>
-  call<OpenArenaRequest, ArenaInfo>(h.client.openArena.bind(h.client), { sessionId });
+  call<OpenArenaRequest, ArenaInfo>(h.client.openArena.bind(h.client), { sessionId }, auth(sessionId));
 
 /** A client's handle on an arena: pread/pwrite on the memfd. */
 class Mapped {
@@ -176,7 +176,7 @@ describe('same-host transport: the shared-memory arena', () => {
       step(h, { sessionId: other.sessionId, step: 1, groupOverrides: {}, grads: [], arenaGrads: [0] }),
       status.FAILED_PRECONDITION, 'OpenArena',
     );
-    await expectRefused(openArena(h, 'nope'), status.NOT_FOUND, "'nope'");
+    await expectRefused(openArena(h, 'nope'), status.UNAUTHENTICATED, 'token');
     await closeSession(h, other.sessionId);
     await closeSession(h, a.sessionId);
   });

@@ -49,18 +49,36 @@ export const bytes = (a: number[] | Float32Array) => {
 };
 export const floats = (b: Buffer) => new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
 
-export function call<Req, Res>(fn: (req: Req, cb: (e: grpc.ServiceError | null, r: Res) => void) => unknown, req: Req): Promise<Res> {
-  return new Promise((resolve, reject) => fn(req, (e, r) => (e ? reject(e) : resolve(r))));
+/** Session tokens from every CreateSession of these tests, by session id. */
+const tokens = new Map<string, string>();
+
+/** The metadata a call about `sessionId` carries: its token, if a test created it. */
+export function auth(sessionId: string | undefined): grpc.Metadata {
+  const m = new grpc.Metadata();
+  const t = sessionId === undefined ? undefined : tokens.get(sessionId);
+  if (t) m.set('authorization', `Bearer ${t}`);
+  return m;
+}
+
+export function call<Req, Res>(
+  fn: (req: Req, metadata: grpc.Metadata, cb: (e: grpc.ServiceError | null, r: Res) => void) => unknown,
+  req: Req,
+  metadata = new grpc.Metadata(),
+): Promise<Res> {
+  return new Promise((resolve, reject) => fn(req, metadata, (e, r) => (e ? reject(e) : resolve(r))));
 }
 
 export const capabilities = (h: Harness) => call<GetCapabilitiesRequest, Capabilities>(h.client.getCapabilities.bind(h.client), {});
-export const create = (h: Harness, req: CreateSessionRequest) =>
-  call<CreateSessionRequest, CreateSessionReply>(h.client.createSession.bind(h.client), req);
+export const create = async (h: Harness, req: CreateSessionRequest) => {
+  const r = await call<CreateSessionRequest, CreateSessionReply>(h.client.createSession.bind(h.client), req);
+  tokens.set(r.sessionId, r.sessionToken);
+  return r;
+};
 /** A unary Step; `arena_grads` defaults to none (gradients inline). */
 export const step = (h: Harness, req: Omit<StepRequest, 'arenaGrads'> & Partial<Pick<StepRequest, 'arenaGrads'>>) =>
-  call<StepRequest, StepReply>(h.client.step.bind(h.client), { arenaGrads: [], ...req });
+  call<StepRequest, StepReply>(h.client.step.bind(h.client), { arenaGrads: [], ...req }, auth(req.sessionId));
 export const closeSession = (h: Harness, sessionId: string) =>
-  call<CloseSessionRequest, CloseSessionReply>(h.client.closeSession.bind(h.client), { sessionId });
+  call<CloseSessionRequest, CloseSessionReply>(h.client.closeSession.bind(h.client), { sessionId }, auth(sessionId));
 
 /** A unary step with one gradient per parameter. */
 export function grads(values: Record<string, { shape: number[]; data: number[] | Float32Array }>) {
@@ -73,7 +91,8 @@ export function grads(values: Record<string, { shape: number[]; data: number[] |
 /** Runs one bidi stream: writes `frames`, half-closes, collects replies or the error. */
 export function stream(h: Harness, frames: StepStreamRequest[], end = true): Promise<{ replies: StepStreamReply[]; error?: grpc.ServiceError }> {
   return new Promise((resolve) => {
-    const call = h.client.stepStream();
+    const begin = frames.find((f) => f.frame?.$case === 'begin')?.frame;
+    const call = h.client.stepStream(auth(begin?.$case === 'begin' ? begin.value.sessionId : undefined));
     const replies: StepStreamReply[] = [];
     call.on('data', (r: StepStreamReply) => replies.push(r));
     call.on('error', (error: grpc.ServiceError) => resolve({ replies, error }));
@@ -87,7 +106,7 @@ export function stream(h: Harness, frames: StepStreamRequest[], end = true): Pro
 /** Every frame ExportState sends, as one comparable string per tensor. */
 export function exportAll(h: Harness, sessionId: string): Promise<{ header: unknown; tensors: Map<string, string> }> {
   return new Promise((resolve, reject) => {
-    const s = h.client.exportState({ sessionId });
+    const s = h.client.exportState({ sessionId }, auth(sessionId));
     let header: unknown;
     const tensors = new Map<string, string>();
     s.on('data', (f: StateFrame) => {
@@ -105,7 +124,8 @@ export function exportAll(h: Harness, sessionId: string): Promise<{ header: unkn
 
 export function importFrames(h: Harness, frames: StateFrame[]): Promise<{ tensorsImported: number }> {
   return new Promise((resolve, reject) => {
-    const s = h.client.importState((e, r) => (e ? reject(e) : resolve(r)));
+    const header = frames.find((f) => f.frame?.$case === 'header')?.frame;
+    const s = h.client.importState(auth(header?.$case === 'header' ? header.value.sessionId : undefined), (e, r) => (e ? reject(e) : resolve(r)));
     for (const f of frames) s.write(f);
     s.end();
   });

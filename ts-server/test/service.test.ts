@@ -9,7 +9,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { DType, type StateFrame, type StepStreamRequest } from '../generated/mur/v1/optimizer';
 import { OPTIMIZERS } from '../src/optimizers';
 import { RULES } from '../src/rules';
-import { bytes, call, capabilities, closeSession, create, exportAll, floats, grads, importFrames, startHarness, step, stream, type Harness } from './harness';
+import { auth, bytes, call, capabilities, closeSession, create, exportAll, floats, grads, importFrames, startHarness, step, stream, type Harness } from './harness';
 
 const F32 = DType.DTYPE_FLOAT32;
 const adamHybrid = { optimizer: 'adam', rule: 'hybrid', defaults: { lr: 0.01, lr_out: 0.01, gamma: 0.5 }, groups: {} };
@@ -135,7 +135,7 @@ describe('service over gRPC', () => {
     for (let k = 1; k <= 3; k++) await step(h, { sessionId: a.sessionId, step: k, grads: g(k), groupOverrides: {} });
     const frames: StateFrame[] = [];
     await new Promise<void>((resolve, reject) => {
-      const s = h.client.exportState({ sessionId: a.sessionId });
+      const s = h.client.exportState({ sessionId: a.sessionId }, auth(a.sessionId));
       s.on('data', (f: StateFrame) => frames.push(f));
       s.on('error', reject);
       s.on('end', resolve);

@@ -19,6 +19,8 @@ import { importState } from './handlers/importState';
 import { openArena } from './handlers/openArena';
 import { step } from './handlers/step';
 import { stepStream } from './handlers/stepStream';
+import { tokenOf } from '../session/credentials';
+import { checkWellFormed, tolerantDeserializers } from './malformed';
 import { toServiceError } from './status';
 import { log } from '../log';
 
@@ -76,10 +78,10 @@ export interface RunningServer {
 }
 
 /** The one adapter for unary calls: a handler returns a value or a promise; errors map in status.ts. */
-function unary<Req, Res>(name: string, fn: (req: Req) => Res | Promise<Res>): grpc.handleUnaryCall<Req, Res> {
+function unary<Req, Res>(name: string, fn: (req: Req, token: string | undefined) => Res | Promise<Res>): grpc.handleUnaryCall<Req, Res> {
   return (call, callback) => {
     Promise.resolve()
-      .then(() => fn(call.request))
+      .then(() => fn(checkWellFormed(call.request), tokenOf(call.metadata)))
       .then(
         (r) => callback(null, r),
         (e) => callback(toServiceError(e, name)),
@@ -114,9 +116,9 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const impl: OptimizerServer = {
     getCapabilities: unary('GetCapabilities', () => getCapabilities(ctx)),
     createSession: unary('CreateSession', (req) => createSession(ctx, req)),
-    step: unary('Step', (req) => step(ctx, req)),
-    closeSession: unary('CloseSession', (req) => closeSession(ctx, req)),
-    openArena: unary('OpenArena', (req) => openArena(ctx, req)),
+    step: unary('Step', (req, token) => step(ctx, req, token)),
+    closeSession: unary('CloseSession', (req, token) => closeSession(ctx, req, token)),
+    openArena: unary('OpenArena', (req, token) => openArena(ctx, req, token)),
     stepStream: (call) => stepStream(ctx, call),
     exportState: (call) => void exportState(ctx, call),
     importState: (call, cb) => importState(ctx, call, cb),
@@ -128,7 +130,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const window = opts.flowControlWindow ?? 16 * 1024 * 1024;
   const tuned = window > 0 && raiseFlowControlWindow(server, window);
   if (window > 0 && !tuned) log('warn', 'flow_control_window', { message: 'grpc-js internals changed: HTTP/2 windows left at their defaults' });
-  server.addService(OptimizerService, impl);
+  server.addService(tolerantDeserializers(OptimizerService), impl);
   const health = new HealthImplementation({ '': 'SERVING', 'mur.v1.Optimizer': 'SERVING' });
   health.addToServer(server);
   new ReflectionService(reflectionDescriptors()).addToServer(server);

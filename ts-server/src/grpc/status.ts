@@ -12,6 +12,8 @@ const CODES: Array<[new (...a: never[]) => E.MurError, status]> = [
   [E.ResourceExhausted, status.RESOURCE_EXHAUSTED],
   [E.OutOfRange, status.OUT_OF_RANGE],
   [E.Aborted, status.ABORTED],
+  [E.Unauthenticated, status.UNAUTHENTICATED],
+  [E.PermissionDenied, status.PERMISSION_DENIED],
 ];
 
 export function toServiceError(e: unknown, rpc: string): Partial<ServiceError> {

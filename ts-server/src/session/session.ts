@@ -193,7 +193,7 @@ export class Session {
    * transport) and returns it; the same arena on later calls. From then on
    * the parameters live in the arena and each step updates them there.
    */
-  openArena(): Arena {
+  openArena(reserve: (gradBytes: number) => void = () => undefined): Arena {
     this.checkOpen();
     if (this.arena) return this.arena;
     const engine = this.engine;
@@ -204,6 +204,7 @@ export class Session {
     params.forEach((p, i) => {
       if (!p.state.theta) throw new FailedPrecondition(`params[${i}] '${p.id}' has no values yet (send them with ImportState first)`);
     });
+    reserve(4 * params.reduce((a, p) => a + p.size, 0));
     const arena = engine.createArena(params.map((p) => ({ id: p.id, size: p.size })));
     params.forEach((p, i) => {
       const region = arena.param(i);

@@ -1,35 +1,138 @@
-// Sessions by id. Closing a session (or the store) disposes every tensor it holds.
+// Sessions by id, with their credentials and the server's limits. Every
+// per-session call finds its session through get(id, token): the token is
+// checked first (credentials.ts), then the session is looked up and its idle
+// clock reset. Closing a session (or the store) disposes everything it holds.
 import { randomUUID } from 'crypto';
-import { NotFound } from '../errors';
-import type { ResolvedSpec } from '../registry';
-import { Session, type ParamDeclaration } from './session';
+import { NotFound, ResourceExhausted } from '../errors';
+import { log } from '../log';
+import { resolveGroup, type ResolvedSpec } from '../registry';
+import { Credentials } from './credentials';
+import { sizeOf, type ParamDeclaration } from './declarations';
+import { Session } from './session';
+
+export interface Limits {
+  /** Open sessions at once (0: no limit). */
+  maxSessions: number;
+  /** Bytes of parameters and state slots of every session together (0: no limit). */
+  maxBytes: number;
+  /** A session unused this long is closed (ms; 0: never). */
+  idleTimeoutMs: number;
+}
+
+export const NO_LIMITS: Limits = { maxSessions: 0, maxBytes: 0, idleTimeoutMs: 0 };
+
+interface Entry {
+  session: Session;
+  bytes: number;
+  lastUsed: number;
+}
+
+/**
+ * The bytes a session will hold: each parameter and every slot its optimizer
+ * and rule declare for its group's hyperparameters (per element, or one
+ * value), float32.
+ */
+export function projectedBytes(spec: ResolvedSpec, decls: ParamDeclaration[]): number {
+  let bytes = 0;
+  for (const d of decls) {
+    const n = sizeOf(d.shape);
+    const h = resolveGroup(spec, d.group);
+    const slots = [...spec.optimizer.slots, ...spec.rule.slots].filter((s) => !s.when || s.when(h));
+    bytes += 4 * (n + slots.reduce((a, s) => a + (s.scalar ? 1 : n), 0));
+  }
+  return bytes;
+}
 
 export class SessionStore {
-  private readonly sessions = new Map<string, Session>();
+  private readonly sessions = new Map<string, Entry>();
+  private readonly sweeper: NodeJS.Timeout | null;
+  private bytes = 0;
 
-  create(spec: ResolvedSpec, params: ParamDeclaration[]): Session {
-    const s = new Session(randomUUID(), spec, params);
-    this.sessions.set(s.id, s);
-    return s;
+  constructor(
+    readonly limits: Limits = NO_LIMITS,
+    readonly credentials: Credentials = new Credentials(),
+  ) {
+    // Idle sessions are found by a sweep a few times per timeout.
+    this.sweeper = limits.idleTimeoutMs > 0 ? setInterval(() => this.expire(), Math.max(250, limits.idleTimeoutMs / 4)) : null;
+    this.sweeper?.unref();
   }
 
-  get(id: string): Session {
-    const s = this.sessions.get(id);
-    if (!s) throw new NotFound(`session '${id}' not found (never created, or closed)`);
-    return s;
+  /** Creates a session within the limits; refused before anything is allocated. */
+  create(spec: ResolvedSpec, params: ParamDeclaration[]): { session: Session; token: string } {
+    const { maxSessions, maxBytes } = this.limits;
+    if (maxSessions > 0 && this.sessions.size >= maxSessions) {
+      throw new ResourceExhausted(`sessions: the server holds its limit of ${maxSessions} (--max-sessions); close one first`);
+    }
+    const bytes = projectedBytes(spec, params);
+    if (maxBytes > 0 && this.bytes + bytes > maxBytes) {
+      throw new ResourceExhausted(
+        `memory: this session needs ${bytes} bytes (parameters and optimizer state), ${Math.max(0, maxBytes - this.bytes)} of the limit of ${maxBytes} (--max-bytes) are free`,
+      );
+    }
+    const session = new Session(randomUUID(), spec, params);
+    this.sessions.set(session.id, { session, bytes, lastUsed: Date.now() });
+    this.bytes += bytes;
+    log('info', 'session_created', { session: session.id, optimizer: spec.optimizer.name, rule: spec.rule.name, params: params.length, bytes });
+    return { session, token: this.credentials.tokenFor(session.id) };
   }
 
-  close(id: string): void {
-    this.get(id).dispose();
+  /** The session `id`, if `token` opens it (else Unauthenticated / PermissionDenied, before any lookup). */
+  get(id: string, token: string | undefined): Session {
+    this.credentials.check(id, token);
+    const e = this.sessions.get(id);
+    if (!e) {
+      throw new NotFound(
+        `session '${id}' not found: it was closed, expired after being idle, or lost when the server restarted without --state-dir; ` +
+          'start a new session and restore a checkpoint (RemoteOptimizer.load_state_dict)',
+      );
+    }
+    e.lastUsed = Date.now();
+    return e.session;
+  }
+
+  /** Reserves `bytes` more for a session (an arena's gradient regions); ResourceExhausted beyond --max-bytes. */
+  reserve(id: string, bytes: number, what: string): void {
+    const e = this.sessions.get(id);
+    if (!e) return;
+    if (this.limits.maxBytes > 0 && this.bytes + bytes > this.limits.maxBytes) {
+      throw new ResourceExhausted(`memory: ${what} needs ${bytes} bytes, ${Math.max(0, this.limits.maxBytes - this.bytes)} of the limit of ${this.limits.maxBytes} (--max-bytes) are free`);
+    }
+    e.bytes += bytes;
+    this.bytes += bytes;
+  }
+
+  close(id: string, reason = 'closed'): void {
+    const e = this.sessions.get(id);
+    if (!e) return;
     this.sessions.delete(id);
+    this.bytes -= e.bytes;
+    e.session.dispose();
+    log('info', reason === 'closed' ? 'session_closed' : 'session_expired', { session: id, reason });
+  }
+
+  /** Closes every session idle for longer than the timeout (after anything queued on it). */
+  private expire(): void {
+    const now = Date.now();
+    for (const [id, e] of this.sessions) {
+      if (now - e.lastUsed > this.limits.idleTimeoutMs) {
+        void e.session.exclusive(() => {
+          if (this.sessions.get(id) === e && Date.now() - e.lastUsed > this.limits.idleTimeoutMs) this.close(id, 'idle');
+        });
+      }
+    }
   }
 
   get size(): number {
     return this.sessions.size;
   }
 
+  /** Bytes held by every session (projected at creation, arenas included). */
+  get heldBytes(): number {
+    return this.bytes;
+  }
+
   closeAll(): void {
-    for (const s of this.sessions.values()) s.dispose();
-    this.sessions.clear();
+    if (this.sweeper) clearInterval(this.sweeper);
+    for (const id of [...this.sessions.keys()]) this.close(id);
   }
 }

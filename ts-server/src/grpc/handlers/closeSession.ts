@@ -3,7 +3,7 @@
 import type { CloseSessionReply, CloseSessionRequest } from '../../../generated/mur/v1/optimizer';
 import type { ServerContext } from '../context';
 
-export async function closeSession(ctx: ServerContext, req: CloseSessionRequest): Promise<CloseSessionReply> {
-  await ctx.store.get(req.sessionId).exclusive(() => ctx.store.close(req.sessionId));
+export async function closeSession(ctx: ServerContext, req: CloseSessionRequest, token: string | undefined): Promise<CloseSessionReply> {
+  await ctx.store.get(req.sessionId, token).exclusive(() => ctx.store.close(req.sessionId));
   return {};
 }

@@ -22,6 +22,6 @@ export function createSession(ctx: ServerContext, req: CreateSessionRequest): Cr
     };
   });
   const spec = resolveSpec(json, new Set(decls.map((d) => d.group)));
-  const session = ctx.store.create(spec, decls);
-  return { sessionId: session.id, resolvedSpec: specToWire(spec) };
+  const { session, token } = ctx.store.create(spec, decls);
+  return { sessionId: session.id, resolvedSpec: specToWire(spec), sessionToken: token };
 }

@@ -5,6 +5,8 @@ import type { Session } from '../../session/session';
 import { split } from '../../wire/chunks';
 import type { ServerContext } from '../context';
 import { specToWire } from '../spec';
+import { tokenOf } from '../../session/credentials';
+import { checkWellFormed } from '../malformed';
 import { toServiceError } from '../status';
 
 export function* exportFrames(session: Session, chunkBytes: number): Generator<StateFrame> {
@@ -23,7 +25,7 @@ export function* exportFrames(session: Session, chunkBytes: number): Generator<S
 
 export async function exportState(ctx: ServerContext, call: ServerWritableStream<ExportStateRequest, StateFrame>): Promise<void> {
   try {
-    const session = ctx.store.get(call.request.sessionId);
+    const session = ctx.store.get(checkWellFormed(call.request).sessionId, tokenOf(call.metadata));
     // A consistent snapshot: taken between steps, never during one.
     const frames = await session.exclusive(() => [...exportFrames(session, ctx.chunkBytes)]);
     for (const f of frames) call.write(f);

@@ -8,6 +8,8 @@ import type { SessionHeader } from '../../session/session';
 import { ChunkAssembler } from '../../wire/chunks';
 import type { ServerContext } from '../context';
 import { specFromWire } from '../spec';
+import { tokenOf } from '../../session/credentials';
+import { checkWellFormed } from '../malformed';
 import { toServiceError } from '../status';
 
 function headerFromWire(h: StateHeader): Partial<SessionHeader> {
@@ -21,6 +23,7 @@ function headerFromWire(h: StateHeader): Partial<SessionHeader> {
 }
 
 export function importState(ctx: ServerContext, call: ServerReadableStream<StateFrame, ImportStateReply>, done: sendUnaryData<ImportStateReply>): void {
+  const token = tokenOf(call.metadata);
   let header: StateHeader | null = null;
   const chunks = new ChunkAssembler(ctx.maxStreamElements);
   let failed = false;
@@ -31,11 +34,12 @@ export function importState(ctx: ServerContext, call: ServerReadableStream<State
   call.on('data', (f: StateFrame) => {
     if (failed) return;
     try {
+      checkWellFormed(f);
       if (!f.frame) throw new InvalidArgument('frame: empty StateFrame');
       if (f.frame.$case === 'header') {
         if (header) throw new InvalidArgument('header: sent twice');
         header = f.frame.value;
-        ctx.store.get(header.sessionId);
+        ctx.store.get(header.sessionId, token);
       } else {
         if (!header) throw new FailedPrecondition('chunk: the StateHeader (naming the session) must come first');
         chunks.add(f.frame.value);
@@ -48,7 +52,7 @@ export function importState(ctx: ServerContext, call: ServerReadableStream<State
     if (failed) return;
     (async () => {
       if (!header) throw new InvalidArgument('header: the stream carried no StateHeader');
-      const session = ctx.store.get(header.sessionId);
+      const session = ctx.store.get(header.sessionId, token);
       const h = headerFromWire(header);
       const tensors = chunks.finish();
       const n = await session.exclusive(() => session.importState(h, tensors));

@@ -8,8 +8,8 @@ import { bytesToF32, checkDtype, GRADIENT_DTYPES } from '../../wire/tensors';
 import type { ServerContext } from '../context';
 import { overridesFromWire } from '../spec';
 
-export async function step(ctx: ServerContext, req: StepRequest): Promise<StepReply> {
-  const session = ctx.store.get(req.sessionId);
+export async function step(ctx: ServerContext, req: StepRequest, token: string | undefined): Promise<StepReply> {
+  const session = ctx.store.get(req.sessionId, token);
   if (req.arenaGrads.length > 0) {
     if (req.grads.length > 0) throw new InvalidArgument('grads: must be empty when arena_grads names the gradients');
     const r = await session.stepArena(req.step, req.arenaGrads, overridesFromWire(req.groupOverrides));

@@ -10,6 +10,8 @@ import { ChunkAssembler, split } from '../../wire/chunks';
 import { GRADIENT_DTYPES } from '../../wire/tensors';
 import type { ServerContext } from '../context';
 import { overridesFromWire } from '../spec';
+import { tokenOf } from '../../session/credentials';
+import { checkWellFormed } from '../malformed';
 import { toServiceError } from '../status';
 
 interface OpenStep {
@@ -22,7 +24,11 @@ interface OpenStep {
 export class StepStreamProtocol {
   private open: OpenStep | null = null;
 
-  constructor(private readonly ctx: ServerContext, private readonly send: (r: StepStreamReply) => void) {}
+  constructor(
+    private readonly ctx: ServerContext,
+    private readonly send: (r: StepStreamReply) => void,
+    private readonly token: string | undefined,
+  ) {}
 
   /** Handles one frame; StepEnd applies the step (asynchronously) and answers it. */
   frame(req: StepStreamRequest): void | Promise<void> {
@@ -30,7 +36,7 @@ export class StepStreamProtocol {
     if (!f) throw new InvalidArgument('frame: empty StepStreamRequest');
     if (f.$case === 'begin') {
       if (this.open) throw new OutOfRange(`begin: step ${this.open.begin.step} is still open (send StepEnd first)`);
-      const session = this.ctx.store.get(f.value.sessionId);
+      const session = this.ctx.store.get(f.value.sessionId, this.token);
       this.open = { begin: f.value, session, chunks: new ChunkAssembler(this.ctx.maxStreamElements, GRADIENT_DTYPES) };
       return;
     }
@@ -75,14 +81,14 @@ export function stepStream(ctx: ServerContext, call: ServerDuplexStream<StepStre
     failed = true;
     call.emit('error', toServiceError(e, 'StepStream'));
   };
-  const protocol = new StepStreamProtocol(ctx, (r) => call.write(r));
+  const protocol = new StepStreamProtocol(ctx, (r) => call.write(r), tokenOf(call.metadata));
   // Frames are handled strictly in order: a step's reply is sent before the
   // next frame is looked at.
   let chain: Promise<void> = Promise.resolve();
   const then = (fn: () => void | Promise<void>) => {
     chain = chain.then(() => (failed ? undefined : fn())).catch(fail);
   };
-  call.on('data', (req: StepStreamRequest) => then(() => protocol.frame(req)));
+  call.on('data', (req: StepStreamRequest) => then(() => protocol.frame(checkWellFormed(req))));
   call.on('end', () =>
     then(() => {
       protocol.end();
