@@ -15,11 +15,11 @@ function bearer(token: string | null): grpc.Metadata {
   return m;
 }
 
-/** Every per-session RPC about `sessionId`, with the given metadata. */
-function everyCall(h: Harness, sessionId: string, m: grpc.Metadata): Array<[string, Promise<unknown>]> {
+/** Every per-session RPC about `sessionId`, with the given metadata (each started when called). */
+function everyCall(h: Harness, sessionId: string, m: grpc.Metadata): Array<[string, () => Promise<unknown>]> {
   const c = h.client;
   const g = grads({ w: { shape: [2], data: [1, 1] } });
-  const stream = new Promise((resolve, reject) => {
+  const stream = () => new Promise((resolve, reject) => {
     const s = c.stepStream(m);
     s.on('data', (_r: StepStreamReply) => undefined);
     s.on('error', reject);
@@ -27,24 +27,24 @@ function everyCall(h: Harness, sessionId: string, m: grpc.Metadata): Array<[stri
     s.write({ frame: { $case: 'begin', value: { sessionId, step: 2, groupOverrides: {} } } });
     s.end();
   });
-  const exported = new Promise((resolve, reject) => {
+  const exported = () => new Promise((resolve, reject) => {
     const s = c.exportState({ sessionId }, m);
     s.on('data', (_f: StateFrame) => undefined);
     s.on('error', reject);
     s.on('end', resolve);
   });
-  const imported = new Promise((resolve, reject) => {
+  const imported = () => new Promise((resolve, reject) => {
     const s = c.importState(m, (e, r) => (e ? reject(e) : resolve(r)));
     s.write({ frame: { $case: 'header', value: { sessionId, stepCounts: [], lastStep: 0 } } });
     s.end();
   });
   return [
-    ['Step', call(c.step.bind(c), { sessionId, step: 2, grads: g, groupOverrides: {}, arenaGrads: [] }, m)],
+    ['Step', () => call(c.step.bind(c), { sessionId, step: 2, grads: g, groupOverrides: {}, arenaGrads: [] }, m)],
     ['StepStream', stream],
     ['ExportState', exported],
     ['ImportState', imported],
-    ['OpenArena', call<OpenArenaRequest, ArenaInfo>(c.openArena.bind(c), { sessionId }, m)],
-    ['CloseSession', call(c.closeSession.bind(c), { sessionId }, m)],
+    ['OpenArena', () => call<OpenArenaRequest, ArenaInfo>(c.openArena.bind(c), { sessionId }, m)],
+    ['CloseSession', () => call(c.closeSession.bind(c), { sessionId }, m)],
   ];
 }
 
@@ -73,12 +73,12 @@ describe('session credentials', () => {
     const before = await exportAll(h, s.sessionId);
     const other = await create(h, { spec, params: [{ id: 'w', name: 'w', shape: [2], dtype: F32, group: '', data: bytes([0, 0]) }] });
     for (const [rpc, p] of everyCall(h, s.sessionId, bearer(null))) {
-      await expectStatus(p, grpc.status.UNAUTHENTICATED, 'token').catch((e) => assert.fail(`${rpc}: ${e.message}`));
+      await expectStatus(p(), grpc.status.UNAUTHENTICATED, 'token').catch((e) => assert.fail(`${rpc}: ${e.message}`));
     }
     // Another session's valid token, a made-up token, and a malformed header all fail alike.
     for (const m of [bearer(other.sessionToken), bearer('x'.repeat(43)), bearer('')]) {
       for (const [rpc, p] of everyCall(h, s.sessionId, m)) {
-        await expectStatus(p, m.get('authorization')[0] === 'Bearer ' ? grpc.status.UNAUTHENTICATED : grpc.status.PERMISSION_DENIED).catch((e) =>
+        await expectStatus(p(), m.get('authorization')[0] === 'Bearer ' ? grpc.status.UNAUTHENTICATED : grpc.status.PERMISSION_DENIED).catch((e) =>
           assert.fail(`${rpc}: ${e.message}`),
         );
       }
