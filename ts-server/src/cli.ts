@@ -1,12 +1,14 @@
 #!/usr/bin/env node
 // mur-server: the optimizer service on one port.
 import * as fs from 'fs';
+import * as os from 'os';
 import { BACKEND_NAMES, initBackend, type BackendName } from './engine/backend';
 import { currentEngine } from './engine/engine';
 import { NativeEngine } from './engine/native';
 import { startServer } from './grpc/server';
 import { log } from './log';
 import { checkSpecJson, type SpecJson } from './registry';
+import type { Limits } from './session/store';
 
 const HELP = `mur-server: remote optimizer service (multiplicative update rules)
 
@@ -22,6 +24,12 @@ Usage: mur-server [options]
                       else tensorflow when @tensorflow/tfjs-node loads; else wasm)
   --threads N         native engine threads (0: every core; default: MUR_THREADS or 0)
   --config FILE       default optimizer spec (JSON, same schema as CreateSession's spec)
+  --max-sessions N    open sessions at once (default 1024; 0: no limit)
+  --max-bytes N       bytes of parameters and optimizer state of all sessions together,
+                      suffixes K M G allowed (default: 80% of this machine's memory; 0: no limit)
+  --session-idle-timeout S
+                      close a session unused for S seconds (default 3600; 0: never)
+  --max-streams N     concurrent calls per connection (default 64)
   --max-message-mb N  largest gRPC message accepted or sent (default 64)
   --chunk-kb N        size of the chunks of streamed tensors (default 1024)
   --help              this text
@@ -40,6 +48,15 @@ export interface CliOptions {
   threads?: number;
   maxMessageBytes: number;
   chunkBytes: number;
+  limits: Limits;
+  maxStreams: number;
+}
+
+/** "512M", "2G", "1048576" -> bytes. */
+function bytesArg(flag: string, v: string | undefined): number {
+  const m = /^(\d+)([KMG]?)$/i.exec(v ?? '');
+  if (!m) throw new Error(`${flag}: ${JSON.stringify(v ?? null)} is not a size (e.g. 512M, 2G, 1048576)`);
+  return Number(m[1]) * 1024 ** ' KMG'.indexOf((m[2] || ' ').toUpperCase());
 }
 
 function positive(flag: string, v: string | undefined, allowZero = false): number {
@@ -51,7 +68,14 @@ function positive(flag: string, v: string | undefined, allowZero = false): numbe
 }
 
 export function parseArgs(argv: string[]): CliOptions | 'help' {
-  const o: CliOptions = { port: 50051, host: '127.0.0.1', maxMessageBytes: 64 << 20, chunkBytes: 1 << 20 };
+  const o: CliOptions = {
+    port: 50051,
+    host: '127.0.0.1',
+    maxMessageBytes: 64 << 20,
+    chunkBytes: 1 << 20,
+    limits: { maxSessions: 1024, maxBytes: Math.floor(os.totalmem() * 0.8), idleTimeoutMs: 3600_000 },
+    maxStreams: 64,
+  };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     const next = () => argv[++i];
@@ -96,6 +120,18 @@ export function parseArgs(argv: string[]): CliOptions | 'help' {
       case '--threads':
         o.threads = positive(flag, next(), true);
         break;
+      case '--max-sessions':
+        o.limits.maxSessions = positive(flag, next(), true);
+        break;
+      case '--max-bytes':
+        o.limits.maxBytes = bytesArg(flag, next());
+        break;
+      case '--session-idle-timeout':
+        o.limits.idleTimeoutMs = positive(flag, next(), true) * 1000;
+        break;
+      case '--max-streams':
+        o.maxStreams = positive(flag, next());
+        break;
       case '--max-message-mb':
         o.maxMessageBytes = positive(flag, next()) * 1024 * 1024;
         break;
@@ -121,28 +157,15 @@ async function main(): Promise<void> {
     process.stdout.write(HELP + '\n');
     return;
   }
-  const backend = await initBackend(opts.backend, opts.threads);
-  const engine = currentEngine();
-  const detail = engine instanceof NativeEngine ? { simd: engine.target, threads: engine.threads() } : {};
-  const server = await startServer({
-    port: opts.port,
-    host: opts.host,
-    socket: opts.socket,
-    maxMessageBytes: opts.maxMessageBytes,
-    chunkBytes: opts.chunkBytes,
-    defaultSpec: opts.config,
-    backend,
-  });
-  const where = opts.socket ? { socket: opts.socket } : { host: opts.host };
-  const port = opts.socket ? 0 : server.port;
-  process.stdout.write(JSON.stringify({ event: 'listening', port, ...where, backend, ...detail }) + '\n');
-  log('info', 'listening', { port, ...where, backend, ...detail });
+  // Signals are handled from the start: a SIGTERM that arrives while the
+  // server starts, or right after it says it listens, shuts it down cleanly.
+  let server: Awaited<ReturnType<typeof startServer>> | null = null;
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
     log('info', 'shutdown', { signal });
-    server.close().then(() => {
+    (server ? server.close() : Promise.resolve()).then(() => {
       if (opts.socket) fs.rmSync(opts.socket, { force: true });
       log('info', 'stopped', {});
       process.exit(0);
@@ -155,6 +178,28 @@ async function main(): Promise<void> {
     process.stdin.on('error', () => stop('stdin closed'));
     process.stdin.resume();
   }
+  const backend = await initBackend(opts.backend, opts.threads);
+  const engine = currentEngine();
+  const detail = engine instanceof NativeEngine ? { simd: engine.target, threads: engine.threads() } : {};
+  server = await startServer({
+    limits: opts.limits,
+    maxStreams: opts.maxStreams,
+    port: opts.port,
+    host: opts.host,
+    socket: opts.socket,
+    maxMessageBytes: opts.maxMessageBytes,
+    chunkBytes: opts.chunkBytes,
+    defaultSpec: opts.config,
+    backend,
+  });
+  const where = opts.socket ? { socket: opts.socket } : { host: opts.host };
+  const port = opts.socket ? 0 : server.port;
+  if (stopping) {
+    await server.close(); // a signal came while starting
+    return;
+  }
+  process.stdout.write(JSON.stringify({ event: 'listening', port, ...where, backend, ...detail }) + '\n');
+  log('info', 'listening', { port, ...where, backend, ...detail });
 }
 
 if (require.main === module) {

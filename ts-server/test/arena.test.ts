@@ -102,10 +102,12 @@ describe('same-host transport: the shared-memory arena', () => {
         assert.ok(Buffer.from(m.param(1).buffer).equals(want[1]), `step ${k}: b differs`);
       }
       const was = Buffer.from(m.param(0).buffer);
-      m.writeGrad(0, [9, 9, 9, 9, 9, 9]);
-      const again = await step(h, { sessionId: a.sessionId, step: 5, grads: [], groupOverrides: {}, arenaGrads: [0] });
-      assert.equal(again.replayed, true);
+      const again = await step(h, { sessionId: a.sessionId, step: 5, grads: [], groupOverrides: {}, arenaGrads: [0, 1] });
+      assert.equal(again.replayed, true, 'the same arena gradients under the same number: a retry');
       assert.ok(Buffer.from(m.param(0).buffer).equals(was), 'a replayed step changes nothing');
+      m.writeGrad(0, [9, 9, 9, 9, 9, 9]);
+      await expectRefused(step(h, { sessionId: a.sessionId, step: 5, grads: [], groupOverrides: {}, arenaGrads: [0, 1] }), status.FAILED_PRECONDITION, 'different request');
+      assert.ok(Buffer.from(m.param(0).buffer).equals(was));
       // Only the parameters named step: b keeps its value when only w has a gradient.
       const bWas = Buffer.from(m.param(1).buffer);
       m.writeGrad(0, [0.1, 0.1, 0.1, 0.1, 0.1, 0.1]);
@@ -165,9 +167,10 @@ describe('same-host transport: the shared-memory arena', () => {
         step(h, { sessionId: a.sessionId, step: 2, groupOverrides: {}, arenaGrads: [1], grads: [{ paramId: 'b', grad: { shape: [3], dtype: F32, data: bytes([1, 1, 1]) } }] }),
         status.INVALID_ARGUMENT, 'must be empty',
       );
-      assert.equal((await s({ step: 1, arenaGrads: [1] })).replayed, true, 'the refused steps did not count');
+      await expectRefused(s({ step: 1, arenaGrads: [1] }), status.FAILED_PRECONDITION, 'different request');
       assert.ok(Buffer.from(m.param(0).buffer).equals(was[0]));
       assert.ok(Buffer.from(m.param(1).buffer).equals(was[1]));
+      assert.equal((await s({ step: 2, arenaGrads: [1] })).replayed, false, 'the refused steps did not count');
     } finally {
       m.close();
     }

@@ -151,5 +151,9 @@ describe('bad input: precise status, session unchanged', () => {
     await expectRefused(importFrames(h, [header, c('w', '', [1, 1, 1], 0, 6)]), status.ABORTED, 'truncated');
     await expectRefused(importFrames(h, [c('w', '', [1, 1, 1, 1, 1, 1])]), status.FAILED_PRECONDITION, 'StateHeader');
     await expectRefused(importFrames(h, [header, c('w', '', [1, 1, 1, 1, 1, Infinity])]), status.INVALID_ARGUMENT, 'element 5');
+    // Another algorithm's state: refused at import, naming the slot and the ones this session has.
+    await expectRefused(importFrames(h, [header, c('w', 'momentum_buffer', [1, 1, 1, 1, 1, 1])]), status.INVALID_ARGUMENT, "'w' slot 'momentum_buffer'", 'exp_avg');
+    await expectRefused(importFrames(h, [header, c('w', 'rule.max', [1])]), status.INVALID_ARGUMENT, "'rule.max'");
+    await expectRefused(importFrames(h, [header, c('w', 'exp_avg', [1, 1])]), status.INVALID_ARGUMENT, "'w' slot 'exp_avg'", 'expected 6');
   });
 });

@@ -16,7 +16,9 @@ describe('mur-server CLI', () => {
   it('--help describes every flag', () => {
     const r = spawnSync(process.execPath, [CLI, '--help'], { encoding: 'utf8', env });
     assert.equal(r.status, 0);
-    for (const f of ['--port', '--backend', '--config', '--max-message-mb', '--chunk-kb']) assert.ok(r.stdout.includes(f), f);
+    for (const f of ['--port', '--socket', '--backend', '--threads', '--config', '--max-sessions', '--max-bytes', '--session-idle-timeout', '--max-streams', '--exit-with-stdin', '--max-message-mb', '--chunk-kb']) {
+      assert.ok(r.stdout.includes(f), f);
+    }
   });
 
   it('refuses a bad flag value and a bad --config with exit code 2, naming the field and value', () => {
@@ -32,6 +34,9 @@ describe('mur-server CLI', () => {
     const backend = spawnSync(process.execPath, [CLI, '--backend', 'gpu9'], { encoding: 'utf8', env });
     assert.equal(backend.status, 2);
     assert.match(backend.stderr, /--backend: "gpu9"/);
+    const bytes = spawnSync(process.execPath, [CLI, '--max-bytes', '12X'], { encoding: 'utf8', env });
+    assert.equal(bytes.status, 2);
+    assert.match(bytes.stderr, /--max-bytes: "12X" is not a size/);
     fs.rmSync(dir, { recursive: true });
   });
 
@@ -58,6 +63,33 @@ describe('mur-server CLI', () => {
     // JSON log lines (libtensorflow may print its own non-JSON notices when probed).
     const events = stderr.join('').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l).event);
     assert.deepEqual(events.filter((e) => e !== 'rpc_error'), ['listening', 'shutdown', 'stopped']);
+    fs.rmSync(dir, { recursive: true });
+  });
+
+  it('a SIGTERM the instant it says it listens still shuts it down cleanly (10 of 10)', async () => {
+    for (let k = 0; k < 10; k++) {
+      const child = spawn(process.execPath, [CLI, '--port', '0'], { env: { ...env, MUR_LOG: 'silent' }, stdio: ['ignore', 'pipe', 'ignore'] });
+      const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.on('exit', (c, sig) => resolve([c, sig])));
+      await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
+      child.kill('SIGTERM');
+      assert.deepEqual(await exited, [0, null], `run ${k}`);
+    }
+  });
+
+  it('--socket listens on a Unix socket and removes it on exit; --exit-with-stdin stops when stdin closes', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mur-cli-'));
+    const sock = path.join(dir, 'mur.sock');
+    const child = spawn(process.execPath, [CLI, '--socket', sock, '--exit-with-stdin'], { env: { ...env, MUR_LOG: 'silent' }, stdio: ['pipe', 'pipe', 'ignore'] });
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    const info = JSON.parse(await new Promise<string>((resolve) => readline.createInterface({ input: child.stdout }).once('line', resolve)));
+    assert.equal(info.socket, sock);
+    const client = new OptimizerClient(`unix:${sock}`, grpc.credentials.createInsecure());
+    const caps = await new Promise<{ transports: string[] }>((resolve, reject) => client.getCapabilities({}, (e, r) => (e ? reject(e) : resolve(r))));
+    assert.ok(caps.transports.includes('grpc'));
+    client.close();
+    child.stdin.end(); // the parent lets go
+    assert.equal(await exited, 0);
+    assert.equal(fs.existsSync(sock), false, 'the socket file is gone');
     fs.rmSync(dir, { recursive: true });
   });
 });

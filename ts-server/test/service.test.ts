@@ -9,7 +9,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { DType, type StateFrame, type StepStreamRequest } from '../generated/mur/v1/optimizer';
 import { OPTIMIZERS } from '../src/optimizers';
 import { RULES } from '../src/rules';
-import { auth, bytes, call, capabilities, closeSession, create, exportAll, floats, grads, importFrames, startHarness, step, stream, type Harness } from './harness';
+import { auth, bytes, call, expectStatus, capabilities, closeSession, create, exportAll, floats, grads, importFrames, startHarness, step, stream, type Harness } from './harness';
 
 const F32 = DType.DTYPE_FLOAT32;
 const adamHybrid = { optimizer: 'adam', rule: 'hybrid', defaults: { lr: 0.01, lr_out: 0.01, gamma: 0.5 }, groups: {} };
@@ -61,9 +61,19 @@ describe('service over gRPC', () => {
       return t - (0.5 * 0.01 / 0.1 * Math.abs(t) * Math.tanh(d) + 0.5 * (0.01 / 0.1) * d);
     });
     w1.forEach((v, i) => assert.ok(Math.abs(v - expect[i]) < 1e-5, `w[${i}] = ${v}, expected ${expect[i]}`));
-    const again = await step(h, { sessionId: s.sessionId, step: 1, grads: grads({ w: { shape: [2, 2], data: [9, 9, 9, 9] } }), groupOverrides: {} });
+    // A retry (the same request under the same number) is answered, not applied.
+    const again = await step(h, { sessionId: s.sessionId, step: 1, grads: grads({ w: { shape: [2, 2], data: [0.1, 0.2, -0.3, 0.4] } }), groupOverrides: {} });
     assert.equal(again.replayed, true);
     assert.deepEqual(floats(again.params[0].value!.data), w1, 'a replayed step returns the same values and applies nothing');
+    // Another request under a used number is refused: its gradient would otherwise be dropped silently.
+    await expectStatus(
+      step(h, { sessionId: s.sessionId, step: 1, grads: grads({ w: { shape: [2, 2], data: [9, 9, 9, 9] } }), groupOverrides: {} }),
+      grpc.status.FAILED_PRECONDITION, 'step: 1 was already applied with a different request',
+    );
+    await expectStatus(
+      step(h, { sessionId: s.sessionId, step: 1, grads: grads({ w: { shape: [2, 2], data: [0.1, 0.2, -0.3, 0.4] } }), groupOverrides: { '': { lr: 0.5 } } }),
+      grpc.status.FAILED_PRECONDITION, 'different request',
+    );
     const state = await exportAll(h, s.sessionId);
     assert.deepEqual((state.header as { stepCounts: unknown }).stepCounts, [{ paramId: 'w', steps: 1 }, { paramId: 'b', steps: 0 }]);
     await closeSession(h, s.sessionId);

@@ -4,7 +4,7 @@
 //
 //   describe() -> {optimizers, rules, target, threads, layout}
 //   step(opt, rule, buffers, hypers, fresh)
-//   stepAsync(opt, rule, buffers, hypers, fresh) -> Promise<null | [job, index]>
+//   stepAsync(opt, rule, buffers, hypers, fresh) -> Promise<{nonFinite: [job, index]} | {digests: hex[]}>
 //       the same off Node's main thread (a libuv worker): first the
 //       finiteness scan of every gradient (the first NaN/infinity found is
 //       returned, nothing written), then the kernel
@@ -13,6 +13,7 @@
 //       hypers:  Float64Array, kHyperBlock values per job
 //       fresh:   Uint32Array, one bitmask per job (slot created this step, init "grad")
 //   firstNonFinite(Float32Array) -> index or -1
+//   scan(Float32Array) -> [index or -1, digest hex]: both in one pass
 //   sumSquares(Float32Array) -> number
 //   setThreads(n) (0: all hardware threads), threads() -> n
 //   arenaCreate(bytes), arenaCloseFd(fd): shared memory (arena.cc)
@@ -148,6 +149,19 @@ Napi::Value Step(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+std::string Hex(uint64_t v) {
+  static const char* d = "0123456789abcdef";
+  std::string s(16, '0');
+  for (int i = 15; i >= 0; --i, v >>= 4) s[i] = d[v & 15];
+  return s;
+}
+
+Napi::Array DigestArray(Napi::Env env, const std::vector<uint64_t>& digests) {
+  Napi::Array a = Napi::Array::New(env, digests.size());
+  for (size_t i = 0; i < digests.size(); ++i) a.Set(static_cast<uint32_t>(i), Hex(digests[i]));
+  return a;
+}
+
 /** A step on a libuv worker thread. It holds references to every buffer so none is collected meanwhile. */
 class StepWorker : public Napi::AsyncWorker {
  public:
@@ -158,8 +172,9 @@ class StepWorker : public Napi::AsyncWorker {
   Napi::Promise Promise() { return deferred_.Promise(); }
 
   void Execute() override {
+    digests_.resize(jobs_.size());
     for (size_t k = 0; k < jobs_.size(); ++k) {
-      const int64_t i = mur::FirstNonFinite(jobs_[k].grad, jobs_[k].n);
+      const int64_t i = mur::Scan(jobs_[k].grad, jobs_[k].n, &digests_[k]);
       if (i >= 0) {
         bad_job_ = static_cast<int64_t>(k);
         bad_index_ = i;
@@ -171,14 +186,16 @@ class StepWorker : public Napi::AsyncWorker {
   }
   void OnOK() override {
     Napi::Env env = Env();
-    if (bad_job_ < 0) {
-      deferred_.Resolve(env.Null());
-      return;
+    Napi::Object out = Napi::Object::New(env);
+    if (bad_job_ >= 0) {
+      Napi::Array bad = Napi::Array::New(env, 2);
+      bad.Set(0u, Napi::Number::New(env, static_cast<double>(bad_job_)));
+      bad.Set(1u, Napi::Number::New(env, static_cast<double>(bad_index_)));
+      out.Set("nonFinite", bad);
+    } else {
+      out.Set("digests", DigestArray(env, digests_));
     }
-    Napi::Array bad = Napi::Array::New(env, 2);
-    bad.Set(0u, Napi::Number::New(env, static_cast<double>(bad_job_)));
-    bad.Set(1u, Napi::Number::New(env, static_cast<double>(bad_index_)));
-    deferred_.Resolve(bad);
+    deferred_.Resolve(out);
   }
   void OnError(const Napi::Error& e) override { deferred_.Reject(Napi::TypeError::New(Env(), e.Message()).Value()); }
 
@@ -188,6 +205,7 @@ class StepWorker : public Napi::AsyncWorker {
   std::vector<mur::Job> jobs_;
   std::vector<Napi::ObjectReference> keep_;
   int64_t bad_job_ = -1, bad_index_ = -1;
+  std::vector<uint64_t> digests_;
 };
 
 Napi::Value StepAsync(const Napi::CallbackInfo& info) {
@@ -211,6 +229,17 @@ Napi::Value FirstNonFinite(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(mur::FirstNonFinite(a.Data(), a.ElementLength())));
 }
 
+/** scan(Float32Array) -> [first non-finite index or -1, digest hex] */
+Napi::Value Scan(const Napi::CallbackInfo& info) {
+  Napi::Float32Array a = Arg(info, "scan");
+  uint64_t digest = 0;
+  const int64_t i = mur::Scan(a.Data(), a.ElementLength(), &digest);
+  Napi::Array out = Napi::Array::New(info.Env(), 2);
+  out.Set(0u, Napi::Number::New(info.Env(), static_cast<double>(i)));
+  out.Set(1u, Hex(digest));
+  return out;
+}
+
 Napi::Value SumSquares(const Napi::CallbackInfo& info) {
   Napi::Float32Array a = Arg(info, "sumSquares");
   return Napi::Number::New(info.Env(), mur::SumSquares(a.Data(), a.ElementLength()));
@@ -230,6 +259,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("stepAsync", Napi::Function::New(env, StepAsync));
   exports.Set("firstNonFinite", Napi::Function::New(env, FirstNonFinite));
   exports.Set("sumSquares", Napi::Function::New(env, SumSquares));
+  exports.Set("scan", Napi::Function::New(env, Scan));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("threads", Napi::Function::New(env, Threads));
   mur::InitArena(env, exports);

@@ -55,6 +55,8 @@ const Descriptor& RuleDescriptor(int id);
 std::string RunStep(int opt, int rule, const Job* jobs, size_t njobs);
 /** Index of the first NaN or infinity, or -1. */
 int64_t FirstNonFinite(const float* x, size_t n);
+/** The same, and a 64-bit digest of the bytes (independent of the thread count). */
+int64_t Scan(const float* x, size_t n, uint64_t* digest);
 /** Sum of squares in double. */
 double SumSquares(const float* x, size_t n);
 /** The SIMD target chosen at run time, e.g. "AVX3". */

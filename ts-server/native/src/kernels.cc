@@ -16,6 +16,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -189,28 +190,68 @@ int64_t FirstNonFiniteRange(const float* x, size_t begin, size_t n) {
   return -1;
 }
 
-// Large arrays are scanned in kChunk pieces on the pool; the answer is the
-// smallest index any piece found.
-int64_t FirstNonFiniteImpl(const float* x, size_t n) {
-  Pool& pool = Pool::Get();
-  if (pool.threads() == 1 || n < kParallelMinCheap) return FirstNonFiniteRange(x, 0, n);
+// A 64-bit digest of a chunk's bytes: eight independent multiply-xor lanes
+// over 64-bit words (so it runs near memory speed), folded with the length.
+// Not cryptographic: it tells a retried request from a different one.
+uint64_t HashRange(const float* x, size_t begin, size_t end) {
+  constexpr uint64_t kMul = 0x9E3779B97F4A7C15ull;
+  uint64_t a[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(x + begin);
+  const size_t bytes = 4 * (end - begin);
+  size_t i = 0;
+  for (; i + 64 <= bytes; i += 64) {
+    for (int k = 0; k < 8; ++k) {
+      uint64_t w;
+      std::memcpy(&w, p + i + 8 * k, 8);
+      a[k] = (a[k] ^ w) * kMul;
+    }
+  }
+  for (; i + 4 <= bytes; i += 4) {
+    uint32_t w;
+    std::memcpy(&w, p + i, 4);
+    a[0] = (a[0] ^ w) * kMul;
+  }
+  uint64_t h = bytes;
+  for (int k = 0; k < 8; ++k) h = (h ^ (a[k] >> 29) ^ a[k]) * kMul;
+  return h ^ (h >> 32);
+}
+
+// Large arrays are scanned in kChunk pieces on the pool; the first non-finite
+// element is the smallest index any piece found, the digest folds the
+// pieces' digests in order (so it does not depend on the thread count).
+int64_t ScanImpl(const float* x, size_t n, uint64_t* digest) {
   struct Ctx {
     const float* x;
     size_t n;
     std::vector<int64_t> found;
-  } ctx{x, n, std::vector<int64_t>((n + kChunk - 1) / kChunk, -1)};
-  pool.Run(
-      ctx.found.size(),
-      [](void* c, size_t k) {
-        Ctx& cx = *static_cast<Ctx*>(c);
-        const size_t b = k * kChunk;
-        cx.found[k] = FirstNonFiniteRange(cx.x, b, b + kChunk < cx.n ? b + kChunk : cx.n);
-      },
-      &ctx);
+    std::vector<uint64_t> hash;
+  };
+  const size_t pieces = n == 0 ? 1 : (n + kChunk - 1) / kChunk;
+  Ctx ctx{x, n, std::vector<int64_t>(pieces, -1), std::vector<uint64_t>(pieces, 0)};
+  auto task = [](void* c, size_t k) {
+    Ctx& cx = *static_cast<Ctx*>(c);
+    const size_t b = k * kChunk, e = b + kChunk < cx.n ? b + kChunk : cx.n;
+    cx.found[k] = FirstNonFiniteRange(cx.x, b, e);
+    cx.hash[k] = HashRange(cx.x, b, e);
+  };
+  Pool& pool = Pool::Get();
+  if (pool.threads() > 1 && n >= kParallelMinCheap) {
+    pool.Run(pieces, task, &ctx);
+  } else {
+    for (size_t k = 0; k < pieces; ++k) task(&ctx, k);
+  }
+  uint64_t h = 0x243F6A8885A308D3ull ^ n;
+  for (uint64_t p : ctx.hash) h = (h ^ p) * 0x9E3779B97F4A7C15ull;
+  *digest = h ^ (h >> 29);
   for (int64_t f : ctx.found) {
     if (f >= 0) return f;
   }
   return -1;
+}
+
+int64_t FirstNonFiniteImpl(const float* x, size_t n) {
+  uint64_t ignored;
+  return ScanImpl(x, n, &ignored);
 }
 
 double SumSquaresImpl(const float* x, size_t n) {
@@ -230,6 +271,7 @@ namespace mur {
 
 HWY_EXPORT(RunStepImpl);
 HWY_EXPORT(FirstNonFiniteImpl);
+HWY_EXPORT(ScanImpl);
 HWY_EXPORT(SumSquaresImpl);
 HWY_EXPORT(TargetNameImpl);
 
@@ -268,6 +310,7 @@ std::string RunStep(int opt, int rule, const Job* jobs, size_t njobs) {
   return HWY_DYNAMIC_DISPATCH(RunStepImpl)(opt, rule, jobs, njobs);
 }
 int64_t FirstNonFinite(const float* x, size_t n) { return HWY_DYNAMIC_DISPATCH(FirstNonFiniteImpl)(x, n); }
+int64_t Scan(const float* x, size_t n, uint64_t* digest) { return HWY_DYNAMIC_DISPATCH(ScanImpl)(x, n, digest); }
 double SumSquares(const float* x, size_t n) { return HWY_DYNAMIC_DISPATCH(SumSquaresImpl)(x, n); }
 const char* TargetName() { return HWY_DYNAMIC_DISPATCH(TargetNameImpl)(); }
 

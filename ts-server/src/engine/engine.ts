@@ -55,6 +55,8 @@ export interface Engine {
   readonly name: string;
   /** Index of the first NaN or infinity, or -1. */
   firstNonFinite(a: Float32Array): number;
+  /** The same, and a digest of the bytes (to tell a retried request from a different one), in one pass. */
+  scan(a: Float32Array): { nonFinite: number; digest: string };
   /** New storage holding a copy of `values`. */
   create(values: Float32Array, shape: number[]): Slot;
   /** Overwrites a slot of the same size. */
@@ -80,7 +82,7 @@ export interface Engine {
    * check of every gradient included: resolves the first non-finite element
    * (nothing applied) or null (applied).
    */
-  stepAsync?(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[]): Promise<NonFinite | null>;
+  stepAsync?(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[]): Promise<{ nonFinite: NonFinite } | { digests: string[] }>;
   memory(): EngineMemory;
 }
 

@@ -29,8 +29,15 @@ export interface NativeAddon {
     layout: { stride: number; maxOptSlots: number; maxRuleSlots: number; hyperBlock: number; optHyper: number; ruleHyper: number };
   };
   step(opt: number, rule: number, buffers: Array<Float32Array | null>, hypers: Float64Array, fresh: Uint32Array): void;
-  /** Off the main thread; resolves [job, index] of the first non-finite gradient (nothing written), else null. */
-  stepAsync(opt: number, rule: number, buffers: Array<Float32Array | null>, hypers: Float64Array, fresh: Uint32Array): Promise<[number, number] | null>;
+  /** Off the main thread: scans every gradient first; resolves the first non-finite one (nothing written) or their digests. */
+  stepAsync(
+    opt: number,
+    rule: number,
+    buffers: Array<Float32Array | null>,
+    hypers: Float64Array,
+    fresh: Uint32Array,
+  ): Promise<{ nonFinite: [number, number] } | { digests: string[] }>;
+  scan(a: Float32Array): [number, string];
   firstNonFinite(a: Float32Array): number;
   sumSquares(a: Float32Array): number;
   setThreads(n: number): number;
@@ -139,6 +146,11 @@ export class NativeEngine implements Engine {
 
   firstNonFinite(a: Float32Array): number {
     return this.addon.firstNonFinite(a);
+  }
+
+  scan(a: Float32Array): { nonFinite: number; digest: string } {
+    const [nonFinite, digest] = this.addon.scan(a);
+    return { nonFinite, digest };
   }
 
   private alloc(n: number): Float32Array {
@@ -258,20 +270,21 @@ export class NativeEngine implements Engine {
    * first: the event loop serves other sessions meanwhile. Resolves the first
    * non-finite gradient element (nothing applied), or null once applied.
    */
-  async stepAsync(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[]): Promise<NonFinite | null> {
+  async stepAsync(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[]): Promise<{ nonFinite: NonFinite } | { digests: string[] }> {
     const l = this.layout(opt, rule, jobs);
-    let bad: [number, number] | null;
+    let r: Awaited<ReturnType<NativeAddon['stepAsync']>>;
     try {
-      bad = await this.addon.stepAsync(l.opt, l.rule, l.buffers, l.hypers, l.fresh);
+      r = await this.addon.stepAsync(l.opt, l.rule, l.buffers, l.hypers, l.fresh);
     } catch (e) {
       this.drop(l);
       throw e;
     }
-    if (bad) {
+    if ('nonFinite' in r) {
       this.drop(l);
-      return { job: bad[0], index: bad[1], value: jobs[bad[0]].grad[bad[1]] };
+      const [job, index] = r.nonFinite;
+      return { nonFinite: { job, index, value: jobs[job].grad[index] } };
     }
     this.keep(l);
-    return null;
+    return r;
   }
 }

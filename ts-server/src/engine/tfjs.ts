@@ -1,6 +1,7 @@
 // The tfjs engine: parameters and slots as tf.Variables on the active tfjs
 // backend (tensorflow, tensorflow-gpu, wasm or cpu). A step computes every
 // new tensor inside tf.tidy and only then assigns, so it is all-or-nothing.
+import { createHash } from 'crypto';
 import * as tf from '@tensorflow/tfjs-core';
 import type { Engine, EngineMemory, ParamState, Slot, StepJob } from './engine';
 import { num } from './hypers';
@@ -48,6 +49,10 @@ export class TfjsEngine implements Engine {
   firstNonFinite(a: Float32Array): number {
     for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i])) return i;
     return -1;
+  }
+
+  scan(a: Float32Array): { nonFinite: number; digest: string } {
+    return { nonFinite: this.firstNonFinite(a), digest: createHash('sha1').update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength)).digest('hex') };
   }
 
   create(values: Float32Array, shape: number[]): Slot {

@@ -9,7 +9,7 @@ import { currentEngine } from '../engine/engine';
 import { OptimizerService, type OptimizerServer } from '../../generated/mur/v1/optimizer';
 import type { BackendName } from '../engine/backend';
 import { checkSpecJson, type SpecJson } from '../registry';
-import { SessionStore } from '../session/store';
+import { SessionStore, type Limits } from '../session/store';
 import type { ServerContext } from './context';
 import { closeSession } from './handlers/closeSession';
 import { createSession } from './handlers/createSession';
@@ -41,6 +41,14 @@ export interface ServerOptions {
    * for a WINDOW_UPDATE every 64 KiB.
    */
   flowControlWindow?: number;
+  /** Session limits (default: none). */
+  limits?: Limits;
+  /** The clock session idle times are read from (tests). */
+  clock?: () => number;
+  /** Concurrent calls per connection (default 64). */
+  maxStreams?: number;
+  /** Connections idle this long are closed (ms, default 15 min). */
+  maxConnectionIdleMs?: number;
 }
 
 /**
@@ -106,7 +114,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const maxMessageBytes = opts.maxMessageBytes ?? 64 * 1024 * 1024;
   if (opts.defaultSpec) checkSpecJson(opts.defaultSpec, 'config: ');
   const ctx: ServerContext = {
-    store: new SessionStore(),
+    store: new SessionStore(opts.limits, undefined, opts.clock),
     backend: opts.backend ?? (currentEngine().name as BackendName),
     maxMessageBytes,
     chunkBytes: opts.chunkBytes ?? 1024 * 1024,
@@ -126,6 +134,11 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const server = new grpc.Server({
     'grpc.max_receive_message_length': maxMessageBytes,
     'grpc.max_send_message_length': maxMessageBytes,
+    'grpc.max_concurrent_streams': opts.maxStreams ?? 64,
+    'grpc.max_connection_idle_ms': opts.maxConnectionIdleMs ?? 15 * 60_000,
+    // Clients may ping to keep an idle training connection alive.
+    'grpc.keepalive_permit_without_calls': 1,
+    'grpc.http2.min_ping_interval_without_data_ms': 10_000,
   });
   const window = opts.flowControlWindow ?? 16 * 1024 * 1024;
   const tuned = window > 0 && raiseFlowControlWindow(server, window);

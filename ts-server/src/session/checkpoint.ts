@@ -26,12 +26,6 @@ export function slotRef(p: ParamState, slot: string): { map: Map<string, Slot>; 
   return slot.startsWith(RULE_PREFIX) ? { map: p.rule, name: slot.slice(RULE_PREFIX.length) } : { map: p.opt, name: slot };
 }
 
-export function existingSlot(p: ParamState, slot: string): Slot | null | undefined {
-  if (slot === '') return p.theta;
-  const r = slotRef(p, slot);
-  return r.map.get(r.name);
-}
-
 /** Every tensor of one parameter, parameter first (copies: a checkpoint outlives later steps). */
 export function* paramTensors(id: string, p: ParamState): Generator<SlotTensor> {
   if (p.theta) yield { paramId: id, slot: '', data: p.theta.read() };
@@ -40,9 +34,9 @@ export function* paramTensors(id: string, p: ParamState): Generator<SlotTensor> 
 }
 
 /**
- * Checks an import whole: known parameters, slot names, sizes (an existing
- * slot keeps its size; a new one has the parameter's size or 1), no tensor
- * twice, finiteness, and a header of the same optimizer and rule.
+ * Checks an import whole: known parameters, slots that this optimizer and
+ * rule declare at their sizes, no tensor twice, finiteness, and a header of
+ * the same optimizer and rule.
  */
 export function checkImport(
   params: Map<string, { state: ParamState; size: number }>,
@@ -59,11 +53,23 @@ export function checkImport(
     if (t.slot !== '' && !SLOT_NAME.test(t.slot)) throw new InvalidArgument(`${where}: not a slot name`);
     if (seen.has(`${t.paramId}\0${t.slot}`)) throw new InvalidArgument(`${where}: sent twice`);
     seen.add(`${t.paramId}\0${t.slot}`);
-    const existing = existingSlot(p.state, t.slot);
-    const want = existing ? existing.size : t.slot === '' ? p.size : undefined;
-    if (want !== undefined ? t.data.length !== want : t.data.length !== p.size && t.data.length !== 1) {
-      throw new InvalidArgument(`${where}: ${t.data.length} elements, expected ${want ?? `${p.size} or 1`}`);
+    // Only the slots this optimizer and rule declare, each at its size: a
+    // checkpoint of another algorithm is refused here, not at the next step.
+    let want = p.size;
+    if (t.slot !== '') {
+      const rule = t.slot.startsWith(RULE_PREFIX);
+      const decls = rule ? current.rule.slots : current.optimizer.slots;
+      const name = rule ? t.slot.slice(RULE_PREFIX.length) : t.slot;
+      const decl = decls.find((d) => d.name === name);
+      if (!decl) {
+        const known = [...current.optimizer.slots.map((d) => d.name), ...current.rule.slots.map((d) => RULE_PREFIX + d.name)];
+        throw new InvalidArgument(
+          `${where}: not a state slot of ${current.optimizer.name} with the ${current.rule.name} rule (its slots: ${known.join(', ') || 'none'})`,
+        );
+      }
+      if (decl.scalar) want = 1;
     }
+    if (t.data.length !== want) throw new InvalidArgument(`${where}: ${t.data.length} elements, expected ${want}`);
     checkFinite(t.data, where);
   }
   if (header?.spec && (header.spec.optimizer !== current.optimizer || header.spec.rule !== current.rule)) {

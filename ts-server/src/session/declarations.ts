@@ -1,6 +1,6 @@
 // What a client declares about its parameters at CreateSession, checked
 // whole before a session exists. The caller's objects are never modified.
-import { InvalidArgument } from '../errors';
+import { InvalidArgument, ResourceExhausted } from '../errors';
 
 export interface ParamDeclaration {
   id: string;
@@ -12,6 +12,9 @@ export interface ParamDeclaration {
 }
 
 export const sizeOf = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+
+/** The most elements one tensor may hold (what one Float32Array can address, with room). */
+export const MAX_ELEMENTS = 2 ** 31 - 1;
 
 /** Throws InvalidArgument naming the first NaN or infinity (found by `firstNonFinite`). */
 export function checkFinite(a: Float32Array, what: string, firstNonFinite: (a: Float32Array) => number): void {
@@ -28,6 +31,9 @@ export function checkDeclarations(decls: ParamDeclaration[], firstNonFinite: (a:
     seen.add(d.id);
     if (d.shape.some((n) => !Number.isSafeInteger(n) || n < 0)) {
       throw new InvalidArgument(`params[${i}].shape: ${JSON.stringify(d.shape)} is not a shape`);
+    }
+    if (sizeOf(d.shape) > MAX_ELEMENTS) {
+      throw new ResourceExhausted(`params[${i}] '${d.id}': shape ${JSON.stringify(d.shape)} has ${sizeOf(d.shape)} elements; a tensor may hold at most ${MAX_ELEMENTS}`);
     }
     if (d.values && d.values.length !== sizeOf(d.shape)) {
       throw new InvalidArgument(

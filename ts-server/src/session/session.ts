@@ -5,6 +5,7 @@
 // step number, overrides) -> the engine computes and commits every parameter
 // or throws having changed nothing -> the session records the step. A
 // repeated last step number replays the result without stepping.
+import { createHash } from 'crypto';
 import { currentEngine, disposeParam, type Engine, type ParamState, type StepJob } from '../engine/engine';
 import type { Hypers } from '../engine/types';
 import { FailedPrecondition, InvalidArgument } from '../errors';
@@ -30,6 +31,35 @@ export type Overrides = Record<string, Record<string, unknown>>;
 type Where = (i: number) => string;
 const gradsAt: Where = (i) => `grads[${i}]`;
 
+/** A planned step: validated, laid out, not yet applied. */
+interface Plan {
+  spec: ResolvedSpec;
+  jobs: StepJob[];
+  ids: string[];
+  /** The gradients' digests, when the plan scanned them (the synchronous path). */
+  digests?: string[];
+}
+
+/** One digest of a step request: which parameters, their gradients' digests, the overrides. */
+function requestDigest(grads: Array<{ id: string }>, digests: string[], overrides: Overrides): string {
+  const h = createHash('sha256');
+  grads.forEach((g, i) => h.update(`${g.id}\0${digests[i]}\0`));
+  h.update(canonicalJson(overrides));
+  return h.digest('hex');
+}
+
+/** JSON with object keys sorted, so equal overrides give equal text. */
+function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
+  if (v && typeof v === 'object') {
+    return `{${Object.keys(v)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`)
+      .join(',')}}`;
+  }
+  return JSON.stringify(v);
+}
+
 export interface StepResult {
   step: number;
   replayed: boolean;
@@ -47,6 +77,8 @@ export class Session {
   private readonly params = new Map<string, Param>();
   private lastStep = 0;
   private lastStepIds: string[] = [];
+  /** What the last applied step's request was (ids, gradient digests, overrides); null after an import. */
+  private lastDigest: string | null = null;
   private disposed = false;
   private readonly engine: Engine;
   /** The same-host data plane, once a client asked for it (OpenArena). */
@@ -106,7 +138,7 @@ export class Session {
     const plan = this.plan(step, grads, overrides, where, true);
     if ('replay' in plan) return plan.replay;
     this.engine.step(plan.spec.optimizer, plan.spec.rule, plan.jobs);
-    return this.record(step, plan);
+    return this.record(step, plan, requestDigest(grads, plan.digests!, overrides));
   }
 
   /**
@@ -120,9 +152,12 @@ export class Session {
       if (!engine.stepAsync) return this.step(step, grads, overrides, where);
       const plan = this.plan(step, grads, overrides, where, false);
       if ('replay' in plan) return plan.replay;
-      const bad = await engine.stepAsync(plan.spec.optimizer, plan.spec.rule, plan.jobs);
-      if (bad) throw new InvalidArgument(`${where(bad.job)} '${grads[bad.job].id}': element ${bad.index} is ${bad.value} (must be finite)`);
-      return this.record(step, plan);
+      const r = await engine.stepAsync(plan.spec.optimizer, plan.spec.rule, plan.jobs);
+      if ('nonFinite' in r) {
+        const bad = r.nonFinite;
+        throw new InvalidArgument(`${where(bad.job)} '${grads[bad.job].id}': element ${bad.index} is ${bad.value} (must be finite)`);
+      }
+      return this.record(step, plan, requestDigest(grads, r.digests, overrides));
     });
   }
 
@@ -146,10 +181,19 @@ export class Session {
     overrides: Overrides,
     where: Where,
     checkFinite: boolean,
-  ): { replay: StepResult } | { spec: ResolvedSpec; jobs: StepJob[]; ids: string[] } {
+  ): { replay: StepResult } | Plan {
     this.checkOpen();
     if (!Number.isSafeInteger(step) || step < 1) throw new InvalidArgument(`step: ${step} must be a positive integer`);
     if (this.lastStep > 0 && step === this.lastStep) {
+      // A retry of the last step is answered, not applied; another request under its number is refused.
+      if (this.lastDigest !== null) {
+        const digest = requestDigest(grads, grads.map((g) => this.engine.scan(g.data).digest), overrides);
+        if (digest !== this.lastDigest) {
+          throw new FailedPrecondition(
+            `step: ${step} was already applied with a different request (other gradients or overrides); a new step needs the next number (${step + 1})`,
+          );
+        }
+      }
       return { replay: { step, replayed: true, values: this.lastStepIds.map((id) => ({ id, data: this.view(id) })) } };
     }
     if (step < this.lastStep) {
@@ -165,6 +209,7 @@ export class Session {
       return hypers.get(group)!;
     };
     const seen = new Set<string>();
+    const digests: string[] = [];
     const jobs: StepJob[] = grads.map((g, i) => {
       const p = this.param(g.id, where(i));
       if (seen.has(g.id)) throw new InvalidArgument(`${where(i)}: parameter '${g.id}' appears twice`);
@@ -173,18 +218,23 @@ export class Session {
       if (g.data.length !== p.size) {
         throw new InvalidArgument(`${where(i)} '${g.id}': ${g.data.length} elements, parameter has ${p.size} (shape ${JSON.stringify(p.shape)})`);
       }
-      if (checkFinite) this.finite(g.data, `${where(i)} '${g.id}'`);
+      if (checkFinite) {
+        const { nonFinite, digest } = this.engine.scan(g.data);
+        if (nonFinite >= 0) throw new InvalidArgument(`${where(i)} '${g.id}': element ${nonFinite} is ${g.data[nonFinite]} (must be finite)`);
+        digests.push(digest);
+      }
       return { state: p.state, shape: p.shape, grad: g.data, h: hyp(p.group), t: p.state.steps + 1 };
     });
-    return { spec, jobs, ids: grads.map((g) => g.id) };
+    return { spec, jobs, ids: grads.map((g) => g.id), digests: checkFinite ? digests : undefined };
   }
 
   /** After the engine applied a planned step. */
-  private record(step: number, plan: { spec: ResolvedSpec; jobs: StepJob[]; ids: string[] }): StepResult {
+  private record(step: number, plan: Plan, digest: string): StepResult {
     for (const j of plan.jobs) j.state.steps += 1;
     this.spec = plan.spec;
     this.lastStep = step;
     this.lastStepIds = plan.ids;
+    this.lastDigest = digest;
     return { step, replayed: false, values: this.lastStepIds.map((id) => ({ id, data: this.view(id) })) };
   }
 
@@ -280,6 +330,7 @@ export class Session {
     if (header?.lastStep !== undefined) {
       this.lastStep = header.lastStep;
       this.lastStepIds = [];
+      this.lastDigest = null; // a checkpoint does not carry the request: its step number replays
     }
     return tensors.length;
   }

@@ -51,9 +51,11 @@ export class SessionStore {
   constructor(
     readonly limits: Limits = NO_LIMITS,
     readonly credentials: Credentials = new Credentials(),
+    /** The clock idle times are read from (tests pass their own). */
+    private readonly now: () => number = Date.now,
   ) {
     // Idle sessions are found by a sweep a few times per timeout.
-    this.sweeper = limits.idleTimeoutMs > 0 ? setInterval(() => this.expire(), Math.max(250, limits.idleTimeoutMs / 4)) : null;
+    this.sweeper = limits.idleTimeoutMs > 0 ? setInterval(() => void this.expire(), Math.max(250, limits.idleTimeoutMs / 4)) : null;
     this.sweeper?.unref();
   }
 
@@ -70,7 +72,7 @@ export class SessionStore {
       );
     }
     const session = new Session(randomUUID(), spec, params);
-    this.sessions.set(session.id, { session, bytes, lastUsed: Date.now() });
+    this.sessions.set(session.id, { session, bytes, lastUsed: this.now() });
     this.bytes += bytes;
     log('info', 'session_created', { session: session.id, optimizer: spec.optimizer.name, rule: spec.rule.name, params: params.length, bytes });
     return { session, token: this.credentials.tokenFor(session.id) };
@@ -86,7 +88,7 @@ export class SessionStore {
           'start a new session and restore a checkpoint (RemoteOptimizer.load_state_dict)',
       );
     }
-    e.lastUsed = Date.now();
+    e.lastUsed = this.now();
     return e.session;
   }
 
@@ -111,15 +113,19 @@ export class SessionStore {
   }
 
   /** Closes every session idle for longer than the timeout (after anything queued on it). */
-  private expire(): void {
-    const now = Date.now();
+  expire(): Promise<void> {
+    const now = this.now();
+    const closing: Promise<void>[] = [];
     for (const [id, e] of this.sessions) {
       if (now - e.lastUsed > this.limits.idleTimeoutMs) {
-        void e.session.exclusive(() => {
-          if (this.sessions.get(id) === e && Date.now() - e.lastUsed > this.limits.idleTimeoutMs) this.close(id, 'idle');
-        });
+        closing.push(
+          e.session.exclusive(() => {
+            if (this.sessions.get(id) === e && this.now() - e.lastUsed > this.limits.idleTimeoutMs) this.close(id, 'idle');
+          }),
+        );
       }
     }
+    return Promise.all(closing).then(() => undefined);
   }
 
   get size(): number {
