@@ -1,9 +1,10 @@
 """mur: the multiplicative update rules of Kirtas et al. (2024) for PyTorch, computed by a mur server."""
-from .errors import (ConnectionLostError, FailedPreconditionError, InvalidArgumentError, MurError,
-                     NotFoundError, ResourceExhaustedError)
+from .errors import (ConnectionLostError, DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
+                     MurError, NotFoundError, ResourceExhaustedError, TransportUnavailable)
 from .optimizer import RemoteOptimizer
 from .server import LocalServer
 
 __all__ = ["RemoteOptimizer", "LocalServer", "MurError", "InvalidArgumentError", "NotFoundError",
-           "FailedPreconditionError", "ResourceExhaustedError", "ConnectionLostError"]
+           "FailedPreconditionError", "ResourceExhaustedError", "ConnectionLostError", "DeadlineExceededError",
+           "TransportUnavailable"]
 __version__ = "0.1.0"

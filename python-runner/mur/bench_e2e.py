@@ -1,90 +1,220 @@
-"""python -m mur.bench_e2e: a RemoteOptimizer step against a local torch.optim step.
+"""python -m mur.bench_e2e: what a training loop pays for mur.RemoteOptimizer
+against torch.optim, on every transport, in one run.
 
-For Adam and SGD-momentum at 100k, 1M and 4M float32 parameters: the time of
-a torch.optim step, of a RemoteOptimizer step (gradients out, parameters back,
-on a local server), their ratio, and the bytes per second on the wire. Then
-where a remote step's time goes: the client's encoding (tensor -> bytes ->
-protobuf), its decoding (protobuf -> tensor copy), and the rest (gRPC transfer
-and the server's work; `make bench-engine` measures the server's maths alone).
+1. Step rows. Adam (torch's defaults) and SGD with momentum 0.9 (lr 0.01),
+   with mur's additive rule (the same maths as torch), at 1, 100k, 1M and 4M
+   float32 parameters in one tensor, and as a 300-tensor list shaped like a
+   small transformer's (100 tensors of 96x96 and 200 of 96: 0.94M). Only
+   opt.step() is timed, with fixed small random gradients in p.grad:
+   torch.optim's default implementation in this process against
+   RemoteOptimizer(server="auto") over
+     shm             shared memory on this host; gRPC carries only control,
+     grpc float32    gradients and parameters in the messages,
+     grpc bfloat16   the same with bfloat16 gradients on the wire.
+   The remote time includes copying the gradients in (p.grad is set to the
+   user's own tensor, untimed, before every step, as after a backward() into
+   fresh gradients) and, on grpc, the parameters back.
+   MB/s up and down (grpc): gradient bytes sent and parameter bytes received
+   per second of step time.
+2. Training rows. Fashion-MNIST MLP and CNN (mur.models), batches of 64:
+   ms per batch (zero_grad, forward, backward, step) with torch.optim.Adam
+   against RemoteOptimizer(optimizer="adam", rule="additive") on shm and grpc.
+   This is torch 1.13's own loop: zero_grad() keeps the gradient tensors, so
+   on shm backward() accumulates straight into the arena and no copy is paid.
+
+Every number is a median of per-call times after warm-up. The contenders of
+a row take turns in short bursts, so load on a shared machine hits them
+alike and their ratio stays fair. Each row starts its own servers (about
+1.5 s each). The full run takes about 2 minutes; --quick is a ~20 s smoke run.
+
+    make bench-e2e
+    cd python-runner && ../.venv/bin/python -m mur.bench_e2e [--quick] [--out FILE]
+
+--out FILE also writes the JSON lines (one per row) to FILE.
 """
 import argparse
+import functools
 import json
-import time
+import os
 
+import grpc
 import torch
 
 import mur
-from mur.optimizer import F32, _f32_bytes, _read_only_view, pb
+from mur._proto.mur.v1 import optimizer_pb2 as pb
+from mur._proto.mur.v1 import optimizer_pb2_grpc as pbg
+from mur.bench_train import fashion_batches, interleaved, model, trainer
 
-CONFIGS = [("adam", {}), ("sgd", {"lr": 0.01, "momentum": 0.9})]
-TORCH = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-
-
-def timed(fn, min_seconds):
-    fn()
-    fn()
-    n, start = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        el = time.perf_counter() - start
-        if n >= 3 and el >= min_seconds:
-            return el / n * 1e3
+OPTIMIZERS = [("adam", torch.optim.Adam, {"lr": 1e-3}),
+              ("sgd-momentum", torch.optim.SGD, {"lr": 0.01, "momentum": 0.9})]
+LIST_SHAPES = [(96, 96), (96,), (96,)] * 100  # per block: a weight, its bias, a norm's weight
+TRANSPORTS = [("shm", None), ("grpc", "float32"), ("grpc", "bfloat16")]
+TRAIN_TRANSPORTS = TRANSPORTS[:2]
+FULL = dict(sizes=[1, 100_000, 1_000_000, 4_000_000, "list"], seconds=5.0, min_calls=20, max_calls=1000,
+            models=["mlp", "cnn"], batches=300)
+QUICK = dict(sizes=[100_000, "list"], seconds=0.3, min_calls=10, max_calls=100, models=["mlp", "cnn"], batches=20)
 
 
-def bench(name, h, n, address, min_seconds):
+def remote(params, optimizer, transport, wire_dtype, **hypers):
+    """RemoteOptimizer(server="auto") with the additive rule on this transport (an error if unavailable)."""
+    name = "sgd" if optimizer == "sgd-momentum" else optimizer
+    opt = mur.RemoteOptimizer(params, optimizer=name, rule="additive", server="auto", transport=transport,
+                              wire_dtype=wire_dtype or "float32", **hypers)
+    if opt.transport != transport:
+        opt.close()
+        raise ValueError(f"asked for transport {transport}, got {opt.transport}")
+    return opt
+
+
+def contenders(make_local, make_remote, transports):
+    """{"local": torch optimizer, (transport, wire_dtype): RemoteOptimizer}, and why some are missing."""
+    opts, skipped = {"local": make_local()}, {}
+    for key in transports:
+        try:
+            opts[key] = make_remote(*key)
+        except Exception as e:  # an unavailable transport is a row to report, not a crash
+            skipped[key] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return opts, skipped
+
+
+def close(opts):
+    for key, opt in opts.items():
+        if key != "local":
+            opt.close()
+
+
+def step_rows(optimizer, torch_cls, hypers, size, cfg):
+    shapes = LIST_SHAPES if size == "list" else [(size,)]
     torch.manual_seed(0)
-    local = torch.nn.Parameter(torch.randn(n))
-    remote = torch.nn.Parameter(local.detach().clone())
-    grad = torch.randn(n) * 0.01
-    local.grad, remote.grad = grad.clone(), grad.clone()
-    t_opt = TORCH[name]([local], **({"lr": 1e-3} | h if name == "adam" else h))
-    r_opt = mur.RemoteOptimizer([remote], optimizer=name, rule="additive", server=address, **h)
+    init = [torch.randn(s) for s in shapes]
+    grads = [torch.randn(s) * 1e-3 for s in shapes]  # small: parameters stay finite over many steps
+
+    def params():
+        return [torch.nn.Parameter(t.clone()) for t in init]
+
+    def set_grads(opt):
+        # Untimed, before every step: p.grad is the user's own tensor, as after a
+        # backward() into fresh gradients (shm then pays for copying it in: its
+        # step leaves p.grad pointing into the arena otherwise).
+        for p, g in zip(opt.param_groups[0]["params"], grads):
+            p.grad = g
+
+    opts, skipped = contenders(lambda: torch_cls(params(), **hypers),
+                               lambda tr, wd: remote(params(), optimizer, tr, wd, **hypers), TRANSPORTS)
     try:
-        local_ms = timed(t_opt.step, min_seconds)
-        remote_ms = timed(r_opt.step, min_seconds)
-
-        def encode():
-            return pb.StepRequest(session_id="x", step=1, grads=[pb.Gradient(
-                param_id="p0.0", grad=pb.Tensor(shape=[n], dtype=F32, data=_f32_bytes(grad)))]).SerializeToString()
-        wire = pb.StepReply(step=1, params=[pb.ParamValue(param_id="p0.0", value=pb.Tensor(
-            shape=[n], dtype=F32, data=_f32_bytes(remote)))]).SerializeToString()
-
-        def decode():
-            r = pb.StepReply.FromString(wire)
-            with torch.no_grad():
-                remote.copy_(_read_only_view(r.params[0].value.data))
-        encode_ms = timed(encode, min_seconds / 2)
-        decode_ms = timed(decode, min_seconds / 2)
+        ms, calls = interleaved({k: o.step for k, o in opts.items()}, cfg["seconds"], cfg["min_calls"], cfg["max_calls"],
+                                prepare={k: functools.partial(set_grads, o) for k, o in opts.items()})
+        for k, o in opts.items():
+            if not all(torch.isfinite(p).all() for p in o.param_groups[0]["params"]):
+                skipped[k] = "parameters are not finite after the run"
     finally:
-        r_opt.close()
-    wire_bytes = 2 * 4 * n  # gradients out, parameters back
-    return {"optimizer": name if name == "adam" else "sgd-momentum", "params": n, "local_ms": round(local_ms, 3),
-            "remote_ms": round(remote_ms, 3), "ratio": round(remote_ms / local_ms, 2),
-            "wire_mb_per_s": round(wire_bytes / (remote_ms / 1e3) / 1e6, 1),
-            "encode_ms": round(encode_ms, 3), "decode_ms": round(decode_ms, 3),
-            "transfer_and_server_ms": round(remote_ms - encode_ms - decode_ms, 3)}
+        close(opts)
+    n = sum(torch.Size(s).numel() for s in shapes)
+    rows = []
+    for tr, wd in TRANSPORTS:
+        r = {"optimizer": optimizer, "params": n, "tensors": len(shapes), "transport": tr, "wire_dtype": wd,
+             "local_ms": round(ms["local"], 4), "remote_ms": None, "ratio": None,
+             "mb_per_s_up": None, "mb_per_s_down": None, "steps": calls}
+        if (tr, wd) in skipped:
+            r["skipped"] = skipped[(tr, wd)]
+        else:
+            t = ms[(tr, wd)]
+            r.update(remote_ms=round(t, 4), ratio=round(t / ms["local"], 2))
+            if tr == "grpc":
+                up = n * (2 if wd == "bfloat16" else 4)
+                r.update(mb_per_s_up=float(f"{up / t / 1e3:.3g}"), mb_per_s_down=float(f"{n * 4 / t / 1e3:.3g}"))
+        rows.append(r)
+    return rows
+
+
+def train_rows(name, batches, cfg):
+    nets = {}
+
+    def make(key, build_opt):
+        nets[key] = model(name)  # the same initial weights for every contender
+        return build_opt(nets[key].parameters())
+    opts, skipped = contenders(lambda: make("local", lambda ps: torch.optim.Adam(ps, lr=1e-3)),
+                               lambda tr, wd: make((tr, wd), lambda ps: remote(ps, "adam", tr, wd, lr=1e-3)),
+                               TRAIN_TRANSPORTS)
+    try:
+        fns = {k: trainer(nets[k], o, batches) for k, o in opts.items()}
+        ms, calls = interleaved(fns, 0, cfg["batches"], cfg["batches"], warmup=10, burst=10)
+    finally:
+        close(opts)
+    n = sum(p.numel() for p in nets["local"].parameters())
+    rows = []
+    for tr, wd in TRAIN_TRANSPORTS:
+        r = {"model": name, "params": n, "batch": len(batches[0][1]), "transport": tr, "wire_dtype": wd,
+             "local_ms_per_batch": round(ms["local"], 3), "remote_ms_per_batch": None, "ratio": None, "batches": calls}
+        if (tr, wd) in skipped:
+            r["skipped"] = skipped[(tr, wd)]
+        else:
+            r.update(remote_ms_per_batch=round(ms[(tr, wd)], 3), ratio=round(ms[(tr, wd)] / ms["local"], 2))
+        rows.append(r)
+    return rows
+
+
+def environment():
+    """Capabilities of a server as server="auto" starts it, and its engine threads (from its log)."""
+    with mur.LocalServer() as server:
+        channel = grpc.insecure_channel(server.address)
+        caps = pbg.OptimizerStub(channel).GetCapabilities(pb.GetCapabilitiesRequest())
+        channel.close()
+        threads = "?"
+        try:  # the server logs {"msg": "listening", ..., "threads": N} on stderr (a temporary file)
+            with open(f"/proc/self/fd/{server._log.fileno()}") as log:
+                threads = next(json.loads(line).get("threads", "?") for line in log if '"listening"' in line)
+        except Exception:
+            pass
+    return caps, threads
+
+
+def fmt(x, spec):
+    """x formatted by spec ("9.3f"), or a dash of the same width when there is no value."""
+    return format(x, spec) if x is not None else format("-", ">" + spec.split(".")[0])
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="100000,1000000,4000000")
-    ap.add_argument("--seconds", type=float, default=1.0, help="minimum timing per measurement")
-    ap.add_argument("--backend", default=None, help="server backend (default: the server's choice)")
+    ap.add_argument("--quick", action="store_true", help="a ~20 s smoke run (fewer sizes, shorter timings)")
+    ap.add_argument("--out", help="also write the JSON lines to this file")
     a = ap.parse_args(argv)
+    cfg = QUICK if a.quick else FULL
+
+    caps, server_threads = environment()
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads); server engine {caps.backend} "
+          f"({server_threads} threads); server transports {', '.join(caps.transports) or 'grpc'}; "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
+
+    print(f"\n{'optimizer':13} {'params':>9} {'tensors':>7}  {'transport':9} {'wire':8} {'local ms':>9} "
+          f"{'remote ms':>9} {'ratio':>7} {'up MB/s':>8} {'down MB/s':>9}", flush=True)
     rows = []
-    with mur.LocalServer(backend=a.backend) as server:
-        print(f"server backend {server.backend}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-        for name, h in CONFIGS:
-            for n in map(int, a.sizes.split(",")):
-                rows.append(bench(name, h, n, server.address, a.seconds))
-                r = rows[-1]
-                print(f"{r['optimizer']:13} {n:>8}  local {r['local_ms']:8.2f} ms  remote {r['remote_ms']:8.2f} ms  "
-                      f"ratio {r['ratio']:6.1f}  wire {r['wire_mb_per_s']:7.1f} MB/s  | encode {r['encode_ms']:6.2f} "
-                      f"decode {r['decode_ms']:6.2f} transfer+server {r['transfer_and_server_ms']:7.2f} ms", flush=True)
-    keys = ["optimizer", "params", "local_ms", "remote_ms", "ratio", "wire_mb_per_s"]
-    for r in rows:
-        print(json.dumps({k: r[k] for k in keys}))
+    for optimizer, torch_cls, hypers in OPTIMIZERS:
+        for size in cfg["sizes"]:
+            for r in step_rows(optimizer, torch_cls, hypers, size, cfg):
+                rows.append(r)
+                print(f"{r['optimizer']:13} {r['params']:>9} {r['tensors']:>7}  {r['transport']:9} "
+                      f"{r['wire_dtype'] or '-':8} {r['local_ms']:9.3f} {fmt(r['remote_ms'], '9.3f')} "
+                      f"{fmt(r['ratio'], '7.2f')} {fmt(r['mb_per_s_up'], '8.3g')} {fmt(r['mb_per_s_down'], '9.3g')}"
+                      + (f"  skipped: {r['skipped']}" if "skipped" in r else ""), flush=True)
+
+    batches = fashion_batches(100)
+    print(f"\nFashion-MNIST, batch {len(batches[0][1])}, Adam lr 1e-3: ms per batch (forward + backward + step), "
+          f"{cfg['batches']} batches each")
+    print(f"{'model':6} {'params':>7}  {'transport':9} {'wire':8} {'local ms':>9} {'remote ms':>9} {'ratio':>7}", flush=True)
+    for name in cfg["models"]:
+        for r in train_rows(name, batches, cfg):
+            rows.append(r)
+            print(f"{r['model']:6} {r['params']:>7}  {r['transport']:9} {r['wire_dtype'] or '-':8} "
+                  f"{r['local_ms_per_batch']:9.3f} {fmt(r['remote_ms_per_batch'], '9.3f')} {fmt(r['ratio'], '7.2f')}"
+                  + (f"  skipped: {r['skipped']}" if "skipped" in r else ""), flush=True)
+
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}\n")
+    lines = [json.dumps(r) for r in rows]
+    print("\n".join(lines))
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -36,8 +36,28 @@ class ConnectionLostError(MurError, ConnectionError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class DeadlineExceededError(MurError, TimeoutError):
+    """The server did not answer within the call's deadline (RemoteOptimizer's ``timeout``)."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class TransportUnavailable(MurError):
+    """The shared-memory transport cannot be used here; ``reason`` says why.
+
+    A MurError (so a RuntimeError) like every other failure of mur: with
+    ``transport="auto"`` it only means "use gRPC"; ``transport="shm"`` raises it.
+    """
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, reason):
+        super().__init__(f"shm transport unavailable: {reason}")
+        self.reason = reason
+
+
 _BY_CODE = {c.code: c for c in (InvalidArgumentError, NotFoundError, FailedPreconditionError,
-                                ResourceExhaustedError, ConnectionLostError)}
+                                ResourceExhaustedError, ConnectionLostError, DeadlineExceededError)}
 
 
 def from_rpc_error(e: grpc.RpcError) -> MurError:

@@ -2,11 +2,25 @@
 
     opt = mur.RemoteOptimizer(model.parameters(), optimizer="adam", rule="hybrid", lr=1e-3)
 
-Each step sends every gradient (float32) to the server and writes the updated
-parameters back in place. Hyperparameters live in ``param_groups`` as in
-torch: schedulers that edit them are honoured at the next step.
+Two data planes (``transport``):
+
+- ``"shm"`` (same host, native engine): every parameter's ``p.data`` becomes
+  a view of the server's shared-memory arena, so the client's weights *are*
+  the server's copy. A step copies gradients into the arena (none when
+  ``p.grad`` already is the arena's gradient view) and sends one small RPC;
+  the server updates the parameters in place. Edits between steps (loading
+  weights, masks, clamps) are what the next step starts from.
+- ``"grpc"`` (anywhere): each step sends every gradient (float32, or
+  bfloat16 with ``wire_dtype="bfloat16"``) and writes the updated parameters
+  back in place. Parameters edited by the user since the last step are sent
+  to the server before the step, so such edits are never undone.
+
+Hyperparameters live in ``param_groups`` as in torch: schedulers that edit
+them are honoured at the next step.
 """
 import numbers
+import os
+import time
 import warnings
 
 import grpc
@@ -16,11 +30,19 @@ from google.protobuf import struct_pb2
 
 from ._proto.mur.v1 import optimizer_pb2 as pb
 from ._proto.mur.v1 import optimizer_pb2_grpc as pbg
-from .errors import ConnectionLostError, MurError, from_rpc_error
+from .errors import (ConnectionLostError, FailedPreconditionError, MurError, TransportUnavailable,
+                     from_rpc_error)
 from .server import LocalServer
+from .transport import Arena
 
 F32 = pb.DTYPE_FLOAT32
+BF16 = pb.DTYPE_BFLOAT16
+_ELEMENT_BYTES = {F32: 4, BF16: 2}
+_TRANSPORTS = ("auto", "shm", "grpc")
+_WIRE_DTYPES = {"float32": F32, "bfloat16": BF16}
 _RETRIES = 3
+_BACKOFF = 0.1  # seconds before the first retry, doubling
+_CLOSE_TIMEOUT = 10.0  # CloseSession's deadline: close() never waits long on a dead server
 
 
 def _struct(d):
@@ -45,12 +67,28 @@ def _f32_bytes(t: torch.Tensor) -> bytes:
     return t.detach().to(dtype=torch.float32, device="cpu").contiguous().numpy().tobytes()
 
 
-def _read_only_view(data: bytes) -> torch.Tensor:
-    """A float32 tensor over the reply's bytes with no copy. torch warns that
-    the buffer is read-only; it is only ever read (by copy_), so that is safe."""
+def _bf16_bytes(t: torch.Tensor) -> bytes:
+    # Round to nearest even (torch's conversion), then the raw 2-byte patterns.
+    return t.detach().to(device="cpu").to(torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes()
+
+
+def _read_only_view(data: bytes, dtype=np.float32) -> torch.Tensor:
+    """A tensor over the reply's bytes with no copy. torch warns that the
+    buffer is read-only; it is only ever read, so that is safe."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(np.frombuffer(data, dtype=np.float32))
+        return torch.from_numpy(np.frombuffer(data, dtype=dtype))
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The float32 bit patterns of t, flat, on the CPU (bitwise comparison)."""
+    return t.detach().reshape(-1).view(torch.int32).cpu()
+
+
+def _is_view_of(t, view) -> bool:
+    """t is exactly `view` (same memory, shape and strides): an arena view."""
+    return (t is not None and t.data_ptr() == view.data_ptr() and t.shape == view.shape
+            and t.stride() == view.stride() and t.dtype == view.dtype)
 
 
 class RemoteOptimizer(torch.optim.Optimizer):
@@ -60,19 +98,63 @@ class RemoteOptimizer(torch.optim.Optimizer):
         params: parameters or parameter groups, as for any torch optimizer.
         optimizer: sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion.
         rule: additive, multiplicative, hybrid or exp_sign.
-        server: "auto" (start a local server, stopped by close() or at exit)
-            or "host:port" of a running one.
+        server: "auto" (start a local server on a private Unix socket, stopped
+            by close(), at exit, or when this process dies), "host:port" or
+            "unix:/path" of a running one.
+        transport: "auto" (default: shared memory when the server offers it
+            and this process can map its arena, else gRPC), "shm" (shared
+            memory or a TransportUnavailable error saying why) or "grpc".
+            ``opt.transport`` tells which one is in use. With "shm" every
+            parameter's ``p.data`` is a view of the server's copy until close().
+        wire_dtype: "float32" or "bfloat16": how gradients travel on the gRPC
+            transport (bfloat16 halves the bytes and rounds each gradient to
+            bfloat16 first). Ignored on the shm transport, which moves no bytes.
+        timeout: deadline in seconds of every call to the server (None: none).
+            A lost connection is retried 3 times with backoff (0.1, 0.2, 0.4 s);
+            then, or at the deadline, a step raises a MurError.
+        tls_ca, tls_cert, tls_key: TLS to a server started with --tls-cert
+            (PEM bytes or file paths): the CA that signed the server's
+            certificate (None: the system's roots), and this client's
+            certificate and key for a server that requires one
+            (--tls-client-ca). All None: plaintext.
         **hyperparameters: torch's names (lr, betas, eps, weight_decay,
             momentum, ...) plus lr_in, lr_out (defaults to lr) and gamma.
     """
 
-    def __init__(self, params, optimizer="adam", rule="hybrid", server="auto", **hyperparameters):
+    def __init__(self, params, optimizer="adam", rule="hybrid", server="auto", transport="auto",
+                 wire_dtype="float32", timeout=300.0, tls_ca=None, tls_cert=None, tls_key=None, **hyperparameters):
+        self._local = self._channel = self._session = self._arena = None
+        self._token = None  # the session's credential (CreateSession); private
+        self._owner = os.getpid()
+        self._views = {}
+        self._transport = None
+        if not isinstance(transport, str) or transport not in _TRANSPORTS:
+            raise ValueError(f"transport={transport!r}: must be one of {', '.join(map(repr, _TRANSPORTS))}")
+        if not isinstance(wire_dtype, str) or wire_dtype not in _WIRE_DTYPES:
+            raise ValueError(f"wire_dtype={wire_dtype!r}: must be one of {', '.join(map(repr, _WIRE_DTYPES))}")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
+                                    or not timeout > 0):
+            raise ValueError(f"timeout={timeout!r}: must be a positive number of seconds or None")
+        self._wire_dtype = _WIRE_DTYPES[wire_dtype]
+        self._timeout = None if timeout is None else float(timeout)
         self._local = LocalServer() if server == "auto" else None
         address = self._local.address if self._local else server
-        self._channel = grpc.insecure_channel(
-            address, options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+        self._address = address
+        # Its own connection (not grpc's process-wide subchannel pool): a dead
+        # server's reconnect backoff never delays another optimizer.
+        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
+                   ("grpc.use_local_subchannel_pool", 1)]
+        def pem(v):  # TLS material: PEM bytes, or the path of a PEM file
+            if v is None or isinstance(v, (bytes, bytearray)):
+                return None if v is None else bytes(v)
+            with open(v, "rb") as f:
+                return f.read()
+        ca, cert, key = pem(tls_ca), pem(tls_cert), pem(tls_key)
+        if (cert is None) != (key is None):
+            raise ValueError("tls_cert and tls_key go together (a client certificate needs its key)")
+        self._channel = (grpc.secure_channel(address, grpc.ssl_channel_credentials(ca, key, cert), options=options)
+                         if (ca, cert, key) != (None, None, None) else grpc.insecure_channel(address, options=options))
         self._stub = pbg.OptimizerStub(self._channel)
-        self._session = None
         try:
             caps = self._call(self._stub.GetCapabilities, pb.GetCapabilitiesRequest())
             self._caps = caps
@@ -105,16 +187,60 @@ class RemoteOptimizer(torch.optim.Optimizer):
             self.optimizer_name, self.rule_name = optimizer, rule
             super().__init__(params, defaults)
             self._create_session()
+            self._transport_reason = None
+            if transport != "grpc":
+                try:
+                    self._open_shm()
+                except TransportUnavailable as e:
+                    if transport == "shm":
+                        raise
+                    self._transport_reason = e.reason  # "auto": gRPC, silently
+            if self._arena is None:
+                if self._wire_dtype == BF16 and BF16 not in caps.dtypes:
+                    raise FailedPreconditionError(
+                        f"wire_dtype='bfloat16': the server at {address} does not accept bfloat16 gradients "
+                        f"(dtypes: {', '.join(pb.DType.Name(d) for d in caps.dtypes)})")
+                self._transport = "grpc"
+                for _, pid, p in self._params():
+                    self._mark(pid, p)
+            else:
+                self._transport = "shm"
         except BaseException:
             self.close()
             raise
 
+    def add_param_group(self, param_group):
+        if getattr(self, "_session", None) is not None:
+            raise ValueError("add_param_group: a RemoteOptimizer's parameters are fixed when its server session "
+                             "is created; create a new RemoteOptimizer for the new parameters")
+        super().add_param_group(param_group)
+
+    @property
+    def transport(self):
+        """The data plane in use: "shm" or "grpc" (read-only)."""
+        return self._transport
+
     # -- wire helpers ---------------------------------------------------------
-    def _call(self, fn, req, **kw):
+    def _metadata(self):
+        """Per-session calls carry the session token (proto: authorization: Bearer)."""
+        return (("authorization", f"Bearer {self._token}"),) if self._token else None
+
+    def _call(self, fn, req, timeout=None):
         try:
-            return fn(req, **kw)
+            return fn(req, timeout=timeout or self._timeout, metadata=self._metadata())
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
+
+    def _retrying(self, fn):
+        """fn() again on a lost connection (after 0.1, 0.2, 0.4 s): every call
+        retried this way is idempotent (a step keeps its number)."""
+        for attempt in range(_RETRIES + 1):
+            try:
+                return fn()
+            except ConnectionLostError:
+                if attempt == _RETRIES:
+                    raise
+                time.sleep(_BACKOFF * 2 ** attempt)
 
     def _group_hypers(self, group):
         # Only the server's hyperparameters: schedulers add keys such as initial_lr.
@@ -130,6 +256,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
             optimizer=self.optimizer_name, rule=self.rule_name,
             groups={f"g{i}": _struct(self._group_hypers(g)) for i, g in enumerate(self.param_groups)})
 
+    def _check_open(self):
+        if self._session is None:
+            raise FailedPreconditionError("this RemoteOptimizer is closed")
+
     def _create_session(self):
         decls, total = [], 0
         for group, pid, p in self._params():
@@ -140,40 +270,197 @@ class RemoteOptimizer(torch.optim.Optimizer):
             total += p.numel() * 4
             decls.append((group, pid, p))
         inline = total < self._caps.max_message_bytes * 0.9
+        data = {pid: _f32_bytes(p) for _, pid, p in decls}
         req = pb.CreateSessionRequest(spec=self._spec(), params=[
             pb.ParamDecl(id=pid, name=pid, shape=list(p.shape), dtype=F32, group=group,
-                         data=_f32_bytes(p) if inline else b"") for group, pid, p in decls])
-        self._session = self._call(self._stub.CreateSession, req).session_id
+                         data=data[pid] if inline else b"") for group, pid, p in decls])
+        reply = self._call(self._stub.CreateSession, req)
+        self._session, self._token = reply.session_id, reply.session_token
         self._ids = {id(p): pid for _, pid, p in decls}
         self._by_id = {pid: p for _, pid, p in decls}
         self._step_no = 0
-        if not inline:
-            self._import([], {pid: p for _, pid, p in decls}, last_step=0)
+        # What the server holds, as far as the client knows (gRPC transport):
+        # the bits it last sent or received, and each parameter's version and
+        # address right after it was written.
+        self._server_bits = {pid: _read_only_view(b, np.int32) for pid, b in data.items()}
+        self._marks = {}
+        # Values the CreateSession did not carry: all of them for a large
+        # model; a zero-element parameter's always (empty ParamDecl.data
+        # means "values come later", so it would never get any).
+        later = data if not inline else {pid: b for pid, b in data.items() if not b}
+        if later:
+            self._import_values(later, last_step=0)
 
-    def _chunks(self, pid, slot, data: bytes):
-        per = max(4, self._caps.chunk_bytes // 4 * 4)
-        total = len(data) // 4
+    def _chunks(self, pid, slot, data: bytes, dtype=F32):
+        size = _ELEMENT_BYTES[dtype]
+        per = max(size, self._caps.chunk_bytes // size * size)
+        total = len(data) // size
         mv = memoryview(data)
         off = 0
         while True:
             part = mv[off:off + per]
-            yield pb.TensorChunk(param_id=pid, slot=slot, offset=off // 4, total_elements=total, dtype=F32, data=bytes(part))
+            yield pb.TensorChunk(param_id=pid, slot=slot, offset=off // size, total_elements=total, dtype=dtype,
+                                 data=bytes(part))
             off += len(part)
             if off >= len(data):
                 return
 
-    def _import(self, frames, params, last_step):
+    def _import_values(self, values, last_step):
+        """ImportState of parameter values only ({pid: float32 bytes}).
+        last_step=0 keeps the session's step counter and optimizer state."""
         def gen():
             yield pb.StateFrame(header=pb.StateHeader(session_id=self._session, last_step=last_step))
-            for pid, p in params.items():
-                for c in self._chunks(pid, "", _f32_bytes(p)):
+            for pid, data in values.items():
+                for c in self._chunks(pid, "", data):
                     yield pb.StateFrame(chunk=c)
-            yield from frames
         self._call(self._stub.ImportState, gen())
+
+    # -- the shared-memory transport -----------------------------------------
+    def _open_shm(self):
+        if "shm" not in self._caps.transports:
+            raise TransportUnavailable(
+                f"the server at {self._address} does not offer it (transports: {', '.join(self._caps.transports)}; "
+                f"its engine is '{self._caps.backend}', shared memory needs the native engine)")
+        for _, pid, p in self._params():
+            if p.device.type != "cpu":
+                raise TransportUnavailable(f"parameter {pid} is on {p.device}; the arena is CPU memory")
+        try:
+            info = self._call(self._stub.OpenArena, pb.OpenArenaRequest(session_id=self._session))
+        except MurError as e:
+            if e.code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED):
+                raise TransportUnavailable(f"OpenArena: {e}") from None
+            raise
+        arena = Arena.open(info)
+        try:
+            views = {}
+            for _, pid, p in self._params():
+                i = arena.index.get(pid)
+                if i is None or arena.param(i).numel() != p.numel():
+                    raise TransportUnavailable(f"the arena does not match the session: parameter {pid} "
+                                               f"({p.numel()} elements) is {'absent' if i is None else 'resized'}")
+                views[pid] = (i, arena.param(i).view(p.shape), arena.grad(i).view(p.shape))
+        except BaseException:
+            arena.close()
+            raise
+        # From here on the client's parameters are the server's copy.
+        self._arena, self._views = arena, views
+        for _, pid, p in self._params():
+            p.data = views[pid][1]
+        self._server_bits = {}  # the gRPC transport's bookkeeping is not needed
+
+    def _sync_shm(self):
+        """Points every parameter back at its arena view, copying the values of
+        one the user rebound (``p.data = t``) into the arena first."""
+        for _, pid, p in self._params():
+            _, pv, _ = self._views[pid]
+            if pv.numel() == 0 or _is_view_of(p.data, pv):
+                continue
+            if p.shape != pv.shape:
+                raise ValueError(f"parameter {pid}: shape {tuple(p.shape)}, but the session was created with "
+                                 f"{tuple(pv.shape)}")
+            if p.device.type != "cpu" or p.dtype != torch.float32:
+                raise ValueError(f"parameter {pid} became a {p.dtype} tensor on {p.device} after the optimizer was "
+                                 "created on the shm transport, whose parameters are float32 CPU memory "
+                                 "(use transport='grpc')")
+            pv.copy_(p.detach())
+            p.data = pv
+
+    def _detach_shm(self):
+        """Gives every parameter (and gradient) that views the arena its own copy."""
+        for _, pid, p in self._params():
+            _, pv, gv = self._views.get(pid, (None, None, None))
+            if pv is None or pv.numel() == 0:
+                continue
+            if _is_view_of(p.data, pv):
+                p.data = pv.clone()
+            if p.grad is not None and _is_view_of(p.grad, gv):
+                p.grad = gv.clone()
+
+    def _step_shm(self, grads, overrides):
+        self._sync_shm()
+        indices = []
+        for pid, p in grads:
+            i, _, gv = self._views[pid]
+            if gv.numel() and not _is_view_of(p.grad, gv):
+                if p.grad.shape != gv.shape:
+                    raise ValueError(f"parameter {pid}: gradient of shape {tuple(p.grad.shape)}, "
+                                     f"parameter is {tuple(gv.shape)}")
+                gv.copy_(p.grad)
+                p.grad = gv  # backward accumulates here from now on (zero_grad(set_to_none=False))
+            indices.append(i)
+        req = pb.StepRequest(session_id=self._session, step=self._step_no, group_overrides=overrides,
+                             arena_grads=indices)
+        self._retrying(lambda: self._call(self._stub.Step, req))
+
+    # -- the gRPC transport ---------------------------------------------------
+    def _mark(self, pid, p):
+        self._marks[pid] = (p._version, p.data_ptr())
+
+    def _edited(self):
+        """Parameters whose values differ from what the server holds: rebound,
+        written in place (version bumped), or written through ``p.data`` or
+        numpy (no version bump: compared bit for bit)."""
+        out = {}
+        for _, pid, p in self._params():
+            if (p.dtype != torch.float32 or self._marks.get(pid) != (p._version, p.data_ptr())
+                    or not torch.equal(_bits(p), self._server_bits[pid])):
+                out[pid] = p
+        return out
+
+    def _push_edits(self):
+        """Sends parameters the user edited since the server last wrote them,
+        so the next step starts from the edit (ImportState, slot "" only)."""
+        edited = self._edited()
+        if not edited:
+            return
+        data = {pid: _f32_bytes(p) for pid, p in edited.items()}
+        self._retrying(lambda: self._import_values(data, last_step=0))
+        for pid, p in edited.items():
+            self._server_bits[pid] = _read_only_view(data[pid], np.int32)
+            self._mark(pid, p)
+
+    def _step_grpc(self, grads, overrides):
+        self._push_edits()
+        dtype = self._wire_dtype
+        encode = _bf16_bytes if dtype == BF16 else _f32_bytes
+        payload = [(pid, list(p.shape), encode(p.grad)) for pid, p in grads]
+        size = sum(len(b) for _, _, b in payload)
+        if size < self._caps.max_message_bytes * 0.9:
+            values = self._retrying(lambda: self._step_unary(payload, overrides, dtype))
+        else:
+            values = self._retrying(lambda: self._step_stream(payload, overrides, dtype))
+        for pid, data in values.items():
+            p = self._by_id[pid]
+            p.copy_(_read_only_view(data).view(p.shape))
+            self._server_bits[pid] = _read_only_view(data, np.int32)
+            self._mark(pid, p)
+
+    def _step_unary(self, payload, overrides, dtype):
+        req = pb.StepRequest(session_id=self._session, step=self._step_no, group_overrides=overrides, grads=[
+            pb.Gradient(param_id=pid, grad=pb.Tensor(shape=shape, dtype=dtype, data=b)) for pid, shape, b in payload])
+        reply = self._call(self._stub.Step, req)
+        return {v.param_id: v.value.data for v in reply.params}
+
+    def _step_stream(self, payload, overrides, dtype):
+        def frames():
+            yield pb.StepStreamRequest(begin=pb.StepBegin(session_id=self._session, step=self._step_no, group_overrides=overrides))
+            for pid, _, b in payload:
+                for c in self._chunks(pid, "", b, dtype):
+                    yield pb.StepStreamRequest(grad=c)
+            yield pb.StepStreamRequest(end=pb.StepEnd())
+        parts = {}
+        try:
+            for r in self._stub.StepStream(frames(), timeout=self._timeout, metadata=self._metadata()):
+                if r.HasField("param"):
+                    parts.setdefault(r.param.param_id, []).append(r.param.data)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        return {pid: b"".join(chunks) for pid, chunks in parts.items()}
 
     # -- the step -------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure=None):
+        self._check_open()
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -184,80 +471,90 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 continue
             if p.grad.is_sparse:
                 raise TypeError(f"parameter {pid}: sparse gradients are not supported")
+            if p.numel() == 0:  # nothing to update (and the server's native engine refuses empty inline tensors)
+                continue
             grads.append((pid, p))
         if not grads:
             return loss
-        self._step_no += 1
+        self._step_no += 1  # a retry below keeps it: the server applies a step once
         overrides = {f"g{i}": _struct(self._group_hypers(g)) for i, g in enumerate(self.param_groups)}
-        payload = [(pid, list(p.shape), _f32_bytes(p.grad)) for pid, p in grads]
-        size = sum(len(b) for _, _, b in payload)
-        for attempt in range(_RETRIES + 1):
-            try:
-                if size < self._caps.max_message_bytes * 0.9:
-                    values = self._step_unary(payload, overrides)
-                else:
-                    values = self._step_stream(payload, overrides)
-                break
-            except ConnectionLostError:
-                # The same step number again: the server applies it once.
-                if attempt == _RETRIES:
-                    raise
-        for pid, data in values.items():
-            p = self._by_id[pid]
-            p.copy_(_read_only_view(data).view(p.shape))
+        if self._arena is not None:
+            self._step_shm(grads, overrides)
+        else:
+            self._step_grpc(grads, overrides)
         return loss
 
-    def _step_unary(self, payload, overrides):
-        req = pb.StepRequest(session_id=self._session, step=self._step_no, group_overrides=overrides, grads=[
-            pb.Gradient(param_id=pid, grad=pb.Tensor(shape=shape, dtype=F32, data=b)) for pid, shape, b in payload])
-        reply = self._call(self._stub.Step, req)
-        return {v.param_id: v.value.data for v in reply.params}
-
-    def _step_stream(self, payload, overrides):
-        def frames():
-            yield pb.StepStreamRequest(begin=pb.StepBegin(session_id=self._session, step=self._step_no, group_overrides=overrides))
-            for pid, _, b in payload:
-                for c in self._chunks(pid, "", b):
-                    yield pb.StepStreamRequest(grad=c)
-            yield pb.StepStreamRequest(end=pb.StepEnd())
-        parts = {}
-        try:
-            for r in self._stub.StepStream(frames()):
-                if r.HasField("param"):
-                    parts.setdefault(r.param.param_id, []).append(r.param.data)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-        return {pid: b"".join(chunks) for pid, chunks in parts.items()}
-
     # -- checkpoints ----------------------------------------------------------
+    @torch.no_grad()
+    def _sync(self):
+        """Makes the server's parameters the client's (before an export)."""
+        if self._arena is not None:
+            self._sync_shm()
+        else:
+            self._push_edits()
+
     def state_dict(self):
         sd = super().state_dict()
-        frames = self._call(self._stub.ExportState, pb.ExportStateRequest(session_id=self._session))
-        sd["mur"] = {"frames": [f.SerializeToString() for f in frames], "step": self._step_no}
+        self._check_open()
+        self._sync()
+        try:
+            frames = [f.SerializeToString() for f in self._call(
+                self._stub.ExportState, pb.ExportStateRequest(session_id=self._session))]
+        except grpc.RpcError as e:  # raised while iterating the stream
+            raise from_rpc_error(e) from None
+        sd["mur"] = {"frames": frames, "step": self._step_no}
         return sd
 
+    @torch.no_grad()
     def load_state_dict(self, state_dict):
         mur = state_dict.get("mur")
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "mur"})
         if mur is None:
             return
+        self._check_open()
         frames = [pb.StateFrame.FromString(b) for b in mur["frames"]]
         header = frames[0].header
         header.session_id = self._session
         header.spec.CopyFrom(self._spec())
+        if self._arena is not None:
+            self._sync_shm()  # parameters view the arena, which the import writes
 
         def gen():
             yield from frames
         self._call(self._stub.ImportState, gen())
         self._step_no = mur["step"]
+        if self._arena is None:
+            # The checkpoint's parameter values are the server's now: the
+            # client's parameters take them too, as they do through the arena.
+            parts = {}
+            for f in frames:
+                if f.HasField("chunk") and f.chunk.slot == "" and f.chunk.param_id in self._by_id:
+                    parts.setdefault(f.chunk.param_id, []).append(f.chunk.data)
+            for pid, chunks in parts.items():
+                p, data = self._by_id[pid], b"".join(chunks)
+                p.copy_(_read_only_view(data).view(p.shape))
+                self._server_bits[pid] = _read_only_view(data, np.int32)
+                self._mark(pid, p)
 
     # -- lifetime -------------------------------------------------------------
     def close(self):
-        """Frees the server-side session (and stops a server started by "auto")."""
+        """Frees the server-side session (and stops a server started by "auto").
+
+        With the shm transport the parameters first get their own memory,
+        holding the last values, so the model keeps working after close()."""
         try:
+            if getattr(self, "_arena", None) is not None:
+                try:
+                    with torch.no_grad():
+                        self._detach_shm()
+                finally:
+                    self._views = {}
+                    self._arena.close()
+                    self._arena = None
             if getattr(self, "_session", None) is not None:
                 try:
-                    self._stub.CloseSession(pb.CloseSessionRequest(session_id=self._session))
+                    self._stub.CloseSession(pb.CloseSessionRequest(session_id=self._session), metadata=self._metadata(),
+                                            timeout=min(_CLOSE_TIMEOUT, self._timeout or _CLOSE_TIMEOUT))
                 except grpc.RpcError:
                     pass
                 self._session = None
@@ -270,6 +567,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 self._local = None
 
     def __del__(self):
+        if getattr(self, "_owner", None) != os.getpid():
+            return  # a fork()ed child's copy: the session is its parent's
         try:
             self.close()
         except Exception:

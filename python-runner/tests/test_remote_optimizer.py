@@ -129,8 +129,11 @@ def test_a_repeated_step_number_is_not_applied_twice(server):
     opt = mur.RemoteOptimizer(a.parameters(), optimizer="sgd", rule="additive", server=server, lr=0.1)
     train(a, opt, 1)
     after_one = [p.detach().clone() for p in a.parameters()]
-    opt._step_no -= 1  # what a retry after a lost reply does: the same step number again
-    train(a, opt, 1)
+    # What a retry after a lost reply does: the same step number with the same
+    # request (p.grad still holds that step's gradients). The protocol refuses
+    # a different request under an applied number (FAILED_PRECONDITION).
+    opt._step_no -= 1
+    opt.step()
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), after_one))
     opt.close()
 
@@ -140,7 +143,7 @@ def test_server_errors_surface_with_the_servers_message(server):
     a = net()
     opt = mur.RemoteOptimizer(a.parameters(), optimizer="sgd", rule="additive", server=server, lr=0.1)
     sid = opt._session
-    opt._stub.CloseSession(mur.optimizer.pb.CloseSessionRequest(session_id=sid))
+    opt._stub.CloseSession(mur.optimizer.pb.CloseSessionRequest(session_id=sid), metadata=opt._metadata())
     with pytest.raises(mur.NotFoundError, match=sid):
         train(a, opt, 1)
     opt._session = None

@@ -24,6 +24,8 @@ Usage: mur-server [options]
                       else tensorflow when @tensorflow/tfjs-node loads; else wasm)
   --threads N         native engine threads (0: every core; default: MUR_THREADS or 0)
   --config FILE       default optimizer spec (JSON, same schema as CreateSession's spec)
+  --state-dir DIR     keep sessions in DIR: every acknowledged step survives a crash or
+                      restart of the server (same ids, tokens and step numbers)
   --max-sessions N    open sessions at once (default 1024; 0: no limit)
   --max-bytes N       bytes of parameters and optimizer state of all sessions together,
                       suffixes K M G allowed (default: 80% of this machine's memory; 0: no limit)
@@ -32,10 +34,17 @@ Usage: mur-server [options]
   --max-streams N     concurrent calls per connection (default 64)
   --max-message-mb N  largest gRPC message accepted or sent (default 64)
   --chunk-kb N        size of the chunks of streamed tensors (default 1024)
+  --tls-cert FILE     serve TLS with this certificate chain (PEM); needs --tls-key
+  --tls-key FILE      the certificate's private key (PEM)
+  --tls-client-ca FILE
+                      mutual TLS: clients must present a certificate signed by this CA (PEM)
+  --metrics-port N    serve Prometheus metrics at http://HOST:N/metrics (0: any free port;
+                      default: no metrics endpoint)
+  --metrics-host H    address of the metrics endpoint (default 127.0.0.1)
   --help              this text
 
 On start it prints {"event":"listening","port":N,"backend":"..."} on stdout
-(with --socket: "socket":PATH and port 0).
+(with --socket: "socket":PATH and port 0; with --metrics-port: "metrics_port":N).
 Logs are JSON lines on stderr. SIGTERM/SIGINT shut it down gracefully.`;
 
 export interface CliOptions {
@@ -50,6 +59,9 @@ export interface CliOptions {
   chunkBytes: number;
   limits: Limits;
   maxStreams: number;
+  tls?: { cert: Buffer; key: Buffer; clientCa?: Buffer };
+  metrics?: { port: number; host: string };
+  stateDir?: string;
 }
 
 /** "512M", "2G", "1048576" -> bytes. */
@@ -57,6 +69,15 @@ function bytesArg(flag: string, v: string | undefined): number {
   const m = /^(\d+)([KMG]?)$/i.exec(v ?? '');
   if (!m) throw new Error(`${flag}: ${JSON.stringify(v ?? null)} is not a size (e.g. 512M, 2G, 1048576)`);
   return Number(m[1]) * 1024 ** ' KMG'.indexOf((m[2] || ' ').toUpperCase());
+}
+
+function readFile(flag: string, file: string | undefined): Buffer {
+  if (!file) throw new Error(`${flag}: missing file name`);
+  try {
+    return fs.readFileSync(file);
+  } catch (e) {
+    throw new Error(`${flag}: cannot read ${file}: ${(e as Error).message}`);
+  }
 }
 
 function positive(flag: string, v: string | undefined, allowZero = false): number {
@@ -76,6 +97,9 @@ export function parseArgs(argv: string[]): CliOptions | 'help' {
     limits: { maxSessions: 1024, maxBytes: Math.floor(os.totalmem() * 0.8), idleTimeoutMs: 3600_000 },
     maxStreams: 64,
   };
+  const tls: { cert?: Buffer; key?: Buffer; clientCa?: Buffer } = {};
+  let metricsPort: number | undefined;
+  let metricsHost: string | undefined;
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     const next = () => argv[++i];
@@ -120,6 +144,10 @@ export function parseArgs(argv: string[]): CliOptions | 'help' {
       case '--threads':
         o.threads = positive(flag, next(), true);
         break;
+      case '--state-dir':
+        o.stateDir = next() ?? '';
+        if (!o.stateDir) throw new Error('--state-dir: missing directory');
+        break;
       case '--max-sessions':
         o.limits.maxSessions = positive(flag, next(), true);
         break;
@@ -138,10 +166,33 @@ export function parseArgs(argv: string[]): CliOptions | 'help' {
       case '--chunk-kb':
         o.chunkBytes = positive(flag, next()) * 1024;
         break;
+      case '--tls-cert':
+        tls.cert = readFile(flag, next());
+        break;
+      case '--tls-key':
+        tls.key = readFile(flag, next());
+        break;
+      case '--tls-client-ca':
+        tls.clientCa = readFile(flag, next());
+        break;
+      case '--metrics-port':
+        metricsPort = positive(flag, next(), true);
+        if (metricsPort > 65535) throw new Error(`--metrics-port: ${metricsPort} is not a port`);
+        break;
+      case '--metrics-host':
+        metricsHost = next() ?? '';
+        if (!metricsHost) throw new Error('--metrics-host: missing value');
+        break;
       default:
         throw new Error(`unknown option ${JSON.stringify(flag)} (see --help)`);
     }
   }
+  if (tls.cert || tls.key || tls.clientCa) {
+    if (!tls.cert || !tls.key) throw new Error('TLS needs both --tls-cert and --tls-key');
+    o.tls = { cert: tls.cert, key: tls.key, clientCa: tls.clientCa };
+  }
+  if (metricsHost !== undefined && metricsPort === undefined) throw new Error('--metrics-host: needs --metrics-port');
+  if (metricsPort !== undefined) o.metrics = { port: metricsPort, host: metricsHost ?? '127.0.0.1' };
   return o;
 }
 
@@ -184,6 +235,7 @@ async function main(): Promise<void> {
   server = await startServer({
     limits: opts.limits,
     maxStreams: opts.maxStreams,
+    stateDir: opts.stateDir,
     port: opts.port,
     host: opts.host,
     socket: opts.socket,
@@ -191,6 +243,8 @@ async function main(): Promise<void> {
     chunkBytes: opts.chunkBytes,
     defaultSpec: opts.config,
     backend,
+    tls: opts.tls,
+    metrics: opts.metrics,
   });
   const where = opts.socket ? { socket: opts.socket } : { host: opts.host };
   const port = opts.socket ? 0 : server.port;
@@ -198,8 +252,9 @@ async function main(): Promise<void> {
     await server.close(); // a signal came while starting
     return;
   }
-  process.stdout.write(JSON.stringify({ event: 'listening', port, ...where, backend, ...detail }) + '\n');
-  log('info', 'listening', { port, ...where, backend, ...detail });
+  const extra = { ...(opts.tls ? { tls: opts.tls.clientCa ? 'mutual' : 'server' } : {}), ...(server.metricsPort !== undefined ? { metrics_port: server.metricsPort } : {}) };
+  process.stdout.write(JSON.stringify({ event: 'listening', port, ...where, backend, ...detail, ...extra }) + '\n');
+  log('info', 'listening', { port, ...where, backend, ...detail, ...extra });
 }
 
 if (require.main === module) {

@@ -82,7 +82,9 @@ float* Floats(Napi::Env env, const Napi::Array& buffers, uint32_t i, size_t* len
   }
   Napi::Float32Array a = v.As<Napi::Float32Array>();
   *len = a.ElementLength();
-  return a.Data();
+  // An empty array may have no backing store: any non-null pointer does, as nothing is read.
+  static float empty = 0;
+  return *len == 0 ? &empty : a.Data();
 }
 
 /** Checks the arguments of step/stepAsync and lays out the jobs. */

@@ -1,6 +1,7 @@
 // What every handler shares: the sessions and the server's limits.
 import type { BackendName } from '../engine/backend';
 import type { SpecJson } from '../registry';
+import type { Metrics } from '../metrics';
 import type { SessionStore } from '../session/store';
 
 export interface ServerContext {
@@ -12,4 +13,6 @@ export interface ServerContext {
   maxStreamElements: number;
   /** The spec a CreateSession without one gets (the CLI's --config). */
   defaultSpec?: SpecJson;
+  /** Counters of steps, bytes and errors (metrics.ts). */
+  metrics: Metrics;
 }

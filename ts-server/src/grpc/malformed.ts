@@ -3,7 +3,7 @@
 // deserializers are wrapped: a message that does not decode becomes a marker
 // object, and every handler adapter (unary, and each frame of a stream)
 // refuses it through checkWellFormed.
-import type { ServiceDefinition } from '@grpc/grpc-js';
+import type { ServiceDefinition, ServiceError } from '@grpc/grpc-js';
 import { InvalidArgument } from '../errors';
 
 const MALFORMED = Symbol('malformed request');
@@ -35,4 +35,59 @@ export function checkWellFormed<T>(req: T): T {
     throw new InvalidArgument(`malformed request: not a valid protobuf message (${(req as unknown as Malformed)[MALFORMED]})`);
   }
   return req;
+}
+
+type Handler = (call: any, callback?: any) => void; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+/**
+ * The same for services defined elsewhere that add themselves to a server
+ * (grpc.health.v1, reflection): their deserializers are wrapped likewise and
+ * their handlers never see a malformed request; the caller gets the status
+ * `refuse` makes of the InvalidArgument (as mur's own handlers do).
+ */
+export function tolerantService<S extends ServiceDefinition>(
+  definition: S,
+  impl: Record<string, Handler>,
+  refuse: (e: unknown, rpc: string) => Partial<ServiceError>,
+): [S, Record<string, Handler>] {
+  const out: Record<string, Handler> = {};
+  for (const [name, m] of Object.entries(definition)) {
+    const key = name in impl ? name : (m.originalName as string);
+    const handler = impl[key];
+    if (!handler) continue;
+    const check = (req: unknown): Partial<ServiceError> | null => {
+      try {
+        checkWellFormed(req);
+        return null;
+      } catch (e) {
+        return refuse(e, name);
+      }
+    };
+    if (!m.requestStream) {
+      // Unary or server-streaming: one request, checked before the handler runs.
+      out[key] = (call, callback) => {
+        const bad = check(call.request);
+        if (!bad) return handler(call, callback);
+        if (m.responseStream) call.emit('error', bad);
+        else callback(bad);
+      };
+    } else {
+      // Streaming requests: 'data' listeners only ever see well-formed messages.
+      out[key] = (call, callback) => {
+        const on = call.on.bind(call);
+        let failed = false;
+        call.on = (event: string, listener: (...a: unknown[]) => void) =>
+          on(event, event !== 'data' ? listener : (msg: unknown) => {
+            if (failed) return;
+            const bad = check(msg);
+            if (!bad) return listener(msg);
+            failed = true;
+            if (m.responseStream) call.emit('error', bad);
+            else callback(bad);
+          });
+        return handler(call, callback);
+      };
+    }
+  }
+  return [tolerantDeserializers(definition), out];
 }

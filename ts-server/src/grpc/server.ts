@@ -1,5 +1,6 @@
 // Binds the Optimizer service, grpc.health.v1 and server reflection.
 import * as fs from 'fs';
+import * as net from 'net';
 import * as path from 'path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
@@ -19,9 +20,11 @@ import { importState } from './handlers/importState';
 import { openArena } from './handlers/openArena';
 import { step } from './handlers/step';
 import { stepStream } from './handlers/stepStream';
-import { tokenOf } from '../session/credentials';
-import { checkWellFormed, tolerantDeserializers } from './malformed';
+import { Credentials, tokenOf } from '../session/credentials';
+import { StateDir } from '../session/durable';
+import { checkWellFormed, tolerantDeserializers, tolerantService } from './malformed';
 import { toServiceError } from './status';
+import { Metrics } from '../metrics';
 import { log } from '../log';
 
 export interface ServerOptions {
@@ -45,10 +48,53 @@ export interface ServerOptions {
   limits?: Limits;
   /** The clock session idle times are read from (tests). */
   clock?: () => number;
+  /** Keep sessions in this directory across restarts (docs: session/durable.ts). */
+  stateDir?: string;
   /** Concurrent calls per connection (default 64). */
   maxStreams?: number;
   /** Connections idle this long are closed (ms, default 15 min). */
   maxConnectionIdleMs?: number;
+  /**
+   * TLS: the server's certificate chain and key (PEM). With `clientCa`,
+   * mutual TLS: every client must present a certificate signed by it.
+   */
+  tls?: { cert: Buffer; key: Buffer; clientCa?: Buffer };
+  /** Serve Prometheus metrics at http://host:port/metrics (port 0: any free port; host default 127.0.0.1). */
+  metrics?: { port: number; host?: string };
+}
+
+/** Plaintext, TLS, or mutual TLS (client certificates required and checked against clientCa). */
+function serverCredentials(tls: ServerOptions['tls']): grpc.ServerCredentials {
+  if (!tls) return grpc.ServerCredentials.createInsecure();
+  return grpc.ServerCredentials.createSsl(tls.clientCa ?? null, [{ cert_chain: tls.cert, private_key: tls.key }], tls.clientCa !== undefined);
+}
+
+/** The session store; with a state directory, its credentials key and recovered sessions. */
+function makeStore(opts: ServerOptions): SessionStore {
+  if (!opts.stateDir) return new SessionStore(opts.limits, undefined, opts.clock);
+  const dir = new StateDir(opts.stateDir);
+  const store = new SessionStore(opts.limits, new Credentials(dir.key()), opts.clock, dir);
+  const n = store.recover();
+  log('info', 'state_dir', { dir: opts.stateDir, sessions: n });
+  return store;
+}
+
+/**
+ * A socket file left by a server that was killed blocks the next bind: it is
+ * removed when nothing answers on it (a live server's socket is left alone,
+ * and the bind then fails with EADDRINUSE as it should).
+ */
+async function removeStaleSocket(file: string): Promise<void> {
+  if (!fs.existsSync(file) || !fs.statSync(file).isSocket()) return;
+  const alive = await new Promise<boolean>((resolve) => {
+    const c = net.connect(file);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+  if (!alive) fs.rmSync(file, { force: true });
 }
 
 /**
@@ -81,18 +127,20 @@ function raiseSessionWindows(server: grpc.Server, bytes: number): void {
 export interface RunningServer {
   port: number;
   context: ServerContext;
+  /** The port of the metrics endpoint, when ServerOptions.metrics asked for one. */
+  metricsPort?: number;
   /** Stops accepting, lets in-flight calls finish, disposes every session. */
   close(graceMs?: number): Promise<void>;
 }
 
 /** The one adapter for unary calls: a handler returns a value or a promise; errors map in status.ts. */
-function unary<Req, Res>(name: string, fn: (req: Req, token: string | undefined) => Res | Promise<Res>): grpc.handleUnaryCall<Req, Res> {
+function unary<Req, Res>(ctx: ServerContext, name: string, fn: (req: Req, token: string | undefined) => Res | Promise<Res>): grpc.handleUnaryCall<Req, Res> {
   return (call, callback) => {
     Promise.resolve()
       .then(() => fn(checkWellFormed(call.request), tokenOf(call.metadata)))
       .then(
         (r) => callback(null, r),
-        (e) => callback(toServiceError(e, name)),
+        (e) => callback(toServiceError(e, name, ctx.metrics)),
       );
   };
 }
@@ -114,19 +162,20 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const maxMessageBytes = opts.maxMessageBytes ?? 64 * 1024 * 1024;
   if (opts.defaultSpec) checkSpecJson(opts.defaultSpec, 'config: ');
   const ctx: ServerContext = {
-    store: new SessionStore(opts.limits, undefined, opts.clock),
+    store: makeStore(opts),
     backend: opts.backend ?? (currentEngine().name as BackendName),
     maxMessageBytes,
     chunkBytes: opts.chunkBytes ?? 1024 * 1024,
     maxStreamElements: opts.maxStreamElements ?? 2 ** 30,
     defaultSpec: opts.defaultSpec,
+    metrics: new Metrics(() => ctx.store),
   };
   const impl: OptimizerServer = {
-    getCapabilities: unary('GetCapabilities', () => getCapabilities(ctx)),
-    createSession: unary('CreateSession', (req) => createSession(ctx, req)),
-    step: unary('Step', (req, token) => step(ctx, req, token)),
-    closeSession: unary('CloseSession', (req, token) => closeSession(ctx, req, token)),
-    openArena: unary('OpenArena', (req, token) => openArena(ctx, req, token)),
+    getCapabilities: unary(ctx, 'GetCapabilities', () => getCapabilities(ctx)),
+    createSession: unary(ctx, 'CreateSession', (req) => createSession(ctx, req)),
+    step: unary(ctx, 'Step', (req, token) => step(ctx, req, token)),
+    closeSession: unary(ctx, 'CloseSession', (req, token) => closeSession(ctx, req, token)),
+    openArena: unary(ctx, 'OpenArena', (req, token) => openArena(ctx, req, token)),
     stepStream: (call) => stepStream(ctx, call),
     exportState: (call) => void exportState(ctx, call),
     importState: (call, cb) => importState(ctx, call, cb),
@@ -145,18 +194,33 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   if (window > 0 && !tuned) log('warn', 'flow_control_window', { message: 'grpc-js internals changed: HTTP/2 windows left at their defaults' });
   server.addService(tolerantDeserializers(OptimizerService), impl);
   const health = new HealthImplementation({ '': 'SERVING', 'mur.v1.Optimizer': 'SERVING' });
-  health.addToServer(server);
-  new ReflectionService(reflectionDescriptors()).addToServer(server);
+  // Health and reflection add themselves; through this they refuse malformed requests as mur's handlers do.
+  const tolerant = {
+    addService: (d: grpc.ServiceDefinition, impl: grpc.UntypedServiceImplementation) =>
+      server.addService(...tolerantService(d, impl, (e, rpc) => toServiceError(e, rpc, ctx.metrics))),
+  } as unknown as grpc.Server;
+  health.addToServer(tolerant);
+  new ReflectionService(reflectionDescriptors()).addToServer(tolerant);
 
+  if (opts.socket) await removeStaleSocket(opts.socket);
   const address = opts.socket ? `unix:${opts.socket}` : `${opts.host ?? '127.0.0.1'}:${opts.port ?? 0}`;
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    server.bindAsync(address, serverCredentials(opts.tls), (err, p) => (err ? reject(err) : resolve(p))),
   );
+  let metrics: Awaited<ReturnType<Metrics['serve']>> | undefined;
+  try {
+    metrics = opts.metrics && (await ctx.metrics.serve(opts.metrics.host ?? '127.0.0.1', opts.metrics.port));
+  } catch (e) {
+    server.forceShutdown();
+    ctx.store.closeAll();
+    throw new Error(`metrics: cannot listen on ${opts.metrics?.host ?? '127.0.0.1'}:${opts.metrics?.port}: ${(e as Error).message}`);
+  }
   if (tuned) raiseSessionWindows(server, window);
   let closed = false;
   return {
     port,
     context: ctx,
+    metricsPort: metrics?.port,
     close: async (graceMs = 5000) => {
       if (closed) return;
       closed = true;
@@ -166,6 +230,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       force.unref();
       await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
       clearTimeout(force);
+      await metrics?.close();
       ctx.store.closeAll();
     },
   };

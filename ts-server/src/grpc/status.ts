@@ -4,6 +4,7 @@
 import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import * as E from '../errors';
 import { log } from '../log';
+import type { Metrics } from '../metrics';
 
 const CODES: Array<[new (...a: never[]) => E.MurError, status]> = [
   [E.InvalidArgument, status.INVALID_ARGUMENT],
@@ -16,8 +17,10 @@ const CODES: Array<[new (...a: never[]) => E.MurError, status]> = [
   [E.PermissionDenied, status.PERMISSION_DENIED],
 ];
 
-export function toServiceError(e: unknown, rpc: string): Partial<ServiceError> {
+/** The status a client gets for `e`; counted in `metrics` (mur_errors_total) when given. */
+export function toServiceError(e: unknown, rpc: string, metrics?: Metrics): Partial<ServiceError> {
   const hit = CODES.find(([cls]) => e instanceof cls);
+  metrics?.error(rpc, hit ? hit[1] : status.INTERNAL);
   if (hit) {
     log('warn', 'rpc_error', { rpc, code: status[hit[1]], message: (e as Error).message });
     return { code: hit[1], details: (e as Error).message, metadata: new Metadata() };

@@ -13,6 +13,7 @@ import type { Arena } from '../transport/arena';
 import { resolveGroup, withOverrides, type ResolvedSpec } from '../registry';
 import { checkImport, paramTensors, slotRef, type SessionHeader, type SlotTensor } from './checkpoint';
 import { checkDeclarations, checkFinite, sizeOf, type ParamDeclaration } from './declarations';
+import type { StepJournal } from './durable';
 
 export type { ParamDeclaration } from './declarations';
 export type { SessionHeader, SlotTensor } from './checkpoint';
@@ -85,6 +86,8 @@ export class Session {
   private arena: Arena | null = null;
   /** Operations queued on this session (see exclusive). */
   private queue: Promise<unknown> = Promise.resolve();
+  /** Where steps are recorded before they are applied (--state-dir), if anywhere. */
+  journal: StepJournal | null = null;
 
   constructor(id: string, spec: ResolvedSpec, decls: ParamDeclaration[], engine: Engine = currentEngine()) {
     this.id = id;
@@ -108,6 +111,11 @@ export class Session {
 
   paramIds(): string[] {
     return [...this.params.keys()];
+  }
+
+  /** The parameters as declared (no values). */
+  declarations(): ParamDeclaration[] {
+    return [...this.params.values()].map((p) => ({ id: p.id, name: p.id, shape: [...p.shape], group: p.group, values: null }));
   }
 
   /** The declared shape of a parameter; InvalidArgument (naming `where`) if unknown. */
@@ -137,7 +145,13 @@ export class Session {
   step(step: number, grads: Array<{ id: string; data: Float32Array }>, overrides: Overrides = {}, where: Where = gradsAt): StepResult {
     const plan = this.plan(step, grads, overrides, where, true);
     if ('replay' in plan) return plan.replay;
-    this.engine.step(plan.spec.optimizer, plan.spec.rule, plan.jobs);
+    const rec = this.journal?.append(step, grads, overrides);
+    try {
+      this.engine.step(plan.spec.optimizer, plan.spec.rule, plan.jobs);
+    } catch (e) {
+      rec?.cancel();
+      throw e;
+    }
     return this.record(step, plan, requestDigest(grads, plan.digests!, overrides));
   }
 
@@ -152,8 +166,16 @@ export class Session {
       if (!engine.stepAsync) return this.step(step, grads, overrides, where);
       const plan = this.plan(step, grads, overrides, where, false);
       if ('replay' in plan) return plan.replay;
-      const r = await engine.stepAsync(plan.spec.optimizer, plan.spec.rule, plan.jobs);
+      const rec = this.journal?.append(step, grads, overrides);
+      let r: Awaited<ReturnType<NonNullable<Engine['stepAsync']>>>;
+      try {
+        r = await engine.stepAsync(plan.spec.optimizer, plan.spec.rule, plan.jobs);
+      } catch (e) {
+        rec?.cancel();
+        throw e;
+      }
       if ('nonFinite' in r) {
+        rec?.cancel();
         const bad = r.nonFinite;
         throw new InvalidArgument(`${where(bad.job)} '${grads[bad.job].id}': element ${bad.index} is ${bad.value} (must be finite)`);
       }
@@ -235,6 +257,7 @@ export class Session {
     this.lastStep = step;
     this.lastStepIds = plan.ids;
     this.lastDigest = digest;
+    this.journal?.committed(this);
     return { step, replayed: false, values: this.lastStepIds.map((id) => ({ id, data: this.view(id) })) };
   }
 
@@ -282,6 +305,16 @@ export class Session {
 
   private view(id: string): Float32Array {
     return this.params.get(id)!.state.theta!.view();
+  }
+
+  /** The last applied step's request (its parameter ids and digest), kept with durable snapshots. */
+  get lastRequest(): { ids: string[]; digest: string | null } {
+    return { ids: [...this.lastStepIds], digest: this.lastDigest };
+  }
+
+  set lastRequest(r: { ids: string[]; digest: string | null }) {
+    this.lastStepIds = [...r.ids];
+    this.lastDigest = r.digest;
   }
 
   header(): SessionHeader {
@@ -332,6 +365,7 @@ export class Session {
       this.lastStepIds = [];
       this.lastDigest = null; // a checkpoint does not carry the request: its step number replays
     }
+    this.journal?.replaced(this);
     return tensors.length;
   }
 
@@ -342,6 +376,7 @@ export class Session {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
+    this.journal = null;
     for (const p of this.params.values()) disposeParam(this.engine, p.state);
     this.arena?.close();
     this.arena = null;

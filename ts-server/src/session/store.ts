@@ -8,6 +8,7 @@ import { log } from '../log';
 import { resolveGroup, type ResolvedSpec } from '../registry';
 import { Credentials } from './credentials';
 import { sizeOf, type ParamDeclaration } from './declarations';
+import type { StateDir } from './durable';
 import { Session } from './session';
 
 export interface Limits {
@@ -53,6 +54,8 @@ export class SessionStore {
     readonly credentials: Credentials = new Credentials(),
     /** The clock idle times are read from (tests pass their own). */
     private readonly now: () => number = Date.now,
+    /** Where sessions are kept across restarts (--state-dir), if anywhere. */
+    private readonly state: StateDir | null = null,
   ) {
     // Idle sessions are found by a sweep a few times per timeout.
     this.sweeper = limits.idleTimeoutMs > 0 ? setInterval(() => void this.expire(), Math.max(250, limits.idleTimeoutMs / 4)) : null;
@@ -72,6 +75,7 @@ export class SessionStore {
       );
     }
     const session = new Session(randomUUID(), spec, params);
+    if (this.state) session.journal = this.state.created(session, spec, params, bytes);
     this.sessions.set(session.id, { session, bytes, lastUsed: this.now() });
     this.bytes += bytes;
     log('info', 'session_created', { session: session.id, optimizer: spec.optimizer.name, rule: spec.rule.name, params: params.length, bytes });
@@ -109,6 +113,7 @@ export class SessionStore {
     this.sessions.delete(id);
     this.bytes -= e.bytes;
     e.session.dispose();
+    this.state?.removed(id);
     log('info', reason === 'closed' ? 'session_closed' : 'session_expired', { session: id, reason });
   }
 
@@ -128,6 +133,20 @@ export class SessionStore {
     return Promise.all(closing).then(() => undefined);
   }
 
+  /** Loads every session of the state directory (at start-up). */
+  recover(): number {
+    if (!this.state) return 0;
+    let n = 0;
+    for (const { session, journal } of this.state.recover((id, spec, decls) => ({ session: new Session(id, spec, decls), stateBytes: projectedBytes(spec, decls) }))) {
+      const bytes = projectedBytes(session.resolvedSpec, session.declarations());
+      session.journal = journal;
+      this.sessions.set(session.id, { session, bytes, lastUsed: this.now() });
+      this.bytes += bytes;
+      n++;
+    }
+    return n;
+  }
+
   get size(): number {
     return this.sessions.size;
   }
@@ -137,8 +156,16 @@ export class SessionStore {
     return this.bytes;
   }
 
+  /** Disposes every session; with a state directory their files stay for the next start. */
   closeAll(): void {
     if (this.sweeper) clearInterval(this.sweeper);
-    for (const id of [...this.sessions.keys()]) this.close(id);
+    const state = this.state;
+    for (const [id, e] of this.sessions) {
+      e.session.dispose();
+      if (!state) log('info', 'session_closed', { session: id, reason: 'server stopped' });
+    }
+    this.sessions.clear();
+    this.bytes = 0;
+    state?.close();
   }
 }

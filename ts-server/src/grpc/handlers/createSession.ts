@@ -18,7 +18,8 @@ export function createSession(ctx: ServerContext, req: CreateSessionRequest): Cr
       name: p.name || p.id,
       shape: p.shape,
       group: p.group,
-      values: p.data.length ? bytesToF32(p.data, `params[${i}] '${p.id}'`) : null,
+      // Empty data means "values come through ImportState", except for a tensor with no elements.
+      values: p.data.length || p.shape.some((n) => n === 0) ? bytesToF32(p.data, `params[${i}] '${p.id}'`) : null,
     };
   });
   const spec = resolveSpec(json, new Set(decls.map((d) => d.group)));

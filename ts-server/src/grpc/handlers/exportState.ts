@@ -31,6 +31,6 @@ export async function exportState(ctx: ServerContext, call: ServerWritableStream
     for (const f of frames) call.write(f);
     call.end();
   } catch (e) {
-    call.emit('error', toServiceError(e, 'ExportState'));
+    call.emit('error', toServiceError(e, 'ExportState', ctx.metrics));
   }
 }

@@ -28,7 +28,7 @@ export function importState(ctx: ServerContext, call: ServerReadableStream<State
   const chunks = new ChunkAssembler(ctx.maxStreamElements);
   let failed = false;
   const fail = (e: unknown) => {
-    if (!failed) done(toServiceError(e, 'ImportState'));
+    if (!failed) done(toServiceError(e, 'ImportState', ctx.metrics));
     failed = true;
   };
   call.on('data', (f: StateFrame) => {

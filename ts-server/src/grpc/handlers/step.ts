@@ -1,21 +1,32 @@
 // Step (unary): every gradient inline and the updated parameters inline, or
 // (same-host transport) the gradients and parameters in the session's arena.
+// Each step is metered (metrics.ts): its result, latency and tensor bytes.
 import type { StepReply, StepRequest } from '../../../generated/mur/v1/optimizer';
 import { DType } from '../../../generated/mur/v1/optimizer';
 import { InvalidArgument } from '../../errors';
+import type { Metered } from '../../metrics';
 import { f32ToBytes } from '../../wire/tensors';
 import { bytesToF32, checkDtype, GRADIENT_DTYPES } from '../../wire/tensors';
 import type { ServerContext } from '../context';
 import { overridesFromWire } from '../spec';
 
-export async function step(ctx: ServerContext, req: StepRequest, token: string | undefined): Promise<StepReply> {
+export function step(ctx: ServerContext, req: StepRequest, token: string | undefined): Promise<StepReply> {
+  return req.arenaGrads.length > 0 ? ctx.metrics.step('shm', () => arenaStep(ctx, req, token)) : ctx.metrics.step('grpc', () => inlineStep(ctx, req, token));
+}
+
+async function arenaStep(ctx: ServerContext, req: StepRequest, token: string | undefined): Promise<Metered<StepReply>> {
   const session = ctx.store.get(req.sessionId, token);
-  if (req.arenaGrads.length > 0) {
-    if (req.grads.length > 0) throw new InvalidArgument('grads: must be empty when arena_grads names the gradients');
-    const r = await session.stepArena(req.step, req.arenaGrads, overridesFromWire(req.groupOverrides));
-    return { step: r.step, replayed: r.replayed, params: [] };
-  }
+  if (req.grads.length > 0) throw new InvalidArgument('grads: must be empty when arena_grads names the gradients');
+  const r = await session.stepArena(req.step, req.arenaGrads, overridesFromWire(req.groupOverrides));
+  // Each gradient region read and parameter region written, once; a replay touches none.
+  const bytes = r.replayed ? 0 : r.values.reduce((n, v) => n + v.data.byteLength, 0);
+  return { reply: { step: r.step, replayed: r.replayed, params: [] }, replayed: r.replayed, gradientBytes: bytes, parameterBytes: bytes };
+}
+
+async function inlineStep(ctx: ServerContext, req: StepRequest, token: string | undefined): Promise<Metered<StepReply>> {
+  const session = ctx.store.get(req.sessionId, token);
   const shapes = new Map<string, number[]>();
+  let gradientBytes = 0;
   const grads = req.grads.map((g, i) => {
     const where = `grads[${i}] '${g.paramId}'`;
     if (!g.grad) throw new InvalidArgument(`${where}: missing tensor`);
@@ -25,15 +36,18 @@ export async function step(ctx: ServerContext, req: StepRequest, token: string |
       throw new InvalidArgument(`${where}: shape ${JSON.stringify(g.grad.shape)} does not match the parameter's ${JSON.stringify(expected)}`);
     }
     shapes.set(g.paramId, expected);
+    gradientBytes += g.grad.data.byteLength;
     return { id: g.paramId, data: bytesToF32(g.grad.data, where, g.grad.dtype) };
   });
   const r = await session.stepAsync(req.step, grads, overridesFromWire(req.groupOverrides));
+  const params = r.values.map((v) => ({
+    paramId: v.id,
+    value: { shape: session.shapeOf(v.id, 'reply'), dtype: DType.DTYPE_FLOAT32, data: f32ToBytes(v.data) },
+  }));
   return {
-    step: r.step,
+    reply: { step: r.step, replayed: r.replayed, params },
     replayed: r.replayed,
-    params: r.values.map((v) => ({
-      paramId: v.id,
-      value: { shape: session.shapeOf(v.id, 'reply'), dtype: DType.DTYPE_FLOAT32, data: f32ToBytes(v.data) },
-    })),
+    gradientBytes,
+    parameterBytes: params.reduce((n, p) => n + p.value.data.byteLength, 0),
   };
 }

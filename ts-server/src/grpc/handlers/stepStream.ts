@@ -23,6 +23,10 @@ interface OpenStep {
 /** The framing state machine, separate from the transport so it is testable. */
 export class StepStreamProtocol {
   private open: OpenStep | null = null;
+  /** Gradient bytes received for the open step (metrics). */
+  private gradientBytes = 0;
+  /** True from a StepBegin frame until its step is answered or refused: a failure now refuses a step. */
+  inStep = false;
 
   constructor(
     private readonly ctx: ServerContext,
@@ -35,9 +39,11 @@ export class StepStreamProtocol {
     const f = req.frame;
     if (!f) throw new InvalidArgument('frame: empty StepStreamRequest');
     if (f.$case === 'begin') {
+      this.inStep = true;
       if (this.open) throw new OutOfRange(`begin: step ${this.open.begin.step} is still open (send StepEnd first)`);
       const session = this.ctx.store.get(f.value.sessionId, this.token);
       this.open = { begin: f.value, session, chunks: new ChunkAssembler(this.ctx.maxStreamElements, GRADIENT_DTYPES) };
+      this.gradientBytes = 0;
       return;
     }
     const open = this.open;
@@ -53,19 +59,31 @@ export class StepStreamProtocol {
         }
       }
       open.chunks.add(c);
+      this.gradientBytes += c.data.byteLength;
       return;
     }
-    // StepEnd: apply, then answer.
+    // StepEnd: apply, then answer (metered from here: the step's whole request has arrived).
     this.open = null;
-    const grads = open.chunks.finish().map((t) => ({ id: t.paramId, data: t.data }));
-    return open.session.stepAsync(open.begin.step, grads, overridesFromWire(open.begin.groupOverrides)).then((r) => this.answer(r));
+    this.inStep = false;
+    const gradientBytes = this.gradientBytes;
+    return this.ctx.metrics.step('grpc', async () => {
+      const grads = open.chunks.finish().map((t) => ({ id: t.paramId, data: t.data }));
+      const r = await open.session.stepAsync(open.begin.step, grads, overridesFromWire(open.begin.groupOverrides));
+      return { reply: undefined, replayed: r.replayed, gradientBytes, parameterBytes: this.answer(r) };
+    });
   }
 
-  private answer(r: StepResult): void {
+  /** Sends the step's parameters and StepDone; returns the parameter bytes sent. */
+  private answer(r: StepResult): number {
+    let bytes = 0;
     for (const v of r.values) {
-      for (const chunk of split(v.id, '', v.data, this.ctx.chunkBytes)) this.send({ frame: { $case: 'param', value: chunk } });
+      for (const chunk of split(v.id, '', v.data, this.ctx.chunkBytes)) {
+        this.send({ frame: { $case: 'param', value: chunk } });
+        bytes += chunk.data.byteLength;
+      }
     }
     this.send({ frame: { $case: 'done', value: { step: r.step, replayed: r.replayed } } });
+    return bytes;
   }
 
   /** The client closed its side: a step still open was truncated. */
@@ -79,7 +97,8 @@ export function stepStream(ctx: ServerContext, call: ServerDuplexStream<StepStre
   const fail = (e: unknown) => {
     if (failed) return;
     failed = true;
-    call.emit('error', toServiceError(e, 'StepStream'));
+    if (protocol.inStep) ctx.metrics.refused('grpc'); // a step's frames were cut short or refused
+    call.emit('error', toServiceError(e, 'StepStream', ctx.metrics));
   };
   const protocol = new StepStreamProtocol(ctx, (r) => call.write(r), tokenOf(call.metadata));
   // Frames are handled strictly in order: a step's reply is sent before the
