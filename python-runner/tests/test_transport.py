@@ -604,3 +604,49 @@ def test_a_hung_server_fails_the_step_at_the_deadline():
             opt.close()
         stop_proc(proc)
         shutil.rmtree(d, ignore_errors=True)
+
+
+# -- the fast lane: steps rung through shared memory ------------------------------
+
+def test_fast_lane_steps_equal_rpc_steps_bit_for_bit_and_hand_over_cleanly():
+    """Most shm steps take the lane (no RPC); a scheduler's change, a NaN and a
+    checkpoint go through the session, and the trajectory equals the gRPC
+    transport's bit for bit."""
+    runs = {}
+    for transport in ("shm", "grpc"):
+        model = net(3, width=8)
+        opt = mur.RemoteOptimizer(model.parameters(), optimizer="adam", rule="hybrid", lr=0.01, lr_out=0.01, gamma=0.5,
+                                  transport=transport)
+        try:
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10, gamma=0.5)
+            for k, (x, y) in enumerate(batches(30, seed=4)):
+                opt.zero_grad()
+                torch.nn.functional.mse_loss(model(x), y).backward()
+                opt.step()
+                sched.step()
+                if k == 14:
+                    # A refused step (NaN) leaves everything as it was, whichever way it was rung.
+                    before = bits(model)
+                    first = next(model.parameters())
+                    saved = first.grad.clone()
+                    first.grad[0, 0] = float("nan")
+                    with pytest.raises(mur.InvalidArgumentError, match="NaN"):
+                        opt.step()
+                    assert same_bits(bits(model), before)
+                    first.grad.copy_(saved)
+                if k == 20:
+                    sd = opt.state_dict()  # the server's state mid-lane: step counts included
+            runs[transport] = (bits(model), opt.lane_steps, sd)
+        finally:
+            opt.close()
+    shm_bits, lane_steps, sd_shm = runs["shm"]
+    grpc_bits, grpc_lane_steps, sd_grpc = runs["grpc"]
+    assert same_bits(shm_bits, grpc_bits)
+    assert grpc_lane_steps == 0
+    # The first step and the three learning-rate changes (every 10 steps) go by RPC.
+    assert lane_steps >= 20, lane_steps
+    assert sd_shm["mur"]["step"] == sd_grpc["mur"]["step"]
+    hdr_shm = pb.StateFrame.FromString(sd_shm["mur"]["frames"][0]).header
+    hdr_grpc = pb.StateFrame.FromString(sd_grpc["mur"]["frames"][0]).header
+    assert list(hdr_shm.step_counts) == list(hdr_grpc.step_counts)
+    assert hdr_shm.last_step == hdr_grpc.last_step

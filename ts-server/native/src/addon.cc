@@ -24,6 +24,7 @@
 
 #include "arena.h"
 #include "kernel.h"
+#include "lane.h"
 #include "pool.h"
 
 namespace {
@@ -87,24 +88,24 @@ float* Floats(Napi::Env env, const Napi::Array& buffers, uint32_t i, size_t* len
   return *len == 0 ? &empty : a.Data();
 }
 
-/** Checks the arguments of step/stepAsync and lays out the jobs. */
-std::vector<mur::Job> ParseJobs(const Napi::CallbackInfo& info, int* opt_out, int* rule_out) {
+/** Checks the arguments (opt, rule, buffers, hypers, fresh) at args[0..4] and lays out the jobs. */
+std::vector<mur::Job> ParseJobsAt(const Napi::CallbackInfo& info, size_t at, int* opt_out, int* rule_out) {
   Napi::Env env = info.Env();
-  if (info.Length() != 5 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsArray() ||
-      !info[3].IsTypedArray() || !info[4].IsTypedArray()) {
+  if (info.Length() != at + 5 || !info[at].IsNumber() || !info[at + 1].IsNumber() || !info[at + 2].IsArray() ||
+      !info[at + 3].IsTypedArray() || !info[at + 4].IsTypedArray()) {
     Fail(env, "step(opt, rule, buffers, hypers, fresh): bad arguments");
   }
-  const int opt = info[0].As<Napi::Number>().Int32Value();
-  const int rule = info[1].As<Napi::Number>().Int32Value();
+  const int opt = info[at].As<Napi::Number>().Int32Value();
+  const int rule = info[at + 1].As<Napi::Number>().Int32Value();
   if (opt < 0 || opt >= mur::kNumOptimizers) Fail(env, "step: unknown optimizer id " + std::to_string(opt));
   if (rule < 0 || rule >= mur::kNumRules) Fail(env, "step: unknown rule id " + std::to_string(rule));
   const mur::Descriptor& od = mur::OptimizerDescriptor(opt);
   const mur::Descriptor& rd = mur::RuleDescriptor(rule);
-  Napi::Array buffers = info[2].As<Napi::Array>();
-  if (info[3].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) Fail(env, "step: hypers must be a Float64Array");
-  if (info[4].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) Fail(env, "step: fresh must be a Uint32Array");
-  Napi::Float64Array hypers = info[3].As<Napi::Float64Array>();
-  Napi::Uint32Array fresh = info[4].As<Napi::Uint32Array>();
+  Napi::Array buffers = info[at + 2].As<Napi::Array>();
+  if (info[at + 3].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) Fail(env, "step: hypers must be a Float64Array");
+  if (info[at + 4].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) Fail(env, "step: fresh must be a Uint32Array");
+  Napi::Float64Array hypers = info[at + 3].As<Napi::Float64Array>();
+  Napi::Uint32Array fresh = info[at + 4].As<Napi::Uint32Array>();
   if (buffers.Length() % kStride != 0) Fail(env, "step: buffers.length must be a multiple of " + std::to_string(kStride));
   const size_t njobs = buffers.Length() / kStride;
   if (hypers.ElementLength() != njobs * mur::kHyperBlock) Fail(env, "step: hypers.length must be jobs * " + std::to_string(mur::kHyperBlock));
@@ -142,6 +143,8 @@ std::vector<mur::Job> ParseJobs(const Napi::CallbackInfo& info, int* opt_out, in
   *rule_out = rule;
   return jobs;
 }
+
+std::vector<mur::Job> ParseJobs(const Napi::CallbackInfo& info, int* opt_out, int* rule_out) { return ParseJobsAt(info, 0, opt_out, rule_out); }
 
 Napi::Value Step(const Napi::CallbackInfo& info) {
   int opt = 0, rule = 0;
@@ -255,7 +258,73 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
 
 Napi::Value Threads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), mur::Pool::Get().threads()); }
 
+// -- the fast lane (lane.cc) --------------------------------------------------
+struct LaneHolder {
+  mur::Lane* lane;
+};
+
+LaneHolder* HolderOf(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsExternal()) Fail(info.Env(), "lane: expected a lane handle");
+  LaneHolder* h = info[0].As<Napi::External<LaneHolder>>().Data();
+  if (h->lane == nullptr) Fail(info.Env(), "lane: closed");
+  return h;
+}
+
+/** laneCreate(arena: ArrayBuffer) -> handle */
+Napi::Value LaneCreateJs(const Napi::CallbackInfo& info) {
+  if (info.Length() != 1 || !info[0].IsArrayBuffer()) Fail(info.Env(), "laneCreate(arena): expected the arena's ArrayBuffer");
+  Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
+  if (ab.ByteLength() < 4096) Fail(info.Env(), "laneCreate: the arena is smaller than its header");
+  auto* h = new LaneHolder{mur::LaneCreate(ab.Data())};
+  return Napi::External<LaneHolder>::New(info.Env(), h, [](Napi::Env, LaneHolder* hp) {
+    if (hp->lane) mur::LaneDestroy(hp->lane);
+    delete hp;
+  });
+}
+
+/** laneArm(handle, lastStep, opt, rule, buffers, hypers, fresh): the caller keeps the buffers alive until laneDisarm. */
+Napi::Value LaneArmJs(const Napi::CallbackInfo& info) {
+  LaneHolder* h = HolderOf(info);
+  if (!info[1].IsNumber()) Fail(info.Env(), "laneArm: lastStep must be a number");
+  int opt = 0, rule = 0;
+  std::vector<mur::Job> jobs = ParseJobsAt(info, 2, &opt, &rule);
+  Napi::Float64Array hy = info[5].As<Napi::Float64Array>();
+  std::vector<double> hypers(hy.Data(), hy.Data() + hy.ElementLength());
+  mur::LaneArm(h->lane, opt, rule, std::move(jobs), std::move(hypers), static_cast<uint64_t>(info[1].As<Napi::Number>().DoubleValue()));
+  return info.Env().Undefined();
+}
+
+/** laneDisarm(handle) -> {applied: number[], lastStep, lastIndices: number[]} */
+Napi::Value LaneDisarmJs(const Napi::CallbackInfo& info) {
+  LaneHolder* h = HolderOf(info);
+  std::vector<uint64_t> applied;
+  uint64_t last = 0;
+  std::vector<uint32_t> idx;
+  mur::LaneDisarm(h->lane, &applied, &last, &idx);
+  Napi::Env env = info.Env();
+  Napi::Object out = Napi::Object::New(env);
+  Napi::Array a = Napi::Array::New(env, applied.size());
+  for (size_t i = 0; i < applied.size(); ++i) a.Set(static_cast<uint32_t>(i), static_cast<double>(applied[i]));
+  Napi::Array ix = Napi::Array::New(env, idx.size());
+  for (size_t i = 0; i < idx.size(); ++i) ix.Set(static_cast<uint32_t>(i), idx[i]);
+  out.Set("applied", a);
+  out.Set("lastStep", static_cast<double>(last));
+  out.Set("lastIndices", ix);
+  return out;
+}
+
+Napi::Value LaneCloseJs(const Napi::CallbackInfo& info) {
+  LaneHolder* h = HolderOf(info);
+  mur::LaneDestroy(h->lane);
+  h->lane = nullptr;
+  return info.Env().Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("laneCreate", Napi::Function::New(env, LaneCreateJs));
+  exports.Set("laneArm", Napi::Function::New(env, LaneArmJs));
+  exports.Set("laneDisarm", Napi::Function::New(env, LaneDisarmJs));
+  exports.Set("laneClose", Napi::Function::New(env, LaneCloseJs));
   exports.Set("describe", Napi::Function::New(env, Describe));
   exports.Set("step", Napi::Function::New(env, Step));
   exports.Set("stepAsync", Napi::Function::New(env, StepAsync));

@@ -37,6 +37,24 @@ export interface StepJob {
   t: number;
 }
 
+/** What a fast lane applied between arm and disarm. */
+export interface LaneReport {
+  /** Steps applied per arena tensor. */
+  applied: number[];
+  /** The last step number it applied (the one it was armed with if none). */
+  lastStep: number;
+  /** The arena indices of that step. */
+  lastIndices: number[];
+}
+
+/** A fast lane: armed with every arena tensor as a job, it steps them when the client rings. */
+export interface FastLane {
+  /** False (and nothing armed) while some slot has yet to be created. */
+  arm(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[], lastStep: number): boolean;
+  disarm(): LaneReport;
+  close(): void;
+}
+
 /** Where a gradient is not finite: job (index into the step's jobs), element, value. */
 export interface NonFinite {
   job: number;
@@ -70,6 +88,8 @@ export interface Engine {
   adopt?(memory: Float32Array): Slot;
   /** A shared-memory arena for these parameters (engines that can adopt its memory). */
   createArena?(params: Array<{ id: string; size: number }>): Arena;
+  /** The arena's fast lane: steps rung through shared memory, no RPC (native/src/lane.cc). */
+  createLane?(arena: Arena): FastLane;
   /**
    * Applies one step to every job: creates the slots the optimizer and rule
    * declare when first needed, computes, and commits. Called only after the

@@ -9,7 +9,7 @@
 // every job before it writes anything, and its element loop has no failure
 // path. Only then are the new slots committed into the parameter's maps.
 import * as path from 'path';
-import type { Engine, EngineMemory, NonFinite, Slot, StepJob } from './engine';
+import type { Engine, EngineMemory, FastLane, LaneReport, NonFinite, Slot, StepJob } from './engine';
 import { Arena } from '../transport/arena';
 import { num } from './hypers';
 import type { HyperValue, Hypers, OptimizerDef, RuleDef, SlotDecl } from './types';
@@ -44,7 +44,14 @@ export interface NativeAddon {
   threads(): number;
   arenaCreate(bytes: number): { buffer: ArrayBuffer; fd: number };
   arenaCloseFd(fd: number): void;
+  laneCreate(arena: ArrayBuffer): LaneHandle;
+  laneArm(lane: LaneHandle, lastStep: number, opt: number, rule: number, buffers: Array<Float32Array | null>, hypers: Float64Array, fresh: Uint32Array): void;
+  laneDisarm(lane: LaneHandle): LaneReport;
+  laneClose(lane: LaneHandle): void;
 }
+
+/** An opaque handle of the addon's fast lane (native/src/lane.cc). */
+type LaneHandle = { readonly __lane: unique symbol };
 
 export const ADDON_PATH = path.join(__dirname, '../../../native/build/Release/mur_native.node');
 
@@ -176,6 +183,33 @@ export class NativeEngine implements Engine {
 
   createArena(params: Array<{ id: string; size: number }>): Arena {
     return new Arena(this.addon, params);
+  }
+
+  createLane(arena: Arena): FastLane {
+    const addon = this.addon;
+    const handle = addon.laneCreate(arena.memory);
+    let armed: Layout | null = null; // keeps the armed buffers alive
+    return {
+      arm: (opt, rule, jobs, lastStep) => {
+        const l = this.layout(opt, rule, jobs);
+        if (l.created.length > 0) {
+          this.drop(l); // a slot is still to be made: the first step of a parameter goes through the session
+          return false;
+        }
+        addon.laneArm(handle, lastStep, l.opt, l.rule, l.buffers, l.hypers, l.fresh);
+        armed = l;
+        return true;
+      },
+      disarm: () => {
+        const r = addon.laneDisarm(handle);
+        armed = null;
+        return r;
+      },
+      close: () => {
+        addon.laneClose(handle);
+        armed = null;
+      },
+    };
   }
 
   dispose(slot: Slot): void {

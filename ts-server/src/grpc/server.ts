@@ -107,7 +107,7 @@ async function removeStaleSocket(file: string): Promise<void> {
 function raiseFlowControlWindow(server: grpc.Server, bytes: number): boolean {
   const s = server as unknown as { commonServerOptions?: { settings?: Record<string, number> }; http2Servers?: Map<unknown, unknown> };
   if (!s.commonServerOptions) return false;
-  s.commonServerOptions.settings = { ...(s.commonServerOptions.settings ?? {}), initialWindowSize: bytes };
+  s.commonServerOptions.settings = { ...(s.commonServerOptions.settings ?? {}), initialWindowSize: bytes, maxFrameSize: 16777215 };
   return true;
 }
 

@@ -6,7 +6,7 @@
 // or throws having changed nothing -> the session records the step. A
 // repeated last step number replays the result without stepping.
 import { createHash } from 'crypto';
-import { currentEngine, disposeParam, type Engine, type ParamState, type StepJob } from '../engine/engine';
+import { currentEngine, disposeParam, type Engine, type FastLane, type ParamState, type StepJob } from '../engine/engine';
 import type { Hypers } from '../engine/types';
 import { FailedPrecondition, InvalidArgument } from '../errors';
 import type { Arena } from '../transport/arena';
@@ -88,6 +88,9 @@ export class Session {
   private queue: Promise<unknown> = Promise.resolve();
   /** Where steps are recorded before they are applied (--state-dir), if anywhere. */
   journal: StepJournal | null = null;
+  /** The arena's fast lane (steps rung through shared memory), and whether it is armed. */
+  private lane: FastLane | null = null;
+  private laneArmed = false;
 
   constructor(id: string, spec: ResolvedSpec, decls: ParamDeclaration[], engine: Engine = currentEngine()) {
     this.id = id;
@@ -143,6 +146,7 @@ export class Session {
    * gRPC handlers use stepAsync.
    */
   step(step: number, grads: Array<{ id: string; data: Float32Array }>, overrides: Overrides = {}, where: Where = gradsAt): StepResult {
+    this.syncLane();
     const plan = this.plan(step, grads, overrides, where, true);
     if ('replay' in plan) return plan.replay;
     const rec = this.journal?.append(step, grads, overrides);
@@ -188,7 +192,14 @@ export class Session {
    * checkpoint operations on one session never interleave.
    */
   exclusive<T>(fn: () => T | Promise<T>): Promise<T> {
-    const run = this.queue.then(fn);
+    // The fast lane is disarmed (and what it applied taken in) before, and
+    // armed again after: it never runs beside another operation.
+    const run = this.queue
+      .then(() => {
+        this.syncLane();
+        return fn();
+      })
+      .finally(() => this.armLane());
     this.queue = run.then(
       () => undefined,
       () => undefined,
@@ -286,6 +297,7 @@ export class Session {
       p.state.theta = engine.adopt!(region);
     });
     this.arena = arena;
+    if (engine.createLane && !this.journal) this.lane = engine.createLane(arena);
     return arena;
   }
 
@@ -301,6 +313,33 @@ export class Session {
       return { id: arena.tensors[i].paramId, data: arena.grad(i) };
     });
     return this.stepAsync(step, grads, overrides, (i) => `arena_grads[${i}] (tensor ${indices[i]})`);
+  }
+
+  /** Stops the fast lane and takes in the steps it applied. */
+  private syncLane(): void {
+    if (!this.lane || !this.laneArmed || !this.arena) return;
+    this.laneArmed = false;
+    const r = this.lane.disarm();
+    const tensors = this.arena.tensors;
+    r.applied.forEach((n, i) => (this.params.get(tensors[i].paramId)!.state.steps += n));
+    if (r.lastStep > this.lastStep) {
+      this.lastStep = r.lastStep;
+      this.lastStepIds = r.lastIndices.map((i) => tensors[i].paramId);
+      this.lastDigest = null; // shared memory loses no reply: a retry by RPC of that number replays
+    }
+  }
+
+  /** Arms the fast lane with every parameter, when it can take steps on its own. */
+  private armLane(): void {
+    if (!this.lane || this.laneArmed || this.disposed || this.journal || !this.arena) return;
+    // A parameter's first step creates its slots: that one goes through the session.
+    if ([...this.params.values()].some((p) => p.state.steps === 0)) return;
+    const arena = this.arena;
+    const jobs: StepJob[] = arena.tensors.map((t, i) => {
+      const p = this.params.get(t.paramId)!;
+      return { state: p.state, shape: p.shape, grad: arena.grad(i), h: resolveGroup(this.spec, p.group), t: p.state.steps + 1 };
+    });
+    this.laneArmed = this.lane.arm(this.spec.optimizer, this.spec.rule, jobs, this.lastStep);
   }
 
   private view(id: string): Float32Array {
@@ -319,6 +358,7 @@ export class Session {
 
   header(): SessionHeader {
     this.checkOpen();
+    this.syncLane();
     return {
       spec: this.spec,
       stepCounts: new Map([...this.params].map(([id, p]) => [id, p.state.steps])),
@@ -329,6 +369,7 @@ export class Session {
   /** Every tensor of the session, parameters first, in a stable order. */
   *exportTensors(): Generator<SlotTensor> {
     this.checkOpen();
+    this.syncLane();
     for (const [id, p] of this.params) yield* paramTensors(id, p.state);
   }
 
@@ -338,6 +379,7 @@ export class Session {
    */
   importState(header: Partial<SessionHeader> | undefined, tensors: SlotTensor[]): number {
     this.checkOpen();
+    this.syncLane();
     checkImport(this.params, this.spec, header, tensors, (a, what) => this.finite(a, what));
     const spec = header?.spec ? resolveGroups(header.spec, [...this.params.values()].map((p) => p.group)) : this.spec;
     // Commit.
@@ -377,6 +419,9 @@ export class Session {
     if (this.disposed) return;
     this.disposed = true;
     this.journal = null;
+    this.syncLane();
+    this.lane?.close();
+    this.lane = null;
     for (const p of this.params.values()) disposeParam(this.engine, p.state);
     this.arena?.close();
     this.arena = null;

@@ -26,6 +26,8 @@ interface Entry {
   session: Session;
   bytes: number;
   lastUsed: number;
+  /** The session's last step when last looked at (fast-lane steps make no call). */
+  lastStep: number;
 }
 
 /**
@@ -76,7 +78,7 @@ export class SessionStore {
     }
     const session = new Session(randomUUID(), spec, params);
     if (this.state) session.journal = this.state.created(session, spec, params, bytes);
-    this.sessions.set(session.id, { session, bytes, lastUsed: this.now() });
+    this.sessions.set(session.id, { session, bytes, lastUsed: this.now(), lastStep: 0 });
     this.bytes += bytes;
     log('info', 'session_created', { session: session.id, optimizer: spec.optimizer.name, rule: spec.rule.name, params: params.length, bytes });
     return { session, token: this.credentials.tokenFor(session.id) };
@@ -125,7 +127,14 @@ export class SessionStore {
       if (now - e.lastUsed > this.limits.idleTimeoutMs) {
         closing.push(
           e.session.exclusive(() => {
-            if (this.sessions.get(id) === e && this.now() - e.lastUsed > this.limits.idleTimeoutMs) this.close(id, 'idle');
+            if (this.sessions.get(id) !== e) return;
+            const last = e.session.header().lastStep;
+            if (last !== e.lastStep) {
+              e.lastStep = last; // it stepped through shared memory meanwhile: in use
+              e.lastUsed = this.now();
+              return;
+            }
+            if (this.now() - e.lastUsed > this.limits.idleTimeoutMs) this.close(id, 'idle');
           }),
         );
       }
@@ -140,7 +149,7 @@ export class SessionStore {
     for (const { session, journal } of this.state.recover((id, spec, decls) => ({ session: new Session(id, spec, decls), stateBytes: projectedBytes(spec, decls) }))) {
       const bytes = projectedBytes(session.resolvedSpec, session.declarations());
       session.journal = journal;
-      this.sessions.set(session.id, { session, bytes, lastUsed: this.now() });
+      this.sessions.set(session.id, { session, bytes, lastUsed: this.now(), lastStep: 0 });
       this.bytes += bytes;
       n++;
     }

@@ -2,6 +2,7 @@
 //   [0, 32)     token: 32 random bytes the client reads back to prove it
 //               mapped this server's memory
 //   [32, 48)    magic "MUR-ARENA-V1\0\0\0\0"
+//   [64, 4096)  the fast lane's control block (native/src/lane.cc)
 //   [4096, ...) per parameter, 64-byte aligned: its values (the server's
 //               live copy, updated in place by each step), then its gradient
 //               region (written by the client before a step)
@@ -53,6 +54,11 @@ export class Arena {
     const head = new Uint8Array(buffer, 0, 48);
     head.set(this.token, 0);
     head.set(Buffer.from(ARENA_MAGIC, 'ascii'), 32);
+  }
+
+  /** The whole mapping (for the fast lane's control block). */
+  get memory(): ArrayBuffer {
+    return this.buffer;
   }
 
   /** Where a client on this host opens the arena. */
