@@ -23,6 +23,7 @@ import { stepStream } from './handlers/stepStream';
 import { Credentials, tokenOf } from '../session/credentials';
 import { StateDir } from '../session/durable';
 import { checkWellFormed, tolerantDeserializers, tolerantService } from './malformed';
+import { encodeStepReply } from '../wire/stepReply';
 import { toServiceError } from './status';
 import { Metrics } from '../metrics';
 import { log } from '../log';
@@ -192,7 +193,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   const window = opts.flowControlWindow ?? 16 * 1024 * 1024;
   const tuned = window > 0 && raiseFlowControlWindow(server, window);
   if (window > 0 && !tuned) log('warn', 'flow_control_window', { message: 'grpc-js internals changed: HTTP/2 windows left at their defaults' });
-  server.addService(tolerantDeserializers(OptimizerService), impl);
+  const service = tolerantDeserializers(OptimizerService);
+  server.addService({ ...service, step: { ...service.step, responseSerialize: encodeStepReply } }, impl);
   const health = new HealthImplementation({ '': 'SERVING', 'mur.v1.Optimizer': 'SERVING' });
   // Health and reflection add themselves; through this they refuse malformed requests as mur's handlers do.
   const tolerant = {
