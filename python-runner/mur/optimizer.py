@@ -19,6 +19,7 @@ Hyperparameters live in ``param_groups`` as in torch: schedulers that edit
 them are honoured at the next step.
 """
 import numbers
+import random
 import os
 import time
 import warnings
@@ -157,9 +158,13 @@ class RemoteOptimizer(torch.optim.Optimizer):
     """
 
     def __init__(self, params, optimizer="adam", rule="hybrid", server="auto", transport="auto",
-                 wire_dtype="float32", timeout=300.0, tls_ca=None, tls_cert=None, tls_key=None, **hyperparameters):
+                 wire_dtype="float32", timeout=300.0, tls_ca=None, tls_cert=None, tls_key=None,
+                 reconnect_timeout=60.0, **hyperparameters):
         self._local = self._channel = self._session = self._arena = None
         self._token = None  # the session's credential (CreateSession); private
+        if not (isinstance(reconnect_timeout, numbers.Real) and reconnect_timeout >= 0):
+            raise ValueError(f"reconnect_timeout={reconnect_timeout!r}: must be a number of seconds >= 0")
+        self._reconnect_timeout = float(reconnect_timeout)
         self.lane_steps = 0  # steps that went through the shm fast lane (no RPC)
         self._owner = os.getpid()
         self._views = {}
@@ -182,7 +187,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
         # WINDOW_UPDATEs every 64 KB or travel in 16 KB frames.
         options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
                    ("grpc.use_local_subchannel_pool", 1), ("grpc.http2.max_frame_size", 16777215),
-                   ("grpc.http2.lookahead_bytes", 16 << 20), ("grpc.http2.bdp_probe", 1)]
+                   ("grpc.http2.lookahead_bytes", 16 << 20), ("grpc.http2.bdp_probe", 1),
+                   # A restarted server is found within ~2 s, not after grpc's default backoff (up to 2 min).
+                   ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000),
+                   ("grpc.keepalive_time_ms", 30000), ("grpc.keepalive_timeout_ms", 10000),
+                   ("grpc.keepalive_permit_without_calls", 1)]
         def pem(v):  # TLS material: PEM bytes, or the path of a PEM file
             if v is None or isinstance(v, (bytes, bytearray)):
                 return None if v is None else bytes(v)
@@ -273,16 +282,25 @@ class RemoteOptimizer(torch.optim.Optimizer):
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
-    def _retrying(self, fn):
-        """fn() again on a lost connection (after 0.1, 0.2, 0.4 s): every call
-        retried this way is idempotent (a step keeps its number)."""
-        for attempt in range(_RETRIES + 1):
+    def _retrying(self, fn, on_lost=None):
+        """fn() again on a lost connection, with exponential backoff and jitter,
+        for up to reconnect_timeout seconds (a server restarting on its
+        --state-dir comes back with the same sessions). Every call retried this
+        way is idempotent: a step keeps its number and the server applies it
+        once. ``on_lost()`` runs before each retry (e.g. to map the restarted
+        server's new arena)."""
+        deadline = time.monotonic() + self._reconnect_timeout
+        attempt = 0
+        while True:
             try:
+                if attempt and on_lost is not None:
+                    on_lost()
                 return fn()
             except ConnectionLostError:
-                if attempt == _RETRIES:
+                if time.monotonic() >= deadline:
                     raise
-                time.sleep(_BACKOFF * 2 ** attempt)
+                time.sleep(min(2.0, _BACKOFF * 2 ** attempt) * random.uniform(0.5, 1.5))
+                attempt += 1
 
     def _group_hypers(self, group):
         # Only the server's hyperparameters: schedulers add keys such as initial_lr.
@@ -408,6 +426,33 @@ class RemoteOptimizer(torch.optim.Optimizer):
             pv.copy_(p.detach())
             p.data = pv
 
+    def _reattach_shm(self):
+        """After a lost connection: if the server restarted (its arena went with
+        its process), map its new arena, which holds the session's recovered
+        values; carry this step's gradients over; point the parameters at it."""
+        try:
+            info = self._call(self._stub.OpenArena, pb.OpenArenaRequest(session_id=self._session))
+        except MurError as e:
+            if e.code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED):
+                raise TransportUnavailable(f"the restarted server offers no shared memory: {e}") from None
+            raise
+        if bytes(info.token) == self._arena.token:
+            return  # the same server: only the connection was lost
+        old, old_views = self._arena, self._views
+        arena = Arena.open(info)
+        views = {}
+        for _, pid, p in self._params():
+            i = arena.index[pid]
+            views[pid] = (i, arena.param(i).view(p.shape), arena.grad(i).view(p.shape))
+            _, _, og = old_views[pid]
+            if og.numel():
+                views[pid][2].copy_(og)  # this step's gradient
+            if p.grad is not None and _is_view_of(p.grad, og):
+                p.grad = views[pid][2]
+            p.data = views[pid][1]
+        self._arena, self._views, self._lane_key = arena, views, None
+        old.close()
+
     def _detach_shm(self):
         """Gives every parameter (and gradient) that views the arena its own copy."""
         for _, pid, p in self._params():
@@ -441,7 +486,15 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 return
         req = pb.StepRequest(session_id=self._session, step=self._step_no, group_overrides=overrides,
                              arena_grads=indices)
-        self._retrying(lambda: self._call(self._stub.Step, req))
+        try:
+            self._retrying(lambda: self._call(self._stub.Step, req), on_lost=self._reattach_shm)
+        except FailedPreconditionError as e:
+            # A server restarted on its --state-dir before this step: the session
+            # is back but its arena went with the old process.
+            if "has no arena" not in str(e):
+                raise
+            self._reattach_shm()
+            self._retrying(lambda: self._call(self._stub.Step, req), on_lost=self._reattach_shm)
         self._lane_key = key
 
     # -- the gRPC transport ---------------------------------------------------

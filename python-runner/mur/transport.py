@@ -41,6 +41,7 @@ class Arena:
         self._mm = mm
         self.path = info.path
         self.bytes = int(info.bytes)
+        self.token = bytes(info.token)
         self.param_ids = [t.param_id for t in info.tensors]
         self.index = {pid: i for i, pid in enumerate(self.param_ids)}
         self._params = [self._view(int(t.param_offset), int(t.elements)) for t in info.tensors]
