@@ -282,6 +282,14 @@ class RemoteOptimizer(torch.optim.Optimizer):
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
+    def _check_replayed(self, replayed):
+        """A first attempt answered "replayed": another writer of this session
+        used this step number with the same request. Its result is not ours to
+        take silently."""
+        if replayed and getattr(self, "_attempt", 0) == 0:
+            raise MurError(f"step {self._step_no} had already been applied to this session (another client or "
+                           "process steps it with the same numbers); one session takes one writer")
+
     def _retrying(self, fn, on_lost=None):
         """fn() again on a lost connection, with exponential backoff and jitter,
         for up to reconnect_timeout seconds (a server restarting on its
@@ -293,6 +301,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         attempt = 0
         while True:
             try:
+                self._attempt = attempt
                 if attempt and on_lost is not None:
                     on_lost()
                 return fn()
@@ -480,14 +489,19 @@ class RemoteOptimizer(torch.optim.Optimizer):
         # the ones it holds (a scheduler's change goes by RPC, with overrides).
         lane = self._arena.lane
         key = [sorted(self._group_hypers(g).items()) for g in self.param_groups]
+        replay_ok = False
         if lane is not None and key == self._lane_key and lane.armed(len(indices)):
-            if lane.step(self._step_no, indices) == lane.APPLIED:
+            status = lane.step(self._step_no, indices)
+            if status == lane.APPLIED:
                 self.lane_steps += 1
                 return
+            replay_ok = status == lane.NO_ANSWER  # the lane may have applied it after all
         req = pb.StepRequest(session_id=self._session, step=self._step_no, group_overrides=overrides,
                              arena_grads=indices)
         try:
-            self._retrying(lambda: self._call(self._stub.Step, req), on_lost=self._reattach_shm)
+            reply = self._retrying(lambda: self._call(self._stub.Step, req), on_lost=self._reattach_shm)
+            if not replay_ok:
+                self._check_replayed(reply.replayed)
         except FailedPreconditionError as e:
             # A server restarted on its --state-dir before this step: the session
             # is back but its arena went with the old process.
@@ -546,6 +560,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         head = pb.StepRequest(session_id=self._session, step=self._step_no, group_overrides=overrides).SerializeToString()
         req = b"".join([head, *(x for pid, shape, b in payload for x in _gradient_fields(pid, shape, dtype, b))])
         reply = self._call(self._raw_step, req)
+        self._check_replayed(reply.replayed)
         return {v.param_id: v.value.data for v in reply.params}
 
     def _step_stream(self, payload, overrides, dtype):

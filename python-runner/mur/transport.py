@@ -180,7 +180,7 @@ class _Timespec(ctypes.Structure):
 class Lane:
     """The client end of the fast lane (x86-64 Linux: plain stores are ordered)."""
 
-    APPLIED, NOT_TAKEN, REFUSED = 0, 1, 2
+    APPLIED, NOT_TAKEN, REFUSED, NO_ANSWER = 0, 1, 2, 3
 
     def __init__(self, mm):
         self._seq = ctypes.c_uint32.from_buffer(mm, _CONTROL)
@@ -195,7 +195,8 @@ class Lane:
         return bool(self._armed.value) and 0 < count <= _MAX_INDICES
 
     def step(self, step_no, indices, wait_s=2.0):
-        """Rings for one step; returns APPLIED, NOT_TAKEN or REFUSED (nothing applied)."""
+        """Rings for one step: APPLIED; NOT_TAKEN or REFUSED (nothing applied); or
+        NO_ANSWER (none within wait_s: the lane may still apply it)."""
         self._step.value = step_no
         self._count.value = len(indices)
         self._indices[:len(indices)] = indices
@@ -214,5 +215,5 @@ class Lane:
             if time.monotonic() > deadline:
                 # No answer (a long step, or the server is gone): the RPC path
                 # finds out; if the lane did apply it, the RPC replays it.
-                return self.NOT_TAKEN
+                return self.NO_ANSWER
             _libc.syscall(_SYS_FUTEX, ctypes.addressof(self._ack), _FUTEX_WAIT, ack, ctypes.byref(ts), None, 0)

@@ -688,3 +688,20 @@ def test_training_rides_through_server_kills_on_a_state_dir(transport):
         for p in procs:
             stop_proc(p)
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("transport", ["shm", "grpc"])
+def test_an_unexpected_replay_is_raised_not_taken_silently(transport):
+    """A first attempt answered "replayed" means another writer used this
+    step number: the client raises instead of taking a result that is not its."""
+    m = net()
+    opt = mur.RemoteOptimizer(m.parameters(), optimizer="sgd", rule="additive", lr=0.1, transport=transport)
+    try:
+        train(m, opt, 2)
+        before = bits(m)
+        opt._step_no -= 1  # as if another process had stepped with our next number
+        with pytest.raises(mur.MurError, match="already been applied"):
+            opt.step()
+        assert same_bits(bits(m), before)
+    finally:
+        opt.close()
