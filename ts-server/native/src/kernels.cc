@@ -190,30 +190,45 @@ int64_t FirstNonFiniteRange(const float* x, size_t begin, size_t n) {
   return -1;
 }
 
-// A 64-bit digest of a chunk's bytes: eight independent multiply-xor lanes
-// over 64-bit words (so it runs near memory speed), folded with the length.
-// Not cryptographic: it tells a retried request from a different one.
-uint64_t HashRange(const float* x, size_t begin, size_t end) {
-  constexpr uint64_t kMul = 0x9E3779B97F4A7C15ull;
-  uint64_t a[8] = {1, 2, 3, 4, 5, 6, 7, 8};
-  const unsigned char* p = reinterpret_cast<const unsigned char*>(x + begin);
-  const size_t bytes = 4 * (end - begin);
-  size_t i = 0;
-  for (; i + 64 <= bytes; i += 64) {
-    for (int k = 0; k < 8; ++k) {
-      uint64_t w;
-      std::memcpy(&w, p + i + 8 * k, 8);
-      a[k] = (a[k] ^ w) * kMul;
-    }
+// One pass over a chunk: the first NaN or infinity (-1 if none) and, when
+// there is none, a 64-bit digest of the chunk's bytes. The digest runs in the
+// same vector loop as the finiteness test (multiply-xor on 32-bit lanes, four
+// independent accumulators, folded with the length at the end), so the scan
+// stays at memory speed. Not cryptographic: it tells a retried request from a
+// different one.
+int64_t ScanRange(const float* x, size_t begin, size_t end, uint64_t* digest) {
+  const hn::ScalableTag<float> df;
+  const hn::RebindToUnsigned<decltype(df)> du;
+  const size_t lanes = hn::Lanes(df);
+  const auto k = hn::Set(du, 0x9E3779B1u);  // odd: multiplication is a bijection
+  auto a0 = hn::Set(du, 0x85EBCA77u), a1 = hn::Set(du, 0xC2B2AE3Du), a2 = hn::Set(du, 0x27D4EB2Fu), a3 = hn::Set(du, 0x165667B1u);
+  const auto zero = hn::Zero(df);
+  size_t i = begin;
+  for (; i + 4 * lanes <= end; i += 4 * lanes) {
+    const auto v0 = hn::LoadU(df, x + i), v1 = hn::LoadU(df, x + i + lanes);
+    const auto v2 = hn::LoadU(df, x + i + 2 * lanes), v3 = hn::LoadU(df, x + i + 3 * lanes);
+    const auto s = hn::Add(hn::Add(hn::Sub(v0, v0), hn::Sub(v1, v1)), hn::Add(hn::Sub(v2, v2), hn::Sub(v3, v3)));
+    if (!hn::AllTrue(df, hn::Eq(s, zero))) break;  // the scalar loop below finds it
+    a0 = hn::Mul(hn::Xor(a0, hn::BitCast(du, v0)), k);
+    a1 = hn::Mul(hn::Xor(a1, hn::BitCast(du, v1)), k);
+    a2 = hn::Mul(hn::Xor(a2, hn::BitCast(du, v2)), k);
+    a3 = hn::Mul(hn::Xor(a3, hn::BitCast(du, v3)), k);
   }
-  for (; i + 4 <= bytes; i += 4) {
+  uint64_t h = 0x243F6A8885A308D3ull ^ (end - begin);
+  for (; i < end; ++i) {
+    if (!std::isfinite(x[i])) return static_cast<int64_t>(i);
     uint32_t w;
-    std::memcpy(&w, p + i, 4);
-    a[0] = (a[0] ^ w) * kMul;
+    std::memcpy(&w, x + i, 4);
+    h = (h ^ w) * 0x9E3779B97F4A7C15ull;
   }
-  uint64_t h = bytes;
-  for (int k = 0; k < 8; ++k) h = (h ^ (a[k] >> 29) ^ a[k]) * kMul;
-  return h ^ (h >> 32);
+  HWY_ALIGN uint32_t acc[4 * HWY_MAX_BYTES / 4];
+  hn::Store(a0, du, acc);
+  hn::Store(a1, du, acc + lanes);
+  hn::Store(a2, du, acc + 2 * lanes);
+  hn::Store(a3, du, acc + 3 * lanes);
+  for (size_t q = 0; q < 4 * lanes; ++q) h = (h ^ acc[q]) * 0x9E3779B97F4A7C15ull;
+  *digest = h ^ (h >> 31);
+  return -1;
 }
 
 // Large arrays are scanned in kChunk pieces on the pool; the first non-finite
@@ -231,8 +246,7 @@ int64_t ScanImpl(const float* x, size_t n, uint64_t* digest) {
   auto task = [](void* c, size_t k) {
     Ctx& cx = *static_cast<Ctx*>(c);
     const size_t b = k * kChunk, e = b + kChunk < cx.n ? b + kChunk : cx.n;
-    cx.found[k] = FirstNonFiniteRange(cx.x, b, e);
-    cx.hash[k] = HashRange(cx.x, b, e);
+    cx.found[k] = ScanRange(cx.x, b, e, &cx.hash[k]);
   };
   Pool& pool = Pool::Get();
   if (pool.threads() > 1 && n >= kParallelMinCheap) {

@@ -50,10 +50,8 @@ struct AdamT {
   template <class D>
   static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const Job& j, size_t i, hn::Vec<D> g, hn::Vec<D> theta) {
     if (!kDecoupled) g = CoupledDecay(d, g, theta, c.wd);
-    const auto m = Ema(d, LoadSlot(d, j, 0, i), g, c.b1, c.omb1);
-    auto v = Ema(d, LoadSlot(d, j, 1, i), hn::Mul(g, g), c.b2, c.omb2);
-    StoreSlot(d, m, j, 0, i);
-    StoreSlot(d, v, j, 1, i);
+    hn::Vec<D> m, v;
+    AdamMoments(d, j, i, g, c.b1, c.omb1, c.b2, c.omb2, &m, &v);
     if (c.amsgrad) {
       v = hn::Max(LoadSlot(d, j, 2, i), v);
       StoreSlot(d, v, j, 2, i);

@@ -52,10 +52,8 @@ struct Nadam {
   template <class D>
   static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const Job& j, size_t i, hn::Vec<D> g, hn::Vec<D> theta) {
     g = CoupledDecay(d, g, theta, c.wd);
-    const auto m = Ema(d, LoadSlot(d, j, 0, i), g, c.b1, c.omb1);
-    const auto v = Ema(d, LoadSlot(d, j, 1, i), hn::Mul(g, g), c.b2, c.omb2);
-    StoreSlot(d, m, j, 0, i);
-    StoreSlot(d, v, j, 1, i);
+    hn::Vec<D> m, v;
+    AdamMoments(d, j, i, g, c.b1, c.omb1, c.b2, c.omb2, &m, &v);
     const auto denom = hn::Add(hn::Sqrt(hn::Mul(v, hn::Set(d, c.inv_bc2))), hn::Set(d, c.eps));
     return hn::Div(hn::MulAdd(hn::Set(d, c.cg), g, hn::Mul(hn::Set(d, c.cm), m)), denom);
   }
