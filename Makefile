@@ -8,19 +8,19 @@ SHELL := /bin/bash
 APT_PACKAGES := python3-torch python3-grpcio python3-protobuf python3-numpy \
   python3-matplotlib python3-tqdm python3-venv python3-pip python3-pytest \
   protobuf-compiler protobuf-compiler-grpc dataset-fashion-mnist \
-  libhwy-dev g++ make
+  libhwy-dev g++ make openssl
 SYS_PYTHON := /usr/bin/python3
 VENV := .venv
 PY := $(CURDIR)/$(VENV)/bin/python
 PROTO_SRC := proto/mur/v1/optimizer.proto
 
 .PHONY: help deps apt node-deps py-deps proto native native-engine build test test-ts test-py demo \
-  bench-engine bench-e2e reproduce clean
+  bench-engine bench-e2e bench-load reproduce clean
 
 help:
 	@echo "make demo   - install everything, then train Fashion-MNIST through a mur server"
 	@echo "make test   - install everything, then run every test"
-	@echo "make bench-engine | bench-e2e | reproduce"
+	@echo "make bench-engine | bench-e2e | bench-load | reproduce"
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -50,7 +50,7 @@ proto: deps
 build: proto native native-engine
 	npm run build --workspaces
 
-test: build
+test: build torch2
 	PY=$(PY) bash scripts/test-all.sh
 
 demo: build
@@ -82,6 +82,13 @@ bench-engine: build torch2
 # RemoteOptimizer step vs a local torch.optim step, with a time breakdown (issue 3).
 bench-e2e: build
 	$(PY) -m mur.bench_e2e
+
+# One server under 32 client processes (100k-parameter Adam sessions, random
+# gradients), gRPC then shm: steps/s, p50/p99 step latency, errors, server RSS
+# before / at peak / after close. BENCH_LOAD_ARGS="--duration 10" shortens it
+# (default 45 s per transport; --clients, --params, --transports).
+bench-load: build
+	cd ts-server && MUR_LOG=silent node dist/bench/load.js $(BENCH_LOAD_ARGS)
 
 # The paper's experiments through the server: results/REPORT.md, JSON, plots (issue 5).
 reproduce: build

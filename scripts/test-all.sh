@@ -34,6 +34,15 @@ done
 echo "== python-runner (pytest: RemoteOptimizer against a live server, mur.reference against torch.optim)"
 "$PY" -m pytest -q python-runner/tests
 
+# The same suite on a current torch 2.x (PyPI, the cached venv `make torch2` builds).
+T2=${TORCH2_PY:-.venv-torch2/bin/python}
+if [ -x "$T2" ] && "$T2" -c 'import torch' 2>/dev/null; then
+  echo "== python-runner again on torch $("$T2" -c 'import torch; print(torch.__version__)')"
+  PYTHONPATH="$PWD/python-runner" "$T2" -m pytest -q python-runner/tests
+else
+  echo "== torch 2.x venv unavailable (see 'make torch2'): the suite ran on Debian's torch only"
+fi
+
 echo "== cross-framework validation, quick size (torch.optim vs mur.reference vs the server)"
 "$PY" -m mur.validate --quick
 

@@ -20,6 +20,7 @@ them are honoured at the next step.
 """
 import numbers
 import random
+from collections import defaultdict
 import os
 import time
 import warnings
@@ -44,6 +45,16 @@ _WIRE_DTYPES = {"float32": F32, "bfloat16": BF16}
 _RETRIES = 3
 _BACKOFF = 0.1  # seconds before the first retry, doubling
 _CLOSE_TIMEOUT = 10.0  # CloseSession's deadline: close() never waits long on a dead server
+# torch 2.x constructor flags that choose an implementation, not the maths:
+# accepted and kept in param_groups (torch does), never sent to the server.
+_TORCH_FLAGS = ("foreach", "fused", "capturable", "differentiable")
+# Optimizers torch gives decoupled_weight_decay; mur runs Adam's as "adamw".
+_DECOUPLED = ("adam", "adamw", "nadam", "radam")
+# Group keys of a torch.optim state_dict that are not hyperparameters of the maths.
+_TORCH_NOOP_KEYS = {"params", "maximize", "decoupled_weight_decay", "initial_lr", *_TORCH_FLAGS}
+_SGD_DEFAULT_LR = 1e-3  # torch >= 2.2's SGD default (mur's sgd has none)
+_NO_COPY = ("a RemoteOptimizer holds a live server session and cannot be copied or pickled; "
+            "use state_dict() / load_state_dict() to save or move its state")
 
 
 def _struct(d):
@@ -155,6 +166,17 @@ class RemoteOptimizer(torch.optim.Optimizer):
             (--tls-client-ca). All None: plaintext.
         **hyperparameters: torch's names (lr, betas, eps, weight_decay,
             momentum, ...) plus lr_in, lr_out (defaults to lr) and gamma.
+            sgd's lr defaults to 1e-3 (torch >= 2.2). torch 2.x's foreach,
+            fused, capturable and differentiable are accepted no-ops
+            (differentiable=True, capturable=True on a GPU: ValueError);
+            maximize=True steps on -grad (p.grad keeps its sign);
+            decoupled_weight_decay=True makes "adam" "adamw" (nadam, radam:
+            NotImplementedError).
+
+    ``opt.state`` is the server's state, torch-style, fetched on access;
+    ``state_dict()`` loads into the matching torch.optim class too, and
+    ``load_state_dict()`` takes a torch.optim state_dict of the same algorithm.
+    A RemoteOptimizer cannot be copied or pickled (TypeError: use state_dict()).
     """
 
     def __init__(self, params, optimizer="adam", rule="hybrid", server="auto", transport="auto",
@@ -168,6 +190,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self.lane_steps = 0  # steps that went through the shm fast lane (no RPC)
         self._owner = os.getpid()
         self._views = {}
+        self._maximized = set()  # this step's parameters whose group has maximize=True
         self._transport = None
         if not isinstance(transport, str) or transport not in _TRANSPORTS:
             raise ValueError(f"transport={transport!r}: must be one of {', '.join(map(repr, _TRANSPORTS))}")
@@ -209,6 +232,26 @@ class RemoteOptimizer(torch.optim.Optimizer):
         try:
             caps = self._call(self._stub.GetCapabilities, pb.GetCapabilitiesRequest())
             self._caps = caps
+            # torch 2.x's implementation flags are accepted (no-ops here); maximize
+            # is done by this client; decoupled_weight_decay picks AdamW's maths.
+            flags = {k: hyperparameters.pop(k) for k in (*_TORCH_FLAGS, "maximize") if k in hyperparameters}
+            if "decoupled_weight_decay" in hyperparameters:
+                dwd = hyperparameters.pop("decoupled_weight_decay")
+                if optimizer not in _DECOUPLED:
+                    raise ValueError(f"decoupled_weight_decay={dwd!r}: not an argument of {optimizer} (torch has it "
+                                     f"for {', '.join(_DECOUPLED)})")
+                if not isinstance(dwd, bool):
+                    raise ValueError(f"decoupled_weight_decay={dwd!r}: must be True or False")
+                if dwd and optimizer in ("nadam", "radam"):
+                    raise NotImplementedError(
+                        f"decoupled_weight_decay=True with optimizer={optimizer!r}: the mur server has no decoupled "
+                        f"weight decay for {optimizer} (it has it for adam: optimizer='adamw')")
+                if dwd and optimizer == "adam":
+                    optimizer = "adamw"  # torch: Adam(decoupled_weight_decay=True) is AdamW
+                if not dwd and optimizer == "adamw":
+                    raise ValueError("decoupled_weight_decay=False with optimizer='adamw': AdamW's weight decay is "
+                                     "decoupled (use optimizer='adam' for coupled L2)")
+                flags["decoupled_weight_decay"] = dwd
             opt = next((o for o in caps.optimizers if o.name == optimizer), None)
             rl = next((r for r in caps.rules if r.name == rule), None)
             if opt is None:
@@ -217,6 +260,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"rule={rule!r}: unknown (one of {', '.join(r.name for r in caps.rules)})")
             known = {h.name: h for h in list(opt.hyperparameters) + list(rl.hyperparameters)}
             self._known = set(known)
+            self._opt_hypers = {h.name for h in opt.hyperparameters}
+            self._all_opt_hypers = {h.name for o in caps.optimizers for h in o.hyperparameters}
             for k in hyperparameters:
                 if k not in known:
                     raise ValueError(f"{k}={hyperparameters[k]!r}: not a hyperparameter of {optimizer} with the {rule} rule "
@@ -234,9 +279,14 @@ class RemoteOptimizer(torch.optim.Optimizer):
                     defaults[name] = tuple(v.number_value for v in h.default_value.list_value.values)
                 else:
                     defaults[name] = None
+            if optimizer == "sgd" and defaults.get("lr") is None:
+                defaults["lr"] = _SGD_DEFAULT_LR  # as torch >= 2.2 (lr_out still follows lr)
+            defaults["maximize"] = False
             defaults.update(hyperparameters)
+            defaults.update(flags)
             self.optimizer_name, self.rule_name = optimizer, rule
             super().__init__(params, defaults)
+            self._check_flags()
             self._create_session()
             self._transport_reason = None
             if transport != "grpc":
@@ -265,6 +315,22 @@ class RemoteOptimizer(torch.optim.Optimizer):
             raise ValueError("add_param_group: a RemoteOptimizer's parameters are fixed when its server session "
                              "is created; create a new RemoteOptimizer for the new parameters")
         super().add_param_group(param_group)
+
+    def _check_flags(self):
+        """torch 2.x's flags, per group: values torch accepts; none that would change the maths here."""
+        for g in self.param_groups:
+            for k in ("foreach", "fused"):
+                if g.get(k) not in (None, False, True):
+                    raise ValueError(f"{k}={g[k]!r}: must be None, False or True")
+            for k in ("capturable", "differentiable", "maximize", "decoupled_weight_decay"):
+                if k in g and not isinstance(g[k], bool):
+                    raise ValueError(f"{k}={g[k]!r}: must be False or True")
+            if g.get("differentiable"):
+                raise ValueError("differentiable=True: mur does not support differentiating through the optimizer "
+                                 "step (the step runs on the server, outside autograd)")
+            if g.get("capturable") and any(p.device.type != "cpu" for p in g["params"]):
+                raise ValueError("capturable=True: mur does not support CUDA graph capture of the step (the step "
+                                 "runs on the server); leave capturable=False")
 
     @property
     def transport(self):
@@ -475,23 +541,36 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     def _step_shm(self, grads, overrides):
         self._sync_shm()
-        indices = []
-        for pid, p in grads:
-            i, _, gv = self._views[pid]
-            if gv.numel() and not _is_view_of(p.grad, gv):
-                if p.grad.shape != gv.shape:
-                    raise ValueError(f"parameter {pid}: gradient of shape {tuple(p.grad.shape)}, "
-                                     f"parameter is {tuple(gv.shape)}")
-                gv.copy_(p.grad)
-                p.grad = gv  # backward accumulates here from now on (zero_grad(set_to_none=False))
-            indices.append(i)
+        indices, flipped = [], []
+        try:
+            for pid, p in grads:
+                i, _, gv = self._views[pid]
+                if gv.numel() and not _is_view_of(p.grad, gv):
+                    if p.grad.shape != gv.shape:
+                        raise ValueError(f"parameter {pid}: gradient of shape {tuple(p.grad.shape)}, "
+                                         f"parameter is {tuple(gv.shape)}")
+                    if pid in self._maximized:
+                        torch.neg(p.grad, out=gv)  # p.grad stays the user's own tensor, its sign untouched
+                    else:
+                        gv.copy_(p.grad)
+                        p.grad = gv  # backward accumulates here from now on (zero_grad(set_to_none=False))
+                elif gv.numel() and pid in self._maximized:
+                    gv.neg_()  # p.grad is the arena's gradient: negated for the step, restored after it
+                    flipped.append(pid)
+                indices.append(i)
+            self._step_shm_rung(indices, overrides)
+        finally:
+            for pid in flipped:  # negation is exact: the user's p.grad is bit for bit what it was
+                self._views[pid][2].neg_()
+
+    def _step_shm_rung(self, indices, overrides):
         # The fast lane when the server armed it and the hyperparameters are
         # the ones it holds (a scheduler's change goes by RPC, with overrides).
         lane = self._arena.lane
         key = [sorted(self._group_hypers(g).items()) for g in self.param_groups]
         replay_ok = False
         if lane is not None and key == self._lane_key and lane.armed(len(indices)):
-            status = lane.step(self._step_no, indices)
+            status = lane.step(self._step_no, indices, wait_s=min(2.0, self._timeout or 2.0))
             if status == lane.APPLIED:
                 self.lane_steps += 1
                 return
@@ -542,7 +621,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._push_edits()
         dtype = self._wire_dtype
         encode = _bf16_bytes if dtype == BF16 else _f32_view
-        payload = [(pid, list(p.shape), encode(p.grad)) for pid, p in grads]
+        payload = [(pid, list(p.shape), encode(p.grad.neg() if pid in self._maximized else p.grad))
+                   for pid, p in grads]
         size = sum(memoryview(b).nbytes for _, _, b in payload)
         if size < self._caps.max_message_bytes * 0.9:
             values = self._retrying(lambda: self._step_unary(payload, overrides, dtype))
@@ -587,8 +667,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        grads = []
-        for _, pid, p in self._params():
+        grads, self._maximized = [], set()
+        for group, pid, p in self._params():
             if p.grad is None:
                 continue
             if p.grad.is_sparse:
@@ -596,6 +676,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
             if p.numel() == 0:  # nothing to update (and the server's native engine refuses empty inline tensors)
                 continue
             grads.append((pid, p))
+            if self.param_groups[int(group[1:])].get("maximize"):
+                self._maximized.add(pid)  # the server is sent -grad (torch's maximize)
         if not grads:
             return loss
         self._step_no += 1  # a retry below keeps it: the server applies a step once
@@ -615,24 +697,144 @@ class RemoteOptimizer(torch.optim.Optimizer):
         else:
             self._push_edits()
 
-    def state_dict(self):
-        sd = super().state_dict()
+    def _export(self):
+        """The session's checkpoint (StateFrames), after syncing the client's edits."""
         self._check_open()
         self._sync()
         try:
-            frames = [f.SerializeToString() for f in self._call(
-                self._stub.ExportState, pb.ExportStateRequest(session_id=self._session))]
+            return list(self._call(self._stub.ExportState, pb.ExportStateRequest(session_id=self._session)))
         except grpc.RpcError as e:  # raised while iterating the stream
             raise from_rpc_error(e) from None
-        sd["mur"] = {"frames": frames, "step": self._step_no}
+
+    def _torch_state(self, frames):
+        """A checkpoint as torch keeps optimizer state: {param: {"step": tensor(float),
+        slot: tensor shaped like param (a one-element slot: 0-dim), ...}} with the
+        slot names the server exports ("exp_avg", ..., rule slots as "rule.x")."""
+        header = frames[0].header if frames and frames[0].HasField("header") else pb.StateHeader()
+        steps = {c.param_id: c.steps for c in header.step_counts}
+        parts = {}
+        for f in frames:
+            if f.HasField("chunk") and f.chunk.slot and f.chunk.param_id in self._by_id:
+                parts.setdefault(f.chunk.param_id, {}).setdefault(f.chunk.slot, []).append(f.chunk.data)
+        state = defaultdict(dict)
+        for pid, p in self._by_id.items():
+            slots = parts.get(pid, {})
+            if not slots and not steps.get(pid):
+                continue  # never stepped: torch has no state for it either
+            st = {"step": torch.tensor(float(steps.get(pid, 0)))}
+            for slot, chunks in slots.items():
+                t = torch.from_numpy(np.frombuffer(b"".join(chunks), dtype=np.float32).copy())
+                t = t.view(p.shape) if t.numel() == p.numel() else t.reshape(()) if t.numel() == 1 else t
+                st[slot] = t.to(device=p.device)
+            state[p] = st
+        return state
+
+    @property
+    def state(self):
+        """The optimizer state as torch shows it, fetched from the server on
+        every access (one ExportState): ``opt.state[p]["exp_avg"]``. A copy:
+        writing to it changes nothing (use load_state_dict)."""
+        d = self.__dict__
+        if d.get("_state_cache") is not None:
+            return d["_state_cache"]
+        if d.get("_session") is None:  # before the session exists, or closed: torch's own (empty) dict
+            return d.setdefault("_local_state", defaultdict(dict))
+        return self._torch_state(self._export())
+
+    @state.setter
+    def state(self, value):
+        self.__dict__["_local_state"] = value  # torch's Optimizer.__init__; the server's state is the truth
+
+    def state_dict(self):
+        """torch's state_dict with the server's state as torch-style "state"
+        entries (so the matching torch.optim class can load it, and state_dict
+        hooks see it), plus "mur": the server's checkpoint, which is what
+        load_state_dict restores bit for bit."""
+        frames = self._export() if self._session is not None else None
+        self.__dict__["_state_cache"] = self._torch_state(frames) if frames is not None else None
+        try:
+            sd = super().state_dict()
+        finally:
+            self.__dict__["_state_cache"] = None
+        self._check_open()
+        sd["mur"] = {"frames": [f.SerializeToString() for f in frames], "step": self._step_no}
         return sd
+
+    def _load_groups(self, groups):
+        """torch's load of param_groups, keeping mur's own keys (lr_in, lr_out,
+        gamma, ...) that a torch.optim state_dict does not carry."""
+        old = self.param_groups
+        super().load_state_dict({"state": {}, "param_groups": groups})
+        for o, n in zip(old, self.param_groups):
+            for k, v in o.items():
+                n.setdefault(k, v)
+
+    def _check_torch_algorithm(self, state_dict):
+        """A torch.optim state_dict loads only into the same algorithm: its
+        groups have exactly this optimizer's hyperparameters (beside torch's
+        implementation flags)."""
+        groups = state_dict.get("param_groups")
+        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
+            raise ValueError(f"load_state_dict: {len(groups) if isinstance(groups, (list, tuple)) else 'no'} "
+                             f"param_groups, this optimizer has {len(self.param_groups)}")
+        for i, (g, ours) in enumerate(zip(groups, self.param_groups)):
+            if len(g.get("params", ())) != len(ours["params"]):
+                raise ValueError(f"load_state_dict: param_groups[{i}] has {len(g.get('params', ()))} parameters, "
+                                 f"this optimizer's has {len(ours['params'])}")
+            keys = set(g) - _TORCH_NOOP_KEYS
+            foreign = sorted((keys & self._all_opt_hypers) - self._opt_hypers)
+            missing = sorted(self._opt_hypers - keys)
+            dwd = g.get("decoupled_weight_decay")
+            wrong_dwd = isinstance(dwd, bool) and dwd != (self.optimizer_name == "adamw")
+            if foreign or missing or wrong_dwd:
+                why = "; ".join(x for x in (f"it has {', '.join(foreign)}" if foreign else "",
+                                            f"it lacks {', '.join(missing)}" if missing else "",
+                                            f"decoupled_weight_decay={dwd}" if wrong_dwd else "") if x)
+                raise ValueError(f"load_state_dict: param_groups[{i}] is not the state_dict of a "
+                                 f"{self.optimizer_name} optimizer ({why}); a torch.optim state_dict loads only into "
+                                 f"the RemoteOptimizer of the same algorithm")
+
+    def _import_torch_state(self, state_dict):
+        """torch.optim per-parameter state -> ImportState slots and step counts
+        (all or nothing: the server checks every slot against this optimizer)."""
+        saved = [i for g in state_dict["param_groups"] for i in g["params"]]
+        pids = dict(zip(saved, (pid for _, pid, _ in self._params())))
+        counts, tensors = [], []
+        for key, st in state_dict.get("state", {}).items():
+            if key not in pids:
+                raise ValueError(f"load_state_dict: state for parameter {key!r}, which no param_group lists")
+            pid = pids[key]
+            for slot, v in st.items():
+                if slot == "step":
+                    n = v.item() if torch.is_tensor(v) else v
+                    if not isinstance(n, numbers.Real) or n < 0 or n != int(n):
+                        raise ValueError(f"load_state_dict: state[{key!r}]['step'] = {v!r}: not a step count")
+                    counts.append(pb.ParamStepCount(param_id=pid, steps=int(n)))
+                elif torch.is_tensor(v):
+                    tensors.append((pid, slot, _f32_bytes(v)))
+                elif v is not None:
+                    raise ValueError(f"load_state_dict: state[{key!r}][{slot!r}] = {v!r}: not a tensor")
+
+        def gen():  # last_step=0: the client's step numbering goes on
+            yield pb.StateFrame(header=pb.StateHeader(session_id=self._session, step_counts=counts, last_step=0))
+            for pid, slot, data in tensors:
+                for c in self._chunks(pid, slot, data):
+                    yield pb.StateFrame(chunk=c)
+        self._call(self._stub.ImportState, gen())
 
     @torch.no_grad()
     def load_state_dict(self, state_dict):
+        """Loads a RemoteOptimizer's state_dict (its "mur" checkpoint, bit for
+        bit) or a torch.optim state_dict of the same algorithm (its moments,
+        buffers and step counts become the server's state)."""
         mur = state_dict.get("mur")
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "mur"})
         if mur is None:
+            self._check_open()
+            self._check_torch_algorithm(state_dict)
+            self._import_torch_state(state_dict)
+            self._load_groups(state_dict["param_groups"])
             return
+        self._load_groups(state_dict["param_groups"])
         self._check_open()
         frames = [pb.StateFrame.FromString(b) for b in mur["frames"]]
         header = frames[0].header
@@ -688,6 +890,12 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 self._local.stop()
                 self._local = None
 
+    def __reduce_ex__(self, protocol):
+        raise TypeError(_NO_COPY)  # pickle, copy.copy, copy.deepcopy
+
+    def __deepcopy__(self, memo):
+        raise TypeError(_NO_COPY)
+
     def __del__(self):
         if getattr(self, "_owner", None) != os.getpid():
             return  # a fork()ed child's copy: the session is its parent's
@@ -696,5 +904,15 @@ class RemoteOptimizer(torch.optim.Optimizer):
         except Exception:
             pass
 
+
+# torch.compile / dynamo never traces into the step (gRPC, protobuf, shared
+# memory): it runs eagerly, a graph break for a compiled caller.
+if hasattr(torch, "compiler") and hasattr(torch.compiler, "disable"):
+    try:
+        RemoteOptimizer.step = torch.compiler.disable(
+            RemoteOptimizer.step, reason="mur's RemoteOptimizer.step talks to a server; it always runs eagerly "
+                                         "(fullgraph=True cannot include it)")
+    except TypeError:  # a torch.compiler.disable without reason=
+        RemoteOptimizer.step = torch.compiler.disable(RemoteOptimizer.step)
 
 __all__ = ["RemoteOptimizer", "MurError"]
