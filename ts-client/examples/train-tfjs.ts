@@ -1,13 +1,15 @@
 // Trains a small tfjs MLP in Node with its optimizer on a mur server:
-// tfjs computes the gradients, mur the hybrid-rule Adam step.
+// tfjs computes the gradients, mur the hybrid-rule Adam step (murOptimizer).
 //   npm run example -w ts-client [-- host:port]
 import * as tf from '@tensorflow/tfjs-core';
-import '@tensorflow/tfjs-backend-cpu';
-import { startServer } from '@mur/server';
+// tfjs-core's CommonJS bundle registers no gradients; tfjs-layers (or @tensorflow/tfjs) does.
+import '@tensorflow/tfjs-layers';
+import { initBackend, startServer } from '@mur/server';
 import { MurClient } from '../src';
+import { murOptimizer } from '../src/tfjs';
 
 async function main() {
-  await tf.setBackend('cpu');
+  await initBackend('cpu'); // the in-process server's engine and this script's tfjs backend
   const local = process.argv[2] ? null : await startServer({ port: 0 });
   const client = new MurClient(process.argv[2] ?? `127.0.0.1:${local!.port}`);
   // y = sin(3x) on [-1, 1]: a 1-32-1 tanh network.
@@ -19,20 +21,17 @@ async function main() {
     w2: tf.variable(tf.randomNormal([32, 1], 0, 0.3, 'float32', 2)),
     b2: tf.variable(tf.fill([1], 0.01)),
   };
-  const session = await client.createSession(
-    { optimizer: 'adam', rule: 'hybrid', defaults: { lr: 0.02, lr_out: 0.02, gamma: 0.5 } },
-    Object.entries(vars).map(([id, v]) => ({ id, shape: v.shape, values: v.dataSync() as Float32Array })),
-  );
+  // A tf.Optimizer whose steps run on the server. With the server in this
+  // process (the default here) the loop awaits each step (minimizeAsync); with a
+  // server elsewhere, model.compile({ optimizer }) + model.fit work too.
+  const optimizer = murOptimizer(client, { optimizer: 'adam', rule: 'hybrid', defaults: { lr: 0.02, lr_out: 0.02, gamma: 0.5 } });
   const loss = () => tf.losses.meanSquaredError(y, tf.add(tf.matMul(tf.tanh(tf.add(tf.matMul(x, vars.w1), vars.b1)), vars.w2), vars.b2)) as tf.Scalar;
   for (let step = 1; step <= 300; step++) {
-    const { value, grads } = tf.variableGrads(loss, Object.values(vars));
-    const g = new Map(Object.entries(vars).map(([id, v]) => [id, grads[v.name].dataSync() as Float32Array]));
-    const next = await session.step(g);
-    for (const [id, v] of Object.entries(vars)) v.assign(tf.tensor(next.get(id)!, v.shape));
+    const value = (await optimizer.minimizeAsync(loss, true, Object.values(vars)))!;
     if (step === 1 || step % 50 === 0) console.log(`step ${String(step).padStart(3)}  loss ${value.dataSync()[0].toFixed(5)}`);
-    tf.dispose([value, ...Object.values(grads)]);
+    value.dispose();
   }
-  await session.close();
+  await optimizer.close();
   client.close();
   await local?.close();
 }

@@ -18,9 +18,10 @@ import {
   type StateFrame,
   type StepStreamReply,
   type StepStreamRequest,
+  type StateHeader,
   type TensorChunk,
 } from '../generated/mur/v1/optimizer';
-import { fromServiceError } from './errors';
+import { fromServiceError, MurError } from './errors';
 
 export type Hypers = Record<string, number | boolean | number[]>;
 
@@ -123,7 +124,11 @@ class Reassembly {
   }
 }
 
-type UnaryMethod<Req, Res> = (req: Req, metadata: grpc.Metadata, cb: (e: grpc.ServiceError | null, r: Res) => void) => unknown;
+type UnaryMethod<Req, Res> = (req: Req, metadata: grpc.Metadata, options: Partial<grpc.CallOptions>, cb: (e: grpc.ServiceError | null, r: Res) => void) => unknown;
+
+/** Failures a retry may cure: the server unreachable (down, restarting) or too slow to answer. */
+const RETRYABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED]);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Call metadata carrying a session's token (proto: authorization: Bearer). */
 function auth(token: string): grpc.Metadata {
@@ -132,25 +137,102 @@ function auth(token: string): grpc.Metadata {
   return m;
 }
 
+/**
+ * TLS to a server started with --tls-cert/--tls-key (PEM contents): `ca`, the
+ * CA that signed the server's certificate (default: the system's roots);
+ * `cert` and `key`, this client's certificate for a server that requires one
+ * (--tls-client-ca).
+ */
+export interface TlsOptions {
+  ca?: Buffer;
+  cert?: Buffer;
+  key?: Buffer;
+}
+
+export interface ClientOptions extends grpc.ChannelOptions {
+  /** Connect with TLS (omitted: plaintext). */
+  tls?: TlsOptions;
+  /**
+   * Every call's deadline in ms (default 120000): a unary call, or a whole
+   * ExportState/ImportState stream. A StepStream kept open by the caller
+   * (session.stream()) has none. 0: no deadline.
+   */
+  deadlineMs?: number;
+  /**
+   * How many times an idempotent call (capabilities, a step with its number,
+   * export, import, OpenArena, close) is retried after UNAVAILABLE or
+   * DEADLINE_EXCEEDED, with exponential backoff and jitter (default 5; 0: never).
+   * A retried step keeps its step number: a server that applied it answers
+   * with the remembered result instead of applying it twice. CreateSession is
+   * never retried (it is not idempotent).
+   */
+  retries?: number;
+  /** The first retry's backoff in ms, doubled per retry up to 5 s (default 100). */
+  retryBackoffMs?: number;
+}
+
 export class MurClient {
   readonly raw: OptimizerClient;
   private caps?: Capabilities;
+  /** @internal */
+  readonly deadlineMs: number;
+  /** @internal */
+  readonly retries: number;
+  private readonly retryBackoffMs: number;
 
-  constructor(address: string, options: grpc.ChannelOptions = {}) {
-    this.raw = new OptimizerClient(address, grpc.credentials.createInsecure(), {
+  /** `options`: grpc channel options, and `tls` to connect with TLS or mutual TLS. */
+  constructor(
+    readonly address: string,
+    /** @internal The options as given (the tfjs adapter's worker makes its own client from them). */
+    readonly options: ClientOptions = {},
+  ) {
+    const { tls, deadlineMs = 120_000, retries = 5, retryBackoffMs = 100, ...channel } = options;
+    for (const [k, v] of Object.entries({ deadlineMs, retries, retryBackoffMs })) {
+      if (!Number.isFinite(v) || v < 0) throw new TypeError(`${k}: ${v} must be a number >= 0`);
+    }
+    this.deadlineMs = deadlineMs;
+    this.retries = Math.floor(retries);
+    this.retryBackoffMs = retryBackoffMs;
+    if (tls && (tls.cert === undefined) !== (tls.key === undefined)) throw new TypeError('tls: cert and key go together (a client certificate needs its key)');
+    const credentials = tls ? grpc.credentials.createSsl(tls.ca ?? null, tls.key ?? null, tls.cert ?? null) : grpc.credentials.createInsecure();
+    this.raw = new OptimizerClient(address, credentials, {
       'grpc.max_receive_message_length': -1,
       'grpc.max_send_message_length': -1,
-      ...options,
+      ...channel,
     });
   }
 
-  /** Promisifies one unary call, mapping failures to MurError subclasses. */
+  /** @internal Call options with this client's deadline, from now. */
+  callOptions(): Partial<grpc.CallOptions> {
+    return this.deadlineMs > 0 ? { deadline: new Date(Date.now() + this.deadlineMs) } : {};
+  }
+
+  /** Promisifies one unary call (with the deadline), mapping failures to MurError subclasses. */
   private unary<Req, Res>(method: UnaryMethod<Req, Res>, req: Req, metadata = new grpc.Metadata()): Promise<Res> {
-    return new Promise((resolve, reject) => method.call(this.raw, req, metadata, (e, r) => (e ? reject(fromServiceError(e)) : resolve(r))));
+    return new Promise((resolve, reject) =>
+      method.call(this.raw, req, metadata, this.callOptions(), (e, r) => (e ? reject(fromServiceError(e)) : resolve(r))),
+    );
+  }
+
+  /**
+   * @internal Runs an idempotent operation, retrying it after UNAVAILABLE or
+   * DEADLINE_EXCEEDED up to `retries` times with backoff; `op` gets the
+   * attempt number (0 first), e.g. to re-map a restarted server's arena.
+   */
+  async retrying<T>(op: (attempt: number) => Promise<T>): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await op(attempt);
+      } catch (e) {
+        if (!(e instanceof MurError) || !RETRYABLE.has(e.code) || attempt >= this.retries) throw e;
+        const backoff = Math.min(5000, this.retryBackoffMs * 2 ** attempt);
+        await sleep(backoff * (0.5 + Math.random() / 2));
+      }
+    }
   }
 
   async capabilities(): Promise<Capabilities> {
-    this.caps ??= await this.unary<GetCapabilitiesRequest, Capabilities>(this.raw.getCapabilities, {});
+    this.caps ??= await this.retrying(() => this.unary<GetCapabilitiesRequest, Capabilities>(this.raw.getCapabilities, {}));
     return this.caps;
   }
 
@@ -198,6 +280,21 @@ export class MurClient {
   }
 }
 
+/**
+ * A session's complete state as ExportState gives it: the spec as it is now,
+ * each parameter's optimizer step count, the last step number applied, and
+ * every tensor (parameters and optimizer slots). `session.restore(cp)` puts it
+ * back; a resumed optimizer continues exactly as an uninterrupted one.
+ */
+export interface Checkpoint {
+  spec?: Spec;
+  /** Optimizer steps applied to each parameter (Adam's bias correction counts them). */
+  stepCounts: Record<string, number>;
+  /** The last client step number applied (0: none). */
+  lastStep: number;
+  tensors: SlotValues[];
+}
+
 export interface SlotValues {
   paramId: string;
   /** "" for the parameter; an optimizer slot ("exp_avg"), or "rule.<slot>". */
@@ -223,6 +320,35 @@ export class MurSession {
    */
   async step(grads: Values | Record<string, Float32Array>, overrides: Overrides = {}, step = this.nextStep): Promise<Values> {
     const g = grads instanceof Map ? grads : new Map(Object.entries(grads));
+    // Retried under the same step number: a server that applied it replays its result.
+    const out = await this.client.retrying(async (attempt) => {
+      if (attempt > 0 && this.arena) await this.reopenArena();
+      return this.stepOnce(g, overrides, step);
+    });
+    this.nextStep = step + 1;
+    return out;
+  }
+
+  /** The step number the next step() uses by default. */
+  get next(): number {
+    return this.nextStep;
+  }
+
+  /** After a failure: the arena again (a restarted server made a new one), or grpc if it has none. */
+  private async reopenArena(): Promise<void> {
+    const old = this.arena!;
+    try {
+      const info = await this.client.call<OpenArenaRequest, ArenaInfo>(this.client.raw.openArena, { sessionId: this.id }, this.auth());
+      if (info.path === old.info.path && Buffer.from(info.token).equals(Buffer.from(old.info.token))) return;
+      this.arena = new ArenaFile(info);
+    } catch (e) {
+      if (e instanceof MurError && RETRYABLE.has(e.code)) throw e;
+      this.arena = null; // the restarted server cannot offer shm here: continue over grpc
+    }
+    old.close();
+  }
+
+  private async stepOnce(g: Values, overrides: Overrides, step: number): Promise<Values> {
     const size = [...g.values()].reduce((n, a) => n + a.byteLength, 0);
     let out: Values;
     const arena = this.arena;
@@ -239,14 +365,13 @@ export class MurSession {
       }, this.auth());
       out = new Map(reply.params.map((p) => [p.paramId, floats(p.value!.data)]));
     } else {
-      const stream = this.stream();
+      const stream = new StepStream(this.client.raw.stepStream(this.auth(), this.client.callOptions()), this.id, this.caps.chunkBytes);
       try {
         out = await stream.step(g, overrides, step);
       } finally {
         stream.close();
       }
     }
-    this.nextStep = step + 1;
     return out;
   }
 
@@ -271,10 +396,39 @@ export class MurSession {
 
   /** Every tensor of the session (parameters and state), as an async iterator. */
   async *exportState(): AsyncGenerator<SlotValues> {
-    const call = this.client.raw.exportState({ sessionId: this.id }, this.auth());
+    for await (const t of this.frames()) if (!('lastStep' in t)) yield t;
+  }
+
+  /** The whole state with its header (step counts, last step, spec): what restore() takes. */
+  checkpoint(): Promise<Checkpoint> {
+    return this.client.retrying(async () => {
+      let header: StateHeader | undefined;
+      const tensors: SlotValues[] = [];
+      for await (const t of this.frames()) {
+        if ('lastStep' in t) header = t;
+        else tensors.push(t);
+      }
+      if (!header) throw new Error('ExportState sent no StateHeader');
+      const spec = header.spec && { optimizer: header.spec.optimizer, rule: header.spec.rule, defaults: header.spec.defaults as Hypers, groups: header.spec.groups as Record<string, Hypers> };
+      return { spec, stepCounts: Object.fromEntries(header.stepCounts.map((c) => [c.paramId, c.steps])), lastStep: header.lastStep, tensors };
+    });
+  }
+
+  /**
+   * Puts a checkpoint back (this session's or another of the same optimizer
+   * and rule): tensors, step counts, last step and spec, all or nothing. The
+   * next step() continues the checkpoint's numbering (lastStep + 1).
+   */
+  async restore(cp: Checkpoint): Promise<void> {
+    await this.importState(cp.tensors, cp);
+  }
+
+  private async *frames(): AsyncGenerator<SlotValues | StateHeader> {
+    const call = this.client.raw.exportState({ sessionId: this.id }, this.auth(), this.client.callOptions());
     const parts = new Map<string, Float32Array>();
     try {
       for await (const f of call as AsyncIterable<StateFrame>) {
+        if (f.frame?.$case === 'header') yield f.frame.value;
         if (f.frame?.$case !== 'chunk') continue;
         const c = f.frame.value;
         const key = `${c.paramId}\0${c.slot}`;
@@ -291,20 +445,42 @@ export class MurSession {
     }
   }
 
-  /** Replaces parameters and/or state slots, all or nothing. */
-  importState(tensors: SlotValues[]): Promise<number> {
-    return new Promise((resolve, reject) => {
-      const call = this.client.raw.importState(this.auth(), (e, r) => (e ? reject(fromServiceError(e)) : resolve(r.tensorsImported)));
-      call.write({ frame: { $case: 'header', value: { sessionId: this.id, stepCounts: [], lastStep: 0 } } });
-      for (const t of tensors) for (const c of chunksOf(t.paramId, t.slot, t.values, this.caps.chunkBytes)) call.write({ frame: { $case: 'chunk', value: c } });
-      call.end();
-    });
+  /**
+   * Replaces parameters and/or state slots, all or nothing. With `header`
+   * (a Checkpoint's), also the step counts, last step number and spec; the
+   * next step() then continues at header.lastStep + 1.
+   */
+  async importState(tensors: SlotValues[], header?: Omit<Checkpoint, 'tensors'>): Promise<number> {
+    const value: StateHeader = { sessionId: this.id, stepCounts: [], lastStep: 0 };
+    if (header) {
+      value.stepCounts = Object.entries(header.stepCounts).map(([paramId, steps]) => ({ paramId, steps }));
+      value.lastStep = header.lastStep;
+      if (header.spec) value.spec = { optimizer: header.spec.optimizer, rule: header.spec.rule, defaults: header.spec.defaults, groups: header.spec.groups ?? {} };
+    }
+    const n = await this.client.retrying(
+      () =>
+        new Promise<number>((resolve, reject) => {
+          const call = this.client.raw.importState(this.auth(), this.client.callOptions(), (e, r) => (e ? reject(fromServiceError(e)) : resolve(r.tensorsImported)));
+          call.write({ frame: { $case: 'header', value } });
+          for (const t of tensors) for (const c of chunksOf(t.paramId, t.slot, t.values, this.caps.chunkBytes)) call.write({ frame: { $case: 'chunk', value: c } });
+          call.end();
+        }),
+    );
+    if (header && header.lastStep > 0) this.nextStep = header.lastStep + 1;
+    return n;
   }
 
   async close(): Promise<void> {
     this.arena?.close();
     this.arena = null;
-    await this.client.call<CloseSessionRequest, CloseSessionReply>(this.client.raw.closeSession, { sessionId: this.id }, this.auth());
+    await this.client.retrying(async (attempt) => {
+      try {
+        await this.client.call<CloseSessionRequest, CloseSessionReply>(this.client.raw.closeSession, { sessionId: this.id }, this.auth());
+      } catch (e) {
+        // A retried close whose first attempt went through finds the session gone.
+        if (!(attempt > 0 && e instanceof MurError && e.code === grpc.status.NOT_FOUND)) throw e;
+      }
+    });
   }
 }
 
