@@ -319,10 +319,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
     def _check_flags(self):
         """torch 2.x's flags, per group: values torch accepts; none that would change the maths here."""
         for g in self.param_groups:
-            for k in ("foreach", "fused"):
-                if g.get(k) not in (None, False, True):
+            for k in _TORCH_FLAGS:
+                if not (g.get(k) is None or isinstance(g[k], bool)):
                     raise ValueError(f"{k}={g[k]!r}: must be None, False or True")
-            for k in ("capturable", "differentiable", "maximize", "decoupled_weight_decay"):
+            for k in ("maximize", "decoupled_weight_decay"):
                 if k in g and not isinstance(g[k], bool):
                     raise ValueError(f"{k}={g[k]!r}: must be False or True")
             if g.get("differentiable"):
