@@ -33,7 +33,7 @@ export class Metrics {
     const registers = [this.registry];
     this.steps = new Counter({
       name: 'mur_steps_total',
-      help: 'Optimizer steps asked for, by transport and result: ok (applied), replayed (a repeated step number answered from memory), refused (answered with an error; nothing applied)',
+      help: 'Optimizer steps asked for by Step or StepStream, by transport and result: ok (applied), replayed (a repeated step number answered from memory), refused (answered with an error; nothing applied). Steps rung through the shm fast lane make no call and are not counted',
       labelNames: ['transport', 'result'],
       registers,
     });

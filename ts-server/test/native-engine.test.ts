@@ -94,6 +94,58 @@ describe('native engine addon', () => {
     });
   }
 
+  it('every kernel gives the same bits whatever the buffers\' alignment (vector body, one-lane peel and tail)', () => {
+    const d = addon.describe();
+    const n = 97;
+    for (const [oi, o] of d.optimizers.entries()) {
+      for (const [ri, r] of d.rules.entries()) {
+        const results: Float32Array[] = [];
+        for (const shift of [0, 1, 2, 3, 5]) {
+          // Each array sits `shift` floats into its own buffer, so its alignment differs per run.
+          const mk = (f: (i: number) => number, len = n) => {
+            const b = new Float32Array(len + shift);
+            for (let i = 0; i < len; i++) b[shift + i] = f(i);
+            return b.subarray(shift);
+          };
+          const theta = mk((i) => Math.sin(i + 1));
+          const grad = mk((i) => Math.cos(0.7 * i) * 0.3);
+          const slots = [0, 1, 2].map((k) => (k < o.slots.length ? mk(() => (o.slots[k].scalar ? 1 : 0.01), o.slots[k].scalar ? 1 : n) : null));
+          const ruleSlot = r.slots.length ? mk(() => 2, 1) : null;
+          const h = new Float64Array(24);
+          h[0] = 3;
+          h[1] = 0.01;
+          // Every table value 0.5 (betas, alphas, rates in range), booleans set.
+          o.hypers.forEach((_, i) => (h[2 + i] = 0.5));
+          r.hypers.forEach((_, i) => (h[16 + i] = 0.5));
+          addon.step(oi, ri, [theta, grad, ...slots, ruleSlot], h, new Uint32Array(1));
+          results.push(theta.slice());
+        }
+        for (const x of results.slice(1)) {
+          assert.ok(Buffer.from(x.buffer).equals(Buffer.from(results[0].buffer)), `${o.name} x ${r.name}: bits depend on alignment`);
+        }
+      }
+    }
+  });
+
+  it('changing the thread count between steps never loses a worker (200 switches, a large step after each)', () => {
+    const n = 1 << 20; // above the thresholds: every step wakes the pool
+    const theta = new Float32Array(n).fill(1);
+    const grad = new Float32Array(n).fill(0.01);
+    const h = new Float64Array(24);
+    h[0] = 1;
+    h[1] = 0.1;
+    try {
+      for (let k = 0; k < 200; k++) {
+        addon.setThreads(k % 2 === 0 ? 2 : 1);
+        addon.step(0, 0, [theta, grad, null, null, null, null], h, new Uint32Array(1));
+        assert.ok(addon.firstNonFinite(grad) === -1);
+      }
+      assert.ok(Math.abs(theta[n - 1] - (1 - 200 * 0.1 * 0.01)) < 1e-4);
+    } finally {
+      addon.setThreads(0);
+    }
+  });
+
   it('refuses a job with a wrongly sized slot before writing anything', () => {
     const theta = Float32Array.from([1, 2, 3]);
     const grad = Float32Array.from([0.1, 0.1, 0.1]);

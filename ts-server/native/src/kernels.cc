@@ -79,10 +79,19 @@ struct Fused {
   template <bool kDecay>
   static void Range(const Job& j, const Plan& p, size_t begin, size_t end) {
     const hn::ScalableTag<float> d;
+    const hn::CappedTag<float, 1> d1;
     const size_t lanes = hn::Lanes(d);
     size_t i = begin;
+    // Peel single elements until theta is aligned to the vector size: a load
+    // or store that straddles two cache lines costs two. Large buffers from
+    // malloc share theta's misalignment (16 bytes past a page), so this aligns
+    // the state slots too.
+    const size_t vbytes = lanes * sizeof(float);
+    const size_t mis = reinterpret_cast<uintptr_t>(j.theta + i) % vbytes;
+    if (mis % sizeof(float) == 0) {
+      for (size_t k = mis ? (vbytes - mis) / sizeof(float) : 0; k > 0 && i < end; --k, ++i) Body<kDecay>(d1, j, p, i);
+    }
     for (; i + lanes <= end; i += lanes) Body<kDecay>(d, j, p, i);
-    const hn::CappedTag<float, 1> d1;
     for (; i < end; ++i) Body<kDecay>(d1, j, p, i);
   }
 

@@ -22,7 +22,16 @@ void Pool::SetThreads(int n) {
     stopping_ = false;
   }
   threads_ = want;
-  for (int i = 0; i < want - 1; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+  // Each worker starts having "seen" the current batch: it joins only the
+  // batches after it exists (no batch runs now: run_mu_ is held). Reading the
+  // generation inside the new thread instead would race a Run() that starts
+  // before the thread does, and that batch would wait for it forever.
+  uint64_t start;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    start = generation_;
+  }
+  for (int i = 0; i < want - 1; ++i) workers_.emplace_back([this, start] { WorkerLoop(start); });
 }
 
 void Pool::Stop() {
@@ -50,12 +59,7 @@ void Pool::Drain() {
   }
 }
 
-void Pool::WorkerLoop() {
-  uint64_t seen;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    seen = generation_;  // a worker started later must not replay an old batch
-  }
+void Pool::WorkerLoop(uint64_t seen) {
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mu_);

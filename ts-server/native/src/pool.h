@@ -30,7 +30,7 @@ class Pool {
 
  private:
   Pool();
-  void WorkerLoop();
+  void WorkerLoop(uint64_t seen);
   void StopWorkers();  // run_mu_ held
   void Drain();
 
