@@ -41,6 +41,7 @@ Usage: mur-server [options]
   --metrics-port N    serve Prometheus metrics at http://HOST:N/metrics (0: any free port;
                       default: no metrics endpoint)
   --metrics-host H    address of the metrics endpoint (default 127.0.0.1)
+  --version           the server's version
   --help              this text
 
 On start it prints {"event":"listening","port":N,"backend":"..."} on stdout
@@ -88,7 +89,7 @@ function positive(flag: string, v: string | undefined, allowZero = false): numbe
   return n;
 }
 
-export function parseArgs(argv: string[]): CliOptions | 'help' {
+export function parseArgs(argv: string[]): CliOptions | 'help' | 'version' {
   const o: CliOptions = {
     port: 50051,
     host: '127.0.0.1',
@@ -107,6 +108,8 @@ export function parseArgs(argv: string[]): CliOptions | 'help' {
       case '--help':
       case '-h':
         return 'help';
+      case '--version':
+        return 'version';
       case '--port':
         o.port = positive(flag, next(), true);
         if (o.port > 65535) throw new Error(`--port: ${o.port} is not a port`);
@@ -197,7 +200,7 @@ export function parseArgs(argv: string[]): CliOptions | 'help' {
 }
 
 async function main(): Promise<void> {
-  let opts: CliOptions | 'help';
+  let opts: CliOptions | 'help' | 'version';
   try {
     opts = parseArgs(process.argv.slice(2));
   } catch (e) {
@@ -206,6 +209,10 @@ async function main(): Promise<void> {
   }
   if (opts === 'help') {
     process.stdout.write(HELP + '\n');
+    return;
+  }
+  if (opts === 'version') {
+    process.stdout.write(`mur-server ${require('../../package.json').version}\n`);
     return;
   }
   // Signals are handled from the start: a SIGTERM that arrives while the

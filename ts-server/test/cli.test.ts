@@ -21,6 +21,12 @@ describe('mur-server CLI', () => {
     }
   });
 
+  it('--version prints the package version', () => {
+    const r = spawnSync(process.execPath, [CLI, '--version'], { encoding: 'utf8', env });
+    assert.equal(r.status, 0);
+    assert.equal(r.stdout.trim(), `mur-server ${require('../../package.json').version}`);
+  });
+
   it('refuses a bad flag value and a bad --config with exit code 2, naming the field and value', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mur-cli-'));
     const cfg = path.join(dir, 'spec.json');
