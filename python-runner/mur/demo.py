@@ -8,6 +8,8 @@ import time
 
 import torch
 from torch import nn
+import sys
+
 from tqdm import tqdm
 
 import mur
@@ -43,7 +45,7 @@ def main(argv=None):
     try:
         for epoch in range(1, a.epochs + 1):
             perm = torch.randperm(len(xtr))
-            bar = tqdm(range(0, len(xtr), a.batch_size), desc=f"epoch {epoch}/{a.epochs}", unit="batch")
+            bar = tqdm(range(0, len(xtr), a.batch_size), disable=not sys.stderr.isatty(), desc=f"epoch {epoch}/{a.epochs}", unit="batch")
             for i in bar:
                 idx = perm[i:i + a.batch_size]
                 opt.zero_grad()

@@ -52,9 +52,9 @@ def versions(backend):
 def run_toy(cfg, address):
     out = {"best": {}, "robust": {}}
     jobs = [(p, o, r) for p in toy.PROBLEMS for o in toy.OPTIMIZERS for r in toy.RULES]
-    for p, o, r in tqdm(jobs, desc="toy: best configuration"):
+    for p, o, r in tqdm(jobs, disable=not sys.stderr.isatty(), desc="toy: best configuration"):
         out["best"][f"{p}/{o}/{r}"] = toy.best_configuration(p, o, r, address, cfg["grid_quick"])
-    for i, (p, o, r) in enumerate(tqdm(jobs, desc=f"toy: robustness ({cfg['robust_n']} configs each)")):
+    for i, (p, o, r) in enumerate(tqdm(jobs, disable=not sys.stderr.isatty(), desc=f"toy: robustness ({cfg['robust_n']} configs each)")):
         out["robust"][f"{p}/{o}/{r}"] = toy.robustness(p, o, r, address, cfg["robust_n"], SEED + i)
     return out
 
@@ -65,7 +65,7 @@ def run_images(cfg, address):
         data = images.Data(n_train, cfg["test_size"])
         steps = math.ceil(n_train / 128) * epochs
         jobs = [(o, r, s) for o in images.LRS for r in toy.RULES for s in cfg["seeds"]]
-        with tqdm(total=len(jobs) * steps, desc=f"fashion-mnist {model}", unit="step") as bar:
+        with tqdm(total=len(jobs) * steps, disable=not sys.stderr.isatty(), desc=f"fashion-mnist {model}", unit="step") as bar:
             for o, r, s in jobs:
                 out[f"{model}/{o}/{r}/{s}"] = images.train(model, o, r, s, data, epochs, address, bar=bar)
     return out
@@ -76,7 +76,7 @@ def run_sensitivity(cfg, address):
     data = images.Data(n_train, cfg["test_size"])
     out = {}
     jobs = [(o, r, lr) for o, lrs in cfg["sens_lrs"].items() for r in toy.RULES for lr in lrs]
-    with tqdm(total=len(jobs) * math.ceil(n_train / 128) * epochs, desc="sensitivity (mlp)", unit="step") as bar:
+    with tqdm(total=len(jobs) * math.ceil(n_train / 128) * epochs, disable=not sys.stderr.isatty(), desc="sensitivity (mlp)", unit="step") as bar:
         for o, r, lr in jobs:
             # The sweep moves lr = lr_out together (no OUT_SCALE): it shows where each rule's optimum lies.
             out[f"{o}/{r}/{lr:g}"] = images.train("mlp", o, r, 0, data, epochs, address, lr=lr, bar=bar,
