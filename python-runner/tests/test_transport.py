@@ -97,6 +97,19 @@ def start_cli(sock, *args):
     return proc
 
 
+def wait_stopped(pid, timeout=10):
+    """Until every thread of `pid` is stopped (SIGSTOP takes effect asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = []
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        if all(st in ("T", "t") for st in states):
+            return
+    raise AssertionError(f"process {pid} did not stop")
+
+
 def stop_proc(proc):
     if proc.poll() is None:
         proc.kill()
@@ -593,6 +606,7 @@ def test_a_hung_server_fails_the_step_at_the_deadline():
         train(m, opt, 1)
         os.kill(proc.pid, signal.SIGSTOP)
         try:
+            wait_stopped(proc.pid)
             t0 = time.monotonic()
             with pytest.raises(mur.DeadlineExceededError):
                 train(m, opt, 1)
