@@ -1,7 +1,8 @@
 // make bench-engine: server-side step throughput (a Session step: the
 // finiteness scan, the optimizer + rule, the commit; on native in place) per
 // optimizer x rule x engine x threads, beside torch.optim measured in the
-// same run in its strongest CPU form: torch 2.x from the cached venv with
+// same run, row by row (torch right before mur, on the same machine state),
+// in its strongest CPU form: torch 2.x from the cached venv with
 // fused=True where it has a fused kernel, else the faster of foreach and the
 // default, plus Debian's torch 1.13 default. Prints a table, then one JSON
 // line per row. Times are medians of per-step times.
@@ -41,13 +42,13 @@ interface TorchRun {
   rows: TorchRow[];
 }
 
-function runTorch(python: string, threads: number[]): TorchRun | null {
+function runTorch(python: string, threads: number[], sizes: number[], optimizers: string[]): TorchRun | null {
   if (!fs.existsSync(python)) return null;
   process.stderr.write(`torch.optim with ${python} ...\n`);
   const script = path.join(ROOT, 'python-runner/scripts/bench_torch_optim.py');
   const out = execFileSync(
     python,
-    [script, '--sizes', SIZES.join(','), '--optimizers', OPTIMIZERS.map((o) => o[0]).join(','), '--threads', threads.join(','), '--seconds', String(MIN_SECONDS)],
+    [script, '--sizes', sizes.join(','), '--optimizers', optimizers.join(','), '--threads', threads.join(','), '--seconds', String(MIN_SECONDS)],
     { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] },
   );
   return JSON.parse(out) as TorchRun;
@@ -81,9 +82,18 @@ function measure(optimizer: string, hypers: Record<string, unknown>, rule: strin
 async function main() {
   const maxThreads = 2;
   const threadCounts = [1, maxThreads];
-  const torch2 = runTorch(path.join(ROOT, '.venv-torch2/bin/python'), threadCounts);
-  const torch1 = runTorch('/usr/bin/python3', threadCounts);
-  const torchRows = [...(torch2?.rows.map((r) => ({ ...r, v: torch2.torch_version })) ?? []), ...(torch1?.rows.map((r) => ({ ...r, v: torch1.torch_version })) ?? [])];
+  // torch is measured row by row right before mur's rows of the same optimizer,
+  // size and threads, so both see the same machine (it is shared and noisy).
+  const torchRows: Array<TorchRow & { v: string }> = [];
+  const versions = new Set<string>();
+  const measureTorch = (opt: string, n: number, threads: number) => {
+    for (const python of [path.join(ROOT, '.venv-torch2/bin/python'), '/usr/bin/python3']) {
+      const run = runTorch(python, [threads], [n], [opt]);
+      if (!run) continue;
+      versions.add(run.torch_version);
+      torchRows.push(...run.rows.map((r) => ({ ...r, v: run.torch_version })));
+    }
+  };
   const best = (opt: string, n: number, threads: number) => {
     const rows = torchRows.filter((r) => r.optimizer === opt && r.params === n && r.threads === threads);
     // torch's strongest form: fused where a torch has it, else the faster of foreach and default.
@@ -92,21 +102,25 @@ async function main() {
     return pool.reduce<(typeof rows)[number] | null>((a, r) => (!a || r.mparams_per_s > a.mparams_per_s ? r : a), null);
   };
   const torchDefault = (opt: string, n: number, threads: number) =>
-    torch1?.rows.find((r) => r.optimizer === opt && r.params === n && r.threads === threads && r.mode === 'default')?.mparams_per_s ?? null;
+    torchRows.find((r) => r.v.startsWith('1.') && r.optimizer === opt && r.params === n && r.threads === threads && r.mode === 'default')?.mparams_per_s ??
+    null;
 
   const wanted = (process.env.BENCH_BACKENDS ?? 'native,tensorflow,wasm').split(',') as BackendName[];
   const backends = availableBackends().filter((b) => wanted.includes(b));
   const rows: Array<Record<string, unknown>> = [];
+  let target: string | undefined;
   for (const backend of backends) {
     await initBackend(backend);
     const engine = currentEngine();
+    if (engine instanceof NativeEngine) target = engine.target;
     // native: 1 thread and every core; tensorflow: its own pool (every core); wasm: one thread.
     const threadSet = engine instanceof NativeEngine ? threadCounts : backend === 'wasm' ? [1] : [maxThreads];
     for (const threads of threadSet) {
       if (engine instanceof NativeEngine) engine.setThreads(threads);
       for (const [optimizer, hypers] of OPTIMIZERS) {
-        for (const rule of RULES) {
-          for (const n of SIZES) {
+        for (const n of SIZES) {
+          if (engine instanceof NativeEngine) measureTorch(optimizer, n, threads);
+          for (const rule of RULES) {
             process.stderr.write(`${backend} x${threads} ${optimizer} ${rule} ${n} ...\n`);
             const sec = measure(optimizer, hypers, rule, n);
             const mps = n / sec / 1e6;
@@ -125,8 +139,7 @@ async function main() {
       }
     }
   }
-  const target = (currentEngine() as Partial<NativeEngine>).target;
-  console.log(`torch ${[torch2?.torch_version, torch1?.torch_version].filter(Boolean).join(' and ')}; native SIMD target ${target ?? 'n/a'}; Mparam/s of one step on one float32 tensor (median)`);
+  console.log(`torch ${[...versions].join(' and ')}; native SIMD target ${target ?? 'n/a'}; Mparam/s of one step on one float32 tensor (median)`);
   console.log('optimizer  rule            backend     thr   params  mur Mp/s   ms/step  torch best Mp/s (mode)        1.13 default  ratio');
   for (const r of rows) {
     console.log(
