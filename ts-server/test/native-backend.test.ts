@@ -3,7 +3,7 @@
 // a missing or broken addon fails the suite instead of silently using wasm.
 import { strict as assert } from 'assert';
 import * as tf from '@tensorflow/tfjs-core';
-import { availableBackends, backendErrors } from '../src/engine/backend';
+import { availableBackends, backendErrors, installedBackends } from '../src/engine/backend';
 
 describe('native tensorflow backend', () => {
   const expected = process.env.MUR_EXPECT_NATIVE === '1';
@@ -28,5 +28,9 @@ describe('native tensorflow backend', () => {
     if (availableBackends().includes('tensorflow')) this.skip();
     console.log(`    native backend unavailable: ${backendErrors.tensorflow}`);
     assert.ok(backendErrors.tensorflow);
+  });
+
+  it('GetCapabilities\' cheap probe (no libtensorflow loaded) finds the same backends as loading them', () => {
+    assert.deepEqual(installedBackends(), availableBackends());
   });
 });

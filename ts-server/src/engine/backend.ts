@@ -1,6 +1,7 @@
 // Chooses the engine at start-up: the fused native engine when its addon
 // loads, else a tfjs backend: native TensorFlow (tfjs-node), the embedded
 // wasm backend, the pure-JS cpu one. `--backend` picks one by name.
+import * as fs from 'fs';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs-core';
 import { OPTIMIZERS } from '../optimizers';
@@ -62,6 +63,33 @@ export function availableBackends(): BackendName[] {
 
 function tfName(n: BackendName): string {
   return n === 'tensorflow-gpu' ? 'tensorflow' : n;
+}
+
+/**
+ * Backends this machine could run, found without loading them: loading
+ * tfjs-node maps libtensorflow (~300 MB of RSS) into a server that runs the
+ * native engine, just to list it in GetCapabilities.
+ */
+export function installedBackends(): BackendName[] {
+  return BACKEND_NAMES.filter((n) => {
+    try {
+      switch (n) {
+        case 'native':
+          return loadNative() !== null;
+        case 'tensorflow':
+        case 'tensorflow-gpu': {
+          const pkg = require.resolve(`@tensorflow/${n === 'tensorflow' ? 'tfjs-node' : 'tfjs-node-gpu'}/package.json`);
+          return fs.existsSync(require('@mapbox/node-pre-gyp').find(pkg));
+        }
+        case 'wasm':
+          return !!require.resolve('@tensorflow/tfjs-backend-wasm');
+        case 'cpu':
+          return !!require.resolve('@tensorflow/tfjs-backend-cpu');
+      }
+    } catch {
+      return false;
+    }
+  });
 }
 
 /** Native engine threads: MUR_THREADS, else every core. */

@@ -1,6 +1,6 @@
 // GetCapabilities: read off the registry, so it never advertises what the code lacks.
 import type { Capabilities, ComponentInfo, HyperparameterInfo } from '../../../generated/mur/v1/optimizer';
-import { availableBackends } from '../../engine/backend';
+import { installedBackends } from '../../engine/backend';
 import { currentEngine } from '../../engine/engine';
 import type { HyperSpec } from '../../engine/types';
 import { OPTIMIZERS } from '../../optimizers';
@@ -36,7 +36,7 @@ export function getCapabilities(ctx: ServerContext): Capabilities {
     optimizers: OPTIMIZERS.map(component),
     rules: RULES.map(component),
     backend: ctx.backend,
-    availableBackends: availableBackends(),
+    availableBackends: installedBackends(),
     dtypes: SUPPORTED_DTYPES,
     maxMessageBytes: ctx.maxMessageBytes,
     chunkBytes: ctx.chunkBytes,
