@@ -20,28 +20,8 @@ TORCH = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad", "
          "adamax": "Adamax", "nadam": "NAdam", "radam": "RAdam", "adadelta": "Adadelta"}
 
 
-@pytest.fixture(scope="module")
-def server():
-    with mur.LocalServer() as s:
-        yield s.address
-
-
-@pytest.fixture(scope="module")
-def native_server():
-    with mur.LocalServer(backend="native") as s:
-        yield s.address
-
-
-def server_for(request, transport):
-    if transport == "shm":
-        if not ADDON.exists():
-            pytest.skip("the shm transport needs the native engine (make native-engine)")
-        return request.getfixturevalue("native_server")
-    return request.getfixturevalue("server")
-
-
-def remote(params, request, transport, **kw):
-    opt = mur.RemoteOptimizer(params, server=server_for(request, transport), transport=transport, **kw)
+def remote(params, server_for, transport, **kw):
+    opt = mur.RemoteOptimizer(params, server=server_for(transport), transport=transport, **kw)
     assert opt.transport == transport
     return opt
 
@@ -92,9 +72,9 @@ def test_torch_flags_are_accepted_and_change_nothing(server):
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_maximize_equals_torch_and_leaves_the_users_grad_alone(request, transport):
+def test_maximize_equals_torch_and_leaves_the_users_grad_alone(server_for, transport):
     a, b = net(), net()
-    oa = remote(a.parameters(), request, transport, optimizer="adam", rule="additive", lr=0.01, maximize=True)
+    oa = remote(a.parameters(), server_for, transport, optimizer="adam", rule="additive", lr=0.01, maximize=True)
     ob = torch.optim.Adam(b.parameters(), lr=0.01, maximize=True)
     seen = []
 
@@ -190,9 +170,9 @@ def test_step_is_not_traced_by_dynamo(server):
 
 # -- 4. opt.state ----------------------------------------------------------------------
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_state_shows_the_servers_state_torch_style(request, transport):
+def test_state_shows_the_servers_state_torch_style(server_for, transport):
     a, b = net(), net()
-    oa = remote(a.parameters(), request, transport, optimizer="adam", rule="additive", lr=0.01, amsgrad=True)
+    oa = remote(a.parameters(), server_for, transport, optimizer="adam", rule="additive", lr=0.01, amsgrad=True)
     ob = torch.optim.Adam(b.parameters(), lr=0.01, amsgrad=True)
     assert len(oa.state) == 0
     train(a, oa, 3)
@@ -227,7 +207,7 @@ CASES = [("adam", dict(lr=0.01)), ("adam", dict(lr=0.01, amsgrad=True, weight_de
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("name,h", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
-def test_torch_state_dict_moves_both_ways(request, transport, name, h):
+def test_torch_state_dict_moves_both_ways(server_for, transport, name, h):
     if name == "nadam" and int(torch.__version__.split(".")[0]) < 2:
         pytest.skip("torch 1.13's NAdam differs from torch 2.x's, which mur follows (5e-5 after 10 steps)")
     cls = getattr(torch.optim, TORCH[name])
@@ -238,7 +218,7 @@ def test_torch_state_dict_moves_both_ways(request, transport, name, h):
     a = net()
     ta = cls(a.parameters(), **h)
     train(a, ta, 10)
-    oa = remote(a.parameters(), request, transport, optimizer=name, rule="additive", **h)
+    oa = remote(a.parameters(), server_for, transport, optimizer=name, rule="additive", **h)
     oa.load_state_dict(ta.state_dict())
     train(a, oa, 10, start=10)
     assert max_diff(a, ref) < 1e-6
@@ -246,7 +226,7 @@ def test_torch_state_dict_moves_both_ways(request, transport, name, h):
 
     # mur -> torch
     b = net()
-    ob = remote(b.parameters(), request, transport, optimizer=name, rule="additive", **h)
+    ob = remote(b.parameters(), server_for, transport, optimizer=name, rule="additive", **h)
     train(b, ob, 10)
     buf = io.BytesIO()
     torch.save(ob.state_dict(), buf)

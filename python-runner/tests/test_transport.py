@@ -136,33 +136,6 @@ def wait_until(cond, timeout, what):
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def server():
-    with mur.LocalServer() as s:
-        yield s.address
-
-
-@pytest.fixture(scope="module")
-def native_server():
-    with mur.LocalServer(backend="native") as s:
-        yield s.address
-
-
-@pytest.fixture(scope="module")
-def wasm_server():
-    with mur.LocalServer(backend="wasm") as s:
-        yield s.address
-
-
-def server_for(request, transport):
-    """The native engine's server for shm; any server for grpc."""
-    if transport == "shm":
-        if not ADDON.exists():
-            pytest.skip("the shm transport needs the native engine (make native-engine)")
-        return request.getfixturevalue("native_server")
-    return request.getfixturevalue("server")
-
-
 # -- choosing a transport -------------------------------------------------------
 @needs_native
 @pytest.mark.skipif(os.environ.get("MUR_SERVER_BACKEND", "native") != "native",
@@ -226,8 +199,8 @@ def test_gradients_accumulate_in_the_arena(native_server):
 
 # -- user edits between steps -----------------------------------------------------
 @pytest.mark.parametrize("transport", ["shm", "grpc"])
-def test_weight_edits_are_what_the_next_step_starts_from(request, transport):
-    address = server_for(request, transport)
+def test_weight_edits_are_what_the_next_step_starts_from(server_for, transport):
+    address = server_for(transport)
     lr = 1e-4
     m = net(width=8)
     old = [p.detach().clone() for p in m.parameters()]
@@ -282,8 +255,8 @@ def test_weight_edits_are_what_the_next_step_starts_from(request, transport):
 
 
 @pytest.mark.parametrize("transport", ["shm", "grpc"])
-def test_load_state_dict_restores_the_models_values_at_once(request, transport):
-    address = server_for(request, transport)
+def test_load_state_dict_restores_the_models_values_at_once(server_for, transport):
+    address = server_for(transport)
     m = net()
     opt = mur.RemoteOptimizer(m.parameters(), optimizer="adam", rule="hybrid", server=address,
                               transport=transport, gamma=0.5)
@@ -301,8 +274,8 @@ def test_load_state_dict_restores_the_models_values_at_once(request, transport):
 
 
 @pytest.mark.parametrize("transport", ["shm", "grpc"])
-def test_odd_shapes_and_fixed_parameters(request, transport):
-    address = server_for(request, transport)
+def test_odd_shapes_and_fixed_parameters(server_for, transport):
+    address = server_for(transport)
     empty, w, s = (torch.nn.Parameter(torch.zeros(0, 3)), torch.nn.Parameter(torch.ones(3)),
                    torch.nn.Parameter(torch.tensor(2.0)))
     opt = mur.RemoteOptimizer([empty, w, s], optimizer="sgd", rule="additive", server=address,
