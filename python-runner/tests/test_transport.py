@@ -692,3 +692,33 @@ def test_an_unexpected_replay_is_raised_not_taken_silently(transport):
         assert same_bits(bits(m), before)
     finally:
         opt.close()
+
+
+@needs_native
+def test_fast_lane_steps_are_counted_in_the_metrics():
+    """Fast-lane steps make no call; a scrape takes them in and counts them as shm ok."""
+    import urllib.request
+    d = tempfile.mkdtemp(prefix="mur-test-")
+    sock = Path(d) / "s.sock"
+    proc = subprocess.Popen(["node", str(CLI), "--socket", str(sock), "--exit-with-stdin", "--metrics-port", "0"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    opt = None
+    try:
+        info = json.loads(read_line(proc.stdout, 60, "mur server"))
+        m = net()
+        opt = mur.RemoteOptimizer(m.parameters(), optimizer="sgd", rule="additive", lr=0.1, server=f"unix:{sock}")
+        train(m, opt, 12)
+        assert opt.lane_steps >= 10
+
+        def shm_ok():
+            text = urllib.request.urlopen(f"http://127.0.0.1:{info['metrics_port']}/metrics", timeout=10).read().decode()
+            line = next(l for l in text.splitlines() if l.startswith('mur_steps_total{transport="shm",result="ok"}'))
+            return float(line.split()[-1])
+        assert shm_ok() == 12  # 1 first step by RPC (it creates the slots) + the lane's
+        train(m, opt, 3)
+        assert shm_ok() == 15
+    finally:
+        if opt:
+            opt.close()
+        stop_proc(proc)
+        shutil.rmtree(d, ignore_errors=True)

@@ -29,11 +29,11 @@ export class Metrics {
   private defaults = false;
 
   /** `store`: where open sessions and held bytes are read at each scrape. */
-  constructor(store: () => Pick<SessionStore, 'size' | 'heldBytes'>) {
+  constructor(private readonly store: () => Pick<SessionStore, 'size' | 'heldBytes'> & Partial<Pick<SessionStore, 'syncLanes'>>) {
     const registers = [this.registry];
     this.steps = new Counter({
       name: 'mur_steps_total',
-      help: 'Optimizer steps asked for by Step or StepStream, by transport and result: ok (applied), replayed (a repeated step number answered from memory), refused (answered with an error; nothing applied). Steps rung through the shm fast lane make no call and are not counted',
+      help: 'Optimizer steps asked for by Step or StepStream, by transport and result: ok (applied), replayed (a repeated step number answered from memory), refused (answered with an error; nothing applied). Steps rung through the shm fast lane make no call: they count as shm ok when the session takes them in (before each scrape at the latest), with no latency or bytes',
       labelNames: ['transport', 'result'],
       registers,
     });
@@ -104,6 +104,11 @@ export class Metrics {
     return m.reply;
   }
 
+  /** Steps the shm fast lane applied (no call, so no latency or bytes recorded). */
+  laneSteps(n: number): void {
+    this.steps.inc({ transport: 'shm', result: 'ok' }, n);
+  }
+
   /** A step that failed before it could be handed to step() (a stream cut inside its frames). */
   refused(transport: Transport): void {
     this.steps.inc({ transport, result: 'refused' });
@@ -128,7 +133,10 @@ export class Metrics {
         res.writeHead(404, { 'content-type': 'text/plain' }).end('mur: metrics are at /metrics\n');
         return;
       }
-      this.registry.metrics().then(
+      // Fast-lane steps make no call: take them in first.
+      (this.store().syncLanes?.() ?? Promise.resolve())
+        .then(() => this.registry.metrics())
+        .then(
         (text) => res.writeHead(200, { 'content-type': this.registry.contentType }).end(text),
         (e) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${(e as Error).message}\n`),
       );

@@ -171,6 +171,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     defaultSpec: opts.defaultSpec,
     metrics: new Metrics(() => ctx.store),
   };
+  ctx.store.onLaneSteps = (n) => ctx.metrics.laneSteps(n);
   const impl: OptimizerServer = {
     getCapabilities: unary(ctx, 'GetCapabilities', () => getCapabilities(ctx)),
     createSession: unary(ctx, 'CreateSession', (req) => createSession(ctx, req)),

@@ -91,6 +91,8 @@ export class Session {
   /** The arena's fast lane (steps rung through shared memory), and whether it is armed. */
   private lane: FastLane | null = null;
   private laneArmed = false;
+  /** Told how many steps the fast lane applied, each time they are taken in (metrics). */
+  onLaneSteps: ((steps: number) => void) | null = null;
 
   constructor(id: string, spec: ResolvedSpec, decls: ParamDeclaration[], engine: Engine = currentEngine()) {
     this.id = id;
@@ -323,6 +325,8 @@ export class Session {
     const tensors = this.arena.tensors;
     r.applied.forEach((n, i) => (this.params.get(tensors[i].paramId)!.state.steps += n));
     if (r.lastStep > this.lastStep) {
+      // The lane takes only the next step number: one request per number.
+      this.onLaneSteps?.(r.lastStep - this.lastStep);
       this.lastStep = r.lastStep;
       this.lastStepIds = r.lastIndices.map((i) => tensors[i].paramId);
       this.lastDigest = null; // shared memory loses no reply: a retry by RPC of that number replays
