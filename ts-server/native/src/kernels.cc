@@ -175,30 +175,8 @@ std::string RunStepImpl(int opt, int rule, const Job* jobs, size_t n) {
   return "unknown optimizer id " + std::to_string(opt);
 }
 
-// x - x is 0 for every finite x and NaN for NaN and +-infinity.
-template <class D>
-HWY_INLINE bool AllFinite(D d, const float* x, size_t i) {
-  const auto v = hn::LoadU(d, x + i);
-  return hn::AllTrue(d, hn::Eq(hn::Sub(v, v), hn::Zero(d)));
-}
-
-int64_t FirstNonFiniteRange(const float* x, size_t begin, size_t n) {
-  const hn::ScalableTag<float> d;
-  const size_t lanes = hn::Lanes(d);
-  size_t i = begin;
-  // Four vectors per test keep the loop at memory speed.
-  for (; i + 4 * lanes <= n; i += 4 * lanes) {
-    const auto a = hn::LoadU(d, x + i), b = hn::LoadU(d, x + i + lanes);
-    const auto c = hn::LoadU(d, x + i + 2 * lanes), e = hn::LoadU(d, x + i + 3 * lanes);
-    const auto s = hn::Add(hn::Add(hn::Sub(a, a), hn::Sub(b, b)), hn::Add(hn::Sub(c, c), hn::Sub(e, e)));
-    if (!hn::AllTrue(d, hn::Eq(s, hn::Zero(d)))) break;
-  }
-  for (; i < n; ++i) {
-    if (!std::isfinite(x[i])) return static_cast<int64_t>(i);
-  }
-  return -1;
-}
-
+// x - x is 0 for every finite x and NaN for NaN and +-infinity: ScanRange
+// tests four vectors at once that way.
 // One pass over a chunk: the first NaN or infinity (-1 if none) and, when
 // there is none, a 64-bit digest of the chunk's bytes. The digest runs in the
 // same vector loop as the finiteness test (multiply-xor on 32-bit lanes, four

@@ -28,18 +28,15 @@ namespace HWY_NAMESPACE {
 template <bool kDecoupled>
 struct AdamT {
   struct C {
-    float b1, omb1, b2, omb2, eps, inv_sqrt_bc2, wd;
+    AdamHypers a;  // a.wd is 0 for AdamW: its decay is decoupled
+    float inv_sqrt_bc2;
     bool amsgrad;
   };
   static bool Prepare(const Job& j, C* c, Factors* f, std::string* err) {
     const double t = StepT(j), b1 = OptH(j, 1), b2 = OptH(j, 2), wd = OptH(j, 4);
-    c->b1 = static_cast<float>(b1);
-    c->omb1 = static_cast<float>(1 - b1);
-    c->b2 = static_cast<float>(b2);
-    c->omb2 = static_cast<float>(1 - b2);
-    c->eps = static_cast<float>(OptH(j, 3));
+    c->a = AdamHypers::From(j);
+    if (kDecoupled) c->a.wd = 0.0f;
     c->inv_sqrt_bc2 = static_cast<float>(1 / std::sqrt(BiasCorrection(b2, t)));
-    c->wd = kDecoupled ? 0.0f : static_cast<float>(wd);
     c->amsgrad = OptH(j, 5) != 0;
     f->scale = 1 / BiasCorrection(b1, t);
     if (kDecoupled) f->decay = 1 - j.h[1] * wd;
@@ -49,14 +46,14 @@ struct AdamT {
 
   template <class D>
   static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const Job& j, size_t i, hn::Vec<D> g, hn::Vec<D> theta) {
-    if (!kDecoupled) g = CoupledDecay(d, g, theta, c.wd);
+    if (!kDecoupled) g = CoupledDecay(d, g, theta, c.a.wd);
     hn::Vec<D> m, v;
-    AdamMoments(d, j, i, g, c.b1, c.omb1, c.b2, c.omb2, &m, &v);
+    AdamMoments(d, j, i, g, c.a, &m, &v);
     if (c.amsgrad) {
       v = hn::Max(LoadSlot(d, j, 2, i), v);
       StoreSlot(d, v, j, 2, i);
     }
-    const auto denom = hn::MulAdd(hn::Sqrt(v), hn::Set(d, c.inv_sqrt_bc2), hn::Set(d, c.eps));
+    const auto denom = hn::MulAdd(hn::Sqrt(v), hn::Set(d, c.inv_sqrt_bc2), hn::Set(d, c.a.eps));
     return hn::Div(m, denom);
   }
 };

@@ -24,14 +24,10 @@ namespace HWY_NAMESPACE {
 
 struct Adamax {
   struct C {
-    float b1, omb1, b2, eps, wd;
+    AdamHypers a;
   };
   static bool Prepare(const Job& j, C* c, Factors* f, std::string* err) {
-    c->b1 = static_cast<float>(OptH(j, 1));
-    c->omb1 = static_cast<float>(1 - OptH(j, 1));
-    c->b2 = static_cast<float>(OptH(j, 2));
-    c->eps = static_cast<float>(OptH(j, 3));
-    c->wd = static_cast<float>(OptH(j, 4));
+    c->a = AdamHypers::From(j);
     f->scale = 1 / BiasCorrection(OptH(j, 1), StepT(j));
     return Need(j, 0, "exp_avg", err) && Need(j, 1, "exp_inf", err);
   }
@@ -39,9 +35,9 @@ struct Adamax {
 
   template <class D>
   static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const Job& j, size_t i, hn::Vec<D> g, hn::Vec<D> theta) {
-    g = CoupledDecay(d, g, theta, c.wd);
-    const auto m = Ema(d, LoadSlot(d, j, 0, i), g, c.b1, c.omb1);
-    const auto u = hn::Max(hn::Mul(hn::Set(d, c.b2), LoadSlot(d, j, 1, i)), hn::Add(hn::Abs(g), hn::Set(d, c.eps)));
+    g = CoupledDecay(d, g, theta, c.a.wd);
+    const auto m = Ema(d, LoadSlot(d, j, 0, i), g, c.a.b1, c.a.omb1);
+    const auto u = hn::Max(hn::Mul(hn::Set(d, c.a.b2), LoadSlot(d, j, 1, i)), hn::Add(hn::Abs(g), hn::Set(d, c.a.eps)));
     StoreSlot(d, m, j, 0, i);
     StoreSlot(d, u, j, 1, i);
     return hn::Div(m, u);

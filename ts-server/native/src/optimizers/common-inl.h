@@ -62,12 +62,24 @@ HWY_INLINE hn::Vec<D> Ema(D d, hn::Vec<D> prev, hn::Vec<D> x, float beta, float 
   return hn::MulAdd(hn::Set(d, beta), prev, hn::Mul(hn::Set(d, one_minus_beta), x));
 }
 
+/**
+ * What Adam, AdamW, Adamax, NAdam and RAdam share, at the same places of
+ * their tables (lr, betas.0, betas.1, eps, weight_decay, ...).
+ */
+struct AdamHypers {
+  float b1, omb1, b2, omb2, eps, wd;
+  static AdamHypers From(const Job& j) {
+    const double b1 = OptH(j, 1), b2 = OptH(j, 2);
+    return {static_cast<float>(b1), static_cast<float>(1 - b1), static_cast<float>(b2), static_cast<float>(1 - b2),
+            static_cast<float>(OptH(j, 3)), static_cast<float>(OptH(j, 4))};
+  }
+};
+
 /** Adam's moments (Adam, AdamW, NAdam, RAdam): m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2, stored in slots 0 and 1. */
 template <class D>
-HWY_INLINE void AdamMoments(D d, const Job& j, size_t i, hn::Vec<D> g, float b1, float omb1, float b2, float omb2, hn::Vec<D>* m,
-                            hn::Vec<D>* v) {
-  *m = Ema(d, LoadSlot(d, j, 0, i), g, b1, omb1);
-  *v = Ema(d, LoadSlot(d, j, 1, i), hn::Mul(g, g), b2, omb2);
+HWY_INLINE void AdamMoments(D d, const Job& j, size_t i, hn::Vec<D> g, const AdamHypers& a, hn::Vec<D>* m, hn::Vec<D>* v) {
+  *m = Ema(d, LoadSlot(d, j, 0, i), g, a.b1, a.omb1);
+  *v = Ema(d, LoadSlot(d, j, 1, i), hn::Mul(g, g), a.b2, a.omb2);
   StoreSlot(d, *m, j, 0, i);
   StoreSlot(d, *v, j, 1, i);
 }

@@ -25,7 +25,8 @@ namespace HWY_NAMESPACE {
 
 struct Nadam {
   struct C {
-    float b1, omb1, b2, omb2, eps, wd, inv_bc2, cg, cm;
+    AdamHypers a;
+    float inv_bc2, cg, cm;
     float product;  // P_t, written to mu_product by Commit
   };
   static bool Prepare(const Job& j, C* c, Factors*, std::string* err) {
@@ -35,12 +36,7 @@ struct Nadam {
     const double mu_next = b1 * (1 - 0.5 * std::pow(0.96, (t + 1) * psi));
     // The product is kept in float32 like every slot; the coefficients use it as stored.
     const float product = static_cast<float>(static_cast<double>(j.slot[2][0]) * mu);
-    c->b1 = static_cast<float>(b1);
-    c->omb1 = static_cast<float>(1 - b1);
-    c->b2 = static_cast<float>(b2);
-    c->omb2 = static_cast<float>(1 - b2);
-    c->eps = static_cast<float>(OptH(j, 3));
-    c->wd = static_cast<float>(OptH(j, 4));
+    c->a = AdamHypers::From(j);
     c->inv_bc2 = static_cast<float>(1 / BiasCorrection(b2, t));
     c->cg = static_cast<float>((1 - mu) / (1 - product));
     c->cm = static_cast<float>(mu_next / (1 - product * mu_next));
@@ -51,10 +47,10 @@ struct Nadam {
 
   template <class D>
   static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const Job& j, size_t i, hn::Vec<D> g, hn::Vec<D> theta) {
-    g = CoupledDecay(d, g, theta, c.wd);
+    g = CoupledDecay(d, g, theta, c.a.wd);
     hn::Vec<D> m, v;
-    AdamMoments(d, j, i, g, c.b1, c.omb1, c.b2, c.omb2, &m, &v);
-    const auto denom = hn::Add(hn::Sqrt(hn::Mul(v, hn::Set(d, c.inv_bc2))), hn::Set(d, c.eps));
+    AdamMoments(d, j, i, g, c.a, &m, &v);
+    const auto denom = hn::Add(hn::Sqrt(hn::Mul(v, hn::Set(d, c.inv_bc2))), hn::Set(d, c.a.eps));
     return hn::Div(hn::MulAdd(hn::Set(d, c.cg), g, hn::Mul(hn::Set(d, c.cm), m)), denom);
   }
 };

@@ -24,7 +24,8 @@ namespace HWY_NAMESPACE {
 
 struct Radam {
   struct C {
-    float b1, omb1, b2, omb2, eps, wd, rect;
+    AdamHypers a;
+    float rect;
     bool rectified;
   };
   static bool Prepare(const Job& j, C* c, Factors* f, std::string* err) {
@@ -32,12 +33,7 @@ struct Radam {
     const double bc2 = BiasCorrection(b2, t);
     const double rho_inf = 2 / (1 - b2) - 1;
     const double rho = rho_inf - 2 * t * std::pow(b2, t) / bc2;
-    c->b1 = static_cast<float>(b1);
-    c->omb1 = static_cast<float>(1 - b1);
-    c->b2 = static_cast<float>(b2);
-    c->omb2 = static_cast<float>(1 - b2);
-    c->eps = static_cast<float>(OptH(j, 3));
-    c->wd = static_cast<float>(OptH(j, 4));
+    c->a = AdamHypers::From(j);
     c->rectified = rho > 5;
     c->rect = c->rectified
                   ? static_cast<float>(std::sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)) *
@@ -50,11 +46,11 @@ struct Radam {
 
   template <class D>
   static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const Job& j, size_t i, hn::Vec<D> g, hn::Vec<D> theta) {
-    g = CoupledDecay(d, g, theta, c.wd);
+    g = CoupledDecay(d, g, theta, c.a.wd);
     hn::Vec<D> m, v;
-    AdamMoments(d, j, i, g, c.b1, c.omb1, c.b2, c.omb2, &m, &v);
+    AdamMoments(d, j, i, g, c.a, &m, &v);
     if (!c.rectified) return m;
-    return hn::Div(hn::Mul(m, hn::Set(d, c.rect)), hn::Add(hn::Sqrt(v), hn::Set(d, c.eps)));
+    return hn::Div(hn::Mul(m, hn::Set(d, c.rect)), hn::Add(hn::Sqrt(v), hn::Set(d, c.a.eps)));
   }
 };
 
