@@ -43,6 +43,24 @@ describe('mur-server CLI', () => {
     const bytes = spawnSync(process.execPath, [CLI, '--max-bytes', '12X'], { encoding: 'utf8', env });
     assert.equal(bytes.status, 2);
     assert.match(bytes.stderr, /--max-bytes: "12X" is not a size/);
+    // Every other flag this server added: a bad value is refused before anything starts (no socket, no state dir).
+    const sock = path.join(dir, 'never.sock');
+    const state = path.join(dir, 'never-state');
+    for (const [args, want] of [
+      [['--threads', 'abc'], /--threads: "abc" is not a non-negative integer/],
+      [['--max-sessions', '-1'], /--max-sessions: "-1" is not a non-negative integer/],
+      [['--session-idle-timeout', '1.5'], /--session-idle-timeout: "1.5" is not a non-negative integer/],
+      [['--max-streams', '0'], /--max-streams: "0" is not a positive integer/],
+      [['--socket'], /--socket: missing path/],
+      [['--state-dir'], /--state-dir: missing directory/],
+      [['--socket', sock, '--state-dir', state, '--threads', 'x'], /--threads: "x"/],
+    ] as Array<[string[], RegExp]>) {
+      const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env });
+      assert.equal(r.status, 2, args.join(' '));
+      assert.match(r.stderr, want);
+    }
+    assert.equal(fs.existsSync(sock), false, 'no socket was created');
+    assert.equal(fs.existsSync(state), false, 'no state directory was created');
     fs.rmSync(dir, { recursive: true });
   });
 
