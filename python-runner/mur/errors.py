@@ -43,17 +43,19 @@ class DeadlineExceededError(MurError, TimeoutError):
 
 
 class TransportUnavailable(MurError):
-    """The shared-memory transport cannot be used here; ``reason`` says why.
+    """A transport ("shm" or "tcp") cannot be used here; ``reason`` says why.
 
     A MurError (so a RuntimeError) like every other failure of mur: with
-    ``transport="auto"`` it only means "use gRPC"; ``transport="shm"`` raises it.
+    ``transport="auto"`` it only means "use the next one"; ``transport="shm"``
+    or ``"tcp"`` raises it.
     """
 
     code = grpc.StatusCode.FAILED_PRECONDITION
 
-    def __init__(self, reason):
-        super().__init__(f"shm transport unavailable: {reason}")
+    def __init__(self, reason, transport="shm"):
+        super().__init__(f"{transport} transport unavailable: {reason}")
         self.reason = reason
+        self.transport = transport
 
 
 _BY_CODE = {c.code: c for c in (InvalidArgumentError, NotFoundError, FailedPreconditionError,

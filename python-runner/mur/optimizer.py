@@ -10,6 +10,9 @@ Two data planes (``transport``):
   ``p.grad`` already is the arena's gradient view) and sends one small RPC;
   the server updates the parameters in place. Edits between steps (loading
   weights, masks, clamps) are what the next step starts from.
+- ``"tcp"`` (a server on another host): as "grpc" below, but the tensor
+  bytes travel on a plain TCP (or TLS) connection to the server's data port
+  instead of inside gRPC messages (3-4x faster on loopback; dataplane.py).
 - ``"grpc"`` (anywhere): each step sends every gradient (float32, or
   bfloat16 with ``wire_dtype="bfloat16"``) and writes the updated parameters
   back in place. Parameters edited by the user since the last step are sent
@@ -32,15 +35,16 @@ from google.protobuf import struct_pb2
 
 from ._proto.mur.v1 import optimizer_pb2 as pb
 from ._proto.mur.v1 import optimizer_pb2_grpc as pbg
-from .errors import (ConnectionLostError, FailedPreconditionError, MurError, TransportUnavailable,
-                     from_rpc_error)
+from .errors import (ConnectionLostError, FailedPreconditionError, InvalidArgumentError, MurError,
+                     TransportUnavailable, from_rpc_error)
 from .server import LocalServer
+from .dataplane import DataPlane
 from .transport import Arena
 
 F32 = pb.DTYPE_FLOAT32
 BF16 = pb.DTYPE_BFLOAT16
 _ELEMENT_BYTES = {F32: 4, BF16: 2}
-_TRANSPORTS = ("auto", "shm", "grpc")
+_TRANSPORTS = ("auto", "shm", "tcp", "grpc")
 _WIRE_DTYPES = {"float32": F32, "bfloat16": BF16}
 _RETRIES = 3
 _BACKOFF = 0.1  # seconds before the first retry, doubling
@@ -119,6 +123,24 @@ def _gradient_fields(pid: str, shape, dtype: int, data) -> list:
     return [_field(3, grad_len), *grad, *tensor, data]
 
 
+def _ssl_context(ca, cert, key):
+    """An ssl.SSLContext for the tcp data plane from the channel's PEM material."""
+    import ssl
+    import tempfile
+    context = ssl.create_default_context(cadata=ca.decode() if ca else None)
+    if ca is None:
+        context.load_default_certs()
+    if cert is not None:
+        # load_cert_chain reads files: the PEMs go through a private directory.
+        with tempfile.TemporaryDirectory() as d:
+            paths = [os.path.join(d, n) for n in ("cert.pem", "key.pem")]
+            for path, pem in zip(paths, (cert, key)):
+                with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+                    f.write(pem)
+            context.load_cert_chain(*paths)
+    return context
+
+
 def _read_only_view(data: bytes, dtype=np.float32) -> torch.Tensor:
     """A tensor over the reply's bytes with no copy. torch warns that the
     buffer is read-only; it is only ever read, so that is safe."""
@@ -130,6 +152,27 @@ def _read_only_view(data: bytes, dtype=np.float32) -> torch.Tensor:
 def _bits(t: torch.Tensor) -> torch.Tensor:
     """The float32 bit patterns of t, flat, on the CPU (bitwise comparison)."""
     return t.detach().reshape(-1).view(torch.int32).cpu()
+
+
+# Parameter dtypes the server takes: it keeps a float32 master copy of each
+# (float64 parameters are computed in float32 too); the client casts.
+_PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _raw_bits(t: torch.Tensor) -> torch.Tensor:
+    """The bit patterns of t in its own dtype, flat, on the CPU (edit detection of
+    parameters that are not float32, whose values are not the server's bits)."""
+    t = t.detach().reshape(-1)
+    return t.view(_INT_OF_SIZE[t.element_size()]).cpu()
+
+
+def _check_param(pid, p):
+    if p.is_sparse:
+        raise TypeError(f"parameter {pid}: sparse parameters are not supported")
+    if p.dtype not in _PARAM_DTYPES:
+        raise TypeError(f"parameter {pid}: dtype {p.dtype}; mur takes float32, float16, bfloat16 and float64 "
+                        "parameters (the server computes in float32)")
 
 
 def _is_view_of(t, view) -> bool:
@@ -149,12 +192,15 @@ class RemoteOptimizer(torch.optim.Optimizer):
             by close(), at exit, or when this process dies), "host:port" or
             "unix:/path" of a running one.
         transport: "auto" (default: shared memory when the server offers it
-            and this process can map its arena, else gRPC), "shm" (shared
-            memory or a TransportUnavailable error saying why) or "grpc".
+            and this process can map its arena; else the server's tcp data
+            plane when it has one (a server on another host: the tensor bytes
+            on a plain TCP/TLS connection beside gRPC); else gRPC), "shm" or
+            "tcp" (that one, or a TransportUnavailable error saying why) or
+            "grpc" (tensors in gRPC messages only).
             ``opt.transport`` tells which one is in use. With "shm" every
             parameter's ``p.data`` is a view of the server's copy until close().
-        wire_dtype: "float32" or "bfloat16": how gradients travel on the gRPC
-            transport (bfloat16 halves the bytes and rounds each gradient to
+        wire_dtype: "float32" or "bfloat16": how gradients travel on the tcp
+            and grpc transports (bfloat16 halves the bytes and rounds each gradient to
             bfloat16 first). Ignored on the shm transport, which moves no bytes.
         timeout: deadline in seconds of every call to the server (None: none).
             A lost connection is retried 3 times with backoff (0.1, 0.2, 0.4 s);
@@ -165,7 +211,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
             certificate and key for a server that requires one
             (--tls-client-ca). All None: plaintext.
         **hyperparameters: torch's names (lr, betas, eps, weight_decay,
-            momentum, ...) plus lr_in, lr_out (defaults to lr) and gamma.
+            momentum, ...) plus lr_in, lr_out (defaults to 10 x lr) and gamma
+            (hybrid; default 0.9, scheduled by mur.schedulers).
             sgd's lr defaults to 1e-3 (torch >= 2.2). torch 2.x's foreach,
             fused, capturable and differentiable are accepted no-ops
             (differentiable=True, capturable=True on a GPU: ValueError);
@@ -173,16 +220,35 @@ class RemoteOptimizer(torch.optim.Optimizer):
             decoupled_weight_decay=True makes "adam" "adamw" (nadam, radam:
             NotImplementedError).
 
+    Parameters may be float32, float16, bfloat16 or float64: the server keeps
+    a float32 master copy of each (float64 parameters are computed in
+    float32), gradients are cast to float32 on the way in, and the master is
+    cast back into the parameter after each step. ``add_param_group`` works
+    after creation too: the group joins the server session.
+
     ``opt.state`` is the server's state, torch-style, fetched on access;
     ``state_dict()`` loads into the matching torch.optim class too, and
     ``load_state_dict()`` takes a torch.optim state_dict of the same algorithm.
     A RemoteOptimizer cannot be copied or pickled (TypeError: use state_dict()).
     """
 
+    def __new__(cls, params=None, *args, **kwargs):
+        # server=[addr, addr, ...]: the parameters are sharded across those
+        # servers (mur/sharded.py, docs/scale-out.md); one address: this class.
+        server = kwargs.get("server", args[2] if len(args) > 2 else None)
+        if cls is RemoteOptimizer and isinstance(server, (list, tuple)) and len(server) > 1:
+            from .sharded import ShardedRemoteOptimizer
+            return ShardedRemoteOptimizer(params, *args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, params, optimizer="adam", rule="hybrid", server="auto", transport="auto",
                  wire_dtype="float32", timeout=300.0, tls_ca=None, tls_cert=None, tls_key=None,
                  reconnect_timeout=60.0, **hyperparameters):
-        self._local = self._channel = self._session = self._arena = None
+        self._local = self._channel = self._session = self._arena = self._data = None
+        if isinstance(server, (list, tuple)):  # a list of one address (more: __new__ shards)
+            if len(server) != 1 or not isinstance(server[0], str):
+                raise ValueError(f"server={server!r}: a list of servers holds addresses (at least one)")
+            server = server[0]
         self._token = None  # the session's credential (CreateSession); private
         if not (isinstance(reconnect_timeout, numbers.Real) and reconnect_timeout >= 0):
             raise ValueError(f"reconnect_timeout={reconnect_timeout!r}: must be a number of seconds >= 0")
@@ -192,6 +258,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._views = {}
         self._maximized = set()  # this step's parameters whose group has maximize=True
         self._transport = None
+        self._requested_transport = transport
+        self._client_bits = {}  # parameters that are not float32: their bits when last written from the server
         if not isinstance(transport, str) or transport not in _TRANSPORTS:
             raise ValueError(f"transport={transport!r}: must be one of {', '.join(map(repr, _TRANSPORTS))}")
         if not isinstance(wire_dtype, str) or wire_dtype not in _WIRE_DTYPES:
@@ -221,6 +289,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             with open(v, "rb") as f:
                 return f.read()
         ca, cert, key = pem(tls_ca), pem(tls_cert), pem(tls_key)
+        self._tls = (ca, cert, key) if (ca, cert, key) != (None, None, None) else None
         if (cert is None) != (key is None):
             raise ValueError("tls_cert and tls_key go together (a client certificate needs its key)")
         self._channel = (grpc.secure_channel(address, grpc.ssl_channel_credentials(ca, key, cert), options=options)
@@ -289,19 +358,26 @@ class RemoteOptimizer(torch.optim.Optimizer):
             self._check_flags()
             self._create_session()
             self._transport_reason = None
-            if transport != "grpc":
+            if transport in ("auto", "shm"):
                 try:
                     self._open_shm()
                 except TransportUnavailable as e:
                     if transport == "shm":
                         raise
                     self._transport_reason = e.reason  # "auto": gRPC, silently
+            if self._arena is None and transport in ("auto", "tcp"):
+                try:
+                    self._open_tcp(caps, address)
+                except TransportUnavailable as e:
+                    if transport == "tcp":
+                        raise
+                    self._transport_reason = e.reason
             if self._arena is None:
                 if self._wire_dtype == BF16 and BF16 not in caps.dtypes:
                     raise FailedPreconditionError(
                         f"wire_dtype='bfloat16': the server at {address} does not accept bfloat16 gradients "
                         f"(dtypes: {', '.join(pb.DType.Name(d) for d in caps.dtypes)})")
-                self._transport = "grpc"
+                self._transport = "tcp" if self._data is not None else "grpc"
                 for _, pid, p in self._params():
                     self._mark(pid, p)
             else:
@@ -311,10 +387,60 @@ class RemoteOptimizer(torch.optim.Optimizer):
             raise
 
     def add_param_group(self, param_group):
-        if getattr(self, "_session", None) is not None:
-            raise ValueError("add_param_group: a RemoteOptimizer's parameters are fixed when its server session "
-                             "is created; create a new RemoteOptimizer for the new parameters")
-        super().add_param_group(param_group)
+        """torch's add_param_group; once the session exists the new group joins
+        it on the server (AddParameters): the next steps update its parameters
+        with its hyperparameters. A group torch would refuse, or the server
+        refuses (a bad hyperparameter, a dtype it does not take), raises and
+        leaves the optimizer as it was."""
+        if getattr(self, "_session", None) is None:
+            super().add_param_group(param_group)
+            return
+        self._check_open()
+        n = len(self.param_groups)
+        super().add_param_group(param_group)  # torch's checks and defaults (a parameter in two groups: ValueError)
+        try:
+            if len(self.param_groups) != n + 1:  # a torch that did not append (it always does)
+                raise RuntimeError("add_param_group: torch did not add the group")
+            self._check_flags()
+            self._add_group_to_session(n, self.param_groups[n])
+        except BaseException:
+            del self.param_groups[n:]
+            raise
+
+    @torch.no_grad()
+    def _add_group_to_session(self, gi, group):
+        decls = [(f"g{gi}", f"p{gi}.{pi}", p) for pi, p in enumerate(group["params"])]
+        for _, pid, p in decls:
+            _check_param(pid, p)
+        hypers = {f"g{gi}": _struct(self._group_hypers(group))}  # TypeError for a value that is not a number
+        if self._arena is not None:
+            self._sync_shm()  # the server moves the parameters out of the arena: with the client's edits
+        total = sum(p.numel() * 4 for _, _, p in decls)
+        inline = total < self._caps.max_message_bytes * 0.9
+        data = {pid: _f32_bytes(p) for _, pid, p in decls}
+        req = pb.AddParametersRequest(session_id=self._session, groups=hypers, params=[
+            pb.ParamDecl(id=pid, name=pid, shape=list(p.shape), dtype=F32, group=g,
+                         data=data[pid] if inline else b"") for g, pid, p in decls])
+        self._call(self._stub.AddParameters, req)
+        # The server has the parameters now: from here on the client follows.
+        for _, pid, p in decls:
+            self._ids[id(p)] = pid
+            self._by_id[pid] = p
+            self._server_bits[pid] = _read_only_view(data[pid], np.int32)
+        later = data if not inline else {pid: b for pid, b in data.items() if not b}
+        if later:
+            self._retrying(lambda: self._import_values(later, last_step=0))
+        if self._arena is not None:
+            try:
+                self._remap_shm()
+            except TransportUnavailable as e:
+                self._to_grpc()  # new parameters the arena cannot hold (on a GPU): every parameter goes by gRPC
+                if self._requested_transport == "shm":
+                    raise
+                self._transport_reason = e.reason
+        else:
+            for _, pid, p in decls:
+                self._mark(pid, p)
 
     def _check_flags(self):
         """torch 2.x's flags, per group: values torch accepts; none that would change the maths here."""
@@ -334,7 +460,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     @property
     def transport(self):
-        """The data plane in use: "shm" or "grpc" (read-only)."""
+        """The data plane in use: "shm", "tcp" or "grpc" (read-only)."""
         return self._transport
 
     # -- wire helpers ---------------------------------------------------------
@@ -398,10 +524,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
     def _create_session(self):
         decls, total = [], 0
         for group, pid, p in self._params():
-            if p.dtype != torch.float32:
-                raise TypeError(f"parameter {pid}: dtype {p.dtype}; mur keeps float32 parameters")
-            if p.is_sparse:
-                raise TypeError(f"parameter {pid}: sparse parameters are not supported")
+            _check_param(pid, p)
             total += p.numel() * 4
             decls.append((group, pid, p))
         inline = total < self._caps.max_message_bytes * 0.9
@@ -477,19 +600,33 @@ class RemoteOptimizer(torch.optim.Optimizer):
         except BaseException:
             arena.close()
             raise
-        # From here on the client's parameters are the server's copy.
+        # From here on the client's float32 parameters are the server's copy;
+        # the others keep their own memory, written from the arena after each step.
         self._arena, self._views = arena, views
         self._lane_key = None  # the hyperparameters the server's fast lane holds, once a step set them
         for _, pid, p in self._params():
-            p.data = views[pid][1]
+            if p.dtype == torch.float32:
+                p.data = views[pid][1]
+            else:
+                self._mark_mixed(pid, p)
         self._server_bits = {}  # the gRPC transport's bookkeeping is not needed
 
     def _sync_shm(self):
         """Points every parameter back at its arena view, copying the values of
         one the user rebound (``p.data = t``) into the arena first."""
         for _, pid, p in self._params():
+            if pid not in self._views:
+                continue  # a group being added (add_param_group): not in any arena yet
             _, pv, _ = self._views[pid]
             if pv.numel() == 0 or _is_view_of(p.data, pv):
+                continue
+            if p.dtype in _PARAM_DTYPES and p.dtype != torch.float32 and p.device.type == "cpu" and p.shape == pv.shape:
+                # Not float32: the arena holds the float32 master; an edit of the
+                # parameter (its bits changed since the server's value was written
+                # into it) replaces the master.
+                if not self._mixed_unchanged(pid, p):
+                    pv.copy_(p.detach())
+                    self._mark_mixed(pid, p)
                 continue
             if p.shape != pv.shape:
                 raise ValueError(f"parameter {pid}: shape {tuple(p.shape)}, but the session was created with "
@@ -524,9 +661,63 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 views[pid][2].copy_(og)  # this step's gradient
             if p.grad is not None and _is_view_of(p.grad, og):
                 p.grad = views[pid][2]
-            p.data = views[pid][1]
+            if p.dtype == torch.float32:
+                p.data = views[pid][1]
         self._arena, self._views, self._lane_key = arena, views, None
         old.close()
+
+    def _remap_shm(self):
+        """After AddParameters: the server gave its arena up (an arena cannot
+        grow) and OpenArena makes one covering every parameter, holding the
+        server's values. The parameters (and gradients) viewing the old arena
+        move to the new one; the old mapping goes when nothing views it."""
+        for _, pid, p in self._params():
+            if p.device.type != "cpu":
+                raise TransportUnavailable(f"parameter {pid} is on {p.device}; the arena is CPU memory")
+        try:
+            info = self._call(self._stub.OpenArena, pb.OpenArenaRequest(session_id=self._session))
+        except MurError as e:
+            if e.code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                raise TransportUnavailable(f"OpenArena: {e}") from None
+            raise
+        arena = Arena.open(info)
+        views = {}
+        try:
+            for _, pid, p in self._params():
+                i = arena.index.get(pid)
+                if i is None or arena.param(i).numel() != p.numel():
+                    raise TransportUnavailable(f"the arena does not match the session: parameter {pid} "
+                                               f"({p.numel()} elements) is {'absent' if i is None else 'resized'}")
+                views[pid] = (i, arena.param(i).view(p.shape), arena.grad(i).view(p.shape))
+        except BaseException:
+            arena.close()
+            raise
+        old, old_views = self._arena, self._views
+        for _, pid, p in self._params():
+            _, pv, gv = views[pid]
+            og = old_views.get(pid, (None, None, None))[2]
+            if og is not None and p.grad is not None and og.numel() and _is_view_of(p.grad, og):
+                gv.copy_(og)  # accumulated gradients come along
+                p.grad = gv
+            if p.dtype == torch.float32:
+                p.data = pv
+            else:
+                self._mark_mixed(pid, p)
+        self._arena, self._views, self._lane_key = arena, views, None
+        old.close()
+
+    def _to_grpc(self):
+        """Leaves shared memory for the gRPC transport (the arena is gone on the
+        server): the parameters get their own memory, holding the server's values."""
+        self._detach_shm()
+        self._views = {}
+        self._arena.close()
+        self._arena = None
+        self._transport = "grpc"
+        for _, pid, p in self._params():
+            if p.dtype == torch.float32:
+                self._server_bits[pid] = _bits(p).clone()
+            self._mark(pid, p)
 
     def _detach_shm(self):
         """Gives every parameter (and gradient) that views the arena its own copy."""
@@ -550,15 +741,20 @@ class RemoteOptimizer(torch.optim.Optimizer):
                         raise ValueError(f"parameter {pid}: gradient of shape {tuple(p.grad.shape)}, "
                                          f"parameter is {tuple(gv.shape)}")
                     if pid in self._maximized:
-                        torch.neg(p.grad, out=gv)  # p.grad stays the user's own tensor, its sign untouched
+                        gv.copy_(p.grad).neg_()  # p.grad stays the user's own tensor, its sign untouched
                     else:
-                        gv.copy_(p.grad)
-                        p.grad = gv  # backward accumulates here from now on (zero_grad(set_to_none=False))
+                        gv.copy_(p.grad)  # cast to float32 for a parameter that is not float32
+                        if p.grad.dtype == torch.float32 and p.dtype == torch.float32:
+                            p.grad = gv  # backward accumulates here from now on (zero_grad(set_to_none=False))
                 elif gv.numel() and pid in self._maximized:
                     gv.neg_()  # p.grad is the arena's gradient: negated for the step, restored after it
                     flipped.append(pid)
                 indices.append(i)
             self._step_shm_rung(indices, overrides)
+            for pid, p in grads:  # parameters that are not float32 take the new master values, cast
+                if p.dtype != torch.float32:
+                    p.copy_(self._views[pid][1])
+                    self._mark_mixed(pid, p)
         finally:
             for pid in flipped:  # negation is exact: the user's p.grad is bit for bit what it was
                 self._views[pid][2].neg_()
@@ -593,6 +789,17 @@ class RemoteOptimizer(torch.optim.Optimizer):
     # -- the gRPC transport ---------------------------------------------------
     def _mark(self, pid, p):
         self._marks[pid] = (p._version, p.data_ptr())
+        if p.dtype != torch.float32:
+            self._mark_mixed(pid, p)
+
+    def _mark_mixed(self, pid, p):
+        """A parameter that is not float32 was just written from the server's
+        float32 master (or sent to it): its bits now, to tell an edit later."""
+        self._client_bits[pid] = (p.dtype, _raw_bits(p).clone())
+
+    def _mixed_unchanged(self, pid, p):
+        mark = self._client_bits.get(pid)
+        return mark is not None and mark[0] == p.dtype and torch.equal(_raw_bits(p), mark[1])
 
     def _edited(self):
         """Parameters whose values differ from what the server holds: rebound,
@@ -600,7 +807,12 @@ class RemoteOptimizer(torch.optim.Optimizer):
         numpy (no version bump: compared bit for bit)."""
         out = {}
         for _, pid, p in self._params():
-            if (p.dtype != torch.float32 or self._marks.get(pid) != (p._version, p.data_ptr())
+            if p.dtype != torch.float32:
+                # The server's float32 master is not these bits: compared with
+                # what the parameter held when the server's value was written in.
+                if not self._mixed_unchanged(pid, p):
+                    out[pid] = p
+            elif (self._marks.get(pid) != (p._version, p.data_ptr())
                     or not torch.equal(_bits(p), self._server_bits[pid])):
                 out[pid] = p
         return out
@@ -617,6 +829,44 @@ class RemoteOptimizer(torch.optim.Optimizer):
             self._server_bits[pid] = _read_only_view(data[pid], np.int32)
             self._mark(pid, p)
 
+    def _open_tcp(self, caps, address):
+        """The tcp data plane (proto: DataStepHeader) when the server offers
+        one and it answers, at the host this client reached the server at."""
+        if "tcp" not in caps.transports or not caps.data_port:
+            raise TransportUnavailable(f"the server at {address} has no data port (started with --socket or "
+                                       "--data-port off)", "tcp")
+        host = address.rsplit(":", 1)[0] if ":" in address and not address.startswith("unix:") else None
+        if host is None:
+            raise TransportUnavailable(f"{address} is not a host:port address", "tcp")
+        host = host.strip("[]")  # an IPv6 literal
+        context = None
+        if self._tls is not None:
+            context = _ssl_context(*self._tls)
+        data = DataPlane(host, caps.data_port, timeout=self._timeout, ssl_context=context)
+        try:
+            data.connect()
+        except MurError as e:
+            raise TransportUnavailable(str(e), "tcp") from None
+        self._data = data
+
+    def _refind_tcp(self):
+        """Before a retry: a server restarted (on its --state-dir) may listen
+        on another data port; GetCapabilities says which."""
+        caps = self._call(self._stub.GetCapabilities, pb.GetCapabilitiesRequest())
+        if "tcp" not in caps.transports or not caps.data_port:
+            raise FailedPreconditionError(f"the server at {self._address} came back without a data port "
+                                          "(--data-port off?): create the optimizer again to use gRPC")
+        self._data.close()
+        self._data.address = (self._data.address[0], caps.data_port)
+
+    def _step_tcp(self, payload, overrides, dtype):
+        request = pb.StepRequest(session_id=self._session, step=self._step_no, group_overrides=overrides,
+                                 grads=[pb.Gradient(param_id=pid, grad=pb.Tensor(shape=shape, dtype=dtype))
+                                        for pid, shape, _ in payload])
+        reply, values = self._data.step(self._token, request, [b for _, _, b in payload])
+        self._check_replayed(reply.replayed)
+        return values
+
     def _step_grpc(self, grads, overrides):
         self._push_edits()
         dtype = self._wire_dtype
@@ -624,7 +874,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
         payload = [(pid, list(p.shape), encode(p.grad.neg() if pid in self._maximized else p.grad))
                    for pid, p in grads]
         size = sum(memoryview(b).nbytes for _, _, b in payload)
-        if size < self._caps.max_message_bytes * 0.9:
+        if self._data is not None:
+            values = self._retrying(lambda: self._step_tcp(payload, overrides, dtype), on_lost=self._refind_tcp)
+        elif size < self._caps.max_message_bytes * 0.9:
             values = self._retrying(lambda: self._step_unary(payload, overrides, dtype))
         else:
             values = self._retrying(lambda: self._step_stream(payload, overrides, dtype))
@@ -687,6 +939,61 @@ class RemoteOptimizer(torch.optim.Optimizer):
         else:
             self._step_grpc(grads, overrides)
         return loss
+
+    @torch.no_grad()
+    def _validate_step(self):
+        """Phase 1 of a step across servers (mur/sharded.py): the server runs
+        every check of the step that step() would send next (its number, the
+        hyperparameters, the gradients' ids, shapes and finiteness) and applies
+        nothing; raises as that step would. On shm the gradients are copied
+        into the arena first (step() then finds them there)."""
+        self._check_open()
+        grads = [(pid, p) for _, pid, p in self._params() if p.grad is not None and p.numel() > 0]
+        if not grads:
+            return
+        for pid, p in grads:
+            if p.grad.is_sparse:
+                raise TypeError(f"parameter {pid}: sparse gradients are not supported")
+        overrides = {f"g{i}": _struct(self._group_hypers(g)) for i, g in enumerate(self.param_groups)}
+        number = self._step_no + 1
+        if self._arena is not None:
+            self._sync_shm()
+            indices = []
+            for pid, p in grads:
+                i, _, gv = self._views[pid]
+                if gv.numel() and not _is_view_of(p.grad, gv):
+                    if p.grad.shape != gv.shape:
+                        raise ValueError(f"parameter {pid}: gradient of shape {tuple(p.grad.shape)}, "
+                                         f"parameter is {tuple(gv.shape)}")
+                    gv.copy_(p.grad)  # finiteness does not depend on the sign (maximize): step() negates later
+                indices.append(i)
+            req = pb.StepRequest(session_id=self._session, step=number, group_overrides=overrides,
+                                 arena_grads=indices, validate_only=True)
+            try:
+                self._retrying(lambda: self._call(self._stub.Step, req), on_lost=self._reattach_shm)
+            except FailedPreconditionError as e:
+                if "has no arena" not in str(e):  # a server restarted on --state-dir: map its new arena
+                    raise
+                self._reattach_shm()
+                self._retrying(lambda: self._call(self._stub.Step, req), on_lost=self._reattach_shm)
+            return
+        dtype = self._wire_dtype
+        encode = _bf16_bytes if dtype == BF16 else _f32_view
+        payload = [(pid, list(p.shape), encode(p.grad)) for pid, p in grads]
+        if sum(memoryview(b).nbytes for _, _, b in payload) >= self._caps.max_message_bytes * 0.9:
+            # Too large for one message (step() streams it): finiteness is
+            # checked here, the number and hyperparameters on the server.
+            for pid, p in grads:
+                bad = (~torch.isfinite(p.grad.detach().reshape(-1).to(torch.float32))).nonzero()
+                if bad.numel():
+                    k = int(bad[0])
+                    raise InvalidArgumentError(f"grads '{pid}': element {k} is {float(p.grad.reshape(-1)[k])} "
+                                               f"(must be finite) [INVALID_ARGUMENT]")
+            payload = []
+        head = pb.StepRequest(session_id=self._session, step=number, group_overrides=overrides,
+                              validate_only=True).SerializeToString()
+        req = b"".join([head, *(x for pid, shape, b in payload for x in _gradient_fields(pid, shape, dtype, b))])
+        self._retrying(lambda: self._call(self._raw_step, req))
 
     # -- checkpoints ----------------------------------------------------------
     @torch.no_grad()
@@ -847,6 +1154,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
             yield from frames
         self._call(self._stub.ImportState, gen())
         self._step_no = mur["step"]
+        if self._arena is not None:
+            for _, pid, p in self._params():  # parameters that are not float32 take the imported values
+                if p.dtype != torch.float32:
+                    p.copy_(self._views[pid][1])
+                    self._mark_mixed(pid, p)
         if self._arena is None:
             # The checkpoint's parameter values are the server's now: the
             # client's parameters take them too, as they do through the arena.
@@ -875,6 +1187,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
                     self._views = {}
                     self._arena.close()
                     self._arena = None
+            if getattr(self, "_data", None) is not None:
+                self._data.close()
+                self._data = None
             if getattr(self, "_session", None) is not None:
                 try:
                     self._stub.CloseSession(pb.CloseSessionRequest(session_id=self._session), metadata=self._metadata(),

@@ -41,11 +41,15 @@ Usage: mur-server [options]
   --metrics-port N    serve Prometheus metrics at http://HOST:N/metrics (0: any free port;
                       default: no metrics endpoint)
   --metrics-host H    address of the metrics endpoint (default 127.0.0.1)
+  --data-port N|off   the "tcp" data plane: steps' tensor bytes on a plain TCP (TLS with
+                      --tls-*) connection beside gRPC, for clients on other hosts
+                      (0: any free port, the default; off: none; not with --socket)
   --version           the server's version
   --help              this text
 
 On start it prints {"event":"listening","port":N,"backend":"..."} on stdout
-(with --socket: "socket":PATH and port 0; with --metrics-port: "metrics_port":N).
+(with --socket: "socket":PATH and port 0; with --metrics-port: "metrics_port":N;
+with a data plane: "data_port":N).
 Logs are JSON lines on stderr. SIGTERM/SIGINT shut it down gracefully.`;
 
 export interface CliOptions {
@@ -63,6 +67,8 @@ export interface CliOptions {
   tls?: { cert: Buffer; key: Buffer; clientCa?: Buffer };
   metrics?: { port: number; host: string };
   stateDir?: string;
+  /** null: no data plane. */
+  dataPort?: number | null;
 }
 
 /** "512M", "2G", "1048576" -> bytes. */
@@ -182,6 +188,16 @@ export function parseArgs(argv: string[]): CliOptions | 'help' | 'version' {
         metricsPort = positive(flag, next(), true);
         if (metricsPort > 65535) throw new Error(`--metrics-port: ${metricsPort} is not a port`);
         break;
+      case '--data-port': {
+        const v = next();
+        if (v === 'off') {
+          o.dataPort = null;
+          break;
+        }
+        o.dataPort = positive(flag, v, true);
+        if (o.dataPort > 65535) throw new Error(`--data-port: ${o.dataPort} is not a port`);
+        break;
+      }
       case '--metrics-host':
         metricsHost = next() ?? '';
         if (!metricsHost) throw new Error('--metrics-host: missing value');
@@ -252,6 +268,7 @@ async function main(): Promise<void> {
     backend,
     tls: opts.tls,
     metrics: opts.metrics,
+    dataPort: opts.dataPort,
   });
   const where = opts.socket ? { socket: opts.socket } : { host: opts.host };
   const port = opts.socket ? 0 : server.port;
@@ -259,7 +276,7 @@ async function main(): Promise<void> {
     await server.close(); // a signal came while starting
     return;
   }
-  const extra = { ...(opts.tls ? { tls: opts.tls.clientCa ? 'mutual' : 'server' } : {}), ...(server.metricsPort !== undefined ? { metrics_port: server.metricsPort } : {}) };
+  const extra = { ...(opts.tls ? { tls: opts.tls.clientCa ? 'mutual' : 'server' } : {}), ...(server.metricsPort !== undefined ? { metrics_port: server.metricsPort } : {}), ...(server.context.dataPort ? { data_port: server.context.dataPort } : {}) };
   process.stdout.write(JSON.stringify({ event: 'listening', port, ...where, backend, ...detail, ...extra }) + '\n');
   log('info', 'listening', { port, ...where, backend, ...detail, ...extra });
 }

@@ -8,8 +8,8 @@ import { status } from '@grpc/grpc-js';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { SessionStore } from './session/store';
 
-/** How a step's tensors travelled: in gRPC messages, or in the session's shared-memory arena. */
-export type Transport = 'grpc' | 'shm';
+/** How a step's tensors travelled: in gRPC messages, in the session's shared-memory arena, or on the tcp data plane. */
+export type Transport = 'grpc' | 'shm' | 'tcp';
 
 /** What a step handler hands back for counting: the reply, and the tensor bytes it moved. */
 export interface Metered<T> {
@@ -79,7 +79,7 @@ export class Metrics {
       },
     });
     // Every series exists from the start (a scrape before the first step shows zeros).
-    for (const transport of ['grpc', 'shm'] as const) {
+    for (const transport of ['grpc', 'shm', 'tcp'] as const) {
       for (const result of ['ok', 'replayed', 'refused']) this.steps.inc({ transport, result }, 0);
       this.gradientBytes.inc({ transport }, 0);
       this.parameterBytes.inc({ transport }, 0);

@@ -66,7 +66,7 @@ describe('same-host transport: the shared-memory arena', () => {
   it('is refused with FAILED_PRECONDITION where the engine cannot step in shared memory', async function () {
     if (native) this.skip(); // the native engine offers it: the tests below
     const caps = await getCaps(h);
-    assert.deepEqual(caps.transports, ['grpc']);
+    assert.deepEqual(caps.transports, ['grpc', 'tcp']);
     const s = await create(h, request());
     await expectRefused(openArena(h, s.sessionId), status.FAILED_PRECONDITION, 'native engine');
     await closeSession(h, s.sessionId);

@@ -52,6 +52,9 @@ export const floats = (b: Buffer) => new Float32Array(b.buffer.slice(b.byteOffse
 /** Session tokens from every CreateSession of these tests, by session id. */
 const tokens = new Map<string, string>();
 
+/** The token CreateSession gave `sessionId` (tests that send it themselves: the tcp data plane). */
+export const tokenFor = (sessionId: string) => tokens.get(sessionId);
+
 /** The metadata a call about `sessionId` carries: its token, if a test created it. */
 export function auth(sessionId: string | undefined): grpc.Metadata {
   const m = new grpc.Metadata();

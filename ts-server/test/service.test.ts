@@ -33,7 +33,8 @@ describe('service over gRPC', () => {
     assert.equal(c.backend, currentEngine().name);
     assert.ok(c.availableBackends.includes(c.backend));
     assert.deepEqual(c.dtypes, [F32, DType.DTYPE_BFLOAT16]);
-    assert.deepEqual(c.transports, currentEngine().createArena ? ['grpc', 'shm'] : ['grpc']);
+    assert.deepEqual(c.transports, currentEngine().createArena ? ['grpc', 'shm', 'tcp'] : ['grpc', 'tcp']);
+    assert.ok(c.dataPort > 0, 'a server on TCP offers its data plane');
     assert.equal(c.chunkBytes, 64 * 1024);
     assert.equal(c.maxMessageBytes, 64 * 1024 * 1024);
     const adam = c.optimizers.find((o) => o.name === 'adam')!;
@@ -82,7 +83,7 @@ describe('service over gRPC', () => {
   it('StepStream: a 6 MiB model (above the 4 MiB default) in 64 KiB chunks, several steps on one stream', async () => {
     const n = 1_500_000;
     const init = new Float32Array(n).map((_, i) => Math.sin(i));
-    const s = await create(h, { spec: { optimizer: 'sgd', rule: 'multiplicative', defaults: { lr: 0.1, momentum: 0.9 }, groups: {} }, params: [{ id: 'big', name: 'big', shape: [1500, 1000], dtype: F32, group: '', data: Buffer.alloc(0) }] });
+    const s = await create(h, { spec: { optimizer: 'sgd', rule: 'multiplicative', defaults: { lr: 0.1, lr_out: 0.1, momentum: 0.9 }, groups: {} }, params: [{ id: 'big', name: 'big', shape: [1500, 1000], dtype: F32, group: '', data: Buffer.alloc(0) }] });
     // Initial values too large for one message go through ImportState chunks.
     const frames: StateFrame[] = [{ frame: { $case: 'header', value: { sessionId: s.sessionId, stepCounts: [], lastStep: 0 } } }];
     for (let off = 0; off < n; off += 100_000) {

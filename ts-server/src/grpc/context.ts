@@ -13,6 +13,8 @@ export interface ServerContext {
   maxStreamElements: number;
   /** The spec a CreateSession without one gets (the CLI's --config). */
   defaultSpec?: SpecJson;
+  /** The tcp data plane's port, when it runs (transport/dataPlane.ts). */
+  dataPort?: number;
   /** Counters of steps, bytes and errors (metrics.ts). */
   metrics: Metrics;
 }

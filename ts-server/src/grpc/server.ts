@@ -12,6 +12,7 @@ import type { BackendName } from '../engine/backend';
 import { checkSpecJson, type SpecJson } from '../registry';
 import { SessionStore, type Limits } from '../session/store';
 import type { ServerContext } from './context';
+import { addParameters } from './handlers/addParameters';
 import { closeSession } from './handlers/closeSession';
 import { createSession } from './handlers/createSession';
 import { exportState } from './handlers/exportState';
@@ -26,6 +27,7 @@ import { checkWellFormed, tolerantDeserializers, tolerantService } from './malfo
 import { encodeStepReply } from '../wire/stepReply';
 import { toServiceError } from './status';
 import { Metrics } from '../metrics';
+import { startDataPlane, type DataPlane } from '../transport/dataPlane';
 import { log } from '../log';
 
 export interface ServerOptions {
@@ -62,6 +64,12 @@ export interface ServerOptions {
   tls?: { cert: Buffer; key: Buffer; clientCa?: Buffer };
   /** Serve Prometheus metrics at http://host:port/metrics (port 0: any free port; host default 127.0.0.1). */
   metrics?: { port: number; host?: string };
+  /**
+   * The "tcp" data plane's port on the server's host (transport/dataPlane.ts;
+   * default 0: any free port), or null for none. Only when listening on TCP:
+   * a client on a Unix socket shares the host and gets shared memory.
+   */
+  dataPort?: number | null;
 }
 
 /** Plaintext, TLS, or mutual TLS (client certificates required and checked against clientCa). */
@@ -178,6 +186,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     step: unary(ctx, 'Step', (req, token) => step(ctx, req, token)),
     closeSession: unary(ctx, 'CloseSession', (req, token) => closeSession(ctx, req, token)),
     openArena: unary(ctx, 'OpenArena', (req, token) => openArena(ctx, req, token)),
+    addParameters: unary(ctx, 'AddParameters', (req, token) => addParameters(ctx, req, token)),
     stepStream: (call) => stepStream(ctx, call),
     exportState: (call) => void exportState(ctx, call),
     importState: (call, cb) => importState(ctx, call, cb),
@@ -219,6 +228,18 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
     throw new Error(`metrics: cannot listen on ${opts.metrics?.host ?? '127.0.0.1'}:${opts.metrics?.port}: ${(e as Error).message}`);
   }
   if (tuned) raiseSessionWindows(server, window);
+  let data: DataPlane | undefined;
+  if (!opts.socket && opts.dataPort !== null) {
+    try {
+      data = await startDataPlane(ctx, { host: opts.host ?? '127.0.0.1', port: opts.dataPort ?? 0, tls: opts.tls, idleMs: opts.maxConnectionIdleMs ?? 15 * 60_000 });
+      ctx.dataPort = data.port;
+    } catch (e) {
+      server.forceShutdown();
+      await metrics?.close();
+      ctx.store.closeAll();
+      throw new Error(`data port: cannot listen on ${opts.host ?? '127.0.0.1'}:${opts.dataPort ?? 0}: ${(e as Error).message}`);
+    }
+  }
   let closed = false;
   return {
     port,
@@ -233,6 +254,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       force.unref();
       await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
       clearTimeout(force);
+      await data?.close();
       await metrics?.close();
       ctx.store.closeAll();
     },

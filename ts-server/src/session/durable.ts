@@ -2,7 +2,7 @@
 // told about survives a SIGKILL of the server at any instant.
 //
 // DIR/key                      the credentials key (tokens survive restarts)
-// DIR/sessions/<id>/meta.json  spec and parameter declarations
+// DIR/sessions/<id>/meta.json  spec and parameter declarations at creation
 // DIR/sessions/<id>/snapshot   every tensor and the session header at one step
 // DIR/sessions/<id>/journal    the steps after the snapshot, as requests
 //
@@ -19,6 +19,11 @@
 // refuses it again. The snapshot is rewritten (to a temporary file, then
 // renamed) when the journal has grown past the session's size, so recovery
 // reads at most about twice the state.
+//
+// Parameters added to a live session (AddParameters) are written as a new
+// snapshot whose header carries every declaration: the rename of that file is
+// the one instant the addition becomes durable, so recovery builds the session
+// from the snapshot's declarations when it has them (meta.json's otherwise).
 //
 // Writes go to the page cache (no fsync): they survive the process, not a
 // power cut; --state-dir is about crashes and restarts of the server.
@@ -55,6 +60,8 @@ interface SnapshotHeader {
   lastStep: number;
   lastRequest: { ids: string[]; digest: string | null };
   tensors: Array<{ paramId: string; slot: string; length: number }>;
+  /** Every parameter declaration at this snapshot (absent in snapshots older than AddParameters). */
+  params?: Meta['params'];
 }
 
 export function specToJson(s: ResolvedSpec): SpecJson {
@@ -156,6 +163,7 @@ class SessionFiles implements StepJournal {
       lastStep: h.lastStep,
       lastRequest: session.lastRequest,
       tensors: tensors.map((t) => ({ paramId: t.paramId, slot: t.slot, length: t.data.length })),
+      params: session.declarations().map((d) => ({ id: d.id, name: d.name, shape: d.shape, group: d.group })),
       bytes: tensors.reduce((a, t) => a + t.data.byteLength, 0),
     };
     writeAtomic(path.join(this.dir, 'snapshot'), encode(header, tensors.map((t) => t.data)));
@@ -215,18 +223,21 @@ export class StateDir {
       const dir = path.join(this.root, 'sessions', id);
       try {
         const meta = JSON.parse(fs.readFileSync(path.join(dir, 'meta.json'), 'utf8')) as Meta;
-        const spec = resolveSpec(meta.spec, new Set(meta.params.map((p) => p.group)));
-        const { session, stateBytes } = make(id, spec, meta.params.map((p) => ({ ...p, values: null })));
         const snap = [...decode(fs.readFileSync(path.join(dir, 'snapshot')))][0];
         if (!snap) throw new Error('no complete snapshot');
         const h = snap.header as SnapshotHeader;
+        // The snapshot's declarations include parameters added after creation.
+        const params = h.params ?? meta.params;
+        const groups = new Set(params.map((p) => p.group));
+        const spec = resolveSpec(h.params ? h.spec : meta.spec, groups);
+        const { session, stateBytes } = make(id, spec, params.map((p) => ({ ...p, values: null })));
         let at = 0;
         const tensors = h.tensors.map((t) => {
           const data = snap.floats.subarray(at, at + t.length);
           at += t.length;
           return { paramId: t.paramId, slot: t.slot, data };
         });
-        session.importState({ spec: resolveSpec(h.spec, new Set(meta.params.map((p) => p.group))), stepCounts: new Map(h.stepCounts), lastStep: h.lastStep }, tensors);
+        session.importState({ spec: resolveSpec(h.spec, groups), stepCounts: new Map(h.stepCounts), lastStep: h.lastStep }, tensors);
         session.lastRequest = h.lastRequest;
         let replayed = 0;
         for (const r of decode(fs.readFileSync(path.join(dir, 'journal')))) {

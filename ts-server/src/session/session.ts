@@ -10,7 +10,7 @@ import { currentEngine, disposeParam, type Engine, type FastLane, type ParamStat
 import type { Hypers } from '../engine/types';
 import { FailedPrecondition, InvalidArgument } from '../errors';
 import type { Arena } from '../transport/arena';
-import { resolveGroup, withOverrides, type ResolvedSpec } from '../registry';
+import { resolveGroup, resolveSpec, withOverrides, type ResolvedSpec } from '../registry';
 import { checkImport, paramTensors, slotRef, type SessionHeader, type SlotTensor } from './checkpoint';
 import { checkDeclarations, checkFinite, sizeOf, type ParamDeclaration } from './declarations';
 import type { StepJournal } from './durable';
@@ -190,6 +190,21 @@ export class Session {
   }
 
   /**
+   * Phase 1 of a step across servers (StepRequest.validate_only): every
+   * check the step would make, the finiteness scan included, in its turn
+   * among this session's operations, and nothing applied or recorded: the
+   * same request may then be sent as the step. The result carries no values;
+   * `replayed` says the number is the last applied step's (the step would
+   * replay it).
+   */
+  validateStep(step: number, grads: Array<{ id: string; data: Float32Array }>, overrides: Overrides = {}, where: Where = gradsAt): Promise<StepResult> {
+    return this.exclusive(() => {
+      const plan = this.plan(step, grads, overrides, where, true);
+      return { step, replayed: 'replay' in plan, values: [] };
+    });
+  }
+
+  /**
    * Runs `fn` once every operation queued before it has finished: steps and
    * checkpoint operations on one session never interleave.
    */
@@ -303,8 +318,82 @@ export class Session {
     return arena;
   }
 
+  /**
+   * Adds parameters and the groups they are in (torch's add_param_group),
+   * all or nothing: the declarations are checked as at creation, their ids
+   * must be new, `groups` may only name groups no parameter is in yet, and
+   * the spec with them must resolve for every group. `reserve(spec, decls)`
+   * is the byte budget's say (it throws to refuse) before anything changes.
+   * The new parameters start with no state, as every parameter at creation.
+   * An arena, if any, is given up (its memory cannot grow): the parameters
+   * move back to the engine's own memory and OpenArena makes a new one
+   * covering every parameter. Returns the new spec and the arena's gradient
+   * bytes no longer held.
+   */
+  addParameters(
+    groups: Overrides,
+    decls: ParamDeclaration[],
+    reserve: (spec: ResolvedSpec, decls: ParamDeclaration[]) => void = () => undefined,
+  ): { spec: ResolvedSpec; releasedBytes: number } {
+    this.checkOpen();
+    if (decls.length === 0) throw new InvalidArgument('params: adding parameters needs at least one');
+    checkDeclarations(decls, (a) => this.engine.firstNonFinite(a));
+    decls.forEach((d, i) => {
+      if (this.params.has(d.id)) throw new InvalidArgument(`params[${i}].id: '${d.id}' is already a parameter of this session`);
+    });
+    const inUse = this.groups();
+    for (const g of Object.keys(groups)) {
+      if (inUse.has(g)) {
+        throw new InvalidArgument(`groups.${g || '""'}: the session already has parameters in this group (change its hyperparameters with group_overrides)`);
+      }
+      if (!decls.some((d) => d.group === g)) throw new InvalidArgument(`groups.${g || '""'}: no new parameter is in this group`);
+    }
+    const json = {
+      optimizer: this.spec.optimizer.name,
+      rule: this.spec.rule.name,
+      defaults: this.spec.defaults,
+      groups: { ...this.spec.groups, ...groups },
+    };
+    const spec = resolveSpec(json, new Set([...inUse, ...decls.map((d) => d.group)]));
+    reserve(spec, decls);
+    // Commit: nothing below can be refused.
+    const releasedBytes = this.closeArena();
+    for (const d of decls) {
+      this.params.set(d.id, {
+        id: d.id,
+        shape: [...d.shape],
+        group: d.group,
+        size: sizeOf(d.shape),
+        state: { theta: d.values ? this.engine.create(d.values, d.shape) : null, opt: new Map(), rule: new Map(), steps: 0 },
+      });
+    }
+    this.spec = spec;
+    this.journal?.replaced(this);
+    return { spec, releasedBytes };
+  }
+
+  /** Moves the parameters out of the arena into the engine's memory and closes it; its gradient bytes. */
+  private closeArena(): number {
+    const arena = this.arena;
+    if (!arena) return 0;
+    this.syncLane();
+    this.lane?.close();
+    this.lane = null;
+    this.laneArmed = false;
+    let gradBytes = 0;
+    for (const p of this.params.values()) {
+      gradBytes += 4 * p.size;
+      const theta = p.state.theta!;
+      p.state.theta = this.engine.create(theta.view(), p.shape);
+      this.engine.dispose(theta);
+    }
+    this.arena = null;
+    arena.close();
+    return gradBytes;
+  }
+
   /** A step whose gradients are in the arena's gradient regions, by arena index. */
-  stepArena(step: number, indices: number[], overrides: Overrides = {}): Promise<StepResult> {
+  stepArena(step: number, indices: number[], overrides: Overrides = {}, validateOnly = false): Promise<StepResult> {
     this.checkOpen();
     const arena = this.arena;
     if (!arena) throw new FailedPrecondition('arena_grads: this session has no arena (call OpenArena first)');
@@ -314,7 +403,8 @@ export class Session {
       }
       return { id: arena.tensors[i].paramId, data: arena.grad(i) };
     });
-    return this.stepAsync(step, grads, overrides, (i) => `arena_grads[${i}] (tensor ${indices[i]})`);
+    const where: Where = (i) => `arena_grads[${i}] (tensor ${indices[i]})`;
+    return validateOnly ? this.validateStep(step, grads, overrides, where) : this.stepAsync(step, grads, overrides, where);
   }
 
   /** Stops the fast lane and takes in the steps it applied. */

@@ -99,6 +99,30 @@ export class SessionStore {
     return e.session;
   }
 
+  /**
+   * Adds parameters to session `id` (Session.addParameters) within
+   * --max-bytes: their projected bytes are counted before anything changes;
+   * an arena the session gives up returns its gradient bytes.
+   */
+  addParameters(id: string, groups: Record<string, Record<string, unknown>>, decls: ParamDeclaration[]): ResolvedSpec {
+    const e = this.sessions.get(id);
+    if (!e) throw new NotFound(`session '${id}' not found`);
+    let added = 0;
+    const { spec, releasedBytes } = e.session.addParameters(groups, decls, (next, d) => {
+      added = projectedBytes(next, d);
+      const { maxBytes } = this.limits;
+      if (maxBytes > 0 && this.bytes + added > maxBytes) {
+        throw new ResourceExhausted(
+          `memory: the new parameters need ${added} bytes (values and optimizer state), ${Math.max(0, maxBytes - this.bytes)} of the limit of ${maxBytes} (--max-bytes) are free`,
+        );
+      }
+    });
+    e.bytes += added - releasedBytes;
+    this.bytes += added - releasedBytes;
+    log('info', 'session_params_added', { session: id, params: decls.length, bytes: added });
+    return spec;
+  }
+
   /** Reserves `bytes` more for a session (an arena's gradient regions); ResourceExhausted beyond --max-bytes. */
   reserve(id: string, bytes: number, what: string): void {
     const e = this.sessions.get(id);

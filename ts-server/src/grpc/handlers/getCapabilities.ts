@@ -20,7 +20,9 @@ function hyperInfo(h: HyperSpec): HyperparameterInfo {
     maximum: h.maximum,
     exclusiveMinimum: h.exclusiveMinimum,
     exclusiveMaximum: h.exclusiveMaximum,
-    description: h.defaultFrom ? `${h.description} (default: the value of ${h.defaultFrom})` : h.description,
+    description: h.defaultFrom
+      ? `${h.description} (default: ${h.defaultFactor !== undefined ? `${h.defaultFactor} x ` : 'the value of '}${h.defaultFrom})`
+      : h.description,
     fixed: h.fixed ?? false,
   };
 }
@@ -42,6 +44,7 @@ export function getCapabilities(ctx: ServerContext): Capabilities {
     chunkBytes: ctx.chunkBytes,
     serverVersion: VERSION,
     specSchemaJson: JSON.stringify(specSchema()),
-    transports: currentEngine().createArena ? ['grpc', 'shm'] : ['grpc'],
+    transports: ['grpc', ...(currentEngine().createArena ? ['shm'] : []), ...(ctx.dataPort ? ['tcp'] : [])],
+    dataPort: ctx.dataPort ?? 0,
   };
 }

@@ -1,0 +1,147 @@
+"""The client end of the "tcp" data plane (proto: DataStepHeader).
+
+A step's tensor bytes on a plain TCP connection (TLS when the gRPC channel
+uses TLS) beside the gRPC channel, for a server on another host: grpcio and
+grpc-js move ~16 MB each way in ~35 ms on loopback here, a socket in ~9 ms.
+
+    request: u32 LE n | DataStepHeader (n bytes) | gradient bytes, in order
+    reply:   u32 LE n | DataStepReplyHeader      | float32 parameter bytes, in order
+
+Gradients are sent from the tensors' own memory (``sendmsg`` gathers them,
+no copy on a plaintext connection); parameters are received into one of two
+reused buffers, alternately, so the values of the last step stay intact
+while the next one is received (the optimizer compares them with the user's
+parameters to find edits; a reply cut in the middle never tears them).
+"""
+import math
+import socket
+import struct
+
+import numpy as np
+
+from ._proto.mur.v1 import optimizer_pb2 as pb
+from .errors import _BY_CODE, ConnectionLostError, DeadlineExceededError, MurError
+
+_LEN = struct.Struct("<I")
+_STATUS_NAMES = {0: "OK", 1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED",
+                 5: "NOT_FOUND", 6: "ALREADY_EXISTS", 7: "PERMISSION_DENIED", 8: "RESOURCE_EXHAUSTED",
+                 9: "FAILED_PRECONDITION", 10: "ABORTED", 11: "OUT_OF_RANGE", 12: "UNIMPLEMENTED",
+                 13: "INTERNAL", 14: "UNAVAILABLE", 15: "DATA_LOSS", 16: "UNAUTHENTICATED"}
+
+
+def _error(code: int, message: str) -> MurError:
+    """The MurError the gRPC Step would have raised for this status."""
+    import grpc  # its StatusCode enum keys mur's error classes
+    status = next((s for s in grpc.StatusCode if s.value[0] == code), grpc.StatusCode.UNKNOWN)
+    cls = _BY_CODE.get(status, MurError)
+    return cls(f"{message} [{_STATUS_NAMES.get(code, code)}]", status)
+
+
+class DataPlane:
+    """One connection to a server's data port, opened on first use and again
+    after a failure (the optimizer's retry loop calls ``step`` again)."""
+
+    def __init__(self, host, port, timeout=None, ssl_context=None, server_hostname=None):
+        self.address = (host, port)
+        self._timeout = timeout
+        self._ssl = ssl_context
+        self._server_hostname = server_hostname or host
+        self._sock = None
+        self._buffers = [np.empty(0, np.uint8), np.empty(0, np.uint8)]
+        self._next = 0
+
+    def connect(self):
+        if self._sock is not None:
+            return
+        try:
+            s = socket.create_connection(self.address, timeout=self._timeout)
+        except socket.timeout:
+            raise DeadlineExceededError(f"data plane: connecting to {self.address[0]}:{self.address[1]} timed out") from None
+        except OSError as e:
+            raise ConnectionLostError(f"data plane: cannot connect to {self.address[0]}:{self.address[1]}: {e}") from None
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._ssl is not None:
+            try:
+                s = self._ssl.wrap_socket(s, server_hostname=self._server_hostname)
+            except (OSError, ValueError) as e:
+                s.close()
+                raise ConnectionLostError(f"data plane: TLS handshake with {self.address[0]}:{self.address[1]} failed: {e}") from None
+        self._sock = s
+
+    def close(self):
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+
+    def _send(self, parts):
+        views = [memoryview(p).cast("B") for p in parts]
+        if self._ssl is not None:  # an SSL socket has no sendmsg
+            for v in views:
+                self._sock.sendall(v)
+            return
+        while views:
+            sent = self._sock.sendmsg(views[:512])  # IOV_MAX is 1024 on Linux
+            while sent and views:
+                if sent >= views[0].nbytes:
+                    sent -= views[0].nbytes
+                    views.pop(0)
+                else:
+                    views[0] = views[0][sent:]
+                    sent = 0
+
+    def _recv_into(self, view):
+        got = 0
+        while got < view.nbytes:
+            n = self._sock.recv_into(view[got:], view.nbytes - got)
+            if n == 0:
+                raise ConnectionLostError(f"data plane: {self.address[0]}:{self.address[1]} closed the connection")
+            got += n
+
+    def step(self, token, request, payload):
+        """Sends ``request`` (a StepRequest whose gradients carry shape and
+        dtype, no data) and the gradient bytes ``payload`` (one buffer per
+        gradient, in order). Returns (StepReply, {param_id: memoryview of its
+        float32 bytes}); the views stay valid until the step after next.
+        Raises the MurError of the server's status, ConnectionLostError (the
+        step may or may not have been applied: send it again with the same
+        step number) or DeadlineExceededError."""
+        self.connect()
+        try:
+            header = pb.DataStepHeader(session_token=token or "", request=request).SerializeToString()
+            self._send([_LEN.pack(len(header)), header, *payload])
+            n = bytearray(4)
+            self._recv_into(memoryview(n))
+            size = _LEN.unpack(n)[0]
+            head = bytearray(size)
+            self._recv_into(memoryview(head))
+            reply = pb.DataStepReplyHeader.FromString(bytes(head))
+            if reply.code != 0:
+                # The server closes the connection after refusing a header it
+                # could not read past: start afresh after any refusal.
+                self.close()
+                raise _error(reply.code, reply.message)
+            sizes = [4 * math.prod(p.value.shape) for p in reply.reply.params]
+            total = sum(sizes)
+            buf = self._buffers[self._next]
+            if buf.nbytes < total:
+                buf = self._buffers[self._next] = np.empty(total, np.uint8)
+            self._recv_into(memoryview(buf)[:total])
+        except socket.timeout:
+            self.close()
+            raise DeadlineExceededError(f"data plane: no reply from {self.address[0]}:{self.address[1]} "
+                                        f"within {self._timeout} s") from None
+        except (OSError, EOFError) as e:
+            self.close()
+            raise ConnectionLostError(f"data plane: connection to {self.address[0]}:{self.address[1]} lost: {e}") from None
+        except ConnectionLostError:
+            self.close()
+            raise
+        self._next ^= 1
+        out, at = {}, 0
+        mv = memoryview(buf)
+        for p, n in zip(reply.reply.params, sizes):
+            out[p.param_id] = mv[at:at + n]
+            at += n
+        return reply.reply, out

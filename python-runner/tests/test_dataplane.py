@@ -1,0 +1,208 @@
+"""The tcp transport (mur/dataplane.py, proto DataStepHeader): tensor bytes on
+a plain TCP connection to the server's data port, gRPC for the rest. It must
+keep every guarantee of the grpc transport: the same trajectory bit for bit,
+edits between steps kept, refused steps changing nothing, retries exact
+through a server restart."""
+import json
+import os
+import select
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import mur
+
+CLI = Path(__file__).resolve().parents[2] / "ts-server" / "dist" / "src" / "cli.js"
+
+
+def read_line(proc, timeout=60):
+    fd, buf, deadline = proc.stdout.fileno(), b"", time.monotonic() + timeout
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"mur server: no line within {timeout} s (got {buf!r})")
+        part = os.read(fd, 65536)
+        if not part:
+            raise AssertionError(f"mur server: exited before printing a line (got {buf!r})")
+        buf += part
+    return json.loads(buf.split(b"\n", 1)[0])
+
+
+def start(*args, port=0):
+    """A server from the CLI on TCP (stdin kept open: it dies with this test process)."""
+    proc = subprocess.Popen(["node", str(CLI), "--port", str(port), "--exit-with-stdin", *map(str, args)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "MUR_LOG": "silent"})
+    try:
+        return proc, read_line(proc)
+    except BaseException:
+        stop(proc)
+        raise
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=30)
+    for f in (proc.stdin, proc.stdout):
+        f.close()
+
+
+@pytest.fixture(scope="module")
+def tcp_server():
+    proc, info = start()
+    assert info["data_port"] > 0
+    yield f"127.0.0.1:{info['port']}"
+    stop(proc)
+
+
+def net(seed=0, width=8):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(5, width), torch.nn.Tanh(), torch.nn.Linear(width, 2))
+
+
+def batches(n, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 5, generator=g), torch.randn(16, 2, generator=g)) for _ in range(n)]
+
+
+def backward(model, x, y):
+    model.zero_grad()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+
+
+def bits(model):
+    return [p.detach().reshape(-1).view(torch.int32).clone() for p in model.parameters()]
+
+
+def same_bits(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def run(address, transport, steps=12, edit_at=None, **kw):
+    """Adam/hybrid over `address` on `transport`; the final parameters' bits."""
+    model = net()
+    opt = mur.RemoteOptimizer(model.parameters(), optimizer="adam", rule="hybrid", lr=0.01, lr_out=0.01, gamma=0.5,
+                              server=address, transport=transport, timeout=30, **kw)
+    try:
+        assert opt.transport == transport
+        for k, (x, y) in enumerate(batches(steps)):
+            if k == edit_at:
+                with torch.no_grad():
+                    model[0].weight.data.mul_(0.5)  # .data: no version bump, found by comparing bits
+                    model[2].bias.fill_(0.25)
+            backward(model, x, y)
+            opt.step()
+    finally:
+        opt.close()
+    return bits(model)
+
+
+@pytest.mark.parametrize("wire_dtype", ["float32", "bfloat16"])
+def test_tcp_steps_exactly_as_grpc(tcp_server, wire_dtype):
+    assert same_bits(run(tcp_server, "tcp", wire_dtype=wire_dtype), run(tcp_server, "grpc", wire_dtype=wire_dtype))
+
+
+def test_tcp_matches_torch_adam(tcp_server):
+    model, ref = net(), net()
+    opt = mur.RemoteOptimizer(model.parameters(), optimizer="adam", rule="additive", lr=0.01, server=tcp_server,
+                              transport="tcp")
+    local = torch.optim.Adam(ref.parameters(), lr=0.01)
+    try:
+        for x, y in batches(20):
+            for m, o in ((model, opt), (ref, local)):
+                backward(m, x, y)
+                o.step()
+    finally:
+        opt.close()
+    # float32 rounding of 20 Adam steps at lr 1e-2 (the server's fused kernel
+    # orders operations differently from torch's for-loop Adam).
+    assert max((p - q).abs().max().item() for p, q in zip(model.parameters(), ref.parameters())) < 1e-5
+
+
+def test_edits_between_steps_are_kept_on_tcp(tcp_server):
+    """Weights edited between steps (without a version bump) are what the next step starts from."""
+    assert same_bits(run(tcp_server, "tcp", edit_at=5), run(tcp_server, "grpc", edit_at=5))
+    assert not same_bits(run(tcp_server, "tcp", edit_at=5), run(tcp_server, "tcp"))
+
+
+def test_a_refused_step_changes_nothing_and_the_next_one_goes_through(tcp_server):
+    model = net()
+    opt = mur.RemoteOptimizer(model.parameters(), optimizer="adam", rule="additive", lr=0.01, server=tcp_server,
+                              transport="tcp")
+    try:
+        (x, y), (x2, y2) = batches(2)
+        backward(model, x, y)
+        opt.step()
+        before = bits(model)
+        backward(model, x2, y2)
+        model[0].weight.grad[0, 0] = float("nan")
+        with pytest.raises(mur.InvalidArgumentError, match="NaN|finite"):
+            opt.step()
+        assert same_bits(bits(model), before)
+        backward(model, x2, y2)
+        opt.step()
+        assert not same_bits(bits(model), before)
+        sd = opt.state_dict()
+        assert sd["mur"]["step"] == 3  # the refused number is not reused silently: one more, as on grpc
+    finally:
+        opt.close()
+
+
+def test_tcp_needs_a_data_port():
+    with pytest.raises(mur.TransportUnavailable, match="tcp transport unavailable"):
+        mur.RemoteOptimizer(net().parameters(), optimizer="adam", rule="additive", server="auto", transport="tcp")
+    proc, info = start("--data-port", "off")
+    try:
+        assert "data_port" not in info
+        with pytest.raises(mur.TransportUnavailable, match="no data port"):
+            mur.RemoteOptimizer(net().parameters(), optimizer="adam", rule="additive", server=f"127.0.0.1:{info['port']}",
+                                transport="tcp")
+        opt = mur.RemoteOptimizer(net().parameters(), optimizer="adam", rule="additive",
+                                  server=f"127.0.0.1:{info['port']}", transport="auto")
+        assert opt.transport in ("shm", "grpc")
+        opt.close()
+    finally:
+        stop(proc)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tcp_rides_through_server_kills_on_a_state_dir():
+    """SIGKILL the server between gradient and step and restart it on the same
+    --state-dir and gRPC port (its data port changes): the client finds the new
+    data port, resends its step under the same number, and ends equal to
+    torch.optim: no step lost or applied twice."""
+    d = tempfile.mkdtemp(prefix="mur-test-")
+    port = free_port()
+    procs = [start("--state-dir", Path(d) / "state", port=port)[0]]
+    a, b = net(5, width=16), net(5, width=16)
+    opt = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="additive", lr=0.01, server=f"127.0.0.1:{port}",
+                              transport="tcp", reconnect_timeout=30)
+    ref = torch.optim.Adam(b.parameters(), lr=0.01)
+    try:
+        for k, (x, y) in enumerate(batches(20, seed=7)):
+            backward(a, x, y)
+            backward(b, x, y)
+            if k in (3, 4, 11):
+                stop(procs[-1])
+                procs.append(start("--state-dir", Path(d) / "state", port=port)[0])
+            opt.step()
+            ref.step()
+        assert opt.transport == "tcp"
+        assert max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters())) < 1e-5
+    finally:
+        opt.close()
+        for p in procs:
+            stop(p)
+        shutil.rmtree(d, ignore_errors=True)
