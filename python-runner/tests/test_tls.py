@@ -115,12 +115,13 @@ def net():
     return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
 
 
-def train(address, steps=3, **kw):
+def train(address, steps=3, transport="grpc", **kw):
     """A few Adam/hybrid steps over `address`; the final parameters."""
     model = net()
     opt = mur.RemoteOptimizer(model.parameters(), optimizer="adam", rule="hybrid", server=address,
-                              transport="grpc", lr=0.01, timeout=20, **kw)
+                              transport=transport, lr=0.01, timeout=20, **kw)
     try:
+        assert opt.transport == transport
         g = torch.Generator().manual_seed(1)
         for _ in range(steps):
             x, y = torch.randn(8, 4, generator=g), torch.randn(8, 1, generator=g)
@@ -148,6 +149,45 @@ def test_a_client_trusting_the_ca_trains_like_a_plaintext_one(tls_server, certs)
         over_tls = train(address, tls_ca=certs["ca"])  # a path
         assert all(torch.equal(a, b) for a, b in zip(plain, over_tls)), address
     assert all(torch.equal(a, b) for a, b in zip(plain, train(f"localhost:{tls_server}", tls_ca=certs["ca"].read_bytes())))
+
+
+@pytest.mark.parametrize("mutual", [False, True])
+def test_the_tcp_data_plane_uses_tls_too(tls_server, mtls_server, certs, mutual):
+    """The data port speaks TLS with the gRPC port's certificates (and asks
+    for a client certificate under mTLS); the trajectory is gRPC's."""
+    kw = dict(tls_ca=certs["ca"])
+    if mutual:
+        cert, key = certs["client"]
+        kw.update(tls_cert=cert, tls_key=key)
+    address = f"localhost:{mtls_server if mutual else tls_server}"
+    plain = train("auto")
+    assert all(torch.equal(a, b) for a, b in zip(plain, train(address, transport="tcp", **kw)))
+
+
+def test_the_tls_data_port_refuses_plaintext_and_strangers(mtls_server, certs):
+    import socket
+    import ssl
+    caps_port = None
+    opt = mur.RemoteOptimizer(net().parameters(), server=f"localhost:{mtls_server}", transport="grpc", timeout=20,
+                              tls_ca=certs["ca"], tls_cert=certs["client"][0], tls_key=certs["client"][1])
+    try:
+        caps_port = opt._caps.data_port
+    finally:
+        opt.close()
+    assert caps_port
+    # Plaintext bytes get no answer but a closed connection.
+    with socket.create_connection(("127.0.0.1", caps_port), timeout=10) as s:
+        s.sendall(b"\x05\x00\x00\x00hello")
+        assert s.recv(1) == b""
+    # A client certificate from another CA is refused in the handshake.
+    ctx = ssl.create_default_context(cafile=str(certs["ca"]))
+    ctx.load_cert_chain(*map(str, certs["stranger"]))
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        with socket.create_connection(("127.0.0.1", caps_port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b"\x00\x00\x00\x00")
+                if s.recv(1) == b"":
+                    raise ConnectionError("closed")
 
 
 def test_mutual_tls_needs_a_certificate_the_ca_signed(mtls_server, certs):
