@@ -18,6 +18,7 @@ import socket
 import struct
 
 import numpy as np
+import torch
 
 from ._proto.mur.v1 import optimizer_pb2 as pb
 from .errors import _BY_CODE, ConnectionLostError, DeadlineExceededError, MurError
@@ -48,6 +49,7 @@ class DataPlane:
         self._server_hostname = server_hostname or host
         self._sock = None
         self._buffers = [np.empty(0, np.uint8), np.empty(0, np.uint8)]
+        self._floats = [torch.empty(0), torch.empty(0)]  # the same memory, as float32 tensors
         self._next = 0
 
     def connect(self):
@@ -102,8 +104,9 @@ class DataPlane:
     def step(self, token, request, payload):
         """Sends ``request`` (a StepRequest whose gradients carry shape and
         dtype, no data) and the gradient bytes ``payload`` (one buffer per
-        gradient, in order). Returns (StepReply, {param_id: memoryview of its
-        float32 bytes}); the views stay valid until the step after next.
+        gradient, in order). Returns (StepReply, {param_id: a flat float32
+        tensor of its values}); the tensors are views of a reused buffer, valid
+        until the step after next.
         Raises the MurError of the server's status, ConnectionLostError (the
         step may or may not have been applied: send it again with the same
         step number) or DeadlineExceededError."""
@@ -127,6 +130,7 @@ class DataPlane:
             buf = self._buffers[self._next]
             if buf.nbytes < total:
                 buf = self._buffers[self._next] = np.empty(total, np.uint8)
+                self._floats[self._next] = torch.from_numpy(buf.view(np.float32))
             self._recv_into(memoryview(buf)[:total])
         except socket.timeout:
             self.close()
@@ -138,10 +142,10 @@ class DataPlane:
         except ConnectionLostError:
             self.close()
             raise
+        floats = self._floats[self._next]
         self._next ^= 1
         out, at = {}, 0
-        mv = memoryview(buf)
         for p, n in zip(reply.reply.params, sizes):
-            out[p.param_id] = mv[at:at + n]
+            out[p.param_id] = floats[at // 4:(at + n) // 4]
             at += n
         return reply.reply, out

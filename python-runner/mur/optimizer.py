@@ -245,6 +245,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
                  wire_dtype="float32", timeout=300.0, tls_ca=None, tls_cert=None, tls_key=None,
                  reconnect_timeout=60.0, **hyperparameters):
         self._local = self._channel = self._session = self._arena = self._data = None
+        self._bf16 = {}  # per parameter: its gradient as bfloat16 (wire_dtype="bfloat16")
         if isinstance(server, (list, tuple)):  # a list of one address (more: __new__ shards)
             if len(server) != 1 or not isinstance(server[0], str):
                 raise ValueError(f"server={server!r}: a list of servers holds addresses (at least one)")
@@ -859,6 +860,16 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._data.close()
         self._data.address = (self._data.address[0], caps.data_port)
 
+    def _bf16_view(self, pid, g):
+        """g rounded to bfloat16 (round to nearest even, torch's conversion) in
+        a buffer kept per parameter, as bytes: a fresh buffer every step costs
+        more in page faults than the conversion."""
+        scratch = self._bf16.get(pid)
+        if scratch is None or scratch.shape != g.shape:
+            scratch = self._bf16[pid] = torch.empty(g.shape, dtype=torch.bfloat16)
+        scratch.copy_(g.detach())
+        return memoryview(scratch.view(torch.int16).numpy()).cast("B")
+
     def _step_tcp(self, payload, overrides, dtype):
         request = pb.StepRequest(session_id=self._session, step=self._step_no, group_overrides=overrides,
                                  grads=[pb.Gradient(param_id=pid, grad=pb.Tensor(shape=shape, dtype=dtype))
@@ -870,8 +881,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
     def _step_grpc(self, grads, overrides):
         self._push_edits()
         dtype = self._wire_dtype
-        encode = _bf16_bytes if dtype == BF16 else _f32_view
-        payload = [(pid, list(p.shape), encode(p.grad.neg() if pid in self._maximized else p.grad))
+        encode = self._bf16_view if dtype == BF16 else (lambda pid, g: _f32_view(g))
+        payload = [(pid, list(p.shape), encode(pid, p.grad.neg() if pid in self._maximized else p.grad))
                    for pid, p in grads]
         size = sum(memoryview(b).nbytes for _, _, b in payload)
         if self._data is not None:
@@ -882,8 +893,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
             values = self._retrying(lambda: self._step_stream(payload, overrides, dtype))
         for pid, data in values.items():
             p = self._by_id[pid]
-            p.copy_(_read_only_view(data).view(p.shape))
-            self._server_bits[pid] = _read_only_view(data, np.int32)
+            v = data if torch.is_tensor(data) else _read_only_view(data)  # tcp: float32 tensors already
+            p.copy_(v.view(p.shape))
+            self._server_bits[pid] = v.view(torch.int32)
             self._mark(pid, p)
 
     def _step_unary(self, payload, overrides, dtype):

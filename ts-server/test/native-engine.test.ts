@@ -187,6 +187,22 @@ describe('native engine addon', () => {
     assert.equal(addon.firstNonFinite(Float32Array.of(3.4e38, -3.4e38, 1e-45)), -1, 'large and subnormal values are finite');
   });
 
+  it('widens bfloat16 bytes to float32 exactly, at any alignment, and refuses mismatched sizes', () => {
+    const r = rand(7);
+    for (const n of [0, 1, 15, 16, 17, 1000, 65537]) {
+      for (const offset of [0, 1]) {
+        const src = new Uint8Array(2 * n + offset).subarray(offset);
+        src.forEach((_, i) => (src[i] = Math.floor((r() + 1) * 128)));
+        const out = new Float32Array(n);
+        addon.widenBf16(src, out);
+        const bits = new Uint32Array(out.buffer);
+        for (let i = 0; i < n; i++) assert.equal(bits[i], ((src[2 * i] | (src[2 * i + 1] << 8)) << 16) >>> 0, `n=${n} offset=${offset} [${i}]`);
+      }
+    }
+    assert.throws(() => addon.widenBf16(new Uint8Array(3), new Float32Array(2)), /2 bytes per dst element/);
+    assert.throws(() => addon.widenBf16(new Float32Array(2) as unknown as Uint8Array, new Float32Array(1)), /expected a Uint8Array/);
+  });
+
   it('sums squares in double precision', () => {
     const a = Float32Array.from({ length: 1001 }, (_, i) => (i % 7) - 3);
     const want = Array.from(a).reduce((s, v) => s + v * v, 0);

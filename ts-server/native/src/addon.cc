@@ -250,6 +250,29 @@ Napi::Value SumSquares(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), mur::SumSquares(a.Data(), a.ElementLength()));
 }
 
+/**
+ * widenBf16(src: Uint8Array, dst: Float32Array): bfloat16 gradients from the
+ * wire (little-endian, any alignment) to float32, exactly: a bfloat16 is the
+ * upper half of a float32. One pass the compiler vectorises; JavaScript's
+ * loop over 4M values took 10-19 ms here.
+ */
+Napi::Value WidenBf16(const Napi::CallbackInfo& info) {
+  if (info.Length() != 2 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
+      !info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+    Fail(info.Env(), "widenBf16(src, dst): expected a Uint8Array and a Float32Array");
+  }
+  Napi::Uint8Array src = info[0].As<Napi::Uint8Array>();
+  Napi::Float32Array dst = info[1].As<Napi::Float32Array>();
+  const size_t n = dst.ElementLength();
+  if (src.ByteLength() != 2 * n) Fail(info.Env(), "widenBf16: src must hold 2 bytes per dst element");
+  const uint8_t* in = src.Data();
+  uint32_t* out = reinterpret_cast<uint32_t*>(dst.Data());
+  for (size_t i = 0; i < n; ++i) {
+    out[i] = (static_cast<uint32_t>(in[2 * i]) | static_cast<uint32_t>(in[2 * i + 1]) << 8) << 16;
+  }
+  return info.Env().Undefined();
+}
+
 Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   if (info.Length() != 1 || !info[0].IsNumber()) Fail(info.Env(), "setThreads(n): n must be a number");
   mur::Pool::Get().SetThreads(info[0].As<Napi::Number>().Int32Value());
@@ -331,6 +354,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("firstNonFinite", Napi::Function::New(env, FirstNonFinite));
   exports.Set("sumSquares", Napi::Function::New(env, SumSquares));
   exports.Set("scan", Napi::Function::New(env, Scan));
+  exports.Set("widenBf16", Napi::Function::New(env, WidenBf16));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("threads", Napi::Function::New(env, Threads));
   mur::InitArena(env, exports);

@@ -73,6 +73,8 @@ export interface Engine {
   readonly name: string;
   /** Index of the first NaN or infinity, or -1. */
   firstNonFinite(a: Float32Array): number;
+  /** bfloat16 bytes (little-endian, any alignment) widened into dst; engines without it: wire/tensors.ts's loop. */
+  widenBf16?(src: Uint8Array, dst: Float32Array): void;
   /** The same, and a digest of the bytes (to tell a retried request from a different one), in one pass. */
   scan(a: Float32Array): { nonFinite: number; digest: string };
   /** New storage holding a copy of `values`. */

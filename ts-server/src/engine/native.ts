@@ -40,6 +40,7 @@ export interface NativeAddon {
   scan(a: Float32Array): [number, string];
   firstNonFinite(a: Float32Array): number;
   sumSquares(a: Float32Array): number;
+  widenBf16(src: Uint8Array, dst: Float32Array): void;
   setThreads(n: number): number;
   threads(): number;
   arenaCreate(bytes: number): { buffer: ArrayBuffer; fd: number };
@@ -149,6 +150,10 @@ export class NativeEngine implements Engine {
 
   threads(): number {
     return this.addon.threads();
+  }
+
+  widenBf16(src: Uint8Array, dst: Float32Array): void {
+    this.addon.widenBf16(src, dst);
   }
 
   firstNonFinite(a: Float32Array): number {

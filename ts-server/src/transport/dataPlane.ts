@@ -18,7 +18,7 @@ import { InvalidArgument, ResourceExhausted } from '../errors';
 import type { ServerContext } from '../grpc/context';
 import { inlineStep } from '../grpc/handlers/step';
 import { toServiceError } from '../grpc/status';
-import { checkDtype, GRADIENT_DTYPES } from '../wire/tensors';
+import { checkDtype, GRADIENT_DTYPES, widenBf16Into } from '../wire/tensors';
 import { log } from '../log';
 
 const RPC = 'DataStep';
@@ -98,6 +98,8 @@ class Connection {
   private pending?: Pending;
   private recv = Buffer.allocUnsafe(0);
   private send = Buffer.allocUnsafe(0);
+  /** bfloat16 gradients widened to float32 (reused: fresh large buffers cost page faults every step). */
+  private widened = Buffer.allocUnsafe(0);
   private received = 0;
 
   constructor(
@@ -164,19 +166,28 @@ class Connection {
   }
 
   private async step(p: Pending): Promise<void> {
+    const wide = p.request.grads.reduce((n, g, i) => n + (g.grad!.dtype === DType.DTYPE_BFLOAT16 ? 2 * p.sizes[i] : 0), 0);
+    if (this.widened.length < wide) this.widened = Buffer.allocUnsafe(wide);
     let at = 0;
+    let w = 0;
     const request: StepRequest = {
       ...p.request,
       grads: p.request.grads.map((g, i) => {
         const data = this.recv.subarray(at, at + p.sizes[i]);
         at += p.sizes[i];
-        return { paramId: g.paramId, grad: { ...g.grad!, data } };
+        if (g.grad!.dtype !== DType.DTYPE_BFLOAT16) return { paramId: g.paramId, grad: { ...g.grad!, data } };
+        // Widened here, exactly as Step widens, into the reused buffer.
+        const out = this.widened.subarray(w, w + 2 * data.length);
+        w += out.length;
+        widenBf16Into(data, new Float32Array(out.buffer, out.byteOffset, data.length / 2));
+        return { paramId: g.paramId, grad: { ...g.grad!, dtype: DType.DTYPE_FLOAT32, data: out } };
       }),
     };
     let head: Buffer;
     let body: Buffer | undefined;
     try {
-      const reply = await this.ctx.metrics.step('tcp', () => inlineStep(this.ctx, request, p.token || undefined));
+      // Metered with the bytes that came over the wire (bfloat16 ones counted as sent).
+      const reply = await this.ctx.metrics.step('tcp', async () => ({ ...(await inlineStep(this.ctx, request, p.token || undefined)), gradientBytes: p.total }));
       // Copied out before the reply is written: the values are the session's
       // own memory, which another step may change while the socket drains.
       const size = reply.params.reduce((n, v) => n + v.value!.data.byteLength, 0);

@@ -3,6 +3,7 @@
 // once. bfloat16 (gradients only): widened to float32, exactly (a bfloat16 is
 // the upper 16 bits of a float32).
 import { DType } from '../../generated/mur/v1/optimizer';
+import { currentEngine } from '../engine/engine';
 import { InvalidArgument } from '../errors';
 
 export const SUPPORTED_DTYPES = [DType.DTYPE_FLOAT32, DType.DTYPE_BFLOAT16];
@@ -32,11 +33,27 @@ function bf16ToF32(bytes: Uint8Array, what: string): Float32Array {
   if (bytes.byteLength % 2 !== 0) {
     throw new InvalidArgument(`${what}: ${bytes.byteLength} bytes is not a whole number of bfloat16 values`);
   }
+  // Buffer.allocUnsafe: no zero-filling of memory that is overwritten at once.
+  const b = Buffer.allocUnsafe(2 * bytes.byteLength);
+  return widenBf16Into(bytes, new Float32Array(b.buffer, b.byteOffset, bytes.byteLength / 2));
+}
+
+/**
+ * bfloat16 bytes widened into `out` (bytes.byteLength / 2 values), exactly.
+ * The native engine does it in one vectorised pass; elsewhere a loop. Callers
+ * that step often pass a reused `out`: a fresh 16 MB buffer costs more in
+ * page faults here (8-20 ms) than the widening itself (0.7 ms native).
+ */
+export function widenBf16Into(bytes: Uint8Array, out: Float32Array): Float32Array {
   const n = bytes.byteLength / 2;
-  const src = bytes.byteOffset % 2 === 0 ? new Uint16Array(bytes.buffer, bytes.byteOffset, n) : new Uint16Array(bytes.slice().buffer);
-  const out = new Uint32Array(n);
-  for (let i = 0; i < n; i++) out[i] = src[i] << 16;
-  return new Float32Array(out.buffer);
+  const engine = currentEngine();
+  if (engine.widenBf16) {
+    engine.widenBf16(bytes, out);
+    return out;
+  }
+  const bits = new Uint32Array(out.buffer, out.byteOffset, n);
+  for (let i = 0; i < n; i++) bits[i] = (bytes[2 * i] | (bytes[2 * i + 1] << 8)) << 16;
+  return out;
 }
 
 /** The bytes of a Float32Array, as a Buffer sharing its memory. */
