@@ -63,8 +63,11 @@ class Conn {
   }
 
   async reply(): Promise<Reply> {
-    const n = (await this.read(4))!.readUInt32LE(0);
-    const header = DataStepReplyHeader.decode((await this.read(n))!);
+    const len = await this.read(4);
+    if (!len) throw new Error('closed');
+    const head = await this.read(len.readUInt32LE(0));
+    if (!head) throw new Error('closed');
+    const header = DataStepReplyHeader.decode(head);
     const values = new Map<string, Float32Array>();
     for (const p of header.reply?.params ?? []) {
       const size = p.value!.shape.reduce((a, d) => a * d, 1) * 4;
@@ -232,6 +235,43 @@ describe('tcp data plane', () => {
     assert.deepEqual(await exportAll(h, s.sessionId), before, 'every refusal left the session as it was');
     await closeSession(h, s.sessionId);
     await closeSession(h, other.sessionId);
+  });
+
+  it('survives random bytes: each connection gets a status or is closed, and the server steps on', async () => {
+    const s = await create(h, { spec, params: params() });
+    const valid = frame(tokenFor(s.sessionId)!, { sessionId: s.sessionId, step: 1, grads: grads(g1), groupOverrides: {}, arenaGrads: [], validateOnly: false }, [bytes(g1.w.data), bytes(g1.b.data)]);
+    const whole = Buffer.concat(valid);
+    let seed = 12345;
+    const next = () => (seed = (1103515245 * seed + 12345) % 2 ** 31) / 2 ** 31;
+    const codes = new Map<string, number>();
+    for (let k = 0; k < 60; k++) {
+      // A valid request with bytes flipped, cut short, or followed by junk.
+      const b = Buffer.from(whole);
+      for (let f = 0; f < 1 + Math.floor(next() * 4); f++) b[Math.floor(next() * b.length)] = Math.floor(next() * 256);
+      const sent = next() < 0.3 ? b.subarray(0, Math.floor(next() * b.length)) : b;
+      const c = await Conn.open(port);
+      try {
+        c.send([sent]);
+        c.socket.end(); // nothing more: a cut request must not keep the server waiting for ever
+        const n = await new Promise<string>((resolve) => {
+          c.reply().then((r) => resolve(status[r.header.code]), () => resolve('closed'));
+        });
+        codes.set(n, (codes.get(n) ?? 0) + 1);
+        assert.ok(['OK', 'INVALID_ARGUMENT', 'RESOURCE_EXHAUSTED', 'PERMISSION_DENIED', 'UNAUTHENTICATED', 'FAILED_PRECONDITION', 'closed'].includes(n), n);
+      } finally {
+        c.close();
+      }
+    }
+    // The server is still up and the session still steps.
+    const c = await Conn.open(port);
+    try {
+      const req = { sessionId: s.sessionId, step: 1000, grads: grads(g2), groupOverrides: {}, arenaGrads: [], validateOnly: false };
+      c.send(frame(tokenFor(s.sessionId)!, req, req.grads.map((x) => x.grad!.data)));
+      assert.equal((await c.reply()).header.code, 0);
+    } finally {
+      c.close();
+      await closeSession(h, s.sessionId);
+    }
   });
 
   it('closes open data connections when the server closes', async () => {

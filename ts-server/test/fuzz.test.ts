@@ -23,6 +23,7 @@ import {
   StepStreamRequest,
   CloseSessionRequest,
   OpenArenaRequest,
+  AddParametersRequest,
   type CreateSessionReply,
   type ImportStateReply,
   type StepReply,
@@ -369,12 +370,18 @@ describe(`fuzzing (seed ${SEED})`, function () {
     const begin = enc(StepStreamRequest, { frame: { $case: 'begin', value: { sessionId: sid, step: 100, groupOverrides: {} } } });
     const grad = enc(StepStreamRequest, { frame: { $case: 'grad', value: { paramId: 'b', slot: '', offset: 0, totalElements: 32, dtype: F32, data: bytes(new Float32Array(32)) } } });
     const end = enc(StepStreamRequest, { frame: { $case: 'end', value: {} } });
+    const addParams = enc(AddParametersRequest, {
+      sessionId: sid,
+      groups: { fz: { lr: 0.1 } },
+      params: [{ id: 'fz', name: 'fz', shape: [4], dtype: F32, group: 'fz', data: bytes(new Float32Array(4).fill(0.5)) }],
+    });
     const RPCS: Array<{ path: string; kind: Kind; valid: Buffer[] }> = [
       { path: '/mur.v1.Optimizer/GetCapabilities', kind: 'unary', valid: [enc(GetCapabilitiesRequest, {})] },
       { path: '/mur.v1.Optimizer/CreateSession', kind: 'unary', valid: [enc(CreateSessionRequest, WITNESS)] },
       { path: '/mur.v1.Optimizer/Step', kind: 'unary', valid: [stepReq] },
       { path: '/mur.v1.Optimizer/CloseSession', kind: 'unary', valid: [enc(CloseSessionRequest, { sessionId: sid })] },
       { path: '/mur.v1.Optimizer/OpenArena', kind: 'unary', valid: [enc(OpenArenaRequest, { sessionId: sid })] },
+      { path: '/mur.v1.Optimizer/AddParameters', kind: 'unary', valid: [addParams] },
       { path: '/mur.v1.Optimizer/ExportState', kind: 'server', valid: [enc(ExportStateRequest, { sessionId: sid })] },
       { path: '/mur.v1.Optimizer/ImportState', kind: 'client', valid: [header, chunk] },
       { path: '/mur.v1.Optimizer/StepStream', kind: 'bidi', valid: [begin, grad, end] },
