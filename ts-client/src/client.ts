@@ -21,6 +21,7 @@ import {
   type StateHeader,
   type TensorChunk,
 } from '../generated/mur/v1/optimizer';
+import { DataPlane, hostOf } from './dataPlane';
 import { fromServiceError, MurError } from './errors';
 
 export type Hypers = Record<string, number | boolean | number[]>;
@@ -47,10 +48,14 @@ export type Overrides = Record<string, Hypers>;
  * How tensors travel. "shm": the session's shared-memory arena on the
  * server's host (gradients are written into it and parameters read from it
  * with pwrite/pread on the server's memfd; gRPC carries only control);
- * "grpc": tensors inside messages; "auto" (default): shm when the server
- * offers it and its arena opens from here (same host, same user), else grpc.
+ * "tcp": a step's bytes on a plain TCP connection (TLS when the channel uses
+ * TLS) to the server's data port, beside gRPC (dataPlane.ts; for a server on
+ * another host); "grpc": tensors inside messages; "auto" (default): shm when
+ * the server offers it and its arena opens from here (same host, same user),
+ * else tcp when the server has a data port that answers from here, else grpc.
  */
-export type Transport = 'auto' | 'shm' | 'grpc';
+export type Transport = 'auto' | 'shm' | 'tcp' | 'grpc';
+const TRANSPORTS: Transport[] = ['auto', 'shm', 'tcp', 'grpc'];
 
 export interface SessionOptions {
   transport?: Transport;
@@ -236,14 +241,45 @@ export class MurClient {
     return this.caps;
   }
 
+  /** @internal The capabilities asked again, once (a restarted server has another data port). */
+  async freshCapabilities(): Promise<Capabilities> {
+    this.caps = await this.unary<GetCapabilitiesRequest, Capabilities>(this.raw.getCapabilities, {});
+    return this.caps;
+  }
+
+  /**
+   * @internal The tcp data plane of a server with these capabilities, connected;
+   * throws an Error saying why there is none from here.
+   */
+  async openDataPlane(caps: Capabilities): Promise<DataPlane> {
+    if (!caps.transports.includes('tcp') || !caps.dataPort) {
+      throw new Error(`the server at ${this.address} has no data port (it listens on a Unix socket, or was started with --data-port off)`);
+    }
+    const host = hostOf(this.address);
+    if (host === null) throw new Error(`${this.address} has no host to reach a data port at`);
+    const { tls } = this.options;
+    const data = new DataPlane(host, caps.dataPort, tls && { ca: tls.ca, cert: tls.cert, key: tls.key });
+    await data.connect(this.deadlineMs);
+    return data;
+  }
+
   /**
    * Creates a session; values beyond the message limit go through ImportState
    * chunks. `options.transport` picks the data plane (default "auto").
    */
   async createSession(spec: Spec, params: ParamInit[], options: SessionOptions = {}): Promise<MurSession> {
     const transport = options.transport ?? 'auto';
-    if (!['auto', 'shm', 'grpc'].includes(transport)) throw new TypeError(`transport: ${JSON.stringify(transport)} is not auto, shm or grpc`);
+    if (!TRANSPORTS.includes(transport)) throw new TypeError(`transport: ${JSON.stringify(transport)} is not auto, shm, tcp or grpc`);
     const caps = await this.capabilities();
+    // Asked for tcp: checked before the session exists, so a refusal leaves nothing behind.
+    let data: DataPlane | null = null;
+    if (transport === 'tcp') {
+      try {
+        data = await this.openDataPlane(caps);
+      } catch (e) {
+        throw new Error(`transport "tcp" is not possible here: ${(e as Error).message}`);
+      }
+    }
     const total = params.reduce((n, p) => n + p.values.byteLength, 0);
     const inline = total < caps.maxMessageBytes * 0.9;
     const reply = await this.unary<CreateSessionRequest, CreateSessionReply>(this.raw.createSession, {
@@ -252,10 +288,19 @@ export class MurClient {
         id: p.id, name: p.name ?? p.id, shape: p.shape, dtype: F32, group: p.group ?? '',
         data: inline ? bytes(p.values) : Buffer.alloc(0),
       })),
+    }).catch((e) => {
+      void data?.close();
+      throw e;
     });
     const session = new MurSession(this, reply.sessionId, reply.sessionToken, new Map(params.map((p) => [p.id, p.shape])), caps);
-    if (!inline) await session.importState(params.map((p) => ({ paramId: p.id, slot: '', values: p.values })));
-    if (transport !== 'grpc') {
+    if (data) session.useDataPlane(data);
+    if (!inline) {
+      await session.importState(params.map((p) => ({ paramId: p.id, slot: '', values: p.values }))).catch(async (e) => {
+        await session.close().catch(() => undefined);
+        throw e;
+      });
+    }
+    if (transport === 'auto' || transport === 'shm') {
       try {
         if (!caps.transports.includes('shm')) throw new Error(`the server (engine '${caps.backend}') offers no shm transport`);
         const info = await this.unary<OpenArenaRequest, ArenaInfo>(this.raw.openArena, { sessionId: reply.sessionId }, auth(reply.sessionToken));
@@ -266,6 +311,11 @@ export class MurClient {
           throw new Error(`transport "shm" is not possible here: ${(e as Error).message}`);
         }
       }
+    }
+    if (transport === 'auto' && session.transport === 'grpc') {
+      // Any failure to reach the data port from here: gRPC, silently.
+      const plane = await this.openDataPlane(caps).catch(() => null);
+      if (plane) session.useDataPlane(plane);
     }
     return session;
   }
@@ -305,6 +355,7 @@ export interface SlotValues {
 export class MurSession {
   private nextStep = 1;
   private arena: ArenaFile | null = null;
+  private data: DataPlane | null = null;
 
   constructor(
     private readonly client: MurClient,
@@ -316,13 +367,15 @@ export class MurSession {
 
   /**
    * One optimizer step. Returns the new values of the parameters that had a
-   * gradient. Unary when it fits in one message, else streamed in chunks.
+   * gradient. Through the arena (shm) or the data port (tcp) when the session
+   * has one; else unary when it fits in one message, else streamed in chunks.
    */
   async step(grads: Values | Record<string, Float32Array>, overrides: Overrides = {}, step = this.nextStep): Promise<Values> {
     const g = grads instanceof Map ? grads : new Map(Object.entries(grads));
     // Retried under the same step number: a server that applied it replays its result.
     const out = await this.client.retrying(async (attempt) => {
       if (attempt > 0 && this.arena) await this.reopenArena();
+      if (attempt > 0 && this.data) await this.refindDataPort();
       return this.stepOnce(g, overrides, step);
     });
     this.nextStep = step + 1;
@@ -348,6 +401,19 @@ export class MurSession {
     old.close();
   }
 
+  /**
+   * Before a retry on tcp: a server restarted on its --state-dir listens on
+   * another data port, which GetCapabilities gives; one that came back
+   * without a data port leaves the session on gRPC.
+   */
+  private async refindDataPort(): Promise<void> {
+    const caps = await this.client.freshCapabilities();
+    const data = this.data!;
+    void data.close();
+    if (caps.transports.includes('tcp') && caps.dataPort) data.port = caps.dataPort;
+    else this.data = null;
+  }
+
   private async stepOnce(g: Values, overrides: Overrides, step: number): Promise<Values> {
     const size = [...g.values()].reduce((n, a) => n + a.byteLength, 0);
     let out: Values;
@@ -358,6 +424,8 @@ export class MurSession {
         sessionId: this.id, step, groupOverrides: overrides, grads: [], arenaGrads: [...g.keys()].map((id) => arena.indexOf(id)),
       }, this.auth());
       out = new Map([...g.keys()].map((id) => [id, arena.readParam(id)]));
+    } else if (this.data) {
+      out = await this.stepTcp(this.data, g, overrides, step);
     } else if (size < this.caps.maxMessageBytes * 0.9) {
       const reply = await this.client.call<StepRequest, StepReply>(this.client.raw.step, {
         sessionId: this.id, step, groupOverrides: overrides, arenaGrads: [],
@@ -375,18 +443,39 @@ export class MurSession {
     return out;
   }
 
+  private async stepTcp(data: DataPlane, g: Values, overrides: Overrides, step: number): Promise<Values> {
+    // The server frames the gradient bytes by the session's shapes: an array
+    // of another length would shift every byte after it, so it never leaves.
+    const grads = [...g].map(([paramId, a]) => {
+      const shape = this.shapes.get(paramId) ?? [a.length];
+      const elements = shape.reduce((x, d) => x * d, 1);
+      if (!(a instanceof Float32Array)) throw new TypeError(`gradient of '${paramId}' is not a Float32Array`);
+      if (a.length !== elements) throw new TypeError(`gradient of '${paramId}': ${a.length} elements, parameter has ${elements} (shape ${JSON.stringify(shape)})`);
+      return { paramId, grad: { shape, dtype: F32, data: Buffer.alloc(0) } };
+    });
+    const { values } = await data.step(this.token, { sessionId: this.id, step, groupOverrides: overrides, arenaGrads: [], grads }, [...g.values()], this.client.deadlineMs);
+    return values;
+  }
+
   private auth(): grpc.Metadata {
     return auth(this.token);
   }
 
-  /** "shm" when steps go through the session's shared-memory arena, else "grpc". */
-  get transport(): 'shm' | 'grpc' {
-    return this.arena ? 'shm' : 'grpc';
+  /** "shm" when steps go through the session's shared-memory arena, "tcp" through the server's data port, else "grpc". */
+  get transport(): 'shm' | 'tcp' | 'grpc' {
+    return this.arena ? 'shm' : this.data ? 'tcp' : 'grpc';
   }
 
   /** @internal */
   useArena(a: ArenaFile): void {
     this.arena = a;
+    void this.data?.close();
+    this.data = null;
+  }
+
+  /** @internal */
+  useDataPlane(d: DataPlane): void {
+    this.data = d;
   }
 
   /** A StepStream kept open for many steps (one round trip of chunks per step). */
@@ -473,6 +562,9 @@ export class MurSession {
   async close(): Promise<void> {
     this.arena?.close();
     this.arena = null;
+    const closing = this.data?.close();
+    this.data = null;
+    await closing;
     await this.client.retrying(async (attempt) => {
       try {
         await this.client.call<CloseSessionRequest, CloseSessionReply>(this.client.raw.closeSession, { sessionId: this.id }, this.auth());

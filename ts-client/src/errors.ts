@@ -21,7 +21,12 @@ const BY_CODE: Partial<Record<status, new (m: string, c: status) => MurError>> =
   [status.UNAVAILABLE]: UnavailableError,
 };
 
+/** The MurError subclass of a gRPC status code, with the message as gRPC calls give it. */
+export function fromStatus(code: status, details: string): MurError {
+  const Cls = BY_CODE[code] ?? MurError;
+  return new Cls(`${details} [${status[code] ?? code}]`, code);
+}
+
 export function fromServiceError(e: ServiceError): MurError {
-  const Cls = BY_CODE[e.code] ?? MurError;
-  return new Cls(`${e.details} [${status[e.code]}]`, e.code);
+  return fromStatus(e.code, e.details);
 }

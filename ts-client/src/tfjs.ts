@@ -53,7 +53,7 @@ export class MurOptimizer extends tf.Optimizer {
   private exited = false;
   /** The server's session id once the first step created it. */
   sessionId: string | null = null;
-  /** The session's transport ("shm" or "grpc") once created. */
+  /** The session's transport ("shm", "tcp" or "grpc") once created. */
   transport: string | null = null;
 
   constructor(

@@ -25,7 +25,7 @@ describe('MurClient', () => {
   it('unary steps: SGD additive by hand', async () => {
     const s = await client.createSession({ optimizer: 'sgd', rule: 'additive', defaults: { lr: 0.5 } }, [
       { id: 'w', shape: [3], values: Float32Array.from([1, 2, 3]) },
-    ]);
+    ], { transport: 'grpc' });
     const out = await s.step({ w: Float32Array.from([1, 1, 2]) });
     assert.deepEqual(Array.from(out.get('w')!), [0.5, 1.5, 2]);
     await s.close();
@@ -33,9 +33,10 @@ describe('MurClient', () => {
 
   it('streams a model larger than the message limit, in chunks, for several steps', async () => {
     const n = 400_000; // 1.6 MB > the 1 MiB limit of this server
-    const s = await client.createSession({ optimizer: 'sgd', rule: 'multiplicative', defaults: { lr: 0.1 } }, [
+    // lr_out set: the multiplicative rule's step size (its default follows lr, times a factor).
+    const s = await client.createSession({ optimizer: 'sgd', rule: 'multiplicative', defaults: { lr: 0.1, lr_out: 0.1 } }, [
       { id: 'big', shape: [n], values: new Float32Array(n).fill(2) },
-    ]);
+    ], { transport: 'grpc' });
     let out = await s.step({ big: new Float32Array(n).fill(1) });
     out = await s.step({ big: new Float32Array(n).fill(1) });
     const expect = 2 * (1 - 0.1 * Math.tanh(1)) ** 2;
@@ -105,7 +106,7 @@ describe('MurClient transports: shm (same host) and grpc give the same steps', (
     await wire.close();
   });
 
-  it('"shm" against a server without it fails with the reason; "auto" falls back to grpc', async () => {
+  it('"shm" against a server without it fails with the reason; "auto" falls back to tcp (its data port)', async () => {
     await initBackend('wasm');
     const tfjs = await startServer({ port: 0 });
     const c = new MurClient(`127.0.0.1:${tfjs.port}`);
@@ -113,7 +114,7 @@ describe('MurClient transports: shm (same host) and grpc give the same steps', (
       const params = [{ id: 'w', shape: [1], values: Float32Array.from([1]) }];
       await assert.rejects(c.createSession({ optimizer: 'sgd', rule: 'additive', defaults: { lr: 0.1 } }, params, { transport: 'shm' }), /not possible here.*no shm transport/);
       const s = await c.createSession({ optimizer: 'sgd', rule: 'additive', defaults: { lr: 0.1 } }, params);
-      assert.equal(s.transport, 'grpc');
+      assert.equal(s.transport, 'tcp');
       assert.deepEqual(Array.from((await s.step({ w: Float32Array.from([1]) })).get('w')!), [Math.fround(0.9)]);
       await s.close();
     } finally {

@@ -63,6 +63,7 @@ describe('tfjs adapter (murOptimizer)', () => {
     const h1 = await viaMur.fit(x, y, { epochs: 20, batchSize: 16, shuffle: false, verbose: 0 });
     const h2 = await local.fit(x, y, { epochs: 20, batchSize: 16, shuffle: false, verbose: 0 });
     assert.ok(opt.sessionId, 'the first step created a session');
+    assert.equal(opt.transport, 'tcp', '"auto": a server with a data port and no shm engine');
     assert.equal(opt.iterations, 20);
     const diff = maxDiff(viaMur, local);
     assert.ok(diff < 1e-5, `max |w_mur - w_tfjs| = ${diff}`);
@@ -81,9 +82,10 @@ describe('tfjs adapter (murOptimizer)', () => {
   it('several batches per epoch, and a hybrid-rule Adam: fit runs and the loss falls', async () => {
     const { x, y } = data();
     const m = model(11);
-    const opt = murOptimizer(client, { optimizer: 'adam', rule: 'hybrid', defaults: { lr: 0.02, lr_out: 0.02, gamma: 0.5 } });
+    const opt = murOptimizer(client, { optimizer: 'adam', rule: 'hybrid', defaults: { lr: 0.02, lr_out: 0.02, gamma: 0.5 } }, { transport: 'grpc' });
     m.compile({ optimizer: opt, loss: 'meanSquaredError' });
     const h = await m.fit(x, y, { epochs: 10, batchSize: 4, shuffle: false, verbose: 0 });
+    assert.equal(opt.transport, 'grpc', 'the transport option reaches the session');
     const loss = h.history.loss as number[];
     assert.equal(opt.iterations, 40);
     assert.ok(loss[9] < loss[0], `${loss[0]} -> ${loss[9]}`);
