@@ -8,19 +8,19 @@ SHELL := /bin/bash
 APT_PACKAGES := python3-torch python3-grpcio python3-protobuf python3-numpy \
   python3-matplotlib python3-tqdm python3-venv python3-pip python3-pytest \
   protobuf-compiler protobuf-compiler-grpc dataset-fashion-mnist \
-  libhwy-dev g++ make openssl
+  libhwy-dev g++ make openssl python3-optuna
 SYS_PYTHON := /usr/bin/python3
 VENV := .venv
 PY := $(CURDIR)/$(VENV)/bin/python
 PROTO_SRC := proto/mur/v1/optimizer.proto
 
 .PHONY: help deps apt node-deps py-deps proto native native-engine build test test-ts test-py demo \
-  bench-engine bench-e2e bench-load reproduce clean
+  bench-engine bench-e2e bench-load bench-scale reproduce clean
 
 help:
-	@echo "make demo   - install everything, then train Fashion-MNIST through a mur server"
+	@echo "make demo   - install everything, then train Fashion-MNIST with torch.optim and through mur, side by side"
 	@echo "make test   - install everything, then run every test"
-	@echo "make bench-engine | bench-e2e | bench-load | reproduce"
+	@echo "make bench-engine | bench-e2e | bench-load | bench-scale | reproduce"
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -30,13 +30,15 @@ apt:
 	fi
 
 node_modules/.package-lock.json: package.json package-lock.json ts-server/package.json ts-client/package.json
-	npm ci --no-audit --no-fund
+	bash scripts/npm-quiet.sh ci --no-audit --no-fund
 
 node-deps: node_modules/.package-lock.json
 
-$(VENV)/.installed: python-runner/pyproject.toml | apt
+# Two distributions, both editable: the library `mur` (python-runner) and the
+# lab `mur_lab` (python-runner/lab: demo, validation, benchmarks, experiments).
+$(VENV)/.installed: python-runner/pyproject.toml python-runner/lab/pyproject.toml | apt
 	$(SYS_PYTHON) -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e python-runner
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e python-runner -e python-runner/lab
 	touch $@
 
 py-deps: apt $(VENV)/.installed
@@ -48,13 +50,16 @@ proto: deps
 	bash scripts/gen-proto.sh
 
 build: proto native native-engine
-	npm run build --workspaces
+	bash scripts/npm-quiet.sh run build --workspaces
 
-test: build torch2
+test: build torch2 jax
 	PY=$(PY) bash scripts/test-all.sh
 
+# The same MLP trained with torch.optim.Adam, mur Adam additive and mur Adam
+# hybrid (its defaults), side by side: accuracy, ms per batch, a PNG of the
+# curves (~15 s; DEMO_ARGS="--epochs 1 --train-size 20000" for other sizes).
 demo: build
-	$(PY) -m mur.demo
+	$(PY) -m mur_lab.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf ts-server/native/build
@@ -81,7 +86,15 @@ bench-engine: build torch2
 
 # RemoteOptimizer step vs a local torch.optim step, with a time breakdown (issue 3).
 bench-e2e: build
-	$(PY) -m mur.bench_e2e
+	$(PY) -m mur_lab.bench_e2e
+
+# Sharded servers under torch.distributed: steps/s and remote step time for
+# 1, 2, 4 servers x 1, 2, 4 gloo ranks (ZeroRedundancyOptimizer over
+# mur.RemoteOptimizer), 4M and 16M parameters, on loopback, plus the same
+# table on paper for separate hosts (docs/scale-out.md). BENCH_SCALE_ARGS="--params 1M
+# --servers 1,2 --ranks 1,2" for a quick run.
+bench-scale: build
+	$(PY) -m mur_lab.bench_scale $(BENCH_SCALE_ARGS)
 
 # One server under 32 client processes (100k-parameter Adam sessions, random
 # gradients), gRPC then shm: steps/s, p50/p99 step latency, errors, server RSS
@@ -92,7 +105,7 @@ bench-load: build
 
 # The paper's experiments through the server: results/REPORT.md, JSON, plots (issue 5).
 reproduce: build
-	$(PY) -m mur.experiments.reproduce
+	$(PY) -m mur_lab.experiments.reproduce
 
 # torch 2.x (fused CPU optimizers) in its own venv, for comparing against it in
 # bench-engine. Wheels are kept in $${MUR_CACHE:-~/.cache/mur}/pip/wheels, so a
@@ -115,4 +128,33 @@ $(TORCH2_VENV)/.installed: | apt
 	  && touch $@ \
 	  && echo "torch2: $$($(TORCH2_VENV)/bin/python -c 'import torch; print(torch.__version__)') in $(TORCH2_VENV)" \
 	  || echo "torch2: skipped, no torch 2.x ($$(grep '^ERROR' "$$log" | tail -n1 | grep . || tail -n1 "$$log"))"; \
+	rm -f "$$log"
+
+# JAX (CPU jaxlib), optax and Keras 3 for mur.optax, mur.keras and the
+# cross-framework matrix (python -m mur.validate --frameworks). Its own venv on
+# the system Python with --system-site-packages, so Debian's torch 1.13, grpcio
+# and protobuf are used as they are (torch 2.x wheels are not needed here);
+# numpy stays below 2 because Debian's torch 1.13 is built against numpy 1.x.
+# Wheels are kept in $${MUR_CACHE:-~/.cache/mur}/pip/wheels as for torch2; says
+# why and goes on when impossible. mur itself comes from PYTHONPATH=python-runner
+# (scripts/test-all.sh), as for torch2.
+JAX_VENV := .venv-jax
+JAX_PACKAGES := 'jax[cpu]' optax 'keras>=3' 'numpy<2'
+.PHONY: jax
+
+jax: $(JAX_VENV)/.installed
+
+$(JAX_VENV)/.installed: | apt
+	@cache="$${MUR_CACHE:-$$HOME/.cache/mur}/pip"; log=$$(mktemp); \
+	echo "jax: installing jax, optax and keras into $(JAX_VENV) (wheels cached in $$cache)"; \
+	mkdir -p "$$cache/wheels" && $(SYS_PYTHON) -m venv --system-site-packages $(JAX_VENV) >"$$log" 2>&1 \
+	  && { $(JAX_VENV)/bin/python -m pip download -q --retries 1 --no-cache-dir -d "$$cache/wheels" \
+	         $(JAX_PACKAGES) >>"$$log" 2>&1 || echo "jax: could not download from PyPI, trying cached wheels"; } \
+	  && $(JAX_VENV)/bin/python -m pip install -q --no-index --find-links "$$cache/wheels" \
+	       $(JAX_PACKAGES) >>"$$log" 2>&1 \
+	  && KERAS_BACKEND=jax PYTHONPATH=python-runner $(JAX_VENV)/bin/python -c \
+	       'import torch, numpy, jax, optax, keras, grpc, mur; torch.from_numpy(numpy.zeros(1, numpy.float32))' >>"$$log" 2>&1 \
+	  && touch $@ \
+	  && echo "jax: $$(KERAS_BACKEND=jax $(JAX_VENV)/bin/python -c 'import jax, optax, keras, numpy, torch; print("jax", jax.__version__, "optax", optax.__version__, "keras", keras.__version__, "numpy", numpy.__version__, "torch", torch.__version__)' 2>/dev/null) in $(JAX_VENV)" \
+	  || echo "jax: skipped, no jax/optax/keras ($$(grep '^ERROR\|Error' "$$log" | tail -n1 | grep . || tail -n1 "$$log"))"; \
 	rm -f "$$log"

@@ -3,6 +3,7 @@ from .errors import (ConnectionLostError, DeadlineExceededError, FailedPrecondit
                      MurError, NotFoundError, ResourceExhaustedError, TransportUnavailable)
 from .optimizer import RemoteOptimizer
 from .server import LocalServer
+from . import schedulers  # noqa: E402  (gamma schedules: mur.schedulers.ExponentialGammaDecay, ...)
 
 __all__ = ["RemoteOptimizer", "LocalServer", "MurError", "InvalidArgumentError", "NotFoundError",
            "FailedPreconditionError", "ResourceExhaustedError", "ConnectionLostError", "DeadlineExceededError",

@@ -12,12 +12,39 @@ from pathlib import Path
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the NUL
 
 
-def _cli_path() -> Path:
-    env = os.environ.get("MUR_SERVER_CLI")
-    if env:
-        return Path(env)
-    # python-runner/mur/server.py -> repository root
+INSTALL_HINT = ("install the server with `npm install -g ./ts-server` (from a built mur checkout: make build) "
+                "so that `mur-server` is on PATH, or set MUR_SERVER to the path of its cli.js")
+
+
+def _checkout_cli() -> Path:
+    # python-runner/mur/server.py -> repository root; only meaningful when mur
+    # is imported from a checkout (editable install or PYTHONPATH), not from
+    # site-packages, where parents[2] is some unrelated directory.
     return Path(__file__).resolve().parents[2] / "ts-server" / "dist" / "src" / "cli.js"
+
+
+def find_server_cli() -> Path:
+    """The server CLI that ``server="auto"`` starts, looked up in order:
+    MUR_SERVER (or its older name MUR_SERVER_CLI), ``mur-server`` on PATH
+    (what `npm install -g ./ts-server` installs), then the built server of the
+    checkout this package was imported from. Raises RuntimeError saying how to
+    install the server when none is found."""
+    for var in ("MUR_SERVER", "MUR_SERVER_CLI"):
+        env = os.environ.get(var)
+        if env:
+            path = Path(env)
+            if not path.is_file():
+                raise RuntimeError(f"{var}={env!r} is not a file; it must name the server's cli.js "
+                                   f"(or a mur-server command); else unset it and {INSTALL_HINT}")
+            return path
+    on_path = shutil.which("mur-server")
+    if on_path:
+        return Path(on_path)
+    checkout = _checkout_cli()
+    if checkout.is_file():
+        return checkout
+    raise RuntimeError(f"server='auto': no mur server found (MUR_SERVER unset, no mur-server on PATH, "
+                       f"no built checkout at {checkout}); {INSTALL_HINT}")
 
 
 def _private_dir() -> str:
@@ -49,16 +76,16 @@ class LocalServer:
         self.proc = None
         self._log = None
         self._dir = None
+        cli = find_server_cli()
         node = shutil.which("node")
-        cli = _cli_path()
         if node is None:
             raise RuntimeError("server='auto' needs Node.js (node) on PATH")
-        if not cli.exists():
-            raise RuntimeError(f"server='auto': {cli} not found; build the server first (make build)")
         backend = backend or os.environ.get("MUR_SERVER_BACKEND")
         try:
             self._dir = _private_dir()
             self.socket = os.path.join(self._dir, "mur.sock")
+            # Through node rather than executed: a symlink to cli.js (npm's bin)
+            # works either way, and cli.js needs no execute bit.
             cmd = [node, str(cli), "--socket", self.socket, "--exit-with-stdin", *extra_args]
             if backend:
                 cmd += ["--backend", backend]

@@ -161,7 +161,10 @@ export function resolveGroup(spec: ResolvedSpec, group: string): Hypers {
   }
   for (const h of table) {
     if (out[h.name] !== undefined) continue;
-    if (h.defaultFrom !== undefined && out[h.defaultFrom] !== undefined) out[h.name] = out[h.defaultFrom];
+    if (h.defaultFrom !== undefined && out[h.defaultFrom] !== undefined) {
+      const from = out[h.defaultFrom];
+      out[h.name] = h.defaultFactor !== undefined && typeof from === 'number' ? h.defaultFactor * from : from;
+    }
     else {
       const where = group === '' ? 'defaults' : `groups.${group}`;
       throw new InvalidArgument(`${where}.${h.name}: required by ${spec.optimizer.name} with the ${spec.rule.name} rule`);

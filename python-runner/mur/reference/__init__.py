@@ -22,10 +22,11 @@ DEFAULTS = {
     "adadelta": dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0),
     "lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0),
 }
+LR_OUT_FACTOR = 10.0  # lr_out defaults to 10 x lr
 RULE_DEFAULTS = {
     "additive": {},
     "multiplicative": dict(lr_in=1.0, lr_out=None),
-    "hybrid": dict(lr_in=1.0, lr_out=None, gamma=1.0),
+    "hybrid": dict(lr_in=1.0, lr_out=None, gamma=0.9),
     "exp_sign": dict(g_bound=10.0, p_scale=3.0),
 }
 
@@ -120,7 +121,8 @@ def change(rule, p, d, h, scale, rs):
     eta = h["lr"] * scale
     if rule == "additive":
         return eta * d
-    eta_out = (h["lr_out"] if h.get("lr_out") is not None else h["lr"]) * scale
+    # lr_out not given: LR_OUT_FACTOR x lr, as the server (docs/update-rules.md, section 6).
+    eta_out = (h["lr_out"] if h.get("lr_out") is not None else LR_OUT_FACTOR * h["lr"]) * scale
     if rule == "multiplicative":
         return eta_out * p.abs() * torch.tanh(h["lr_in"] * d)
     if rule == "hybrid":

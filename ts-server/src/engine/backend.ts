@@ -99,6 +99,19 @@ function threadsFromEnv(): number {
 }
 
 /**
+ * tfjs's cpu backend prints a "Hi, looks like you are running TensorFlow.js in
+ * Node.js ... install our node backend" banner on its first tensor write
+ * (`firstUse`). Here the cpu backend is a deliberate choice (asked for, or
+ * the last resort after native, tensorflow and wasm), so the advice is noise
+ * in the server's output. tfjs has no switch for this one message (PROD would
+ * silence every tfjs warning), hence its own flag, set as if already used.
+ */
+function quietCpuBackend(): void {
+  const backend = tf.backend() as unknown as { firstUse?: boolean };
+  if ('firstUse' in backend) backend.firstUse = false;
+}
+
+/**
  * Activates `requested`, or the best available (native, then tensorflow,
  * then wasm, then cpu) when undefined, and makes it the engine sessions use.
  * Throws with the loader's reason when a requested backend cannot be used.
@@ -115,6 +128,7 @@ export async function initBackend(requested?: BackendName, threads?: number): Pr
     }
     if (await tf.setBackend(tfName(name))) {
       await tf.ready();
+      if (name === 'cpu') quietCpuBackend();
       setEngine(new TfjsEngine(name));
       return name;
     }

@@ -23,6 +23,8 @@ export interface HyperSpec {
   default?: HyperValue;
   /** When not given, takes the resolved value of this other hyperparameter (lr_out: 'lr'). */
   defaultFrom?: string;
+  /** With defaultFrom: the default is this factor times that value (lr_out: 10 x lr). */
+  defaultFactor?: number;
   minimum?: number;
   maximum?: number;
   exclusiveMinimum?: number;

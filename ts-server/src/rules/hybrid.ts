@@ -1,6 +1,7 @@
 // The hybrid rule: xi = gamma * eta_out * |theta| * tanh(eta_in * d) + (1 - gamma) * eta * d.
 // The additive part lets a weight cross or leave zero; gamma = 1 is purely
-// multiplicative, gamma = 0 purely additive (docs/update-rules.md).
+// multiplicative, gamma = 0 purely additive (docs/update-rules.md). The
+// default 0.9 keeps both terms at work (section 6 there says why).
 import * as tf from '@tensorflow/tfjs-core';
 import { num } from '../engine/hypers';
 import type { RuleDef } from '../engine/types';
@@ -12,7 +13,7 @@ export const hybrid: RuleDef = {
   hypers: [
     LR_IN,
     LR_OUT,
-    { name: 'gamma', type: 'number', default: 1, minimum: 0, maximum: 1, description: 'weight of the multiplicative term' },
+    { name: 'gamma', type: 'number', default: 0.9, minimum: 0, maximum: 1, description: 'weight of the multiplicative term' },
   ],
   slots: [],
   apply(theta, d, scale, h) {

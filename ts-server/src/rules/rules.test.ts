@@ -2,7 +2,7 @@
 // Each rule runs through a real Session on the engine under test, behind plain
 // SGD (no momentum, no decay), whose direction is the gradient itself: d = g.
 import { strict as assert } from 'assert';
-import { resolveSpec } from '../registry';
+import { resolveGroup, resolveSpec, withOverrides } from '../registry';
 import { Session } from '../session/session';
 
 interface Rates {
@@ -86,5 +86,37 @@ describe('rules: properties of docs/update-rules.md', () => {
   it('exp_sign: clamps d to g_bound', () => {
     const big = apply('exp_sign', [1], [1e6], { ...rates, eta: 0.01 }, { g_bound: 2 });
     assert.ok(Math.abs(big[0] - Math.exp(-0.02)) < 1e-6, `got ${big[0]}`);
+  });
+
+  it('defaults: hybrid gamma 0.9 and lr_out = 10 x lr, following an overridden lr', () => {
+    const spec = resolveSpec({ optimizer: 'adam', rule: 'hybrid' });
+    const h = resolveGroup(spec, '');
+    assert.equal(h.gamma, 0.9);
+    assert.equal(h.lr_in, 1);
+    assert.equal(h.lr_out, 10 * (h.lr as number));
+    // A scheduler's lr reaches lr_out too, unless lr_out itself is given.
+    const next = withOverrides(spec, { '': { lr: 0.02 } }, ['']);
+    assert.equal(resolveGroup(next, '').lr_out, 0.2);
+    const pinned = withOverrides(spec, { '': { lr: 0.02, lr_out: 0.005 } }, ['']);
+    assert.equal(resolveGroup(pinned, '').lr_out, 0.005);
+    assert.equal(resolveGroup(resolveSpec({ optimizer: 'sgd', rule: 'multiplicative', defaults: { lr: 0.1 } }), '').lr_out, 1);
+  });
+
+  it('defaults: a step under the default hybrid is the 0.9 / 0.1 mixture', () => {
+    // Plain SGD, lr 0.01: lr_out defaults to 0.1, gamma to 0.9.
+    const th = [0.5, -2, 0];
+    const dd = [1, 0.3, -4];
+    const s = new Session('rules', resolveSpec({ optimizer: 'sgd', rule: 'hybrid', defaults: { lr: 0.01 } }), [
+      { id: 'w', name: 'w', shape: [3], group: '', values: Float32Array.from(th) },
+    ]);
+    try {
+      const out = Array.from(s.step(1, [{ id: 'w', data: Float32Array.from(dd) }]).values[0].data);
+      out.forEach((v, i) => {
+        const want = th[i] - (0.9 * 0.1 * Math.abs(th[i]) * Math.tanh(dd[i]) + 0.1 * 0.01 * dd[i]);
+        assert.ok(Math.abs(v - want) < 1e-6, `element ${i}: ${v} vs ${want}`);
+      });
+    } finally {
+      s.dispose();
+    }
   });
 });

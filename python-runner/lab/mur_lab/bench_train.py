@@ -1,4 +1,4 @@
-"""Helpers for mur.bench_e2e: a fair timer for contenders on a noisy machine,
+"""Helpers for mur_lab.bench_e2e: a fair timer for contenders on a noisy machine,
 and a Fashion-MNIST training loop to time per batch."""
 import itertools
 import statistics
@@ -7,7 +7,7 @@ import time
 import torch
 from torch import nn
 
-from mur import data, models
+from mur_lab import data, models
 
 
 def _nothing():

@@ -1,4 +1,4 @@
-"""python -m mur.bench_e2e: what a training loop pays for mur.RemoteOptimizer
+"""python -m mur_lab.bench_e2e: what a training loop pays for mur.RemoteOptimizer
 against torch.optim, on every transport, in one run.
 
 1. Step rows. Adam (torch's defaults) and SGD with momentum 0.9 (lr 0.01),
@@ -7,18 +7,22 @@ against torch.optim, on every transport, in one run.
    small transformer's (100 tensors of 96x96 and 200 of 96: 0.94M). Only
    opt.step() is timed, with fixed small random gradients in p.grad:
    torch.optim's default implementation in this process against
-   RemoteOptimizer(server="auto") over
-     shm             shared memory on this host; gRPC carries only control,
-     grpc float32    gradients and parameters in the messages,
+   RemoteOptimizer over
+     shm             shared memory on this host (server="auto"); gRPC carries
+                     only control,
+     tcp float32     a server on loopback TCP (as if on another host): the
+                     tensor bytes on the server's data port beside gRPC,
+     tcp bfloat16    the same with bfloat16 gradients,
+     grpc float32    the same server: gradients and parameters in gRPC messages,
      grpc bfloat16   the same with bfloat16 gradients on the wire.
    The remote time includes copying the gradients in (p.grad is set to the
    user's own tensor, untimed, before every step, as after a backward() into
    fresh gradients) and, on grpc, the parameters back.
-   MB/s up and down (grpc): gradient bytes sent and parameter bytes received
+   MB/s up and down (tcp, grpc): gradient bytes sent and parameter bytes received
    per second of step time.
-2. Training rows. Fashion-MNIST MLP and CNN (mur.models), batches of 64:
+2. Training rows. Fashion-MNIST MLP and CNN (mur_lab.models), batches of 64:
    ms per batch (zero_grad, forward, backward, step) with torch.optim.Adam
-   against RemoteOptimizer(optimizer="adam", rule="additive") on shm and grpc.
+   against RemoteOptimizer(optimizer="adam", rule="additive") on shm, tcp and grpc.
    This is torch 1.13's own loop: zero_grad() keeps the gradient tensors, so
    on shm backward() accumulates straight into the arena and no copy is paid.
 
@@ -28,7 +32,7 @@ alike and their ratio stays fair. Each row starts its own servers (about
 1.5 s each). The full run takes about 2 minutes; --quick is a ~20 s smoke run.
 
     make bench-e2e
-    cd python-runner && ../.venv/bin/python -m mur.bench_e2e [--quick] [--out FILE]
+    cd python-runner/lab && ../../.venv/bin/python -m mur_lab.bench_e2e [--quick] [--out FILE]
 
 --out FILE also writes the JSON lines (one per row) to FILE.
 """
@@ -43,13 +47,36 @@ import torch
 import mur
 from mur._proto.mur.v1 import optimizer_pb2 as pb
 from mur._proto.mur.v1 import optimizer_pb2_grpc as pbg
-from mur.bench_train import fashion_batches, interleaved, model, trainer
+from mur_lab.bench_train import fashion_batches, interleaved, model, trainer
 
 OPTIMIZERS = [("adam", torch.optim.Adam, {"lr": 1e-3}),
               ("sgd-momentum", torch.optim.SGD, {"lr": 0.01, "momentum": 0.9})]
 LIST_SHAPES = [(96, 96), (96,), (96,)] * 100  # per block: a weight, its bias, a norm's weight
-TRANSPORTS = [("shm", None), ("grpc", "float32"), ("grpc", "bfloat16")]
-TRAIN_TRANSPORTS = TRANSPORTS[:2]
+TRANSPORTS = [("shm", None), ("tcp", "float32"), ("tcp", "bfloat16"), ("grpc", "float32"), ("grpc", "bfloat16")]
+TRAIN_TRANSPORTS = [("shm", None), ("tcp", "float32"), ("grpc", "float32")]
+_TCP = {}  # the loopback TCP server of this run: {"proc": Popen, "address": "127.0.0.1:N"}
+
+
+def tcp_server():
+    """One server on loopback TCP for the tcp and grpc rows (as a server on
+    another host would be reached), started on first use, stopped at exit."""
+    if not _TCP:
+        import atexit
+        import subprocess
+        from mur.server import find_server_cli
+        proc = subprocess.Popen(["node", str(find_server_cli()), "--port", "0", "--exit-with-stdin"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "MUR_LOG": "silent"})
+        info = json.loads(proc.stdout.readline() or "{}")
+        if "port" not in info:
+            proc.kill()
+            raise RuntimeError("the loopback TCP server did not start")
+
+        def stop():
+            proc.kill()
+            proc.wait()
+        atexit.register(stop)
+        _TCP.update(proc=proc, address=f"127.0.0.1:{info['port']}")
+    return _TCP["address"]
 FULL = dict(sizes=[1, 100_000, 1_000_000, 4_000_000, "list"], seconds=5.0, min_calls=20, max_calls=1000,
             models=["mlp", "cnn"], batches=300)
 QUICK = dict(sizes=[100_000, "list"], seconds=0.3, min_calls=10, max_calls=100, models=["mlp", "cnn"], batches=20)
@@ -58,7 +85,8 @@ QUICK = dict(sizes=[100_000, "list"], seconds=0.3, min_calls=10, max_calls=100, 
 def remote(params, optimizer, transport, wire_dtype, **hypers):
     """RemoteOptimizer(server="auto") with the additive rule on this transport (an error if unavailable)."""
     name = "sgd" if optimizer == "sgd-momentum" else optimizer
-    opt = mur.RemoteOptimizer(params, optimizer=name, rule="additive", server="auto", transport=transport,
+    server = "auto" if transport == "shm" else tcp_server()
+    opt = mur.RemoteOptimizer(params, optimizer=name, rule="additive", server=server, transport=transport,
                               wire_dtype=wire_dtype or "float32", **hypers)
     if opt.transport != transport:
         opt.close()
@@ -120,7 +148,7 @@ def step_rows(optimizer, torch_cls, hypers, size, cfg):
         else:
             t = ms[(tr, wd)]
             r.update(remote_ms=round(t, 4), ratio=round(t / ms["local"], 2))
-            if tr == "grpc":
+            if tr in ("grpc", "tcp"):
                 up = n * (2 if wd == "bfloat16" else 4)
                 r.update(mb_per_s_up=float(f"{up / t / 1e3:.3g}"), mb_per_s_down=float(f"{n * 4 / t / 1e3:.3g}"))
         rows.append(r)

@@ -1,0 +1,448 @@
+"""python -m mur.validate --frameworks torch,optax,keras: the cross-framework matrix.
+
+One small model (an MLP 8-16-4 with tanh, mean squared error on random data),
+the same initial weights and the same batches, trained for N steps by each
+framework's own optimizer and by mur's additive rule configured to match it,
+through that framework's mur client:
+
+    torch      torch.optim.X             mur~torch  mur.RemoteOptimizer
+    optax      optax.x                   mur~optax  mur.optax.remote
+    keras      keras.optimizers.X (fit)  mur~keras  mur.keras.RemoteOptimizer (fit)
+
+for Adam, AdamW, SGD with momentum, RMSprop and Adagrad, all with the same
+hyperparameter values (CONFIGS). Every run computes its own gradients with
+its own framework, so a pair differs by float32 rounding (different kernels)
+or by a difference of semantics. SEMANTICS names those differences; two runs
+are expected to agree exactly when they have the same semantics. mur
+reproduces torch's formulas, so "mur~F" has torch's semantics except where a
+mur hyperparameter bridges F's choice (Adagrad's initial accumulator, RMSprop's
+smoothing constant, ...: those are set in CONFIGS for every framework).
+
+Each difference is checked by measurement: every difference found involves
+eps, so every optimizer that has one is run a second time with eps = 0, where
+the differing pairs must agree too. The command exits 1 when a pair with the
+same semantics differs, or when a gap does not close at eps = 0 (a difference
+this table does not explain).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+FRAMEWORKS = ("torch", "optax", "keras")
+OPTIMIZERS = ("adam", "adamw", "sgd_momentum", "rmsprop", "adagrad")
+
+# The values every framework is given (its own argument names below). They
+# differ from some frameworks' defaults on purpose: the defaults are a
+# documented difference (docs/frameworks.md), not something to measure.
+CONFIGS = {
+    "adam": dict(lr=1e-2, b1=0.9, b2=0.999, eps=1e-6),
+    "adamw": dict(lr=1e-2, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.1),
+    "sgd_momentum": dict(lr=0.05, momentum=0.9),
+    "rmsprop": dict(lr=1e-2, decay=0.9, eps=1e-6),
+    # eps 1e-3: inside or outside sqrt(0.1 + sum g^2) must make a visible gap.
+    "adagrad": dict(lr=0.1, initial_accumulator_value=0.1, eps=1e-3),
+}
+
+# Known semantic differences, by the name the report uses. Each entry: which
+# (framework, optimizer) have it, the formula, and whether mur can bridge it.
+DIFFERENCES = {
+    "eps_before_bias_correction": dict(
+        where={("keras", "adam"), ("keras", "adamw")},
+        formula="keras: theta -= lr*sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v)+eps); torch/optax/mur: "
+                "theta -= lr/(1-b1^t) * m/(sqrt(v)/sqrt(1-b2^t)+eps), i.e. keras's eps is eps/sqrt(1-b2^t) in torch's "
+                "formula (31.6x eps at t=1)",
+        bridge=None,
+        missing="adam/adamw: a flag eps_before_correction (default false): d = m / (sqrt(v) + eps) * sqrt(bc2) "
+                "(scale 1/bc1 unchanged), as RAdam already adds eps before its correction"),
+    "eps_inside_sqrt": dict(
+        where={("optax", "rmsprop"), ("keras", "rmsprop"), ("optax", "adagrad"), ("keras", "adagrad")},
+        formula="optax (rmsprop's default eps_in_sqrt=True; adagrad always) and keras: g / sqrt(v + eps); "
+                "torch/mur: g / (sqrt(v) + eps)",
+        bridge=None,
+        missing="rmsprop, adagrad: a flag eps_in_sqrt (default false): rmsprop avg = sqrt(sq + eps) "
+                "(centered: sqrt(sq - ga^2 + eps)), adagrad d = g / sqrt(sum + eps); optax's rmsprop also takes "
+                "eps_in_sqrt=False, which matches torch and mur today"),
+    "velocity_includes_lr": dict(
+        where={("keras", "sgd_momentum")},
+        formula="keras: v = momentum*v - lr*g; theta += v; torch/optax/mur: buf = momentum*buf + g; theta -= lr*buf. "
+                "The same at a constant lr (no gap here); under an lr schedule keras's velocity keeps the old rates",
+        bridge=None, constant_lr_equal=True,
+        missing="sgd: only matters under a schedule (a flag lr_in_momentum: buf = momentum*buf + lr*g, d = buf, "
+                "lr applied inside)"),
+}
+
+# Defaults that differ (documented; CONFIGS sets them equal).
+DEFAULT_DIFFERENCES = [
+    ("adam eps", "torch 1e-8, optax 1e-8, keras 1e-7, mur 1e-8", "eps="),
+    ("adamw weight_decay", "torch 1e-2, optax 1e-4, keras 4e-3, mur 1e-2", "weight_decay="),
+    ("rmsprop smoothing", "torch alpha 0.99, optax decay 0.9, keras rho 0.9, mur alpha 0.99", "alpha="),
+    ("rmsprop eps", "torch 1e-8, optax 1e-8 (inside sqrt), keras 1e-7 (inside sqrt), mur 1e-8", "eps= (placement: none)"),
+    ("adagrad initial accumulator", "torch 0, optax 0.1, keras 0.1, mur 0", "initial_accumulator_value="),
+    ("adagrad eps", "torch 1e-10, optax 1e-7 (inside sqrt), keras 1e-7 (inside sqrt), mur 1e-10",
+     "eps= (placement: none)"),
+    ("sgd lr", "torch 1e-3 (>= 2.2), optax required, keras 1e-2, mur required", "lr="),
+]
+
+
+def differences(a, b, opt):
+    """The named semantic differences between runs a and b (e.g. "keras",
+    "mur~optax") for an optimizer; mur~F has torch's semantics."""
+    fa, fb = ("torch" if r.startswith("mur~") else r for r in (a, b))
+    return sorted(n for n, d in DIFFERENCES.items() if ((fa, opt) in d["where"]) != ((fb, opt) in d["where"]))
+
+
+def gapless(names):
+    """Differences that make no gap at a constant learning rate."""
+    return all(DIFFERENCES[n].get("constant_lr_equal") for n in names)
+
+
+# Tolerance on max|a - b| / max|a| after N steps for runs that should agree.
+# Each run computes its own float32 gradients (torch, XLA through jax.grad and
+# through keras fit): matmul and tanh kernels round differently (~1e-7 relative
+# per step); Adam-type directions can amplify that where |g| is near the
+# gradient noise. Measured worst over 20 steps, every pair with the same
+# semantics, every optimizer, eps as in CONFIGS and 0: 3.1e-6 (optax's adamw
+# against any other: optax divides by bc1 and bc2 before the sqrt, torch and
+# mur after it; the other pairs stay below 6e-7). 2e-5 leaves a 6x margin;
+# the smallest gap a named difference makes here is 4.1e-4 (adagrad), 20x above it.
+TOLERANCE = 2e-5
+
+
+# -- the model and the data ----------------------------------------------------------------------
+def problem(steps, batch=16, seed=0):
+    """Initial weights (torch layout: W is out x in) and the batches, float32."""
+    rng = np.random.default_rng(seed)
+
+    def layer(n_in, n_out):
+        k = 1 / np.sqrt(n_in)
+        return rng.uniform(-k, k, (n_out, n_in)).astype(np.float32), rng.uniform(-k, k, n_out).astype(np.float32)
+    w1, b1 = layer(8, 16)
+    w2, b2 = layer(16, 4)
+    x = rng.normal(size=(steps * batch, 8)).astype(np.float32)
+    # A smooth target the model can partly fit, plus noise: gradients stay O(0.1).
+    y = (np.tanh(x[:, :4] * 0.8) + 0.1 * rng.normal(size=(steps * batch, 4))).astype(np.float32)
+    return {"params": [w1, b1, w2, b2], "x": x, "y": y, "batch": batch, "steps": steps}
+
+
+def _mur_hypers(opt, c):
+    """mur's names for CONFIGS[opt] (mur follows torch's)."""
+    if opt in ("adam", "adamw"):
+        h = dict(lr=c["lr"], betas=(c["b1"], c["b2"]), eps=c["eps"])
+        if opt == "adamw":
+            h["weight_decay"] = c["weight_decay"]
+        return "adamw" if opt == "adamw" else "adam", h
+    if opt == "sgd_momentum":
+        return "sgd", dict(lr=c["lr"], momentum=c["momentum"])
+    if opt == "rmsprop":
+        return "rmsprop", dict(lr=c["lr"], alpha=c["decay"], eps=c["eps"])
+    return "adagrad", dict(lr=c["lr"], initial_accumulator_value=c["initial_accumulator_value"], eps=c["eps"])
+
+
+# -- one run per framework ----------------------------------------------------------------------
+def run_torch(prob, opt, c, address=None):
+    import torch
+    from torch import nn
+    import mur
+    w1, b1, w2, b2 = (torch.from_numpy(a.copy()) for a in prob["params"])
+    params = [nn.Parameter(t) for t in (w1, b1, w2, b2)]
+    if address is not None:
+        name, h = _mur_hypers(opt, c)
+        o = mur.RemoteOptimizer(params, optimizer=name, rule="additive", server=address, **h)
+    elif opt == "adam":
+        o = torch.optim.Adam(params, lr=c["lr"], betas=(c["b1"], c["b2"]), eps=c["eps"])
+    elif opt == "adamw":
+        o = torch.optim.AdamW(params, lr=c["lr"], betas=(c["b1"], c["b2"]), eps=c["eps"],
+                              weight_decay=c["weight_decay"])
+    elif opt == "sgd_momentum":
+        o = torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"])
+    elif opt == "rmsprop":
+        o = torch.optim.RMSprop(params, lr=c["lr"], alpha=c["decay"], eps=c["eps"])
+    else:
+        o = torch.optim.Adagrad(params, lr=c["lr"], initial_accumulator_value=c["initial_accumulator_value"],
+                                eps=c["eps"])
+    x, y, bs = torch.from_numpy(prob["x"]), torch.from_numpy(prob["y"]), prob["batch"]
+    try:
+        for k in range(prob["steps"]):
+            xb, yb = x[k * bs:(k + 1) * bs], y[k * bs:(k + 1) * bs]
+            o.zero_grad()
+            out = torch.tanh(xb @ params[0].T + params[1]) @ params[2].T + params[3]
+            ((out - yb) ** 2).mean().backward()
+            o.step()
+        return [p.detach().numpy().copy() for p in params]
+    finally:
+        if address is not None:
+            o.close()
+
+
+def run_optax(prob, opt, c, address=None):
+    import jax
+    import jax.numpy as jnp
+    import optax
+    import mur.optax
+    names = ("w1", "b1", "w2", "b2")
+    params = {n: jnp.asarray(a) for n, a in zip(names, prob["params"])}
+    if address is not None:
+        name, h = _mur_hypers(opt, c)
+        tx = mur.optax.remote(name, rule="additive", server=address, **h)
+    elif opt == "adam":
+        tx = optax.adam(c["lr"], b1=c["b1"], b2=c["b2"], eps=c["eps"])
+    elif opt == "adamw":
+        tx = optax.adamw(c["lr"], b1=c["b1"], b2=c["b2"], eps=c["eps"], weight_decay=c["weight_decay"])
+    elif opt == "sgd_momentum":
+        tx = optax.sgd(c["lr"], momentum=c["momentum"])
+    elif opt == "rmsprop":
+        tx = optax.rmsprop(c["lr"], decay=c["decay"], eps=c["eps"])  # optax's default eps_in_sqrt=True
+    else:
+        tx = optax.adagrad(c["lr"], initial_accumulator_value=c["initial_accumulator_value"], eps=c["eps"])
+
+    @jax.jit
+    def grad(p, xb, yb):
+        def loss(p):
+            out = jnp.tanh(xb @ p["w1"].T + p["b1"]) @ p["w2"].T + p["b2"]
+            return jnp.mean((out - yb) ** 2)
+        return jax.grad(loss)(p)
+    bs = prob["batch"]
+    try:
+        state = tx.init(params)
+        for k in range(prob["steps"]):
+            g = grad(params, prob["x"][k * bs:(k + 1) * bs], prob["y"][k * bs:(k + 1) * bs])
+            updates, state = tx.update(g, state, params)
+            params = optax.apply_updates(params, updates)
+        return [np.asarray(params[n]).copy() for n in names]
+    finally:
+        if address is not None:
+            tx.close()
+
+
+def run_keras(prob, opt, c, address=None):
+    keras = _keras()
+    import mur.keras
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(4)])
+    w1, b1, w2, b2 = prob["params"]
+    model.set_weights([w1.T, b1, w2.T, b2])
+    if address is not None:
+        name, h = _mur_hypers(opt, c)
+        o = mur.keras.RemoteOptimizer(name, rule="additive", learning_rate=h.pop("lr"), server=address, **h)
+    elif opt == "adam":
+        o = keras.optimizers.Adam(c["lr"], beta_1=c["b1"], beta_2=c["b2"], epsilon=c["eps"])
+    elif opt == "adamw":
+        o = keras.optimizers.AdamW(c["lr"], weight_decay=c["weight_decay"], beta_1=c["b1"], beta_2=c["b2"],
+                                   epsilon=c["eps"])
+    elif opt == "sgd_momentum":
+        o = keras.optimizers.SGD(c["lr"], momentum=c["momentum"])
+    elif opt == "rmsprop":
+        o = keras.optimizers.RMSprop(c["lr"], rho=c["decay"], epsilon=c["eps"])
+    else:
+        o = keras.optimizers.Adagrad(c["lr"], initial_accumulator_value=c["initial_accumulator_value"],
+                                     epsilon=c["eps"])
+    try:
+        model.compile(optimizer=o, loss="mse")
+        model.fit(prob["x"], prob["y"], batch_size=prob["batch"], epochs=1, shuffle=False, verbose=0)
+        w1, b1, w2, b2 = (np.asarray(w) for w in model.get_weights())
+        return [w1.T.copy(), b1, w2.T.copy(), b2]
+    finally:
+        if address is not None:
+            o.close()
+
+
+def _keras():
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    import keras
+    if keras.backend.backend() != "jax":
+        raise RuntimeError(f"the keras runs use the JAX backend; KERAS_BACKEND={os.environ['KERAS_BACKEND']!r}")
+    return keras
+
+
+RUNNERS = {"torch": run_torch, "optax": run_optax, "keras": run_keras}
+
+
+def available(framework):
+    """None when the framework can run here, else why not."""
+    try:
+        if framework == "torch":
+            import torch  # noqa: F401
+        elif framework == "optax":
+            import jax  # noqa: F401
+            import optax  # noqa: F401
+        else:
+            _keras()
+    except Exception as e:  # ImportError, or keras on another backend
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def rel_diff(a, b):
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b)) / max(float(np.abs(x).max()) for x in a)
+
+
+# -- the matrix ----------------------------------------------------------------------------------
+def matrix(frameworks, optimizers, steps, address):
+    """{opt: {"runs": [...], "rel": {(a, b): r}, "rel_eps0": {...} or None}}"""
+    prob = problem(steps)
+    out = {}
+    for opt in optimizers:
+        entry = {}
+        for variant, c in (("rel", CONFIGS[opt]), ("rel_eps0", {**CONFIGS[opt], "eps": 0.0})):
+            if variant == "rel_eps0" and "eps" not in CONFIGS[opt]:
+                entry[variant] = None
+                continue
+            results = {}
+            for f in frameworks:
+                results[f] = RUNNERS[f](prob, opt, c)
+                results[f"mur~{f}"] = RUNNERS[f](prob, opt, c, address=address)
+            runs = list(results)
+            entry["runs"] = runs
+            entry[variant] = {(a, b): rel_diff(results[a], results[b]) for a in runs for b in runs}
+        out[opt] = entry
+    return out
+
+
+def verdicts(m):
+    """Per optimizer and pair (a < b): the named differences, the gaps, and
+    whether the pair passes (rows for the table)."""
+    rows = []
+    for opt, e in m.items():
+        runs = e["runs"]
+        for i, a in enumerate(runs):
+            for b in runs[i + 1:]:
+                names = differences(a, b, opt)
+                gap = e["rel"][(a, b)]
+                gap0 = e["rel_eps0"][(a, b)] if e["rel_eps0"] else None
+                if not names or gapless(names):
+                    ok, why = gap <= TOLERANCE, "same semantics" if not names else "no gap at a constant lr"
+                    if gap0 is not None:
+                        ok = ok and gap0 <= TOLERANCE
+                elif gap <= TOLERANCE:
+                    # A difference the table names must show: else the table is wrong.
+                    ok, why = False, "NOT MEASURED: the named difference makes no gap"
+                elif gap0 is None:
+                    ok, why = True, "differs (no eps to ablate)"
+                else:
+                    ok = gap0 <= TOLERANCE
+                    why = "explained: the gap closes at eps=0" if ok else "UNEXPLAINED: the gap stays at eps=0"
+                rows.append(dict(optimizer=opt, a=a, b=b, differences=names, rel=gap, rel_eps0=gap0, ok=ok, why=why))
+    return rows
+
+
+def markdown(m, rows, steps, frameworks):
+    lines = [f"# Cross-framework matrix ({', '.join(frameworks)}; {steps} steps)", "",
+             "Max relative parameter difference max|a-b|/max|a| after the last step; `mur~F` is mur's additive rule "
+             "through F's client, configured as F's optimizer. Tolerance for runs with the same semantics: "
+             f"{TOLERANCE:g}.", ""]
+    for opt, e in m.items():
+        runs = e["runs"]
+        lines += [f"## {opt}: {', '.join(f'{k}={v}' for k, v in CONFIGS[opt].items())}", "",
+                  "| | " + " | ".join(runs) + " |", "|---" * (len(runs) + 1) + "|"]
+        for a in runs:
+            lines.append(f"| {a} | " + " | ".join("" if a == b else f"{e['rel'][(a, b)]:.1e}" for b in runs) + " |")
+        lines.append("")
+    lines += ["## Pairs", "", "| optimizer | pair | differences | rel | rel at eps=0 | verdict |",
+              "|---|---|---|---|---|---|"]
+    for r in rows:
+        g0 = "" if r["rel_eps0"] is None else f"{r['rel_eps0']:.1e}"
+        lines.append(f"| {r['optimizer']} | {r['a']} vs {r['b']} | {', '.join(r['differences']) or '-'} | "
+                     f"{r['rel']:.1e} | {g0} | {'ok' if r['ok'] else 'FAIL'}: {r['why']} |")
+    lines += ["", "## Semantic differences", ""]
+    for n, d in DIFFERENCES.items():
+        lines += [f"- **{n}** ({', '.join(f'{f} {o}' for f, o in sorted(d['where']))}): {d['formula']}. "
+                  f"mur: {d['bridge'] or 'no hyperparameter reproduces it; missing: ' + d['missing']}."]
+    lines += ["", "Defaults that differ (the matrix sets them equal):", ""]
+    lines += [f"- {what}: {vals}; mur: `{how}`" for what, vals, how in DEFAULT_DIFFERENCES]
+    return "\n".join(lines) + "\n"
+
+
+def heatmap(m, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    opts = list(m)
+    fig, axes = plt.subplots(1, len(opts), figsize=(4.6 * len(opts), 4.4), squeeze=False)
+    fig.subplots_adjust(wspace=0.55)
+    for ax, opt in zip(axes[0], opts):
+        runs = m[opt]["runs"]
+        z = np.array([[np.log10(max(m[opt]["rel"][(a, b)], 1e-9)) if a != b else np.nan for b in runs] for a in runs])
+        im = ax.imshow(z, vmin=-9, vmax=-1, cmap="viridis")
+        ax.set_xticks(range(len(runs)), runs, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(runs)), runs, fontsize=7)
+        ax.set_title(opt, fontsize=9)
+        for i in range(len(runs)):
+            for j in range(len(runs)):
+                if i != j:  # log10 of the difference; "0": bit for bit equal
+                    r = m[opt]["rel"][(runs[i], runs[j])]
+                    ax.text(j, i, f"{z[i, j]:.0f}" if r > 0 else "0", ha="center", va="center", fontsize=6,
+                            color="white" if z[i, j] < -5 else "black")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="log10 max relative parameter difference")
+    fig.suptitle(f"mur~F: mur's additive rule through F's client, configured as F's optimizer "
+                 f"(agreement: <= {TOLERANCE:g}, i.e. {np.log10(TOLERANCE):.1f})", fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m mur.validate --frameworks",
+                                 description="Cross-framework matrix: each framework's optimizer and mur's additive "
+                                             "rule configured to match it, trained the same way.")
+    ap.add_argument("--frameworks", required=True, help="comma-separated: torch, optax, keras")
+    ap.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="10 steps")
+    ap.add_argument("--out", default="results/frameworks", help="directory for frameworks.md, .png and .json")
+    ap.add_argument("--server", default=None, help="a running mur server (default: start one)")
+    a = ap.parse_args(argv)
+    frameworks = [f for f in a.frameworks.split(",") if f]
+    optimizers = [o for o in a.optimizers.split(",") if o]
+    for f in frameworks:
+        if f not in FRAMEWORKS:
+            ap.error(f"--frameworks: {f!r} is not one of {', '.join(FRAMEWORKS)}")
+    for o in optimizers:
+        if o not in OPTIMIZERS:
+            ap.error(f"--optimizers: {o!r} is not one of {', '.join(OPTIMIZERS)}")
+    if a.steps < 1:
+        ap.error(f"--steps: {a.steps} must be >= 1")
+    if len(set(frameworks)) != len(frameworks) or not frameworks:
+        ap.error(f"--frameworks: {a.frameworks!r} must name each framework once")
+    for f in frameworks:
+        why = available(f)
+        if why:
+            ap.error(f"--frameworks: {f} is not available here ({why}); `make jax` builds .venv-jax with jax, optax "
+                     "and keras")
+    steps = 10 if a.quick else a.steps
+    import mur
+    import torch
+    torch.set_num_threads(1)
+    start = time.time()
+    if a.server:
+        m = matrix(frameworks, optimizers, steps, a.server)
+    else:
+        with mur.LocalServer() as server:
+            m = matrix(frameworks, optimizers, steps, server.address)
+    rows = verdicts(m)
+    md = markdown(m, rows, steps, frameworks)
+    print(md)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "frameworks.md").write_text(md)
+    heatmap(m, out / "frameworks.png")
+    with open(out / "frameworks.json", "w") as f:
+        json.dump({"steps": steps, "tolerance": TOLERANCE, "configs": {o: CONFIGS[o] for o in optimizers},
+                   "matrix": {o: {"runs": e["runs"],
+                                  "rel": {f"{x}|{y}": v for (x, y), v in e["rel"].items()},
+                                  "rel_eps0": None if e["rel_eps0"] is None else
+                                  {f"{x}|{y}": v for (x, y), v in e["rel_eps0"].items()}} for o, e in m.items()},
+                   "pairs": rows}, f, indent=1)
+    failed = [r for r in rows if not r["ok"]]
+    print(f"frameworks: {len(rows) - len(failed)} pairs ok, {len(failed)} failed, {time.time() - start:.0f} s; "
+          f"wrote {out}/frameworks.md, .png, .json")
+    for r in failed:
+        print(f"FAIL {r['optimizer']} {r['a']} vs {r['b']}: rel {r['rel']:.2e}; {r['why']}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The cross-framework matrix (python -m mur.validate --frameworks), quick size, against a real server."""
+import json
+import os
+
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+from mur_lab import frameworks as fw  # noqa: E402
+
+missing = [fw.available(f) for f in ("optax", "keras")]
+needs_jax = pytest.mark.skipif(any(missing), reason=f"optax/keras unavailable here ({'; '.join(filter(None, missing))}); "
+                                                   "make jax builds .venv-jax")
+
+
+@pytest.fixture(scope="module")
+def server():
+    import mur
+    with mur.LocalServer() as s:
+        yield s.address
+
+
+@needs_jax
+def test_quick_matrix_passes_and_writes_its_reports(server, tmp_path, capsys):
+    code = fw.main(["--frameworks", "torch,optax,keras", "--quick", "--server", server, "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    report = json.loads((tmp_path / "frameworks.json").read_text())
+    assert set(report["matrix"]) == set(fw.OPTIMIZERS)
+    assert (tmp_path / "frameworks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "frameworks.md").read_text()
+    for name in fw.DIFFERENCES:
+        assert name in md
+    pairs = {(r["optimizer"], r["a"], r["b"]): r for r in report["pairs"]}
+    assert len(pairs) == 5 * 15 and all(r["ok"] for r in pairs.values())
+    # Measured, not just claimed: keras's Adam and optax's RMSprop differ from
+    # torch by a real gap that closes at eps = 0; mur matches every framework
+    # where the semantics are the same.
+    keras_adam = pairs[("adam", "torch", "keras")]
+    assert keras_adam["differences"] == ["eps_before_bias_correction"]
+    assert keras_adam["rel"] > 10 * fw.TOLERANCE >= 10 * keras_adam["rel_eps0"]
+    optax_rms = pairs[("rmsprop", "torch", "optax")]
+    assert optax_rms["differences"] == ["eps_inside_sqrt"] and optax_rms["rel"] > 10 * fw.TOLERANCE
+    for f in ("torch", "optax", "keras"):
+        assert pairs[("sgd_momentum", f, f"mur~{f}")]["rel"] <= fw.TOLERANCE
+    assert pairs[("adam", "optax", "mur~optax")]["rel"] <= fw.TOLERANCE
+
+
+@needs_jax
+def test_a_wrong_semantics_table_fails(server, tmp_path, monkeypatch, capsys):
+    """Drop the eps-inside-sqrt entry: optax's RMSprop then "should" agree with torch, and does not."""
+    monkeypatch.setitem(fw.DIFFERENCES, "eps_inside_sqrt", {**fw.DIFFERENCES["eps_inside_sqrt"], "where": set()})
+    code = fw.main(["--frameworks", "torch,optax", "--optimizers", "rmsprop", "--quick", "--server", server,
+                    "--out", str(tmp_path)])
+    assert code == 1
+    assert "FAIL rmsprop torch vs optax" in capsys.readouterr().out
+
+
+@needs_jax
+def test_a_claimed_difference_that_does_not_show_fails(server, tmp_path, monkeypatch, capsys):
+    """Claim that torch's SGD differs from optax's by eps placement: no gap appears, which fails."""
+    monkeypatch.setitem(fw.DIFFERENCES, "eps_inside_sqrt",
+                        {**fw.DIFFERENCES["eps_inside_sqrt"], "where": {("optax", "sgd_momentum")}})
+    code = fw.main(["--frameworks", "torch,optax", "--optimizers", "sgd_momentum", "--quick", "--server", server,
+                    "--out", str(tmp_path)])
+    assert code == 1
+    assert "NOT MEASURED" in capsys.readouterr().out
+
+
+def test_differences_of_runs():
+    assert fw.differences("keras", "mur~torch", "adam") == ["eps_before_bias_correction"]
+    assert fw.differences("mur~keras", "torch", "adam") == []  # mur has torch's semantics
+    assert fw.differences("optax", "keras", "rmsprop") == []
+    assert fw.differences("optax", "torch", "adagrad") == ["eps_inside_sqrt"]
+
+
+def test_bad_arguments_exit_2_naming_the_value(tmp_path, capsys):
+    for argv, bad in ((["--frameworks", "torch,tf"], "'tf'"), (["--frameworks", "torch", "--optimizers", "lamb"], "'lamb'"),
+                      (["--frameworks", "torch", "--steps", "0"], "0")):
+        with pytest.raises(SystemExit) as e:
+            fw.main(argv + ["--out", str(tmp_path)])
+        assert e.value.code == 2 and bad in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before anything was written

@@ -1,0 +1,219 @@
+"""mur.optax against a live server: the optax contract, optax.adam, chains, checkpoints, bad input."""
+import pickle
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax", reason="jax is not installed here (make jax builds .venv-jax with jax and optax)")
+optax = pytest.importorskip("optax", reason="optax is not installed here (make jax builds .venv-jax)")
+import jax.numpy as jnp  # noqa: E402
+
+import mur.optax  # noqa: E402
+from mur.optax import _updates  # noqa: E402
+
+STEPS = 20
+# Relative tolerance (max|a-b| / max|a|) between mur and optax's own Adam
+# after 20 steps: both are float32 and compute the same formula in different
+# orders (optax divides by the bias corrections before the sqrt); measured
+# 1e-6 on this problem; a wrong formula (eps placement, bias correction)
+# differs by 1e-3 or more.
+TOL = 2e-5
+
+
+def problem(seed=0):
+    k = jax.random.split(jax.random.PRNGKey(seed), 5)
+    params = {"w1": jax.random.normal(k[0], (8, 16)) * 0.3, "b1": jnp.zeros(16),
+              "out": [jax.random.normal(k[1], (16, 4)) * 0.3, jnp.full((4,), 0.1)]}
+    xs = jax.random.normal(k[2], (STEPS, 16, 8))
+    ys = jnp.tanh(xs[..., :4]) + 0.1 * jax.random.normal(k[3], (STEPS, 16, 4))
+    return params, xs, ys
+
+
+@jax.jit
+def grad(p, x, y):
+    def loss(p):
+        h = jnp.tanh(x @ p["w1"] + p["b1"])
+        return jnp.mean((h @ p["out"][0] + p["out"][1] - y) ** 2)
+    return jax.grad(loss)(p)
+
+
+def train(tx, params, xs, ys, state=None, start=0, steps=STEPS, edit=None):
+    state = tx.init(params) if state is None else state
+    for k in range(start, start + steps):
+        if edit is not None and k == edit[0]:
+            params = edit[1](params)
+        updates, state = tx.update(grad(params, xs[k], ys[k]), state, params)
+        params = optax.apply_updates(params, updates)
+    return params, state
+
+
+def rel(a, b):
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(la, lb)) / max(float(jnp.max(jnp.abs(x))) for x in la)
+
+
+def bits_equal(a, b):
+    return all(np.array_equal(np.asarray(x).view(np.int32), np.asarray(y).view(np.int32))
+               for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+@pytest.fixture
+def remote(server_for):
+    made = []
+
+    def make(*args, transport="grpc", **kw):
+        tx = mur.optax.remote(*args, server=server_for(transport), transport=transport, **kw)
+        made.append(tx)
+        return tx
+    yield make
+    for tx in made:
+        tx.close()
+
+
+@pytest.mark.parametrize("transport", ["shm", "grpc"])
+def test_adam_equals_optax_adam_and_apply_updates_gives_the_servers_values(remote, transport):
+    params, xs, ys = problem()
+    tx = remote("adam", lr=1e-2, transport=transport)
+    assert isinstance(tx, optax.GradientTransformation)
+    ours, state = train(tx, params, xs, ys)
+    theirs, _ = train(optax.adam(1e-2), params, xs, ys)
+    assert tx.optimizer.transport == transport
+    assert int(state.count) == STEPS
+    assert rel(theirs, ours) <= TOL
+    assert rel(params, ours) > 1e-2  # it trained
+    # optax.apply_updates(params, updates) is the server's copy, bit for bit.
+    assert bits_equal(ours, tx.adapter.params())
+    # The state is a pytree of int32 arrays (jax.tree maps over it).
+    assert [int(x) for x in jax.tree_util.tree_leaves(state)] == [STEPS, int(state.handle)]
+
+
+def test_a_wrong_formula_is_outside_the_tolerance(remote):
+    """The tolerance can fail: optax's Adam with eps inside the sqrt (eps_root) differs."""
+    params, xs, ys = problem()
+    ours, _ = train(remote("adam", lr=1e-2, eps=1e-3), params, xs, ys)
+    theirs, _ = train(optax.adam(1e-2, eps=0.0, eps_root=1e-3), params, xs, ys)
+    assert rel(theirs, ours) > 10 * TOL
+
+
+def test_chain_with_global_norm_clipping(remote):
+    params, xs, ys = problem()
+    norm = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(grad(params, xs[0], ys[0])))))
+    assert norm > 0.05  # the clip is active
+    ours, state = train(optax.chain(optax.clip_by_global_norm(0.05), remote("adam", lr=1e-2)), params, xs, ys)
+    theirs, _ = train(optax.chain(optax.clip_by_global_norm(0.05), optax.adam(1e-2)), params, xs, ys)
+    unclipped, _ = train(remote("adam", lr=1e-2), params, xs, ys)
+    assert rel(theirs, ours) <= TOL
+    assert rel(unclipped, ours) > 10 * TOL  # clipping changed the trajectory
+    assert int(state[1].count) == STEPS
+
+
+def test_learning_rate_schedule_is_sent_with_each_step(remote):
+    params, xs, ys = problem()
+    sched = optax.exponential_decay(3e-2, transition_steps=4, decay_rate=0.5)
+    ours, _ = train(remote("adam", learning_rate=sched), params, xs, ys)
+    theirs, _ = train(optax.adam(sched), params, xs, ys)
+    constant, _ = train(optax.adam(3e-2), params, xs, ys)
+    assert rel(theirs, ours) <= TOL
+    assert rel(constant, ours) > 10 * TOL
+
+
+def test_sgd_momentum_and_edits_between_steps_are_kept(remote):
+    params, xs, ys = problem()
+    zero_bias = (5, lambda p: {**p, "b1": jnp.full(16, 0.5)})
+    ours, _ = train(remote("sgd", lr=0.05, momentum=0.9), params, xs, ys, edit=zero_bias)
+    theirs, _ = train(optax.sgd(0.05, momentum=0.9), params, xs, ys, edit=zero_bias)
+    unedited, _ = train(optax.sgd(0.05, momentum=0.9), params, xs, ys)
+    assert rel(theirs, ours) <= TOL
+    assert rel(unedited, ours) > 10 * TOL
+
+
+@pytest.mark.parametrize("transport", ["shm", "grpc"])
+def test_checkpoint_round_trip_continues_identically(remote, transport):
+    params, xs, ys = problem()
+    tx = remote("adam", lr=1e-2, transport=transport)
+    mid, state = train(tx, params, xs, ys, steps=8)
+    ckpt = pickle.loads(pickle.dumps(tx.state_dict(state)))  # plain Python: picklable
+    assert ckpt["count"] == 8
+    end, _ = train(tx, mid, xs, ys, state=state, start=8, steps=8)
+
+    tx2 = remote("adam", lr=1e-2, transport=transport)  # a new session (as after a restart)
+    state2 = tx2.init(params)  # from the *initial* params: the checkpoint brings the rest
+    state2 = tx2.load_state_dict(state2, ckpt)
+    assert int(state2.count) == 8
+    assert bits_equal(tx2.adapter.params(), mid)
+    end2, state2 = train(tx2, mid, xs, ys, state=state2, start=8, steps=8)
+    assert bits_equal(end, end2)
+    assert int(state2.count) == 16
+    # Without the checkpoint the continuation differs (the moments matter).
+    fresh = remote("adam", lr=1e-2, transport=transport)
+    end3, _ = train(fresh, mid, xs, ys, start=8, steps=8)
+    assert rel(end, end3) > 10 * TOL
+
+
+def test_update_inside_jit_is_refused_and_changes_nothing(remote):
+    params, xs, ys = problem()
+    tx = remote("adam", lr=1e-2)
+    state = tx.init(params)
+    g = grad(params, xs[0], ys[0])
+    with pytest.raises(TypeError, match="jax.jit"):
+        jax.jit(lambda g, s, p: tx.update(g, s, p))(g, state, params)
+    assert tx.optimizer._step_no == 0 and bits_equal(tx.adapter.params(), params)
+    tx.update(g, state, params)  # outside jit it steps
+    assert tx.optimizer._step_no == 1
+
+
+def test_bad_input_names_the_value_and_leaves_the_session_unchanged(remote):
+    params, xs, ys = problem()
+    tx = remote("adam", lr=1e-2)
+    state = tx.init(params)
+    g = grad(params, xs[0], ys[0])
+    before = tx.adapter.params()
+    bad_nan = {**g, "b1": g["b1"].at[3].set(jnp.nan)}
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        tx.update(bad_nan, state, params)
+    with pytest.raises(ValueError, match="structure"):
+        tx.update({"w1": g["w1"]}, state, params)
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        tx.update({**g, "b1": jnp.zeros(3)}, state, params)
+    with pytest.raises(TypeError, match="RemoteState"):
+        tx.update(g, optax.EmptyState(), params)
+    assert tx.optimizer._step_no == 0 and bits_equal(tx.adapter.params(), before)
+    _, state1 = tx.update(g, state, params)
+    with pytest.raises(ValueError, match="state.count=0"):  # a step from an old state
+        tx.update(g, state, params)
+    other = remote("adam", lr=1e-2)
+    other_state = other.init(params)
+    with pytest.raises(ValueError, match="handle"):
+        tx.update(g, other_state, params)
+    assert tx.optimizer._step_no == 1 and int(state1.count) == 1
+    with pytest.raises(TypeError, match="int32"):
+        remote("adam", lr=1e-2).init({"w": jnp.zeros(3, jnp.int32)})
+    with pytest.raises(ValueError, match="nope"):
+        remote("adam", nope=1.0).init(params)
+    with pytest.raises(ValueError, match="format"):
+        tx.load_state_dict(state1, {"format": "something else"})
+
+
+def test_closed_transformation_refuses_to_step(remote):
+    params, xs, ys = problem()
+    tx = remote("adam", lr=1e-2)
+    state = tx.init(params)
+    tx.close()
+    with pytest.raises(ValueError, match="after close"):
+        tx.update(grad(params, xs[0], ys[0]), state, params)
+
+
+def test_updates_round_trip_through_apply_updates():
+    rng = np.random.default_rng(0)
+    old = rng.normal(size=100_000).astype(np.float32)
+    # Ordinary steps (relative 1e-3), steps across zero, and 1e7-fold shrinking.
+    new = np.concatenate([old[:60_000] * (1 + 1e-3 * rng.normal(size=60_000)).astype(np.float32),
+                          -old[60_000:80_000] * 0.5, old[80_000:] * np.float32(1e-7)]).astype(np.float32)
+    u, got = _updates(old, new)
+    assert u.dtype == np.float32
+    applied = optax.apply_updates(jnp.asarray(old), jnp.asarray(u))
+    np.testing.assert_array_equal(np.asarray(applied), got)  # what optax computes
+    assert (got[:60_000] == new[:60_000]).all()  # every ordinary step is exact
+    assert not (got[80_000:] == new[80_000:]).all()  # the hard cases are hard
+    # Everywhere: within one ulp of the step itself.
+    assert (np.abs(got.astype(np.float64) - new) <= np.spacing(np.abs(new - old))).all()
