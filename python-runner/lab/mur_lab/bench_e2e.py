@@ -20,6 +20,10 @@ against torch.optim, on every transport, in one run.
    fresh gradients) and, on grpc, the parameters back.
    MB/s up and down (tcp, grpc): gradient bytes sent and parameter bytes received
    per second of step time.
+0. First, the wire's ceiling: the same bytes echoed by a server that does
+   nothing (ts-server/bench/echo.ts), through grpc-js + grpcio and through a
+   plain socket, so the transports' rows can be read against what the wire
+   itself costs on this machine.
 2. Training rows. Fashion-MNIST MLP and CNN (mur_lab.models), batches of 64:
    ms per batch (zero_grad, forward, backward, step) with torch.optim.Adam
    against RemoteOptimizer(optimizer="adam", rule="additive") on shm, tcp and grpc.
@@ -78,8 +82,10 @@ def tcp_server():
         _TCP.update(proc=proc, address=f"127.0.0.1:{info['port']}")
     return _TCP["address"]
 FULL = dict(sizes=[1, 100_000, 1_000_000, 4_000_000, "list"], seconds=5.0, min_calls=20, max_calls=1000,
+            ceiling_bytes=[4_000_000, 16_000_000],
             models=["mlp", "cnn"], batches=300)
-QUICK = dict(sizes=[100_000, "list"], seconds=0.3, min_calls=10, max_calls=100, models=["mlp", "cnn"], batches=20)
+QUICK = dict(sizes=[100_000, "list"], seconds=0.3, min_calls=10, max_calls=100, models=["mlp", "cnn"], batches=20,
+             ceiling_bytes=[4_000_000])
 
 
 def remote(params, optimizer, transport, wire_dtype, **hypers):
@@ -182,6 +188,60 @@ def train_rows(name, batches, cfg):
     return rows
 
 
+def ceiling_rows(cfg):
+    """What the wire costs before mur does anything: n bytes up and n bytes
+    back through (a) grpc-js + grpcio with an echo handler and mur's channel
+    and server settings, (b) a plain socket with the tcp data plane's framing
+    (ts-server/bench/echo.ts), side by side."""
+    import socket
+    import struct
+    import subprocess
+    from pathlib import Path
+    import numpy as np
+    from mur.server import find_server_cli
+    echo = Path(find_server_cli()).resolve().parents[1] / "bench" / "echo.js"
+    if not echo.is_file():
+        return [{"ceiling": "skipped", "reason": f"{echo} not built"}]
+    rows = []
+    for n in cfg["ceiling_bytes"]:
+        procs, fns = [], {}
+        try:
+            for mode in ("grpc", "raw"):
+                proc = subprocess.Popen(["node", str(echo), mode, str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                procs.append(proc)
+                port = int(proc.stdout.readline())
+                if mode == "grpc":
+                    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[
+                        ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
+                        ("grpc.http2.max_frame_size", 16777215), ("grpc.http2.lookahead_bytes", 16 << 20)])
+                    call = channel.unary_unary("/bench.Echo/Echo")
+                    payload = b"\x01" * n
+                    fns["grpc"] = functools.partial(call, payload)
+                else:
+                    sock = socket.create_connection(("127.0.0.1", port))
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    up = np.ones(n, np.uint8)
+                    down = memoryview(np.empty(n + 4, np.uint8))
+
+                    def raw(sock=sock, up=up, down=down):
+                        sock.sendmsg([struct.pack("<I", n), up])
+                        got = 0
+                        while got < n + 4:
+                            got += sock.recv_into(down[got:], n + 4 - got)
+                    fns["raw"] = raw
+            ms, calls = interleaved(fns, cfg["seconds"], cfg["min_calls"], cfg["max_calls"])
+            for mode in ("grpc", "raw"):
+                rows.append({"ceiling": mode, "bytes_each_way": n, "ms": round(ms[mode], 3),
+                             "mb_per_s_each_way": round(n / ms[mode] / 1e3), "calls": calls})
+        finally:
+            if "raw" in fns:
+                sock.close()
+            for proc in procs:
+                proc.stdin.close()
+                proc.wait()
+    return rows
+
+
 def environment():
     """Capabilities of a server as server="auto" starts it, and its engine threads (from its log)."""
     with mur.LocalServer() as server:
@@ -214,9 +274,18 @@ def main(argv=None):
           f"({server_threads} threads); server transports {', '.join(caps.transports) or 'grpc'}; "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
 
+    rows = []
+    print("\nThe wire's ceiling: an echo server doing nothing, n bytes up and n bytes back (loopback TCP)")
+    for r in ceiling_rows(cfg):
+        rows.append(r)
+        if "ms" in r:
+            print(f"  {r['ceiling']:5} {r['bytes_each_way'] / 1e6:5.0f} MB each way: {r['ms']:8.2f} ms, "
+                  f"{r['mb_per_s_each_way']:6} MB/s each way", flush=True)
+        else:
+            print(f"  skipped: {r['reason']}")
+
     print(f"\n{'optimizer':13} {'params':>9} {'tensors':>7}  {'transport':9} {'wire':8} {'local ms':>9} "
           f"{'remote ms':>9} {'ratio':>7} {'up MB/s':>8} {'down MB/s':>9}", flush=True)
-    rows = []
     for optimizer, torch_cls, hypers in OPTIMIZERS:
         for size in cfg["sizes"]:
             for r in step_rows(optimizer, torch_cls, hypers, size, cfg):
