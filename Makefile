@@ -103,7 +103,9 @@ bench-scale: build
 bench-load: build
 	cd ts-server && MUR_LOG=silent node dist/bench/load.js $(BENCH_LOAD_ARGS)
 
-# The paper's experiments through the server: results/REPORT.md, JSON, plots (issue 5).
+# The paper reproduction through the server (issues 5, 11): equal-budget Optuna
+# tuning per optimizer x rule, seeds, verdicts -> results/REPORT.md, results.json,
+# plots (about 30 min on 2 cores). Optuna is python3-optuna in APT_PACKAGES.
 reproduce: build
 	$(PY) -m mur_lab.experiments.reproduce
 

@@ -21,6 +21,7 @@ Two data planes (``transport``):
 Hyperparameters live in ``param_groups`` as in torch: schedulers that edit
 them are honoured at the next step.
 """
+import inspect
 import numbers
 import random
 from collections import defaultdict
@@ -992,6 +993,14 @@ class RemoteOptimizer(torch.optim.Optimizer):
         dtype = self._wire_dtype
         encode = _bf16_bytes if dtype == BF16 else _f32_view
         payload = [(pid, list(p.shape), encode(p.grad)) for pid, p in grads]
+        if self._data is not None:  # the tcp data plane: no message size limit
+            request = pb.StepRequest(session_id=self._session, step=number, group_overrides=overrides,
+                                     validate_only=True,
+                                     grads=[pb.Gradient(param_id=pid, grad=pb.Tensor(shape=shape, dtype=dtype))
+                                            for pid, shape, _ in payload])
+            self._retrying(lambda: self._data.step(self._token, request, [b for _, _, b in payload]),
+                           on_lost=self._refind_tcp)
+            return
         if sum(memoryview(b).nbytes for _, _, b in payload) >= self._caps.max_message_bytes * 0.9:
             # Too large for one message (step() streams it): finiteness is
             # checked here, the number and hyperparameters on the server.
@@ -1231,6 +1240,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
         except Exception:
             pass
 
+
+# inspect.signature(RemoteOptimizer) shows __init__'s arguments, not __new__'s dispatch.
+RemoteOptimizer.__new__.__signature__ = inspect.signature(RemoteOptimizer.__init__)
 
 # torch.compile / dynamo never traces into the step (gRPC, protobuf, shared
 # memory): it runs eagerly, a graph break for a compiled caller.
