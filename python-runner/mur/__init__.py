@@ -2,10 +2,11 @@
 from .errors import (ConnectionLostError, DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
                      MurError, NotFoundError, ResourceExhaustedError, TransportUnavailable)
 from .optimizer import RemoteOptimizer
+from .sharded import ShardedRemoteOptimizer  # what RemoteOptimizer(server=[a, b, ...]) returns
 from .server import LocalServer
 from . import schedulers  # noqa: E402  (gamma schedules: mur.schedulers.ExponentialGammaDecay, ...)
 
-__all__ = ["RemoteOptimizer", "LocalServer", "MurError", "InvalidArgumentError", "NotFoundError",
+__all__ = ["RemoteOptimizer", "ShardedRemoteOptimizer", "LocalServer", "MurError", "InvalidArgumentError", "NotFoundError",
            "FailedPreconditionError", "ResourceExhaustedError", "ConnectionLostError", "DeadlineExceededError",
            "TransportUnavailable"]
 __version__ = "0.1.0"
