@@ -143,7 +143,8 @@ class DataPlane:
             self.close()
             raise
         floats = self._floats[self._next]
-        self._next ^= 1
+        if total:  # a reply without values (a validation) leaves the last values where they are
+            self._next ^= 1
         out, at = {}, 0
         for p, n in zip(reply.reply.params, sizes):
             out[p.param_id] = floats[at // 4:(at + n) // 4]
