@@ -990,30 +990,22 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 self._reattach_shm()
                 self._retrying(lambda: self._call(self._stub.Step, req), on_lost=self._reattach_shm)
             return
-        dtype = self._wire_dtype
-        encode = _bf16_bytes if dtype == BF16 else _f32_view
-        payload = [(pid, list(p.shape), encode(p.grad)) for pid, p in grads]
-        if self._data is not None:  # the tcp data plane: no message size limit
-            request = pb.StepRequest(session_id=self._session, step=number, group_overrides=overrides,
-                                     validate_only=True,
-                                     grads=[pb.Gradient(param_id=pid, grad=pb.Tensor(shape=shape, dtype=dtype))
-                                            for pid, shape, _ in payload])
-            self._retrying(lambda: self._data.step(self._token, request, [b for _, _, b in payload]),
-                           on_lost=self._refind_tcp)
-            return
-        if sum(memoryview(b).nbytes for _, _, b in payload) >= self._caps.max_message_bytes * 0.9:
-            # Too large for one message (step() streams it): finiteness is
-            # checked here, the number and hyperparameters on the server.
-            for pid, p in grads:
-                bad = (~torch.isfinite(p.grad.detach().reshape(-1).to(torch.float32))).nonzero()
-                if bad.numel():
-                    k = int(bad[0])
-                    raise InvalidArgumentError(f"grads '{pid}': element {k} is {float(p.grad.reshape(-1)[k])} "
-                                               f"(must be finite) [INVALID_ARGUMENT]")
-            payload = []
-        head = pb.StepRequest(session_id=self._session, step=number, group_overrides=overrides,
-                              validate_only=True).SerializeToString()
-        req = b"".join([head, *(x for pid, shape, b in payload for x in _gradient_fields(pid, shape, dtype, b))])
+        # tcp and grpc: the gradients are checked here as the server would
+        # check them (each shape, and the finiteness of the very values it
+        # would receive: bfloat16-rounded ones with wire_dtype="bfloat16"), and
+        # the server checks the rest (the step number, the hyperparameters)
+        # without them, so that phase 2 uploads them once, not twice.
+        for pid, p in grads:
+            if p.grad.shape != p.shape:
+                raise ValueError(f"parameter {pid}: gradient of shape {tuple(p.grad.shape)}, "
+                                 f"parameter is {tuple(p.shape)}")
+            sent = p.grad.detach().reshape(-1).to(torch.bfloat16 if self._wire_dtype == BF16 else torch.float32)
+            if not bool(torch.isfinite(sent).all()):
+                k = int((~torch.isfinite(sent)).nonzero()[0])
+                raise InvalidArgumentError(f"grads '{pid}': element {k} is {float(sent[k])} "
+                                           f"(must be finite) [INVALID_ARGUMENT]")
+        req = pb.StepRequest(session_id=self._session, step=number, group_overrides=overrides,
+                             validate_only=True).SerializeToString()
         self._retrying(lambda: self._call(self._raw_step, req))
 
     # -- checkpoints ----------------------------------------------------------

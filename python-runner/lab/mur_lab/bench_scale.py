@@ -21,13 +21,15 @@ round trip of ``--rtt-us`` (default 100 us), the servers' engine as fast as
 measured here for one server and one rank on shared memory (``E``, parameters
 per second). Per step, with the tensors on the wire (gRPC or tcp: the same bytes):
 
-    validate  = RTT + 4 P/R / B_in                 (gradients up; servers scan them; none when S = 1)
+    validate  = RTT + 4 P/R / M                    (the rank checks its gradients at memory speed M,
+                                                    the servers the step number and hyperparameters;
+                                                    none when S = 1)
     apply     = RTT + 4 P/R / B_in + P/S / E + 4 P/R / B_out
     broadcast = 4 P (R-1)/R / B                    (ZeRO: the other ranks' parameters)
 
 where a transfer is limited by the busier end: a rank's link carries its
 4 P/R bytes, a server's link the 4 P/S bytes of all ranks' shards, so
-B_in = B_out = B / max(1, (P/S) / (P/R)) = B min(1, S/R).
+B_in = B_out = B / max(1, (P/S) / (P/R)) = B min(1, S/R), and M = 5 GB/s.
 
 The machine this runs on has few cores: S servers and R ranks share them, so
 the measured table shows overheads and contention, the paper table what
@@ -165,7 +167,9 @@ def on_paper(n_servers, n_ranks, n_params, engine_params_per_s, gbps, rtt_us):
     rtt = rtt_us * 1e-6
     per_rank = 4 * n_params / n_ranks
     b = link * min(1.0, n_servers / n_ranks)  # the busier end of each transfer
-    validate = rtt + per_rank / b if n_servers > 1 else 0.0  # one server: its step alone is all or nothing
+    # One server: its step alone is all or nothing. Several: the rank checks
+    # its gradients (one pass at ~5 GB/s), the servers the rest, no tensor sent.
+    validate = rtt + per_rank / 5e9 if n_servers > 1 else 0.0
     apply = rtt + per_rank / b + (n_params / n_servers) / engine_params_per_s + per_rank / b
     remote = validate + apply
     broadcast = 4 * n_params * (n_ranks - 1) / n_ranks / link
