@@ -57,6 +57,8 @@ _TORCH_FLAGS = ("foreach", "fused", "capturable", "differentiable")
 _DECOUPLED = ("adam", "adamw", "nadam", "radam")
 # Group keys of a torch.optim state_dict that are not hyperparameters of the maths.
 _TORCH_NOOP_KEYS = {"params", "maximize", "decoupled_weight_decay", "initial_lr", *_TORCH_FLAGS}
+# mur's flags bridging Keras/optax (docs/frameworks.md): torch.optim has none, i.e. all off.
+_BRIDGE_FLAGS = {"eps_before_correction", "eps_in_sqrt", "lr_in_momentum"}
 _SGD_DEFAULT_LR = 1e-3  # torch >= 2.2's SGD default (mur's sgd has none)
 _NO_COPY = ("a RemoteOptimizer holds a live server session and cannot be copied or pickled; "
             "use state_dict() / load_state_dict() to save or move its state")
@@ -1103,12 +1105,16 @@ class RemoteOptimizer(torch.optim.Optimizer):
                                  f"this optimizer's has {len(ours['params'])}")
             keys = set(g) - _TORCH_NOOP_KEYS
             foreign = sorted((keys & self._all_opt_hypers) - self._opt_hypers)
-            missing = sorted(self._opt_hypers - keys)
+            missing = sorted(self._opt_hypers - keys - _BRIDGE_FLAGS)
+            # A torch state_dict has torch's formulas: it cannot load where a bridging flag is on.
+            bridged = sorted(k for k in _BRIDGE_FLAGS & self._opt_hypers if k not in g and ours.get(k))
             dwd = g.get("decoupled_weight_decay")
             wrong_dwd = isinstance(dwd, bool) and dwd != (self.optimizer_name == "adamw")
-            if foreign or missing or wrong_dwd:
+            if foreign or missing or wrong_dwd or bridged:
                 why = "; ".join(x for x in (f"it has {', '.join(foreign)}" if foreign else "",
                                             f"it lacks {', '.join(missing)}" if missing else "",
+                                            f"this optimizer sets {', '.join(f'{k}=True' for k in bridged)}, which "
+                                            "torch.optim does not have" if bridged else "",
                                             f"decoupled_weight_decay={dwd}" if wrong_dwd else "") if x)
                 raise ValueError(f"load_state_dict: param_groups[{i}] is not the state_dict of a "
                                  f"{self.optimizer_name} optimizer ({why}); a torch.optim state_dict loads only into "

@@ -4,7 +4,7 @@
 import { strict as assert } from 'assert';
 import { currentEngine } from '../src/engine/engine';
 import { OPTIMIZERS } from '../src/optimizers';
-import { resolveGroup, resolveSpec } from '../src/registry';
+import { resolveGroup, resolveSpec, withOverrides } from '../src/registry';
 import { RULES } from '../src/rules';
 import { Session } from '../src/session/session';
 import { refStep, type H, type RefState } from './reference/reference';
@@ -13,18 +13,55 @@ const SHAPE = [3, 5];
 const N = 15;
 const STEPS = 50;
 
-/** Variants of the defaults worth a row of their own. */
+/*
+ * A learning-rate schedule (sent as a step override, as a client's scheduler
+ * does) for the lr_in_momentum rows: at a constant lr that flag changes
+ * nothing, so only a changing lr tests it. Step 25 has lr 0, where d is 0 by
+ * definition (src/optimizers/common.ts, perLr).
+ */
+const SCHEDULE = 'schedule';
+const scheduledLr = (lr0: number, t: number) => (t === 25 ? 0 : lr0 * 0.93 ** (t - 1));
+
+/**
+ * Variants of the defaults worth a row of their own. The bridging flags
+ * (eps_before_correction, eps_in_sqrt, lr_in_momentum) get an eps large
+ * enough, or a schedule, for the flag to move theta far beyond the tolerance
+ * (checked per row below, on the reference).
+ */
 const VARIANTS: Record<string, Array<Record<string, unknown>>> = {
   sgd: [
     { lr: 0.05 },
     { lr: 0.05, momentum: 0.9 },
     { lr: 0.05, momentum: 0.9, nesterov: true, weight_decay: 0.01 },
     { lr: 0.05, momentum: 0.8, dampening: 0.3 },
+    { lr: 0.05, momentum: 0.9, lr_in_momentum: true, [SCHEDULE]: true },
+    { lr: 0.05, momentum: 0.9, nesterov: true, lr_in_momentum: true, [SCHEDULE]: true },
+    { lr: 0.05, momentum: 0.8, dampening: 0.3, weight_decay: 0.01, lr_in_momentum: true, [SCHEDULE]: true },
   ],
-  adam: [{}, { amsgrad: true, weight_decay: 0.01 }, { lr: 0.01 }],
-  adamw: [{}, { amsgrad: true, lr: 0.01 }],
-  adagrad: [{}, { lr_decay: 0.01, initial_accumulator_value: 0.1, weight_decay: 0.01 }],
-  rmsprop: [{}, { centered: true }, { momentum: 0.9, weight_decay: 0.01 }, { centered: true, momentum: 0.5 }],
+  adam: [
+    {},
+    { amsgrad: true, weight_decay: 0.01 },
+    { lr: 0.01 },
+    { lr: 0.01, eps: 1e-2, eps_before_correction: true },
+    { lr: 0.01, eps: 1e-2, amsgrad: true, eps_before_correction: true },
+  ],
+  adamw: [{}, { amsgrad: true, lr: 0.01 }, { lr: 0.01, eps: 1e-2, eps_before_correction: true }],
+  adagrad: [
+    {},
+    { lr_decay: 0.01, initial_accumulator_value: 0.1, weight_decay: 0.01 },
+    { eps: 0.1, eps_in_sqrt: true },
+    { eps: 0.1, eps_in_sqrt: true, initial_accumulator_value: 0.1, lr_decay: 0.01 },
+  ],
+  rmsprop: [
+    {},
+    { centered: true },
+    { momentum: 0.9, weight_decay: 0.01 },
+    { centered: true, momentum: 0.5 },
+    { eps: 1e-2, eps_in_sqrt: true },
+    { eps: 1e-2, eps_in_sqrt: true, centered: true },
+    { momentum: 0.9, lr_in_momentum: true, [SCHEDULE]: true },
+    { eps: 1e-2, eps_in_sqrt: true, centered: true, momentum: 0.5, lr_in_momentum: true, [SCHEDULE]: true },
+  ],
   adamax: [{}, { weight_decay: 0.01 }],
   nadam: [{}, { weight_decay: 0.01 }],
   radam: [{}, { weight_decay: 0.01 }],
@@ -53,7 +90,11 @@ const gradient = (th: number[], t: number) => th.map((v, i) => 0.6 * Math.cos(0.
  * 1e-5 relative holds on wasm, cpu and tensorflow, while a wrong formula (a
  * missing bias correction, a swapped beta, a sign) moves theta by 1e-3 or
  * more within 50 steps (checked by mutating adam.ts and hybrid.ts: 20 and 14
- * rows fail).
+ * rows fail). The bridging flags add one or two elementwise ops (a product
+ * by sqrt(bc2), an eps inside the root, lr in and 1/lr out of the momentum
+ * buffer), so the same bound holds for their rows; ignoring a flag fails every
+ * row that sets it (checked by disabling eps_in_sqrt in adagrad,
+ * eps_before_correction in adam and the division by lr: 40 rows fail).
  */
 const ATOL = 1e-5;
 const RTOL = 1e-5;
@@ -62,13 +103,30 @@ interface Row {
   optimizer: string;
   rule: string;
   hypers: Record<string, unknown>;
+  scheduled: boolean;
 }
+
+const BRIDGES = ['eps_before_correction', 'eps_in_sqrt', 'lr_in_momentum'];
 
 const rows: Row[] = [];
 for (const o of OPTIMIZERS) {
   for (const r of RULES) {
-    for (const v of VARIANTS[o.name] ?? [{}]) rows.push({ optimizer: o.name, rule: r.name, hypers: { ...v, ...RULE_SETTINGS[r.name] } });
+    for (const { [SCHEDULE]: scheduled, ...v } of VARIANTS[o.name] ?? [{}]) {
+      rows.push({ optimizer: o.name, rule: r.name, hypers: { ...v, ...RULE_SETTINGS[r.name] }, scheduled: scheduled === true });
+    }
   }
+}
+
+/** The reference trajectory alone (no engine), for the hyperparameters of each step. */
+function refTrajectory(row: Row, hAt: (t: number) => H): number[] {
+  let th = Array.from(Float32Array.from(theta0()));
+  const s: RefState = {};
+  const rs: RefState = {};
+  for (let t = 1; t <= STEPS; t++) {
+    const g = Array.from(Float32Array.from(gradient(th, t)));
+    th = refStep(row.optimizer, row.rule, th, g, s, rs, hAt(t), t);
+  }
+  return th;
 }
 
 describe('engine table: every optimizer x rule vs the float64 reference (50 steps)', () => {
@@ -78,10 +136,21 @@ describe('engine table: every optimizer x rule vs the float64 reference (50 step
   });
 
   for (const row of rows) {
-    it(`${row.optimizer} x ${row.rule} ${JSON.stringify(row.hypers)}`, () => {
+    it(`${row.optimizer} x ${row.rule} ${JSON.stringify(row.hypers)}${row.scheduled ? " under an lr schedule" : ""}`, () => {
       const json = { optimizer: row.optimizer, rule: row.rule, defaults: row.hypers };
       const spec = resolveSpec(json);
-      const h = resolveGroup(spec, '') as H;
+      // This step's override (a schedule) and the hyperparameters it resolves to.
+      const lr0 = resolveGroup(spec, '').lr as number;
+      const overrides = (t: number): Record<string, Record<string, unknown>> => (row.scheduled ? { '': { lr: scheduledLr(lr0, t) } } : {});
+      const hAt = (t: number) => resolveGroup(withOverrides(spec, overrides(t), ['']), '') as H;
+      const flags = BRIDGES.filter((b) => row.hypers[b] === true);
+      if (flags.length > 0) {
+        // The row tests its flag only if the flag matters here: without it the reference ends elsewhere.
+        const off = refTrajectory(row, (t) => ({ ...hAt(t), ...Object.fromEntries(flags.map((b) => [b, false])) }));
+        const on = refTrajectory(row, hAt);
+        const gap = Math.max(...on.map((v, i) => Math.abs(v - off[i])));
+        assert.ok(gap > 100 * ATOL, `${flags.join(', ')} moves theta by only ${gap}: the row cannot tell the flag from its absence`);
+      }
       const start = theta0();
       const session = new Session('table', spec, [{ id: 'w', name: 'w', shape: SHAPE, group: '', values: Float32Array.from(start) }]);
       // The reference starts from the same float32-rounded values.
@@ -92,8 +161,8 @@ describe('engine table: every optimizer x rule vs the float64 reference (50 step
       try {
         for (let t = 1; t <= STEPS; t++) {
           const g = gradient(ref, t);
-          const out = session.step(t, [{ id: 'w', data: Float32Array.from(g) }]).values[0].data;
-          ref = refStep(row.optimizer, row.rule, ref, Array.from(Float32Array.from(g)), s, rs, h, t);
+          const out = session.step(t, [{ id: 'w', data: Float32Array.from(g) }], overrides(t)).values[0].data;
+          ref = refStep(row.optimizer, row.rule, ref, Array.from(Float32Array.from(g)), s, rs, hAt(t), t);
           for (let i = 0; i < N; i++) {
             const err = Math.abs(out[i] - ref[i]);
             worst = Math.max(worst, err / (ATOL + RTOL * Math.abs(ref[i])));
@@ -116,6 +185,9 @@ describe(`engine: no tensor or buffer leaks`, () => {
     ['sgd', 'multiplicative', { lr: 0.1, momentum: 0.9 }],
     ['rmsprop', 'exp_sign', { centered: true, momentum: 0.5 }],
     ['nadam', 'additive', {}],
+    ['sgd', 'hybrid', { lr: 0.1, momentum: 0.9, nesterov: true, lr_in_momentum: true }],
+    ['rmsprop', 'additive', { momentum: 0.5, eps_in_sqrt: true, lr_in_momentum: true }],
+    ['adamw', 'multiplicative', { amsgrad: true, eps_before_correction: true }],
   ] as const) {
     it(`${optimizer} x ${rule}: the engine's buffers after 1 step equal those after 1000, and return to the start on dispose`, () => {
       const engine = currentEngine();

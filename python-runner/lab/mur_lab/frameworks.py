@@ -9,20 +9,24 @@ through that framework's mur client:
     optax      optax.x                   mur~optax  mur.optax.remote
     keras      keras.optimizers.X (fit)  mur~keras  mur.keras.RemoteOptimizer (fit)
 
-for Adam, AdamW, SGD with momentum, RMSprop and Adagrad, all with the same
-hyperparameter values (CONFIGS). Every run computes its own gradients with
-its own framework, so a pair differs by float32 rounding (different kernels)
-or by a difference of semantics. SEMANTICS names those differences; two runs
-are expected to agree exactly when they have the same semantics. mur
-reproduces torch's formulas, so "mur~F" has torch's semantics except where a
-mur hyperparameter bridges F's choice (Adagrad's initial accumulator, RMSprop's
-smoothing constant, ...: those are set in CONFIGS for every framework).
+for Adam, AdamW, SGD with momentum (under a learning-rate schedule), RMSprop
+and Adagrad, all with the same hyperparameter values (CONFIGS). Every run
+computes its own gradients with its own framework, so a pair differs by
+float32 rounding (different kernels) or by a difference of semantics.
+DIFFERENCES names those differences; two runs are expected to agree when they
+have the same semantics. "mur~F" is mur with its defaults, i.e. torch's
+semantics (values such as Adagrad's initial accumulator or RMSprop's smoothing
+constant are set in CONFIGS for every framework). "mur+F" (only where F
+differs from torch) is mur with the flags that bridge F's differences
+(eps_before_correction, eps_in_sqrt, lr_in_momentum): it has F's semantics, so
+it must agree with F, while the difference stays named in its rows.
 
-Each difference is checked by measurement: every difference found involves
-eps, so every optimizer that has one is run a second time with eps = 0, where
-the differing pairs must agree too. The command exits 1 when a pair with the
-same semantics differs, or when a gap does not close at eps = 0 (a difference
-this table does not explain).
+Each difference is checked by measurement, with the setting that causes it
+removed: eps = 0 for the eps placements, a constant learning rate for the
+momentum's lr. Every optimizer is run a second time so ("ablated"), where the
+differing pairs must agree too. The command exits 1 when a pair with the same
+semantics differs, when a gap does not close in the ablated run (a difference
+this table does not explain), or when a named difference makes no gap.
 """
 import argparse
 import json
@@ -42,38 +46,35 @@ OPTIMIZERS = ("adam", "adamw", "sgd_momentum", "rmsprop", "adagrad")
 CONFIGS = {
     "adam": dict(lr=1e-2, b1=0.9, b2=0.999, eps=1e-6),
     "adamw": dict(lr=1e-2, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.1),
-    "sgd_momentum": dict(lr=0.05, momentum=0.9),
+    # schedule: lr_k = lr * schedule^k at step k (from 0), so Keras's velocity shows its old rates.
+    "sgd_momentum": dict(lr=0.05, momentum=0.9, schedule=0.8),
     "rmsprop": dict(lr=1e-2, decay=0.9, eps=1e-6),
     # eps 1e-3: inside or outside sqrt(0.1 + sum g^2) must make a visible gap.
     "adagrad": dict(lr=0.1, initial_accumulator_value=0.1, eps=1e-3),
 }
 
 # Known semantic differences, by the name the report uses. Each entry: which
-# (framework, optimizer) have it, the formula, and whether mur can bridge it.
+# (framework, optimizer) have it, the formula, the mur flags that reproduce it
+# (bridge: the flags, and the optimizers that have them), and what removes it
+# (ablation: "eps=0" or "constant lr").
 DIFFERENCES = {
     "eps_before_bias_correction": dict(
         where={("keras", "adam"), ("keras", "adamw")},
         formula="keras: theta -= lr*sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v)+eps); torch/optax/mur: "
                 "theta -= lr/(1-b1^t) * m/(sqrt(v)/sqrt(1-b2^t)+eps), i.e. keras's eps is eps/sqrt(1-b2^t) in torch's "
                 "formula (31.6x eps at t=1)",
-        bridge=None,
-        missing="adam/adamw: a flag eps_before_correction (default false): d = m / (sqrt(v) + eps) * sqrt(bc2) "
-                "(scale 1/bc1 unchanged), as RAdam already adds eps before its correction"),
+        bridge=dict(eps_before_correction=True), bridge_in={"adam", "adamw"}, ablation="eps=0"),
     "eps_inside_sqrt": dict(
         where={("optax", "rmsprop"), ("keras", "rmsprop"), ("optax", "adagrad"), ("keras", "adagrad")},
         formula="optax (rmsprop's default eps_in_sqrt=True; adagrad always) and keras: g / sqrt(v + eps); "
                 "torch/mur: g / (sqrt(v) + eps)",
-        bridge=None,
-        missing="rmsprop, adagrad: a flag eps_in_sqrt (default false): rmsprop avg = sqrt(sq + eps) "
-                "(centered: sqrt(sq - ga^2 + eps)), adagrad d = g / sqrt(sum + eps); optax's rmsprop also takes "
-                "eps_in_sqrt=False, which matches torch and mur today"),
+        bridge=dict(eps_in_sqrt=True), bridge_in={"rmsprop", "adagrad"}, ablation="eps=0"),
     "velocity_includes_lr": dict(
         where={("keras", "sgd_momentum")},
         formula="keras: v = momentum*v - lr*g; theta += v; torch/optax/mur: buf = momentum*buf + g; theta -= lr*buf. "
-                "The same at a constant lr (no gap here); under an lr schedule keras's velocity keeps the old rates",
-        bridge=None, constant_lr_equal=True,
-        missing="sgd: only matters under a schedule (a flag lr_in_momentum: buf = momentum*buf + lr*g, d = buf, "
-                "lr applied inside)"),
+                "The same at a constant lr; under an lr schedule keras's velocity keeps the rates of past steps "
+                "(keras's and optax's RMSprop with momentum too)",
+        bridge=dict(lr_in_momentum=True), bridge_in={"sgd_momentum", "rmsprop"}, ablation="constant lr"),
 }
 
 # Defaults that differ (documented; CONFIGS sets them equal).
@@ -81,24 +82,51 @@ DEFAULT_DIFFERENCES = [
     ("adam eps", "torch 1e-8, optax 1e-8, keras 1e-7, mur 1e-8", "eps="),
     ("adamw weight_decay", "torch 1e-2, optax 1e-4, keras 4e-3, mur 1e-2", "weight_decay="),
     ("rmsprop smoothing", "torch alpha 0.99, optax decay 0.9, keras rho 0.9, mur alpha 0.99", "alpha="),
-    ("rmsprop eps", "torch 1e-8, optax 1e-8 (inside sqrt), keras 1e-7 (inside sqrt), mur 1e-8", "eps= (placement: none)"),
+    ("rmsprop eps", "torch 1e-8, optax 1e-8 (inside sqrt), keras 1e-7 (inside sqrt), mur 1e-8",
+     "eps= (placement: eps_in_sqrt=True)"),
     ("adagrad initial accumulator", "torch 0, optax 0.1, keras 0.1, mur 0", "initial_accumulator_value="),
     ("adagrad eps", "torch 1e-10, optax 1e-7 (inside sqrt), keras 1e-7 (inside sqrt), mur 1e-10",
-     "eps= (placement: none)"),
+     "eps= (placement: eps_in_sqrt=True)"),
     ("sgd lr", "torch 1e-3 (>= 2.2), optax required, keras 1e-2, mur required", "lr="),
 ]
 
 
+def semantics(run):
+    """Whose formulas a run follows: mur~F torch's (mur's defaults), mur+F F's (mur with F's bridges)."""
+    if run.startswith("mur~"):
+        return "torch"
+    return run[4:] if run.startswith("mur+") else run
+
+
 def differences(a, b, opt):
     """The named semantic differences between runs a and b (e.g. "keras",
-    "mur~optax") for an optimizer; mur~F has torch's semantics."""
-    fa, fb = ("torch" if r.startswith("mur~") else r for r in (a, b))
+    "mur~optax", "mur+keras") for an optimizer."""
+    fa, fb = semantics(a), semantics(b)
     return sorted(n for n, d in DIFFERENCES.items() if ((fa, opt) in d["where"]) != ((fb, opt) in d["where"]))
 
 
-def gapless(names):
-    """Differences that make no gap at a constant learning rate."""
-    return all(DIFFERENCES[n].get("constant_lr_equal") for n in names)
+def bridges(framework, opt):
+    """{difference: flags} of F's differences from torch for an optimizer: what
+    mur+F sets. Empty when F has none, or when mur has no flag for one of them
+    (mur+F would not have F's semantics: no such run)."""
+    names = [n for n, d in DIFFERENCES.items() if (framework, opt) in d["where"]]
+    if not all(opt in DIFFERENCES[n]["bridge_in"] for n in names):
+        return {}
+    return {n: DIFFERENCES[n]["bridge"] for n in names}
+
+
+def bridged(a, b, opt):
+    """The differences a mur+F run of the pair bridges (named in its rows)."""
+    return sorted({n for r in (a, b) if r.startswith("mur+") for n in bridges(r[4:], opt)})
+
+
+def ablation(opt):
+    """The setting the ablated run removes: eps (when the optimizer has one) or the lr schedule."""
+    return "eps=0" if "eps" in CONFIGS[opt] else "constant lr" if "schedule" in CONFIGS[opt] else None
+
+
+def ablated(opt, c):
+    return {**c, "eps": 0.0} if ablation(opt) == "eps=0" else {k: v for k, v in c.items() if k != "schedule"}
 
 
 # Tolerance on max|a - b| / max|a| after N steps for runs that should agree.
@@ -108,8 +136,11 @@ def gapless(names):
 # gradient noise. Measured worst over 20 steps, every pair with the same
 # semantics, every optimizer, eps as in CONFIGS and 0: 3.1e-6 (optax's adamw
 # against any other: optax divides by bc1 and bc2 before the sqrt, torch and
-# mur after it; the other pairs stay below 6e-7). 2e-5 leaves a 6x margin;
-# the smallest gap a named difference makes here is 4.1e-4 (adagrad), 20x above it.
+# mur after it; the other pairs stay below 6e-7). The bridged pairs (F vs
+# mur+F) are held to the same bound: their formulas are F's, in another order
+# (measured worst: 3.2e-6, keras's AdamW against mur+keras).
+# 2e-5 leaves a 6x margin; the smallest gap a named difference makes here is
+# 4.1e-4 (adagrad), 20x above it.
 TOLERANCE = 2e-5
 
 
@@ -129,8 +160,21 @@ def problem(steps, batch=16, seed=0):
     return {"params": [w1, b1, w2, b2], "x": x, "y": y, "batch": batch, "steps": steps}
 
 
-def _mur_hypers(opt, c):
-    """mur's names for CONFIGS[opt] (mur follows torch's)."""
+def lr_at(c, k):
+    """The learning rate of step k (from 0): CONFIGS' lr, times schedule^k when it has one."""
+    return c["lr"] * c.get("schedule", 1.0) ** k
+
+
+def _mur_hypers(opt, c, framework=None):
+    """mur's names for CONFIGS[opt] (mur follows torch's), plus the flags that
+    bridge the framework's differences (mur+F)."""
+    name, h = _mur_hypers_torch(opt, c)
+    for flags in (bridges(framework, opt) if framework else {}).values():
+        h.update(flags)
+    return name, h
+
+
+def _mur_hypers_torch(opt, c):
     if opt in ("adam", "adamw"):
         h = dict(lr=c["lr"], betas=(c["b1"], c["b2"]), eps=c["eps"])
         if opt == "adamw":
@@ -144,14 +188,14 @@ def _mur_hypers(opt, c):
 
 
 # -- one run per framework ----------------------------------------------------------------------
-def run_torch(prob, opt, c, address=None):
+def run_torch(prob, opt, c, address=None, bridge=None):
     import torch
     from torch import nn
     import mur
     w1, b1, w2, b2 = (torch.from_numpy(a.copy()) for a in prob["params"])
     params = [nn.Parameter(t) for t in (w1, b1, w2, b2)]
     if address is not None:
-        name, h = _mur_hypers(opt, c)
+        name, h = _mur_hypers(opt, c, bridge)
         o = mur.RemoteOptimizer(params, optimizer=name, rule="additive", server=address, **h)
     elif opt == "adam":
         o = torch.optim.Adam(params, lr=c["lr"], betas=(c["b1"], c["b2"]), eps=c["eps"])
@@ -169,6 +213,8 @@ def run_torch(prob, opt, c, address=None):
     try:
         for k in range(prob["steps"]):
             xb, yb = x[k * bs:(k + 1) * bs], y[k * bs:(k + 1) * bs]
+            for group in o.param_groups:  # the schedule, as a torch scheduler sets it
+                group["lr"] = lr_at(c, k)
             o.zero_grad()
             out = torch.tanh(xb @ params[0].T + params[1]) @ params[2].T + params[3]
             ((out - yb) ** 2).mean().backward()
@@ -179,22 +225,23 @@ def run_torch(prob, opt, c, address=None):
             o.close()
 
 
-def run_optax(prob, opt, c, address=None):
+def run_optax(prob, opt, c, address=None, bridge=None):
     import jax
     import jax.numpy as jnp
     import optax
     import mur.optax
     names = ("w1", "b1", "w2", "b2")
     params = {n: jnp.asarray(a) for n, a in zip(names, prob["params"])}
+    lr = (lambda count: lr_at(c, count)) if "schedule" in c else c["lr"]  # optax's contract: count -> lr
     if address is not None:
-        name, h = _mur_hypers(opt, c)
-        tx = mur.optax.remote(name, rule="additive", server=address, **h)
+        name, h = _mur_hypers(opt, c, bridge)
+        tx = mur.optax.remote(name, rule="additive", server=address, **{**h, "lr": lr})
     elif opt == "adam":
         tx = optax.adam(c["lr"], b1=c["b1"], b2=c["b2"], eps=c["eps"])
     elif opt == "adamw":
         tx = optax.adamw(c["lr"], b1=c["b1"], b2=c["b2"], eps=c["eps"], weight_decay=c["weight_decay"])
     elif opt == "sgd_momentum":
-        tx = optax.sgd(c["lr"], momentum=c["momentum"])
+        tx = optax.sgd(lr, momentum=c["momentum"])
     elif opt == "rmsprop":
         tx = optax.rmsprop(c["lr"], decay=c["decay"], eps=c["eps"])  # optax's default eps_in_sqrt=True
     else:
@@ -219,23 +266,27 @@ def run_optax(prob, opt, c, address=None):
             tx.close()
 
 
-def run_keras(prob, opt, c, address=None):
+def run_keras(prob, opt, c, address=None, bridge=None):
     keras = _keras()
     import mur.keras
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(4)])
     w1, b1, w2, b2 = prob["params"]
     model.set_weights([w1.T, b1, w2.T, b2])
+    # lr * schedule^iterations, evaluated by Keras (and by mur.keras) at each step.
+    lr = (keras.optimizers.schedules.ExponentialDecay(c["lr"], decay_steps=1, decay_rate=c["schedule"])
+          if "schedule" in c else c["lr"])
     if address is not None:
-        name, h = _mur_hypers(opt, c)
-        o = mur.keras.RemoteOptimizer(name, rule="additive", learning_rate=h.pop("lr"), server=address, **h)
+        name, h = _mur_hypers(opt, c, bridge)
+        h.pop("lr")
+        o = mur.keras.RemoteOptimizer(name, rule="additive", learning_rate=lr, server=address, **h)
     elif opt == "adam":
         o = keras.optimizers.Adam(c["lr"], beta_1=c["b1"], beta_2=c["b2"], epsilon=c["eps"])
     elif opt == "adamw":
         o = keras.optimizers.AdamW(c["lr"], weight_decay=c["weight_decay"], beta_1=c["b1"], beta_2=c["b2"],
                                    epsilon=c["eps"])
     elif opt == "sgd_momentum":
-        o = keras.optimizers.SGD(c["lr"], momentum=c["momentum"])
+        o = keras.optimizers.SGD(lr, momentum=c["momentum"])
     elif opt == "rmsprop":
         o = keras.optimizers.RMSprop(c["lr"], rho=c["decay"], epsilon=c["eps"])
     else:
@@ -283,19 +334,21 @@ def rel_diff(a, b):
 
 # -- the matrix ----------------------------------------------------------------------------------
 def matrix(frameworks, optimizers, steps, address):
-    """{opt: {"runs": [...], "rel": {(a, b): r}, "rel_eps0": {...} or None}}"""
+    """{opt: {"runs": [...], "rel": {(a, b): r}, "rel_ablated": {...} or None, "ablation": "eps=0" | ...}}"""
     prob = problem(steps)
     out = {}
     for opt in optimizers:
-        entry = {}
-        for variant, c in (("rel", CONFIGS[opt]), ("rel_eps0", {**CONFIGS[opt], "eps": 0.0})):
-            if variant == "rel_eps0" and "eps" not in CONFIGS[opt]:
+        entry = {"ablation": ablation(opt)}
+        for variant, c in (("rel", CONFIGS[opt]), ("rel_ablated", ablated(opt, CONFIGS[opt]))):
+            if variant == "rel_ablated" and entry["ablation"] is None:
                 entry[variant] = None
                 continue
             results = {}
             for f in frameworks:
                 results[f] = RUNNERS[f](prob, opt, c)
                 results[f"mur~{f}"] = RUNNERS[f](prob, opt, c, address=address)
+                if bridges(f, opt):  # mur with F's semantics, through F's client
+                    results[f"mur+{f}"] = RUNNERS[f](prob, opt, c, address=address, bridge=f)
             runs = list(results)
             entry["runs"] = runs
             entry[variant] = {(a, b): rel_diff(results[a], results[b]) for a in runs for b in runs}
@@ -313,28 +366,35 @@ def verdicts(m):
             for b in runs[i + 1:]:
                 names = differences(a, b, opt)
                 gap = e["rel"][(a, b)]
-                gap0 = e["rel_eps0"][(a, b)] if e["rel_eps0"] else None
-                if not names or gapless(names):
-                    ok, why = gap <= TOLERANCE, "same semantics" if not names else "no gap at a constant lr"
+                gap0 = e["rel_ablated"][(a, b)] if e["rel_ablated"] else None
+                at = e["ablation"]
+                if not names:
+                    ok, why = gap <= TOLERANCE, "same semantics"
                     if gap0 is not None:
                         ok = ok and gap0 <= TOLERANCE
                 elif gap <= TOLERANCE:
                     # A difference the table names must show: else the table is wrong.
                     ok, why = False, "NOT MEASURED: the named difference makes no gap"
                 elif gap0 is None:
-                    ok, why = True, "differs (no eps to ablate)"
+                    ok, why = True, "differs (nothing to ablate)"
                 else:
                     ok = gap0 <= TOLERANCE
-                    why = "explained: the gap closes at eps=0" if ok else "UNEXPLAINED: the gap stays at eps=0"
-                rows.append(dict(optimizer=opt, a=a, b=b, differences=names, rel=gap, rel_eps0=gap0, ok=ok, why=why))
+                    why = f"explained: the gap closes at {at}" if ok else f"UNEXPLAINED: the gap stays at {at}"
+                over = bridged(a, b, opt)
+                if over:  # the difference stays named: which flags made this pair's semantics what they are
+                    why += "; mur+ bridges " + ", ".join(
+                        f"{n} ({', '.join(f'{k}={v}' for k, v in DIFFERENCES[n]['bridge'].items())})" for n in over)
+                rows.append(dict(optimizer=opt, a=a, b=b, differences=names, bridged=over, rel=gap, rel_ablated=gap0,
+                                 ablation=at, ok=ok, why=why))
     return rows
 
 
 def markdown(m, rows, steps, frameworks):
     lines = [f"# Cross-framework matrix ({', '.join(frameworks)}; {steps} steps)", "",
              "Max relative parameter difference max|a-b|/max|a| after the last step; `mur~F` is mur's additive rule "
-             "through F's client, configured as F's optimizer. Tolerance for runs with the same semantics: "
-             f"{TOLERANCE:g}.", ""]
+             "through F's client, configured as F's optimizer with mur's defaults (torch's semantics); `mur+F` the "
+             "same with the flags that bridge F's differences (F's semantics). Tolerance for runs with the same "
+             f"semantics: {TOLERANCE:g}.", ""]
     for opt, e in m.items():
         runs = e["runs"]
         lines += [f"## {opt}: {', '.join(f'{k}={v}' for k, v in CONFIGS[opt].items())}", "",
@@ -342,16 +402,17 @@ def markdown(m, rows, steps, frameworks):
         for a in runs:
             lines.append(f"| {a} | " + " | ".join("" if a == b else f"{e['rel'][(a, b)]:.1e}" for b in runs) + " |")
         lines.append("")
-    lines += ["## Pairs", "", "| optimizer | pair | differences | rel | rel at eps=0 | verdict |",
+    lines += ["## Pairs", "", "| optimizer | pair | differences | rel | rel ablated | verdict |",
               "|---|---|---|---|---|---|"]
     for r in rows:
-        g0 = "" if r["rel_eps0"] is None else f"{r['rel_eps0']:.1e}"
+        g0 = "" if r["rel_ablated"] is None else f"{r['rel_ablated']:.1e} ({r['ablation']})"
         lines.append(f"| {r['optimizer']} | {r['a']} vs {r['b']} | {', '.join(r['differences']) or '-'} | "
                      f"{r['rel']:.1e} | {g0} | {'ok' if r['ok'] else 'FAIL'}: {r['why']} |")
     lines += ["", "## Semantic differences", ""]
     for n, d in DIFFERENCES.items():
+        flags = ", ".join(f"{k}={v}" for k, v in d["bridge"].items())
         lines += [f"- **{n}** ({', '.join(f'{f} {o}' for f, o in sorted(d['where']))}): {d['formula']}. "
-                  f"mur: {d['bridge'] or 'no hyperparameter reproduces it; missing: ' + d['missing']}."]
+                  f"mur: `{flags}` reproduces it (runs mur+F); gone at {d['ablation']}."]
     lines += ["", "Defaults that differ (the matrix sets them equal):", ""]
     lines += [f"- {what}: {vals}; mur: `{how}`" for what, vals, how in DEFAULT_DIFFERENCES]
     return "\n".join(lines) + "\n"
@@ -378,8 +439,9 @@ def heatmap(m, path):
                     ax.text(j, i, f"{z[i, j]:.0f}" if r > 0 else "0", ha="center", va="center", fontsize=6,
                             color="white" if z[i, j] < -5 else "black")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="log10 max relative parameter difference")
-    fig.suptitle(f"mur~F: mur's additive rule through F's client, configured as F's optimizer "
-                 f"(agreement: <= {TOLERANCE:g}, i.e. {np.log10(TOLERANCE):.1f})", fontsize=9)
+    fig.suptitle(f"mur~F: mur's additive rule through F's client, configured as F's optimizer; mur+F: with the "
+                 f"flags bridging F's semantics (agreement: <= {TOLERANCE:g}, i.e. {np.log10(TOLERANCE):.1f})",
+                 fontsize=9)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
@@ -433,8 +495,9 @@ def main(argv=None):
         json.dump({"steps": steps, "tolerance": TOLERANCE, "configs": {o: CONFIGS[o] for o in optimizers},
                    "matrix": {o: {"runs": e["runs"],
                                   "rel": {f"{x}|{y}": v for (x, y), v in e["rel"].items()},
-                                  "rel_eps0": None if e["rel_eps0"] is None else
-                                  {f"{x}|{y}": v for (x, y), v in e["rel_eps0"].items()}} for o, e in m.items()},
+                                  "ablation": e["ablation"],
+                                  "rel_ablated": None if e["rel_ablated"] is None else
+                                  {f"{x}|{y}": v for (x, y), v in e["rel_ablated"].items()}} for o, e in m.items()},
                    "pairs": rows}, f, indent=1)
     failed = [r for r in rows if not r["ok"]]
     print(f"frameworks: {len(rows) - len(failed)} pairs ok, {len(failed)} failed, {time.time() - start:.0f} s; "

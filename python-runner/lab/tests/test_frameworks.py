@@ -31,18 +31,35 @@ def test_quick_matrix_passes_and_writes_its_reports(server, tmp_path, capsys):
     for name in fw.DIFFERENCES:
         assert name in md
     pairs = {(r["optimizer"], r["a"], r["b"]): r for r in report["pairs"]}
-    assert len(pairs) == 5 * 15 and all(r["ok"] for r in pairs.values())
+    # 6 runs per optimizer, plus mur+F for each framework that differs from torch there.
+    n_runs = {"adam": 7, "adamw": 7, "sgd_momentum": 7, "rmsprop": 8, "adagrad": 8}
+    assert {o: len(e["runs"]) for o, e in report["matrix"].items()} == n_runs
+    assert len(pairs) == sum(n * (n - 1) // 2 for n in n_runs.values()) and all(r["ok"] for r in pairs.values())
     # Measured, not just claimed: keras's Adam and optax's RMSprop differ from
     # torch by a real gap that closes at eps = 0; mur matches every framework
     # where the semantics are the same.
     keras_adam = pairs[("adam", "torch", "keras")]
     assert keras_adam["differences"] == ["eps_before_bias_correction"]
-    assert keras_adam["rel"] > 10 * fw.TOLERANCE >= 10 * keras_adam["rel_eps0"]
+    assert keras_adam["rel"] > 10 * fw.TOLERANCE >= 10 * keras_adam["rel_ablated"]
     optax_rms = pairs[("rmsprop", "torch", "optax")]
     assert optax_rms["differences"] == ["eps_inside_sqrt"] and optax_rms["rel"] > 10 * fw.TOLERANCE
-    for f in ("torch", "optax", "keras"):
+    for f in ("torch", "optax"):
         assert pairs[("sgd_momentum", f, f"mur~{f}")]["rel"] <= fw.TOLERANCE
     assert pairs[("adam", "optax", "mur~optax")]["rel"] <= fw.TOLERANCE
+    # The bridges: each framework's own optimizer and mur with the flag agree,
+    # while mur without it keeps the gap; the rows still name the difference.
+    for opt, f, name in (("adam", "keras", "eps_before_bias_correction"), ("adamw", "keras", "eps_before_bias_correction"),
+                         ("rmsprop", "optax", "eps_inside_sqrt"), ("rmsprop", "keras", "eps_inside_sqrt"),
+                         ("adagrad", "optax", "eps_inside_sqrt"), ("adagrad", "keras", "eps_inside_sqrt"),
+                         ("sgd_momentum", "keras", "velocity_includes_lr")):
+        same, plain = pairs[(opt, f, f"mur+{f}")], pairs[(opt, f, f"mur~{f}")]
+        assert same["rel"] <= fw.TOLERANCE and same["bridged"] == [name] and name in same["why"], same
+        assert plain["rel"] > 10 * fw.TOLERANCE and plain["differences"] == [name], plain
+    # lr_in_momentum under the schedule: Keras's SGD differs from torch's by far
+    # more than rounding, and the gap closes at a constant lr.
+    keras_sgd = pairs[("sgd_momentum", "torch", "keras")]
+    assert keras_sgd["ablation"] == "constant lr"
+    assert keras_sgd["rel"] > 10 * fw.TOLERANCE >= 10 * keras_sgd["rel_ablated"]
 
 
 @needs_jax
@@ -71,6 +88,11 @@ def test_differences_of_runs():
     assert fw.differences("mur~keras", "torch", "adam") == []  # mur has torch's semantics
     assert fw.differences("optax", "keras", "rmsprop") == []
     assert fw.differences("optax", "torch", "adagrad") == ["eps_inside_sqrt"]
+    assert fw.differences("keras", "mur+keras", "adam") == []  # mur+F has F's semantics
+    assert fw.differences("mur+keras", "torch", "sgd_momentum") == ["velocity_includes_lr"]
+    assert fw.bridged("keras", "mur+keras", "adam") == ["eps_before_bias_correction"]
+    assert fw._mur_hypers("rmsprop", fw.CONFIGS["rmsprop"], "optax")[1]["eps_in_sqrt"] is True
+    assert "eps_in_sqrt" not in fw._mur_hypers("rmsprop", fw.CONFIGS["rmsprop"])[1]
 
 
 def test_bad_arguments_exit_2_naming_the_value(tmp_path, capsys):

@@ -4,6 +4,11 @@ The second framework of the cross-framework validation, and usable alone
 (no server) in any dtype:
 
     opt = mur.reference.Optimizer(model.parameters(), optimizer="adam", rule="hybrid", lr=1e-3)
+
+Three flags, off by default (torch's formulas), reproduce other frameworks'
+placements (docs/frameworks.md): eps_before_correction (adam, adamw: Keras),
+eps_in_sqrt (rmsprop, adagrad: optax, Keras), lr_in_momentum (sgd, rmsprop:
+Keras; optax's rmsprop with momentum).
 """
 import math
 
@@ -11,11 +16,14 @@ import torch
 
 # torch's defaults per optimizer (lr None: required, as torch.optim.SGD).
 DEFAULTS = {
-    "sgd": dict(lr=None, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False),
-    "adam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False),
-    "adamw": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False),
-    "adagrad": dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10),
-    "rmsprop": dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False),
+    "sgd": dict(lr=None, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, lr_in_momentum=False),
+    "adam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, eps_before_correction=False),
+    "adamw": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
+                  eps_before_correction=False),
+    "adagrad": dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
+                    eps_in_sqrt=False),
+    "rmsprop": dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+                    eps_in_sqrt=False, lr_in_momentum=False),
     "adamax": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
     "nadam": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3),
     "radam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
@@ -31,6 +39,17 @@ RULE_DEFAULTS = {
 }
 
 
+def _root(x, h):
+    """sqrt(x) + eps (torch), or sqrt(x + eps) with eps_in_sqrt (optax, Keras)."""
+    return (x + h["eps"]).sqrt() if h.get("eps_in_sqrt") else x.sqrt() + h["eps"]
+
+
+def _per_lr(step, h):
+    """lr_in_momentum: d is the step the buffer makes divided by the current lr,
+    so that the additive rule (eta = lr) subtracts exactly that step; 0 at lr 0."""
+    return step / h["lr"] if h["lr"] > 0 else torch.zeros_like(step)
+
+
 def direction(name, g, p, s, h, t):
     """(d, scale, decay) for one parameter; updates the state dict ``s`` in place."""
     wd = h["weight_decay"]
@@ -40,6 +59,15 @@ def direction(name, g, p, s, h, t):
         mu = h["momentum"]
         if mu == 0:
             return g, 1.0, 1.0
+        if h.get("lr_in_momentum"):
+            # Keras's velocity (positive): buf = mu buf + lr g; torch's first copy and dampening kept.
+            lg = h["lr"] * g
+            if "momentum_buffer" not in s:
+                s["momentum_buffer"] = lg.clone()
+            else:
+                s["momentum_buffer"].mul_(mu).add_(lg, alpha=1 - h["dampening"])
+            buf = s["momentum_buffer"]
+            return _per_lr(lg + mu * buf if h["nesterov"] else buf.clone(), h), 1.0, 1.0
         if "momentum_buffer" not in s:
             s["momentum_buffer"] = g.clone()
         else:
@@ -53,19 +81,25 @@ def direction(name, g, p, s, h, t):
         if h["amsgrad"]:
             v = torch.maximum(s.setdefault("max_exp_avg_sq", torch.zeros_like(p)), v, out=s["max_exp_avg_sq"])
         bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
-        d = m / (v.sqrt() / math.sqrt(bc2) + h["eps"])  # m is not bias-corrected inside d
+        if h.get("eps_before_correction"):  # Keras: eps added to sqrt(v), then the correction
+            d = m * math.sqrt(bc2) / (v.sqrt() + h["eps"])
+        else:
+            d = m / (v.sqrt() / math.sqrt(bc2) + h["eps"])  # m is not bias-corrected inside d
         return d, 1 / bc1, (1 - h["lr"] * wd) if name == "adamw" else 1.0
     if name == "adagrad":
         acc = s.setdefault("sum", torch.full_like(p, h["initial_accumulator_value"])).addcmul_(g, g)
-        return g / (acc.sqrt() + h["eps"]), 1 / (1 + (t - 1) * h["lr_decay"]), 1.0
+        return g / _root(acc, h), 1 / (1 + (t - 1) * h["lr_decay"]), 1.0
     if name == "rmsprop":
         a = h["alpha"]
         sq = s.setdefault("square_avg", torch.zeros_like(p)).mul_(a).addcmul_(g, g, value=1 - a)
         if h["centered"]:
             ga = s.setdefault("grad_avg", torch.zeros_like(p)).mul_(a).add_(g, alpha=1 - a)
-            avg = (sq - ga * ga).sqrt() + h["eps"]
+            avg = _root(sq - ga * ga, h)
         else:
-            avg = sq.sqrt() + h["eps"]
+            avg = _root(sq, h)
+        if h["momentum"] > 0 and h.get("lr_in_momentum"):
+            buf = s.setdefault("momentum_buffer", torch.zeros_like(p)).mul_(h["momentum"]).add_(h["lr"] * g / avg)
+            return _per_lr(buf, h), 1.0, 1.0
         if h["momentum"] > 0:
             buf = s.setdefault("momentum_buffer", torch.zeros_like(p)).mul_(h["momentum"]).add_(g / avg)
             return buf.clone(), 1.0, 1.0

@@ -29,3 +29,32 @@ export function ema(prev: tf.Tensor, x: tf.Tensor, beta: number): tf.Tensor {
 }
 
 export const zeros = (theta: tf.Tensor) => tf.zerosLike(theta);
+
+/*
+ * Flags that reproduce other frameworks' placements (docs/frameworks.md). Each
+ * is off by default, which keeps torch's formula bit for bit, and fixed at
+ * creation: switching mid-run would change what the stored state means.
+ */
+export const EPS_BEFORE_CORRECTION: HyperSpec = {
+  name: 'eps_before_correction', type: 'boolean', default: false, fixed: true,
+  description: "Keras: d = m sqrt(bc2) / (sqrt(v) + eps), eps added before the bias correction of v",
+};
+export const EPS_IN_SQRT: HyperSpec = {
+  name: 'eps_in_sqrt', type: 'boolean', default: false, fixed: true,
+  description: 'optax/Keras: eps added inside the square root, g / sqrt(v + eps)',
+};
+export const LR_IN_MOMENTUM: HyperSpec = {
+  name: 'lr_in_momentum', type: 'boolean', default: false, fixed: true,
+  description: "Keras: the momentum buffer accumulates lr * step (each step's own lr); d = that sum / the current lr",
+};
+
+/**
+ * The direction under lr_in_momentum. The buffer holds Keras's velocity
+ * (sum of mu^k lr_{t-k} x_{t-k}); the rule multiplies d by the current lr, so
+ * d = step / lr makes the additive rule subtract exactly `step`, and keeps d in
+ * gradient units for the other rules (equal to torch's buffer at a constant
+ * lr). At lr = 0 d is 0: no rule can move theta by eta * d with eta = 0.
+ */
+export function perLr(step: tf.Tensor, lrNow: number): tf.Tensor {
+  return lrNow > 0 ? tf.div(step, lrNow) : tf.zerosLike(step);
+}

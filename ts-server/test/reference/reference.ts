@@ -20,6 +20,12 @@ function decayed(g: number[], th: number[], wd: number): number[] {
   return g.map((gi, i) => gi + wd * th[i]);
 }
 
+/** sqrt(x) + eps, or sqrt(x + eps) with eps_in_sqrt (optax, Keras). */
+const root = (h: H, x: number) => (h.eps_in_sqrt ? Math.sqrt(x + n(h, 'eps')) : Math.sqrt(x) + n(h, 'eps'));
+
+/** lr_in_momentum: d is the step the buffer makes divided by the current lr (0 at lr = 0). */
+const perLr = (h: H, x: number) => (n(h, 'lr') > 0 ? x / n(h, 'lr') : 0);
+
 /** One optimizer's direction; mutates `s` (the reference keeps state in place). */
 export function refDirection(opt: string, g0: number[], th: number[], s: RefState, h: H, t: number): Dir {
   const len = th.length;
@@ -33,6 +39,13 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
       if (mu === 0) return { d: g, scale: 1, decay: 1 };
       const first = s.momentum_buffer === undefined;
       const buf = ensure('momentum_buffer');
+      if (h.lr_in_momentum) {
+        // Keras's velocity, positive: buf = mu buf + lr g (torch's first copy and dampening kept).
+        const lrNow = n(h, 'lr');
+        for (let i = 0; i < len; i++) buf[i] = first ? lrNow * g[i] : mu * buf[i] + (1 - n(h, 'dampening')) * lrNow * g[i];
+        const d = buf.map((b, i) => perLr(h, h.nesterov ? lrNow * g[i] + mu * b : b));
+        return { d, scale: 1, decay: 1 };
+      }
       for (let i = 0; i < len; i++) buf[i] = first ? g[i] : mu * buf[i] + (1 - n(h, 'dampening')) * g[i];
       return { d: h.nesterov ? g.map((gi, i) => gi + mu * buf[i]) : buf.slice(), scale: 1, decay: 1 };
     }
@@ -47,7 +60,9 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
         m[i] = b1 * m[i] + (1 - b1) * g[i];
         v[i] = b2 * v[i] + (1 - b2) * sq(g[i]);
         if (h.amsgrad) vmax[i] = Math.max(vmax[i], v[i]);
-        d[i] = m[i] / (Math.sqrt(vmax[i]) / Math.sqrt(bc2) + n(h, 'eps'));
+        d[i] = h.eps_before_correction
+          ? (m[i] * Math.sqrt(bc2)) / (Math.sqrt(vmax[i]) + n(h, 'eps'))
+          : m[i] / (Math.sqrt(vmax[i]) / Math.sqrt(bc2) + n(h, 'eps'));
       }
       return { d, scale: 1 / bc1, decay: opt === 'adamw' ? 1 - n(h, 'lr') * wd : 1 };
     }
@@ -56,7 +71,7 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
       const sum = ensure('sum', n(h, 'initial_accumulator_value'));
       const d = g.map((gi, i) => {
         sum[i] += sq(gi);
-        return gi / (Math.sqrt(sum[i]) + n(h, 'eps'));
+        return gi / root(h, sum[i]);
       });
       return { d, scale: 1 / (1 + (t - 1) * n(h, 'lr_decay')), decay: 1 };
     }
@@ -73,9 +88,12 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
         let avg: number;
         if (ga) {
           ga[i] = a * ga[i] + (1 - a) * g[i];
-          avg = Math.sqrt(sqa[i] - sq(ga[i])) + n(h, 'eps');
-        } else avg = Math.sqrt(sqa[i]) + n(h, 'eps');
-        if (buf) d[i] = buf[i] = mu * buf[i] + g[i] / avg;
+          avg = root(h, sqa[i] - sq(ga[i]));
+        } else avg = root(h, sqa[i]);
+        if (buf && h.lr_in_momentum) {
+          buf[i] = mu * buf[i] + (n(h, 'lr') * g[i]) / avg;
+          d[i] = perLr(h, buf[i]);
+        } else if (buf) d[i] = buf[i] = mu * buf[i] + g[i] / avg;
         else d[i] = g[i] / avg;
       }
       return { d, scale: 1, decay: 1 };

@@ -3,11 +3,12 @@
 //   d = m / (sqrt(v or vmax) / sqrt(bc2) + eps);  scale = 1 / bc1
 // Adam adds wd * theta to g (coupled); AdamW multiplies theta by 1 - lr wd
 // before the rule (decoupled).
+// eps_before_correction (Keras): d = m sqrt(bc2) / (sqrt(v or vmax) + eps).
 #ifndef MUR_ADAM_DESC_
 #define MUR_ADAM_DESC_
 namespace mur {
 namespace adam_desc {
-inline constexpr const char* kHypers[] = {"lr", "betas.0", "betas.1", "eps", "weight_decay", "amsgrad"};
+inline constexpr const char* kHypers[] = {"lr", "betas.0", "betas.1", "eps", "weight_decay", "amsgrad", "eps_before_correction"};
 inline constexpr const char* kSlots[] = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
 }  // namespace adam_desc
 }  // namespace mur
@@ -29,15 +30,17 @@ template <bool kDecoupled>
 struct AdamT {
   struct C {
     AdamHypers a;  // a.wd is 0 for AdamW: its decay is decoupled
-    float inv_sqrt_bc2;
-    bool amsgrad;
+    float inv_sqrt_bc2, sqrt_bc2;
+    bool amsgrad, eps_first;
   };
   static bool Prepare(const Job& j, C* c, Factors* f, std::string* err) {
     const double t = StepT(j), b1 = OptH(j, 1), b2 = OptH(j, 2), wd = OptH(j, 4);
     c->a = AdamHypers::From(j);
     if (kDecoupled) c->a.wd = 0.0f;
     c->inv_sqrt_bc2 = static_cast<float>(1 / std::sqrt(BiasCorrection(b2, t)));
+    c->sqrt_bc2 = static_cast<float>(std::sqrt(BiasCorrection(b2, t)));
     c->amsgrad = OptH(j, 5) != 0;
+    c->eps_first = OptH(j, 6) != 0;
     f->scale = 1 / BiasCorrection(b1, t);
     if (kDecoupled) f->decay = 1 - j.h[1] * wd;
     return Need(j, 0, "exp_avg", err) && Need(j, 1, "exp_avg_sq", err) && (!c->amsgrad || Need(j, 2, "max_exp_avg_sq", err));
@@ -53,6 +56,7 @@ struct AdamT {
       v = hn::Max(LoadSlot(d, j, 2, i), v);
       StoreSlot(d, v, j, 2, i);
     }
+    if (c.eps_first) return hn::Div(hn::Mul(m, hn::Set(d, c.sqrt_bc2)), hn::Add(hn::Sqrt(v), hn::Set(d, c.a.eps)));
     const auto denom = hn::MulAdd(hn::Sqrt(v), hn::Set(d, c.inv_sqrt_bc2), hn::Set(d, c.a.eps));
     return hn::Div(m, denom);
   }

@@ -3,11 +3,14 @@
 // uses it.
 //   g' = g + wd theta;  buf = g' (first) | mu buf + (1 - tau) g'
 //   d = g' + mu buf (nesterov) | buf | g' (no momentum)
+// lr_in_momentum (Keras): the buffer accumulates lr g' (first: lr g', then
+// mu buf + (1 - tau) lr g'); d = (lr g' + mu buf) / lr (nesterov) | buf / lr,
+// 0 at lr = 0 (optimizers/common.ts, perLr).
 #ifndef MUR_SGD_DESC_
 #define MUR_SGD_DESC_
 namespace mur {
 namespace sgd_desc {
-inline constexpr const char* kHypers[] = {"lr", "momentum", "dampening", "weight_decay", "nesterov"};
+inline constexpr const char* kHypers[] = {"lr", "momentum", "dampening", "weight_decay", "nesterov", "lr_in_momentum"};
 inline constexpr const char* kSlots[] = {"momentum_buffer"};
 }  // namespace sgd_desc
 }  // namespace mur
@@ -27,7 +30,8 @@ namespace HWY_NAMESPACE {
 struct Sgd {
   struct C {
     float mu, one_minus_tau, wd;
-    bool momentum, nesterov, first;
+    float lr, inv_lr;  // lr_in_momentum: the gradient's factor and d's (0 at lr = 0)
+    bool momentum, nesterov, first, lr_in_momentum;
   };
   static bool Prepare(const Job& j, C* c, Factors*, std::string* err) {
     c->mu = static_cast<float>(OptH(j, 1));
@@ -36,6 +40,9 @@ struct Sgd {
     c->nesterov = OptH(j, 4) != 0;
     c->momentum = OptH(j, 1) != 0;
     c->first = (j.fresh & 1u) != 0;
+    c->lr_in_momentum = OptH(j, 5) != 0;
+    c->lr = static_cast<float>(j.h[1]);
+    c->inv_lr = j.h[1] > 0 ? static_cast<float>(1 / j.h[1]) : 0.0f;
     return !c->momentum || Need(j, 0, "momentum_buffer", err);
   }
   static void Commit(const Job&, const C&) {}
@@ -45,6 +52,12 @@ struct Sgd {
     g = CoupledDecay(d, g, theta, c.wd);
     if (!c.momentum) return g;
     const auto mu = hn::Set(d, c.mu);
+    if (c.lr_in_momentum) {
+      const auto gl = hn::Mul(hn::Set(d, c.lr), g);
+      const auto buf = c.first ? gl : hn::MulAdd(mu, LoadSlot(d, j, 0, i), hn::Mul(hn::Set(d, c.one_minus_tau), gl));
+      StoreSlot(d, buf, j, 0, i);
+      return hn::Mul(c.nesterov ? hn::MulAdd(mu, buf, gl) : buf, hn::Set(d, c.inv_lr));
+    }
     const auto buf = c.first ? g : hn::MulAdd(mu, LoadSlot(d, j, 0, i), hn::Mul(hn::Set(d, c.one_minus_tau), g));
     StoreSlot(d, buf, j, 0, i);
     return c.nesterov ? hn::MulAdd(mu, buf, g) : buf;
