@@ -105,7 +105,7 @@ bench-load: build
 
 # The paper reproduction through the server (issues 5, 11): equal-budget Optuna
 # tuning per optimizer x rule, seeds, verdicts -> results/REPORT.md, results.json,
-# plots (about 30 min on 2 cores). Optuna is python3-optuna in APT_PACKAGES.
+# plots (21 min on 2 shared cores). Optuna is python3-optuna in APT_PACKAGES.
 reproduce: build
 	$(PY) -m mur_lab.experiments.reproduce
 
