@@ -14,7 +14,7 @@ Two data planes (``transport``):
   bytes travel on a plain TCP (or TLS) connection to the server's data port
   instead of inside gRPC messages (3-4x faster on loopback; dataplane.py).
 - ``"grpc"`` (anywhere): each step sends every gradient (float32, or
-  bfloat16 with ``wire_dtype="bfloat16"``) and writes the updated parameters
+  bfloat16 or float16 with ``wire_dtype=``) and writes the updated parameters
   back in place. Parameters edited by the user since the last step are sent
   to the server before the step, so such edits are never undone.
 
@@ -44,9 +44,12 @@ from .transport import Arena
 
 F32 = pb.DTYPE_FLOAT32
 BF16 = pb.DTYPE_BFLOAT16
-_ELEMENT_BYTES = {F32: 4, BF16: 2}
+F16 = pb.DTYPE_FLOAT16
+_ELEMENT_BYTES = {F32: 4, BF16: 2, F16: 2}
+# The 2-byte wire dtypes and the torch dtype a gradient is rounded to for each.
+_HALF = {BF16: torch.bfloat16, F16: torch.float16}
 _TRANSPORTS = ("auto", "shm", "tcp", "grpc")
-_WIRE_DTYPES = {"float32": F32, "bfloat16": BF16}
+_WIRE_DTYPES = {"float32": F32, "bfloat16": BF16, "float16": F16}
 _RETRIES = 3
 _BACKOFF = 0.1  # seconds before the first retry, doubling
 _CLOSE_TIMEOUT = 10.0  # CloseSession's deadline: close() never waits long on a dead server
@@ -89,11 +92,6 @@ def _f32_bytes(t: torch.Tensor) -> bytes:
 def _f32_view(t: torch.Tensor) -> memoryview:
     """The float32 bytes of a tensor without a copy where it already is float32 CPU memory."""
     return memoryview(t.detach().to(dtype=torch.float32, device="cpu").contiguous().numpy()).cast("B")
-
-
-def _bf16_bytes(t: torch.Tensor) -> bytes:
-    # Round to nearest even (torch's conversion), then the raw 2-byte patterns.
-    return t.detach().to(device="cpu").to(torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes()
 
 
 def _varint(n: int) -> bytes:
@@ -202,9 +200,13 @@ class RemoteOptimizer(torch.optim.Optimizer):
             "grpc" (tensors in gRPC messages only).
             ``opt.transport`` tells which one is in use. With "shm" every
             parameter's ``p.data`` is a view of the server's copy until close().
-        wire_dtype: "float32" or "bfloat16": how gradients travel on the tcp
-            and grpc transports (bfloat16 halves the bytes and rounds each gradient to
-            bfloat16 first). Ignored on the shm transport, which moves no bytes.
+        wire_dtype: "float32", "bfloat16" or "float16": how gradients travel
+            on the tcp and grpc transports. The 2-byte ones halve the bytes up
+            and round each gradient first: bfloat16 keeps float32's range
+            with 8 significant bits; float16 keeps 11 bits but only
+            |g| <= 65504 (a larger gradient becomes infinite and the step is
+            refused, as for any non-finite gradient). Ignored on the shm
+            transport, which moves no bytes.
         timeout: deadline in seconds of every call to the server (None: none).
             A lost connection is retried 3 times with backoff (0.1, 0.2, 0.4 s);
             then, or at the deadline, a step raises a MurError.
@@ -248,7 +250,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
                  wire_dtype="float32", timeout=300.0, tls_ca=None, tls_cert=None, tls_key=None,
                  reconnect_timeout=60.0, **hyperparameters):
         self._local = self._channel = self._session = self._arena = self._data = None
-        self._bf16 = {}  # per parameter: its gradient as bfloat16 (wire_dtype="bfloat16")
+        self._half = {}  # per parameter: its gradient as bfloat16 or float16 (wire_dtype)
         if isinstance(server, (list, tuple)):  # a list of one address (more: __new__ shards)
             if len(server) != 1 or not isinstance(server[0], str):
                 raise ValueError(f"server={server!r}: a list of servers holds addresses (at least one)")
@@ -377,9 +379,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
                         raise
                     self._transport_reason = e.reason
             if self._arena is None:
-                if self._wire_dtype == BF16 and BF16 not in caps.dtypes:
+                if self._wire_dtype != F32 and self._wire_dtype not in caps.dtypes:
                     raise FailedPreconditionError(
-                        f"wire_dtype='bfloat16': the server at {address} does not accept bfloat16 gradients "
+                        f"wire_dtype={wire_dtype!r}: the server at {address} does not accept {wire_dtype} gradients "
                         f"(dtypes: {', '.join(pb.DType.Name(d) for d in caps.dtypes)})")
                 self._transport = "tcp" if self._data is not None else "grpc"
                 for _, pid, p in self._params():
@@ -863,13 +865,14 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._data.close()
         self._data.address = (self._data.address[0], caps.data_port)
 
-    def _bf16_view(self, pid, g):
-        """g rounded to bfloat16 (round to nearest even, torch's conversion) in
-        a buffer kept per parameter, as bytes: a fresh buffer every step costs
-        more in page faults than the conversion."""
-        scratch = self._bf16.get(pid)
-        if scratch is None or scratch.shape != g.shape:
-            scratch = self._bf16[pid] = torch.empty(g.shape, dtype=torch.bfloat16)
+    def _half_view(self, pid, g):
+        """g rounded to the wire's 2-byte dtype (round to nearest even, torch's
+        conversion) in a buffer kept per parameter, as bytes: a fresh buffer
+        every step costs more in page faults than the conversion."""
+        half = _HALF[self._wire_dtype]
+        scratch = self._half.get(pid)
+        if scratch is None or scratch.shape != g.shape or scratch.dtype != half:
+            scratch = self._half[pid] = torch.empty(g.shape, dtype=half)
         scratch.copy_(g.detach())
         return memoryview(scratch.view(torch.int16).numpy()).cast("B")
 
@@ -884,7 +887,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
     def _step_grpc(self, grads, overrides):
         self._push_edits()
         dtype = self._wire_dtype
-        encode = self._bf16_view if dtype == BF16 else (lambda pid, g: _f32_view(g))
+        encode = self._half_view if dtype in _HALF else (lambda pid, g: _f32_view(g))
         payload = [(pid, list(p.shape), encode(pid, p.grad.neg() if pid in self._maximized else p.grad))
                    for pid, p in grads]
         size = sum(memoryview(b).nbytes for _, _, b in payload)
@@ -1001,7 +1004,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             if p.grad.shape != p.shape:
                 raise ValueError(f"parameter {pid}: gradient of shape {tuple(p.grad.shape)}, "
                                  f"parameter is {tuple(p.shape)}")
-            sent = p.grad.detach().reshape(-1).to(torch.bfloat16 if self._wire_dtype == BF16 else torch.float32)
+            sent = p.grad.detach().reshape(-1).to(_HALF.get(self._wire_dtype, torch.float32))
             if not bool(torch.isfinite(sent).all()):
                 k = int((~torch.isfinite(sent)).nonzero()[0])
                 raise InvalidArgumentError(f"grads '{pid}': element {k} is {float(sent[k])} "

@@ -104,7 +104,7 @@ def run(address, transport, steps=12, edit_at=None, **kw):
     return bits(model)
 
 
-@pytest.mark.parametrize("wire_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("wire_dtype", ["float32", "bfloat16", "float16"])
 def test_tcp_steps_exactly_as_grpc(tcp_server, wire_dtype):
     assert same_bits(run(tcp_server, "tcp", wire_dtype=wire_dtype), run(tcp_server, "grpc", wire_dtype=wire_dtype))
 
@@ -206,3 +206,32 @@ def test_tcp_rides_through_server_kills_on_a_state_dir():
         for p in procs:
             stop(p)
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "grpc"])
+def test_float16_gradients_are_the_float32_step_on_the_rounded_values(tcp_server, transport):
+    """wire_dtype="float16" rounds each gradient to float16 (torch's rounding)
+    and the server widens it exactly: the step equals a float32 step on the
+    rounded gradients, bit for bit. A gradient beyond float16's range
+    (65504) becomes infinite and is refused, changing nothing."""
+    def run(wire_dtype, round_first):
+        model = net()
+        opt = mur.RemoteOptimizer(model.parameters(), optimizer="adam", rule="additive", lr=0.01, server=tcp_server,
+                                  transport=transport, wire_dtype=wire_dtype)
+        try:
+            for x, y in batches(6):
+                backward(model, x, y)
+                if round_first:
+                    for p in model.parameters():
+                        p.grad.copy_(p.grad.to(torch.float16).to(torch.float32))
+                opt.step()
+            if wire_dtype == "float16":
+                before = bits(model)
+                model[0].weight.grad[0, 0] = 1e5  # finite in float32, infinite in float16
+                with pytest.raises(mur.InvalidArgumentError, match="finite|inf"):
+                    opt.step()
+                assert same_bits(bits(model), before)
+        finally:
+            opt.close()
+        return bits(model)
+    assert same_bits(run("float16", False), run("float32", True))

@@ -46,7 +46,7 @@ export class Metrics {
     });
     this.gradientBytes = new Counter({
       name: 'mur_gradient_bytes_total',
-      help: 'Gradient bytes of answered steps: grpc, tensor bytes received (float32 or bfloat16); shm, bytes read from the arena (replays read none)',
+      help: 'Gradient bytes of answered steps: grpc, tensor bytes received (float32, bfloat16 or float16); shm, bytes read from the arena (replays read none)',
       labelNames: ['transport'],
       registers,
     });

@@ -185,6 +185,35 @@ describe('tcp data plane', () => {
     }
   });
 
+  it('takes float16 gradients: the step equals a float32 step on the same values', async () => {
+    const a = await create(h, { spec, params: params() });
+    const b = await create(h, { spec, params: params() });
+    const c = await Conn.open(port);
+    try {
+      // Values exact in float16, so the float32 step sees the very same gradient.
+      const w = [0.5, -0.25, 1.5, 2, -0.125, 3];
+      const f16 = Buffer.from(Uint16Array.from([0x3800, 0xb400, 0x3e00, 0x4000, 0xb000, 0x4200]).buffer);
+      const req: StepRequest = {
+        sessionId: a.sessionId, step: 1, groupOverrides: {}, arenaGrads: [], validateOnly: false,
+        grads: [{ paramId: 'w', grad: { shape: [2, 3], dtype: DType.DTYPE_FLOAT16, data: f16 } }],
+      };
+      c.send(frame(tokenFor(a.sessionId)!, req, [f16]));
+      const r = await c.reply();
+      assert.equal(r.header.code, 0, r.header.message);
+      const ref = await step(h, { sessionId: b.sessionId, step: 1, grads: grads({ w: { shape: [2, 3], data: w } }), groupOverrides: {} });
+      assert.deepEqual(r.values.get('w'), floats(ref.params[0].value!.data));
+      // And gRPC's Step takes them too, with the same result.
+      const viaGrpc = await create(h, { spec, params: params() });
+      const g = await step(h, { ...req, sessionId: viaGrpc.sessionId });
+      assert.deepEqual(floats(g.params[0].value!.data), r.values.get('w'));
+      await closeSession(h, viaGrpc.sessionId);
+    } finally {
+      c.close();
+      await closeSession(h, a.sessionId);
+      await closeSession(h, b.sessionId);
+    }
+  });
+
   it('refuses bad input with Step statuses, reads no gradient byte after a bad header, and changes nothing', async () => {
     const s = await create(h, { spec, params: params() });
     const other = await create(h, { spec, params: params() });

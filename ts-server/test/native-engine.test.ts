@@ -12,6 +12,7 @@ import { OPTIMIZERS } from '../src/optimizers';
 import { resolveGroup, resolveSpec } from '../src/registry';
 import { RULES } from '../src/rules';
 import { Session } from '../src/session/session';
+import { halfToFloatBits } from '../src/wire/tensors';
 
 const expected = process.env.MUR_EXPECT_NATIVE_ENGINE === '1';
 
@@ -201,6 +202,22 @@ describe('native engine addon', () => {
     }
     assert.throws(() => addon.widenBf16(new Uint8Array(3), new Float32Array(2)), /2 bytes per dst element/);
     assert.throws(() => addon.widenBf16(new Float32Array(2) as unknown as Uint8Array, new Float32Array(1)), /expected a Uint8Array/);
+  });
+
+  it('widens every float16 bit pattern exactly as the TypeScript reference does, at any alignment', () => {
+    const all = new Uint8Array(2 * 65536 + 1).subarray(1); // misaligned on purpose
+    for (let h = 0; h < 65536; h++) {
+      all[2 * h] = h & 0xff;
+      all[2 * h + 1] = h >> 8;
+    }
+    const out = new Float32Array(65536);
+    addon.widenF16(all, out);
+    const bits = new Uint32Array(out.buffer);
+    for (let h = 0; h < 65536; h++) assert.equal(bits[h], halfToFloatBits(h), `half 0x${h.toString(16)}`);
+    // Spot values: 1, -2, 65504 (largest), 2^-24 (smallest subnormal), infinity.
+    const want: Array<[number, number]> = [[0x3c00, 1], [0xc000, -2], [0x7bff, 65504], [0x0001, 2 ** -24], [0x7c00, Infinity], [0x8000, -0]];
+    for (const [h, v] of want) assert.ok(Object.is(out[h], v), `half 0x${h.toString(16)} -> ${out[h]}, want ${v}`);
+    assert.ok(Number.isNaN(out[0x7e00]));
   });
 
   it('sums squares in double precision', () => {

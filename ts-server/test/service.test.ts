@@ -32,7 +32,7 @@ describe('service over gRPC', () => {
     assert.deepEqual(c.rules.map((r) => r.name), RULES.map((r) => r.name));
     assert.equal(c.backend, currentEngine().name);
     assert.ok(c.availableBackends.includes(c.backend));
-    assert.deepEqual(c.dtypes, [F32, DType.DTYPE_BFLOAT16]);
+    assert.deepEqual(c.dtypes, [F32, DType.DTYPE_BFLOAT16, DType.DTYPE_FLOAT16]);
     assert.deepEqual(c.transports, currentEngine().createArena ? ['grpc', 'shm', 'tcp'] : ['grpc', 'tcp']);
     assert.ok(c.dataPort > 0, 'a server on TCP offers its data plane');
     assert.equal(c.chunkBytes, 64 * 1024);

@@ -273,6 +273,40 @@ Napi::Value WidenBf16(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+/** One IEEE half (binary16) as the float32 of the same value, bit for bit: every half is exact in float32. */
+inline uint32_t HalfToFloatBits(uint32_t h) {
+  const uint32_t sign = (h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  if (exp == 0x1fu) return sign | 0x7f800000u | (mant << 13);  // infinity, NaN (payload kept)
+  if (exp != 0) return sign | ((exp + 112u) << 23) | (mant << 13);  // normal: rebias 15 -> 127
+  if (mant == 0) return sign;  // signed zero
+  // Subnormal: mant * 2^-24. Shift until the implicit bit (bit 10) appears;
+  // k shifts make it 1.f * 2^(-14-k), a float32 exponent field of 113 - k.
+  uint32_t k = 0;
+  while ((mant & 0x400u) == 0) {
+    mant <<= 1;
+    ++k;
+  }
+  return sign | ((113u - k) << 23) | ((mant & 0x3ffu) << 13);
+}
+
+/** widenF16(src: Uint8Array, dst: Float32Array): float16 gradients from the wire (little-endian, any alignment), exactly. */
+Napi::Value WidenF16(const Napi::CallbackInfo& info) {
+  if (info.Length() != 2 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
+      !info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+    Fail(info.Env(), "widenF16(src, dst): expected a Uint8Array and a Float32Array");
+  }
+  Napi::Uint8Array src = info[0].As<Napi::Uint8Array>();
+  Napi::Float32Array dst = info[1].As<Napi::Float32Array>();
+  const size_t n = dst.ElementLength();
+  if (src.ByteLength() != 2 * n) Fail(info.Env(), "widenF16: src must hold 2 bytes per dst element");
+  const uint8_t* in = src.Data();
+  uint32_t* out = reinterpret_cast<uint32_t*>(dst.Data());
+  for (size_t i = 0; i < n; ++i) out[i] = HalfToFloatBits(static_cast<uint32_t>(in[2 * i]) | static_cast<uint32_t>(in[2 * i + 1]) << 8);
+  return info.Env().Undefined();
+}
+
 Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   if (info.Length() != 1 || !info[0].IsNumber()) Fail(info.Env(), "setThreads(n): n must be a number");
   mur::Pool::Get().SetThreads(info[0].As<Napi::Number>().Int32Value());
@@ -355,6 +389,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sumSquares", Napi::Function::New(env, SumSquares));
   exports.Set("scan", Napi::Function::New(env, Scan));
   exports.Set("widenBf16", Napi::Function::New(env, WidenBf16));
+  exports.Set("widenF16", Napi::Function::New(env, WidenF16));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("threads", Napi::Function::New(env, Threads));
   mur::InitArena(env, exports);

@@ -75,6 +75,8 @@ export interface Engine {
   firstNonFinite(a: Float32Array): number;
   /** bfloat16 bytes (little-endian, any alignment) widened into dst; engines without it: wire/tensors.ts's loop. */
   widenBf16?(src: Uint8Array, dst: Float32Array): void;
+  /** The same for float16 (IEEE binary16). */
+  widenF16?(src: Uint8Array, dst: Float32Array): void;
   /** The same, and a digest of the bytes (to tell a retried request from a different one), in one pass. */
   scan(a: Float32Array): { nonFinite: number; digest: string };
   /** New storage holding a copy of `values`. */

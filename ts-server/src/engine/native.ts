@@ -41,6 +41,7 @@ export interface NativeAddon {
   firstNonFinite(a: Float32Array): number;
   sumSquares(a: Float32Array): number;
   widenBf16(src: Uint8Array, dst: Float32Array): void;
+  widenF16(src: Uint8Array, dst: Float32Array): void;
   setThreads(n: number): number;
   threads(): number;
   arenaCreate(bytes: number): { buffer: ArrayBuffer; fd: number };
@@ -154,6 +155,10 @@ export class NativeEngine implements Engine {
 
   widenBf16(src: Uint8Array, dst: Float32Array): void {
     this.addon.widenBf16(src, dst);
+  }
+
+  widenF16(src: Uint8Array, dst: Float32Array): void {
+    this.addon.widenF16(src, dst);
   }
 
   firstNonFinite(a: Float32Array): number {

@@ -18,7 +18,7 @@ import { InvalidArgument, ResourceExhausted } from '../errors';
 import type { ServerContext } from '../grpc/context';
 import { inlineStep } from '../grpc/handlers/step';
 import { toServiceError } from '../grpc/status';
-import { checkDtype, GRADIENT_DTYPES, widenBf16Into } from '../wire/tensors';
+import { checkDtype, GRADIENT_DTYPES, isHalf, widenInto } from '../wire/tensors';
 import { log } from '../log';
 
 const RPC = 'DataStep';
@@ -45,7 +45,7 @@ interface Pending {
 }
 
 /** Bytes per element of a gradient dtype on the wire. */
-const width = (d: DType) => (d === DType.DTYPE_BFLOAT16 ? 2 : 4);
+const width = (d: DType) => (isHalf(d) ? 2 : 4);
 
 /**
  * Checks a header against its session before a gradient byte is read: the
@@ -98,7 +98,7 @@ class Connection {
   private pending?: Pending;
   private recv = Buffer.allocUnsafe(0);
   private send = Buffer.allocUnsafe(0);
-  /** bfloat16 gradients widened to float32 (reused: fresh large buffers cost page faults every step). */
+  /** bfloat16 and float16 gradients widened to float32 (reused: fresh large buffers cost page faults every step). */
   private widened = Buffer.allocUnsafe(0);
   private received = 0;
 
@@ -166,7 +166,7 @@ class Connection {
   }
 
   private async step(p: Pending): Promise<void> {
-    const wide = p.request.grads.reduce((n, g, i) => n + (g.grad!.dtype === DType.DTYPE_BFLOAT16 ? 2 * p.sizes[i] : 0), 0);
+    const wide = p.request.grads.reduce((n, g, i) => n + (isHalf(g.grad!.dtype) ? 2 * p.sizes[i] : 0), 0);
     if (this.widened.length < wide) this.widened = Buffer.allocUnsafe(wide);
     let at = 0;
     let w = 0;
@@ -175,18 +175,18 @@ class Connection {
       grads: p.request.grads.map((g, i) => {
         const data = this.recv.subarray(at, at + p.sizes[i]);
         at += p.sizes[i];
-        if (g.grad!.dtype !== DType.DTYPE_BFLOAT16) return { paramId: g.paramId, grad: { ...g.grad!, data } };
+        if (!isHalf(g.grad!.dtype)) return { paramId: g.paramId, grad: { ...g.grad!, data } };
         // Widened here, exactly as Step widens, into the reused buffer.
         const out = this.widened.subarray(w, w + 2 * data.length);
         w += out.length;
-        widenBf16Into(data, new Float32Array(out.buffer, out.byteOffset, data.length / 2));
+        widenInto(g.grad!.dtype, data, new Float32Array(out.buffer, out.byteOffset, data.length / 2));
         return { paramId: g.paramId, grad: { ...g.grad!, dtype: DType.DTYPE_FLOAT32, data: out } };
       }),
     };
     let head: Buffer;
     let body: Buffer | undefined;
     try {
-      // Metered with the bytes that came over the wire (bfloat16 ones counted as sent).
+      // Metered with the bytes that came over the wire (2-byte ones counted as sent).
       const reply = await this.ctx.metrics.step('tcp', async () => ({ ...(await inlineStep(this.ctx, request, p.token || undefined)), gradientBytes: p.total }));
       // Copied out before the reply is written: the values are the session's
       // own memory, which another step may change while the socket drains.

@@ -20,7 +20,7 @@ export class ChunkAssembler {
 
   /**
    * @param maxElements the most values all tensors together may hold
-   * @param dtypes what the chunks may carry (gradients: float32 or bfloat16)
+   * @param dtypes what the chunks may carry (gradients: float32, bfloat16 or float16)
    */
   constructor(private readonly maxElements: number, private readonly dtypes: DType[] = VALUE_DTYPES) {}
 
