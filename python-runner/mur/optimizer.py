@@ -580,21 +580,27 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._call(self._stub.ImportState, gen())
 
     # -- the shared-memory transport -----------------------------------------
-    def _open_shm(self):
-        if "shm" not in self._caps.transports:
-            raise TransportUnavailable(
-                f"the server at {self._address} does not offer it (transports: {', '.join(self._caps.transports)}; "
-                f"its engine is '{self._caps.backend}', shared memory needs the native engine)")
+    def _request_arena(self, unavailable):
+        """The session's arena, mapped (OpenArena); TransportUnavailable when a
+        parameter is not in CPU memory or the server answers one of the
+        status codes `unavailable` (the shm transport is not possible here)."""
         for _, pid, p in self._params():
             if p.device.type != "cpu":
                 raise TransportUnavailable(f"parameter {pid} is on {p.device}; the arena is CPU memory")
         try:
             info = self._call(self._stub.OpenArena, pb.OpenArenaRequest(session_id=self._session))
         except MurError as e:
-            if e.code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED):
+            if e.code in unavailable:
                 raise TransportUnavailable(f"OpenArena: {e}") from None
             raise
-        arena = Arena.open(info)
+        return Arena.open(info)
+
+    def _open_shm(self):
+        if "shm" not in self._caps.transports:
+            raise TransportUnavailable(
+                f"the server at {self._address} does not offer it (transports: {', '.join(self._caps.transports)}; "
+                f"its engine is '{self._caps.backend}', shared memory needs the native engine)")
+        arena = self._request_arena((grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED))
         try:
             views = {}
             for _, pid, p in self._params():
@@ -677,16 +683,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         grow) and OpenArena makes one covering every parameter, holding the
         server's values. The parameters (and gradients) viewing the old arena
         move to the new one; the old mapping goes when nothing views it."""
-        for _, pid, p in self._params():
-            if p.device.type != "cpu":
-                raise TransportUnavailable(f"parameter {pid} is on {p.device}; the arena is CPU memory")
-        try:
-            info = self._call(self._stub.OpenArena, pb.OpenArenaRequest(session_id=self._session))
-        except MurError as e:
-            if e.code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED):
-                raise TransportUnavailable(f"OpenArena: {e}") from None
-            raise
-        arena = Arena.open(info)
+        arena = self._request_arena((grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED))
         views = {}
         try:
             for _, pid, p in self._params():

@@ -47,6 +47,17 @@ def find_server_cli() -> Path:
                        f"no built checkout at {checkout}); {INSTALL_HINT}")
 
 
+def terminate(proc, grace=15.0):
+    """Stops a server process: SIGTERM (a graceful shutdown), SIGKILL after `grace` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def _private_dir() -> str:
     """A fresh directory only this user can enter (mkdtemp: mode 0700), short
     enough for a Unix socket path inside it."""
@@ -139,13 +150,7 @@ class LocalServer:
         """Stops the server (SIGTERM, then SIGKILL after 15 s) and removes its directory."""
         proc = self.proc
         if proc is not None:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            terminate(proc)
             for f in (proc.stdin, proc.stdout):
                 try:
                     if f:

@@ -1,13 +1,78 @@
-"""Servers shared by the test modules (one per module, freed at its end) and
-server_for(), which picks the server a transport needs."""
+"""Servers shared by the test modules (one per module, freed at its end),
+server_for(), which picks the server a transport needs, and the helpers
+several modules use: a server started from the CLI on TCP, a small model,
+its batches and its parameters' bits."""
+import json
+import os
+import select
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import mur
 
 ROOT = Path(__file__).resolve().parents[2]
 ADDON = ROOT / "ts-server" / "native" / "build" / "Release" / "mur_native.node"
+CLI = ROOT / "ts-server" / "dist" / "src" / "cli.js"
+
+
+def read_line(proc, timeout=60):
+    """The first line the server prints (where it listens), or fail after `timeout` seconds."""
+    fd, buf, deadline = proc.stdout.fileno(), b"", time.monotonic() + timeout
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"mur server: no line within {timeout} s (got {buf!r})")
+        part = os.read(fd, 65536)
+        if not part:
+            raise AssertionError(f"mur server: exited before printing a line (got {buf!r})")
+        buf += part
+    return buf.split(b"\n", 1)[0].decode()
+
+
+def start_tcp(*args, port=0):
+    """A server from the CLI on TCP (stdin kept open: it dies with this test
+    process); (process, what it printed: port, data_port, tls, ...)."""
+    proc = subprocess.Popen(["node", str(CLI), "--port", str(port), "--exit-with-stdin", *map(str, args)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "MUR_LOG": "silent"})
+    try:
+        return proc, json.loads(read_line(proc))
+    except BaseException:
+        stop(proc)
+        raise
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=30)
+    for f in (proc.stdin, proc.stdout):
+        if f:
+            f.close()
+
+
+def net(seed=0, width=4):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(5, width), torch.nn.Tanh(), torch.nn.Linear(width, 2))
+
+
+def batches(n, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 5, generator=g), torch.randn(16, 2, generator=g)) for _ in range(n)]
+
+
+def bits(model):
+    return [p.detach().reshape(-1).view(torch.int32).clone() for p in model.parameters()]
+
+
+def same_bits(a, b):
+    """Bit for bit equal: models, or lists of bits()."""
+    return all(torch.equal(x, y) for x, y in zip(bits(a) if isinstance(a, torch.nn.Module) else a,
+                                                    bits(b) if isinstance(b, torch.nn.Module) else b))
 
 
 @pytest.fixture(scope="module")

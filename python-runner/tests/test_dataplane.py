@@ -3,73 +3,26 @@ a plain TCP connection to the server's data port, gRPC for the rest. It must
 keep every guarantee of the grpc transport: the same trajectory bit for bit,
 edits between steps kept, refused steps changing nothing, retries exact
 through a server restart."""
-import json
-import os
-import select
 import shutil
 import socket
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import mur
-
-CLI = Path(__file__).resolve().parents[2] / "ts-server" / "dist" / "src" / "cli.js"
-
-
-def read_line(proc, timeout=60):
-    fd, buf, deadline = proc.stdout.fileno(), b"", time.monotonic() + timeout
-    while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise AssertionError(f"mur server: no line within {timeout} s (got {buf!r})")
-        part = os.read(fd, 65536)
-        if not part:
-            raise AssertionError(f"mur server: exited before printing a line (got {buf!r})")
-        buf += part
-    return json.loads(buf.split(b"\n", 1)[0])
-
-
-def start(*args, port=0):
-    """A server from the CLI on TCP (stdin kept open: it dies with this test process)."""
-    proc = subprocess.Popen(["node", str(CLI), "--port", str(port), "--exit-with-stdin", *map(str, args)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "MUR_LOG": "silent"})
-    try:
-        return proc, read_line(proc)
-    except BaseException:
-        stop(proc)
-        raise
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=30)
-    for f in (proc.stdin, proc.stdout):
-        f.close()
+from conftest import batches, bits, net, same_bits, start_tcp, stop
 
 
 @pytest.fixture(scope="module")
 def tcp_server():
-    proc, info = start()
+    proc, info = start_tcp()
     assert info["data_port"] > 0
     yield f"127.0.0.1:{info['port']}"
     stop(proc)
 
 
-def net(seed=0, width=8):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(5, width), torch.nn.Tanh(), torch.nn.Linear(width, 2))
-
-
-def batches(n, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(16, 5, generator=g), torch.randn(16, 2, generator=g)) for _ in range(n)]
 
 
 def backward(model, x, y):
@@ -77,12 +30,6 @@ def backward(model, x, y):
     torch.nn.functional.mse_loss(model(x), y).backward()
 
 
-def bits(model):
-    return [p.detach().reshape(-1).view(torch.int32).clone() for p in model.parameters()]
-
-
-def same_bits(a, b):
-    return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def run(address, transport, steps=12, edit_at=None, **kw):
@@ -158,7 +105,7 @@ def test_a_refused_step_changes_nothing_and_the_next_one_goes_through(tcp_server
 def test_tcp_needs_a_data_port():
     with pytest.raises(mur.TransportUnavailable, match="tcp transport unavailable"):
         mur.RemoteOptimizer(net().parameters(), optimizer="adam", rule="additive", server="auto", transport="tcp")
-    proc, info = start("--data-port", "off")
+    proc, info = start_tcp("--data-port", "off")
     try:
         assert "data_port" not in info
         with pytest.raises(mur.TransportUnavailable, match="no data port"):
@@ -185,7 +132,7 @@ def test_tcp_rides_through_server_kills_on_a_state_dir():
     torch.optim: no step lost or applied twice."""
     d = tempfile.mkdtemp(prefix="mur-test-")
     port = free_port()
-    procs = [start("--state-dir", Path(d) / "state", port=port)[0]]
+    procs = [start_tcp("--state-dir", Path(d) / "state", port=port)[0]]
     a, b = net(5, width=16), net(5, width=16)
     opt = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="additive", lr=0.01, server=f"127.0.0.1:{port}",
                               transport="tcp", reconnect_timeout=30)
@@ -196,7 +143,7 @@ def test_tcp_rides_through_server_kills_on_a_state_dir():
             backward(b, x, y)
             if k in (3, 4, 11):
                 stop(procs[-1])
-                procs.append(start("--state-dir", Path(d) / "state", port=port)[0])
+                procs.append(start_tcp("--state-dir", Path(d) / "state", port=port)[0])
             opt.step()
             ref.step()
         assert opt.transport == "tcp"

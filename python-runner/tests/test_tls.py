@@ -4,22 +4,16 @@
 Certificates are made at test time with the openssl command in a temporary
 directory: a CA, a server certificate for 127.0.0.1 and localhost, a client
 certificate the CA signed, and one from another CA."""
-import json
-import os
-import select
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 import mur
+from conftest import ADDON, CLI, start_tcp, stop
 
-ROOT = Path(__file__).resolve().parents[2]
-CLI = ROOT / "ts-server" / "dist" / "src" / "cli.js"
-ADDON = ROOT / "ts-server" / "native" / "build" / "Release" / "mur_native.node"
 pytestmark = [
     pytest.mark.skipif(not CLI.exists(), reason=f"{CLI} not built (make build)"),
     pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command makes the test certificates (make apt)"),
@@ -58,44 +52,13 @@ def certs(tmp_path_factory):
     }
 
 
-def read_line(proc, timeout):
-    fd, buf, deadline = proc.stdout.fileno(), b"", time.monotonic() + timeout
-    while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise AssertionError(f"mur server: no line within {timeout} s (got {buf!r})")
-        part = os.read(fd, 65536)
-        if not part:
-            raise AssertionError(f"mur server: exited before printing a line (got {buf!r})")
-        buf += part
-    return buf.split(b"\n", 1)[0].decode()
 
-
-def start(*args):
-    """A TLS server from the CLI on a free port (stdin kept open: it dies with this test process)."""
-    proc = subprocess.Popen(["node", str(CLI), "--port", "0", "--exit-with-stdin", *map(str, args)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "MUR_LOG": "silent"})
-    try:
-        info = json.loads(read_line(proc, 60))
-    except BaseException:
-        stop(proc)
-        raise
-    return proc, info
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=30)
-    for f in (proc.stdin, proc.stdout):
-        f.close()
 
 
 @pytest.fixture(scope="module")
 def tls_server(certs):
     cert, key = certs["server"]
-    proc, info = start("--tls-cert", cert, "--tls-key", key)
+    proc, info = start_tcp("--tls-cert", cert, "--tls-key", key)
     assert info["tls"] == "server"
     yield info["port"]
     stop(proc)
@@ -104,7 +67,7 @@ def tls_server(certs):
 @pytest.fixture(scope="module")
 def mtls_server(certs):
     cert, key = certs["server"]
-    proc, info = start("--tls-cert", cert, "--tls-key", key, "--tls-client-ca", certs["ca"])
+    proc, info = start_tcp("--tls-cert", cert, "--tls-key", key, "--tls-client-ca", certs["ca"])
     assert info["tls"] == "mutual"
     yield info["port"]
     stop(proc)

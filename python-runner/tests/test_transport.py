@@ -22,6 +22,7 @@ import mur
 from mur import reference
 from mur.optimizer import pb
 from mur.transport import Arena
+from conftest import batches, bits, net, same_bits
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / "ts-server" / "dist" / "src" / "cli.js"
@@ -33,14 +34,6 @@ pytestmark = needs_server
 
 
 # -- helpers ------------------------------------------------------------------
-def net(seed=0, width=4):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(5, width), torch.nn.Tanh(), torch.nn.Linear(width, 2))
-
-
-def batches(n, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(16, 5, generator=g), torch.randn(16, 2, generator=g)) for _ in range(n)]
 
 
 def train(model, opt, steps, grad_hook=None, seed=1):
@@ -55,13 +48,6 @@ def train(model, opt, steps, grad_hook=None, seed=1):
         opt.step(closure)
 
 
-def bits(model):
-    return [p.detach().reshape(-1).view(torch.int32).clone() for p in model.parameters()]
-
-
-def same_bits(a, b):
-    return all(torch.equal(x, y) for x, y in zip(bits(a) if isinstance(a, torch.nn.Module) else a,
-                                                    bits(b) if isinstance(b, torch.nn.Module) else b))
 
 
 def max_diff(a, b):

@@ -54,7 +54,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import mur
-from mur.server import find_server_cli
+from mur.server import find_server_cli, terminate
 
 TENSORS = 16
 
@@ -92,13 +92,7 @@ def start_server():
 
 
 def stop_server(proc):
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    terminate(proc)
 
 
 def _rank(rank, world, store, servers, n_params, steps, warmup, transport, out):
