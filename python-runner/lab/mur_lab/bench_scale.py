@@ -33,9 +33,10 @@ B_in = B_out = B / max(1, (P/S) / (P/R)) = B min(1, S/R), and M = 5 GB/s.
 
 The machine this runs on has few cores: S servers and R ranks share them, so
 the measured table shows overheads and contention, the paper table what
-separate hosts would give. ``--transport tcp`` measures the tcp data plane
-(what "auto" picks for a server on another host), ``--transport shm`` shared
-memory, instead of gRPC messages on TCP loopback.
+separate hosts would give. The servers listen on TCP loopback; the default
+``--transport tcp`` moves tensors on their data planes (what "auto" picks for
+a server on another host), ``--transport grpc`` in gRPC messages,
+``--transport shm`` in shared memory.
 
     make bench-scale
     python -m mur_lab.bench_scale --params 1M --servers 1,2 --ranks 1,2 --steps 3   # a quick check
@@ -181,7 +182,8 @@ def main(argv=None):
     ap.add_argument("--params", type=lambda s: [_size(x) for x in s.split(",")], default=[4_000_000, 16_000_000])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--transport", choices=["grpc", "tcp", "shm"], default="grpc")
+    ap.add_argument("--transport", choices=["grpc", "tcp", "shm"], default="tcp",
+                    help="tcp (default: what \"auto\" picks for servers on other hosts), grpc messages, or shm")
     ap.add_argument("--gbps", type=float, default=10.0, help="link bandwidth of the paper table (Gb/s)")
     ap.add_argument("--rtt-us", type=float, default=100.0, help="round-trip time of the paper table (us)")
     ap.add_argument("--out", help="also write the rows as JSON lines to this file")
