@@ -78,7 +78,8 @@ class DataPlane:
                 self._sock = None
 
     def _send(self, parts):
-        views = [memoryview(p).cast("B") for p in parts]
+        # Byte views (the gradients mostly come as such already: casting again costs ~3 us each).
+        views = [p if isinstance(p, memoryview) and p.format == "B" else memoryview(p).cast("B") for p in parts]
         if self._ssl is not None:  # an SSL socket has no sendmsg
             for v in views:
                 self._sock.sendall(v)
