@@ -99,15 +99,18 @@ export class Session {
     this.engine = engine;
     checkDeclarations(decls, (a) => engine.firstNonFinite(a));
     this.spec = resolveGroups(spec, decls.map((d) => d.group));
-    for (const d of decls) {
-      this.params.set(d.id, {
-        id: d.id,
-        shape: [...d.shape],
-        group: d.group,
-        size: sizeOf(d.shape),
-        state: { theta: d.values ? engine.create(d.values, d.shape) : null, opt: new Map(), rule: new Map(), steps: 0 },
-      });
-    }
+    for (const d of decls) this.declare(d);
+  }
+
+  /** A declared parameter joins the session: its values (or none yet: ImportState), no optimizer state, no steps. */
+  private declare(d: ParamDeclaration): void {
+    this.params.set(d.id, {
+      id: d.id,
+      shape: [...d.shape],
+      group: d.group,
+      size: sizeOf(d.shape),
+      state: { theta: d.values ? this.engine.create(d.values, d.shape) : null, opt: new Map(), rule: new Map(), steps: 0 },
+    });
   }
 
   get resolvedSpec(): ResolvedSpec {
@@ -358,15 +361,7 @@ export class Session {
     reserve(spec, decls);
     // Commit: nothing below can be refused.
     const releasedBytes = this.closeArena();
-    for (const d of decls) {
-      this.params.set(d.id, {
-        id: d.id,
-        shape: [...d.shape],
-        group: d.group,
-        size: sizeOf(d.shape),
-        state: { theta: d.values ? this.engine.create(d.values, d.shape) : null, opt: new Map(), rule: new Map(), steps: 0 },
-      });
-    }
+    for (const d of decls) this.declare(d);
     this.spec = spec;
     this.journal?.replaced(this);
     return { spec, releasedBytes };

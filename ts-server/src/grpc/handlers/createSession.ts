@@ -1,5 +1,5 @@
 // CreateSession: validate the spec and the declarations, then allocate.
-import type { CreateSessionReply, CreateSessionRequest } from '../../../generated/mur/v1/optimizer';
+import type { CreateSessionReply, CreateSessionRequest, ParamDecl } from '../../../generated/mur/v1/optimizer';
 import { InvalidArgument } from '../../errors';
 import { resolveSpec } from '../../registry';
 import type { ParamDeclaration } from '../../session/session';
@@ -7,11 +7,9 @@ import { bytesToF32, checkDtype } from '../../wire/tensors';
 import type { ServerContext } from '../context';
 import { specFromWire, specToWire } from '../spec';
 
-export function createSession(ctx: ServerContext, req: CreateSessionRequest): CreateSessionReply {
-  const json = req.spec && (req.spec.optimizer || req.spec.rule) ? specFromWire(req.spec) : ctx.defaultSpec;
-  if (!json) throw new InvalidArgument('spec: missing (and the server has no --config default)');
-  if (req.params.length === 0) throw new InvalidArgument('params: a session needs at least one parameter');
-  const decls: ParamDeclaration[] = req.params.map((p, i) => {
+/** Wire declarations as a session takes them (values null: they come through ImportState). */
+export function declarationsFromWire(params: ParamDecl[]): ParamDeclaration[] {
+  return params.map((p, i) => {
     checkDtype(p.dtype, `params[${i}] '${p.id}'`);
     return {
       id: p.id,
@@ -22,6 +20,13 @@ export function createSession(ctx: ServerContext, req: CreateSessionRequest): Cr
       values: p.data.length || p.shape.some((n) => n === 0) ? bytesToF32(p.data, `params[${i}] '${p.id}'`) : null,
     };
   });
+}
+
+export function createSession(ctx: ServerContext, req: CreateSessionRequest): CreateSessionReply {
+  const json = req.spec && (req.spec.optimizer || req.spec.rule) ? specFromWire(req.spec) : ctx.defaultSpec;
+  if (!json) throw new InvalidArgument('spec: missing (and the server has no --config default)');
+  if (req.params.length === 0) throw new InvalidArgument('params: a session needs at least one parameter');
+  const decls = declarationsFromWire(req.params);
   const spec = resolveSpec(json, new Set(decls.map((d) => d.group)));
   const { session, token } = ctx.store.create(spec, decls);
   return { sessionId: session.id, resolvedSpec: specToWire(spec), sessionToken: token };
