@@ -581,9 +581,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     # -- the shared-memory transport -----------------------------------------
     def _request_arena(self, unavailable):
-        """The session's arena, mapped (OpenArena); TransportUnavailable when a
-        parameter is not in CPU memory or the server answers one of the
-        status codes `unavailable` (the shm transport is not possible here)."""
+        """The session's arena, mapped (OpenArena), and each parameter's
+        (index, parameter view, gradient view) in it; TransportUnavailable when
+        a parameter is not in CPU memory, the arena does not match the session,
+        or the server answers one of the status codes `unavailable` (the shm
+        transport is not possible here)."""
         for _, pid, p in self._params():
             if p.device.type != "cpu":
                 raise TransportUnavailable(f"parameter {pid} is on {p.device}; the arena is CPU memory")
@@ -593,14 +595,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             if e.code in unavailable:
                 raise TransportUnavailable(f"OpenArena: {e}") from None
             raise
-        return Arena.open(info)
-
-    def _open_shm(self):
-        if "shm" not in self._caps.transports:
-            raise TransportUnavailable(
-                f"the server at {self._address} does not offer it (transports: {', '.join(self._caps.transports)}; "
-                f"its engine is '{self._caps.backend}', shared memory needs the native engine)")
-        arena = self._request_arena((grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED))
+        arena = Arena.open(info)
         try:
             views = {}
             for _, pid, p in self._params():
@@ -612,6 +607,14 @@ class RemoteOptimizer(torch.optim.Optimizer):
         except BaseException:
             arena.close()
             raise
+        return arena, views
+
+    def _open_shm(self):
+        if "shm" not in self._caps.transports:
+            raise TransportUnavailable(
+                f"the server at {self._address} does not offer it (transports: {', '.join(self._caps.transports)}; "
+                f"its engine is '{self._caps.backend}', shared memory needs the native engine)")
+        arena, views = self._request_arena((grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED))
         # From here on the client's float32 parameters are the server's copy;
         # the others keep their own memory, written from the arena after each step.
         self._arena, self._views = arena, views
@@ -683,18 +686,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         grow) and OpenArena makes one covering every parameter, holding the
         server's values. The parameters (and gradients) viewing the old arena
         move to the new one; the old mapping goes when nothing views it."""
-        arena = self._request_arena((grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED))
-        views = {}
-        try:
-            for _, pid, p in self._params():
-                i = arena.index.get(pid)
-                if i is None or arena.param(i).numel() != p.numel():
-                    raise TransportUnavailable(f"the arena does not match the session: parameter {pid} "
-                                               f"({p.numel()} elements) is {'absent' if i is None else 'resized'}")
-                views[pid] = (i, arena.param(i).view(p.shape), arena.grad(i).view(p.shape))
-        except BaseException:
-            arena.close()
-            raise
+        arena, views = self._request_arena((grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED))
         old, old_views = self._arena, self._views
         for _, pid, p in self._params():
             _, pv, gv = views[pid]
