@@ -17,6 +17,7 @@ import math
 import socket
 import struct
 
+import grpc
 import numpy as np
 import torch
 
@@ -24,18 +25,13 @@ from ._proto.mur.v1 import optimizer_pb2 as pb
 from .errors import _BY_CODE, ConnectionLostError, DeadlineExceededError, MurError
 
 _LEN = struct.Struct("<I")
-_STATUS_NAMES = {0: "OK", 1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED",
-                 5: "NOT_FOUND", 6: "ALREADY_EXISTS", 7: "PERMISSION_DENIED", 8: "RESOURCE_EXHAUSTED",
-                 9: "FAILED_PRECONDITION", 10: "ABORTED", 11: "OUT_OF_RANGE", 12: "UNIMPLEMENTED",
-                 13: "INTERNAL", 14: "UNAVAILABLE", 15: "DATA_LOSS", 16: "UNAUTHENTICATED"}
 
 
 def _error(code: int, message: str) -> MurError:
     """The MurError the gRPC Step would have raised for this status."""
-    import grpc  # its StatusCode enum keys mur's error classes
-    status = next((s for s in grpc.StatusCode if s.value[0] == code), grpc.StatusCode.UNKNOWN)
-    cls = _BY_CODE.get(status, MurError)
-    return cls(f"{message} [{_STATUS_NAMES.get(code, code)}]", status)
+    status = next((s for s in grpc.StatusCode if s.value[0] == code), None)
+    return _BY_CODE.get(status, MurError)(f"{message} [{status.name if status else code}]",
+                                          status or grpc.StatusCode.UNKNOWN)
 
 
 class DataPlane:

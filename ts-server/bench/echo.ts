@@ -9,6 +9,7 @@
 // serves until stdin closes.
 import * as net from 'net';
 import * as grpc from '@grpc/grpc-js';
+import { raiseFlowControlWindow, raiseSessionWindows } from '../src/grpc/server';
 
 const [mode, size] = [process.argv[2], Number(process.argv[3] ?? 16_000_000)];
 const reply = Buffer.alloc(size, 1);
@@ -17,9 +18,7 @@ process.stdin.resume();
 
 if (mode === 'grpc') {
   const server = new grpc.Server({ 'grpc.max_receive_message_length': -1, 'grpc.max_send_message_length': -1 });
-  // The same guarded internals as src/grpc/server.ts raises.
-  const s = server as unknown as { commonServerOptions?: { settings?: Record<string, number> }; http2Servers?: Map<import('http2').Http2Server, unknown> };
-  if (s.commonServerOptions) s.commonServerOptions.settings = { initialWindowSize: 16 << 20, maxFrameSize: 16777215 };
+  const tuned = raiseFlowControlWindow(server, 16 << 20); // the server's own settings
   const id = (x: Buffer) => x;
   server.addService(
     { echo: { path: '/bench.Echo/Echo', requestStream: false, responseStream: false, requestSerialize: id, requestDeserialize: id, responseSerialize: id, responseDeserialize: id } },
@@ -27,7 +26,7 @@ if (mode === 'grpc') {
   );
   server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, port) => {
     if (e) throw e;
-    for (const h of s.http2Servers?.keys() ?? []) h.on('session', (ss: import('http2').ServerHttp2Session) => ss.setLocalWindowSize(16 << 20));
+    if (tuned) raiseSessionWindows(server, 16 << 20);
     process.stdout.write(`${port}\n`);
   });
 } else if (mode === 'raw') {

@@ -113,14 +113,14 @@ async function removeStaleSocket(file: string): Promise<void> {
  * and the connection window of each new session. It reaches into grpc-js
  * internals, guarded: where they differ it changes nothing and says so.
  */
-function raiseFlowControlWindow(server: grpc.Server, bytes: number): boolean {
+export function raiseFlowControlWindow(server: grpc.Server, bytes: number): boolean {
   const s = server as unknown as { commonServerOptions?: { settings?: Record<string, number> }; http2Servers?: Map<unknown, unknown> };
   if (!s.commonServerOptions) return false;
   s.commonServerOptions.settings = { ...(s.commonServerOptions.settings ?? {}), initialWindowSize: bytes, maxFrameSize: 16777215 };
   return true;
 }
 
-function raiseSessionWindows(server: grpc.Server, bytes: number): void {
+export function raiseSessionWindows(server: grpc.Server, bytes: number): void {
   const servers = (server as unknown as { http2Servers?: Map<import('http2').Http2Server, unknown> }).http2Servers;
   for (const h of servers?.keys() ?? []) {
     h.on('session', (session: import('http2').ServerHttp2Session) => {

@@ -116,11 +116,10 @@ class Connection {
 
   /** The first n buffered bytes, removed from the buffer. */
   private take(n: number): Buffer {
-    const out = this.chunks.length === 1 && this.chunks[0].length === n ? this.chunks[0] : Buffer.concat(this.chunks, this.buffered).subarray(0, n);
-    const rest = this.buffered - n;
-    this.chunks = rest > 0 ? [Buffer.concat(this.chunks, this.buffered).subarray(n)] : [];
-    this.buffered = rest;
-    return out;
+    const all = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks, this.buffered);
+    this.buffered -= n;
+    this.chunks = this.buffered > 0 ? [all.subarray(n)] : [];
+    return all.subarray(0, n);
   }
 
   private drain(): void {
