@@ -54,6 +54,9 @@ describe('mur-server CLI', () => {
       [['--socket'], /--socket: missing path/],
       [['--state-dir'], /--state-dir: missing directory/],
       [['--socket', sock, '--state-dir', state, '--threads', 'x'], /--threads: "x"/],
+      [['--data-port', 'abc'], /--data-port: "abc" is not a non-negative integer/],
+      [['--data-port', '70000'], /--data-port: 70000 is not a port/],
+      [['--socket', sock, '--state-dir', state, '--data-port'], /--data-port: null is not a non-negative integer/],
     ] as Array<[string[], RegExp]>) {
       const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env });
       assert.equal(r.status, 2, args.join(' '));

@@ -311,6 +311,19 @@ describe('tcp data plane', () => {
     await ended;
   });
 
+  it('a data port already taken fails the start with a clear error and leaves nothing behind', async () => {
+    const taken = net.createServer();
+    await new Promise<void>((r) => taken.listen(0, '127.0.0.1', () => r()));
+    const busy = (taken.address() as net.AddressInfo).port;
+    const memory = currentEngine().memory();
+    try {
+      await assert.rejects(startHarness({ dataPort: busy }), /data port: cannot listen on 127\.0\.0\.1:\d+: .*EADDRINUSE/);
+      assert.deepEqual(currentEngine().memory(), memory);
+    } finally {
+      await new Promise<void>((r) => taken.close(() => r()));
+    }
+  });
+
   it('is off with dataPort: null', async () => {
     const off = await startHarness({ dataPort: null });
     try {
