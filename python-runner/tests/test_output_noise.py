@@ -76,18 +76,29 @@ def test_no_tfjs_banner_on_any_backend(server):
             assert words.lower() not in text.lower(), f"backend {backend} printed the tfjs banner:\n{text}"
 
 
-def test_npm_quiet_drops_only_the_nodedir_warning(tmp_path):
-    if shutil.which("npm") is None:
-        pytest.fail("npm is not on PATH")
-    rc = tmp_path / "npmrc"
-    rc.write_text("nodedir=/usr\n")
-    env = {**os.environ, "npm_config_userconfig": str(rc)}
-    raw = subprocess.run(["npm", "prefix"], env=env, capture_output=True, text=True, cwd=tmp_path)
-    assert 'Unknown user config "nodedir"' in raw.stderr  # what the wrapper is for
-    quiet = subprocess.run([str(ROOT / "scripts" / "npm-quiet.sh"), "prefix"], env=env,
+def _stand_in_npm(bin_dir, exit_code):
+    """An `npm` on PATH that writes what npm >= 11 writes when ~/.npmrc sets
+    `nodedir` (the line the wrapper drops), plus lines it must keep."""
+    npm = bin_dir / "npm"
+    npm.write_text(
+        "#!/bin/sh\n"
+        'echo "out: $*"\n'
+        "echo 'npm warn Unknown user config \"nodedir\". This will stop working in the next major version of npm.' >&2\n"
+        "echo 'npm warn some other warning' >&2\n"
+        "echo 'npm error the error text' >&2\n"
+        f"exit {exit_code}\n")
+    npm.chmod(0o755)
+
+
+@pytest.mark.parametrize("exit_code", [0, 3])
+def test_npm_quiet_drops_only_the_nodedir_warning(tmp_path, exit_code):
+    # The wrapper's own behaviour, against a stand-in: whether a given npm
+    # prints the warning is npm's business, not something this project asserts.
+    _stand_in_npm(tmp_path, exit_code)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    quiet = subprocess.run([str(ROOT / "scripts" / "npm-quiet.sh"), "run", "x y"], env=env,
                            capture_output=True, text=True, cwd=tmp_path)
-    assert quiet.returncode == 0 and quiet.stdout == raw.stdout and "nodedir" not in quiet.stderr
-    # A failing npm still fails, and its errors still show.
-    bad = subprocess.run([str(ROOT / "scripts" / "npm-quiet.sh"), "run", "no-such-script"], env=env,
-                         capture_output=True, text=True, cwd=tmp_path)
-    assert bad.returncode != 0 and "npm error" in bad.stderr and "nodedir" not in bad.stderr
+    assert quiet.returncode == exit_code  # npm's exit status passes through
+    assert quiet.stdout == "out: run x y\n"  # stdout untouched, arguments passed as given
+    assert "nodedir" not in quiet.stderr
+    assert quiet.stderr == "npm warn some other warning\nnpm error the error text\n"  # the rest kept, in order
