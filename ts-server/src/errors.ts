@@ -1,9 +1,24 @@
 // Typed errors raised where a problem is found. grpc/status.ts maps them to
 // gRPC status codes in one place; their messages go to the client as they are.
+
+/** The trailing-metadata key naming why a call failed, for a client to act on
+ *  without reading the message (e.g. `arena-gone`: map the arena again). */
+export const REASON_KEY = 'mur-reason';
+
+/** Reasons a client can act on (the value of REASON_KEY). */
+export const Reason = {
+  /** The session has no shared-memory arena (a server restarted on --state-dir): OpenArena again. */
+  ArenaGone: 'arena-gone',
+} as const;
+export type Reason = (typeof Reason)[keyof typeof Reason];
+
 export class MurError extends Error {
-  constructor(message: string) {
+  /** Sent as REASON_KEY trailing metadata when set. */
+  readonly reason?: Reason;
+  constructor(message: string, options?: { reason?: Reason }) {
     super(message);
     this.name = new.target.name;
+    if (options?.reason) this.reason = options.reason;
   }
 }
 /** The request is malformed: a bad spec, id, shape, dtype, value. */

@@ -6,7 +6,7 @@
 // appears in /dev/shm. On the tfjs engines OpenArena is refused.
 import { strict as assert } from 'assert';
 import * as fs from 'fs';
-import { status } from '@grpc/grpc-js';
+import { status, type ServiceError } from '@grpc/grpc-js';
 import { DType, type ArenaInfo, type CreateSessionRequest, type OpenArenaRequest } from '../generated/mur/v1/optimizer';
 import { currentEngine } from '../src/engine/engine';
 import { auth, call, capabilities as getCaps, closeSession, create, expectStatus as expectRefused, importFrames as importState, startHarness, step, type Harness } from './harness';
@@ -181,6 +181,19 @@ describe('same-host transport: the shared-memory arena', () => {
     );
     await expectRefused(openArena(h, 'nope'), status.UNAUTHENTICATED, 'token');
     await closeSession(h, other.sessionId);
+    await closeSession(h, a.sessionId);
+  });
+
+  it("a step naming arena gradients without an arena carries mur-reason: arena-gone; other refusals carry none", async () => {
+    const a = await create(h, request());
+    const refusal = (p: Promise<unknown>) => p.then(() => assert.fail('the call succeeded'), (e: ServiceError) => e);
+    const gone = await refusal(step(h, { sessionId: a.sessionId, step: 1, groupOverrides: {}, grads: [], arenaGrads: [0] }));
+    assert.equal(gone.code, status.FAILED_PRECONDITION);
+    assert.match(gone.details, /has no arena/);
+    assert.deepEqual(gone.metadata.get('mur-reason'), ['arena-gone']);
+    const other = await refusal(step(h, { sessionId: a.sessionId, step: 0, groupOverrides: {}, grads: [] }));
+    assert.notEqual(other.code, status.OK);
+    assert.deepEqual(other.metadata.get('mur-reason'), []);
     await closeSession(h, a.sessionId);
   });
 

@@ -1,6 +1,7 @@
 // The one place where errors become gRPC statuses. Typed errors keep their
 // message; anything else is INTERNAL with a generic message (the stack trace
-// goes to the server log, never to the client).
+// goes to the server log, never to the client). A typed error's `reason`
+// travels as `mur-reason` trailing metadata.
 import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import * as E from '../errors';
 import { log } from '../log';
@@ -22,8 +23,11 @@ export function toServiceError(e: unknown, rpc: string, metrics?: Metrics): Part
   const hit = CODES.find(([cls]) => e instanceof cls);
   metrics?.error(rpc, hit ? hit[1] : status.INTERNAL);
   if (hit) {
-    log('warn', 'rpc_error', { rpc, code: status[hit[1]], message: (e as Error).message });
-    return { code: hit[1], details: (e as Error).message, metadata: new Metadata() };
+    const err = e as E.MurError;
+    log('warn', 'rpc_error', { rpc, code: status[hit[1]], message: err.message, reason: err.reason });
+    const metadata = new Metadata();
+    if (err.reason) metadata.set(E.REASON_KEY, err.reason);
+    return { code: hit[1], details: err.message, metadata };
   }
   log('error', 'internal_error', { rpc, message: String((e as Error)?.message ?? e), stack: (e as Error)?.stack });
   return { code: status.INTERNAL, details: `internal error in ${rpc}`, metadata: new Metadata() };

@@ -8,7 +8,7 @@
 import { createHash } from 'crypto';
 import { currentEngine, disposeParam, type Engine, type FastLane, type ParamState, type StepJob } from '../engine/engine';
 import type { Hypers } from '../engine/types';
-import { FailedPrecondition, InvalidArgument } from '../errors';
+import { FailedPrecondition, InvalidArgument, Reason } from '../errors';
 import type { Arena } from '../transport/arena';
 import { resolveGroup, resolveSpec, withOverrides, type ResolvedSpec } from '../registry';
 import { checkImport, paramTensors, slotRef, type SessionHeader, type SlotTensor } from './checkpoint';
@@ -391,7 +391,11 @@ export class Session {
   stepArena(step: number, indices: number[], overrides: Overrides = {}, validateOnly = false): Promise<StepResult> {
     this.checkOpen();
     const arena = this.arena;
-    if (!arena) throw new FailedPrecondition('arena_grads: this session has no arena (call OpenArena first)');
+    if (!arena) {
+      throw new FailedPrecondition('arena_grads: this session has no arena (call OpenArena first)', {
+        reason: Reason.ArenaGone,
+      });
+    }
     const grads = indices.map((i, k) => {
       if (!Number.isSafeInteger(i) || i < 0 || i >= arena.tensors.length) {
         throw new InvalidArgument(`arena_grads[${k}]: ${i} is not a tensor of the arena (0..${arena.tensors.length - 1})`);
