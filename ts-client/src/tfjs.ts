@@ -44,6 +44,8 @@ export class MurOptimizer extends tf.Optimizer {
   private readonly signal: Int32Array;
   private seq = 0;
   private queue: Promise<unknown> = Promise.resolve();
+  /** Awaited calls not answered yet: while there are any, the worker keeps Node alive. */
+  private awaiting = 0;
   private readonly shapes = new Map<string, number[]>();
   private readonly timeoutMs: number;
   private readonly paramId: (name: string) => string;
@@ -71,6 +73,9 @@ export class MurOptimizer extends tf.Optimizer {
     this.signal = new Int32Array(signal);
     const data: WorkerInit = { address: client.address, options: client.options, spec, session, port: channel.port2, signal };
     this.worker = new Worker(path.join(__dirname, 'tfjs-worker.js'), { workerData: data, transferList: [channel.port2] });
+    // An idle optimizer does not keep Node alive (a script that forgets close()
+    // still exits); an awaited call does (call(): Atomics.waitAsync alone
+    // holds no handle, so Node would exit with the step in flight).
     this.worker.unref();
     this.port.unref();
     const dead = (e: Error) => {
@@ -195,7 +200,10 @@ export class MurOptimizer extends tf.Optimizer {
   /** Posts one request to the worker; blocks for its reply (sync) or returns a promise of it. */
   private call(req: Pending, sync: boolean): Reply | Promise<Reply> {
     if (sync) return this.roundTrip(req, true) as Reply;
-    const run = this.queue.then(() => this.roundTrip(req, false));
+    if (this.awaiting++ === 0) this.worker.ref();
+    const run = this.queue.then(() => this.roundTrip(req, false)).finally(() => {
+      if (--this.awaiting === 0) this.worker.unref();
+    });
     this.queue = run.catch(() => undefined);
     return run;
   }
