@@ -1,2 +1,6 @@
-export { MurClient, MurSession, StepStream, type Checkpoint, type ClientOptions, type TlsOptions, type ParamInit, type SessionOptions, type Transport, type Spec, type Values, type Overrides, type SlotValues } from './client';
+export { MurClient } from './client';
+export { MurSession } from './session';
+export { StepStream } from './stream';
+export type { ClientOptions, TlsOptions } from './connection';
+export type { Checkpoint, ParamInit, SessionOptions, Transport, Spec, Values, Overrides, SlotValues, Hypers } from './types';
 export * from './errors';

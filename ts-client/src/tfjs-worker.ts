@@ -4,7 +4,10 @@
 // (Atomics.wait: tf.Optimizer.applyGradients is synchronous) or await it
 // (Atomics.waitAsync).
 import { parentPort, workerData, type MessagePort } from 'worker_threads';
-import { MurClient, type ClientOptions, type MurSession, type SessionOptions, type Spec, type Checkpoint } from './client';
+import { MurClient } from './client';
+import type { ClientOptions } from './connection';
+import type { MurSession } from './session';
+import type { Checkpoint, SessionOptions, Spec } from './types';
 import { MurError } from './errors';
 
 export interface WorkerInit {

@@ -16,14 +16,16 @@
 import * as path from 'path';
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'worker_threads';
 import * as tf from '@tensorflow/tfjs-core';
-import type { Checkpoint, MurClient, SessionOptions, Spec } from './client';
+import type { MurClient } from './client';
+import type { Checkpoint, SessionOptions, Spec } from './types';
 import { MurError } from './errors';
 import type { ParamShape, Reply, Request, WorkerInit } from './tfjs-worker';
 
 export interface MurOptimizerOptions extends SessionOptions {
   /**
-   * How long a synchronous applyGradients waits for the server in ms
-   * (default: the client's deadline times (retries + 1), plus 10 s; at least 30 s).
+   * How long a call waits for the worker's answer in ms (default: the
+   * client's reconnect timeout, plus its deadline (or 60 s without one), plus
+   * 10 s: a step retried to the end; at least 30 s).
    */
   timeoutMs?: number;
   /** The session's parameter id of a variable (default: its name). */
@@ -65,7 +67,7 @@ export class MurOptimizer extends tf.Optimizer {
   ) {
     super();
     const { timeoutMs, paramId, ...session } = options;
-    this.timeoutMs = timeoutMs ?? Math.max(30_000, (client.deadlineMs || 60_000) * (client.retries + 1) + 10_000);
+    this.timeoutMs = timeoutMs ?? Math.max(30_000, client.reconnectTimeoutMs + (client.deadlineMs || 60_000) + 10_000);
     this.paramId = paramId ?? ((n) => n);
     const channel = new MessageChannel();
     this.port = channel.port1;

@@ -193,7 +193,7 @@ describe('transport "tcp"', () => {
     const [dataA, dataB] = [await freePort(), await freePort()];
     let server: RunningServer = await startServer({ port, stateDir, dataPort: dataA });
     const ref = await startServer({ port: 0 });
-    const client = new MurClient(`127.0.0.1:${port}`, { retries: 20, retryBackoffMs: 20, deadlineMs: 10_000 });
+    const client = new MurClient(`127.0.0.1:${port}`, { deadlineMs: 10_000 });
     const refClient = new MurClient(`127.0.0.1:${ref.port}`);
     let s: MurSession | undefined;
     let r: MurSession | undefined;

@@ -92,7 +92,7 @@ export class SessionStore {
     if (!e) {
       throw new NotFound(
         `session '${id}' not found: it was closed, expired after being idle, or lost when the server restarted without --state-dir; ` +
-          'start a new session and restore a checkpoint (RemoteOptimizer.load_state_dict)',
+          'start a new session and restore a checkpoint into it',
       );
     }
     e.lastUsed = this.now();

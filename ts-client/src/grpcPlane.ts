@@ -1,0 +1,39 @@
+// The "grpc" plane: tensors inside messages. A step goes unary while it fits
+// in one message, else as chunks through one StepStream.
+import type { StepReply, StepRequest } from '../generated/mur/v1/optimizer';
+import { bytes, F32, floats } from './chunks';
+import type { Plane, SessionLink } from './plane';
+import { StepStream } from './stream';
+import type { Overrides, Values } from './types';
+
+/** The share of the server's message limit a unary request may fill (the rest: ids, shapes, framing). */
+export const INLINE_SHARE = 0.9;
+
+export class GrpcPlane implements Plane {
+  readonly name = 'grpc';
+
+  constructor(private readonly s: SessionLink) {}
+
+  async step(g: Values, overrides: Overrides, step: number): Promise<Values> {
+    const size = [...g.values()].reduce((n, a) => n + a.byteLength, 0);
+    if (size >= this.s.caps.maxMessageBytes * INLINE_SHARE) {
+      const stream = new StepStream(this.s.conn.raw.stepStream(this.s.auth(), this.s.conn.callOptions()), this.s.id, this.s.caps.chunkBytes);
+      try {
+        return await stream.step(g, overrides, step);
+      } finally {
+        stream.close();
+      }
+    }
+    const reply = await this.s.conn.call<StepRequest, StepReply>(this.s.conn.raw.step, {
+      sessionId: this.s.id, step, groupOverrides: overrides, arenaGrads: [],
+      grads: [...g].map(([paramId, a]) => ({ paramId, grad: { shape: this.s.shapes.get(paramId) ?? [a.length], dtype: F32, data: bytes(a) } })),
+    }, this.s.auth());
+    return new Map(reply.params.map((p) => [p.paramId, floats(p.value!.data)]));
+  }
+
+  async recover(): Promise<Plane> {
+    return this;
+  }
+
+  async close(): Promise<void> {}
+}
