@@ -49,7 +49,7 @@ describe('bad input: precise status, session unchanged', () => {
     await expectRefused(step(h, { sessionId: 'nope', step: 2, grads: good(), groupOverrides: {} }), status.UNAUTHENTICATED, 'token');
     const gone = await create(h, { spec: { optimizer: 'sgd', rule: 'additive', defaults: { lr: 1 }, groups: {} }, params: [{ id: 'x', name: 'x', shape: [1], dtype: F32, group: '', data: bytes([1]) }] });
     await closeSession(h, gone.sessionId);
-    await expectRefused(step(h, { sessionId: gone.sessionId, step: 1, grads: [], groupOverrides: {} }), status.NOT_FOUND, gone.sessionId, 'load_state_dict');
+    await expectRefused(step(h, { sessionId: gone.sessionId, step: 1, grads: [], groupOverrides: {} }), status.NOT_FOUND, gone.sessionId, 'restore a checkpoint');
   });
 
   it('unknown optimizer, unknown rule, bad hyperparameter -> INVALID_ARGUMENT naming field and value', async () => {

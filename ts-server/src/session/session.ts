@@ -6,7 +6,7 @@
 // or throws having changed nothing -> the session records the step. A
 // repeated last step number replays the result without stepping.
 import { createHash } from 'crypto';
-import { currentEngine, disposeParam, type Engine, type FastLane, type ParamState, type StepJob } from '../engine/engine';
+import { currentEngine, disposeParam, type Engine, type ParamState, type StepJob } from '../engine/engine';
 import type { Hypers } from '../engine/types';
 import { FailedPrecondition, InvalidArgument, Reason } from '../errors';
 import type { Arena } from '../transport/arena';
@@ -14,6 +14,7 @@ import { resolveGroup, resolveSpec, withOverrides, type ResolvedSpec } from '../
 import { checkImport, paramTensors, slotRef, type SessionHeader, type SlotTensor } from './checkpoint';
 import { checkDeclarations, checkFinite, sizeOf, type ParamDeclaration } from './declarations';
 import type { StepJournal } from './durable';
+import { SessionLane } from './lane';
 
 export type { ParamDeclaration } from './declarations';
 export type { SessionHeader, SlotTensor } from './checkpoint';
@@ -88,9 +89,8 @@ export class Session {
   private queue: Promise<unknown> = Promise.resolve();
   /** Where steps are recorded before they are applied (--state-dir), if anywhere. */
   journal: StepJournal | null = null;
-  /** The arena's fast lane (steps rung through shared memory), and whether it is armed. */
-  private lane: FastLane | null = null;
-  private laneArmed = false;
+  /** The arena's fast lane (steps rung through shared memory: lane.ts). */
+  private lane: SessionLane | null = null;
   /** Told how many steps the fast lane applied, each time they are taken in (metrics). */
   onLaneSteps: ((steps: number) => void) | null = null;
 
@@ -317,7 +317,7 @@ export class Session {
       p.state.theta = engine.adopt!(region);
     });
     this.arena = arena;
-    if (engine.createLane && !this.journal) this.lane = engine.createLane(arena);
+    this.lane = SessionLane.open(engine, arena, this.journal !== null);
     return arena;
   }
 
@@ -374,7 +374,6 @@ export class Session {
     this.syncLane();
     this.lane?.close();
     this.lane = null;
-    this.laneArmed = false;
     let gradBytes = 0;
     for (const p of this.params.values()) {
       gradBytes += 4 * p.size;
@@ -408,31 +407,22 @@ export class Session {
 
   /** Stops the fast lane and takes in the steps it applied. */
   private syncLane(): void {
-    if (!this.lane || !this.laneArmed || !this.arena) return;
-    this.laneArmed = false;
-    const r = this.lane.disarm();
-    const tensors = this.arena.tensors;
-    r.applied.forEach((n, i) => (this.params.get(tensors[i].paramId)!.state.steps += n));
+    const r = this.lane?.disarm();
+    if (!r) return;
+    for (const { id, steps } of r.applied) this.params.get(id)!.state.steps += steps;
     if (r.lastStep > this.lastStep) {
       // The lane takes only the next step number: one request per number.
       this.onLaneSteps?.(r.lastStep - this.lastStep);
       this.lastStep = r.lastStep;
-      this.lastStepIds = r.lastIndices.map((i) => tensors[i].paramId);
+      this.lastStepIds = r.lastIds;
       this.lastDigest = null; // shared memory loses no reply: a retry by RPC of that number replays
     }
   }
 
   /** Arms the fast lane with every parameter, when it can take steps on its own. */
   private armLane(): void {
-    if (!this.lane || this.laneArmed || this.disposed || this.journal || !this.arena) return;
-    // A parameter's first step creates its slots: that one goes through the session.
-    if ([...this.params.values()].some((p) => p.state.steps === 0)) return;
-    const arena = this.arena;
-    const jobs: StepJob[] = arena.tensors.map((t, i) => {
-      const p = this.params.get(t.paramId)!;
-      return { state: p.state, shape: p.shape, grad: arena.grad(i), h: resolveGroup(this.spec, p.group), t: p.state.steps + 1 };
-    });
-    this.laneArmed = this.lane.arm(this.spec.optimizer, this.spec.rule, jobs, this.lastStep);
+    if (this.disposed || this.journal) return;
+    this.lane?.arm(this.spec, (id) => this.params.get(id)!, this.lastStep);
   }
 
   private view(id: string): Float32Array {

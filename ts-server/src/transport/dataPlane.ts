@@ -1,24 +1,26 @@
 // The "tcp" data plane: Step for clients on another host, without protobuf
 // or HTTP/2 around the tensor bytes (the framing is documented at
 // DataStepHeader in proto/mur/v1/optimizer.proto, the design in
-// docs/data-path.md). grpc-js and a Python grpcio client echo 16 MB each way
-// in ~35 ms on loopback here; a plain socket does it in ~9 ms, so the bytes of
-// a step travel here while every other call stays on gRPC.
+// docs/data-path.md). A plain socket moves a step's bytes several times
+// faster than grpc-js and grpcio do (make bench-e2e measures both), so the
+// bytes of a step travel here while every other call stays on gRPC.
 //
 // One connection steps once at a time: a request is read whole (the header
 // first, checked before any gradient byte is accepted), the step runs through
-// the same code as gRPC's Step (grpc/handlers/step.ts), and the next request
-// is read only after the reply is written (the socket is paused meanwhile,
-// which is the backpressure). Buffers are per connection and reused.
+// the reader gRPC's Step uses too (session/stepRequest.ts), and the next
+// request is read only after the reply is written (the socket is paused
+// meanwhile, which is the backpressure). Buffers are per connection and reused.
 import * as net from 'net';
 import * as tls from 'tls';
 import { status } from '@grpc/grpc-js';
 import { DataStepHeader, DataStepReplyHeader, DType, type StepRequest } from '../../generated/mur/v1/optimizer';
 import { InvalidArgument, ResourceExhausted } from '../errors';
 import type { ServerContext } from '../grpc/context';
-import { inlineStep } from '../grpc/handlers/step';
+import type { Metered } from '../metrics';
 import { toServiceError } from '../grpc/status';
-import { checkDtype, GRADIENT_DTYPES, isHalf, widenInto } from '../wire/tensors';
+import type { Session } from '../session/session';
+import { applyStep, checkGradients, type Grad } from '../session/stepRequest';
+import { bytesToF32, isHalf, widenInto } from '../wire/tensors';
 import { log } from '../log';
 
 const RPC = 'DataStep';
@@ -38,8 +40,9 @@ export interface DataPlane {
 
 /** A request whose header was accepted: where its gradients go in the payload. */
 interface Pending {
-  token: string;
+  session: Session;
   request: StepRequest;
+  /** Each gradient's bytes in the payload. */
   sizes: number[];
   total: number;
 }
@@ -64,21 +67,11 @@ function accept(ctx: ServerContext, bytes: Buffer): Pending {
   if (!request) throw new InvalidArgument('data plane: DataStepHeader.request is missing');
   if (request.arenaGrads.length > 0) throw new InvalidArgument('data plane: arena_grads is for the shm transport; send the gradients');
   const session = ctx.store.get(request.sessionId, header.sessionToken || undefined);
-  const seen = new Set<string>();
-  const sizes = request.grads.map((g, i) => {
-    const where = `grads[${i}] '${g.paramId}'`;
-    if (!g.grad) throw new InvalidArgument(`${where}: missing tensor`);
-    if (g.grad.data.byteLength > 0) throw new InvalidArgument(`${where}: data must follow the header, not be in it`);
-    if (seen.has(g.paramId)) throw new InvalidArgument(`${where}: appears twice`);
-    seen.add(g.paramId);
-    checkDtype(g.grad.dtype, where, GRADIENT_DTYPES);
-    const expected = session.shapeOf(g.paramId, `grads[${i}]`);
-    if (g.grad.shape.length !== expected.length || g.grad.shape.some((n, k) => n !== expected[k])) {
-      throw new InvalidArgument(`${where}: shape ${JSON.stringify(g.grad.shape)} does not match the parameter's ${JSON.stringify(expected)}`);
-    }
-    return expected.reduce((a, n) => a * n, 1) * width(g.grad.dtype);
+  request.grads.forEach((g, i) => {
+    if (g.grad && g.grad.data.byteLength > 0) throw new InvalidArgument(`grads[${i}] '${g.paramId}': data must follow the header, not be in it`);
   });
-  return { token: header.sessionToken, request, sizes, total: sizes.reduce((a, n) => a + n, 0) };
+  const sizes = checkGradients(session, request.grads).map((n, i) => n * width(request.grads[i].grad!.dtype));
+  return { session, request, sizes, total: sizes.reduce((a, n) => a + n, 0) };
 }
 
 /** The frame of a reply: u32 LE length, then the header. */
@@ -164,44 +157,47 @@ class Connection {
     }
   }
 
-  private async step(p: Pending): Promise<void> {
+  /** The payload's gradients as float32: views of the receive buffer (copies where misaligned); 2-byte ones widened into the reused buffer. */
+  private gradients(p: Pending): Grad[] {
     const wide = p.request.grads.reduce((n, g, i) => n + (isHalf(g.grad!.dtype) ? 2 * p.sizes[i] : 0), 0);
     if (this.widened.length < wide) this.widened = Buffer.allocUnsafe(wide);
     let at = 0;
     let w = 0;
-    const request: StepRequest = {
-      ...p.request,
-      grads: p.request.grads.map((g, i) => {
-        const data = this.recv.subarray(at, at + p.sizes[i]);
-        at += p.sizes[i];
-        if (!isHalf(g.grad!.dtype)) return { paramId: g.paramId, grad: { ...g.grad!, data } };
-        // Widened here, exactly as Step widens, into the reused buffer.
-        const out = this.widened.subarray(w, w + 2 * data.length);
-        w += out.length;
-        widenInto(g.grad!.dtype, data, new Float32Array(out.buffer, out.byteOffset, data.length / 2));
-        return { paramId: g.paramId, grad: { ...g.grad!, dtype: DType.DTYPE_FLOAT32, data: out } };
-      }),
-    };
+    return p.request.grads.map((g, i) => {
+      const data = this.recv.subarray(at, at + p.sizes[i]);
+      at += p.sizes[i];
+      if (!isHalf(g.grad!.dtype)) return { id: g.paramId, data: bytesToF32(data, `grads[${i}] '${g.paramId}'`) };
+      const out = new Float32Array(this.widened.buffer, this.widened.byteOffset + w, data.length / 2);
+      w += 2 * data.length;
+      return { id: g.paramId, data: widenInto(g.grad!.dtype, data, out) };
+    });
+  }
+
+  /** Runs the step; the reply's frame and the parameter bytes that follow it. */
+  private async run(p: Pending): Promise<Metered<{ head: Buffer; body: Buffer }>> {
+    const { session, request } = p;
+    const r = await applyStep(session, request, this.gradients(p));
+    // Copied out before the reply is written: the values are the session's
+    // own memory, which another step may change while the socket drains.
+    const size = r.values.reduce((n, v) => n + v.data.byteLength, 0);
+    if (this.send.length < size) this.send = Buffer.allocUnsafe(size);
+    let off = 0;
+    for (const v of r.values) {
+      this.send.set(new Uint8Array(v.data.buffer, v.data.byteOffset, v.data.byteLength), off);
+      off += v.data.byteLength;
+    }
+    const params = r.values.map((v) => ({ paramId: v.id, value: { shape: session.shapeOf(v.id, 'reply'), dtype: DType.DTYPE_FLOAT32, data: Buffer.alloc(0) } }));
+    const head = frame({ code: 0, message: '', reply: { step: r.step, replayed: r.replayed, params } });
+    // Metered with the bytes that came over the wire (2-byte ones counted as sent).
+    return { reply: { head, body: this.send.subarray(0, size) }, replayed: r.replayed, gradientBytes: p.total, parameterBytes: size };
+  }
+
+  private async step(p: Pending): Promise<void> {
     let head: Buffer;
     let body: Buffer | undefined;
     try {
-      // Metered with the bytes that came over the wire (2-byte ones counted as sent).
-      const reply = await this.ctx.metrics.step('tcp', async () => ({ ...(await inlineStep(this.ctx, request, p.token || undefined)), gradientBytes: p.total }));
-      // Copied out before the reply is written: the values are the session's
-      // own memory, which another step may change while the socket drains.
-      const size = reply.params.reduce((n, v) => n + v.value!.data.byteLength, 0);
-      if (this.send.length < size) this.send = Buffer.allocUnsafe(size);
-      let off = 0;
-      for (const v of reply.params) {
-        this.send.set(v.value!.data, off);
-        off += v.value!.data.byteLength;
-      }
-      body = this.send.subarray(0, size);
-      head = frame({
-        code: 0,
-        message: '',
-        reply: { ...reply, params: reply.params.map((v) => ({ paramId: v.paramId, value: { ...v.value!, data: Buffer.alloc(0) } })) },
-      });
+      // validate_only (phase 1 of a step across servers) steps nothing: not metered as a step, as on gRPC.
+      ({ head, body } = p.request.validateOnly ? (await this.run(p)).reply : await this.ctx.metrics.step('tcp', () => this.run(p)));
     } catch (e) {
       const s = toServiceError(e, RPC, this.ctx.metrics);
       head = frame({ code: s.code ?? status.INTERNAL, message: s.details ?? '', reply: undefined });
