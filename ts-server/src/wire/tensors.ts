@@ -57,9 +57,8 @@ export function halfToFloatBits(h: number): number {
 /**
  * 2-byte gradients (bfloat16 or float16) widened into `out` (bytes.byteLength
  * / 2 values), exactly. The native engine does it in one pass; elsewhere a
- * loop. Callers that step often pass a reused `out`: a fresh 16 MB buffer
- * costs more in page faults here (8-20 ms) than the widening itself (0.7 ms
- * native, bfloat16).
+ * loop. Callers that step often pass a reused `out`: a fresh large buffer
+ * costs more in page faults than the widening itself (docs/data-path.md).
  */
 export function widenInto(dtype: DType, bytes: Uint8Array, out: Float32Array): Float32Array {
   const n = bytes.byteLength / 2;
