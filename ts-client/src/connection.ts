@@ -42,9 +42,13 @@ export interface ClientOptions extends grpc.ChannelOptions {
 export const RETRY = {
   /** Only a lost server is retried; a deadline is the caller's limit and ends the call. */
   statuses: new Set<grpc.status>([grpc.status.UNAVAILABLE]),
-  /** Backoff before the first retry, doubled per retry up to maxBackoffMs, times a jitter in [0.5, 1.5). */
+  /**
+   * Backoff before the first retry, doubled per retry up to maxBackoffMs,
+   * times a jitter in [0.5, 1.5): a server listening again is found within
+   * about a second.
+   */
   firstBackoffMs: 100,
-  maxBackoffMs: 2000,
+  maxBackoffMs: 500,
   reconnectTimeoutMs: 60_000,
 };
 
@@ -70,7 +74,7 @@ export type UnaryMethod<Req, Res> = (req: Req, metadata: grpc.Metadata, options:
 /** Options the client once had, now named otherwise: refused, so old code is told rather than ignored. */
 const REPLACED: Record<string, string> = {
   retries: 'reconnectTimeoutMs (retries go on for that long, with the backoff of ts-client/README.md)',
-  retryBackoffMs: 'the fixed backoff of ts-client/README.md (100 ms doubling up to 2 s)',
+  retryBackoffMs: 'the fixed backoff of ts-client/README.md (100 ms doubling up to 0.5 s)',
 };
 
 export class Connection {
@@ -95,7 +99,8 @@ export class Connection {
     this.raw = new OptimizerClient(address, credentials, {
       'grpc.max_receive_message_length': -1,
       'grpc.max_send_message_length': -1,
-      // A restarted server is found within ~2 s, not after grpc's default reconnect backoff (up to 2 min).
+      // grpc's own reconnect backoff capped like ours: a restarted server is found
+      // soon after it listens again, not after grpc's default (up to 2 min).
       'grpc.initial_reconnect_backoff_ms': RETRY.firstBackoffMs,
       'grpc.max_reconnect_backoff_ms': RETRY.maxBackoffMs,
       ...channel,
@@ -126,8 +131,9 @@ export class Connection {
       try {
         return await op(attempt);
       } catch (e) {
-        if (!isRetryable(e) || Date.now() >= deadline) throw e;
-        await sleep(backoffMs(attempt));
+        const left = deadline - Date.now();
+        if (!isRetryable(e) || left <= 0) throw e;
+        await sleep(Math.min(left, backoffMs(attempt)));
       }
     }
   }
