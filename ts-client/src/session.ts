@@ -11,12 +11,11 @@ import { StepStream } from './stream';
 import type { Checkpoint, Hypers, Overrides, SlotValues, Values } from './types';
 
 /**
- * The server says the session's arena is gone: it restarted on its
- * --state-dir between two steps, and the session came back without it.
+ * The server says the session's arena is gone (mur-reason arena-gone): it
+ * restarted on its --state-dir between two steps, and the session came back
+ * without it.
  */
-function arenaGone(e: unknown): boolean {
-  return e instanceof MurError && e.code === grpc.status.FAILED_PRECONDITION && (e.reason === 'arena-gone' || /has no arena/.test(e.message));
-}
+const arenaGone = (e: unknown): boolean => e instanceof MurError && e.reason === 'arena-gone';
 
 export class MurSession {
   private nextStep = 1;
