@@ -33,7 +33,7 @@ export class Metrics {
     const registers = [this.registry];
     this.steps = new Counter({
       name: 'mur_steps_total',
-      help: 'Optimizer steps asked for by Step or StepStream, by transport and result: ok (applied), replayed (a repeated step number answered from memory), refused (answered with an error; nothing applied). Steps rung through the shm fast lane make no call: they count as shm ok when the session takes them in (before each scrape at the latest), with no latency or bytes',
+      help: 'Optimizer steps asked for by Step, StepStream or the tcp data port (validate_only requests step nothing and are not counted), by transport and result: ok (applied), replayed (a repeated step number answered from memory), refused (answered with an error; nothing applied). Steps rung through the shm fast lane make no call: they count as shm ok when the session takes them in (before each scrape at the latest), with no latency or bytes',
       labelNames: ['transport', 'result'],
       registers,
     });

@@ -1,7 +1,8 @@
 // A step request read once, whatever carried it: gRPC Step
-// (grpc/handlers/step.ts) and the tcp data port (transport/dataPlane.ts). The
-// transport finds the gradients' bytes (in the messages, after a tcp header,
-// in the arena); this checks what the request declares against its session,
+// (grpc/handlers/step.ts), the tcp data port (transport/dataPlane.ts) and
+// StepStream (its chunks reassembled by wire/chunks.ts). The transport finds
+// the gradients' bytes (in the messages, after a tcp header, in chunks, in
+// the arena); this checks what the request declares against its session,
 // once, and runs the step, or its validation, on the session's queue. Each
 // transport builds its reply from the StepResult, once.
 import type { Gradient, StepRequest } from '../../generated/mur/v1/optimizer';

@@ -6,10 +6,10 @@ import type { ServerDuplexStream } from '@grpc/grpc-js';
 import type { StepBegin, StepStreamReply, StepStreamRequest } from '../../../generated/mur/v1/optimizer';
 import { Aborted, InvalidArgument, OutOfRange } from '../../errors';
 import type { Session, StepResult } from '../../session/session';
+import { applyStep } from '../../session/stepRequest';
 import { ChunkAssembler, split } from '../../wire/chunks';
 import { GRADIENT_DTYPES } from '../../wire/tensors';
 import type { ServerContext } from '../context';
-import { overridesFromWire } from '../spec';
 import { tokenOf } from '../../session/credentials';
 import { checkWellFormed } from '../malformed';
 import { toServiceError } from '../status';
@@ -68,7 +68,8 @@ export class StepStreamProtocol {
     const gradientBytes = this.gradientBytes;
     return this.ctx.metrics.step('grpc', async () => {
       const grads = open.chunks.finish().map((t) => ({ id: t.paramId, data: t.data }));
-      const r = await open.session.stepAsync(open.begin.step, grads, overridesFromWire(open.begin.groupOverrides));
+      const { sessionId, step, groupOverrides } = open.begin;
+      const r = await applyStep(open.session, { sessionId, step, groupOverrides, grads: [], arenaGrads: [], validateOnly: false }, grads);
       return { reply: undefined, replayed: r.replayed, gradientBytes, parameterBytes: this.answer(r) };
     });
   }
