@@ -14,6 +14,16 @@ Prints ONE JSON object on stdout (progress goes to stderr):
      "ms_per_step": 3.24}, ...]}
 Each row uses the median per-step time (after 3 warm-up steps, at least 5 steps
 and --seconds of stepping), which resists noise on a shared machine.
+
+    python bench_torch_optim.py --serve
+
+keeps one optimizer alive and answers one JSON line per request line on stdin,
+so that a caller can alternate torch's steps with its own in rounds:
+    {"cmd": "modes", "optimizer": "adam"}            -> {"modes": ["default", ...]}
+    {"cmd": "setup", "optimizer": "adam", "mode": "fused", "params": n, "threads": k}
+                                                     -> {"ok": true} (3 warm-up steps done)
+    {"cmd": "time", "steps": s}                      -> {"seconds": [per-step times]}
+    {"cmd": "free"}                                  -> {"ok": true}
 """
 import argparse
 import json
@@ -67,7 +77,42 @@ def measure(name, mode, n, seconds):
     return statistics.median(times)
 
 
+def serve():
+    """The --serve loop: one request per stdin line, one JSON answer per stdout line."""
+    opt = None
+    print(json.dumps({"torch_version": torch.__version__,
+                      "max_threads": len(os.sched_getaffinity(0))}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        cmd = req["cmd"]
+        if cmd == "modes":
+            out = {"modes": [m for m in MODES if supported(req["optimizer"], m)]}
+        elif cmd == "setup":
+            opt = None  # the previous optimizer's memory goes before the next is made
+            torch.set_num_threads(req["threads"])
+            opt = make(req["optimizer"], req["mode"], req["params"])
+            for _ in range(3):
+                opt.step()
+            out = {"ok": True}
+        elif cmd == "time":
+            times = []
+            for _ in range(req["steps"]):
+                t0 = time.perf_counter()
+                opt.step()
+                times.append(time.perf_counter() - t0)
+            out = {"seconds": times}
+        elif cmd == "free":
+            opt = None
+            out = {"ok": True}
+        else:
+            out = {"error": f"unknown cmd {cmd!r}"}
+        print(json.dumps(out), flush=True)
+
+
 def main():
+    if sys.argv[1:] == ["--serve"]:
+        serve()
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000000,4000000")
     ap.add_argument("--optimizers", default=",".join(OPTIMIZERS))

@@ -1,151 +1,263 @@
 // make bench-engine: server-side step throughput (a Session step: the
 // finiteness scan, the optimizer + rule, the commit; on native in place) per
-// optimizer x rule x engine x threads, beside torch.optim measured in the
-// same run, row by row (torch right before mur, on the same machine state),
-// in its strongest CPU form: torch 2.x from the cached venv with
-// fused=True where it has a fused kernel, else the faster of foreach and the
-// default, plus Debian's torch 1.13 default. Prints a table, then one JSON
-// line per row. Times are medians of per-step times.
+// optimizer x rule x engine x threads, beside torch.optim and the limit
+// kernel measured in the same rounds. torch runs in its strongest CPU form:
+// torch 2.x from the cached venv with fused=True where it has a fused kernel,
+// else the faster of foreach and the default, plus Debian's torch 1.13
+// default (up to 4M parameters). The limit kernel (native/src/limit.cc) moves
+// Adam's 28 bytes per parameter with no maths: the most any float32 step can
+// move here. Every row reports GB/s (the bytes its optimizer must move) and
+// the fraction of the limit, for mur and for torch.
 //
-//   BENCH_SIZES=1000000,4000000 BENCH_SECONDS=1 BENCH_BACKENDS=native,tensorflow,wasm
-import { execFileSync } from 'child_process';
+// Sides are measured in rounds (torch, the limit, every rule's session, in
+// an order reversed every other round), so all see the same machine state
+// (it is shared and noisy); times are medians of per-step times over all
+// rounds. Prints a table, then one JSON line per row.
+//
+//   BENCH_SIZES=1000000,4000000,64000000,256000000  parameters per tensor
+//   BENCH_OPTIMIZERS=sgd,adam,adamw,adagrad,rmsprop
+//   BENCH_RULES=additive,multiplicative,hybrid,exp_sign  (above 4M: additive unless set)
+//   BENCH_BACKENDS=native,tensorflow,wasm  (tfjs engines up to 4M parameters)
+//   BENCH_ROUNDS=7  (above 4M: 3)
+//   BENCH_THREADS=1,2
+import { spawn, type ChildProcessByStdio } from 'child_process';
+import type { Readable, Writable } from 'stream';
 import * as fs from 'fs';
 import * as path from 'path';
+import * as readline from 'readline';
 import { availableBackends, initBackend, type BackendName } from '../src/engine/backend';
 import { currentEngine } from '../src/engine/engine';
-import { NativeEngine } from '../src/engine/native';
-import { resolveSpec } from '../src/registry';
+import { loadNative, NativeEngine } from '../src/engine/native';
+import { resolveGroup, resolveSpec, type ResolvedSpec } from '../src/registry';
 import { Session } from '../src/session/session';
 
-const SIZES = (process.env.BENCH_SIZES ?? '1000000,4000000').split(',').map(Number);
-const MIN_SECONDS = Number(process.env.BENCH_SECONDS ?? 1);
-const OPTIMIZERS: Array<[string, Record<string, unknown>]> = [
-  ['sgd', { lr: 0.01, momentum: 0.9 }],
-  ['adam', {}],
-  ['adamw', {}],
-  ['adagrad', {}],
-  ['rmsprop', {}],
-];
-const RULES = ['additive', 'multiplicative', 'hybrid'];
+const SMALL = 4_000_000; // the largest size every side runs at with every rule and mode
+const list = (v: string | undefined, d: string) => (v ?? d).split(',').filter(Boolean);
+const SIZES = list(process.env.BENCH_SIZES, '1000000,4000000,64000000,256000000').map(Number);
+const THREADS = list(process.env.BENCH_THREADS, '1,2').map(Number);
+const HYPERS: Record<string, Record<string, unknown>> = {
+  sgd: { lr: 0.01, momentum: 0.9 },
+  adam: {},
+  adamw: {},
+  adagrad: {},
+  rmsprop: {},
+};
+const OPTIMIZERS = list(process.env.BENCH_OPTIMIZERS, Object.keys(HYPERS).join(','));
+const RULE_HYPERS: Record<string, Record<string, unknown>> = {
+  additive: {},
+  multiplicative: { lr_out: 1e-3 },
+  hybrid: { lr_out: 1e-3, gamma: 0.9 },
+  exp_sign: {},
+};
+const rulesAt = (n: number) => list(process.env.BENCH_RULES, n > SMALL ? 'additive' : Object.keys(RULE_HYPERS).join(','));
+const roundsAt = (n: number) => Number(process.env.BENCH_ROUNDS ?? (n > SMALL ? 3 : 7));
+/** Steps per side per round: about 20M elements, at least one. */
+const stepsAt = (n: number) => Math.max(1, Math.min(50, Math.floor(2e7 / n)));
 const ROOT = path.join(__dirname, '../../..');
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 
-interface TorchRow {
-  optimizer: string;
-  params: number;
-  threads: number;
-  mode: string;
-  mparams_per_s: number;
-}
-interface TorchRun {
-  torch_version: string;
-  max_threads: number;
-  rows: TorchRow[];
+/** Bytes a step must move per parameter: read theta and g, write theta, read and write every full-size slot. */
+function bytesPerParam(spec: ResolvedSpec): number {
+  const h = resolveGroup(spec, '');
+  const slots = [...spec.optimizer.slots, ...spec.rule.slots].filter((s) => !s.scalar && (!s.when || s.when(h)));
+  return 4 * (3 + 2 * slots.length);
 }
 
-function runTorch(python: string, threads: number[], sizes: number[], optimizers: string[]): TorchRun | null {
-  if (!fs.existsSync(python)) return null;
-  process.stderr.write(`torch.optim with ${python} ...\n`);
-  const script = path.join(ROOT, 'python-runner/scripts/bench_torch_optim.py');
-  const out = execFileSync(
-    python,
-    [script, '--sizes', sizes.join(','), '--optimizers', optimizers.join(','), '--threads', threads.join(','), '--seconds', String(MIN_SECONDS)],
-    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] },
-  );
-  return JSON.parse(out) as TorchRun;
+/** A torch.optim process in --serve mode (python-runner/scripts/bench_torch_optim.py). */
+class Torch {
+  private readonly lines: AsyncIterableIterator<string>;
+  private constructor(private readonly proc: ChildProcessByStdio<Writable, Readable, null>, readonly version: string, lines: AsyncIterableIterator<string>) {
+    this.lines = lines;
+  }
+  static async start(python: string): Promise<Torch | null> {
+    if (!fs.existsSync(python)) return null;
+    const proc = spawn(python, [path.join(ROOT, 'python-runner/scripts/bench_torch_optim.py'), '--serve'], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const lines = readline.createInterface({ input: proc.stdout })[Symbol.asyncIterator]();
+    const first = await lines.next();
+    if (first.done) return null;
+    return new Torch(proc, (JSON.parse(first.value) as { torch_version: string }).torch_version, lines);
+  }
+  async ask<T>(req: Record<string, unknown>): Promise<T> {
+    this.proc.stdin.write(`${JSON.stringify(req)}\n`);
+    const r = await this.lines.next();
+    if (r.done) throw new Error(`torch ${this.version} exited`);
+    const out = JSON.parse(r.value) as T & { error?: string };
+    if (out.error) throw new Error(out.error);
+    return out;
+  }
+  close(): void {
+    this.proc.stdin.end();
+  }
 }
 
-/** Median per-step seconds of a Session step on one tensor of n elements. */
-function measure(optimizer: string, hypers: Record<string, unknown>, rule: string, n: number): number {
-  const values = new Float32Array(n).map((_, i) => Math.sin(i));
-  const grad = new Float32Array(n).map((_, i) => 0.01 * Math.cos(i));
-  const ruleHypers: Record<string, Record<string, unknown>> = { additive: {}, multiplicative: { lr_out: 1e-3 }, hybrid: { lr_out: 1e-3, gamma: 0.9 } };
-  const defaults = { ...hypers, ...ruleHypers[rule] };
-  const s = new Session('bench', resolveSpec({ optimizer, rule, defaults }), [{ id: 'w', name: 'w', shape: [n], group: '', values }]);
-  try {
-    let t = 0;
-    for (; t < 3; ) s.step(++t, [{ id: 'w', data: grad }]);
-    const times: number[] = [];
-    const start = process.hrtime.bigint();
-    for (;;) {
-      const t0 = process.hrtime.bigint();
-      s.step(++t, [{ id: 'w', data: grad }]);
-      times.push(Number(process.hrtime.bigint() - t0) / 1e9);
-      if (times.length >= 5 && Number(process.hrtime.bigint() - start) / 1e9 >= MIN_SECONDS) break;
-    }
-    times.sort((a, b) => a - b);
-    return times[times.length >> 1];
-  } finally {
-    s.dispose();
+/** One thing measured in rounds: `run(steps)` returns per-step seconds. */
+interface Side {
+  name: string;
+  run(steps: number): Promise<number[]>;
+  times: number[];
+}
+
+function fill(n: number, scale: number, f: (i: number) => number): Float32Array {
+  // A 1M-element block of f, tiled: large tensors fill in a moment, values stay varied.
+  const block = new Float32Array(Math.min(n, 1 << 20)).map((_, i) => scale * f(i));
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i += block.length) a.set(i + block.length <= n ? block : block.subarray(0, n - i), i);
+  return a;
+}
+
+function murSide(optimizer: string, rule: string, n: number, grad: Float32Array, values: Float32Array): { side: Side; session: Session; bytes: number } {
+  const spec = resolveSpec({ optimizer, rule, defaults: { ...HYPERS[optimizer], ...RULE_HYPERS[rule] } });
+  const s = new Session('bench', spec, [{ id: 'w', name: 'w', shape: [n], group: '', values }]);
+  let t = 0;
+  for (; t < 3; ) s.step(++t, [{ id: 'w', data: grad }]);
+  const side: Side = {
+    name: rule,
+    times: [],
+    run: async (steps) => {
+      const out: number[] = [];
+      for (let k = 0; k < steps; k++) {
+        const t0 = process.hrtime.bigint();
+        s.step(++t, [{ id: 'w', data: grad }]);
+        out.push(Number(process.hrtime.bigint() - t0) / 1e9);
+      }
+      return out;
+    },
+  };
+  return { side, session: s, bytes: bytesPerParam(spec) };
+}
+
+function torchSide(torch: Torch, name: string): Side {
+  return { name, times: [], run: async (steps) => (await torch.ask<{ seconds: number[] }>({ cmd: 'time', steps })).seconds };
+}
+
+async function rounds(sides: Side[], n: number): Promise<void> {
+  const steps = stepsAt(n);
+  for (let r = 0; r < roundsAt(n); r++) {
+    for (const s of r % 2 ? [...sides].reverse() : sides) s.times.push(...(await s.run(steps)));
   }
 }
 
 async function main() {
-  const maxThreads = 2;
-  const threadCounts = [1, maxThreads];
-  // torch is measured row by row right before mur's rows of the same optimizer,
-  // size and threads, so both see the same machine (it is shared and noisy).
-  const torchRows: Array<TorchRow & { v: string }> = [];
-  const versions = new Set<string>();
-  const measureTorch = (opt: string, n: number, threads: number) => {
-    for (const python of [path.join(ROOT, '.venv-torch2/bin/python'), '/usr/bin/python3']) {
-      const run = runTorch(python, [threads], [n], [opt]);
-      if (!run) continue;
-      versions.add(run.torch_version);
-      torchRows.push(...run.rows.map((r) => ({ ...r, v: run.torch_version })));
-    }
+  const torch2 = await Torch.start(path.join(ROOT, '.venv-torch2/bin/python'));
+  const torch1 = await Torch.start('/usr/bin/python3');
+  const modes = new Map<string, string[]>();
+  const modesOf = async (t: Torch, opt: string) => {
+    const key = `${t.version} ${opt}`;
+    if (!modes.has(key)) modes.set(key, (await t.ask<{ modes: string[] }>({ cmd: 'modes', optimizer: opt })).modes);
+    return modes.get(key)!;
   };
-  const best = (opt: string, n: number, threads: number) => {
-    const rows = torchRows.filter((r) => r.optimizer === opt && r.params === n && r.threads === threads);
-    // torch's strongest form: fused where a torch has it, else the faster of foreach and default.
-    const fused = rows.filter((r) => r.mode === 'fused');
-    const pool = fused.length ? fused : rows;
-    return pool.reduce<(typeof rows)[number] | null>((a, r) => (!a || r.mparams_per_s > a.mparams_per_s ? r : a), null);
-  };
-  const torchDefault = (opt: string, n: number, threads: number) =>
-    torchRows.find((r) => r.v.startsWith('1.') && r.optimizer === opt && r.params === n && r.threads === threads && r.mode === 'default')?.mparams_per_s ??
-    null;
-
-  const wanted = (process.env.BENCH_BACKENDS ?? 'native,tensorflow,wasm').split(',') as BackendName[];
+  const addon = loadNative();
+  const wanted = list(process.env.BENCH_BACKENDS, 'native,tensorflow,wasm') as BackendName[];
   const backends = availableBackends().filter((b) => wanted.includes(b));
   const rows: Array<Record<string, unknown>> = [];
   let target: string | undefined;
   for (const backend of backends) {
     await initBackend(backend);
     const engine = currentEngine();
-    if (engine instanceof NativeEngine) target = engine.target;
-    // native: 1 thread and every core; tensorflow: its own pool (every core); wasm: one thread.
-    const threadSet = engine instanceof NativeEngine ? threadCounts : backend === 'wasm' ? [1] : [maxThreads];
-    for (const threads of threadSet) {
-      if (engine instanceof NativeEngine) engine.setThreads(threads);
-      for (const [optimizer, hypers] of OPTIMIZERS) {
-        for (const n of SIZES) {
-          if (engine instanceof NativeEngine) measureTorch(optimizer, n, threads);
-          for (const rule of RULES) {
-            process.stderr.write(`${backend} x${threads} ${optimizer} ${rule} ${n} ...\n`);
-            const sec = measure(optimizer, hypers, rule, n);
-            const mps = n / sec / 1e6;
-            const b = best(optimizer, n, threads);
+    const native = engine instanceof NativeEngine ? engine : null;
+    if (native) target = native.target;
+    // native: each of THREADS; tensorflow: its own pool (every core); wasm: one thread.
+    const threadSet = native ? THREADS : backend === 'wasm' ? [1] : [Math.max(...THREADS)];
+    for (const n of SIZES) {
+      if (!native && n > SMALL) continue;
+      const grad = fill(n, 0.01, Math.cos);
+      const values = fill(n, 1, Math.sin);
+      for (const threads of threadSet) {
+        native?.setThreads(threads);
+        for (const optimizer of OPTIMIZERS) {
+          process.stderr.write(`${backend} x${threads} ${optimizer} ${n} ...\n`);
+          const sides: Side[] = [];
+          // torch 2.x: fused where it has it, else foreach and (up to 4M) the default, the faster reported.
+          const torchSides: Side[] = [];
+          const t2modes = torch2 ? await modesOf(torch2, optimizer) : [];
+          const t2mode = t2modes.includes('fused') ? 'fused' : t2modes.includes('foreach') && n > SMALL ? 'foreach' : null;
+          const t2tried = t2mode ? [t2mode] : t2modes.filter((m) => m !== 'fused');
+          // One torch optimizer per process at a time: the 2.x candidates beyond the first are measured in turn.
+          const torchBest: Array<{ mode: string; sec: number }> = [];
+          let t1: Side | null = null;
+          if (torch1 && n <= SMALL) {
+            await torch1.ask({ cmd: 'setup', optimizer, mode: 'default', params: n, threads });
+            t1 = torchSide(torch1, 'torch1');
+            torchSides.push(t1);
+          }
+          // The limit kernel on its own four arrays (native only): Adam's traffic, threaded like the engine.
+          let limit: Side | null = null;
+          let limitArrays: Float32Array[] = [];
+          if (native && addon) {
+            limitArrays = [values.slice(), grad, new Float32Array(n).fill(1e-3), new Float32Array(n).fill(1e-4)];
+            const [p, g, m, v] = limitArrays;
+            limit = {
+              name: 'limit',
+              times: [],
+              run: async (steps) => {
+                const out: number[] = [];
+                for (let k = 0; k < steps; k++) {
+                  const t0 = process.hrtime.bigint();
+                  addon.limit(p, g, m, v);
+                  out.push(Number(process.hrtime.bigint() - t0) / 1e9);
+                }
+                return out;
+              },
+            };
+          }
+          const mur = rulesAt(n).map((rule) => murSide(optimizer, rule, n, grad, values));
+          for (const [i, mode] of t2tried.entries()) {
+            if (!torch2) break;
+            await torch2.ask({ cmd: 'setup', optimizer, mode, params: n, threads });
+            const t2 = torchSide(torch2, `torch2 ${mode}`);
+            // The first candidate runs in every round with mur; further ones only beside the limit and torch 1.13.
+            sides.length = 0;
+            sides.push(t2, ...(t1 && i === 0 ? [t1] : []), ...(limit && i === 0 ? [limit] : []), ...(i === 0 ? mur.map((m) => m.side) : []));
+            await rounds(sides, n);
+            torchBest.push({ mode, sec: median(t2.times) });
+          }
+          await torch2?.ask({ cmd: 'free' });
+          if (!torch2) await rounds([...torchSides, ...(limit ? [limit] : []), ...mur.map((m) => m.side)], n);
+          await torch1?.ask({ cmd: 'free' });
+          for (const m of mur) m.session.dispose();
+          limitArrays = [];
+          const best = torchBest.reduce<{ mode: string; sec: number } | null>((a, r) => (!a || r.sec < a.sec ? r : a), null);
+          const limitSec = limit ? median(limit.times) : null;
+          const limitGbs = limitSec ? (28 * n) / limitSec / 1e9 : null;
+          for (const m of mur) {
+            const sec = median(m.side.times);
+            const gbs = (m.bytes * n) / sec / 1e9;
+            const torchGbs = best ? (m.bytes * n) / best.sec / 1e9 : null;
             rows.push({
-              optimizer, rule, backend, params: n, threads,
+              optimizer,
+              rule: m.side.name,
+              backend,
+              params: n,
+              threads,
               ms_per_step: +(sec * 1e3).toFixed(3),
-              mparams_per_s: +mps.toFixed(1),
-              torch_best_mparams_per_s: b ? +b.mparams_per_s.toFixed(1) : null,
-              torch_best_mode: b ? `${b.v} ${b.mode}` : null,
-              torch_default_mparams_per_s: torchDefault(optimizer, n, threads),
-              ratio: b ? +(mps / b.mparams_per_s).toFixed(3) : null,
+              mparams_per_s: +(n / sec / 1e6).toFixed(1),
+              bytes_per_param: m.bytes,
+              gb_per_s: +gbs.toFixed(1),
+              limit_gb_per_s: limitGbs ? +limitGbs.toFixed(1) : null,
+              limit_fraction: limitGbs ? +(gbs / limitGbs).toFixed(3) : null,
+              torch_best_mparams_per_s: best ? +(n / best.sec / 1e6).toFixed(1) : null,
+              torch_best_mode: best ? `${torch2!.version} ${best.mode}` : null,
+              torch_gb_per_s: torchGbs ? +torchGbs.toFixed(1) : null,
+              torch_limit_fraction: torchGbs && limitGbs ? +(torchGbs / limitGbs).toFixed(3) : null,
+              torch_default_mparams_per_s: t1 ? +(n / median(t1.times) / 1e6).toFixed(1) : null,
+              ratio: best ? +(best.sec / sec).toFixed(3) : null,
             });
           }
         }
       }
     }
   }
-  console.log(`torch ${[...versions].join(' and ')}; native SIMD target ${target ?? 'n/a'}; Mparam/s of one step on one float32 tensor (median)`);
-  console.log('optimizer  rule            backend     thr   params  mur Mp/s   ms/step  torch best Mp/s (mode)        1.13 default  ratio');
-  for (const r of rows) {
-    console.log(
-      `${String(r.optimizer).padEnd(10)} ${String(r.rule).padEnd(15)} ${String(r.backend).padEnd(11)} ${String(r.threads).padStart(3)} ${String(r.params).padStart(8)} ${String(r.mparams_per_s).padStart(9)} ${String(r.ms_per_step).padStart(9)}  ${`${r.torch_best_mparams_per_s} (${r.torch_best_mode})`.padEnd(29)} ${String(r.torch_default_mparams_per_s).padStart(12)} ${String(r.ratio).padStart(6)}`,
-    );
-  }
+  torch2?.close();
+  torch1?.close();
+  const versions = [torch2?.version, torch1?.version].filter(Boolean).join(' and ');
+  console.log(`torch ${versions}; native SIMD target ${target ?? 'n/a'}; one step on one float32 tensor (median); limit = the limit kernel's GB/s at 28 B/param`);
+  const head = ['optimizer', 'rule', 'backend', 'thr', 'params', 'mur Mp/s', 'ms/step', 'GB/s', 'limit GB/s', 'of limit', 'torch Mp/s (mode)', 'torch GB/s', 'of limit', '1.13 dflt', 'ratio'];
+  const cell = (r: Record<string, unknown>) => [
+    r.optimizer, r.rule, r.backend, r.threads, r.params, r.mparams_per_s, r.ms_per_step, r.gb_per_s, r.limit_gb_per_s, r.limit_fraction,
+    `${r.torch_best_mparams_per_s} (${r.torch_best_mode})`, r.torch_gb_per_s, r.torch_limit_fraction, r.torch_default_mparams_per_s, r.ratio,
+  ];
+  console.log(`| ${head.join(' | ')} |\n|${head.map(() => ' --- ').join('|')}|`);
+  for (const r of rows) console.log(`| ${cell(r).map(String).join(' | ')} |`);
   for (const r of rows) console.log(JSON.stringify(r));
 }
 

@@ -15,6 +15,7 @@
 //   firstNonFinite(Float32Array) -> index or -1
 //   scan(Float32Array) -> [index or -1, digest hex]: both in one pass
 //   sumSquares(Float32Array) -> number
+//   limit(p, g, m, v): the benchmark's limit kernel (limit.cc)
 //   setThreads(n) (0: all hardware threads), threads() -> n
 //   arenaCreate(bytes), arenaCloseFd(fd): shared memory (arena.cc)
 #include <napi.h>
@@ -25,6 +26,7 @@
 #include "arena.h"
 #include "kernel.h"
 #include "lane.h"
+#include "limit.h"
 #include "pool.h"
 
 namespace {
@@ -307,6 +309,25 @@ Napi::Value WidenF16(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+/** limit(p, g, m, v): the limit kernel (limit.cc) on four Float32Arrays of one length. */
+Napi::Value LimitJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  float* a[4];
+  size_t n = 0;
+  if (info.Length() != 4) Fail(env, "limit(p, g, m, v): expected four Float32Arrays");
+  for (size_t k = 0; k < 4; ++k) {
+    if (!info[k].IsTypedArray() || info[k].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+      Fail(env, "limit(p, g, m, v): expected four Float32Arrays");
+    }
+    Napi::Float32Array f = info[k].As<Napi::Float32Array>();
+    if (k > 0 && f.ElementLength() != n) Fail(env, "limit: the four arrays must have one length");
+    n = f.ElementLength();
+    a[k] = f.Data();
+  }
+  mur::Limit(a[0], a[1], a[2], a[3], n);
+  return env.Undefined();
+}
+
 Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   if (info.Length() != 1 || !info[0].IsNumber()) Fail(info.Env(), "setThreads(n): n must be a number");
   mur::Pool::Get().SetThreads(info[0].As<Napi::Number>().Int32Value());
@@ -390,6 +411,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("scan", Napi::Function::New(env, Scan));
   exports.Set("widenBf16", Napi::Function::New(env, WidenBf16));
   exports.Set("widenF16", Napi::Function::New(env, WidenF16));
+  exports.Set("limit", Napi::Function::New(env, LimitJs));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("threads", Napi::Function::New(env, Threads));
   mur::InitArena(env, exports);

@@ -36,21 +36,8 @@
 #include "rules/exp_sign-inl.h"
 #include "rules/hybrid-inl.h"
 #include "rules/multiplicative-inl.h"
+#include "tasks.h"
 
-#ifndef MUR_KERNELS_CONSTANTS_
-#define MUR_KERNELS_CONSTANTS_
-namespace mur {
-// Elements per task: 32Ki floats is 128 KiB per stream, large enough that a
-// task's overhead vanishes, small enough to balance two cores.
-constexpr size_t kChunk = size_t{1} << 15;
-// Below this many elements in a step one thread is faster than waking the
-// pool (~30 us here): ~384Ki for memory-bound kernels (the additive rule, the
-// finiteness scan), ~96Ki for kernels that evaluate tanh or exp per element.
-// Measured with `node dist/bench/threshold.js` (ts-server).
-constexpr size_t kParallelMinCheap = size_t{3} << 17;
-constexpr size_t kParallelMinTranscendental = size_t{3} << 15;
-}  // namespace mur
-#endif
 
 HWY_BEFORE_NAMESPACE();
 namespace mur {

@@ -42,6 +42,8 @@ export interface NativeAddon {
   sumSquares(a: Float32Array): number;
   widenBf16(src: Uint8Array, dst: Float32Array): void;
   widenF16(src: Uint8Array, dst: Float32Array): void;
+  /** The limit kernel of make bench-engine (native/src/limit.cc): m += g, v += g, p -= g. */
+  limit(p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array): void;
   setThreads(n: number): number;
   threads(): number;
   arenaCreate(bytes: number): { buffer: ArrayBuffer; fd: number };
