@@ -1,6 +1,7 @@
 // The Node-API binding of the native engine (node-addon-api). It checks the
 // layout of every job before the kernel runs and throws a TypeError naming
-// the bad argument; it never touches tensor elements itself.
+// the bad argument; the element loops it calls live in the kernel files
+// (kernels.cc, widen.cc, limit.cc, transcendental.cc).
 //
 //   describe() -> {optimizers, rules, target, threads, layout}
 //   step(opt, rule, buffers, hypers, fresh)
@@ -15,7 +16,9 @@
 //   firstNonFinite(Float32Array) -> index or -1
 //   scan(Float32Array) -> [index or -1, digest hex]: both in one pass
 //   sumSquares(Float32Array) -> number
+//   widenBf16(src, dst), widenF16(src, dst): wire gradients to float32 (widen.cc)
 //   limit(p, g, m, v): the benchmark's limit kernel (limit.cc)
+//   math("exp" | "tanh", x, out): the rule kernels' exp and tanh (transcendental.cc), for tests
 //   setThreads(n) (0: all hardware threads), threads() -> n
 //   arenaCreate(bytes), arenaCloseFd(fd): shared memory (arena.cc)
 #include <napi.h>
@@ -27,7 +30,9 @@
 #include "kernel.h"
 #include "lane.h"
 #include "limit.h"
+#include "transcendental.h"
 #include "pool.h"
+#include "widen.h"
 
 namespace {
 
@@ -252,61 +257,55 @@ Napi::Value SumSquares(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), mur::SumSquares(a.Data(), a.ElementLength()));
 }
 
-/**
- * widenBf16(src: Uint8Array, dst: Float32Array): bfloat16 gradients from the
- * wire (little-endian, any alignment) to float32, exactly: a bfloat16 is the
- * upper half of a float32. One pass the compiler vectorises; JavaScript's
- * loop over 4M values took 10-19 ms here.
- */
+/** The (Uint8Array src, Float32Array dst) pair of widenBf16/widenF16, with 2 source bytes per element. */
+void WidenArgs(const Napi::CallbackInfo& info, const char* fn, const uint8_t** in, uint32_t** out, size_t* n) {
+  if (info.Length() != 2 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
+      !info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+    Fail(info.Env(), std::string(fn) + "(src, dst): expected a Uint8Array and a Float32Array");
+  }
+  Napi::Uint8Array src = info[0].As<Napi::Uint8Array>();
+  Napi::Float32Array dst = info[1].As<Napi::Float32Array>();
+  *n = dst.ElementLength();
+  if (src.ByteLength() != 2 * *n) Fail(info.Env(), std::string(fn) + ": src must hold 2 bytes per dst element");
+  *in = src.Data();
+  *out = reinterpret_cast<uint32_t*>(dst.Data());
+}
+
+/** widenBf16(src: Uint8Array, dst: Float32Array): bfloat16 gradients from the wire (little-endian, any alignment), exactly (widen.cc). */
 Napi::Value WidenBf16(const Napi::CallbackInfo& info) {
-  if (info.Length() != 2 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
-      !info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
-    Fail(info.Env(), "widenBf16(src, dst): expected a Uint8Array and a Float32Array");
-  }
-  Napi::Uint8Array src = info[0].As<Napi::Uint8Array>();
-  Napi::Float32Array dst = info[1].As<Napi::Float32Array>();
-  const size_t n = dst.ElementLength();
-  if (src.ByteLength() != 2 * n) Fail(info.Env(), "widenBf16: src must hold 2 bytes per dst element");
-  const uint8_t* in = src.Data();
-  uint32_t* out = reinterpret_cast<uint32_t*>(dst.Data());
-  for (size_t i = 0; i < n; ++i) {
-    out[i] = (static_cast<uint32_t>(in[2 * i]) | static_cast<uint32_t>(in[2 * i + 1]) << 8) << 16;
-  }
+  const uint8_t* in;
+  uint32_t* out;
+  size_t n;
+  WidenArgs(info, "widenBf16", &in, &out, &n);
+  mur::WidenBf16(in, out, n);
   return info.Env().Undefined();
 }
 
-/** One IEEE half (binary16) as the float32 of the same value, bit for bit: every half is exact in float32. */
-inline uint32_t HalfToFloatBits(uint32_t h) {
-  const uint32_t sign = (h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t mant = h & 0x3ffu;
-  if (exp == 0x1fu) return sign | 0x7f800000u | (mant << 13);  // infinity, NaN (payload kept)
-  if (exp != 0) return sign | ((exp + 112u) << 23) | (mant << 13);  // normal: rebias 15 -> 127
-  if (mant == 0) return sign;  // signed zero
-  // Subnormal: mant * 2^-24. Shift until the implicit bit (bit 10) appears;
-  // k shifts make it 1.f * 2^(-14-k), a float32 exponent field of 113 - k.
-  uint32_t k = 0;
-  while ((mant & 0x400u) == 0) {
-    mant <<= 1;
-    ++k;
-  }
-  return sign | ((113u - k) << 23) | ((mant & 0x3ffu) << 13);
-}
-
-/** widenF16(src: Uint8Array, dst: Float32Array): float16 gradients from the wire (little-endian, any alignment), exactly. */
+/** widenF16(src: Uint8Array, dst: Float32Array): float16 gradients from the wire (little-endian, any alignment), exactly (widen.cc). */
 Napi::Value WidenF16(const Napi::CallbackInfo& info) {
-  if (info.Length() != 2 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
-      !info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
-    Fail(info.Env(), "widenF16(src, dst): expected a Uint8Array and a Float32Array");
-  }
-  Napi::Uint8Array src = info[0].As<Napi::Uint8Array>();
-  Napi::Float32Array dst = info[1].As<Napi::Float32Array>();
-  const size_t n = dst.ElementLength();
-  if (src.ByteLength() != 2 * n) Fail(info.Env(), "widenF16: src must hold 2 bytes per dst element");
-  const uint8_t* in = src.Data();
-  uint32_t* out = reinterpret_cast<uint32_t*>(dst.Data());
-  for (size_t i = 0; i < n; ++i) out[i] = HalfToFloatBits(static_cast<uint32_t>(in[2 * i]) | static_cast<uint32_t>(in[2 * i + 1]) << 8);
+  const uint8_t* in;
+  uint32_t* out;
+  size_t n;
+  WidenArgs(info, "widenF16", &in, &out, &n);
+  mur::WidenF16(in, out, n);
   return info.Env().Undefined();
+}
+
+/** math(fn: "exp" | "tanh", x: Float32Array, out: Float32Array): the rule kernels' exp or tanh (transcendental-inl.h), for tests. */
+Napi::Value MathJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 3 || !info[0].IsString()) Fail(env, "math(fn, x, out): fn must be 'exp' or 'tanh'");
+  const std::string fn = info[0].As<Napi::String>().Utf8Value();
+  if (fn != "exp" && fn != "tanh") Fail(env, "math: fn must be 'exp' or 'tanh'");
+  for (size_t k = 1; k < 3; ++k) {
+    if (!info[k].IsTypedArray() || info[k].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+      Fail(env, "math(fn, x, out): x and out must be Float32Arrays");
+    }
+  }
+  Napi::Float32Array x = info[1].As<Napi::Float32Array>(), out = info[2].As<Napi::Float32Array>();
+  if (x.ElementLength() != out.ElementLength()) Fail(env, "math: x and out must have one length");
+  (fn == "exp" ? mur::ExpArray : mur::TanhArray)(x.Data(), out.Data(), x.ElementLength());
+  return env.Undefined();
 }
 
 /** limit(p, g, m, v): the limit kernel (limit.cc) on four Float32Arrays of one length. */
@@ -411,6 +410,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("scan", Napi::Function::New(env, Scan));
   exports.Set("widenBf16", Napi::Function::New(env, WidenBf16));
   exports.Set("widenF16", Napi::Function::New(env, WidenF16));
+  exports.Set("math", Napi::Function::New(env, MathJs));
   exports.Set("limit", Napi::Function::New(env, LimitJs));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("threads", Napi::Function::New(env, Threads));

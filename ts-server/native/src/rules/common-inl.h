@@ -10,9 +10,9 @@
 
 #include <string>
 
-#include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
 #include "kernel.h"
+#include "transcendental-inl.h"
 #include "simd-inl.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -28,7 +28,7 @@ inline double Lr(const Job& j) { return j.h[1]; }
 /** eta_out |x| tanh(eta_in d): the multiplicative term, shared by multiplicative and hybrid. */
 template <class D>
 HWY_INLINE hn::Vec<D> MultiplicativeTerm(D d, hn::Vec<D> x, hn::Vec<D> dir, float eta_in, float eta_out) {
-  const auto t = hn::Tanh(d, hn::Mul(hn::Set(d, eta_in), dir));
+  const auto t = FastTanh(d, hn::Mul(hn::Set(d, eta_in), dir));
   return hn::Mul(hn::Mul(hn::Abs(x), t), hn::Set(d, eta_out));
 }
 

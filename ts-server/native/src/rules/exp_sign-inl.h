@@ -44,7 +44,7 @@ struct ExpSign {
     const auto gb = hn::Set(d, c.g_bound);
     const auto clamped_d = hn::Min(hn::Max(dir, hn::Neg(gb)), gb);
     // -eta sign(x) clamp(d): sign(x) in {-1, 0, 1}; for x = 0 the product x * exp(...) is 0 anyway.
-    const auto e = hn::Exp(d, hn::Mul(hn::Set(d, -c.eta), hn::Mul(Sign(d, x), clamped_d)));
+    const auto e = FastExp(d, hn::Mul(hn::Set(d, -c.eta), hn::Mul(Sign(d, x), clamped_d)));
     const auto b = hn::Set(d, c.bound);
     const auto next = hn::Min(hn::Max(hn::Mul(x, e), hn::Neg(b)), b);
     return hn::Sub(x, next);
