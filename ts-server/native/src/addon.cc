@@ -21,6 +21,7 @@
 //   math("exp" | "tanh", x, out): the rule kernels' exp and tanh (transcendental.cc), for tests
 //   setThreads(n) (0: all hardware threads), threads() -> n
 //   arenaCreate(bytes), arenaCloseFd(fd): shared memory (arena.cc)
+//   allocFloats(n): the engine's own buffers, on huge pages from 2 MiB (state.cc)
 #include <napi.h>
 
 #include <string>
@@ -32,6 +33,7 @@
 #include "limit.h"
 #include "transcendental.h"
 #include "pool.h"
+#include "state.h"
 #include "widen.h"
 
 namespace {
@@ -415,6 +417,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("threads", Napi::Function::New(env, Threads));
   mur::InitArena(env, exports);
+  mur::InitState(env, exports);
   // Join the workers before the process tears down.
   napi_add_env_cleanup_hook(env, [](void*) { mur::Pool::Get().Stop(); }, nullptr);
   return exports;

@@ -1,6 +1,14 @@
 #include "pool.h"
 
 #include <algorithm>
+#include <chrono>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define MUR_PAUSE() _mm_pause()
+#else
+#define MUR_PAUSE() std::this_thread::yield()
+#endif
 
 namespace mur {
 
@@ -59,8 +67,20 @@ void Pool::Drain() {
   }
 }
 
+// How long a worker polls for the next batch before it sleeps. A step is two
+// batches back to back (the finiteness scan, then the kernel), and a training
+// loop steps again within milliseconds: a worker that is still polling starts
+// at once, while waking a sleeping one costs a futex wake and a reschedule
+// (tens of microseconds, more on a loaded machine).
+constexpr auto kSpin = std::chrono::microseconds(100);
+
 void Pool::WorkerLoop(uint64_t seen) {
   for (;;) {
+    const auto until = std::chrono::steady_clock::now() + kSpin;
+    while (generation_.load(std::memory_order_acquire) == seen && !stopping_.load(std::memory_order_relaxed)) {
+      for (int i = 0; i < 64; ++i) MUR_PAUSE();
+      if (std::chrono::steady_clock::now() > until) break;
+    }
     {
       std::unique_lock<std::mutex> lock(mu_);
       wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });

@@ -39,8 +39,9 @@ class Pool {
   std::mutex run_mu_;  // held by the caller whose batch the workers serve
   std::mutex mu_;
   std::condition_variable wake_;
-  uint64_t generation_ = 0;
-  bool stopping_ = false;
+  // Written under mu_; read without it by workers spinning between batches.
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> stopping_{false};
   // The current batch.
   Fn fn_ = nullptr;
   void* ctx_ = nullptr;

@@ -49,6 +49,8 @@ export interface NativeAddon {
   setThreads(n: number): number;
   threads(): number;
   arenaCreate(bytes: number): { buffer: ArrayBuffer; fd: number };
+  /** n zeros, in a 2 MiB-aligned mapping with MADV_HUGEPAGE from 2 MiB (native/src/state.cc). */
+  allocFloats(n: number): Float32Array;
   arenaCloseFd(fd: number): void;
   laneCreate(arena: ArrayBuffer): LaneHandle;
   laneArm(lane: LaneHandle, lastStep: number, opt: number, rule: number, buffers: Array<Float32Array | null>, hypers: Float64Array, fresh: Uint32Array): void;
@@ -175,9 +177,10 @@ export class NativeEngine implements Engine {
   }
 
   private alloc(n: number): Float32Array {
+    const a = this.addon.allocFloats(n); // on huge pages from 2 MiB (native/src/state.cc)
     this.live.buffers += 1;
     this.live.bytes += 4 * n;
-    return new Float32Array(n);
+    return a;
   }
 
   create(values: Float32Array): Slot {

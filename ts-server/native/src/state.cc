@@ -1,0 +1,59 @@
+// Memory for what the native engine owns (parameters and optimizer state of
+// sessions, outside any arena). Below 2 MiB a plain Float32Array; from 2 MiB
+// an anonymous private mapping aligned to 2 MiB with MADV_HUGEPAGE, so that
+// the kernel backs it with transparent huge pages (THP is `madvise` on common
+// distributions, this machine included): a step streams four or more such
+// arrays, and with 4 KiB pages every 4 KiB of each stream costs a TLB miss
+// and restarts the hardware prefetcher. The pages are zero, as a new
+// Float32Array's are. Shared arenas (memfd, arena.cc) cannot have them here:
+// shmem THP is `never` and no hugetlbfs pages are reserved.
+//
+//   allocFloats(n) -> Float32Array of n zeros
+#include "state.h"
+
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+namespace {
+
+constexpr size_t kHuge = size_t{2} << 20;
+
+struct Mapping {
+  void* addr;
+  size_t bytes;
+};
+
+Napi::Value AllocFloats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "allocFloats(n): n must be a number");
+  const double want = info[0].As<Napi::Number>().DoubleValue();
+  if (!(want >= 0 && want <= double(1ull << 44))) throw Napi::RangeError::New(env, "allocFloats: n out of range");
+  const size_t n = static_cast<size_t>(want);
+  if (n * sizeof(float) < kHuge) return Napi::Float32Array::New(env, n);
+  // Map 2 MiB more than needed, keep the 2 MiB-aligned part, return the rest.
+  const size_t bytes = (n * sizeof(float) + kHuge - 1) / kHuge * kHuge;
+  char* raw = static_cast<char*>(mmap(nullptr, bytes + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (raw == MAP_FAILED) throw Napi::Error::New(env, std::string("allocFloats: mmap: ") + std::strerror(errno));
+  char* addr = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(raw) + kHuge - 1) / kHuge * kHuge);
+  if (addr > raw) munmap(raw, addr - raw);
+  if (raw + kHuge > addr) munmap(addr + bytes, raw + kHuge - addr);
+  madvise(addr, bytes, MADV_HUGEPAGE);  // advice: without THP the pages are ordinary ones
+  auto* m = new Mapping{addr, bytes};
+  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, addr, n * sizeof(float), [](Napi::Env fenv, void*, Mapping* mp) {
+    munmap(mp->addr, mp->bytes);
+    Napi::MemoryManagement::AdjustExternalMemory(fenv, -static_cast<int64_t>(mp->bytes));
+    delete mp;
+  }, m);
+  Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(bytes));
+  return Napi::Float32Array::New(env, n, buffer, 0);
+}
+
+}  // namespace
+
+namespace mur {
+void InitState(Napi::Env env, Napi::Object exports) { exports.Set("allocFloats", Napi::Function::New(env, AllocFloats)); }
+}  // namespace mur
