@@ -184,7 +184,13 @@ async function main() {
           let limit: Side | null = null;
           let limitArrays: Float32Array[] = [];
           if (native && addon) {
-            limitArrays = [values.slice(), grad, new Float32Array(n).fill(1e-3), new Float32Array(n).fill(1e-4)];
+            // On the engine's own kind of memory (huge pages from 2 MiB), beside the same gradient.
+            const own = (f: (a: Float32Array) => void) => {
+              const a = addon.allocFloats(n);
+              f(a);
+              return a;
+            };
+            limitArrays = [own((a) => a.set(values)), grad, own((a) => a.fill(1e-3)), own((a) => a.fill(1e-4))];
             const [p, g, m, v] = limitArrays;
             limit = {
               name: 'limit',
