@@ -259,37 +259,21 @@ Napi::Value SumSquares(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), mur::SumSquares(a.Data(), a.ElementLength()));
 }
 
-/** The (Uint8Array src, Float32Array dst) pair of widenBf16/widenF16, with 2 source bytes per element. */
-void WidenArgs(const Napi::CallbackInfo& info, const char* fn, const uint8_t** in, uint32_t** out, size_t* n) {
+/**
+ * widenBf16(src: Uint8Array, dst: Float32Array), widenF16(src, dst): bfloat16
+ * or float16 gradients from the wire (little-endian, any alignment) to
+ * float32, exactly (widen.cc).
+ */
+Napi::Value Widen(const Napi::CallbackInfo& info, const char* fn, void (*widen)(const uint8_t*, uint32_t*, size_t)) {
   if (info.Length() != 2 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
       !info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
     Fail(info.Env(), std::string(fn) + "(src, dst): expected a Uint8Array and a Float32Array");
   }
   Napi::Uint8Array src = info[0].As<Napi::Uint8Array>();
   Napi::Float32Array dst = info[1].As<Napi::Float32Array>();
-  *n = dst.ElementLength();
-  if (src.ByteLength() != 2 * *n) Fail(info.Env(), std::string(fn) + ": src must hold 2 bytes per dst element");
-  *in = src.Data();
-  *out = reinterpret_cast<uint32_t*>(dst.Data());
-}
-
-/** widenBf16(src: Uint8Array, dst: Float32Array): bfloat16 gradients from the wire (little-endian, any alignment), exactly (widen.cc). */
-Napi::Value WidenBf16(const Napi::CallbackInfo& info) {
-  const uint8_t* in;
-  uint32_t* out;
-  size_t n;
-  WidenArgs(info, "widenBf16", &in, &out, &n);
-  mur::WidenBf16(in, out, n);
-  return info.Env().Undefined();
-}
-
-/** widenF16(src: Uint8Array, dst: Float32Array): float16 gradients from the wire (little-endian, any alignment), exactly (widen.cc). */
-Napi::Value WidenF16(const Napi::CallbackInfo& info) {
-  const uint8_t* in;
-  uint32_t* out;
-  size_t n;
-  WidenArgs(info, "widenF16", &in, &out, &n);
-  mur::WidenF16(in, out, n);
+  const size_t n = dst.ElementLength();
+  if (src.ByteLength() != 2 * n) Fail(info.Env(), std::string(fn) + ": src must hold 2 bytes per dst element");
+  widen(src.Data(), reinterpret_cast<uint32_t*>(dst.Data()), n);
   return info.Env().Undefined();
 }
 
@@ -410,8 +394,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("firstNonFinite", Napi::Function::New(env, FirstNonFinite));
   exports.Set("sumSquares", Napi::Function::New(env, SumSquares));
   exports.Set("scan", Napi::Function::New(env, Scan));
-  exports.Set("widenBf16", Napi::Function::New(env, WidenBf16));
-  exports.Set("widenF16", Napi::Function::New(env, WidenF16));
+  exports.Set("widenBf16", Napi::Function::New(env, [](const Napi::CallbackInfo& i) { return Widen(i, "widenBf16", mur::WidenBf16); }));
+  exports.Set("widenF16", Napi::Function::New(env, [](const Napi::CallbackInfo& i) { return Widen(i, "widenF16", mur::WidenF16); }));
   exports.Set("math", Napi::Function::New(env, MathJs));
   exports.Set("limit", Napi::Function::New(env, LimitJs));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
