@@ -6,11 +6,14 @@ class MurError(RuntimeError):
     """A mur server refused or failed a call; ``code`` is the gRPC status."""
 
     code = None
+    reason = None  # the server's ``mur-reason`` trailing metadata, e.g. ARENA_GONE (None: none given)
 
-    def __init__(self, message, code=None):
+    def __init__(self, message, code=None, reason=None):
         super().__init__(message)
         if code is not None:
             self.code = code
+        if reason is not None:
+            self.reason = reason
 
 
 class InvalidArgumentError(MurError, ValueError):
@@ -33,6 +36,13 @@ class ResourceExhaustedError(MurError):
 
 
 class ConnectionLostError(MurError, ConnectionError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ServerUnreachableError(MurError, ConnectionError):
+    """The server was never reached (nothing listens at the address, a wrong
+    host, TLS refused): unlike ConnectionLostError, no session exists yet."""
+
     code = grpc.StatusCode.UNAVAILABLE
 
 
@@ -62,7 +72,32 @@ _BY_CODE = {c.code: c for c in (InvalidArgumentError, NotFoundError, FailedPreco
                                 ResourceExhaustedError, ConnectionLostError, DeadlineExceededError)}
 
 
-def from_rpc_error(e: grpc.RpcError) -> MurError:
-    code = e.code()
-    cls = _BY_CODE.get(code, MurError)
-    return cls(f"{e.details()} [{code.name}]", code)
+# The trailing-metadata key by which the server says why a call failed, for
+# the client to act on without reading the message (ts-server/src/errors.ts).
+REASON_KEY = "mur-reason"
+ARENA_GONE = "arena-gone"  # the session has no shared-memory arena (a server restarted on --state-dir)
+
+
+def _reason(e: grpc.RpcError):
+    try:
+        trailers = e.trailing_metadata() or ()
+    except Exception:  # an RpcError that is not a call (e.g. raised by a test double)
+        return None
+    return next((v for k, v in trailers if k == REASON_KEY), None)
+
+
+def error_for(code, message, reason=None, rename=None) -> MurError:
+    """The MurError for a status (a grpc.StatusCode, or its number as the
+    tcp data plane sends it) and the server's message, passed through
+    ``rename`` (which names parameters and groups as the user knows them)."""
+    if not isinstance(code, grpc.StatusCode):
+        code = next((s for s in grpc.StatusCode if s.value[0] == code), code)
+    name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+    status = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+    cls = _BY_CODE.get(status, MurError)
+    return cls(f"{rename(message) if rename else message} [{name}]", status, reason=reason)
+
+
+def from_rpc_error(e: grpc.RpcError, rename=None) -> MurError:
+    """The MurError of a failed gRPC call, with the server's message and reason."""
+    return error_for(e.code(), e.details() or "", reason=_reason(e), rename=rename)

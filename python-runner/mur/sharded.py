@@ -4,8 +4,9 @@
                               optimizer="adam", rule="hybrid", lr=1e-3)
 
 ``RemoteOptimizer(..., server=[a, b, ...])`` (more than one address) builds
-this class: every parameter lives on one server (its *shard*), and each shard
-is an ordinary single-server RemoteOptimizer holding that server's session.
+this class, a RemoteOptimizer subclass: every parameter lives on one server
+(its *shard*), and each shard is an ordinary single-server RemoteOptimizer
+holding that server's session.
 The semantics (assignment, the two-phase step, failures) are in
 docs/scale-out.md; in short:
 
@@ -30,20 +31,18 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from .errors import ConnectionLostError, DeadlineExceededError, FailedPreconditionError, MurError
-from .optimizer import RemoteOptimizer
-
-_NO_COPY = ("a ShardedRemoteOptimizer holds live server sessions and cannot be copied or pickled; "
-            "use state_dict() / load_state_dict() to save or move its state")
+from .optimizer import RemoteOptimizer, param_groups_of
 
 
-def assign_shards(sizes, shards):
+def assign_shards(sizes, shards, load=None):
     """The shard of every parameter, from their sizes in bytes (in parameter
     order) alone: largest first (equal sizes: earlier parameter first), each
     onto the shard holding the fewest bytes so far (equal: the lower shard
-    index). Deterministic, so a model rebuilt later lands on the same shards."""
+    index), starting from the bytes `load` each shard already holds (none).
+    Deterministic, so a model rebuilt later lands on the same shards."""
     if not (isinstance(shards, numbers.Integral) and shards >= 1):
         raise ValueError(f"shards={shards!r}: must be a positive integer")
-    load = [0] * shards
+    load = list(load) if load is not None else [0] * shards
     out = [0] * len(sizes)
     for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
         k = min(range(shards), key=lambda k: (load[k], k))
@@ -52,22 +51,22 @@ def assign_shards(sizes, shards):
     return out
 
 
-def _groups(params):
-    """The constructor's params as a list of param-group dicts (torch's conventions)."""
-    if isinstance(params, torch.Tensor):
-        raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
-                        f"but got {torch.typename(params)}")
-    params = list(params)
-    if not params:
-        raise ValueError("optimizer got an empty parameter list")
-    if not isinstance(params[0], dict):
-        params = [{"params": params}]
-    groups = []
-    for g in params:
-        ps = g["params"]
-        ps = [ps] if isinstance(ps, torch.Tensor) else list(ps)
-        groups.append({**g, "params": ps})
-    return groups
+def _numbered(groups):
+    """param_groups with each group's parameters as their flat indices (torch's state_dict format)."""
+    out, start = [], 0
+    for g in groups:
+        n = len(g["params"])
+        out.append({**{key: v for key, v in g.items() if key != "params"}, "params": list(range(start, start + n))})
+        start += n
+    return out
+
+
+def _part(group, params, names):
+    """A shard's part of a param group: the group's hyperparameters, these parameters (and their names)."""
+    part = {**{key: v for key, v in group.items() if key not in ("params", "param_names")}, "params": params}
+    if all(n is not None for n in names):
+        part["param_names"] = names
+    return part
 
 
 def _shard_error(k, server, e, what):
@@ -118,8 +117,8 @@ class _State(MutableMapping):
         return len(self._all())
 
 
-class ShardedRemoteOptimizer(torch.optim.Optimizer):
-    """A torch optimizer whose parameters are spread over several mur servers
+class ShardedRemoteOptimizer(RemoteOptimizer):
+    """A RemoteOptimizer whose parameters are spread over several mur servers
     (built by ``RemoteOptimizer(params, server=[addr1, addr2, ...])``).
 
     Every argument but ``server`` is a RemoteOptimizer argument and goes to
@@ -138,14 +137,9 @@ class ShardedRemoteOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"server={list(server)!r}: {a!r} is not a server address ('host:port', "
                                  "'unix:/path' or 'auto')")
         self.servers = list(server)
-        groups = _groups(params)
+        groups = param_groups_of(params)
         flat = [p for g in groups for p in g["params"]]
-        if len({id(p) for p in flat}) != len(flat):
-            raise ValueError("some parameters appear in more than one parameter group")
-        for i, p in enumerate(flat):
-            if not isinstance(p, torch.Tensor):
-                raise TypeError(f"params[{i}]: optimizer can only optimize Tensors, but one of the params is "
-                                f"{torch.typename(p)}")
+        names = [n for g in groups for n in g.get("param_names") or [None] * len(g["params"])]
         # Bytes as the servers hold them: float32, whatever the client's dtype.
         owner = assign_shards([4 * p.numel() for p in flat], len(self.servers))
         # Each shard gets the non-empty part of every group (a session's groups
@@ -167,8 +161,8 @@ class ShardedRemoteOptimizer(torch.optim.Optimizer):
         def create(k):
             if not self._local[k]:
                 return None
-            return self._make(k, [{**{key: v for key, v in groups[gi].items() if key != "params"},
-                                   "params": [flat[i] for i in idx]} for gi, idx in self._local[k]])
+            return self._make(k, [_part(groups[gi], [flat[i] for i in idx], [names[i] for i in idx])
+                                  for gi, idx in self._local[k]])
 
         try:
             made, errors = self._on_shards(create, range(len(self.servers)))
@@ -180,7 +174,7 @@ class ShardedRemoteOptimizer(torch.optim.Optimizer):
             self.optimizer_name, self.rule_name = first.optimizer_name, first.rule_name
             self._shard_of = {p: owner[i] for i, p in enumerate(flat)}
             self._ready = False
-            super().__init__(groups, dict(first.defaults))
+            torch.optim.Optimizer.__init__(self, groups, dict(first.defaults))  # not a session of its own
             self._ready = True
             self._broken = None  # set when shards applied different steps (see step)
         except BaseException:
@@ -207,6 +201,11 @@ class ShardedRemoteOptimizer(torch.optim.Optimizer):
         return sum(o.lane_steps for o in self._shards if o is not None)
 
     @property
+    def session_id(self):
+        """Each shard's session id (None: no parameter on that shard, or closed)."""
+        return [o.session_id if o is not None else None for o in self.__dict__.get("_shards", [])]
+
+    @property
     def state(self):
         d = self.__dict__
         if not d.get("_ready"):
@@ -224,28 +223,23 @@ class ShardedRemoteOptimizer(torch.optim.Optimizer):
         shards), and join their shards' sessions. A group every shard refuses
         (a bad hyperparameter) leaves the optimizer as it was."""
         if not self.__dict__.get("_ready"):
-            super().add_param_group(param_group)
+            torch.optim.Optimizer.add_param_group(self, param_group)
             return
         self._check_usable()
         gi = len(self.param_groups)
-        super().add_param_group(param_group)  # torch's checks and defaults (a parameter in two groups: ValueError)
+        torch.optim.Optimizer.add_param_group(self, param_groups_of([param_group])[0])  # torch's checks and defaults
         group = self.param_groups[gi]
         load = [sum(4 * p.numel() for p in self._shard_of if self._shard_of[p] == k) for k in range(len(self.servers))]
-        order = sorted(range(len(group["params"])), key=lambda i: (-group["params"][i].numel(), i))
-        owner = {}
-        for i in order:
-            k = min(range(len(load)), key=lambda k: (load[k], k))
-            owner[i] = k
-            load[k] += 4 * group["params"][i].numel()
+        owner = dict(enumerate(assign_shards([4 * p.numel() for p in group["params"]], len(self.servers), load)))
         start = sum(len(g["params"]) for g in self.param_groups[:gi])
         parts = defaultdict(list)
         for i in range(len(group["params"])):
             parts[owner[i]].append(start + i)
-        hypers = {key: v for key, v in group.items() if key != "params"}
         flat = [p for g in self.param_groups for p in g["params"]]
+        names = [n for g in self.param_groups for n in g.get("param_names") or [None] * len(g["params"])]
 
         def join(k):
-            part = {**hypers, "params": [flat[i] for i in parts[k]]}
+            part = _part(group, [flat[i] for i in parts[k]], [names[i] for i in parts[k]])
             if self._shards[k] is None:
                 self._shards[k] = self._make(k, [part])
             else:
@@ -294,7 +288,7 @@ class ShardedRemoteOptimizer(torch.optim.Optimizer):
                 continue
             for (gi, _), local in zip(self._local[k], o.param_groups):
                 for key, v in self.param_groups[gi].items():
-                    if key != "params":
+                    if key not in ("params", "param_names"):
                         local[key] = v
 
     # -- the step ---------------------------------------------------------------
@@ -359,12 +353,7 @@ class ShardedRemoteOptimizer(torch.optim.Optimizer):
         for k, sd in sds.items():
             for li, st in sd["state"].items():
                 state[maps[k][li]] = st
-        groups, start = [], 0
-        for g in self.param_groups:
-            n = len(g["params"])
-            groups.append({**{key: v for key, v in g.items() if key != "params"}, "params": list(range(start, start + n))})
-            start += n
-        return {"state": dict(sorted(state.items())), "param_groups": groups}
+        return {"state": dict(sorted(state.items())), "param_groups": _numbered(self.param_groups)}
 
     def _split(self, state_dict):
         """A global torch-format state_dict -> one per shard (its local indices),
@@ -441,12 +430,7 @@ class ShardedRemoteOptimizer(torch.optim.Optimizer):
             raise KeyError("this parameter is not one of this optimizer's")
         o = self._shards[k]
         li = next(i for i, q in enumerate(q for g in o.param_groups for q in g["params"]) if q is p)
-        groups, start = [], 0
-        for g in o.param_groups:
-            n = len(g["params"])
-            groups.append({**{key: v for key, v in g.items() if key != "params"}, "params": list(range(start, start + n))})
-            start += n
-        o.load_state_dict({"state": {li: dict(value)}, "param_groups": groups})
+        o.load_state_dict({"state": {li: dict(value)}, "param_groups": _numbered(o.param_groups)})
 
     # -- lifetime ---------------------------------------------------------------
     def close(self):
@@ -460,27 +444,7 @@ class ShardedRemoteOptimizer(torch.optim.Optimizer):
             pool.shutdown(wait=True)
             self._pool = None
 
-    def __reduce_ex__(self, protocol):
-        raise TypeError(_NO_COPY)
+    # pickling, copying and __del__: RemoteOptimizer's (TypeError; close() on collection).
 
-    def __deepcopy__(self, memo):
-        raise TypeError(_NO_COPY)
-
-    def __del__(self):
-        if getattr(self, "_owner", None) != os.getpid():
-            return
-        try:
-            self.close()
-        except Exception:
-            pass
-
-
-# As RemoteOptimizer.step: never traced by torch.compile.
-if hasattr(torch, "compiler") and hasattr(torch.compiler, "disable"):
-    try:
-        ShardedRemoteOptimizer.step = torch.compiler.disable(
-            ShardedRemoteOptimizer.step, reason="mur's step talks to servers; it always runs eagerly")
-    except TypeError:
-        ShardedRemoteOptimizer.step = torch.compiler.disable(ShardedRemoteOptimizer.step)
 
 __all__ = ["ShardedRemoteOptimizer", "assign_shards"]

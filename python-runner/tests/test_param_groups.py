@@ -64,7 +64,7 @@ def test_a_group_added_at_step_5_trains_as_torch_optim(server_for, transport):
             torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
         if transport == "shm":
             # The new parameters are views of the session's (new) arena, like the old ones.
-            assert all(p.data.data_ptr() == opt._views[pid][1].data_ptr() for _, pid, p in opt._params())
+            assert all(p.data.data_ptr() == opt._plane.views[pid][1].data_ptr() for _, pid, p in opt._params())
         st = opt.state[b[2].weight]
         assert st["step"].item() == 11 and st["exp_avg"].shape == b[2].weight.shape
     finally:

@@ -31,13 +31,8 @@ def data(dtype=torch.float32, n=64, seed=1):
 
 def masters(opt):
     """The server's float32 copy of every parameter, by the client's parameter (from a checkpoint)."""
-    parts = {}
-    for raw in opt.state_dict()["mur"]["frames"]:
-        f = pb.StateFrame.FromString(raw)
-        if f.HasField("chunk") and f.chunk.slot == "":
-            parts.setdefault(f.chunk.param_id, []).append(f.chunk.data)
-    return {opt._by_id[pid]: torch.from_numpy(np.frombuffer(b"".join(c), dtype=np.float32).copy()).view(opt._by_id[pid].shape)
-            for pid, c in parts.items()}
+    params = [p for g in opt.param_groups for p in g["params"]]
+    return {params[i]: v.view(params[i].shape) for i, v in opt.state_dict()["mur"]["values"].items()}
 
 
 def forward(model, x):
@@ -122,7 +117,7 @@ def test_a_mixed_model_float32_and_bfloat16(server_for, transport):
         for p in model.parameters():
             assert torch.equal(p.detach(), m[p].to(p.dtype))
         if transport == "shm":
-            assert model[0].weight.data_ptr() == opt._views["p0.0"][1].data_ptr(), "float32: a view of the arena"
+            assert model[0].weight.data_ptr() == opt._plane.views["p0.0"][1].data_ptr(), "float32: a view of the arena"
     finally:
         opt.close()
 

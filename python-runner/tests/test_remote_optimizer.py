@@ -131,10 +131,10 @@ def test_a_repeated_step_number_is_not_applied_twice(server):
     opt = mur.RemoteOptimizer(a.parameters(), optimizer="sgd", rule="additive", server=server, lr=0.1, transport="grpc")
     pb = mur.optimizer.pb
     p = next(a.parameters())
-    req = pb.StepRequest(session_id=opt._session, step=1, grads=[pb.Gradient(
+    req = pb.StepRequest(session_id=opt.session_id, step=1, grads=[pb.Gradient(
         param_id="p0.0", grad=pb.Tensor(shape=list(p.shape), dtype=pb.DTYPE_FLOAT32, data=torch.ones_like(p).numpy().tobytes()))])
-    first = opt._stub.Step(req, metadata=opt._metadata())
-    again = opt._stub.Step(req, metadata=opt._metadata())
+    first = opt._conn.stub.Step(req, metadata=opt._conn.metadata())
+    again = opt._conn.stub.Step(req, metadata=opt._conn.metadata())
     assert (first.replayed, again.replayed) == (False, True)
     assert first.params[0].value.data == again.params[0].value.data
     want = (p.detach() - 0.1).numpy().tobytes()
@@ -146,11 +146,11 @@ def test_a_repeated_step_number_is_not_applied_twice(server):
 def test_server_errors_surface_with_the_servers_message(server):
     a = net()
     opt = mur.RemoteOptimizer(a.parameters(), optimizer="sgd", rule="additive", server=server, lr=0.1)
-    sid = opt._session
-    opt._stub.CloseSession(mur.optimizer.pb.CloseSessionRequest(session_id=sid), metadata=opt._metadata())
+    sid = opt.session_id
+    opt._conn.stub.CloseSession(mur.optimizer.pb.CloseSessionRequest(session_id=sid), metadata=opt._conn.metadata())
     with pytest.raises(mur.NotFoundError, match=sid):
         train(a, opt, 1)
-    opt._session = None
+    opt._session.id = None  # closed on the server already
     opt.close()
 
 
@@ -179,7 +179,7 @@ def test_a_lost_connection_is_retried_with_the_same_step_number(server):
     a, b = net(), net()
     opt = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="hybrid", server=server, gamma=0.5)
     ref = reference.Optimizer(b.parameters(), optimizer="adam", rule="hybrid", gamma=0.5)
-    real_step, seen = opt._stub.Step, []
+    real_step, seen = opt._conn.stub.Step, []
 
     def flaky(req, **kw):
         seen.append(req.step)
@@ -187,10 +187,10 @@ def test_a_lost_connection_is_retried_with_the_same_step_number(server):
         if len(seen) == 1:
             raise _LostReply()  # ...but the reply is lost on the way back
         return reply
-    opt._stub.Step = flaky
+    opt._conn.stub.Step = flaky
     train(a, opt, 1)
     train(b, ref, 1)
     assert seen == [1, 1], "the retry carries the same step number"
     assert max_diff(a, b) < 1e-6, "the step was applied exactly once"
-    opt._stub.Step = real_step
+    opt._conn.stub.Step = real_step
     opt.close()

@@ -149,12 +149,12 @@ def test_step_is_not_traced_by_dynamo(server):
                              transport="grpc")
     ob = mur.RemoteOptimizer(b.parameters(), optimizer="adam", rule="additive", server=server, lr=0.01,
                              transport="grpc")
-    tracing, real = [], oa._step_grpc
+    tracing, real = [], oa._plane.step
 
     def spy(*args):
         tracing.append(torch.compiler.is_compiling())  # True only while dynamo traces this code
         return real(*args)
-    oa._step_grpc = spy
+    oa._plane.step = spy
     step = torch.compile(oa.step, backend="eager")
     model = torch.compile(a, backend="eager")
     for x, y in batches(3):

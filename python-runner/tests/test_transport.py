@@ -21,7 +21,7 @@ import torch
 import mur
 from mur import reference
 from mur.optimizer import pb
-from mur.transport import Arena
+from mur.planes.shm import Arena
 from conftest import batches, bits, net, same_bits
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,17 +137,17 @@ def test_auto_picks_shm_and_matches_grpc_bit_for_bit():
         with pytest.raises(AttributeError):
             oa.transport = "grpc"  # read-only
         for _, pid, p in oa._params():  # the parameters are the arena
-            assert p.data_ptr() == oa._arena.param(oa._arena.index[pid]).data_ptr()
+            assert p.data_ptr() == oa._plane.arena.param(oa._plane.arena.index[pid]).data_ptr()
         ob = mur.RemoteOptimizer(b.parameters(), optimizer="adam", rule="hybrid", server=oa._local.address,
                                  transport="grpc", **h)
-        assert ob.transport == "grpc" and ob._arena is None
+        assert ob.transport == "grpc" and ob._plane.name == "grpc"
         train(a, oa, 20)
         train(b, ob, 20)
         train(c, reference.Optimizer(c.parameters(), optimizer="adam", rule="hybrid", **h), 20)
         assert same_bits(a, b), "shm and grpc compute the same trajectory, bit for bit"
         assert max_diff(a, c) < 1e-5  # the server vs torch maths: rounding only
         final = bits(a)
-        arena = oa._arena
+        arena = oa._plane.arena
         ptrs = {pid: p.data_ptr() for _, pid, p in oa._params()}
     finally:
         if ob:
@@ -169,7 +169,7 @@ def test_gradients_accumulate_in_the_arena(native_server):
         x, y = batches(1)[0]
         torch.nn.functional.mse_loss(m(x), y).backward()
         opt.step()  # copies the fresh gradients in and points p.grad at the arena
-        gviews = {pid: opt._arena.grad(opt._arena.index[pid]).data_ptr() for _, pid, _ in opt._params()}
+        gviews = {pid: opt._plane.arena.grad(opt._plane.arena.index[pid]).data_ptr() for _, pid, _ in opt._params()}
         assert all(p.grad.data_ptr() == gviews[pid] for _, pid, p in opt._params())
         opt.zero_grad(set_to_none=False)
         torch.nn.functional.mse_loss(m(x), y).backward()  # accumulates straight into shared memory
@@ -219,8 +219,8 @@ def test_weight_edits_are_what_the_next_step_starts_from(server_for, transport):
         assert m[2].weight.abs().max() < 1e-3, "the zeroed layer stays near zero"
         assert (m[0].weight * (1 - mask)).abs().max() < 1e-3, "masked weights stay near zero"
         if transport == "shm":
-            i = opt._arena.index["p0.1"]
-            assert m[0].bias.data_ptr() == opt._arena.param(i).data_ptr(), "a rebound parameter views the arena again"
+            i = opt._plane.arena.index["p0.1"]
+            assert m[0].bias.data_ptr() == opt._plane.arena.param(i).data_ptr(), "a rebound parameter views the arena again"
         # Edits after a step (the server wrote the values last):
         m[0].weight.data.clamp_(-0.01, 0.01)
         with torch.no_grad():
@@ -233,9 +233,7 @@ def test_weight_edits_are_what_the_next_step_starts_from(server_for, transport):
         # A checkpoint exports the edited values too.
         m[2].bias.data.fill_(-1.0)
         sd = opt.state_dict()
-        chunks = [pb.StateFrame.FromString(f).chunk for f in sd["mur"]["frames"][1:]]
-        exported = next(c for c in chunks if c.param_id == "p0.3" and c.slot == "")
-        assert torch.equal(torch.frombuffer(bytearray(exported.data), dtype=torch.float32), torch.full((2,), -1.0))
+        assert torch.equal(sd["mur"]["values"][3], torch.full((2,), -1.0))
     finally:
         opt.close()
 
@@ -288,7 +286,7 @@ def test_shm_is_refused_clearly_by_a_tfjs_engine_and_auto_falls_back(wasm_server
     a, b = net(), net()
     opt = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="hybrid", server=wasm_server, gamma=0.5)
     try:
-        assert opt.transport == "grpc" and opt._arena is None
+        assert opt.transport == "grpc" and opt._plane.name == "grpc"
         train(a, opt, 5)
         train(b, reference.Optimizer(b.parameters(), optimizer="adam", rule="hybrid", gamma=0.5), 5)
         assert max_diff(a, b) < 1e-5
@@ -328,7 +326,7 @@ def test_bfloat16_gradients_equal_a_float32_run_on_rounded_gradients(server):
             if name == "bf16-stream":  # the chunked StepStream path, several chunks per tensor
                 opt._caps.max_message_bytes = 256
                 opt._caps.chunk_bytes = 64
-                real = opt._stub.StepStream
+                real = opt._conn.stub.StepStream
 
                 def stream(frames, **k):
                     def spy():
@@ -337,14 +335,14 @@ def test_bfloat16_gradients_equal_a_float32_run_on_rounded_gradients(server):
                                 sent.append(f.grad)
                             yield f
                     return real(spy(), **k)
-                opt._stub.StepStream = stream
+                opt._conn.stub.StepStream = stream
             elif name == "bf16":
-                real = opt._raw_step  # the client sends pre-encoded requests: parse them as the server would
+                real = opt._conn.raw_step  # the client sends pre-encoded requests: parse them as the server would
 
                 def step(req, **k):
                     sent.extend(pb.StepRequest.FromString(req).grads)
                     return real(req, **k)
-                opt._raw_step = step
+                opt._conn.raw_step = step
             train(m, opt, 10, grad_hook=round_bf16 if name == "f32-rounded" else None)
             runs[name] = m
         finally:
@@ -406,9 +404,9 @@ def test_arena_open_checks_everything_and_close_is_safe(native_server):
     m = net()
     opt = mur.RemoteOptimizer(m.parameters(), server=native_server, transport="shm")
     try:
-        info = opt._stub.OpenArena(pb.OpenArenaRequest(session_id=opt._session),  # the same arena again
-                                  metadata=opt._metadata())
-        assert info.path == opt._arena.path and info.path.startswith("/proc/")
+        info = opt._conn.stub.OpenArena(pb.OpenArenaRequest(session_id=opt.session_id),  # the same arena again
+                                  metadata=opt._conn.metadata())
+        assert info.path == opt._plane.arena.path and info.path.startswith("/proc/")
 
         def variant(**kw):
             v = pb.ArenaInfo()
@@ -474,7 +472,7 @@ def test_a_killed_client_takes_its_server_with_it():
         m(torch.randn(2, 4)).sum().backward()
         opt.step()
         print(json.dumps({"transport": opt.transport, "pid": opt._local.proc.pid,
-                          "arena": opt._arena.path, "socket": opt._local.socket}), flush=True)
+                          "arena": opt._plane.arena.path, "socket": opt._local.socket}), flush=True)
         sys.stdin.read()  # until killed
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "python-runner"), os.environ.get("PYTHONPATH", "")]),
@@ -619,10 +617,7 @@ def test_fast_lane_steps_equal_rpc_steps_bit_for_bit_and_hand_over_cleanly():
     # The first step and the three learning-rate changes (every 10 steps) go by RPC.
     assert lane_steps >= 20, lane_steps
     assert sd_shm["mur"]["step"] == sd_grpc["mur"]["step"]
-    hdr_shm = pb.StateFrame.FromString(sd_shm["mur"]["frames"][0]).header
-    hdr_grpc = pb.StateFrame.FromString(sd_grpc["mur"]["frames"][0]).header
-    assert list(hdr_shm.step_counts) == list(hdr_grpc.step_counts)
-    assert hdr_shm.last_step == hdr_grpc.last_step
+    assert [float(s["step"]) for s in sd_shm["state"].values()] == [float(s["step"]) for s in sd_grpc["state"].values()]
 
 
 # -- a durable server killed during training -----------------------------------------

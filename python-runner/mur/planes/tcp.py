@@ -1,4 +1,6 @@
-"""The client end of the "tcp" data plane (proto: DataStepHeader).
+"""The "tcp" data plane (proto: DataStepHeader): the grpc plane's copies
+and edit detection (grpc.py), with a step's tensor bytes on the server's
+data port.
 
 A step's tensor bytes on a plain TCP connection (TLS when the gRPC channel
 uses TLS) beside the gRPC channel, for a server on another host: grpcio and
@@ -17,29 +19,26 @@ import math
 import socket
 import struct
 
-import grpc
 import numpy as np
 import torch
 
-from ._proto.mur.v1 import optimizer_pb2 as pb
-from .errors import _BY_CODE, ConnectionLostError, DeadlineExceededError, MurError
+from .._proto.mur.v1 import optimizer_pb2 as pb
+from ..connection import ssl_context
+from ..errors import ConnectionLostError, DeadlineExceededError, FailedPreconditionError, MurError, \
+    TransportUnavailable, error_for
+from .base import F32
+from .grpc import GrpcPlane, check_replayed
 
 _LEN = struct.Struct("<I")
-
-
-def _error(code: int, message: str) -> MurError:
-    """The MurError the gRPC Step would have raised for this status."""
-    status = next((s for s in grpc.StatusCode if s.value[0] == code), None)
-    return _BY_CODE.get(status, MurError)(f"{message} [{status.name if status else code}]",
-                                          status or grpc.StatusCode.UNKNOWN)
 
 
 class DataPlane:
     """One connection to a server's data port, opened on first use and again
     after a failure (the optimizer's retry loop calls ``step`` again)."""
 
-    def __init__(self, host, port, timeout=None, ssl_context=None, server_hostname=None):
+    def __init__(self, host, port, timeout=None, ssl_context=None, server_hostname=None, rename=None):
         self.address = (host, port)
+        self._rename = rename
         self._timeout = timeout
         self._ssl = ssl_context
         self._server_hostname = server_hostname or host
@@ -121,7 +120,7 @@ class DataPlane:
                 # The server closes the connection after refusing a header it
                 # could not read past: start afresh after any refusal.
                 self.close()
-                raise _error(reply.code, reply.message)
+                raise error_for(reply.code, reply.message, rename=self._rename)
             sizes = [4 * math.prod(p.value.shape) for p in reply.reply.params]
             total = sum(sizes)
             buf = self._buffers[self._next]
@@ -147,3 +146,56 @@ class DataPlane:
             out[p.param_id] = floats[at // 4:(at + n) // 4]
             at += n
         return reply.reply, out
+
+
+class TcpPlane(GrpcPlane):
+    name = "tcp"
+
+    def __init__(self, session, wire_dtype, data):
+        super().__init__(session, wire_dtype)
+        self.data = data
+
+    @classmethod
+    def open(cls, session, wire_dtype=F32, **_):
+        """The data port when the server offers one and it answers, at the host
+        this client reached the server at."""
+        caps, address = session.caps, session.conn.address
+        if "tcp" not in caps.transports or not caps.data_port:
+            raise TransportUnavailable(f"the server at {address} has no data port (started with --socket or "
+                                       "--data-port off)", "tcp")
+        host = address.rsplit(":", 1)[0] if ":" in address and not address.startswith("unix:") else None
+        if host is None:
+            raise TransportUnavailable(f"{address} is not a host:port address", "tcp")
+        host = host.strip("[]")  # an IPv6 literal
+        tls = session.conn.tls
+        data = DataPlane(host, caps.data_port, timeout=session.conn.timeout,
+                         ssl_context=ssl_context(*tls) if tls is not None else None, rename=session.conn.rename)
+        try:
+            data.connect()
+        except MurError as e:
+            raise TransportUnavailable(str(e), "tcp") from None
+        return cls(session, wire_dtype, data)
+
+    def _refind(self):
+        """Before a retry: a server restarted (on its --state-dir) may listen
+        on another data port; GetCapabilities says which."""
+        conn = self.conn
+        caps = conn.call(conn.stub.GetCapabilities, pb.GetCapabilitiesRequest())
+        if "tcp" not in caps.transports or not caps.data_port:
+            raise FailedPreconditionError(f"the server at {conn.address} came back without a data port "
+                                          "(--data-port off?): create the optimizer again to use gRPC")
+        self.data.close()
+        self.data.address = (self.data.address[0], caps.data_port)
+
+    def _send(self, prep, payload):
+        def once():
+            request = prep.request(session_id=self.session.id, grads=[
+                pb.Gradient(param_id=pid, grad=pb.Tensor(shape=shape, dtype=self.wire_dtype))
+                for pid, shape, _ in payload])
+            reply, values = self.data.step(self.conn.token, request, [b for _, _, b in payload])
+            check_replayed(self.conn, reply.replayed, prep.number)
+            return values
+        return self.conn.retrying(once, on_lost=self._refind)
+
+    def close(self):
+        self.data.close()
