@@ -30,7 +30,7 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
     ("grpc.use_local_subchannel_pool", 1), ("grpc.http2.max_frame_size", 16777215),
     ("grpc.http2.lookahead_bytes", 16 << 20), ("grpc.http2.bdp_probe", 1),
-    ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", int(BACKOFF_CAP * 1000)),
     ("grpc.keepalive_time_ms", 30000), ("grpc.keepalive_timeout_ms", 10000),
     ("grpc.keepalive_permit_without_calls", 1)]

@@ -97,7 +97,9 @@ class LocalServer:
             self.socket = os.path.join(self._dir, "mur.sock")
             # Through node rather than executed: a symlink to cli.js (npm's bin)
             # works either way, and cli.js needs no execute bit.
-            cmd = [node, str(cli), "--socket", self.socket, "--exit-with-stdin", *extra_args]
+            # --remove-socket-dir: the server removes this directory when it exits,
+            # so a client killed with SIGKILL leaves nothing in /tmp either.
+            cmd = [node, str(cli), "--socket", self.socket, "--exit-with-stdin", "--remove-socket-dir", *extra_args]
             if backend:
                 cmd += ["--backend", backend]
             self._log = tempfile.TemporaryFile(mode="w+")  # its JSON logs

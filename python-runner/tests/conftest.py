@@ -55,9 +55,20 @@ def stop(proc):
             f.close()
 
 
-def net(seed=0, width=4):
+def net(seed=0, width=4, sizes=None):
+    """A small tanh MLP, seeded: sizes (in, hidden..., out), default (5, width, 2)."""
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(5, width), torch.nn.Tanh(), torch.nn.Linear(width, 2))
+    sizes = sizes or (5, width, 2)
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        layers += [torch.nn.Tanh()] if i else []
+        layers.append(torch.nn.Linear(a, b))
+    return torch.nn.Sequential(*layers)
+
+
+def max_diff(a, b):
+    """The largest elementwise difference between two models' parameters."""
+    return max((p.detach() - q.detach()).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
 
 
 def batches(n, seed=1):

@@ -8,17 +8,18 @@ import pytest
 import torch
 
 import mur
+from conftest import net as _net
+
+
+def net(seed=0):
+    return _net(seed, sizes=(6, 5, 3))
+
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / "ts-server" / "dist" / "src" / "cli.js"
 pytestmark = pytest.mark.skipif(not CLI.exists(), reason=f"{CLI} not built (make build)")
 TRANSPORTS = ["grpc", "shm"]
 HEAD = {"lr": 5e-3, "betas": (0.8, 0.99)}
-
-
-def net(seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
 
 
 def batches(n, seed=1):

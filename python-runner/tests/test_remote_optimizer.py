@@ -8,6 +8,7 @@ import torch
 
 import mur
 from mur import reference
+from conftest import net, max_diff
 
 CLI = Path(__file__).resolve().parents[2] / "ts-server" / "dist" / "src" / "cli.js"
 needs_server = pytest.mark.skipif(not CLI.exists(), reason=f"{CLI} not built (make build)")
@@ -18,10 +19,6 @@ def server():
     with mur.LocalServer() as s:
         yield s.address
 
-
-def net(seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
 
 
 def train(model, opt, steps, start=0, scheduler=None):
@@ -38,9 +35,6 @@ def train(model, opt, steps, start=0, scheduler=None):
             scheduler.step()
     return loss
 
-
-def max_diff(a, b):
-    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
 
 
 @pytest.mark.parametrize("name,h", [("sgd", dict(lr=0.1, momentum=0.9, nesterov=True)), ("adam", dict(amsgrad=True)),

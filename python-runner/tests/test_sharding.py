@@ -17,18 +17,18 @@ import torch.multiprocessing as mp
 
 import mur
 from mur.sharded import ShardedRemoteOptimizer, assign_shards
+from conftest import net as _net, max_diff
+
+
+def net(seed=0):
+    return _net(seed, sizes=(6, 16, 8, 3))
+
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / "ts-server" / "dist" / "src" / "cli.js"
 ADDON = ROOT / "ts-server" / "native" / "build" / "Release" / "mur_native.node"
 needs_native = pytest.mark.skipif(not (CLI.exists() and ADDON.exists()), reason="needs the built native server")
 TRANSPORTS = ["shm", "tcp", "grpc"]
-
-
-def net(seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8), torch.nn.Tanh(),
-                               torch.nn.Linear(8, 3))
 
 
 def data(steps, batch=16, seed=1):
@@ -40,10 +40,6 @@ def step(model, opt, x, y):
     opt.zero_grad()
     torch.nn.functional.mse_loss(model(x), y).backward()
     opt.step()
-
-
-def max_diff(a, b):
-    return max((p.detach() - q.detach()).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
 
 
 def bits(model):

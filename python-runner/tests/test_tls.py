@@ -8,11 +8,17 @@ import shutil
 import subprocess
 import time
 
+import grpc
 import pytest
 import torch
 
 import mur
-from conftest import ADDON, CLI, start_tcp, stop
+from conftest import ADDON, CLI, start_tcp, stop, net as _net
+
+
+def net(seed=0):
+    return _net(seed, sizes=(4, 3, 1))
+
 
 pytestmark = [
     pytest.mark.skipif(not CLI.exists(), reason=f"{CLI} not built (make build)"),
@@ -54,7 +60,6 @@ def certs(tmp_path_factory):
 
 
 
-
 @pytest.fixture(scope="module")
 def tls_server(certs):
     cert, key = certs["server"]
@@ -71,11 +76,6 @@ def mtls_server(certs):
     assert info["tls"] == "mutual"
     yield info["port"]
     stop(proc)
-
-
-def net():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
 
 
 def train(address, steps=3, transport="grpc", **kw):
@@ -97,8 +97,10 @@ def train(address, steps=3, transport="grpc", **kw):
 
 
 def refused(address, **kw):
-    with pytest.raises(mur.MurError):
+    """The TLS handshake fails: the server is never reached (not a timeout, not a lost connection)."""
+    with pytest.raises(mur.ServerUnreachableError, match="cannot reach a mur server") as e:
         mur.RemoteOptimizer(net().parameters(), server=address, transport="grpc", timeout=5, **kw)
+    assert e.value.code == grpc.StatusCode.UNAVAILABLE
 
 
 def test_a_tls_server_refuses_plaintext_and_an_unknown_ca(tls_server, certs):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import mur
+from conftest import net, max_diff
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / "ts-server" / "dist" / "src" / "cli.js"
@@ -26,10 +27,6 @@ def remote(params, server_for, transport, **kw):
     return opt
 
 
-def net(seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
-
 
 def batches(n, seed=1):
     g = torch.Generator().manual_seed(seed)
@@ -44,9 +41,6 @@ def train(model, opt, steps, start=0, set_to_none=True, on_grad=None):
             on_grad()
         opt.step()
 
-
-def max_diff(a, b):
-    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
 
 
 # -- 1. torch 2.x constructor arguments ------------------------------------------

@@ -22,7 +22,7 @@ import mur
 from mur import reference
 from mur.optimizer import pb
 from mur.planes.shm import Arena
-from conftest import batches, bits, net, same_bits
+from conftest import batches, bits, net, same_bits, max_diff
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / "ts-server" / "dist" / "src" / "cli.js"
@@ -49,9 +49,6 @@ def train(model, opt, steps, grad_hook=None, seed=1):
 
 
 
-
-def max_diff(a, b):
-    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
 
 
 def read_line(stream, timeout, what):

@@ -2,6 +2,7 @@
 // mur-server: the optimizer service on one port.
 import * as fs from 'fs';
 import * as os from 'os';
+import * as path from 'path';
 import { BACKEND_NAMES, initBackend, type BackendName } from './engine/backend';
 import { currentEngine } from './engine/engine';
 import { NativeEngine } from './engine/native';
@@ -17,6 +18,8 @@ Usage: mur-server [options]
   --host H            address to bind (default 127.0.0.1)
   --socket PATH       listen on a Unix domain socket instead of --host/--port
                       (what server="auto" clients use; the socket file is removed on exit)
+  --remove-socket-dir with --socket: on exit, also remove the socket's directory if it is
+                      empty (server="auto" makes one for each server)
   --exit-with-stdin   shut down when stdin closes (a parent that started this server
                       died or let go of it: server="auto" never leaves an orphan)
   --backend NAME      engine: ${BACKEND_NAMES.join(' | ')}
@@ -57,6 +60,7 @@ export interface CliOptions {
   host: string;
   socket?: string;
   exitWithStdin?: boolean;
+  removeSocketDir?: boolean;
   backend?: BackendName;
   config?: SpecJson;
   threads?: number;
@@ -150,6 +154,9 @@ export function parseArgs(argv: string[]): CliOptions | 'help' | 'version' {
       case '--exit-with-stdin':
         o.exitWithStdin = true;
         break;
+      case '--remove-socket-dir':
+        o.removeSocketDir = true;
+        break;
       case '--threads':
         o.threads = positive(flag, next(), true);
         break;
@@ -215,6 +222,15 @@ export function parseArgs(argv: string[]): CliOptions | 'help' | 'version' {
   return o;
 }
 
+/** Removes `dir` if it is empty (anything else in it: left alone). */
+function removeEmptyDir(dir: string): void {
+  try {
+    fs.rmdirSync(dir);
+  } catch {
+    // not empty, or gone already
+  }
+}
+
 async function main(): Promise<void> {
   let opts: CliOptions | 'help' | 'version';
   try {
@@ -240,7 +256,10 @@ async function main(): Promise<void> {
     stopping = true;
     log('info', 'shutdown', { signal });
     (server ? server.close() : Promise.resolve()).then(() => {
-      if (opts.socket) fs.rmSync(opts.socket, { force: true });
+      if (opts.socket) {
+        fs.rmSync(opts.socket, { force: true });
+        if (opts.removeSocketDir) removeEmptyDir(path.dirname(opts.socket));
+      }
       log('info', 'stopped', {});
       process.exit(0);
     });
