@@ -655,6 +655,61 @@ def test_training_rides_through_server_kills_on_a_state_dir(transport):
         shutil.rmtree(d, ignore_errors=True)
 
 
+@needs_native
+@pytest.mark.parametrize("transport", ["shm", "grpc"])
+def test_a_step_in_flight_rides_through_a_restart_with_capped_backoff(transport):
+    """The server is killed, a step starts against the dead server and keeps
+    retrying; a new server comes up on the same --state-dir. The step is
+    applied once, and no wait between retries is longer than the cap
+    (connection.BACKOFF_CAP, x1.5 jitter), which is what bounds the time from
+    "listening" to the step's completion (printed, not asserted)."""
+    import threading
+    from mur import connection
+    d = tempfile.mkdtemp(prefix="mur-test-")
+    sock, state = Path(d) / "s.sock", Path(d) / "state"
+    procs = [start_cli(sock, "--state-dir", str(state))]
+    a, b = net(5, width=16), net(5, width=16)
+    opt = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="additive", lr=0.01, server=f"unix:{sock}",
+                              transport=transport, reconnect_timeout=60)
+    ref = torch.optim.Adam(b.parameters(), lr=0.01)
+    waits, times, retrying = [], [], threading.Event()
+
+    def sleep(s):
+        waits.append(s)
+        times.append(time.monotonic())
+        retrying.set()
+        time.sleep(s)
+    opt._conn.sleep = sleep
+    try:
+        train(a, opt, 2)
+        train(b, ref, 2)
+        x, y = batches(1, seed=9)[0]
+        for model, o in ((a, opt), (b, ref)):
+            o.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+        stop_proc(procs[-1])
+        errors = []
+        step = threading.Thread(target=lambda: errors.extend([]) if opt.step() is None else None)
+        step.start()
+        assert retrying.wait(60), "the step met the dead server and retries"
+        procs.append(start_cli(sock, "--state-dir", str(state)))
+        listening = time.monotonic()
+        step.join(60)
+        assert not step.is_alive()
+        done = time.monotonic()
+        after = [t for t in times if t > listening]
+        print(f"{transport}: listening -> step done {done - listening:.3f} s ({len(after)} retries after it, the "
+              f"last at +{(after[-1] - listening) if after else 0:.3f} s); {len(waits)} waits, longest {max(waits):.3f} s")
+        ref.step()
+        assert max(waits) <= connection.BACKOFF_CAP * 1.5
+        assert max_diff(a, b) < 1e-5, "applied once"
+    finally:
+        opt.close()
+        for p in procs:
+            stop_proc(p)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.mark.parametrize("transport", ["shm", "grpc"])
 def test_an_unexpected_replay_is_raised_not_taken_silently(transport):
     """A first attempt answered "replayed" means another writer used this
