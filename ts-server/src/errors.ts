@@ -9,6 +9,8 @@ export const REASON_KEY = 'mur-reason';
 export const Reason = {
   /** The session has no shared-memory arena (a server restarted on --state-dir): OpenArena again. */
   ArenaGone: 'arena-gone',
+  /** CreateSession without an optimizer, and the server has no --config default: the client picks one. */
+  NoDefaultSpec: 'no-default-spec',
 } as const;
 export type Reason = (typeof Reason)[keyof typeof Reason];
 

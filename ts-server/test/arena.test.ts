@@ -184,7 +184,7 @@ describe('same-host transport: the shared-memory arena', () => {
     await closeSession(h, a.sessionId);
   });
 
-  it("a step naming arena gradients without an arena carries mur-reason: arena-gone; other refusals carry none", async () => {
+  it("refusals a client acts on carry mur-reason (arena-gone, no-default-spec); others carry none", async () => {
     const a = await create(h, request());
     const refusal = (p: Promise<unknown>) => p.then(() => assert.fail('the call succeeded'), (e: ServiceError) => e);
     const gone = await refusal(step(h, { sessionId: a.sessionId, step: 1, groupOverrides: {}, grads: [], arenaGrads: [0] }));
@@ -195,6 +195,11 @@ describe('same-host transport: the shared-memory arena', () => {
     assert.notEqual(other.code, status.OK);
     assert.deepEqual(other.metadata.get('mur-reason'), []);
     await closeSession(h, a.sessionId);
+    // No spec and no --config default: the client chooses one (mur-reason: no-default-spec).
+    const { spec: _, ...noSpec } = request();
+    const none = await refusal(create(h, noSpec as CreateSessionRequest));
+    assert.equal(none.code, status.INVALID_ARGUMENT);
+    assert.deepEqual(none.metadata.get('mur-reason'), ['no-default-spec']);
   });
 
   it('after CloseSession the arena can no longer be opened', async function () {

@@ -1,6 +1,6 @@
 // CreateSession: validate the spec and the declarations, then allocate.
 import type { CreateSessionReply, CreateSessionRequest, ParamDecl } from '../../../generated/mur/v1/optimizer';
-import { InvalidArgument } from '../../errors';
+import { InvalidArgument, Reason } from '../../errors';
 import { resolveSpec } from '../../registry';
 import type { ParamDeclaration } from '../../session/session';
 import { bytesToF32, checkDtype } from '../../wire/tensors';
@@ -24,7 +24,9 @@ export function declarationsFromWire(params: ParamDecl[]): ParamDeclaration[] {
 
 export function createSession(ctx: ServerContext, req: CreateSessionRequest): CreateSessionReply {
   const json = req.spec && (req.spec.optimizer || req.spec.rule) ? specFromWire(req.spec) : ctx.defaultSpec;
-  if (!json) throw new InvalidArgument('spec: missing (and the server has no --config default)');
+  if (!json) {
+    throw new InvalidArgument('spec: missing (and the server has no --config default)', { reason: Reason.NoDefaultSpec });
+  }
   if (req.params.length === 0) throw new InvalidArgument('params: a session needs at least one parameter');
   const decls = declarationsFromWire(req.params);
   const spec = resolveSpec(json, new Set(decls.map((d) => d.group)));
