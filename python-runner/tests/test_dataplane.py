@@ -1,4 +1,4 @@
-"""The tcp transport (mur/dataplane.py, proto DataStepHeader): tensor bytes on
+"""The tcp transport (mur/planes/tcp.py, proto DataStepHeader): tensor bytes on
 a plain TCP connection to the server's data port, gRPC for the rest. It must
 keep every guarantee of the grpc transport: the same trajectory bit for bit,
 edits between steps kept, refused steps changing nothing, retries exact
