@@ -76,6 +76,7 @@ _BY_CODE = {c.code: c for c in (InvalidArgumentError, NotFoundError, FailedPreco
 # the client to act on without reading the message (ts-server/src/errors.ts).
 REASON_KEY = "mur-reason"
 ARENA_GONE = "arena-gone"  # the session has no shared-memory arena (a server restarted on --state-dir)
+NO_DEFAULT_SPEC = "no-default-spec"  # CreateSession without a spec, and the server has no --config
 
 
 def _reason(e: grpc.RpcError):

@@ -26,12 +26,12 @@ from collections import defaultdict
 
 import grpc
 import torch
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
 from ._proto.mur.v1 import optimizer_pb2 as pb
 from .checkpoint import import_plan, mur_entry, torch_state
 from .connection import Connection, check_address, load_pem
-from .errors import FailedPreconditionError, MurError, TransportUnavailable
+from .errors import NO_DEFAULT_SPEC, FailedPreconditionError, InvalidArgumentError, MurError, TransportUnavailable
 from .planes.base import BF16, F16, F32, PARAM_DTYPES, PreparedStep
 from .planes.grpc import GrpcPlane
 from .planes.shm import ShmPlane
@@ -51,6 +51,7 @@ _DECOUPLED = ("adam", "adamw", "nadam", "radam")
 _TORCH_NOOP_KEYS = {"params", "param_names", "maximize", "decoupled_weight_decay", "initial_lr", *_TORCH_FLAGS}
 # mur's flags bridging Keras/optax (docs/frameworks.md): torch.optim has none, i.e. all off.
 _BRIDGE_FLAGS = {"eps_before_correction", "eps_in_sqrt", "lr_in_momentum"}
+_DEFAULT_OPTIMIZER, _DEFAULT_RULE = "adam", "hybrid"  # without a server --config
 _SGD_DEFAULT_LR = 1e-3  # torch >= 2.2's SGD default (mur's sgd has none)
 _NO_COPY = ("a RemoteOptimizer holds a live server session and cannot be copied or pickled; "
             "use state_dict() / load_state_dict() to save or move its state")
@@ -191,7 +192,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
         params: parameters, ``named_parameters()`` (errors then name them as
             the model does), or parameter groups, as for any torch optimizer.
         optimizer: sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion.
-        rule: additive, multiplicative, hybrid or exp_sign.
+        rule: additive, multiplicative, hybrid or exp_sign. Neither given: the
+            server's --config (its optimizer, rule and defaults), or adam with
+            the hybrid rule when it has none (server="auto" never has one).
         server: "auto" (start a local server on a private Unix socket, stopped
             by close(), at exit, or when this process dies), "host:port" or
             "unix:/path" of a running one; a list of addresses shards the
@@ -253,7 +256,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             cls = ShardedRemoteOptimizer
         return super().__new__(cls)
 
-    def __init__(self, params, optimizer="adam", rule="hybrid", server="auto", transport="auto",
+    def __init__(self, params, optimizer=None, rule=None, server="auto", transport="auto",
                  wire_dtype="float32", timeout=300.0, tls_ca=None, tls_cert=None, tls_key=None,
                  reconnect_timeout=60.0, **hyperparameters):
         self._local = self._conn = self._session = self._plane = None
@@ -270,7 +273,13 @@ class RemoteOptimizer(torch.optim.Optimizer):
         flags = {k: hyperparameters.pop(k) for k in (*_TORCH_FLAGS, "maximize") if k in hyperparameters}
         if "decoupled_weight_decay" in hyperparameters:
             flags["decoupled_weight_decay"] = hyperparameters.pop("decoupled_weight_decay")
-            optimizer = _decoupled(optimizer, flags["decoupled_weight_decay"])
+        # No optimizer and no rule: the server's --config (a remote server may
+        # have one; server="auto" has none), else Adam with the hybrid rule.
+        from_config = optimizer is None and rule is None and server != "auto"
+        if not from_config:
+            optimizer, rule = optimizer or _DEFAULT_OPTIMIZER, rule or _DEFAULT_RULE
+            if "decoupled_weight_decay" in flags:
+                optimizer = _decoupled(optimizer, flags["decoupled_weight_decay"])
         if "lr" in hyperparameters and hyperparameters["lr"] is None:
             raise ValueError("lr=None: the learning rate must be a number (leave lr out for the optimizer's default)")
         for k, v in hyperparameters.items():
@@ -294,6 +303,14 @@ class RemoteOptimizer(torch.optim.Optimizer):
                                     reconnect_timeout=float(reconnect_timeout))
             self._conn.rename = self._rename
             caps = self._caps = self._conn.capabilities()
+            self._session = Session(self._conn, caps, self._params)
+            resolved = None
+            if from_config:
+                optimizer, rule, resolved = self._session_from_config(groups)
+                if "decoupled_weight_decay" in flags and \
+                        _decoupled(optimizer, flags["decoupled_weight_decay"]) != optimizer:
+                    raise ValueError(f"decoupled_weight_decay={flags['decoupled_weight_decay']!r}: the server's "
+                                     f"--config chose optimizer {optimizer!r}; pass optimizer= to choose another")
             opt = next((o for o in caps.optimizers if o.name == optimizer), None)
             rl = next((r for r in caps.rules if r.name == rule), None)
             if opt is None:
@@ -312,17 +329,34 @@ class RemoteOptimizer(torch.optim.Optimizer):
             if optimizer == "sgd" and defaults.get("lr") is None:
                 defaults["lr"] = _SGD_DEFAULT_LR  # as torch >= 2.2 (lr_out still follows lr)
             defaults["maximize"] = False
+            if resolved is not None:  # the server's --config defaults, under the client's own arguments
+                defaults.update({k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in json_format.MessageToDict(resolved.defaults).items() if k in known})
             defaults.update(hyperparameters)
             defaults.update(flags)
             self.optimizer_name, self.rule_name = optimizer, rule
             super().__init__(groups, defaults)
-            self._session = Session(self._conn, caps, self._params)
-            self._session.create(self._spec(), list(self._params()), self._names())
+            if resolved is None:
+                self._session.create(self._spec(), list(self._params()), self._names())
             self._step_no = 0
             self._plane = self._open_plane(transport)
         except BaseException:
             self.close()
             raise
+
+    def _session_from_config(self, groups):
+        """CreateSession without a spec: the server's --config decides;
+        (optimizer, rule, resolved spec), or Adam/hybrid and None when the
+        server has no --config (mur-reason: no-default-spec)."""
+        decls = [(f"g{gi}", f"p{gi}.{pi}", p) for gi, g in enumerate(groups) for pi, p in enumerate(g["params"])]
+        names = {pid: n.strip("'") for _, pid, _ in decls if (n := self._label_of(groups, pid)).startswith("'")}
+        try:
+            resolved = self._session.create(pb.OptimizerSpec(), decls, names)
+        except InvalidArgumentError as e:
+            if e.reason != NO_DEFAULT_SPEC:
+                raise
+            return _DEFAULT_OPTIMIZER, _DEFAULT_RULE, None
+        return resolved.optimizer, resolved.rule, resolved
 
     def _open_plane(self, transport):
         self._transport_reason = None
@@ -356,7 +390,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     def _rename(self, message):
         """A server message with its ids ('p0.1', groups.g0) as the user knows them."""
-        message = re.sub(r"'(p\d+\.\d+)'", lambda m: self._label_of(self.param_groups, m.group(1)), message)
+        groups = self.__dict__.get("param_groups") or []  # [] while the session is created
+        message = re.sub(r"'(p\d+\.\d+)'", lambda m: self._label_of(groups, m.group(1)), message)
         return re.sub(r"\bgroups\.g(\d+)", r"param_groups[\1]", message)
 
     def _names(self):
@@ -370,7 +405,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         with its hyperparameters. A group torch would refuse, or the server
         refuses (a bad hyperparameter, a dtype it does not take), raises and
         leaves the optimizer as it was."""
-        if self.__dict__.get("_session") is None:
+        if self.__dict__.get("_plane") is None:  # torch's __init__: the session is created with these groups
             super().add_param_group(param_group)
             return
         self._check_open()

@@ -127,7 +127,7 @@ class ShardedRemoteOptimizer(RemoteOptimizer):
     parameter was assigned to it).
     """
 
-    def __init__(self, params, optimizer="adam", rule="hybrid", server=None, **options):
+    def __init__(self, params, optimizer=None, rule=None, server=None, **options):
         self._shards, self._pool, self._closed = [], None, False
         self._owner = os.getpid()
         if not isinstance(server, (list, tuple)) or len(server) < 2:

@@ -14,7 +14,7 @@ import torch
 
 import mur
 from mur import connection
-from conftest import ROOT, batches, net
+from conftest import ROOT, batches, max_diff, net, start_tcp, stop
 
 
 def train(model, opt, steps):
@@ -189,3 +189,36 @@ def test_the_backoff_is_capped_so_a_restarted_server_is_found_within_a_second():
     assert 60.0 <= sum(waits) <= 60.0 + 1e-9, "retried for reconnect_timeout, not longer"
     assert len(waits) >= 60.0 / (connection.BACKOFF_CAP * 1.5)
     assert dict(connection.CHANNEL_OPTIONS)["grpc.max_reconnect_backoff_ms"] <= 1000 * connection.BACKOFF_CAP
+
+
+def test_a_servers_config_applies_to_a_client_that_names_no_optimizer(tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"optimizer": "sgd", "rule": "additive", "defaults": {"lr": 0.25, "momentum": 0.5}}))
+    proc, info = start_tcp("--config", spec)
+    try:
+        a, b = net(), net()
+        opt = mur.RemoteOptimizer(a.parameters(), server=f"127.0.0.1:{info['port']}", transport="grpc")
+        try:
+            assert (opt.optimizer_name, opt.rule_name) == ("sgd", "additive")
+            assert opt.param_groups[0]["lr"] == 0.25 and opt.param_groups[0]["momentum"] == 0.5
+            train(a, opt, 3)
+            train(b, torch.optim.SGD(b.parameters(), lr=0.25, momentum=0.5), 3)
+            assert max_diff(a, b) < 1e-6  # float32 on both sides, 3 steps of a small model
+        finally:
+            opt.close()
+        # The client's own arguments still win over the server's defaults.
+        opt = mur.RemoteOptimizer(net().parameters(), server=f"127.0.0.1:{info['port']}", transport="grpc", lr=0.1)
+        assert opt.optimizer_name == "sgd" and opt.param_groups[0]["lr"] == 0.1
+        opt.close()
+    finally:
+        stop(proc)
+
+
+def test_without_a_config_the_default_is_adam_hybrid(tmp_path):
+    proc, info = start_tcp()
+    try:
+        opt = mur.RemoteOptimizer(net().parameters(), server=f"127.0.0.1:{info['port']}", transport="grpc")
+        assert (opt.optimizer_name, opt.rule_name) == ("adam", "hybrid")
+        opt.close()
+    finally:
+        stop(proc)
