@@ -3,6 +3,7 @@ server="auto" on a Unix socket, and what happens when either side dies.
 
 Every server, arena and session a test creates is freed by that test; waits
 for other processes poll with deadlines."""
+import contextlib
 import json
 import os
 import select
@@ -619,6 +620,31 @@ def test_fast_lane_steps_equal_rpc_steps_bit_for_bit_and_hand_over_cleanly():
 
 # -- a durable server killed during training -----------------------------------------
 
+@contextlib.contextmanager
+def durable_run(transport, reconnect_timeout):
+    """A server on a --state-dir (restart it with restart()), a mur Adam on it
+    and torch's beside it from the same weights; everything freed at the end."""
+    d = tempfile.mkdtemp(prefix="mur-test-")
+    sock, state = Path(d) / "s.sock", Path(d) / "state"
+    procs = [start_cli(sock, "--state-dir", str(state))]
+
+    def restart():
+        stop_proc(procs[-1])
+        procs.append(start_cli(sock, "--state-dir", str(state)))
+    a, b = net(5, width=16), net(5, width=16)
+    opt = None
+    try:
+        opt = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="additive", lr=0.01, server=f"unix:{sock}",
+                                  transport=transport, reconnect_timeout=reconnect_timeout)
+        yield a, b, opt, torch.optim.Adam(b.parameters(), lr=0.01), restart, procs, (sock, state)
+    finally:
+        if opt is not None:
+            opt.close()
+        for p in procs:
+            stop_proc(p)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @needs_native
 @pytest.mark.parametrize("transport", ["shm", "grpc"])
 def test_training_rides_through_server_kills_on_a_state_dir(transport):
@@ -626,15 +652,8 @@ def test_training_rides_through_server_kills_on_a_state_dir(transport):
     on the same --state-dir: the client reconnects by itself, resends its step
     with the same number, and the result equals an uninterrupted run (and
     torch.optim) to 1e-5: no step lost or applied twice."""
-    d = tempfile.mkdtemp(prefix="mur-test-")
-    sock, state = Path(d) / "s.sock", Path(d) / "state"
-    procs = [start_cli(sock, "--state-dir", str(state))]
-    a, b = net(5, width=16), net(5, width=16)
-    opt = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="additive", lr=0.01, server=f"unix:{sock}",
-                              transport=transport, reconnect_timeout=30)
-    ref = torch.optim.Adam(b.parameters(), lr=0.01)
     kills = {3, 9, 10, 17, 25}
-    try:
+    with durable_run(transport, 30) as (a, b, opt, ref, restart, _, _):
         assert opt.transport == transport
         for k, (x, y) in enumerate(batches(30, seed=7)):
             for model, o in ((a, opt), (b, ref)):
@@ -643,16 +662,10 @@ def test_training_rides_through_server_kills_on_a_state_dir(transport):
             if k in kills:
                 # Killed between the gradient and the step: the step meets a dead
                 # server, and a new one comes up while the client retries.
-                stop_proc(procs[-1])
-                procs.append(start_cli(sock, "--state-dir", str(state)))
+                restart()
             opt.step()
             ref.step()
         assert max_diff(a, b) < 1e-5
-    finally:
-        opt.close()
-        for p in procs:
-            stop_proc(p)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @needs_native
@@ -665,13 +678,6 @@ def test_a_step_in_flight_rides_through_a_restart_with_capped_backoff(transport)
     "listening" to the step's completion (printed, not asserted)."""
     import threading
     from mur import connection
-    d = tempfile.mkdtemp(prefix="mur-test-")
-    sock, state = Path(d) / "s.sock", Path(d) / "state"
-    procs = [start_cli(sock, "--state-dir", str(state))]
-    a, b = net(5, width=16), net(5, width=16)
-    opt = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="additive", lr=0.01, server=f"unix:{sock}",
-                              transport=transport, reconnect_timeout=60)
-    ref = torch.optim.Adam(b.parameters(), lr=0.01)
     waits, times, retrying = [], [], threading.Event()
 
     def sleep(s):
@@ -679,8 +685,8 @@ def test_a_step_in_flight_rides_through_a_restart_with_capped_backoff(transport)
         times.append(time.monotonic())
         retrying.set()
         time.sleep(s)
-    opt._conn.sleep = sleep
-    try:
+    with durable_run(transport, 60) as (a, b, opt, ref, _, procs, (sock, state)):
+        opt._conn.sleep = sleep
         train(a, opt, 2)
         train(b, ref, 2)
         x, y = batches(1, seed=9)[0]
@@ -688,8 +694,7 @@ def test_a_step_in_flight_rides_through_a_restart_with_capped_backoff(transport)
             o.zero_grad()
             torch.nn.functional.mse_loss(model(x), y).backward()
         stop_proc(procs[-1])
-        errors = []
-        step = threading.Thread(target=lambda: errors.extend([]) if opt.step() is None else None)
+        step = threading.Thread(target=opt.step)
         step.start()
         assert retrying.wait(60), "the step met the dead server and retries"
         procs.append(start_cli(sock, "--state-dir", str(state)))
@@ -703,11 +708,6 @@ def test_a_step_in_flight_rides_through_a_restart_with_capped_backoff(transport)
         ref.step()
         assert max(waits) <= connection.BACKOFF_CAP * 1.5
         assert max_diff(a, b) < 1e-5, "applied once"
-    finally:
-        opt.close()
-        for p in procs:
-            stop_proc(p)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.parametrize("transport", ["shm", "grpc"])
