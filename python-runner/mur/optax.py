@@ -83,6 +83,14 @@ class RemoteTransformation(optax.GradientTransformation):
         return self.adapter.opt
 
 
+def _arrays(tree, convert, kind=torch.Tensor):
+    """`tree` (dicts of dicts) with every `kind` leaf converted: the
+    checkpoint holds numpy arrays, the optimizer's state_dict torch tensors."""
+    if isinstance(tree, dict):
+        return {k: _arrays(v, convert, kind) for k, v in tree.items()}
+    return convert(tree) if isinstance(tree, kind) else tree
+
+
 def _leaf_array(x, what, i):
     if isinstance(x, jax.core.Tracer):
         raise TypeError(f"mur.optax: {what} leaf {i} is a jax tracer: the remote update talks to a server and cannot "
@@ -211,7 +219,8 @@ class _Adapter:
         self._check_state(state)
         sd = self.opt.state_dict()
         return {"format": _CHECKPOINT_FORMAT, "optimizer": self.opt.optimizer_name, "rule": self.opt.rule_name,
-                "count": int(state.count), "param_groups": sd["param_groups"], "mur": sd["mur"]}
+                "count": int(state.count), "param_groups": sd["param_groups"],
+                "state": _arrays(sd["state"], lambda t: t.numpy().copy()), "mur": _arrays(sd["mur"], lambda t: t.numpy().copy())}
 
     def load_state_dict(self, state, checkpoint):
         if self.opt is None:
@@ -225,7 +234,9 @@ class _Adapter:
                              f"transformation runs {self.opt.optimizer_name} x {self.opt.rule_name}")
         if int(state.handle) != self.handle:
             raise ValueError(f"mur.optax: state.handle={int(state.handle)} is not this transformation's session")
-        self.opt.load_state_dict({"state": {}, "param_groups": checkpoint["param_groups"], "mur": checkpoint["mur"]})
+        self.opt.load_state_dict({"state": _arrays(checkpoint.get("state", {}), torch.from_numpy, np.ndarray),
+                                  "param_groups": checkpoint["param_groups"],
+                                  "mur": _arrays(checkpoint["mur"], torch.from_numpy, np.ndarray)})
         self.expected = [t.detach().numpy().copy() for t in self.tensors]
         self.steps = int(checkpoint["count"])
         return RemoteState(count=np.asarray(self.steps, np.int32), handle=state.handle)
