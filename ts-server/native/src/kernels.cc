@@ -26,10 +26,12 @@
 #include "optimizers/adagrad-inl.h"
 #include "optimizers/adam-inl.h"
 #include "optimizers/adamax-inl.h"
+#include "optimizers/asgd-inl.h"
 #include "optimizers/lion-inl.h"
 #include "optimizers/nadam-inl.h"
 #include "optimizers/radam-inl.h"
 #include "optimizers/rmsprop-inl.h"
+#include "optimizers/rprop-inl.h"
 #include "optimizers/sgd-inl.h"
 #include "pool.h"
 #include "rules/additive-inl.h"
@@ -73,7 +75,9 @@ struct Fused {
     const auto theta = hn::LoadU(d, j.theta + i);
     const auto dir = Opt::Direction(d, p.opt, j, i, g, theta);
     const auto x = kDecay ? hn::Mul(theta, hn::Set(d, p.decay)) : theta;
-    hn::StoreU(hn::Sub(x, Rule::Change(d, p.rule, j, x, dir)), d, j.theta + i);
+    const auto next = hn::Sub(x, Rule::Change(d, p.rule, j, x, dir));
+    hn::StoreU(next, d, j.theta + i);
+    AfterStep<Opt>(d, p.opt, j, i, next);
   }
 
   template <bool kDecay>
@@ -171,6 +175,8 @@ std::string RunStepImpl(int opt, int rule, const Job* jobs, size_t n) {
     case kRadam: return WithRule<Radam>(rule, jobs, n);
     case kAdadelta: return WithRule<Adadelta>(rule, jobs, n);
     case kLion: return WithRule<Lion>(rule, jobs, n);
+    case kRprop: return WithRule<Rprop>(rule, jobs, n);
+    case kAsgd: return WithRule<Asgd>(rule, jobs, n);
   }
   return "unknown optimizer id " + std::to_string(opt);
 }
@@ -296,6 +302,8 @@ static const Descriptor kOptimizerTable[kNumOptimizers] = {
     MUR_DESC(radam_desc, "radam", 0),
     MUR_DESC(adadelta_desc, "adadelta", 0),
     MUR_DESC(lion_desc, "lion", 0),
+    MUR_DESC(rprop_desc, "rprop", 0),
+    MUR_DESC(asgd_desc, "asgd", (1u << 0) | (1u << 1)),  // eta, mu
 };
 static const Descriptor kRuleTable[kNumRules] = {
     MUR_DESC(additive_desc, "additive", 0),

@@ -10,6 +10,8 @@ interface Dir {
   scale: number;
   /** decoupled decay factor applied to theta before the rule */
   decay: number;
+  /** state that follows the new theta (ASGD's average), run after the rule */
+  after?: (theta: number[]) => void;
 }
 
 const n = (h: H, k: string) => h[k] as number;
@@ -31,6 +33,7 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
   const len = th.length;
   const wd = n(h, 'weight_decay');
   const ensure = (k: string, v = 0) => (s[k] ??= filled(len, v));
+  const scalar = (k: string, v: number) => (s[k] ??= [v]);
   const [b1, b2] = (h.betas as number[]) ?? [0, 0];
   switch (opt) {
     case 'sgd': {
@@ -109,7 +112,7 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
       return { d, scale: 1 / (1 - b1 ** t), decay: 1 };
     }
     case 'nadam': {
-      const g = decayed(g0, th, wd);
+      const g = h.decoupled_weight_decay ? g0 : decayed(g0, th, wd);
       const psi = n(h, 'momentum_decay');
       const mu = b1 * (1 - 0.5 * 0.96 ** (t * psi));
       const mu1 = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * psi));
@@ -123,10 +126,10 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
         const denom = Math.sqrt(v[i] / bc2) + n(h, 'eps');
         return ((1 - mu) / (1 - prod[0])) * (gi / denom) + (mu1 / (1 - prod[0] * mu1)) * (m[i] / denom);
       });
-      return { d, scale: 1, decay: 1 };
+      return { d, scale: 1, decay: h.decoupled_weight_decay ? 1 - n(h, 'lr') * wd : 1 };
     }
     case 'radam': {
-      const g = decayed(g0, th, wd);
+      const g = h.decoupled_weight_decay ? g0 : decayed(g0, th, wd);
       const m = ensure('exp_avg'), v = ensure('exp_avg_sq');
       const bc2 = 1 - b2 ** t;
       const rhoInf = 2 / (1 - b2) - 1;
@@ -137,7 +140,7 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
         v[i] = b2 * v[i] + (1 - b2) * sq(gi);
         return rho > 5 ? (m[i] * rect * Math.sqrt(bc2)) / (Math.sqrt(v[i]) + n(h, 'eps')) : m[i];
       });
-      return { d, scale: 1 / (1 - b1 ** t), decay: 1 };
+      return { d, scale: 1 / (1 - b1 ** t), decay: h.decoupled_weight_decay ? 1 - n(h, 'lr') * wd : 1 };
     }
     case 'adadelta': {
       const g = decayed(g0, th, wd);
@@ -160,13 +163,44 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
       });
       return { d, scale: 1, decay: 1 - n(h, 'lr') * wd };
     }
+    case 'rprop': {
+      // torch's Rprop: the step is sign(g') step_size; d carries it in units of lr.
+      const [etaMinus, etaPlus] = h.etas as number[];
+      const [lo, hi] = h.step_sizes as number[];
+      const prev = ensure('prev'), size = ensure('step_size', n(h, 'lr'));
+      const d = g0.map((gi, i) => {
+        const s0 = Math.sign(gi * prev[i]);
+        size[i] = Math.min(hi, Math.max(lo, size[i] * (s0 > 0 ? etaPlus : s0 < 0 ? etaMinus : 1)));
+        prev[i] = s0 < 0 ? 0 : gi;
+        return perLr(h, Math.sign(prev[i]) * size[i]);
+      });
+      return { d, scale: 1, decay: 1 };
+    }
+    case 'asgd': {
+      // torch's ASGD: theta (1 - lambd eta) - eta g', with eta and mu of the previous step.
+      const g = decayed(g0, th, wd);
+      const lrNow = n(h, 'lr'), lambd = n(h, 'lambd');
+      const eta = scalar('eta', lrNow), mu = scalar('mu', 1), ax = ensure('ax');
+      const [etaUsed, muUsed] = [eta[0], mu[0]];
+      eta.fill(lrNow / (1 + lambd * lrNow * t) ** n(h, 'alpha'));
+      mu.fill(1 / Math.max(1, t - n(h, 't0')));
+      const after = (next: number[]) => next.forEach((v, i) => (ax[i] = muUsed === 1 ? v : ax[i] + muUsed * (v - ax[i])));
+      return { d: g, scale: lrNow > 0 ? etaUsed / lrNow : 0, decay: 1 - lambd * etaUsed, after };
+    }
   }
   throw new Error(`reference: no optimizer ${opt}`);
 }
 
 /** One step of optimizer x rule on theta (returns the new theta; mutates state). */
 export function refStep(opt: string, rule: string, th: number[], g: number[], s: RefState, rs: RefState, h: H, t: number): number[] {
-  const { d, scale, decay } = refDirection(opt, g, th, s, h, t);
+  const { after, ...dir } = refDirection(opt, g, th, s, h, t);
+  const next = refRule(rule, th, dir, rs, h);
+  after?.(next);
+  return next;
+}
+
+/** The rule's new theta from the direction (theta before any decay). */
+function refRule(rule: string, th: number[], { d, scale, decay }: Dir, rs: RefState, h: H): number[] {
   const x = th.map((v) => v * decay);
   const eta = n(h, 'lr') * scale;
   switch (rule) {
