@@ -160,3 +160,21 @@ def test_torchs_other_arguments_are_accepted(server, name, h):
         assert max_diff(a, b) < 1e-6
     finally:
         opt.close()
+
+
+@needs_server
+@pytest.mark.parametrize("name", ["rprop", "asgd", "nadam", "radam"])
+def test_defaults_are_torchs_on_the_server_and_in_the_reference(server, name):
+    """One set of defaults: torch's signature, the server's table (RemoteOptimizer's
+    param_groups) and mur.reference.DEFAULTS."""
+    opt = mur.RemoteOptimizer(net().parameters(), optimizer=name, rule="additive", server=server)
+    try:
+        group = opt.param_groups[0]
+        for k, v in reference.DEFAULTS[name].items():
+            assert group[k] == pytest.approx(v), k
+        for k, p in inspect.signature(TORCH[name]).parameters.items():
+            if k in reference.DEFAULTS[name]:
+                want = tuple(p.default) if isinstance(p.default, tuple) else p.default
+                assert reference.DEFAULTS[name][k] == pytest.approx(want), k
+    finally:
+        opt.close()
