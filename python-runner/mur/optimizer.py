@@ -190,7 +190,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
     Args:
         params: parameters or parameter groups, as for any torch optimizer.
         optimizer: sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion,
-            rprop, asgd.
+            rprop, asgd, lamb, lars.
         rule: additive, multiplicative, hybrid or exp_sign.
         server: "auto" (start a local server on a private Unix socket, stopped
             by close(), at exit, or when this process dies), "host:port" or

@@ -71,6 +71,10 @@ const VARIANTS: Record<string, Array<Record<string, unknown>>> = {
   rprop: [{}, { lr: 1e-3, etas: [0.3, 1.5] }, { lr: 0.05, etas: [0.5, 1.9], step_sizes: [1e-3, 0.08] }, { lr: 0.01, [SCHEDULE]: true }],
   // t0 small enough that the average ax starts (mu < 1) within the 50 steps; ax is checked below.
   asgd: [{}, { lr: 0.05, lambd: 0.01, alpha: 0.6, t0: 10, weight_decay: 0.01 }, { lr: 0.05, lambd: 0.05, t0: 5, [SCHEDULE]: true }],
+  lamb: [{ lr: 0.01 }, { lr: 0.01, weight_decay: 0.1, betas: [0.8, 0.99] }],
+  // trust_coefficient 0.05: the trust-ratio step moves theta visibly within 50 steps.
+  lars: [{ lr: 0.5, trust_coefficient: 0.05 }, { lr: 0.5, trust_coefficient: 0.05, weight_decay: 0.01, nesterov: true, eps: 0.1 },
+    { lr: 0.5, trust_coefficient: 0.05, momentum: 0, [SCHEDULE]: true }],
 };
 
 /** Extra settings per rule so each rule's own path moves visibly. */

@@ -67,6 +67,9 @@ describe('native engine addon', () => {
     ['lion', 'additive', { weight_decay: 0.1 }],
     ['rprop', 'hybrid', { lr_out: 0.01 }],
     ['asgd', 'multiplicative', { t0: 1, lr_out: 0.01 }],
+    // The norm pass: a large tensor spans many tasks, whose sums are joined in one order.
+    ['lamb', 'additive', { lr: 0.01, weight_decay: 0.1 }],
+    ['lars', 'hybrid', { lr: 0.1, nesterov: true, lr_out: 0.01 }],
   ] as const) {
     it(`${optimizer} x ${rule}: both threads give bit for bit what one thread gives (large tensor, 300 small ones, odd tails)`, () => {
       const shapes = [[1 << 18], [3, 1001], ...Array.from({ length: 300 }, (_, i) => [i % 3 === 0 ? 96 : 97])];

@@ -24,9 +24,9 @@ from mur_lab import models
 from mur_lab.data import load
 
 OPTIMIZERS = ["sgd", "adam", "adamw", "adagrad", "rmsprop", "adamax", "nadam", "radam", "adadelta", "lion", "rprop",
-              "asgd"]
+              "asgd", "lamb", "lars"]
 RULES = ["additive", "multiplicative", "hybrid", "exp_sign"]
-HYPERS = {"sgd": dict(lr=0.05, momentum=0.9)}
+HYPERS = {"sgd": dict(lr=0.05, momentum=0.9), "lamb": dict(lr=0.01), "lars": dict(lr=0.1)}
 RULE_HYPERS = {"hybrid": dict(gamma=0.5)}
 TORCH = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
          "rmsprop": torch.optim.RMSprop, "adamax": torch.optim.Adamax, "nadam": torch.optim.NAdam,

@@ -32,6 +32,9 @@ DEFAULTS = {
     "lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0),
     "rprop": dict(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0)),
     "asgd": dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0),
+    # optax's (no torch.optim class): lr required, as optax's learning_rate.
+    "lamb": dict(lr=None, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0),
+    "lars": dict(lr=None, weight_decay=0.0, trust_coefficient=1e-3, eps=0.0, momentum=0.9, nesterov=False),
 }
 # Optimizers whose weight decay multiplies theta (decoupled) rather than adding to g.
 _DECOUPLED = ("adamw", "lion")
@@ -60,7 +63,7 @@ def direction(name, g, p, s, h, t):
     ASGD's average follows the new parameter: average() after the rule."""
     wd = h.get("weight_decay", 0.0)
     decoupled = name in _DECOUPLED or h.get("decoupled_weight_decay", False)
-    if not decoupled and wd != 0:
+    if not decoupled and name != "lamb" and wd != 0:  # lamb adds wd theta to its update (below)
         g = g + wd * p
     decay = 1 - h["lr"] * wd if decoupled else 1.0  # torch >= 2.2's decoupled_weight_decay (NAdam, RAdam)
     if name == "sgd":
@@ -176,7 +179,25 @@ def direction(name, g, p, s, h, t):
         used = eta.item()
         eta.fill_(lr / (1 + lambd * lr * t) ** h["alpha"])
         return g, used / lr if lr > 0 else 0.0, 1 - lambd * used
+    if name == "lamb":
+        # optax.lamb: Adam's corrected update plus wd theta, times ||theta|| / ||u||.
+        b1, b2 = h["betas"]
+        m = s.setdefault("exp_avg", torch.zeros_like(p)).mul_(b1).add_(g, alpha=1 - b1)
+        v = s.setdefault("exp_avg_sq", torch.zeros_like(p)).mul_(b2).addcmul_(g, g, value=1 - b2)
+        u = m / (1 - b1 ** t) / ((v / (1 - b2 ** t)).sqrt() + h["eps"]) + wd * p
+        return u * _trust_ratio(p, u, 1.0, 0.0), 1.0, 1.0
+    if name == "lars":
+        # optax.lars: (g + wd theta) times tc ||theta|| / (||u|| + eps), then a trace of the lr-scaled steps.
+        lw = h["lr"] * g * _trust_ratio(p, g, h["trust_coefficient"], h["eps"])
+        buf = s.setdefault("momentum_buffer", torch.zeros_like(p)).mul_(h["momentum"]).add_(lw)
+        return _per_lr(lw + h["momentum"] * buf if h["nesterov"] else buf.clone(), h), 1.0, 1.0
     raise ValueError(f"optimizer={name!r}: unknown")
+
+
+def _trust_ratio(p, u, tc, eps):
+    """optax's scale_by_trust_ratio: tc ||p|| / (||u|| + eps), 1 when either norm is 0."""
+    pn, un = p.norm().item(), u.norm().item()
+    return 1.0 if pn == 0 or un == 0 else tc * pn / (un + eps)
 
 
 def average(name, p, s, h, t):

@@ -45,7 +45,7 @@ struct Descriptor {
   uint32_t scalar_slots;      // bit k: slot k holds one element, not n
 };
 
-enum OptimizerId { kSgd, kAdam, kAdamW, kAdagrad, kRmsprop, kAdamax, kNadam, kRadam, kAdadelta, kLion, kRprop, kAsgd, kNumOptimizers };
+enum OptimizerId { kSgd, kAdam, kAdamW, kAdagrad, kRmsprop, kAdamax, kNadam, kRadam, kAdadelta, kLion, kRprop, kAsgd, kLamb, kLars, kNumOptimizers };
 enum RuleId { kAdditive, kMultiplicative, kHybrid, kExpSign, kNumRules };
 
 const Descriptor& OptimizerDescriptor(int id);

@@ -27,6 +27,8 @@
 #include "optimizers/adam-inl.h"
 #include "optimizers/adamax-inl.h"
 #include "optimizers/asgd-inl.h"
+#include "optimizers/lamb-inl.h"
+#include "optimizers/lars-inl.h"
 #include "optimizers/lion-inl.h"
 #include "optimizers/nadam-inl.h"
 #include "optimizers/radam-inl.h"
@@ -143,6 +145,11 @@ struct Fused {
     }
     Ctx ctx{jobs, plans.data(), tasks.data()};
     Pool& pool = Pool::Get();
+    if constexpr (WantsNorms<Opt>::value) {  // LAMB, LARS: the per-tensor norms first (optimizers/norms-inl.h)
+      std::vector<typename Opt::C*> opts(njobs);
+      for (size_t k = 0; k < njobs; ++k) opts[k] = &plans[k].opt;
+      NormPass<Opt>::Run(jobs, njobs, opts.data(), tasks, pool.threads() > 1 && total >= kParallelMinCheap);
+    }
     if (pool.threads() > 1 && total >= (Rule::kTranscendental ? kParallelMinTranscendental : kParallelMinCheap)) {
       pool.Run(tasks.size(), &RunTask, &ctx);
     } else {
@@ -177,6 +184,8 @@ std::string RunStepImpl(int opt, int rule, const Job* jobs, size_t n) {
     case kLion: return WithRule<Lion>(rule, jobs, n);
     case kRprop: return WithRule<Rprop>(rule, jobs, n);
     case kAsgd: return WithRule<Asgd>(rule, jobs, n);
+    case kLamb: return WithRule<Lamb>(rule, jobs, n);
+    case kLars: return WithRule<Lars>(rule, jobs, n);
   }
   return "unknown optimizer id " + std::to_string(opt);
 }
@@ -304,6 +313,8 @@ static const Descriptor kOptimizerTable[kNumOptimizers] = {
     MUR_DESC(lion_desc, "lion", 0),
     MUR_DESC(rprop_desc, "rprop", 0),
     MUR_DESC(asgd_desc, "asgd", (1u << 0) | (1u << 1)),  // eta, mu
+    MUR_DESC(lamb_desc, "lamb", 0),
+    MUR_DESC(lars_desc, "lars", 0),
 };
 static const Descriptor kRuleTable[kNumRules] = {
     MUR_DESC(additive_desc, "additive", 0),

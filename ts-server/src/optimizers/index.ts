@@ -6,6 +6,8 @@ import { adam } from './adam';
 import { adamax } from './adamax';
 import { adamw } from './adamw';
 import { asgd } from './asgd';
+import { lamb } from './lamb';
+import { lars } from './lars';
 import { lion } from './lion';
 import { nadam } from './nadam';
 import { radam } from './radam';
@@ -13,4 +15,4 @@ import { rmsprop } from './rmsprop';
 import { rprop } from './rprop';
 import { sgd } from './sgd';
 
-export const OPTIMIZERS: readonly OptimizerDef[] = [sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion, rprop, asgd];
+export const OPTIMIZERS: readonly OptimizerDef[] = [sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion, rprop, asgd, lamb, lars];

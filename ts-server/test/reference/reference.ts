@@ -25,13 +25,20 @@ function decayed(g: number[], th: number[], wd: number): number[] {
 /** sqrt(x) + eps, or sqrt(x + eps) with eps_in_sqrt (optax, Keras). */
 const root = (h: H, x: number) => (h.eps_in_sqrt ? Math.sqrt(x + n(h, 'eps')) : Math.sqrt(x) + n(h, 'eps'));
 
+const norm = (x: number[]) => Math.sqrt(x.reduce((a, v) => a + v * v, 0));
+/** optax's trust ratio: tc ||theta|| / (||u|| + eps), 1 when either norm is 0. */
+function trust(th: number[], u: number[], tc: number, eps: number): number {
+  const pn = norm(th), un = norm(u);
+  return pn === 0 || un === 0 ? 1 : (tc * pn) / (un + eps);
+}
+
 /** lr_in_momentum: d is the step the buffer makes divided by the current lr (0 at lr = 0). */
 const perLr = (h: H, x: number) => (n(h, 'lr') > 0 ? x / n(h, 'lr') : 0);
 
 /** One optimizer's direction; mutates `s` (the reference keeps state in place). */
 export function refDirection(opt: string, g0: number[], th: number[], s: RefState, h: H, t: number): Dir {
   const len = th.length;
-  const wd = n(h, 'weight_decay');
+  const wd = (h.weight_decay as number | undefined) ?? 0;
   const ensure = (k: string, v = 0) => (s[k] ??= filled(len, v));
   const scalar = (k: string, v: number) => (s[k] ??= [v]);
   const [b1, b2] = (h.betas as number[]) ?? [0, 0];
@@ -186,6 +193,31 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
       mu.fill(1 / Math.max(1, t - n(h, 't0')));
       const after = (next: number[]) => next.forEach((v, i) => (ax[i] = muUsed === 1 ? v : ax[i] + muUsed * (v - ax[i])));
       return { d: g, scale: lrNow > 0 ? etaUsed / lrNow : 0, decay: 1 - lambd * etaUsed, after };
+    }
+    case 'lamb': {
+      // optax.lamb: Adam's corrected update plus wd theta, times ||theta|| / ||u||.
+      const m = ensure('exp_avg'), v = ensure('exp_avg_sq');
+      const bc1 = 1 - b1 ** t, bc2 = 1 - b2 ** t;
+      const u = g0.map((gi, i) => {
+        m[i] = b1 * m[i] + (1 - b1) * gi;
+        v[i] = b2 * v[i] + (1 - b2) * sq(gi);
+        return m[i] / bc1 / (Math.sqrt(v[i] / bc2) + n(h, 'eps')) + wd * th[i];
+      });
+      const r = trust(th, u, 1, 0);
+      return { d: u.map((x) => x * r), scale: 1, decay: 1 };
+    }
+    case 'lars': {
+      // optax.lars: (g + wd theta) times tc ||theta|| / (||u|| + eps), then a trace of the lr-scaled steps.
+      const u = decayed(g0, th, wd);
+      const r = trust(th, u, n(h, 'trust_coefficient'), n(h, 'eps'));
+      const mu = n(h, 'momentum'), lrNow = n(h, 'lr');
+      const buf = ensure('momentum_buffer');
+      const d = u.map((x, i) => {
+        const lw = lrNow * r * x;
+        buf[i] = mu * buf[i] + lw;
+        return perLr(h, h.nesterov ? lw + mu * buf[i] : buf[i]);
+      });
+      return { d, scale: 1, decay: 1 };
     }
   }
   throw new Error(`reference: no optimizer ${opt}`);
