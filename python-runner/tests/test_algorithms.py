@@ -134,7 +134,8 @@ def test_decoupled_weight_decay_is_not_the_coupled_one(server, name):
 def test_arguments_torch_refuses_are_refused_with_their_name(server):
     bad = [("rprop", dict(etas=(1.2, 0.5)), r"etas\[0\]"), ("rprop", dict(etas=(0.5, 1.0)), r"etas\[1\]"),
            ("rprop", dict(step_sizes=(-1.0, 50.0)), r"step_sizes\[0\]"), ("asgd", dict(lambd=-1.0), "lambd"),
-           ("asgd", dict(alpha=-0.5), "alpha"), ("asgd", dict(lr=-0.1), "lr")]
+           ("asgd", dict(alpha=-0.5), "alpha"), ("asgd", dict(lr=-0.1), "lr"),
+           ("lamb", {}, "lr: required by lamb"), ("lars", dict(lr=0.1, trust_coefficient=-1.0), "trust_coefficient")]
     for name, h, what in bad:
         with pytest.raises(mur.MurError, match=what):
             mur.RemoteOptimizer(net().parameters(), optimizer=name, rule="additive", server=server, **h)
