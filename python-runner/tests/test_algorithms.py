@@ -1,7 +1,7 @@
 """Rprop, ASGD and NAdam/RAdam's decoupled_weight_decay: mur.reference against
 torch.optim in float64 (parameters and state), the server against torch.optim
-(additive) and against mur.reference (the other rules), on the native and
-wasm engines, and the arguments each refuses."""
+(additive) on the native and wasm engines; with LAMB and LARS, the server
+against mur.reference under every rule, and the arguments each refuses."""
 import inspect
 
 import pytest
@@ -20,6 +20,8 @@ CASES = [("rprop", {}), ("rprop", dict(lr=0.05, etas=(0.3, 1.5), step_sizes=(1e-
          ("nadam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
          ("radam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True))]
 IDS = [f"{n}-{i}" for i, (n, _) in enumerate(CASES)]
+# With the optax-only ones (no torch.optim class: their optax parity is test_trust_ratio.py).
+EVERY = CASES + [("lamb", dict(lr=0.01, weight_decay=0.1)), ("lars", dict(lr=0.1, trust_coefficient=0.02, nesterov=True))]
 
 
 def torch_lacks(name, h):
@@ -94,8 +96,8 @@ def test_server_additive_is_torch(request, backend, name, h):
 
 
 @needs_server
-@pytest.mark.parametrize("rule", ["multiplicative", "hybrid", "exp_sign"])
-@pytest.mark.parametrize("name,h", CASES, ids=IDS)
+@pytest.mark.parametrize("rule", ["additive", "multiplicative", "hybrid", "exp_sign"])
+@pytest.mark.parametrize("name,h", EVERY, ids=[f"{n}-{i}" for i, (n, _) in enumerate(EVERY)])
 def test_server_matches_the_reference_under_every_rule(server, rule, name, h):
     a, b = net(), net()
     h = dict(h, **(dict(gamma=0.5) if rule == "hybrid" else {}))

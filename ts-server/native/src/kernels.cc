@@ -7,6 +7,7 @@
 //      coefficients from the hyperparameter block (host maths in double).
 //      A job that cannot run is refused here, before anything is written.
 //   2. Commit the per-tensor scalars (NAdam's mu_product).
+//   2b. For LAMB and LARS, the per-tensor norms (optimizers/norms-inl.h).
 //   3. The element loop over every job, split into tasks of kChunk elements
 //      that the thread pool runs on both cores when the step is large
 //      enough. A vector body and a one-lane tail run the same code.
