@@ -56,8 +56,10 @@ _CLOSE_TIMEOUT = 10.0  # CloseSession's deadline: close() never waits long on a 
 # torch 2.x constructor flags that choose an implementation, not the maths:
 # accepted and kept in param_groups (torch does), never sent to the server.
 _TORCH_FLAGS = ("foreach", "fused", "capturable", "differentiable")
-# Optimizers torch gives decoupled_weight_decay; mur runs Adam's as "adamw".
+# Optimizers torch gives decoupled_weight_decay; mur runs Adam's as "adamw",
+# NAdam's and RAdam's with the server's own decoupled_weight_decay flag.
 _DECOUPLED = ("adam", "adamw", "nadam", "radam")
+_DECOUPLED_ON_SERVER = ("nadam", "radam")
 # Group keys of a torch.optim state_dict that are not hyperparameters of the maths.
 _TORCH_NOOP_KEYS = {"params", "maximize", "decoupled_weight_decay", "initial_lr", *_TORCH_FLAGS}
 # mur's flags bridging Keras/optax (docs/frameworks.md): torch.optim has none, i.e. all off.
@@ -187,7 +189,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     Args:
         params: parameters or parameter groups, as for any torch optimizer.
-        optimizer: sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion.
+        optimizer: sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion,
+            rprop, asgd, lamb, lars.
         rule: additive, multiplicative, hybrid or exp_sign.
         server: "auto" (start a local server on a private Unix socket, stopped
             by close(), at exit, or when this process dies), "host:port" or
@@ -222,8 +225,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
             fused, capturable and differentiable are accepted no-ops
             (differentiable=True, capturable=True on a GPU: ValueError);
             maximize=True steps on -grad (p.grad keeps its sign);
-            decoupled_weight_decay=True makes "adam" "adamw" (nadam, radam:
-            NotImplementedError).
+            decoupled_weight_decay=True makes "adam" "adamw" and gives nadam
+            and radam torch 2.x's decoupled decay (NAdamW, RAdamW).
 
     Parameters may be float32, float16, bfloat16 or float64: the server keeps
     a float32 master copy of each (float64 parameters are computed in
@@ -317,16 +320,15 @@ class RemoteOptimizer(torch.optim.Optimizer):
                                      f"for {', '.join(_DECOUPLED)})")
                 if not isinstance(dwd, bool):
                     raise ValueError(f"decoupled_weight_decay={dwd!r}: must be True or False")
-                if dwd and optimizer in ("nadam", "radam"):
-                    raise NotImplementedError(
-                        f"decoupled_weight_decay=True with optimizer={optimizer!r}: the mur server has no decoupled "
-                        f"weight decay for {optimizer} (it has it for adam: optimizer='adamw')")
-                if dwd and optimizer == "adam":
+                if optimizer in _DECOUPLED_ON_SERVER:
+                    hyperparameters["decoupled_weight_decay"] = dwd  # a hyperparameter of the server's nadam, radam
+                elif dwd and optimizer == "adam":
                     optimizer = "adamw"  # torch: Adam(decoupled_weight_decay=True) is AdamW
-                if not dwd and optimizer == "adamw":
+                elif not dwd and optimizer == "adamw":
                     raise ValueError("decoupled_weight_decay=False with optimizer='adamw': AdamW's weight decay is "
                                      "decoupled (use optimizer='adam' for coupled L2)")
-                flags["decoupled_weight_decay"] = dwd
+                if optimizer not in _DECOUPLED_ON_SERVER:
+                    flags["decoupled_weight_decay"] = dwd
             opt = next((o for o in caps.optimizers if o.name == optimizer), None)
             rl = next((r for r in caps.rules if r.name == rule), None)
             if opt is None:
@@ -1097,11 +1099,13 @@ class RemoteOptimizer(torch.optim.Optimizer):
                                  f"this optimizer's has {len(ours['params'])}")
             keys = set(g) - _TORCH_NOOP_KEYS
             foreign = sorted((keys & self._all_opt_hypers) - self._opt_hypers)
-            missing = sorted(self._opt_hypers - keys - _BRIDGE_FLAGS)
+            # decoupled_weight_decay: torch < 2.2 has none (then it is False), and it is no flag of keys
+            missing = sorted(self._opt_hypers - keys - _BRIDGE_FLAGS - {"decoupled_weight_decay"})
             # A torch state_dict has torch's formulas: it cannot load where a bridging flag is on.
             bridged = sorted(k for k in _BRIDGE_FLAGS & self._opt_hypers if k not in g and ours.get(k))
             dwd = g.get("decoupled_weight_decay")
-            wrong_dwd = isinstance(dwd, bool) and dwd != (self.optimizer_name == "adamw")
+            wrong_dwd = (isinstance(dwd, bool) and dwd != (self.optimizer_name == "adamw")
+                         and self.optimizer_name not in _DECOUPLED_ON_SERVER)
             if foreign or missing or wrong_dwd or bridged:
                 why = "; ".join(x for x in (f"it has {', '.join(foreign)}" if foreign else "",
                                             f"it lacks {', '.join(missing)}" if missing else "",
@@ -1151,6 +1155,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
             self._check_torch_algorithm(state_dict)
             self._import_torch_state(state_dict)
             self._load_groups(state_dict["param_groups"])
+            if self.optimizer_name in _DECOUPLED_ON_SERVER:
+                for g, saved in zip(self.param_groups, state_dict["param_groups"]):
+                    g["decoupled_weight_decay"] = saved.get("decoupled_weight_decay", False)  # as torch's __setstate__
             return
         self._load_groups(state_dict["param_groups"])
         self._check_open()
