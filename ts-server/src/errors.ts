@@ -37,3 +37,11 @@ export class Aborted extends MurError {}
 export class Unauthenticated extends MurError {}
 /** A per-session call with a token that does not open this session. */
 export class PermissionDenied extends MurError {}
+/**
+ * Kept state cannot be trusted: a file of --state-dir failed its checks
+ * (checksum, version, which session or record it belongs to) or is missing.
+ * The message names the file and what failed.
+ */
+export class DataLoss extends MurError {}
+/** The server cannot do it now but could later: an I/O error of --state-dir (nothing was applied). */
+export class Unavailable extends MurError {}
