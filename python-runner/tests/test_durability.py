@@ -15,7 +15,7 @@ import torch
 import mur
 from mur.errors import from_status
 from conftest import batches, bits, net, same_bits
-from test_transport import CLI, max_diff, start_cli, stop_proc
+from test_transport import ADDON, CLI, max_diff, start_cli, stop_proc
 
 pytestmark = pytest.mark.skipif(not CLI.exists(), reason=f"{CLI} not built (make build)")
 
@@ -37,7 +37,8 @@ def _journal(state):
     return session / "journal"
 
 
-@pytest.mark.parametrize("transport", ["grpc", "tcp"])
+@pytest.mark.parametrize("transport", ["grpc", "tcp", pytest.param("shm", marks=pytest.mark.skipif(
+    not ADDON.exists(), reason="the shm transport needs the native engine (make native-engine)"))])
 def test_damaged_state_raises_data_loss_and_a_checkpoint_resumes(transport):
     d = tempfile.mkdtemp(prefix="mur-test-")
     sock, state = Path(d) / "s.sock", Path(d) / "state"
