@@ -66,6 +66,31 @@ describe('durable sessions (--state-dir)', () => {
     }
   });
 
+  it('a journal grown past four times the state becomes a new snapshot; recovery from it is exact', async () => {
+    const n = 1 << 16; // 256 KiB per gradient; adam + hybrid hold 4 floats per element: 1 MiB of state, a 4 MiB threshold
+    const big = (k: number) => new Float32Array(n).map((_, i) => Math.cos(i * 0.01 + k) * 0.1);
+    let h = await startHarness({ stateDir: dir });
+    const s = await create(h, { spec, params: [{ id: 'w', name: 'w', shape: [n], dtype: F32, group: '', data: bytes(new Float32Array(n).fill(0.5)) }] });
+    const journal = path.join(dir, 'sessions', s.sessionId, 'journal');
+    let grew = 0;
+    let compacted = false;
+    for (let k = 1; k <= 20; k++) {
+      await step(h, { sessionId: s.sessionId, step: k, grads: grads({ w: { shape: [n], data: big(k) } }), groupOverrides: {} });
+      const size = fs.statSync(journal).size;
+      if (size < grew) compacted = true;
+      grew = size;
+    }
+    assert.ok(compacted, 'the journal was truncated after a snapshot');
+    const before = await exportAll(h, s.sessionId);
+    await h.close();
+    h = await startHarness({ stateDir: dir });
+    try {
+      assert.deepEqual(await exportAll(h, s.sessionId), before);
+    } finally {
+      await h.close();
+    }
+  });
+
   it('a damaged session answers DATA_LOSS on every call, naming the file and the check; the others are served; tokens are still checked', async () => {
     let h = await startHarness({ stateDir: dir });
     const params = [{ id: 'w', name: 'w', shape: [N], dtype: F32, group: '', data: bytes(theta0()) }];

@@ -18,6 +18,8 @@ const TABLES: Uint32Array[] = (() => {
   return t;
 })();
 
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
 /**
  * The CRC-32C of `data`, continuing from `crc` (the value an earlier call
  * returned, to checksum several pieces as one; 0 to start).
@@ -27,18 +29,26 @@ export function crc32c(data: Uint8Array, crc = 0): number {
   let c = ~crc >>> 0;
   let i = 0;
   const n = data.length;
-  for (; i + 8 <= n; i += 8) {
-    const lo = (c ^ (data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24))) >>> 0;
-    const hi = data[i + 4] | (data[i + 5] << 8) | (data[i + 6] << 16) | (data[i + 7] << 24);
-    c =
-      t7[lo & 0xff] ^
-      t6[(lo >>> 8) & 0xff] ^
-      t5[(lo >>> 16) & 0xff] ^
-      t4[lo >>> 24] ^
-      t3[hi & 0xff] ^
-      t2[(hi >>> 8) & 0xff] ^
-      t1[(hi >>> 16) & 0xff] ^
-      t0[hi >>> 24];
+  // Bytes one at a time up to a 4-byte boundary, then 8 at a time as two
+  // 32-bit words (little-endian: the word's low byte is the first byte).
+  for (; i < n && (data.byteOffset + i) % 4 !== 0; i++) c = t0[(c ^ data[i]) & 0xff] ^ (c >>> 8);
+  if (LITTLE_ENDIAN && n - i >= 8) {
+    const words = new Uint32Array(data.buffer, data.byteOffset + i, (n - i) >>> 2);
+    const pairs = words.length & ~1;
+    for (let w = 0; w < pairs; w += 2) {
+      const lo = (c ^ words[w]) >>> 0;
+      const hi = words[w + 1];
+      c =
+        t7[lo & 0xff] ^
+        t6[(lo >>> 8) & 0xff] ^
+        t5[(lo >>> 16) & 0xff] ^
+        t4[lo >>> 24] ^
+        t3[hi & 0xff] ^
+        t2[(hi >>> 8) & 0xff] ^
+        t1[(hi >>> 16) & 0xff] ^
+        t0[hi >>> 24];
+    }
+    i += pairs * 4;
   }
   for (; i < n; i++) c = t0[(c ^ data[i]) & 0xff] ^ (c >>> 8);
   return ~c >>> 0;

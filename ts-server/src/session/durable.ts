@@ -24,8 +24,10 @@
 // engine's fused scan) truncates the journal back, and if the kill falls in
 // between, replay refuses it again and drops it. Anything else that fails a
 // check makes the session damaged. The snapshot is rewritten (a temporary
-// file, then renamed) when the journal has grown past the session's size, so
-// recovery reads at most about twice the state.
+// file, then renamed) when the journal has grown past four times the
+// session's size: a step costs its record and a quarter of a snapshot per
+// state-sized run of records, and recovery reads at most about five times the
+// state.
 import * as fs from 'fs';
 import * as path from 'path';
 import { createHash, randomBytes } from 'crypto';
@@ -171,8 +173,9 @@ class SessionFiles implements StepJournal {
     this.compactAt = this.threshold();
   }
 
+  /** The journal size at which a new snapshot is written: four times the session's state (at least 4 MiB) past now. */
   private threshold(): number {
-    return this.bytes + Math.max(this.stateBytes, 1 << 20);
+    return this.bytes + Math.max(4 * this.stateBytes, 4 << 20);
   }
 
   private doing(): string {
