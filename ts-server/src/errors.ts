@@ -9,6 +9,10 @@ export const REASON_KEY = 'mur-reason';
 export const Reason = {
   /** The session has no shared-memory arena (a server restarted on --state-dir): OpenArena again. */
   ArenaGone: 'arena-gone',
+  /** The server's --state-dir is full (RESOURCE_EXHAUSTED): nothing was applied; the same request succeeds once there is room. */
+  DiskFull: 'disk-full',
+  /** An I/O error of the server's --state-dir (UNAVAILABLE): nothing was applied; the same request may be sent again. */
+  DiskIO: 'disk-io',
 } as const;
 export type Reason = (typeof Reason)[keyof typeof Reason];
 

@@ -35,13 +35,15 @@ function reference(steps: number): Float32Array {
 
 const stepK = (h: Harness, sessionId: string, k: number) => step(h, { sessionId, step: k, grads: grads({ w: { shape: [N], data: grad(k) } }), groupOverrides: {} });
 
-async function refused(p: Promise<unknown>, code: grpc.status, text: RegExp): Promise<string> {
+/** A call refused with `code`, a message matching `text`, and (when given) the mur-reason trailer. */
+async function refused(p: Promise<unknown>, code: grpc.status, text: RegExp, reason?: string): Promise<string> {
   try {
     await p;
   } catch (e) {
     const se = e as grpc.ServiceError;
     assert.equal(se.code, code, se.details);
     assert.match(se.details, text);
+    if (reason) assert.deepEqual(se.metadata.get('mur-reason'), [reason]);
     return se.details;
   }
   assert.fail('the call was not refused');
@@ -85,7 +87,7 @@ describe('--state-dir on a full or failing disk', () => {
         fs.closeSync(fd);
       }
       for (let attempt = 0; attempt < 2; attempt++) {
-        await refused(stepK(h, s.sessionId, 4), grpc.status.RESOURCE_EXHAUSTED, new RegExp(`state dir ${state}: no space left \\(ENOSPC\\).*nothing was applied`));
+        await refused(stepK(h, s.sessionId, 4), grpc.status.RESOURCE_EXHAUSTED, new RegExp(`state dir ${state}: no space left \\(ENOSPC\\).*nothing was applied`), 'disk-full');
         assert.equal(fs.statSync(journalOf(state, s.sessionId)).size, journalBytes, 'the part of the record that was written is truncated away');
         assert.deepEqual(await exportAll(h, s.sessionId), before, 'the session exactly as before');
       }
@@ -137,7 +139,7 @@ describe('--state-dir on a full or failing disk', () => {
             setImmediate(() => cb(eio()));
           };
         }
-        await refused(stepK(h, s.sessionId, 3), grpc.status.UNAVAILABLE, new RegExp(`state dir ${state}: I/O error \\(EIO\\).*nothing was applied`));
+        await refused(stepK(h, s.sessionId, 3), grpc.status.UNAVAILABLE, new RegExp(`state dir ${state}: I/O error \\(EIO\\).*nothing was applied`), 'disk-io');
         assert.ok(failures > 0);
         Object.assign(io, saved);
         assert.equal(fs.statSync(journalOf(state, s.sessionId)).size, journalBytes, 'no partial record left');

@@ -31,7 +31,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { createHash, randomBytes } from 'crypto';
-import { DataLoss, InvalidArgument, type MurError, ResourceExhausted, Unavailable } from '../errors';
+import { DataLoss, InvalidArgument, type MurError, Reason, ResourceExhausted, Unavailable } from '../errors';
 import { log } from '../log';
 import { resolveSpec, type ResolvedSpec, type SpecJson } from '../registry';
 import type { SessionHeader, SlotTensor } from './checkpoint';
@@ -86,9 +86,13 @@ const paramsJson = (decls: ParamDeclaration[]): ParamsJson => decls.map((d) => (
 function storageError(e: unknown, root: string, doing: string): MurError {
   const code = (e as NodeJS.ErrnoException).code;
   if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return new ResourceExhausted(`state dir ${root}: no space left (${code}) while ${doing}; nothing was applied: free space on that disk and send the same request again`);
+    return new ResourceExhausted(`state dir ${root}: no space left (${code}) while ${doing}; nothing was applied: free space on that disk and send the same request again`, {
+      reason: Reason.DiskFull,
+    });
   }
-  return new Unavailable(`state dir ${root}: I/O error (${code ?? (e as Error).message}) while ${doing}; nothing was applied: send the same request again once the disk works`);
+  return new Unavailable(`state dir ${root}: I/O error (${code ?? (e as Error).message}) while ${doing}; nothing was applied: send the same request again once the disk works`, {
+    reason: Reason.DiskIO,
+  });
 }
 
 /** Writes `parts` at `pos` onward, however many calls it takes; the position after them. */
