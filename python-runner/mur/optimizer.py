@@ -36,8 +36,8 @@ from google.protobuf import struct_pb2
 
 from ._proto.mur.v1 import optimizer_pb2 as pb
 from ._proto.mur.v1 import optimizer_pb2_grpc as pbg
-from .errors import (ConnectionLostError, DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
-                     MurError, TransportUnavailable, from_rpc_error)
+from .errors import (ConnectionLostError, FailedPreconditionError, InvalidArgumentError, MurError,
+                     TransportUnavailable, from_rpc_error)
 from .server import LocalServer
 from .dataplane import DataPlane
 from .transport import Arena
@@ -941,15 +941,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
             return loss
         self._step_no += 1  # a retry below keeps it: the server applies a step once
         overrides = {f"g{i}": _struct(self._group_hypers(g)) for i, g in enumerate(self.param_groups)}
-        try:
-            if self._arena is not None:
-                self._step_shm(grads, overrides)
-            else:
-                self._step_grpc(grads, overrides)
-        except MurError as e:
-            if e.code is not None and not isinstance(e, (ConnectionLostError, DeadlineExceededError)):
-                self._step_no -= 1  # refused, nothing applied: the next step() sends this number again
-            raise
+        if self._arena is not None:
+            self._step_shm(grads, overrides)
+        else:
+            self._step_grpc(grads, overrides)
         return loss
 
     @torch.no_grad()

@@ -2,8 +2,8 @@
 full: the client raises typed errors (mur.DataLossError, never retried, saying
 how to resume; mur.StorageFullError / StorageIOError for the disk), and
 resuming from a checkpoint as the message says gives the same run as
-torch.optim. A refused step keeps its number, so a restarted server does not
-mistake the next one for lost steps."""
+torch.optim. Refused step numbers are kept in the journal, so a restarted
+server does not mistake the next one for lost steps."""
 import shutil
 import tempfile
 from pathlib import Path
@@ -103,34 +103,40 @@ def test_damaged_state_raises_data_loss_and_a_checkpoint_resumes(transport):
         shutil.rmtree(d, ignore_errors=True)
 
 
-def test_a_refused_step_keeps_its_number_across_a_restart():
-    """After a restart the server refuses a step numbered past the next one
-    (acknowledged steps lost); a step refused for bad input must not use up a
-    number, or the client's next step would look like one."""
+def test_refused_step_numbers_are_kept_across_a_restart():
+    """A refused step uses up its number (the next step() sends the one after);
+    after a restart the server refuses a step numbered past the next one it
+    expects (acknowledged steps lost), so it keeps the refused numbers in its
+    journal: refusals before and after a restart do not read as lost steps."""
     d = tempfile.mkdtemp(prefix="mur-test-")
     sock, state = Path(d) / "s.sock", Path(d) / "state"
     procs = [start_cli(sock, "--state-dir", str(state))]
     m = net(4, width=8)
     opt = mur.RemoteOptimizer(m.parameters(), optimizer="sgd", rule="additive", lr=0.1, server=f"unix:{sock}",
                               transport="grpc", reconnect_timeout=30)
-    try:
-        data = list(batches(4, seed=5))
-        for x, y in data[:2]:
-            opt.zero_grad()
-            torch.nn.functional.mse_loss(m(x), y).backward()
-            opt.step()
-        stop_proc(procs[-1])
-        procs.append(start_cli(sock, "--state-dir", str(state)))
-        x, y = data[2]
+    data = list(batches(4, seed=5))
+
+    def step(k, nan=False):
+        x, y = data[k % len(data)]
         opt.zero_grad()
         torch.nn.functional.mse_loss(m(x), y).backward()
-        saved = next(m.parameters()).grad.clone()
-        next(m.parameters()).grad[0, 0] = float("nan")
-        with pytest.raises(mur.InvalidArgumentError, match="finite"):
+        if nan:
+            next(m.parameters()).grad[0, 0] = float("nan")
+            with pytest.raises(mur.InvalidArgumentError, match="finite"):
+                opt.step()
+        else:
             opt.step()
-        next(m.parameters()).grad.copy_(saved)
-        opt.step()  # number 3, not 4: the server takes it
-        assert opt._step_no == 3
+    try:
+        step(0)
+        step(1)
+        step(2, nan=True)  # number 3, refused
+        stop_proc(procs[-1])
+        procs.append(start_cli(sock, "--state-dir", str(state)))
+        step(3, nan=True)  # number 4, refused by the restarted server
+        stop_proc(procs[-1])
+        procs.append(start_cli(sock, "--state-dir", str(state)))
+        step(0)  # number 5: taken, not DATA_LOSS
+        assert opt._step_no == 5
     finally:
         opt.close()
         for p in procs:

@@ -91,6 +91,27 @@ describe('durable sessions (--state-dir)', () => {
     }
   });
 
+  it('after a restart a step numbered past the next expected one is DATA_LOSS; refused numbers are kept, so they do not count as lost', async () => {
+    let h = await startHarness({ stateDir: dir });
+    const params = [{ id: 'w', name: 'w', shape: [N], dtype: F32, group: '', data: bytes(theta0()) }];
+    const s = await create(h, { spec, params });
+    const t = await create(h, { spec, params });
+    const req = (id: string, k: number, data = grad(k)) => ({ sessionId: id, step: k, grads: grads({ w: { shape: [N], data } }), groupOverrides: k === 4 ? { '': { lr: 0.02 } } : {} });
+    const nan = grad(3).map((v, i) => (i === 7 ? NaN : v));
+    try {
+      for (const id of [s.sessionId, t.sessionId]) for (let k = 1; k <= 2; k++) await step(h, req(id, k));
+      await expectStatus(step(h, req(s.sessionId, 3, nan)), grpc.status.INVALID_ARGUMENT, 'finite');
+      await h.close();
+      h = await startHarness({ stateDir: dir });
+      const r = await step(h, req(s.sessionId, 4)); // 3 was refused (and kept): 4 is the next number
+      assert.equal(r.replayed, false);
+      await expectStatus(step(h, req(t.sessionId, 4)), grpc.status.DATA_LOSS, 'up to step 2', 'next step is 4', 'load_state_dict');
+      await expectStatus(step(h, req(t.sessionId, 3)), grpc.status.DATA_LOSS, 'up to step 2');
+    } finally {
+      await h.close();
+    }
+  });
+
   it('a damaged session answers DATA_LOSS on every call, naming the file and the check; the others are served; tokens are still checked', async () => {
     let h = await startHarness({ stateDir: dir });
     const params = [{ id: 'w', name: 'w', shape: [N], dtype: F32, group: '', data: bytes(theta0()) }];

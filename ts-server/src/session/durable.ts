@@ -55,6 +55,8 @@ export interface StepJournal {
   step(step: number, grads: Array<{ id: string; data: Float32Array }>, overrides: Overrides): PendingRecord;
   imported(header: Partial<SessionHeader> | undefined, tensors: SlotTensor[]): PendingRecord;
   added(groups: Overrides, decls: ParamDeclaration[]): PendingRecord;
+  /** A step numbered past every number so far was refused (clients do not send that number again). */
+  refused(step: number): PendingRecord;
   /** After a change was made in the session. */
   committed(session: Session): void;
 }
@@ -67,6 +69,8 @@ interface SnapshotJson {
   stepCounts: Array<[string, number]>;
   lastStep: number;
   lastRequest: { ids: string[]; digest: string | null };
+  /** The highest step number refused past lastStep (0: none). */
+  lastRefused: number;
   tensors: Array<{ paramId: string; slot: string; length: number }>;
   params: ParamsJson;
 }
@@ -74,7 +78,8 @@ interface SnapshotJson {
 type JournalJson =
   | { session: string; op: 'step'; step: number; overrides: Overrides; grads: Array<{ id: string; n: number }> }
   | { session: string; op: 'import'; header: { spec?: SpecJson; stepCounts?: Array<[string, number]>; lastStep?: number }; tensors: SnapshotJson['tensors'] }
-  | { session: string; op: 'add'; groups: Overrides; params: Array<ParamsJson[number] & { n: number }> };
+  | { session: string; op: 'add'; groups: Overrides; params: Array<ParamsJson[number] & { n: number }> }
+  | { session: string; op: 'refused'; step: number };
 
 export function specToJson(s: ResolvedSpec): SpecJson {
   return { optimizer: s.optimizer.name, rule: s.rule.name, defaults: s.defaults, groups: s.groups };
@@ -140,6 +145,7 @@ function snapshotRecord(session: Session, seq: number): Buffer[] {
     stepCounts: [...h.stepCounts],
     lastStep: h.lastStep,
     lastRequest: session.lastRequest,
+    lastRefused: session.refusedUpTo,
     tensors: tensors.map((t) => ({ paramId: t.paramId, slot: t.slot, length: t.data.length })),
     params: paramsJson(session.declarations()),
   };
@@ -261,6 +267,10 @@ class SessionFiles implements StepJournal {
       { session: this.id, op: 'add', groups, params: decls.map((d) => ({ ...paramsJson([d])[0], n: d.values ? d.values.length : -1 })) },
       decls.flatMap((d) => (d.values ? [d.values] : [])),
     );
+  }
+
+  refused(step: number): PendingRecord {
+    return this.append({ session: this.id, op: 'refused', step }, []);
   }
 
   committed(session: Session): void {
@@ -516,6 +526,7 @@ export class StateDir {
       });
       session.importState({ spec: resolveSpec(s.spec, groups), stepCounts: new Map(s.stepCounts), lastStep: s.lastStep }, tensors);
       session.lastRequest = s.lastRequest;
+      session.refusedUpTo = s.lastRefused;
     } catch (e) {
       throw damage('snapshot', `its content is refused: ${(e as Error).message}`);
     }
@@ -574,6 +585,9 @@ function replay(session: Session, j: JournalJson, payload: Buffer): void {
       );
       return;
     }
+    case 'refused':
+      session.refusedUpTo = j.step;
+      return;
     case 'add':
       session.addParameters(
         j.groups,

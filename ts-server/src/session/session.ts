@@ -8,7 +8,7 @@
 import { createHash } from 'crypto';
 import { currentEngine, disposeParam, type Engine, type ParamState, type StepJob } from '../engine/engine';
 import type { Hypers } from '../engine/types';
-import { DataLoss, FailedPrecondition, InvalidArgument, Reason } from '../errors';
+import { DataLoss, FailedPrecondition, InvalidArgument, MurError, Reason } from '../errors';
 import type { Arena } from '../transport/arena';
 import { resolveGroup, resolveSpec, withOverrides, type ResolvedSpec } from '../registry';
 import { checkImport, paramTensors, slotRef, type SessionHeader, type SlotTensor } from './checkpoint';
@@ -93,6 +93,8 @@ export class Session {
   private lane: SessionLane | null = null;
   /** The step number this session was recovered at (--state-dir), until its next step. */
   private resumedAt: number | null = null;
+  /** The highest step number refused past the last applied one (clients do not reuse it). */
+  private lastRefused = 0;
   /** Set when the session's kept state is known to be behind its client's: every call answers it. */
   damage: DataLoss | null = null;
   /** Told how many steps the fast lane applied, each time they are taken in (metrics). */
@@ -158,17 +160,47 @@ export class Session {
    */
   step(step: number, grads: Array<{ id: string; data: Float32Array }>, overrides: Overrides = {}, where: Where = gradsAt): StepResult {
     this.syncLane();
-    const plan = this.plan(step, grads, overrides, where, true);
-    if ('replay' in plan) return plan.replay;
-    const rec = this.journal?.step(step, grads, overrides);
     try {
-      rec?.durableSync();
-      this.engine.step(plan.spec.optimizer, plan.spec.rule, plan.jobs);
+      const plan = this.plan(step, grads, overrides, where, true);
+      if ('replay' in plan) return plan.replay;
+      const rec = this.journal?.step(step, grads, overrides);
+      try {
+        rec?.durableSync();
+        this.engine.step(plan.spec.optimizer, plan.spec.rule, plan.jobs);
+      } catch (e) {
+        rec?.cancel();
+        throw e;
+      }
+      return this.record(step, plan, requestDigest(grads, plan.digests!, overrides));
     } catch (e) {
-      rec?.cancel();
+      this.refused(step, e);
       throw e;
     }
-    return this.record(step, plan, requestDigest(grads, plan.digests!, overrides));
+  }
+
+  /**
+   * A step numbered past every number so far was refused: clients do not
+   * send that number again, so with --state-dir it is journaled (a restarted
+   * server then expects the number after it; see resumed()).
+   */
+  private refused(step: number, e: unknown): void {
+    if (!this.journal || !(e instanceof MurError) || e instanceof DataLoss || !Number.isSafeInteger(step)) return;
+    if (step <= Math.max(this.lastStep, this.lastRefused)) return;
+    try {
+      this.journal.refused(step).durableSync();
+    } catch (w) {
+      return; // not kept (a full disk): after a restart the next number may read as lost steps (DATA_LOSS), never as a wrong state
+    }
+    this.lastRefused = step;
+  }
+
+  /** The highest step number refused past every applied one (kept with durable snapshots). */
+  get refusedUpTo(): number {
+    return this.lastRefused;
+  }
+
+  set refusedUpTo(step: number) {
+    this.lastRefused = Math.max(this.lastRefused, step);
   }
 
   /**
@@ -181,27 +213,32 @@ export class Session {
   stepAsync(step: number, grads: Array<{ id: string; data: Float32Array }>, overrides: Overrides = {}, where: Where = gradsAt): Promise<StepResult> {
     return this.exclusive(async () => {
       const engine = this.engine;
-      const plan = this.plan(step, grads, overrides, where, !engine.stepAsync);
-      if ('replay' in plan) return plan.replay;
-      const rec = this.journal?.step(step, grads, overrides);
-      let digests = plan.digests;
       try {
-        await rec?.durable();
-        if (!engine.stepAsync) {
-          engine.step(plan.spec.optimizer, plan.spec.rule, plan.jobs);
-        } else {
-          const r = await engine.stepAsync(plan.spec.optimizer, plan.spec.rule, plan.jobs);
-          if ('nonFinite' in r) {
-            const bad = r.nonFinite;
-            throw new InvalidArgument(`${where(bad.job)} '${grads[bad.job].id}': element ${bad.index} is ${bad.value} (must be finite)`);
+        const plan = this.plan(step, grads, overrides, where, !engine.stepAsync);
+        if ('replay' in plan) return plan.replay;
+        const rec = this.journal?.step(step, grads, overrides);
+        let digests = plan.digests;
+        try {
+          await rec?.durable();
+          if (!engine.stepAsync) {
+            engine.step(plan.spec.optimizer, plan.spec.rule, plan.jobs);
+          } else {
+            const r = await engine.stepAsync(plan.spec.optimizer, plan.spec.rule, plan.jobs);
+            if ('nonFinite' in r) {
+              const bad = r.nonFinite;
+              throw new InvalidArgument(`${where(bad.job)} '${grads[bad.job].id}': element ${bad.index} is ${bad.value} (must be finite)`);
+            }
+            digests = r.digests;
           }
-          digests = r.digests;
+        } catch (e) {
+          rec?.cancel();
+          throw e;
         }
+        return this.record(step, plan, requestDigest(grads, digests!, overrides));
       } catch (e) {
-        rec?.cancel();
+        this.refused(step, e);
         throw e;
       }
-      return this.record(step, plan, requestDigest(grads, digests!, overrides));
     });
   }
 
@@ -265,7 +302,7 @@ export class Session {
     if (step < this.lastStep) {
       throw new FailedPrecondition(`step: ${step} is before the last applied step ${this.lastStep}`);
     }
-    if (this.resumedAt !== null && step > this.lastStep + 1) {
+    if (this.resumedAt !== null && step > Math.max(this.lastStep, this.lastRefused) + 1) {
       // The client was told of steps the recovered state does not hold (a journal cut at a record boundary, an older file).
       this.damage = new DataLoss(
         `session ${this.id}: after the server restarted, its --state-dir holds this session up to step ${this.lastStep}, but this client's next step is ${step}: ` +
@@ -525,6 +562,7 @@ export class Session {
       this.lastStep = header.lastStep;
       this.lastStepIds = [];
       this.lastDigest = null; // a checkpoint does not carry the request: its step number replays
+      this.lastRefused = 0;
     }
     this.resumedAt = null;
     this.journal?.committed(this);
