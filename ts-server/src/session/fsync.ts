@@ -19,7 +19,7 @@ import * as fs from 'fs';
 
 export type FsyncMode = { kind: 'never' } | { kind: 'always' } | { kind: 'interval'; ms: number };
 
-export const FSYNC_DEFAULT: FsyncMode = { kind: 'interval', ms: 5 };
+export const FSYNC_DEFAULT: FsyncMode = { kind: 'always' };
 
 /** "never", "always", "interval=MS" (MS a positive integer, at most 1000). */
 export function parseFsync(v: string | undefined): FsyncMode {
