@@ -58,8 +58,6 @@ describe('mur-server CLI', () => {
       [['--data-port', '70000'], /--data-port: 70000 is not a port/],
       [['--socket', sock, '--state-dir', state, '--data-port'], /--data-port: null is not a non-negative integer/],
       [['--socket', sock, '--state-dir', state, '--fsync', 'sometimes'], /--fsync: "sometimes" is not never, always or interval=MS/],
-      [['--socket', sock, '--state-dir', state, '--fsync', 'interval=0'], /--fsync: "interval=0" is not never, always or interval=MS \(MS from 1 to 1000\)/],
-      [['--socket', sock, '--fsync', 'always'], /--fsync: needs --state-dir/],
     ] as Array<[string[], RegExp]>) {
       const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env });
       assert.equal(r.status, 2, args.join(' '));

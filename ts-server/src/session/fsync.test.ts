@@ -1,5 +1,6 @@
 // --fsync's values.
 import { strict as assert } from 'assert';
+import { parseArgs } from '../cli';
 import { fsyncName, parseFsync } from './fsync';
 
 describe('--fsync values', () => {
@@ -11,5 +12,12 @@ describe('--fsync values', () => {
     for (const bad of [undefined, '', 'Always', 'interval=', 'interval=0', 'interval=1001', 'interval=2.5', 'interval=-3']) {
       assert.throws(() => parseFsync(bad), (e: Error) => e.message.startsWith(`--fsync: ${JSON.stringify(bad ?? null)} is not never, always or interval=MS`));
     }
+  });
+
+  it('the CLI takes --fsync with --state-dir only (cli.test.ts checks the exit code 2 of a bad value)', () => {
+    const o = parseArgs(['--state-dir', '/nonexistent/never-created', '--fsync', 'interval=7']);
+    assert.ok(typeof o === 'object' && o.fsync?.kind === 'interval' && o.fsync.ms === 7);
+    assert.throws(() => parseArgs(['--fsync', 'always']), /--fsync: needs --state-dir/);
+    assert.throws(() => parseArgs(['--state-dir', '/x', '--fsync', 'interval=0']), /--fsync: "interval=0" is not never, always or interval=MS \(MS from 1 to 1000\)/);
   });
 });
