@@ -1,6 +1,7 @@
 """mur: the multiplicative update rules of Kirtas et al. (2024) for PyTorch, computed by a mur server."""
-from .errors import (ConnectionLostError, DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
-                     MurError, NotFoundError, ResourceExhaustedError, TransportUnavailable)
+from .errors import (ConnectionLostError, DataLossError, DeadlineExceededError, FailedPreconditionError,
+                     InvalidArgumentError, MurError, NotFoundError, ResourceExhaustedError, StorageFullError,
+                     StorageIOError, TransportUnavailable)
 from .optimizer import RemoteOptimizer
 from .sharded import ShardedRemoteOptimizer  # what RemoteOptimizer(server=[a, b, ...]) returns
 from .server import LocalServer
@@ -8,5 +9,5 @@ from . import schedulers  # noqa: E402  (gamma schedules: mur.schedulers.Exponen
 
 __all__ = ["RemoteOptimizer", "ShardedRemoteOptimizer", "LocalServer", "MurError", "InvalidArgumentError", "NotFoundError",
            "FailedPreconditionError", "ResourceExhaustedError", "ConnectionLostError", "DeadlineExceededError",
-           "TransportUnavailable"]
+           "TransportUnavailable", "DataLossError", "StorageFullError", "StorageIOError"]
 __version__ = "0.1.0"

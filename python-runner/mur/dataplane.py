@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ._proto.mur.v1 import optimizer_pb2 as pb
-from .errors import _BY_CODE, ConnectionLostError, DeadlineExceededError, MurError
+from .errors import ConnectionLostError, DeadlineExceededError, MurError, from_status
 
 _LEN = struct.Struct("<I")
 
@@ -30,8 +30,9 @@ _LEN = struct.Struct("<I")
 def _error(code: int, message: str) -> MurError:
     """The MurError the gRPC Step would have raised for this status."""
     status = next((s for s in grpc.StatusCode if s.value[0] == code), None)
-    return _BY_CODE.get(status, MurError)(f"{message} [{status.name if status else code}]",
-                                          status or grpc.StatusCode.UNKNOWN)
+    if status is None:
+        return MurError(f"{message} [{code}]", grpc.StatusCode.UNKNOWN)
+    return from_status(status, message)
 
 
 class DataPlane:
