@@ -51,7 +51,8 @@ JX=${JAX_PY:-.venv-jax/bin/python}
 if [ -x "$JX" ] && KERAS_BACKEND=jax "$JX" -c 'import jax, optax, keras' 2>/dev/null; then
   echo "== mur.optax and mur.keras on $(KERAS_BACKEND=jax "$JX" -c 'import jax, optax, keras; print("jax", jax.__version__, "optax", optax.__version__, "keras", keras.__version__)')"
   KERAS_BACKEND=jax PYTHONPATH="$PWD/python-runner:$PWD/python-runner/lab" "$JX" -m pytest -q \
-    python-runner/tests/test_optax.py python-runner/tests/test_keras.py python-runner/lab/tests/test_frameworks.py
+    python-runner/tests/test_optax.py python-runner/tests/test_trust_ratio.py python-runner/tests/test_keras.py \
+    python-runner/lab/tests/test_frameworks.py
   echo "== cross-framework matrix, quick size (torch, optax, keras, and mur's additive rule through each client)"
   matrix=$(mktemp -d)
   KERAS_BACKEND=jax PYTHONPATH="$PWD/python-runner:$PWD/python-runner/lab" "$JX" -m mur.validate \

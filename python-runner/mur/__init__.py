@@ -1,6 +1,7 @@
 """mur: the multiplicative update rules of Kirtas et al. (2024) for PyTorch, computed by a mur server."""
-from .errors import (ConnectionLostError, DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
-                     MurError, NotFoundError, ResourceExhaustedError, ServerUnreachableError, TransportUnavailable)
+from .errors import (ConnectionLostError, DataLossError, DeadlineExceededError, FailedPreconditionError,
+                     InvalidArgumentError, MurError, NotFoundError, ResourceExhaustedError, ServerUnreachableError,
+                     StorageFullError, StorageIOError, TransportUnavailable)
 from .optimizer import RemoteOptimizer
 from .sharded import ShardedRemoteOptimizer  # what RemoteOptimizer(server=[a, b, ...]) builds
 from .server import LocalServer
@@ -13,5 +14,5 @@ _compat.pickle_schedulers()
 
 __all__ = ["RemoteOptimizer", "ShardedRemoteOptimizer", "LocalServer", "MurError", "InvalidArgumentError", "NotFoundError",
            "FailedPreconditionError", "ResourceExhaustedError", "ConnectionLostError", "DeadlineExceededError",
-           "ServerUnreachableError", "TransportUnavailable"]
+           "ServerUnreachableError", "TransportUnavailable", "DataLossError", "StorageFullError", "StorageIOError"]
 __version__ = "0.1.0"

@@ -68,8 +68,35 @@ class TransportUnavailable(MurError):
         self.transport = transport
 
 
+RESUME = ("To resume: create a new RemoteOptimizer and call opt.load_state_dict(<your last checkpoint>) "
+          "(a state_dict() you saved).")
+
+
+class DataLossError(MurError):
+    """The server's kept state of this session (``--state-dir``) failed its
+    checks: the message names the file and what failed. Never retried: the
+    session is gone; resume from a checkpoint (``RESUME`` says how)."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
+class StorageFullError(ResourceExhaustedError):
+    """The server's ``--state-dir`` is full: the step (or call) was not
+    applied. Not retried: once there is room, calling ``step()`` again with the
+    same gradients applies it."""
+
+
+class StorageIOError(ConnectionLostError):
+    """An I/O error of the server's ``--state-dir``: the step (or call) was
+    not applied. Retried like a lost connection (it is safe: nothing was
+    applied) for up to ``reconnect_timeout``, then raised."""
+
+
 _BY_CODE = {c.code: c for c in (InvalidArgumentError, NotFoundError, FailedPreconditionError,
-                                ResourceExhaustedError, ConnectionLostError, DeadlineExceededError)}
+                                ResourceExhaustedError, ConnectionLostError, DeadlineExceededError, DataLossError)}
+
+# The server's messages about its --state-dir disk (session/durable.ts) begin with this.
+_STORAGE = "state dir "
 
 
 # The trailing-metadata key by which the server says why a call failed, for
@@ -77,6 +104,8 @@ _BY_CODE = {c.code: c for c in (InvalidArgumentError, NotFoundError, FailedPreco
 REASON_KEY = "mur-reason"
 ARENA_GONE = "arena-gone"  # the session has no shared-memory arena (a server restarted on --state-dir)
 NO_DEFAULT_SPEC = "no-default-spec"  # CreateSession without a spec, and the server has no --config
+# The server's --state-dir full / failing (nothing applied): by reason, or on tcp by its message's start.
+_STORAGE_REASONS = {"disk-full": StorageFullError, "disk-io": StorageIOError}
 
 
 def _reason(e: grpc.RpcError):
@@ -96,7 +125,19 @@ def error_for(code, message, reason=None, rename=None) -> MurError:
     name = code.name if isinstance(code, grpc.StatusCode) else str(code)
     status = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
     cls = _BY_CODE.get(status, MurError)
-    return cls(f"{rename(message) if rename else message} [{name}]", status, reason=reason)
+    if reason in _STORAGE_REASONS:
+        cls = _STORAGE_REASONS[reason]
+    elif message.startswith(_STORAGE):
+        cls = {grpc.StatusCode.RESOURCE_EXHAUSTED: StorageFullError, grpc.StatusCode.UNAVAILABLE: StorageIOError}.get(status, cls)
+    text = f"{rename(message) if rename else message} [{name}]"
+    if cls is DataLossError:
+        text += " " + RESUME
+    return cls(text, status, reason=reason)
+
+
+def from_status(code: grpc.StatusCode, details: str) -> MurError:
+    """The MurError of a gRPC status and its message (no reason known)."""
+    return error_for(code, details)
 
 
 def from_rpc_error(e: grpc.RpcError, rename=None) -> MurError:

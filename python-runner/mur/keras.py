@@ -64,7 +64,8 @@ class RemoteOptimizer(keras.optimizers.Optimizer):
     """A Keras optimizer computing ``optimizer`` x ``rule`` on a mur server.
 
     Args:
-        optimizer: sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion.
+        optimizer: sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion, rprop, asgd,
+            lamb, lars.
         rule: additive (default), multiplicative, hybrid, exp_sign.
         learning_rate: a float or a keras.optimizers.schedules schedule (mur's lr).
         server: "auto" (a private local server), "host:port" or "unix:/path".

@@ -268,7 +268,8 @@ def remote(optimizer="adam", rule="additive", server="auto", **hyperparameters):
     """An optax GradientTransformation whose maths runs on a mur server.
 
     Args:
-        optimizer: sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion.
+        optimizer: sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion, rprop, asgd,
+            lamb, lars.
         rule: additive (default: ordinary optimizers), multiplicative, hybrid, exp_sign.
         server: "auto" (a private local server, stopped by close() or at exit),
             "host:port" or "unix:/path".

@@ -45,8 +45,10 @@ _WIRE_DTYPES = {"float32": F32, "bfloat16": BF16, "float16": F16}
 # torch 2.x constructor flags that choose an implementation, not the maths:
 # accepted and kept in param_groups (torch does), never sent to the server.
 _TORCH_FLAGS = ("foreach", "fused", "capturable", "differentiable")
-# Optimizers torch gives decoupled_weight_decay; mur runs Adam's as "adamw".
+# Optimizers torch gives decoupled_weight_decay; mur runs Adam's as "adamw",
+# NAdam's and RAdam's with the server's own decoupled_weight_decay flag.
 _DECOUPLED = ("adam", "adamw", "nadam", "radam")
+_DECOUPLED_ON_SERVER = ("nadam", "radam")
 # Group keys of a torch.optim state_dict that are not hyperparameters of the maths.
 _TORCH_NOOP_KEYS = {"params", "param_names", "maximize", "decoupled_weight_decay", "initial_lr", *_TORCH_FLAGS}
 # mur's flags bridging Keras/optax (docs/frameworks.md): torch.optim has none, i.e. all off.
@@ -118,7 +120,7 @@ def _check_param(label, p):
 
 def _local_names(optimizer, rule, hyperparameters):
     """Names checked before server="auto" starts its server (which runs the
-    same tables as mur.reference, tests/test_defaults.py holds them equal)."""
+    same tables as mur.reference)."""
     from . import reference
     if optimizer not in reference.DEFAULTS:
         raise ValueError(f"optimizer={optimizer!r}: unknown (one of {', '.join(reference.DEFAULTS)})")
@@ -138,10 +140,6 @@ def _decoupled(optimizer, dwd):
                          f"for {', '.join(_DECOUPLED)})")
     if not isinstance(dwd, bool):
         raise ValueError(f"decoupled_weight_decay={dwd!r}: must be True or False")
-    if dwd and optimizer in ("nadam", "radam"):
-        raise NotImplementedError(
-            f"decoupled_weight_decay=True with optimizer={optimizer!r}: the mur server has no decoupled "
-            f"weight decay for {optimizer} (it has it for adam: optimizer='adamw')")
     if not dwd and optimizer == "adamw":
         raise ValueError("decoupled_weight_decay=False with optimizer='adamw': AdamW's weight decay is "
                          "decoupled (use optimizer='adam' for coupled L2)")
@@ -191,7 +189,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
     Args:
         params: parameters, ``named_parameters()`` (errors then name them as
             the model does), or parameter groups, as for any torch optimizer.
-        optimizer: sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion.
+        optimizer: sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion,
+            rprop, asgd, lamb, lars.
         rule: additive, multiplicative, hybrid or exp_sign. Neither given: the
             server's --config (its optimizer, rule and defaults), or adam with
             the hybrid rule when it has none (server="auto" never has one).
@@ -229,8 +228,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
             torch 2.x's foreach, fused, capturable and differentiable are
             accepted no-ops (differentiable=True, capturable=True on a GPU:
             ValueError); maximize=True steps on -grad (p.grad keeps its sign);
-            decoupled_weight_decay=True makes "adam" "adamw" (nadam, radam:
-            NotImplementedError).
+            decoupled_weight_decay=True makes "adam" "adamw" and gives nadam
+            and radam torch 2.x's decoupled decay (NAdamW, RAdamW).
 
     Every argument is checked before a local server is started.
     Parameters may be float32, float16, bfloat16 or float64: the server keeps
@@ -280,6 +279,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
             optimizer, rule = optimizer or _DEFAULT_OPTIMIZER, rule or _DEFAULT_RULE
             if "decoupled_weight_decay" in flags:
                 optimizer = _decoupled(optimizer, flags["decoupled_weight_decay"])
+                if optimizer in _DECOUPLED_ON_SERVER:  # a hyperparameter of the server's nadam, radam
+                    hyperparameters["decoupled_weight_decay"] = flags.pop("decoupled_weight_decay")
         if "lr" in hyperparameters and hyperparameters["lr"] is None:
             raise ValueError("lr=None: the learning rate must be a number (leave lr out for the optimizer's default)")
         for k, v in hyperparameters.items():
@@ -587,11 +588,13 @@ class RemoteOptimizer(torch.optim.Optimizer):
                                  f"this optimizer's has {len(ours['params'])}")
             keys = set(g) - _TORCH_NOOP_KEYS
             foreign = sorted((keys & self._all_opt_hypers) - self._opt_hypers)
-            missing = sorted(self._opt_hypers - keys - _BRIDGE_FLAGS)
+            # decoupled_weight_decay: torch < 2.2 has none (then it is False), and it is no flag of keys
+            missing = sorted(self._opt_hypers - keys - _BRIDGE_FLAGS - {"decoupled_weight_decay"})
             # A torch state_dict has torch's formulas: it cannot load where a bridging flag is on.
             bridged = sorted(k for k in _BRIDGE_FLAGS & self._opt_hypers if k not in g and ours.get(k))
             dwd = g.get("decoupled_weight_decay")
-            wrong_dwd = isinstance(dwd, bool) and dwd != (self.optimizer_name == "adamw")
+            wrong_dwd = (isinstance(dwd, bool) and dwd != (self.optimizer_name == "adamw")
+                         and self.optimizer_name not in _DECOUPLED_ON_SERVER)
             if foreign or missing or wrong_dwd or bridged:
                 why = "; ".join(x for x in (f"it has {', '.join(foreign)}" if foreign else "",
                                             f"it lacks {', '.join(missing)}" if missing else "",
@@ -624,6 +627,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._plane.values_imported(values)
         if torch_format:
             self._load_groups(state_dict["param_groups"])
+            if self.optimizer_name in _DECOUPLED_ON_SERVER:
+                for g, saved_g in zip(self.param_groups, state_dict["param_groups"]):
+                    g["decoupled_weight_decay"] = saved_g.get("decoupled_weight_decay", False)  # as torch's __setstate__
 
     # -- lifetime -------------------------------------------------------------
     def close(self):

@@ -38,12 +38,19 @@ CASES = [
     ("radam", {"weight_decay": 0.01}),
     ("adadelta", {}),
     ("adadelta", {"weight_decay": 0.01}),
+    ("nadam", {"weight_decay": 0.1, "decoupled_weight_decay": True}),
+    ("radam", {"weight_decay": 0.1, "decoupled_weight_decay": True}),
+    ("rprop", {}),
+    ("rprop", {"lr": 0.05, "etas": [0.3, 1.5], "step_sizes": [1e-3, 0.08]}),
+    ("asgd", {}),
+    ("asgd", {"lr": 0.05, "lambd": 0.01, "alpha": 0.6, "t0": 10, "weight_decay": 0.01}),
 ]
 
 TORCH = {
     "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
     "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop, "adamax": torch.optim.Adamax,
     "nadam": torch.optim.NAdam, "radam": torch.optim.RAdam, "adadelta": torch.optim.Adadelta,
+    "rprop": torch.optim.Rprop, "asgd": torch.optim.ASGD,
 }
 
 
@@ -59,15 +66,25 @@ QUIRKS = {
 }
 
 
+def _missing(name, hypers):
+    """Why this torch cannot run the case (an argument it does not have), or None."""
+    import inspect
+    absent = [k for k in hypers if k not in inspect.signature(TORCH[name]).parameters]
+    if absent:
+        return f"torch {torch.__version__} {TORCH[name].__name__} has no {', '.join(absent)} (torch >= 2.2 has)"
+    return None
+
+
 def theta0():
     return [math.sin(1.3 * i + 0.4) * 0.8 + (0.05 if i % 3 == 0 else -0.1) for i in range(N)]
 
 
 def run(name, hypers):
+    missing = _missing(name, hypers)
+    if missing:  # recorded without a trajectory: the test skips it and prints why
+        return {"optimizer": name, "hypers": hypers, "torch_missing": missing}
     p = torch.tensor(theta0(), dtype=torch.float64, requires_grad=True)
-    kwargs = dict(hypers)
-    if "betas" in kwargs:
-        kwargs["betas"] = tuple(kwargs["betas"])
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in hypers.items()}
     opt = TORCH[name]([p], **kwargs)
     grads, traj = [], []
     for t in range(1, STEPS + 1):
@@ -86,6 +103,9 @@ def run(name, hypers):
 
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "ts-server/test/golden/torch_additive.json"
+    # Scalar state (ASGD's eta and mu, step counts) in float64 like the parameter:
+    # torch makes it in the default dtype, float32 unless told.
+    torch.set_default_dtype(torch.float64)
     doc = {
         "generator": "python-runner/scripts/make_golden.py",
         "torch_version": torch.__version__,

@@ -1,14 +1,17 @@
 // Deadlines and retries (the policy of ts-client/README.md): a step lost to
 // UNAVAILABLE (the server stopped and restarted on the same unix socket, with
 // a state directory) is retried with backoff under the same step number; a
-// call to a server that never answers ends at the deadline, once.
+// call to a server that never answers ends at the deadline, once. A damaged
+// --state-dir: DataLossError (DATA_LOSS, never retried, saying how to
+// resume), and a new session restored from the last checkpoint continues the
+// run exactly; disk statuses map to StorageFullError / StorageIOError.
 import { strict as assert } from 'assert';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as grpc from '@grpc/grpc-js';
 import { initBackend, startServer, type RunningServer } from '@mur/server';
-import { MurClient, MurError, type MurSession } from '../src';
+import { DataLossError, fromStatus, MurClient, MurError, ResourceExhaustedError, StorageFullError, StorageIOError, UnavailableError, type MurSession } from '../src';
 import { backoffMs, RETRY } from '../src/connection';
 import { Capabilities, CreateSessionReply, OptimizerService } from '../generated/mur/v1/optimizer';
 
@@ -190,5 +193,67 @@ describe('MurClient deadlines and retries', () => {
     // The options of the old retry policy are refused, saying what replaced them, instead of ignored.
     assert.throws(() => new MurClient('127.0.0.1:1', { retries: 5 }), /retries: no longer an option; use reconnectTimeoutMs/);
     assert.throws(() => new MurClient('127.0.0.1:1', { retryBackoffMs: 50 }), /retryBackoffMs: no longer an option/);
+  });
+
+  it('statuses: DATA_LOSS -> DataLossError with how to resume; a full or failing state dir (mur-reason or message) -> StorageFullError / StorageIOError', () => {
+    const e = fromStatus(grpc.status.DATA_LOSS, "session 'x': /s/sessions/x/journal: body checksum mismatch");
+    assert.ok(e instanceof DataLossError && e.code === grpc.status.DATA_LOSS);
+    assert.match(e.message, /journal: body checksum mismatch \[DATA_LOSS\] To resume: create a new session .*restore\(<your last checkpoint>\)/);
+    for (const [details, reason] of [['state dir /s: no space left (ENOSPC) while writing', ''], ['no space', 'disk-full']]) {
+      const full = fromStatus(grpc.status.RESOURCE_EXHAUSTED, details, reason);
+      assert.ok(full instanceof StorageFullError && full instanceof ResourceExhaustedError, details);
+    }
+    assert.ok(!(fromStatus(grpc.status.RESOURCE_EXHAUSTED, 'memory: ...') instanceof StorageFullError));
+    for (const [details, reason] of [['state dir /s: I/O error (EIO) while writing', ''], ['I/O error', 'disk-io']]) {
+      const io = fromStatus(grpc.status.UNAVAILABLE, details, reason);
+      assert.ok(io instanceof StorageIOError && io instanceof UnavailableError, details);
+    }
+    assert.ok(!(fromStatus(grpc.status.UNAVAILABLE, 'connection refused') instanceof StorageIOError));
+  });
+
+  it('a damaged session: DataLossError on the first attempt (not retried); a new session from the checkpoint continues exactly', async () => {
+    const stateDir = path.join(dir, 'damaged-state');
+    const socket = path.join(dir, 'damaged.sock');
+    let server: RunningServer = await startServer({ socket, stateDir });
+    const ref = await startServer({ port: 0 });
+    const refClient = new MurClient(`127.0.0.1:${ref.port}`);
+    const client = new MurClient(`unix:${socket}`);
+    try {
+      const s = await client.createSession(spec, init(), { transport: 'grpc' });
+      const r = await refClient.createSession(spec, init(), { transport: 'grpc' });
+      for (let k = 1; k <= 2; k++) {
+        await s.step(grad(k));
+        await r.step(grad(k));
+      }
+      const cp = await s.checkpoint();
+      await s.step(grad(3));
+      await server.close();
+      const journal = path.join(stateDir, 'sessions', s.id, 'journal');
+      const buf = fs.readFileSync(journal);
+      buf[buf.length - 5] ^= 0x01;
+      fs.writeFileSync(journal, buf);
+      server = await startServer({ socket, stateDir });
+      // Count the DATA_LOSS answers the session's steps get (a first attempt may meet the reconnect: UNAVAILABLE, retried).
+      let dataLoss = 0;
+      const raw = client.raw as unknown as { step: (...a: unknown[]) => unknown };
+      const step = raw.step;
+      raw.step = function (this: unknown, ...a: unknown[]) {
+        const cb = a.at(-1) as (e: { code?: number } | null, r: unknown) => void;
+        return step.apply(this, [...a.slice(0, -1), (e: { code?: number } | null, r: unknown) => ((dataLoss += e?.code === grpc.status.DATA_LOSS ? 1 : 0), cb(e, r))]);
+      };
+      await assert.rejects(s.step(grad(4)), (e: Error) => e instanceof DataLossError && /journal.*checksum mismatch/.test(e.message) && /To resume/.test(e.message));
+      assert.equal(dataLoss, 1, 'DATA_LOSS is not retried');
+      raw.step = step;
+      const resumed = await client.createSession(spec, init(), { transport: 'grpc' });
+      await resumed.restore(cp);
+      for (let k = 3; k <= 4; k++) {
+        assert.deepEqual(Array.from((await resumed.step(grad(k))).get('w')!), Array.from((await r.step(grad(k))).get('w')!));
+      }
+    } finally {
+      client.close();
+      refClient.close();
+      await server.close();
+      await ref.close();
+    }
   });
 });

@@ -8,6 +8,11 @@
 // after every session is closed. One JSON line per transport at the end.
 //
 //   node dist/bench/load.js [--duration S] [--clients N] [--params N] [--transports grpc,shm] [--backend NAME]
+//                           [--state-dir DIR [--fsync never|always|interval=MS]]
+//
+// With --state-dir the server keeps its sessions in a new directory under DIR
+// (removed at the end), journaling every step, forced to disk as --fsync says:
+// what durability costs in steps/s. DIR must be on the disk to measure (not a tmpfs).
 //
 // The clients are Node processes (the generated gRPC client; shm: gradients
 // written into the arena with pwrite, the values left there, as a PyTorch
@@ -27,6 +32,8 @@ interface Options {
   params: number;
   transports: string[];
   backend?: string;
+  stateDir?: string;
+  fsync?: string;
 }
 
 interface WorkerResult {
@@ -58,8 +65,16 @@ function parse(argv: string[]): Options {
       case '--backend':
         o.backend = v;
         break;
+      case '--state-dir':
+        o.stateDir = v;
+        break;
+      case '--fsync':
+        o.fsync = v;
+        break;
       case '--help':
-        console.log('node dist/bench/load.js [--duration S (45)] [--clients N (32)] [--params N (100000)] [--transports grpc,shm] [--backend NAME]');
+        console.log(
+          'node dist/bench/load.js [--duration S (45)] [--clients N (32)] [--params N (100000)] [--transports grpc,shm] [--backend NAME] [--state-dir DIR [--fsync MODE]]',
+        );
         process.exit(0);
       default:
         throw new Error(`unknown option ${argv[i]}`);
@@ -67,6 +82,7 @@ function parse(argv: string[]): Options {
     i++;
   }
   if (!(o.duration > 0) || !(o.clients >= 1) || !(o.params >= 2)) throw new Error('--duration, --clients and --params must be positive');
+  if (o.fsync && !o.stateDir) throw new Error('--fsync needs --state-dir');
   return o;
 }
 
@@ -159,8 +175,12 @@ function scrape(port: number): Promise<Map<string, number>> {
   );
 }
 
-async function startServer(o: Options): Promise<{ child: ChildProcess; port: number; metricsPort: number; backend: string }> {
-  const args = [CLI, '--port', '0', '--metrics-port', '0', '--max-sessions', '0', ...(o.backend ? ['--backend', o.backend] : [])];
+async function startServer(o: Options, stateDir: string | null): Promise<{ child: ChildProcess; port: number; metricsPort: number; backend: string }> {
+  const args = [
+    CLI, '--port', '0', '--metrics-port', '0', '--max-sessions', '0',
+    ...(o.backend ? ['--backend', o.backend] : []),
+    ...(stateDir ? ['--state-dir', stateDir, ...(o.fsync ? ['--fsync', o.fsync] : [])] : []),
+  ];
   const child = spawn(process.execPath, args, { env: { ...process.env, MUR_LOG: 'silent' }, stdio: ['ignore', 'pipe', 'inherit'] });
   const line = await new Promise<string>((resolve, reject) => {
     readline.createInterface({ input: child.stdout! }).once('line', resolve);
@@ -218,13 +238,17 @@ async function phase(o: Options, transport: string, server: { child: ChildProces
 async function main(): Promise<void> {
   if (process.argv.includes('--worker')) return worker();
   const o = parse(process.argv.slice(2));
-  const server = await startServer(o);
+  const stateDir = o.stateDir ? fs.mkdtempSync(path.join(o.stateDir, 'mur-bench-state-')) : null;
+  const server = await startServer(o, stateDir);
   try {
     const fresh = rssKiB(server.child.pid!).rss;
     const caps = await new Promise<{ transports: string[] }>((resolve, reject) =>
       new OptimizerClient(`127.0.0.1:${server.port}`, grpc.credentials.createInsecure()).getCapabilities({}, (e, r) => (e ? reject(e) : resolve(r))),
     );
-    console.log(`bench-load: ${o.clients} clients x ${o.params} parameters (adam, hybrid), ${o.duration} s per transport, server pid ${server.child.pid} (${server.backend})`);
+    console.log(
+      `bench-load: ${o.clients} clients x ${o.params} parameters (adam, hybrid), ${o.duration} s per transport, server pid ${server.child.pid} (${server.backend})` +
+        (stateDir ? `, --state-dir ${stateDir} --fsync ${o.fsync ?? '(default)'}` : ''),
+    );
     console.log(`server RSS MiB: ${mib(fresh)} started, ${mib(rssKiB(server.child.pid!).rss)} after one GetCapabilities (it probes the available engines)`);
     const rows = [];
     for (const t of o.transports) {
@@ -241,9 +265,13 @@ async function main(): Promise<void> {
       );
       if (r.first_error) console.log(`      first error: ${r.first_error}`);
     }
-    for (const r of rows) console.log(JSON.stringify(r));
+    for (const r of rows) console.log(JSON.stringify({ ...r, ...(stateDir ? { state_dir: true, fsync: o.fsync ?? 'default' } : {}) }));
   } finally {
     server.child.kill('SIGTERM');
+    if (stateDir) {
+      await new Promise((resolve) => server.child.once('exit', resolve));
+      fs.rmSync(stateDir, { recursive: true, force: true });
+    }
   }
 }
 

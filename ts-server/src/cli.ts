@@ -9,6 +9,7 @@ import { NativeEngine } from './engine/native';
 import { startServer } from './grpc/server';
 import { log } from './log';
 import { checkSpecJson, type SpecJson } from './registry';
+import { FSYNC_DEFAULT, fsyncName, parseFsync, type FsyncMode } from './session/fsync';
 import type { Limits } from './session/store';
 
 const HELP = `mur-server: remote optimizer service (multiplicative update rules)
@@ -28,7 +29,13 @@ Usage: mur-server [options]
   --threads N         native engine threads (0: every core; default: MUR_THREADS or 0)
   --config FILE       default optimizer spec (JSON, same schema as CreateSession's spec)
   --state-dir DIR     keep sessions in DIR: every acknowledged step survives a crash or
-                      restart of the server (same ids, tokens and step numbers)
+                      restart of the server (same ids, tokens and step numbers); files
+                      that fail their checks make that session answer DATA_LOSS
+                      (docs/state-dir.md)
+  --fsync MODE        with --state-dir, when writes are forced to disk: never (survives
+                      a crash of the server, not a power cut) | always (each step before
+                      it is answered) | interval=MS (group commit: the steps of an MS
+                      window share one fsync, each answered once on disk); default ${fsyncName(FSYNC_DEFAULT)}
   --max-sessions N    open sessions at once (default 1024; 0: no limit)
   --max-bytes N       bytes of parameters and optimizer state of all sessions together,
                       suffixes K M G allowed (default: 80% of this machine's memory; 0: no limit)
@@ -71,6 +78,7 @@ export interface CliOptions {
   tls?: { cert: Buffer; key: Buffer; clientCa?: Buffer };
   metrics?: { port: number; host: string };
   stateDir?: string;
+  fsync?: FsyncMode;
   /** null: no data plane. */
   dataPort?: number | null;
 }
@@ -164,6 +172,9 @@ export function parseArgs(argv: string[]): CliOptions | 'help' | 'version' {
         o.stateDir = next() ?? '';
         if (!o.stateDir) throw new Error('--state-dir: missing directory');
         break;
+      case '--fsync':
+        o.fsync = parseFsync(next());
+        break;
       case '--max-sessions':
         o.limits.maxSessions = positive(flag, next(), true);
         break;
@@ -218,6 +229,7 @@ export function parseArgs(argv: string[]): CliOptions | 'help' | 'version' {
     o.tls = { cert: tls.cert, key: tls.key, clientCa: tls.clientCa };
   }
   if (metricsHost !== undefined && metricsPort === undefined) throw new Error('--metrics-host: needs --metrics-port');
+  if (o.fsync && !o.stateDir) throw new Error('--fsync: needs --state-dir');
   if (metricsPort !== undefined) o.metrics = { port: metricsPort, host: metricsHost ?? '127.0.0.1' };
   return o;
 }
@@ -278,6 +290,7 @@ async function main(): Promise<void> {
     limits: opts.limits,
     maxStreams: opts.maxStreams,
     stateDir: opts.stateDir,
+    fsync: opts.fsync,
     port: opts.port,
     host: opts.host,
     socket: opts.socket,

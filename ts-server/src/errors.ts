@@ -11,6 +11,10 @@ export const Reason = {
   ArenaGone: 'arena-gone',
   /** CreateSession without an optimizer, and the server has no --config default: the client picks one. */
   NoDefaultSpec: 'no-default-spec',
+  /** The server's --state-dir is full (RESOURCE_EXHAUSTED): nothing was applied; the same request succeeds once there is room. */
+  DiskFull: 'disk-full',
+  /** An I/O error of the server's --state-dir (UNAVAILABLE): nothing was applied; the same request may be sent again. */
+  DiskIO: 'disk-io',
 } as const;
 export type Reason = (typeof Reason)[keyof typeof Reason];
 
@@ -39,3 +43,11 @@ export class Aborted extends MurError {}
 export class Unauthenticated extends MurError {}
 /** A per-session call with a token that does not open this session. */
 export class PermissionDenied extends MurError {}
+/**
+ * Kept state cannot be trusted: a file of --state-dir failed its checks
+ * (checksum, version, which session or record it belongs to) or is missing.
+ * The message names the file and what failed.
+ */
+export class DataLoss extends MurError {}
+/** The server cannot do it now but could later: an I/O error of --state-dir (nothing was applied). */
+export class Unavailable extends MurError {}

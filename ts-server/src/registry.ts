@@ -2,7 +2,7 @@
 // generated from their hyperparameter tables (so GetCapabilities, the gRPC API
 // and the CLI's --config file can never disagree).
 import Ajv2020, { type ErrorObject } from 'ajv/dist/2020';
-import type { HyperSpec, Hypers, HyperValue, OptimizerDef, RuleDef } from './engine/types';
+import type { HyperSpec, Hypers, HyperValue, ItemBounds, OptimizerDef, RuleDef } from './engine/types';
 import { InvalidArgument } from './errors';
 import { OPTIMIZERS } from './optimizers';
 import { RULES } from './rules';
@@ -36,7 +36,7 @@ export function hyperTable(opt: OptimizerDef, rule: RuleDef): HyperSpec[] {
   return [...opt.hypers, ...rule.hypers];
 }
 
-function numberSchema(h: HyperSpec): Record<string, unknown> {
+function numberSchema(h: ItemBounds): Record<string, unknown> {
   const s: Record<string, unknown> = { type: 'number' };
   if (h.minimum !== undefined) s.minimum = h.minimum;
   if (h.maximum !== undefined) s.maximum = h.maximum;
@@ -52,8 +52,11 @@ export function hyperSchema(h: HyperSpec): Record<string, unknown> {
       return { ...base, type: 'boolean' };
     case 'number':
       return { ...base, ...numberSchema(h) };
-    case 'pair':
-      return { ...base, type: 'array', items: numberSchema(h), minItems: 2, maxItems: 2 };
+    case 'pair': {
+      const both = numberSchema(h);
+      const each = h.items ? { prefixItems: h.items.map((b) => numberSchema({ ...h, ...b })) } : {};
+      return { ...base, type: 'array', items: both, ...each, minItems: 2, maxItems: 2 };
+    }
   }
 }
 

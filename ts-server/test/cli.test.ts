@@ -16,7 +16,7 @@ describe('mur-server CLI', () => {
   it('--help describes every flag', () => {
     const r = spawnSync(process.execPath, [CLI, '--help'], { encoding: 'utf8', env });
     assert.equal(r.status, 0);
-    for (const f of ['--port', '--socket', '--backend', '--threads', '--config', '--max-sessions', '--max-bytes', '--session-idle-timeout', '--max-streams', '--exit-with-stdin', '--max-message-mb', '--chunk-kb']) {
+    for (const f of ['--port', '--socket', '--backend', '--threads', '--config', '--max-sessions', '--max-bytes', '--session-idle-timeout', '--fsync', '--max-streams', '--exit-with-stdin', '--max-message-mb', '--chunk-kb']) {
       assert.ok(r.stdout.includes(f), f);
     }
   });
@@ -57,6 +57,7 @@ describe('mur-server CLI', () => {
       [['--data-port', 'abc'], /--data-port: "abc" is not a non-negative integer/],
       [['--data-port', '70000'], /--data-port: 70000 is not a port/],
       [['--socket', sock, '--state-dir', state, '--data-port'], /--data-port: null is not a non-negative integer/],
+      [['--socket', sock, '--state-dir', state, '--fsync', 'sometimes'], /--fsync: "sometimes" is not never, always or interval=MS/],
     ] as Array<[string[], RegExp]>) {
       const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env });
       assert.equal(r.status, 2, args.join(' '));

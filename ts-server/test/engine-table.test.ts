@@ -63,10 +63,18 @@ const VARIANTS: Record<string, Array<Record<string, unknown>>> = {
     { eps: 1e-2, eps_in_sqrt: true, centered: true, momentum: 0.5, lr_in_momentum: true, [SCHEDULE]: true },
   ],
   adamax: [{}, { weight_decay: 0.01 }],
-  nadam: [{}, { weight_decay: 0.01 }],
-  radam: [{}, { weight_decay: 0.01 }],
+  nadam: [{}, { weight_decay: 0.01 }, { weight_decay: 0.1, decoupled_weight_decay: true }],
+  radam: [{}, { weight_decay: 0.01 }, { weight_decay: 0.1, decoupled_weight_decay: true }],
   adadelta: [{}, { weight_decay: 0.01 }],
   lion: [{}, { lr: 1e-3, weight_decay: 0.1 }],
+  // Rprop's step sizes hit both bounds within 50 steps in the third row.
+  rprop: [{}, { lr: 1e-3, etas: [0.3, 1.5] }, { lr: 0.05, etas: [0.5, 1.9], step_sizes: [1e-3, 0.08] }, { lr: 0.01, [SCHEDULE]: true }],
+  // t0 small enough that the average ax starts (mu < 1) within the 50 steps; ax is checked below.
+  asgd: [{}, { lr: 0.05, lambd: 0.01, alpha: 0.6, t0: 10, weight_decay: 0.01 }, { lr: 0.05, lambd: 0.05, t0: 5, [SCHEDULE]: true }],
+  lamb: [{ lr: 0.01 }, { lr: 0.01, weight_decay: 0.1, betas: [0.8, 0.99] }],
+  // trust_coefficient 0.05: the trust-ratio step moves theta visibly within 50 steps.
+  lars: [{ lr: 0.5, trust_coefficient: 0.05 }, { lr: 0.5, trust_coefficient: 0.05, weight_decay: 0.01, nesterov: true, eps: 0.1 },
+    { lr: 0.5, trust_coefficient: 0.05, momentum: 0, [SCHEDULE]: true }],
 };
 
 /** Extra settings per rule so each rule's own path moves visibly. */
@@ -175,6 +183,14 @@ describe('engine table: every optimizer x rule vs the float64 reference (50 step
         // The trajectory moved: a rule that did nothing would pass trivially.
         const moved = Math.max(...ref.map((v, i) => Math.abs(v - start[i])));
         assert.ok(moved > 1e-3, `theta barely moved (${moved})`);
+        // The optimizer's state too (ASGD's average ax and Rprop's step sizes never reach theta's
+        // trajectory within the same step): every slot the engine keeps, against the reference's.
+        for (const t of session.exportTensors()) {
+          if (t.slot === '' || t.slot.startsWith('rule.')) continue;
+          const want = s[t.slot];
+          assert.ok(want, `the reference has no slot '${t.slot}'`);
+          t.data.forEach((v, i) => assert.ok(Math.abs(v - want[i]) <= ATOL + RTOL * Math.abs(want[i]), `slot ${t.slot}[${i}]: engine ${v} vs reference ${want[i]}`));
+        }
       } finally {
         session.dispose();
       }

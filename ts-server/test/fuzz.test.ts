@@ -223,11 +223,12 @@ function mutate(r: Rng, valid: Buffer): Buffer {
 
 // -- (c) well-formed random requests (fast-check) --------------------------------
 
-const OPTIMIZERS = ['sgd', 'adam', 'adamw', 'adagrad', 'rmsprop', 'adamax', 'nadam', 'radam', 'adadelta', 'lion'];
+const OPTIMIZERS = ['sgd', 'adam', 'adamw', 'adagrad', 'rmsprop', 'adamax', 'nadam', 'radam', 'adadelta', 'lion', 'rprop', 'asgd', 'lamb', 'lars'];
 const RULES = ['additive', 'multiplicative', 'hybrid', 'exp_sign'];
 const HYPERS = ['lr', 'betas', 'eps', 'weight_decay', 'amsgrad', 'momentum', 'dampening', 'nesterov', 'lr_in', 'lr_out', 'gamma', 'alpha', 'centered',
-  'rho', 'lr_decay', 'initial_accumulator_value', 'momentum_decay', 'g_bound', 'p_scale', 'maximize'];
-const SLOTS = ['', 'exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'momentum_buffer', 'sum', 'square_avg', 'acc_delta', 'exp_inf', 'mu_product', 'grad_avg', 'max', 'nope'];
+  'rho', 'lr_decay', 'initial_accumulator_value', 'momentum_decay', 'g_bound', 'p_scale', 'maximize', 'decoupled_weight_decay', 'etas', 'step_sizes',
+  'lambd', 't0', 'trust_coefficient'];
+const SLOTS = ['', 'exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'momentum_buffer', 'sum', 'square_avg', 'acc_delta', 'exp_inf', 'mu_product', 'grad_avg', 'max', 'prev', 'step_size', 'eta', 'mu', 'ax', 'nope'];
 const DTYPE_BYTES: Record<number, number> = { [DType.DTYPE_FLOAT64]: 8, [DType.DTYPE_FLOAT16]: 2, [DType.DTYPE_BFLOAT16]: 2 };
 
 const aNumber = fc.oneof(fc.double(), fc.constantFrom(0, 1, -1, 1e-3, 0.5, 0.9, 0.999, 1.5, 1e308, Number.NaN, Infinity, -Infinity), fc.integer());

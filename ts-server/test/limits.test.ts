@@ -4,6 +4,7 @@
 import { strict as assert } from 'assert';
 import * as grpc from '@grpc/grpc-js';
 import { DType, type CreateSessionRequest } from '../generated/mur/v1/optimizer';
+import { sweepPeriodMs } from '../src/session/store';
 import { bytes, closeSession, create, expectStatus, grads, startHarness, step, type Harness } from './harness';
 
 const F32 = DType.DTYPE_FLOAT32;
@@ -65,6 +66,30 @@ describe('limits', () => {
     } finally {
       await h.close();
     }
+  });
+
+  it('--session-idle-timeout keeps its word: a session that stepped, then went quiet, is closed by the first sweep past the timeout', async () => {
+    let now = 1_000_000;
+    const h = await startHarness({ limits: { maxSessions: 0, maxBytes: 0, idleTimeoutMs: 4000 }, clock: () => now });
+    try {
+      const s = await create(h, adam(3));
+      for (let k = 1; k <= 2; k++) await step(h, { sessionId: s.sessionId, step: k, grads: grads({ w: { shape: [3], data: [1, 1, 1] } }), groupOverrides: {} });
+      now += 4000; // exactly the timeout since its last call: still open
+      await h.server.context.store.expire();
+      assert.equal(h.server.context.store.size, 1);
+      now += 1;
+      await h.server.context.store.expire();
+      assert.equal(h.server.context.store.size, 0, 'closed by this sweep, not one a timeout later');
+      await expectStatus(step(h, { sessionId: s.sessionId, step: 3, grads: [], groupOverrides: {} }), grpc.status.NOT_FOUND, 'idle');
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('idle sessions are swept every quarter of the timeout (250 ms to 30 s): closed at most that long after it', () => {
+    assert.equal(sweepPeriodMs(4000), 1000);
+    assert.equal(sweepPeriodMs(600), 250);
+    assert.equal(sweepPeriodMs(3600_000), 30_000);
   });
 
   it('malformed protobuf is INVALID_ARGUMENT on unary and streaming calls, and the server stays up', async () => {

@@ -65,6 +65,11 @@ describe('native engine addon', () => {
     ['rmsprop', 'multiplicative', { centered: true, momentum: 0.5, lr_out: 0.01 }],
     ['sgd', 'exp_sign', { lr: 0.01, momentum: 0.9, nesterov: true }],
     ['lion', 'additive', { weight_decay: 0.1 }],
+    ['rprop', 'hybrid', { lr_out: 0.01 }],
+    ['asgd', 'multiplicative', { t0: 1, lr_out: 0.01 }],
+    // The norm pass: a large tensor spans many tasks, whose sums are joined in one order.
+    ['lamb', 'additive', { lr: 0.01, weight_decay: 0.1 }],
+    ['lars', 'hybrid', { lr: 0.1, nesterov: true, lr_out: 0.01 }],
   ] as const) {
     it(`${optimizer} x ${rule}: both threads give bit for bit what one thread gives (large tensor, 300 small ones, odd tails)`, () => {
       const shapes = [[1 << 18], [3, 1001], ...Array.from({ length: 300 }, (_, i) => [i % 3 === 0 ? 96 : 97])];

@@ -23,13 +23,15 @@ from mur import reference
 from mur_lab import models
 from mur_lab.data import load
 
-OPTIMIZERS = ["sgd", "adam", "adamw", "adagrad", "rmsprop", "adamax", "nadam", "radam", "adadelta", "lion"]
+OPTIMIZERS = ["sgd", "adam", "adamw", "adagrad", "rmsprop", "adamax", "nadam", "radam", "adadelta", "lion", "rprop",
+              "asgd", "lamb", "lars"]
 RULES = ["additive", "multiplicative", "hybrid", "exp_sign"]
-HYPERS = {"sgd": dict(lr=0.05, momentum=0.9)}
+HYPERS = {"sgd": dict(lr=0.05, momentum=0.9), "lamb": dict(lr=0.01), "lars": dict(lr=0.1)}
 RULE_HYPERS = {"hybrid": dict(gamma=0.5)}
 TORCH = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
          "rmsprop": torch.optim.RMSprop, "adamax": torch.optim.Adamax, "nadam": torch.optim.NAdam,
-         "radam": torch.optim.RAdam, "adadelta": torch.optim.Adadelta}
+         "radam": torch.optim.RAdam, "adadelta": torch.optim.Adadelta, "rprop": torch.optim.Rprop,
+         "asgd": torch.optim.ASGD}
 
 # Tolerance on the relative difference max|a - b| / max|a| after step k.
 # All three run in float32 (u = 6e-8) on identical gradients, so they differ

@@ -25,11 +25,19 @@ DEFAULTS = {
     "rmsprop": dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
                     eps_in_sqrt=False, lr_in_momentum=False),
     "adamax": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
-    "nadam": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3),
-    "radam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
+    "nadam": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+                  decoupled_weight_decay=False),
+    "radam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False),
     "adadelta": dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0),
     "lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0),
+    "rprop": dict(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0)),
+    "asgd": dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0),
+    # optax's (no torch.optim class): lr required, as optax's learning_rate.
+    "lamb": dict(lr=None, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0),
+    "lars": dict(lr=None, weight_decay=0.0, trust_coefficient=1e-3, eps=0.0, momentum=0.9, nesterov=False),
 }
+# Optimizers whose weight decay multiplies theta (decoupled) rather than adding to g.
+_DECOUPLED = ("adamw", "lion")
 LR_OUT_FACTOR = 10.0  # lr_out defaults to 10 x lr
 RULE_DEFAULTS = {
     "additive": {},
@@ -51,10 +59,13 @@ def _per_lr(step, h):
 
 
 def direction(name, g, p, s, h, t):
-    """(d, scale, decay) for one parameter; updates the state dict ``s`` in place."""
-    wd = h["weight_decay"]
-    if name not in ("adamw", "lion") and wd != 0:
+    """(d, scale, decay) for one parameter; updates the state dict ``s`` in place.
+    ASGD's average follows the new parameter: average() after the rule."""
+    wd = h.get("weight_decay", 0.0)
+    decoupled = name in _DECOUPLED or h.get("decoupled_weight_decay", False)
+    if not decoupled and name != "lamb" and wd != 0:  # lamb adds wd theta to its update (below)
         g = g + wd * p
+    decay = 1 - h["lr"] * wd if decoupled else 1.0  # torch >= 2.2's decoupled_weight_decay (NAdam, RAdam)
     if name == "sgd":
         mu = h["momentum"]
         if mu == 0:
@@ -120,7 +131,7 @@ def direction(name, g, p, s, h, t):
         m = s.setdefault("exp_avg", torch.zeros_like(p)).mul_(b1).add_(g, alpha=1 - b1)
         v = s.setdefault("exp_avg_sq", torch.zeros_like(p)).mul_(b2).addcmul_(g, g, value=1 - b2)
         denom = (v / (1 - b2 ** t)).sqrt() + h["eps"]
-        return (1 - mu) / (1 - prod) * g / denom + mu1 / (1 - prod * mu1) * m / denom, 1.0, 1.0
+        return (1 - mu) / (1 - prod) * g / denom + mu1 / (1 - prod * mu1) * m / denom, 1.0, decay
     if name == "radam":
         b1, b2 = h["betas"]
         m = s.setdefault("exp_avg", torch.zeros_like(p)).mul_(b1).add_(g, alpha=1 - b1)
@@ -133,7 +144,7 @@ def direction(name, g, p, s, h, t):
             d = m * rect * math.sqrt(bc2) / (v.sqrt() + h["eps"])
         else:
             d = m.clone()
-        return d, 1 / (1 - b1 ** t), 1.0
+        return d, 1 / (1 - b1 ** t), decay
     if name == "adadelta":
         rho, eps = h["rho"], h["eps"]
         sq = s.setdefault("square_avg", torch.zeros_like(p)).mul_(rho).addcmul_(g, g, value=1 - rho)
@@ -146,8 +157,60 @@ def direction(name, g, p, s, h, t):
         m = s.setdefault("exp_avg", torch.zeros_like(p))
         d = (b1 * m + (1 - b1) * g).sign()
         m.mul_(b2).add_(g, alpha=1 - b2)
-        return d, 1.0, 1 - h["lr"] * wd
+        return d, 1.0, decay
+    if name == "rprop":
+        # torch's step is sign(g') step_size; d carries it in units of lr (the additive rule multiplies by lr).
+        eta_minus, eta_plus = h["etas"]
+        lo, hi = h["step_sizes"]
+        prev = s.setdefault("prev", torch.zeros_like(p))
+        size = s.setdefault("step_size", torch.full_like(p, h["lr"]))
+        sg = (g * prev).sign()
+        factor = torch.where(sg > 0, torch.full_like(p, eta_plus), torch.where(sg < 0, torch.full_like(p, eta_minus),
+                                                                               torch.ones_like(p)))
+        size.mul_(factor).clamp_(lo, hi)
+        prev.copy_(torch.where(sg < 0, torch.zeros_like(g), g))
+        return _per_lr(prev.sign() * size, h), 1.0, 1.0
+    if name == "asgd":
+        # torch's ASGD: theta (1 - lambd eta) - eta g' with eta (and mu, in average()) of the previous step.
+        lr, lambd = h["lr"], h["lambd"]
+        eta = s.setdefault("eta", torch.tensor(lr, dtype=p.dtype))
+        s.setdefault("mu", torch.tensor(1.0, dtype=p.dtype))
+        s.setdefault("ax", torch.zeros_like(p))
+        used = eta.item()
+        eta.fill_(lr / (1 + lambd * lr * t) ** h["alpha"])
+        return g, used / lr if lr > 0 else 0.0, 1 - lambd * used
+    if name == "lamb":
+        # optax.lamb: Adam's corrected update plus wd theta, times ||theta|| / ||u||.
+        b1, b2 = h["betas"]
+        m = s.setdefault("exp_avg", torch.zeros_like(p)).mul_(b1).add_(g, alpha=1 - b1)
+        v = s.setdefault("exp_avg_sq", torch.zeros_like(p)).mul_(b2).addcmul_(g, g, value=1 - b2)
+        u = m / (1 - b1 ** t) / ((v / (1 - b2 ** t)).sqrt() + h["eps"]) + wd * p
+        return u * _trust_ratio(p, u, 1.0, 0.0), 1.0, 1.0
+    if name == "lars":
+        # optax.lars: (g + wd theta) times tc ||theta|| / (||u|| + eps), then a trace of the lr-scaled steps.
+        lw = h["lr"] * g * _trust_ratio(p, g, h["trust_coefficient"], h["eps"])
+        buf = s.setdefault("momentum_buffer", torch.zeros_like(p)).mul_(h["momentum"]).add_(lw)
+        return _per_lr(lw + h["momentum"] * buf if h["nesterov"] else buf.clone(), h), 1.0, 1.0
     raise ValueError(f"optimizer={name!r}: unknown")
+
+
+def _trust_ratio(p, u, tc, eps):
+    """optax's scale_by_trust_ratio: tc ||p|| / (||u|| + eps), 1 when either norm is 0."""
+    pn, un = p.norm().item(), u.norm().item()
+    return 1.0 if pn == 0 or un == 0 else tc * pn / (un + eps)
+
+
+def average(name, p, s, h, t):
+    """After the rule: ASGD's ax follows the new parameter with this step's mu
+    (ax = p while mu is 1), then mu takes the next step's value."""
+    if name != "asgd":
+        return
+    mu = s["mu"].item()
+    if mu != 1:
+        s["ax"].add_((p - s["ax"]) * mu)
+    else:
+        s["ax"].copy_(p)
+    s["mu"].fill_(1 / max(1, t - h["t0"]))
 
 
 def change(rule, p, d, h, scale, rs):
@@ -205,4 +268,5 @@ class Optimizer(torch.optim.Optimizer):
                 if decay != 1.0:
                     p.mul_(decay)
                 p.sub_(change(self.rule_name, p, d, group, scale, st))
+                average(self.optimizer_name, p, st, group, st["step"])
         return loss

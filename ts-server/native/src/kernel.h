@@ -16,7 +16,7 @@
 
 namespace mur {
 
-constexpr int kMaxOptSlots = 3;   // Adam with AMSGrad, RMSprop centered with momentum
+constexpr int kMaxOptSlots = 3;   // Adam with AMSGrad, RMSprop centered with momentum, ASGD
 constexpr int kMaxRuleSlots = 1;  // exp_sign's bound
 // A job's hyperparameter block (doubles): [0] = t (this parameter's step,
 // from 1), [1] = lr, [kOptHyper..] the optimizer's table, [kRuleHyper..] the
@@ -45,7 +45,7 @@ struct Descriptor {
   uint32_t scalar_slots;      // bit k: slot k holds one element, not n
 };
 
-enum OptimizerId { kSgd, kAdam, kAdamW, kAdagrad, kRmsprop, kAdamax, kNadam, kRadam, kAdadelta, kLion, kNumOptimizers };
+enum OptimizerId { kSgd, kAdam, kAdamW, kAdagrad, kRmsprop, kAdamax, kNadam, kRadam, kAdadelta, kLion, kRprop, kAsgd, kLamb, kLars, kNumOptimizers };
 enum RuleId { kAdditive, kMultiplicative, kHybrid, kExpSign, kNumRules };
 
 const Descriptor& OptimizerDescriptor(int id);

@@ -7,6 +7,7 @@
 //      coefficients from the hyperparameter block (host maths in double).
 //      A job that cannot run is refused here, before anything is written.
 //   2. Commit the per-tensor scalars (NAdam's mu_product).
+//   2b. For LAMB and LARS, the per-tensor norms (optimizers/norms-inl.h).
 //   3. The element loop over every job, split into tasks of kChunk elements
 //      that the thread pool runs on both cores when the step is large
 //      enough. A vector body and a one-lane tail run the same code.
@@ -26,10 +27,14 @@
 #include "optimizers/adagrad-inl.h"
 #include "optimizers/adam-inl.h"
 #include "optimizers/adamax-inl.h"
+#include "optimizers/asgd-inl.h"
+#include "optimizers/lamb-inl.h"
+#include "optimizers/lars-inl.h"
 #include "optimizers/lion-inl.h"
 #include "optimizers/nadam-inl.h"
 #include "optimizers/radam-inl.h"
 #include "optimizers/rmsprop-inl.h"
+#include "optimizers/rprop-inl.h"
 #include "optimizers/sgd-inl.h"
 #include "pool.h"
 #include "rules/additive-inl.h"
@@ -60,7 +65,9 @@ struct Fused {
     const auto theta = hn::LoadU(d, j.theta + i);
     const auto dir = Opt::Direction(d, p.opt, j, i, g, theta);
     const auto x = kDecay ? hn::Mul(theta, hn::Set(d, p.decay)) : theta;
-    hn::StoreU(hn::Sub(x, Rule::Change(d, p.rule, j, x, dir)), d, j.theta + i);
+    const auto next = hn::Sub(x, Rule::Change(d, p.rule, j, x, dir));
+    hn::StoreU(next, d, j.theta + i);
+    AfterStep<Opt>(d, p.opt, j, i, next);
   }
 
   template <bool kDecay>
@@ -126,6 +133,11 @@ struct Fused {
     }
     Ctx ctx{jobs, plans.data(), tasks.data()};
     Pool& pool = Pool::Get();
+    if constexpr (WantsNorms<Opt>::value) {  // LAMB, LARS: the per-tensor norms first (optimizers/norms-inl.h)
+      std::vector<typename Opt::C*> opts(njobs);
+      for (size_t k = 0; k < njobs; ++k) opts[k] = &plans[k].opt;
+      NormPass<Opt>::Run(jobs, njobs, opts.data(), tasks, pool.threads() > 1 && total >= kParallelMinCheap);
+    }
     if (pool.threads() > 1 && total >= (Rule::kTranscendental ? kParallelMinTranscendental : kParallelMinCheap)) {
       pool.Run(tasks.size(), &RunTask, &ctx);
     } else {
@@ -158,6 +170,10 @@ std::string RunStepImpl(int opt, int rule, const Job* jobs, size_t n) {
     case kRadam: return WithRule<Radam>(rule, jobs, n);
     case kAdadelta: return WithRule<Adadelta>(rule, jobs, n);
     case kLion: return WithRule<Lion>(rule, jobs, n);
+    case kRprop: return WithRule<Rprop>(rule, jobs, n);
+    case kAsgd: return WithRule<Asgd>(rule, jobs, n);
+    case kLamb: return WithRule<Lamb>(rule, jobs, n);
+    case kLars: return WithRule<Lars>(rule, jobs, n);
   }
   return "unknown optimizer id " + std::to_string(opt);
 }
@@ -283,6 +299,10 @@ static const Descriptor kOptimizerTable[kNumOptimizers] = {
     MUR_DESC(radam_desc, "radam", 0),
     MUR_DESC(adadelta_desc, "adadelta", 0),
     MUR_DESC(lion_desc, "lion", 0),
+    MUR_DESC(rprop_desc, "rprop", 0),
+    MUR_DESC(asgd_desc, "asgd", (1u << 0) | (1u << 1)),  // eta, mu
+    MUR_DESC(lamb_desc, "lamb", 0),
+    MUR_DESC(lars_desc, "lars", 0),
 };
 static const Descriptor kRuleTable[kNumRules] = {
     MUR_DESC(additive_desc, "additive", 0),

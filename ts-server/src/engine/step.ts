@@ -28,5 +28,7 @@ export function stepParam(
   const u = opt.update(g, theta, optState, h, t);
   const decayed = u.decay === undefined || u.decay === 1 ? theta : tf.mul(theta, u.decay);
   const r = rule.apply(decayed, u.d, u.scale, h, ruleState);
-  return { theta: tf.sub(decayed, r.change), optState: u.state, ruleState: r.state };
+  const next = tf.sub(decayed, r.change);
+  const after = opt.after ? opt.after(next, optState, h, t) : {};
+  return { theta: next, optState: { ...u.state, ...after }, ruleState: r.state };
 }

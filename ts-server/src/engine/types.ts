@@ -29,10 +29,15 @@ export interface HyperSpec {
   maximum?: number;
   exclusiveMinimum?: number;
   exclusiveMaximum?: number;
+  /** A pair whose two numbers have bounds of their own (Rprop's etas: (0, 1) and (1, inf)); each overrides the shared ones. */
+  items?: [ItemBounds, ItemBounds];
   description: string;
   /** Fixed at session creation: a step override may not change it. */
   fixed?: boolean;
 }
+
+/** The bounds of one number of a pair. */
+export type ItemBounds = Pick<HyperSpec, 'minimum' | 'maximum' | 'exclusiveMinimum' | 'exclusiveMaximum'>;
 
 /** Named state tensors of one parameter, e.g. {exp_avg, exp_avg_sq}. */
 export type State = Record<string, tf.Tensor>;
@@ -95,6 +100,12 @@ export interface OptimizerDef {
    * Runs inside tf.tidy: allocate freely, return what must survive.
    */
   update(g: tf.Tensor, theta: tf.Tensor, state: State, h: Hypers, t: number): OptimizerUpdate;
+  /**
+   * For optimizers whose state follows the new parameter (ASGD's average):
+   * called after the rule with theta_t and the state as it was before this
+   * step's `update`; returns the slots it changes. Runs inside tf.tidy.
+   */
+  after?(theta: tf.Tensor, state: State, h: Hypers, t: number): State;
 }
 
 export interface RuleDef {

@@ -23,6 +23,7 @@ import { step } from './handlers/step';
 import { stepStream } from './handlers/stepStream';
 import { Credentials, tokenOf } from '../session/credentials';
 import { StateDir } from '../session/durable';
+import { fsyncName, type FsyncMode } from '../session/fsync';
 import { checkWellFormed, tolerantDeserializers, tolerantService } from './malformed';
 import { encodeStepReply } from '../wire/stepReply';
 import { toServiceError } from './status';
@@ -51,8 +52,10 @@ export interface ServerOptions {
   limits?: Limits;
   /** The clock session idle times are read from (tests). */
   clock?: () => number;
-  /** Keep sessions in this directory across restarts (docs: session/durable.ts). */
+  /** Keep sessions in this directory across restarts (docs/state-dir.md, session/durable.ts). */
   stateDir?: string;
+  /** When the state directory's writes are forced to disk (session/fsync.ts; default FSYNC_DEFAULT). */
+  fsync?: FsyncMode;
   /** Concurrent calls per connection (default 64). */
   maxStreams?: number;
   /** Connections idle this long are closed (ms, default 15 min). */
@@ -81,10 +84,10 @@ function serverCredentials(tls: ServerOptions['tls']): grpc.ServerCredentials {
 /** The session store; with a state directory, its credentials key and recovered sessions. */
 function makeStore(opts: ServerOptions): SessionStore {
   if (!opts.stateDir) return new SessionStore(opts.limits, undefined, opts.clock);
-  const dir = new StateDir(opts.stateDir);
+  const dir = new StateDir(opts.stateDir, opts.fsync);
   const store = new SessionStore(opts.limits, new Credentials(dir.key()), opts.clock, dir);
   const n = store.recover();
-  log('info', 'state_dir', { dir: opts.stateDir, sessions: n });
+  log('info', 'state_dir', { dir: opts.stateDir, sessions: n, damaged: store.damagedCount, fsync: fsyncName(dir.syncer.mode) });
   return store;
 }
 

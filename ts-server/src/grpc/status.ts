@@ -16,6 +16,8 @@ const CODES: Array<[new (...a: never[]) => E.MurError, status]> = [
   [E.Aborted, status.ABORTED],
   [E.Unauthenticated, status.UNAUTHENTICATED],
   [E.PermissionDenied, status.PERMISSION_DENIED],
+  [E.DataLoss, status.DATA_LOSS],
+  [E.Unavailable, status.UNAVAILABLE],
 ];
 
 /** The status a client gets for `e`; counted in `metrics` (mur_errors_total) when given. */

@@ -1,7 +1,8 @@
 // Pieces shared by several optimizers: hyperparameter entries and the two
 // elementwise updates every adaptive method uses.
 import * as tf from '@tensorflow/tfjs-core';
-import type { HyperSpec } from '../engine/types';
+import { flag, num } from '../engine/hypers';
+import type { HyperSpec, Hypers } from '../engine/types';
 
 export const lr = (dflt: number | undefined): HyperSpec => ({
   name: 'lr', type: 'number', default: dflt, minimum: 0, description: 'learning rate eta (additive part)',
@@ -21,6 +22,22 @@ export const weightDecay = (dflt = 0, decoupled = false): HyperSpec => ({
 /** Coupled (L2) weight decay, as torch.optim applies it: g + wd * theta. */
 export function withWeightDecay(g: tf.Tensor, theta: tf.Tensor, wd: number): tf.Tensor {
   return wd === 0 ? g : tf.add(g, tf.mul(theta, wd));
+}
+
+/** torch >= 2.2's NAdam/RAdam flag: the weight decay leaves the gradient and multiplies theta instead. */
+export const DECOUPLED_WEIGHT_DECAY: HyperSpec = {
+  name: 'decoupled_weight_decay', type: 'boolean', default: false,
+  description: 'torch 2.x (NAdamW, RAdamW): theta *= 1 - lr * weight_decay before the step instead of g += weight_decay * theta',
+};
+
+/**
+ * The weight decay of an optimizer with torch's decoupled_weight_decay flag:
+ * coupled (the gradient gains wd * theta, no decay factor) or decoupled
+ * (the gradient as it is, theta decayed by 1 - lr * wd).
+ */
+export function coupledOrDecoupled(g: tf.Tensor, theta: tf.Tensor, h: Hypers): { g: tf.Tensor; decay: number } {
+  const wd = num(h, 'weight_decay');
+  return flag(h, 'decoupled_weight_decay') ? { g, decay: 1 - num(h, 'lr') * wd } : { g: withWeightDecay(g, theta, wd), decay: 1 };
 }
 
 /** Exponential moving average: beta * prev + (1 - beta) * x. */

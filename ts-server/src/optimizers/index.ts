@@ -5,10 +5,14 @@ import { adagrad } from './adagrad';
 import { adam } from './adam';
 import { adamax } from './adamax';
 import { adamw } from './adamw';
+import { asgd } from './asgd';
+import { lamb } from './lamb';
+import { lars } from './lars';
 import { lion } from './lion';
 import { nadam } from './nadam';
 import { radam } from './radam';
 import { rmsprop } from './rmsprop';
+import { rprop } from './rprop';
 import { sgd } from './sgd';
 
-export const OPTIMIZERS: readonly OptimizerDef[] = [sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion];
+export const OPTIMIZERS: readonly OptimizerDef[] = [sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion, rprop, asgd, lamb, lars];

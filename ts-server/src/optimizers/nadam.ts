@@ -2,10 +2,12 @@
 //   mu_t = b1 (1 - 0.5 * 0.96^(t psi)),  P_t = prod_{i<=t} mu_i (state mu_product)
 //   denom = sqrt(v / bc2) + eps
 //   d = (1 - mu_t) / (1 - P_t) * g / denom + mu_{t+1} / (1 - P_t mu_{t+1}) * m / denom
+// decoupled_weight_decay (torch >= 2.2, NAdamW): g is left alone and theta
+// is decayed by 1 - lr * weight_decay before the rule instead.
 // P_t is a one-element tensor so it survives checkpoints without a host sync.
 import * as tf from '@tensorflow/tfjs-core';
 import type { OptimizerDef } from '../engine/types';
-import { betas, ema, eps, lr, weightDecay, withWeightDecay } from './common';
+import { betas, coupledOrDecoupled, DECOUPLED_WEIGHT_DECAY, ema, eps, lr, weightDecay } from './common';
 import { num, pair } from '../engine/hypers';
 
 export const nadam: OptimizerDef = {
@@ -14,14 +16,15 @@ export const nadam: OptimizerDef = {
   hypers: [
     lr(2e-3), betas(0.9, 0.999), eps(1e-8), weightDecay(0),
     { name: 'momentum_decay', type: 'number', default: 4e-3, minimum: 0, description: 'psi in mu_t = b1 (1 - 0.5 * 0.96^(t psi))' },
+    DECOUPLED_WEIGHT_DECAY,
   ],
   slots: [
     { name: 'exp_avg', init: { fill: 0 } },
     { name: 'exp_avg_sq', init: { fill: 0 } },
     { name: 'mu_product', init: { fill: 1 }, scalar: true },
   ],
-  update(g, theta, state, h, t) {
-    g = withWeightDecay(g, theta, num(h, 'weight_decay'));
+  update(g0, theta, state, h, t) {
+    const { g, decay } = coupledOrDecoupled(g0, theta, h);
     const [b1, b2] = pair(h, 'betas');
     const psi = num(h, 'momentum_decay');
     const mu = b1 * (1 - 0.5 * Math.pow(0.96, t * psi));
@@ -33,6 +36,6 @@ export const nadam: OptimizerDef = {
     const cg = tf.div(1 - mu, tf.sub(1, prod));
     const cm = tf.div(muNext, tf.sub(1, tf.mul(prod, muNext)));
     const d = tf.add(tf.mul(tf.div(g, denom), cg), tf.mul(tf.div(m, denom), cm));
-    return { d, scale: 1, state: { exp_avg: m, exp_avg_sq: v, mu_product: prod } };
+    return { d, scale: 1, decay, state: { exp_avg: m, exp_avg_sq: v, mu_product: prod } };
   },
 };

@@ -8,7 +8,7 @@
 import { createHash } from 'crypto';
 import { currentEngine, disposeParam, type Engine, type ParamState, type StepJob } from '../engine/engine';
 import type { Hypers } from '../engine/types';
-import { FailedPrecondition, InvalidArgument, Reason } from '../errors';
+import { DataLoss, FailedPrecondition, InvalidArgument, MurError, Reason } from '../errors';
 import type { Arena } from '../transport/arena';
 import { resolveGroup, resolveSpec, withOverrides, type ResolvedSpec } from '../registry';
 import { checkImport, paramTensors, slotRef, type SessionHeader, type SlotTensor } from './checkpoint';
@@ -91,8 +91,16 @@ export class Session {
   journal: StepJournal | null = null;
   /** The arena's fast lane (steps rung through shared memory: lane.ts). */
   private lane: SessionLane | null = null;
+  /** The step number this session was recovered at (--state-dir), until its next step. */
+  private resumedAt: number | null = null;
+  /** The highest step number refused past the last applied one (clients do not reuse it). */
+  private lastRefused = 0;
+  /** Set when the session's kept state is known to be behind its client's: every call answers it. */
+  damage: DataLoss | null = null;
   /** Told how many steps the fast lane applied, each time they are taken in (metrics). */
   onLaneSteps: ((steps: number) => void) | null = null;
+  /** Steps the fast lane applied, taken in so far (they make no call: the idle sweep looks at this). */
+  private laneStepsTaken = 0;
 
   constructor(id: string, spec: ResolvedSpec, decls: ParamDeclaration[], engine: Engine = currentEngine()) {
     this.id = id;
@@ -152,43 +160,85 @@ export class Session {
    */
   step(step: number, grads: Array<{ id: string; data: Float32Array }>, overrides: Overrides = {}, where: Where = gradsAt): StepResult {
     this.syncLane();
-    const plan = this.plan(step, grads, overrides, where, true);
-    if ('replay' in plan) return plan.replay;
-    const rec = this.journal?.append(step, grads, overrides);
     try {
-      this.engine.step(plan.spec.optimizer, plan.spec.rule, plan.jobs);
-    } catch (e) {
-      rec?.cancel();
-      throw e;
-    }
-    return this.record(step, plan, requestDigest(grads, plan.digests!, overrides));
-  }
-
-  /**
-   * The same step, after any step or checkpoint operation already queued on
-   * this session; on the native engine the finiteness scan and the kernel
-   * run off the event loop, so other sessions are served meanwhile.
-   */
-  stepAsync(step: number, grads: Array<{ id: string; data: Float32Array }>, overrides: Overrides = {}, where: Where = gradsAt): Promise<StepResult> {
-    return this.exclusive(async () => {
-      const engine = this.engine;
-      if (!engine.stepAsync) return this.step(step, grads, overrides, where);
-      const plan = this.plan(step, grads, overrides, where, false);
+      const plan = this.plan(step, grads, overrides, where, true);
       if ('replay' in plan) return plan.replay;
-      const rec = this.journal?.append(step, grads, overrides);
-      let r: Awaited<ReturnType<NonNullable<Engine['stepAsync']>>>;
+      const rec = this.journal?.step(step, grads, overrides);
       try {
-        r = await engine.stepAsync(plan.spec.optimizer, plan.spec.rule, plan.jobs);
+        rec?.durableSync();
+        this.engine.step(plan.spec.optimizer, plan.spec.rule, plan.jobs);
       } catch (e) {
         rec?.cancel();
         throw e;
       }
-      if ('nonFinite' in r) {
-        rec?.cancel();
-        const bad = r.nonFinite;
-        throw new InvalidArgument(`${where(bad.job)} '${grads[bad.job].id}': element ${bad.index} is ${bad.value} (must be finite)`);
+      return this.record(step, plan, requestDigest(grads, plan.digests!, overrides));
+    } catch (e) {
+      this.refused(step, e);
+      throw e;
+    }
+  }
+
+  /**
+   * A step numbered past every number so far was refused: clients do not
+   * send that number again, so with --state-dir it is journaled (a restarted
+   * server then expects the number after it; see resumed()).
+   */
+  private refused(step: number, e: unknown): void {
+    if (!this.journal || !(e instanceof MurError) || e instanceof DataLoss || !Number.isSafeInteger(step)) return;
+    if (step <= Math.max(this.lastStep, this.lastRefused)) return;
+    try {
+      this.journal.refused(step).durableSync();
+    } catch (w) {
+      return; // not kept (a full disk): after a restart the next number may read as lost steps (DATA_LOSS), never as a wrong state
+    }
+    this.lastRefused = step;
+  }
+
+  /** The highest step number refused past every applied one (kept with durable snapshots). */
+  get refusedUpTo(): number {
+    return this.lastRefused;
+  }
+
+  set refusedUpTo(step: number) {
+    this.lastRefused = Math.max(this.lastRefused, step);
+  }
+
+  /**
+   * The same step, after any step or checkpoint operation already queued on
+   * this session; its journal record (--state-dir) is on disk as --fsync
+   * asks before the engine runs, and on the native engine the finiteness
+   * scan and the kernel run off the event loop, so other sessions are served
+   * meanwhile.
+   */
+  stepAsync(step: number, grads: Array<{ id: string; data: Float32Array }>, overrides: Overrides = {}, where: Where = gradsAt): Promise<StepResult> {
+    return this.exclusive(async () => {
+      const engine = this.engine;
+      try {
+        const plan = this.plan(step, grads, overrides, where, !engine.stepAsync);
+        if ('replay' in plan) return plan.replay;
+        const rec = this.journal?.step(step, grads, overrides);
+        let digests = plan.digests;
+        try {
+          await rec?.durable();
+          if (!engine.stepAsync) {
+            engine.step(plan.spec.optimizer, plan.spec.rule, plan.jobs);
+          } else {
+            const r = await engine.stepAsync(plan.spec.optimizer, plan.spec.rule, plan.jobs);
+            if ('nonFinite' in r) {
+              const bad = r.nonFinite;
+              throw new InvalidArgument(`${where(bad.job)} '${grads[bad.job].id}': element ${bad.index} is ${bad.value} (must be finite)`);
+            }
+            digests = r.digests;
+          }
+        } catch (e) {
+          rec?.cancel();
+          throw e;
+        }
+        return this.record(step, plan, requestDigest(grads, digests!, overrides));
+      } catch (e) {
+        this.refused(step, e);
+        throw e;
       }
-      return this.record(step, plan, requestDigest(grads, r.digests, overrides));
     });
   }
 
@@ -252,6 +302,15 @@ export class Session {
     if (step < this.lastStep) {
       throw new FailedPrecondition(`step: ${step} is before the last applied step ${this.lastStep}`);
     }
+    if (this.resumedAt !== null && step > Math.max(this.lastStep, this.lastRefused) + 1) {
+      // The client was told of steps the recovered state does not hold (a journal cut at a record boundary, an older file).
+      this.damage = new DataLoss(
+        `session ${this.id}: after the server restarted, its --state-dir holds this session up to step ${this.lastStep}, but this client's next step is ${step}: ` +
+          `acknowledged steps are missing from the session's files (cut short or replaced by an older copy), so the session is not served: ` +
+          'restore it from your last checkpoint (load_state_dict into a new RemoteOptimizer)',
+      );
+      throw this.damage;
+    }
     const spec = Object.keys(overrides).length ? withOverrides(this.spec, overrides, this.groups()) : this.spec;
     for (const g of Object.keys(overrides)) {
       if (!this.groups().has(g)) throw new InvalidArgument(`group_overrides: no parameter is in group '${g}'`);
@@ -288,6 +347,7 @@ export class Session {
     this.lastStep = step;
     this.lastStepIds = plan.ids;
     this.lastDigest = digest;
+    this.resumedAt = null;
     this.journal?.committed(this);
     return { step, replayed: false, values: this.lastStepIds.map((id) => ({ id, data: this.view(id) })) };
   }
@@ -359,11 +419,12 @@ export class Session {
     };
     const spec = resolveSpec(json, new Set([...inUse, ...decls.map((d) => d.group)]));
     reserve(spec, decls);
+    this.journal?.added(groups, decls).durableSync();
     // Commit: nothing below can be refused.
     const releasedBytes = this.closeArena();
     for (const d of decls) this.declare(d);
     this.spec = spec;
-    this.journal?.replaced(this);
+    this.journal?.committed(this);
     return { spec, releasedBytes };
   }
 
@@ -405,6 +466,16 @@ export class Session {
     return validateOnly ? this.validateStep(step, grads, overrides, where) : this.stepAsync(step, grads, overrides, where);
   }
 
+  /** Whether steps may arrive through the fast lane, without a call. */
+  get hasLane(): boolean {
+    return this.lane !== null;
+  }
+
+  /** Steps the fast lane applied and the session took in (syncLane) so far. */
+  get laneSteps(): number {
+    return this.laneStepsTaken;
+  }
+
   /** Stops the fast lane and takes in the steps it applied. */
   private syncLane(): void {
     const r = this.lane?.disarm();
@@ -413,6 +484,7 @@ export class Session {
     if (r.lastStep > this.lastStep) {
       // The lane takes only the next step number: one request per number.
       this.onLaneSteps?.(r.lastStep - this.lastStep);
+      this.laneStepsTaken += r.lastStep - this.lastStep;
       this.lastStep = r.lastStep;
       this.lastStepIds = r.lastIds;
       this.lastDigest = null; // shared memory loses no reply: a retry by RPC of that number replays
@@ -465,6 +537,7 @@ export class Session {
     this.syncLane();
     checkImport(this.params, this.spec, header, tensors, (a, what) => this.finite(a, what));
     const spec = header?.spec ? resolveGroups(header.spec, [...this.params.values()].map((p) => p.group)) : this.spec;
+    this.journal?.imported(header, tensors).durableSync();
     // Commit.
     for (const t of tensors) {
       const p = this.params.get(t.paramId)!;
@@ -489,13 +562,24 @@ export class Session {
       this.lastStep = header.lastStep;
       this.lastStepIds = [];
       this.lastDigest = null; // a checkpoint does not carry the request: its step number replays
+      this.lastRefused = 0;
     }
-    this.journal?.replaced(this);
+    this.resumedAt = null;
+    this.journal?.committed(this);
     return tensors.length;
+  }
+
+  /**
+   * Recovered from --state-dir: until its next step is applied, a step
+   * numbered past lastStep + 1 means acknowledged steps were lost on disk.
+   */
+  resumed(): void {
+    this.resumedAt = this.lastStep;
   }
 
   private checkOpen(): void {
     if (this.disposed) throw new FailedPrecondition(`session ${this.id} is closed`);
+    if (this.damage) throw this.damage;
   }
 
   dispose(): void {

@@ -1,9 +1,11 @@
 // Sessions by id, with their credentials and the server's limits. Every
 // per-session call finds its session through get(id, token): the token is
 // checked first (credentials.ts), then the session is looked up and its idle
-// clock reset. Closing a session (or the store) disposes everything it holds.
+// clock reset; a session whose kept state failed its checks (--state-dir)
+// answers DATA_LOSS. Closing a session (or the store) disposes everything it
+// holds.
 import { randomUUID } from 'crypto';
-import { NotFound, ResourceExhausted } from '../errors';
+import { type DataLoss, NotFound, ResourceExhausted } from '../errors';
 import { log } from '../log';
 import { resolveGroup, type ResolvedSpec } from '../registry';
 import { Credentials } from './credentials';
@@ -26,8 +28,13 @@ interface Entry {
   session: Session;
   bytes: number;
   lastUsed: number;
-  /** The session's last step when last looked at (fast-lane steps make no call). */
-  lastStep: number;
+  /** The fast-lane steps the session had taken in when the sweep last looked (they make no call). */
+  laneSteps: number;
+}
+
+/** How often idle sessions are looked for: a quarter of the timeout, at least 250 ms, at most 30 s. */
+export function sweepPeriodMs(idleTimeoutMs: number): number {
+  return Math.min(30_000, Math.max(250, idleTimeoutMs / 4));
 }
 
 /**
@@ -48,6 +55,8 @@ export function projectedBytes(spec: ResolvedSpec, decls: ParamDeclaration[]): n
 
 export class SessionStore {
   private readonly sessions = new Map<string, Entry>();
+  /** Sessions of --state-dir that failed recovery's checks: every call about them answers DATA_LOSS. */
+  private readonly damaged = new Map<string, { error: DataLoss; checkToken: boolean }>();
   private readonly sweeper: NodeJS.Timeout | null;
   private bytes = 0;
 
@@ -59,8 +68,9 @@ export class SessionStore {
     /** Where sessions are kept across restarts (--state-dir), if anywhere. */
     private readonly state: StateDir | null = null,
   ) {
-    // Idle sessions are found by a sweep a few times per timeout.
-    this.sweeper = limits.idleTimeoutMs > 0 ? setInterval(() => void this.expire(), Math.max(250, limits.idleTimeoutMs / 4)) : null;
+    // Idle sessions are found by a sweep a few times per timeout: one idle
+    // for the timeout is closed by the next sweep (at most one period late).
+    this.sweeper = limits.idleTimeoutMs > 0 ? setInterval(() => void this.expire(), sweepPeriodMs(limits.idleTimeoutMs)) : null;
     this.sweeper?.unref();
   }
 
@@ -78,8 +88,15 @@ export class SessionStore {
     }
     const session = new Session(randomUUID(), spec, params);
     session.onLaneSteps = (n) => this.onLaneSteps?.(n);
-    if (this.state) session.journal = this.state.created(session, spec, params, bytes);
-    this.sessions.set(session.id, { session, bytes, lastUsed: this.now(), lastStep: 0 });
+    if (this.state) {
+      try {
+        session.journal = this.state.created(session, bytes);
+      } catch (e) {
+        session.dispose();
+        throw e;
+      }
+    }
+    this.sessions.set(session.id, { session, bytes, lastUsed: this.now(), laneSteps: 0 });
     this.bytes += bytes;
     log('info', 'session_created', { session: session.id, optimizer: spec.optimizer.name, rule: spec.rule.name, params: params.length, bytes });
     return { session, token: this.credentials.tokenFor(session.id) };
@@ -87,6 +104,12 @@ export class SessionStore {
 
   /** The session `id`, if `token` opens it (else Unauthenticated / PermissionDenied, before any lookup). */
   get(id: string, token: string | undefined): Session {
+    const damaged = this.damaged.get(id);
+    if (damaged) {
+      // A session created under a key this server no longer has cannot check its token: the answer says only that its state is lost.
+      if (damaged.checkToken) this.credentials.check(id, token);
+      throw damaged.error;
+    }
     this.credentials.check(id, token);
     const e = this.sessions.get(id);
     if (!e) {
@@ -96,6 +119,7 @@ export class SessionStore {
       );
     }
     e.lastUsed = this.now();
+    if (e.session.damage) throw e.session.damage;
     return e.session;
   }
 
@@ -144,38 +168,47 @@ export class SessionStore {
     log('info', reason === 'closed' ? 'session_closed' : 'session_expired', { session: id, reason });
   }
 
-  /** Closes every session idle for longer than the timeout (after anything queued on it). */
+  /**
+   * Closes every session unused for longer than the timeout (after anything
+   * queued on it). A call uses a session when it looks it up (get); steps
+   * through the shared-memory fast lane make no call, so a session with a
+   * lane is looked at on every sweep: steps it took in since the last one
+   * count as a use now.
+   */
   expire(): Promise<void> {
-    const now = this.now();
+    const idle = (e: Entry) => this.now() - e.lastUsed > this.limits.idleTimeoutMs;
     const closing: Promise<void>[] = [];
     for (const [id, e] of this.sessions) {
-      if (now - e.lastUsed > this.limits.idleTimeoutMs) {
-        closing.push(
-          e.session.exclusive(() => {
-            if (this.sessions.get(id) !== e) return;
-            const last = e.session.header().lastStep;
-            if (last !== e.lastStep) {
-              e.lastStep = last; // it stepped through shared memory meanwhile: in use
-              e.lastUsed = this.now();
-              return;
-            }
-            if (this.now() - e.lastUsed > this.limits.idleTimeoutMs) this.close(id, 'idle');
-          }),
-        );
-      }
+      if (!e.session.hasLane && !idle(e)) continue;
+      closing.push(
+        e.session.exclusive(() => {
+          if (this.sessions.get(id) !== e) return;
+          const lane = e.session.laneSteps; // exclusive() took in what the lane applied
+          if (lane !== e.laneSteps) {
+            e.laneSteps = lane;
+            e.lastUsed = this.now();
+          }
+          if (idle(e)) this.close(id, 'idle');
+        }),
+      );
     }
     return Promise.all(closing).then(() => undefined);
   }
 
-  /** Loads every session of the state directory (at start-up). */
+  /** Loads every session of the state directory (at start-up); the number served (damaged ones are not counted). */
   recover(): number {
     if (!this.state) return 0;
     let n = 0;
-    for (const { session, journal } of this.state.recover((id, spec, decls) => ({ session: new Session(id, spec, decls), stateBytes: projectedBytes(spec, decls) }))) {
+    for (const r of this.state.recover((id, spec, decls) => ({ session: new Session(id, spec, decls), stateBytes: projectedBytes(spec, decls) }))) {
+      if ('damage' in r) {
+        this.damaged.set(r.id, { error: r.damage, checkToken: r.checkToken });
+        continue;
+      }
+      const { session, journal } = r;
       const bytes = projectedBytes(session.resolvedSpec, session.declarations());
       session.journal = journal;
       session.onLaneSteps = (n) => this.onLaneSteps?.(n);
-      this.sessions.set(session.id, { session, bytes, lastUsed: this.now(), lastStep: 0 });
+      this.sessions.set(session.id, { session, bytes, lastUsed: this.now(), laneSteps: 0 });
       this.bytes += bytes;
       n++;
     }
@@ -192,6 +225,11 @@ export class SessionStore {
 
   get size(): number {
     return this.sessions.size;
+  }
+
+  /** Sessions of --state-dir that answer DATA_LOSS. */
+  get damagedCount(): number {
+    return this.damaged.size;
   }
 
   /** Bytes held by every session (projected at creation, arenas included). */

@@ -10,6 +10,8 @@ interface Dir {
   scale: number;
   /** decoupled decay factor applied to theta before the rule */
   decay: number;
+  /** state that follows the new theta (ASGD's average), run after the rule */
+  after?: (theta: number[]) => void;
 }
 
 const n = (h: H, k: string) => h[k] as number;
@@ -23,14 +25,22 @@ function decayed(g: number[], th: number[], wd: number): number[] {
 /** sqrt(x) + eps, or sqrt(x + eps) with eps_in_sqrt (optax, Keras). */
 const root = (h: H, x: number) => (h.eps_in_sqrt ? Math.sqrt(x + n(h, 'eps')) : Math.sqrt(x) + n(h, 'eps'));
 
+const norm = (x: number[]) => Math.sqrt(x.reduce((a, v) => a + v * v, 0));
+/** optax's trust ratio: tc ||theta|| / (||u|| + eps), 1 when either norm is 0. */
+function trust(th: number[], u: number[], tc: number, eps: number): number {
+  const pn = norm(th), un = norm(u);
+  return pn === 0 || un === 0 ? 1 : (tc * pn) / (un + eps);
+}
+
 /** lr_in_momentum: d is the step the buffer makes divided by the current lr (0 at lr = 0). */
 const perLr = (h: H, x: number) => (n(h, 'lr') > 0 ? x / n(h, 'lr') : 0);
 
 /** One optimizer's direction; mutates `s` (the reference keeps state in place). */
 export function refDirection(opt: string, g0: number[], th: number[], s: RefState, h: H, t: number): Dir {
   const len = th.length;
-  const wd = n(h, 'weight_decay');
+  const wd = (h.weight_decay as number | undefined) ?? 0;
   const ensure = (k: string, v = 0) => (s[k] ??= filled(len, v));
+  const scalar = (k: string, v: number) => (s[k] ??= [v]);
   const [b1, b2] = (h.betas as number[]) ?? [0, 0];
   switch (opt) {
     case 'sgd': {
@@ -109,7 +119,7 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
       return { d, scale: 1 / (1 - b1 ** t), decay: 1 };
     }
     case 'nadam': {
-      const g = decayed(g0, th, wd);
+      const g = h.decoupled_weight_decay ? g0 : decayed(g0, th, wd);
       const psi = n(h, 'momentum_decay');
       const mu = b1 * (1 - 0.5 * 0.96 ** (t * psi));
       const mu1 = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * psi));
@@ -123,10 +133,10 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
         const denom = Math.sqrt(v[i] / bc2) + n(h, 'eps');
         return ((1 - mu) / (1 - prod[0])) * (gi / denom) + (mu1 / (1 - prod[0] * mu1)) * (m[i] / denom);
       });
-      return { d, scale: 1, decay: 1 };
+      return { d, scale: 1, decay: h.decoupled_weight_decay ? 1 - n(h, 'lr') * wd : 1 };
     }
     case 'radam': {
-      const g = decayed(g0, th, wd);
+      const g = h.decoupled_weight_decay ? g0 : decayed(g0, th, wd);
       const m = ensure('exp_avg'), v = ensure('exp_avg_sq');
       const bc2 = 1 - b2 ** t;
       const rhoInf = 2 / (1 - b2) - 1;
@@ -137,7 +147,7 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
         v[i] = b2 * v[i] + (1 - b2) * sq(gi);
         return rho > 5 ? (m[i] * rect * Math.sqrt(bc2)) / (Math.sqrt(v[i]) + n(h, 'eps')) : m[i];
       });
-      return { d, scale: 1 / (1 - b1 ** t), decay: 1 };
+      return { d, scale: 1 / (1 - b1 ** t), decay: h.decoupled_weight_decay ? 1 - n(h, 'lr') * wd : 1 };
     }
     case 'adadelta': {
       const g = decayed(g0, th, wd);
@@ -160,13 +170,69 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
       });
       return { d, scale: 1, decay: 1 - n(h, 'lr') * wd };
     }
+    case 'rprop': {
+      // torch's Rprop: the step is sign(g') step_size; d carries it in units of lr.
+      const [etaMinus, etaPlus] = h.etas as number[];
+      const [lo, hi] = h.step_sizes as number[];
+      const prev = ensure('prev'), size = ensure('step_size', n(h, 'lr'));
+      const d = g0.map((gi, i) => {
+        const s0 = Math.sign(gi * prev[i]);
+        size[i] = Math.min(hi, Math.max(lo, size[i] * (s0 > 0 ? etaPlus : s0 < 0 ? etaMinus : 1)));
+        prev[i] = s0 < 0 ? 0 : gi;
+        return perLr(h, Math.sign(prev[i]) * size[i]);
+      });
+      return { d, scale: 1, decay: 1 };
+    }
+    case 'asgd': {
+      // torch's ASGD: theta (1 - lambd eta) - eta g', with eta and mu of the previous step.
+      const g = decayed(g0, th, wd);
+      const lrNow = n(h, 'lr'), lambd = n(h, 'lambd');
+      const eta = scalar('eta', lrNow), mu = scalar('mu', 1), ax = ensure('ax');
+      const [etaUsed, muUsed] = [eta[0], mu[0]];
+      eta.fill(lrNow / (1 + lambd * lrNow * t) ** n(h, 'alpha'));
+      mu.fill(1 / Math.max(1, t - n(h, 't0')));
+      const after = (next: number[]) => next.forEach((v, i) => (ax[i] = muUsed === 1 ? v : ax[i] + muUsed * (v - ax[i])));
+      return { d: g, scale: lrNow > 0 ? etaUsed / lrNow : 0, decay: 1 - lambd * etaUsed, after };
+    }
+    case 'lamb': {
+      // optax.lamb: Adam's corrected update plus wd theta, times ||theta|| / ||u||.
+      const m = ensure('exp_avg'), v = ensure('exp_avg_sq');
+      const bc1 = 1 - b1 ** t, bc2 = 1 - b2 ** t;
+      const u = g0.map((gi, i) => {
+        m[i] = b1 * m[i] + (1 - b1) * gi;
+        v[i] = b2 * v[i] + (1 - b2) * sq(gi);
+        return m[i] / bc1 / (Math.sqrt(v[i] / bc2) + n(h, 'eps')) + wd * th[i];
+      });
+      const r = trust(th, u, 1, 0);
+      return { d: u.map((x) => x * r), scale: 1, decay: 1 };
+    }
+    case 'lars': {
+      // optax.lars: (g + wd theta) times tc ||theta|| / (||u|| + eps), then a trace of the lr-scaled steps.
+      const u = decayed(g0, th, wd);
+      const r = trust(th, u, n(h, 'trust_coefficient'), n(h, 'eps'));
+      const mu = n(h, 'momentum'), lrNow = n(h, 'lr');
+      const buf = ensure('momentum_buffer');
+      const d = u.map((x, i) => {
+        const lw = lrNow * r * x;
+        buf[i] = mu * buf[i] + lw;
+        return perLr(h, h.nesterov ? lw + mu * buf[i] : buf[i]);
+      });
+      return { d, scale: 1, decay: 1 };
+    }
   }
   throw new Error(`reference: no optimizer ${opt}`);
 }
 
 /** One step of optimizer x rule on theta (returns the new theta; mutates state). */
 export function refStep(opt: string, rule: string, th: number[], g: number[], s: RefState, rs: RefState, h: H, t: number): number[] {
-  const { d, scale, decay } = refDirection(opt, g, th, s, h, t);
+  const { after, ...dir } = refDirection(opt, g, th, s, h, t);
+  const next = refRule(rule, th, dir, rs, h);
+  after?.(next);
+  return next;
+}
+
+/** The rule's new theta from the direction (theta before any decay). */
+function refRule(rule: string, th: number[], { d, scale, decay }: Dir, rs: RefState, h: H): number[] {
   const x = th.map((v) => v * decay);
   const eta = n(h, 'lr') * scale;
   switch (rule) {

@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 #include "hwy/highway.h"
 #include "kernel.h"
@@ -74,6 +75,33 @@ struct AdamHypers {
             static_cast<float>(OptH(j, 3)), static_cast<float>(OptH(j, 4))};
   }
 };
+
+/**
+ * torch's decoupled_weight_decay (NAdam, RAdam; the flag at table index
+ * `at`): when on, the gradient takes no L2 term and theta is decayed by
+ * 1 - lr * weight_decay before the rule instead.
+ */
+inline void DecoupleWeightDecay(const Job& j, int at, AdamHypers* a, Factors* f) {
+  if (OptH(j, at) == 0) return;
+  f->decay = 1 - j.h[1] * OptH(j, 4);
+  a->wd = 0;
+}
+
+/**
+ * The hook of optimizers whose state follows the new parameter (ASGD's
+ * average): an optimizer with `kAfter = true` has After(d, c, j, i, theta_t),
+ * which the fused loop calls once theta_t is known; for the others this is
+ * nothing.
+ */
+template <class Opt, class = void>
+struct WantsAfter : std::false_type {};
+template <class Opt>
+struct WantsAfter<Opt, std::void_t<decltype(Opt::kAfter)>> : std::bool_constant<Opt::kAfter> {};
+
+template <class Opt, class D>
+HWY_INLINE void AfterStep(D d, const typename Opt::C& c, const Job& j, size_t i, hn::Vec<D> theta) {
+  if constexpr (WantsAfter<Opt>::value) Opt::After(d, c, j, i, theta);
+}
 
 /** Adam's moments (Adam, AdamW, NAdam, RAdam): m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2, stored in slots 0 and 1. */
 template <class D>

@@ -1,11 +1,12 @@
 // RAdam (torch.optim.RAdam): Adam's moments, rectified once rho_t > 5:
 //   rho_inf = 2/(1-b2) - 1;  rho_t = rho_inf - 2 t b2^t / bc2
 //   d = m r_t sqrt(bc2) / (sqrt(v) + eps) when rho_t > 5, else d = m;  scale = 1 / bc1
+//   g' = g + wd theta, or with decoupled_weight_decay g' = g and decay = 1 - lr wd
 #ifndef MUR_RADAM_DESC_
 #define MUR_RADAM_DESC_
 namespace mur {
 namespace radam_desc {
-inline constexpr const char* kHypers[] = {"lr", "betas.0", "betas.1", "eps", "weight_decay"};
+inline constexpr const char* kHypers[] = {"lr", "betas.0", "betas.1", "eps", "weight_decay", "decoupled_weight_decay"};
 inline constexpr const char* kSlots[] = {"exp_avg", "exp_avg_sq"};
 }  // namespace radam_desc
 }  // namespace mur
@@ -34,6 +35,7 @@ struct Radam {
     const double rho_inf = 2 / (1 - b2) - 1;
     const double rho = rho_inf - 2 * t * std::pow(b2, t) / bc2;
     c->a = AdamHypers::From(j);
+    DecoupleWeightDecay(j, 5, &c->a, f);
     c->rectified = rho > 5;
     c->rect = c->rectified
                   ? static_cast<float>(std::sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)) *

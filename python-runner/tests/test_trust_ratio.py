@@ -1,0 +1,88 @@
+"""LAMB and LARS against optax (the reference: torch.optim has neither):
+mur.reference in float64 against optax in float64, and the server (through
+mur.optax, both engines) in float32 against optax in float32, on a pytree of
+a matrix and a vector (each with its own trust ratio)."""
+import numpy as np
+import pytest
+import torch
+
+jax = pytest.importorskip("jax", reason="jax is not installed here (make jax builds .venv-jax with jax and optax)")
+optax = pytest.importorskip("optax", reason="optax is not installed here (make jax builds .venv-jax)")
+import jax.numpy as jnp  # noqa: E402
+from jax.experimental import enable_x64  # noqa: E402
+
+import mur.optax  # noqa: E402
+from mur import reference  # noqa: E402
+
+STEPS = 30
+CASES = [("lamb", dict(lr=0.01)), ("lamb", dict(lr=0.01, weight_decay=0.1, betas=(0.8, 0.99), eps=1e-4)),
+         ("lars", dict(lr=0.5, trust_coefficient=0.05)),
+         ("lars", dict(lr=0.5, trust_coefficient=0.05, weight_decay=0.01, eps=0.1, nesterov=True)),
+         ("lars", dict(lr=0.5, trust_coefficient=0.05, momentum=0.0))]
+IDS = [f"{n}-{i}" for i, (n, _) in enumerate(CASES)]
+
+
+def optax_of(name, h):
+    if name == "lamb":
+        b1, b2 = h.get("betas", (0.9, 0.999))
+        return optax.lamb(h["lr"], b1=b1, b2=b2, eps=h.get("eps", 1e-6), weight_decay=h.get("weight_decay", 0.0))
+    return optax.lars(h["lr"], weight_decay=h.get("weight_decay", 0.0), trust_coefficient=h["trust_coefficient"],
+                      eps=h.get("eps", 0.0), momentum=h.get("momentum", 0.9), nesterov=h.get("nesterov", False))
+
+
+def start(dtype):
+    i = np.arange(12, dtype=np.float64)
+    return {"w": (np.sin(1.3 * i + 0.4) * 0.8).reshape(3, 4).astype(dtype), "b": np.linspace(-0.3, 0.5, 5).astype(dtype)}
+
+
+def gradient(p, t):
+    """g = 0.6 cos(0.7 i + 0.3 t) + 0.4 theta per leaf (depends on theta, so trajectories are not trivial)."""
+    return {k: (0.6 * np.cos(0.7 * np.arange(v.size) + 0.3 * t).reshape(v.shape) + 0.4 * np.asarray(v)).astype(v.dtype)
+            for k, v in p.items()}
+
+
+def run_optax(tx, params):
+    state, out, grads = tx.init(params), [], []
+    for t in range(1, STEPS + 1):
+        g = gradient(params, t)
+        updates, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+        grads.append(g)
+        out.append({k: np.asarray(v) for k, v in params.items()})
+    return out, grads
+
+
+@pytest.mark.parametrize("name,h", CASES, ids=IDS)
+def test_reference_is_optax_in_float64(name, h):
+    """Both float64, the same maths in another order: ~1e-15 after 30 steps; 1e-12
+    is far below what a wrong formula moves (>= 1e-5 after one step)."""
+    with enable_x64():
+        want, grads = run_optax(optax_of(name, h), {k: jnp.asarray(v) for k, v in start(np.float64).items()})
+    params = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in start(np.float64).items()}
+    opt = reference.Optimizer(params.values(), optimizer=name, rule="additive", **h)
+    for t, g in enumerate(grads):
+        for k, p in params.items():
+            p.grad = torch.from_numpy(np.asarray(g[k]))
+        opt.step()
+        for k, p in params.items():
+            assert np.max(np.abs(p.detach().numpy() - want[t][k])) < 1e-12, (t + 1, k)
+    moved = max(np.max(np.abs(want[-1][k] - v)) for k, v in start(np.float64).items())
+    assert moved > 1e-2, f"the trajectory barely moved ({moved})"
+
+
+@pytest.mark.parametrize("backend", ["native_server", "wasm_server"])
+@pytest.mark.parametrize("name,h", CASES, ids=IDS)
+def test_server_is_optax_in_float32(request, backend, name, h):
+    """float32 both: rounding of ~10 ops a step plus the two norms, 30 steps;
+    2e-6 (1 + |theta|), the goldens' bound against torch, holds with room."""
+    params = {k: jnp.asarray(v) for k, v in start(np.float32).items()}
+    want, _ = run_optax(optax_of(name, h), params)
+    tx = mur.optax.remote(name, "additive", server=request.getfixturevalue(backend), **h)
+    try:
+        got, _ = run_optax(tx, params)
+    finally:
+        tx.close()
+    for t in range(STEPS):
+        for k in params:
+            err = np.abs(got[t][k] - want[t][k])
+            assert np.all(err <= 2e-6 * (1 + np.abs(want[t][k]))), (t + 1, k, float(err.max()))
