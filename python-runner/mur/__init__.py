@@ -1,12 +1,31 @@
 """mur: the multiplicative update rules of Kirtas et al. (2024) for PyTorch, computed by a mur server."""
-from .errors import (ConnectionLostError, DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
-                     MurError, NotFoundError, ResourceExhaustedError, TransportUnavailable)
-from .optimizer import RemoteOptimizer
-from .sharded import ShardedRemoteOptimizer  # what RemoteOptimizer(server=[a, b, ...]) returns
-from .server import LocalServer
-from . import schedulers  # noqa: E402  (gamma schedules: mur.schedulers.ExponentialGammaDecay, ...)
 
-__all__ = ["RemoteOptimizer", "ShardedRemoteOptimizer", "LocalServer", "MurError", "InvalidArgumentError", "NotFoundError",
-           "FailedPreconditionError", "ResourceExhaustedError", "ConnectionLostError", "DeadlineExceededError",
-           "TransportUnavailable"]
+from . import schedulers  # noqa: E402  (gamma schedules: mur.schedulers.ExponentialGammaDecay, ...)
+from .errors import (
+    ConnectionLostError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    MurError,
+    NotFoundError,
+    ResourceExhaustedError,
+    TransportUnavailable,
+)
+from .optimizer import RemoteOptimizer
+from .server import LocalServer
+from .sharded import ShardedRemoteOptimizer  # what RemoteOptimizer(server=[a, b, ...]) returns
+
+__all__ = [
+    "RemoteOptimizer",
+    "ShardedRemoteOptimizer",
+    "LocalServer",
+    "MurError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "FailedPreconditionError",
+    "ResourceExhaustedError",
+    "ConnectionLostError",
+    "DeadlineExceededError",
+    "TransportUnavailable",
+]
 __version__ = "0.1.0"

@@ -8,6 +8,7 @@ TypeScript tests replay the gradients through mur and compare.
 
     python3 python-runner/scripts/make_golden.py ts-server/test/golden/torch_additive.json
 """
+
 import json
 import math
 import sys
@@ -41,9 +42,15 @@ CASES = [
 ]
 
 TORCH = {
-    "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-    "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop, "adamax": torch.optim.Adamax,
-    "nadam": torch.optim.NAdam, "radam": torch.optim.RAdam, "adadelta": torch.optim.Adadelta,
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "adagrad": torch.optim.Adagrad,
+    "rmsprop": torch.optim.RMSprop,
+    "adamax": torch.optim.Adamax,
+    "nadam": torch.optim.NAdam,
+    "radam": torch.optim.RAdam,
+    "adadelta": torch.optim.Adadelta,
 }
 
 
@@ -53,9 +60,10 @@ def _torch_major():
 
 # Known differences between this torch and the maths mur implements (torch 2.x).
 QUIRKS = {
-    "nadam": (lambda: _torch_major() < 2,
-              "torch < 2.0 NAdam multiplies mu_t twice into mu_product_next (fixed in torch 2.0); "
-              "mur follows torch 2.x"),
+    "nadam": (
+        lambda: _torch_major() < 2,
+        "torch < 2.0 NAdam multiplies mu_t twice into mu_product_next (fixed in torch 2.0); mur follows torch 2.x",
+    ),
 }
 
 

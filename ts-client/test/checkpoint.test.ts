@@ -107,7 +107,10 @@ describe('MurSession checkpoints', () => {
     await steps(s, 1, 1);
     const cp = await s.checkpoint();
     const other = await client.createSession({ optimizer: 'sgd', rule: 'additive', defaults: { lr: 0.1 } }, init());
-    await assert.rejects(other.restore(cp), (e: unknown) => e instanceof InvalidArgumentError && /not a state slot of sgd|checkpoint is adam/.test((e as Error).message));
+    await assert.rejects(
+      other.restore(cp),
+      (e: unknown) => e instanceof InvalidArgumentError && /not a state slot of sgd|checkpoint is adam/.test((e as Error).message),
+    );
     await s.close();
     await other.close();
   });

@@ -19,11 +19,22 @@ describe('package @mur/client', () => {
 
   it('npm pack lists only dist (library and generated code) and README', function () {
     this.timeout(60_000);
-    const out = execFileSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    const out = execFileSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], {
+      cwd: root,
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
     const files: string[] = JSON.parse(out)[0].files.map((f: { path: string }) => f.path);
     const stray = files.filter((f) => !/^(dist\/(src|generated)\/.*\.(js|d\.ts)|README\.md|package\.json)$/.test(f));
     assert.deepEqual(stray, []);
-    for (const f of ['dist/src/index.js', 'dist/src/index.d.ts', 'dist/src/tfjs.js', 'dist/src/tfjs-worker.js', 'dist/generated/mur/v1/optimizer.js', 'dist/generated/google/protobuf/struct.js']) {
+    for (const f of [
+      'dist/src/index.js',
+      'dist/src/index.d.ts',
+      'dist/src/tfjs.js',
+      'dist/src/tfjs-worker.js',
+      'dist/generated/mur/v1/optimizer.js',
+      'dist/generated/google/protobuf/struct.js',
+    ]) {
       assert.ok(files.includes(f), `${f} is packed`);
     }
     // Every export target is in the tarball.

@@ -52,7 +52,12 @@ export class TfjsEngine implements Engine {
   }
 
   scan(a: Float32Array): { nonFinite: number; digest: string } {
-    return { nonFinite: this.firstNonFinite(a), digest: createHash('sha1').update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength)).digest('hex') };
+    return {
+      nonFinite: this.firstNonFinite(a),
+      digest: createHash('sha1')
+        .update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength))
+        .digest('hex'),
+    };
   }
 
   create(values: Float32Array, shape: number[]): Slot {

@@ -77,14 +77,19 @@ export function tolerantService<S extends ServiceDefinition>(
         const on = call.on.bind(call);
         let failed = false;
         call.on = (event: string, listener: (...a: unknown[]) => void) =>
-          on(event, event !== 'data' ? listener : (msg: unknown) => {
-            if (failed) return;
-            const bad = check(msg);
-            if (!bad) return listener(msg);
-            failed = true;
-            if (m.responseStream) call.emit('error', bad);
-            else callback(bad);
-          });
+          on(
+            event,
+            event !== 'data'
+              ? listener
+              : (msg: unknown) => {
+                  if (failed) return;
+                  const bad = check(msg);
+                  if (!bad) return listener(msg);
+                  failed = true;
+                  if (m.responseStream) call.emit('error', bad);
+                  else callback(bad);
+                },
+          );
         return handler(call, callback);
       };
     }

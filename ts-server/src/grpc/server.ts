@@ -75,7 +75,11 @@ export interface ServerOptions {
 /** Plaintext, TLS, or mutual TLS (client certificates required and checked against clientCa). */
 function serverCredentials(tls: ServerOptions['tls']): grpc.ServerCredentials {
   if (!tls) return grpc.ServerCredentials.createInsecure();
-  return grpc.ServerCredentials.createSsl(tls.clientCa ?? null, [{ cert_chain: tls.cert, private_key: tls.key }], tls.clientCa !== undefined);
+  return grpc.ServerCredentials.createSsl(
+    tls.clientCa ?? null,
+    [{ cert_chain: tls.cert, private_key: tls.key }],
+    tls.clientCa !== undefined,
+  );
 }
 
 /** The session store; with a state directory, its credentials key and recovered sessions. */
@@ -143,7 +147,11 @@ export interface RunningServer {
 }
 
 /** The one adapter for unary calls: a handler returns a value or a promise; errors map in status.ts. */
-function unary<Req, Res>(ctx: ServerContext, name: string, fn: (req: Req, token: string | undefined) => Res | Promise<Res>): grpc.handleUnaryCall<Req, Res> {
+function unary<Req, Res>(
+  ctx: ServerContext,
+  name: string,
+  fn: (req: Req, token: string | undefined) => Res | Promise<Res>,
+): grpc.handleUnaryCall<Req, Res> {
   return (call, callback) => {
     Promise.resolve()
       .then(() => fn(checkWellFormed(call.request), tokenOf(call.metadata)))
@@ -202,7 +210,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   });
   const window = opts.flowControlWindow ?? 16 * 1024 * 1024;
   const tuned = window > 0 && raiseFlowControlWindow(server, window);
-  if (window > 0 && !tuned) log('warn', 'flow_control_window', { message: 'grpc-js internals changed: HTTP/2 windows left at their defaults' });
+  if (window > 0 && !tuned)
+    log('warn', 'flow_control_window', { message: 'grpc-js internals changed: HTTP/2 windows left at their defaults' });
   const service = tolerantDeserializers(OptimizerService);
   server.addService({ ...service, step: { ...service.step, responseSerialize: encodeStepReply } }, impl);
   const health = new HealthImplementation({ '': 'SERVING', 'mur.v1.Optimizer': 'SERVING' });
@@ -231,7 +240,12 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   let data: DataPlane | undefined;
   if (!opts.socket && opts.dataPort !== null) {
     try {
-      data = await startDataPlane(ctx, { host: opts.host ?? '127.0.0.1', port: opts.dataPort ?? 0, tls: opts.tls, idleMs: opts.maxConnectionIdleMs ?? 15 * 60_000 });
+      data = await startDataPlane(ctx, {
+        host: opts.host ?? '127.0.0.1',
+        port: opts.dataPort ?? 0,
+        tls: opts.tls,
+        idleMs: opts.maxConnectionIdleMs ?? 15 * 60_000,
+      });
       ctx.dataPort = data.port;
     } catch (e) {
       server.forceShutdown();

@@ -52,9 +52,11 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
     case 'adam':
     case 'adamw': {
       const g = opt === 'adam' ? decayed(g0, th, wd) : g0;
-      const m = ensure('exp_avg'), v = ensure('exp_avg_sq');
+      const m = ensure('exp_avg'),
+        v = ensure('exp_avg_sq');
       const vmax = h.amsgrad ? ensure('max_exp_avg_sq') : v;
-      const bc1 = 1 - b1 ** t, bc2 = 1 - b2 ** t;
+      const bc1 = 1 - b1 ** t,
+        bc2 = 1 - b2 ** t;
       const d = filled(len);
       for (let i = 0; i < len; i++) {
         m[i] = b1 * m[i] + (1 - b1) * g[i];
@@ -100,7 +102,8 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
     }
     case 'adamax': {
       const g = decayed(g0, th, wd);
-      const m = ensure('exp_avg'), u = ensure('exp_inf');
+      const m = ensure('exp_avg'),
+        u = ensure('exp_inf');
       const d = g.map((gi, i) => {
         m[i] = b1 * m[i] + (1 - b1) * gi;
         u[i] = Math.max(b2 * u[i], Math.abs(gi) + n(h, 'eps'));
@@ -115,7 +118,8 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
       const mu1 = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * psi));
       const prod = ensure('mu_product', 1);
       prod[0] *= mu; // one number, kept as state like the product in torch
-      const m = ensure('exp_avg'), v = ensure('exp_avg_sq');
+      const m = ensure('exp_avg'),
+        v = ensure('exp_avg_sq');
       const bc2 = 1 - b2 ** t;
       const d = g.map((gi, i) => {
         m[i] = b1 * m[i] + (1 - b1) * gi;
@@ -127,7 +131,8 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
     }
     case 'radam': {
       const g = decayed(g0, th, wd);
-      const m = ensure('exp_avg'), v = ensure('exp_avg_sq');
+      const m = ensure('exp_avg'),
+        v = ensure('exp_avg_sq');
       const bc2 = 1 - b2 ** t;
       const rhoInf = 2 / (1 - b2) - 1;
       const rho = rhoInf - (2 * t * b2 ** t) / bc2;
@@ -141,8 +146,10 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
     }
     case 'adadelta': {
       const g = decayed(g0, th, wd);
-      const rho = n(h, 'rho'), e = n(h, 'eps');
-      const sa = ensure('square_avg'), acc = ensure('acc_delta');
+      const rho = n(h, 'rho'),
+        e = n(h, 'eps');
+      const sa = ensure('square_avg'),
+        acc = ensure('acc_delta');
       const d = g.map((gi, i) => {
         sa[i] = rho * sa[i] + (1 - rho) * sq(gi);
         const di = (Math.sqrt(acc[i] + e) / Math.sqrt(sa[i] + e)) * gi;
@@ -176,9 +183,7 @@ export function refStep(opt: string, rule: string, th: number[], g: number[], s:
       return x.map((v, i) => v - n(h, 'lr_out') * scale * Math.abs(v) * Math.tanh(n(h, 'lr_in') * d[i]));
     case 'hybrid': {
       const gm = n(h, 'gamma');
-      return x.map(
-        (v, i) => v - (gm * n(h, 'lr_out') * scale * Math.abs(v) * Math.tanh(n(h, 'lr_in') * d[i]) + (1 - gm) * eta * d[i]),
-      );
+      return x.map((v, i) => v - (gm * n(h, 'lr_out') * scale * Math.abs(v) * Math.tanh(n(h, 'lr_in') * d[i]) + (1 - gm) * eta * d[i]));
     }
     case 'exp_sign': {
       if (!rs.bound) {
@@ -186,7 +191,8 @@ export function refStep(opt: string, rule: string, th: number[], g: number[], s:
         const rms = Math.sqrt(th.reduce((a, v) => a + v * v, 0) / th.length);
         rs.bound = [n(h, 'p_scale') * rms];
       }
-      const B = rs.bound[0], gb = n(h, 'g_bound');
+      const B = rs.bound[0],
+        gb = n(h, 'g_bound');
       return x.map((v, i) => {
         const di = Math.min(gb, Math.max(-gb, d[i]));
         const next = v * Math.exp(-eta * Math.sign(v) * di);
