@@ -98,8 +98,8 @@ lint-py: $(LINT_VENV)/.installed proto
 	@echo "$(LINT_VENV)/bin/mypy  # mypy.ini"; out=$$($(LINT_VENV)/bin/mypy 2>&1); rc=$$?; \
 	  [ $$rc -le 1 ] || { printf '%s\n' "$$out"; exit $$rc; }; \
 	  $(if $(strip $(LINT_PENDING)),out=$$(printf '%s\n' "$$out" | grep -vE '$(LINT_PENDING_RE)');) \
-	  printf '%s\n' "$$out" | grep -v '^Found [0-9]* errors\? in'; \
-	  ! printf '%s\n' "$$out" | grep -qE '^[^ ]+:[0-9]+: error:'
+	  if printf '%s\n' "$$out" | grep -qE '^[^ ]+:[0-9]+: error:'; then printf '%s\n' "$$out" | grep -v '^Found [0-9]* errors\? in'; exit 1; fi; \
+	  echo "mypy: no issues$(if $(strip $(LINT_PENDING)), outside LINT_PENDING)"
 
 lint-ts: proto
 	node_modules/.bin/eslint --max-warnings 0 $(TS_FILES)

@@ -1,6 +1,6 @@
 """mur: the multiplicative update rules of Kirtas et al. (2024) for PyTorch, computed by a mur server."""
 
-from . import schedulers  # noqa: E402  (gamma schedules: mur.schedulers.ExponentialGammaDecay, ...)
+from . import schedulers  # gamma schedules: mur.schedulers.ExponentialGammaDecay, ...
 from .errors import (
     ConnectionLostError,
     DeadlineExceededError,
@@ -27,5 +27,6 @@ __all__ = [
     "ConnectionLostError",
     "DeadlineExceededError",
     "TransportUnavailable",
+    "schedulers",
 ]
 __version__ = "0.1.0"

@@ -107,7 +107,7 @@ class RemoteOptimizer(keras.optimizers.Optimizer):
             return
         super().build(variables)
         values = []
-        for i, v in enumerate(variables):
+        for v in variables:
             a = _concrete(v.value)
             if a is None:
                 raise RuntimeError(f"mur.keras: variable {v.path} has no value yet; build the model first")

@@ -52,7 +52,7 @@ class RemoteState(NamedTuple):
     numpy, not jax arrays: they live on the host with the session, and a jax
     scalar would cost a device transfer every step)."""
 
-    count: np.ndarray
+    count: np.ndarray  # type: ignore[assignment]  # shadows tuple.count, as optax's own states do
     handle: np.ndarray
 
 

@@ -295,7 +295,7 @@ def ceiling_rows(cfg):
                     up = np.ones(n, np.uint8)
                     down = memoryview(np.empty(n + 4, np.uint8))
 
-                    def raw(sock=sock, up=up, down=down):
+                    def raw(sock=sock, up=up, down=down, n=n):
                         sock.sendmsg([struct.pack("<I", n), up])
                         got = 0
                         while got < n + 4:

@@ -49,7 +49,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -257,8 +256,8 @@ def main(argv=None):
                 print(json.dumps(row), flush=True)
     print()
     print(
-        f"| params | servers | ranks | steps/s (here) | remote step ms (here) | steps/s (separate hosts) | "
-        f"remote step ms (separate hosts) |"
+        "| params | servers | ranks | steps/s (here) | remote step ms (here) | steps/s (separate hosts) | "
+        "remote step ms (separate hosts) |"
     )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:

@@ -23,13 +23,13 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
 
-import mur  # noqa: E402
-from mur_lab.data import load  # noqa: E402
-from mur_lab.progress import bar  # noqa: E402
+import mur
+from mur_lab.data import load
+from mur_lab.progress import bar
 
 
 def model():

@@ -6,7 +6,7 @@ import os
 import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
-from mur_lab import frameworks as fw  # noqa: E402
+from mur_lab import frameworks as fw
 
 missing = [fw.available(f) for f in ("optax", "keras")]
 needs_jax = pytest.mark.skipif(

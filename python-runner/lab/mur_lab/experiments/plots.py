@@ -8,12 +8,12 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.ticker import MaxNLocator
 
-from mur_lab.experiments import images, spaces, toy  # noqa: E402
+from mur_lab.experiments import images, spaces, toy
 
 COLORS = {"additive": "C0", "multiplicative": "C1", "hybrid": "C2"}
 ZERO = 1e-12  # where a distance of exactly 0 is drawn on a log axis

@@ -148,7 +148,7 @@ def toy_cell(problem, cfg, optimizer, rule, address, seed):
     if best is None:
         return cell
     for s in cfg["seeds"]:  # only the random gamma schedule depends on the seed
-        path = _guard(cell, lambda: toy.run(problem, optimizer, rule, best, address, seed=s))
+        path = _guard(cell, lambda s=s: toy.run(problem, optimizer, rule, best, address, seed=s))
         if path is None:
             continue
         cell["final"].append(
@@ -161,7 +161,7 @@ def toy_cell(problem, cfg, optimizer, rule, address, seed):
         )
     if cfg["sweep"]:
         for f in spaces.FACTORS:
-            path = _guard(cell, lambda: toy.run(problem, optimizer, rule, spaces.scaled(best, f), address))
+            path = _guard(cell, lambda f=f: toy.run(problem, optimizer, rule, spaces.scaled(best, f), address))
             if path is not None:
                 r = toy.relative(problem, path)
                 cell["sweep"][f"{f:g}"] = None if math.isinf(r) else r
@@ -182,7 +182,7 @@ def image_cell(task, cfg, data, optimizer, rule, address, seed):
     for s in cfg["seeds"]:
         r = _guard(
             cell,
-            lambda: images.train(
+            lambda s=s: images.train(
                 m,
                 optimizer,
                 rule,
@@ -203,7 +203,9 @@ def image_cell(task, cfg, data, optimizer, rule, address, seed):
         for f in spaces.FACTORS:
             r = _guard(
                 cell,
-                lambda: images.train(m, optimizer, rule, spaces.scaled(best, f), 0, data, cfg["trial_epochs"], address),
+                lambda f=f: images.train(
+                    m, optimizer, rule, spaces.scaled(best, f), 0, data, cfg["trial_epochs"], address
+                ),
             )
             if r is not None:
                 cell["sweep"][f"{f:g}"] = r["final"]
@@ -217,7 +219,7 @@ def run_task(task, cfg, address):
         data = images.Data(cfg["train"], cfg["val"], cfg["test"], cfg["curve"])
     cells = {}
     for i, o in enumerate(cfg["optimizers"]):
-        for j, r in enumerate(spaces.RULES):
+        for r in spaces.RULES:
             # the same Optuna seed for every rule of an optimizer: equal luck in the random phase
             seed = SEED + 10 * i
             if cfg["kind"] == "toy":
