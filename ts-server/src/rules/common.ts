@@ -15,7 +15,7 @@ export const LR_IN: HyperSpec = {
 };
 // lr_out defaults to 10 x lr, not lr: the multiplicative step is bounded by
 // lr_out * |theta|, and the project's learning-rate sweep puts the
-// multiplicative rule's optimum 10-30x above the additive one (docs/update-rules.md, section 6).
+// multiplicative rule's optimum well above the additive one (docs/update-rules.md, section 6).
 export const LR_OUT_FACTOR = 10;
 export const LR_OUT: HyperSpec = {
   name: 'lr_out',
