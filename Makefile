@@ -93,8 +93,9 @@ $(LINT_VENV)/.installed: requirements-lint.txt | apt
 lint: lint-py lint-ts lint-cxx
 
 lint-py: $(LINT_VENV)/.installed proto
-	$(LINT_VENV)/bin/ruff check --force-exclude $(PY_FILES)
-	$(LINT_VENV)/bin/ruff format --check --force-exclude $(PY_FILES)
+	@echo "ruff check, ruff format --check: $(words $(PY_FILES)) Python files"
+	@$(LINT_VENV)/bin/ruff check --force-exclude $(PY_FILES)
+	@$(LINT_VENV)/bin/ruff format --check --force-exclude $(PY_FILES)
 	@echo "$(LINT_VENV)/bin/mypy  # mypy.ini"; out=$$($(LINT_VENV)/bin/mypy 2>&1); rc=$$?; \
 	  [ $$rc -le 1 ] || { printf '%s\n' "$$out"; exit $$rc; }; \
 	  $(if $(strip $(LINT_PENDING)),out=$$(printf '%s\n' "$$out" | grep -vE '$(LINT_PENDING_RE)');) \
@@ -102,17 +103,20 @@ lint-py: $(LINT_VENV)/.installed proto
 	  echo "mypy: no issues$(if $(strip $(LINT_PENDING)), outside LINT_PENDING)"
 
 lint-ts: proto
-	node_modules/.bin/eslint --max-warnings 0 $(TS_FILES)
-	node_modules/.bin/prettier --check $(TS_FILES)
+	@echo "eslint, prettier --check: $(words $(TS_FILES)) TypeScript files"
+	@node_modules/.bin/eslint --max-warnings 0 $(TS_FILES)
+	@node_modules/.bin/prettier --check --log-level warn $(TS_FILES)
 
 lint-cxx: apt
-	$(if $(CXX_FILES),clang-format --dry-run -Werror $(CXX_FILES),@echo "clang-format: no C++ files outside LINT_PENDING")
+	@echo "clang-format --dry-run: $(words $(CXX_FILES)) C++ files"
+	@$(if $(CXX_FILES),clang-format --dry-run -Werror $(CXX_FILES),true)
 
 format: $(LINT_VENV)/.installed node-deps apt
-	$(LINT_VENV)/bin/ruff check --force-exclude --select I --fix $(PY_FILES)
-	$(LINT_VENV)/bin/ruff format --force-exclude $(PY_FILES)
-	node_modules/.bin/prettier --write --log-level warn $(TS_FILES)
-	$(if $(CXX_FILES),clang-format -i $(CXX_FILES))
+	@echo "ruff (import order, format), prettier, clang-format: rewriting $(words $(PY_FILES) $(TS_FILES) $(CXX_FILES)) files"
+	@$(LINT_VENV)/bin/ruff check --force-exclude --select I --fix --quiet $(PY_FILES)
+	@$(LINT_VENV)/bin/ruff format --force-exclude --quiet $(PY_FILES)
+	@node_modules/.bin/prettier --write --log-level warn $(TS_FILES)
+	@$(if $(CXX_FILES),clang-format -i $(CXX_FILES),true)
 
 # The same MLP trained with torch.optim.Adam, mur Adam additive and mur Adam
 # hybrid (its defaults), side by side: accuracy, ms per batch, a PNG of the

@@ -44,8 +44,8 @@ describe('MurClient', () => {
       [{ id: 'big', shape: [n], values: new Float32Array(n).fill(2) }],
       { transport: 'grpc' },
     );
-    let out = await s.step({ big: new Float32Array(n).fill(1) });
-    out = await s.step({ big: new Float32Array(n).fill(1) });
+    await s.step({ big: new Float32Array(n).fill(1) });
+    const out = await s.step({ big: new Float32Array(n).fill(1) });
     const expect = 2 * (1 - 0.1 * Math.tanh(1)) ** 2;
     assert.ok(Math.abs(out.get('big')![n - 1] - expect) < 1e-6);
     const state = [];
@@ -63,7 +63,7 @@ describe('MurClient', () => {
       { id: 'w', shape: [2], values: Float32Array.from([1, -1]) },
     ]);
     const stream = s.stream();
-    let last;
+    let last: Awaited<ReturnType<typeof stream.step>> | undefined;
     for (let k = 1; k <= 5; k++) last = await stream.step(new Map([['w', Float32Array.from([0.1, -0.1])]]), {}, k);
     stream.close();
     assert.ok(last!.get('w')![0] < 1 && last!.get('w')![1] > -1);

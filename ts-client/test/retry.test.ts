@@ -41,14 +41,12 @@ describe('MurClient deadlines and retries', () => {
       await server.close();
       // The step goes out while nothing listens; the server comes back 400 ms later.
       const restart = new Promise<void>((resolve, reject) =>
-        setTimeout(
-          () =>
-            startServer({ socket, stateDir }).then((x) => {
-              server = x;
-              resolve();
-            }, reject),
-          400,
-        ),
+        setTimeout(() => {
+          startServer({ socket, stateDir }).then((x) => {
+            server = x;
+            resolve();
+          }, reject);
+        }, 400),
       );
       const t0 = Date.now();
       const third = await s.step(grad(3));

@@ -135,7 +135,7 @@ describe('transport "tcp"', () => {
         // A gradient of the wrong length never leaves (it would misframe the bytes after it).
         await assert.rejects(
           tcp.step({ ...grads(2), w: new Float32Array(11) }),
-          (e: unknown) => e instanceof TypeError && /'w': 11 elements, parameter has 12/.test((e as Error).message),
+          (e: unknown) => e instanceof TypeError && /'w': 11 elements, parameter has 12/.test(e.message),
         );
         assertSameCheckpoint(await tcp.checkpoint(), before, 'after the wrong length');
         assertSameValues(await tcp.step(grads(2)), await wire.step(grads(2)), 'the next step');

@@ -121,7 +121,7 @@ describe('tfjs adapter (murOptimizer)', () => {
       const b = model(3);
       const opt = murOptimizer(near, sgd);
       const ref = tf.train.sgd(LR);
-      const loss = (m: tfl.LayersModel) => () => tf.losses.meanSquaredError(y, m.predict(x) as tf.Tensor) as tf.Scalar;
+      const loss = (m: tfl.LayersModel) => () => tf.losses.meanSquaredError<tf.Tensor, tf.Scalar>(y, m.predict(x) as tf.Tensor);
       for (let k = 0; k < 20; k++) {
         const cost = await opt.minimizeAsync(loss(a), true);
         cost!.dispose();

@@ -70,6 +70,7 @@ function parse(argv: string[]): Options {
           'node dist/bench/load.js [--duration S (45)] [--clients N (32)] [--params N (100000)] [--transports grpc,shm] [--backend NAME]',
         );
         process.exit(0);
+        break; // not reached (no-fallthrough does not know that exit never returns)
       default:
         throw new Error(`unknown option ${argv[i]}`);
     }
@@ -127,7 +128,7 @@ async function worker(): Promise<void> {
     try {
       let req: StepRequest;
       if (arena) {
-        arena.info.tensors.forEach((t, i) => fs.writeSync(arena!.fd, grads[i], 0, grads[i].length, t.gradOffset));
+        arena.info.tensors.forEach((t, i) => fs.writeSync(arena.fd, grads[i], 0, grads[i].length, t.gradOffset));
         req = { sessionId: session.sessionId, step: k, grads: [], groupOverrides: {}, arenaGrads: sizes.map((_, i) => i) };
       } else {
         req = {
@@ -190,10 +191,10 @@ async function startServer(o: Options): Promise<{ child: ChildProcess; port: num
   const args = [CLI, '--port', '0', '--metrics-port', '0', '--max-sessions', '0', ...(o.backend ? ['--backend', o.backend] : [])];
   const child = spawn(process.execPath, args, { env: { ...process.env, MUR_LOG: 'silent' }, stdio: ['ignore', 'pipe', 'inherit'] });
   const line = await new Promise<string>((resolve, reject) => {
-    readline.createInterface({ input: child.stdout! }).once('line', resolve);
+    readline.createInterface({ input: child.stdout }).once('line', resolve);
     child.once('exit', (code) => reject(new Error(`mur-server exited with ${code} before listening`)));
   });
-  const info = JSON.parse(line);
+  const info = JSON.parse(line) as { port: number; metrics_port: number; backend: string };
   return { child, port: info.port, metricsPort: info.metrics_port, backend: info.backend };
 }
 

@@ -118,10 +118,10 @@ describe('bad input: precise status, session unchanged', () => {
     await expectRefused(s(grads({ ww: { shape: [2, 3], data: [1, 1, 1, 1, 1, 1] } })), status.INVALID_ARGUMENT, "'ww'");
     await expectRefused(s(grads({ w: { shape: [3, 2], data: [1, 1, 1, 1, 1, 1] } })), status.INVALID_ARGUMENT, "'w'", '[3,2]');
     const f64 = good();
-    f64[0].grad!.dtype = DType.DTYPE_FLOAT64;
+    f64[0].grad.dtype = DType.DTYPE_FLOAT64;
     await expectRefused(s(f64), status.INVALID_ARGUMENT, 'DTYPE_FLOAT64');
     const short = good();
-    short[0].grad!.data = short[0].grad!.data.subarray(0, 20);
+    short[0].grad.data = short[0].grad.data.subarray(0, 20);
     await expectRefused(s(short), status.INVALID_ARGUMENT, "'w'", '5');
     // A valid gradient for w next to a bad one for b: neither is applied.
     await expectRefused(s([...good(), ...grads({ b: { shape: [2], data: [1, 1] } })]), status.INVALID_ARGUMENT, "'b'");

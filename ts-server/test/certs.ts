@@ -29,8 +29,9 @@ function openssl(dir: string, ...args: string[]): void {
     execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
   } catch (e) {
     const err = e as NodeJS.ErrnoException & { stderr?: Buffer };
-    if (err.code === 'ENOENT') throw new Error('the openssl command is needed to make test certificates (make apt installs it)');
-    throw new Error(`openssl ${args.join(' ')}: ${err.stderr?.toString() ?? err.message}`);
+    if (err.code === 'ENOENT')
+      throw new Error('the openssl command is needed to make test certificates (make apt installs it)', { cause: e });
+    throw new Error(`openssl ${args.join(' ')}: ${err.stderr?.toString() ?? err.message}`, { cause: e });
   }
 }
 

@@ -37,7 +37,10 @@ describe('mur-server CLI', () => {
   it('--version prints the package version', () => {
     const r = spawnSync(process.execPath, [CLI, '--version'], { encoding: 'utf8', env });
     assert.equal(r.status, 0);
-    assert.equal(r.stdout.trim(), `mur-server ${require('../../package.json').version}`);
+    assert.equal(
+      r.stdout.trim(),
+      `mur-server ${(JSON.parse(fs.readFileSync(path.join(__dirname, '../../package.json'), 'utf8')) as { version: string }).version}`,
+    );
   });
 
   it('refuses a bad flag value and a bad --config with exit code 2, naming the field and value', () => {
@@ -91,7 +94,7 @@ describe('mur-server CLI', () => {
     const stderr: string[] = [];
     child.stderr.on('data', (b) => stderr.push(String(b)));
     const first = await new Promise<string>((resolve) => readline.createInterface({ input: child.stdout }).once('line', resolve));
-    const info = JSON.parse(first);
+    const info = JSON.parse(first) as { event: string; backend: string; port: number };
     assert.equal(info.event, 'listening');
     assert.equal(info.backend, 'cpu');
     const client = new OptimizerClient(`127.0.0.1:${info.port}`, grpc.credentials.createInsecure());
@@ -110,7 +113,7 @@ describe('mur-server CLI', () => {
       .join('')
       .split('\n')
       .filter((l) => l.startsWith('{'))
-      .map((l) => JSON.parse(l).event);
+      .map((l) => (JSON.parse(l) as { event: string }).event);
     assert.deepEqual(
       events.filter((e) => e !== 'rpc_error'),
       ['listening', 'shutdown', 'stopped'],
@@ -141,7 +144,7 @@ describe('mur-server CLI', () => {
     const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
     const info = JSON.parse(
       await new Promise<string>((resolve) => readline.createInterface({ input: child.stdout }).once('line', resolve)),
-    );
+    ) as { socket: string };
     assert.equal(info.socket, sock);
     const client = new OptimizerClient(`unix:${sock}`, grpc.credentials.createInsecure());
     const caps = await new Promise<{ transports: string[] }>((resolve, reject) =>

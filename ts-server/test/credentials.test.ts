@@ -76,7 +76,7 @@ describe('session credentials', () => {
     const before = await exportAll(h, s.sessionId);
     const other = await create(h, { spec, params: [{ id: 'w', name: 'w', shape: [2], dtype: F32, group: '', data: bytes([0, 0]) }] });
     for (const [rpc, p] of everyCall(h, s.sessionId, bearer(null))) {
-      await expectStatus(p(), grpc.status.UNAUTHENTICATED, 'token').catch((e) => assert.fail(`${rpc}: ${e.message}`));
+      await expectStatus(p(), grpc.status.UNAUTHENTICATED, 'token').catch((e: Error) => assert.fail(`${rpc}: ${e.message}`));
     }
     // Another session's valid token, a made-up token, and a malformed header all fail alike.
     for (const m of [bearer(other.sessionToken), bearer('x'.repeat(43)), bearer('')]) {
@@ -84,7 +84,7 @@ describe('session credentials', () => {
         await expectStatus(
           p(),
           m.get('authorization')[0] === 'Bearer ' ? grpc.status.UNAUTHENTICATED : grpc.status.PERMISSION_DENIED,
-        ).catch((e) => assert.fail(`${rpc}: ${e.message}`));
+        ).catch((e: Error) => assert.fail(`${rpc}: ${e.message}`));
       }
     }
     assert.deepEqual(await exportAll(h, s.sessionId), before, 'nothing changed');

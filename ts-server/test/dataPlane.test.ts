@@ -135,7 +135,7 @@ describe('tcp data plane', () => {
           frame(
             tokenFor(viaTcp.sessionId)!,
             req,
-            req.grads.map((x) => x.grad!.data),
+            req.grads.map((x) => x.grad.data),
           ),
         );
         const r = await c.reply();
@@ -149,7 +149,7 @@ describe('tcp data plane', () => {
         frame(
           tokenFor(viaTcp.sessionId)!,
           again,
-          again.grads.map((x) => x.grad!.data),
+          again.grads.map((x) => x.grad.data),
         ),
       );
       const replay = await c.reply();
@@ -159,7 +159,7 @@ describe('tcp data plane', () => {
         frame(
           tokenFor(viaTcp.sessionId)!,
           other,
-          other.grads.map((x) => x.grad!.data),
+          other.grads.map((x) => x.grad.data),
         ),
       );
       const refused = await c.reply();
@@ -171,7 +171,7 @@ describe('tcp data plane', () => {
         frame(
           tokenFor(viaTcp.sessionId)!,
           next,
-          next.grads.map((x) => x.grad!.data),
+          next.grads.map((x) => x.grad.data),
         ),
       );
       assert.equal((await c.reply()).header.code, 0);
@@ -252,7 +252,7 @@ describe('tcp data plane', () => {
     const token = tokenFor(s.sessionId)!;
     const before = await exportAll(h, s.sessionId);
     const base = { sessionId: s.sessionId, step: 1, grads: grads(g1), groupOverrides: {}, arenaGrads: [], validateOnly: false };
-    const payload = base.grads.map((x) => x.grad!.data);
+    const payload = base.grads.map((x) => x.grad.data);
     const cases: Array<{ what: string; frame: Buffer[]; code: status; words: RegExp; closes: boolean }> = [
       { what: 'no token', frame: frame('', base, payload), code: status.UNAUTHENTICATED, words: /token/i, closes: true },
       {
@@ -402,7 +402,7 @@ describe('tcp data plane', () => {
         frame(
           tokenFor(s.sessionId)!,
           req,
-          req.grads.map((x) => x.grad!.data),
+          req.grads.map((x) => x.grad.data),
         ),
       );
       assert.equal((await c.reply()).header.code, 0);

@@ -69,7 +69,8 @@ class Tally {
   cases = 0;
   add(rpc: string, code: grpc.status, details: string, input = ''): void {
     this.cases++;
-    if (process.env.MUR_FUZZ_VERBOSE && code !== 0) console.log('DBG', rpc, grpc.status[code], details.replace(/\d+/g, 'N').slice(0, 90));
+    if (process.env.MUR_FUZZ_VERBOSE && code !== grpc.status.OK)
+      console.log('DBG', rpc, grpc.status[code], details.replace(/\d+/g, 'N').slice(0, 90));
     const key = `${rpc} ${grpc.status[code]}`;
     this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
     if (!PROPER.has(code) || details.includes('    at ')) this.bad.push(`${rpc}: ${grpc.status[code]} "${details}" ${input.slice(0, 200)}`);
@@ -361,7 +362,7 @@ const anAction = fc.oneof(
             dtype: aDtype,
             group: fc.constantFrom('', '', 'g'),
             data: aData,
-            empty: fc.constant(false as boolean),
+            empty: fc.constant<boolean>(false),
           }),
           { minLength: 1, maxLength: 4, selector: (p) => p.id },
         ),

@@ -4,7 +4,7 @@
 import { strict as assert } from 'assert';
 import * as grpc from '@grpc/grpc-js';
 import { DType, type CreateSessionRequest } from '../generated/mur/v1/optimizer';
-import { bytes, closeSession, create, expectStatus, grads, startHarness, step, type Harness } from './harness';
+import { bytes, closeSession, create, expectStatus, grads, startHarness, step } from './harness';
 
 const F32 = DType.DTYPE_FLOAT32;
 const adam = (n: number, shape = [n]): CreateSessionRequest => ({

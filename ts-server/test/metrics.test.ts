@@ -205,7 +205,7 @@ describe('metrics (--metrics-port)', () => {
     try {
       const info = JSON.parse(
         await new Promise<string>((resolve) => readline.createInterface({ input: child.stdout }).once('line', resolve)),
-      );
+      ) as { metrics_port: number };
       assert.ok(Number.isInteger(info.metrics_port) && info.metrics_port > 0, JSON.stringify(info));
       const m = await scrape(info.metrics_port);
       assert.equal(m.get('mur_sessions_open'), 0);

@@ -61,7 +61,7 @@ describe('service over gRPC', () => {
     assert.equal(c.maxMessageBytes, 64 * 1024 * 1024);
     const adam = c.optimizers.find((o) => o.name === 'adam')!;
     assert.deepEqual(adam.hyperparameters.find((x) => x.name === 'betas')!.defaultValue, [0.9, 0.999]);
-    assert.equal(JSON.parse(c.specSchemaJson).title, 'mur optimizer spec');
+    assert.equal((JSON.parse(c.specSchemaJson) as { title: string }).title, 'mur optimizer spec');
   });
 
   it('unary Step updates the parameters, skips those without a gradient, and replays a repeated step', async () => {
@@ -228,6 +228,9 @@ describe('service over gRPC', () => {
     for (const id of [a.sessionId, b.sessionId]) await closeSession(h, id);
   });
 
+  // The health and reflection clients are built at run time from their .proto files
+  // (grpc.loadPackageDefinition): untyped by nature, so `any` is their honest type here.
+  /* eslint-disable @typescript-eslint/no-explicit-any, @typescript-eslint/no-unsafe-assignment, @typescript-eslint/no-unsafe-call, @typescript-eslint/no-unsafe-member-access, @typescript-eslint/no-unsafe-return, @typescript-eslint/no-unsafe-argument */
   it('grpc.health.v1 reports SERVING', async () => {
     const def = protoLoader.loadSync(path.join(require.resolve('grpc-health-check/package.json'), '../proto/health/v1/health.proto'), {
       enums: String,
@@ -271,4 +274,5 @@ describe('service over gRPC', () => {
       c.close();
     }
   });
+  /* eslint-enable @typescript-eslint/no-explicit-any, @typescript-eslint/no-unsafe-assignment, @typescript-eslint/no-unsafe-call, @typescript-eslint/no-unsafe-member-access, @typescript-eslint/no-unsafe-return, @typescript-eslint/no-unsafe-argument */
 });

@@ -5,6 +5,7 @@
 // The CLI flags (--tls-cert, --tls-key, --tls-client-ca) start the same server.
 import { strict as assert } from 'assert';
 import { spawn, spawnSync } from 'child_process';
+import * as fs from 'fs';
 import * as path from 'path';
 import * as readline from 'readline';
 import * as grpc from '@grpc/grpc-js';
@@ -98,7 +99,7 @@ describe('TLS', () => {
     });
 
     it('is refused by a client that trusts only another CA', async () => {
-      const other = require('fs').readFileSync(path.join(certs.dir, 'other-ca.pem')) as Buffer;
+      const other = fs.readFileSync(path.join(certs.dir, 'other-ca.pem'));
       await refused(client(`127.0.0.1:${server.port}`, grpc.credentials.createSsl(other)));
     });
   });
@@ -168,7 +169,7 @@ describe('TLS', () => {
       try {
         const info = JSON.parse(
           await new Promise<string>((resolve) => readline.createInterface({ input: child.stdout }).once('line', resolve)),
-        );
+        ) as { tls: string; port: number };
         assert.equal(info.tls, 'mutual');
         await refused(client(`127.0.0.1:${info.port}`, grpc.credentials.createSsl(certs.ca)));
         const c = client(`localhost:${info.port}`, grpc.credentials.createSsl(certs.ca, certs.client.key, certs.client.cert));

@@ -234,7 +234,9 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   } catch (e) {
     server.forceShutdown();
     ctx.store.closeAll();
-    throw new Error(`metrics: cannot listen on ${opts.metrics?.host ?? '127.0.0.1'}:${opts.metrics?.port}: ${(e as Error).message}`);
+    throw new Error(`metrics: cannot listen on ${opts.metrics?.host ?? '127.0.0.1'}:${opts.metrics?.port}: ${(e as Error).message}`, {
+      cause: e,
+    });
   }
   if (tuned) raiseSessionWindows(server, window);
   let data: DataPlane | undefined;
@@ -251,7 +253,9 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
       server.forceShutdown();
       await metrics?.close();
       ctx.store.closeAll();
-      throw new Error(`data port: cannot listen on ${opts.host ?? '127.0.0.1'}:${opts.dataPort ?? 0}: ${(e as Error).message}`);
+      throw new Error(`data port: cannot listen on ${opts.host ?? '127.0.0.1'}:${opts.dataPort ?? 0}: ${(e as Error).message}`, {
+        cause: e,
+      });
     }
   }
   let closed = false;

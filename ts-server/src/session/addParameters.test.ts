@@ -203,7 +203,7 @@ describe('AddParameters: parameters joining a live session', () => {
     try {
       const s = await create(lim, { spec, params: [{ id: 'w', name: 'w', shape: [4], dtype: F32, group: '', data: bytes(W0) }] });
       const before = await exportAll(lim, s.sessionId);
-      const big = new Array(40).fill(0.5);
+      const big = new Array<number>(40).fill(0.5);
       await expectStatus(
         add(lim, { sessionId: s.sessionId, groups: {}, params: [{ ...headDecl('big', big), group: '' }] }),
         status.RESOURCE_EXHAUSTED,
