@@ -217,9 +217,13 @@ describe('same-host transport: the shared-memory arena', () => {
     await closeSession(h, a.sessionId);
   });
 
-  it("a step naming arena gradients without an arena carries mur-reason: arena-gone; other refusals carry none", async () => {
+  it('a step naming arena gradients without an arena carries mur-reason: arena-gone; other refusals carry none', async () => {
     const a = await create(h, request());
-    const refusal = (p: Promise<unknown>) => p.then(() => assert.fail('the call succeeded'), (e: ServiceError) => e);
+    const refusal = (p: Promise<unknown>) =>
+      p.then(
+        () => assert.fail('the call succeeded'),
+        (e: ServiceError) => e,
+      );
     const gone = await refusal(step(h, { sessionId: a.sessionId, step: 1, groupOverrides: {}, grads: [], arenaGrads: [0] }));
     assert.equal(gone.code, status.FAILED_PRECONDITION);
     assert.match(gone.details, /has no arena/);
