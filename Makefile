@@ -102,7 +102,13 @@ lint-py: $(LINT_VENV)/.installed proto
 	  if printf '%s\n' "$$out" | grep -qE '^[^ ]+:[0-9]+: error:'; then printf '%s\n' "$$out" | grep -v '^Found [0-9]* errors\? in'; exit 1; fi; \
 	  echo "mypy: no issues$(if $(strip $(LINT_PENDING)), outside LINT_PENDING)"
 
-lint-ts: proto
+# ts-client is typed against @mur/server's declarations (ts-server/dist): built by lint-ts when
+# missing or older than the server's sources (build rebuilds them anyway).
+TS_SERVER_DTS := ts-server/dist/src/index.d.ts
+$(TS_SERVER_DTS): $(shell git ls-files -- 'ts-server/src/*.ts') ts-server/tsconfig.json ts-server/package.json $(PROTO_SRC) | proto
+	bash scripts/npm-quiet.sh run build -w ts-server
+
+lint-ts: proto $(TS_SERVER_DTS)
 	@echo "eslint, prettier --check: $(words $(TS_FILES)) TypeScript files"
 	@node_modules/.bin/eslint --max-warnings 0 $(TS_FILES)
 	@node_modules/.bin/prettier --check --log-level warn $(TS_FILES)
