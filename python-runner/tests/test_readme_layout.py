@@ -7,7 +7,8 @@ Two checks:
 
 * Every path it names exists: each PATH, and each file or directory named in a description
   (a word ending in a known suffix such as ``engine.ts`` or ``kernels.cc``, or in ``/``, such
-  as ``reference/``), relative to its line's directory; a glob must match something.
+  as ``reference/``), relative to its line's directory or to the repository; a glob must
+  match something.
 * Every module of the tree is named, at the granularity of one line per directory: a source
   file under SOURCE_ROOTS is covered by a PATH that is that file or a glob matching it, or by
   the line of its nearest listed directory, whose description must name it (``native.ts``),
@@ -134,7 +135,7 @@ def test_every_listed_path_exists():
             missing.append(path)
             continue
         base = ROOT / path if path.endswith("/") else (ROOT / path).parent
-        missing += [f"{path}: {w}" for w in named(text) if not exists(w, base)]
+        missing += [f"{path}: {w}" for w in named(text) if not exists(w, base) and not exists(w)]
     assert not missing, f"README.md's layout names paths that do not exist: {missing}"
 
 
