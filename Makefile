@@ -72,6 +72,7 @@ LINT_VENV := .venv-lint
 LINT_PENDING := python-runner/mur/optimizer.py python-runner/mur/sharded.py python-runner/mur/transport.py \
   python-runner/mur/dataplane.py python-runner/mur/errors.py python-runner/tests/% \
   ts-client/src/% ts-server/src/grpc/handlers/step.ts ts-server/src/transport/% ts-server/src/session/session.ts \
+  ts-server/src/session/lane.ts ts-server/src/session/stepRequest.ts \
   ts-server/src/session/durable.ts ts-server/src/session/store.ts ts-server/src/cli.ts \
   ts-server/native/% ts-server/src/engine/native.ts ts-server/bench/engine.ts
 

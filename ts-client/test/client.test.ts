@@ -79,9 +79,15 @@ describe('MurClient', () => {
     );
     const s = await client.createSession({ optimizer: 'adam', rule: 'hybrid' }, [{ id: 'w', shape: [1], values: Float32Array.from([1]) }]);
     await s.close();
-    await assert.rejects(s.step({ w: Float32Array.from([1]) }), (e: unknown) => e instanceof NotFoundError && (e as Error).message.includes(s.id));
+    await assert.rejects(
+      s.step({ w: Float32Array.from([1]) }),
+      (e: unknown) => e instanceof NotFoundError && (e as Error).message.includes(s.id),
+    );
     // The server's words are for every client: none names the Python API.
-    await assert.rejects(s.checkpoint(), (e: unknown) => e instanceof NotFoundError && !/RemoteOptimizer|load_state_dict/.test((e as Error).message));
+    await assert.rejects(
+      s.checkpoint(),
+      (e: unknown) => e instanceof NotFoundError && !/RemoteOptimizer|load_state_dict/.test((e as Error).message),
+    );
   });
 
   it('close() twice is a no-op, one after the other or at once', async () => {

@@ -57,7 +57,12 @@ describe('bad input: precise status, session unchanged', () => {
       params: [{ id: 'x', name: 'x', shape: [1], dtype: F32, group: '', data: bytes([1]) }],
     });
     await closeSession(h, gone.sessionId);
-    await expectRefused(step(h, { sessionId: gone.sessionId, step: 1, grads: [], groupOverrides: {} }), status.NOT_FOUND, gone.sessionId, 'restore a checkpoint');
+    await expectRefused(
+      step(h, { sessionId: gone.sessionId, step: 1, grads: [], groupOverrides: {} }),
+      status.NOT_FOUND,
+      gone.sessionId,
+      'restore a checkpoint',
+    );
   });
 
   it('unknown optimizer, unknown rule, bad hyperparameter -> INVALID_ARGUMENT naming field and value', async () => {
