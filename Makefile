@@ -1,6 +1,7 @@
 # mur: every target installs what it needs, so a fresh machine runs
 #   make demo   (install everything, train Fashion-MNIST through the server)
-#   make test   (install everything, run every test)
+#   make test   (install everything, lint, run every test)
+#   make lint   (every linter, formatter check and type check; make format rewrites)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -8,18 +9,19 @@ SHELL := /bin/bash
 APT_PACKAGES := python3-torch python3-grpcio python3-protobuf python3-numpy \
   python3-matplotlib python3-tqdm python3-venv python3-pip python3-pytest \
   protobuf-compiler protobuf-compiler-grpc dataset-fashion-mnist \
-  libhwy-dev g++ make openssl python3-optuna
+  libhwy-dev g++ make openssl python3-optuna clang-format
 SYS_PYTHON := /usr/bin/python3
 VENV := .venv
 PY := $(CURDIR)/$(VENV)/bin/python
 PROTO_SRC := proto/mur/v1/optimizer.proto
 
 .PHONY: help deps apt node-deps py-deps proto native native-engine build test test-ts test-py demo \
-  bench-engine bench-e2e bench-load bench-scale reproduce clean
+  bench-engine bench-e2e bench-load bench-scale reproduce clean lint lint-py lint-ts lint-cxx format
 
 help:
 	@echo "make demo   - install everything, then train Fashion-MNIST with torch.optim and through mur, side by side"
-	@echo "make test   - install everything, then run every test"
+	@echo "make test   - install everything, then lint and run every test"
+	@echo "make lint   - every linter and formatter in check mode (make format rewrites the files)"
 	@echo "make bench-engine | bench-e2e | bench-load | bench-scale | reproduce"
 
 apt:
@@ -52,8 +54,76 @@ proto: deps
 build: proto native native-engine
 	bash scripts/npm-quiet.sh run build --workspaces
 
-test: build torch2 jax
+test: lint build torch2 jax
 	PY=$(PY) bash scripts/test-all.sh
+
+# Linters and formatters, configs at the root: ruff (ruff.toml: lint and format) and mypy
+# (mypy.ini: the library) for Python, in .venv-lint (pins: requirements-lint.txt); ESLint with
+# typescript-eslint's type-checked rules (eslint.config.mjs) and prettier (.prettierrc.json:
+# 140 columns, the width the TypeScript was written to) for TypeScript, npm devDependencies of
+# the root package.json; clang-format (.clang-format, Debian's) for the C++ engine. `make lint`
+# exits non-zero on any finding; `make format` rewrites every file the formatters own.
+LINT_VENV := .venv-lint
+
+# Files being rewritten on other branches right now (issue 19's split of the clients, the
+# server's step path, the durable store and the engine): left out of lint and format until
+# they are merged. Then: `make format`, fix what `make lint` finds, and empty this list.
+# Make patterns: a % matches any tail.
+LINT_PENDING := python-runner/mur/optimizer.py python-runner/mur/sharded.py python-runner/mur/transport.py \
+  python-runner/mur/dataplane.py python-runner/mur/errors.py python-runner/tests/% \
+  ts-client/src/% ts-server/src/grpc/handlers/step.ts ts-server/src/transport/% ts-server/src/session/session.ts \
+  ts-server/src/session/lane.ts ts-server/src/session/stepRequest.ts \
+  ts-server/src/session/durable.ts ts-server/src/session/store.ts ts-server/src/cli.ts \
+  ts-server/native/% ts-server/src/engine/native.ts ts-server/bench/engine.ts
+
+# The files a tool owns: tracked or new in this checkout (never git-ignored ones: generated
+# code, venvs, node_modules, builds), less LINT_PENDING.
+lint-files = $(filter-out $(LINT_PENDING),$(wildcard $(shell git ls-files -co --exclude-standard -- $(1))))
+PY_FILES = $(call lint-files,'*.py')
+TS_FILES = $(call lint-files,'*.ts' '*.mjs')
+CXX_FILES = $(call lint-files,'*.cc' '*.h')
+# mypy follows imports into pending modules: their lines are dropped from its report.
+lint-space := $(subst x, ,x)
+LINT_PENDING_RE = ^($(subst $(lint-space),|,$(strip $(subst %,.*,$(LINT_PENDING))))):
+
+$(LINT_VENV)/.installed: requirements-lint.txt | apt
+	$(SYS_PYTHON) -m venv --system-site-packages $(LINT_VENV)
+	$(LINT_VENV)/bin/python -m pip install -q -r requirements-lint.txt
+	touch $@
+
+lint: lint-py lint-ts lint-cxx
+
+lint-py: $(LINT_VENV)/.installed proto
+	@echo "ruff check, ruff format --check: $(words $(PY_FILES)) Python files"
+	@$(LINT_VENV)/bin/ruff check --force-exclude $(PY_FILES)
+	@$(LINT_VENV)/bin/ruff format --check --force-exclude $(PY_FILES)
+	@echo "$(LINT_VENV)/bin/mypy  # mypy.ini"; out=$$($(LINT_VENV)/bin/mypy 2>&1); rc=$$?; \
+	  [ $$rc -le 1 ] || { printf '%s\n' "$$out"; exit $$rc; }; \
+	  $(if $(strip $(LINT_PENDING)),out=$$(printf '%s\n' "$$out" | grep -vE '$(LINT_PENDING_RE)');) \
+	  if printf '%s\n' "$$out" | grep -qE '^[^ ]+:[0-9]+: error:'; then printf '%s\n' "$$out" | grep -v '^Found [0-9]* errors\? in'; exit 1; fi; \
+	  echo "mypy: no issues$(if $(strip $(LINT_PENDING)), outside LINT_PENDING)"
+
+# ts-client is typed against @mur/server's declarations (ts-server/dist): built by lint-ts when
+# missing or older than the server's sources (build rebuilds them anyway).
+TS_SERVER_DTS := ts-server/dist/src/index.d.ts
+$(TS_SERVER_DTS): $(shell git ls-files -- 'ts-server/src/*.ts') ts-server/tsconfig.json ts-server/package.json $(PROTO_SRC) | proto
+	bash scripts/npm-quiet.sh run build -w ts-server
+
+lint-ts: proto $(TS_SERVER_DTS)
+	@echo "eslint, prettier --check: $(words $(TS_FILES)) TypeScript files"
+	@node_modules/.bin/eslint --max-warnings 0 $(TS_FILES)
+	@node_modules/.bin/prettier --check --log-level warn $(TS_FILES)
+
+lint-cxx: apt
+	@echo "clang-format --dry-run: $(words $(CXX_FILES)) C++ files"
+	@$(if $(CXX_FILES),clang-format --dry-run -Werror $(CXX_FILES),true)
+
+format: $(LINT_VENV)/.installed node-deps apt
+	@echo "ruff (import order, format), prettier, clang-format: rewriting $(words $(PY_FILES) $(TS_FILES) $(CXX_FILES)) files"
+	@$(LINT_VENV)/bin/ruff check --force-exclude --select I --fix --quiet $(PY_FILES)
+	@$(LINT_VENV)/bin/ruff format --force-exclude --quiet $(PY_FILES)
+	@node_modules/.bin/prettier --write --log-level warn $(TS_FILES)
+	@$(if $(CXX_FILES),clang-format -i $(CXX_FILES),true)
 
 # The same MLP trained with torch.optim.Adam, mur Adam additive and mur Adam
 # hybrid (its defaults), side by side: accuracy, ms per batch, a PNG of the
@@ -63,7 +133,8 @@ demo: build
 
 clean:
 	rm -rf ts-server/native/build
-	rm -rf node_modules */node_modules ts-server/dist ts-client/dist ts-server/generated ts-client/generated python-runner/mur/_proto $(VENV)
+	rm -rf node_modules */node_modules ts-server/dist ts-client/dist ts-server/generated ts-client/generated python-runner/mur/_proto $(VENV) \
+	  $(LINT_VENV) .mypy_cache .ruff_cache
 
 # Native TensorFlow backend for tfjs-node from the tensorflow-cpu wheel
 # (cached in $${MUR_CACHE:-~/.cache/mur}); says why and goes on when impossible.

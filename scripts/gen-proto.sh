@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Generates every binding of proto/ (never edit the output by hand):
 #   ts-server/generated, ts-client/generated  ts-proto (grpc-js services)
-#   python-runner/mur/_proto                   protoc + grpc_python_plugin
+#   python-runner/mur/_proto                   protoc (with .pyi type stubs for mypy) + grpc_python_plugin
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROTO=proto/mur/v1/optimizer.proto
@@ -17,7 +17,7 @@ protoc --include_imports --descriptor_set_out=ts-server/generated/descriptor.pb 
   -I proto -I node_modules/grpc-health-check/proto "$PROTO" health/v1/health.proto
 py=python-runner/mur/_proto
 rm -rf "$py" && mkdir -p "$py"
-protoc -I proto --python_out="$py" --grpc_out="$py" --plugin=protoc-gen-grpc="$(command -v grpc_python_plugin)" "$PROTO"
+protoc -I proto --python_out="$py" --pyi_out="$py" --grpc_out="$py" --plugin=protoc-gen-grpc="$(command -v grpc_python_plugin)" "$PROTO"
 # Make the generated tree a package whose absolute imports (mur.v1...) resolve.
 find "$py" -type d -exec touch {}/__init__.py \;
 sed -i 's/^from mur\.v1 import/from mur._proto.mur.v1 import/' "$py"/mur/v1/*_pb2_grpc.py

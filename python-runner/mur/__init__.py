@@ -14,5 +14,6 @@ _compat.pickle_schedulers()
 
 __all__ = ["RemoteOptimizer", "ShardedRemoteOptimizer", "LocalServer", "MurError", "InvalidArgumentError", "NotFoundError",
            "FailedPreconditionError", "ResourceExhaustedError", "ConnectionLostError", "DeadlineExceededError",
-           "ServerUnreachableError", "TransportUnavailable", "DataLossError", "StorageFullError", "StorageIOError"]
+           "ServerUnreachableError", "TransportUnavailable", "DataLossError", "StorageFullError", "StorageIOError",
+           "schedulers"]
 __version__ = "0.1.0"

@@ -30,8 +30,9 @@ adamw/lion: docs/update-rules.md), not Keras's client-side decay.
 state lives on the server: ``state_dict()`` / ``load_state_dict()`` save and
 restore it (Keras's own ``save`` records only ``iterations`` and the rate).
 """
-import numpy as np
+
 import keras
+import numpy as np
 import torch
 
 from .optimizer import RemoteOptimizer as _TorchRemote
@@ -39,13 +40,21 @@ from .optimizer import RemoteOptimizer as _TorchRemote
 __all__ = ["RemoteOptimizer"]
 
 # Keras's own optimizer arguments, handled by the Keras base class.
-_KERAS_ARGS = ("clipnorm", "clipvalue", "global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency",
-               "loss_scale_factor")
+_KERAS_ARGS = (
+    "clipnorm",
+    "clipvalue",
+    "global_clipnorm",
+    "use_ema",
+    "ema_momentum",
+    "ema_overwrite_frequency",
+    "loss_scale_factor",
+)
 
 
 def _is_traced(x):
     try:
         import jax
+
         return isinstance(x, jax.core.Tracer)
     except ImportError:
         return False
@@ -77,8 +86,10 @@ class RemoteOptimizer(keras.optimizers.Optimizer):
 
     def __init__(self, optimizer="adam", rule="additive", learning_rate=0.001, server="auto", name=None, **kwargs):
         if kwargs.get("gradient_accumulation_steps"):
-            raise ValueError(f"gradient_accumulation_steps={kwargs['gradient_accumulation_steps']!r}: not supported by "
-                             "mur.keras.RemoteOptimizer (accumulate the gradients yourself, or use a larger batch)")
+            raise ValueError(
+                f"gradient_accumulation_steps={kwargs['gradient_accumulation_steps']!r}: not supported by "
+                "mur.keras.RemoteOptimizer (accumulate the gradients yourself, or use a larger batch)"
+            )
         kwargs.pop("gradient_accumulation_steps", None)
         if "lr" in kwargs:
             raise ValueError(f"lr={kwargs['lr']!r}: give the learning rate as learning_rate= (a float or a schedule)")
@@ -97,7 +108,7 @@ class RemoteOptimizer(keras.optimizers.Optimizer):
             return
         super().build(variables)
         values = []
-        for i, v in enumerate(variables):
+        for v in variables:
             a = _concrete(v.value)
             if a is None:
                 raise RuntimeError(f"mur.keras: variable {v.path} has no value yet; build the model first")
@@ -105,8 +116,14 @@ class RemoteOptimizer(keras.optimizers.Optimizer):
                 raise TypeError(f"mur.keras: variable {v.path} is {a.dtype}; mur keeps float32 parameters")
             values.append(np.array(a, dtype=np.float32, order="C"))
         tensors = [torch.from_numpy(a) for a in values]
-        self._remote = _TorchRemote(tensors, optimizer=self.mur_optimizer, rule=self.mur_rule, server=self.server,
-                                    lr=float(_concrete(self.learning_rate)), **self.mur_hyperparameters)
+        self._remote = _TorchRemote(
+            tensors,
+            optimizer=self.mur_optimizer,
+            rule=self.mur_rule,
+            server=self.server,
+            lr=float(_concrete(self.learning_rate)),
+            **self.mur_hyperparameters,
+        )
         self._tensors = tensors
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
@@ -121,6 +138,7 @@ class RemoteOptimizer(keras.optimizers.Optimizer):
             # runs exactly once per executed step, in program order.
             import jax
             from jax.experimental import io_callback
+
             shapes = [jax.ShapeDtypeStruct(tuple(v.shape), np.float32) for v in trainable_variables]
             new = io_callback(lambda *a: self._host_step(idx, *a), shapes, *args, ordered=True)
         else:
@@ -133,17 +151,21 @@ class RemoteOptimizer(keras.optimizers.Optimizer):
         grads, values = arrays[:n], arrays[n:]
         lr = _concrete(learning_rate)
         if lr is None or any(_concrete(g) is None for g in grads):
-            raise RuntimeError("mur.keras.RemoteOptimizer: the gradients have no values here (a symbolic graph): the "
-                               "step runs on a mur server and needs concrete tensors; compile the model with "
-                               "run_eagerly=True (or use the JAX backend, where it runs under jit)")
+            raise RuntimeError(
+                "mur.keras.RemoteOptimizer: the gradients have no values here (a symbolic graph): the "
+                "step runs on a mur server and needs concrete tensors; compile the model with "
+                "run_eagerly=True (or use the JAX backend, where it runs under jit)"
+            )
         if self._remote is None:
             raise RuntimeError("mur.keras: the optimizer has no server session (closed, or not built)")
         grads = [np.asarray(_concrete(g), dtype=np.float32) for g in grads]
         values = [np.asarray(_concrete(v), dtype=np.float32) for v in values]
         for i, g in zip(idx, grads):
             if not np.isfinite(g).all():
-                raise ValueError(f"mur.keras: the gradient of variable {self._trainable_variables[i].path} holds NaN "
-                                 "or Inf; the server session is unchanged")
+                raise ValueError(
+                    f"mur.keras: the gradient of variable {self._trainable_variables[i].path} holds NaN "
+                    "or Inf; the server session is unchanged"
+                )
         stepped = set(idx)
         with torch.no_grad():
             for i, t in enumerate(self._tensors):
@@ -165,9 +187,14 @@ class RemoteOptimizer(keras.optimizers.Optimizer):
     def get_config(self):
         config = super().get_config()
         config.pop("gradient_accumulation_steps", None)
-        config.update({"optimizer": self.mur_optimizer, "rule": self.mur_rule,
-                       "server": self.server if isinstance(self.server, str) else "auto",
-                       "weight_decay": None})
+        config.update(
+            {
+                "optimizer": self.mur_optimizer,
+                "rule": self.mur_rule,
+                "server": self.server if isinstance(self.server, str) else "auto",
+                "weight_decay": None,
+            }
+        )
         for k, v in self.mur_hyperparameters.items():
             config[k] = list(v) if isinstance(v, tuple) else v
         return config

@@ -17,6 +17,7 @@ gamma_0^k`` after a patience period) and the authors' release ships an
 exponential gamma decay and a random gamma scheduler; docs/update-rules.md,
 section 7, describes these three.
 """
+
 import math
 import numbers
 import random
@@ -45,8 +46,10 @@ class _GammaScheduler:
         for i, g in enumerate(groups):
             if g.get("gamma") is None:
                 rule = getattr(optimizer, "rule_name", "?")
-                raise ValueError(f"param_groups[{i}] has no gamma: gamma schedules need rule='hybrid' "
-                                 f"(this optimizer's rule is {rule!r})")
+                raise ValueError(
+                    f"param_groups[{i}] has no gamma: gamma schedules need rule='hybrid' "
+                    f"(this optimizer's rule is {rule!r})"
+                )
         self.optimizer = optimizer
         self.base_gammas = [float(g["gamma"]) for g in groups]
         self.last_epoch = 0  # how many times step() was called, as torch's schedulers count
@@ -71,8 +74,10 @@ class _GammaScheduler:
         makes the order of the two loads not matter)."""
         last = state_dict.get("_last_gamma")
         if last is None or len(last) != len(self.optimizer.param_groups):
-            raise ValueError(f"state_dict has gammas for {None if last is None else len(last)} groups; "
-                             f"the optimizer has {len(self.optimizer.param_groups)}")
+            raise ValueError(
+                f"state_dict has gammas for {None if last is None else len(last)} groups; "
+                f"the optimizer has {len(self.optimizer.param_groups)}"
+            )
         self.__dict__.update(state_dict)
         self._set(list(last))
 

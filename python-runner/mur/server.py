@@ -1,4 +1,5 @@
 """Start and stop a local mur server (``server="auto"``)."""
+
 import atexit
 import json
 import os
@@ -12,8 +13,10 @@ from pathlib import Path
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the NUL
 
 
-INSTALL_HINT = ("install the server with `npm install -g ./ts-server` (from a built mur checkout: make build) "
-                "so that `mur-server` is on PATH, or set MUR_SERVER to the path of its cli.js")
+INSTALL_HINT = (
+    "install the server with `npm install -g ./ts-server` (from a built mur checkout: make build) "
+    "so that `mur-server` is on PATH, or set MUR_SERVER to the path of its cli.js"
+)
 
 
 def _checkout_cli() -> Path:
@@ -34,8 +37,10 @@ def find_server_cli() -> Path:
         if env:
             path = Path(env)
             if not path.is_file():
-                raise RuntimeError(f"{var}={env!r} is not a file; it must name the server's cli.js "
-                                   f"(or a mur-server command); else unset it and {INSTALL_HINT}")
+                raise RuntimeError(
+                    f"{var}={env!r} is not a file; it must name the server's cli.js "
+                    f"(or a mur-server command); else unset it and {INSTALL_HINT}"
+                )
             return path
     on_path = shutil.which("mur-server")
     if on_path:
@@ -43,8 +48,10 @@ def find_server_cli() -> Path:
     checkout = _checkout_cli()
     if checkout.is_file():
         return checkout
-    raise RuntimeError(f"server='auto': no mur server found (MUR_SERVER unset, no mur-server on PATH, "
-                       f"no built checkout at {checkout}); {INSTALL_HINT}")
+    raise RuntimeError(
+        f"server='auto': no mur server found (MUR_SERVER unset, no mur-server on PATH, "
+        f"no built checkout at {checkout}); {INSTALL_HINT}"
+    )
 
 
 def terminate(proc, grace=15.0):
@@ -104,8 +111,9 @@ class LocalServer:
                 cmd += ["--backend", backend]
             self._log = tempfile.TemporaryFile(mode="w+")  # its JSON logs
             env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                                         env=env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env, start_new_session=True
+            )
             info = json.loads(self._first_line(startup_timeout))  # where it listens
         except BaseException:
             self.stop()

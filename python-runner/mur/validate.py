@@ -1,6 +1,7 @@
 """python -m mur.validate: kept as the documented entry point, but the
 validation trains Fashion-MNIST models (mur_lab.models, mur_lab.data), so it
 lives in the lab distribution; install it with `pip install ./python-runner/lab`."""
+
 try:
     from mur_lab.validate import main
 except ImportError as e:  # only the lab's absence is explained; other errors surface as they are

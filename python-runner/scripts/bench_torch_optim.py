@@ -25,6 +25,7 @@ so that a caller can alternate torch's steps with its own in rounds:
     {"cmd": "time", "steps": s}                      -> {"seconds": [per-step times]}
     {"cmd": "free"}                                  -> {"ok": true}
 """
+
 import argparse
 import json
 import os
@@ -58,8 +59,7 @@ def supported(name, mode):
         make(name, mode, 16).step()
         return True
     except (TypeError, RuntimeError, ValueError) as e:
-        print(f"  {name} {mode}: unsupported ({type(e).__name__}: {str(e).splitlines()[0][:100]})",
-              file=sys.stderr)
+        print(f"  {name} {mode}: unsupported ({type(e).__name__}: {str(e).splitlines()[0][:100]})", file=sys.stderr)
         return False
 
 
@@ -137,14 +137,17 @@ def main():
                 torch.set_num_threads(k)
                 for mode in modes:
                     sec = measure(name, mode, n, args.seconds)
-                    row = {"optimizer": name, "params": n, "threads": k, "mode": mode,
-                           "mparams_per_s": round(n / sec / 1e6, 1),
-                           "ms_per_step": round(sec * 1e3, 3)}
-                    print(f"  {name} n={n} threads={k} {mode}: {row['mparams_per_s']} Mparam/s",
-                          file=sys.stderr)
+                    row = {
+                        "optimizer": name,
+                        "params": n,
+                        "threads": k,
+                        "mode": mode,
+                        "mparams_per_s": round(n / sec / 1e6, 1),
+                        "ms_per_step": round(sec * 1e3, 3),
+                    }
+                    print(f"  {name} n={n} threads={k} {mode}: {row['mparams_per_s']} Mparam/s", file=sys.stderr)
                     rows.append(row)
-    print(json.dumps({"torch_version": torch.__version__, "max_threads": max_threads,
-                      "rows": rows}))
+    print(json.dumps({"torch_version": torch.__version__, "max_threads": max_threads, "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,11 @@ async function main() {
   // process (the default here) the loop awaits each step (minimizeAsync); with a
   // server elsewhere, model.compile({ optimizer }) + model.fit work too.
   const optimizer = murOptimizer(client, { optimizer: 'adam', rule: 'hybrid', defaults: { lr: 0.02, lr_out: 0.02, gamma: 0.5 } });
-  const loss = () => tf.losses.meanSquaredError(y, tf.add(tf.matMul(tf.tanh(tf.add(tf.matMul(x, vars.w1), vars.b1)), vars.w2), vars.b2)) as tf.Scalar;
+  const loss = () =>
+    tf.losses.meanSquaredError<tf.Tensor, tf.Scalar>(
+      y,
+      tf.add(tf.matMul(tf.tanh(tf.add(tf.matMul(x, vars.w1), vars.b1)), vars.w2), vars.b2),
+    );
   for (let step = 1; step <= 300; step++) {
     const value = (await optimizer.minimizeAsync(loss, true, Object.values(vars)))!;
     if (step === 1 || step % 50 === 0) console.log(`step ${String(step).padStart(3)}  loss ${value.dataSync()[0].toFixed(5)}`);

@@ -69,10 +69,10 @@ describe('MurSession checkpoints', () => {
     await old.importState(cp.tensors); // tensors only, as before checkpoints existed
     const bug = await run(old, 2);
     [0.6, 2.4, 2.6].forEach((v, i) => {
-      assert.ok(Math.abs(expected[i] - v) < 1e-3, `uninterrupted ${expected}`);
-      assert.ok(Math.abs(got[i] - v) < 1e-6, `resumed ${got}`);
+      assert.ok(Math.abs(expected[i] - v) < 1e-3, `uninterrupted ${expected.join(', ')}`);
+      assert.ok(Math.abs(got[i] - v) < 1e-6, `resumed ${got.join(', ')}`);
     });
-    [0.515, 2.485, 2.515].forEach((v, i) => assert.ok(Math.abs(bug[i] - v) < 1e-3, `without the header ${bug}`));
+    [0.515, 2.485, 2.515].forEach((v, i) => assert.ok(Math.abs(bug[i] - v) < 1e-3, `without the header ${bug.join(', ')}`));
     for (const s of [whole, first, resumed, old]) await s.close();
   });
 
@@ -107,7 +107,10 @@ describe('MurSession checkpoints', () => {
     await steps(s, 1, 1);
     const cp = await s.checkpoint();
     const other = await client.createSession({ optimizer: 'sgd', rule: 'additive', defaults: { lr: 0.1 } }, init());
-    await assert.rejects(other.restore(cp), (e: unknown) => e instanceof InvalidArgumentError && /not a state slot of sgd|checkpoint is adam/.test((e as Error).message));
+    await assert.rejects(
+      other.restore(cp),
+      (e: unknown) => e instanceof InvalidArgumentError && /not a state slot of sgd|checkpoint is adam/.test((e as Error).message),
+    );
     await s.close();
     await other.close();
   });

@@ -19,13 +19,18 @@ describe('MurClient', () => {
   it('capabilities lists the optimizers and rules', async () => {
     const c = await client.capabilities();
     assert.ok(c.optimizers.some((o) => o.name === 'adam'));
-    assert.deepEqual(c.rules.map((r) => r.name), ['additive', 'multiplicative', 'hybrid', 'exp_sign']);
+    assert.deepEqual(
+      c.rules.map((r) => r.name),
+      ['additive', 'multiplicative', 'hybrid', 'exp_sign'],
+    );
   });
 
   it('unary steps: SGD additive by hand', async () => {
-    const s = await client.createSession({ optimizer: 'sgd', rule: 'additive', defaults: { lr: 0.5 } }, [
-      { id: 'w', shape: [3], values: Float32Array.from([1, 2, 3]) },
-    ], { transport: 'grpc' });
+    const s = await client.createSession(
+      { optimizer: 'sgd', rule: 'additive', defaults: { lr: 0.5 } },
+      [{ id: 'w', shape: [3], values: Float32Array.from([1, 2, 3]) }],
+      { transport: 'grpc' },
+    );
     const out = await s.step({ w: Float32Array.from([1, 1, 2]) });
     assert.deepEqual(Array.from(out.get('w')!), [0.5, 1.5, 2]);
     await s.close();
@@ -34,24 +39,31 @@ describe('MurClient', () => {
   it('streams a model larger than the message limit, in chunks, for several steps', async () => {
     const n = 400_000; // 1.6 MB > the 1 MiB limit of this server
     // lr_out set: the multiplicative rule's step size (its default follows lr, times a factor).
-    const s = await client.createSession({ optimizer: 'sgd', rule: 'multiplicative', defaults: { lr: 0.1, lr_out: 0.1 } }, [
-      { id: 'big', shape: [n], values: new Float32Array(n).fill(2) },
-    ], { transport: 'grpc' });
-    let out = await s.step({ big: new Float32Array(n).fill(1) });
-    out = await s.step({ big: new Float32Array(n).fill(1) });
+    const s = await client.createSession(
+      { optimizer: 'sgd', rule: 'multiplicative', defaults: { lr: 0.1, lr_out: 0.1 } },
+      [{ id: 'big', shape: [n], values: new Float32Array(n).fill(2) }],
+      { transport: 'grpc' },
+    );
+    await s.step({ big: new Float32Array(n).fill(1) });
+    const out = await s.step({ big: new Float32Array(n).fill(1) });
     const expect = 2 * (1 - 0.1 * Math.tanh(1)) ** 2;
     assert.ok(Math.abs(out.get('big')![n - 1] - expect) < 1e-6);
     const state = [];
     for await (const t of s.exportState()) state.push(t);
-    assert.deepEqual(state.map((t) => `${t.paramId}/${t.slot}`), ['big/']);
+    assert.deepEqual(
+      state.map((t) => `${t.paramId}/${t.slot}`),
+      ['big/'],
+    );
     assert.ok(Math.abs(state[0].values[12345] - expect) < 1e-6);
     await s.close();
   });
 
   it('an open StepStream carries many steps', async () => {
-    const s = await client.createSession({ optimizer: 'adam', rule: 'hybrid' }, [{ id: 'w', shape: [2], values: Float32Array.from([1, -1]) }]);
+    const s = await client.createSession({ optimizer: 'adam', rule: 'hybrid' }, [
+      { id: 'w', shape: [2], values: Float32Array.from([1, -1]) },
+    ]);
     const stream = s.stream();
-    let last;
+    let last: Awaited<ReturnType<typeof stream.step>> | undefined;
     for (let k = 1; k <= 5; k++) last = await stream.step(new Map([['w', Float32Array.from([0.1, -0.1])]]), {}, k);
     stream.close();
     assert.ok(last!.get('w')![0] < 1 && last!.get('w')![1] > -1);
@@ -59,13 +71,23 @@ describe('MurClient', () => {
   });
 
   it('errors are typed and carry the server message', async () => {
-    await assert.rejects(client.createSession({ optimizer: 'adam', rule: 'hybrid', defaults: { gamma: 3 } }, [{ id: 'w', shape: [1], values: Float32Array.from([1]) }]),
-      (e: unknown) => e instanceof InvalidArgumentError && /defaults\.gamma: 3/.test((e as Error).message));
+    await assert.rejects(
+      client.createSession({ optimizer: 'adam', rule: 'hybrid', defaults: { gamma: 3 } }, [
+        { id: 'w', shape: [1], values: Float32Array.from([1]) },
+      ]),
+      (e: unknown) => e instanceof InvalidArgumentError && /defaults\.gamma: 3/.test((e as Error).message),
+    );
     const s = await client.createSession({ optimizer: 'adam', rule: 'hybrid' }, [{ id: 'w', shape: [1], values: Float32Array.from([1]) }]);
     await s.close();
-    await assert.rejects(s.step({ w: Float32Array.from([1]) }), (e: unknown) => e instanceof NotFoundError && (e as Error).message.includes(s.id));
+    await assert.rejects(
+      s.step({ w: Float32Array.from([1]) }),
+      (e: unknown) => e instanceof NotFoundError && (e as Error).message.includes(s.id),
+    );
     // The server's words are for every client: none names the Python API.
-    await assert.rejects(s.checkpoint(), (e: unknown) => e instanceof NotFoundError && !/RemoteOptimizer|load_state_dict/.test((e as Error).message));
+    await assert.rejects(
+      s.checkpoint(),
+      (e: unknown) => e instanceof NotFoundError && !/RemoteOptimizer|load_state_dict/.test((e as Error).message),
+    );
   });
 
   it('close() twice is a no-op, one after the other or at once', async () => {
@@ -126,7 +148,10 @@ describe('MurClient transports: shm (same host) and grpc give the same steps', (
     const c = new MurClient(`127.0.0.1:${tfjs.port}`);
     try {
       const params = [{ id: 'w', shape: [1], values: Float32Array.from([1]) }];
-      await assert.rejects(c.createSession({ optimizer: 'sgd', rule: 'additive', defaults: { lr: 0.1 } }, params, { transport: 'shm' }), /not possible here.*no shm transport/);
+      await assert.rejects(
+        c.createSession({ optimizer: 'sgd', rule: 'additive', defaults: { lr: 0.1 } }, params, { transport: 'shm' }),
+        /not possible here.*no shm transport/,
+      );
       const s = await c.createSession({ optimizer: 'sgd', rule: 'additive', defaults: { lr: 0.1 } }, params);
       assert.equal(s.transport, 'tcp');
       assert.deepEqual(Array.from((await s.step({ w: Float32Array.from([1]) })).get('w')!), [Math.fround(0.9)]);

@@ -11,7 +11,10 @@ const EXAMPLE = path.join(__dirname, '..', 'examples', 'train-tfjs.js');
 
 /** Runs the example against `address`; resolves with its exit code and output. */
 function runExample(address: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [EXAMPLE, address], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MUR_LOG: 'silent' } });
+  const child = spawn(process.execPath, [EXAMPLE, address], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, MUR_LOG: 'silent' },
+  });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
@@ -42,7 +45,11 @@ describe('examples/train-tfjs.js against a separate server', () => {
     const { code, stdout, stderr } = await runExample(`127.0.0.1:${server.port}`);
     assert.equal(code, 0, `exit code ${code}; stderr: ${stderr}`);
     const losses = [...stdout.matchAll(/^step +(\d+) +loss ([\d.]+)$/gm)].map((m) => ({ step: Number(m[1]), loss: Number(m[2]) }));
-    assert.deepEqual(losses.map((l) => l.step), [1, 50, 100, 150, 200, 250, 300], `printed: ${stdout}`);
+    assert.deepEqual(
+      losses.map((l) => l.step),
+      [1, 50, 100, 150, 200, 250, 300],
+      `printed: ${stdout}`,
+    );
     assert.ok(losses[6].loss < losses[0].loss / 10, `the loss fell: ${losses[0].loss} -> ${losses[6].loss}`);
     // "auto" against a server without shm (wasm engine) with a data port: tcp.
     assert.equal(await stepsCounted(server, 'tcp', 'ok'), 300);

@@ -44,7 +44,12 @@ describe('MurClient deadlines and retries', () => {
       await server.close();
       // The step goes out while nothing listens; the server comes back 400 ms later.
       const restart = new Promise<void>((resolve, reject) =>
-        setTimeout(() => startServer({ socket, stateDir }).then((x) => { server = x; resolve(); }, reject), 400),
+        setTimeout(() => {
+          startServer({ socket, stateDir }).then((x) => {
+            server = x;
+            resolve();
+          }, reject);
+        }, 400),
       );
       const t0 = Date.now();
       const third = await s.step(grad(3));
@@ -75,7 +80,11 @@ describe('MurClient deadlines and retries', () => {
    * socket, state directory), stepped twice alike; `then` gets them and a
    * handle to restart the server.
    */
-  async function onShm(ctx: Mocha.Context, name: string, then: (s: MurSession, r: MurSession, server: { stop(): Promise<void>; start(): Promise<void> }) => Promise<void>) {
+  async function onShm(
+    ctx: Mocha.Context,
+    name: string,
+    then: (s: MurSession, r: MurSession, server: { stop(): Promise<void>; start(): Promise<void> }) => Promise<void>,
+  ) {
     try {
       await initBackend('native');
     } catch (e) {
@@ -90,7 +99,8 @@ describe('MurClient deadlines and retries', () => {
       const s = await client.createSession(spec, init(), { transport: 'shm' });
       const r = await client.createSession(spec, init(), { transport: 'grpc' });
       assert.equal(s.transport, 'shm');
-      for (let k = 1; k <= 2; k++) assert.deepEqual(Array.from((await s.step(grad(k))).get('w')!), Array.from((await r.step(grad(k))).get('w')!));
+      for (let k = 1; k <= 2; k++)
+        assert.deepEqual(Array.from((await s.step(grad(k))).get('w')!), Array.from((await r.step(grad(k))).get('w')!));
       await then(s, r, { stop: () => server.close(), start: async () => void (server = await startServer({ socket, stateDir })) });
       assert.equal(s.transport, 'shm');
       assert.deepEqual(Array.from((await s.step(grad(4))).get('w')!), Array.from((await r.step(grad(4))).get('w')!));
@@ -104,10 +114,10 @@ describe('MurClient deadlines and retries', () => {
     }
   }
 
-  it('on the shm transport too: the retry re-maps the restarted server\'s arena', async function () {
+  it("on the shm transport too: the retry re-maps the restarted server's arena", async function () {
     await onShm(this, 'shm', async (s, r, server) => {
       await server.stop();
-      const restart = new Promise<void>((resolve, reject) => setTimeout(() => server.start().then(resolve, reject), 300));
+      const restart = new Promise<void>((resolve, reject) => setTimeout(() => void server.start().then(resolve, reject), 300));
       const third = await s.step(grad(3));
       await restart;
       assert.deepEqual(Array.from(third.get('w')!), Array.from((await r.step(grad(3))).get('w')!));
@@ -157,7 +167,8 @@ describe('MurClient deadlines and retries', () => {
     server.addService(OptimizerService, {
       getCapabilities: (_call: unknown, cb: grpc.sendUnaryData<Capabilities>) =>
         cb(null, Capabilities.fromPartial({ transports: ['grpc'], maxMessageBytes: 1 << 20, chunkBytes: 1 << 16 })),
-      createSession: (_call: unknown, cb: grpc.sendUnaryData<CreateSessionReply>) => cb(null, CreateSessionReply.fromPartial({ sessionId: 's', sessionToken: 't' })),
+      createSession: (_call: unknown, cb: grpc.sendUnaryData<CreateSessionReply>) =>
+        cb(null, CreateSessionReply.fromPartial({ sessionId: 's', sessionToken: 't' })),
       step: () => void steps++,
     });
     const port = await new Promise<number>((resolve, reject) =>
@@ -179,8 +190,16 @@ describe('MurClient deadlines and retries', () => {
   it('backoff: 100 ms doubling up to 500 ms, times a jitter in [0.5, 1.5)', () => {
     const expected = [100, 200, 400, 500, 500, 500];
     expected.forEach((base, attempt) => {
-      assert.equal(backoffMs(attempt, () => 0), base / 2, `attempt ${attempt}, least jitter`);
-      assert.equal(backoffMs(attempt, () => 0.5), base, `attempt ${attempt}, middle`);
+      assert.equal(
+        backoffMs(attempt, () => 0),
+        base / 2,
+        `attempt ${attempt}, least jitter`,
+      );
+      assert.equal(
+        backoffMs(attempt, () => 0.5),
+        base,
+        `attempt ${attempt}, middle`,
+      );
       assert.ok(backoffMs(attempt, () => 0.999) < 1.5 * base);
     });
     assert.deepEqual([...RETRY.statuses], [grpc.status.UNAVAILABLE]);

@@ -1,6 +1,7 @@
 // A mur server on its own thread, for tests whose main thread blocks on a
 // synchronous step (the tfjs adapter under model.fit).
 import { Worker, isMainThread, parentPort, workerData } from 'worker_threads';
+import type { BackendName } from '@mur/server';
 
 export interface ThreadServer {
   port: number;
@@ -24,14 +25,14 @@ export function startServerThread(backend = 'cpu'): Promise<ThreadServer> {
   });
 }
 
-if (!isMainThread && workerData?.backend) {
+const backend = (workerData as { backend?: BackendName } | null)?.backend;
+if (!isMainThread && backend) {
   (async () => {
     const { initBackend, startServer } = await import('@mur/server');
-    await initBackend(workerData.backend);
+    await initBackend(backend);
     const server = await startServer({ port: 0 });
-    parentPort!.on('message', async () => {
-      await server.close();
-      process.exit(0);
+    parentPort!.on('message', () => {
+      void server.close().then(() => process.exit(0));
     });
     parentPort!.postMessage({ port: server.port });
   })().catch((e) => parentPort!.postMessage({ error: String(e) }));

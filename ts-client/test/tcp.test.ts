@@ -133,7 +133,10 @@ describe('transport "tcp"', () => {
         assertSameCheckpoint(await tcp.checkpoint(), before, 'after the refusal');
         assert.equal(tcp.next, 2);
         // A gradient of the wrong length never leaves (it would misframe the bytes after it).
-        await assert.rejects(tcp.step({ ...grads(2), w: new Float32Array(11) }), (e: unknown) => e instanceof TypeError && /'w': 11 elements, parameter has 12/.test((e as Error).message));
+        await assert.rejects(
+          tcp.step({ ...grads(2), w: new Float32Array(11) }),
+          (e: unknown) => e instanceof TypeError && /'w': 11 elements, parameter has 12/.test(e.message),
+        );
         assertSameCheckpoint(await tcp.checkpoint(), before, 'after the wrong length');
         assertSameValues(await tcp.step(grads(2)), await wire.step(grads(2)), 'the next step');
         assert.equal(tcp.transport, 'tcp');
@@ -161,7 +164,10 @@ describe('transport "tcp"', () => {
     const server = await startServer({ port: 0, dataPort: null });
     const client = new MurClient(`127.0.0.1:${server.port}`);
     try {
-      await assert.rejects(client.createSession(spec, init(), { transport: 'tcp' }), /transport "tcp" is not possible here: .*no data port/);
+      await assert.rejects(
+        client.createSession(spec, init(), { transport: 'tcp' }),
+        /transport "tcp" is not possible here: .*no data port/,
+      );
       assert.equal(server.context.store.size, 0);
       const s = await client.createSession(spec, init());
       assert.equal(s.transport, 'grpc');
@@ -178,7 +184,10 @@ describe('transport "tcp"', () => {
     const client = new MurClient(`unix:${path.join(dir, 'mur.sock')}`);
     try {
       await assert.rejects(client.createSession(spec, init(), { transport: 'tcp' }), /transport "tcp" is not possible here/);
-      await assert.rejects(client.createSession(spec, init(), { transport: 'udp' as 'tcp' }), /transport: "udp" is not auto, shm, tcp or grpc/);
+      await assert.rejects(
+        client.createSession(spec, init(), { transport: 'udp' as 'tcp' }),
+        /transport: "udp" is not auto, shm, tcp or grpc/,
+      );
     } finally {
       client.close();
       await server.close();
@@ -231,18 +240,27 @@ describe('transport "tcp"', () => {
     const request = { sessionId: 'x', step: 1, grads: [], groupOverrides: {}, arenaGrads: [] };
     try {
       const t0 = Date.now();
-      await assert.rejects(plane.step('t', request, [], 200), (e: unknown) => e instanceof MurError && e.code === grpc.status.DEADLINE_EXCEEDED);
+      await assert.rejects(
+        plane.step('t', request, [], 200),
+        (e: unknown) => e instanceof MurError && e.code === grpc.status.DEADLINE_EXCEEDED,
+      );
       assert.ok(Date.now() - t0 >= 190);
       // The server end goes away in the middle of the next step.
       const answered = plane.step('t', request, [], 0);
       await new Promise<void>((resolve) => silent.once('connection', () => resolve()));
       sockets.at(-1)!.destroy();
-      await assert.rejects(answered, (e: unknown) => e instanceof MurError && e.code === grpc.status.UNAVAILABLE && /lost/.test((e as Error).message));
+      await assert.rejects(
+        answered,
+        (e: unknown) => e instanceof MurError && e.code === grpc.status.UNAVAILABLE && /lost/.test((e as Error).message),
+      );
       // A silent peer never reads, so it would not see the ends of its connections.
       for (const c of sockets) c.destroy();
       silent.close();
       await stopped;
-      await assert.rejects(plane.step('t', request, [], 0), (e: unknown) => e instanceof MurError && e.code === grpc.status.UNAVAILABLE && /cannot connect/.test((e as Error).message));
+      await assert.rejects(
+        plane.step('t', request, [], 0),
+        (e: unknown) => e instanceof MurError && e.code === grpc.status.UNAVAILABLE && /cannot connect/.test((e as Error).message),
+      );
     } finally {
       await plane.close();
       for (const c of sockets) c.destroy();

@@ -20,8 +20,14 @@ function model(seed: number): tfl.LayersModel {
 }
 
 function data(): { x: tf.Tensor; y: tf.Tensor } {
-  const x = tf.tensor2d(Array.from({ length: 16 * 3 }, (_, i) => Math.sin(i * 0.7)), [16, 3]);
-  const y = tf.tensor2d(Array.from({ length: 16 }, (_, i) => Math.cos(i * 0.3)), [16, 1]);
+  const x = tf.tensor2d(
+    Array.from({ length: 16 * 3 }, (_, i) => Math.sin(i * 0.7)),
+    [16, 3],
+  );
+  const y = tf.tensor2d(
+    Array.from({ length: 16 }, (_, i) => Math.cos(i * 0.3)),
+    [16, 1],
+  );
   return { x, y };
 }
 
@@ -82,7 +88,11 @@ describe('tfjs adapter (murOptimizer)', () => {
   it('several batches per epoch, and a hybrid-rule Adam: fit runs and the loss falls', async () => {
     const { x, y } = data();
     const m = model(11);
-    const opt = murOptimizer(client, { optimizer: 'adam', rule: 'hybrid', defaults: { lr: 0.02, lr_out: 0.02, gamma: 0.5 } }, { transport: 'grpc' });
+    const opt = murOptimizer(
+      client,
+      { optimizer: 'adam', rule: 'hybrid', defaults: { lr: 0.02, lr_out: 0.02, gamma: 0.5 } },
+      { transport: 'grpc' },
+    );
     m.compile({ optimizer: opt, loss: 'meanSquaredError' });
     const h = await m.fit(x, y, { epochs: 10, batchSize: 4, shuffle: false, verbose: 0 });
     assert.equal(opt.transport, 'grpc', 'the transport option reaches the session');
@@ -111,7 +121,7 @@ describe('tfjs adapter (murOptimizer)', () => {
       const b = model(3);
       const opt = murOptimizer(near, sgd);
       const ref = tf.train.sgd(LR);
-      const loss = (m: tfl.LayersModel) => () => tf.losses.meanSquaredError(y, m.predict(x) as tf.Tensor) as tf.Scalar;
+      const loss = (m: tfl.LayersModel) => () => tf.losses.meanSquaredError<tf.Tensor, tf.Scalar>(y, m.predict(x) as tf.Tensor);
       for (let k = 0; k < 20; k++) {
         const cost = await opt.minimizeAsync(loss(a), true);
         cost!.dispose();
@@ -126,7 +136,10 @@ describe('tfjs adapter (murOptimizer)', () => {
     it('a synchronous step against a server on the blocked thread fails with a timeout that says why', async () => {
       const opt = new MurOptimizer(near, sgd, { timeoutMs: 500 });
       const v = tf.variable(tf.tensor1d([1, 2]), true, 'mur_sync_blocked');
-      assert.throws(() => opt.applyGradients({ mur_sync_blocked: tf.tensor1d([1, 1]) }), /no answer from the server in 500 ms.*in-process startServer/s);
+      assert.throws(
+        () => opt.applyGradients({ mur_sync_blocked: tf.tensor1d([1, 1]) }),
+        /no answer from the server in 500 ms.*in-process startServer/s,
+      );
       // That step may still land on the server: the optimizer refuses to go on.
       await assert.rejects(opt.applyGradientsAsync({ mur_sync_blocked: tf.tensor1d([1, 1]) }), /out of step with its session/);
       await opt.close().catch(() => undefined);

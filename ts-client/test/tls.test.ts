@@ -24,7 +24,11 @@ describe('MurClient over TLS', () => {
   it('trains with a certificate the server trusts (mutual TLS)', async () => {
     const client = new MurClient(`localhost:${server.port}`, { tls: { ca: certs.ca, cert: certs.client.cert, key: certs.client.key } });
     try {
-      const s = await client.createSession({ optimizer: 'sgd', rule: 'additive', defaults: { lr: 0.5 } }, [{ id: 'w', shape: [2], values: Float32Array.from([1, 2]) }], { transport: 'grpc' });
+      const s = await client.createSession(
+        { optimizer: 'sgd', rule: 'additive', defaults: { lr: 0.5 } },
+        [{ id: 'w', shape: [2], values: Float32Array.from([1, 2]) }],
+        { transport: 'grpc' },
+      );
       assert.deepEqual(Array.from((await s.step({ w: Float32Array.from([1, -2]) })).get('w')!), [0.5, 3]);
       await s.close();
     } finally {

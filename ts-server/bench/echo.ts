@@ -21,7 +21,17 @@ if (mode === 'grpc') {
   const tuned = raiseFlowControlWindow(server, 16 << 20); // the server's own settings
   const id = (x: Buffer) => x;
   server.addService(
-    { echo: { path: '/bench.Echo/Echo', requestStream: false, responseStream: false, requestSerialize: id, requestDeserialize: id, responseSerialize: id, responseDeserialize: id } },
+    {
+      echo: {
+        path: '/bench.Echo/Echo',
+        requestStream: false,
+        responseStream: false,
+        requestSerialize: id,
+        requestDeserialize: id,
+        responseSerialize: id,
+        responseDeserialize: id,
+      },
+    },
     { echo: (_call: unknown, cb: (e: null, r: Buffer) => void) => cb(null, reply) },
   );
   server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, port) => {

@@ -34,7 +34,9 @@ async function main() {
       const one = median(rule, n);
       engine.setThreads(0);
       const all = median(rule, n);
-      console.log(`${rule.padEnd(9)} ${String(n).padStart(8)} ${one.toFixed(1).padStart(13)} ${all.toFixed(1).padStart(16)} ${(one / all).toFixed(2).padStart(10)}`);
+      console.log(
+        `${rule.padEnd(9)} ${String(n).padStart(8)} ${one.toFixed(1).padStart(13)} ${all.toFixed(1).padStart(16)} ${(one / all).toFixed(2).padStart(10)}`,
+      );
     }
   }
 }

@@ -137,9 +137,9 @@ export class Metrics {
       (this.store().syncLanes?.() ?? Promise.resolve())
         .then(() => this.registry.metrics())
         .then(
-        (text) => res.writeHead(200, { 'content-type': this.registry.contentType }).end(text),
-        (e) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${(e as Error).message}\n`),
-      );
+          (text) => res.writeHead(200, { 'content-type': this.registry.contentType }).end(text),
+          (e) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${(e as Error).message}\n`),
+        );
     });
     server.keepAliveTimeout = 5000;
     await new Promise<void>((resolve, reject) => {

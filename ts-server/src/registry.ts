@@ -167,8 +167,7 @@ export function resolveGroup(spec: ResolvedSpec, group: string): Hypers {
     if (h.defaultFrom !== undefined && out[h.defaultFrom] !== undefined) {
       const from = out[h.defaultFrom];
       out[h.name] = h.defaultFactor !== undefined && typeof from === 'number' ? h.defaultFactor * from : from;
-    }
-    else {
+    } else {
       const where = group === '' ? 'defaults' : `groups.${group}`;
       throw new InvalidArgument(`${where}.${h.name}: required by ${spec.optimizer.name} with the ${spec.rule.name} rule`);
     }

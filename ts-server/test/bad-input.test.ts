@@ -25,7 +25,12 @@ describe('bad input: precise status, session unchanged', () => {
         ],
       })
     ).sessionId;
-    await step(h, { sessionId: sid, step: 1, grads: grads({ w: { shape: [2, 3], data: [1, 1, 1, 1, 1, 1] }, b: { shape: [3], data: [1, 2, 3] } }), groupOverrides: {} });
+    await step(h, {
+      sessionId: sid,
+      step: 1,
+      grads: grads({ w: { shape: [2, 3], data: [1, 1, 1, 1, 1, 1] }, b: { shape: [3], data: [1, 2, 3] } }),
+      groupOverrides: {},
+    });
     snapshot = await exportAll(h, sid);
   });
   after(async () => {
@@ -47,24 +52,70 @@ describe('bad input: precise status, session unchanged', () => {
 
   it('unknown session: no token -> UNAUTHENTICATED; a closed session with its own token -> NOT_FOUND saying how to resume', async () => {
     await expectRefused(step(h, { sessionId: 'nope', step: 2, grads: good(), groupOverrides: {} }), status.UNAUTHENTICATED, 'token');
-    const gone = await create(h, { spec: { optimizer: 'sgd', rule: 'additive', defaults: { lr: 1 }, groups: {} }, params: [{ id: 'x', name: 'x', shape: [1], dtype: F32, group: '', data: bytes([1]) }] });
+    const gone = await create(h, {
+      spec: { optimizer: 'sgd', rule: 'additive', defaults: { lr: 1 }, groups: {} },
+      params: [{ id: 'x', name: 'x', shape: [1], dtype: F32, group: '', data: bytes([1]) }],
+    });
     await closeSession(h, gone.sessionId);
-    await expectRefused(step(h, { sessionId: gone.sessionId, step: 1, grads: [], groupOverrides: {} }), status.NOT_FOUND, gone.sessionId, 'restore a checkpoint');
+    await expectRefused(
+      step(h, { sessionId: gone.sessionId, step: 1, grads: [], groupOverrides: {} }),
+      status.NOT_FOUND,
+      gone.sessionId,
+      'restore a checkpoint',
+    );
   });
 
   it('unknown optimizer, unknown rule, bad hyperparameter -> INVALID_ARGUMENT naming field and value', async () => {
     const p = [{ id: 'x', name: 'x', shape: [1], dtype: F32, group: '', data: bytes([1]) }];
-    await expectRefused(create(h, { spec: { optimizer: 'adamm', rule: 'hybrid', groups: {} }, params: p }), status.INVALID_ARGUMENT, 'optimizer', '"adamm"');
-    await expectRefused(create(h, { spec: { optimizer: 'adam', rule: 'multiplicativ', groups: {} }, params: p }), status.INVALID_ARGUMENT, 'rule', '"multiplicativ"');
-    await expectRefused(create(h, { spec: { optimizer: 'adam', rule: 'hybrid', defaults: { betas: [0.9, 1.5] }, groups: {} }, params: p }), status.INVALID_ARGUMENT, 'defaults.betas[1]', '1.5');
-    await expectRefused(create(h, { spec: { optimizer: 'adam', rule: 'hybrid', defaults: { momentum: 0.9 }, groups: {} }, params: p }), status.INVALID_ARGUMENT, 'momentum');
-    await expectRefused(create(h, { spec: { optimizer: 'sgd', rule: 'additive', groups: {} }, params: p }), status.INVALID_ARGUMENT, 'lr', 'required');
+    await expectRefused(
+      create(h, { spec: { optimizer: 'adamm', rule: 'hybrid', groups: {} }, params: p }),
+      status.INVALID_ARGUMENT,
+      'optimizer',
+      '"adamm"',
+    );
+    await expectRefused(
+      create(h, { spec: { optimizer: 'adam', rule: 'multiplicativ', groups: {} }, params: p }),
+      status.INVALID_ARGUMENT,
+      'rule',
+      '"multiplicativ"',
+    );
+    await expectRefused(
+      create(h, { spec: { optimizer: 'adam', rule: 'hybrid', defaults: { betas: [0.9, 1.5] }, groups: {} }, params: p }),
+      status.INVALID_ARGUMENT,
+      'defaults.betas[1]',
+      '1.5',
+    );
+    await expectRefused(
+      create(h, { spec: { optimizer: 'adam', rule: 'hybrid', defaults: { momentum: 0.9 }, groups: {} }, params: p }),
+      status.INVALID_ARGUMENT,
+      'momentum',
+    );
+    await expectRefused(
+      create(h, { spec: { optimizer: 'sgd', rule: 'additive', groups: {} }, params: p }),
+      status.INVALID_ARGUMENT,
+      'lr',
+      'required',
+    );
   });
 
   it('bad step overrides -> INVALID_ARGUMENT, nothing applied', async () => {
-    await expectRefused(step(h, { sessionId: sid, step: 2, grads: good(), groupOverrides: { '': { gamma: 2 } } }), status.INVALID_ARGUMENT, 'gamma', '2');
-    await expectRefused(step(h, { sessionId: sid, step: 2, grads: good(), groupOverrides: { '': { amsgrad: true } } }), status.INVALID_ARGUMENT, 'amsgrad', 'cannot change');
-    await expectRefused(step(h, { sessionId: sid, step: 2, grads: good(), groupOverrides: { decoder: { lr: 0.1 } } }), status.INVALID_ARGUMENT, 'decoder');
+    await expectRefused(
+      step(h, { sessionId: sid, step: 2, grads: good(), groupOverrides: { '': { gamma: 2 } } }),
+      status.INVALID_ARGUMENT,
+      'gamma',
+      '2',
+    );
+    await expectRefused(
+      step(h, { sessionId: sid, step: 2, grads: good(), groupOverrides: { '': { amsgrad: true } } }),
+      status.INVALID_ARGUMENT,
+      'amsgrad',
+      'cannot change',
+    );
+    await expectRefused(
+      step(h, { sessionId: sid, step: 2, grads: good(), groupOverrides: { decoder: { lr: 0.1 } } }),
+      status.INVALID_ARGUMENT,
+      'decoder',
+    );
   });
 
   it('wrong parameter id, shape, dtype, byte length -> INVALID_ARGUMENT naming it', async () => {
@@ -72,10 +123,10 @@ describe('bad input: precise status, session unchanged', () => {
     await expectRefused(s(grads({ ww: { shape: [2, 3], data: [1, 1, 1, 1, 1, 1] } })), status.INVALID_ARGUMENT, "'ww'");
     await expectRefused(s(grads({ w: { shape: [3, 2], data: [1, 1, 1, 1, 1, 1] } })), status.INVALID_ARGUMENT, "'w'", '[3,2]');
     const f64 = good();
-    f64[0].grad!.dtype = DType.DTYPE_FLOAT64;
+    f64[0].grad.dtype = DType.DTYPE_FLOAT64;
     await expectRefused(s(f64), status.INVALID_ARGUMENT, 'DTYPE_FLOAT64');
     const short = good();
-    short[0].grad!.data = short[0].grad!.data.subarray(0, 20);
+    short[0].grad.data = short[0].grad.data.subarray(0, 20);
     await expectRefused(s(short), status.INVALID_ARGUMENT, "'w'", '5');
     // A valid gradient for w next to a bad one for b: neither is applied.
     await expectRefused(s([...good(), ...grads({ b: { shape: [2], data: [1, 1] } })]), status.INVALID_ARGUMENT, "'b'");
@@ -130,10 +181,18 @@ describe('bad input: precise status, session unchanged', () => {
 
   it('oversized stream -> RESOURCE_EXHAUSTED', async () => {
     const h2 = await startHarness({ maxStreamElements: 4 });
-    const s = await create(h2, { spec: { optimizer: 'sgd', rule: 'additive', defaults: { lr: 1 }, groups: {} }, params: [{ id: 'w', name: 'w', shape: [6], dtype: F32, group: '', data: bytes([1, 2, 3, 4, 5, 6]) }] });
+    const s = await create(h2, {
+      spec: { optimizer: 'sgd', rule: 'additive', defaults: { lr: 1 }, groups: {} },
+      params: [{ id: 'w', name: 'w', shape: [6], dtype: F32, group: '', data: bytes([1, 2, 3, 4, 5, 6]) }],
+    });
     const r = await stream(h2, [
       { frame: { $case: 'begin', value: { sessionId: s.sessionId, step: 1, groupOverrides: {} } } },
-      { frame: { $case: 'grad', value: { paramId: 'w', slot: '', offset: 0, totalElements: 6, dtype: F32, data: bytes([1, 1, 1, 1, 1, 1]) } } },
+      {
+        frame: {
+          $case: 'grad',
+          value: { paramId: 'w', slot: '', offset: 0, totalElements: 6, dtype: F32, data: bytes([1, 1, 1, 1, 1, 1]) },
+        },
+      },
       end,
     ]);
     assert.equal(r.error?.code, status.RESOURCE_EXHAUSTED, r.error?.details);
@@ -146,13 +205,23 @@ describe('bad input: precise status, session unchanged', () => {
       frame: { $case: 'chunk', value: { paramId, slot, offset, totalElements: total, dtype: F32, data: bytes(data) } },
     });
     // A good tensor followed by a bad one: the good one is not applied either.
-    await expectRefused(importFrames(h, [header, c('w', '', [9, 9, 9, 9, 9, 9]), c('b', 'exp_avg', [1, 1])]), status.INVALID_ARGUMENT, "'b'", 'exp_avg');
+    await expectRefused(
+      importFrames(h, [header, c('w', '', [9, 9, 9, 9, 9, 9]), c('b', 'exp_avg', [1, 1])]),
+      status.INVALID_ARGUMENT,
+      "'b'",
+      'exp_avg',
+    );
     await expectRefused(importFrames(h, [header, c('zz', '', [1])]), status.INVALID_ARGUMENT, "'zz'");
     await expectRefused(importFrames(h, [header, c('w', '', [1, 1, 1], 0, 6)]), status.ABORTED, 'truncated');
     await expectRefused(importFrames(h, [c('w', '', [1, 1, 1, 1, 1, 1])]), status.FAILED_PRECONDITION, 'StateHeader');
     await expectRefused(importFrames(h, [header, c('w', '', [1, 1, 1, 1, 1, Infinity])]), status.INVALID_ARGUMENT, 'element 5');
     // Another algorithm's state: refused at import, naming the slot and the ones this session has.
-    await expectRefused(importFrames(h, [header, c('w', 'momentum_buffer', [1, 1, 1, 1, 1, 1])]), status.INVALID_ARGUMENT, "'w' slot 'momentum_buffer'", 'exp_avg');
+    await expectRefused(
+      importFrames(h, [header, c('w', 'momentum_buffer', [1, 1, 1, 1, 1, 1])]),
+      status.INVALID_ARGUMENT,
+      "'w' slot 'momentum_buffer'",
+      'exp_avg',
+    );
     await expectRefused(importFrames(h, [header, c('w', 'rule.max', [1])]), status.INVALID_ARGUMENT, "'rule.max'");
     await expectRefused(importFrames(h, [header, c('w', 'exp_avg', [1, 1])]), status.INVALID_ARGUMENT, "'w' slot 'exp_avg'", 'expected 6');
   });

@@ -29,23 +29,57 @@ function openssl(dir: string, ...args: string[]): void {
     execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
   } catch (e) {
     const err = e as NodeJS.ErrnoException & { stderr?: Buffer };
-    if (err.code === 'ENOENT') throw new Error('the openssl command is needed to make test certificates (make apt installs it)');
-    throw new Error(`openssl ${args.join(' ')}: ${err.stderr?.toString() ?? err.message}`);
+    if (err.code === 'ENOENT')
+      throw new Error('the openssl command is needed to make test certificates (make apt installs it)', { cause: e });
+    throw new Error(`openssl ${args.join(' ')}: ${err.stderr?.toString() ?? err.message}`, { cause: e });
   }
 }
 
 const EC = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
 
 function makeCa(dir: string, name: string): void {
-  openssl(dir, 'req', '-x509', ...EC, '-keyout', `${name}.key`, '-out', `${name}.pem`, '-days', '2', '-subj', `/CN=mur test ${name}`,
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
+  openssl(
+    dir,
+    'req',
+    '-x509',
+    ...EC,
+    '-keyout',
+    `${name}.key`,
+    '-out',
+    `${name}.pem`,
+    '-days',
+    '2',
+    '-subj',
+    `/CN=mur test ${name}`,
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  );
 }
 
 function issue(dir: string, ca: string, name: string, cn: string, ext: string): Pair {
   fs.writeFileSync(path.join(dir, `${name}.ext`), ext);
   openssl(dir, 'req', ...EC, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${cn}`);
-  openssl(dir, 'x509', '-req', '-in', `${name}.csr`, '-CA', `${ca}.pem`, '-CAkey', `${ca}.key`, '-set_serial', String(Date.now()),
-    '-out', `${name}.pem`, '-days', '2', '-extfile', `${name}.ext`);
+  openssl(
+    dir,
+    'x509',
+    '-req',
+    '-in',
+    `${name}.csr`,
+    '-CA',
+    `${ca}.pem`,
+    '-CAkey',
+    `${ca}.key`,
+    '-set_serial',
+    String(Date.now()),
+    '-out',
+    `${name}.pem`,
+    '-days',
+    '2',
+    '-extfile',
+    `${name}.ext`,
+  );
   const certFile = path.join(dir, `${name}.pem`);
   const keyFile = path.join(dir, `${name}.key`);
   return { cert: fs.readFileSync(certFile), key: fs.readFileSync(keyFile), certFile, keyFile };
@@ -59,5 +93,13 @@ export function makeCerts(): Certs {
   const client = issue(dir, 'ca', 'client', 'mur test client', 'extendedKeyUsage=clientAuth\n');
   const stranger = issue(dir, 'other-ca', 'stranger', 'mur stranger', 'extendedKeyUsage=clientAuth\n');
   const caFile = path.join(dir, 'ca.pem');
-  return { dir, ca: fs.readFileSync(caFile), caFile, server, client, stranger, remove: () => fs.rmSync(dir, { recursive: true, force: true }) };
+  return {
+    dir,
+    ca: fs.readFileSync(caFile),
+    caFile,
+    server,
+    client,
+    stranger,
+    remove: () => fs.rmSync(dir, { recursive: true, force: true }),
+  };
 }

@@ -19,25 +19,28 @@ function bearer(token: string | null): grpc.Metadata {
 function everyCall(h: Harness, sessionId: string, m: grpc.Metadata): Array<[string, () => Promise<unknown>]> {
   const c = h.client;
   const g = grads({ w: { shape: [2], data: [1, 1] } });
-  const stream = () => new Promise((resolve, reject) => {
-    const s = c.stepStream(m);
-    s.on('data', (_r: StepStreamReply) => undefined);
-    s.on('error', reject);
-    s.on('end', resolve);
-    s.write({ frame: { $case: 'begin', value: { sessionId, step: 2, groupOverrides: {} } } });
-    s.end();
-  });
-  const exported = () => new Promise((resolve, reject) => {
-    const s = c.exportState({ sessionId }, m);
-    s.on('data', (_f: StateFrame) => undefined);
-    s.on('error', reject);
-    s.on('end', resolve);
-  });
-  const imported = () => new Promise((resolve, reject) => {
-    const s = c.importState(m, (e, r) => (e ? reject(e) : resolve(r)));
-    s.write({ frame: { $case: 'header', value: { sessionId, stepCounts: [], lastStep: 0 } } });
-    s.end();
-  });
+  const stream = () =>
+    new Promise((resolve, reject) => {
+      const s = c.stepStream(m);
+      s.on('data', (_r: StepStreamReply) => undefined);
+      s.on('error', reject);
+      s.on('end', resolve);
+      s.write({ frame: { $case: 'begin', value: { sessionId, step: 2, groupOverrides: {} } } });
+      s.end();
+    });
+  const exported = () =>
+    new Promise((resolve, reject) => {
+      const s = c.exportState({ sessionId }, m);
+      s.on('data', (_f: StateFrame) => undefined);
+      s.on('error', reject);
+      s.on('end', resolve);
+    });
+  const imported = () =>
+    new Promise((resolve, reject) => {
+      const s = c.importState(m, (e, r) => (e ? reject(e) : resolve(r)));
+      s.write({ frame: { $case: 'header', value: { sessionId, stepCounts: [], lastStep: 0 } } });
+      s.end();
+    });
   return [
     ['Step', () => call(c.step.bind(c), { sessionId, step: 2, grads: g, groupOverrides: {}, arenaGrads: [] }, m)],
     ['StepStream', stream],
@@ -73,14 +76,15 @@ describe('session credentials', () => {
     const before = await exportAll(h, s.sessionId);
     const other = await create(h, { spec, params: [{ id: 'w', name: 'w', shape: [2], dtype: F32, group: '', data: bytes([0, 0]) }] });
     for (const [rpc, p] of everyCall(h, s.sessionId, bearer(null))) {
-      await expectStatus(p(), grpc.status.UNAUTHENTICATED, 'token').catch((e) => assert.fail(`${rpc}: ${e.message}`));
+      await expectStatus(p(), grpc.status.UNAUTHENTICATED, 'token').catch((e: Error) => assert.fail(`${rpc}: ${e.message}`));
     }
     // Another session's valid token, a made-up token, and a malformed header all fail alike.
     for (const m of [bearer(other.sessionToken), bearer('x'.repeat(43)), bearer('')]) {
       for (const [rpc, p] of everyCall(h, s.sessionId, m)) {
-        await expectStatus(p(), m.get('authorization')[0] === 'Bearer ' ? grpc.status.UNAUTHENTICATED : grpc.status.PERMISSION_DENIED).catch((e) =>
-          assert.fail(`${rpc}: ${e.message}`),
-        );
+        await expectStatus(
+          p(),
+          m.get('authorization')[0] === 'Bearer ' ? grpc.status.UNAUTHENTICATED : grpc.status.PERMISSION_DENIED,
+        ).catch((e: Error) => assert.fail(`${rpc}: ${e.message}`));
       }
     }
     assert.deepEqual(await exportAll(h, s.sessionId), before, 'nothing changed');
@@ -95,8 +99,22 @@ describe('session credentials', () => {
     const spec = { optimizer: 'sgd', rule: 'additive', defaults: { lr: 0.5 }, groups: {} };
     const s = await create(h, { spec, params: [{ id: 'w', name: 'w', shape: [2], dtype: F32, group: '', data: bytes([1, 2]) }] });
     const wrong = bearer('y'.repeat(43));
-    const real = await call(h.client.step.bind(h.client), { sessionId: s.sessionId, step: 2, grads: [], groupOverrides: {}, arenaGrads: [] }, wrong).then(() => assert.fail("the call succeeded"), (e: grpc.ServiceError) => e);
-    const fake = await call(h.client.step.bind(h.client), { sessionId: '00000000-0000-4000-8000-000000000000', step: 2, grads: [], groupOverrides: {}, arenaGrads: [] }, wrong).then(() => assert.fail("the call succeeded"), (e: grpc.ServiceError) => e);
+    const real = await call(
+      h.client.step.bind(h.client),
+      { sessionId: s.sessionId, step: 2, grads: [], groupOverrides: {}, arenaGrads: [] },
+      wrong,
+    ).then(
+      () => assert.fail('the call succeeded'),
+      (e: grpc.ServiceError) => e,
+    );
+    const fake = await call(
+      h.client.step.bind(h.client),
+      { sessionId: '00000000-0000-4000-8000-000000000000', step: 2, grads: [], groupOverrides: {}, arenaGrads: [] },
+      wrong,
+    ).then(
+      () => assert.fail('the call succeeded'),
+      (e: grpc.ServiceError) => e,
+    );
     assert.equal(real.code, grpc.status.PERMISSION_DENIED);
     assert.equal(fake.code, real.code);
     assert.equal(fake.details, real.details);

@@ -131,7 +131,13 @@ describe('tcp data plane', () => {
     try {
       for (const [i, g] of [g1, g2].entries()) {
         const req = { sessionId: viaTcp.sessionId, step: i + 1, grads: grads(g), groupOverrides: {}, arenaGrads: [], validateOnly: false };
-        c.send(frame(tokenFor(viaTcp.sessionId)!, req, req.grads.map((x) => x.grad!.data)));
+        c.send(
+          frame(
+            tokenFor(viaTcp.sessionId)!,
+            req,
+            req.grads.map((x) => x.grad.data),
+          ),
+        );
         const r = await c.reply();
         assert.equal(r.header.code, 0, r.header.message);
         assert.equal(r.header.reply!.replayed, false);
@@ -139,17 +145,35 @@ describe('tcp data plane', () => {
         for (const p of ref.params) assert.deepEqual(r.values.get(p.paramId), floats(p.value!.data), `step ${i + 1} ${p.paramId}`);
       }
       const again = { sessionId: viaTcp.sessionId, step: 2, grads: grads(g2), groupOverrides: {}, arenaGrads: [], validateOnly: false };
-      c.send(frame(tokenFor(viaTcp.sessionId)!, again, again.grads.map((x) => x.grad!.data)));
+      c.send(
+        frame(
+          tokenFor(viaTcp.sessionId)!,
+          again,
+          again.grads.map((x) => x.grad.data),
+        ),
+      );
       const replay = await c.reply();
       assert.equal(replay.header.reply!.replayed, true);
       const other = { ...again, grads: grads(g1) };
-      c.send(frame(tokenFor(viaTcp.sessionId)!, other, other.grads.map((x) => x.grad!.data)));
+      c.send(
+        frame(
+          tokenFor(viaTcp.sessionId)!,
+          other,
+          other.grads.map((x) => x.grad.data),
+        ),
+      );
       const refused = await c.reply();
       assert.equal(refused.header.code, status.FAILED_PRECONDITION);
       assert.match(refused.header.message, /different request/);
       // The connection stays usable after a refused step.
       const next = { ...again, step: 3, grads: grads(g1) };
-      c.send(frame(tokenFor(viaTcp.sessionId)!, next, next.grads.map((x) => x.grad!.data)));
+      c.send(
+        frame(
+          tokenFor(viaTcp.sessionId)!,
+          next,
+          next.grads.map((x) => x.grad.data),
+        ),
+      );
       assert.equal((await c.reply()).header.code, 0);
       await step(h, { sessionId: viaGrpc.sessionId, step: 3, grads: grads(g1), groupOverrides: {} });
       assert.deepEqual((await exportAll(h, viaTcp.sessionId)).tensors, (await exportAll(h, viaGrpc.sessionId)).tensors, 'same state');
@@ -167,7 +191,11 @@ describe('tcp data plane', () => {
     try {
       const data = { w: bf16(g1.w.data), b: bf16(g1.b.data) };
       const req: StepRequest = {
-        sessionId: a.sessionId, step: 1, groupOverrides: {}, arenaGrads: [], validateOnly: false,
+        sessionId: a.sessionId,
+        step: 1,
+        groupOverrides: {},
+        arenaGrads: [],
+        validateOnly: false,
         grads: [
           { paramId: 'w', grad: { shape: [2, 3], dtype: BF16, data: data.w } },
           { paramId: 'b', grad: { shape: [3], dtype: BF16, data: data.b } },
@@ -194,7 +222,11 @@ describe('tcp data plane', () => {
       const w = [0.5, -0.25, 1.5, 2, -0.125, 3];
       const f16 = Buffer.from(Uint16Array.from([0x3800, 0xb400, 0x3e00, 0x4000, 0xb000, 0x4200]).buffer);
       const req: StepRequest = {
-        sessionId: a.sessionId, step: 1, groupOverrides: {}, arenaGrads: [], validateOnly: false,
+        sessionId: a.sessionId,
+        step: 1,
+        groupOverrides: {},
+        arenaGrads: [],
+        validateOnly: false,
         grads: [{ paramId: 'w', grad: { shape: [2, 3], dtype: DType.DTYPE_FLOAT16, data: f16 } }],
       };
       c.send(frame(tokenFor(a.sessionId)!, req, [f16]));
@@ -220,25 +252,78 @@ describe('tcp data plane', () => {
     const token = tokenFor(s.sessionId)!;
     const before = await exportAll(h, s.sessionId);
     const base = { sessionId: s.sessionId, step: 1, grads: grads(g1), groupOverrides: {}, arenaGrads: [], validateOnly: false };
-    const payload = base.grads.map((x) => x.grad!.data);
+    const payload = base.grads.map((x) => x.grad.data);
     const cases: Array<{ what: string; frame: Buffer[]; code: status; words: RegExp; closes: boolean }> = [
       { what: 'no token', frame: frame('', base, payload), code: status.UNAUTHENTICATED, words: /token/i, closes: true },
-      { what: 'a wrong token', frame: frame(token.replace(/.$/, (x) => (x === 'a' ? 'b' : 'a')), base, payload), code: status.PERMISSION_DENIED, words: /token/i, closes: true },
-      { what: 'an unknown session', frame: frame(token, { ...base, sessionId: 'nope' }, payload), code: status.PERMISSION_DENIED, words: /./, closes: true },
-      { what: 'a malformed header', frame: frame(token, base, payload, Buffer.from([0xff, 0xff, 0xff])), code: status.INVALID_ARGUMENT, words: /malformed/, closes: true },
-      { what: 'an unknown parameter', frame: frame(token, { ...base, grads: grads({ nope: { shape: [3], data: [1, 2, 3] } }) }, payload), code: status.INVALID_ARGUMENT, words: /nope/, closes: true },
-      { what: 'a wrong shape', frame: frame(token, { ...base, grads: grads({ b: { shape: [4], data: [1, 2, 3, 4] } }) }, payload), code: status.INVALID_ARGUMENT, words: /shape/, closes: true },
-      { what: 'a parameter twice', frame: frame(token, { ...base, grads: [...grads({ b: g1.b }), ...grads({ b: g1.b })] }, payload), code: status.INVALID_ARGUMENT, words: /twice/, closes: true },
-      { what: 'arena_grads', frame: frame(token, { ...base, arenaGrads: [0] }, payload), code: status.INVALID_ARGUMENT, words: /arena_grads/, closes: true },
+      {
+        what: 'a wrong token',
+        frame: frame(
+          token.replace(/.$/, (x) => (x === 'a' ? 'b' : 'a')),
+          base,
+          payload,
+        ),
+        code: status.PERMISSION_DENIED,
+        words: /token/i,
+        closes: true,
+      },
+      {
+        what: 'an unknown session',
+        frame: frame(token, { ...base, sessionId: 'nope' }, payload),
+        code: status.PERMISSION_DENIED,
+        words: /./,
+        closes: true,
+      },
+      {
+        what: 'a malformed header',
+        frame: frame(token, base, payload, Buffer.from([0xff, 0xff, 0xff])),
+        code: status.INVALID_ARGUMENT,
+        words: /malformed/,
+        closes: true,
+      },
+      {
+        what: 'an unknown parameter',
+        frame: frame(token, { ...base, grads: grads({ nope: { shape: [3], data: [1, 2, 3] } }) }, payload),
+        code: status.INVALID_ARGUMENT,
+        words: /nope/,
+        closes: true,
+      },
+      {
+        what: 'a wrong shape',
+        frame: frame(token, { ...base, grads: grads({ b: { shape: [4], data: [1, 2, 3, 4] } }) }, payload),
+        code: status.INVALID_ARGUMENT,
+        words: /shape/,
+        closes: true,
+      },
+      {
+        what: 'a parameter twice',
+        frame: frame(token, { ...base, grads: [...grads({ b: g1.b }), ...grads({ b: g1.b })] }, payload),
+        code: status.INVALID_ARGUMENT,
+        words: /twice/,
+        closes: true,
+      },
+      {
+        what: 'arena_grads',
+        frame: frame(token, { ...base, arenaGrads: [0] }, payload),
+        code: status.INVALID_ARGUMENT,
+        words: /arena_grads/,
+        closes: true,
+      },
       {
         what: 'a header over the message limit',
         frame: [Buffer.from([0xff, 0xff, 0xff, 0x7f])],
-        code: status.RESOURCE_EXHAUSTED, words: /limit/, closes: true,
+        code: status.RESOURCE_EXHAUSTED,
+        words: /limit/,
+        closes: true,
       },
       {
         what: 'a non-finite gradient',
-        frame: frame(token, { ...base, grads: grads({ w: g1.w, b: { shape: [3], data: [1, NaN, 0] } }) }, [bytes(g1.w.data), bytes([1, NaN, 0])]),
-        code: status.INVALID_ARGUMENT, words: /finite|NaN/i, closes: false,
+        frame: frame(token, { ...base, grads: grads({ w: g1.w, b: { shape: [3], data: [1, NaN, 0] } }) }, [
+          bytes(g1.w.data),
+          bytes([1, NaN, 0]),
+        ]),
+        code: status.INVALID_ARGUMENT,
+        words: /finite|NaN/i,
+        closes: false,
       },
     ];
     for (const k of cases) {
@@ -268,7 +353,11 @@ describe('tcp data plane', () => {
 
   it('survives random bytes: each connection gets a status or is closed, and the server steps on', async () => {
     const s = await create(h, { spec, params: params() });
-    const valid = frame(tokenFor(s.sessionId)!, { sessionId: s.sessionId, step: 1, grads: grads(g1), groupOverrides: {}, arenaGrads: [], validateOnly: false }, [bytes(g1.w.data), bytes(g1.b.data)]);
+    const valid = frame(
+      tokenFor(s.sessionId)!,
+      { sessionId: s.sessionId, step: 1, grads: grads(g1), groupOverrides: {}, arenaGrads: [], validateOnly: false },
+      [bytes(g1.w.data), bytes(g1.b.data)],
+    );
     const whole = Buffer.concat(valid);
     let seed = 12345;
     const next = () => (seed = (1103515245 * seed + 12345) % 2 ** 31) / 2 ** 31;
@@ -283,10 +372,24 @@ describe('tcp data plane', () => {
         c.send([sent]);
         c.socket.end(); // nothing more: a cut request must not keep the server waiting for ever
         const n = await new Promise<string>((resolve) => {
-          c.reply().then((r) => resolve(status[r.header.code]), () => resolve('closed'));
+          c.reply().then(
+            (r) => resolve(status[r.header.code]),
+            () => resolve('closed'),
+          );
         });
         codes.set(n, (codes.get(n) ?? 0) + 1);
-        assert.ok(['OK', 'INVALID_ARGUMENT', 'RESOURCE_EXHAUSTED', 'PERMISSION_DENIED', 'UNAUTHENTICATED', 'FAILED_PRECONDITION', 'closed'].includes(n), n);
+        assert.ok(
+          [
+            'OK',
+            'INVALID_ARGUMENT',
+            'RESOURCE_EXHAUSTED',
+            'PERMISSION_DENIED',
+            'UNAUTHENTICATED',
+            'FAILED_PRECONDITION',
+            'closed',
+          ].includes(n),
+          n,
+        );
       } finally {
         c.close();
       }
@@ -295,7 +398,13 @@ describe('tcp data plane', () => {
     const c = await Conn.open(port);
     try {
       const req = { sessionId: s.sessionId, step: 1000, grads: grads(g2), groupOverrides: {}, arenaGrads: [], validateOnly: false };
-      c.send(frame(tokenFor(s.sessionId)!, req, req.grads.map((x) => x.grad!.data)));
+      c.send(
+        frame(
+          tokenFor(s.sessionId)!,
+          req,
+          req.grads.map((x) => x.grad.data),
+        ),
+      );
       assert.equal((await c.reply()).header.code, 0);
     } finally {
       c.close();

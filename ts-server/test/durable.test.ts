@@ -10,7 +10,14 @@ import * as os from 'os';
 import * as path from 'path';
 import * as readline from 'readline';
 import * as grpc from '@grpc/grpc-js';
-import { DType, OptimizerClient, type CreateSessionReply, type CreateSessionRequest, type StepReply, type StepRequest } from '../generated/mur/v1/optimizer';
+import {
+  DType,
+  OptimizerClient,
+  type CreateSessionReply,
+  type CreateSessionRequest,
+  type StepReply,
+  type StepRequest,
+} from '../generated/mur/v1/optimizer';
 import { currentEngine } from '../src/engine/engine';
 import { resolveSpec } from '../src/registry';
 import { Session } from '../src/session/session';
@@ -27,7 +34,8 @@ const grad = (k: number) => new Float32Array(N).map((_, i) => Math.cos(i * 0.1 +
 function reference(steps: number): Float32Array {
   const s = new Session('ref', resolveSpec(spec), [{ id: 'w', name: 'w', shape: [N], group: '', values: theta0() }]);
   let out = new Float32Array(0);
-  for (let k = 1; k <= steps; k++) out = s.step(k, [{ id: 'w', data: grad(k) }], k === 4 ? { '': { lr: 0.02 } } : {}).values[0].data.slice();
+  for (let k = 1; k <= steps; k++)
+    out = s.step(k, [{ id: 'w', data: grad(k) }], k === 4 ? { '': { lr: 0.02 } } : {}).values[0].data.slice();
   s.dispose();
   return out;
 }
@@ -44,19 +52,37 @@ describe('durable sessions (--state-dir)', () => {
     const s = await create(h, { spec, params: [{ id: 'w', name: 'w', shape: [N], dtype: F32, group: '', data: bytes(theta0()) }] });
     let last: StepReply | null = null;
     for (let k = 1; k <= 3; k++) {
-      last = await step(h, { sessionId: s.sessionId, step: k, grads: grads({ w: { shape: [N], data: grad(k) } }), groupOverrides: k === 4 ? { '': { lr: 0.02 } } : {} });
+      last = await step(h, {
+        sessionId: s.sessionId,
+        step: k,
+        grads: grads({ w: { shape: [N], data: grad(k) } }),
+        groupOverrides: k === 4 ? { '': { lr: 0.02 } } : {},
+      });
     }
     const before = await exportAll(h, s.sessionId);
     await h.close();
     h = await startHarness({ stateDir: dir });
     try {
       assert.deepEqual(await exportAll(h, s.sessionId), before, 'every tensor and the header, as before the restart');
-      const again = await step(h, { sessionId: s.sessionId, step: 3, grads: grads({ w: { shape: [N], data: grad(3) } }), groupOverrides: {} });
+      const again = await step(h, {
+        sessionId: s.sessionId,
+        step: 3,
+        grads: grads({ w: { shape: [N], data: grad(3) } }),
+        groupOverrides: {},
+      });
       assert.equal(again.replayed, true);
-      assert.ok(Buffer.from(again.params[0].value!.data).equals(Buffer.from(last!.params[0].value!.data)), 'the replay answers the same values');
+      assert.ok(
+        Buffer.from(again.params[0].value!.data).equals(Buffer.from(last!.params[0].value!.data)),
+        'the replay answers the same values',
+      );
       let r: StepReply | null = null;
       for (let k = 4; k <= 6; k++) {
-        r = await step(h, { sessionId: s.sessionId, step: k, grads: grads({ w: { shape: [N], data: grad(k) } }), groupOverrides: k === 4 ? { '': { lr: 0.02 } } : {} });
+        r = await step(h, {
+          sessionId: s.sessionId,
+          step: k,
+          grads: grads({ w: { shape: [N], data: grad(k) } }),
+          groupOverrides: k === 4 ? { '': { lr: 0.02 } } : {},
+        });
       }
       assert.deepEqual(Array.from(floats(r!.params[0].value!.data)), Array.from(reference(6)));
       await closeSession(h, s.sessionId);
@@ -182,10 +208,10 @@ describe('durable sessions (--state-dir)', () => {
       return new OptimizerClient(`unix:${sock}`, grpc.credentials.createInsecure());
     };
     let client = await startServer();
-    const created = await call<CreateSessionRequest, CreateSessionReply>(
-      client.createSession.bind(client),
-      { spec, params: [{ id: 'w', name: 'w', shape: [N], dtype: F32, group: '', data: bytes(theta0()) }] },
-    );
+    const created = await call<CreateSessionRequest, CreateSessionReply>(client.createSession.bind(client), {
+      spec,
+      params: [{ id: 'w', name: 'w', shape: [N], dtype: F32, group: '', data: bytes(theta0()) }],
+    });
     const meta = new grpc.Metadata();
     meta.set('authorization', `Bearer ${created.sessionToken}`);
     const STEPS = 40;
@@ -195,7 +221,10 @@ describe('durable sessions (--state-dir)', () => {
     let last: StepReply | null = null;
     for (let k = 1; k <= STEPS; k++) {
       const req: StepRequest = {
-        sessionId: created.sessionId, step: k, arenaGrads: [], groupOverrides: k === 4 ? { '': { lr: 0.02 } } : {},
+        sessionId: created.sessionId,
+        step: k,
+        arenaGrads: [],
+        groupOverrides: k === 4 ? { '': { lr: 0.02 } } : {},
         grads: grads({ w: { shape: [N], data: grad(k) } }),
       };
       for (let attempt = 0; ; attempt++) {
@@ -211,8 +240,13 @@ describe('durable sessions (--state-dir)', () => {
           break;
         } catch (e) {
           const code = (e as grpc.ServiceError).code;
-          assert.ok([grpc.status.UNAVAILABLE, grpc.status.CANCELLED, grpc.status.INTERNAL].includes(code), `step ${k}: ${(e as Error).message}`);
-          await new Promise<void>((resolve) => (child!.exitCode !== null || child!.signalCode !== null ? resolve() : child!.once('exit', () => resolve())));
+          assert.ok(
+            [grpc.status.UNAVAILABLE, grpc.status.CANCELLED, grpc.status.INTERNAL].includes(code),
+            `step ${k}: ${(e as Error).message}`,
+          );
+          await new Promise<void>((resolve) =>
+            child!.exitCode !== null || child!.signalCode !== null ? resolve() : child!.once('exit', () => resolve()),
+          );
           client.close();
           client = await startServer();
         }

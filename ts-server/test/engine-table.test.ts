@@ -147,7 +147,7 @@ describe('engine table: every optimizer x rule vs the float64 reference (50 step
   });
 
   for (const row of rows) {
-    it(`${row.optimizer} x ${row.rule} ${JSON.stringify(row.hypers)}${row.scheduled ? " under an lr schedule" : ""}`, () => {
+    it(`${row.optimizer} x ${row.rule} ${JSON.stringify(row.hypers)}${row.scheduled ? ' under an lr schedule' : ''}`, () => {
       const json = { optimizer: row.optimizer, rule: row.rule, defaults: row.hypers };
       const spec = resolveSpec(json);
       // This step's override (a schedule) and the hyperparameters it resolves to.
@@ -216,10 +216,17 @@ describe(`engine: no tensor or buffer leaks`, () => {
         { id: 'b', name: 'b', shape: [4], group: '', values: new Float32Array(4).fill(-0.2) },
       ]);
       const g = { w: new Float32Array(16).fill(0.1), b: new Float32Array(4).fill(-0.3) };
-      session.step(1, [{ id: 'w', data: g.w }, { id: 'b', data: g.b }]);
+      session.step(1, [
+        { id: 'w', data: g.w },
+        { id: 'b', data: g.b },
+      ]);
       const afterOne = engine.memory();
       assert.ok(afterOne.buffers > before.buffers, 'the session holds buffers');
-      for (let t = 2; t <= 1000; t++) session.step(t, [{ id: 'w', data: g.w }, { id: 'b', data: g.b }]);
+      for (let t = 2; t <= 1000; t++)
+        session.step(t, [
+          { id: 'w', data: g.w },
+          { id: 'b', data: g.b },
+        ]);
       assert.deepEqual(engine.memory(), afterOne);
       session.dispose();
       assert.deepEqual(engine.memory(), before);

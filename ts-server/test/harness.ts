@@ -92,7 +92,11 @@ export function grads(values: Record<string, { shape: number[]; data: number[] |
 }
 
 /** Runs one bidi stream: writes `frames`, half-closes, collects replies or the error. */
-export function stream(h: Harness, frames: StepStreamRequest[], end = true): Promise<{ replies: StepStreamReply[]; error?: grpc.ServiceError }> {
+export function stream(
+  h: Harness,
+  frames: StepStreamRequest[],
+  end = true,
+): Promise<{ replies: StepStreamReply[]; error?: grpc.ServiceError }> {
   return new Promise((resolve) => {
     const begin = frames.find((f) => f.frame?.$case === 'begin')?.frame;
     const call = h.client.stepStream(auth(begin?.$case === 'begin' ? begin.value.sessionId : undefined));
@@ -128,7 +132,9 @@ export function exportAll(h: Harness, sessionId: string): Promise<{ header: unkn
 export function importFrames(h: Harness, frames: StateFrame[]): Promise<{ tensorsImported: number }> {
   return new Promise((resolve, reject) => {
     const header = frames.find((f) => f.frame?.$case === 'header')?.frame;
-    const s = h.client.importState(auth(header?.$case === 'header' ? header.value.sessionId : undefined), (e, r) => (e ? reject(e) : resolve(r)));
+    const s = h.client.importState(auth(header?.$case === 'header' ? header.value.sessionId : undefined), (e, r) =>
+      e ? reject(e) : resolve(r),
+    );
     for (const f of frames) s.write(f);
     s.end();
   });

@@ -12,7 +12,13 @@ import * as http from 'http';
 import * as path from 'path';
 import * as readline from 'readline';
 import { status } from '@grpc/grpc-js';
-import { DType, type ArenaInfo, type CreateSessionRequest, type OpenArenaRequest, type StepStreamRequest } from '../generated/mur/v1/optimizer';
+import {
+  DType,
+  type ArenaInfo,
+  type CreateSessionRequest,
+  type OpenArenaRequest,
+  type StepStreamRequest,
+} from '../generated/mur/v1/optimizer';
 import { currentEngine } from '../src/engine/engine';
 import { auth, bytes, call, closeSession, create, expectStatus, startHarness, step, stream, type Harness } from './harness';
 
@@ -108,7 +114,12 @@ describe('metrics (--metrics-port)', () => {
     await one(4, [gb(4)]); // ok: 12 + 12 bytes
     await expectStatus(step(h, { sessionId: 'not-a-session', step: 1, grads: [], groupOverrides: {} }), status.UNAUTHENTICATED); // refused: no token
     // bfloat16 gradients: 2 bytes per element in, float32 out.
-    await step(h, { sessionId: sid, step: 5, grads: [{ paramId: 'b', grad: { shape: [3], dtype: BF16, data: bf16([1, 2, 3]) } }], groupOverrides: {} });
+    await step(h, {
+      sessionId: sid,
+      step: 5,
+      grads: [{ paramId: 'b', grad: { shape: [3], dtype: BF16, data: bf16([1, 2, 3]) } }],
+      groupOverrides: {},
+    });
     // Two steps over one stream (both tensors each), then a stream cut inside its step.
     const frames = (k: number): StepStreamRequest[] => [
       { frame: { $case: 'begin', value: { sessionId: sid, step: k, groupOverrides: {} } } },
@@ -135,8 +146,8 @@ describe('metrics (--metrics-port)', () => {
       'mur_errors_total{code="INVALID_ARGUMENT",rpc="Step"}': 1,
       'mur_errors_total{code="UNAUTHENTICATED",rpc="Step"}': 1,
       'mur_errors_total{code="ABORTED",rpc="StepStream"}': 1,
-      'mur_sessions_open': 1,
-      'mur_held_bytes': h.server.context.store.heldBytes,
+      mur_sessions_open: 1,
+      mur_held_bytes: h.server.context.store.heldBytes,
     });
     assert.equal(after.get('mur_held_bytes'), 3 * 4 * 9, 'adam: parameters, exp_avg and exp_avg_sq of 9 elements (hybrid keeps no slots)');
     await closeSession(h, sid);
@@ -186,10 +197,15 @@ describe('metrics (--metrics-port)', () => {
     const bad = spawnSync(process.execPath, [CLI, '--metrics-host', '127.0.0.1'], { encoding: 'utf8', env });
     assert.equal(bad.status, 2);
     assert.match(bad.stderr, /--metrics-host: needs --metrics-port/);
-    const child = spawn(process.execPath, [CLI, '--port', '0', '--backend', 'cpu', '--metrics-port', '0'], { env, stdio: ['ignore', 'pipe', 'ignore'] });
+    const child = spawn(process.execPath, [CLI, '--port', '0', '--backend', 'cpu', '--metrics-port', '0'], {
+      env,
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
     const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
     try {
-      const info = JSON.parse(await new Promise<string>((resolve) => readline.createInterface({ input: child.stdout }).once('line', resolve)));
+      const info = JSON.parse(
+        await new Promise<string>((resolve) => readline.createInterface({ input: child.stdout }).once('line', resolve)),
+      ) as { metrics_port: number };
       assert.ok(Number.isInteger(info.metrics_port) && info.metrics_port > 0, JSON.stringify(info));
       const m = await scrape(info.metrics_port);
       assert.equal(m.get('mur_sessions_open'), 0);

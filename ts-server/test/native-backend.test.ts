@@ -17,7 +17,17 @@ describe('native tensorflow backend', () => {
     const previous = tf.getBackend();
     try {
       assert.ok(await tf.setBackend('tensorflow'));
-      const y = tf.tidy(() => tf.matMul(tf.tensor2d([[1, 2], [3, 4]]), tf.tensor2d([[5], [6]])).dataSync());
+      const y = tf.tidy(() =>
+        tf
+          .matMul(
+            tf.tensor2d([
+              [1, 2],
+              [3, 4],
+            ]),
+            tf.tensor2d([[5], [6]]),
+          )
+          .dataSync(),
+      );
       assert.deepEqual(Array.from(y), [17, 39]);
     } finally {
       await tf.setBackend(previous);
@@ -30,7 +40,7 @@ describe('native tensorflow backend', () => {
     assert.ok(backendErrors.tensorflow);
   });
 
-  it('GetCapabilities\' cheap probe (no libtensorflow loaded) finds the same backends as loading them', () => {
+  it("GetCapabilities' cheap probe (no libtensorflow loaded) finds the same backends as loading them", () => {
     assert.deepEqual(installedBackends(), availableBackends());
   });
 });

@@ -49,7 +49,14 @@ describe('native engine addon', () => {
     const d = addon.describe();
     for (const def of [...OPTIMIZERS, ...RULES]) {
       const desc = [...d.optimizers, ...d.rules].find((x) => x.name === def.name)!;
-      const h = resolveGroup(resolveSpec({ optimizer: OPTIMIZERS.includes(def as never) ? def.name : 'sgd', rule: RULES.includes(def as never) ? def.name : 'additive', defaults: { lr: 0.1 } }), '');
+      const h = resolveGroup(
+        resolveSpec({
+          optimizer: OPTIMIZERS.includes(def as never) ? def.name : 'sgd',
+          rule: RULES.includes(def as never) ? def.name : 'additive',
+          defaults: { lr: 0.1 },
+        }),
+        '',
+      );
       const flattened = def.hypers.flatMap((x) => (x.type === 'pair' ? [`${x.name}.0`, `${x.name}.1`] : [x.name]));
       assert.deepEqual(desc.hypers, flattened, `${def.name}: the addon reads its hyperparameters in this order`);
       for (const x of def.hypers) {
@@ -77,7 +84,14 @@ describe('native engine addon', () => {
         const engine = new NativeEngine(addon, OPTIMIZERS, RULES);
         engine.setThreads(threads);
         const decls = shapes.map((shape, i) => ({
-          id: `p${i}`, name: `p${i}`, shape, group: '', values: randomArray(shape.reduce((a, b) => a * b, 1), i + 1),
+          id: `p${i}`,
+          name: `p${i}`,
+          shape,
+          group: '',
+          values: randomArray(
+            shape.reduce((a, b) => a * b, 1),
+            i + 1,
+          ),
         }));
         const s = new Session('threads', resolveSpec({ optimizer, rule, defaults: hypers }), decls, engine);
         try {
@@ -100,7 +114,7 @@ describe('native engine addon', () => {
     });
   }
 
-  it('every kernel gives the same bits whatever the buffers\' alignment (vector body, one-lane peel and tail)', () => {
+  it("every kernel gives the same bits whatever the buffers' alignment (vector body, one-lane peel and tail)", () => {
     const d = addon.describe();
     const n = 97;
     for (const [oi, o] of d.optimizers.entries()) {
@@ -115,7 +129,9 @@ describe('native engine addon', () => {
           };
           const theta = mk((i) => Math.sin(i + 1));
           const grad = mk((i) => Math.cos(0.7 * i) * 0.3);
-          const slots = [0, 1, 2].map((k) => (k < o.slots.length ? mk(() => (o.slots[k].scalar ? 1 : 0.01), o.slots[k].scalar ? 1 : n) : null));
+          const slots = [0, 1, 2].map((k) =>
+            k < o.slots.length ? mk(() => (o.slots[k].scalar ? 1 : 0.01), o.slots[k].scalar ? 1 : n) : null,
+          );
           const ruleSlot = r.slots.length ? mk(() => 2, 1) : null;
           const h = new Float64Array(24);
           h[0] = 3;
@@ -202,7 +218,8 @@ describe('native engine addon', () => {
         const out = new Float32Array(n);
         addon.widenBf16(src, out);
         const bits = new Uint32Array(out.buffer);
-        for (let i = 0; i < n; i++) assert.equal(bits[i], ((src[2 * i] | (src[2 * i + 1] << 8)) << 16) >>> 0, `n=${n} offset=${offset} [${i}]`);
+        for (let i = 0; i < n; i++)
+          assert.equal(bits[i], ((src[2 * i] | (src[2 * i + 1] << 8)) << 16) >>> 0, `n=${n} offset=${offset} [${i}]`);
       }
     }
     assert.throws(() => addon.widenBf16(new Uint8Array(3), new Float32Array(2)), /2 bytes per dst element/);
@@ -220,7 +237,14 @@ describe('native engine addon', () => {
     const bits = new Uint32Array(out.buffer);
     for (let h = 0; h < 65536; h++) assert.equal(bits[h], halfToFloatBits(h), `half 0x${h.toString(16)}`);
     // Spot values: 1, -2, 65504 (largest), 2^-24 (smallest subnormal), infinity.
-    const want: Array<[number, number]> = [[0x3c00, 1], [0xc000, -2], [0x7bff, 65504], [0x0001, 2 ** -24], [0x7c00, Infinity], [0x8000, -0]];
+    const want: Array<[number, number]> = [
+      [0x3c00, 1],
+      [0xc000, -2],
+      [0x7bff, 65504],
+      [0x0001, 2 ** -24],
+      [0x7c00, Infinity],
+      [0x8000, -0],
+    ];
     for (const [h, v] of want) assert.ok(Object.is(out[h], v), `half 0x${h.toString(16)} -> ${out[h]}, want ${v}`);
     assert.ok(Number.isNaN(out[0x7e00]));
   });

@@ -9,7 +9,23 @@ import * as protoLoader from '@grpc/proto-loader';
 import { DType, type StateFrame, type StepStreamRequest } from '../generated/mur/v1/optimizer';
 import { OPTIMIZERS } from '../src/optimizers';
 import { RULES } from '../src/rules';
-import { auth, bytes, call, expectStatus, capabilities, closeSession, create, exportAll, floats, grads, importFrames, startHarness, step, stream, type Harness } from './harness';
+import {
+  auth,
+  bytes,
+  call,
+  expectStatus,
+  capabilities,
+  closeSession,
+  create,
+  exportAll,
+  floats,
+  grads,
+  importFrames,
+  startHarness,
+  step,
+  stream,
+  type Harness,
+} from './harness';
 
 const F32 = DType.DTYPE_FLOAT32;
 const adamHybrid = { optimizer: 'adam', rule: 'hybrid', defaults: { lr: 0.01, lr_out: 0.01, gamma: 0.5 }, groups: {} };
@@ -28,8 +44,14 @@ describe('service over gRPC', () => {
 
   it('GetCapabilities lists every optimizer and rule of the registry, the backend and the limits', async () => {
     const c = await capabilities(h);
-    assert.deepEqual(c.optimizers.map((o) => o.name), OPTIMIZERS.map((o) => o.name));
-    assert.deepEqual(c.rules.map((r) => r.name), RULES.map((r) => r.name));
+    assert.deepEqual(
+      c.optimizers.map((o) => o.name),
+      OPTIMIZERS.map((o) => o.name),
+    );
+    assert.deepEqual(
+      c.rules.map((r) => r.name),
+      RULES.map((r) => r.name),
+    );
     assert.equal(c.backend, currentEngine().name);
     assert.ok(c.availableBackends.includes(c.backend));
     assert.deepEqual(c.dtypes, [F32, DType.DTYPE_BFLOAT16, DType.DTYPE_FLOAT16]);
@@ -39,7 +61,7 @@ describe('service over gRPC', () => {
     assert.equal(c.maxMessageBytes, 64 * 1024 * 1024);
     const adam = c.optimizers.find((o) => o.name === 'adam')!;
     assert.deepEqual(adam.hyperparameters.find((x) => x.name === 'betas')!.defaultValue, [0.9, 0.999]);
-    assert.equal(JSON.parse(c.specSchemaJson).title, 'mur optimizer spec');
+    assert.equal((JSON.parse(c.specSchemaJson) as { title: string }).title, 'mur optimizer spec');
   });
 
   it('unary Step updates the parameters, skips those without a gradient, and replays a repeated step', async () => {
@@ -51,50 +73,86 @@ describe('service over gRPC', () => {
       ],
     });
     assert.equal(s.resolvedSpec?.optimizer, 'adam');
-    const r1 = await step(h, { sessionId: s.sessionId, step: 1, grads: grads({ w: { shape: [2, 2], data: [0.1, 0.2, -0.3, 0.4] } }), groupOverrides: {} });
+    const r1 = await step(h, {
+      sessionId: s.sessionId,
+      step: 1,
+      grads: grads({ w: { shape: [2, 2], data: [0.1, 0.2, -0.3, 0.4] } }),
+      groupOverrides: {},
+    });
     assert.equal(r1.replayed, false);
-    assert.deepEqual(r1.params.map((p) => p.paramId), ['w']);
+    assert.deepEqual(
+      r1.params.map((p) => p.paramId),
+      ['w'],
+    );
     const w1 = floats(r1.params[0].value!.data);
     // Adam's first direction is sign(g) (m/sqrt(v) with bc), times 1/bc1 on the rates.
     const expect = [1, -2, 3, -4].map((t, i) => {
       const g = [0.1, 0.2, -0.3, 0.4][i];
-      const d = (0.1 * g) / (Math.abs(g) * Math.sqrt(0.001) / Math.sqrt(0.001) + 1e-8);
-      return t - (0.5 * 0.01 / 0.1 * Math.abs(t) * Math.tanh(d) + 0.5 * (0.01 / 0.1) * d);
+      const d = (0.1 * g) / ((Math.abs(g) * Math.sqrt(0.001)) / Math.sqrt(0.001) + 1e-8);
+      return t - (((0.5 * 0.01) / 0.1) * Math.abs(t) * Math.tanh(d) + 0.5 * (0.01 / 0.1) * d);
     });
     w1.forEach((v, i) => assert.ok(Math.abs(v - expect[i]) < 1e-5, `w[${i}] = ${v}, expected ${expect[i]}`));
     // A retry (the same request under the same number) is answered, not applied.
-    const again = await step(h, { sessionId: s.sessionId, step: 1, grads: grads({ w: { shape: [2, 2], data: [0.1, 0.2, -0.3, 0.4] } }), groupOverrides: {} });
+    const again = await step(h, {
+      sessionId: s.sessionId,
+      step: 1,
+      grads: grads({ w: { shape: [2, 2], data: [0.1, 0.2, -0.3, 0.4] } }),
+      groupOverrides: {},
+    });
     assert.equal(again.replayed, true);
     assert.deepEqual(floats(again.params[0].value!.data), w1, 'a replayed step returns the same values and applies nothing');
     // Another request under a used number is refused: its gradient would otherwise be dropped silently.
     await expectStatus(
       step(h, { sessionId: s.sessionId, step: 1, grads: grads({ w: { shape: [2, 2], data: [9, 9, 9, 9] } }), groupOverrides: {} }),
-      grpc.status.FAILED_PRECONDITION, 'step: 1 was already applied with a different request',
+      grpc.status.FAILED_PRECONDITION,
+      'step: 1 was already applied with a different request',
     );
     await expectStatus(
-      step(h, { sessionId: s.sessionId, step: 1, grads: grads({ w: { shape: [2, 2], data: [0.1, 0.2, -0.3, 0.4] } }), groupOverrides: { '': { lr: 0.5 } } }),
-      grpc.status.FAILED_PRECONDITION, 'different request',
+      step(h, {
+        sessionId: s.sessionId,
+        step: 1,
+        grads: grads({ w: { shape: [2, 2], data: [0.1, 0.2, -0.3, 0.4] } }),
+        groupOverrides: { '': { lr: 0.5 } },
+      }),
+      grpc.status.FAILED_PRECONDITION,
+      'different request',
     );
     const state = await exportAll(h, s.sessionId);
-    assert.deepEqual((state.header as { stepCounts: unknown }).stepCounts, [{ paramId: 'w', steps: 1 }, { paramId: 'b', steps: 0 }]);
+    assert.deepEqual((state.header as { stepCounts: unknown }).stepCounts, [
+      { paramId: 'w', steps: 1 },
+      { paramId: 'b', steps: 0 },
+    ]);
     await closeSession(h, s.sessionId);
   });
 
   it('StepStream: a 6 MiB model (above the 4 MiB default) in 64 KiB chunks, several steps on one stream', async () => {
     const n = 1_500_000;
     const init = new Float32Array(n).map((_, i) => Math.sin(i));
-    const s = await create(h, { spec: { optimizer: 'sgd', rule: 'multiplicative', defaults: { lr: 0.1, lr_out: 0.1, momentum: 0.9 }, groups: {} }, params: [{ id: 'big', name: 'big', shape: [1500, 1000], dtype: F32, group: '', data: Buffer.alloc(0) }] });
+    const s = await create(h, {
+      spec: { optimizer: 'sgd', rule: 'multiplicative', defaults: { lr: 0.1, lr_out: 0.1, momentum: 0.9 }, groups: {} },
+      params: [{ id: 'big', name: 'big', shape: [1500, 1000], dtype: F32, group: '', data: Buffer.alloc(0) }],
+    });
     // Initial values too large for one message go through ImportState chunks.
     const frames: StateFrame[] = [{ frame: { $case: 'header', value: { sessionId: s.sessionId, stepCounts: [], lastStep: 0 } } }];
     for (let off = 0; off < n; off += 100_000) {
-      frames.push({ frame: { $case: 'chunk', value: { paramId: 'big', slot: '', offset: off, totalElements: n, dtype: F32, data: bytes(init.subarray(off, off + 100_000)) } } });
+      frames.push({
+        frame: {
+          $case: 'chunk',
+          value: { paramId: 'big', slot: '', offset: off, totalElements: n, dtype: F32, data: bytes(init.subarray(off, off + 100_000)) },
+        },
+      });
     }
     assert.equal((await importFrames(h, frames)).tensorsImported, 1);
     const g = new Float32Array(n).fill(0.5);
     const stepFrames = (k: number): StepStreamRequest[] => {
       const out: StepStreamRequest[] = [{ frame: { $case: 'begin', value: { sessionId: s.sessionId, step: k, groupOverrides: {} } } }];
       for (let off = 0; off < n; off += 300_000) {
-        out.push({ frame: { $case: 'grad', value: { paramId: 'big', slot: '', offset: off, totalElements: n, dtype: F32, data: bytes(g.subarray(off, off + 300_000)) } } });
+        out.push({
+          frame: {
+            $case: 'grad',
+            value: { paramId: 'big', slot: '', offset: off, totalElements: n, dtype: F32, data: bytes(g.subarray(off, off + 300_000)) },
+          },
+        });
       }
       out.push({ frame: { $case: 'end', value: {} } });
       return out;
@@ -102,7 +160,10 @@ describe('service over gRPC', () => {
     const { replies, error } = await stream(h, [...stepFrames(1), ...stepFrames(2)]);
     assert.equal(error, undefined);
     const done = replies.filter((r) => r.frame?.$case === 'done').map((r) => r.frame!.value);
-    assert.deepEqual(done, [{ step: 1, replayed: false }, { step: 2, replayed: false }]);
+    assert.deepEqual(done, [
+      { step: 1, replayed: false },
+      { step: 2, replayed: false },
+    ]);
     const chunks = replies.filter((r) => r.frame?.$case === 'param');
     assert.equal(chunks.length, 2 * Math.ceil((n * 4) / (64 * 1024)), 'every reply chunk is at most chunk_bytes');
     // Reassemble step 2's values and check them against the rule by hand.
@@ -130,7 +191,10 @@ describe('service over gRPC', () => {
     });
     const g = grads({ a: { shape: [1], data: [1] }, b: { shape: [1], data: [1] } });
     const r1 = await step(h, { sessionId: s.sessionId, step: 1, grads: g, groupOverrides: {} });
-    assert.deepEqual(r1.params.map((p) => floats(p.value!.data)[0]), [Math.fround(0.9), 0]);
+    assert.deepEqual(
+      r1.params.map((p) => floats(p.value!.data)[0]),
+      [Math.fround(0.9), 0],
+    );
     const r2 = await step(h, { sessionId: s.sessionId, step: 2, grads: g, groupOverrides: { '': { lr: 0.5 } } });
     const r3 = await step(h, { sessionId: s.sessionId, step: 3, grads: g, groupOverrides: {} });
     assert.ok(Math.abs(floats(r2.params[0].value!.data)[0] - 0.4) < 1e-6);
@@ -164,8 +228,13 @@ describe('service over gRPC', () => {
     for (const id of [a.sessionId, b.sessionId]) await closeSession(h, id);
   });
 
+  // The health and reflection clients are built at run time from their .proto files
+  // (grpc.loadPackageDefinition): untyped by nature, so `any` is their honest type here.
+  /* eslint-disable @typescript-eslint/no-explicit-any, @typescript-eslint/no-unsafe-assignment, @typescript-eslint/no-unsafe-call, @typescript-eslint/no-unsafe-member-access, @typescript-eslint/no-unsafe-return, @typescript-eslint/no-unsafe-argument */
   it('grpc.health.v1 reports SERVING', async () => {
-    const def = protoLoader.loadSync(path.join(require.resolve('grpc-health-check/package.json'), '../proto/health/v1/health.proto'), { enums: String });
+    const def = protoLoader.loadSync(path.join(require.resolve('grpc-health-check/package.json'), '../proto/health/v1/health.proto'), {
+      enums: String,
+    });
     const Health = (grpc.loadPackageDefinition(def) as any).grpc.health.v1.Health;
     const c = new Health(h.address, grpc.credentials.createInsecure());
     const r = await call<any, any>(c.check.bind(c), { service: 'mur.v1.Optimizer' });
@@ -205,4 +274,5 @@ describe('service over gRPC', () => {
       c.close();
     }
   });
+  /* eslint-enable @typescript-eslint/no-explicit-any, @typescript-eslint/no-unsafe-assignment, @typescript-eslint/no-unsafe-call, @typescript-eslint/no-unsafe-member-access, @typescript-eslint/no-unsafe-return, @typescript-eslint/no-unsafe-argument */
 });

@@ -5,6 +5,7 @@
 // The CLI flags (--tls-cert, --tls-key, --tls-client-ca) start the same server.
 import { strict as assert } from 'assert';
 import { spawn, spawnSync } from 'child_process';
+import * as fs from 'fs';
 import * as path from 'path';
 import * as readline from 'readline';
 import * as grpc from '@grpc/grpc-js';
@@ -26,7 +27,10 @@ function capabilities(client: OptimizerClient): Promise<Capabilities> {
 async function trainOneStep(client: OptimizerClient): Promise<number[]> {
   const s = await new Promise<CreateSessionReply>((resolve, reject) =>
     client.createSession(
-      { spec: { optimizer: 'sgd', rule: 'additive', defaults: { lr: 0.5 }, groups: {} }, params: [{ id: 'w', name: 'w', shape: [2], dtype: F32, group: '', data: bytes([1, 2]) }] },
+      {
+        spec: { optimizer: 'sgd', rule: 'additive', defaults: { lr: 0.5 }, groups: {} },
+        params: [{ id: 'w', name: 'w', shape: [2], dtype: F32, group: '', data: bytes([1, 2]) }],
+      },
       (e, r) => (e ? reject(e) : resolve(r)),
     ),
   );
@@ -34,7 +38,13 @@ async function trainOneStep(client: OptimizerClient): Promise<number[]> {
   md.set('authorization', `Bearer ${s.sessionToken}`);
   const r = await new Promise<StepReply>((resolve, reject) =>
     client.step(
-      { sessionId: s.sessionId, step: 1, grads: [{ paramId: 'w', grad: { shape: [2], dtype: F32, data: bytes([1, -2]) } }], groupOverrides: {}, arenaGrads: [] },
+      {
+        sessionId: s.sessionId,
+        step: 1,
+        grads: [{ paramId: 'w', grad: { shape: [2], dtype: F32, data: bytes([1, -2]) } }],
+        groupOverrides: {},
+        arenaGrads: [],
+      },
       md,
       (e, r) => (e ? reject(e) : resolve(r)),
     ),
@@ -89,7 +99,7 @@ describe('TLS', () => {
     });
 
     it('is refused by a client that trusts only another CA', async () => {
-      const other = require('fs').readFileSync(path.join(certs.dir, 'other-ca.pem')) as Buffer;
+      const other = fs.readFileSync(path.join(certs.dir, 'other-ca.pem'));
       await refused(client(`127.0.0.1:${server.port}`, grpc.credentials.createSsl(other)));
     });
   });
@@ -121,10 +131,17 @@ describe('TLS', () => {
       const half = spawnSync(process.execPath, [CLI, '--tls-cert', certs.server.certFile], { encoding: 'utf8', env });
       assert.equal(half.status, 2);
       assert.match(half.stderr, /both --tls-cert and --tls-key/);
-      const missing = spawnSync(process.execPath, [CLI, '--tls-cert', certs.server.certFile, '--tls-key', '/nonexistent/key.pem'], { encoding: 'utf8', env });
+      const missing = spawnSync(process.execPath, [CLI, '--tls-cert', certs.server.certFile, '--tls-key', '/nonexistent/key.pem'], {
+        encoding: 'utf8',
+        env,
+      });
       assert.equal(missing.status, 2);
       assert.match(missing.stderr, /--tls-key: cannot read \/nonexistent\/key.pem/);
-      const wrongKey = spawnSync(process.execPath, [CLI, '--port', '0', '--backend', 'cpu', '--tls-cert', certs.server.certFile, '--tls-key', certs.client.keyFile], { encoding: 'utf8', env, timeout: 30_000 });
+      const wrongKey = spawnSync(
+        process.execPath,
+        [CLI, '--port', '0', '--backend', 'cpu', '--tls-cert', certs.server.certFile, '--tls-key', certs.client.keyFile],
+        { encoding: 'utf8', env, timeout: 30_000 },
+      );
       assert.notEqual(wrongKey.status, 0, 'a key that does not match the certificate stops the server');
       assert.match(wrongKey.stderr, /mur-server: .*key/i);
     });
@@ -133,12 +150,26 @@ describe('TLS', () => {
       this.timeout(30_000);
       const child = spawn(
         process.execPath,
-        [CLI, '--port', '0', '--backend', 'cpu', '--tls-cert', certs.server.certFile, '--tls-key', certs.server.keyFile, '--tls-client-ca', certs.caFile],
+        [
+          CLI,
+          '--port',
+          '0',
+          '--backend',
+          'cpu',
+          '--tls-cert',
+          certs.server.certFile,
+          '--tls-key',
+          certs.server.keyFile,
+          '--tls-client-ca',
+          certs.caFile,
+        ],
         { env: { ...process.env, MUR_LOG: 'silent' }, stdio: ['ignore', 'pipe', 'ignore'] },
       );
       const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
       try {
-        const info = JSON.parse(await new Promise<string>((resolve) => readline.createInterface({ input: child.stdout }).once('line', resolve)));
+        const info = JSON.parse(
+          await new Promise<string>((resolve) => readline.createInterface({ input: child.stdout }).once('line', resolve)),
+        ) as { tls: string; port: number };
         assert.equal(info.tls, 'mutual');
         await refused(client(`127.0.0.1:${info.port}`, grpc.credentials.createSsl(certs.ca)));
         const c = client(`localhost:${info.port}`, grpc.credentials.createSsl(certs.ca, certs.client.key, certs.client.cert));

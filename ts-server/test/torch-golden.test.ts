@@ -45,7 +45,9 @@ describe(`additive rule vs torch.optim ${golden.torch_version} (${path.basename(
       const s: RefState = {};
       c.grads.forEach((g, k) => {
         th = refStep(c.optimizer, 'additive', th, g, s, {}, h, k + 1);
-        th.forEach((v, i) => assert.ok(Math.abs(v - c.trajectory[k][i]) <= 1e-10, `step ${k + 1} element ${i}: ${v} vs torch ${c.trajectory[k][i]}`));
+        th.forEach((v, i) =>
+          assert.ok(Math.abs(v - c.trajectory[k][i]) <= 1e-10, `step ${k + 1} element ${i}: ${v} vs torch ${c.trajectory[k][i]}`),
+        );
       });
     });
 

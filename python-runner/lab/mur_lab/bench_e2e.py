@@ -40,6 +40,7 @@ alike and their ratio stays fair. Each row starts its own servers (about
 
 --out FILE also writes the JSON lines (one per row) to FILE.
 """
+
 import argparse
 import functools
 import json
@@ -53,8 +54,10 @@ from mur._proto.mur.v1 import optimizer_pb2 as pb
 from mur._proto.mur.v1 import optimizer_pb2_grpc as pbg
 from mur_lab.bench_train import fashion_batches, interleaved, model, trainer
 
-OPTIMIZERS = [("adam", torch.optim.Adam, {"lr": 1e-3}),
-              ("sgd-momentum", torch.optim.SGD, {"lr": 0.01, "momentum": 0.9})]
+OPTIMIZERS = [
+    ("adam", torch.optim.Adam, {"lr": 1e-3}),
+    ("sgd-momentum", torch.optim.SGD, {"lr": 0.01, "momentum": 0.9}),
+]
 LIST_SHAPES = [(96, 96), (96,), (96,)] * 100  # per block: a weight, its bias, a norm's weight
 TRANSPORTS = [("shm", None), ("tcp", "float32"), ("tcp", "bfloat16"), ("grpc", "float32"), ("grpc", "bfloat16")]
 TRAIN_TRANSPORTS = [("shm", None), ("tcp", "float32"), ("grpc", "float32")]
@@ -67,9 +70,16 @@ def tcp_server():
     if not _TCP:
         import atexit
         import subprocess
+
         from mur.server import find_server_cli
-        proc = subprocess.Popen(["node", str(find_server_cli()), "--port", "0", "--exit-with-stdin"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "MUR_LOG": "silent"})
+
+        proc = subprocess.Popen(
+            ["node", str(find_server_cli()), "--port", "0", "--exit-with-stdin"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "MUR_LOG": "silent"},
+        )
         info = json.loads(proc.stdout.readline() or "{}")
         if "port" not in info:
             proc.kill()
@@ -78,22 +88,45 @@ def tcp_server():
         def stop():
             proc.kill()
             proc.wait()
+
         atexit.register(stop)
         _TCP.update(proc=proc, address=f"127.0.0.1:{info['port']}")
     return _TCP["address"]
-FULL = dict(sizes=[1, 100_000, 1_000_000, 4_000_000, "list"], seconds=5.0, min_calls=20, max_calls=1000,
-            ceiling_bytes=[4_000_000, 16_000_000],
-            models=["mlp", "cnn"], batches=300)
-QUICK = dict(sizes=[100_000, "list"], seconds=0.3, min_calls=10, max_calls=100, models=["mlp", "cnn"], batches=20,
-             ceiling_bytes=[4_000_000])
+
+
+FULL = dict(
+    sizes=[1, 100_000, 1_000_000, 4_000_000, "list"],
+    seconds=5.0,
+    min_calls=20,
+    max_calls=1000,
+    ceiling_bytes=[4_000_000, 16_000_000],
+    models=["mlp", "cnn"],
+    batches=300,
+)
+QUICK = dict(
+    sizes=[100_000, "list"],
+    seconds=0.3,
+    min_calls=10,
+    max_calls=100,
+    models=["mlp", "cnn"],
+    batches=20,
+    ceiling_bytes=[4_000_000],
+)
 
 
 def remote(params, optimizer, transport, wire_dtype, **hypers):
     """RemoteOptimizer(server="auto") with the additive rule on this transport (an error if unavailable)."""
     name = "sgd" if optimizer == "sgd-momentum" else optimizer
     server = "auto" if transport == "shm" else tcp_server()
-    opt = mur.RemoteOptimizer(params, optimizer=name, rule="additive", server=server, transport=transport,
-                              wire_dtype=wire_dtype or "float32", **hypers)
+    opt = mur.RemoteOptimizer(
+        params,
+        optimizer=name,
+        rule="additive",
+        server=server,
+        transport=transport,
+        wire_dtype=wire_dtype or "float32",
+        **hypers,
+    )
     if opt.transport != transport:
         opt.close()
         raise ValueError(f"asked for transport {transport}, got {opt.transport}")
@@ -133,11 +166,17 @@ def step_rows(optimizer, torch_cls, hypers, size, cfg):
         for p, g in zip(opt.param_groups[0]["params"], grads):
             p.grad = g
 
-    opts, skipped = contenders(lambda: torch_cls(params(), **hypers),
-                               lambda tr, wd: remote(params(), optimizer, tr, wd, **hypers), TRANSPORTS)
+    opts, skipped = contenders(
+        lambda: torch_cls(params(), **hypers), lambda tr, wd: remote(params(), optimizer, tr, wd, **hypers), TRANSPORTS
+    )
     try:
-        ms, calls = interleaved({k: o.step for k, o in opts.items()}, cfg["seconds"], cfg["min_calls"], cfg["max_calls"],
-                                prepare={k: functools.partial(set_grads, o) for k, o in opts.items()})
+        ms, calls = interleaved(
+            {k: o.step for k, o in opts.items()},
+            cfg["seconds"],
+            cfg["min_calls"],
+            cfg["max_calls"],
+            prepare={k: functools.partial(set_grads, o) for k, o in opts.items()},
+        )
         for k, o in opts.items():
             if not all(torch.isfinite(p).all() for p in o.param_groups[0]["params"]):
                 skipped[k] = "parameters are not finite after the run"
@@ -146,9 +185,19 @@ def step_rows(optimizer, torch_cls, hypers, size, cfg):
     n = sum(torch.Size(s).numel() for s in shapes)
     rows = []
     for tr, wd in TRANSPORTS:
-        r = {"optimizer": optimizer, "params": n, "tensors": len(shapes), "transport": tr, "wire_dtype": wd,
-             "local_ms": round(ms["local"], 4), "remote_ms": None, "ratio": None,
-             "mb_per_s_up": None, "mb_per_s_down": None, "steps": calls}
+        r = {
+            "optimizer": optimizer,
+            "params": n,
+            "tensors": len(shapes),
+            "transport": tr,
+            "wire_dtype": wd,
+            "local_ms": round(ms["local"], 4),
+            "remote_ms": None,
+            "ratio": None,
+            "mb_per_s_up": None,
+            "mb_per_s_down": None,
+            "steps": calls,
+        }
         if (tr, wd) in skipped:
             r["skipped"] = skipped[(tr, wd)]
         else:
@@ -167,9 +216,12 @@ def train_rows(name, batches, cfg):
     def make(key, build_opt):
         nets[key] = model(name)  # the same initial weights for every contender
         return build_opt(nets[key].parameters())
-    opts, skipped = contenders(lambda: make("local", lambda ps: torch.optim.Adam(ps, lr=1e-3)),
-                               lambda tr, wd: make((tr, wd), lambda ps: remote(ps, "adam", tr, wd, lr=1e-3)),
-                               TRAIN_TRANSPORTS)
+
+    opts, skipped = contenders(
+        lambda: make("local", lambda ps: torch.optim.Adam(ps, lr=1e-3)),
+        lambda tr, wd: make((tr, wd), lambda ps: remote(ps, "adam", tr, wd, lr=1e-3)),
+        TRAIN_TRANSPORTS,
+    )
     try:
         fns = {k: trainer(nets[k], o, batches) for k, o in opts.items()}
         ms, calls = interleaved(fns, 0, cfg["batches"], cfg["batches"], warmup=10, burst=10)
@@ -178,8 +230,17 @@ def train_rows(name, batches, cfg):
     n = sum(p.numel() for p in nets["local"].parameters())
     rows = []
     for tr, wd in TRAIN_TRANSPORTS:
-        r = {"model": name, "params": n, "batch": len(batches[0][1]), "transport": tr, "wire_dtype": wd,
-             "local_ms_per_batch": round(ms["local"], 3), "remote_ms_per_batch": None, "ratio": None, "batches": calls}
+        r = {
+            "model": name,
+            "params": n,
+            "batch": len(batches[0][1]),
+            "transport": tr,
+            "wire_dtype": wd,
+            "local_ms_per_batch": round(ms["local"], 3),
+            "remote_ms_per_batch": None,
+            "ratio": None,
+            "batches": calls,
+        }
         if (tr, wd) in skipped:
             r["skipped"] = skipped[(tr, wd)]
         else:
@@ -197,8 +258,11 @@ def ceiling_rows(cfg):
     import struct
     import subprocess
     from pathlib import Path
+
     import numpy as np
+
     from mur.server import find_server_cli
+
     echo = Path(find_server_cli()).resolve().parents[1] / "bench" / "echo.js"
     if not echo.is_file():
         return [{"ceiling": "skipped", "reason": f"{echo} not built"}]
@@ -207,13 +271,21 @@ def ceiling_rows(cfg):
         procs, fns = [], {}
         try:
             for mode in ("grpc", "raw"):
-                proc = subprocess.Popen(["node", str(echo), mode, str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                proc = subprocess.Popen(
+                    ["node", str(echo), mode, str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+                )
                 procs.append(proc)
                 port = int(proc.stdout.readline())
                 if mode == "grpc":
-                    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[
-                        ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
-                        ("grpc.http2.max_frame_size", 16777215), ("grpc.http2.lookahead_bytes", 16 << 20)])
+                    channel = grpc.insecure_channel(
+                        f"127.0.0.1:{port}",
+                        options=[
+                            ("grpc.max_send_message_length", -1),
+                            ("grpc.max_receive_message_length", -1),
+                            ("grpc.http2.max_frame_size", 16777215),
+                            ("grpc.http2.lookahead_bytes", 16 << 20),
+                        ],
+                    )
                     call = channel.unary_unary("/bench.Echo/Echo")
                     payload = b"\x01" * n
                     fns["grpc"] = functools.partial(call, payload)
@@ -223,16 +295,24 @@ def ceiling_rows(cfg):
                     up = np.ones(n, np.uint8)
                     down = memoryview(np.empty(n + 4, np.uint8))
 
-                    def raw(sock=sock, up=up, down=down):
+                    def raw(sock=sock, up=up, down=down, n=n):
                         sock.sendmsg([struct.pack("<I", n), up])
                         got = 0
                         while got < n + 4:
                             got += sock.recv_into(down[got:], n + 4 - got)
+
                     fns["raw"] = raw
             ms, calls = interleaved(fns, cfg["seconds"], cfg["min_calls"], cfg["max_calls"])
             for mode in ("grpc", "raw"):
-                rows.append({"ceiling": mode, "bytes_each_way": n, "ms": round(ms[mode], 3),
-                             "mb_per_s_each_way": round(n / ms[mode] / 1e3), "calls": calls})
+                rows.append(
+                    {
+                        "ceiling": mode,
+                        "bytes_each_way": n,
+                        "ms": round(ms[mode], 3),
+                        "mb_per_s_each_way": round(n / ms[mode] / 1e3),
+                        "calls": calls,
+                    }
+                )
         finally:
             if "raw" in fns:
                 sock.close()
@@ -270,41 +350,60 @@ def main(argv=None):
     cfg = QUICK if a.quick else FULL
 
     caps, server_threads = environment()
-    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads); server engine {caps.backend} "
-          f"({server_threads} threads); server transports {', '.join(caps.transports) or 'grpc'}; "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads); server engine {caps.backend} "
+        f"({server_threads} threads); server transports {', '.join(caps.transports) or 'grpc'}; "
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}"
+    )
 
     rows = []
     print("\nThe wire's ceiling: an echo server doing nothing, n bytes up and n bytes back (loopback TCP)")
     for r in ceiling_rows(cfg):
         rows.append(r)
         if "ms" in r:
-            print(f"  {r['ceiling']:5} {r['bytes_each_way'] / 1e6:5.0f} MB each way: {r['ms']:8.2f} ms, "
-                  f"{r['mb_per_s_each_way']:6} MB/s each way", flush=True)
+            print(
+                f"  {r['ceiling']:5} {r['bytes_each_way'] / 1e6:5.0f} MB each way: {r['ms']:8.2f} ms, "
+                f"{r['mb_per_s_each_way']:6} MB/s each way",
+                flush=True,
+            )
         else:
             print(f"  skipped: {r['reason']}")
 
-    print(f"\n{'optimizer':13} {'params':>9} {'tensors':>7}  {'transport':9} {'wire':8} {'local ms':>9} "
-          f"{'remote ms':>9} {'ratio':>7} {'up MB/s':>8} {'down MB/s':>9}", flush=True)
+    print(
+        f"\n{'optimizer':13} {'params':>9} {'tensors':>7}  {'transport':9} {'wire':8} {'local ms':>9} "
+        f"{'remote ms':>9} {'ratio':>7} {'up MB/s':>8} {'down MB/s':>9}",
+        flush=True,
+    )
     for optimizer, torch_cls, hypers in OPTIMIZERS:
         for size in cfg["sizes"]:
             for r in step_rows(optimizer, torch_cls, hypers, size, cfg):
                 rows.append(r)
-                print(f"{r['optimizer']:13} {r['params']:>9} {r['tensors']:>7}  {r['transport']:9} "
-                      f"{r['wire_dtype'] or '-':8} {r['local_ms']:9.3f} {fmt(r['remote_ms'], '9.3f')} "
-                      f"{fmt(r['ratio'], '7.2f')} {fmt(r['mb_per_s_up'], '8.3g')} {fmt(r['mb_per_s_down'], '9.3g')}"
-                      + (f"  skipped: {r['skipped']}" if "skipped" in r else ""), flush=True)
+                print(
+                    f"{r['optimizer']:13} {r['params']:>9} {r['tensors']:>7}  {r['transport']:9} "
+                    f"{r['wire_dtype'] or '-':8} {r['local_ms']:9.3f} {fmt(r['remote_ms'], '9.3f')} "
+                    f"{fmt(r['ratio'], '7.2f')} {fmt(r['mb_per_s_up'], '8.3g')} {fmt(r['mb_per_s_down'], '9.3g')}"
+                    + (f"  skipped: {r['skipped']}" if "skipped" in r else ""),
+                    flush=True,
+                )
 
     batches = fashion_batches(100)
-    print(f"\nFashion-MNIST, batch {len(batches[0][1])}, Adam lr 1e-3: ms per batch (forward + backward + step), "
-          f"{cfg['batches']} batches each")
-    print(f"{'model':6} {'params':>7}  {'transport':9} {'wire':8} {'local ms':>9} {'remote ms':>9} {'ratio':>7}", flush=True)
+    print(
+        f"\nFashion-MNIST, batch {len(batches[0][1])}, Adam lr 1e-3: ms per batch (forward + backward + step), "
+        f"{cfg['batches']} batches each"
+    )
+    print(
+        f"{'model':6} {'params':>7}  {'transport':9} {'wire':8} {'local ms':>9} {'remote ms':>9} {'ratio':>7}",
+        flush=True,
+    )
     for name in cfg["models"]:
         for r in train_rows(name, batches, cfg):
             rows.append(r)
-            print(f"{r['model']:6} {r['params']:>7}  {r['transport']:9} {r['wire_dtype'] or '-':8} "
-                  f"{r['local_ms_per_batch']:9.3f} {fmt(r['remote_ms_per_batch'], '9.3f')} {fmt(r['ratio'], '7.2f')}"
-                  + (f"  skipped: {r['skipped']}" if "skipped" in r else ""), flush=True)
+            print(
+                f"{r['model']:6} {r['params']:>7}  {r['transport']:9} {r['wire_dtype'] or '-':8} "
+                f"{r['local_ms_per_batch']:9.3f} {fmt(r['remote_ms_per_batch'], '9.3f')} {fmt(r['ratio'], '7.2f')}"
+                + (f"  skipped: {r['skipped']}" if "skipped" in r else ""),
+                flush=True,
+            )
 
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}\n")
     lines = [json.dumps(r) for r in rows]

@@ -41,6 +41,7 @@ a server on another host), ``--transport grpc`` in gRPC messages,
     make bench-scale
     python -m mur_lab.bench_scale --params 1M --servers 1,2 --ranks 1,2 --steps 3   # a quick check
 """
+
 import argparse
 import json
 import os
@@ -48,7 +49,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -81,10 +81,24 @@ def _ints(text):
 
 def start_server():
     """A server on TCP loopback (native engine), port chosen by the kernel; (process, address)."""
-    cmd = ["node", str(find_server_cli()), "--host", "127.0.0.1", "--port", "0", "--exit-with-stdin",
-           "--backend", "native"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "MUR_LOG": "silent"})
+    cmd = [
+        "node",
+        str(find_server_cli()),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--exit-with-stdin",
+        "--backend",
+        "native",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "MUR_LOG": "silent"},
+    )
     line = proc.stdout.readline()
     if not line:
         proc.wait(timeout=30)
@@ -98,6 +112,7 @@ def stop_server(proc):
 
 def _rank(rank, world, store, servers, n_params, steps, warmup, transport, out):
     from torch.distributed.optim import ZeroRedundancyOptimizer
+
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the ranks talk over loopback
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     opt = None
@@ -106,9 +121,15 @@ def _rank(rank, world, store, servers, n_params, steps, warmup, transport, out):
         params = [torch.nn.Parameter(torch.randn(n_params // TENSORS) * 0.1) for _ in range(TENSORS)]
         g = torch.Generator().manual_seed(1 + rank)
         grads = [torch.randn(p.shape, generator=g) * 1e-3 for p in params]
-        opt = ZeroRedundancyOptimizer(params, optimizer_class=mur.RemoteOptimizer,
-                                      server=servers if len(servers) > 1 else servers[0],
-                                      optimizer="adam", rule="additive", lr=1e-3, transport=transport)
+        opt = ZeroRedundancyOptimizer(
+            params,
+            optimizer_class=mur.RemoteOptimizer,
+            server=servers if len(servers) > 1 else servers[0],
+            optimizer="adam",
+            rule="additive",
+            lr=1e-3,
+            transport=transport,
+        )
         inner, remote, total = opt.optim, [], []
         inner_step = inner.step
 
@@ -118,6 +139,7 @@ def _rank(rank, world, store, servers, n_params, steps, warmup, transport, out):
                 return inner_step(*a, **k)
             finally:
                 remote.append(time.perf_counter() - t)
+
         inner.step = timed_step
         for _ in range(warmup + steps):
             for p, gr in zip(params, grads):
@@ -131,8 +153,14 @@ def _rank(rank, world, store, servers, n_params, steps, warmup, transport, out):
         dist.all_gather(every, mine)
         if rank == 0:
             with open(out, "w") as f:
-                json.dump({"step_s": max(float(e[0]) for e in every), "remote_s": max(float(e[1]) for e in every),
-                           "transport": inner.transport}, f)
+                json.dump(
+                    {
+                        "step_s": max(float(e[0]) for e in every),
+                        "remote_s": max(float(e[1]) for e in every),
+                        "transport": inner.transport,
+                    },
+                    f,
+                )
     finally:
         if opt is not None:
             opt.optim.close()
@@ -146,8 +174,12 @@ def measure(n_servers, n_ranks, n_params, steps, warmup, transport):
             procs.append(start_server())
         servers = [a for _, a in procs]
         out = f"{d}/result.json"
-        mp.spawn(_rank, args=(n_ranks, f"{d}/store", servers, n_params, steps, warmup, transport, out),
-                 nprocs=n_ranks, join=True)
+        mp.spawn(
+            _rank,
+            args=(n_ranks, f"{d}/store", servers, n_params, steps, warmup, transport, out),
+            nprocs=n_ranks,
+            join=True,
+        )
         with open(out) as f:
             return json.load(f)
     finally:
@@ -182,8 +214,12 @@ def main(argv=None):
     ap.add_argument("--params", type=lambda s: [_size(x) for x in s.split(",")], default=[4_000_000, 16_000_000])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--transport", choices=["grpc", "tcp", "shm"], default="tcp",
-                    help="tcp (default: what \"auto\" picks for servers on other hosts), grpc messages, or shm")
+    ap.add_argument(
+        "--transport",
+        choices=["grpc", "tcp", "shm"],
+        default="tcp",
+        help='tcp (default: what "auto" picks for servers on other hosts), grpc messages, or shm',
+    )
     ap.add_argument("--gbps", type=float, default=10.0, help="link bandwidth of the paper table (Gb/s)")
     ap.add_argument("--rtt-us", type=float, default=100.0, help="round-trip time of the paper table (us)")
     ap.add_argument("--out", help="also write the rows as JSON lines to this file")
@@ -191,8 +227,11 @@ def main(argv=None):
     if a.steps < 1 or a.warmup < 0:
         ap.error(f"--steps {a.steps} --warmup {a.warmup}: at least one step, warm-up >= 0")
     started = time.monotonic()
-    print(f"mur bench-scale: Adam additive, {TENSORS} tensors, transport {a.transport} on loopback, "
-          f"{os.cpu_count()} cores, {a.steps} timed steps after {a.warmup}", flush=True)
+    print(
+        f"mur bench-scale: Adam additive, {TENSORS} tensors, transport {a.transport} on loopback, "
+        f"{os.cpu_count()} cores, {a.steps} timed steps after {a.warmup}",
+        flush=True,
+    )
     rows = []
     for n in a.params:
         # The engine speed for the paper table: one server, one rank, shared memory.
@@ -202,24 +241,38 @@ def main(argv=None):
             for r in a.ranks:
                 m = measure(s, r, n, a.steps, a.warmup, a.transport)
                 remote_p, step_p = on_paper(s, r, n, engine, a.gbps, a.rtt_us)
-                row = {"params": n, "servers": s, "ranks": r, "transport": m["transport"],
-                       "steps_per_s": 1 / m["step_s"], "remote_ms": 1e3 * m["remote_s"],
-                       "paper_steps_per_s": 1 / step_p, "paper_remote_ms": 1e3 * remote_p,
-                       "engine_mparams_per_s": engine / 1e6}
+                row = {
+                    "params": n,
+                    "servers": s,
+                    "ranks": r,
+                    "transport": m["transport"],
+                    "steps_per_s": 1 / m["step_s"],
+                    "remote_ms": 1e3 * m["remote_s"],
+                    "paper_steps_per_s": 1 / step_p,
+                    "paper_remote_ms": 1e3 * remote_p,
+                    "engine_mparams_per_s": engine / 1e6,
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print()
-    print(f"| params | servers | ranks | steps/s (here) | remote step ms (here) | steps/s (separate hosts) | "
-          f"remote step ms (separate hosts) |")
+    print(
+        "| params | servers | ranks | steps/s (here) | remote step ms (here) | steps/s (separate hosts) | "
+        "remote step ms (separate hosts) |"
+    )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {_fmt_params(r['params'])} | {r['servers']} | {r['ranks']} | {r['steps_per_s']:.2f} | "
-              f"{r['remote_ms']:.1f} | {r['paper_steps_per_s']:.2f} | {r['paper_remote_ms']:.1f} |")
+        print(
+            f"| {_fmt_params(r['params'])} | {r['servers']} | {r['ranks']} | {r['steps_per_s']:.2f} | "
+            f"{r['remote_ms']:.1f} | {r['paper_steps_per_s']:.2f} | {r['paper_remote_ms']:.1f} |"
+        )
     engines = sorted({(r["params"], r["engine_mparams_per_s"]) for r in rows})
     print()
-    print(f"Separate hosts: {a.gbps:g} Gb/s links (full duplex), {a.rtt_us:g} us round trip, tensors on the wire (gRPC or tcp), "
-          f"engine speed as measured here on shm with 1 server: "
-          + ", ".join(f"{_fmt_params(n)}: {e:.0f} Mparam/s" for n, e in engines) + ".")
+    print(
+        f"Separate hosts: {a.gbps:g} Gb/s links (full duplex), {a.rtt_us:g} us round trip, tensors on the wire (gRPC or tcp), "
+        f"engine speed as measured here on shm with 1 server: "
+        + ", ".join(f"{_fmt_params(n)}: {e:.0f} Mparam/s" for n, e in engines)
+        + "."
+    )
     print(f"Took {time.monotonic() - started:.0f} s.")
     if a.out:
         with open(a.out, "w") as f:

@@ -1,5 +1,6 @@
 """Helpers for mur_lab.bench_e2e: a fair timer for contenders on a noisy machine,
 and a Fashion-MNIST training loop to time per batch."""
+
 import itertools
 import statistics
 import time
@@ -48,7 +49,7 @@ def fashion_batches(count, size=64):
     """The first ``count`` training batches of Fashion-MNIST as tensors."""
     x, y = data.load("train")
     n = min(count * size, len(x))
-    return [(torch.from_numpy(x[i:i + size]), torch.from_numpy(y[i:i + size])) for i in range(0, n, size)]
+    return [(torch.from_numpy(x[i : i + size]), torch.from_numpy(y[i : i + size])) for i in range(0, n, size)]
 
 
 def model(name, seed=0):
@@ -66,4 +67,5 @@ def trainer(net, opt, batches):
         opt.zero_grad()
         loss_fn(net(x), y).backward()
         opt.step()
+
     return one_batch

@@ -1,4 +1,5 @@
 """Fashion-MNIST from Debian's dataset-fashion-mnist (IDX files, gzip)."""
+
 import gzip
 import os
 from pathlib import Path
@@ -17,7 +18,7 @@ def read_idx(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: not an IDX file")
     dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}[raw[2]]
     ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -27,8 +28,10 @@ def load(split: str = "train", directory: Path = DEFAULT_DIR):
     labels = directory / f"{split}-labels-idx1-ubyte.gz"
     for p in (images, labels):
         if not p.exists():
-            raise FileNotFoundError(f"{p} is missing: install Debian's dataset-fashion-mnist "
-                                    f"(apt-get install dataset-fashion-mnist) or set MUR_FASHION_MNIST")
+            raise FileNotFoundError(
+                f"{p} is missing: install Debian's dataset-fashion-mnist "
+                f"(apt-get install dataset-fashion-mnist) or set MUR_FASHION_MNIST"
+            )
     x = read_idx(images).astype(np.float32)[:, None, :, :] / 255.0
     y = read_idx(labels).astype(np.int64)
     return x, y

@@ -12,6 +12,7 @@ the end, and writes a PNG of the curves.
     make demo
     python -m mur_lab.demo [--epochs 2] [--train-size 60000] [--out demo.png]
 """
+
 import argparse
 import copy
 import os
@@ -22,13 +23,13 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
 
-import mur  # noqa: E402
-from mur_lab.data import load  # noqa: E402
-from mur_lab.progress import bar  # noqa: E402
+import mur
+from mur_lab.data import load
+from mur_lab.progress import bar
 
 
 def model():
@@ -40,9 +41,9 @@ class Contender:
 
     def __init__(self, name, net, opt):
         self.name, self.net, self.opt = name, net, opt
-        self.ms = []            # per batch: zero_grad + forward + backward + step
-        self.loss = []          # per batch
-        self.acc = []           # (batches seen, test accuracy)
+        self.ms = []  # per batch: zero_grad + forward + backward + step
+        self.loss = []  # per batch
+        self.acc = []  # (batches seen, test accuracy)
 
     def train_batch(self, x, y, loss_fn):
         t0 = time.perf_counter()
@@ -65,7 +66,7 @@ def plot(contenders, batches_per_epoch, out):
     for c in contenders:
         # Moving average over ~a tenth of an epoch: the raw per-batch loss is too noisy to compare.
         w = max(1, batches_per_epoch // 10)
-        smooth = [statistics.fmean(c.loss[max(0, i - w + 1):i + 1]) for i in range(len(c.loss))]
+        smooth = [statistics.fmean(c.loss[max(0, i - w + 1) : i + 1]) for i in range(len(c.loss))]
         ax_loss.plot([i / batches_per_epoch for i in range(1, len(smooth) + 1)], smooth, label=c.name)
         ax_acc.plot([s / batches_per_epoch for s, _ in c.acc], [a * 100 for _, a in c.acc], marker="o", label=c.name)
     ax_loss.set(xlabel="epoch", ylabel="training loss (moving average)", title="Fashion-MNIST MLP: training loss")
@@ -94,14 +95,16 @@ def main(argv=None):
     torch.manual_seed(a.seed)
     torch.set_num_threads(1)  # leave the second core to the server
     xtr, ytr = (torch.from_numpy(v) for v in load("train"))
-    xtr, ytr = xtr[:a.train_size], ytr[:a.train_size]
+    xtr, ytr = xtr[: a.train_size], ytr[: a.train_size]
     xte, yte = (torch.from_numpy(v) for v in load("t10k"))
     base = model()  # one initialisation, copied into each contender
 
     with mur.LocalServer() as server:
+
         def remote(rule, net):
             # Only lr is given: the rule's own hyperparameters are the server's defaults.
             return mur.RemoteOptimizer(net.parameters(), optimizer="adam", rule=rule, server=server.address, lr=a.lr)
+
         nets = [copy.deepcopy(base) for _ in range(3)]
         contenders = [Contender("torch.optim.Adam", nets[0], torch.optim.Adam(nets[0].parameters(), lr=a.lr))]
         try:
@@ -110,9 +113,11 @@ def main(argv=None):
             contenders.append(Contender("mur adam hybrid", nets[2], hybrid))
             g = hybrid.param_groups[0]
             lr_out = g["lr_out"] if g.get("lr_out") is not None else f"10 x lr = {10 * a.lr:g}"
-            print(f"mur demo: Fashion-MNIST MLP, {len(xtr)} training images, {a.epochs} epoch(s), "
-                  f"batch {a.batch_size}, lr {a.lr:g}; server backend {server.backend}, "
-                  f"transport {contenders[1].opt.transport}")
+            print(
+                f"mur demo: Fashion-MNIST MLP, {len(xtr)} training images, {a.epochs} epoch(s), "
+                f"batch {a.batch_size}, lr {a.lr:g}; server backend {server.backend}, "
+                f"transport {contenders[1].opt.transport}"
+            )
             print(f"  hybrid at its defaults: gamma {g['gamma']:g}, lr_in {g['lr_in']:g}, lr_out {lr_out}")
             train(contenders, xtr, ytr, xte, yte, a)
         finally:
@@ -144,7 +149,7 @@ def train(contenders, xtr, ytr, xte, yte, a):
         first = len(contenders[0].ms)
         progress = bar(starts, desc=f"epoch {epoch}/{a.epochs}", unit="batch")
         for k, i in enumerate(progress, 1):
-            idx = perm[i:i + a.batch_size]
+            idx = perm[i : i + a.batch_size]
             x, y = xtr[idx], ytr[idx]
             for c in contenders:  # turn by turn: a noisy moment slows all three alike
                 c.train_batch(x, y, loss_fn)
@@ -152,8 +157,12 @@ def train(contenders, xtr, ytr, xte, yte, a):
             if k in points:
                 for c in contenders:
                     c.evaluate(xte, yte, seen)
-        print(f"epoch {epoch}: " + " | ".join(
-            f"{c.name} {c.acc[-1][1] * 100:.2f}% {statistics.median(c.ms[first:]):.2f} ms/batch" for c in contenders))
+        print(
+            f"epoch {epoch}: "
+            + " | ".join(
+                f"{c.name} {c.acc[-1][1] * 100:.2f}% {statistics.median(c.ms[first:]):.2f} ms/batch" for c in contenders
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ differing pairs must agree too. The command exits 1 when a pair with the same
 semantics differs, when a gap does not close in the ablated run (a difference
 this table does not explain), or when a named difference makes no gap.
 """
+
 import argparse
 import json
 import os
@@ -61,20 +62,29 @@ DIFFERENCES = {
     "eps_before_bias_correction": dict(
         where={("keras", "adam"), ("keras", "adamw")},
         formula="keras: theta -= lr*sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v)+eps); torch/optax/mur: "
-                "theta -= lr/(1-b1^t) * m/(sqrt(v)/sqrt(1-b2^t)+eps), i.e. keras's eps is eps/sqrt(1-b2^t) in torch's "
-                "formula (31.6x eps at t=1)",
-        bridge=dict(eps_before_correction=True), bridge_in={"adam", "adamw"}, ablation="eps=0"),
+        "theta -= lr/(1-b1^t) * m/(sqrt(v)/sqrt(1-b2^t)+eps), i.e. keras's eps is eps/sqrt(1-b2^t) in torch's "
+        "formula (31.6x eps at t=1)",
+        bridge=dict(eps_before_correction=True),
+        bridge_in={"adam", "adamw"},
+        ablation="eps=0",
+    ),
     "eps_inside_sqrt": dict(
         where={("optax", "rmsprop"), ("keras", "rmsprop"), ("optax", "adagrad"), ("keras", "adagrad")},
         formula="optax (rmsprop's default eps_in_sqrt=True; adagrad always) and keras: g / sqrt(v + eps); "
-                "torch/mur: g / (sqrt(v) + eps)",
-        bridge=dict(eps_in_sqrt=True), bridge_in={"rmsprop", "adagrad"}, ablation="eps=0"),
+        "torch/mur: g / (sqrt(v) + eps)",
+        bridge=dict(eps_in_sqrt=True),
+        bridge_in={"rmsprop", "adagrad"},
+        ablation="eps=0",
+    ),
     "velocity_includes_lr": dict(
         where={("keras", "sgd_momentum")},
         formula="keras: v = momentum*v - lr*g; theta += v; torch/optax/mur: buf = momentum*buf + g; theta -= lr*buf. "
-                "The same at a constant lr; under an lr schedule keras's velocity keeps the rates of past steps "
-                "(keras's and optax's RMSprop with momentum too)",
-        bridge=dict(lr_in_momentum=True), bridge_in={"sgd_momentum", "rmsprop"}, ablation="constant lr"),
+        "The same at a constant lr; under an lr schedule keras's velocity keeps the rates of past steps "
+        "(keras's and optax's RMSprop with momentum too)",
+        bridge=dict(lr_in_momentum=True),
+        bridge_in={"sgd_momentum", "rmsprop"},
+        ablation="constant lr",
+    ),
 }
 
 # Defaults that differ (documented; CONFIGS sets them equal).
@@ -82,11 +92,17 @@ DEFAULT_DIFFERENCES = [
     ("adam eps", "torch 1e-8, optax 1e-8, keras 1e-7, mur 1e-8", "eps="),
     ("adamw weight_decay", "torch 1e-2, optax 1e-4, keras 4e-3, mur 1e-2", "weight_decay="),
     ("rmsprop smoothing", "torch alpha 0.99, optax decay 0.9, keras rho 0.9, mur alpha 0.99", "alpha="),
-    ("rmsprop eps", "torch 1e-8, optax 1e-8 (inside sqrt), keras 1e-7 (inside sqrt), mur 1e-8",
-     "eps= (placement: eps_in_sqrt=True)"),
+    (
+        "rmsprop eps",
+        "torch 1e-8, optax 1e-8 (inside sqrt), keras 1e-7 (inside sqrt), mur 1e-8",
+        "eps= (placement: eps_in_sqrt=True)",
+    ),
     ("adagrad initial accumulator", "torch 0, optax 0.1, keras 0.1, mur 0", "initial_accumulator_value="),
-    ("adagrad eps", "torch 1e-10, optax 1e-7 (inside sqrt), keras 1e-7 (inside sqrt), mur 1e-10",
-     "eps= (placement: eps_in_sqrt=True)"),
+    (
+        "adagrad eps",
+        "torch 1e-10, optax 1e-7 (inside sqrt), keras 1e-7 (inside sqrt), mur 1e-10",
+        "eps= (placement: eps_in_sqrt=True)",
+    ),
     ("sgd lr", "torch 1e-3 (>= 2.2), optax required, keras 1e-2, mur required", "lr="),
 ]
 
@@ -152,6 +168,7 @@ def problem(steps, batch=16, seed=0):
     def layer(n_in, n_out):
         k = 1 / np.sqrt(n_in)
         return rng.uniform(-k, k, (n_out, n_in)).astype(np.float32), rng.uniform(-k, k, n_out).astype(np.float32)
+
     w1, b1 = layer(8, 16)
     w2, b2 = layer(16, 4)
     x = rng.normal(size=(steps * batch, 8)).astype(np.float32)
@@ -191,7 +208,9 @@ def _mur_hypers_torch(opt, c):
 def run_torch(prob, opt, c, address=None, bridge=None):
     import torch
     from torch import nn
+
     import mur
+
     w1, b1, w2, b2 = (torch.from_numpy(a.copy()) for a in prob["params"])
     params = [nn.Parameter(t) for t in (w1, b1, w2, b2)]
     if address is not None:
@@ -200,19 +219,21 @@ def run_torch(prob, opt, c, address=None, bridge=None):
     elif opt == "adam":
         o = torch.optim.Adam(params, lr=c["lr"], betas=(c["b1"], c["b2"]), eps=c["eps"])
     elif opt == "adamw":
-        o = torch.optim.AdamW(params, lr=c["lr"], betas=(c["b1"], c["b2"]), eps=c["eps"],
-                              weight_decay=c["weight_decay"])
+        o = torch.optim.AdamW(
+            params, lr=c["lr"], betas=(c["b1"], c["b2"]), eps=c["eps"], weight_decay=c["weight_decay"]
+        )
     elif opt == "sgd_momentum":
         o = torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"])
     elif opt == "rmsprop":
         o = torch.optim.RMSprop(params, lr=c["lr"], alpha=c["decay"], eps=c["eps"])
     else:
-        o = torch.optim.Adagrad(params, lr=c["lr"], initial_accumulator_value=c["initial_accumulator_value"],
-                                eps=c["eps"])
+        o = torch.optim.Adagrad(
+            params, lr=c["lr"], initial_accumulator_value=c["initial_accumulator_value"], eps=c["eps"]
+        )
     x, y, bs = torch.from_numpy(prob["x"]), torch.from_numpy(prob["y"]), prob["batch"]
     try:
         for k in range(prob["steps"]):
-            xb, yb = x[k * bs:(k + 1) * bs], y[k * bs:(k + 1) * bs]
+            xb, yb = x[k * bs : (k + 1) * bs], y[k * bs : (k + 1) * bs]
             for group in o.param_groups:  # the schedule, as a torch scheduler sets it
                 group["lr"] = lr_at(c, k)
             o.zero_grad()
@@ -229,7 +250,9 @@ def run_optax(prob, opt, c, address=None, bridge=None):
     import jax
     import jax.numpy as jnp
     import optax
+
     import mur.optax
+
     names = ("w1", "b1", "w2", "b2")
     params = {n: jnp.asarray(a) for n, a in zip(names, prob["params"])}
     lr = (lambda count: lr_at(c, count)) if "schedule" in c else c["lr"]  # optax's contract: count -> lr
@@ -252,12 +275,14 @@ def run_optax(prob, opt, c, address=None, bridge=None):
         def loss(p):
             out = jnp.tanh(xb @ p["w1"].T + p["b1"]) @ p["w2"].T + p["b2"]
             return jnp.mean((out - yb) ** 2)
+
         return jax.grad(loss)(p)
+
     bs = prob["batch"]
     try:
         state = tx.init(params)
         for k in range(prob["steps"]):
-            g = grad(params, prob["x"][k * bs:(k + 1) * bs], prob["y"][k * bs:(k + 1) * bs])
+            g = grad(params, prob["x"][k * bs : (k + 1) * bs], prob["y"][k * bs : (k + 1) * bs])
             updates, state = tx.update(g, state, params)
             params = optax.apply_updates(params, updates)
         return [np.asarray(params[n]).copy() for n in names]
@@ -269,13 +294,17 @@ def run_optax(prob, opt, c, address=None, bridge=None):
 def run_keras(prob, opt, c, address=None, bridge=None):
     keras = _keras()
     import mur.keras
+
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(4)])
     w1, b1, w2, b2 = prob["params"]
     model.set_weights([w1.T, b1, w2.T, b2])
     # lr * schedule^iterations, evaluated by Keras (and by mur.keras) at each step.
-    lr = (keras.optimizers.schedules.ExponentialDecay(c["lr"], decay_steps=1, decay_rate=c["schedule"])
-          if "schedule" in c else c["lr"])
+    lr = (
+        keras.optimizers.schedules.ExponentialDecay(c["lr"], decay_steps=1, decay_rate=c["schedule"])
+        if "schedule" in c
+        else c["lr"]
+    )
     if address is not None:
         name, h = _mur_hypers(opt, c, bridge)
         h.pop("lr")
@@ -283,15 +312,17 @@ def run_keras(prob, opt, c, address=None, bridge=None):
     elif opt == "adam":
         o = keras.optimizers.Adam(c["lr"], beta_1=c["b1"], beta_2=c["b2"], epsilon=c["eps"])
     elif opt == "adamw":
-        o = keras.optimizers.AdamW(c["lr"], weight_decay=c["weight_decay"], beta_1=c["b1"], beta_2=c["b2"],
-                                   epsilon=c["eps"])
+        o = keras.optimizers.AdamW(
+            c["lr"], weight_decay=c["weight_decay"], beta_1=c["b1"], beta_2=c["b2"], epsilon=c["eps"]
+        )
     elif opt == "sgd_momentum":
         o = keras.optimizers.SGD(lr, momentum=c["momentum"])
     elif opt == "rmsprop":
         o = keras.optimizers.RMSprop(c["lr"], rho=c["decay"], epsilon=c["eps"])
     else:
-        o = keras.optimizers.Adagrad(c["lr"], initial_accumulator_value=c["initial_accumulator_value"],
-                                     epsilon=c["eps"])
+        o = keras.optimizers.Adagrad(
+            c["lr"], initial_accumulator_value=c["initial_accumulator_value"], epsilon=c["eps"]
+        )
     try:
         model.compile(optimizer=o, loss="mse")
         model.fit(prob["x"], prob["y"], batch_size=prob["batch"], epochs=1, shuffle=False, verbose=0)
@@ -305,6 +336,7 @@ def run_keras(prob, opt, c, address=None, bridge=None):
 def _keras():
     os.environ.setdefault("KERAS_BACKEND", "jax")
     import keras
+
     if keras.backend.backend() != "jax":
         raise RuntimeError(f"the keras runs use the JAX backend; KERAS_BACKEND={os.environ['KERAS_BACKEND']!r}")
     return keras
@@ -363,7 +395,7 @@ def verdicts(m):
     for opt, e in m.items():
         runs = e["runs"]
         for i, a in enumerate(runs):
-            for b in runs[i + 1:]:
+            for b in runs[i + 1 :]:
                 names = differences(a, b, opt)
                 gap = e["rel"][(a, b)]
                 gap0 = e["rel_ablated"][(a, b)] if e["rel_ablated"] else None
@@ -383,36 +415,65 @@ def verdicts(m):
                 over = bridged(a, b, opt)
                 if over:  # the difference stays named: which flags made this pair's semantics what they are
                     why += "; mur+ bridges " + ", ".join(
-                        f"{n} ({', '.join(f'{k}={v}' for k, v in DIFFERENCES[n]['bridge'].items())})" for n in over)
-                rows.append(dict(optimizer=opt, a=a, b=b, differences=names, bridged=over, rel=gap, rel_ablated=gap0,
-                                 ablation=at, ok=ok, why=why))
+                        f"{n} ({', '.join(f'{k}={v}' for k, v in DIFFERENCES[n]['bridge'].items())})" for n in over
+                    )
+                rows.append(
+                    dict(
+                        optimizer=opt,
+                        a=a,
+                        b=b,
+                        differences=names,
+                        bridged=over,
+                        rel=gap,
+                        rel_ablated=gap0,
+                        ablation=at,
+                        ok=ok,
+                        why=why,
+                    )
+                )
     return rows
 
 
 def markdown(m, rows, steps, frameworks):
-    lines = [f"# Cross-framework matrix ({', '.join(frameworks)}; {steps} steps)", "",
-             "Max relative parameter difference max|a-b|/max|a| after the last step; `mur~F` is mur's additive rule "
-             "through F's client, configured as F's optimizer with mur's defaults (torch's semantics); `mur+F` the "
-             "same with the flags that bridge F's differences (F's semantics). Tolerance for runs with the same "
-             f"semantics: {TOLERANCE:g}.", ""]
+    lines = [
+        f"# Cross-framework matrix ({', '.join(frameworks)}; {steps} steps)",
+        "",
+        "Max relative parameter difference max|a-b|/max|a| after the last step; `mur~F` is mur's additive rule "
+        "through F's client, configured as F's optimizer with mur's defaults (torch's semantics); `mur+F` the "
+        "same with the flags that bridge F's differences (F's semantics). Tolerance for runs with the same "
+        f"semantics: {TOLERANCE:g}.",
+        "",
+    ]
     for opt, e in m.items():
         runs = e["runs"]
-        lines += [f"## {opt}: {', '.join(f'{k}={v}' for k, v in CONFIGS[opt].items())}", "",
-                  "| | " + " | ".join(runs) + " |", "|---" * (len(runs) + 1) + "|"]
+        lines += [
+            f"## {opt}: {', '.join(f'{k}={v}' for k, v in CONFIGS[opt].items())}",
+            "",
+            "| | " + " | ".join(runs) + " |",
+            "|---" * (len(runs) + 1) + "|",
+        ]
         for a in runs:
             lines.append(f"| {a} | " + " | ".join("" if a == b else f"{e['rel'][(a, b)]:.1e}" for b in runs) + " |")
         lines.append("")
-    lines += ["## Pairs", "", "| optimizer | pair | differences | rel | rel ablated | verdict |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "## Pairs",
+        "",
+        "| optimizer | pair | differences | rel | rel ablated | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         g0 = "" if r["rel_ablated"] is None else f"{r['rel_ablated']:.1e} ({r['ablation']})"
-        lines.append(f"| {r['optimizer']} | {r['a']} vs {r['b']} | {', '.join(r['differences']) or '-'} | "
-                     f"{r['rel']:.1e} | {g0} | {'ok' if r['ok'] else 'FAIL'}: {r['why']} |")
+        lines.append(
+            f"| {r['optimizer']} | {r['a']} vs {r['b']} | {', '.join(r['differences']) or '-'} | "
+            f"{r['rel']:.1e} | {g0} | {'ok' if r['ok'] else 'FAIL'}: {r['why']} |"
+        )
     lines += ["", "## Semantic differences", ""]
     for n, d in DIFFERENCES.items():
         flags = ", ".join(f"{k}={v}" for k, v in d["bridge"].items())
-        lines += [f"- **{n}** ({', '.join(f'{f} {o}' for f, o in sorted(d['where']))}): {d['formula']}. "
-                  f"mur: `{flags}` reproduces it (runs mur+F); gone at {d['ablation']}."]
+        lines += [
+            f"- **{n}** ({', '.join(f'{f} {o}' for f, o in sorted(d['where']))}): {d['formula']}. "
+            f"mur: `{flags}` reproduces it (runs mur+F); gone at {d['ablation']}."
+        ]
     lines += ["", "Defaults that differ (the matrix sets them equal):", ""]
     lines += [f"- {what}: {vals}; mur: `{how}`" for what, vals, how in DEFAULT_DIFFERENCES]
     return "\n".join(lines) + "\n"
@@ -420,8 +481,10 @@ def markdown(m, rows, steps, frameworks):
 
 def heatmap(m, path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     opts = list(m)
     fig, axes = plt.subplots(1, len(opts), figsize=(4.6 * len(opts), 4.4), squeeze=False)
     fig.subplots_adjust(wspace=0.55)
@@ -436,20 +499,31 @@ def heatmap(m, path):
             for j in range(len(runs)):
                 if i != j:  # log10 of the difference; "0": bit for bit equal
                     r = m[opt]["rel"][(runs[i], runs[j])]
-                    ax.text(j, i, f"{z[i, j]:.0f}" if r > 0 else "0", ha="center", va="center", fontsize=6,
-                            color="white" if z[i, j] < -5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{z[i, j]:.0f}" if r > 0 else "0",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if z[i, j] < -5 else "black",
+                    )
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="log10 max relative parameter difference")
-    fig.suptitle(f"mur~F: mur's additive rule through F's client, configured as F's optimizer; mur+F: with the "
-                 f"flags bridging F's semantics (agreement: <= {TOLERANCE:g}, i.e. {np.log10(TOLERANCE):.1f})",
-                 fontsize=9)
+    fig.suptitle(
+        f"mur~F: mur's additive rule through F's client, configured as F's optimizer; mur+F: with the "
+        f"flags bridging F's semantics (agreement: <= {TOLERANCE:g}, i.e. {np.log10(TOLERANCE):.1f})",
+        fontsize=9,
+    )
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m mur.validate --frameworks",
-                                 description="Cross-framework matrix: each framework's optimizer and mur's additive "
-                                             "rule configured to match it, trained the same way.")
+    ap = argparse.ArgumentParser(
+        prog="python -m mur.validate --frameworks",
+        description="Cross-framework matrix: each framework's optimizer and mur's additive "
+        "rule configured to match it, trained the same way.",
+    )
     ap.add_argument("--frameworks", required=True, help="comma-separated: torch, optax, keras")
     ap.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     ap.add_argument("--steps", type=int, default=20)
@@ -472,11 +546,15 @@ def main(argv=None):
     for f in frameworks:
         why = available(f)
         if why:
-            ap.error(f"--frameworks: {f} is not available here ({why}); `make jax` builds .venv-jax with jax, optax "
-                     "and keras")
+            ap.error(
+                f"--frameworks: {f} is not available here ({why}); `make jax` builds .venv-jax with jax, optax "
+                "and keras"
+            )
     steps = 10 if a.quick else a.steps
-    import mur
     import torch
+
+    import mur
+
     torch.set_num_threads(1)
     start = time.time()
     if a.server:
@@ -492,16 +570,32 @@ def main(argv=None):
     (out / "frameworks.md").write_text(md)
     heatmap(m, out / "frameworks.png")
     with open(out / "frameworks.json", "w") as f:
-        json.dump({"steps": steps, "tolerance": TOLERANCE, "configs": {o: CONFIGS[o] for o in optimizers},
-                   "matrix": {o: {"runs": e["runs"],
-                                  "rel": {f"{x}|{y}": v for (x, y), v in e["rel"].items()},
-                                  "ablation": e["ablation"],
-                                  "rel_ablated": None if e["rel_ablated"] is None else
-                                  {f"{x}|{y}": v for (x, y), v in e["rel_ablated"].items()}} for o, e in m.items()},
-                   "pairs": rows}, f, indent=1)
+        json.dump(
+            {
+                "steps": steps,
+                "tolerance": TOLERANCE,
+                "configs": {o: CONFIGS[o] for o in optimizers},
+                "matrix": {
+                    o: {
+                        "runs": e["runs"],
+                        "rel": {f"{x}|{y}": v for (x, y), v in e["rel"].items()},
+                        "ablation": e["ablation"],
+                        "rel_ablated": None
+                        if e["rel_ablated"] is None
+                        else {f"{x}|{y}": v for (x, y), v in e["rel_ablated"].items()},
+                    }
+                    for o, e in m.items()
+                },
+                "pairs": rows,
+            },
+            f,
+            indent=1,
+        )
     failed = [r for r in rows if not r["ok"]]
-    print(f"frameworks: {len(rows) - len(failed)} pairs ok, {len(failed)} failed, {time.time() - start:.0f} s; "
-          f"wrote {out}/frameworks.md, .png, .json")
+    print(
+        f"frameworks: {len(rows) - len(failed)} pairs ok, {len(failed)} failed, {time.time() - start:.0f} s; "
+        f"wrote {out}/frameworks.md, .png, .json"
+    )
     for r in failed:
         print(f"FAIL {r['optimizer']} {r['a']} vs {r['b']}: rel {r['rel']:.2e}; {r['why']}")
     return 1 if failed else 0

@@ -1,4 +1,5 @@
 """The two Fashion-MNIST models used by validation, the demo-size runs and the experiments."""
+
 from torch import nn
 
 
@@ -7,6 +8,13 @@ def mlp(hidden=128):
 
 
 def cnn(c1=16, c2=32):
-    return nn.Sequential(nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(c2 * 7 * 7, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, c1, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(c2 * 7 * 7, 10),
+    )

@@ -2,6 +2,7 @@
 carriage returns, which in a log file or a CI capture become one flood of
 partial lines. So the bars show only when both stdout and stderr are
 terminals, and the lab's scripts print one summary line per epoch either way."""
+
 import sys
 
 from tqdm import tqdm

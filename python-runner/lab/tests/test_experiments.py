@@ -1,4 +1,5 @@
 """The experiment code itself, on tiny sizes (no server needed)."""
+
 import gzip
 import math
 import random
@@ -50,8 +51,10 @@ def test_random_configurations_stay_in_their_spaces():
 
 def test_hyperparameters_and_sweep_scaling():
     c = {"lr_in": 2.0, "lr_out": 0.3}
-    assert spaces.hyperparameters("sgd+momentum", "multiplicative", c) == ("sgd", {"momentum": 0.9, "lr": 0.3,
-                                                                                   "lr_in": 2.0, "lr_out": 0.3})
+    assert spaces.hyperparameters("sgd+momentum", "multiplicative", c) == (
+        "sgd",
+        {"momentum": 0.9, "lr": 0.3, "lr_in": 2.0, "lr_out": 0.3},
+    )
     h = {"lr": 1e-3, "lr_in": 1.0, "lr_out": 1e-2, "gamma": 0.5, "schedule": "constant"}
     assert spaces.scaled(h, 10.0) == {**h, "lr": pytest.approx(1e-2), "lr_out": pytest.approx(0.1)}
     assert spaces.label({**h, "schedule": "decay", "decay_rate": 0.01}).endswith("decay(0.99)")
@@ -70,9 +73,22 @@ def test_schedule_is_built_from_the_configuration():
     real = mur.RemoteOptimizer
     mur.RemoteOptimizer = Fake()
     try:
-        _, sched = spaces.make([p], "adam", "hybrid", {"lr": 0.1, "lr_in": 1.0, "lr_out": 0.1, "gamma": 0.8,
-                                                       "schedule": "decay", "decay_rate": 0.5, "patience": 0.5},
-                               "unused", total_steps=4)
+        _, sched = spaces.make(
+            [p],
+            "adam",
+            "hybrid",
+            {
+                "lr": 0.1,
+                "lr_in": 1.0,
+                "lr_out": 0.1,
+                "gamma": 0.8,
+                "schedule": "decay",
+                "decay_rate": 0.5,
+                "patience": 0.5,
+            },
+            "unused",
+            total_steps=4,
+        )
         gammas = []
         for _ in range(4):
             sched.step()
@@ -100,10 +116,13 @@ def test_tuning_spends_the_same_budget_and_counts_diverged_and_failed_runs():
     assert [tr["random"] for tr in t["trials"]] == [True] * 5 + [False] * 7
     assert t["trials"][1]["error"] == "boom" and t["trials"][1]["score"] is None
     assert all(tr["score"] is None for tr in t["trials"] if tr["config"]["lr"] > 0.1)
-    assert t["best"]["lr"] <= 0.1 and t["best_score"] == max(tr["score"] for tr in t["trials"] if tr["score"] is not None)
+    assert t["best"]["lr"] <= 0.1 and t["best_score"] == max(
+        tr["score"] for tr in t["trials"] if tr["score"] is not None
+    )
     again = tuning.tune(lambda c: -c["lr"], "additive", (1e-4, 1.0), 4, 2, seed=3)
-    assert [tr["config"] for tr in again["trials"]] == [tr["config"] for tr in tuning.tune(
-        lambda c: -c["lr"], "additive", (1e-4, 1.0), 4, 2, seed=3)["trials"]]
+    assert [tr["config"] for tr in again["trials"]] == [
+        tr["config"] for tr in tuning.tune(lambda c: -c["lr"], "additive", (1e-4, 1.0), 4, 2, seed=3)["trials"]
+    ]
     with pytest.raises(ValueError, match="n_random=0"):
         tuning.tune(objective, "additive", (1e-4, 1.0), 4, 0, seed=0)
     assert tuning.tune(lambda c: None, "additive", (1e-4, 1.0), 3, 3, 0)["best"] is None
@@ -158,33 +177,77 @@ def test_prose_check_wants_a_verdict_table():
 
 def _fake_results():
     """A results.json of one toy cell and one image cell per rule, as reproduce.run writes it."""
+
     def trials(scores):
         return [{"config": {"lr": 0.01}, "score": s, "random": i < 3} for i, s in enumerate(scores)]
 
     toy_cells, img_cells = {}, {}
     start = toy.PROBLEMS["convex"]["start"]
     for k, r in enumerate(spaces.RULES):
-        best = {"lr": 0.01, "lr_in": 1.0, "lr_out": 0.1, "gamma": 0.5, "schedule": "random"} if r == "hybrid" else \
-            {"lr": 0.01}
-        path = [start, (1.0 + 10 ** -k, 2.0)]
-        toy_cells[f"sgd/{r}"] = {"tuning": {"best": best, "best_score": 2.0, "seconds": 1.0,
-                                            "trials": trials([2.0, None, 0.5, 1.5])},
-                                 "final": [{"seed": 0, "path": path, "distance": toy.distance("convex", path[-1]),
-                                            "iterations": 1}],
-                                 "sweep": {f"{f:g}": (None if f > 10 else 10 ** -k) for f in spaces.FACTORS}}
-        img_cells[f"adam/{r}"] = {"tuning": {"best": best, "best_score": 0.8, "seconds": 1.0,
-                                             "trials": trials([0.8, 0.4, None, 0.82])},
-                                  "final": [{"seed": s, "final": 0.8 + 0.01 * k, "diverged": False,
-                                             "curve": [[0, 0.1], [8, 0.7], [16, 0.8 + 0.01 * k]]} for s in (0, 1)],
-                                  "sweep": {f"{f:g}": 0.8 for f in spaces.FACTORS}}
-    cfg = {"convex": dict(kind="toy", optimizers=["sgd"], trials=4, random=3, seeds=[0], sweep=True),
-           "mlp": dict(kind="image", model="mlp", optimizers=["adam"], train=2000, val=500, test=2000, curve=500,
-                       trial_epochs=1, epochs=1, trials=4, random=3, seeds=[0, 1], sweep=True, curve_per_epoch=2)}
-    v = {"python": "3", "torch": "1", "node": "v20", "mur": "0", "optuna": "3.1.0", "server_backend": "native",
-         "cpus": 2, "memory_gib": 1.0, "machine": "x"}
-    return {"versions": v, "config": cfg, "quick": True, "wall_seconds": 60.0,
-            "tasks": {"convex": {"cells": toy_cells, "seconds": 1.0, "steps_per_epoch": None},
-                      "mlp": {"cells": img_cells, "seconds": 1.0, "steps_per_epoch": 16}}}
+        best = (
+            {"lr": 0.01, "lr_in": 1.0, "lr_out": 0.1, "gamma": 0.5, "schedule": "random"}
+            if r == "hybrid"
+            else {"lr": 0.01}
+        )
+        path = [start, (1.0 + 10**-k, 2.0)]
+        toy_cells[f"sgd/{r}"] = {
+            "tuning": {"best": best, "best_score": 2.0, "seconds": 1.0, "trials": trials([2.0, None, 0.5, 1.5])},
+            "final": [{"seed": 0, "path": path, "distance": toy.distance("convex", path[-1]), "iterations": 1}],
+            "sweep": {f"{f:g}": (None if f > 10 else 10**-k) for f in spaces.FACTORS},
+        }
+        img_cells[f"adam/{r}"] = {
+            "tuning": {"best": best, "best_score": 0.8, "seconds": 1.0, "trials": trials([0.8, 0.4, None, 0.82])},
+            "final": [
+                {
+                    "seed": s,
+                    "final": 0.8 + 0.01 * k,
+                    "diverged": False,
+                    "curve": [[0, 0.1], [8, 0.7], [16, 0.8 + 0.01 * k]],
+                }
+                for s in (0, 1)
+            ],
+            "sweep": {f"{f:g}": 0.8 for f in spaces.FACTORS},
+        }
+    cfg = {
+        "convex": dict(kind="toy", optimizers=["sgd"], trials=4, random=3, seeds=[0], sweep=True),
+        "mlp": dict(
+            kind="image",
+            model="mlp",
+            optimizers=["adam"],
+            train=2000,
+            val=500,
+            test=2000,
+            curve=500,
+            trial_epochs=1,
+            epochs=1,
+            trials=4,
+            random=3,
+            seeds=[0, 1],
+            sweep=True,
+            curve_per_epoch=2,
+        ),
+    }
+    v = {
+        "python": "3",
+        "torch": "1",
+        "node": "v20",
+        "mur": "0",
+        "optuna": "3.1.0",
+        "server_backend": "native",
+        "cpus": 2,
+        "memory_gib": 1.0,
+        "machine": "x",
+    }
+    return {
+        "versions": v,
+        "config": cfg,
+        "quick": True,
+        "wall_seconds": 60.0,
+        "tasks": {
+            "convex": {"cells": toy_cells, "seconds": 1.0, "steps_per_epoch": None},
+            "mlp": {"cells": img_cells, "seconds": 1.0, "steps_per_epoch": 16},
+        },
+    }
 
 
 def test_generated_report_is_clean_and_has_the_verdict_table(tmp_path):
@@ -196,10 +259,16 @@ def test_generated_report_is_clean_and_has_the_verdict_table(tmp_path):
     assert len(an["claims"]) == 2 * len(report.CLAIMS)
     # the toy cell: multiplicative 10x and hybrid 100x closer than additive -> better; diverged trials counted apart
     s = an["cells"]["convex"]["sgd"]
-    lo, hi = 10 ** -2.0, 10 ** -0.5  # the two random trials that did not diverge (scores 2 and 0.5)
-    assert s["additive"]["random"] == {"n": 3, "diverged": 1, "errors": 0, "share": pytest.approx(1 / 3),
-                                       "median": pytest.approx((lo + hi) / 2), "q1": pytest.approx(lo + (hi - lo) / 4),
-                                       "q3": pytest.approx(lo + 3 * (hi - lo) / 4)}
+    lo, hi = 10**-2.0, 10**-0.5  # the two random trials that did not diverge (scores 2 and 0.5)
+    assert s["additive"]["random"] == {
+        "n": 3,
+        "diverged": 1,
+        "errors": 0,
+        "share": pytest.approx(1 / 3),
+        "median": pytest.approx((lo + hi) / 2),
+        "q1": pytest.approx(lo + (hi - lo) / 4),
+        "q3": pytest.approx(lo + 3 * (hi - lo) / 4),
+    }
     assert [an["claims"][i]["verdict"] for i in (2, 3)] == [claims.OPEN] * 2  # 2 cells: too few for a verdict
     assert "1 diverged" in text and "1e6" not in text
 

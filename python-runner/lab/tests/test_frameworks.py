@@ -1,20 +1,23 @@
 """The cross-framework matrix (python -m mur.validate --frameworks), quick size, against a real server."""
+
 import json
 import os
 
 import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
-from mur_lab import frameworks as fw  # noqa: E402
+from mur_lab import frameworks as fw
 
 missing = [fw.available(f) for f in ("optax", "keras")]
-needs_jax = pytest.mark.skipif(any(missing), reason=f"optax/keras unavailable here ({'; '.join(filter(None, missing))}); "
-                                                   "make jax builds .venv-jax")
+needs_jax = pytest.mark.skipif(
+    any(missing), reason=f"optax/keras unavailable here ({'; '.join(filter(None, missing))}); make jax builds .venv-jax"
+)
 
 
 @pytest.fixture(scope="module")
 def server():
     import mur
+
     with mur.LocalServer() as s:
         yield s.address
 
@@ -48,10 +51,15 @@ def test_quick_matrix_passes_and_writes_its_reports(server, tmp_path, capsys):
     assert pairs[("adam", "optax", "mur~optax")]["rel"] <= fw.TOLERANCE
     # The bridges: each framework's own optimizer and mur with the flag agree,
     # while mur without it keeps the gap; the rows still name the difference.
-    for opt, f, name in (("adam", "keras", "eps_before_bias_correction"), ("adamw", "keras", "eps_before_bias_correction"),
-                         ("rmsprop", "optax", "eps_inside_sqrt"), ("rmsprop", "keras", "eps_inside_sqrt"),
-                         ("adagrad", "optax", "eps_inside_sqrt"), ("adagrad", "keras", "eps_inside_sqrt"),
-                         ("sgd_momentum", "keras", "velocity_includes_lr")):
+    for opt, f, name in (
+        ("adam", "keras", "eps_before_bias_correction"),
+        ("adamw", "keras", "eps_before_bias_correction"),
+        ("rmsprop", "optax", "eps_inside_sqrt"),
+        ("rmsprop", "keras", "eps_inside_sqrt"),
+        ("adagrad", "optax", "eps_inside_sqrt"),
+        ("adagrad", "keras", "eps_inside_sqrt"),
+        ("sgd_momentum", "keras", "velocity_includes_lr"),
+    ):
         same, plain = pairs[(opt, f, f"mur+{f}")], pairs[(opt, f, f"mur~{f}")]
         assert same["rel"] <= fw.TOLERANCE and same["bridged"] == [name] and name in same["why"], same
         assert plain["rel"] > 10 * fw.TOLERANCE and plain["differences"] == [name], plain
@@ -66,8 +74,19 @@ def test_quick_matrix_passes_and_writes_its_reports(server, tmp_path, capsys):
 def test_a_wrong_semantics_table_fails(server, tmp_path, monkeypatch, capsys):
     """Drop the eps-inside-sqrt entry: optax's RMSprop then "should" agree with torch, and does not."""
     monkeypatch.setitem(fw.DIFFERENCES, "eps_inside_sqrt", {**fw.DIFFERENCES["eps_inside_sqrt"], "where": set()})
-    code = fw.main(["--frameworks", "torch,optax", "--optimizers", "rmsprop", "--quick", "--server", server,
-                    "--out", str(tmp_path)])
+    code = fw.main(
+        [
+            "--frameworks",
+            "torch,optax",
+            "--optimizers",
+            "rmsprop",
+            "--quick",
+            "--server",
+            server,
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 1
     assert "FAIL rmsprop torch vs optax" in capsys.readouterr().out
 
@@ -75,10 +94,22 @@ def test_a_wrong_semantics_table_fails(server, tmp_path, monkeypatch, capsys):
 @needs_jax
 def test_a_claimed_difference_that_does_not_show_fails(server, tmp_path, monkeypatch, capsys):
     """Claim that torch's SGD differs from optax's by eps placement: no gap appears, which fails."""
-    monkeypatch.setitem(fw.DIFFERENCES, "eps_inside_sqrt",
-                        {**fw.DIFFERENCES["eps_inside_sqrt"], "where": {("optax", "sgd_momentum")}})
-    code = fw.main(["--frameworks", "torch,optax", "--optimizers", "sgd_momentum", "--quick", "--server", server,
-                    "--out", str(tmp_path)])
+    monkeypatch.setitem(
+        fw.DIFFERENCES, "eps_inside_sqrt", {**fw.DIFFERENCES["eps_inside_sqrt"], "where": {("optax", "sgd_momentum")}}
+    )
+    code = fw.main(
+        [
+            "--frameworks",
+            "torch,optax",
+            "--optimizers",
+            "sgd_momentum",
+            "--quick",
+            "--server",
+            server,
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 1
     assert "NOT MEASURED" in capsys.readouterr().out
 
@@ -96,8 +127,11 @@ def test_differences_of_runs():
 
 
 def test_bad_arguments_exit_2_naming_the_value(tmp_path, capsys):
-    for argv, bad in ((["--frameworks", "torch,tf"], "'tf'"), (["--frameworks", "torch", "--optimizers", "lamb"], "'lamb'"),
-                      (["--frameworks", "torch", "--steps", "0"], "0")):
+    for argv, bad in (
+        (["--frameworks", "torch,tf"], "'tf'"),
+        (["--frameworks", "torch", "--optimizers", "lamb"], "'lamb'"),
+        (["--frameworks", "torch", "--steps", "0"], "0"),
+    ):
         with pytest.raises(SystemExit) as e:
             fw.main(argv + ["--out", str(tmp_path)])
         assert e.value.code == 2 and bad in capsys.readouterr().err

@@ -20,7 +20,8 @@ export const backendErrors: Partial<Record<BackendName, string>> = {};
 function keepingBackend(load: () => unknown): void {
   const active = tf.engine().backendName;
   load();
-  if (active && tf.engine().backendName !== active) tf.setBackend(active);
+  // setBackend of a backend that is already initialized settles at once; a rejection has nobody to tell.
+  if (active && tf.engine().backendName !== active) void tf.setBackend(active);
 }
 
 function tryRegister(name: BackendName): boolean {
@@ -34,19 +35,24 @@ function tryRegister(name: BackendName): boolean {
         // The addon registers the 'tensorflow' backend on import. Its build
         // comes from `make native` (scripts/native-backend.sh).
         process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
+        // Optional backends are required only when chosen (an import would load them all).
+        // eslint-disable-next-line @typescript-eslint/no-require-imports
         keepingBackend(() => require('@tensorflow/tfjs-node'));
         return true;
       case 'tensorflow-gpu':
         process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
+        // eslint-disable-next-line @typescript-eslint/no-require-imports
         keepingBackend(() => require('@tensorflow/tfjs-node-gpu'));
         return true;
       case 'wasm': {
-        const wasm = require('@tensorflow/tfjs-backend-wasm');
+        // eslint-disable-next-line @typescript-eslint/no-require-imports
+        const wasm = require('@tensorflow/tfjs-backend-wasm') as typeof import('@tensorflow/tfjs-backend-wasm');
         const dir = path.dirname(require.resolve('@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm.wasm'));
         wasm.setWasmPaths(dir + path.sep);
         return true;
       }
       case 'cpu':
+        // eslint-disable-next-line @typescript-eslint/no-require-imports
         require('@tensorflow/tfjs-backend-cpu');
         return true;
     }
@@ -79,7 +85,9 @@ export function installedBackends(): BackendName[] {
         case 'tensorflow':
         case 'tensorflow-gpu': {
           const pkg = require.resolve(`@tensorflow/${n === 'tensorflow' ? 'tfjs-node' : 'tfjs-node-gpu'}/package.json`);
-          return fs.existsSync(require('@mapbox/node-pre-gyp').find(pkg));
+          // eslint-disable-next-line @typescript-eslint/no-require-imports
+          const preGyp = require('@mapbox/node-pre-gyp') as { find(packageJson: string): string };
+          return fs.existsSync(preGyp.find(pkg));
         }
         case 'wasm':
           return !!require.resolve('@tensorflow/tfjs-backend-wasm');

@@ -3,7 +3,7 @@
 // new tensor inside tf.tidy and only then assigns, so it is all-or-nothing.
 import { createHash } from 'crypto';
 import * as tf from '@tensorflow/tfjs-core';
-import type { Engine, EngineMemory, ParamState, Slot, StepJob } from './engine';
+import type { Engine, EngineMemory, Slot, StepJob } from './engine';
 import { num } from './hypers';
 import { stepParam } from './step';
 import type { Hypers, OptimizerDef, RuleDef, SlotDecl, State } from './types';
@@ -52,7 +52,12 @@ export class TfjsEngine implements Engine {
   }
 
   scan(a: Float32Array): { nonFinite: number; digest: string } {
-    return { nonFinite: this.firstNonFinite(a), digest: createHash('sha1').update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength)).digest('hex') };
+    return {
+      nonFinite: this.firstNonFinite(a),
+      digest: createHash('sha1')
+        .update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength))
+        .digest('hex'),
+    };
   }
 
   create(values: Float32Array, shape: number[]): Slot {

@@ -19,7 +19,7 @@ export function tolerantDeserializers<S extends ServiceDefinition>(service: S): 
       ...m,
       requestDeserialize: (bytes: Buffer) => {
         try {
-          return m.requestDeserialize(bytes);
+          return m.requestDeserialize(bytes) as unknown;
         } catch (e) {
           return { [MALFORMED]: (e as Error).message } satisfies Malformed;
         }
@@ -37,7 +37,11 @@ export function checkWellFormed<T>(req: T): T {
   return req;
 }
 
-type Handler = (call: any, callback?: any) => void; // eslint-disable-line @typescript-eslint/no-explicit-any
+// A handler of any kind of call (unary, streaming) of services defined elsewhere: grpc-js types
+// each kind differently, and these wrappers serve them all, so `any` is the honest type of the
+// call and its callback in this file.
+/* eslint-disable @typescript-eslint/no-explicit-any, @typescript-eslint/no-unsafe-member-access, @typescript-eslint/no-unsafe-call, @typescript-eslint/no-unsafe-assignment, @typescript-eslint/no-unsafe-return */
+type Handler = (call: any, callback?: any) => void;
 
 /**
  * The same for services defined elsewhere that add themselves to a server
@@ -77,14 +81,19 @@ export function tolerantService<S extends ServiceDefinition>(
         const on = call.on.bind(call);
         let failed = false;
         call.on = (event: string, listener: (...a: unknown[]) => void) =>
-          on(event, event !== 'data' ? listener : (msg: unknown) => {
-            if (failed) return;
-            const bad = check(msg);
-            if (!bad) return listener(msg);
-            failed = true;
-            if (m.responseStream) call.emit('error', bad);
-            else callback(bad);
-          });
+          on(
+            event,
+            event !== 'data'
+              ? listener
+              : (msg: unknown) => {
+                  if (failed) return;
+                  const bad = check(msg);
+                  if (!bad) return listener(msg);
+                  failed = true;
+                  if (m.responseStream) call.emit('error', bad);
+                  else callback(bad);
+                },
+          );
         return handler(call, callback);
       };
     }

@@ -78,7 +78,11 @@ export interface ServerOptions {
 /** Plaintext, TLS, or mutual TLS (client certificates required and checked against clientCa). */
 function serverCredentials(tls: ServerOptions['tls']): grpc.ServerCredentials {
   if (!tls) return grpc.ServerCredentials.createInsecure();
-  return grpc.ServerCredentials.createSsl(tls.clientCa ?? null, [{ cert_chain: tls.cert, private_key: tls.key }], tls.clientCa !== undefined);
+  return grpc.ServerCredentials.createSsl(
+    tls.clientCa ?? null,
+    [{ cert_chain: tls.cert, private_key: tls.key }],
+    tls.clientCa !== undefined,
+  );
 }
 
 /** The session store; with a state directory, its credentials key and recovered sessions. */
@@ -146,7 +150,11 @@ export interface RunningServer {
 }
 
 /** The one adapter for unary calls: a handler returns a value or a promise; errors map in status.ts. */
-function unary<Req, Res>(ctx: ServerContext, name: string, fn: (req: Req, token: string | undefined) => Res | Promise<Res>): grpc.handleUnaryCall<Req, Res> {
+function unary<Req, Res>(
+  ctx: ServerContext,
+  name: string,
+  fn: (req: Req, token: string | undefined) => Res | Promise<Res>,
+): grpc.handleUnaryCall<Req, Res> {
   return (call, callback) => {
     Promise.resolve()
       .then(() => fn(checkWellFormed(call.request), tokenOf(call.metadata)))
@@ -205,7 +213,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   });
   const window = opts.flowControlWindow ?? 16 * 1024 * 1024;
   const tuned = window > 0 && raiseFlowControlWindow(server, window);
-  if (window > 0 && !tuned) log('warn', 'flow_control_window', { message: 'grpc-js internals changed: HTTP/2 windows left at their defaults' });
+  if (window > 0 && !tuned)
+    log('warn', 'flow_control_window', { message: 'grpc-js internals changed: HTTP/2 windows left at their defaults' });
   const service = tolerantDeserializers(OptimizerService);
   server.addService({ ...service, step: { ...service.step, responseSerialize: encodeStepReply } }, impl);
   const health = new HealthImplementation({ '': 'SERVING', 'mur.v1.Optimizer': 'SERVING' });
@@ -228,19 +237,28 @@ export async function startServer(opts: ServerOptions = {}): Promise<RunningServ
   } catch (e) {
     server.forceShutdown();
     ctx.store.closeAll();
-    throw new Error(`metrics: cannot listen on ${opts.metrics?.host ?? '127.0.0.1'}:${opts.metrics?.port}: ${(e as Error).message}`);
+    throw new Error(`metrics: cannot listen on ${opts.metrics?.host ?? '127.0.0.1'}:${opts.metrics?.port}: ${(e as Error).message}`, {
+      cause: e,
+    });
   }
   if (tuned) raiseSessionWindows(server, window);
   let data: DataPlane | undefined;
   if (!opts.socket && opts.dataPort !== null) {
     try {
-      data = await startDataPlane(ctx, { host: opts.host ?? '127.0.0.1', port: opts.dataPort ?? 0, tls: opts.tls, idleMs: opts.maxConnectionIdleMs ?? 15 * 60_000 });
+      data = await startDataPlane(ctx, {
+        host: opts.host ?? '127.0.0.1',
+        port: opts.dataPort ?? 0,
+        tls: opts.tls,
+        idleMs: opts.maxConnectionIdleMs ?? 15 * 60_000,
+      });
       ctx.dataPort = data.port;
     } catch (e) {
       server.forceShutdown();
       await metrics?.close();
       ctx.store.closeAll();
-      throw new Error(`data port: cannot listen on ${opts.host ?? '127.0.0.1'}:${opts.dataPort ?? 0}: ${(e as Error).message}`);
+      throw new Error(`data port: cannot listen on ${opts.host ?? '127.0.0.1'}:${opts.dataPort ?? 0}: ${(e as Error).message}`, {
+        cause: e,
+      });
     }
   }
   let closed = false;

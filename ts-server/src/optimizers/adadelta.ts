@@ -14,7 +14,10 @@ export const adadelta: OptimizerDef = {
     eps(1e-6),
     weightDecay(0),
   ],
-  slots: [{ name: 'square_avg', init: { fill: 0 } }, { name: 'acc_delta', init: { fill: 0 } }],
+  slots: [
+    { name: 'square_avg', init: { fill: 0 } },
+    { name: 'acc_delta', init: { fill: 0 } },
+  ],
   update(g, theta, state, h) {
     g = withWeightDecay(g, theta, num(h, 'weight_decay'));
     const rho = num(h, 'rho');

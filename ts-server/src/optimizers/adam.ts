@@ -37,7 +37,10 @@ export const ADAM_SLOTS: SlotDecl[] = [
 ];
 
 export const AMSGRAD = {
-  name: 'amsgrad', type: 'boolean' as const, default: false, fixed: true,
+  name: 'amsgrad',
+  type: 'boolean' as const,
+  default: false,
+  fixed: true,
   description: 'use the maximum of past second moments (AMSGrad)',
 };
 

@@ -5,17 +5,32 @@ import { flag, num } from '../engine/hypers';
 import type { HyperSpec, Hypers } from '../engine/types';
 
 export const lr = (dflt: number | undefined): HyperSpec => ({
-  name: 'lr', type: 'number', default: dflt, minimum: 0, description: 'learning rate eta (additive part)',
+  name: 'lr',
+  type: 'number',
+  default: dflt,
+  minimum: 0,
+  description: 'learning rate eta (additive part)',
 });
 export const betas = (b1: number, b2: number): HyperSpec => ({
-  name: 'betas', type: 'pair', default: [b1, b2], minimum: 0, exclusiveMaximum: 1,
+  name: 'betas',
+  type: 'pair',
+  default: [b1, b2],
+  minimum: 0,
+  exclusiveMaximum: 1,
   description: 'coefficients of the running averages of the gradient and its square',
 });
 export const eps = (dflt: number): HyperSpec => ({
-  name: 'eps', type: 'number', default: dflt, minimum: 0, description: 'term added to the denominator',
+  name: 'eps',
+  type: 'number',
+  default: dflt,
+  minimum: 0,
+  description: 'term added to the denominator',
 });
 export const weightDecay = (dflt = 0, decoupled = false): HyperSpec => ({
-  name: 'weight_decay', type: 'number', default: dflt, minimum: 0,
+  name: 'weight_decay',
+  type: 'number',
+  default: dflt,
+  minimum: 0,
   description: decoupled ? 'decoupled weight decay: theta *= 1 - lr * weight_decay' : 'coupled L2 weight decay: g += weight_decay * theta',
 });
 
@@ -53,15 +68,24 @@ export const zeros = (theta: tf.Tensor) => tf.zerosLike(theta);
  * creation: switching mid-run would change what the stored state means.
  */
 export const EPS_BEFORE_CORRECTION: HyperSpec = {
-  name: 'eps_before_correction', type: 'boolean', default: false, fixed: true,
-  description: "Keras: d = m sqrt(bc2) / (sqrt(v) + eps), eps added before the bias correction of v",
+  name: 'eps_before_correction',
+  type: 'boolean',
+  default: false,
+  fixed: true,
+  description: 'Keras: d = m sqrt(bc2) / (sqrt(v) + eps), eps added before the bias correction of v',
 };
 export const EPS_IN_SQRT: HyperSpec = {
-  name: 'eps_in_sqrt', type: 'boolean', default: false, fixed: true,
+  name: 'eps_in_sqrt',
+  type: 'boolean',
+  default: false,
+  fixed: true,
   description: 'optax/Keras: eps added inside the square root, g / sqrt(v + eps)',
 };
 export const LR_IN_MOMENTUM: HyperSpec = {
-  name: 'lr_in_momentum', type: 'boolean', default: false, fixed: true,
+  name: 'lr_in_momentum',
+  type: 'boolean',
+  default: false,
+  fixed: true,
   description: "Keras: the momentum buffer accumulates lr * step (each step's own lr); d = that sum / the current lr",
 };
 

@@ -15,7 +15,9 @@ export const lion: OptimizerDef = {
     const [b1, b2] = pair(h, 'betas');
     const d = tf.sign(ema(state.exp_avg, g, b1));
     return {
-      d, scale: 1, decay: 1 - num(h, 'lr') * num(h, 'weight_decay'),
+      d,
+      scale: 1,
+      decay: 1 - num(h, 'lr') * num(h, 'weight_decay'),
       state: { exp_avg: ema(state.exp_avg, g, b2) },
     };
   },

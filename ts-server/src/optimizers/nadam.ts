@@ -14,7 +14,10 @@ export const nadam: OptimizerDef = {
   name: 'nadam',
   description: 'NAdam (torch.optim.NAdam): Adam with Nesterov momentum.',
   hypers: [
-    lr(2e-3), betas(0.9, 0.999), eps(1e-8), weightDecay(0),
+    lr(2e-3),
+    betas(0.9, 0.999),
+    eps(1e-8),
+    weightDecay(0),
     { name: 'momentum_decay', type: 'number', default: 4e-3, minimum: 0, description: 'psi in mu_t = b1 (1 - 0.5 * 0.96^(t psi))' },
     DECOUPLED_WEIGHT_DECAY,
   ],

@@ -7,14 +7,22 @@ import { num } from '../engine/hypers';
 import type { HyperSpec, Hypers } from '../engine/types';
 
 export const LR_IN: HyperSpec = {
-  name: 'lr_in', type: 'number', default: 1, minimum: 0, description: 'inner learning rate eta_in (inside tanh; never scaled)',
+  name: 'lr_in',
+  type: 'number',
+  default: 1,
+  minimum: 0,
+  description: 'inner learning rate eta_in (inside tanh; never scaled)',
 };
 // lr_out defaults to 10 x lr, not lr: the multiplicative step is bounded by
 // lr_out * |theta|, and the project's learning-rate sweep puts the
-// multiplicative rule's optimum 10-30x above the additive one (docs/update-rules.md, section 6).
+// multiplicative rule's optimum well above the additive one (docs/update-rules.md, section 6).
 export const LR_OUT_FACTOR = 10;
 export const LR_OUT: HyperSpec = {
-  name: 'lr_out', type: 'number', defaultFrom: 'lr', defaultFactor: LR_OUT_FACTOR, minimum: 0,
+  name: 'lr_out',
+  type: 'number',
+  defaultFrom: 'lr',
+  defaultFactor: LR_OUT_FACTOR,
+  minimum: 0,
   description: 'outer learning rate eta_out',
 };
 

@@ -9,9 +9,28 @@ import * as os from 'os';
 import * as path from 'path';
 import * as grpc from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
-import { DType, type AddParametersReply, type AddParametersRequest, type ArenaInfo, type OpenArenaRequest, type StepRequest } from '../../generated/mur/v1/optimizer';
+import {
+  DType,
+  type AddParametersReply,
+  type AddParametersRequest,
+  type ArenaInfo,
+  type OpenArenaRequest,
+  type StepRequest,
+} from '../../generated/mur/v1/optimizer';
 import { currentEngine } from '../engine/engine';
-import { auth, bytes, call, closeSession, create, expectStatus, exportAll, floats, startHarness, step, type Harness } from '../../test/harness';
+import {
+  auth,
+  bytes,
+  call,
+  closeSession,
+  create,
+  expectStatus,
+  exportAll,
+  floats,
+  startHarness,
+  step,
+  type Harness,
+} from '../../test/harness';
 
 const F32 = DType.DTYPE_FLOAT32;
 const spec = { optimizer: 'adam', rule: 'hybrid', defaults: { lr: 0.01, lr_out: 0.01, gamma: 0.5 }, groups: {} };
@@ -69,7 +88,13 @@ describe('AddParameters: parameters joining a live session', () => {
     assert.deepEqual(valueOf(last, 'h'), want.h, 'the new one steps as in a session created with it');
     const ck = await exportAll(h, s.sessionId);
     const header = ck.header as { stepCounts: Array<{ paramId: string; steps: number }>; spec: { groups: Record<string, unknown> } };
-    assert.deepEqual(header.stepCounts.map((c) => [c.paramId, c.steps]), [['w', 6], ['h', 3]]);
+    assert.deepEqual(
+      header.stepCounts.map((c) => [c.paramId, c.steps]),
+      [
+        ['w', 6],
+        ['h', 3],
+      ],
+    );
     assert.deepEqual(header.spec.groups.head, HEAD);
     assert.ok(ck.tensors.has('h/') && ck.tensors.has('h/exp_avg'), 'the new parameter and its state are exported');
     await closeSession(h, s.sessionId);
@@ -77,7 +102,11 @@ describe('AddParameters: parameters joining a live session', () => {
 
   it('values may come later through ImportState, as at creation', async () => {
     const s = await create(h, { spec, params: [{ id: 'w', name: 'w', shape: [4], dtype: F32, group: '', data: bytes(W0) }] });
-    await add(h, { sessionId: s.sessionId, groups: {}, params: [{ id: 'late', name: 'late', shape: [2], dtype: F32, group: '', data: Buffer.alloc(0) }] });
+    await add(h, {
+      sessionId: s.sessionId,
+      groups: {},
+      params: [{ id: 'late', name: 'late', shape: [2], dtype: F32, group: '', data: Buffer.alloc(0) }],
+    });
     await expectStatus(step(h, inline(s.sessionId, 1, { late: [1, 1] })), status.FAILED_PRECONDITION, 'late', 'no values yet');
     await closeSession(h, s.sessionId);
   });
@@ -88,16 +117,61 @@ describe('AddParameters: parameters joining a live session', () => {
     const before = await exportAll(h, s.sessionId);
     const sid = s.sessionId;
     const cases: Array<[string, AddParametersRequest, status, string[]]> = [
-      ['an id already in the session', { sessionId: sid, groups: {}, params: [{ ...headDecl('w'), group: '' }] }, status.INVALID_ARGUMENT, ["'w'", 'already']],
-      ['an id twice', { sessionId: sid, groups: { head: HEAD }, params: [headDecl('x'), headDecl('x')] }, status.INVALID_ARGUMENT, ['duplicate', "'x'"]],
-      ['values for another shape', { sessionId: sid, groups: {}, params: [{ ...headDecl('x'), shape: [2], group: '' }] }, status.INVALID_ARGUMENT, ['3 values', '[2]']],
-      ['a NaN value', { sessionId: sid, groups: {}, params: [{ ...headDecl('x', [1, NaN, 2]), group: '' }] }, status.INVALID_ARGUMENT, ['element 1', 'NaN']],
-      ['an unknown hyperparameter', { sessionId: sid, groups: { head: { lr: 0.1, momentum_x: 1 } }, params: [headDecl()] }, status.INVALID_ARGUMENT, ['momentum_x']],
-      ['a hyperparameter out of range', { sessionId: sid, groups: { head: { betas: [0.9, 1.5] } }, params: [headDecl()] }, status.INVALID_ARGUMENT, ['betas', '1.5']],
-      ['hyperparameters for a group in use', { sessionId: sid, groups: { '': { lr: 1 } }, params: [{ ...headDecl(), group: '' }] }, status.INVALID_ARGUMENT, ['already has parameters']],
-      ['a group without new parameters', { sessionId: sid, groups: { other: { lr: 1 } }, params: [headDecl()] }, status.INVALID_ARGUMENT, ['other', 'no new parameter']],
+      [
+        'an id already in the session',
+        { sessionId: sid, groups: {}, params: [{ ...headDecl('w'), group: '' }] },
+        status.INVALID_ARGUMENT,
+        ["'w'", 'already'],
+      ],
+      [
+        'an id twice',
+        { sessionId: sid, groups: { head: HEAD }, params: [headDecl('x'), headDecl('x')] },
+        status.INVALID_ARGUMENT,
+        ['duplicate', "'x'"],
+      ],
+      [
+        'values for another shape',
+        { sessionId: sid, groups: {}, params: [{ ...headDecl('x'), shape: [2], group: '' }] },
+        status.INVALID_ARGUMENT,
+        ['3 values', '[2]'],
+      ],
+      [
+        'a NaN value',
+        { sessionId: sid, groups: {}, params: [{ ...headDecl('x', [1, NaN, 2]), group: '' }] },
+        status.INVALID_ARGUMENT,
+        ['element 1', 'NaN'],
+      ],
+      [
+        'an unknown hyperparameter',
+        { sessionId: sid, groups: { head: { lr: 0.1, momentum_x: 1 } }, params: [headDecl()] },
+        status.INVALID_ARGUMENT,
+        ['momentum_x'],
+      ],
+      [
+        'a hyperparameter out of range',
+        { sessionId: sid, groups: { head: { betas: [0.9, 1.5] } }, params: [headDecl()] },
+        status.INVALID_ARGUMENT,
+        ['betas', '1.5'],
+      ],
+      [
+        'hyperparameters for a group in use',
+        { sessionId: sid, groups: { '': { lr: 1 } }, params: [{ ...headDecl(), group: '' }] },
+        status.INVALID_ARGUMENT,
+        ['already has parameters'],
+      ],
+      [
+        'a group without new parameters',
+        { sessionId: sid, groups: { other: { lr: 1 } }, params: [headDecl()] },
+        status.INVALID_ARGUMENT,
+        ['other', 'no new parameter'],
+      ],
       ['no parameters', { sessionId: sid, groups: {}, params: [] }, status.INVALID_ARGUMENT, ['at least one']],
-      ['a bad dtype', { sessionId: sid, groups: { head: HEAD }, params: [{ ...headDecl(), dtype: DType.DTYPE_FLOAT64 }] }, status.INVALID_ARGUMENT, ['dtype']],
+      [
+        'a bad dtype',
+        { sessionId: sid, groups: { head: HEAD }, params: [{ ...headDecl(), dtype: DType.DTYPE_FLOAT64 }] },
+        status.INVALID_ARGUMENT,
+        ['dtype'],
+      ],
     ];
     for (const [what, req, code, words] of cases) {
       await expectStatus(add(h, req), code, ...words).catch((e: Error) => {
@@ -112,7 +186,10 @@ describe('AddParameters: parameters joining a live session', () => {
     assert.deepEqual(await exportAll(h, sid), before, 'no token: unchanged');
     const wrong = new grpc.Metadata();
     wrong.set('authorization', 'Bearer not-the-token');
-    await expectStatus(call<AddParametersRequest, AddParametersReply>(h.client.addParameters.bind(h.client), addHead(sid), wrong), status.PERMISSION_DENIED);
+    await expectStatus(
+      call<AddParametersRequest, AddParametersReply>(h.client.addParameters.bind(h.client), addHead(sid), wrong),
+      status.PERMISSION_DENIED,
+    );
     assert.deepEqual(await exportAll(h, sid), before, 'a wrong token: unchanged');
     // A good request after all of them still works, and steps.
     await add(h, addHead(sid));
@@ -126,8 +203,12 @@ describe('AddParameters: parameters joining a live session', () => {
     try {
       const s = await create(lim, { spec, params: [{ id: 'w', name: 'w', shape: [4], dtype: F32, group: '', data: bytes(W0) }] });
       const before = await exportAll(lim, s.sessionId);
-      const big = new Array(40).fill(0.5);
-      await expectStatus(add(lim, { sessionId: s.sessionId, groups: {}, params: [{ ...headDecl('big', big), group: '' }] }), status.RESOURCE_EXHAUSTED, '--max-bytes');
+      const big = new Array<number>(40).fill(0.5);
+      await expectStatus(
+        add(lim, { sessionId: s.sessionId, groups: {}, params: [{ ...headDecl('big', big), group: '' }] }),
+        status.RESOURCE_EXHAUSTED,
+        '--max-bytes',
+      );
       assert.deepEqual(await exportAll(lim, s.sessionId), before);
       const held = lim.server.context.store.heldBytes;
       await add(lim, { sessionId: s.sessionId, groups: {}, params: [{ ...headDecl('small', [1]), group: '' }] });
@@ -152,11 +233,18 @@ describe('AddParameters: parameters joining a live session', () => {
     }
     const w1 = (await exportAll(h, s.sessionId)).tensors.get('w/');
     await add(h, addHead(s.sessionId));
-    await expectStatus(step(h, { sessionId: s.sessionId, step: 2, grads: [], groupOverrides: {}, arenaGrads: [0] }), status.FAILED_PRECONDITION, 'no arena');
+    await expectStatus(
+      step(h, { sessionId: s.sessionId, step: 2, grads: [], groupOverrides: {}, arenaGrads: [0] }),
+      status.FAILED_PRECONDITION,
+      'no arena',
+    );
     assert.equal((await exportAll(h, s.sessionId)).tensors.get('w/'), w1, 'the values left the old arena intact');
     const second = await openArena(h, s.sessionId);
     assert.notDeepEqual(Buffer.from(second.token), Buffer.from(first.token), 'a new arena');
-    assert.deepEqual(second.tensors.map((t) => t.paramId), ['w', 'h']);
+    assert.deepEqual(
+      second.tensors.map((t) => t.paramId),
+      ['w', 'h'],
+    );
     const fd2 = fs.openSync(second.path, 'r+');
     try {
       const b = Buffer.alloc(12);
@@ -167,7 +255,13 @@ describe('AddParameters: parameters joining a live session', () => {
       await step(h, { sessionId: s.sessionId, step: 2, grads: [], groupOverrides: {}, arenaGrads: [0, 1] });
       const ck = await exportAll(h, s.sessionId);
       const header = ck.header as { stepCounts: Array<{ paramId: string; steps: number }> };
-      assert.deepEqual(header.stepCounts.map((c) => [c.paramId, c.steps]), [['w', 2], ['h', 1]]);
+      assert.deepEqual(
+        header.stepCounts.map((c) => [c.paramId, c.steps]),
+        [
+          ['w', 2],
+          ['h', 1],
+        ],
+      );
     } finally {
       fs.closeSync(fd2);
     }

@@ -21,7 +21,8 @@ export class Credentials {
 
   /** Throws Unauthenticated (no token) or PermissionDenied (not this session's). */
   check(sessionId: string, token: string | undefined): void {
-    if (!token) throw new Unauthenticated('this call needs the session token (metadata "authorization: Bearer <token>" from CreateSession)');
+    if (!token)
+      throw new Unauthenticated('this call needs the session token (metadata "authorization: Bearer <token>" from CreateSession)');
     const want = Buffer.from(this.tokenFor(sessionId), 'utf8');
     const got = Buffer.from(token, 'utf8');
     if (got.length !== want.length || !timingSafeEqual(got, want)) {

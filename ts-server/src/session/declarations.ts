@@ -33,7 +33,9 @@ export function checkDeclarations(decls: ParamDeclaration[], firstNonFinite: (a:
       throw new InvalidArgument(`params[${i}].shape: ${JSON.stringify(d.shape)} is not a shape`);
     }
     if (sizeOf(d.shape) > MAX_ELEMENTS) {
-      throw new ResourceExhausted(`params[${i}] '${d.id}': shape ${JSON.stringify(d.shape)} has ${sizeOf(d.shape)} elements; a tensor may hold at most ${MAX_ELEMENTS}`);
+      throw new ResourceExhausted(
+        `params[${i}] '${d.id}': shape ${JSON.stringify(d.shape)} has ${sizeOf(d.shape)} elements; a tensor may hold at most ${MAX_ELEMENTS}`,
+      );
     }
     if (d.values && d.values.length !== sizeOf(d.shape)) {
       throw new InvalidArgument(

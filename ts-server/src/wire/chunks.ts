@@ -22,7 +22,10 @@ export class ChunkAssembler {
    * @param maxElements the most values all tensors together may hold
    * @param dtypes what the chunks may carry (gradients: float32, bfloat16 or float16)
    */
-  constructor(private readonly maxElements: number, private readonly dtypes: DType[] = VALUE_DTYPES) {}
+  constructor(
+    private readonly maxElements: number,
+    private readonly dtypes: DType[] = VALUE_DTYPES,
+  ) {}
 
   add(c: TensorChunk): void {
     const key = `${c.paramId}\0${c.slot}`;

@@ -41,7 +41,10 @@ export function encodeStepReply(r: StepReply): Buffer {
     const id = Buffer.from(p.paramId, 'utf8');
     const v = p.value!;
     const dims = v.shape.reduce((a, d) => a + varintLength(d), 0);
-    const tensor = (v.shape.length ? fieldSize(dims) : 0) + (v.dtype ? 1 + varintLength(v.dtype) : 0) + (v.data.byteLength ? fieldSize(v.data.byteLength) : 0);
+    const tensor =
+      (v.shape.length ? fieldSize(dims) : 0) +
+      (v.dtype ? 1 + varintLength(v.dtype) : 0) +
+      (v.data.byteLength ? fieldSize(v.data.byteLength) : 0);
     const value = fieldSize(id.length) + fieldSize(tensor);
     return { id, v, dims, tensor, value };
   });

@@ -63,9 +63,9 @@ export function halfToFloatBits(h: number): number {
 export function widenInto(dtype: DType, bytes: Uint8Array, out: Float32Array): Float32Array {
   const n = bytes.byteLength / 2;
   const engine = currentEngine();
-  const native = dtype === DType.DTYPE_BFLOAT16 ? engine.widenBf16 : engine.widenF16;
+  const native = dtype === DType.DTYPE_BFLOAT16 ? engine.widenBf16?.bind(engine) : engine.widenF16?.bind(engine);
   if (native) {
-    native.call(engine, bytes, out);
+    native(bytes, out);
     return out;
   }
   const bits = new Uint32Array(out.buffer, out.byteOffset, n);

@@ -11,6 +11,7 @@ target). The verdict over the cells that have data:
 
 The thresholds below were fixed before the full run was looked at.
 """
+
 import math
 import statistics
 
@@ -19,7 +20,8 @@ MIN_CELLS = 3
 THRESHOLDS = {
     # final accuracy: the difference of seed means must exceed both 0.5 points
     # and twice its standard error
-    "accuracy_points": 0.5, "se_factor": 2.0,
+    "accuracy_points": 0.5,
+    "se_factor": 2.0,
     # toy problems: the final distance must differ by a factor of 2
     "distance_factor": 2.0,
     # faster training: median steps to the target, at least one evaluation interval apart

@@ -1,5 +1,6 @@
 """Fashion-MNIST through the mur server: the models, the train / validation /
 test split, and one training run (accuracy curve, divergence)."""
+
 import math
 import time
 
@@ -25,10 +26,18 @@ class _Block(nn.Module):
 
     def __init__(self, cin, cout, stride):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
-        self.short = (nn.Identity() if stride == 1 and cin == cout else
-                      nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+        self.short = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
 
     def forward(self, x):
         return torch.relu(self.body(x) + self.short(x))
@@ -38,9 +47,18 @@ def resnet(width=8):
     """A 10-layer ResNet sized for 2 CPU cores: a stride-2 stem (14 x 14), two
     blocks of `width` channels, two of 2 x width at 7 x 7, global pooling."""
     w = width
-    return nn.Sequential(nn.Conv2d(1, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
-                         _Block(w, w, 1), _Block(w, w, 1), _Block(w, 2 * w, 2), _Block(2 * w, 2 * w, 1),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * w, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, w, 3, 2, 1, bias=False),
+        nn.BatchNorm2d(w),
+        nn.ReLU(),
+        _Block(w, w, 1),
+        _Block(w, w, 1),
+        _Block(w, 2 * w, 2),
+        _Block(2 * w, 2 * w, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2 * w, 10),
+    )
 
 
 MODELS = {"mlp": lambda: models.mlp(128), "cnn": lambda: models.cnn(16, 32), "resnet": resnet}
@@ -59,7 +77,7 @@ class Data:
         idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
         x, y = torch.from_numpy(x), torch.from_numpy(y)
         self.x, self.y = x[idx[:train_size]], y[idx[:train_size]]
-        self.xv, self.yv = x[idx[train_size:train_size + val_size]], y[idx[train_size:train_size + val_size]]
+        self.xv, self.yv = x[idx[train_size : train_size + val_size]], y[idx[train_size : train_size + val_size]]
         self.xt, self.yt = torch.from_numpy(xt[:test_size]), torch.from_numpy(yt[:test_size])
         self.curve_size = curve_size
 
@@ -70,7 +88,7 @@ class Data:
 def accuracy(net, x, y):
     net.eval()
     with torch.no_grad():
-        right = sum((net(x[i:i + 1000]).argmax(1) == y[i:i + 1000]).sum().item() for i in range(0, len(x), 1000))
+        right = sum((net(x[i : i + 1000]).argmax(1) == y[i : i + 1000]).sum().item() for i in range(0, len(x), 1000))
     net.train()
     return right / len(x)
 
@@ -88,7 +106,7 @@ def train(model, optimizer, rule, config, seed, data, epochs, address, curve_per
     loss_fn = nn.CrossEntropyLoss()
     g = torch.Generator().manual_seed(seed)
     every = max(1, spe // curve_per_epoch) if curve_per_epoch else None
-    xc, yc = data.xt[:data.curve_size], data.yt[:data.curve_size]
+    xc, yc = data.xt[: data.curve_size], data.yt[: data.curve_size]
     curve, step, diverged, start = [], 0, False, time.time()
     try:
         if every:
@@ -96,7 +114,7 @@ def train(model, optimizer, rule, config, seed, data, epochs, address, curve_per
         for _ in range(epochs):
             perm = torch.randperm(len(data.x), generator=g)
             for i in range(0, len(perm), BATCH):
-                idx = perm[i:i + BATCH]
+                idx = perm[i : i + BATCH]
                 opt.zero_grad()
                 loss = loss_fn(net(data.x[idx]), data.y[idx])
                 if not torch.isfinite(loss):
@@ -125,8 +143,13 @@ def train(model, optimizer, rule, config, seed, data, epochs, address, curve_per
         opt.close()
     if bar is not None and step < spe * epochs:
         bar.update(spe * epochs - step)
-    return {"final": final, "diverged": diverged, "curve": curve, "steps_per_epoch": spe,
-            "seconds": time.time() - start}
+    return {
+        "final": final,
+        "diverged": diverged,
+        "curve": curve,
+        "steps_per_epoch": spe,
+        "seconds": time.time() - start,
+    }
 
 
 def steps_to(curve, target):

@@ -2,17 +2,18 @@
 bands (min to max over the seeds) around seed means, shared axes where
 panels are compared, integer epoch ticks, and log axes that say where an
 exact 0 is drawn."""
+
 import math
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.ticker import MaxNLocator
 
-from mur_lab.experiments import images, spaces, toy  # noqa: E402
+from mur_lab.experiments import images, spaces, toy
 
 COLORS = {"additive": "C0", "multiplicative": "C1", "hybrid": "C2"}
 ZERO = 1e-12  # where a distance of exactly 0 is drawn on a log axis
@@ -44,8 +45,15 @@ def toy_trajectories(task, t, cfg, out):
             if not c["final"]:
                 continue
             path = np.array([xy for xy in c["final"][0]["path"] if all(map(math.isfinite, xy))])
-            ax.plot(path[:, 0], path[:, 1], ".-", ms=2, lw=1, color=COLORS[r],
-                    label=f"{r}: {spaces.label(c['tuning']['best'])}")
+            ax.plot(
+                path[:, 0],
+                path[:, 1],
+                ".-",
+                ms=2,
+                lw=1,
+                color=COLORS[r],
+                label=f"{r}: {spaces.label(c['tuning']['best'])}",
+            )
         ax.plot(*prob["start"], "ko", ms=7, label="start")
         ax.plot(*prob["minimum"], "r*", ms=12, label="minimum")
         ax.set_xlim(lo_x, hi_x)
@@ -94,15 +102,17 @@ def image_curves(task, t, cfg, out):
             n = min(len(x) for x in runs)
             steps = np.array([s for s, _ in runs[0][:n]]) / spe
             acc = 100 * np.array([[a for _, a in x[:n]] for x in runs])
-            ax.plot(steps, acc.mean(axis=0), "o-", ms=3, color=COLORS[r],
-                    label=f"{r}: {spaces.label(c['tuning']['best'])}")
+            ax.plot(
+                steps, acc.mean(axis=0), "o-", ms=3, color=COLORS[r], label=f"{r}: {spaces.label(c['tuning']['best'])}"
+            )
             ax.fill_between(steps, acc.min(axis=0), acc.max(axis=0), color=COLORS[r], alpha=0.25)
         ax.axhline(100 * images.TARGET, color="grey", ls="--", lw=0.8)
         ax.set_title(f"{task}: {o}")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=6, loc="lower right", title=f"mean; band: min-max over {len(cfg['seeds'])} seeds",
-                  title_fontsize=6)
+        ax.legend(
+            fontsize=6, loc="lower right", title=f"mean; band: min-max over {len(cfg['seeds'])} seeds", title_fontsize=6
+        )
     axes[0].set_ylabel("test accuracy % (dashed: the target)")
     return _save(fig, out, f"accuracy_{task}.png")
 
@@ -132,9 +142,11 @@ def sweep(task, t, cfg, out):
         ax.set_xscale("log")
         ax.set_title(f"{task}: {o} (one run per factor)")
         ax.set_xlabel("factor on the tuned lr and lr_out")
-    axes[0].set_ylabel(f"final distance / start (log; 0 at {ZERO:g}, above {CAP:g} at {CAP:g} as a triangle; "
-                       "x: diverged)" if toy_kind else
-                       "validation accuracy % (x: diverged)")
+    axes[0].set_ylabel(
+        f"final distance / start (log; 0 at {ZERO:g}, above {CAP:g} at {CAP:g} as a triangle; x: diverged)"
+        if toy_kind
+        else "validation accuracy % (x: diverged)"
+    )
     axes[0].legend(fontsize=7)
     return _save(fig, out, f"sweep_{task}.png")
 
@@ -149,15 +161,19 @@ def robustness(task, t, cfg, out):
         for j, r in enumerate(spaces.RULES):
             x = 4 * i + j
             trials = [tr for tr in t["cells"][f"{o}/{r}"]["tuning"]["trials"] if tr["random"] and "error" not in tr]
-            ys = [(min(max(10 ** -tr["score"], ZERO), CAP) if toy_kind else 100 * tr["score"]) for tr in trials
-                  if tr["score"] is not None]
+            ys = [
+                (min(max(10 ** -tr["score"], ZERO), CAP) if toy_kind else 100 * tr["score"])
+                for tr in trials
+                if tr["score"] is not None
+            ]
             div = len(trials) - len(ys)
             jitter = np.linspace(-0.25, 0.25, len(ys)) if ys else []
             ax.plot(x + np.asarray(jitter), ys, "o", ms=3, alpha=0.7, color=COLORS[r], label=r if i == 0 else None)
             if ys:
                 ax.plot([x - 0.35, x + 0.35], [np.median(ys)] * 2, "k-", lw=1.5)
-            ax.annotate(f"{div} div.", (x, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom",
-                        fontsize=6)
+            ax.annotate(
+                f"{div} div.", (x, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=6
+            )
         ticks.append((4 * i + 1, o))
     ax.set_xticks([p for p, _ in ticks], [o for _, o in ticks])
     if toy_kind:
@@ -167,8 +183,7 @@ def robustness(task, t, cfg, out):
     else:
         ax.axhline(100 * images.TRAINS, color="grey", ls="--", lw=0.8)
         ax.set_ylabel("validation accuracy %")
-    ax.set_title(f"{task}: random configurations (bar: median; dashed: 'trains'; div.: diverged)", fontsize=9,
-                 pad=14)
+    ax.set_title(f"{task}: random configurations (bar: median; dashed: 'trains'; div.: diverged)", fontsize=9, pad=14)
     ax.legend(fontsize=7)
     return _save(fig, out, f"robustness_{task}.png")
 

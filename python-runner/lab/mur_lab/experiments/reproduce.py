@@ -8,6 +8,7 @@ judged cell by cell (claims.py). Every step is computed by one local mur
 server (the default engine, shared-memory transport) through
 mur.RemoteOptimizer. Writes results.json, PNG plots and REPORT.md.
 """
+
 import argparse
 import json
 import math
@@ -32,19 +33,74 @@ IMG = ["sgd+momentum", "adagrad", "adam", "rmsprop"]
 FULL = {
     "convex": dict(kind="toy", optimizers=toy.OPTIMIZERS, trials=80, random=40, seeds=[0, 1, 2], sweep=True),
     "rosenbrock": dict(kind="toy", optimizers=toy.OPTIMIZERS, trials=80, random=40, seeds=[0, 1, 2], sweep=True),
-    "mlp": dict(kind="image", model="mlp", optimizers=IMG, train=20000, val=5000, test=10000, curve=2000,
-                trial_epochs=2, epochs=6, trials=24, random=12, seeds=[0, 1, 2], sweep=True, curve_per_epoch=4),
-    "cnn": dict(kind="image", model="cnn", optimizers=IMG, train=8000, val=2000, test=10000, curve=2000,
-                trial_epochs=1, epochs=4, trials=12, random=6, seeds=[0, 1, 2], sweep=True, curve_per_epoch=2),
-    "resnet": dict(kind="image", model="resnet", optimizers=["sgd+momentum", "adam"], train=8000, val=2000,
-                   test=10000, curve=2000, trial_epochs=2, epochs=5, trials=12, random=6, seeds=[0, 1, 2],
-                   sweep=False, curve_per_epoch=2),
+    "mlp": dict(
+        kind="image",
+        model="mlp",
+        optimizers=IMG,
+        train=20000,
+        val=5000,
+        test=10000,
+        curve=2000,
+        trial_epochs=2,
+        epochs=6,
+        trials=24,
+        random=12,
+        seeds=[0, 1, 2],
+        sweep=True,
+        curve_per_epoch=4,
+    ),
+    "cnn": dict(
+        kind="image",
+        model="cnn",
+        optimizers=IMG,
+        train=8000,
+        val=2000,
+        test=10000,
+        curve=2000,
+        trial_epochs=1,
+        epochs=4,
+        trials=12,
+        random=6,
+        seeds=[0, 1, 2],
+        sweep=True,
+        curve_per_epoch=2,
+    ),
+    "resnet": dict(
+        kind="image",
+        model="resnet",
+        optimizers=["sgd+momentum", "adam"],
+        train=8000,
+        val=2000,
+        test=10000,
+        curve=2000,
+        trial_epochs=2,
+        epochs=5,
+        trials=12,
+        random=6,
+        seeds=[0, 1, 2],
+        sweep=False,
+        curve_per_epoch=2,
+    ),
 }
 QUICK = {
     "convex": dict(kind="toy", optimizers=["sgd", "adam"], trials=6, random=3, seeds=[0], sweep=True),
     "rosenbrock": dict(kind="toy", optimizers=["sgd+momentum", "adam"], trials=6, random=3, seeds=[0], sweep=True),
-    "mlp": dict(kind="image", model="mlp", optimizers=["sgd+momentum", "adam"], train=2000, val=500, test=2000,
-                curve=500, trial_epochs=1, epochs=2, trials=4, random=2, seeds=[0, 1], sweep=True, curve_per_epoch=2),
+    "mlp": dict(
+        kind="image",
+        model="mlp",
+        optimizers=["sgd+momentum", "adam"],
+        train=2000,
+        val=500,
+        test=2000,
+        curve=500,
+        trial_epochs=1,
+        epochs=2,
+        trials=4,
+        random=2,
+        seeds=[0, 1],
+        sweep=True,
+        curve_per_epoch=2,
+    ),
 }
 
 
@@ -54,11 +110,20 @@ def log(msg):
 
 def versions(backend):
     node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     import optuna
-    return {"python": platform.python_version(), "torch": torch.__version__, "node": node, "mur": mur.__version__,
-            "optuna": optuna.__version__, "server_backend": backend, "cpus": os.cpu_count(),
-            "memory_gib": round(mem, 1), "machine": platform.machine()}
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "node": node,
+        "mur": mur.__version__,
+        "optuna": optuna.__version__,
+        "server_backend": backend,
+        "cpus": os.cpu_count(),
+        "memory_gib": round(mem, 1),
+        "machine": platform.machine(),
+    }
 
 
 # ---------------------------------------------------------------- one cell
@@ -83,14 +148,20 @@ def toy_cell(problem, cfg, optimizer, rule, address, seed):
     if best is None:
         return cell
     for s in cfg["seeds"]:  # only the random gamma schedule depends on the seed
-        path = _guard(cell, lambda: toy.run(problem, optimizer, rule, best, address, seed=s))
+        path = _guard(cell, lambda s=s: toy.run(problem, optimizer, rule, best, address, seed=s))
         if path is None:
             continue
-        cell["final"].append({"seed": s, "path": path, "distance": toy.distance(problem, path[-1]),
-                              "iterations": toy.iterations_to_target(problem, path)})
+        cell["final"].append(
+            {
+                "seed": s,
+                "path": path,
+                "distance": toy.distance(problem, path[-1]),
+                "iterations": toy.iterations_to_target(problem, path),
+            }
+        )
     if cfg["sweep"]:
         for f in spaces.FACTORS:
-            path = _guard(cell, lambda: toy.run(problem, optimizer, rule, spaces.scaled(best, f), address))
+            path = _guard(cell, lambda f=f: toy.run(problem, optimizer, rule, spaces.scaled(best, f), address))
             if path is not None:
                 r = toy.relative(problem, path)
                 cell["sweep"][f"{f:g}"] = None if math.isinf(r) else r
@@ -109,16 +180,33 @@ def image_cell(task, cfg, data, optimizer, rule, address, seed):
     if best is None:
         return cell
     for s in cfg["seeds"]:
-        r = _guard(cell, lambda: images.train(m, optimizer, rule, best, s, data, cfg["epochs"], address,
-                                              curve_per_epoch=cfg["curve_per_epoch"], final_on="test"))
+        r = _guard(
+            cell,
+            lambda s=s: images.train(
+                m,
+                optimizer,
+                rule,
+                best,
+                s,
+                data,
+                cfg["epochs"],
+                address,
+                curve_per_epoch=cfg["curve_per_epoch"],
+                final_on="test",
+            ),
+        )
         if r is None:
             continue
         r["seed"] = s
         cell["final"].append(r)
     if cfg["sweep"]:
         for f in spaces.FACTORS:
-            r = _guard(cell, lambda: images.train(m, optimizer, rule, spaces.scaled(best, f), 0, data,
-                                                  cfg["trial_epochs"], address))
+            r = _guard(
+                cell,
+                lambda f=f: images.train(
+                    m, optimizer, rule, spaces.scaled(best, f), 0, data, cfg["trial_epochs"], address
+                ),
+            )
             if r is not None:
                 cell["sweep"][f"{f:g}"] = r["final"]
     return cell
@@ -131,7 +219,7 @@ def run_task(task, cfg, address):
         data = images.Data(cfg["train"], cfg["val"], cfg["test"], cfg["curve"])
     cells = {}
     for i, o in enumerate(cfg["optimizers"]):
-        for j, r in enumerate(spaces.RULES):
+        for r in spaces.RULES:
             # the same Optuna seed for every rule of an optimizer: equal luck in the random phase
             seed = SEED + 10 * i
             if cfg["kind"] == "toy":
@@ -140,11 +228,12 @@ def run_task(task, cfg, address):
                 c = image_cell(task, cfg, data, o, r, address, seed)
             cells[f"{o}/{r}"] = c
             t = c["tuning"]
-            log(f"{task} {o}/{r}: {len(t['trials'])} trials in {t['seconds']:.1f} s, best score "
+            log(
+                f"{task} {o}/{r}: {len(t['trials'])} trials in {t['seconds']:.1f} s, best score "
                 f"{t['best_score'] if t['best_score'] is None else round(t['best_score'], 4)}; "
-                f"{time.time() - start:.0f} s into the task")
-    return {"cells": cells, "seconds": time.time() - start,
-            "steps_per_epoch": data.steps_per_epoch() if data else None}
+                f"{time.time() - start:.0f} s into the task"
+            )
+    return {"cells": cells, "seconds": time.time() - start, "steps_per_epoch": data.steps_per_epoch() if data else None}
 
 
 def run(cfgs, out, quick):
@@ -167,6 +256,7 @@ def main(argv=None):
     ap.add_argument("--replot", action="store_true", help="redo plots and report from an existing results.json")
     a = ap.parse_args(argv)
     from mur_lab.experiments import plots, report  # matplotlib only when needed
+
     root = Path(__file__).resolve().parents[4]
     out = Path(a.out) if a.out else root / "results" / ("quick" if a.quick else "")
     out.mkdir(parents=True, exist_ok=True)
@@ -189,6 +279,7 @@ def main(argv=None):
 def check_quick(res, analysis, text):
     """What --quick asserts: only what holds with margin at the quick size."""
     from mur_lab.experiments import report
+
     failures = []
     # 1. The tuned additive and hybrid MLPs learn through the server (chance is
     #    10 %; the quick run's lowest seed was 65 %).

@@ -6,6 +6,7 @@ for hybrid gamma and a gamma schedule. The spaces are written once, in
 `suggest`, for an Optuna trial; `RandomTrial` offers the same two methods so
 that the robustness samples come from exactly the same distributions.
 """
+
 import math
 import random
 
@@ -22,8 +23,13 @@ PATIENCE = (0.0, 0.5)  # steps before the first move, as a fraction of the run
 
 # name -> (mur optimizer, fixed hyperparameters); "sgd+momentum" is the paper's
 # Rosenbrock setting (SGD with momentum 0.9).
-OPTIMIZERS = {"sgd": ("sgd", {}), "sgd+momentum": ("sgd", {"momentum": 0.9}), "adagrad": ("adagrad", {}),
-              "adam": ("adam", {}), "rmsprop": ("rmsprop", {})}
+OPTIMIZERS = {
+    "sgd": ("sgd", {}),
+    "sgd+momentum": ("sgd", {"momentum": 0.9}),
+    "adagrad": ("adagrad", {}),
+    "adam": ("adam", {}),
+    "rmsprop": ("rmsprop", {}),
+}
 
 
 def describe(rule, lr_range):
@@ -34,9 +40,11 @@ def describe(rule, lr_range):
         return lr
     if rule == "multiplicative":
         return rates + " (lr unused by this rule)"
-    return (f"{lr}, {rates}, gamma uniform in [0, 1], schedule one of {'/'.join(SCHEDULES)} (decay and inverse: "
-            f"1 - factor log-uniform in [{DECAY_RATE[0]:g}, {DECAY_RATE[1]:g}] per step after a patience uniform in "
-            f"[{PATIENCE[0]:g}, {PATIENCE[1]:g}] of the run; random: gamma ~ U[0, 1] every step)")
+    return (
+        f"{lr}, {rates}, gamma uniform in [0, 1], schedule one of {'/'.join(SCHEDULES)} (decay and inverse: "
+        f"1 - factor log-uniform in [{DECAY_RATE[0]:g}, {DECAY_RATE[1]:g}] per step after a patience uniform in "
+        f"[{PATIENCE[0]:g}, {PATIENCE[1]:g}] of the run; random: gamma ~ U[0, 1] every step)"
+    )
 
 
 def suggest(trial, rule, lr_range):

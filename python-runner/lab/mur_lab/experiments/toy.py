@@ -1,5 +1,6 @@
 """2-D toy problems (the paper's Rosenbrock and a convex quadratic): one run
 of 100 server steps from the start, and what is measured on its path."""
+
 import math
 
 import torch
@@ -25,10 +26,20 @@ def convex(p):
 
 _D = 69.26 / math.sqrt(2)
 PROBLEMS = {
-    "rosenbrock": {"f": rosenbrock, "start": (-1.0, 1.5), "minimum": (1.0, 1.0),
-                   "formula": "(1 - x)^2 + 100 (y - x^2)^2", "window": ((-2.0, 2.0), (-1.0, 3.0))},
-    "convex": {"f": convex, "start": (1 + _D, 2 + _D), "minimum": (1.0, 2.0),
-               "formula": "0.5 ((x - 1)^2 + 10 (y - 2)^2)", "window": ((-5.0, 55.0), (-5.0, 58.0))},
+    "rosenbrock": {
+        "f": rosenbrock,
+        "start": (-1.0, 1.5),
+        "minimum": (1.0, 1.0),
+        "formula": "(1 - x)^2 + 100 (y - x^2)^2",
+        "window": ((-2.0, 2.0), (-1.0, 3.0)),
+    },
+    "convex": {
+        "f": convex,
+        "start": (1 + _D, 2 + _D),
+        "minimum": (1.0, 2.0),
+        "formula": "0.5 ((x - 1)^2 + 10 (y - 2)^2)",
+        "window": ((-5.0, 55.0), (-5.0, 58.0)),
+    },
 }
 
 OPTIMIZERS = ["sgd", "sgd+momentum", "adagrad", "adam", "rmsprop"]  # names of spaces.OPTIMIZERS

@@ -9,6 +9,7 @@ pruned: it never becomes the best, and it is counted as diverged, not given
 a placeholder score. A run the server fails with an error (MurError) is
 told as failed and recorded with its message, apart from both.
 """
+
 import time
 
 import optuna
@@ -45,5 +46,9 @@ def tune(objective, rule, lr_range, n_trials, n_random, seed):
         trials.append({"config": config, "score": score, "random": i < n_random})
     done = [t for t in trials if t["score"] is not None]  # neither diverged nor failed
     best = max(done, key=lambda t: t["score"]) if done else None
-    return {"best": best and best["config"], "best_score": best and best["score"], "trials": trials,
-            "seconds": time.time() - start}
+    return {
+        "best": best and best["config"],
+        "best_score": best and best["score"],
+        "trials": trials,
+        "seconds": time.time() - start,
+    }

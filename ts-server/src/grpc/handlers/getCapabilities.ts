@@ -1,4 +1,6 @@
 // GetCapabilities: read off the registry, so it never advertises what the code lacks.
+import * as fs from 'fs';
+import * as path from 'path';
 import type { Capabilities, ComponentInfo, HyperparameterInfo } from '../../../generated/mur/v1/optimizer';
 import { installedBackends } from '../../engine/backend';
 import { currentEngine } from '../../engine/engine';
@@ -9,7 +11,7 @@ import { RULES } from '../../rules';
 import { SUPPORTED_DTYPES } from '../../wire/tensors';
 import type { ServerContext } from '../context';
 
-const VERSION: string = require('../../../../package.json').version;
+const VERSION = (JSON.parse(fs.readFileSync(path.join(__dirname, '../../../../package.json'), 'utf8')) as { version: string }).version;
 
 function hyperInfo(h: HyperSpec): HyperparameterInfo {
   return {

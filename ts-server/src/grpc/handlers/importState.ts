@@ -22,7 +22,11 @@ function headerFromWire(h: StateHeader): Partial<SessionHeader> {
   return out;
 }
 
-export function importState(ctx: ServerContext, call: ServerReadableStream<StateFrame, ImportStateReply>, done: sendUnaryData<ImportStateReply>): void {
+export function importState(
+  ctx: ServerContext,
+  call: ServerReadableStream<StateFrame, ImportStateReply>,
+  done: sendUnaryData<ImportStateReply>,
+): void {
   const token = tokenOf(call.metadata);
   let header: StateHeader | null = null;
   const chunks = new ChunkAssembler(ctx.maxStreamElements);

@@ -55,7 +55,9 @@ export class StepStreamProtocol {
         const shape = open.session.shapeOf(c.paramId, 'grad');
         const size = shape.reduce((a, b) => a * b, 1);
         if (c.totalElements !== size) {
-          throw new InvalidArgument(`grad '${c.paramId}': total_elements ${c.totalElements}, parameter has ${size} (shape ${JSON.stringify(shape)})`);
+          throw new InvalidArgument(
+            `grad '${c.paramId}': total_elements ${c.totalElements}, parameter has ${size} (shape ${JSON.stringify(shape)})`,
+          );
         }
       }
       open.chunks.add(c);
