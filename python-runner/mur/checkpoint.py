@@ -10,6 +10,7 @@ the state, bit for bit, and for parameters that are not float32 it is the
 master the client's values are cast from). For Adam that is 1.5x
 torch.optim's state_dict. State dicts of the earlier format (the whole
 export under "mur"["frames"]) still load."""
+
 import numbers
 from collections import defaultdict
 
@@ -125,6 +126,7 @@ def import_plan(state_dict, pids, session_id, spec):
         data = f32_bytes(t)
         tensors.append((pids[key], "", data))
         values[pids[key]] = read_only_view(data)
-    header = pb.StateHeader(session_id=session_id, spec=spec, step_counts=step_counts(state, pids),
-                            last_step=mur["step"])
+    header = pb.StateHeader(
+        session_id=session_id, spec=spec, step_counts=step_counts(state, pids), last_step=mur["step"]
+    )
     return header, tensors, values, mur["step"]

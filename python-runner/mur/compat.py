@@ -1,6 +1,7 @@
 """torch compatibility that needs more than a method: the step kept out of
 torch.compile's tracing without importing dynamo at ``import mur``, and
 learning-rate schedulers of a RemoteOptimizer that pickle (torch 1.13)."""
+
 import copyreg
 import importlib.abc
 import importlib.util
@@ -9,14 +10,17 @@ import sys
 import torch
 
 _DYNAMO = "torch._dynamo"
-_EAGER = []  # classes whose own step() dynamo must never trace
+_EAGER: list[type] = []  # classes whose own step() dynamo must never trace
 
 
 def _disable(cls):
     step = cls.__dict__["step"]
     try:
-        cls.step = torch.compiler.disable(step, reason=f"mur's {cls.__name__}.step talks to a server; it always "
-                                                       "runs eagerly (fullgraph=True cannot include it)")
+        cls.step = torch.compiler.disable(
+            step,
+            reason=f"mur's {cls.__name__}.step talks to a server; it always "
+            "runs eagerly (fullgraph=True cannot include it)",
+        )
     except TypeError:  # a torch.compiler.disable without reason=
         cls.step = torch.compiler.disable(step)
 
@@ -37,6 +41,7 @@ class _AfterDynamo(importlib.abc.MetaPathFinder):
             real_exec(module)
             for cls in _EAGER:
                 _disable(cls)
+
         loader.exec_module = exec_module
         return spec
 
@@ -64,6 +69,7 @@ def eager_step(cls):
 # load_state_dict needs is all there); the optimizer itself still refuses.
 def _scheduler_reduce(sched):
     from .optimizer import RemoteOptimizer
+
     cls, args, state, *rest = object.__reduce_ex__(sched, 2)
     if isinstance(state, dict) and isinstance(state.get("optimizer"), RemoteOptimizer):
         state = {k: v for k, v in state.items() if k != "optimizer"}

@@ -1,6 +1,7 @@
 """The connection to a mur server: the gRPC channel, TLS, deadlines, the
 session token, retries with capped backoff, and server errors as typed
 MurErrors. Every plane (mur/planes) calls the server through one of these."""
+
 import os
 import random
 import re
@@ -27,19 +28,24 @@ CLOSE_TIMEOUT = 10.0  # CloseSession's deadline: close() never waits long on a d
 # that a restarted server is found within BACKOFF_CAP x 1.5 + 0.5 s of
 # listening again, not after grpc's default (up to 2 min).
 CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
-    ("grpc.use_local_subchannel_pool", 1), ("grpc.http2.max_frame_size", 16777215),
-    ("grpc.http2.lookahead_bytes", 16 << 20), ("grpc.http2.bdp_probe", 1),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.http2.max_frame_size", 16777215),
+    ("grpc.http2.lookahead_bytes", 16 << 20),
+    ("grpc.http2.bdp_probe", 1),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", int(BACKOFF_CAP * 1000)),
-    ("grpc.keepalive_time_ms", 30000), ("grpc.keepalive_timeout_ms", 10000),
-    ("grpc.keepalive_permit_without_calls", 1)]
+    ("grpc.keepalive_time_ms", 30000),
+    ("grpc.keepalive_timeout_ms", 10000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
 
 
 def backoff_delay(attempt, rng=random.random):
     """Seconds to wait before retry number `attempt` + 1: BACKOFF doubling per
     attempt, capped at BACKOFF_CAP, times a jitter in [0.5, 1.5)."""
-    return min(BACKOFF_CAP, BACKOFF * 2 ** attempt) * (0.5 + rng())
+    return min(BACKOFF_CAP, BACKOFF * 2**attempt) * (0.5 + rng())
 
 
 def check_address(server):
@@ -51,8 +57,9 @@ def check_address(server):
     if server.startswith("unix:") or re.match(r"^[a-z][a-z0-9+.-]*://", server):
         return server
     if not re.search(r":\d+$", server) or server.endswith("]"):
-        raise ValueError(f"server={server!r}: no port; give 'host:port' (e.g. '{server.rstrip(':')}:50051'), "
-                         "'unix:/path' or 'auto'")
+        raise ValueError(
+            f"server={server!r}: no port; give 'host:port' (e.g. '{server.rstrip(':')}:50051'), 'unix:/path' or 'auto'"
+        )
     return server
 
 
@@ -86,8 +93,16 @@ class Connection:
     connection for up to ``reconnect_timeout`` seconds. ``clock`` and
     ``sleep`` are injectable (tests count the backoff without waiting)."""
 
-    def __init__(self, address, tls=None, timeout=None, reconnect_timeout=60.0,
-                 clock=time.monotonic, sleep=time.sleep, rng=random.random):
+    def __init__(
+        self,
+        address,
+        tls=None,
+        timeout=None,
+        reconnect_timeout=60.0,
+        clock=time.monotonic,
+        sleep=time.sleep,
+        rng=random.random,
+    ):
         self.address = address
         self.tls = tls  # (ca, cert, key) PEM bytes, or None: plaintext
         self.timeout = timeout
@@ -98,14 +113,16 @@ class Connection:
         self.attempt = 0  # of the call retrying() runs now (0: the first)
         if tls is not None:
             ca, cert, key = tls
-            self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(ca, key, cert),
-                                               options=CHANNEL_OPTIONS)
+            self.channel = grpc.secure_channel(
+                address, grpc.ssl_channel_credentials(ca, key, cert), options=CHANNEL_OPTIONS
+            )
         else:
             self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = pbg.OptimizerStub(self.channel)
         # Step with a pre-encoded request (planes/grpc.py encodes gradients by hand).
-        self.raw_step = self.channel.unary_unary("/mur.v1.Optimizer/Step", request_serializer=None,
-                                                 response_deserializer=pb.StepReply.FromString)
+        self.raw_step = self.channel.unary_unary(
+            "/mur.v1.Optimizer/Step", request_serializer=None, response_deserializer=pb.StepReply.FromString
+        )
 
     def metadata(self):
         """Per-session calls carry the session token (proto: authorization: Bearer)."""
@@ -135,7 +152,9 @@ class Connection:
         except ConnectionLostError as e:
             raise ServerUnreachableError(
                 f"cannot reach a mur server at {self.address}: {e} (is it running and listening there? "
-                "server='auto' starts one)", e.code) from None
+                "server='auto' starts one)",
+                e.code,
+            ) from None
 
     def retrying(self, fn, on_lost=None):
         """fn() again on a lost connection, with backoff_delay() between tries,
@@ -162,8 +181,11 @@ class Connection:
     def close_session(self, session_id):
         """CloseSession, best effort (a dead server: nothing to free)."""
         try:
-            self.stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), metadata=self.metadata(),
-                                   timeout=min(CLOSE_TIMEOUT, self.timeout or CLOSE_TIMEOUT))
+            self.stub.CloseSession(
+                pb.CloseSessionRequest(session_id=session_id),
+                metadata=self.metadata(),
+                timeout=min(CLOSE_TIMEOUT, self.timeout or CLOSE_TIMEOUT),
+            )
         except grpc.RpcError:
             pass
 

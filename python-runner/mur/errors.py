@@ -1,11 +1,14 @@
 """Server errors as Python exceptions, by gRPC status, with the server's message."""
+
+from typing import cast
+
 import grpc
 
 
 class MurError(RuntimeError):
     """A mur server refused or failed a call; ``code`` is the gRPC status."""
 
-    code = None
+    code: grpc.StatusCode | None = None
     reason = None  # the server's ``mur-reason`` trailing metadata, e.g. ARENA_GONE (None: none given)
 
     def __init__(self, message, code=None, reason=None):
@@ -68,8 +71,10 @@ class TransportUnavailable(MurError):
         self.transport = transport
 
 
-RESUME = ("To resume: create a new RemoteOptimizer and call opt.load_state_dict(<your last checkpoint>) "
-          "(a state_dict() you saved).")
+RESUME = (
+    "To resume: create a new RemoteOptimizer and call opt.load_state_dict(<your last checkpoint>) "
+    "(a state_dict() you saved)."
+)
 
 
 class DataLossError(MurError):
@@ -92,8 +97,18 @@ class StorageIOError(ConnectionLostError):
     applied) for up to ``reconnect_timeout``, then raised."""
 
 
-_BY_CODE = {c.code: c for c in (InvalidArgumentError, NotFoundError, FailedPreconditionError,
-                                ResourceExhaustedError, ConnectionLostError, DeadlineExceededError, DataLossError)}
+_BY_CODE = {
+    c.code: c
+    for c in (
+        InvalidArgumentError,
+        NotFoundError,
+        FailedPreconditionError,
+        ResourceExhaustedError,
+        ConnectionLostError,
+        DeadlineExceededError,
+        DataLossError,
+    )
+}
 
 # The server's messages about its --state-dir disk (session/durable.ts) begin with this.
 _STORAGE = "state dir "
@@ -113,7 +128,9 @@ def _reason(e: grpc.RpcError):
         trailers = e.trailing_metadata() or ()
     except Exception:  # an RpcError that is not a call (e.g. raised by a test double)
         return None
-    return next((v for k, v in trailers if k == REASON_KEY), None)
+    # grpc's stubs type the entries as _Metadatum; at run time they are (key, value) pairs.
+    pairs = cast("tuple[tuple[str, str | bytes], ...]", tuple(trailers))
+    return next((v for k, v in pairs if k == REASON_KEY), None)
 
 
 def error_for(code, message, reason=None, rename=None) -> MurError:
@@ -128,7 +145,9 @@ def error_for(code, message, reason=None, rename=None) -> MurError:
     if reason in _STORAGE_REASONS:
         cls = _STORAGE_REASONS[reason]
     elif message.startswith(_STORAGE):
-        cls = {grpc.StatusCode.RESOURCE_EXHAUSTED: StorageFullError, grpc.StatusCode.UNAVAILABLE: StorageIOError}.get(status, cls)
+        cls = {grpc.StatusCode.RESOURCE_EXHAUSTED: StorageFullError, grpc.StatusCode.UNAVAILABLE: StorageIOError}.get(
+            status, cls
+        )
     text = f"{rename(message) if rename else message} [{name}]"
     if cls is DataLossError:
         text += " " + RESUME

@@ -26,6 +26,7 @@ The step talks to a server, so ``update`` cannot be traced by ``jax.jit``
 (a traced call raises TypeError): jit the loss and gradient function and call
 ``update`` outside it, as above.
 """
+
 import numbers
 from typing import NamedTuple
 
@@ -50,13 +51,15 @@ class RemoteState(NamedTuple):
     ``handle``, which session of this process holds the rest (int32 scalars;
     numpy, not jax arrays: they live on the host with the session, and a jax
     scalar would cost a device transfer every step)."""
-    count: np.ndarray
+
+    count: np.ndarray  # type: ignore[assignment]  # shadows tuple.count, as optax's own states do
     handle: np.ndarray
 
 
 class RemoteTransformation(optax.GradientTransformation):
     """optax.GradientTransformation(init, update) plus the session's lifetime
     and checkpoints (``state_dict`` / ``load_state_dict``, ``close``)."""
+
     __slots__ = ()
 
     @property
@@ -93,9 +96,11 @@ def _arrays(tree, convert, kind=torch.Tensor):
 
 def _leaf_array(x, what, i):
     if isinstance(x, jax.core.Tracer):
-        raise TypeError(f"mur.optax: {what} leaf {i} is a jax tracer: the remote update talks to a server and cannot "
-                        "run inside jax.jit / vmap / grad; jit the loss and gradient function and call update() "
-                        "outside it")
+        raise TypeError(
+            f"mur.optax: {what} leaf {i} is a jax tracer: the remote update talks to a server and cannot "
+            "run inside jax.jit / vmap / grad; jit the loss and gradient function and call update() "
+            "outside it"
+        )
     a = np.asarray(x)
     if not np.issubdtype(a.dtype, np.floating):
         raise TypeError(f"mur.optax: {what} leaf {i} has dtype {a.dtype}; mur keeps float32 parameters")
@@ -128,8 +133,10 @@ class _Adapter:
         for i, leaf in enumerate(leaves):
             a = _leaf_array(leaf, "params", i)
             if a.dtype != np.float32:
-                raise TypeError(f"mur.optax: params leaf {i} has dtype {a.dtype}; mur keeps float32 parameters "
-                                "(cast the pytree with jax.tree.map(lambda x: x.astype(jnp.float32), params))")
+                raise TypeError(
+                    f"mur.optax: params leaf {i} has dtype {a.dtype}; mur keeps float32 parameters "
+                    "(cast the pytree with jax.tree.map(lambda x: x.astype(jnp.float32), params))"
+                )
             arrays.append(np.array(a, dtype=np.float32, order="C"))  # our own writable copy
         tensors = [torch.from_numpy(a) for a in arrays]
         opt = RemoteOptimizer(tensors, optimizer=self.optimizer, rule=self.rule, server=self.server, **self.hyper)
@@ -146,8 +153,10 @@ class _Adapter:
 
     def _check_state(self, state):
         if not isinstance(state, RemoteState):
-            raise TypeError(f"mur.optax: state is a {type(state).__name__}, not the RemoteState this "
-                            "transformation's init() returned")
+            raise TypeError(
+                f"mur.optax: state is a {type(state).__name__}, not the RemoteState this "
+                "transformation's init() returned"
+            )
         for leaf in (state.count, state.handle):
             if isinstance(leaf, jax.core.Tracer):
                 _leaf_array(leaf, "state", 0)
@@ -155,14 +164,18 @@ class _Adapter:
             raise ValueError("mur.optax: update() before init(), or after close()")
         handle = int(state.handle)
         if handle != self.handle:
-            raise ValueError(f"mur.optax: state.handle={handle} belongs to another (or an earlier) session; this "
-                             f"transformation's session is {self.handle} (use the state its latest init() or "
-                             "load_state_dict() returned)")
+            raise ValueError(
+                f"mur.optax: state.handle={handle} belongs to another (or an earlier) session; this "
+                f"transformation's session is {self.handle} (use the state its latest init() or "
+                "load_state_dict() returned)"
+            )
         count = int(state.count)
         if count != self.steps:
-            raise ValueError(f"mur.optax: state.count={count}, but the session has made {self.steps} steps: a "
-                             "remote session cannot step from an old state (restore a checkpoint with "
-                             "load_state_dict to go back)")
+            raise ValueError(
+                f"mur.optax: state.count={count}, but the session has made {self.steps} steps: a "
+                "remote session cannot step from an old state (restore a checkpoint with "
+                "load_state_dict to go back)"
+            )
 
     def _leaves(self, tree, what):
         leaves, treedef = jax.tree_util.tree_flatten(tree)
@@ -218,33 +231,48 @@ class _Adapter:
     def state_dict(self, state):
         self._check_state(state)
         sd = self.opt.state_dict()
-        return {"format": _CHECKPOINT_FORMAT, "optimizer": self.opt.optimizer_name, "rule": self.opt.rule_name,
-                "count": int(state.count), "param_groups": sd["param_groups"],
-                "state": _arrays(sd["state"], lambda t: t.numpy().copy()), "mur": _arrays(sd["mur"], lambda t: t.numpy().copy())}
+        return {
+            "format": _CHECKPOINT_FORMAT,
+            "optimizer": self.opt.optimizer_name,
+            "rule": self.opt.rule_name,
+            "count": int(state.count),
+            "param_groups": sd["param_groups"],
+            "state": _arrays(sd["state"], lambda t: t.numpy().copy()),
+            "mur": _arrays(sd["mur"], lambda t: t.numpy().copy()),
+        }
 
     def load_state_dict(self, state, checkpoint):
         if self.opt is None:
             raise ValueError("mur.optax: load_state_dict() before init(params)")
         if not isinstance(checkpoint, dict) or checkpoint.get("format") != _CHECKPOINT_FORMAT:
-            raise ValueError(f"mur.optax: not a checkpoint of mur.optax (format "
-                             f"{checkpoint.get('format') if isinstance(checkpoint, dict) else type(checkpoint).__name__!r},"
-                             f" expected {_CHECKPOINT_FORMAT!r})")
+            raise ValueError(
+                f"mur.optax: not a checkpoint of mur.optax (format "
+                f"{checkpoint.get('format') if isinstance(checkpoint, dict) else type(checkpoint).__name__!r},"
+                f" expected {_CHECKPOINT_FORMAT!r})"
+            )
         if (checkpoint["optimizer"], checkpoint["rule"]) != (self.opt.optimizer_name, self.opt.rule_name):
-            raise ValueError(f"mur.optax: the checkpoint is of {checkpoint['optimizer']} x {checkpoint['rule']}, this "
-                             f"transformation runs {self.opt.optimizer_name} x {self.opt.rule_name}")
+            raise ValueError(
+                f"mur.optax: the checkpoint is of {checkpoint['optimizer']} x {checkpoint['rule']}, this "
+                f"transformation runs {self.opt.optimizer_name} x {self.opt.rule_name}"
+            )
         if int(state.handle) != self.handle:
             raise ValueError(f"mur.optax: state.handle={int(state.handle)} is not this transformation's session")
-        self.opt.load_state_dict({"state": _arrays(checkpoint.get("state", {}), torch.from_numpy, np.ndarray),
-                                  "param_groups": checkpoint["param_groups"],
-                                  "mur": _arrays(checkpoint["mur"], torch.from_numpy, np.ndarray)})
+        self.opt.load_state_dict(
+            {
+                "state": _arrays(checkpoint.get("state", {}), torch.from_numpy, np.ndarray),
+                "param_groups": checkpoint["param_groups"],
+                "mur": _arrays(checkpoint["mur"], torch.from_numpy, np.ndarray),
+            }
+        )
         self.expected = [t.detach().numpy().copy() for t in self.tensors]
         self.steps = int(checkpoint["count"])
         return RemoteState(count=np.asarray(self.steps, np.int32), handle=state.handle)
 
     def params(self):
         """The server's current parameters as a pytree of jax arrays."""
-        return jax.tree_util.tree_unflatten(self.treedef, [jnp.asarray(t.detach().numpy().copy())
-                                                           for t in self.tensors])
+        return jax.tree_util.tree_unflatten(
+            self.treedef, [jnp.asarray(t.detach().numpy().copy()) for t in self.tensors]
+        )
 
     def close(self):
         if self.opt is not None:

@@ -17,14 +17,13 @@ and one data plane per transport (``transport``, mur/planes):
 Hyperparameters live in ``param_groups`` as in torch: schedulers that edit
 them are honoured at the next step.
 """
+
 import inspect
 import numbers
 import os
 import re
-import sys
 from collections import defaultdict
 
-import grpc
 import torch
 from google.protobuf import json_format, struct_pb2
 
@@ -55,8 +54,10 @@ _TORCH_NOOP_KEYS = {"params", "param_names", "maximize", "decoupled_weight_decay
 _BRIDGE_FLAGS = {"eps_before_correction", "eps_in_sqrt", "lr_in_momentum"}
 _DEFAULT_OPTIMIZER, _DEFAULT_RULE = "adam", "hybrid"  # without a server --config
 _SGD_DEFAULT_LR = 1e-3  # torch >= 2.2's SGD default (mur's sgd has none)
-_NO_COPY = ("a RemoteOptimizer holds a live server session and cannot be copied or pickled; "
-            "use state_dict() / load_state_dict() to save or move its state")
+_NO_COPY = (
+    "a RemoteOptimizer holds a live server session and cannot be copied or pickled; "
+    "use state_dict() / load_state_dict() to save or move its state"
+)
 
 
 def _struct(d):
@@ -83,8 +84,10 @@ def param_groups_of(params):
     of (name, tensor) pairs (``named_parameters()``: the names go to
     "param_names"), or of group dicts."""
     if isinstance(params, torch.Tensor):
-        raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
-                        f"but got {torch.typename(params)}")
+        raise TypeError(
+            "params argument given to the optimizer should be an iterable of Tensors or dicts, "
+            f"but got {torch.typename(params)}"
+        )
     params = list(params)
     if not params:
         raise ValueError("optimizer got an empty parameter list")
@@ -103,8 +106,9 @@ def param_groups_of(params):
     flat = [p for g in groups for p in g["params"]]
     for i, p in enumerate(flat):
         if not isinstance(p, torch.Tensor):
-            raise TypeError(f"params[{i}]: optimizer can only optimize Tensors, but one of the params is "
-                            f"{torch.typename(p)}")
+            raise TypeError(
+                f"params[{i}]: optimizer can only optimize Tensors, but one of the params is {torch.typename(p)}"
+            )
     if len({id(p) for p in flat}) != len(flat):
         raise ValueError("some parameters appear in more than one parameter group")
     return groups
@@ -114,14 +118,17 @@ def _check_param(label, p):
     if p.is_sparse:
         raise TypeError(f"parameter {label}: sparse parameters are not supported")
     if p.dtype not in PARAM_DTYPES:
-        raise TypeError(f"parameter {label}: dtype {p.dtype}; mur takes float32, float16, bfloat16 and float64 "
-                        "parameters (the server computes in float32)")
+        raise TypeError(
+            f"parameter {label}: dtype {p.dtype}; mur takes float32, float16, bfloat16 and float64 "
+            "parameters (the server computes in float32)"
+        )
 
 
 def _local_names(optimizer, rule, hyperparameters):
     """Names checked before server="auto" starts its server (which runs the
     same tables as mur.reference)."""
     from . import reference
+
     if optimizer not in reference.DEFAULTS:
         raise ValueError(f"optimizer={optimizer!r}: unknown (one of {', '.join(reference.DEFAULTS)})")
     if rule not in reference.RULE_DEFAULTS:
@@ -129,20 +136,25 @@ def _local_names(optimizer, rule, hyperparameters):
     known = {**reference.DEFAULTS[optimizer], **reference.RULE_DEFAULTS[rule]}
     for k in hyperparameters:
         if k not in known:
-            raise ValueError(f"{k}={hyperparameters[k]!r}: not a hyperparameter of {optimizer} with the {rule} rule "
-                             f"(known: {', '.join(known)})")
+            raise ValueError(
+                f"{k}={hyperparameters[k]!r}: not a hyperparameter of {optimizer} with the {rule} rule "
+                f"(known: {', '.join(known)})"
+            )
 
 
 def _decoupled(optimizer, dwd):
     """torch's decoupled_weight_decay= -> the optimizer mur runs."""
     if optimizer not in _DECOUPLED:
-        raise ValueError(f"decoupled_weight_decay={dwd!r}: not an argument of {optimizer} (torch has it "
-                         f"for {', '.join(_DECOUPLED)})")
+        raise ValueError(
+            f"decoupled_weight_decay={dwd!r}: not an argument of {optimizer} (torch has it for {', '.join(_DECOUPLED)})"
+        )
     if not isinstance(dwd, bool):
         raise ValueError(f"decoupled_weight_decay={dwd!r}: must be True or False")
     if not dwd and optimizer == "adamw":
-        raise ValueError("decoupled_weight_decay=False with optimizer='adamw': AdamW's weight decay is "
-                         "decoupled (use optimizer='adam' for coupled L2)")
+        raise ValueError(
+            "decoupled_weight_decay=False with optimizer='adamw': AdamW's weight decay is "
+            "decoupled (use optimizer='adam' for coupled L2)"
+        )
     return "adamw" if dwd and optimizer == "adam" else optimizer  # torch: Adam(decoupled_weight_decay=True)
 
 
@@ -156,11 +168,15 @@ def _check_flags(groups):
             if k in g and not isinstance(g[k], bool):
                 raise ValueError(f"{k}={g[k]!r}: must be False or True")
         if g.get("differentiable"):
-            raise ValueError("differentiable=True: mur does not support differentiating through the optimizer "
-                             "step (the step runs on the server, outside autograd)")
+            raise ValueError(
+                "differentiable=True: mur does not support differentiating through the optimizer "
+                "step (the step runs on the server, outside autograd)"
+            )
         if g.get("capturable") and any(p.device.type != "cpu" for p in g["params"]):
-            raise ValueError("capturable=True: mur does not support CUDA graph capture of the step (the step "
-                             "runs on the server); leave capturable=False")
+            raise ValueError(
+                "capturable=True: mur does not support CUDA graph capture of the step (the step "
+                "runs on the server); leave capturable=False"
+            )
 
 
 def _check_options(transport, wire_dtype, timeout, reconnect_timeout):
@@ -168,8 +184,7 @@ def _check_options(transport, wire_dtype, timeout, reconnect_timeout):
         raise ValueError(f"transport={transport!r}: must be one of {', '.join(map(repr, _TRANSPORTS))}")
     if not isinstance(wire_dtype, str) or wire_dtype not in _WIRE_DTYPES:
         raise ValueError(f"wire_dtype={wire_dtype!r}: must be one of {', '.join(map(repr, _WIRE_DTYPES))}")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
-                                or not timeout > 0):
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0):
         raise ValueError(f"timeout={timeout!r}: must be a positive number of seconds or None")
     if not (isinstance(reconnect_timeout, numbers.Real) and reconnect_timeout >= 0):
         raise ValueError(f"reconnect_timeout={reconnect_timeout!r}: must be a number of seconds >= 0")
@@ -252,12 +267,25 @@ class RemoteOptimizer(torch.optim.Optimizer):
         server = kwargs.get("server", args[2] if len(args) > 2 else None)
         if cls is RemoteOptimizer and isinstance(server, (list, tuple)) and len(server) > 1:
             from .sharded import ShardedRemoteOptimizer
+
             cls = ShardedRemoteOptimizer
         return super().__new__(cls)
 
-    def __init__(self, params, optimizer=None, rule=None, server="auto", transport="auto",
-                 wire_dtype="float32", timeout=300.0, tls_ca=None, tls_cert=None, tls_key=None,
-                 reconnect_timeout=60.0, **hyperparameters):
+    def __init__(
+        self,
+        params,
+        optimizer=None,
+        rule=None,
+        server="auto",
+        transport="auto",
+        wire_dtype="float32",
+        timeout=300.0,
+        tls_ca=None,
+        tls_cert=None,
+        tls_key=None,
+        reconnect_timeout=60.0,
+        **hyperparameters,
+    ):
         self._local = self._conn = self._session = self._plane = None
         self._owner = os.getpid()
         self._state_cache = None
@@ -299,23 +327,32 @@ class RemoteOptimizer(torch.optim.Optimizer):
         try:
             self._local = LocalServer() if server == "auto" else None
             address = self._local.address if self._local else server
-            self._conn = Connection(address, tls=(ca, cert, key) if (ca, cert, key) != (None, None, None) else None,
-                                    timeout=None if timeout is None else float(timeout),
-                                    reconnect_timeout=float(reconnect_timeout))
+            self._conn = Connection(
+                address,
+                tls=(ca, cert, key) if (ca, cert, key) != (None, None, None) else None,
+                timeout=None if timeout is None else float(timeout),
+                reconnect_timeout=float(reconnect_timeout),
+            )
             self._conn.rename = self._rename
             caps = self._caps = self._conn.capabilities()
             self._session = Session(self._conn, caps, self._params)
             resolved = None
             if from_config:
                 optimizer, rule, resolved = self._session_from_config(groups)
-                if "decoupled_weight_decay" in flags and \
-                        _decoupled(optimizer, flags["decoupled_weight_decay"]) != optimizer:
-                    raise ValueError(f"decoupled_weight_decay={flags['decoupled_weight_decay']!r}: the server's "
-                                     f"--config chose optimizer {optimizer!r}; pass optimizer= to choose another")
+                if (
+                    "decoupled_weight_decay" in flags
+                    and _decoupled(optimizer, flags["decoupled_weight_decay"]) != optimizer
+                ):
+                    raise ValueError(
+                        f"decoupled_weight_decay={flags['decoupled_weight_decay']!r}: the server's "
+                        f"--config chose optimizer {optimizer!r}; pass optimizer= to choose another"
+                    )
             opt = next((o for o in caps.optimizers if o.name == optimizer), None)
             rl = next((r for r in caps.rules if r.name == rule), None)
             if opt is None:
-                raise ValueError(f"optimizer={optimizer!r}: unknown (one of {', '.join(o.name for o in caps.optimizers)})")
+                raise ValueError(
+                    f"optimizer={optimizer!r}: unknown (one of {', '.join(o.name for o in caps.optimizers)})"
+                )
             if rl is None:
                 raise ValueError(f"rule={rule!r}: unknown (one of {', '.join(r.name for r in caps.rules)})")
             known = {h.name: h for h in list(opt.hyperparameters) + list(rl.hyperparameters)}
@@ -324,15 +361,22 @@ class RemoteOptimizer(torch.optim.Optimizer):
             self._all_opt_hypers = {h.name for o in caps.optimizers for h in o.hyperparameters}
             for k in hyperparameters:
                 if k not in known:
-                    raise ValueError(f"{k}={hyperparameters[k]!r}: not a hyperparameter of {optimizer} with the {rule} "
-                                     f"rule (known: {', '.join(known)})")
+                    raise ValueError(
+                        f"{k}={hyperparameters[k]!r}: not a hyperparameter of {optimizer} with the {rule} "
+                        f"rule (known: {', '.join(known)})"
+                    )
             defaults = {name: _default(h) for name, h in known.items()}
             if optimizer == "sgd" and defaults.get("lr") is None:
                 defaults["lr"] = _SGD_DEFAULT_LR  # as torch >= 2.2 (lr_out still follows lr)
             defaults["maximize"] = False
             if resolved is not None:  # the server's --config defaults, under the client's own arguments
-                defaults.update({k: tuple(v) if isinstance(v, list) else v
-                                 for k, v in json_format.MessageToDict(resolved.defaults).items() if k in known})
+                defaults.update(
+                    {
+                        k: tuple(v) if isinstance(v, list) else v
+                        for k, v in json_format.MessageToDict(resolved.defaults).items()
+                        if k in known
+                    }
+                )
             defaults.update(hyperparameters)
             defaults.update(flags)
             self.optimizer_name, self.rule_name = optimizer, rule
@@ -375,7 +419,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
             wire = next(k for k, v in _WIRE_DTYPES.items() if v == self._wire_dtype)
             raise FailedPreconditionError(
                 f"wire_dtype={wire!r}: the server at {self._conn.address} does not accept {wire} gradients "
-                f"(dtypes: {', '.join(pb.DType.Name(d) for d in caps.dtypes)})")
+                f"(dtypes: {', '.join(pb.DType.Name(d) for d in caps.dtypes)})"
+            )
         return GrpcPlane.open(self._session, wire_dtype=self._wire_dtype)
 
     # -- names ------------------------------------------------------------------
@@ -396,8 +441,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
         return re.sub(r"\bgroups\.g(\d+)", r"param_groups[\1]", message)
 
     def _names(self):
-        return {pid: n.strip("'") for _, pid, _ in self._params()
-                if (n := self._label_of(self.param_groups, pid)).startswith("'")}
+        return {
+            pid: n.strip("'")
+            for _, pid, _ in self._params()
+            if (n := self._label_of(self.param_groups, pid)).startswith("'")
+        }
 
     # -- groups -----------------------------------------------------------------
     def add_param_group(self, param_group):
@@ -468,8 +516,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     def _spec(self):
         return pb.OptimizerSpec(
-            optimizer=self.optimizer_name, rule=self.rule_name,
-            groups={f"g{i}": _struct(self._group_hypers(g)) for i, g in enumerate(self.param_groups)})
+            optimizer=self.optimizer_name,
+            rule=self.rule_name,
+            groups={f"g{i}": _struct(self._group_hypers(g)) for i, g in enumerate(self.param_groups)},
+        )
 
     def _check_open(self):
         if self.session_id is None:
@@ -485,20 +535,27 @@ class RemoteOptimizer(torch.optim.Optimizer):
             if p.grad is None or p.numel() == 0:  # nothing to update (the server refuses empty inline tensors)
                 continue
             if p.grad.is_sparse:
-                raise TypeError(f"parameter {self._label_of(self.param_groups, pid)}: sparse gradients are not "
-                                "supported")
+                raise TypeError(
+                    f"parameter {self._label_of(self.param_groups, pid)}: sparse gradients are not supported"
+                )
             if p.grad.shape != p.shape:
-                raise ValueError(f"parameter {self._label_of(self.param_groups, pid)}: gradient of shape "
-                                 f"{tuple(p.grad.shape)}, parameter is {tuple(p.shape)}")
+                raise ValueError(
+                    f"parameter {self._label_of(self.param_groups, pid)}: gradient of shape "
+                    f"{tuple(p.grad.shape)}, parameter is {tuple(p.shape)}"
+                )
             grads.append((pid, p))
             if self.param_groups[int(group[1:])].get("maximize"):
                 maximized.add(pid)  # the server is sent -grad (torch's maximize)
         if not grads:
             return None
         hypers = [self._group_hypers(g) for g in self.param_groups]
-        return PreparedStep(number=number, grads=grads, maximized=frozenset(maximized),
-                            overrides={f"g{i}": _struct(h) for i, h in enumerate(hypers)},
-                            key=[sorted(h.items()) for h in hypers])
+        return PreparedStep(
+            number=number,
+            grads=grads,
+            maximized=frozenset(maximized),
+            overrides={f"g{i}": _struct(h) for i, h in enumerate(hypers)},
+            key=[sorted(h.items()) for h in hypers],
+        )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -580,12 +637,16 @@ class RemoteOptimizer(torch.optim.Optimizer):
         implementation flags)."""
         groups = state_dict.get("param_groups")
         if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
-            raise ValueError(f"load_state_dict: {len(groups) if isinstance(groups, (list, tuple)) else 'no'} "
-                             f"param_groups, this optimizer has {len(self.param_groups)}")
+            raise ValueError(
+                f"load_state_dict: {len(groups) if isinstance(groups, (list, tuple)) else 'no'} "
+                f"param_groups, this optimizer has {len(self.param_groups)}"
+            )
         for i, (g, ours) in enumerate(zip(groups, self.param_groups)):
             if len(g.get("params", ())) != len(ours["params"]):
-                raise ValueError(f"load_state_dict: param_groups[{i}] has {len(g.get('params', ()))} parameters, "
-                                 f"this optimizer's has {len(ours['params'])}")
+                raise ValueError(
+                    f"load_state_dict: param_groups[{i}] has {len(g.get('params', ()))} parameters, "
+                    f"this optimizer's has {len(ours['params'])}"
+                )
             keys = set(g) - _TORCH_NOOP_KEYS
             foreign = sorted((keys & self._all_opt_hypers) - self._opt_hypers)
             # decoupled_weight_decay: torch < 2.2 has none (then it is False), and it is no flag of keys
@@ -593,17 +654,30 @@ class RemoteOptimizer(torch.optim.Optimizer):
             # A torch state_dict has torch's formulas: it cannot load where a bridging flag is on.
             bridged = sorted(k for k in _BRIDGE_FLAGS & self._opt_hypers if k not in g and ours.get(k))
             dwd = g.get("decoupled_weight_decay")
-            wrong_dwd = (isinstance(dwd, bool) and dwd != (self.optimizer_name == "adamw")
-                         and self.optimizer_name not in _DECOUPLED_ON_SERVER)
+            wrong_dwd = (
+                isinstance(dwd, bool)
+                and dwd != (self.optimizer_name == "adamw")
+                and self.optimizer_name not in _DECOUPLED_ON_SERVER
+            )
             if foreign or missing or wrong_dwd or bridged:
-                why = "; ".join(x for x in (f"it has {', '.join(foreign)}" if foreign else "",
-                                            f"it lacks {', '.join(missing)}" if missing else "",
-                                            f"this optimizer sets {', '.join(f'{k}=True' for k in bridged)}, which "
-                                            "torch.optim does not have" if bridged else "",
-                                            f"decoupled_weight_decay={dwd}" if wrong_dwd else "") if x)
-                raise ValueError(f"load_state_dict: param_groups[{i}] is not the state_dict of a "
-                                 f"{self.optimizer_name} optimizer ({why}); a torch.optim state_dict loads only into "
-                                 f"the RemoteOptimizer of the same algorithm")
+                why = "; ".join(
+                    x
+                    for x in (
+                        f"it has {', '.join(foreign)}" if foreign else "",
+                        f"it lacks {', '.join(missing)}" if missing else "",
+                        f"this optimizer sets {', '.join(f'{k}=True' for k in bridged)}, which "
+                        "torch.optim does not have"
+                        if bridged
+                        else "",
+                        f"decoupled_weight_decay={dwd}" if wrong_dwd else "",
+                    )
+                    if x
+                )
+                raise ValueError(
+                    f"load_state_dict: param_groups[{i}] is not the state_dict of a "
+                    f"{self.optimizer_name} optimizer ({why}); a torch.optim state_dict loads only into "
+                    f"the RemoteOptimizer of the same algorithm"
+                )
 
     @torch.no_grad()
     def load_state_dict(self, state_dict):
@@ -629,7 +703,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
             self._load_groups(state_dict["param_groups"])
             if self.optimizer_name in _DECOUPLED_ON_SERVER:
                 for g, saved_g in zip(self.param_groups, state_dict["param_groups"]):
-                    g["decoupled_weight_decay"] = saved_g.get("decoupled_weight_decay", False)  # as torch's __setstate__
+                    g["decoupled_weight_decay"] = saved_g.get(
+                        "decoupled_weight_decay", False
+                    )  # as torch's __setstate__
 
     # -- lifetime -------------------------------------------------------------
     def close(self):
@@ -682,6 +758,6 @@ def _default(h):
 
 
 # inspect.signature(RemoteOptimizer) shows __init__'s arguments, not __new__'s dispatch.
-RemoteOptimizer.__new__.__signature__ = inspect.signature(RemoteOptimizer.__init__)
+RemoteOptimizer.__new__.__signature__ = inspect.signature(RemoteOptimizer.__init__)  # type: ignore[attr-defined]
 
 __all__ = ["RemoteOptimizer", "MurError"]

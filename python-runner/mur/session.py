@@ -2,6 +2,7 @@
 the calls that declare parameters (CreateSession, AddParameters: one
 declaration for both), move parameter values (ImportState) and export or
 import checkpoints. The planes (mur/planes) and the optimizer share one."""
+
 from ._proto.mur.v1 import optimizer_pb2 as pb
 from .planes.base import ELEMENT_BYTES, F32, f32_bytes
 
@@ -21,8 +22,17 @@ class Session:
         inline when they fit one message; (decls, {pid: values sent later})."""
         data = {pid: f32_bytes(p) for _, pid, p in decls}
         inline = sum(len(b) for b in data.values()) < self.caps.max_message_bytes * 0.9
-        out = [pb.ParamDecl(id=pid, name=names.get(pid, pid), shape=list(p.shape), dtype=F32, group=g,
-                            data=data[pid] if inline else b"") for g, pid, p in decls]
+        out = [
+            pb.ParamDecl(
+                id=pid,
+                name=names.get(pid, pid),
+                shape=list(p.shape),
+                dtype=F32,
+                group=g,
+                data=data[pid] if inline else b"",
+            )
+            for g, pid, p in decls
+        ]
         # Values the declaration did not carry: all of them for a large model;
         # a zero-element parameter's always (empty ParamDecl.data means
         # "values come later", so it would never get any).
@@ -42,8 +52,9 @@ class Session:
     def add(self, groups, decls, names):
         """AddParameters: new groups ({group id: Struct}) and their parameters."""
         params, later = self._declare(decls, names)
-        self.conn.call(self.conn.stub.AddParameters,
-                       pb.AddParametersRequest(session_id=self.id, groups=groups, params=params))
+        self.conn.call(
+            self.conn.stub.AddParameters, pb.AddParametersRequest(session_id=self.id, groups=groups, params=params)
+        )
         self.by_id.update({pid: p for _, pid, p in decls})
         if later:
             self.conn.retrying(lambda: self.import_values(later))
@@ -57,27 +68,31 @@ class Session:
         mv = memoryview(data)
         off = 0
         while True:
-            part = mv[off:off + per]
-            yield pb.TensorChunk(param_id=pid, slot=slot, offset=off // size, total_elements=total, dtype=dtype,
-                                 data=bytes(part))
+            part = mv[off : off + per]
+            yield pb.TensorChunk(
+                param_id=pid, slot=slot, offset=off // size, total_elements=total, dtype=dtype, data=bytes(part)
+            )
             off += len(part)
             if off >= len(data):
                 return
 
     def import_frames(self, header, tensors):
         """ImportState: `header`, then [(param id, slot, float32 bytes)] in chunks."""
+
         def gen():
             yield pb.StateFrame(header=header)
             for pid, slot, data in tensors:
                 for c in self.chunks(pid, slot, data):
                     yield pb.StateFrame(chunk=c)
+
         self.conn.call(self.conn.stub.ImportState, gen())
 
     def import_values(self, values):
         """Parameter values only ({pid: float32 bytes}); the step counter and
         the optimizer state stay as they are (last_step=0)."""
-        self.import_frames(pb.StateHeader(session_id=self.id, last_step=0),
-                           [(pid, "", data) for pid, data in values.items()])
+        self.import_frames(
+            pb.StateHeader(session_id=self.id, last_step=0), [(pid, "", data) for pid, data in values.items()]
+        )
 
     def export(self):
         """The session's checkpoint as StateFrames."""

@@ -22,6 +22,7 @@ docs/scale-out.md; in short:
   (the order of ``param_groups``), so it loads into any number of shards,
   into a single-server RemoteOptimizer, or into the matching torch.optim class.
 """
+
 import numbers
 import os
 from collections import defaultdict
@@ -134,8 +135,9 @@ class ShardedRemoteOptimizer(RemoteOptimizer):
             raise ValueError(f"server={server!r}: a ShardedRemoteOptimizer needs a list of at least two addresses")
         for a in server:
             if not isinstance(a, str) or not a:
-                raise ValueError(f"server={list(server)!r}: {a!r} is not a server address ('host:port', "
-                                 "'unix:/path' or 'auto')")
+                raise ValueError(
+                    f"server={list(server)!r}: {a!r} is not a server address ('host:port', 'unix:/path' or 'auto')"
+                )
         self.servers = list(server)
         groups = param_groups_of(params)
         flat = [p for g in groups for p in g["params"]]
@@ -148,21 +150,23 @@ class ShardedRemoteOptimizer(RemoteOptimizer):
         index = 0
         for gi, g in enumerate(groups):
             mine = defaultdict(list)
-            for p in g["params"]:
+            for _ in g["params"]:
                 mine[owner[index]].append(index)
                 index += 1
             for k, idx in sorted(mine.items()):
                 self._local[k].append((gi, idx))
         self._pool = ThreadPoolExecutor(max_workers=len(self.servers), thread_name_prefix="mur-shard")
 
-        self._make = lambda k, shard_groups: RemoteOptimizer(shard_groups, optimizer=optimizer, rule=rule,
-                                                             server=self.servers[k], **options)
+        self._make = lambda k, shard_groups: RemoteOptimizer(
+            shard_groups, optimizer=optimizer, rule=rule, server=self.servers[k], **options
+        )
 
         def create(k):
             if not self._local[k]:
                 return None
-            return self._make(k, [_part(groups[gi], [flat[i] for i in idx], [names[i] for i in idx])
-                                  for gi, idx in self._local[k]])
+            return self._make(
+                k, [_part(groups[gi], [flat[i] for i in idx], [names[i] for i in idx]) for gi, idx in self._local[k]]
+            )
 
         try:
             made, errors = self._on_shards(create, range(len(self.servers)))
@@ -279,7 +283,8 @@ class ShardedRemoteOptimizer(RemoteOptimizer):
         if self._broken is not None:
             raise FailedPreconditionError(
                 f"the shards applied different steps ({self._broken}); restore every shard from a checkpoint "
-                "with load_state_dict() before stepping again")
+                "with load_state_dict() before stepping again"
+            )
 
     def _push_hypers(self):
         """Global param_groups (schedulers edit them) -> every shard's groups."""
@@ -304,20 +309,25 @@ class ShardedRemoteOptimizer(RemoteOptimizer):
             with torch.enable_grad():
                 loss = closure()
         self._push_hypers()
-        live = [k for k, o in enumerate(self._shards)
-                if o is not None and any(p.grad is not None for g in o.param_groups for p in g["params"])]
+        live = [
+            k
+            for k, o in enumerate(self._shards)
+            if o is not None and any(p.grad is not None for g in o.param_groups for p in g["params"])
+        ]
         if not live:
             return loss
         if len(live) > 1:  # one shard's own step is already all or nothing
             _, errors = self._on_shards(lambda k: self._shards[k]._validate_step(), live)
             if errors:
                 k = min(errors)
-                others = "".join(f"; shard {j} ({self.servers[j]}) also refused it: {errors[j]}"
-                                 for j in sorted(errors) if j != k)
+                others = "".join(
+                    f"; shard {j} ({self.servers[j]}) also refused it: {errors[j]}" for j in sorted(errors) if j != k
+                )
                 lost = isinstance(errors[k], (ConnectionLostError, DeadlineExceededError))
                 what = "could not be reached to validate the step" if lost else "refused the step"
-                raise _shard_error(k, self.servers[k], errors[k], f"{what}, which no shard applied{others}") \
-                    from errors[k]
+                raise _shard_error(
+                    k, self.servers[k], errors[k], f"{what}, which no shard applied{others}"
+                ) from errors[k]
         _, errors = self._on_shards(lambda k: self._shards[k].step(), live)
         if errors:
             # Validated everywhere, then failed on these shards even after their
@@ -326,11 +336,17 @@ class ShardedRemoteOptimizer(RemoteOptimizer):
             # known: no further step until a checkpoint makes the shards agree.
             applied = [k for k in live if k not in errors]
             k = min(errors)
-            self._broken = (f"shards {applied} applied a step that shards {sorted(errors)} failed to apply"
-                            if applied else f"shards {sorted(errors)} failed to apply a validated step")
-            raise _shard_error(k, self.servers[k], errors[k],
-                               f"failed to apply a step the other shards {'applied ' + str(applied) if applied else 'validated'}") \
-                from errors[k]
+            self._broken = (
+                f"shards {applied} applied a step that shards {sorted(errors)} failed to apply"
+                if applied
+                else f"shards {sorted(errors)} failed to apply a validated step"
+            )
+            raise _shard_error(
+                k,
+                self.servers[k],
+                errors[k],
+                f"failed to apply a step the other shards {'applied ' + str(applied) if applied else 'validated'}",
+            ) from errors[k]
         return loss
 
     # -- checkpoints ------------------------------------------------------------
@@ -360,14 +376,18 @@ class ShardedRemoteOptimizer(RemoteOptimizer):
         every structural check made before any server is touched."""
         groups = state_dict.get("param_groups")
         if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
-            raise ValueError(f"load_state_dict: {len(groups) if isinstance(groups, (list, tuple)) else 'no'} "
-                             f"param_groups, this optimizer has {len(self.param_groups)}")
+            raise ValueError(
+                f"load_state_dict: {len(groups) if isinstance(groups, (list, tuple)) else 'no'} "
+                f"param_groups, this optimizer has {len(self.param_groups)}"
+            )
         position = {}
         for gi, (g, ours) in enumerate(zip(groups, self.param_groups)):
             ids = list(g.get("params", ()))
             if len(ids) != len(ours["params"]):
-                raise ValueError(f"load_state_dict: param_groups[{gi}] has {len(ids)} parameters, this optimizer's "
-                                 f"has {len(ours['params'])}")
+                raise ValueError(
+                    f"load_state_dict: param_groups[{gi}] has {len(ids)} parameters, this optimizer's "
+                    f"has {len(ours['params'])}"
+                )
             for pid in ids:
                 position[pid] = len(position)
         state = state_dict.get("state", {})
@@ -415,8 +435,9 @@ class ShardedRemoteOptimizer(RemoteOptimizer):
             ok = [k for k in subs if k not in errors]
             self._on_shards(lambda k: self._shards[k].load_state_dict(saved[k]), ok)
             k = min(errors)
-            raise _shard_error(k, self.servers[k], errors[k], "refused its part of the state_dict (no shard changed)") \
-                from errors[k]
+            raise _shard_error(
+                k, self.servers[k], errors[k], "refused its part of the state_dict (no shard changed)"
+            ) from errors[k]
         for g, saved_g in zip(self.param_groups, state_dict["param_groups"]):
             for key, v in saved_g.items():
                 if key != "params":

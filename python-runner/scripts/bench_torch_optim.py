@@ -80,8 +80,7 @@ def measure(name, mode, n, seconds):
 def serve():
     """The --serve loop: one request per stdin line, one JSON answer per stdout line."""
     opt = None
-    print(json.dumps({"torch_version": torch.__version__,
-                      "max_threads": len(os.sched_getaffinity(0))}), flush=True)
+    print(json.dumps({"torch_version": torch.__version__, "max_threads": len(os.sched_getaffinity(0))}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)
         cmd = req["cmd"]

@@ -8,6 +8,7 @@ TypeScript tests replay the gradients through mur and compare.
 
     python3 python-runner/scripts/make_golden.py ts-server/test/golden/torch_additive.json
 """
+
 import json
 import math
 import sys
@@ -47,10 +48,17 @@ CASES = [
 ]
 
 TORCH = {
-    "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-    "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop, "adamax": torch.optim.Adamax,
-    "nadam": torch.optim.NAdam, "radam": torch.optim.RAdam, "adadelta": torch.optim.Adadelta,
-    "rprop": torch.optim.Rprop, "asgd": torch.optim.ASGD,
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "adagrad": torch.optim.Adagrad,
+    "rmsprop": torch.optim.RMSprop,
+    "adamax": torch.optim.Adamax,
+    "nadam": torch.optim.NAdam,
+    "radam": torch.optim.RAdam,
+    "adadelta": torch.optim.Adadelta,
+    "rprop": torch.optim.Rprop,
+    "asgd": torch.optim.ASGD,
 }
 
 
@@ -60,15 +68,17 @@ def _torch_major():
 
 # Known differences between this torch and the maths mur implements (torch 2.x).
 QUIRKS = {
-    "nadam": (lambda: _torch_major() < 2,
-              "torch < 2.0 NAdam multiplies mu_t twice into mu_product_next (fixed in torch 2.0); "
-              "mur follows torch 2.x"),
+    "nadam": (
+        lambda: _torch_major() < 2,
+        "torch < 2.0 NAdam multiplies mu_t twice into mu_product_next (fixed in torch 2.0); mur follows torch 2.x",
+    ),
 }
 
 
 def _missing(name, hypers):
     """Why this torch cannot run the case (an argument it does not have), or None."""
     import inspect
+
     absent = [k for k in hypers if k not in inspect.signature(TORCH[name]).parameters]
     if absent:
         return f"torch {torch.__version__} {TORCH[name].__name__} has no {', '.join(absent)} (torch >= 2.2 has)"

@@ -2,6 +2,7 @@
 server_for(), which picks the server a transport needs, and the helpers
 several modules use: a server started from the CLI on TCP, a small model,
 its batches and its parameters' bits."""
+
 import json
 import os
 import select
@@ -36,9 +37,13 @@ def read_line(proc, timeout=60):
 def start_tcp(*args, port=0):
     """A server from the CLI on TCP (stdin kept open: it dies with this test
     process); (process, what it printed: port, data_port, tls, ...)."""
-    proc = subprocess.Popen(["node", str(CLI), "--port", str(port), "--exit-with-stdin", *map(str, args)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "MUR_LOG": "silent"})
+    proc = subprocess.Popen(
+        ["node", str(CLI), "--port", str(port), "--exit-with-stdin", *map(str, args)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "MUR_LOG": "silent"},
+    )
     try:
         return proc, json.loads(read_line(proc))
     except BaseException:
@@ -82,8 +87,12 @@ def bits(model):
 
 def same_bits(a, b):
     """Bit for bit equal: models, or lists of bits()."""
-    return all(torch.equal(x, y) for x, y in zip(bits(a) if isinstance(a, torch.nn.Module) else a,
-                                                    bits(b) if isinstance(b, torch.nn.Module) else b))
+    return all(
+        torch.equal(x, y)
+        for x, y in zip(
+            bits(a) if isinstance(a, torch.nn.Module) else a, bits(b) if isinstance(b, torch.nn.Module) else b
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +116,12 @@ def wasm_server():
 @pytest.fixture
 def server_for(request):
     """server_for(transport): the native engine's server for shm; any server for grpc."""
+
     def pick(transport):
         if transport == "shm":
             if not ADDON.exists():
                 pytest.skip("the shm transport needs the native engine (make native-engine)")
             return request.getfixturevalue("native_server")
         return request.getfixturevalue("server")
+
     return pick

@@ -2,32 +2,43 @@
 torch.optim in float64 (parameters and state), the server against torch.optim
 (additive) on the native and wasm engines; with LAMB and LARS, the server
 against mur.reference under every rule, and the arguments each refuses."""
+
 import inspect
 
 import pytest
 import torch
+from conftest import CLI, batches, net
 
 import mur
 from mur import reference
 
-from conftest import CLI, batches, net
-
 needs_server = pytest.mark.skipif(not CLI.exists(), reason=f"{CLI} not built (make build)")
 TORCH = {"rprop": torch.optim.Rprop, "asgd": torch.optim.ASGD, "nadam": torch.optim.NAdam, "radam": torch.optim.RAdam}
 # Rprop: both step-size bounds reached; ASGD: t0 small enough that averaging (mu < 1) starts.
-CASES = [("rprop", {}), ("rprop", dict(lr=0.05, etas=(0.3, 1.5), step_sizes=(1e-3, 0.08))),
-         ("asgd", {}), ("asgd", dict(lr=0.05, lambd=0.01, alpha=0.6, t0=5, weight_decay=0.01)),
-         ("nadam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
-         ("radam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True))]
+CASES = [
+    ("rprop", {}),
+    ("rprop", dict(lr=0.05, etas=(0.3, 1.5), step_sizes=(1e-3, 0.08))),
+    ("asgd", {}),
+    ("asgd", dict(lr=0.05, lambd=0.01, alpha=0.6, t0=5, weight_decay=0.01)),
+    ("nadam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+    ("radam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+]
 IDS = [f"{n}-{i}" for i, (n, _) in enumerate(CASES)]
 # With the optax-only ones (no torch.optim class: their optax parity is test_trust_ratio.py).
-EVERY = CASES + [("lamb", dict(lr=0.01, weight_decay=0.1)), ("lars", dict(lr=0.1, trust_coefficient=0.02, nesterov=True))]
+EVERY = CASES + [
+    ("lamb", dict(lr=0.01, weight_decay=0.1)),
+    ("lars", dict(lr=0.1, trust_coefficient=0.02, nesterov=True)),
+]
 
 
 def torch_lacks(name, h):
     """The reason this torch cannot run the case (an argument it does not have), or None."""
     absent = [k for k in h if k not in inspect.signature(TORCH[name]).parameters]
-    return f"torch {torch.__version__} {TORCH[name].__name__} has no {', '.join(absent)} (torch >= 2.2)" if absent else None
+    return (
+        f"torch {torch.__version__} {TORCH[name].__name__} has no {', '.join(absent)} (torch >= 2.2)"
+        if absent
+        else None
+    )
 
 
 def skip_if_torch_lacks(name, h):
@@ -119,14 +130,26 @@ def test_decoupled_weight_decay_is_not_the_coupled_one(server, name):
     out = {}
     for dwd in (False, True):
         a = net()
-        opt = mur.RemoteOptimizer(a.parameters(), optimizer=name, rule="additive", server=server, lr=0.01,
-                                  weight_decay=0.1, decoupled_weight_decay=dwd)
+        opt = mur.RemoteOptimizer(
+            a.parameters(),
+            optimizer=name,
+            rule="additive",
+            server=server,
+            lr=0.01,
+            weight_decay=0.1,
+            decoupled_weight_decay=dwd,
+        )
         assert opt.param_groups[0]["decoupled_weight_decay"] is dwd
         train(a, opt, 10)
         opt.close()
         b = net()
-        train(b, reference.Optimizer(b.parameters(), optimizer=name, rule="additive", lr=0.01, weight_decay=0.1,
-                                     decoupled_weight_decay=dwd), 10)
+        train(
+            b,
+            reference.Optimizer(
+                b.parameters(), optimizer=name, rule="additive", lr=0.01, weight_decay=0.1, decoupled_weight_decay=dwd
+            ),
+            10,
+        )
         assert max_diff(a, b) < 1e-6
         out[dwd] = a
     assert max_diff(out[False], out[True]) > 1e-4
@@ -134,17 +157,23 @@ def test_decoupled_weight_decay_is_not_the_coupled_one(server, name):
 
 @needs_server
 def test_arguments_torch_refuses_are_refused_with_their_name(server):
-    bad = [("rprop", dict(etas=(1.2, 0.5)), r"etas\[0\]"), ("rprop", dict(etas=(0.5, 1.0)), r"etas\[1\]"),
-           ("rprop", dict(step_sizes=(-1.0, 50.0)), r"step_sizes\[0\]"), ("asgd", dict(lambd=-1.0), "lambd"),
-           ("asgd", dict(alpha=-0.5), "alpha"), ("asgd", dict(lr=-0.1), "lr"),
-           ("lamb", {}, "lr: required by lamb"), ("lars", dict(lr=0.1, trust_coefficient=-1.0), "trust_coefficient")]
+    bad = [
+        ("rprop", dict(etas=(1.2, 0.5)), r"etas\[0\]"),
+        ("rprop", dict(etas=(0.5, 1.0)), r"etas\[1\]"),
+        ("rprop", dict(step_sizes=(-1.0, 50.0)), r"step_sizes\[0\]"),
+        ("asgd", dict(lambd=-1.0), "lambd"),
+        ("asgd", dict(alpha=-0.5), "alpha"),
+        ("asgd", dict(lr=-0.1), "lr"),
+        ("lamb", {}, "lr: required by lamb"),
+        ("lars", dict(lr=0.1, trust_coefficient=-1.0), "trust_coefficient"),
+    ]
     for name, h, what in bad:
         with pytest.raises(mur.MurError, match=what):
             mur.RemoteOptimizer(net().parameters(), optimizer=name, rule="additive", server=server, **h)
     for name in ("rprop", "asgd"):
         with pytest.raises(ValueError, match=f"decoupled_weight_decay=True: not an argument of {name}"):
             mur.RemoteOptimizer(net().parameters(), optimizer=name, server=server, decoupled_weight_decay=True)
-    with pytest.raises(ValueError, match="weight_decay=0.1: not a hyperparameter of rprop"):
+    with pytest.raises(ValueError, match=r"weight_decay=0.1: not a hyperparameter of rprop"):
         mur.RemoteOptimizer(net().parameters(), optimizer="rprop", server=server, weight_decay=0.1)
 
 

@@ -4,15 +4,15 @@ lr_in_momentum (sgd, rmsprop). mur.reference against the formulas written out
 here, and the server (native and wasm engines) against mur.reference, with an
 lr schedule wherever lr_in_momentum is set (at a constant lr it changes
 nothing). The real Keras and optax are compared in lab/tests/test_frameworks.py."""
+
 import math
 
 import pytest
 import torch
+from conftest import ROOT
 
 import mur
 from mur import reference
-
-from conftest import ROOT
 
 CLI = ROOT / "ts-server" / "dist" / "src" / "cli.js"
 ADDON = ROOT / "ts-server" / "native" / "build" / "Release" / "mur_native.node"
@@ -38,7 +38,7 @@ STEPS = 20
 
 def schedule(k):
     """lr factor of step k (0-based): decays, with one step at lr 0."""
-    return 0.0 if k == 12 else 0.85 ** k
+    return 0.0 if k == 12 else 0.85**k
 
 
 def net(dtype=torch.float32):
@@ -69,8 +69,16 @@ def test_reference_flags_are_the_other_frameworks_formulas():
     for amsgrad in (False, True):
         p = torch.ones(3, dtype=torch.float64)
         s = {}
-        d, scale, _ = reference.direction("adam", g, p, s, dict(reference.DEFAULTS["adam"], betas=(b1, b2), eps=eps, lr=lr,
-                                                                amsgrad=amsgrad, eps_before_correction=True), 1)
+        d, scale, _ = reference.direction(
+            "adam",
+            g,
+            p,
+            s,
+            dict(
+                reference.DEFAULTS["adam"], betas=(b1, b2), eps=eps, lr=lr, amsgrad=amsgrad, eps_before_correction=True
+            ),
+            1,
+        )
         m, v = (1 - b1) * g, (1 - b2) * g * g
         # Keras: theta -= lr sqrt(1-b2)/(1-b1) m / (sqrt(v) + eps)
         assert torch.allclose(lr * scale * d, lr * math.sqrt(1 - b2) / (1 - b1) * m / (v.sqrt() + eps), rtol=1e-14)
@@ -78,8 +86,9 @@ def test_reference_flags_are_the_other_frameworks_formulas():
     d, _, _ = reference.direction("adagrad", g, p, s, dict(reference.DEFAULTS["adagrad"], eps=eps, eps_in_sqrt=True), 1)
     assert torch.allclose(d, g / (0.1 + g * g + eps).sqrt(), rtol=1e-14)  # Keras/optax: g / sqrt(acc + eps)
     s = {}
-    d, _, _ = reference.direction("rmsprop", g, p, s, dict(reference.DEFAULTS["rmsprop"], alpha=0.9, eps=eps,
-                                                           centered=True, eps_in_sqrt=True), 1)
+    d, _, _ = reference.direction(
+        "rmsprop", g, p, s, dict(reference.DEFAULTS["rmsprop"], alpha=0.9, eps=eps, centered=True, eps_in_sqrt=True), 1
+    )
     assert torch.allclose(d, g / (0.1 * g * g - (0.1 * g) ** 2 + eps).sqrt(), rtol=1e-14)
     # Keras SGD: v = mu v - lr g; theta += v. Two steps at different rates; d * lr is -v.
     h = dict(reference.DEFAULTS["sgd"], lr=0.1, momentum=0.9, lr_in_momentum=True)
@@ -91,8 +100,9 @@ def test_reference_flags_are_the_other_frameworks_formulas():
     assert torch.equal(d0, torch.zeros(3, dtype=torch.float64))  # lr 0: no rule can move theta
 
 
-@pytest.mark.parametrize("name,h", CASES, ids=[f"{n}-{'-'.join(k for k in FLAGS if h.get(k))}-{i}"
-                                               for i, (n, h) in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "name,h", CASES, ids=[f"{n}-{'-'.join(k for k in FLAGS if h.get(k))}-{i}" for i, (n, h) in enumerate(CASES)]
+)
 def test_each_flag_changes_the_trajectory(name, h):
     """A flag that changed nothing here would make the server comparison below vacuous."""
     a, b = net(torch.float64), net(torch.float64)
@@ -105,8 +115,9 @@ def test_each_flag_changes_the_trajectory(name, h):
 @needs_server
 @pytest.mark.parametrize("backend", ["native", "wasm"])
 @pytest.mark.parametrize("rule", ["additive", "hybrid"])
-@pytest.mark.parametrize("name,h", CASES, ids=[f"{n}-{'-'.join(k for k in FLAGS if h.get(k))}-{i}"
-                                               for i, (n, h) in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "name,h", CASES, ids=[f"{n}-{'-'.join(k for k in FLAGS if h.get(k))}-{i}" for i, (n, h) in enumerate(CASES)]
+)
 def test_server_matches_the_reference_under_a_schedule(request, backend, rule, name, h):
     if backend == "native" and not ADDON.exists():
         pytest.skip("native engine not built")
@@ -130,10 +141,12 @@ def test_bad_flags_are_refused_and_leave_the_session_unchanged(server):
     with pytest.raises(ValueError, match="eps_in_sqrt"):
         mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="additive", server=server, eps_in_sqrt=True)
     with pytest.raises((ValueError, TypeError), match="lr_in_momentum"):
-        mur.RemoteOptimizer(a.parameters(), optimizer="sgd", rule="additive", server=server, lr=0.1, momentum=0.9,
-                            lr_in_momentum="yes")
-    opt = mur.RemoteOptimizer(a.parameters(), optimizer="sgd", rule="additive", server=server, lr=0.1, momentum=0.9,
-                              lr_in_momentum=True)
+        mur.RemoteOptimizer(
+            a.parameters(), optimizer="sgd", rule="additive", server=server, lr=0.1, momentum=0.9, lr_in_momentum="yes"
+        )
+    opt = mur.RemoteOptimizer(
+        a.parameters(), optimizer="sgd", rule="additive", server=server, lr=0.1, momentum=0.9, lr_in_momentum=True
+    )
     try:
         before = params(a)
         opt.param_groups[0]["lr_in_momentum"] = False  # fixed at creation: the buffer would change meaning
@@ -157,8 +170,9 @@ def test_a_torch_state_dict_loads_only_where_every_flag_is_off(server):
     ref.step()
     sd = ref.state_dict()
     plain = mur.RemoteOptimizer(a.parameters(), optimizer="sgd", rule="additive", server=server, lr=0.1, momentum=0.9)
-    bridged = mur.RemoteOptimizer(a.parameters(), optimizer="sgd", rule="additive", server=server, lr=0.1,
-                                  momentum=0.9, lr_in_momentum=True)
+    bridged = mur.RemoteOptimizer(
+        a.parameters(), optimizer="sgd", rule="additive", server=server, lr=0.1, momentum=0.9, lr_in_momentum=True
+    )
     try:
         plain.load_state_dict(sd)
         assert torch.equal(plain.state[a[0].weight]["momentum_buffer"], sd["state"][0]["momentum_buffer"])

@@ -3,6 +3,7 @@ a plain TCP connection to the server's data port, gRPC for the rest. It must
 keep every guarantee of the grpc transport: the same trajectory bit for bit,
 edits between steps kept, refused steps changing nothing, retries exact
 through a server restart."""
+
 import shutil
 import socket
 import tempfile
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import batches, bits, net, same_bits, start_tcp, stop
 
 import mur
-from conftest import batches, bits, net, same_bits, start_tcp, stop
 
 
 @pytest.fixture(scope="module")
@@ -23,20 +24,26 @@ def tcp_server():
     stop(proc)
 
 
-
-
 def backward(model, x, y):
     model.zero_grad()
     torch.nn.functional.mse_loss(model(x), y).backward()
 
 
-
-
 def run(address, transport, steps=12, edit_at=None, **kw):
     """Adam/hybrid over `address` on `transport`; the final parameters' bits."""
     model = net()
-    opt = mur.RemoteOptimizer(model.parameters(), optimizer="adam", rule="hybrid", lr=0.01, lr_out=0.01, gamma=0.5,
-                              server=address, transport=transport, timeout=30, **kw)
+    opt = mur.RemoteOptimizer(
+        model.parameters(),
+        optimizer="adam",
+        rule="hybrid",
+        lr=0.01,
+        lr_out=0.01,
+        gamma=0.5,
+        server=address,
+        transport=transport,
+        timeout=30,
+        **kw,
+    )
     try:
         assert opt.transport == transport
         for k, (x, y) in enumerate(batches(steps)):
@@ -58,8 +65,9 @@ def test_tcp_steps_exactly_as_grpc(tcp_server, wire_dtype):
 
 def test_tcp_matches_torch_adam(tcp_server):
     model, ref = net(), net()
-    opt = mur.RemoteOptimizer(model.parameters(), optimizer="adam", rule="additive", lr=0.01, server=tcp_server,
-                              transport="tcp")
+    opt = mur.RemoteOptimizer(
+        model.parameters(), optimizer="adam", rule="additive", lr=0.01, server=tcp_server, transport="tcp"
+    )
     local = torch.optim.Adam(ref.parameters(), lr=0.01)
     try:
         for x, y in batches(20):
@@ -81,8 +89,9 @@ def test_edits_between_steps_are_kept_on_tcp(tcp_server):
 
 def test_a_refused_step_changes_nothing_and_the_next_one_goes_through(tcp_server):
     model = net()
-    opt = mur.RemoteOptimizer(model.parameters(), optimizer="adam", rule="additive", lr=0.01, server=tcp_server,
-                              transport="tcp")
+    opt = mur.RemoteOptimizer(
+        model.parameters(), optimizer="adam", rule="additive", lr=0.01, server=tcp_server, transport="tcp"
+    )
     try:
         (x, y), (x2, y2) = batches(2)
         backward(model, x, y)
@@ -90,7 +99,7 @@ def test_a_refused_step_changes_nothing_and_the_next_one_goes_through(tcp_server
         before = bits(model)
         backward(model, x2, y2)
         model[0].weight.grad[0, 0] = float("nan")
-        with pytest.raises(mur.InvalidArgumentError, match="NaN|finite"):
+        with pytest.raises(mur.InvalidArgumentError, match=r"NaN|finite"):
             opt.step()
         assert same_bits(bits(model), before)
         backward(model, x2, y2)
@@ -109,10 +118,16 @@ def test_tcp_needs_a_data_port():
     try:
         assert "data_port" not in info
         with pytest.raises(mur.TransportUnavailable, match="no data port"):
-            mur.RemoteOptimizer(net().parameters(), optimizer="adam", rule="additive", server=f"127.0.0.1:{info['port']}",
-                                transport="tcp")
-        opt = mur.RemoteOptimizer(net().parameters(), optimizer="adam", rule="additive",
-                                  server=f"127.0.0.1:{info['port']}", transport="auto")
+            mur.RemoteOptimizer(
+                net().parameters(),
+                optimizer="adam",
+                rule="additive",
+                server=f"127.0.0.1:{info['port']}",
+                transport="tcp",
+            )
+        opt = mur.RemoteOptimizer(
+            net().parameters(), optimizer="adam", rule="additive", server=f"127.0.0.1:{info['port']}", transport="auto"
+        )
         assert opt.transport in ("shm", "grpc")
         opt.close()
     finally:
@@ -134,8 +149,15 @@ def test_tcp_rides_through_server_kills_on_a_state_dir():
     port = free_port()
     procs = [start_tcp("--state-dir", Path(d) / "state", port=port)[0]]
     a, b = net(5, width=16), net(5, width=16)
-    opt = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="additive", lr=0.01, server=f"127.0.0.1:{port}",
-                              transport="tcp", reconnect_timeout=30)
+    opt = mur.RemoteOptimizer(
+        a.parameters(),
+        optimizer="adam",
+        rule="additive",
+        lr=0.01,
+        server=f"127.0.0.1:{port}",
+        transport="tcp",
+        reconnect_timeout=30,
+    )
     ref = torch.optim.Adam(b.parameters(), lr=0.01)
     try:
         for k, (x, y) in enumerate(batches(20, seed=7)):
@@ -161,10 +183,18 @@ def test_float16_gradients_are_the_float32_step_on_the_rounded_values(tcp_server
     and the server widens it exactly: the step equals a float32 step on the
     rounded gradients, bit for bit. A gradient beyond float16's range
     (65504) becomes infinite and is refused, changing nothing."""
+
     def run(wire_dtype, round_first):
         model = net()
-        opt = mur.RemoteOptimizer(model.parameters(), optimizer="adam", rule="additive", lr=0.01, server=tcp_server,
-                                  transport=transport, wire_dtype=wire_dtype)
+        opt = mur.RemoteOptimizer(
+            model.parameters(),
+            optimizer="adam",
+            rule="additive",
+            lr=0.01,
+            server=tcp_server,
+            transport=transport,
+            wire_dtype=wire_dtype,
+        )
         try:
             for x, y in batches(6):
                 backward(model, x, y)
@@ -175,10 +205,11 @@ def test_float16_gradients_are_the_float32_step_on_the_rounded_values(tcp_server
             if wire_dtype == "float16":
                 before = bits(model)
                 model[0].weight.grad[0, 0] = 1e5  # finite in float32, infinite in float16
-                with pytest.raises(mur.InvalidArgumentError, match="finite|inf"):
+                with pytest.raises(mur.InvalidArgumentError, match=r"finite|inf"):
                     opt.step()
                 assert same_bits(bits(model), before)
         finally:
             opt.close()
         return bits(model)
+
     assert same_bits(run("float16", False), run("float32", True))

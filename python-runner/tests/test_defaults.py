@@ -1,6 +1,7 @@
 """The hybrid rule's defaults (gamma 0.9, lr_out = 10 x lr; docs/update-rules.md
 section 6) are the same on the server, on every engine it runs, and in
 mur.reference."""
+
 import pytest
 import torch
 
@@ -38,8 +39,9 @@ def test_server_and_reference_share_the_hybrid_defaults(request, backend, optimi
         opt.close()
     _train(reference.Optimizer(b.parameters(), optimizer=optimizer, rule="hybrid", lr=lr), b)
     # The release's values (gamma 1, lr_out = lr) give another trajectory: the defaults are not those.
-    _train(reference.Optimizer(plain.parameters(), optimizer=optimizer, rule="hybrid", lr=lr, gamma=1.0, lr_out=lr),
-           plain)
+    _train(
+        reference.Optimizer(plain.parameters(), optimizer=optimizer, rule="hybrid", lr=lr, gamma=1.0, lr_out=lr), plain
+    )
     for pa, pb, pc in zip(a.parameters(), b.parameters(), plain.parameters()):
         assert torch.allclose(pa, pb, atol=1e-6, rtol=1e-5), (pa - pb).abs().max()
         assert not torch.allclose(pb, pc, atol=1e-4)

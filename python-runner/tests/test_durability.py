@@ -4,6 +4,7 @@ how to resume; mur.StorageFullError / StorageIOError for the disk), and
 resuming from a checkpoint as the message says gives the same run as
 torch.optim. Refused step numbers are kept in the journal, so a restarted
 server does not mistake the next one for lost steps."""
+
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,19 +12,25 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+from conftest import batches, bits, net, same_bits
+from test_transport import ADDON, CLI, max_diff, start_cli, stop_proc
 
 import mur
 from mur.errors import from_status
-from conftest import batches, bits, net, same_bits
-from test_transport import ADDON, CLI, max_diff, start_cli, stop_proc
 
 pytestmark = pytest.mark.skipif(not CLI.exists(), reason=f"{CLI} not built (make build)")
 
 
 def test_statuses_map_to_typed_errors():
-    e = from_status(grpc.StatusCode.DATA_LOSS, "session 'x': /s/sessions/x/journal: record at byte 40: body checksum mismatch")
+    e = from_status(
+        grpc.StatusCode.DATA_LOSS, "session 'x': /s/sessions/x/journal: record at byte 40: body checksum mismatch"
+    )
     assert isinstance(e, mur.DataLossError) and not isinstance(e, mur.ConnectionLostError)
-    assert "journal" in str(e) and "opt.load_state_dict(<your last checkpoint>)" in str(e) and "new RemoteOptimizer" in str(e)
+    assert (
+        "journal" in str(e)
+        and "opt.load_state_dict(<your last checkpoint>)" in str(e)
+        and "new RemoteOptimizer" in str(e)
+    )
     full = from_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "state dir /s: no space left (ENOSPC) while writing")
     assert isinstance(full, mur.StorageFullError) and isinstance(full, mur.ResourceExhaustedError)
     assert type(from_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "memory: ...")) is mur.ResourceExhaustedError
@@ -37,27 +44,47 @@ def _journal(state):
     return session / "journal"
 
 
-@pytest.mark.parametrize("transport", ["grpc", "tcp", pytest.param("shm", marks=pytest.mark.skipif(
-    not ADDON.exists(), reason="the shm transport needs the native engine (make native-engine)"))])
+@pytest.mark.parametrize(
+    "transport",
+    [
+        "grpc",
+        "tcp",
+        pytest.param(
+            "shm",
+            marks=pytest.mark.skipif(
+                not ADDON.exists(), reason="the shm transport needs the native engine (make native-engine)"
+            ),
+        ),
+    ],
+)
 def test_damaged_state_raises_data_loss_and_a_checkpoint_resumes(transport):
     d = tempfile.mkdtemp(prefix="mur-test-")
     sock, state = Path(d) / "s.sock", Path(d) / "state"
     if transport == "tcp":
         from conftest import start_tcp
+
         proc, info = start_tcp("--state-dir", str(state))
         address = f"127.0.0.1:{info['port']}"
     else:
         proc, address = start_cli(sock, "--state-dir", str(state)), f"unix:{sock}"
     procs = [proc]
     a = net(3, width=8)
-    opt = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="additive", lr=0.01, server=address,
-                              transport=transport, reconnect_timeout=30)
+    opt = mur.RemoteOptimizer(
+        a.parameters(),
+        optimizer="adam",
+        rule="additive",
+        lr=0.01,
+        server=address,
+        transport=transport,
+        reconnect_timeout=30,
+    )
     data = list(batches(8, seed=3))
 
     def one(model, o, x, y):
         o.zero_grad()
         torch.nn.functional.mse_loss(model(x), y).backward()
         o.step()
+
     try:
         assert opt.transport == transport
         for x, y in data[:3]:
@@ -86,8 +113,9 @@ def test_damaged_state_raises_data_loss_and_a_checkpoint_resumes(transport):
         # Resume as the message says: the model and a new RemoteOptimizer from the last checkpoint, steps 4.. again.
         a2 = net(3, width=8)
         a2.load_state_dict(checkpoint["model"])
-        opt = mur.RemoteOptimizer(a2.parameters(), optimizer="adam", rule="additive", lr=0.01, server=address,
-                                  transport=transport)
+        opt = mur.RemoteOptimizer(
+            a2.parameters(), optimizer="adam", rule="additive", lr=0.01, server=address, transport=transport
+        )
         opt.load_state_dict(checkpoint["opt"])
         for x, y in data[3:]:
             one(a2, opt, x, y)
@@ -112,8 +140,15 @@ def test_refused_step_numbers_are_kept_across_a_restart():
     sock, state = Path(d) / "s.sock", Path(d) / "state"
     procs = [start_cli(sock, "--state-dir", str(state))]
     m = net(4, width=8)
-    opt = mur.RemoteOptimizer(m.parameters(), optimizer="sgd", rule="additive", lr=0.1, server=f"unix:{sock}",
-                              transport="grpc", reconnect_timeout=30)
+    opt = mur.RemoteOptimizer(
+        m.parameters(),
+        optimizer="sgd",
+        rule="additive",
+        lr=0.1,
+        server=f"unix:{sock}",
+        transport="grpc",
+        reconnect_timeout=30,
+    )
     data = list(batches(4, seed=5))
 
     def step(k, nan=False):
@@ -126,6 +161,7 @@ def test_refused_step_numbers_are_kept_across_a_restart():
                 opt.step()
         else:
             opt.step()
+
     try:
         step(0)
         step(1)

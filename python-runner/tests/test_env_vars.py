@@ -1,5 +1,6 @@
 """Every MUR_* environment variable the code reads is documented in the
 README's table (name, who reads it, default, meaning)."""
+
 import re
 from pathlib import Path
 
@@ -7,8 +8,17 @@ ROOT = Path(__file__).resolve().parents[2]
 # Where variables are read or set: the server, its tests and benchmarks, the
 # clients, the scripts and the Makefile. The native engine's C++ is left out:
 # its MUR_* names are include guards and macros, not environment variables.
-SOURCES = ["ts-server/src", "ts-server/test", "ts-server/bench", "ts-client/src", "ts-client/test",
-           "ts-client/examples", "python-runner", "scripts", "Makefile"]
+SOURCES = [
+    "ts-server/src",
+    "ts-server/test",
+    "ts-server/bench",
+    "ts-client/src",
+    "ts-client/test",
+    "ts-client/examples",
+    "python-runner",
+    "scripts",
+    "Makefile",
+]
 SUFFIXES = {".ts", ".py", ".sh", ".js", ""}
 NAME = re.compile(r"\bMUR_[A-Z0-9_]*[A-Z0-9]\b")
 SKIP_DIRS = {"node_modules", "__pycache__", "_proto", "generated", "dist", "build"}

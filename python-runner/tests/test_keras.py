@@ -1,4 +1,5 @@
 """mur.keras.RemoteOptimizer against a live server: model.fit on the JAX backend, schedules, config, errors."""
+
 import os
 
 import numpy as np
@@ -8,8 +9,10 @@ os.environ.setdefault("KERAS_BACKEND", "jax")  # before keras is imported anywhe
 pytest.importorskip("jax", reason="jax is not installed here (make jax builds .venv-jax with jax and keras)")
 keras = pytest.importorskip("keras", reason="keras is not installed here (make jax builds .venv-jax with keras)")
 if keras.backend.backend() != "jax":
-    pytest.skip(f"these tests run keras on the JAX backend (KERAS_BACKEND={os.environ['KERAS_BACKEND']!r})",
-                allow_module_level=True)
+    pytest.skip(
+        f"these tests run keras on the JAX backend (KERAS_BACKEND={os.environ['KERAS_BACKEND']!r})",
+        allow_module_level=True,
+    )
 
 import mur.keras  # noqa: E402
 
@@ -55,13 +58,15 @@ def remote(server_for):
         o = mur.keras.RemoteOptimizer(*args, server=server_for(transport), transport=transport, **kw)
         made.append(o)
         return o
+
     yield make
     for o in made:
         o.close()
 
 
-@pytest.mark.parametrize("mode", [dict(), dict(jit_compile=False), dict(run_eagerly=True)],
-                         ids=["jit", "no-jit", "eager"])
+@pytest.mark.parametrize(
+    "mode", [dict(), dict(jit_compile=False), dict(run_eagerly=True)], ids=["jit", "no-jit", "eager"]
+)
 def test_fit_equals_keras_adam(remote, mode):
     w0 = model().get_weights()
     opt = remote("adam", learning_rate=1e-2, eps=1e-10)
@@ -112,8 +117,9 @@ def test_weights_set_between_fits_are_what_the_next_step_starts_from(remote):
 
 def test_get_config_round_trips_through_keras_serialization():
     sched = keras.optimizers.schedules.ExponentialDecay(1e-2, decay_steps=10, decay_rate=0.9)
-    opt = mur.keras.RemoteOptimizer("adamw", rule="hybrid", learning_rate=sched, betas=(0.8, 0.99), gamma=0.5,
-                                    weight_decay=0.1, global_clipnorm=1.0)
+    opt = mur.keras.RemoteOptimizer(
+        "adamw", rule="hybrid", learning_rate=sched, betas=(0.8, 0.99), gamma=0.5, weight_decay=0.1, global_clipnorm=1.0
+    )
     config = opt.get_config()
     assert config["optimizer"] == "adamw" and config["rule"] == "hybrid" and config["gamma"] == 0.5
     assert config["weight_decay"] == 0.1 and config["betas"] == [0.8, 0.99] and config["global_clipnorm"] == 1.0
@@ -151,7 +157,7 @@ def test_state_dict_round_trip(remote):
     opt = remote("adam", learning_rate=1e-2)
     m = model(w0)
     m.compile(optimizer=opt, loss="mse")
-    m.fit(x[:BATCH * 5], y[:BATCH * 5], batch_size=BATCH, shuffle=False, verbose=0)
+    m.fit(x[: BATCH * 5], y[: BATCH * 5], batch_size=BATCH, shuffle=False, verbose=0)
     sd, mid = opt.state_dict(), m.get_weights()
     m.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
 

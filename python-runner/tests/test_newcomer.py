@@ -1,4 +1,5 @@
 """What a newcomer hit in the first hour (issue 19): each fixed and held here."""
+
 import copy
 import io
 import json
@@ -11,10 +12,10 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, batches, max_diff, net, start_tcp, stop
 
 import mur
 from mur import connection
-from conftest import ROOT, batches, max_diff, net, start_tcp, stop
 
 
 def train(model, opt, steps):
@@ -42,8 +43,9 @@ def test_a_schedulers_state_dict_saves_and_the_optimizer_still_refuses_pickling(
 
 def test_state_is_exported_once_per_step(server):
     m = net()
-    opt = mur.RemoteOptimizer(m.parameters(), optimizer="adam", rule="additive", server=server, lr=0.01,
-                              transport="grpc")
+    opt = mur.RemoteOptimizer(
+        m.parameters(), optimizer="adam", rule="additive", server=server, lr=0.01, transport="grpc"
+    )
     calls, real = [], opt._session.export
     opt._session.export = lambda: calls.append(1) or real()
     try:
@@ -79,12 +81,18 @@ def test_state_dict_is_at_most_one_and_a_half_torchs_and_loads_into_torch(server
 
 
 def test_a_killed_auto_client_leaves_no_directory():
-    code = ("import mur, torch, sys\n"
-            "opt = mur.RemoteOptimizer(torch.nn.Linear(2, 2).parameters(), optimizer='sgd', rule='additive', lr=0.1)\n"
-            "print(opt._local.proc.pid, opt._local.socket, flush=True)\n"
-            "sys.stdin.read()\n")
-    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             env={**os.environ, "PYTHONPATH": str(ROOT / "python-runner"), "MUR_LOG": "silent"})
+    code = (
+        "import mur, torch, sys\n"
+        "opt = mur.RemoteOptimizer(torch.nn.Linear(2, 2).parameters(), optimizer='sgd', rule='additive', lr=0.1)\n"
+        "print(opt._local.proc.pid, opt._local.socket, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "python-runner"), "MUR_LOG": "silent"},
+    )
     try:
         pid, sock = child.stdout.readline().decode().split()
         server_pid, made = int(pid), os.path.dirname(sock)
@@ -111,11 +119,18 @@ def test_a_killed_auto_client_leaves_no_directory():
 
 
 def test_import_mur_does_not_import_dynamo():
-    code = ("import time, sys; t = time.perf_counter(); import torch; t1 = time.perf_counter(); import mur; "
-            "t2 = time.perf_counter(); import json; "
-            "print(json.dumps({'torch': t1 - t, 'mur': t2 - t1, 'dynamo': 'torch._dynamo' in sys.modules}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT / "python-runner")})
+    code = (
+        "import time, sys; t = time.perf_counter(); import torch; t1 = time.perf_counter(); import mur; "
+        "t2 = time.perf_counter(); import json; "
+        "print(json.dumps({'torch': t1 - t, 'mur': t2 - t1, 'dynamo': 'torch._dynamo' in sys.modules}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "python-runner")},
+    )
     r = json.loads(out.stdout)
     print(f"import torch {r['torch']:.3f} s, then import mur {r['mur']:.3f} s")
     assert not r["dynamo"]
@@ -124,6 +139,7 @@ def test_import_mur_does_not_import_dynamo():
 def test_arguments_are_checked_before_a_server_starts(monkeypatch):
     def no_server(*a, **k):
         raise AssertionError("a server was started before the arguments were checked")
+
     monkeypatch.setattr(mur.optimizer, "LocalServer", no_server)
     params = net().parameters
     with pytest.raises(ValueError, match="lr=None"):
@@ -146,8 +162,9 @@ def test_a_server_never_reached_is_not_a_lost_connection():
 
 def test_errors_name_parameters_as_the_model_does(server):
     m = net()
-    opt = mur.RemoteOptimizer(m.named_parameters(), optimizer="sgd", rule="additive", server=server, lr=0.1,
-                              transport="grpc")
+    opt = mur.RemoteOptimizer(
+        m.named_parameters(), optimizer="sgd", rule="additive", server=server, lr=0.1, transport="grpc"
+    )
     try:
         for p in m.parameters():
             p.grad = torch.zeros_like(p)
@@ -176,10 +193,13 @@ def test_the_backoff_is_capped_so_a_restarted_server_is_found_within_a_second():
     def sleep(s):
         waits.append(s)
         now[0] += s
+
     conn = connection.Connection("127.0.0.1:1", reconnect_timeout=60.0, clock=lambda: now[0], sleep=sleep)
     try:
+
         def lost():
             raise mur.ConnectionLostError("lost", None)
+
         with pytest.raises(mur.ConnectionLostError):
             conn.retrying(lost)
     finally:

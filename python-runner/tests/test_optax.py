@@ -1,4 +1,5 @@
 """mur.optax against a live server: the optax contract, optax.adam, chains, checkpoints, bad input."""
+
 import pickle
 
 import numpy as np
@@ -22,8 +23,11 @@ TOL = 2e-5
 
 def problem(seed=0):
     k = jax.random.split(jax.random.PRNGKey(seed), 5)
-    params = {"w1": jax.random.normal(k[0], (8, 16)) * 0.3, "b1": jnp.zeros(16),
-              "out": [jax.random.normal(k[1], (16, 4)) * 0.3, jnp.full((4,), 0.1)]}
+    params = {
+        "w1": jax.random.normal(k[0], (8, 16)) * 0.3,
+        "b1": jnp.zeros(16),
+        "out": [jax.random.normal(k[1], (16, 4)) * 0.3, jnp.full((4,), 0.1)],
+    }
     xs = jax.random.normal(k[2], (STEPS, 16, 8))
     ys = jnp.tanh(xs[..., :4]) + 0.1 * jax.random.normal(k[3], (STEPS, 16, 4))
     return params, xs, ys
@@ -34,6 +38,7 @@ def grad(p, x, y):
     def loss(p):
         h = jnp.tanh(x @ p["w1"] + p["b1"])
         return jnp.mean((h @ p["out"][0] + p["out"][1] - y) ** 2)
+
     return jax.grad(loss)(p)
 
 
@@ -53,8 +58,10 @@ def rel(a, b):
 
 
 def bits_equal(a, b):
-    return all(np.array_equal(np.asarray(x).view(np.int32), np.asarray(y).view(np.int32))
-               for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    return all(
+        np.array_equal(np.asarray(x).view(np.int32), np.asarray(y).view(np.int32))
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    )
 
 
 @pytest.fixture
@@ -65,6 +72,7 @@ def remote(server_for):
         tx = mur.optax.remote(*args, server=server_for(transport), transport=transport, **kw)
         made.append(tx)
         return tx
+
     yield make
     for tx in made:
         tx.close()
@@ -97,7 +105,7 @@ def test_a_wrong_formula_is_outside_the_tolerance(remote):
 
 def test_chain_with_global_norm_clipping(remote):
     params, xs, ys = problem()
-    norm = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(grad(params, xs[0], ys[0])))))
+    norm = float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree_util.tree_leaves(grad(params, xs[0], ys[0])))))
     assert norm > 0.05  # the clip is active
     ours, state = train(optax.chain(optax.clip_by_global_norm(0.05), remote("adam", lr=1e-2)), params, xs, ys)
     theirs, _ = train(optax.chain(optax.clip_by_global_norm(0.05), optax.adam(1e-2)), params, xs, ys)
@@ -155,7 +163,7 @@ def test_update_inside_jit_is_refused_and_changes_nothing(remote):
     tx = remote("adam", lr=1e-2)
     state = tx.init(params)
     g = grad(params, xs[0], ys[0])
-    with pytest.raises(TypeError, match="jax.jit"):
+    with pytest.raises(TypeError, match=r"jax.jit"):
         jax.jit(lambda g, s, p: tx.update(g, s, p))(g, state, params)
     assert tx.optimizer._step_no == 0 and bits_equal(tx.adapter.params(), params)
     tx.update(g, state, params)  # outside jit it steps
@@ -179,7 +187,7 @@ def test_bad_input_names_the_value_and_leaves_the_session_unchanged(remote):
         tx.update(g, optax.EmptyState(), params)
     assert tx.optimizer._step_no == 0 and bits_equal(tx.adapter.params(), before)
     _, state1 = tx.update(g, state, params)
-    with pytest.raises(ValueError, match="state.count=0"):  # a step from an old state
+    with pytest.raises(ValueError, match=r"state.count=0"):  # a step from an old state
         tx.update(g, state, params)
     other = remote("adam", lr=1e-2)
     other_state = other.init(params)
@@ -207,8 +215,13 @@ def test_updates_round_trip_through_apply_updates():
     rng = np.random.default_rng(0)
     old = rng.normal(size=100_000).astype(np.float32)
     # Ordinary steps (relative 1e-3), steps across zero, and 1e7-fold shrinking.
-    new = np.concatenate([old[:60_000] * (1 + 1e-3 * rng.normal(size=60_000)).astype(np.float32),
-                          -old[60_000:80_000] * 0.5, old[80_000:] * np.float32(1e-7)]).astype(np.float32)
+    new = np.concatenate(
+        [
+            old[:60_000] * (1 + 1e-3 * rng.normal(size=60_000)).astype(np.float32),
+            -old[60_000:80_000] * 0.5,
+            old[80_000:] * np.float32(1e-7),
+        ]
+    ).astype(np.float32)
     u, got = _updates(old, new)
     assert u.dtype == np.float32
     applied = optax.apply_updates(jnp.asarray(old), jnp.asarray(u))

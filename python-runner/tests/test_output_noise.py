@@ -1,6 +1,7 @@
 """What a user sees in the output: the server prints no tfjs "install our
 node backend" banner on any engine, and npm (through scripts/npm-quiet.sh,
 which make and test-all.sh use) no `nodedir` warning."""
+
 import json
 import os
 import select
@@ -48,8 +49,12 @@ def test_no_tfjs_banner_on_any_backend(server):
         d = tempfile.mkdtemp(prefix="mur-")
         sock = os.path.join(d, "s.sock")
         env = {**os.environ, "MUR_LOG": "info"}
-        proc = subprocess.Popen(["node", str(CLI), "--socket", sock, "--backend", backend],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        proc = subprocess.Popen(
+            ["node", str(CLI), "--socket", sock, "--backend", backend],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
         try:
             head = _first_line(proc)
             assert json.loads(head.split(b"\n")[0])["backend"] == backend
@@ -86,7 +91,8 @@ def _stand_in_npm(bin_dir, exit_code):
         "echo 'npm warn Unknown user config \"nodedir\". This will stop working in the next major version of npm.' >&2\n"
         "echo 'npm warn some other warning' >&2\n"
         "echo 'npm error the error text' >&2\n"
-        f"exit {exit_code}\n")
+        f"exit {exit_code}\n"
+    )
     npm.chmod(0o755)
 
 
@@ -96,8 +102,9 @@ def test_npm_quiet_drops_only_the_nodedir_warning(tmp_path, exit_code):
     # prints the warning is npm's business, not something this project asserts.
     _stand_in_npm(tmp_path, exit_code)
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
-    quiet = subprocess.run([str(ROOT / "scripts" / "npm-quiet.sh"), "run", "x y"], env=env,
-                           capture_output=True, text=True, cwd=tmp_path)
+    quiet = subprocess.run(
+        [str(ROOT / "scripts" / "npm-quiet.sh"), "run", "x y"], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
     assert quiet.returncode == exit_code  # npm's exit status passes through
     assert quiet.stdout == "out: run x y\n"  # stdout untouched, arguments passed as given
     assert "nodedir" not in quiet.stderr

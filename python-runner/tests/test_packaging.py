@@ -2,6 +2,7 @@
 `pip install ./python-runner`: server="auto" finds the server through PATH
 (`mur-server`, what `npm install -g ./ts-server` installs), and says how to
 install it when nothing is found."""
+
 import json
 import os
 import shutil
@@ -38,8 +39,11 @@ STEP = textwrap.dedent("""
 
 
 def _clean_env(path_dirs):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "MUR_SERVER", "MUR_SERVER_CLI", "VIRTUAL_ENV", "PYTHONHOME")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "MUR_SERVER", "MUR_SERVER_CLI", "VIRTUAL_ENV", "PYTHONHOME")
+    }
     env["PATH"] = os.pathsep.join(str(d) for d in path_dirs)
     return env
 
@@ -59,11 +63,19 @@ def installed(tmp_path_factory):
     venv = base / "venv"
     # Debian's python3 (its torch and grpcio): the one this venv's base is.
     base_python = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base_python, "-m", "venv", "--system-site-packages", str(venv)], check=True,
-                   env=_clean_env([Path(base_python).parent]), capture_output=True)
+    subprocess.run(
+        [base_python, "-m", "venv", "--system-site-packages", str(venv)],
+        check=True,
+        env=_clean_env([Path(base_python).parent]),
+        capture_output=True,
+    )
     py = venv / "bin" / "python"
-    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(src)],
-                       env=_clean_env([venv / "bin", Path(base_python).parent]), capture_output=True, text=True)
+    r = subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(src)],
+        env=_clean_env([venv / "bin", Path(base_python).parent]),
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     shutil.rmtree(src)
     yield py
@@ -75,8 +87,14 @@ def test_auto_finds_mur_server_on_path(installed, tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "mur-server").symlink_to(CLI)  # as npm install -g links its bin
-    r = subprocess.run([str(installed), "-c", STEP], env=_clean_env([bin_dir, Path(NODE).parent]),
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [str(installed), "-c", STEP],
+        env=_clean_env([bin_dir, Path(NODE).parent]),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     origin, cli, values = r.stdout.strip().splitlines()
     venv = installed.parent.parent
@@ -86,8 +104,14 @@ def test_auto_finds_mur_server_on_path(installed, tmp_path):
 
 
 def test_nothing_found_says_how_to_install(installed, tmp_path):
-    r = subprocess.run([str(installed), "-c", STEP], env=_clean_env([Path(NODE or "/usr/bin/node").parent]),
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [str(installed), "-c", STEP],
+        env=_clean_env([Path(NODE or "/usr/bin/node").parent]),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0
     assert "RuntimeError: server='auto': no mur server found" in r.stderr, r.stderr
     assert "npm install -g ./ts-server" in r.stderr and "MUR_SERVER" in r.stderr
@@ -121,7 +145,13 @@ def test_lookup_order(monkeypatch, tmp_path):
 def test_validate_without_the_lab_says_how_to_get_it(installed, tmp_path):
     """`mur` alone: python -m mur.validate stays the entry point and names the missing lab."""
     env = _clean_env([Path(NODE or "/usr/bin/node").parent])
-    r = subprocess.run([str(installed), "-m", "mur.validate", "--quick"], env=env, cwd=tmp_path,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [str(installed), "-m", "mur.validate", "--quick"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0
     assert "mur.validate needs the lab package: pip install ./python-runner/lab (mur-lab)" in r.stderr, r.stderr

@@ -2,13 +2,14 @@
 later): the group joins the server session and the run equals torch.optim's
 doing the same, on both transports; a group torch or the server refuses raises
 and leaves the optimizer usable; checkpoints carry the new group."""
+
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import net as _net
 
 import mur
-from conftest import net as _net
 
 
 def net(seed=0):
@@ -44,10 +45,12 @@ def fine_tune(model, make_opt, steps=15, add_at=5):
 
 def remote(server_for, transport, **kw):
     def make(params):
-        opt = mur.RemoteOptimizer(params, optimizer="adam", rule="additive", lr=1e-2,
-                                  server=server_for(transport), transport=transport, **kw)
+        opt = mur.RemoteOptimizer(
+            params, optimizer="adam", rule="additive", lr=1e-2, server=server_for(transport), transport=transport, **kw
+        )
         assert opt.transport == transport
         return opt
+
     return make
 
 
@@ -62,7 +65,7 @@ def test_a_group_added_at_step_5_trains_as_torch_optim(server_for, transport):
         assert len(opt.param_groups) == 2 and opt.param_groups[1]["lr"] == HEAD["lr"]
         assert not torch.equal(b[2].weight, before[0]), "the added group was stepped"
         for (name, p), q in zip(a.named_parameters(), b.parameters()):
-            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
         if transport == "shm":
             # The new parameters are views of the session's (new) arena, like the old ones.
             assert all(p.data.data_ptr() == opt._plane.views[pid][1].data_ptr() for _, pid, p in opt._params())
@@ -84,8 +87,9 @@ def test_state_dict_carries_the_added_group(server_for, transport):
         opt.step()
     opt.close()
     b = net(seed=3)
-    fresh = mur.RemoteOptimizer(b[0].parameters(), optimizer="adam", rule="additive", lr=1e-2,
-                                server=server_for(transport), transport=transport)
+    fresh = mur.RemoteOptimizer(
+        b[0].parameters(), optimizer="adam", rule="additive", lr=1e-2, server=server_for(transport), transport=transport
+    )
     try:
         fresh.add_param_group({"params": list(b[2].parameters()), **HEAD})
         fresh.load_state_dict(sd)

@@ -2,14 +2,13 @@
 keeps a float32 master copy, gradients are cast to float32 on the way in and
 the master is cast back into the parameter after each step, on both
 transports; edits of such parameters are still detected and sent."""
+
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import mur
-from mur._proto.mur.v1 import optimizer_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / "ts-server" / "dist" / "src" / "cli.js"

@@ -1,14 +1,15 @@
 """RemoteOptimizer against a live local server, and mur.reference against torch.optim."""
+
 import io
 from pathlib import Path
 
 import grpc
 import pytest
 import torch
+from conftest import max_diff, net
 
 import mur
 from mur import reference
-from conftest import net, max_diff
 
 CLI = Path(__file__).resolve().parents[2] / "ts-server" / "dist" / "src" / "cli.js"
 needs_server = pytest.mark.skipif(not CLI.exists(), reason=f"{CLI} not built (make build)")
@@ -20,29 +21,43 @@ def server():
         yield s.address
 
 
-
 def train(model, opt, steps, start=0, scheduler=None):
     g = torch.Generator().manual_seed(1)
     data = [(torch.randn(16, 5, generator=g), torch.randn(16, 2, generator=g)) for _ in range(start + steps)]
     for x, y in data[start:]:
-        def closure():
+
+        def closure(x=x, y=y):
             opt.zero_grad()
             loss = torch.nn.functional.mse_loss(model(x), y)
             loss.backward()
             return loss
+
         loss = opt.step(closure)
         if scheduler:
             scheduler.step()
     return loss
 
 
-
-@pytest.mark.parametrize("name,h", [("sgd", dict(lr=0.1, momentum=0.9, nesterov=True)), ("adam", dict(amsgrad=True)),
-                                    ("adagrad", {}), ("rmsprop", dict(centered=True)), ("adamw", {})])
+@pytest.mark.parametrize(
+    "name,h",
+    [
+        ("sgd", dict(lr=0.1, momentum=0.9, nesterov=True)),
+        ("adam", dict(amsgrad=True)),
+        ("adagrad", {}),
+        ("rmsprop", dict(centered=True)),
+        ("adamw", {}),
+    ],
+)
 def test_reference_additive_is_torch_optim(name, h):
     a, b = net(), net()
-    train(a, getattr(torch.optim, {"sgd": "SGD", "adam": "Adam", "adagrad": "Adagrad", "rmsprop": "RMSprop",
-                                   "adamw": "AdamW"}[name])(a.parameters(), **h), 20)
+    train(
+        a,
+        getattr(
+            torch.optim,
+            {"sgd": "SGD", "adam": "Adam", "adagrad": "Adagrad", "rmsprop": "RMSprop", "adamw": "AdamW"}[name],
+        )(a.parameters(), **h),
+        20,
+    )
     train(b, reference.Optimizer(b.parameters(), optimizer=name, rule="additive", **h), 20)
     assert max_diff(a, b) < 1e-6  # float32, same ops up to order: rounding only
 
@@ -87,7 +102,9 @@ def test_lr_scheduler_and_param_groups(server):
 @needs_server
 def test_checkpoint_resumes_bit_exactly(server):
     a = net()
-    opt = mur.RemoteOptimizer(a.parameters(), optimizer="rmsprop", rule="hybrid", server=server, momentum=0.5, gamma=0.7)
+    opt = mur.RemoteOptimizer(
+        a.parameters(), optimizer="rmsprop", rule="hybrid", server=server, momentum=0.5, gamma=0.7
+    )
     train(a, opt, 5)
     buf = io.BytesIO()
     torch.save({"model": a.state_dict(), "opt": opt.state_dict()}, buf)
@@ -96,7 +113,9 @@ def test_checkpoint_resumes_bit_exactly(server):
     ck = torch.load(buf)
     b = net(seed=3)
     b.load_state_dict(ck["model"])
-    opt2 = mur.RemoteOptimizer(b.parameters(), optimizer="rmsprop", rule="hybrid", server=server, momentum=0.5, gamma=0.7)
+    opt2 = mur.RemoteOptimizer(
+        b.parameters(), optimizer="rmsprop", rule="hybrid", server=server, momentum=0.5, gamma=0.7
+    )
     opt2.load_state_dict(ck["opt"])
     train(b, opt2, 5, start=5)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
@@ -114,7 +133,9 @@ def test_bad_hyperparameters_are_named(server):
     with pytest.raises(ValueError, match="rule='hybird'"):
         mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="hybird", server=server)
     with pytest.raises(TypeError, match="float32"):
-        mur.RemoteOptimizer([torch.zeros(3, dtype=torch.int32)], optimizer="adam", server=server)  # float64: tests/test_precision.py
+        mur.RemoteOptimizer(
+            [torch.zeros(3, dtype=torch.int32)], optimizer="adam", server=server
+        )  # float64: tests/test_precision.py
 
 
 @needs_server
@@ -125,8 +146,16 @@ def test_a_repeated_step_number_is_not_applied_twice(server):
     opt = mur.RemoteOptimizer(a.parameters(), optimizer="sgd", rule="additive", server=server, lr=0.1, transport="grpc")
     pb = mur.optimizer.pb
     p = next(a.parameters())
-    req = pb.StepRequest(session_id=opt.session_id, step=1, grads=[pb.Gradient(
-        param_id="p0.0", grad=pb.Tensor(shape=list(p.shape), dtype=pb.DTYPE_FLOAT32, data=torch.ones_like(p).numpy().tobytes()))])
+    req = pb.StepRequest(
+        session_id=opt.session_id,
+        step=1,
+        grads=[
+            pb.Gradient(
+                param_id="p0.0",
+                grad=pb.Tensor(shape=list(p.shape), dtype=pb.DTYPE_FLOAT32, data=torch.ones_like(p).numpy().tobytes()),
+            )
+        ],
+    )
     first = opt._conn.stub.Step(req, metadata=opt._conn.metadata())
     again = opt._conn.stub.Step(req, metadata=opt._conn.metadata())
     assert (first.replayed, again.replayed) == (False, True)
@@ -181,6 +210,7 @@ def test_a_lost_connection_is_retried_with_the_same_step_number(server):
         if len(seen) == 1:
             raise _LostReply()  # ...but the reply is lost on the way back
         return reply
+
     opt._conn.stub.Step = flaky
     train(a, opt, 1)
     train(b, ref, 1)

@@ -1,5 +1,6 @@
 """mur.schedulers: gamma schedules for the hybrid rule, used like torch's
 lr_scheduler; the server receives every gamma they set."""
+
 import io
 import math
 import random
@@ -72,11 +73,14 @@ def test_every_group_gets_the_scheduled_gamma():
     assert s.base_gammas == [0.8, 0.4]
 
 
-@pytest.mark.parametrize("make", [
-    lambda o: ExponentialGammaDecay(o, factor=0.7, patience=2, min_gamma=0.1),
-    lambda o: InverseExponentialGamma(o, factor=0.7, patience=1),
-    lambda o: RandomGamma(o, low=0.1, high=0.9, seed=5),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda o: ExponentialGammaDecay(o, factor=0.7, patience=2, min_gamma=0.1),
+        lambda o: InverseExponentialGamma(o, factor=0.7, patience=1),
+        lambda o: RandomGamma(o, low=0.1, high=0.9, seed=5),
+    ],
+)
 @pytest.mark.parametrize("metric", [False, True])
 def test_state_dict_round_trip_resumes_the_sequence(make, metric):
     metrics = [5, 4, 4, 4.5, 4, 3, 3, 3, 3, 3] if metric else [None] * 10
@@ -132,10 +136,13 @@ def _model():
     return torch.nn.Linear(4, 2)
 
 
-@pytest.mark.parametrize("make", [
-    lambda o: ExponentialGammaDecay(o, factor=0.6, patience=1),
-    lambda o: RandomGamma(o, low=0.0, high=1.0, seed=11),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda o: ExponentialGammaDecay(o, factor=0.6, patience=1),
+        lambda o: RandomGamma(o, low=0.0, high=1.0, seed=11),
+    ],
+)
 def test_the_server_receives_the_scheduled_gamma(server, make):
     """A hybrid run with the scheduler equals, bit for bit, a run where gamma
     is set by hand before each step; a run with a constant gamma differs."""

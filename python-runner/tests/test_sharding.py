@@ -2,6 +2,7 @@
 assignment, the two-phase step (a refusal anywhere changes no shard), failures
 naming the shard, checkpoints across shard counts, and torch.distributed
 (DDP + ZeroRedundancyOptimizer, 2 gloo ranks x 2 servers)."""
+
 import json
 import os
 import shutil
@@ -14,10 +15,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import max_diff
+from conftest import net as _net
 
 import mur
 from mur.sharded import ShardedRemoteOptimizer, assign_shards
-from conftest import net as _net, max_diff
 
 
 def net(seed=0):
@@ -63,8 +65,14 @@ def tcp_servers():
     procs = []
     try:
         for _ in range(2):
-            procs.append(subprocess.Popen(["node", str(CLI), "--host", "127.0.0.1", "--port", "0", "--exit-with-stdin"],
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    ["node", str(CLI), "--host", "127.0.0.1", "--port", "0", "--exit-with-stdin"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         yield [f"127.0.0.1:{json.loads(p.stdout.readline())['port']}" for p in procs]
     finally:
         for p in procs:
@@ -78,6 +86,7 @@ def shards(request):
 
 
 # -- assignment -----------------------------------------------------------------
+
 
 def test_assignment_is_greedy_by_bytes_stable_and_balanced():
     # Worked by hand from the rule: 400 -> shard 0; 300 -> 1; 200 -> 2; 100 -> 2
@@ -124,6 +133,7 @@ def test_bad_server_lists_are_refused(servers):
 
 # -- the step -------------------------------------------------------------------
 
+
 @needs_native
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_two_shards_train_like_torch_and_like_one_server(shards, transport):
@@ -159,7 +169,8 @@ def _state_bits(opt):
 
 def _same_state(x, y):
     return x.keys() == y.keys() and all(
-        x[k].keys() == y[k].keys() and all(torch.equal(x[k][s], y[k][s]) for s in x[k]) for k in x)
+        x[k].keys() == y[k].keys() and all(torch.equal(x[k][s], y[k][s]) for s in x[k]) for k in x
+    )
 
 
 @needs_native
@@ -167,8 +178,9 @@ def _same_state(x, y):
 def test_a_nan_in_one_shard_is_refused_by_it_and_changes_no_shard(shards, transport):
     servers = shards(transport)
     a, c = net(), net()
-    opt = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="additive", lr=0.01, server=servers,
-                              transport=transport)
+    opt = mur.RemoteOptimizer(
+        a.parameters(), optimizer="adam", rule="additive", lr=0.01, server=servers, transport=transport
+    )
     ref = torch.optim.Adam(c.parameters(), lr=0.01)
     batches = data(6)
     try:
@@ -244,11 +256,15 @@ def test_a_group_added_later_is_sharded_by_the_same_rule_and_trains_like_torch(s
 
 # -- checkpoints ------------------------------------------------------------------
 
+
 @needs_native
 @pytest.mark.parametrize("rule", ["additive", "hybrid"])
 def test_a_state_dict_moves_from_two_shards_to_one_and_back(servers, rule):
-    kw = dict(optimizer="adam", rule=rule, lr=0.01, lr_in=0.5, gamma=0.9) if rule == "hybrid" else \
-        dict(optimizer="adam", rule=rule, lr=0.01)
+    kw = (
+        dict(optimizer="adam", rule=rule, lr=0.01, lr_in=0.5, gamma=0.9)
+        if rule == "hybrid"
+        else dict(optimizer="adam", rule=rule, lr=0.01)
+    )
     batches = data(24)
     a = net()
     two = mur.RemoteOptimizer(a.parameters(), server=servers, **kw)
@@ -311,9 +327,14 @@ def test_a_state_dict_that_does_not_fit_is_refused_before_any_shard_changes(serv
 
 # -- a shard failing between the phases -------------------------------------------
 
+
 def _start_cli(sock, state):
-    proc = subprocess.Popen(["node", str(CLI), "--socket", str(sock), "--exit-with-stdin", "--state-dir", str(state)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["node", str(CLI), "--socket", str(sock), "--exit-with-stdin", "--state-dir", str(state)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     line = proc.stdout.readline()  # the listening line: it serves from here on
     if not line:
         proc.wait(timeout=30)
@@ -340,8 +361,15 @@ def test_a_durable_shard_killed_between_the_phases_takes_the_step_once(transport
     try:
         procs = [[_start_cli(socks[i], d / f"state{i}")] for i in range(2)]
         a, c = net(), net()
-        opt = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="additive", lr=0.01, transport=transport,
-                                  server=[f"unix:{s}" for s in socks], reconnect_timeout=30)
+        opt = mur.RemoteOptimizer(
+            a.parameters(),
+            optimizer="adam",
+            rule="additive",
+            lr=0.01,
+            transport=transport,
+            server=[f"unix:{s}" for s in socks],
+            reconnect_timeout=30,
+        )
         ref = torch.optim.Adam(c.parameters(), lr=0.01)
         shard = opt.shards[1]
         validate, kills = shard._validate_step, []
@@ -352,6 +380,7 @@ def test_a_durable_shard_killed_between_the_phases_takes_the_step_once(transport
                 _stop(procs[1][-1])
                 procs[1].append(_start_cli(socks[1], d / "state1"))
             kills.append(1)
+
         shard._validate_step = validate_then_kill
         for x, y in data(8):
             step(a, opt, x, y)
@@ -376,8 +405,15 @@ def test_a_shard_that_stays_down_is_named_and_stops_further_steps():
     try:
         procs = [_start_cli(socks[i], d / f"state{i}") for i in range(2)]
         a = net()
-        opt = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="additive", lr=0.01, transport="grpc",
-                                  server=[f"unix:{s}" for s in socks], reconnect_timeout=0.5)
+        opt = mur.RemoteOptimizer(
+            a.parameters(),
+            optimizer="adam",
+            rule="additive",
+            lr=0.01,
+            transport="grpc",
+            server=[f"unix:{s}" for s in socks],
+            reconnect_timeout=0.5,
+        )
         x, y = data(1)[0]
         step(a, opt, x, y)
         shard = opt.shards[1]
@@ -386,6 +422,7 @@ def test_a_shard_that_stays_down_is_named_and_stops_further_steps():
         def validate_then_kill():
             validate()
             _stop(procs[1])
+
         shard._validate_step = validate_then_kill
         with pytest.raises(mur.MurError, match=f"shard 1 \\(unix:{socks[1]}\\) failed to apply") as e:
             step(a, opt, x, y)
@@ -406,14 +443,18 @@ STEPS, CHECKPOINT_AT, LR = 30, 15, 0.01
 
 
 def _hypers(rule):
-    return dict(optimizer="adam", rule=rule, lr=LR, lr_in=0.5, gamma=0.9) if rule == "hybrid" else \
-        dict(optimizer="adam", rule=rule, lr=LR)
+    return (
+        dict(optimizer="adam", rule=rule, lr=LR, lr_in=0.5, gamma=0.9)
+        if rule == "hybrid"
+        else dict(optimizer="adam", rule=rule, lr=LR)
+    )
 
 
 def _rank(rank, world, store, servers, rule, out):
     """One DDP rank: half of every batch, ZeRO over mur (and over torch.optim.Adam)."""
     from torch.distributed.optim import ZeroRedundancyOptimizer
     from torch.nn.parallel import DistributedDataParallel as DDP
+
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # gloo's pairs on loopback, whatever the host name resolves to
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:

@@ -4,6 +4,7 @@
 Certificates are made at test time with the openssl command in a temporary
 directory: a CA, a server certificate for 127.0.0.1 and localhost, a client
 certificate the CA signed, and one from another CA."""
+
 import shutil
 import subprocess
 import time
@@ -11,9 +12,10 @@ import time
 import grpc
 import pytest
 import torch
+from conftest import ADDON, CLI, start_tcp, stop
+from conftest import net as _net
 
 import mur
-from conftest import ADDON, CLI, start_tcp, stop, net as _net
 
 
 def net(seed=0):
@@ -22,7 +24,9 @@ def net(seed=0):
 
 pytestmark = [
     pytest.mark.skipif(not CLI.exists(), reason=f"{CLI} not built (make build)"),
-    pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command makes the test certificates (make apt)"),
+    pytest.mark.skipif(
+        shutil.which("openssl") is None, reason="the openssl command makes the test certificates (make apt)"
+    ),
 ]
 EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 
@@ -32,16 +36,48 @@ def openssl(d, *args):
 
 
 def make_ca(d, name):
-    openssl(d, "req", "-x509", *EC, "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
-            "-subj", f"/CN=mur test {name}", "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    openssl(
+        d,
+        "req",
+        "-x509",
+        *EC,
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN=mur test {name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
 
 
 def issue(d, ca, name, cn, ext):
     (d / f"{name}.ext").write_text(ext)
     openssl(d, "req", *EC, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
-    openssl(d, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-            "-set_serial", str(time.time_ns()), "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+    openssl(
+        d,
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.pem",
+        "-CAkey",
+        f"{ca}.key",
+        "-set_serial",
+        str(time.time_ns()),
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-extfile",
+        f"{name}.ext",
+    )
     return d / f"{name}.pem", d / f"{name}.key"
 
 
@@ -52,12 +88,12 @@ def certs(tmp_path_factory):
     make_ca(d, "other-ca")
     return {
         "ca": d / "ca.pem",
-        "server": issue(d, "ca", "server", "localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"),
+        "server": issue(
+            d, "ca", "server", "localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+        ),
         "client": issue(d, "ca", "client", "mur test client", "extendedKeyUsage=clientAuth\n"),
         "stranger": issue(d, "other-ca", "stranger", "mur stranger", "extendedKeyUsage=clientAuth\n"),
     }
-
-
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +117,16 @@ def mtls_server(certs):
 def train(address, steps=3, transport="grpc", **kw):
     """A few Adam/hybrid steps over `address`; the final parameters."""
     model = net()
-    opt = mur.RemoteOptimizer(model.parameters(), optimizer="adam", rule="hybrid", server=address,
-                              transport=transport, lr=0.01, timeout=20, **kw)
+    opt = mur.RemoteOptimizer(
+        model.parameters(),
+        optimizer="adam",
+        rule="hybrid",
+        server=address,
+        transport=transport,
+        lr=0.01,
+        timeout=20,
+        **kw,
+    )
     try:
         assert opt.transport == transport
         g = torch.Generator().manual_seed(1)
@@ -113,7 +157,9 @@ def test_a_client_trusting_the_ca_trains_like_a_plaintext_one(tls_server, certs)
     for address in (f"127.0.0.1:{tls_server}", f"localhost:{tls_server}"):
         over_tls = train(address, tls_ca=certs["ca"])  # a path
         assert all(torch.equal(a, b) for a, b in zip(plain, over_tls)), address
-    assert all(torch.equal(a, b) for a, b in zip(plain, train(f"localhost:{tls_server}", tls_ca=certs["ca"].read_bytes())))
+    assert all(
+        torch.equal(a, b) for a, b in zip(plain, train(f"localhost:{tls_server}", tls_ca=certs["ca"].read_bytes()))
+    )
 
 
 @pytest.mark.parametrize("mutual", [False, True])
@@ -132,9 +178,17 @@ def test_the_tcp_data_plane_uses_tls_too(tls_server, mtls_server, certs, mutual)
 def test_the_tls_data_port_refuses_plaintext_and_strangers(mtls_server, certs):
     import socket
     import ssl
+
     caps_port = None
-    opt = mur.RemoteOptimizer(net().parameters(), server=f"localhost:{mtls_server}", transport="grpc", timeout=20,
-                              tls_ca=certs["ca"], tls_cert=certs["client"][0], tls_key=certs["client"][1])
+    opt = mur.RemoteOptimizer(
+        net().parameters(),
+        server=f"localhost:{mtls_server}",
+        transport="grpc",
+        timeout=20,
+        tls_ca=certs["ca"],
+        tls_cert=certs["client"][0],
+        tls_key=certs["client"][1],
+    )
     try:
         caps_port = opt._caps.data_port
     finally:
@@ -173,8 +227,14 @@ def test_a_certificate_without_its_key_is_a_value_error(tls_server, certs):
 def test_control_over_tls_data_in_shared_memory(mtls_server, certs):
     cert, key = certs["client"]
     model = net()
-    opt = mur.RemoteOptimizer(model.parameters(), server=f"localhost:{mtls_server}", transport="shm",
-                              tls_ca=certs["ca"], tls_cert=cert, tls_key=key)
+    opt = mur.RemoteOptimizer(
+        model.parameters(),
+        server=f"localhost:{mtls_server}",
+        transport="shm",
+        tls_ca=certs["ca"],
+        tls_cert=cert,
+        tls_key=key,
+    )
     try:
         assert opt.transport == "shm"
         model(torch.randn(2, 4)).sum().backward()

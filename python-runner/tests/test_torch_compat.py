@@ -1,6 +1,7 @@
 """torch 2.x integration: no-op constructor flags, maximize, decoupled_weight_decay,
 SGD's default lr, copy/pickle, dynamo, opt.state and torch.optim state_dict
 interoperability, on both transports where it matters."""
+
 import copy
 import inspect
 import io
@@ -9,25 +10,34 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import max_diff, net
 
 import mur
-from conftest import net, max_diff
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / "ts-server" / "dist" / "src" / "cli.js"
 ADDON = ROOT / "ts-server" / "native" / "build" / "Release" / "mur_native.node"
 pytestmark = pytest.mark.skipif(not CLI.exists(), reason=f"{CLI} not built (make build)")
 TRANSPORTS = ["grpc", "shm"]
-TORCH = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad", "rmsprop": "RMSprop",
-         "adamax": "Adamax", "nadam": "NAdam", "radam": "RAdam", "adadelta": "Adadelta", "rprop": "Rprop",
-         "asgd": "ASGD"}
+TORCH = {
+    "sgd": "SGD",
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "adagrad": "Adagrad",
+    "rmsprop": "RMSprop",
+    "adamax": "Adamax",
+    "nadam": "NAdam",
+    "radam": "RAdam",
+    "adadelta": "Adadelta",
+    "rprop": "Rprop",
+    "asgd": "ASGD",
+}
 
 
 def remote(params, server_for, transport, **kw):
     opt = mur.RemoteOptimizer(params, server=server_for(transport), transport=transport, **kw)
     assert opt.transport == transport
     return opt
-
 
 
 def batches(n, seed=1):
@@ -44,15 +54,22 @@ def train(model, opt, steps, start=0, set_to_none=True, on_grad=None):
         opt.step()
 
 
-
 # -- 1. torch 2.x constructor arguments ------------------------------------------
 def test_torch_flags_are_accepted_and_change_nothing(server):
     a, b = net(), net()
     flags = dict(foreach=None, fused=False, capturable=False, differentiable=False)
     oa = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="additive", server=server, lr=0.01, **flags)
-    ob = mur.RemoteOptimizer(b.parameters(), optimizer="adam", rule="additive", server=server, lr=0.01,
-                             foreach=True, fused=True, capturable=True,  # CPU parameters: capturable has no effect
-                             differentiable=None)
+    ob = mur.RemoteOptimizer(
+        b.parameters(),
+        optimizer="adam",
+        rule="additive",
+        server=server,
+        lr=0.01,
+        foreach=True,
+        fused=True,
+        capturable=True,  # CPU parameters: capturable has no effect
+        differentiable=None,
+    )
     assert oa.param_groups[0]["foreach"] is None and ob.param_groups[0]["fused"] is True
     train(a, oa, 4)
     train(b, ob, 4)
@@ -76,6 +93,7 @@ def test_maximize_equals_torch_and_leaves_the_users_grad_alone(server_for, trans
 
     def keep():  # the user's gradients, as backward left them
         seen.append([p.grad.detach().clone() for p in a.parameters()])
+
     train(a, oa, 3, on_grad=keep)
     train(b, ob, 3)
     assert max_diff(a, b) < 1e-6
@@ -98,8 +116,15 @@ def test_maximize_equals_torch_and_leaves_the_users_grad_alone(server_for, trans
 
 def test_decoupled_weight_decay_makes_adam_adamw(server):
     a, b = net(), net()
-    oa = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="additive", server=server, lr=0.01,
-                             weight_decay=0.1, decoupled_weight_decay=True)
+    oa = mur.RemoteOptimizer(
+        a.parameters(),
+        optimizer="adam",
+        rule="additive",
+        server=server,
+        lr=0.01,
+        weight_decay=0.1,
+        decoupled_weight_decay=True,
+    )
     assert oa.optimizer_name == "adamw"
     train(a, oa, 10)
     train(b, torch.optim.AdamW(b.parameters(), lr=0.01, weight_decay=0.1), 10)
@@ -110,8 +135,10 @@ def test_decoupled_weight_decay_makes_adam_adamw(server):
             mur.RemoteOptimizer(net().parameters(), optimizer=name, server=server, decoupled_weight_decay=1)
 
 
-@pytest.mark.skipif("decoupled_weight_decay" not in inspect.signature(torch.optim.NAdam).parameters,
-                    reason=f"torch {torch.__version__} NAdam and RAdam have no decoupled_weight_decay (torch >= 2.2)")
+@pytest.mark.skipif(
+    "decoupled_weight_decay" not in inspect.signature(torch.optim.NAdam).parameters,
+    reason=f"torch {torch.__version__} NAdam and RAdam have no decoupled_weight_decay (torch >= 2.2)",
+)
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("name", ["nadam", "radam"])
 def test_decoupled_weight_decay_of_nadam_and_radam_is_torchs(server_for, transport, name):
@@ -143,8 +170,9 @@ def test_sgd_lr_defaults_to_torchs(server):
     assert max_diff(a, b) < 1e-6
     oa.close()
     c = net()  # the rule never uses lr: nothing to give
-    oc = mur.RemoteOptimizer(c.parameters(), optimizer="sgd", rule="multiplicative", server=server, lr_in=1.0,
-                             lr_out=0.01)
+    oc = mur.RemoteOptimizer(
+        c.parameters(), optimizer="sgd", rule="multiplicative", server=server, lr_in=1.0, lr_out=0.01
+    )
     train(c, oc, 2)
     oc.close()
 
@@ -153,7 +181,7 @@ def test_sgd_lr_defaults_to_torchs(server):
 def test_copy_and_pickle_raise_a_clear_type_error(server):
     opt = mur.RemoteOptimizer(net().parameters(), optimizer="adam", server=server)
     for f in (copy.deepcopy, copy.copy, pickle.dumps):
-        with pytest.raises(TypeError, match="live server session.*state_dict"):
+        with pytest.raises(TypeError, match=r"live server session.*state_dict"):
             f(opt)
     with pytest.raises(TypeError, match="live server session"):
         torch.save(opt, io.BytesIO())
@@ -163,15 +191,18 @@ def test_copy_and_pickle_raise_a_clear_type_error(server):
 @pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch < 2: no torch.compile")
 def test_step_is_not_traced_by_dynamo(server):
     a, b = net(), net()
-    oa = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="additive", server=server, lr=0.01,
-                             transport="grpc")
-    ob = mur.RemoteOptimizer(b.parameters(), optimizer="adam", rule="additive", server=server, lr=0.01,
-                             transport="grpc")
+    oa = mur.RemoteOptimizer(
+        a.parameters(), optimizer="adam", rule="additive", server=server, lr=0.01, transport="grpc"
+    )
+    ob = mur.RemoteOptimizer(
+        b.parameters(), optimizer="adam", rule="additive", server=server, lr=0.01, transport="grpc"
+    )
     tracing, real = [], oa._plane.step
 
     def spy(*args):
         tracing.append(torch.compiler.is_compiling())  # True only while dynamo traces this code
         return real(*args)
+
     oa._plane.step = spy
     step = torch.compile(oa.step, backend="eager")
     model = torch.compile(a, backend="eager")
@@ -216,13 +247,23 @@ def test_state_shows_the_servers_state_torch_style(server_for, transport):
 
 
 # -- 5. torch.optim state_dicts --------------------------------------------------------
-CASES = [("adam", dict(lr=0.01)), ("adam", dict(lr=0.01, amsgrad=True, weight_decay=0.01)),
-         ("adamw", dict(lr=0.01)), ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True)),
-         ("rmsprop", dict(lr=0.01, momentum=0.5, centered=True)), ("adagrad", dict(lr=0.05)),
-         ("adadelta", dict(lr=1.0)), ("adamax", dict(lr=0.01)), ("nadam", dict(lr=0.01)),
-         ("radam", dict(lr=0.01)), ("rprop", dict(lr=0.01)), ("rprop", dict(lr=0.05, etas=(0.3, 1.5), step_sizes=(1e-3, 0.1))),
-         ("asgd", dict(lr=0.05, t0=5, lambd=0.01)), ("nadam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
-         ("radam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True))]
+CASES = [
+    ("adam", dict(lr=0.01)),
+    ("adam", dict(lr=0.01, amsgrad=True, weight_decay=0.01)),
+    ("adamw", dict(lr=0.01)),
+    ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True)),
+    ("rmsprop", dict(lr=0.01, momentum=0.5, centered=True)),
+    ("adagrad", dict(lr=0.05)),
+    ("adadelta", dict(lr=1.0)),
+    ("adamax", dict(lr=0.01)),
+    ("nadam", dict(lr=0.01)),
+    ("radam", dict(lr=0.01)),
+    ("rprop", dict(lr=0.01)),
+    ("rprop", dict(lr=0.05, etas=(0.3, 1.5), step_sizes=(1e-3, 0.1))),
+    ("asgd", dict(lr=0.05, t0=5, lambd=0.01)),
+    ("nadam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+    ("radam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -268,8 +309,11 @@ def test_another_algorithms_state_dict_is_refused(server):
     radam = torch.optim.RAdam(a.parameters())
     train(a, radam, 2)
     opt = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="additive", server=server, lr=0.01)
-    with pytest.raises(ValueError, match=r"not the state_dict of a adam optimizer \(it has dampening, momentum, "
-                                         r"nesterov; it lacks amsgrad, betas, eps\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"not the state_dict of a adam optimizer \(it has dampening, momentum, "
+        r"nesterov; it lacks amsgrad, betas, eps\)",
+    ):
         opt.load_state_dict(sgd.state_dict())
     with pytest.raises(ValueError, match="lacks amsgrad"):
         opt.load_state_dict(radam.state_dict())
@@ -286,8 +330,9 @@ def test_a_torch_state_dict_keeps_murs_own_hyperparameters(server):
     a = net()
     ta = torch.optim.Adam(a.parameters(), lr=0.02)
     train(a, ta, 3)
-    opt = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="hybrid", server=server, lr=0.01, lr_in=0.7,
-                              gamma=0.5)
+    opt = mur.RemoteOptimizer(
+        a.parameters(), optimizer="adam", rule="hybrid", server=server, lr=0.01, lr_in=0.7, gamma=0.5
+    )
     opt.load_state_dict(ta.state_dict())
     g = opt.param_groups[0]
     assert (g["lr"], g["lr_in"], g["gamma"]) == (0.02, 0.7, 0.5), "torch's values, mur's own keys kept"

@@ -3,6 +3,7 @@ server="auto" on a Unix socket, and what happens when either side dies.
 
 Every server, arena and session a test creates is freed by that test; waits
 for other processes poll with deadlines."""
+
 import contextlib
 import json
 import os
@@ -18,19 +19,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import batches, bits, max_diff, net, same_bits
 
 import mur
 from mur import reference
 from mur.optimizer import pb
 from mur.planes.shm import Arena
-from conftest import batches, bits, net, same_bits, max_diff
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / "ts-server" / "dist" / "src" / "cli.js"
 ADDON = ROOT / "ts-server" / "native" / "build" / "Release" / "mur_native.node"
 needs_server = pytest.mark.skipif(not CLI.exists(), reason=f"{CLI} not built (make build)")
-needs_native = pytest.mark.skipif(not (CLI.exists() and ADDON.exists()),
-                                  reason="the shm transport needs the native engine (make native-engine)")
+needs_native = pytest.mark.skipif(
+    not (CLI.exists() and ADDON.exists()), reason="the shm transport needs the native engine (make native-engine)"
+)
 pytestmark = needs_server
 
 
@@ -39,17 +41,16 @@ pytestmark = needs_server
 
 def train(model, opt, steps, grad_hook=None, seed=1):
     for x, y in batches(steps, seed):
-        def closure():
+
+        def closure(x=x, y=y):
             opt.zero_grad()
             loss = torch.nn.functional.mse_loss(model(x), y)
             loss.backward()
             if grad_hook:
                 grad_hook(model)
             return loss
+
         opt.step(closure)
-
-
-
 
 
 def read_line(stream, timeout, what):
@@ -70,8 +71,12 @@ def read_line(stream, timeout, what):
 def start_cli(sock, *args):
     """A server started directly with the CLI on a Unix socket (stdin kept
     open, so it also dies with this test process)."""
-    proc = subprocess.Popen(["node", str(CLI), "--socket", str(sock), "--exit-with-stdin", *args],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["node", str(CLI), "--socket", str(sock), "--exit-with-stdin", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         info = json.loads(read_line(proc.stdout, 60, "mur server"))
     except BaseException:
@@ -122,8 +127,9 @@ def wait_until(cond, timeout, what):
 
 # -- choosing a transport -------------------------------------------------------
 @needs_native
-@pytest.mark.skipif(os.environ.get("MUR_SERVER_BACKEND", "native") != "native",
-                    reason="MUR_SERVER_BACKEND picks a tfjs engine: no shm")
+@pytest.mark.skipif(
+    os.environ.get("MUR_SERVER_BACKEND", "native") != "native", reason="MUR_SERVER_BACKEND picks a tfjs engine: no shm"
+)
 def test_auto_picks_shm_and_matches_grpc_bit_for_bit():
     a, b, c = net(), net(), net()
     h = dict(lr=0.01, gamma=0.5)
@@ -136,8 +142,9 @@ def test_auto_picks_shm_and_matches_grpc_bit_for_bit():
             oa.transport = "grpc"  # read-only
         for _, pid, p in oa._params():  # the parameters are the arena
             assert p.data_ptr() == oa._plane.arena.param(oa._plane.arena.index[pid]).data_ptr()
-        ob = mur.RemoteOptimizer(b.parameters(), optimizer="adam", rule="hybrid", server=oa._local.address,
-                                 transport="grpc", **h)
+        ob = mur.RemoteOptimizer(
+            b.parameters(), optimizer="adam", rule="hybrid", server=oa._local.address, transport="grpc", **h
+        )
         assert ob.transport == "grpc" and ob._plane.name == "grpc"
         train(a, oa, 20)
         train(b, ob, 20)
@@ -188,18 +195,19 @@ def test_weight_edits_are_what_the_next_step_starts_from(server_for, transport):
     lr = 1e-4
     m = net(width=8)
     old = [p.detach().clone() for p in m.parameters()]
-    opt = mur.RemoteOptimizer(m.parameters(), optimizer="sgd", rule="additive", server=address,
-                              transport=transport, lr=lr)
+    opt = mur.RemoteOptimizer(
+        m.parameters(), optimizer="sgd", rule="additive", server=address, transport=transport, lr=lr
+    )
     try:
         assert opt.transport == transport
         # Edits after the optimizer exists, each through another door:
-        m.load_state_dict(net(seed=7, width=8).state_dict())        # copy_ (version bump)
+        m.load_state_dict(net(seed=7, width=8).state_dict())  # copy_ (version bump)
         mask = (torch.arange(40).reshape(8, 5) % 3 != 0).float()
-        m[0].weight.data.mul_(mask)                                 # a pruning mask through .data: no version bump
-        m[0].bias.data = torch.full((8,), 2.0)                      # rebinding p.data
+        m[0].weight.data.mul_(mask)  # a pruning mask through .data: no version bump
+        m[0].bias.data = torch.full((8,), 2.0)  # rebinding p.data
         with torch.no_grad():
-            m[2].weight.zero_()                                     # a zeroed layer
-        m[2].bias.data.fill_(0.5)                                   # .data again
+            m[2].weight.zero_()  # a zeroed layer
+        m[2].bias.data.fill_(0.5)  # .data again
 
         def one_step():
             edited = [p.detach().clone() for p in m.parameters()]
@@ -218,7 +226,9 @@ def test_weight_edits_are_what_the_next_step_starts_from(server_for, transport):
         assert (m[0].weight * (1 - mask)).abs().max() < 1e-3, "masked weights stay near zero"
         if transport == "shm":
             i = opt._plane.arena.index["p0.1"]
-            assert m[0].bias.data_ptr() == opt._plane.arena.param(i).data_ptr(), "a rebound parameter views the arena again"
+            assert m[0].bias.data_ptr() == opt._plane.arena.param(i).data_ptr(), (
+                "a rebound parameter views the arena again"
+            )
         # Edits after a step (the server wrote the values last):
         m[0].weight.data.clamp_(-0.01, 0.01)
         with torch.no_grad():
@@ -240,8 +250,9 @@ def test_weight_edits_are_what_the_next_step_starts_from(server_for, transport):
 def test_load_state_dict_restores_the_models_values_at_once(server_for, transport):
     address = server_for(transport)
     m = net()
-    opt = mur.RemoteOptimizer(m.parameters(), optimizer="adam", rule="hybrid", server=address,
-                              transport=transport, gamma=0.5)
+    opt = mur.RemoteOptimizer(
+        m.parameters(), optimizer="adam", rule="hybrid", server=address, transport=transport, gamma=0.5
+    )
     try:
         train(m, opt, 3)
         saved, sd = bits(m), opt.state_dict()
@@ -258,10 +269,14 @@ def test_load_state_dict_restores_the_models_values_at_once(server_for, transpor
 @pytest.mark.parametrize("transport", ["shm", "grpc"])
 def test_odd_shapes_and_fixed_parameters(server_for, transport):
     address = server_for(transport)
-    empty, w, s = (torch.nn.Parameter(torch.zeros(0, 3)), torch.nn.Parameter(torch.ones(3)),
-                   torch.nn.Parameter(torch.tensor(2.0)))
-    opt = mur.RemoteOptimizer([empty, w, s], optimizer="sgd", rule="additive", server=address,
-                              transport=transport, lr=0.1)
+    empty, w, s = (
+        torch.nn.Parameter(torch.zeros(0, 3)),
+        torch.nn.Parameter(torch.ones(3)),
+        torch.nn.Parameter(torch.tensor(2.0)),
+    )
+    opt = mur.RemoteOptimizer(
+        [empty, w, s], optimizer="sgd", rule="additive", server=address, transport=transport, lr=0.1
+    )
     try:
         assert opt.transport == transport
         for _ in range(2):
@@ -295,6 +310,7 @@ def test_shm_is_refused_clearly_by_a_tfjs_engine_and_auto_falls_back(wasm_server
 def test_arguments_are_checked_before_anything_starts(monkeypatch):
     def no_server(*a, **k):
         raise AssertionError("a server was started before the arguments were checked")
+
     monkeypatch.setattr(mur.optimizer, "LocalServer", no_server)
     params = net().parameters
     with pytest.raises(ValueError, match=r"transport='udp': must be one of 'auto', 'shm', 'tcp', 'grpc'"):
@@ -315,8 +331,12 @@ def test_bfloat16_gradients_equal_a_float32_run_on_rounded_gradients(server):
 
     h = dict(optimizer="adam", rule="hybrid", server=server, transport="grpc", lr=0.01, gamma=0.5)
     runs = {}
-    for name, kw in [("bf16", dict(wire_dtype="bfloat16")), ("bf16-stream", dict(wire_dtype="bfloat16")),
-                     ("f32-rounded", {}), ("f32", {})]:
+    for name, kw in [
+        ("bf16", dict(wire_dtype="bfloat16")),
+        ("bf16-stream", dict(wire_dtype="bfloat16")),
+        ("f32-rounded", {}),
+        ("f32", {}),
+    ]:
         m = net(width=40)
         opt = mur.RemoteOptimizer(m.parameters(), **h, **kw)
         try:
@@ -326,20 +346,23 @@ def test_bfloat16_gradients_equal_a_float32_run_on_rounded_gradients(server):
                 opt._caps.chunk_bytes = 64
                 real = opt._conn.stub.StepStream
 
-                def stream(frames, **k):
+                def stream(frames, real=real, sent=sent, **k):
                     def spy():
                         for f in frames:
                             if f.HasField("grad"):
                                 sent.append(f.grad)
                             yield f
+
                     return real(spy(), **k)
+
                 opt._conn.stub.StepStream = stream
             elif name == "bf16":
                 real = opt._conn.raw_step  # the client sends pre-encoded requests: parse them as the server would
 
-                def step(req, **k):
+                def step(req, real=real, sent=sent, **k):
                     sent.extend(pb.StepRequest.FromString(req).grads)
                     return real(req, **k)
+
                 opt._conn.raw_step = step
             train(m, opt, 10, grad_hook=round_bf16 if name == "f32-rounded" else None)
             runs[name] = m
@@ -402,8 +425,10 @@ def test_arena_open_checks_everything_and_close_is_safe(native_server):
     m = net()
     opt = mur.RemoteOptimizer(m.parameters(), server=native_server, transport="shm")
     try:
-        info = opt._conn.stub.OpenArena(pb.OpenArenaRequest(session_id=opt.session_id),  # the same arena again
-                                  metadata=opt._conn.metadata())
+        info = opt._conn.stub.OpenArena(
+            pb.OpenArenaRequest(session_id=opt.session_id),  # the same arena again
+            metadata=opt._conn.metadata(),
+        )
         assert info.path == opt._plane.arena.path and info.path.startswith("/proc/")
 
         def variant(**kw):
@@ -413,9 +438,9 @@ def test_arena_open_checks_everything_and_close_is_safe(native_server):
                 setattr(v, k, val)
             return v
 
-        with pytest.raises(mur.TransportUnavailable, match="cannot open the arena .*No such file or directory"):
+        with pytest.raises(mur.TransportUnavailable, match=r"cannot open the arena .*No such file or directory"):
             Arena.open(variant(path="/proc/self/fd/987654"))
-        with pytest.raises(mur.TransportUnavailable, match="token mismatch.*another host or in another pid namespace"):
+        with pytest.raises(mur.TransportUnavailable, match=r"token mismatch.*another host or in another pid namespace"):
             Arena.open(variant(token=bytes(32)))
         with pytest.raises(mur.TransportUnavailable, match="not a regular file"):
             Arena.open(variant(path="/dev/null"))
@@ -423,7 +448,7 @@ def test_arena_open_checks_everything_and_close_is_safe(native_server):
             Arena.open(variant(bytes=info.bytes + 4096))
         bad = variant()
         bad.tensors[0].grad_offset = info.bytes - 4
-        with pytest.raises(mur.TransportUnavailable, match="bad arena layout.*grad_offset"):
+        with pytest.raises(mur.TransportUnavailable, match=r"bad arena layout.*grad_offset"):
             Arena.open(bad)
         with pytest.raises(mur.TransportUnavailable, match="token of 3 bytes"):
             Arena.open(variant(token=b"abc"))
@@ -473,17 +498,25 @@ def test_a_killed_client_takes_its_server_with_it():
                           "arena": opt._plane.arena.path, "socket": opt._local.socket}), flush=True)
         sys.stdin.read()  # until killed
     """)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "python-runner"), os.environ.get("PYTHONPATH", "")]),
-           "MUR_SERVER_BACKEND": "native"}
-    child = subprocess.Popen([sys.executable, "-c", child_code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "python-runner"), os.environ.get("PYTHONPATH", "")]),
+        "MUR_SERVER_BACKEND": "native",
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-c", child_code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     info = None
     try:
         try:
             info = json.loads(read_line(child.stdout, 60, "client"))
         except AssertionError:
             stop_proc(child)
-            raise AssertionError(child.stderr.read().decode()[-3000:])
+            raise AssertionError(child.stderr.read().decode()[-3000:]) from None
         assert info["transport"] == "shm"
         assert os.path.exists(info["arena"])
         os.kill(child.pid, signal.SIGKILL)
@@ -509,8 +542,16 @@ def test_a_killed_server_fails_the_next_step_fast_and_a_new_one_works():
     try:
         procs.append(start_cli(sock, "--backend", "native"))
         m = net()
-        opt = mur.RemoteOptimizer(m.parameters(), optimizer="sgd", rule="additive", server=f"unix:{sock}",
-                                  transport="shm", timeout=30, lr=0.1, reconnect_timeout=2)
+        opt = mur.RemoteOptimizer(
+            m.parameters(),
+            optimizer="sgd",
+            rule="additive",
+            server=f"unix:{sock}",
+            transport="shm",
+            timeout=30,
+            lr=0.1,
+            reconnect_timeout=2,
+        )
         opts.append(opt)
         train(m, opt, 2)
         before = bits(m)
@@ -556,8 +597,9 @@ def test_a_hung_server_fails_the_step_at_the_deadline():
     opt = None
     try:
         m = net()
-        opt = mur.RemoteOptimizer(m.parameters(), optimizer="sgd", rule="additive", server=f"unix:{sock}",
-                                  timeout=1.0, lr=0.1)
+        opt = mur.RemoteOptimizer(
+            m.parameters(), optimizer="sgd", rule="additive", server=f"unix:{sock}", timeout=1.0, lr=0.1
+        )
         train(m, opt, 1)
         os.kill(proc.pid, signal.SIGSTOP)
         try:
@@ -577,6 +619,7 @@ def test_a_hung_server_fails_the_step_at_the_deadline():
 
 # -- the fast lane: steps rung through shared memory ------------------------------
 
+
 def test_fast_lane_steps_equal_rpc_steps_bit_for_bit_and_hand_over_cleanly():
     """Most shm steps take the lane (no RPC); a scheduler's change, a NaN and a
     checkpoint go through the session, and the trajectory equals the gRPC
@@ -584,8 +627,9 @@ def test_fast_lane_steps_equal_rpc_steps_bit_for_bit_and_hand_over_cleanly():
     runs = {}
     for transport in ("shm", "grpc"):
         model = net(3, width=8)
-        opt = mur.RemoteOptimizer(model.parameters(), optimizer="adam", rule="hybrid", lr=0.01, lr_out=0.01, gamma=0.5,
-                                  transport=transport)
+        opt = mur.RemoteOptimizer(
+            model.parameters(), optimizer="adam", rule="hybrid", lr=0.01, lr_out=0.01, gamma=0.5, transport=transport
+        )
         try:
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10, gamma=0.5)
             for k, (x, y) in enumerate(batches(30, seed=4)):
@@ -620,6 +664,7 @@ def test_fast_lane_steps_equal_rpc_steps_bit_for_bit_and_hand_over_cleanly():
 
 # -- a durable server killed during training -----------------------------------------
 
+
 @contextlib.contextmanager
 def durable_run(transport, reconnect_timeout):
     """A server on a --state-dir (restart it with restart()), a mur Adam on it
@@ -631,11 +676,19 @@ def durable_run(transport, reconnect_timeout):
     def restart():
         stop_proc(procs[-1])
         procs.append(start_cli(sock, "--state-dir", str(state)))
+
     a, b = net(5, width=16), net(5, width=16)
     opt = None
     try:
-        opt = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="additive", lr=0.01, server=f"unix:{sock}",
-                                  transport=transport, reconnect_timeout=reconnect_timeout)
+        opt = mur.RemoteOptimizer(
+            a.parameters(),
+            optimizer="adam",
+            rule="additive",
+            lr=0.01,
+            server=f"unix:{sock}",
+            transport=transport,
+            reconnect_timeout=reconnect_timeout,
+        )
         yield a, b, opt, torch.optim.Adam(b.parameters(), lr=0.01), restart, procs, (sock, state)
     finally:
         if opt is not None:
@@ -677,7 +730,9 @@ def test_a_step_in_flight_rides_through_a_restart_with_capped_backoff(transport)
     (connection.BACKOFF_CAP, x1.5 jitter), which is what bounds the time from
     "listening" to the step's completion (printed, not asserted)."""
     import threading
+
     from mur import connection
+
     waits, times, retrying = [], [], threading.Event()
 
     def sleep(s):
@@ -685,6 +740,7 @@ def test_a_step_in_flight_rides_through_a_restart_with_capped_backoff(transport)
         times.append(time.monotonic())
         retrying.set()
         time.sleep(s)
+
     with durable_run(transport, 60) as (a, b, opt, ref, _, procs, (sock, state)):
         opt._conn.sleep = sleep
         train(a, opt, 2)
@@ -703,8 +759,10 @@ def test_a_step_in_flight_rides_through_a_restart_with_capped_backoff(transport)
         assert not step.is_alive()
         done = time.monotonic()
         after = [t for t in times if t > listening]
-        print(f"{transport}: listening -> step done {done - listening:.3f} s ({len(after)} retries after it, the "
-              f"last at +{(after[-1] - listening) if after else 0:.3f} s); {len(waits)} waits, longest {max(waits):.3f} s")
+        print(
+            f"{transport}: listening -> step done {done - listening:.3f} s ({len(after)} retries after it, the "
+            f"last at +{(after[-1] - listening) if after else 0:.3f} s); {len(waits)} waits, longest {max(waits):.3f} s"
+        )
         ref.step()
         assert max(waits) <= connection.BACKOFF_CAP * 1.5
         assert max_diff(a, b) < 1e-5, "applied once"
@@ -731,10 +789,15 @@ def test_an_unexpected_replay_is_raised_not_taken_silently(transport):
 def test_fast_lane_steps_are_counted_in_the_metrics():
     """Fast-lane steps make no call; a scrape takes them in and counts them as shm ok."""
     import urllib.request
+
     d = tempfile.mkdtemp(prefix="mur-test-")
     sock = Path(d) / "s.sock"
-    proc = subprocess.Popen(["node", str(CLI), "--socket", str(sock), "--exit-with-stdin", "--metrics-port", "0"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["node", str(CLI), "--socket", str(sock), "--exit-with-stdin", "--metrics-port", "0"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     opt = None
     try:
         info = json.loads(read_line(proc.stdout, 60, "mur server"))
@@ -744,9 +807,12 @@ def test_fast_lane_steps_are_counted_in_the_metrics():
         assert opt.lane_steps >= 10
 
         def shm_ok():
-            text = urllib.request.urlopen(f"http://127.0.0.1:{info['metrics_port']}/metrics", timeout=10).read().decode()
-            line = next(l for l in text.splitlines() if l.startswith('mur_steps_total{transport="shm",result="ok"}'))
+            text = (
+                urllib.request.urlopen(f"http://127.0.0.1:{info['metrics_port']}/metrics", timeout=10).read().decode()
+            )
+            line = next(ln for ln in text.splitlines() if ln.startswith('mur_steps_total{transport="shm",result="ok"}'))
             return float(line.split()[-1])
+
         assert shm_ok() == 12  # 1 first step by RPC (it creates the slots) + the lane's
         train(m, opt, 3)
         assert shm_ok() == 15

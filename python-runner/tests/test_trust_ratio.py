@@ -2,6 +2,7 @@
 mur.reference in float64 against optax in float64, and the server (through
 mur.optax, both engines) in float32 against optax in float32, on a pytree of
 a matrix and a vector (each with its own trust ratio)."""
+
 import numpy as np
 import pytest
 import torch
@@ -15,10 +16,13 @@ import mur.optax  # noqa: E402
 from mur import reference  # noqa: E402
 
 STEPS = 30
-CASES = [("lamb", dict(lr=0.01)), ("lamb", dict(lr=0.01, weight_decay=0.1, betas=(0.8, 0.99), eps=1e-4)),
-         ("lars", dict(lr=0.5, trust_coefficient=0.05)),
-         ("lars", dict(lr=0.5, trust_coefficient=0.05, weight_decay=0.01, eps=0.1, nesterov=True)),
-         ("lars", dict(lr=0.5, trust_coefficient=0.05, momentum=0.0))]
+CASES = [
+    ("lamb", dict(lr=0.01)),
+    ("lamb", dict(lr=0.01, weight_decay=0.1, betas=(0.8, 0.99), eps=1e-4)),
+    ("lars", dict(lr=0.5, trust_coefficient=0.05)),
+    ("lars", dict(lr=0.5, trust_coefficient=0.05, weight_decay=0.01, eps=0.1, nesterov=True)),
+    ("lars", dict(lr=0.5, trust_coefficient=0.05, momentum=0.0)),
+]
 IDS = [f"{n}-{i}" for i, (n, _) in enumerate(CASES)]
 
 
@@ -26,19 +30,30 @@ def optax_of(name, h):
     if name == "lamb":
         b1, b2 = h.get("betas", (0.9, 0.999))
         return optax.lamb(h["lr"], b1=b1, b2=b2, eps=h.get("eps", 1e-6), weight_decay=h.get("weight_decay", 0.0))
-    return optax.lars(h["lr"], weight_decay=h.get("weight_decay", 0.0), trust_coefficient=h["trust_coefficient"],
-                      eps=h.get("eps", 0.0), momentum=h.get("momentum", 0.9), nesterov=h.get("nesterov", False))
+    return optax.lars(
+        h["lr"],
+        weight_decay=h.get("weight_decay", 0.0),
+        trust_coefficient=h["trust_coefficient"],
+        eps=h.get("eps", 0.0),
+        momentum=h.get("momentum", 0.9),
+        nesterov=h.get("nesterov", False),
+    )
 
 
 def start(dtype):
     i = np.arange(12, dtype=np.float64)
-    return {"w": (np.sin(1.3 * i + 0.4) * 0.8).reshape(3, 4).astype(dtype), "b": np.linspace(-0.3, 0.5, 5).astype(dtype)}
+    return {
+        "w": (np.sin(1.3 * i + 0.4) * 0.8).reshape(3, 4).astype(dtype),
+        "b": np.linspace(-0.3, 0.5, 5).astype(dtype),
+    }
 
 
 def gradient(p, t):
     """g = 0.6 cos(0.7 i + 0.3 t) + 0.4 theta per leaf (depends on theta, so trajectories are not trivial)."""
-    return {k: (0.6 * np.cos(0.7 * np.arange(v.size) + 0.3 * t).reshape(v.shape) + 0.4 * np.asarray(v)).astype(v.dtype)
-            for k, v in p.items()}
+    return {
+        k: (0.6 * np.cos(0.7 * np.arange(v.size) + 0.3 * t).reshape(v.shape) + 0.4 * np.asarray(v)).astype(v.dtype)
+        for k, v in p.items()
+    }
 
 
 def run_optax(tx, params):

@@ -58,7 +58,7 @@ export class ArenaFile {
 /** The session's arena, asked of the server (OpenArena) and opened here; throws an Error saying why not. */
 export async function openArena(s: SessionLink): Promise<ArenaFile> {
   if (!s.caps.transports.includes('shm')) throw new Error(`the server (engine '${s.caps.backend}') offers no shm transport`);
-  const info = await s.conn.call<OpenArenaRequest, ArenaInfo>(s.conn.raw.openArena, { sessionId: s.id }, s.auth());
+  const info = await s.conn.call<OpenArenaRequest, ArenaInfo>(s.conn.raw.openArena.bind(s.conn.raw), { sessionId: s.id }, s.auth());
   return new ArenaFile(info);
 }
 
@@ -73,9 +73,17 @@ export class ShmPlane implements Plane {
   async step(g: Values, overrides: Overrides, step: number): Promise<Values> {
     const arena = this.arena;
     for (const [id, a] of g) arena.writeGrad(id, a);
-    await this.s.conn.call<StepRequest, StepReply>(this.s.conn.raw.step, {
-      sessionId: this.s.id, step, groupOverrides: overrides, grads: [], arenaGrads: [...g.keys()].map((id) => arena.indexOf(id)),
-    }, this.s.auth());
+    await this.s.conn.call<StepRequest, StepReply>(
+      this.s.conn.raw.step.bind(this.s.conn.raw),
+      {
+        sessionId: this.s.id,
+        step,
+        groupOverrides: overrides,
+        grads: [],
+        arenaGrads: [...g.keys()].map((id) => arena.indexOf(id)),
+      },
+      this.s.auth(),
+    );
     return new Map([...g.keys()].map((id) => [id, arena.readParam(id)]));
   }
 
@@ -83,7 +91,11 @@ export class ShmPlane implements Plane {
   async recover(): Promise<Plane> {
     let next: Plane;
     try {
-      const info = await this.s.conn.call<OpenArenaRequest, ArenaInfo>(this.s.conn.raw.openArena, { sessionId: this.s.id }, this.s.auth());
+      const info = await this.s.conn.call<OpenArenaRequest, ArenaInfo>(
+        this.s.conn.raw.openArena.bind(this.s.conn.raw),
+        { sessionId: this.s.id },
+        this.s.auth(),
+      );
       if (this.arena.is(info)) return this;
       next = new ShmPlane(this.s, new ArenaFile(info));
     } catch (e) {
@@ -94,7 +106,8 @@ export class ShmPlane implements Plane {
     return next;
   }
 
-  async close(): Promise<void> {
+  close(): Promise<void> {
     this.arena.close();
+    return Promise.resolve();
   }
 }

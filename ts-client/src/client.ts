@@ -52,23 +52,30 @@ export class MurClient {
     const conn = this.conn;
     const caps = await conn.capabilities();
     // Asked for tcp: checked before the session exists, so a refusal leaves nothing behind.
-    const data = transport === 'tcp'
-      ? await openDataPort(conn, caps).catch((e: Error) => {
-          throw new Error(`transport "tcp" is not possible here: ${e.message}`);
-        })
-      : null;
+    const data =
+      transport === 'tcp'
+        ? await openDataPort(conn, caps).catch((e: Error) => {
+            throw new Error(`transport "tcp" is not possible here: ${e.message}`);
+          })
+        : null;
     const total = params.reduce((n, p) => n + p.values.byteLength, 0);
     const inline = total < caps.maxMessageBytes * INLINE_SHARE;
-    const reply = await conn.call<CreateSessionRequest, CreateSessionReply>(conn.raw.createSession, {
-      spec: { optimizer: spec.optimizer, rule: spec.rule, defaults: spec.defaults, groups: spec.groups ?? {} },
-      params: params.map((p) => ({
-        id: p.id, name: p.name ?? p.id, shape: p.shape, dtype: F32, group: p.group ?? '',
-        data: inline ? bytes(p.values) : Buffer.alloc(0),
-      })),
-    }).catch((e) => {
-      void data?.close();
-      throw e;
-    });
+    const reply = await conn
+      .call<CreateSessionRequest, CreateSessionReply>(conn.raw.createSession.bind(conn.raw), {
+        spec: { optimizer: spec.optimizer, rule: spec.rule, defaults: spec.defaults, groups: spec.groups ?? {} },
+        params: params.map((p) => ({
+          id: p.id,
+          name: p.name ?? p.id,
+          shape: p.shape,
+          dtype: F32,
+          group: p.group ?? '',
+          data: inline ? bytes(p.values) : Buffer.alloc(0),
+        })),
+      })
+      .catch((e) => {
+        void data?.close();
+        throw e;
+      });
     const session = new MurSession(conn, reply.sessionId, reply.sessionToken, new Map(params.map((p) => [p.id, p.shape])), caps);
     if (data) await session.use(new TcpPlane(session.link, data));
     if (!inline) {
@@ -83,7 +90,7 @@ export class MurClient {
       } catch (e) {
         if (transport === 'shm') {
           await session.close().catch(() => undefined);
-          throw new Error(`transport "shm" is not possible here: ${(e as Error).message}`);
+          throw new Error(`transport "shm" is not possible here: ${(e as Error).message}`, { cause: e });
         }
       }
     }

@@ -69,7 +69,12 @@ export function auth(token: string): grpc.Metadata {
   return m;
 }
 
-export type UnaryMethod<Req, Res> = (req: Req, metadata: grpc.Metadata, options: Partial<grpc.CallOptions>, cb: (e: grpc.ServiceError | null, r: Res) => void) => unknown;
+export type UnaryMethod<Req, Res> = (
+  req: Req,
+  metadata: grpc.Metadata,
+  options: Partial<grpc.CallOptions>,
+  cb: (e: grpc.ServiceError | null, r: Res) => void,
+) => unknown;
 
 /** Options the client once had, now named otherwise: refused, so old code is told rather than ignored. */
 const REPLACED: Record<string, string> = {
@@ -94,8 +99,11 @@ export class Connection {
     }
     this.deadlineMs = deadlineMs;
     this.reconnectTimeoutMs = reconnectTimeoutMs;
-    if (tls && (tls.cert === undefined) !== (tls.key === undefined)) throw new TypeError('tls: cert and key go together (a client certificate needs its key)');
-    const credentials = tls ? grpc.credentials.createSsl(tls.ca ?? null, tls.key ?? null, tls.cert ?? null) : grpc.credentials.createInsecure();
+    if (tls && (tls.cert === undefined) !== (tls.key === undefined))
+      throw new TypeError('tls: cert and key go together (a client certificate needs its key)');
+    const credentials = tls
+      ? grpc.credentials.createSsl(tls.ca ?? null, tls.key ?? null, tls.cert ?? null)
+      : grpc.credentials.createInsecure();
     this.raw = new OptimizerClient(address, credentials, {
       'grpc.max_receive_message_length': -1,
       'grpc.max_send_message_length': -1,
@@ -145,7 +153,7 @@ export class Connection {
 
   /** The capabilities asked again (a restarted server has another data port). */
   async freshCapabilities(): Promise<Capabilities> {
-    this.caps = await this.call<GetCapabilitiesRequest, Capabilities>(this.raw.getCapabilities, {});
+    this.caps = await this.call<GetCapabilitiesRequest, Capabilities>(this.raw.getCapabilities.bind(this.raw), {});
     return this.caps;
   }
 

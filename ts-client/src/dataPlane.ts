@@ -92,7 +92,10 @@ class Connection {
   readonly inbox = new Inbox();
   private ended = false;
 
-  constructor(readonly socket: net.Socket, where: string) {
+  constructor(
+    readonly socket: net.Socket,
+    where: string,
+  ) {
     const lost = (why: string) => {
       this.ended = true;
       this.inbox.fail(fromStatus(status.UNAVAILABLE, `data plane: connection to ${where} lost: ${why}`));
@@ -148,8 +151,15 @@ export class DataPlane {
     return new Promise((resolve, reject) => {
       const t = this.tlsOptions;
       const socket = t
-        // Like grpc-js: the server's certificate is checked against the host the client was given.
-        ? tls.connect({ host: this.host, port: this.port, ca: t.ca, cert: t.cert, key: t.key, servername: net.isIP(this.host) ? undefined : this.host })
+        ? // Like grpc-js: the server's certificate is checked against the host the client was given.
+          tls.connect({
+            host: this.host,
+            port: this.port,
+            ca: t.ca,
+            cert: t.cert,
+            key: t.key,
+            servername: net.isIP(this.host) ? undefined : this.host,
+          })
         : net.connect({ host: this.host, port: this.port });
       let timer: NodeJS.Timeout | undefined;
       const fail = (e: MurError) => {
@@ -160,7 +170,10 @@ export class DataPlane {
       const onError = (e: Error) => fail(fromStatus(status.UNAVAILABLE, `data plane: cannot connect to ${where}: ${e.message}`));
       socket.once('error', onError);
       if (deadline > 0) {
-        timer = setTimeout(() => fail(fromStatus(status.DEADLINE_EXCEEDED, `data plane: connecting to ${where}: deadline exceeded`)), Math.max(0, deadline - Date.now()));
+        timer = setTimeout(
+          () => fail(fromStatus(status.DEADLINE_EXCEEDED, `data plane: connecting to ${where}: deadline exceeded`)),
+          Math.max(0, deadline - Date.now()),
+        );
       }
       socket.once(t ? 'secureConnect' : 'connect', () => {
         clearTimeout(timer);
@@ -183,7 +196,12 @@ export class DataPlane {
    * connection is lost (the step may or may not have been applied: send it
    * again under the same number), or DEADLINE_EXCEEDED after `deadlineMs` (0: none).
    */
-  step(token: string, request: StepRequest, grads: Float32Array[], deadlineMs: number): Promise<{ reply: StepReply; values: Map<string, Float32Array> }> {
+  step(
+    token: string,
+    request: StepRequest,
+    grads: Float32Array[],
+    deadlineMs: number,
+  ): Promise<{ reply: StepReply; values: Map<string, Float32Array> }> {
     // The deadline counts from the call, as a gRPC call's does (a step queued behind another included).
     const deadline = deadlineMs > 0 ? Date.now() + deadlineMs : 0;
     const run = this.busy.then(() => this.stepNow(token, request, grads, deadline, deadlineMs));
@@ -216,7 +234,8 @@ export class DataPlane {
 
       await conn.inbox.fill(length);
       const n = length.readUInt32LE(0);
-      if (n > MAX_REPLY_HEADER) throw fromStatus(status.INTERNAL, `data plane: ${this.address} answered with a ${n}-byte header: not a mur data port`);
+      if (n > MAX_REPLY_HEADER)
+        throw fromStatus(status.INTERNAL, `data plane: ${this.address} answered with a ${n}-byte header: not a mur data port`);
       const head = Buffer.allocUnsafe(n);
       await conn.inbox.fill(head);
       let h: DataStepReplyHeader;

@@ -31,7 +31,8 @@ export class StorageFullError extends ResourceExhaustedError {}
 /** An I/O error of the server's --state-dir: nothing was applied; retried like UNAVAILABLE, then thrown. */
 export class StorageIOError extends UnavailableError {}
 
-export const RESUME = 'To resume: create a new session (MurClient.createSession) and restore(<your last checkpoint>) (a MurSession.checkpoint() you saved).';
+export const RESUME =
+  'To resume: create a new session (MurClient.createSession) and restore(<your last checkpoint>) (a MurSession.checkpoint() you saved).';
 
 type ErrorClass = new (m: string, c: status, r?: string) => MurError;
 
@@ -50,7 +51,8 @@ const BY_CODE: Partial<Record<status, ErrorClass>> = {
  * metadata; ts-server/src/session/durable.ts).
  */
 function storageClass(code: status, details: string, reason: string): ErrorClass | undefined {
-  if (code === status.RESOURCE_EXHAUSTED && (reason === 'disk-full' || (!reason && details.startsWith('state dir ')))) return StorageFullError;
+  if (code === status.RESOURCE_EXHAUSTED && (reason === 'disk-full' || (!reason && details.startsWith('state dir '))))
+    return StorageFullError;
   if (code === status.UNAVAILABLE && (reason === 'disk-io' || (!reason && details.startsWith('state dir ')))) return StorageIOError;
   return undefined;
 }

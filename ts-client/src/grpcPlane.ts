@@ -17,22 +17,36 @@ export class GrpcPlane implements Plane {
   async step(g: Values, overrides: Overrides, step: number): Promise<Values> {
     const size = [...g.values()].reduce((n, a) => n + a.byteLength, 0);
     if (size >= this.s.caps.maxMessageBytes * INLINE_SHARE) {
-      const stream = new StepStream(this.s.conn.raw.stepStream(this.s.auth(), this.s.conn.callOptions()), this.s.id, this.s.caps.chunkBytes);
+      const stream = new StepStream(
+        this.s.conn.raw.stepStream(this.s.auth(), this.s.conn.callOptions()),
+        this.s.id,
+        this.s.caps.chunkBytes,
+      );
       try {
         return await stream.step(g, overrides, step);
       } finally {
         stream.close();
       }
     }
-    const reply = await this.s.conn.call<StepRequest, StepReply>(this.s.conn.raw.step, {
-      sessionId: this.s.id, step, groupOverrides: overrides, arenaGrads: [],
-      grads: [...g].map(([paramId, a]) => ({ paramId, grad: { shape: this.s.shapes.get(paramId) ?? [a.length], dtype: F32, data: bytes(a) } })),
-    }, this.s.auth());
+    const reply = await this.s.conn.call<StepRequest, StepReply>(
+      this.s.conn.raw.step.bind(this.s.conn.raw),
+      {
+        sessionId: this.s.id,
+        step,
+        groupOverrides: overrides,
+        arenaGrads: [],
+        grads: [...g].map(([paramId, a]) => ({
+          paramId,
+          grad: { shape: this.s.shapes.get(paramId) ?? [a.length], dtype: F32, data: bytes(a) },
+        })),
+      },
+      this.s.auth(),
+    );
     return new Map(reply.params.map((p) => [p.paramId, floats(p.value!.data)]));
   }
 
-  async recover(): Promise<Plane> {
-    return this;
+  recover(): Promise<Plane> {
+    return Promise.resolve(this);
   }
 
   async close(): Promise<void> {}

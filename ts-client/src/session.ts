@@ -25,7 +25,13 @@ export class MurSession {
   readonly link: SessionLink;
 
   /** @internal Sessions are made by MurClient.createSession. */
-  constructor(conn: Connection, readonly id: string, token: string, shapes: Map<string, number[]>, caps: Capabilities) {
+  constructor(
+    conn: Connection,
+    readonly id: string,
+    token: string,
+    shapes: Map<string, number[]>,
+    caps: Capabilities,
+  ) {
     this.link = { conn, id, token, caps, shapes, auth: () => auth(token) };
     this.plane = new GrpcPlane(this.link);
   }
@@ -89,8 +95,18 @@ export class MurSession {
         else tensors.push(t);
       }
       if (!header) throw new Error('ExportState sent no StateHeader');
-      const spec = header.spec && { optimizer: header.spec.optimizer, rule: header.spec.rule, defaults: header.spec.defaults as Hypers, groups: header.spec.groups as Record<string, Hypers> };
-      return { spec, stepCounts: Object.fromEntries(header.stepCounts.map((c) => [c.paramId, c.steps])), lastStep: header.lastStep, tensors };
+      const spec = header.spec && {
+        optimizer: header.spec.optimizer,
+        rule: header.spec.rule,
+        defaults: header.spec.defaults as Hypers,
+        groups: header.spec.groups as Record<string, Hypers>,
+      };
+      return {
+        spec,
+        stepCounts: Object.fromEntries(header.stepCounts.map((c) => [c.paramId, c.steps])),
+        lastStep: header.lastStep,
+        tensors,
+      };
     });
   }
 
@@ -129,15 +145,24 @@ export class MurSession {
     if (header) {
       value.stepCounts = Object.entries(header.stepCounts).map(([paramId, steps]) => ({ paramId, steps }));
       value.lastStep = header.lastStep;
-      if (header.spec) value.spec = { optimizer: header.spec.optimizer, rule: header.spec.rule, defaults: header.spec.defaults, groups: header.spec.groups ?? {} };
+      if (header.spec)
+        value.spec = {
+          optimizer: header.spec.optimizer,
+          rule: header.spec.rule,
+          defaults: header.spec.defaults,
+          groups: header.spec.groups ?? {},
+        };
     }
     const { conn, caps } = this.link;
     const n = await conn.retrying(
       () =>
         new Promise<number>((resolve, reject) => {
-          const call = conn.raw.importState(this.link.auth(), conn.callOptions(), (e, r) => (e ? reject(fromServiceError(e)) : resolve(r.tensorsImported)));
+          const call = conn.raw.importState(this.link.auth(), conn.callOptions(), (e, r) =>
+            e ? reject(fromServiceError(e)) : resolve(r.tensorsImported),
+          );
           call.write({ frame: { $case: 'header', value } });
-          for (const t of tensors) for (const c of chunksOf(t.paramId, t.slot, t.values, caps.chunkBytes)) call.write({ frame: { $case: 'chunk', value: c } });
+          for (const t of tensors)
+            for (const c of chunksOf(t.paramId, t.slot, t.values, caps.chunkBytes)) call.write({ frame: { $case: 'chunk', value: c } });
           call.end();
         }),
     );
@@ -157,7 +182,11 @@ export class MurSession {
     const { conn } = this.link;
     await conn.retrying(async (attempt) => {
       try {
-        await conn.call<CloseSessionRequest, CloseSessionReply>(conn.raw.closeSession, { sessionId: this.id }, this.link.auth());
+        await conn.call<CloseSessionRequest, CloseSessionReply>(
+          conn.raw.closeSession.bind(conn.raw),
+          { sessionId: this.id },
+          this.link.auth(),
+        );
       } catch (e) {
         // A retried close whose first attempt went through finds the session gone.
         if (!(attempt > 0 && e instanceof MurError && e.code === grpc.status.NOT_FOUND)) throw e;

@@ -9,14 +9,19 @@ import type { Overrides, Values } from './types';
 export class StepStream {
   private readonly replies: AsyncIterator<StepStreamReply>;
 
-  constructor(private readonly call: grpc.ClientDuplexStream<StepStreamRequest, StepStreamReply>, private readonly sessionId: string, private readonly chunkBytes: number) {
+  constructor(
+    private readonly call: grpc.ClientDuplexStream<StepStreamRequest, StepStreamReply>,
+    private readonly sessionId: string,
+    private readonly chunkBytes: number,
+  ) {
     this.replies = (call as AsyncIterable<StepStreamReply>)[Symbol.asyncIterator]();
   }
 
   /** Sends one step's chunks and resolves with its reply. */
   async step(grads: Values, overrides: Overrides, step: number): Promise<Values> {
     this.call.write({ frame: { $case: 'begin', value: { sessionId: this.sessionId, step, groupOverrides: overrides } } });
-    for (const [id, a] of grads) for (const c of chunksOf(id, '', a, this.chunkBytes)) this.call.write({ frame: { $case: 'grad', value: c } });
+    for (const [id, a] of grads)
+      for (const c of chunksOf(id, '', a, this.chunkBytes)) this.call.write({ frame: { $case: 'grad', value: c } });
     this.call.write({ frame: { $case: 'end', value: {} } });
     const parts = new Reassembly();
     const out: Values = new Map();

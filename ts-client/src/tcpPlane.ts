@@ -36,7 +36,8 @@ export class TcpPlane implements Plane {
       const shape = this.s.shapes.get(paramId) ?? [a.length];
       const elements = shape.reduce((x, d) => x * d, 1);
       if (!(a instanceof Float32Array)) throw new TypeError(`gradient of '${paramId}' is not a Float32Array`);
-      if (a.length !== elements) throw new TypeError(`gradient of '${paramId}': ${a.length} elements, parameter has ${elements} (shape ${JSON.stringify(shape)})`);
+      if (a.length !== elements)
+        throw new TypeError(`gradient of '${paramId}': ${a.length} elements, parameter has ${elements} (shape ${JSON.stringify(shape)})`);
       return { paramId, grad: { shape, dtype: F32, data: Buffer.alloc(0) } };
     });
     const request = { sessionId: this.s.id, step, groupOverrides: overrides, arenaGrads: [], grads };

@@ -69,7 +69,7 @@ async function handle(r: Request): Promise<Reply> {
 }
 
 parentPort!.on('message', (r: Request) => {
-  handle(r)
+  void handle(r)
     .catch((e: unknown): Reply => {
       const err = e as Error;
       return { seq: r.seq, ok: false, error: { name: err.name, message: err.message, code: e instanceof MurError ? e.code : undefined } };

@@ -35,9 +35,17 @@ export interface MurOptimizerOptions extends SessionOptions {
 type NamedTensor = { name: string; tensor: tf.Tensor };
 type Pending = Request extends infer R ? (R extends Request ? Omit<R, 'seq'> : never) : never;
 /** Atomics.waitAsync (Node >= 16; not in TypeScript's ES2022 lib). */
-const waitAsync = (Atomics as unknown as {
-  waitAsync(a: Int32Array, i: number, v: number, t: number): { async: false; value: string } | { async: true; value: Promise<string> };
-}).waitAsync;
+const waitAsync = (
+  Atomics as unknown as {
+    waitAsync(
+      this: void,
+      a: Int32Array,
+      i: number,
+      v: number,
+      t: number,
+    ): { async: false; value: string } | { async: true; value: Promise<string> };
+  }
+).waitAsync;
 
 export class MurOptimizer extends tf.Optimizer {
   static readonly className = 'MurOptimizer';
@@ -105,7 +113,7 @@ export class MurOptimizer extends tf.Optimizer {
   /** applyGradients without blocking this thread (custom loops; a server on this thread). */
   async applyGradientsAsync(variableGradients: tf.NamedTensorMap | NamedTensor[]): Promise<void> {
     const req = this.request(variableGradients);
-    this.finish(await (this.call(req, false) as Promise<Reply>));
+    this.finish(await this.call(req, false));
   }
 
   /** minimize() for custom loops: gradients of f, one awaited step; the cost if returnCost. */
@@ -123,19 +131,19 @@ export class MurOptimizer extends tf.Optimizer {
 
   /** The session's checkpoint (tensors, step counts, last step): see MurSession.checkpoint. */
   async checkpoint(): Promise<Checkpoint> {
-    return (this.expectOk(await (this.call({ op: 'checkpoint' }, false) as Promise<Reply>)) as { checkpoint: Checkpoint }).checkpoint;
+    return (this.expectOk(await this.call({ op: 'checkpoint' }, false)) as { checkpoint: Checkpoint }).checkpoint;
   }
 
   /** Puts a checkpoint back into the session (after at least one step created it). */
   async restore(cp: Checkpoint): Promise<void> {
-    this.expectOk(await (this.call({ op: 'restore', checkpoint: cp }, false) as Promise<Reply>));
+    this.expectOk(await this.call({ op: 'restore', checkpoint: cp }, false));
   }
 
   /** Closes the server session and the worker thread. */
   async close(): Promise<void> {
     if (this.closed) return;
     try {
-      if (!this.exited) this.expectOk(await (this.call({ op: 'close' }, false) as Promise<Reply>));
+      if (!this.exited) this.expectOk(await this.call({ op: 'close' }, false));
     } finally {
       this.closed = true;
       await this.worker.terminate();
@@ -149,14 +157,16 @@ export class MurOptimizer extends tf.Optimizer {
   }
 
   getConfig(): tf.serialization.ConfigDict {
-    return { spec: JSON.parse(JSON.stringify(this.spec)) };
+    return { spec: JSON.parse(JSON.stringify(this.spec)) as tf.serialization.ConfigDictValue };
   }
 
   /** The gradients as a step request; the first request also carries every variable's values. */
   private request(variableGradients: tf.NamedTensorMap | NamedTensor[]): Pending {
     if (this.closed) throw new Error('MurOptimizer: closed');
     if (this.broken) throw this.broken;
-    const named = Array.isArray(variableGradients) ? variableGradients : Object.keys(variableGradients).map((name) => ({ name, tensor: variableGradients[name] }));
+    const named = Array.isArray(variableGradients)
+      ? variableGradients
+      : Object.keys(variableGradients).map((name) => ({ name, tensor: variableGradients[name] }));
     const grads: Array<[string, Float32Array]> = [];
     const init: ParamShape[] = [];
     const first = this.shapes.size === 0;
@@ -169,7 +179,9 @@ export class MurOptimizer extends tf.Optimizer {
       if (first) {
         init.push({ id, shape: v.shape, values: Float32Array.from(v.dataSync() as Float32Array) });
       } else if (!this.shapes.has(id)) {
-        throw new Error(`MurOptimizer: variable '${name}' was not in the first step; the session's parameters are fixed when it is created (make a new optimizer)`);
+        throw new Error(
+          `MurOptimizer: variable '${name}' was not in the first step; the session's parameters are fixed when it is created (make a new optimizer)`,
+        );
       }
       grads.push([id, Float32Array.from(tensor.dataSync() as Float32Array)]);
     }
@@ -201,11 +213,13 @@ export class MurOptimizer extends tf.Optimizer {
 
   /** Posts one request to the worker; blocks for its reply (sync) or returns a promise of it. */
   private call(req: Pending, sync: boolean): Reply | Promise<Reply> {
-    if (sync) return this.roundTrip(req, true) as Reply;
+    if (sync) return this.roundTrip(req, true);
     if (this.awaiting++ === 0) this.worker.ref();
-    const run = this.queue.then(() => this.roundTrip(req, false)).finally(() => {
-      if (--this.awaiting === 0) this.worker.unref();
-    });
+    const run = this.queue
+      .then(() => this.roundTrip(req, false))
+      .finally(() => {
+        if (--this.awaiting === 0) this.worker.unref();
+      });
     this.queue = run.catch(() => undefined);
     return run;
   }
@@ -214,7 +228,7 @@ export class MurOptimizer extends tf.Optimizer {
     const seq = ++this.seq;
     const deadline = Date.now() + this.timeoutMs;
     let seen = Atomics.load(this.signal, 0);
-    this.worker.postMessage({ ...req, seq } as Request);
+    this.worker.postMessage({ ...req, seq });
     const take = (): Reply | null => {
       for (let m = receiveMessageOnPort(this.port); m; m = receiveMessageOnPort(this.port)) {
         if ((m.message as Reply).seq === seq) return m.message as Reply;
@@ -227,7 +241,10 @@ export class MurOptimizer extends tf.Optimizer {
           'is the server running on it (an in-process startServer)? Run it in another process or thread, or use applyGradientsAsync/minimizeAsync.',
       );
       // The server may still apply that step: the variables and the session no longer agree.
-      if (req.op === 'step') this.broken ??= new Error(`${e.message} This optimizer is out of step with its session now: make a new one (or restore a checkpoint into a new one).`);
+      if (req.op === 'step')
+        this.broken ??= new Error(
+          `${e.message} This optimizer is out of step with its session now: make a new one (or restore a checkpoint into a new one).`,
+        );
       return e;
     };
     if (sync) {

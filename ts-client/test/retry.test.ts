@@ -11,7 +11,17 @@ import * as os from 'os';
 import * as path from 'path';
 import * as grpc from '@grpc/grpc-js';
 import { initBackend, startServer, type RunningServer } from '@mur/server';
-import { DataLossError, fromStatus, MurClient, MurError, ResourceExhaustedError, StorageFullError, StorageIOError, UnavailableError, type MurSession } from '../src';
+import {
+  DataLossError,
+  fromStatus,
+  MurClient,
+  MurError,
+  ResourceExhaustedError,
+  StorageFullError,
+  StorageIOError,
+  UnavailableError,
+  type MurSession,
+} from '../src';
 import { backoffMs, RETRY } from '../src/connection';
 import { Capabilities, CreateSessionReply, OptimizerService } from '../generated/mur/v1/optimizer';
 
@@ -217,13 +227,22 @@ describe('MurClient deadlines and retries', () => {
   it('statuses: DATA_LOSS -> DataLossError with how to resume; a full or failing state dir (mur-reason or message) -> StorageFullError / StorageIOError', () => {
     const e = fromStatus(grpc.status.DATA_LOSS, "session 'x': /s/sessions/x/journal: body checksum mismatch");
     assert.ok(e instanceof DataLossError && e.code === grpc.status.DATA_LOSS);
-    assert.match(e.message, /journal: body checksum mismatch \[DATA_LOSS\] To resume: create a new session .*restore\(<your last checkpoint>\)/);
-    for (const [details, reason] of [['state dir /s: no space left (ENOSPC) while writing', ''], ['no space', 'disk-full']]) {
+    assert.match(
+      e.message,
+      /journal: body checksum mismatch \[DATA_LOSS\] To resume: create a new session .*restore\(<your last checkpoint>\)/,
+    );
+    for (const [details, reason] of [
+      ['state dir /s: no space left (ENOSPC) while writing', ''],
+      ['no space', 'disk-full'],
+    ]) {
       const full = fromStatus(grpc.status.RESOURCE_EXHAUSTED, details, reason);
       assert.ok(full instanceof StorageFullError && full instanceof ResourceExhaustedError, details);
     }
     assert.ok(!(fromStatus(grpc.status.RESOURCE_EXHAUSTED, 'memory: ...') instanceof StorageFullError));
-    for (const [details, reason] of [['state dir /s: I/O error (EIO) while writing', ''], ['I/O error', 'disk-io']]) {
+    for (const [details, reason] of [
+      ['state dir /s: I/O error (EIO) while writing', ''],
+      ['I/O error', 'disk-io'],
+    ]) {
       const io = fromStatus(grpc.status.UNAVAILABLE, details, reason);
       assert.ok(io instanceof StorageIOError && io instanceof UnavailableError, details);
     }
@@ -258,9 +277,15 @@ describe('MurClient deadlines and retries', () => {
       const step = raw.step;
       raw.step = function (this: unknown, ...a: unknown[]) {
         const cb = a.at(-1) as (e: { code?: number } | null, r: unknown) => void;
-        return step.apply(this, [...a.slice(0, -1), (e: { code?: number } | null, r: unknown) => ((dataLoss += e?.code === grpc.status.DATA_LOSS ? 1 : 0), cb(e, r))]);
+        return step.apply(this, [
+          ...a.slice(0, -1),
+          (e: { code?: number } | null, r: unknown) => ((dataLoss += e?.code === grpc.status.DATA_LOSS ? 1 : 0), cb(e, r)),
+        ]);
       };
-      await assert.rejects(s.step(grad(4)), (e: Error) => e instanceof DataLossError && /journal.*checksum mismatch/.test(e.message) && /To resume/.test(e.message));
+      await assert.rejects(
+        s.step(grad(4)),
+        (e: Error) => e instanceof DataLossError && /journal.*checksum mismatch/.test(e.message) && /To resume/.test(e.message),
+      );
       assert.equal(dataLoss, 1, 'DATA_LOSS is not retried');
       raw.step = step;
       const resumed = await client.createSession(spec, init(), { transport: 'grpc' });

@@ -66,12 +66,18 @@ function bytesPerParam(spec: ResolvedSpec): number {
 /** A torch.optim process in --serve mode (python-runner/scripts/bench_torch_optim.py). */
 class Torch {
   private readonly lines: AsyncIterableIterator<string>;
-  private constructor(private readonly proc: ChildProcessByStdio<Writable, Readable, null>, readonly version: string, lines: AsyncIterableIterator<string>) {
+  private constructor(
+    private readonly proc: ChildProcessByStdio<Writable, Readable, null>,
+    readonly version: string,
+    lines: AsyncIterableIterator<string>,
+  ) {
     this.lines = lines;
   }
   static async start(python: string): Promise<Torch | null> {
     if (!fs.existsSync(python)) return null;
-    const proc = spawn(python, [path.join(ROOT, 'python-runner/scripts/bench_torch_optim.py'), '--serve'], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const proc = spawn(python, [path.join(ROOT, 'python-runner/scripts/bench_torch_optim.py'), '--serve'], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
     const lines = readline.createInterface({ input: proc.stdout })[Symbol.asyncIterator]();
     const first = await lines.next();
     if (first.done) return null;
@@ -105,22 +111,28 @@ function fill(n: number, scale: number, f: (i: number) => number): Float32Array 
   return a;
 }
 
-function murSide(optimizer: string, rule: string, n: number, grad: Float32Array, values: Float32Array): { side: Side; session: Session; bytes: number } {
+function murSide(
+  optimizer: string,
+  rule: string,
+  n: number,
+  grad: Float32Array,
+  values: Float32Array,
+): { side: Side; session: Session; bytes: number } {
   const spec = resolveSpec({ optimizer, rule, defaults: { ...HYPERS[optimizer], ...RULE_HYPERS[rule] } });
   const s = new Session('bench', spec, [{ id: 'w', name: 'w', shape: [n], group: '', values }]);
   let t = 0;
-  for (; t < 3; ) s.step(++t, [{ id: 'w', data: grad }]);
+  for (; t < 3;) s.step(++t, [{ id: 'w', data: grad }]);
   const side: Side = {
     name: rule,
     times: [],
-    run: async (steps) => {
+    run: (steps) => {
       const out: number[] = [];
       for (let k = 0; k < steps; k++) {
         const t0 = process.hrtime.bigint();
         s.step(++t, [{ id: 'w', data: grad }]);
         out.push(Number(process.hrtime.bigint() - t0) / 1e9);
       }
-      return out;
+      return Promise.resolve(out);
     },
   };
   return { side, session: s, bytes: bytesPerParam(spec) };
@@ -182,7 +194,6 @@ async function main() {
           }
           // The limit kernel on its own four arrays (native only): Adam's traffic, threaded like the engine.
           let limit: Side | null = null;
-          let limitArrays: Float32Array[] = [];
           if (native && addon) {
             // On the engine's own kind of memory (huge pages from 2 MiB), beside the same gradient.
             const own = (f: (a: Float32Array) => void) => {
@@ -190,19 +201,18 @@ async function main() {
               f(a);
               return a;
             };
-            limitArrays = [own((a) => a.set(values)), grad, own((a) => a.fill(1e-3)), own((a) => a.fill(1e-4))];
-            const [p, g, m, v] = limitArrays;
+            const [p, g, m, v] = [own((a) => a.set(values)), grad, own((a) => a.fill(1e-3)), own((a) => a.fill(1e-4))];
             limit = {
               name: 'limit',
               times: [],
-              run: async (steps) => {
+              run: (steps) => {
                 const out: number[] = [];
                 for (let k = 0; k < steps; k++) {
                   const t0 = process.hrtime.bigint();
                   addon.limit(p, g, m, v);
                   out.push(Number(process.hrtime.bigint() - t0) / 1e9);
                 }
-                return out;
+                return Promise.resolve(out);
               },
             };
           }
@@ -213,7 +223,12 @@ async function main() {
             const t2 = torchSide(torch2, `torch2 ${mode}`);
             // The first candidate runs in every round with mur; further ones only beside the limit and torch 1.13.
             sides.length = 0;
-            sides.push(t2, ...(t1 && i === 0 ? [t1] : []), ...(limit && i === 0 ? [limit] : []), ...(i === 0 ? mur.map((m) => m.side) : []));
+            sides.push(
+              t2,
+              ...(t1 && i === 0 ? [t1] : []),
+              ...(limit && i === 0 ? [limit] : []),
+              ...(i === 0 ? mur.map((m) => m.side) : []),
+            );
             await rounds(sides, n);
             torchBest.push({ mode, sec: median(t2.times) });
           }
@@ -221,7 +236,6 @@ async function main() {
           if (!torch2) await rounds([...torchSides, ...(limit ? [limit] : []), ...mur.map((m) => m.side)], n);
           await torch1?.ask({ cmd: 'free' });
           for (const m of mur) m.session.dispose();
-          limitArrays = [];
           const best = torchBest.reduce<{ mode: string; sec: number } | null>((a, r) => (!a || r.sec < a.sec ? r : a), null);
           const limitSec = limit ? median(limit.times) : null;
           const limitGbs = limitSec ? (28 * n) / limitSec / 1e9 : null;
@@ -256,11 +270,42 @@ async function main() {
   torch2?.close();
   torch1?.close();
   const versions = [torch2?.version, torch1?.version].filter(Boolean).join(' and ');
-  console.log(`torch ${versions}; native SIMD target ${target ?? 'n/a'}; one step on one float32 tensor (median); limit = the limit kernel's GB/s at 28 B/param`);
-  const head = ['optimizer', 'rule', 'backend', 'thr', 'params', 'mur Mp/s', 'ms/step', 'GB/s', 'limit GB/s', 'of limit', 'torch Mp/s (mode)', 'torch GB/s', 'of limit', '1.13 dflt', 'ratio'];
+  console.log(
+    `torch ${versions}; native SIMD target ${target ?? 'n/a'}; one step on one float32 tensor (median); limit = the limit kernel's GB/s at 28 B/param`,
+  );
+  const head = [
+    'optimizer',
+    'rule',
+    'backend',
+    'thr',
+    'params',
+    'mur Mp/s',
+    'ms/step',
+    'GB/s',
+    'limit GB/s',
+    'of limit',
+    'torch Mp/s (mode)',
+    'torch GB/s',
+    'of limit',
+    '1.13 dflt',
+    'ratio',
+  ];
   const cell = (r: Record<string, unknown>) => [
-    r.optimizer, r.rule, r.backend, r.threads, r.params, r.mparams_per_s, r.ms_per_step, r.gb_per_s, r.limit_gb_per_s, r.limit_fraction,
-    `${r.torch_best_mparams_per_s} (${r.torch_best_mode})`, r.torch_gb_per_s, r.torch_limit_fraction, r.torch_default_mparams_per_s, r.ratio,
+    r.optimizer,
+    r.rule,
+    r.backend,
+    r.threads,
+    r.params,
+    r.mparams_per_s,
+    r.ms_per_step,
+    r.gb_per_s,
+    r.limit_gb_per_s,
+    r.limit_fraction,
+    `${String(r.torch_best_mparams_per_s)} (${String(r.torch_best_mode)})`,
+    r.torch_gb_per_s,
+    r.torch_limit_fraction,
+    r.torch_default_mparams_per_s,
+    r.ratio,
   ];
   console.log(`| ${head.join(' | ')} |\n|${head.map(() => ' --- ').join('|')}|`);
   for (const r of rows) console.log(`| ${cell(r).map(String).join(' | ')} |`);

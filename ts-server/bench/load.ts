@@ -24,7 +24,14 @@ import * as http from 'http';
 import * as path from 'path';
 import * as readline from 'readline';
 import * as grpc from '@grpc/grpc-js';
-import { DType, OptimizerClient, type ArenaInfo, type CreateSessionReply, type StepReply, type StepRequest } from '../generated/mur/v1/optimizer';
+import {
+  DType,
+  OptimizerClient,
+  type ArenaInfo,
+  type CreateSessionReply,
+  type StepReply,
+  type StepRequest,
+} from '../generated/mur/v1/optimizer';
 
 interface Options {
   duration: number;
@@ -76,6 +83,7 @@ function parse(argv: string[]): Options {
           'node dist/bench/load.js [--duration S (45)] [--clients N (32)] [--params N (100000)] [--transports grpc,shm] [--backend NAME] [--state-dir DIR [--fsync MODE]]',
         );
         process.exit(0);
+        break;
       default:
         throw new Error(`unknown option ${argv[i]}`);
     }
@@ -88,13 +96,25 @@ function parse(argv: string[]): Options {
 
 // -- a client process -------------------------------------------------------------
 
-function unary<Req, Res>(fn: (req: Req, md: grpc.Metadata, cb: (e: grpc.ServiceError | null, r: Res) => void) => unknown, req: Req, md = new grpc.Metadata()): Promise<Res> {
+function unary<Req, Res>(
+  fn: (req: Req, md: grpc.Metadata, cb: (e: grpc.ServiceError | null, r: Res) => void) => unknown,
+  req: Req,
+  md = new grpc.Metadata(),
+): Promise<Res> {
   return new Promise((resolve, reject) => fn(req, md, (e, r) => (e ? reject(e) : resolve(r))));
 }
 
 async function worker(): Promise<void> {
-  const { port, transport, params, seed } = JSON.parse(process.env.MUR_LOAD_WORKER!) as { port: number; transport: string; params: number; seed: number };
-  const client = new OptimizerClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), { 'grpc.max_receive_message_length': -1, 'grpc.max_send_message_length': -1 });
+  const { port, transport, params, seed } = JSON.parse(process.env.MUR_LOAD_WORKER!) as {
+    port: number;
+    transport: string;
+    params: number;
+    seed: number;
+  };
+  const client = new OptimizerClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {
+    'grpc.max_receive_message_length': -1,
+    'grpc.max_send_message_length': -1,
+  });
   // Two tensors, like a weight and a smaller one: 90% and 10% of the parameters.
   const sizes = [params - Math.floor(params / 10), Math.floor(params / 10)];
   let s = seed;
@@ -122,10 +142,16 @@ async function worker(): Promise<void> {
     try {
       let req: StepRequest;
       if (arena) {
-        arena.info.tensors.forEach((t, i) => fs.writeSync(arena!.fd, grads[i], 0, grads[i].length, t.gradOffset));
+        arena.info.tensors.forEach((t, i) => fs.writeSync(arena.fd, grads[i], 0, grads[i].length, t.gradOffset));
         req = { sessionId: session.sessionId, step: k, grads: [], groupOverrides: {}, arenaGrads: sizes.map((_, i) => i) };
       } else {
-        req = { sessionId: session.sessionId, step: k, groupOverrides: {}, arenaGrads: [], grads: sizes.map((n, i) => ({ paramId: `p${i}`, grad: { shape: [n], dtype: DType.DTYPE_FLOAT32, data: grads[i] } })) };
+        req = {
+          sessionId: session.sessionId,
+          step: k,
+          groupOverrides: {},
+          arenaGrads: [],
+          grads: sizes.map((n, i) => ({ paramId: `p${i}`, grad: { shape: [n], dtype: DType.DTYPE_FLOAT32, data: grads[i] } })),
+        };
       }
       await unary<StepRequest, StepReply>(client.step.bind(client), req, md);
       result.steps++;
@@ -175,18 +201,34 @@ function scrape(port: number): Promise<Map<string, number>> {
   );
 }
 
-async function startServer(o: Options, stateDir: string | null): Promise<{ child: ChildProcess; port: number; metricsPort: number; backend: string }> {
+/** The line mur-server prints once it listens (the fields read here). */
+interface ListeningLine {
+  port: number;
+  metrics_port: number;
+  backend: string;
+}
+
+async function startServer(
+  o: Options,
+  stateDir: string | null,
+): Promise<{ child: ChildProcess; port: number; metricsPort: number; backend: string }> {
   const args = [
-    CLI, '--port', '0', '--metrics-port', '0', '--max-sessions', '0',
+    CLI,
+    '--port',
+    '0',
+    '--metrics-port',
+    '0',
+    '--max-sessions',
+    '0',
     ...(o.backend ? ['--backend', o.backend] : []),
     ...(stateDir ? ['--state-dir', stateDir, ...(o.fsync ? ['--fsync', o.fsync] : [])] : []),
   ];
   const child = spawn(process.execPath, args, { env: { ...process.env, MUR_LOG: 'silent' }, stdio: ['ignore', 'pipe', 'inherit'] });
   const line = await new Promise<string>((resolve, reject) => {
-    readline.createInterface({ input: child.stdout! }).once('line', resolve);
+    readline.createInterface({ input: child.stdout }).once('line', resolve);
     child.once('exit', (code) => reject(new Error(`mur-server exited with ${code} before listening`)));
   });
-  const info = JSON.parse(line);
+  const info = JSON.parse(line) as ListeningLine;
   return { child, port: info.port, metricsPort: info.metrics_port, backend: info.backend };
 }
 
@@ -195,7 +237,10 @@ async function phase(o: Options, transport: string, server: { child: ChildProces
   const before = rssKiB(pid);
   const metricsBefore = await scrape(server.metricsPort);
   const workers = Array.from({ length: o.clients }, (_, i) =>
-    fork(__filename, ['--worker'], { env: { ...process.env, MUR_LOAD_WORKER: JSON.stringify({ port: server.port, transport, params: o.params, seed: 1 + i }) }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }),
+    fork(__filename, ['--worker'], {
+      env: { ...process.env, MUR_LOAD_WORKER: JSON.stringify({ port: server.port, transport, params: o.params, seed: 1 + i }) },
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    }),
   );
   const results: Promise<WorkerResult>[] = workers.map(
     (w) =>
@@ -243,13 +288,17 @@ async function main(): Promise<void> {
   try {
     const fresh = rssKiB(server.child.pid!).rss;
     const caps = await new Promise<{ transports: string[] }>((resolve, reject) =>
-      new OptimizerClient(`127.0.0.1:${server.port}`, grpc.credentials.createInsecure()).getCapabilities({}, (e, r) => (e ? reject(e) : resolve(r))),
+      new OptimizerClient(`127.0.0.1:${server.port}`, grpc.credentials.createInsecure()).getCapabilities({}, (e, r) =>
+        e ? reject(e) : resolve(r),
+      ),
     );
     console.log(
       `bench-load: ${o.clients} clients x ${o.params} parameters (adam, hybrid), ${o.duration} s per transport, server pid ${server.child.pid} (${server.backend})` +
         (stateDir ? `, --state-dir ${stateDir} --fsync ${o.fsync ?? '(default)'}` : ''),
     );
-    console.log(`server RSS MiB: ${mib(fresh)} started, ${mib(rssKiB(server.child.pid!).rss)} after one GetCapabilities (it probes the available engines)`);
+    console.log(
+      `server RSS MiB: ${mib(fresh)} started, ${mib(rssKiB(server.child.pid!).rss)} after one GetCapabilities (it probes the available engines)`,
+    );
     const rows = [];
     for (const t of o.transports) {
       if (!caps.transports.includes(t)) {

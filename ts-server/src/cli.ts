@@ -95,7 +95,7 @@ function readFile(flag: string, file: string | undefined): Buffer {
   try {
     return fs.readFileSync(file);
   } catch (e) {
-    throw new Error(`${flag}: cannot read ${file}: ${(e as Error).message}`);
+    throw new Error(`${flag}: cannot read ${file}: ${(e as Error).message}`, { cause: e });
   }
 }
 
@@ -138,7 +138,8 @@ export function parseArgs(argv: string[]): CliOptions | 'help' | 'version' {
         break;
       case '--backend': {
         const b = next();
-        if (!BACKEND_NAMES.includes(b as BackendName)) throw new Error(`--backend: ${JSON.stringify(b ?? null)} is not one of ${BACKEND_NAMES.join(', ')}`);
+        if (!BACKEND_NAMES.includes(b as BackendName))
+          throw new Error(`--backend: ${JSON.stringify(b ?? null)} is not one of ${BACKEND_NAMES.join(', ')}`);
         o.backend = b as BackendName;
         break;
       }
@@ -149,7 +150,7 @@ export function parseArgs(argv: string[]): CliOptions | 'help' | 'version' {
         try {
           json = JSON.parse(fs.readFileSync(file, 'utf8'));
         } catch (e) {
-          throw new Error(`--config: cannot read ${file}: ${(e as Error).message}`);
+          throw new Error(`--config: cannot read ${file}: ${(e as Error).message}`, { cause: e });
         }
         checkSpecJson(json, `--config ${file}: `);
         o.config = json;
@@ -256,7 +257,9 @@ async function main(): Promise<void> {
     return;
   }
   if (opts === 'version') {
-    process.stdout.write(`mur-server ${require('../../package.json').version}\n`);
+    // dist/src/cli.js -> the package's own package.json (a path an import could not name from src/ and dist/ alike).
+    const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '../../package.json'), 'utf8')) as { version: string };
+    process.stdout.write(`mur-server ${pkg.version}\n`);
     return;
   }
   // Signals are handled from the start: a SIGTERM that arrives while the
@@ -267,14 +270,19 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log('info', 'shutdown', { signal });
-    (server ? server.close() : Promise.resolve()).then(() => {
-      if (opts.socket) {
-        fs.rmSync(opts.socket, { force: true });
-        if (opts.removeSocketDir) removeEmptyDir(path.dirname(opts.socket));
-      }
-      log('info', 'stopped', {});
-      process.exit(0);
-    });
+    (server ? server.close() : Promise.resolve())
+      .then(() => {
+        if (opts.socket) {
+          fs.rmSync(opts.socket, { force: true });
+          if (opts.removeSocketDir) removeEmptyDir(path.dirname(opts.socket));
+        }
+        log('info', 'stopped', {});
+        process.exit(0);
+      })
+      .catch((e: unknown) => {
+        log('error', 'shutdown_failed', { message: String((e as Error)?.message ?? e) });
+        process.exit(1);
+      });
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
@@ -308,7 +316,11 @@ async function main(): Promise<void> {
     await server.close(); // a signal came while starting
     return;
   }
-  const extra = { ...(opts.tls ? { tls: opts.tls.clientCa ? 'mutual' : 'server' } : {}), ...(server.metricsPort !== undefined ? { metrics_port: server.metricsPort } : {}), ...(server.context.dataPort ? { data_port: server.context.dataPort } : {}) };
+  const extra = {
+    ...(opts.tls ? { tls: opts.tls.clientCa ? 'mutual' : 'server' } : {}),
+    ...(server.metricsPort !== undefined ? { metrics_port: server.metricsPort } : {}),
+    ...(server.context.dataPort ? { data_port: server.context.dataPort } : {}),
+  };
   process.stdout.write(JSON.stringify({ event: 'listening', port, ...where, backend, ...detail, ...extra }) + '\n');
   log('info', 'listening', { port, ...where, backend, ...detail, ...extra });
 }

@@ -9,7 +9,18 @@ import * as fs from 'fs';
 import { status, type ServiceError } from '@grpc/grpc-js';
 import { DType, type ArenaInfo, type CreateSessionRequest, type OpenArenaRequest } from '../generated/mur/v1/optimizer';
 import { currentEngine } from '../src/engine/engine';
-import { auth, call, capabilities as getCaps, closeSession, create, expectStatus as expectRefused, importFrames as importState, startHarness, step, type Harness } from './harness';
+import {
+  auth,
+  call,
+  capabilities as getCaps,
+  closeSession,
+  create,
+  expectStatus as expectRefused,
+  importFrames as importState,
+  startHarness,
+  step,
+  type Harness,
+} from './harness';
 
 const F32 = DType.DTYPE_FLOAT32;
 const bytes = (a: number[]) => Buffer.from(Float32Array.from(a).buffer);
@@ -94,8 +105,13 @@ describe('same-host transport: the shared-memory arena', () => {
         assert.equal(r.replayed, false);
         assert.equal(r.params.length, 0, 'values are in the arena, not the reply');
         const inline = await step(h, {
-          sessionId: b.sessionId, step: k, groupOverrides: {},
-          grads: [{ paramId: 'w', grad: { shape: [2, 3], dtype: F32, data: bytes(gw) } }, { paramId: 'b', grad: { shape: [3], dtype: F32, data: bytes(gb) } }],
+          sessionId: b.sessionId,
+          step: k,
+          groupOverrides: {},
+          grads: [
+            { paramId: 'w', grad: { shape: [2, 3], dtype: F32, data: bytes(gw) } },
+            { paramId: 'b', grad: { shape: [3], dtype: F32, data: bytes(gb) } },
+          ],
         });
         const want = inline.params.map((p) => Buffer.from(p.value!.data));
         assert.ok(Buffer.from(m.param(0).buffer).equals(want[0]), `step ${k}: w differs`);
@@ -106,7 +122,11 @@ describe('same-host transport: the shared-memory arena', () => {
       assert.equal(again.replayed, true, 'the same arena gradients under the same number: a retry');
       assert.ok(Buffer.from(m.param(0).buffer).equals(was), 'a replayed step changes nothing');
       m.writeGrad(0, [9, 9, 9, 9, 9, 9]);
-      await expectRefused(step(h, { sessionId: a.sessionId, step: 5, grads: [], groupOverrides: {}, arenaGrads: [0, 1] }), status.FAILED_PRECONDITION, 'different request');
+      await expectRefused(
+        step(h, { sessionId: a.sessionId, step: 5, grads: [], groupOverrides: {}, arenaGrads: [0, 1] }),
+        status.FAILED_PRECONDITION,
+        'different request',
+      );
       assert.ok(Buffer.from(m.param(0).buffer).equals(was));
       // Only the parameters named step: b keeps its value when only w has a gradient.
       const bWas = Buffer.from(m.param(1).buffer);
@@ -138,7 +158,12 @@ describe('same-host transport: the shared-memory arena', () => {
       const g = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6];
       m.writeGrad(0, g);
       await step(h, { sessionId: a.sessionId, step: 1, grads: [], groupOverrides: {}, arenaGrads: [0] });
-      const inline = await step(h, { sessionId: b.sessionId, step: 1, groupOverrides: {}, grads: [{ paramId: 'w', grad: { shape: [2, 3], dtype: F32, data: bytes(g) } }] });
+      const inline = await step(h, {
+        sessionId: b.sessionId,
+        step: 1,
+        groupOverrides: {},
+        grads: [{ paramId: 'w', grad: { shape: [2, 3], dtype: F32, data: bytes(g) } }],
+      });
       assert.ok(Buffer.from(m.param(0).buffer).equals(Buffer.from(inline.params[0].value!.data)));
       assert.ok(Math.abs(m.param(0)[0] - 3) < 0.1, 'stepped from the edited value');
     } finally {
@@ -164,8 +189,15 @@ describe('same-host transport: the shared-memory arena', () => {
       await expectRefused(s({ step: 2, arenaGrads: [2] }), status.INVALID_ARGUMENT, 'arena_grads[0]', '2');
       await expectRefused(s({ step: 2, arenaGrads: [1, 1] }), status.INVALID_ARGUMENT, 'twice');
       await expectRefused(
-        step(h, { sessionId: a.sessionId, step: 2, groupOverrides: {}, arenaGrads: [1], grads: [{ paramId: 'b', grad: { shape: [3], dtype: F32, data: bytes([1, 1, 1]) } }] }),
-        status.INVALID_ARGUMENT, 'must be empty',
+        step(h, {
+          sessionId: a.sessionId,
+          step: 2,
+          groupOverrides: {},
+          arenaGrads: [1],
+          grads: [{ paramId: 'b', grad: { shape: [3], dtype: F32, data: bytes([1, 1, 1]) } }],
+        }),
+        status.INVALID_ARGUMENT,
+        'must be empty',
       );
       await expectRefused(s({ step: 1, arenaGrads: [1] }), status.FAILED_PRECONDITION, 'different request');
       assert.ok(Buffer.from(m.param(0).buffer).equals(was[0]));
@@ -177,16 +209,21 @@ describe('same-host transport: the shared-memory arena', () => {
     const other = await create(h, request());
     await expectRefused(
       step(h, { sessionId: other.sessionId, step: 1, groupOverrides: {}, grads: [], arenaGrads: [0] }),
-      status.FAILED_PRECONDITION, 'OpenArena',
+      status.FAILED_PRECONDITION,
+      'OpenArena',
     );
     await expectRefused(openArena(h, 'nope'), status.UNAUTHENTICATED, 'token');
     await closeSession(h, other.sessionId);
     await closeSession(h, a.sessionId);
   });
 
-  it("refusals a client acts on carry mur-reason (arena-gone, no-default-spec); others carry none", async () => {
+  it('refusals a client acts on carry mur-reason (arena-gone, no-default-spec); others carry none', async () => {
     const a = await create(h, request());
-    const refusal = (p: Promise<unknown>) => p.then(() => assert.fail('the call succeeded'), (e: ServiceError) => e);
+    const refusal = (p: Promise<unknown>) =>
+      p.then(
+        () => assert.fail('the call succeeded'),
+        (e: ServiceError) => e,
+      );
     const gone = await refusal(step(h, { sessionId: a.sessionId, step: 1, groupOverrides: {}, grads: [], arenaGrads: [0] }));
     assert.equal(gone.code, status.FAILED_PRECONDITION);
     assert.match(gone.details, /has no arena/);
@@ -197,7 +234,7 @@ describe('same-host transport: the shared-memory arena', () => {
     await closeSession(h, a.sessionId);
     // No spec and no --config default: the client chooses one (mur-reason: no-default-spec).
     const { spec: _, ...noSpec } = request();
-    const none = await refusal(create(h, noSpec as CreateSessionRequest));
+    const none = await refusal(create(h, noSpec));
     assert.equal(none.code, status.INVALID_ARGUMENT);
     assert.deepEqual(none.metadata.get('mur-reason'), ['no-default-spec']);
   });

@@ -10,13 +10,35 @@ import * as grpc from '@grpc/grpc-js';
 import { OptimizerClient } from '../generated/mur/v1/optimizer';
 
 const CLI = path.join(__dirname, '../src/cli.js');
+
+/** A JSON line mur-server writes (stdout: listening; stderr: log events); the fields read here. */
+interface ServerLine {
+  event: string;
+  backend?: string;
+  port?: number;
+  socket?: string;
+}
 const env = { ...process.env, MUR_LOG: 'info' };
 
 describe('mur-server CLI', () => {
   it('--help describes every flag', () => {
     const r = spawnSync(process.execPath, [CLI, '--help'], { encoding: 'utf8', env });
     assert.equal(r.status, 0);
-    for (const f of ['--port', '--socket', '--backend', '--threads', '--config', '--max-sessions', '--max-bytes', '--session-idle-timeout', '--fsync', '--max-streams', '--exit-with-stdin', '--max-message-mb', '--chunk-kb']) {
+    for (const f of [
+      '--port',
+      '--socket',
+      '--backend',
+      '--threads',
+      '--config',
+      '--max-sessions',
+      '--max-bytes',
+      '--session-idle-timeout',
+      '--fsync',
+      '--max-streams',
+      '--exit-with-stdin',
+      '--max-message-mb',
+      '--chunk-kb',
+    ]) {
       assert.ok(r.stdout.includes(f), f);
     }
   });
@@ -24,7 +46,8 @@ describe('mur-server CLI', () => {
   it('--version prints the package version', () => {
     const r = spawnSync(process.execPath, [CLI, '--version'], { encoding: 'utf8', env });
     assert.equal(r.status, 0);
-    assert.equal(r.stdout.trim(), `mur-server ${require('../../package.json').version}`);
+    const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '../../package.json'), 'utf8')) as { version: string };
+    assert.equal(r.stdout.trim(), `mur-server ${pkg.version}`);
   });
 
   it('refuses a bad flag value and a bad --config with exit code 2, naming the field and value', () => {
@@ -72,15 +95,20 @@ describe('mur-server CLI', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mur-cli-'));
     const cfg = path.join(dir, 'spec.json');
     fs.writeFileSync(cfg, JSON.stringify({ optimizer: 'adam', rule: 'hybrid' }));
-    const child = spawn(process.execPath, [CLI, '--port', '0', '--backend', 'cpu', '--config', cfg], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI, '--port', '0', '--backend', 'cpu', '--config', cfg], {
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     const stderr: string[] = [];
     child.stderr.on('data', (b) => stderr.push(String(b)));
     const first = await new Promise<string>((resolve) => readline.createInterface({ input: child.stdout }).once('line', resolve));
-    const info = JSON.parse(first);
+    const info = JSON.parse(first) as ServerLine;
     assert.equal(info.event, 'listening');
     assert.equal(info.backend, 'cpu');
     const client = new OptimizerClient(`127.0.0.1:${info.port}`, grpc.credentials.createInsecure());
-    const caps = await new Promise<{ backend: string }>((resolve, reject) => client.getCapabilities({}, (e, r) => (e ? reject(e) : resolve(r))));
+    const caps = await new Promise<{ backend: string }>((resolve, reject) =>
+      client.getCapabilities({}, (e, r) => (e ? reject(e) : resolve(r))),
+    );
     assert.equal(caps.backend, 'cpu');
     client.close();
     const code = await new Promise<number | null>((resolve) => {
@@ -89,14 +117,24 @@ describe('mur-server CLI', () => {
     });
     assert.equal(code, 0);
     // JSON log lines (libtensorflow may print its own non-JSON notices when probed).
-    const events = stderr.join('').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l).event);
-    assert.deepEqual(events.filter((e) => e !== 'rpc_error'), ['listening', 'shutdown', 'stopped']);
+    const events = stderr
+      .join('')
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => (JSON.parse(l) as ServerLine).event);
+    assert.deepEqual(
+      events.filter((e) => e !== 'rpc_error'),
+      ['listening', 'shutdown', 'stopped'],
+    );
     fs.rmSync(dir, { recursive: true });
   });
 
   it('a SIGTERM the instant it says it listens still shuts it down cleanly (10 of 10)', async () => {
     for (let k = 0; k < 10; k++) {
-      const child = spawn(process.execPath, [CLI, '--port', '0'], { env: { ...env, MUR_LOG: 'silent' }, stdio: ['ignore', 'pipe', 'ignore'] });
+      const child = spawn(process.execPath, [CLI, '--port', '0'], {
+        env: { ...env, MUR_LOG: 'silent' },
+        stdio: ['ignore', 'pipe', 'ignore'],
+      });
       const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.on('exit', (c, sig) => resolve([c, sig])));
       await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
       child.kill('SIGTERM');
@@ -107,12 +145,19 @@ describe('mur-server CLI', () => {
   it('--socket listens on a Unix socket and removes it on exit; --exit-with-stdin stops when stdin closes', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mur-cli-'));
     const sock = path.join(dir, 'mur.sock');
-    const child = spawn(process.execPath, [CLI, '--socket', sock, '--exit-with-stdin'], { env: { ...env, MUR_LOG: 'silent' }, stdio: ['pipe', 'pipe', 'ignore'] });
+    const child = spawn(process.execPath, [CLI, '--socket', sock, '--exit-with-stdin'], {
+      env: { ...env, MUR_LOG: 'silent' },
+      stdio: ['pipe', 'pipe', 'ignore'],
+    });
     const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
-    const info = JSON.parse(await new Promise<string>((resolve) => readline.createInterface({ input: child.stdout }).once('line', resolve)));
+    const info = JSON.parse(
+      await new Promise<string>((resolve) => readline.createInterface({ input: child.stdout }).once('line', resolve)),
+    ) as ServerLine;
     assert.equal(info.socket, sock);
     const client = new OptimizerClient(`unix:${sock}`, grpc.credentials.createInsecure());
-    const caps = await new Promise<{ transports: string[] }>((resolve, reject) => client.getCapabilities({}, (e, r) => (e ? reject(e) : resolve(r))));
+    const caps = await new Promise<{ transports: string[] }>((resolve, reject) =>
+      client.getCapabilities({}, (e, r) => (e ? reject(e) : resolve(r))),
+    );
     assert.ok(caps.transports.includes('grpc'));
     client.close();
     child.stdin.end(); // the parent lets go

@@ -96,7 +96,10 @@ describe('durable sessions (--state-dir)', () => {
     const n = 1 << 16; // 256 KiB per gradient; adam + hybrid hold 4 floats per element: 1 MiB of state, a 4 MiB threshold
     const big = (k: number) => new Float32Array(n).map((_, i) => Math.cos(i * 0.01 + k) * 0.1);
     let h = await startHarness({ stateDir: dir });
-    const s = await create(h, { spec, params: [{ id: 'w', name: 'w', shape: [n], dtype: F32, group: '', data: bytes(new Float32Array(n).fill(0.5)) }] });
+    const s = await create(h, {
+      spec,
+      params: [{ id: 'w', name: 'w', shape: [n], dtype: F32, group: '', data: bytes(new Float32Array(n).fill(0.5)) }],
+    });
     const journal = path.join(dir, 'sessions', s.sessionId, 'journal');
     let grew = 0;
     let compacted = false;
@@ -122,7 +125,12 @@ describe('durable sessions (--state-dir)', () => {
     const params = [{ id: 'w', name: 'w', shape: [N], dtype: F32, group: '', data: bytes(theta0()) }];
     const s = await create(h, { spec, params });
     const t = await create(h, { spec, params });
-    const req = (id: string, k: number, data = grad(k)) => ({ sessionId: id, step: k, grads: grads({ w: { shape: [N], data } }), groupOverrides: k === 4 ? { '': { lr: 0.02 } } : {} });
+    const req = (id: string, k: number, data = grad(k)) => ({
+      sessionId: id,
+      step: k,
+      grads: grads({ w: { shape: [N], data } }),
+      groupOverrides: k === 4 ? { '': { lr: 0.02 } } : {},
+    });
     const nan = grad(3).map((v, i) => (i === 7 ? NaN : v));
     try {
       for (const id of [s.sessionId, t.sessionId]) for (let k = 1; k <= 2; k++) await step(h, req(id, k));
@@ -144,7 +152,13 @@ describe('durable sessions (--state-dir)', () => {
     const a = await create(h, { spec, params });
     const b = await create(h, { spec, params });
     for (const id of [a.sessionId, b.sessionId]) {
-      for (let k = 1; k <= 3; k++) await step(h, { sessionId: id, step: k, grads: grads({ w: { shape: [N], data: grad(k) } }), groupOverrides: k === 4 ? { '': { lr: 0.02 } } : {} });
+      for (let k = 1; k <= 3; k++)
+        await step(h, {
+          sessionId: id,
+          step: k,
+          grads: grads({ w: { shape: [N], data: grad(k) } }),
+          groupOverrides: k === 4 ? { '': { lr: 0.02 } } : {},
+        });
     }
     await h.close();
     // One bit in the payload of a's second journal record.
@@ -154,7 +168,12 @@ describe('durable sessions (--state-dir)', () => {
     fs.writeFileSync(journal, buf);
     h = await startHarness({ stateDir: dir });
     try {
-      const next = { sessionId: a.sessionId, step: 4, grads: grads({ w: { shape: [N], data: grad(4) } }), groupOverrides: { '': { lr: 0.02 } } };
+      const next = {
+        sessionId: a.sessionId,
+        step: 4,
+        grads: grads({ w: { shape: [N], data: grad(4) } }),
+        groupOverrides: { '': { lr: 0.02 } },
+      };
       await expectStatus(step(h, next), grpc.status.DATA_LOSS, `${a.sessionId}/journal`, 'checksum mismatch', 'load_state_dict');
       await expectStatus(step(h, { ...next, validateOnly: true }), grpc.status.DATA_LOSS, `${a.sessionId}/journal`);
       await expectStatus(exportAll(h, a.sessionId), grpc.status.DATA_LOSS, `${a.sessionId}/journal`);
@@ -176,7 +195,10 @@ describe('durable sessions (--state-dir)', () => {
     fs.writeFileSync(path.join(dir, 'key'), key);
     const id = '0b5e7c1e-0000-4000-8000-000000000001';
     fs.mkdirSync(path.join(dir, 'sessions', id), { recursive: true });
-    fs.writeFileSync(path.join(dir, 'sessions', id, 'meta.json'), JSON.stringify({ spec, params: [{ id: 'w', name: 'w', shape: [N], group: '' }] }));
+    fs.writeFileSync(
+      path.join(dir, 'sessions', id, 'meta.json'),
+      JSON.stringify({ spec, params: [{ id: 'w', name: 'w', shape: [N], group: '' }] }),
+    );
     fs.writeFileSync(path.join(dir, 'sessions', id, 'snapshot'), Buffer.from('MURJ'));
     fs.writeFileSync(path.join(dir, 'sessions', id, 'journal'), Buffer.alloc(0));
     const h = await startHarness({ stateDir: dir });
@@ -184,10 +206,18 @@ describe('durable sessions (--state-dir)', () => {
       const md = new grpc.Metadata();
       md.set('authorization', `Bearer ${createHmac('sha256', key).update(id, 'utf8').digest('base64url')}`);
       const req = { sessionId: id, step: 1, arenaGrads: [], grads: grads({ w: { shape: [N], data: grad(1) } }), groupOverrides: {} };
-      await expectStatus(call(h.client.step.bind(h.client), req, md), grpc.status.DATA_LOSS, 'unversioned state-dir format', 'meta.json', 'load_state_dict');
+      await expectStatus(
+        call(h.client.step.bind(h.client), req, md),
+        grpc.status.DATA_LOSS,
+        'unversioned state-dir format',
+        'meta.json',
+        'load_state_dict',
+      );
       await expectStatus(call(h.client.step.bind(h.client), req, new grpc.Metadata()), grpc.status.UNAUTHENTICATED);
       assert.equal(fs.readFileSync(path.join(dir, 'key')).toString('latin1', 0, 4), 'MUR2', 'the key rewritten as a format-2 record');
-      assert.ok((await create(h, { spec, params: [{ id: 'w', name: 'w', shape: [N], dtype: F32, group: '', data: bytes(theta0()) }] })).sessionId);
+      assert.ok(
+        (await create(h, { spec, params: [{ id: 'w', name: 'w', shape: [N], dtype: F32, group: '', data: bytes(theta0()) }] })).sessionId,
+      );
     } finally {
       await h.close();
     }

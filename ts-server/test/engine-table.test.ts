@@ -73,8 +73,11 @@ const VARIANTS: Record<string, Array<Record<string, unknown>>> = {
   asgd: [{}, { lr: 0.05, lambd: 0.01, alpha: 0.6, t0: 10, weight_decay: 0.01 }, { lr: 0.05, lambd: 0.05, t0: 5, [SCHEDULE]: true }],
   lamb: [{ lr: 0.01 }, { lr: 0.01, weight_decay: 0.1, betas: [0.8, 0.99] }],
   // trust_coefficient 0.05: the trust-ratio step moves theta visibly within 50 steps.
-  lars: [{ lr: 0.5, trust_coefficient: 0.05 }, { lr: 0.5, trust_coefficient: 0.05, weight_decay: 0.01, nesterov: true, eps: 0.1 },
-    { lr: 0.5, trust_coefficient: 0.05, momentum: 0, [SCHEDULE]: true }],
+  lars: [
+    { lr: 0.5, trust_coefficient: 0.05 },
+    { lr: 0.5, trust_coefficient: 0.05, weight_decay: 0.01, nesterov: true, eps: 0.1 },
+    { lr: 0.5, trust_coefficient: 0.05, momentum: 0, [SCHEDULE]: true },
+  ],
 };
 
 /** Extra settings per rule so each rule's own path moves visibly. */
@@ -189,7 +192,12 @@ describe('engine table: every optimizer x rule vs the float64 reference (50 step
           if (t.slot === '' || t.slot.startsWith('rule.')) continue;
           const want = s[t.slot];
           assert.ok(want, `the reference has no slot '${t.slot}'`);
-          t.data.forEach((v, i) => assert.ok(Math.abs(v - want[i]) <= ATOL + RTOL * Math.abs(want[i]), `slot ${t.slot}[${i}]: engine ${v} vs reference ${want[i]}`));
+          t.data.forEach((v, i) =>
+            assert.ok(
+              Math.abs(v - want[i]) <= ATOL + RTOL * Math.abs(want[i]),
+              `slot ${t.slot}[${i}]: engine ${v} vs reference ${want[i]}`,
+            ),
+          );
         }
       } finally {
         session.dispose();

@@ -69,13 +69,19 @@ class Tally {
   cases = 0;
   add(rpc: string, code: grpc.status, details: string, input = ''): void {
     this.cases++;
-    if (process.env.MUR_FUZZ_VERBOSE && code !== 0) console.log('DBG', rpc, grpc.status[code], details.replace(/\d+/g, 'N').slice(0, 90));
+    if (process.env.MUR_FUZZ_VERBOSE && code !== grpc.status.OK)
+      console.log('DBG', rpc, grpc.status[code], details.replace(/\d+/g, 'N').slice(0, 90));
     const key = `${rpc} ${grpc.status[code]}`;
     this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
     if (!PROPER.has(code) || details.includes('    at ')) this.bad.push(`${rpc}: ${grpc.status[code]} "${details}" ${input.slice(0, 200)}`);
   }
   report(what: string): void {
-    console.log(`      ${what}: ${this.cases} cases, seed ${SEED}; ${[...this.counts].sort().map(([k, n]) => `${k} ${n}`).join(', ')}`);
+    console.log(
+      `      ${what}: ${this.cases} cases, seed ${SEED}; ${[...this.counts]
+        .sort()
+        .map(([k, n]) => `${k} ${n}`)
+        .join(', ')}`,
+    );
     assert.deepEqual(this.bad.slice(0, 10), [], `${this.bad.length} improper answers`);
   }
 }
@@ -85,7 +91,14 @@ class Tally {
 const WITNESS: CreateSessionRequest = {
   spec: { optimizer: 'adam', rule: 'hybrid', defaults: { lr: 0.01, gamma: 0.5 }, groups: {} },
   params: [
-    { id: 'w', name: 'w', shape: [32, 32], dtype: F32, group: '', data: bytes(Float32Array.from({ length: 1024 }, (_, i) => Math.sin(i) / 4)) },
+    {
+      id: 'w',
+      name: 'w',
+      shape: [32, 32],
+      dtype: F32,
+      group: '',
+      data: bytes(Float32Array.from({ length: 1024 }, (_, i) => Math.sin(i) / 4)),
+    },
     { id: 'b', name: 'b', shape: [32], dtype: F32, group: '', data: bytes(Float32Array.from({ length: 32 }, (_, i) => Math.cos(i) / 4)) },
   ],
 };
@@ -97,7 +110,9 @@ async function train(h: Harness, stop: () => boolean, steps = Infinity): Promise
   const digests: string[] = [];
   for (let k = 1; k <= Math.min(steps, 2000) && !(steps === Infinity && stop()); k++) {
     const r: StepReply = await step(h, {
-      sessionId: s.sessionId, step: k, groupOverrides: k % 7 === 0 ? { '': { lr: 0.005 } } : {},
+      sessionId: s.sessionId,
+      step: k,
+      groupOverrides: k % 7 === 0 ? { '': { lr: 0.005 } } : {},
       grads: [
         { paramId: 'w', grad: { shape: [32, 32], dtype: F32, data: bytes(witnessGrad(k, 1024)) } },
         { paramId: 'b', grad: { shape: [32], dtype: F32, data: bytes(witnessGrad(-k, 32)) } },
@@ -141,11 +156,17 @@ function rawPayload(r: Rng): Buffer {
     case 1: // a valid preface, then noise
       return Buffer.concat([PREFACE, r.buf(r.int(1024))]);
     case 2: // preface, settings, random frames (any type, flags, stream, length)
-      return Buffer.concat([PREFACE, SETTINGS, ...Array.from({ length: 1 + r.int(6) }, () => frame(r.int(12), r.int(256), r.pick([0, 1, 3, r.int(2 ** 31)]), r.buf(r.int(300))))]);
+      return Buffer.concat([
+        PREFACE,
+        SETTINGS,
+        ...Array.from({ length: 1 + r.int(6) }, () => frame(r.int(12), r.int(256), r.pick([0, 1, 3, r.int(2 ** 31)]), r.buf(r.int(300)))),
+      ]);
     case 3: // a HEADERS frame with a random HPACK block, maybe DATA after it
       return Buffer.concat([PREFACE, SETTINGS, frame(1, r.pick([4, 5]), 1, r.buf(r.int(200))), frame(0, r.int(2), 1, r.buf(r.int(200)))]);
     case 4: // HTTP/1.1
-      return Buffer.from(`${r.pick(['GET', 'POST', 'PRI'])} /${r.buf(8).toString('hex')} HTTP/1.1\r\nHost: x\r\n${r.next() < 0.5 ? 'Upgrade: h2c\r\n' : ''}\r\n`);
+      return Buffer.from(
+        `${r.pick(['GET', 'POST', 'PRI'])} /${r.buf(8).toString('hex')} HTTP/1.1\r\nHost: x\r\n${r.next() < 0.5 ? 'Upgrade: h2c\r\n' : ''}\r\n`,
+      );
     default: // a TLS ClientHello's first bytes, then noise
       return Buffer.concat([Buffer.from([0x16, 0x03, 0x01]), r.buf(r.int(512))]);
   }
@@ -175,10 +196,17 @@ type Kind = 'unary' | 'server' | 'client' | 'bidi';
 const id = (b: Buffer) => b;
 
 /** One call with raw bytes as its messages: the status it ended with. */
-function rawCall(client: grpc.Client, path: string, kind: Kind, messages: Buffer[], md: grpc.Metadata): Promise<{ code: grpc.status; details: string }> {
+function rawCall(
+  client: grpc.Client,
+  path: string,
+  kind: Kind,
+  messages: Buffer[],
+  md: grpc.Metadata,
+): Promise<{ code: grpc.status; details: string }> {
   const options = { deadline: Date.now() + 15_000 };
   return new Promise((resolve) => {
-    const result = (e: grpc.ServiceError | null) => resolve(e ? { code: e.code, details: e.details } : { code: grpc.status.OK, details: '' });
+    const result = (e: grpc.ServiceError | null) =>
+      resolve(e ? { code: e.code, details: e.details } : { code: grpc.status.OK, details: '' });
     if (kind === 'unary') {
       client.makeUnaryRequest(path, id, id, messages[0], md, options, (e) => result(e));
     } else if (kind === 'client') {
@@ -186,7 +214,10 @@ function rawCall(client: grpc.Client, path: string, kind: Kind, messages: Buffer
       for (const m of messages) s.write(m);
       s.end();
     } else {
-      const s = kind === 'server' ? client.makeServerStreamRequest(path, id, id, messages[0], md, options) : client.makeBidiStreamRequest(path, id, id, md, options);
+      const s =
+        kind === 'server'
+          ? client.makeServerStreamRequest(path, id, id, messages[0], md, options)
+          : client.makeBidiStreamRequest(path, id, id, md, options);
       s.on('data', () => undefined);
       s.on('error', (e: grpc.ServiceError) => result(e));
       s.on('end', () => result(null));
@@ -223,22 +254,99 @@ function mutate(r: Rng, valid: Buffer): Buffer {
 
 // -- (c) well-formed random requests (fast-check) --------------------------------
 
-const OPTIMIZERS = ['sgd', 'adam', 'adamw', 'adagrad', 'rmsprop', 'adamax', 'nadam', 'radam', 'adadelta', 'lion', 'rprop', 'asgd', 'lamb', 'lars'];
+const OPTIMIZERS = [
+  'sgd',
+  'adam',
+  'adamw',
+  'adagrad',
+  'rmsprop',
+  'adamax',
+  'nadam',
+  'radam',
+  'adadelta',
+  'lion',
+  'rprop',
+  'asgd',
+  'lamb',
+  'lars',
+];
 const RULES = ['additive', 'multiplicative', 'hybrid', 'exp_sign'];
-const HYPERS = ['lr', 'betas', 'eps', 'weight_decay', 'amsgrad', 'momentum', 'dampening', 'nesterov', 'lr_in', 'lr_out', 'gamma', 'alpha', 'centered',
-  'rho', 'lr_decay', 'initial_accumulator_value', 'momentum_decay', 'g_bound', 'p_scale', 'maximize', 'decoupled_weight_decay', 'etas', 'step_sizes',
-  'lambd', 't0', 'trust_coefficient'];
-const SLOTS = ['', 'exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'momentum_buffer', 'sum', 'square_avg', 'acc_delta', 'exp_inf', 'mu_product', 'grad_avg', 'max', 'prev', 'step_size', 'eta', 'mu', 'ax', 'nope'];
+const HYPERS = [
+  'lr',
+  'betas',
+  'eps',
+  'weight_decay',
+  'amsgrad',
+  'momentum',
+  'dampening',
+  'nesterov',
+  'lr_in',
+  'lr_out',
+  'gamma',
+  'alpha',
+  'centered',
+  'rho',
+  'lr_decay',
+  'initial_accumulator_value',
+  'momentum_decay',
+  'g_bound',
+  'p_scale',
+  'maximize',
+  'decoupled_weight_decay',
+  'etas',
+  'step_sizes',
+  'lambd',
+  't0',
+  'trust_coefficient',
+];
+const SLOTS = [
+  '',
+  'exp_avg',
+  'exp_avg_sq',
+  'max_exp_avg_sq',
+  'momentum_buffer',
+  'sum',
+  'square_avg',
+  'acc_delta',
+  'exp_inf',
+  'mu_product',
+  'grad_avg',
+  'max',
+  'prev',
+  'step_size',
+  'eta',
+  'mu',
+  'ax',
+  'nope',
+];
 const DTYPE_BYTES: Record<number, number> = { [DType.DTYPE_FLOAT64]: 8, [DType.DTYPE_FLOAT16]: 2, [DType.DTYPE_BFLOAT16]: 2 };
 
-const aNumber = fc.oneof(fc.double(), fc.constantFrom(0, 1, -1, 1e-3, 0.5, 0.9, 0.999, 1.5, 1e308, Number.NaN, Infinity, -Infinity), fc.integer());
+const aNumber = fc.oneof(
+  fc.double(),
+  fc.constantFrom(0, 1, -1, 1e-3, 0.5, 0.9, 0.999, 1.5, 1e308, Number.NaN, Infinity, -Infinity),
+  fc.integer(),
+);
 const aHyperValue = fc.oneof(aNumber, fc.boolean(), fc.array(aNumber, { maxLength: 3 }), fc.string({ maxLength: 4 }), fc.constant(null));
 const aGroup = fc.oneof(fc.constantFrom('', 'g', 'head'), fc.string({ maxLength: 6 }));
 /** Mostly plausible hyperparameters (none, or known names with ordinary values), sometimes anything. */
 const aHypers = fc.oneof(
   { weight: 3, arbitrary: fc.constant({}) },
-  { weight: 3, arbitrary: fc.dictionary(fc.constantFrom('lr', 'lr_in', 'lr_out', 'gamma', 'weight_decay', 'eps'), fc.constantFrom(0, 1e-3, 0.01, 0.1, 0.5, 1), { maxKeys: 2 }) },
-  { weight: 2, arbitrary: fc.dictionary(fc.oneof({ weight: 4, arbitrary: fc.constantFrom(...HYPERS) }, { weight: 1, arbitrary: fc.string({ maxLength: 6 }) }), aHyperValue, { maxKeys: 3 }) },
+  {
+    weight: 3,
+    arbitrary: fc.dictionary(
+      fc.constantFrom('lr', 'lr_in', 'lr_out', 'gamma', 'weight_decay', 'eps'),
+      fc.constantFrom(0, 1e-3, 0.01, 0.1, 0.5, 1),
+      { maxKeys: 2 },
+    ),
+  },
+  {
+    weight: 2,
+    arbitrary: fc.dictionary(
+      fc.oneof({ weight: 4, arbitrary: fc.constantFrom(...HYPERS) }, { weight: 1, arbitrary: fc.string({ maxLength: 6 }) }),
+      aHyperValue,
+      { maxKeys: 3 },
+    ),
+  },
 );
 const aSpec = fc.record({
   optimizer: fc.oneof({ weight: 8, arbitrary: fc.constantFrom(...OPTIMIZERS) }, { weight: 1, arbitrary: fc.string({ maxLength: 6 }) }),
@@ -260,7 +368,10 @@ const aData = fc.record({
 type Data = { length: number; fill: string; seed: number };
 type ParamGen = { id: string; shape: number[]; dtype: number; group: string; data: Data; empty: boolean };
 const anId = fc.oneof({ weight: 4, arbitrary: fc.constantFrom('w', 'b', 'x') }, { weight: 1, arbitrary: fc.string({ maxLength: 6 }) });
-const aTarget = fc.record({ session: fc.nat(), auth: fc.oneof({ weight: 10, arbitrary: fc.constant('right') }, { weight: 1, arbitrary: fc.constantFrom('none', 'wrong') }) });
+const aTarget = fc.record({
+  session: fc.nat(),
+  auth: fc.oneof({ weight: 10, arbitrary: fc.constant('right') }, { weight: 1, arbitrary: fc.constantFrom('none', 'wrong') }),
+});
 const aStep = fc.oneof({ weight: 4, arbitrary: fc.nat(12) }, { weight: 1, arbitrary: fc.oneof(fc.nat(1000), fc.constant(2 ** 53 - 1)) });
 
 const anAction = fc.oneof(
@@ -268,28 +379,66 @@ const anAction = fc.oneof(
     kind: fc.constant('create' as const),
     spec: aSpec,
     params: fc.oneof(
-      { weight: 4, arbitrary: fc.uniqueArray(fc.record({ id: anId, shape: aShape, dtype: aDtype, group: fc.constantFrom('', '', 'g'), data: aData, empty: fc.constant(false as boolean) }), { minLength: 1, maxLength: 4, selector: (p) => p.id }) },
-      { weight: 1, arbitrary: fc.array(fc.record({ id: anId, shape: aShape, dtype: aDtype, group: aGroup, data: aData, empty: fc.boolean() }), { maxLength: 4 }) },
+      {
+        weight: 4,
+        arbitrary: fc.uniqueArray(
+          fc.record({
+            id: anId,
+            shape: aShape,
+            dtype: aDtype,
+            group: fc.constantFrom('', '', 'g'),
+            data: aData,
+            empty: fc.constant(false),
+          }),
+          { minLength: 1, maxLength: 4, selector: (p) => p.id },
+        ),
+      },
+      {
+        weight: 1,
+        arbitrary: fc.array(fc.record({ id: anId, shape: aShape, dtype: aDtype, group: aGroup, data: aData, empty: fc.boolean() }), {
+          maxLength: 4,
+        }),
+      },
     ),
   }),
   fc.record({
     kind: fc.constant('step' as const),
     target: aTarget,
     step: aStep,
-    grads: fc.array(fc.record({ id: fc.oneof({ weight: 6, arbitrary: fc.nat() }, { weight: 1, arbitrary: anId }), shape: fc.oneof({ weight: 10, arbitrary: fc.constant(null) }, { weight: 1, arbitrary: aShape }), dtype: aDtype, data: aData }), { maxLength: 4 }),
-    overrides: fc.oneof({ weight: 3, arbitrary: fc.constant({}) }, { weight: 1, arbitrary: fc.dictionary(aGroup, aHypers, { maxKeys: 2 }) }),
+    grads: fc.array(
+      fc.record({
+        id: fc.oneof({ weight: 6, arbitrary: fc.nat() }, { weight: 1, arbitrary: anId }),
+        shape: fc.oneof({ weight: 10, arbitrary: fc.constant(null) }, { weight: 1, arbitrary: aShape }),
+        dtype: aDtype,
+        data: aData,
+      }),
+      { maxLength: 4 },
+    ),
+    overrides: fc.oneof(
+      { weight: 3, arbitrary: fc.constant({}) },
+      { weight: 1, arbitrary: fc.dictionary(aGroup, aHypers, { maxKeys: 2 }) },
+    ),
     arena: fc.oneof({ weight: 8, arbitrary: fc.constant(null) }, { weight: 1, arbitrary: fc.array(fc.nat(5), { maxLength: 3 }) }),
   }),
   fc.record({
     kind: fc.constant('import' as const),
     target: aTarget,
-    header: fc.record({ spec: fc.option(aSpec), lastStep: aStep, counts: fc.array(fc.record({ id: anId, steps: aStep }), { maxLength: 3 }) }),
+    header: fc.record({
+      spec: fc.option(aSpec),
+      lastStep: aStep,
+      counts: fc.array(fc.record({ id: anId, steps: aStep }), { maxLength: 3 }),
+    }),
     chunks: fc.array(
       fc.record({
         id: fc.oneof({ weight: 4, arbitrary: fc.nat() }, { weight: 1, arbitrary: anId }),
-        slot: fc.oneof({ weight: 3, arbitrary: fc.constant('') }, { weight: 2, arbitrary: fc.constantFrom(...SLOTS) }), offset: fc.oneof({ weight: 6, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.nat(100) }),
-        total: fc.oneof({ weight: 4, arbitrary: fc.constant(-1) }, { weight: 1, arbitrary: fc.oneof(fc.nat(100), fc.constant(2 ** 30), fc.constant(2 ** 53 - 1)) }),
-        dtype: aDtype, data: aData,
+        slot: fc.oneof({ weight: 3, arbitrary: fc.constant('') }, { weight: 2, arbitrary: fc.constantFrom(...SLOTS) }),
+        offset: fc.oneof({ weight: 6, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.nat(100) }),
+        total: fc.oneof(
+          { weight: 4, arbitrary: fc.constant(-1) },
+          { weight: 1, arbitrary: fc.oneof(fc.nat(100), fc.constant(2 ** 30), fc.constant(2 ** 53 - 1)) },
+        ),
+        dtype: aDtype,
+        data: aData,
       }),
       { maxLength: 4 },
     ),
@@ -331,7 +480,11 @@ describe(`fuzzing (seed ${SEED})`, function () {
   let h: Harness;
   before(async () => {
     // Limits as a service would run with: huge shapes are refused, not allocated.
-    h = await startHarness({ limits: { maxSessions: 200, maxBytes: 256 << 20, idleTimeoutMs: 0 }, maxMessageBytes: 8 << 20, maxStreamElements: 1 << 24 });
+    h = await startHarness({
+      limits: { maxSessions: 200, maxBytes: 256 << 20, idleTimeoutMs: 0 },
+      maxMessageBytes: 8 << 20,
+      maxStreamElements: 1 << 24,
+    });
   });
   after(async () => h?.close());
 
@@ -365,11 +518,29 @@ describe(`fuzzing (seed ${SEED})`, function () {
     };
     const sid = victim.sessionId;
     const enc = <T>(fns: { encode(m: T): { finish(): Uint8Array } }, m: T) => Buffer.from(fns.encode(m).finish());
-    const stepReq = enc(StepRequest, { sessionId: sid, step: 1, grads: [{ paramId: 'b', grad: { shape: [32], dtype: F32, data: bytes(new Float32Array(32).fill(0.1)) } }], groupOverrides: { '': { lr: 0.1 } }, arenaGrads: [] });
-    const header = enc(StateFrame, { frame: { $case: 'header', value: { sessionId: sid, stepCounts: [{ paramId: 'b', steps: 1 }], lastStep: 0 } } });
-    const chunk = enc(StateFrame, { frame: { $case: 'chunk', value: { paramId: 'b', slot: '', offset: 0, totalElements: 32, dtype: F32, data: bytes(new Float32Array(32)) } } });
+    const stepReq = enc(StepRequest, {
+      sessionId: sid,
+      step: 1,
+      grads: [{ paramId: 'b', grad: { shape: [32], dtype: F32, data: bytes(new Float32Array(32).fill(0.1)) } }],
+      groupOverrides: { '': { lr: 0.1 } },
+      arenaGrads: [],
+    });
+    const header = enc(StateFrame, {
+      frame: { $case: 'header', value: { sessionId: sid, stepCounts: [{ paramId: 'b', steps: 1 }], lastStep: 0 } },
+    });
+    const chunk = enc(StateFrame, {
+      frame: {
+        $case: 'chunk',
+        value: { paramId: 'b', slot: '', offset: 0, totalElements: 32, dtype: F32, data: bytes(new Float32Array(32)) },
+      },
+    });
     const begin = enc(StepStreamRequest, { frame: { $case: 'begin', value: { sessionId: sid, step: 100, groupOverrides: {} } } });
-    const grad = enc(StepStreamRequest, { frame: { $case: 'grad', value: { paramId: 'b', slot: '', offset: 0, totalElements: 32, dtype: F32, data: bytes(new Float32Array(32)) } } });
+    const grad = enc(StepStreamRequest, {
+      frame: {
+        $case: 'grad',
+        value: { paramId: 'b', slot: '', offset: 0, totalElements: 32, dtype: F32, data: bytes(new Float32Array(32)) },
+      },
+    });
     const end = enc(StepStreamRequest, { frame: { $case: 'end', value: {} } });
     const addParams = enc(AddParametersRequest, {
       sessionId: sid,
@@ -387,9 +558,17 @@ describe(`fuzzing (seed ${SEED})`, function () {
       { path: '/mur.v1.Optimizer/ImportState', kind: 'client', valid: [header, chunk] },
       { path: '/mur.v1.Optimizer/StepStream', kind: 'bidi', valid: [begin, grad, end] },
       // The other services on the port (Health/Watch never ends by design: not fuzzed).
-      { path: '/grpc.health.v1.Health/Check', kind: 'unary', valid: [Buffer.concat([Buffer.from([0x0a, 16]), Buffer.from('mur.v1.Optimizer')])] },
+      {
+        path: '/grpc.health.v1.Health/Check',
+        kind: 'unary',
+        valid: [Buffer.concat([Buffer.from([0x0a, 16]), Buffer.from('mur.v1.Optimizer')])],
+      },
       { path: '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo', kind: 'bidi', valid: [Buffer.from([0x3a, 0x01, 0x2a])] },
-      { path: '/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo', kind: 'bidi', valid: [Buffer.concat([Buffer.from([0x22, 16]), Buffer.from('mur.v1.Optimizer')])] },
+      {
+        path: '/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo',
+        kind: 'bidi',
+        valid: [Buffer.concat([Buffer.from([0x22, 16]), Buffer.from('mur.v1.Optimizer')])],
+      },
     ];
     const PER_RPC = 80;
     try {
@@ -398,7 +577,8 @@ describe(`fuzzing (seed ${SEED})`, function () {
           await Promise.all(
             RPCS.map(async ({ path, kind, valid }) => {
               // Streams: the valid frames, each mutated with probability 1/2, sometimes one dropped or repeated.
-              const messages = kind === 'unary' || kind === 'server' ? [mutate(r, valid[0])] : valid.map((m) => (r.next() < 0.5 ? mutate(r, m) : m));
+              const messages =
+                kind === 'unary' || kind === 'server' ? [mutate(r, valid[0])] : valid.map((m) => (r.next() < 0.5 ? mutate(r, m) : m));
               if (kind === 'bidi' || kind === 'client') {
                 if (r.next() < 0.2) messages.splice(r.int(messages.length), 1);
                 if (r.next() < 0.2) messages.push(mutate(r, r.pick(valid)));
@@ -430,19 +610,31 @@ describe(`fuzzing (seed ${SEED})`, function () {
       );
     const deadline = () => ({ deadline: Date.now() + 15_000 });
     const avoidScalars = TFJS_SCALAR_PARAMS_BROKEN && !currentEngine().createArena;
-    if (avoidScalars) console.log('      (tfjs engine: 0-dimensional parameters declared as [1], a known bug; see TFJS_SCALAR_PARAMS_BROKEN)');
+    if (avoidScalars)
+      console.log('      (tfjs engine: 0-dimensional parameters declared as [1], a known bug; see TFJS_SCALAR_PARAMS_BROKEN)');
     const declared = (shape: number[]) => (avoidScalars && shape.length === 0 ? [1] : shape);
     const run = async (a: Action): Promise<void> => {
       const c = h.client;
       if (a.kind === 'create') {
         const req: CreateSessionRequest = {
           spec: a.spec,
-          params: (a.params as ParamGen[]).map((p) => ({ id: p.id, name: p.id, shape: declared(p.shape), dtype: p.dtype, group: p.group, data: p.empty ? Buffer.alloc(0) : tensorBytes(p.data, sizeOf(p.shape), p.dtype) })),
+          params: (a.params as ParamGen[]).map((p) => ({
+            id: p.id,
+            name: p.id,
+            shape: declared(p.shape),
+            dtype: p.dtype,
+            group: p.group,
+            data: p.empty ? Buffer.alloc(0) : tensorBytes(p.data, sizeOf(p.shape), p.dtype),
+          })),
         };
         const r = await unary<CreateSessionReply>((cb) => c.createSession(req, new grpc.Metadata(), deadline(), cb));
         tally.add('CreateSession', r.code, r.details, JSON.stringify(a));
         if (r.reply) {
-          live.push({ id: r.reply.sessionId, token: r.reply.sessionToken, params: (a.params as ParamGen[]).map((p) => ({ id: p.id, shape: declared(p.shape) })) });
+          live.push({
+            id: r.reply.sessionId,
+            token: r.reply.sessionToken,
+            params: (a.params as ParamGen[]).map((p) => ({ id: p.id, shape: declared(p.shape) })),
+          });
           if (live.length > 24) {
             const old = live.shift()!;
             const m = new grpc.Metadata();
@@ -454,10 +646,14 @@ describe(`fuzzing (seed ${SEED})`, function () {
       }
       const s = live.length ? live[a.target.session % live.length] : undefined;
       const sessionId = s?.id ?? 'no-such-session';
-      const param = (pick: number | string) => (typeof pick === 'number' ? s?.params[pick % Math.max(1, s.params.length)] : undefined) ?? { id: String(pick), shape: [3] };
+      const param = (pick: number | string) =>
+        (typeof pick === 'number' ? s?.params[pick % Math.max(1, s.params.length)] : undefined) ?? { id: String(pick), shape: [3] };
       if (a.kind === 'step') {
         const req: StepRequest = {
-          sessionId, step: a.step, groupOverrides: a.overrides, arenaGrads: a.arena ?? [],
+          sessionId,
+          step: a.step,
+          groupOverrides: a.overrides,
+          arenaGrads: a.arena ?? [],
           grads: a.grads.map((g) => {
             const p = param(g.id);
             const shape = g.shape ?? p.shape;
@@ -469,11 +665,33 @@ describe(`fuzzing (seed ${SEED})`, function () {
         return;
       }
       const frames: StateFrame[] = [
-        { frame: { $case: 'header', value: { sessionId, spec: a.header.spec ?? undefined, lastStep: a.header.lastStep, stepCounts: a.header.counts.map((n) => ({ paramId: n.id, steps: n.steps })) } } },
+        {
+          frame: {
+            $case: 'header',
+            value: {
+              sessionId,
+              spec: a.header.spec ?? undefined,
+              lastStep: a.header.lastStep,
+              stepCounts: a.header.counts.map((n) => ({ paramId: n.id, steps: n.steps })),
+            },
+          },
+        },
         ...a.chunks.map((ch): StateFrame => {
           const p = param(ch.id);
           const total = ch.total >= 0 ? ch.total : sizeOf(p.shape);
-          return { frame: { $case: 'chunk', value: { paramId: p.id, slot: ch.slot, offset: ch.offset, totalElements: total, dtype: ch.dtype, data: tensorBytes(ch.data, Math.min(total, 1 << 16), ch.dtype) } } };
+          return {
+            frame: {
+              $case: 'chunk',
+              value: {
+                paramId: p.id,
+                slot: ch.slot,
+                offset: ch.offset,
+                totalElements: total,
+                dtype: ch.dtype,
+                data: tensorBytes(ch.data, Math.min(total, 1 << 16), ch.dtype),
+              },
+            },
+          };
         }),
       ];
       const r = await unary<ImportStateReply>((cb) => {
@@ -484,16 +702,18 @@ describe(`fuzzing (seed ${SEED})`, function () {
       tally.add('ImportState', r.code, r.details, JSON.stringify(a));
     };
     await alongsideWitness(h, async () => {
-      await fc.assert(
-        fc.asyncProperty(fc.array(anAction, { minLength: 1, maxLength: 6 }), async (actions) => {
-          for (const a of actions) await run(a);
-          return tally.bad.length === 0;
-        }),
-        { seed: SEED, numRuns: 250, endOnFailure: true },
-      ).catch((e) => {
-        tally.report('(c) property-based requests'); // names the improper answers
-        throw e;
-      });
+      await fc
+        .assert(
+          fc.asyncProperty(fc.array(anAction, { minLength: 1, maxLength: 6 }), async (actions) => {
+            for (const a of actions) await run(a);
+            return tally.bad.length === 0;
+          }),
+          { seed: SEED, numRuns: 250, endOnFailure: true },
+        )
+        .catch((e) => {
+          tally.report('(c) property-based requests'); // names the improper answers
+          throw e;
+        });
     });
     tally.report('(c) property-based requests');
   });

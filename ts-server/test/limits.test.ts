@@ -5,12 +5,14 @@ import { strict as assert } from 'assert';
 import * as grpc from '@grpc/grpc-js';
 import { DType, type CreateSessionRequest } from '../generated/mur/v1/optimizer';
 import { sweepPeriodMs } from '../src/session/store';
-import { bytes, closeSession, create, expectStatus, grads, startHarness, step, type Harness } from './harness';
+import { bytes, closeSession, create, expectStatus, grads, startHarness, step } from './harness';
 
 const F32 = DType.DTYPE_FLOAT32;
 const adam = (n: number, shape = [n]): CreateSessionRequest => ({
   spec: { optimizer: 'adam', rule: 'additive', defaults: {}, groups: {} },
-  params: [{ id: 'w', name: 'w', shape, dtype: F32, group: '', data: n > 0 && n < 1e6 ? bytes(new Float32Array(n).fill(1)) : Buffer.alloc(0) }],
+  params: [
+    { id: 'w', name: 'w', shape, dtype: F32, group: '', data: n > 0 && n < 1e6 ? bytes(new Float32Array(n).fill(1)) : Buffer.alloc(0) },
+  ],
 });
 
 describe('limits', () => {
@@ -60,7 +62,12 @@ describe('limits', () => {
       now += 30_000; // idle: 70 s unused; busy: 30 s
       await h.server.context.store.expire();
       await expectStatus(step(h, { sessionId: idle.sessionId, step: 1, grads: [], groupOverrides: {} }), grpc.status.NOT_FOUND, 'idle');
-      const r = await step(h, { sessionId: busy.sessionId, step: 2, grads: grads({ w: { shape: [3], data: [1, 1, 1] } }), groupOverrides: {} });
+      const r = await step(h, {
+        sessionId: busy.sessionId,
+        step: 2,
+        grads: grads({ w: { shape: [3], data: [1, 1, 1] } }),
+        groupOverrides: {},
+      });
       assert.equal(r.replayed, false);
       assert.equal(h.server.context.store.size, 1);
     } finally {
@@ -73,7 +80,8 @@ describe('limits', () => {
     const h = await startHarness({ limits: { maxSessions: 0, maxBytes: 0, idleTimeoutMs: 4000 }, clock: () => now });
     try {
       const s = await create(h, adam(3));
-      for (let k = 1; k <= 2; k++) await step(h, { sessionId: s.sessionId, step: k, grads: grads({ w: { shape: [3], data: [1, 1, 1] } }), groupOverrides: {} });
+      for (let k = 1; k <= 2; k++)
+        await step(h, { sessionId: s.sessionId, step: k, grads: grads({ w: { shape: [3], data: [1, 1, 1] } }), groupOverrides: {} });
       now += 4000; // exactly the timeout since its last call: still open
       await h.server.context.store.expire();
       assert.equal(h.server.context.store.size, 1);
@@ -99,12 +107,22 @@ describe('limits', () => {
     try {
       for (const method of ['Step', 'CreateSession', 'OpenArena', 'CloseSession']) {
         const p = new Promise((resolve, reject) =>
-          raw.makeUnaryRequest(`/mur.v1.Optimizer/${method}`, (b: Buffer) => b, (b: Buffer) => b, junk, (e, r) => (e ? reject(e) : resolve(r))),
+          raw.makeUnaryRequest(
+            `/mur.v1.Optimizer/${method}`,
+            (b: Buffer) => b,
+            (b: Buffer) => b,
+            junk,
+            (e, r) => (e ? reject(e) : resolve(r)),
+          ),
         );
         await expectStatus(p, grpc.status.INVALID_ARGUMENT, 'malformed request');
       }
       const stream = new Promise((resolve, reject) => {
-        const s = raw.makeBidiStreamRequest('/mur.v1.Optimizer/StepStream', (b: Buffer) => b, (b: Buffer) => b);
+        const s = raw.makeBidiStreamRequest(
+          '/mur.v1.Optimizer/StepStream',
+          (b: Buffer) => b,
+          (b: Buffer) => b,
+        );
         s.on('data', () => undefined);
         s.on('error', reject);
         s.on('end', resolve);

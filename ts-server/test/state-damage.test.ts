@@ -29,7 +29,11 @@ const NEVER = { kind: 'never' } as const;
 type Op =
   | { op: 'step'; k: number; grads: Array<{ id: string; data: Float32Array }>; overrides?: Record<string, Record<string, unknown>> }
   | { op: 'import'; tensors: Array<{ paramId: string; slot: string; data: Float32Array }> }
-  | { op: 'add'; groups: Record<string, Record<string, unknown>>; decls: Array<{ id: string; name: string; shape: number[]; group: string; values: Float32Array }> }
+  | {
+      op: 'add';
+      groups: Record<string, Record<string, unknown>>;
+      decls: Array<{ id: string; name: string; shape: number[]; group: string; values: Float32Array }>;
+    }
   | { op: 'restart' }
   | { op: 'save'; as: string };
 
@@ -70,7 +74,11 @@ const PLANS: Plan[] = [
       { op: 'restart' },
       { op: 'step', k: 4, grads: g({ u: 40, v: 24 }, 4) },
       { op: 'import', tensors: [{ paramId: 'u', slot: '', data: wave(40, 9, 0.3) }] },
-      { op: 'add', groups: { extra: { lr: 0.005 } }, decls: [{ id: 'z', name: 'z', shape: [16], group: 'extra', values: wave(16, 3, 0.7) }] },
+      {
+        op: 'add',
+        groups: { extra: { lr: 0.005 } },
+        decls: [{ id: 'z', name: 'z', shape: [16], group: 'extra', values: wave(16, 3, 0.7) }],
+      },
       ...[5, 6].map((k): Op => ({ op: 'step', k, grads: g({ u: 40, v: 24, z: 16 }, k) })),
     ],
     next: { u: 40, v: 24, z: 16 },
@@ -78,7 +86,11 @@ const PLANS: Plan[] = [
   {
     name: 'C',
     params: [{ id: 'c', n: 10 }],
-    ops: [...[1, 2, 3].map((k): Op => ({ op: 'step', k, grads: g({ c: 10 }, k) })), { op: 'restart' }, ...[4, 5, 6].map((k): Op => ({ op: 'step', k, grads: g({ c: 10 }, k) }))],
+    ops: [
+      ...[1, 2, 3].map((k): Op => ({ op: 'step', k, grads: g({ c: 10 }, k) })),
+      { op: 'restart' },
+      ...[4, 5, 6].map((k): Op => ({ op: 'step', k, grads: g({ c: 10 }, k) })),
+    ],
     next: { c: 10 },
   },
 ];
@@ -96,7 +108,8 @@ async function apply(s: Session, o: Op): Promise<void> {
 function image(s: Session): string {
   const h = s.header();
   const parts = [`last=${h.lastStep}`, `counts=${JSON.stringify([...h.stepCounts])}`];
-  for (const t of s.exportTensors()) parts.push(`${t.paramId}/${t.slot}=${Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength).toString('hex')}`);
+  for (const t of s.exportTensors())
+    parts.push(`${t.paramId}/${t.slot}=${Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength).toString('hex')}`);
   return parts.join('\n');
 }
 
@@ -173,7 +186,7 @@ async function build(base: string): Promise<Built> {
 function records(file: string): Frame[] {
   const buf = fs.readFileSync(file);
   const out: Frame[] = [];
-  for (let at = 0; ; ) {
+  for (let at = 0; ;) {
     const r = readRecord(buf, at);
     if (r === 'torn') return out;
     out.push(r);
@@ -200,7 +213,12 @@ function flipPoints(r: Frame, buf: Buffer): Array<[number, string]> {
     [40 + jsonLen - 1, 'JSON last byte'],
   ].map(([o, w]) => [r.start + (o as number), w as string]);
   if (payloadAt > r.start + 40 + jsonLen) pts.push([r.start + 40 + jsonLen, 'padding']);
-  if (r.payload.length > 0) pts.push([payloadAt, 'payload first byte'], [payloadAt + (r.payload.length >> 1), 'payload middle'], [r.end - 1, 'last byte (record boundary)']);
+  if (r.payload.length > 0)
+    pts.push(
+      [payloadAt, 'payload first byte'],
+      [payloadAt + (r.payload.length >> 1), 'payload middle'],
+      [r.end - 1, 'last byte (record boundary)'],
+    );
   return pts;
 }
 
@@ -220,7 +238,9 @@ function cases(b: Built): Case[] {
   const mutate = (f: string, fn: (buf: Buffer) => Buffer) => fs.writeFileSync(f, fn(fs.readFileSync(f)));
   const kinds: Array<{ f: string; target: number; of: (root: string) => string }> = [
     { f: 'key', target: -1, of: keyFile },
-    ...[0, 1].flatMap((i) => ['meta', 'snapshot', 'journal'].map((f) => ({ f: `${PLANS[i].name}/${f}`, target: i, of: (root: string) => file(root, i, f) }))),
+    ...[0, 1].flatMap((i) =>
+      ['meta', 'snapshot', 'journal'].map((f) => ({ f: `${PLANS[i].name}/${f}`, target: i, of: (root: string) => file(root, i, f) })),
+    ),
   ];
   for (const k of kinds) {
     const src = k.of(b.root);
@@ -231,7 +251,7 @@ function cases(b: Built): Case[] {
           name: `flip bit ${at % 8} of ${k.f} byte ${at} (${what} of the record at ${r.start})`,
           target: k.target,
           expect: 'data_loss',
-          damage: (root) => mutate(k.of(root), (x) => ((x[at] ^= 1 << at % 8), x)),
+          damage: (root) => mutate(k.of(root), (x) => ((x[at] ^= 1 << (at % 8)), x)),
         });
       }
     }
@@ -244,7 +264,12 @@ function cases(b: Built): Case[] {
       cuts.add(r.end - 1);
     }
     for (const n of [...cuts].filter((n) => n < buf.length).sort((x, y) => x - y)) {
-      out.push({ name: `truncate ${k.f} to ${n} of ${buf.length} bytes`, target: k.target, expect: 'data_loss', damage: (root) => fs.truncateSync(k.of(root), n) });
+      out.push({
+        name: `truncate ${k.f} to ${n} of ${buf.length} bytes`,
+        target: k.target,
+        expect: 'data_loss',
+        damage: (root) => fs.truncateSync(k.of(root), n),
+      });
     }
     for (let page = 0; page * 4096 < buf.length; page++) {
       out.push({
@@ -263,10 +288,20 @@ function cases(b: Built): Case[] {
     ['phase1', 'journal'],
     ['step5', 'journal'],
   ]) {
-    out.push({ name: `A/${f} replaced by its copy at ${as}`, target: 0, expect: 'data_loss', damage: (root) => fs.copyFileSync(older(as, f), file(root, 0, f)) });
+    out.push({
+      name: `A/${f} replaced by its copy at ${as}`,
+      target: 0,
+      expect: 'data_loss',
+      damage: (root) => fs.copyFileSync(older(as, f), file(root, 0, f)),
+    });
   }
   for (const f of ['meta', 'snapshot', 'journal']) {
-    out.push({ name: `A/${f} replaced by C's`, target: 0, expect: 'data_loss', damage: (root) => fs.copyFileSync(file(root, 2, f), file(root, 0, f)) });
+    out.push({
+      name: `A/${f} replaced by C's`,
+      target: 0,
+      expect: 'data_loss',
+      damage: (root) => fs.copyFileSync(file(root, 2, f), file(root, 0, f)),
+    });
   }
   // A torn tail: step N+1 written in part (the server was killed mid-write, the step never acknowledged), or whole (killed before replying).
   const rec = b.nextRecordA;
@@ -278,7 +313,12 @@ function cases(b: Built): Case[] {
       damage: (root) => fs.appendFileSync(file(root, 0, 'journal'), rec.subarray(0, n)),
     });
   }
-  out.push({ name: 'A/journal + 4 KiB of zeros (an extended file whose data never landed)', target: 0, expect: 'recovered', damage: (root) => fs.appendFileSync(file(root, 0, 'journal'), Buffer.alloc(4096)) });
+  out.push({
+    name: 'A/journal + 4 KiB of zeros (an extended file whose data never landed)',
+    target: 0,
+    expect: 'recovered',
+    damage: (root) => fs.appendFileSync(file(root, 0, 'journal'), Buffer.alloc(4096)),
+  });
   return out;
 }
 

@@ -34,7 +34,8 @@ function reference(steps: number): Float32Array {
   return out;
 }
 
-const stepK = (h: Harness, sessionId: string, k: number) => step(h, { sessionId, step: k, grads: grads({ w: { shape: [N], data: grad(k) } }), groupOverrides: {} });
+const stepK = (h: Harness, sessionId: string, k: number) =>
+  step(h, { sessionId, step: k, grads: grads({ w: { shape: [N], data: grad(k) } }), groupOverrides: {} });
 
 /** A call refused with `code`, a message matching `text`, and (when given) the mur-reason trailer. */
 async function refused(p: Promise<unknown>, code: grpc.status, text: RegExp, reason?: string): Promise<string> {
@@ -82,7 +83,9 @@ describe('--state-dir on a full or failing disk', () => {
     try {
       execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', mnt], { stdio: 'pipe' });
     } catch (e) {
-      process.stdout.write(`      skipped: cannot mount a tmpfs here (${String((e as { stderr?: Buffer }).stderr ?? (e as Error).message).trim()})\n`);
+      process.stdout.write(
+        `      skipped: cannot mount a tmpfs here (${String((e as { stderr?: Buffer }).stderr ?? (e as Error).message).trim()})\n`,
+      );
       this.skip();
     }
     const state = path.join(mnt, 'state');
@@ -96,14 +99,19 @@ describe('--state-dir on a full or failing disk', () => {
       const filler = path.join(mnt, 'filler');
       const fd = fs.openSync(filler, 'w');
       try {
-        for (const page = Buffer.alloc(4096, 1); ; ) fs.writeSync(fd, page);
+        for (const page = Buffer.alloc(4096, 1); ;) fs.writeSync(fd, page);
       } catch (e) {
         assert.equal((e as NodeJS.ErrnoException).code, 'ENOSPC');
       } finally {
         fs.closeSync(fd);
       }
       for (let attempt = 0; attempt < 2; attempt++) {
-        await refused(stepK(h, s.sessionId, 4), grpc.status.RESOURCE_EXHAUSTED, new RegExp(`state dir ${state}: no space left \\(ENOSPC\\).*nothing was applied`), 'disk-full');
+        await refused(
+          stepK(h, s.sessionId, 4),
+          grpc.status.RESOURCE_EXHAUSTED,
+          new RegExp(`state dir ${state}: no space left \\(ENOSPC\\).*nothing was applied`),
+          'disk-full',
+        );
         noRecordOf(journalOf(state, s.sessionId), 4); // the part of the record that was written is truncated away
         assert.deepEqual(await exportAll(h, s.sessionId), before, 'the session exactly as before');
       }
@@ -117,7 +125,11 @@ describe('--state-dir on a full or failing disk', () => {
       let last = await stepK(h, s.sessionId, 4);
       assert.equal(last.replayed, false);
       for (let k = 5; k <= 6; k++) last = await stepK(h, s.sessionId, k);
-      assert.deepEqual(Array.from(floats(last.params[0].value!.data)), Array.from(reference(6)), 'equal to a run that never hit a full disk');
+      assert.deepEqual(
+        Array.from(floats(last.params[0].value!.data)),
+        Array.from(reference(6)),
+        'equal to a run that never hit a full disk',
+      );
       const after = await exportAll(h, s.sessionId);
       await h.close();
       h = await startHarness({ stateDir: state });
@@ -154,7 +166,12 @@ describe('--state-dir on a full or failing disk', () => {
             setImmediate(() => cb(eio()));
           };
         }
-        await refused(stepK(h, s.sessionId, 3), grpc.status.UNAVAILABLE, new RegExp(`state dir ${state}: I/O error \\(EIO\\).*nothing was applied`), 'disk-io');
+        await refused(
+          stepK(h, s.sessionId, 3),
+          grpc.status.UNAVAILABLE,
+          new RegExp(`state dir ${state}: I/O error \\(EIO\\).*nothing was applied`),
+          'disk-io',
+        );
         assert.ok(failures > 0);
         Object.assign(io, saved);
         noRecordOf(journalOf(state, s.sessionId), 3);
@@ -181,7 +198,10 @@ describe('--state-dir on a full or failing disk', () => {
     const events: string[] = [];
     try {
       const ids: string[] = [];
-      for (let i = 0; i < 6; i++) ids.push((await create(h, { spec, params: [{ id: 'w', name: 'w', shape: [N], dtype: F32, group: '', data: bytes(theta0()) }] })).sessionId);
+      for (let i = 0; i < 6; i++)
+        ids.push(
+          (await create(h, { spec, params: [{ id: 'w', name: 'w', shape: [N], dtype: F32, group: '', data: bytes(theta0()) }] })).sessionId,
+        );
       const fdToSession = new Map<number, string>();
       io.datasync = (fd, cb) => {
         events.push(`issue ${fd}`);
@@ -199,7 +219,10 @@ describe('--state-dir on a full or failing disk', () => {
       await Promise.all(ids.map((id) => stepK(h, id, 1).then(() => events.push(`reply ${id}`))));
       const issued = events.filter((e) => e.startsWith('issue')).length;
       assert.equal(issued, 6, 'one fdatasync per journal');
-      assert.ok(events.slice(0, 6).every((e) => e.startsWith('issue')), `issued together, before any completes: ${events.join(', ')}`);
+      assert.ok(
+        events.slice(0, 6).every((e) => e.startsWith('issue')),
+        `issued together, before any completes: ${events.join(', ')}`,
+      );
       for (const [fd, id] of fdToSession) {
         assert.ok(events.indexOf(`synced ${fd}`) < events.indexOf(`reply ${id}`), `session ${id} answered after its record was on disk`);
       }

@@ -10,6 +10,7 @@ parameters, so the trajectory is a real training run), and after each step
 the parameters are compared. Exits 1 when a difference exceeds the tolerance
 below.
 """
+
 import argparse
 import json
 import sys
@@ -23,15 +24,39 @@ from mur import reference
 from mur_lab import models
 from mur_lab.data import load
 
-OPTIMIZERS = ["sgd", "adam", "adamw", "adagrad", "rmsprop", "adamax", "nadam", "radam", "adadelta", "lion", "rprop",
-              "asgd", "lamb", "lars"]
+OPTIMIZERS = [
+    "sgd",
+    "adam",
+    "adamw",
+    "adagrad",
+    "rmsprop",
+    "adamax",
+    "nadam",
+    "radam",
+    "adadelta",
+    "lion",
+    "rprop",
+    "asgd",
+    "lamb",
+    "lars",
+]
 RULES = ["additive", "multiplicative", "hybrid", "exp_sign"]
 HYPERS = {"sgd": dict(lr=0.05, momentum=0.9), "lamb": dict(lr=0.01), "lars": dict(lr=0.1)}
 RULE_HYPERS = {"hybrid": dict(gamma=0.5)}
-TORCH = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
-         "rmsprop": torch.optim.RMSprop, "adamax": torch.optim.Adamax, "nadam": torch.optim.NAdam,
-         "radam": torch.optim.RAdam, "adadelta": torch.optim.Adadelta, "rprop": torch.optim.Rprop,
-         "asgd": torch.optim.ASGD}
+TORCH = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "adagrad": torch.optim.Adagrad,
+    "rmsprop": torch.optim.RMSprop,
+    "adamax": torch.optim.Adamax,
+    "nadam": torch.optim.NAdam,
+    "radam": torch.optim.RAdam,
+    "adadelta": torch.optim.Adadelta,
+    "rprop": torch.optim.Rprop,
+    "asgd": torch.optim.ASGD,
+}
+
 
 # Tolerance on the relative difference max|a - b| / max|a| after step k.
 # All three run in float32 (u = 6e-8) on identical gradients, so they differ
@@ -113,10 +138,14 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(x == "--frameworks" or x.startswith("--frameworks=") for x in argv):
         from mur_lab.frameworks import main as frameworks_main  # torch/optax/keras matrix: its own options
+
         return frameworks_main(argv)
     ap = argparse.ArgumentParser(description="Cross-framework validation: torch.optim vs mur.reference vs mur server.")
-    ap.add_argument("--frameworks", metavar="torch,optax,keras",
-                    help="instead: the cross-framework matrix (mur_lab.frameworks; --frameworks ... --help)")
+    ap.add_argument(
+        "--frameworks",
+        metavar="torch,optax,keras",
+        help="instead: the cross-framework matrix (mur_lab.frameworks; --frameworks ... --help)",
+    )
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--quick", action="store_true", help="10 steps, MLP only")
     ap.add_argument("--models", default="mlp,cnn")
@@ -128,7 +157,7 @@ def main(argv=None):
         a.steps, a.models = 10, "mlp"
     torch.set_num_threads(1)
     x, y = load("train")
-    batches = [(torch.from_numpy(x[i:i + 64]), torch.from_numpy(y[i:i + 64])) for i in range(0, 64 * 10, 64)]
+    batches = [(torch.from_numpy(x[i : i + 64]), torch.from_numpy(y[i : i + 64])) for i in range(0, 64 * 10, 64)]
     start = time.time()
     rows, failed = [], 0
     with mur.LocalServer() as server:
@@ -136,7 +165,9 @@ def main(argv=None):
         for o in a.optimizers.split(","):
             if torch_quirk(o):
                 print(f"not compared with torch {torch.__version__}: {o}: {torch_quirk(o)}")
-        print(f"{'model':5} {'optimizer':9} {'rule':14} {'pair':17} {'max abs':>10} {'max rel':>10} {'final rel':>10}  ok")
+        print(
+            f"{'model':5} {'optimizer':9} {'rule':14} {'pair':17} {'max abs':>10} {'max rel':>10} {'final rel':>10}  ok"
+        )
         for m in a.models.split(","):
             for o in a.optimizers.split(","):
                 for r in a.rules.split(","):
@@ -144,8 +175,11 @@ def main(argv=None):
                     for pair, w in res.items():
                         rows.append({"model": m, "optimizer": o, "rule": r, "pair": pair, **w})
                         failed += not w["ok"]
-                        print(f"{m:5} {o:9} {r:14} {pair:17} {w['max_abs']:10.2e} {w['max_rel']:10.2e} "
-                              f"{w['per_step'][-1]:10.2e}  {'ok' if w['ok'] else 'FAIL'}", flush=True)
+                        print(
+                            f"{m:5} {o:9} {r:14} {pair:17} {w['max_abs']:10.2e} {w['max_rel']:10.2e} "
+                            f"{w['per_step'][-1]:10.2e}  {'ok' if w['ok'] else 'FAIL'}",
+                            flush=True,
+                        )
     print(f"{len(rows)} comparisons, {failed} over tolerance, {time.time() - start:.0f} s")
     print(f"validate: {len(rows) - failed} passed, {failed} failed")
     if a.json:

@@ -1,5 +1,6 @@
 """What every data plane implements (``Plane``), the step it is given
 (``PreparedStep``), and the tensor helpers the planes share."""
+
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -31,8 +32,9 @@ class PreparedStep:
     key: list = field(default_factory=list)
 
     def request(self, **fields):
-        return pb.StepRequest(session_id=fields.pop("session_id"), step=self.number,
-                              group_overrides=self.overrides, **fields)
+        return pb.StepRequest(
+            session_id=fields.pop("session_id"), step=self.number, group_overrides=self.overrides, **fields
+        )
 
 
 class Plane(ABC):
@@ -40,7 +42,7 @@ class Plane(ABC):
     parameter values come back. ``open`` raises TransportUnavailable when
     this plane cannot be used; the rest is the same for every plane."""
 
-    name = None  # "shm", "tcp" or "grpc"
+    name: str | None = None  # "shm", "tcp" or "grpc"
     lane_steps = 0  # steps rung through the shm fast lane (no RPC)
 
     @classmethod
@@ -61,15 +63,15 @@ class Plane(ABC):
     def close(self):
         """Lets go of the plane; the parameters keep (or get) their own memory."""
 
-    def sync(self):
+    def sync(self):  # noqa: B027 (an optional hook: a no-op unless the plane needs it)
         """Makes the server's parameter values the client's (before an export
         or import, or new parameters joining)."""
 
-    def values_imported(self, values):
+    def values_imported(self, values):  # noqa: B027 (an optional hook: a no-op unless the plane needs it)
         """ImportState wrote these parameter values ({pid: flat float32
         tensor}) and, on shm, others into the arena: the parameters follow."""
 
-    def params_added(self, pids):
+    def params_added(self, pids):  # noqa: B027 (an optional hook: a no-op unless the plane needs it)
         """AddParameters declared these parameters; TransportUnavailable if
         this plane cannot carry them (the optimizer then moves to gRPC)."""
 
@@ -121,5 +123,10 @@ def raw_bits(t: torch.Tensor) -> torch.Tensor:
 
 def is_view_of(t, view) -> bool:
     """t is exactly `view` (same memory, shape and strides): an arena view."""
-    return (t is not None and t.data_ptr() == view.data_ptr() and t.shape == view.shape
-            and t.stride() == view.stride() and t.dtype == view.dtype)
+    return (
+        t is not None
+        and t.data_ptr() == view.data_ptr()
+        and t.shape == view.shape
+        and t.stride() == view.stride()
+        and t.dtype == view.dtype
+    )

@@ -6,6 +6,7 @@ server's: an edit since the server last wrote them (rebound, written in
 place, or through ``p.data`` or numpy) is found bit for bit and sent before
 the next step, so it is never undone. The tcp plane (tcp.py) is this plane
 with the tensor bytes on the server's data port."""
+
 import numpy as np
 import torch
 
@@ -52,8 +53,10 @@ def check_replayed(conn, replayed, number):
     used this step number with the same request. Its result is not ours to
     take silently."""
     if replayed and conn.attempt == 0:
-        raise MurError(f"step {number} had already been applied to this session (another client or "
-                       "process steps it with the same numbers); one session takes one writer")
+        raise MurError(
+            f"step {number} had already been applied to this session (another client or "
+            "process steps it with the same numbers); one session takes one writer"
+        )
 
 
 class GrpcPlane(Plane):
@@ -90,8 +93,7 @@ class GrpcPlane(Plane):
             if p.dtype != torch.float32:
                 if not self._mixed.unchanged(pid, p):
                     out[pid] = p
-            elif (self._marks.get(pid) != (p._version, p.data_ptr())
-                    or not torch.equal(bits(p), self._server_bits[pid])):
+            elif self._marks.get(pid) != (p._version, p.data_ptr()) or not torch.equal(bits(p), self._server_bits[pid]):
                 out[pid] = p
         return out
 
@@ -166,19 +168,23 @@ class GrpcPlane(Plane):
         # The request's small fields through protobuf, the gradients appended by
         # hand: a message is the concatenation of its fields.
         head = prep.request(session_id=self.session.id).SerializeToString()
-        req = b"".join([head, *(x for pid, shape, b in payload for x in gradient_fields(pid, shape, self.wire_dtype, b))])
+        req = b"".join(
+            [head, *(x for pid, shape, b in payload for x in gradient_fields(pid, shape, self.wire_dtype, b))]
+        )
         reply = self.conn.call(self.conn.raw_step, req)
         check_replayed(self.conn, reply.replayed, prep.number)
         return {v.param_id: v.value.data for v in reply.params}
 
     def _step_stream(self, prep, payload):
         def frames():
-            yield pb.StepStreamRequest(begin=pb.StepBegin(session_id=self.session.id, step=prep.number,
-                                                          group_overrides=prep.overrides))
+            yield pb.StepStreamRequest(
+                begin=pb.StepBegin(session_id=self.session.id, step=prep.number, group_overrides=prep.overrides)
+            )
             for pid, _, b in payload:
                 for c in self.session.chunks(pid, "", b, self.wire_dtype):
                     yield pb.StepStreamRequest(grad=c)
             yield pb.StepStreamRequest(end=pb.StepEnd())
+
         parts = {}
         for r in self.conn.stream(self.conn.stub.StepStream, frames()):
             if r.HasField("param"):

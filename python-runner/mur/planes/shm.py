@@ -18,6 +18,7 @@ Any failure raises ``TransportUnavailable`` with the reason; it means "use the
 gRPC transport". Nothing here creates a file: the memory belongs to the
 server's memfd and the kernel frees it when the last mapping goes away.
 """
+
 import ctypes
 import mmap
 import os
@@ -78,8 +79,10 @@ class Arena:
         except OSError as e:
             raise TransportUnavailable(f"cannot open the arena {path}: {e.strerror} (errno {e.errno})") from None
         if not stat.S_ISREG(st.st_mode):
-            raise TransportUnavailable(f"{path} is not the server's arena (not a regular file): "
-                                       "the server is on another host or in another pid namespace")
+            raise TransportUnavailable(
+                f"{path} is not the server's arena (not a regular file): "
+                "the server is on another host or in another pid namespace"
+            )
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY)
         except OSError as e:
@@ -90,7 +93,8 @@ class Arena:
                 # Mapping past the end of the file would SIGBUS on first touch.
                 raise TransportUnavailable(
                     f"{path} is {st.st_size} bytes, the server's arena is {size}: not the server's arena "
-                    "(another host or pid namespace)")
+                    "(another host or pid namespace)"
+                )
             try:
                 mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
             except (OSError, ValueError) as e:
@@ -101,7 +105,8 @@ class Arena:
             if mm[:TOKEN_BYTES] != token:
                 raise TransportUnavailable(
                     f"{path} is not this server's arena (token mismatch): the server is on another host "
-                    "or in another pid namespace")
+                    "or in another pid namespace"
+                )
             magic = mm[MAGIC_AT:HEADER_BYTES].rstrip(b"\0")
             if magic != MAGIC:
                 raise TransportUnavailable(f"{path}: arena magic {magic!r}, this client speaks {MAGIC!r}")
@@ -126,8 +131,10 @@ class Arena:
             n = int(t.elements) * _F32
             for what, off in (("param_offset", int(t.param_offset)), ("grad_offset", int(t.grad_offset))):
                 if off % _F32 or off < HEADER_BYTES or off + n > size:
-                    raise _layout_error(f"tensors[{i}] {t.param_id!r}: {what} {off} + {n} bytes is outside "
-                                        f"[{HEADER_BYTES}, {size}) or not 4-byte aligned")
+                    raise _layout_error(
+                        f"tensors[{i}] {t.param_id!r}: {what} {off} + {n} bytes is outside "
+                        f"[{HEADER_BYTES}, {size}) or not 4-byte aligned"
+                    )
 
     # -- use --------------------------------------------------------------
     def __len__(self):
@@ -178,7 +185,15 @@ _MAX_INDICES = (4096 - _CONTROL - 32) // 4
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 # futex(uaddr, op, val, timeout, uaddr2, val3): pointers must not be narrowed to int.
-_libc.syscall.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint]
+_libc.syscall.argtypes = [
+    ctypes.c_long,
+    ctypes.c_void_p,
+    ctypes.c_int,
+    ctypes.c_uint,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_uint,
+]
 
 
 class _Timespec(ctypes.Structure):
@@ -207,7 +222,7 @@ class Lane:
         NO_ANSWER (none within wait_s: the lane may still apply it)."""
         self._step.value = step_no
         self._count.value = len(indices)
-        self._indices[:len(indices)] = indices
+        self._indices[: len(indices)] = indices
         seq = (self._seq.value + 1) & 0xFFFFFFFF
         self._seq.value = seq  # after every other store (x86-64 keeps store order)
         _libc.syscall(_SYS_FUTEX, ctypes.addressof(self._seq), _FUTEX_WAKE, 1, None, None, 0)
@@ -256,7 +271,8 @@ class ShmPlane(Plane):
         if "shm" not in caps.transports:
             raise TransportUnavailable(
                 f"the server at {session.conn.address} does not offer it (transports: {', '.join(caps.transports)}; "
-                f"its engine is '{caps.backend}', shared memory needs the native engine)")
+                f"its engine is '{caps.backend}', shared memory needs the native engine)"
+            )
         return cls(session, *request_arena(session, _NO_SHM))
 
     # -- moving between arenas ----------------------------------------------------
@@ -291,8 +307,9 @@ class ShmPlane(Plane):
     def params_added(self, pids):
         """The server gave its arena up (an arena cannot grow) and OpenArena
         makes one covering every parameter, holding the server's values."""
-        arena, views = request_arena(self.session, (grpc.StatusCode.FAILED_PRECONDITION,
-                                                    grpc.StatusCode.RESOURCE_EXHAUSTED))
+        arena, views = request_arena(
+            self.session, (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        )
         self._move_to(arena, views, carry_grads=False)
 
     def sync(self):
@@ -313,12 +330,15 @@ class ShmPlane(Plane):
                     self._mixed.mark(pid, p)
                 continue
             if p.shape != pv.shape:
-                raise ValueError(f"parameter {pid}: shape {tuple(p.shape)}, but the session was created with "
-                                 f"{tuple(pv.shape)}")
+                raise ValueError(
+                    f"parameter {pid}: shape {tuple(p.shape)}, but the session was created with {tuple(pv.shape)}"
+                )
             if p.device.type != "cpu" or p.dtype != torch.float32:
-                raise ValueError(f"parameter {pid} became a {p.dtype} tensor on {p.device} after the optimizer was "
-                                 "created on the shm transport, whose parameters are float32 CPU memory "
-                                 "(use transport='grpc')")
+                raise ValueError(
+                    f"parameter {pid} became a {p.dtype} tensor on {p.device} after the optimizer was "
+                    "created on the shm transport, whose parameters are float32 CPU memory "
+                    "(use transport='grpc')"
+                )
             pv.copy_(p.detach())
             p.data = pv
 
@@ -435,8 +455,10 @@ def request_arena(session, unavailable):
         for _, pid, p in session.entries():
             i = arena.index.get(pid)
             if i is None or arena.param(i).numel() != p.numel():
-                raise TransportUnavailable(f"the arena does not match the session: parameter {pid} "
-                                           f"({p.numel()} elements) is {'absent' if i is None else 'resized'}")
+                raise TransportUnavailable(
+                    f"the arena does not match the session: parameter {pid} "
+                    f"({p.numel()} elements) is {'absent' if i is None else 'resized'}"
+                )
             views[pid] = (i, arena.param(i).view(p.shape), arena.grad(i).view(p.shape))
     except BaseException:
         arena.close()

@@ -15,6 +15,7 @@ reused buffers, alternately, so the values of the last step stay intact
 while the next one is received (the optimizer compares them with the user's
 parameters to find edits; a reply cut in the middle never tears them).
 """
+
 import math
 import socket
 import struct
@@ -24,8 +25,14 @@ import torch
 
 from .._proto.mur.v1 import optimizer_pb2 as pb
 from ..connection import ssl_context
-from ..errors import ConnectionLostError, DeadlineExceededError, FailedPreconditionError, MurError, \
-    TransportUnavailable, error_for
+from ..errors import (
+    ConnectionLostError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    MurError,
+    TransportUnavailable,
+    error_for,
+)
 from .base import F32
 from .grpc import GrpcPlane, check_replayed
 
@@ -53,16 +60,22 @@ class DataPlane:
         try:
             s = socket.create_connection(self.address, timeout=self._timeout)
         except socket.timeout:
-            raise DeadlineExceededError(f"data plane: connecting to {self.address[0]}:{self.address[1]} timed out") from None
+            raise DeadlineExceededError(
+                f"data plane: connecting to {self.address[0]}:{self.address[1]} timed out"
+            ) from None
         except OSError as e:
-            raise ConnectionLostError(f"data plane: cannot connect to {self.address[0]}:{self.address[1]}: {e}") from None
+            raise ConnectionLostError(
+                f"data plane: cannot connect to {self.address[0]}:{self.address[1]}: {e}"
+            ) from None
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._ssl is not None:
             try:
                 s = self._ssl.wrap_socket(s, server_hostname=self._server_hostname)
             except (OSError, ValueError) as e:
                 s.close()
-                raise ConnectionLostError(f"data plane: TLS handshake with {self.address[0]}:{self.address[1]} failed: {e}") from None
+                raise ConnectionLostError(
+                    f"data plane: TLS handshake with {self.address[0]}:{self.address[1]} failed: {e}"
+                ) from None
         self._sock = s
 
     def close(self):
@@ -130,11 +143,14 @@ class DataPlane:
             self._recv_into(memoryview(buf)[:total])
         except socket.timeout:
             self.close()
-            raise DeadlineExceededError(f"data plane: no reply from {self.address[0]}:{self.address[1]} "
-                                        f"within {self._timeout} s") from None
+            raise DeadlineExceededError(
+                f"data plane: no reply from {self.address[0]}:{self.address[1]} within {self._timeout} s"
+            ) from None
         except (OSError, EOFError) as e:
             self.close()
-            raise ConnectionLostError(f"data plane: connection to {self.address[0]}:{self.address[1]} lost: {e}") from None
+            raise ConnectionLostError(
+                f"data plane: connection to {self.address[0]}:{self.address[1]} lost: {e}"
+            ) from None
         except ConnectionLostError:
             self.close()
             raise
@@ -143,7 +159,7 @@ class DataPlane:
             self._next ^= 1
         out, at = {}, 0
         for p, n in zip(reply.reply.params, sizes):
-            out[p.param_id] = floats[at // 4:(at + n) // 4]
+            out[p.param_id] = floats[at // 4 : (at + n) // 4]
             at += n
         return reply.reply, out
 
@@ -161,15 +177,21 @@ class TcpPlane(GrpcPlane):
         this client reached the server at."""
         caps, address = session.caps, session.conn.address
         if "tcp" not in caps.transports or not caps.data_port:
-            raise TransportUnavailable(f"the server at {address} has no data port (started with --socket or "
-                                       "--data-port off)", "tcp")
+            raise TransportUnavailable(
+                f"the server at {address} has no data port (started with --socket or --data-port off)", "tcp"
+            )
         host = address.rsplit(":", 1)[0] if ":" in address and not address.startswith("unix:") else None
         if host is None:
             raise TransportUnavailable(f"{address} is not a host:port address", "tcp")
         host = host.strip("[]")  # an IPv6 literal
         tls = session.conn.tls
-        data = DataPlane(host, caps.data_port, timeout=session.conn.timeout,
-                         ssl_context=ssl_context(*tls) if tls is not None else None, rename=session.conn.rename)
+        data = DataPlane(
+            host,
+            caps.data_port,
+            timeout=session.conn.timeout,
+            ssl_context=ssl_context(*tls) if tls is not None else None,
+            rename=session.conn.rename,
+        )
         try:
             data.connect()
         except MurError as e:
@@ -182,19 +204,26 @@ class TcpPlane(GrpcPlane):
         conn = self.conn
         caps = conn.call(conn.stub.GetCapabilities, pb.GetCapabilitiesRequest())
         if "tcp" not in caps.transports or not caps.data_port:
-            raise FailedPreconditionError(f"the server at {conn.address} came back without a data port "
-                                          "(--data-port off?): create the optimizer again to use gRPC")
+            raise FailedPreconditionError(
+                f"the server at {conn.address} came back without a data port "
+                "(--data-port off?): create the optimizer again to use gRPC"
+            )
         self.data.close()
         self.data.address = (self.data.address[0], caps.data_port)
 
     def _send(self, prep, payload):
         def once():
-            request = prep.request(session_id=self.session.id, grads=[
-                pb.Gradient(param_id=pid, grad=pb.Tensor(shape=shape, dtype=self.wire_dtype))
-                for pid, shape, _ in payload])
+            request = prep.request(
+                session_id=self.session.id,
+                grads=[
+                    pb.Gradient(param_id=pid, grad=pb.Tensor(shape=shape, dtype=self.wire_dtype))
+                    for pid, shape, _ in payload
+                ],
+            )
             reply, values = self.data.step(self.conn.token, request, [b for _, _, b in payload])
             check_replayed(self.conn, reply.replayed, prep.number)
             return values
+
         return self.conn.retrying(once, on_lost=self._refind)
 
     def close(self):

@@ -10,6 +10,7 @@ placements (docs/frameworks.md): eps_before_correction (adam, adamw: Keras),
 eps_in_sqrt (rmsprop, adagrad: optax, Keras), lr_in_momentum (sgd, rmsprop:
 Keras; optax's rmsprop with momentum).
 """
+
 import math
 
 import torch
@@ -18,15 +19,24 @@ import torch
 DEFAULTS = {
     "sgd": dict(lr=None, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, lr_in_momentum=False),
     "adam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, eps_before_correction=False),
-    "adamw": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
-                  eps_before_correction=False),
-    "adagrad": dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
-                    eps_in_sqrt=False),
-    "rmsprop": dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-                    eps_in_sqrt=False, lr_in_momentum=False),
+    "adamw": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, eps_before_correction=False),
+    "adagrad": dict(
+        lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, eps_in_sqrt=False
+    ),
+    "rmsprop": dict(
+        lr=1e-2,
+        alpha=0.99,
+        eps=1e-8,
+        weight_decay=0.0,
+        momentum=0.0,
+        centered=False,
+        eps_in_sqrt=False,
+        lr_in_momentum=False,
+    ),
     "adamax": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
-    "nadam": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
-                  decoupled_weight_decay=False),
+    "nadam": dict(
+        lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False
+    ),
     "radam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False),
     "adadelta": dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0),
     "lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0),
@@ -91,7 +101,7 @@ def direction(name, g, p, s, h, t):
         v = s.setdefault("exp_avg_sq", torch.zeros_like(p)).mul_(b2).addcmul_(g, g, value=1 - b2)
         if h["amsgrad"]:
             v = torch.maximum(s.setdefault("max_exp_avg_sq", torch.zeros_like(p)), v, out=s["max_exp_avg_sq"])
-        bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+        bc1, bc2 = 1 - b1**t, 1 - b2**t
         if h.get("eps_before_correction"):  # Keras: eps added to sqrt(v), then the correction
             d = m * math.sqrt(bc2) / (v.sqrt() + h["eps"])
         else:
@@ -120,7 +130,7 @@ def direction(name, g, p, s, h, t):
         m = s.setdefault("exp_avg", torch.zeros_like(p)).mul_(b1).add_(g, alpha=1 - b1)
         u = s.setdefault("exp_inf", torch.zeros_like(p))
         torch.maximum(u * b2, g.abs() + h["eps"], out=u)
-        return m / u, 1 / (1 - b1 ** t), 1.0
+        return m / u, 1 / (1 - b1**t), 1.0
     if name == "nadam":
         b1, b2 = h["betas"]
         psi = h["momentum_decay"]
@@ -130,21 +140,21 @@ def direction(name, g, p, s, h, t):
         prod = s["mu_product"]
         m = s.setdefault("exp_avg", torch.zeros_like(p)).mul_(b1).add_(g, alpha=1 - b1)
         v = s.setdefault("exp_avg_sq", torch.zeros_like(p)).mul_(b2).addcmul_(g, g, value=1 - b2)
-        denom = (v / (1 - b2 ** t)).sqrt() + h["eps"]
+        denom = (v / (1 - b2**t)).sqrt() + h["eps"]
         return (1 - mu) / (1 - prod) * g / denom + mu1 / (1 - prod * mu1) * m / denom, 1.0, decay
     if name == "radam":
         b1, b2 = h["betas"]
         m = s.setdefault("exp_avg", torch.zeros_like(p)).mul_(b1).add_(g, alpha=1 - b1)
         v = s.setdefault("exp_avg_sq", torch.zeros_like(p)).mul_(b2).addcmul_(g, g, value=1 - b2)
-        bc2 = 1 - b2 ** t
+        bc2 = 1 - b2**t
         rho_inf = 2 / (1 - b2) - 1
-        rho = rho_inf - 2 * t * b2 ** t / bc2
+        rho = rho_inf - 2 * t * b2**t / bc2
         if rho > 5:
             rect = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
             d = m * rect * math.sqrt(bc2) / (v.sqrt() + h["eps"])
         else:
             d = m.clone()
-        return d, 1 / (1 - b1 ** t), decay
+        return d, 1 / (1 - b1**t), decay
     if name == "adadelta":
         rho, eps = h["rho"], h["eps"]
         sq = s.setdefault("square_avg", torch.zeros_like(p)).mul_(rho).addcmul_(g, g, value=1 - rho)
@@ -165,8 +175,9 @@ def direction(name, g, p, s, h, t):
         prev = s.setdefault("prev", torch.zeros_like(p))
         size = s.setdefault("step_size", torch.full_like(p, h["lr"]))
         sg = (g * prev).sign()
-        factor = torch.where(sg > 0, torch.full_like(p, eta_plus), torch.where(sg < 0, torch.full_like(p, eta_minus),
-                                                                               torch.ones_like(p)))
+        factor = torch.where(
+            sg > 0, torch.full_like(p, eta_plus), torch.where(sg < 0, torch.full_like(p, eta_minus), torch.ones_like(p))
+        )
         size.mul_(factor).clamp_(lo, hi)
         prev.copy_(torch.where(sg < 0, torch.zeros_like(g), g))
         return _per_lr(prev.sign() * size, h), 1.0, 1.0
@@ -184,7 +195,7 @@ def direction(name, g, p, s, h, t):
         b1, b2 = h["betas"]
         m = s.setdefault("exp_avg", torch.zeros_like(p)).mul_(b1).add_(g, alpha=1 - b1)
         v = s.setdefault("exp_avg_sq", torch.zeros_like(p)).mul_(b2).addcmul_(g, g, value=1 - b2)
-        u = m / (1 - b1 ** t) / ((v / (1 - b2 ** t)).sqrt() + h["eps"]) + wd * p
+        u = m / (1 - b1**t) / ((v / (1 - b2**t)).sqrt() + h["eps"]) + wd * p
         return u * _trust_ratio(p, u, 1.0, 0.0), 1.0, 1.0
     if name == "lars":
         # optax.lars: (g + wd theta) times tc ||theta|| / (||u|| + eps), then a trace of the lr-scaled steps.

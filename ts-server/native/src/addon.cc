@@ -31,9 +31,9 @@
 #include "kernel.h"
 #include "lane.h"
 #include "limit.h"
-#include "transcendental.h"
 #include "pool.h"
 #include "state.h"
+#include "transcendental.h"
 #include "widen.h"
 
 namespace {
@@ -79,9 +79,7 @@ Napi::Value Describe(const Napi::CallbackInfo& info) {
   return out;
 }
 
-[[noreturn]] void Fail(Napi::Env env, const std::string& msg) {
-  throw Napi::TypeError::New(env, msg);
-}
+[[noreturn]] void Fail(Napi::Env env, const std::string& msg) { throw Napi::TypeError::New(env, msg); }
 
 /** The Float32Array at buffers[i], or nullptr for null/undefined. */
 float* Floats(Napi::Env env, const Napi::Array& buffers, uint32_t i, size_t* len) {
@@ -111,13 +109,17 @@ std::vector<mur::Job> ParseJobsAt(const Napi::CallbackInfo& info, size_t at, int
   const mur::Descriptor& od = mur::OptimizerDescriptor(opt);
   const mur::Descriptor& rd = mur::RuleDescriptor(rule);
   Napi::Array buffers = info[at + 2].As<Napi::Array>();
-  if (info[at + 3].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) Fail(env, "step: hypers must be a Float64Array");
-  if (info[at + 4].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) Fail(env, "step: fresh must be a Uint32Array");
+  if (info[at + 3].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+    Fail(env, "step: hypers must be a Float64Array");
+  if (info[at + 4].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array)
+    Fail(env, "step: fresh must be a Uint32Array");
   Napi::Float64Array hypers = info[at + 3].As<Napi::Float64Array>();
   Napi::Uint32Array fresh = info[at + 4].As<Napi::Uint32Array>();
-  if (buffers.Length() % kStride != 0) Fail(env, "step: buffers.length must be a multiple of " + std::to_string(kStride));
+  if (buffers.Length() % kStride != 0)
+    Fail(env, "step: buffers.length must be a multiple of " + std::to_string(kStride));
   const size_t njobs = buffers.Length() / kStride;
-  if (hypers.ElementLength() != njobs * mur::kHyperBlock) Fail(env, "step: hypers.length must be jobs * " + std::to_string(mur::kHyperBlock));
+  if (hypers.ElementLength() != njobs * mur::kHyperBlock)
+    Fail(env, "step: hypers.length must be jobs * " + std::to_string(mur::kHyperBlock));
   if (fresh.ElementLength() != njobs) Fail(env, "step: fresh.length must equal the number of jobs");
 
   std::vector<mur::Job> jobs(njobs);
@@ -153,7 +155,9 @@ std::vector<mur::Job> ParseJobsAt(const Napi::CallbackInfo& info, size_t at, int
   return jobs;
 }
 
-std::vector<mur::Job> ParseJobs(const Napi::CallbackInfo& info, int* opt_out, int* rule_out) { return ParseJobsAt(info, 0, opt_out, rule_out); }
+std::vector<mur::Job> ParseJobs(const Napi::CallbackInfo& info, int* opt_out, int* rule_out) {
+  return ParseJobsAt(info, 0, opt_out, rule_out);
+}
 
 Napi::Value Step(const Napi::CallbackInfo& info) {
   int opt = 0, rule = 0;
@@ -180,7 +184,11 @@ Napi::Array DigestArray(Napi::Env env, const std::vector<uint64_t>& digests) {
 class StepWorker : public Napi::AsyncWorker {
  public:
   StepWorker(Napi::Env env, const Napi::CallbackInfo& info, int opt, int rule, std::vector<mur::Job> jobs)
-      : Napi::AsyncWorker(env, "mur.step"), deferred_(Napi::Promise::Deferred::New(env)), opt_(opt), rule_(rule), jobs_(std::move(jobs)) {
+      : Napi::AsyncWorker(env, "mur.step"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        opt_(opt),
+        rule_(rule),
+        jobs_(std::move(jobs)) {
     for (size_t i = 2; i < 5; ++i) keep_.push_back(Napi::Persistent(info[i].As<Napi::Object>()));
   }
   Napi::Promise Promise() { return deferred_.Promise(); }
@@ -232,7 +240,8 @@ Napi::Value StepAsync(const Napi::CallbackInfo& info) {
 }
 
 Napi::Float32Array Arg(const Napi::CallbackInfo& info, const char* fn) {
-  if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+  if (info.Length() < 1 || !info[0].IsTypedArray() ||
+      info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
     Fail(info.Env(), std::string(fn) + ": expected a Float32Array");
   }
   return info[0].As<Napi::Float32Array>();
@@ -265,8 +274,9 @@ Napi::Value SumSquares(const Napi::CallbackInfo& info) {
  * float32, exactly (widen.cc).
  */
 Napi::Value Widen(const Napi::CallbackInfo& info, const char* fn, void (*widen)(const uint8_t*, uint32_t*, size_t)) {
-  if (info.Length() != 2 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
-      !info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+  if (info.Length() != 2 || !info[0].IsTypedArray() ||
+      info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array || !info[1].IsTypedArray() ||
+      info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
     Fail(info.Env(), std::string(fn) + "(src, dst): expected a Uint8Array and a Float32Array");
   }
   Napi::Uint8Array src = info[0].As<Napi::Uint8Array>();
@@ -277,7 +287,8 @@ Napi::Value Widen(const Napi::CallbackInfo& info, const char* fn, void (*widen)(
   return info.Env().Undefined();
 }
 
-/** math(fn: "exp" | "tanh", x: Float32Array, out: Float32Array): the rule kernels' exp or tanh (transcendental-inl.h), for tests. */
+/** math(fn: "exp" | "tanh", x: Float32Array, out: Float32Array): the rule kernels' exp or tanh (transcendental-inl.h),
+ * for tests. */
 Napi::Value MathJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() != 3 || !info[0].IsString()) Fail(env, "math(fn, x, out): fn must be 'exp' or 'tanh'");
@@ -319,7 +330,9 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), mur::Pool::Get().threads());
 }
 
-Napi::Value Threads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), mur::Pool::Get().threads()); }
+Napi::Value Threads(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), mur::Pool::Get().threads());
+}
 
 // -- the fast lane (lane.cc) --------------------------------------------------
 struct LaneHolder {
@@ -335,7 +348,8 @@ LaneHolder* HolderOf(const Napi::CallbackInfo& info) {
 
 /** laneCreate(arena: ArrayBuffer) -> handle */
 Napi::Value LaneCreateJs(const Napi::CallbackInfo& info) {
-  if (info.Length() != 1 || !info[0].IsArrayBuffer()) Fail(info.Env(), "laneCreate(arena): expected the arena's ArrayBuffer");
+  if (info.Length() != 1 || !info[0].IsArrayBuffer())
+    Fail(info.Env(), "laneCreate(arena): expected the arena's ArrayBuffer");
   Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
   if (ab.ByteLength() < 4096) Fail(info.Env(), "laneCreate: the arena is smaller than its header");
   auto* h = new LaneHolder{mur::LaneCreate(ab.Data())};
@@ -345,7 +359,8 @@ Napi::Value LaneCreateJs(const Napi::CallbackInfo& info) {
   });
 }
 
-/** laneArm(handle, lastStep, opt, rule, buffers, hypers, fresh): the caller keeps the buffers alive until laneDisarm. */
+/** laneArm(handle, lastStep, opt, rule, buffers, hypers, fresh): the caller keeps the buffers alive until laneDisarm.
+ */
 Napi::Value LaneArmJs(const Napi::CallbackInfo& info) {
   LaneHolder* h = HolderOf(info);
   if (!info[1].IsNumber()) Fail(info.Env(), "laneArm: lastStep must be a number");
@@ -353,7 +368,8 @@ Napi::Value LaneArmJs(const Napi::CallbackInfo& info) {
   std::vector<mur::Job> jobs = ParseJobsAt(info, 2, &opt, &rule);
   Napi::Float64Array hy = info[5].As<Napi::Float64Array>();
   std::vector<double> hypers(hy.Data(), hy.Data() + hy.ElementLength());
-  mur::LaneArm(h->lane, opt, rule, std::move(jobs), std::move(hypers), static_cast<uint64_t>(info[1].As<Napi::Number>().DoubleValue()));
+  mur::LaneArm(h->lane, opt, rule, std::move(jobs), std::move(hypers),
+               static_cast<uint64_t>(info[1].As<Napi::Number>().DoubleValue()));
   return info.Env().Undefined();
 }
 
@@ -394,8 +410,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("firstNonFinite", Napi::Function::New(env, FirstNonFinite));
   exports.Set("sumSquares", Napi::Function::New(env, SumSquares));
   exports.Set("scan", Napi::Function::New(env, Scan));
-  exports.Set("widenBf16", Napi::Function::New(env, [](const Napi::CallbackInfo& i) { return Widen(i, "widenBf16", mur::WidenBf16); }));
-  exports.Set("widenF16", Napi::Function::New(env, [](const Napi::CallbackInfo& i) { return Widen(i, "widenF16", mur::WidenF16); }));
+  exports.Set("widenBf16", Napi::Function::New(
+                               env, [](const Napi::CallbackInfo& i) { return Widen(i, "widenBf16", mur::WidenBf16); }));
+  exports.Set("widenF16", Napi::Function::New(
+                              env, [](const Napi::CallbackInfo& i) { return Widen(i, "widenF16", mur::WidenF16); }));
   exports.Set("math", Napi::Function::New(env, MathJs));
   exports.Set("limit", Napi::Function::New(env, LimitJs));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
@@ -403,7 +421,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   mur::InitArena(env, exports);
   mur::InitState(env, exports);
   // Join the workers before the process tears down.
-  napi_add_env_cleanup_hook(env, [](void*) { mur::Pool::Get().Stop(); }, nullptr);
+  napi_add_env_cleanup_hook(
+      env, [](void*) { mur::Pool::Get().Stop(); }, nullptr);
   return exports;
 }
 

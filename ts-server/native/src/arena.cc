@@ -52,11 +52,14 @@ Napi::Value ArenaCreate(const Napi::CallbackInfo& info) {
     Fail(env, std::string("mmap: ") + std::strerror(e));
   }
   auto* m = new Mapping{addr, bytes};
-  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, addr, bytes, [](Napi::Env fenv, void*, Mapping* mp) {
-    munmap(mp->addr, mp->bytes);
-    Napi::MemoryManagement::AdjustExternalMemory(fenv, -static_cast<int64_t>(mp->bytes));
-    delete mp;
-  }, m);
+  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(
+      env, addr, bytes,
+      [](Napi::Env fenv, void*, Mapping* mp) {
+        munmap(mp->addr, mp->bytes);
+        Napi::MemoryManagement::AdjustExternalMemory(fenv, -static_cast<int64_t>(mp->bytes));
+        delete mp;
+      },
+      m);
   Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(bytes));
   Napi::Object out = Napi::Object::New(env);
   out.Set("buffer", buffer);

@@ -40,12 +40,28 @@ struct Descriptor {
   const char* name;
   const char* const* hypers;  // flattened table: "betas.0", "betas.1", booleans as 0/1
   int n_hypers;
-  const char* const* slots;   // positional slot names
+  const char* const* slots;  // positional slot names
   int n_slots;
-  uint32_t scalar_slots;      // bit k: slot k holds one element, not n
+  uint32_t scalar_slots;  // bit k: slot k holds one element, not n
 };
 
-enum OptimizerId { kSgd, kAdam, kAdamW, kAdagrad, kRmsprop, kAdamax, kNadam, kRadam, kAdadelta, kLion, kRprop, kAsgd, kLamb, kLars, kNumOptimizers };
+enum OptimizerId {
+  kSgd,
+  kAdam,
+  kAdamW,
+  kAdagrad,
+  kRmsprop,
+  kAdamax,
+  kNadam,
+  kRadam,
+  kAdadelta,
+  kLion,
+  kRprop,
+  kAsgd,
+  kLamb,
+  kLars,
+  kNumOptimizers
+};
 enum RuleId { kAdditive, kMultiplicative, kHybrid, kExpSign, kNumRules };
 
 const Descriptor& OptimizerDescriptor(int id);

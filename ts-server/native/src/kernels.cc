@@ -14,13 +14,12 @@
 // After step 1 nothing can fail, so a step is applied whole or not at all.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels.cc"
-#include "hwy/foreach_target.h"  // IWYU pragma: keep
-
 #include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "kernel.h"
 #include "optimizers/adadelta-inl.h"
@@ -42,7 +41,6 @@
 #include "rules/hybrid-inl.h"
 #include "rules/multiplicative-inl.h"
 #include "tasks.h"
-
 
 HWY_BEFORE_NAMESPACE();
 namespace mur {
@@ -150,30 +148,48 @@ struct Fused {
 template <class Opt>
 std::string WithRule(int rule, const Job* jobs, size_t n) {
   switch (rule) {
-    case kAdditive: return Fused<Opt, Additive>::Run(jobs, n);
-    case kMultiplicative: return Fused<Opt, Multiplicative>::Run(jobs, n);
-    case kHybrid: return Fused<Opt, Hybrid>::Run(jobs, n);
-    case kExpSign: return Fused<Opt, ExpSign>::Run(jobs, n);
+    case kAdditive:
+      return Fused<Opt, Additive>::Run(jobs, n);
+    case kMultiplicative:
+      return Fused<Opt, Multiplicative>::Run(jobs, n);
+    case kHybrid:
+      return Fused<Opt, Hybrid>::Run(jobs, n);
+    case kExpSign:
+      return Fused<Opt, ExpSign>::Run(jobs, n);
   }
   return "unknown rule id " + std::to_string(rule);
 }
 
 std::string RunStepImpl(int opt, int rule, const Job* jobs, size_t n) {
   switch (opt) {
-    case kSgd: return WithRule<Sgd>(rule, jobs, n);
-    case kAdam: return WithRule<Adam>(rule, jobs, n);
-    case kAdamW: return WithRule<AdamW>(rule, jobs, n);
-    case kAdagrad: return WithRule<Adagrad>(rule, jobs, n);
-    case kRmsprop: return WithRule<Rmsprop>(rule, jobs, n);
-    case kAdamax: return WithRule<Adamax>(rule, jobs, n);
-    case kNadam: return WithRule<Nadam>(rule, jobs, n);
-    case kRadam: return WithRule<Radam>(rule, jobs, n);
-    case kAdadelta: return WithRule<Adadelta>(rule, jobs, n);
-    case kLion: return WithRule<Lion>(rule, jobs, n);
-    case kRprop: return WithRule<Rprop>(rule, jobs, n);
-    case kAsgd: return WithRule<Asgd>(rule, jobs, n);
-    case kLamb: return WithRule<Lamb>(rule, jobs, n);
-    case kLars: return WithRule<Lars>(rule, jobs, n);
+    case kSgd:
+      return WithRule<Sgd>(rule, jobs, n);
+    case kAdam:
+      return WithRule<Adam>(rule, jobs, n);
+    case kAdamW:
+      return WithRule<AdamW>(rule, jobs, n);
+    case kAdagrad:
+      return WithRule<Adagrad>(rule, jobs, n);
+    case kRmsprop:
+      return WithRule<Rmsprop>(rule, jobs, n);
+    case kAdamax:
+      return WithRule<Adamax>(rule, jobs, n);
+    case kNadam:
+      return WithRule<Nadam>(rule, jobs, n);
+    case kRadam:
+      return WithRule<Radam>(rule, jobs, n);
+    case kAdadelta:
+      return WithRule<Adadelta>(rule, jobs, n);
+    case kLion:
+      return WithRule<Lion>(rule, jobs, n);
+    case kRprop:
+      return WithRule<Rprop>(rule, jobs, n);
+    case kAsgd:
+      return WithRule<Asgd>(rule, jobs, n);
+    case kLamb:
+      return WithRule<Lamb>(rule, jobs, n);
+    case kLars:
+      return WithRule<Lars>(rule, jobs, n);
   }
   return "unknown optimizer id " + std::to_string(opt);
 }
@@ -191,7 +207,8 @@ int64_t ScanRange(const float* x, size_t begin, size_t end, uint64_t* digest) {
   const hn::RebindToUnsigned<decltype(df)> du;
   const size_t lanes = hn::Lanes(df);
   const auto k = hn::Set(du, 0x9E3779B1u);  // odd: multiplication is a bijection
-  auto a0 = hn::Set(du, 0x85EBCA77u), a1 = hn::Set(du, 0xC2B2AE3Du), a2 = hn::Set(du, 0x27D4EB2Fu), a3 = hn::Set(du, 0x165667B1u);
+  auto a0 = hn::Set(du, 0x85EBCA77u), a1 = hn::Set(du, 0xC2B2AE3Du), a2 = hn::Set(du, 0x27D4EB2Fu),
+       a3 = hn::Set(du, 0x165667B1u);
   const auto zero = hn::Zero(df);
   size_t i = begin;
   for (; i + 4 * lanes <= end; i += 4 * lanes) {
@@ -305,10 +322,8 @@ static const Descriptor kOptimizerTable[kNumOptimizers] = {
     MUR_DESC(lars_desc, "lars", 0),
 };
 static const Descriptor kRuleTable[kNumRules] = {
-    MUR_DESC(additive_desc, "additive", 0),
-    MUR_DESC(multiplicative_desc, "multiplicative", 0),
-    MUR_DESC(hybrid_desc, "hybrid", 0),
-    MUR_DESC(exp_sign_desc, "exp_sign", 1u << 0),  // max
+    MUR_DESC(additive_desc, "additive", 0), MUR_DESC(multiplicative_desc, "multiplicative", 0),
+    MUR_DESC(hybrid_desc, "hybrid", 0), MUR_DESC(exp_sign_desc, "exp_sign", 1u << 0),  // max
 };
 
 const Descriptor& OptimizerDescriptor(int id) { return kOptimizerTable[id]; }

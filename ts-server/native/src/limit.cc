@@ -6,10 +6,10 @@
 // benchmark reports every kernel as a fraction of it.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "limit.cc"
-#include "hwy/foreach_target.h"  // IWYU pragma: keep
-
-#include "hwy/highway.h"
 #include "limit.h"
+
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
 #include "pool.h"
 #include "tasks.h"
 

@@ -36,18 +36,22 @@ Napi::Value AllocFloats(const Napi::CallbackInfo& info) {
   if (n * sizeof(float) < kHuge) return Napi::Float32Array::New(env, n);
   // Map 2 MiB more than needed, keep the 2 MiB-aligned part, return the rest.
   const size_t bytes = (n * sizeof(float) + kHuge - 1) / kHuge * kHuge;
-  char* raw = static_cast<char*>(mmap(nullptr, bytes + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  char* raw =
+      static_cast<char*>(mmap(nullptr, bytes + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
   if (raw == MAP_FAILED) throw Napi::Error::New(env, std::string("allocFloats: mmap: ") + std::strerror(errno));
   char* addr = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(raw) + kHuge - 1) / kHuge * kHuge);
   if (addr > raw) munmap(raw, addr - raw);
   if (raw + kHuge > addr) munmap(addr + bytes, raw + kHuge - addr);
   madvise(addr, bytes, MADV_HUGEPAGE);  // advice: without THP the pages are ordinary ones
   auto* m = new Mapping{addr, bytes};
-  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, addr, n * sizeof(float), [](Napi::Env fenv, void*, Mapping* mp) {
-    munmap(mp->addr, mp->bytes);
-    Napi::MemoryManagement::AdjustExternalMemory(fenv, -static_cast<int64_t>(mp->bytes));
-    delete mp;
-  }, m);
+  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(
+      env, addr, n * sizeof(float),
+      [](Napi::Env fenv, void*, Mapping* mp) {
+        munmap(mp->addr, mp->bytes);
+        Napi::MemoryManagement::AdjustExternalMemory(fenv, -static_cast<int64_t>(mp->bytes));
+        delete mp;
+      },
+      m);
   Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(bytes));
   return Napi::Float32Array::New(env, n, buffer, 0);
 }
@@ -55,5 +59,7 @@ Napi::Value AllocFloats(const Napi::CallbackInfo& info) {
 }  // namespace
 
 namespace mur {
-void InitState(Napi::Env env, Napi::Object exports) { exports.Set("allocFloats", Napi::Function::New(env, AllocFloats)); }
+void InitState(Napi::Env env, Napi::Object exports) {
+  exports.Set("allocFloats", Napi::Function::New(env, AllocFloats));
+}
 }  // namespace mur

@@ -48,7 +48,7 @@ template <class D>
 HWY_INLINE hn::Vec<D> ReduceLn2(D d, hn::Vec<D> y, hn::Vec<D>* k) {
   *k = hn::Round(hn::Mul(y, hn::Set(d, 1.44269504088896341f)));
   const auto r = hn::NegMulAdd(*k, hn::Set(d, 0.693359375f), y);  // exact: 9-bit head
-  return hn::NegMulAdd(*k, hn::Set(d, -2.12194440e-4f), r);      // ln2 - head
+  return hn::NegMulAdd(*k, hn::Set(d, -2.12194440e-4f), r);       // ln2 - head
 }
 
 /** 2^k for an integral float k in [-126, 127]. */

@@ -3,10 +3,10 @@
 // body and one-lane tail as a fused kernel.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "transcendental.cc"
-#include "hwy/foreach_target.h"  // IWYU pragma: keep
-
-#include "hwy/highway.h"
 #include "transcendental.h"
+
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
 #include "transcendental-inl.h"
 
 HWY_BEFORE_NAMESPACE();

@@ -53,7 +53,15 @@ export interface NativeAddon {
   allocFloats(n: number): Float32Array;
   arenaCloseFd(fd: number): void;
   laneCreate(arena: ArrayBuffer): LaneHandle;
-  laneArm(lane: LaneHandle, lastStep: number, opt: number, rule: number, buffers: Array<Float32Array | null>, hypers: Float64Array, fresh: Uint32Array): void;
+  laneArm(
+    lane: LaneHandle,
+    lastStep: number,
+    opt: number,
+    rule: number,
+    buffers: Array<Float32Array | null>,
+    hypers: Float64Array,
+    fresh: Uint32Array,
+  ): void;
   laneDisarm(lane: LaneHandle): LaneReport;
   laneClose(lane: LaneHandle): void;
 }
@@ -70,6 +78,7 @@ let loadError: string | null = null;
 export function loadNative(): NativeAddon | null {
   if (addon || loadError) return addon;
   try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- a native addon loaded at run time from a computed path, optional (its absence is reported)
     addon = require(ADDON_PATH) as NativeAddon;
   } catch (e) {
     loadError = (e as Error).message.split('\n')[0];
@@ -84,7 +93,10 @@ export function nativeLoadError(): string | null {
 
 class NativeSlot implements Slot {
   /** @param borrowed memory the engine does not own (an arena region) */
-  constructor(readonly data: Float32Array, readonly borrowed = false) {}
+  constructor(
+    readonly data: Float32Array,
+    readonly borrowed = false,
+  ) {}
   get size(): number {
     return this.data.length;
   }
@@ -110,7 +122,8 @@ interface Layout {
 /** A hyperparameter by its flattened name: "lr", "betas.1"; booleans as 0/1. */
 function flatValue(h: Hypers, name: string): number {
   const dot = name.indexOf('.');
-  const v: HyperValue | undefined = dot < 0 ? h[name] : (h[name.slice(0, dot)] as [number, number] | undefined)?.[Number(name.slice(dot + 1))];
+  const v: HyperValue | undefined =
+    dot < 0 ? h[name] : (h[name.slice(0, dot)] as [number, number] | undefined)?.[Number(name.slice(dot + 1))];
   if (typeof v === 'boolean') return v ? 1 : 0;
   if (typeof v !== 'number') throw new Error(`native engine: hyperparameter '${name}' is ${JSON.stringify(v)}`);
   return v;
@@ -130,7 +143,11 @@ export class NativeEngine implements Engine {
   private readonly layout_: ReturnType<NativeAddon['describe']>['layout'];
   private live = { buffers: 0, bytes: 0 };
 
-  constructor(private readonly addon: NativeAddon, optimizers: readonly OptimizerDef[], rules: readonly RuleDef[]) {
+  constructor(
+    private readonly addon: NativeAddon,
+    optimizers: readonly OptimizerDef[],
+    rules: readonly RuleDef[],
+  ) {
     const d = addon.describe();
     this.layout_ = d.layout;
     const index = (kind: string, list: Descriptor[], defs: ReadonlyArray<{ name: string; slots: SlotDecl[] }>) => {
@@ -205,7 +222,7 @@ export class NativeEngine implements Engine {
   createLane(arena: Arena): FastLane {
     const addon = this.addon;
     const handle = addon.laneCreate(arena.memory);
-    let armed: Layout | null = null; // keeps the armed buffers alive
+    const armed: { layout: Layout | null } = { layout: null }; // keeps the armed buffers alive
     return {
       arm: (opt, rule, jobs, lastStep) => {
         const l = this.layout(opt, rule, jobs);
@@ -214,17 +231,17 @@ export class NativeEngine implements Engine {
           return false;
         }
         addon.laneArm(handle, lastStep, l.opt, l.rule, l.buffers, l.hypers, l.fresh);
-        armed = l;
+        armed.layout = l;
         return true;
       },
       disarm: () => {
         const r = addon.laneDisarm(handle);
-        armed = null;
+        armed.layout = null;
         return r;
       },
       close: () => {
         addon.laneClose(handle);
-        armed = null;
+        armed.layout = null;
       },
     };
   }
@@ -258,7 +275,7 @@ export class NativeEngine implements Engine {
     const out: Layout = {
       opt: this.ids.get(`optimizer:${opt.name}`)!,
       rule: this.ids.get(`rule:${rule.name}`)!,
-      buffers: new Array(jobs.length * stride).fill(null),
+      buffers: new Array<Float32Array | null>(jobs.length * stride).fill(null),
       hypers: new Float64Array(jobs.length * hyperBlock),
       fresh: new Uint32Array(jobs.length),
       created: [],

@@ -21,7 +21,13 @@ export const asgd: OptimizerDef = {
   description: 'ASGD (torch.optim.ASGD): averaged stochastic gradient descent.',
   hypers: [
     lr(1e-2),
-    { name: 'lambd', type: 'number', default: 1e-4, minimum: 0, description: 'decay term: theta *= 1 - lambd eta, and eta = lr / (1 + lambd lr t)^alpha' },
+    {
+      name: 'lambd',
+      type: 'number',
+      default: 1e-4,
+      minimum: 0,
+      description: 'decay term: theta *= 1 - lambd eta, and eta = lr / (1 + lambd lr t)^alpha',
+    },
     { name: 'alpha', type: 'number', default: 0.75, minimum: 0, description: 'power of the eta schedule' },
     { name: 't0', type: 'number', default: 1e6, description: 'the step after which averaging starts: mu = 1 / max(1, t - t0)' },
     weightDecay(0),

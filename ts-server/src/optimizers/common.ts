@@ -41,7 +41,9 @@ export function withWeightDecay(g: tf.Tensor, theta: tf.Tensor, wd: number): tf.
 
 /** torch >= 2.2's NAdam/RAdam flag: the weight decay leaves the gradient and multiplies theta instead. */
 export const DECOUPLED_WEIGHT_DECAY: HyperSpec = {
-  name: 'decoupled_weight_decay', type: 'boolean', default: false,
+  name: 'decoupled_weight_decay',
+  type: 'boolean',
+  default: false,
   description: 'torch 2.x (NAdamW, RAdamW): theta *= 1 - lr * weight_decay before the step instead of g += weight_decay * theta',
 };
 

@@ -15,4 +15,19 @@ import { rmsprop } from './rmsprop';
 import { rprop } from './rprop';
 import { sgd } from './sgd';
 
-export const OPTIMIZERS: readonly OptimizerDef[] = [sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion, rprop, asgd, lamb, lars];
+export const OPTIMIZERS: readonly OptimizerDef[] = [
+  sgd,
+  adam,
+  adamw,
+  adagrad,
+  rmsprop,
+  adamax,
+  nadam,
+  radam,
+  adadelta,
+  lion,
+  rprop,
+  asgd,
+  lamb,
+  lars,
+];

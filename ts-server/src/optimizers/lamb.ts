@@ -16,10 +16,20 @@ export const lamb: OptimizerDef = {
   description: 'LAMB (optax.lamb): Adam scaled per tensor by the trust ratio ||theta|| / ||update||.',
   hypers: [
     { name: 'lr', type: 'number', minimum: 0, description: 'learning rate (required, as in optax)' },
-    betas(0.9, 0.999), eps(1e-6),
-    { name: 'weight_decay', type: 'number', default: 0, minimum: 0, description: 'added to the update before the trust ratio: u += weight_decay * theta' },
+    betas(0.9, 0.999),
+    eps(1e-6),
+    {
+      name: 'weight_decay',
+      type: 'number',
+      default: 0,
+      minimum: 0,
+      description: 'added to the update before the trust ratio: u += weight_decay * theta',
+    },
   ],
-  slots: [{ name: 'exp_avg', init: { fill: 0 } }, { name: 'exp_avg_sq', init: { fill: 0 } }],
+  slots: [
+    { name: 'exp_avg', init: { fill: 0 } },
+    { name: 'exp_avg_sq', init: { fill: 0 } },
+  ],
   update(g, theta, state, h, t) {
     const [b1, b2] = pair(h, 'betas');
     const m = ema(state.exp_avg, g, b1);

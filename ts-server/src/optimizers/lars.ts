@@ -15,8 +15,10 @@ export const lars: OptimizerDef = {
   description: 'LARS (optax.lars): momentum SGD scaled per tensor by the trust ratio tc ||theta|| / (||g|| + eps).',
   hypers: [
     { name: 'lr', type: 'number', minimum: 0, description: 'learning rate (required, as in optax)' },
-    weightDecay(0), { name: 'trust_coefficient', type: 'number', default: 1e-3, minimum: 0, description: 'tc in tc ||theta|| / (||u|| + eps)' },
-    eps(0), { name: 'momentum', type: 'number', default: 0.9, minimum: 0, description: 'decay of the trace of lr-scaled steps' },
+    weightDecay(0),
+    { name: 'trust_coefficient', type: 'number', default: 1e-3, minimum: 0, description: 'tc in tc ||theta|| / (||u|| + eps)' },
+    eps(0),
+    { name: 'momentum', type: 'number', default: 0.9, minimum: 0, description: 'decay of the trace of lr-scaled steps' },
     { name: 'nesterov', type: 'boolean', default: false, description: 'Nesterov momentum: step = lr w + momentum buf' },
   ],
   slots: [{ name: 'momentum_buffer', init: { fill: 0 } }],

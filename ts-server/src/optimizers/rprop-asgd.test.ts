@@ -25,10 +25,19 @@ function run(optimizer: string, rule: string, defaults: Record<string, unknown>,
   }
 }
 
-describe('rprop: the split d = sign(g\') step_size / lr', () => {
+describe("rprop: the split d = sign(g') step_size / lr", () => {
   for (const rule of Object.keys(RULE_HYPERS)) {
     it(`${rule}: an element whose gradient just changed sign does not move; the others do`, () => {
-      const { thetas } = run('rprop', rule, { lr: 0.01 }, [0.5, -0.4], [[1, 1], [-1, 2]]);
+      const { thetas } = run(
+        'rprop',
+        rule,
+        { lr: 0.01 },
+        [0.5, -0.4],
+        [
+          [1, 1],
+          [-1, 2],
+        ],
+      );
       assert.equal(thetas[1][0], thetas[0][0], 'the flipped element waits one step');
       assert.notEqual(thetas[1][1], thetas[0][1]);
     });

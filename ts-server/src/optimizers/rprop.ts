@@ -18,7 +18,10 @@ export const rprop: OptimizerDef = {
   hypers: [
     lr(1e-2),
     {
-      name: 'etas', type: 'pair', default: [0.5, 1.2], items: [{ exclusiveMinimum: 0, exclusiveMaximum: 1 }, { exclusiveMinimum: 1 }],
+      name: 'etas',
+      type: 'pair',
+      default: [0.5, 1.2],
+      items: [{ exclusiveMinimum: 0, exclusiveMaximum: 1 }, { exclusiveMinimum: 1 }],
       description: '(eta-, eta+): factors that shrink a step size after a sign change (0 < eta- < 1) and grow it otherwise (eta+ > 1)',
     },
     { name: 'step_sizes', type: 'pair', default: [1e-6, 50], minimum: 0, description: '(min, max): the bounds of every step size' },

@@ -77,7 +77,12 @@ interface SnapshotJson {
 
 type JournalJson =
   | { session: string; op: 'step'; step: number; overrides: Overrides; grads: Array<{ id: string; n: number }> }
-  | { session: string; op: 'import'; header: { spec?: SpecJson; stepCounts?: Array<[string, number]>; lastStep?: number }; tensors: SnapshotJson['tensors'] }
+  | {
+      session: string;
+      op: 'import';
+      header: { spec?: SpecJson; stepCounts?: Array<[string, number]>; lastStep?: number };
+      tensors: SnapshotJson['tensors'];
+    }
   | { session: string; op: 'add'; groups: Overrides; params: Array<ParamsJson[number] & { n: number }> }
   | { session: string; op: 'refused'; step: number };
 
@@ -85,25 +90,32 @@ export function specToJson(s: ResolvedSpec): SpecJson {
   return { optimizer: s.optimizer.name, rule: s.rule.name, defaults: s.defaults, groups: s.groups };
 }
 
-const paramsJson = (decls: ParamDeclaration[]): ParamsJson => decls.map((d) => ({ id: d.id, name: d.name, shape: d.shape, group: d.group }));
+const paramsJson = (decls: ParamDeclaration[]): ParamsJson =>
+  decls.map((d) => ({ id: d.id, name: d.name, shape: d.shape, group: d.group }));
 
 /** A failed write or fsync as the error a client gets: nothing was applied. */
 function storageError(e: unknown, root: string, doing: string): MurError {
   const code = (e as NodeJS.ErrnoException).code;
   if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return new ResourceExhausted(`state dir ${root}: no space left (${code}) while ${doing}; nothing was applied: free space on that disk and send the same request again`, {
-      reason: Reason.DiskFull,
-    });
+    return new ResourceExhausted(
+      `state dir ${root}: no space left (${code}) while ${doing}; nothing was applied: free space on that disk and send the same request again`,
+      {
+        reason: Reason.DiskFull,
+      },
+    );
   }
-  return new Unavailable(`state dir ${root}: I/O error (${code ?? (e as Error).message}) while ${doing}; nothing was applied: send the same request again once the disk works`, {
-    reason: Reason.DiskIO,
-  });
+  return new Unavailable(
+    `state dir ${root}: I/O error (${code ?? (e as Error).message}) while ${doing}; nothing was applied: send the same request again once the disk works`,
+    {
+      reason: Reason.DiskIO,
+    },
+  );
 }
 
 /** Writes `parts` at `pos` onward, however many calls it takes; the position after them. */
 function writeAll(fd: number, parts: Buffer[], pos: number): number {
   for (const p of parts) {
-    for (let off = 0; off < p.length; ) {
+    for (let off = 0; off < p.length;) {
       const n = io.write(fd, p.subarray(off), pos);
       off += n;
       pos += n;
@@ -200,7 +212,7 @@ class SessionFiles implements StepJournal {
         fs.ftruncateSync(this.fd, before); // what a failed write left: the next record must not follow it
         this.dirtyEnd = before;
       }
-      const parts = encodeRecord(Kind.Journal, this.seq + 1, json as unknown as Record<string, unknown>, payloads);
+      const parts = encodeRecord(Kind.Journal, this.seq + 1, json, payloads);
       this.dirtyEnd = before + parts.reduce((a, p) => a + p.length, 0);
       this.bytes = writeAll(this.fd, parts, before);
     } catch (e) {
@@ -257,7 +269,12 @@ class SessionFiles implements StepJournal {
     if (header?.stepCounts) h.stepCounts = [...header.stepCounts];
     if (header?.lastStep !== undefined) h.lastStep = header.lastStep;
     return this.append(
-      { session: this.id, op: 'import', header: h, tensors: tensors.map((t) => ({ paramId: t.paramId, slot: t.slot, length: t.data.length })) },
+      {
+        session: this.id,
+        op: 'import',
+        header: h,
+        tensors: tensors.map((t) => ({ paramId: t.paramId, slot: t.slot, length: t.data.length })),
+      },
       tensors.map((t) => t.data),
     );
   }
@@ -390,7 +407,11 @@ export class StateDir {
     const tmp = path.join(this.sessionsDir, `.new-${session.id}`);
     try {
       fs.mkdirSync(tmp, { mode: 0o700 });
-      writeFile(path.join(tmp, 'meta'), encodeRecord(Kind.Meta, 0, { session: session.id, key: this.keyId, created: new Date().toISOString() }), this.syncer);
+      writeFile(
+        path.join(tmp, 'meta'),
+        encodeRecord(Kind.Meta, 0, { session: session.id, key: this.keyId, created: new Date().toISOString() }),
+        this.syncer,
+      );
       writeFile(path.join(tmp, 'snapshot'), snapshotRecord(session, 0), this.syncer);
       writeFile(path.join(tmp, 'journal'), [], this.syncer);
       this.syncer.dir(tmp);
@@ -422,7 +443,9 @@ export class StateDir {
    * change, or damaged: `make` builds an empty session from the
    * declarations, the snapshot is imported, the journal replayed.
    */
-  *recover(make: (id: string, spec: ResolvedSpec, decls: ParamDeclaration[]) => { session: Session; stateBytes: number }): Generator<Recovered> {
+  *recover(
+    make: (id: string, spec: ResolvedSpec, decls: ParamDeclaration[]) => { session: Session; stateBytes: number },
+  ): Generator<Recovered> {
     for (const id of fs.readdirSync(this.sessionsDir).sort()) {
       const dir = path.join(this.sessionsDir, id);
       if (id.startsWith('.')) {
@@ -440,11 +463,17 @@ export class StateDir {
         f.compact(r.session); // the recovered state becomes the new base (if it can be written)
         this.files.set(id, f);
         r.session.resumed();
-        log('info', 'session_recovered', { session: id, lastStep: r.session.header().lastStep, replayed: r.replayed, tornBytes: r.tornBytes });
+        log('info', 'session_recovered', {
+          session: id,
+          lastStep: r.session.header().lastStep,
+          replayed: r.replayed,
+          tornBytes: r.tornBytes,
+        });
         yield { session: r.session, journal: f };
       } catch (e) {
         (made as Session | null)?.dispose();
-        const damage = e instanceof Damage ? e : new Damage(`session '${id}' in ${dir} cannot be recovered: ${(e as Error).message}; ${RESUME}`);
+        const damage =
+          e instanceof Damage ? e : new Damage(`session '${id}' in ${dir} cannot be recovered: ${(e as Error).message}; ${RESUME}`);
         log('error', 'session_damaged', { session: id, message: damage.message });
         yield { id, damage, checkToken: damage.checkToken };
       }
@@ -457,7 +486,10 @@ export class StateDir {
     make: (spec: ResolvedSpec, decls: ParamDeclaration[]) => { session: Session; stateBytes: number },
   ): { session: Session; stateBytes: number; seq: number; validEnd: number; replayed: number; tornBytes: number } {
     const damage = (file: string, what: string, checkToken = true) =>
-      new Damage(`session '${id}': ${path.join(dir, file)}: ${what}; the session's state cannot be trusted, so it is not served: ${RESUME}`, checkToken);
+      new Damage(
+        `session '${id}': ${path.join(dir, file)}: ${what}; the session's state cannot be trusted, so it is not served: ${RESUME}`,
+        checkToken,
+      );
     if (!fs.existsSync(path.join(dir, 'meta')) && fs.existsSync(path.join(dir, 'meta.json'))) {
       throw new Damage(
         `session '${id}': ${dir} is in the unversioned state-dir format of mur before format 2 (meta.json; records without checksums), which this server does not read: ` +
@@ -487,7 +519,9 @@ export class StateDir {
     const meta = checked('meta', () => readOnly(read('meta'), Kind.Meta));
     owner('meta', meta);
     if (meta.json.key !== this.keyId) {
-      const why = this.keyDamage ? `the key it was created under was damaged (${this.keyDamage}) and replaced` : `${path.join(this.root, 'key')} is not the key it was created under`;
+      const why = this.keyDamage
+        ? `the key it was created under was damaged (${this.keyDamage}) and replaced`
+        : `${path.join(this.root, 'key')} is not the key it was created under`;
       throw damage('meta', `${why}: its tokens cannot be checked`, false);
     }
     const snap = checked('snapshot', () => readOnly(read('snapshot'), Kind.Snapshot));
@@ -509,7 +543,10 @@ export class StateDir {
     const base = snap.seq;
     const live = records.filter((r) => r.seq > base);
     if (live.length > 0 && live[0].seq !== base + 1) {
-      throw damage('journal', `its records continue from number ${live[0].seq - 1}, but the snapshot holds the session up to record ${base} (one of the two is older than the other)`);
+      throw damage(
+        'journal',
+        `its records continue from number ${live[0].seq - 1}, but the snapshot holds the session up to record ${base} (one of the two is older than the other)`,
+      );
     }
 
     const s = snap.json as unknown as SnapshotJson;
@@ -517,7 +554,10 @@ export class StateDir {
     let session: Session;
     let stateBytes: number;
     try {
-      ({ session, stateBytes } = make(resolveSpec(s.spec, groups), s.params.map((p) => ({ ...p, values: null }))));
+      ({ session, stateBytes } = make(
+        resolveSpec(s.spec, groups),
+        s.params.map((p) => ({ ...p, values: null })),
+      ));
       let off = 0;
       const tensors = s.tensors.map((t) => {
         const data = floatsOf(snap.payload, off, t.length);
@@ -543,7 +583,10 @@ export class StateDir {
           validEnd = r.start;
           break;
         }
-        throw damage('journal', `record ${r.seq} (${j.op}${j.op === 'step' ? ` ${j.step}` : ''}) at byte ${r.start} is refused on replay: ${(e as Error).message}`);
+        throw damage(
+          'journal',
+          `record ${r.seq} (${j.op}${j.op === 'step' ? ` ${j.step}` : ''}) at byte ${r.start} is refused on replay: ${(e as Error).message}`,
+        );
       }
       seq = r.seq;
     }

@@ -26,7 +26,8 @@ export function parseFsync(v: string | undefined): FsyncMode {
   if (v === 'never' || v === 'always') return { kind: v };
   const m = /^interval=(\d+)$/.exec(v ?? '');
   const ms = m ? Number(m[1]) : NaN;
-  if (!(ms >= 1 && ms <= 1000)) throw new Error(`--fsync: ${JSON.stringify(v ?? null)} is not never, always or interval=MS (MS from 1 to 1000)`);
+  if (!(ms >= 1 && ms <= 1000))
+    throw new Error(`--fsync: ${JSON.stringify(v ?? null)} is not never, always or interval=MS (MS from 1 to 1000)`);
   return { kind: 'interval', ms };
 }
 
@@ -103,7 +104,10 @@ export class Syncer {
     this.waiting = new Map();
     for (const [fd, list] of batch) {
       io.datasync(fd, (e) => {
-        for (const w of list) (e ? w.reject(e) : w.resolve());
+        for (const w of list) {
+          if (e) w.reject(e);
+          else w.resolve();
+        }
       });
     }
   }

@@ -45,7 +45,13 @@ export class SessionLane {
     if (this.armed) return;
     const params = this.arena.tensors.map((t) => param(t.paramId));
     if (params.some((p) => p.state.steps === 0)) return;
-    const jobs: StepJob[] = params.map((p, i) => ({ state: p.state, shape: p.shape, grad: this.arena.grad(i), h: resolveGroup(spec, p.group), t: p.state.steps + 1 }));
+    const jobs: StepJob[] = params.map((p, i) => ({
+      state: p.state,
+      shape: p.shape,
+      grad: this.arena.grad(i),
+      h: resolveGroup(spec, p.group),
+      t: p.state.steps + 1,
+    }));
     this.armed = this.lane.arm(spec.optimizer, spec.rule, jobs, lastStep);
   }
 
@@ -55,7 +61,11 @@ export class SessionLane {
     this.armed = false;
     const r = this.lane.disarm();
     const ids = this.arena.tensors.map((t) => t.paramId);
-    return { applied: r.applied.map((steps, i) => ({ id: ids[i], steps })), lastStep: r.lastStep, lastIds: r.lastIndices.map((i) => ids[i]) };
+    return {
+      applied: r.applied.map((steps, i) => ({ id: ids[i], steps })),
+      lastStep: r.lastStep,
+      lastIds: r.lastIndices.map((i) => ids[i]),
+    };
   }
 
   close(): void {

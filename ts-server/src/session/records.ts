@@ -88,7 +88,10 @@ function allZero(buf: Buffer, from: number): boolean {
 export function readRecord(buf: Buffer, at: number): Frame | 'torn' {
   if (buf.length - at < HEADER_BYTES || allZero(buf, at)) return 'torn';
   if (crc32c(buf.subarray(at, at + 32)) !== buf.readUInt32LE(at + 32)) {
-    throw new RecordDamage(at, buf.readUInt32LE(at) === MAGIC ? 'header checksum mismatch' : 'no record header (magic "MUR2" missing, header checksum mismatch)');
+    throw new RecordDamage(
+      at,
+      buf.readUInt32LE(at) === MAGIC ? 'header checksum mismatch' : 'no record header (magic "MUR2" missing, header checksum mismatch)',
+    );
   }
   if (buf.readUInt32LE(at) !== MAGIC) throw new RecordDamage(at, 'no record header (magic "MUR2" missing)');
   const version = buf.readUInt16LE(at + 4);
@@ -109,7 +112,14 @@ export function readRecord(buf: Buffer, at: number): Frame | 'torn' {
     throw new RecordDamage(at, `JSON header does not parse: ${(e as Error).message}`);
   }
   if (!json || typeof json !== 'object' || Array.isArray(json)) throw new RecordDamage(at, 'JSON header is not an object');
-  return { kind: buf.readUInt16LE(at + 6), seq: buf.readDoubleLE(at + 24), json: json as FrameJson, payload: buf.subarray(payloadAt, end), start: at, end };
+  return {
+    kind: buf.readUInt16LE(at + 6),
+    seq: buf.readDoubleLE(at + 24),
+    json: json as FrameJson,
+    payload: buf.subarray(payloadAt, end),
+    start: at,
+    end,
+  };
 }
 
 /** The one record a whole file holds (key, meta, snapshot: written by rename, so a torn one is damage too). */

@@ -106,7 +106,10 @@ export class Session {
     this.id = id;
     this.engine = engine;
     checkDeclarations(decls, (a) => engine.firstNonFinite(a));
-    this.spec = resolveGroups(spec, decls.map((d) => d.group));
+    this.spec = resolveGroups(
+      spec,
+      decls.map((d) => d.group),
+    );
     for (const d of decls) this.declare(d);
   }
 
@@ -210,7 +213,12 @@ export class Session {
    * scan and the kernel run off the event loop, so other sessions are served
    * meanwhile.
    */
-  stepAsync(step: number, grads: Array<{ id: string; data: Float32Array }>, overrides: Overrides = {}, where: Where = gradsAt): Promise<StepResult> {
+  stepAsync(
+    step: number,
+    grads: Array<{ id: string; data: Float32Array }>,
+    overrides: Overrides = {},
+    where: Where = gradsAt,
+  ): Promise<StepResult> {
     return this.exclusive(async () => {
       const engine = this.engine;
       try {
@@ -250,7 +258,12 @@ export class Session {
    * `replayed` says the number is the last applied step's (the step would
    * replay it).
    */
-  validateStep(step: number, grads: Array<{ id: string; data: Float32Array }>, overrides: Overrides = {}, where: Where = gradsAt): Promise<StepResult> {
+  validateStep(
+    step: number,
+    grads: Array<{ id: string; data: Float32Array }>,
+    overrides: Overrides = {},
+    where: Where = gradsAt,
+  ): Promise<StepResult> {
     return this.exclusive(() => {
       const plan = this.plan(step, grads, overrides, where, true);
       return { step, replayed: 'replay' in plan, values: [] };
@@ -290,7 +303,11 @@ export class Session {
     if (this.lastStep > 0 && step === this.lastStep) {
       // A retry of the last step is answered, not applied; another request under its number is refused.
       if (this.lastDigest !== null) {
-        const digest = requestDigest(grads, grads.map((g) => this.engine.scan(g.data).digest), overrides);
+        const digest = requestDigest(
+          grads,
+          grads.map((g) => this.engine.scan(g.data).digest),
+          overrides,
+        );
         if (digest !== this.lastDigest) {
           throw new FailedPrecondition(
             `step: ${step} was already applied with a different request (other gradients or overrides); a new step needs the next number (${step + 1})`,
@@ -328,11 +345,14 @@ export class Session {
       seen.add(g.id);
       if (!p.state.theta) throw new FailedPrecondition(`${where(i)}: parameter '${g.id}' has no values yet (send them with ImportState)`);
       if (g.data.length !== p.size) {
-        throw new InvalidArgument(`${where(i)} '${g.id}': ${g.data.length} elements, parameter has ${p.size} (shape ${JSON.stringify(p.shape)})`);
+        throw new InvalidArgument(
+          `${where(i)} '${g.id}': ${g.data.length} elements, parameter has ${p.size} (shape ${JSON.stringify(p.shape)})`,
+        );
       }
       if (checkFinite) {
         const { nonFinite, digest } = this.engine.scan(g.data);
-        if (nonFinite >= 0) throw new InvalidArgument(`${where(i)} '${g.id}': element ${nonFinite} is ${g.data[nonFinite]} (must be finite)`);
+        if (nonFinite >= 0)
+          throw new InvalidArgument(`${where(i)} '${g.id}': element ${nonFinite} is ${g.data[nonFinite]} (must be finite)`);
         digests.push(digest);
       }
       return { state: p.state, shape: p.shape, grad: g.data, h: hyp(p.group), t: p.state.steps + 1 };
@@ -407,7 +427,9 @@ export class Session {
     const inUse = this.groups();
     for (const g of Object.keys(groups)) {
       if (inUse.has(g)) {
-        throw new InvalidArgument(`groups.${g || '""'}: the session already has parameters in this group (change its hyperparameters with group_overrides)`);
+        throw new InvalidArgument(
+          `groups.${g || '""'}: the session already has parameters in this group (change its hyperparameters with group_overrides)`,
+        );
       }
       if (!decls.some((d) => d.group === g)) throw new InvalidArgument(`groups.${g || '""'}: no new parameter is in this group`);
     }
@@ -536,7 +558,12 @@ export class Session {
     this.checkOpen();
     this.syncLane();
     checkImport(this.params, this.spec, header, tensors, (a, what) => this.finite(a, what));
-    const spec = header?.spec ? resolveGroups(header.spec, [...this.params.values()].map((p) => p.group)) : this.spec;
+    const spec = header?.spec
+      ? resolveGroups(
+          header.spec,
+          [...this.params.values()].map((p) => p.group),
+        )
+      : this.spec;
     this.journal?.imported(header, tensors).durableSync();
     // Commit.
     for (const t of tensors) {

@@ -33,7 +33,9 @@ export function checkGradients(session: Session, grads: Gradient[]): number[] {
     checkDtype(g.grad.dtype, where, GRADIENT_DTYPES);
     const expected = session.shapeOf(g.paramId, `grads[${i}]`);
     if (g.grad.shape.length !== expected.length || g.grad.shape.some((n, k) => n !== expected[k])) {
-      throw new InvalidArgument(`${where}: shape ${JSON.stringify(g.grad.shape)} does not match the parameter's ${JSON.stringify(expected)}`);
+      throw new InvalidArgument(
+        `${where}: shape ${JSON.stringify(g.grad.shape)} does not match the parameter's ${JSON.stringify(expected)}`,
+      );
     }
     return sizeOf(expected);
   });

@@ -98,7 +98,13 @@ export class SessionStore {
     }
     this.sessions.set(session.id, { session, bytes, lastUsed: this.now(), laneSteps: 0 });
     this.bytes += bytes;
-    log('info', 'session_created', { session: session.id, optimizer: spec.optimizer.name, rule: spec.rule.name, params: params.length, bytes });
+    log('info', 'session_created', {
+      session: session.id,
+      optimizer: spec.optimizer.name,
+      rule: spec.rule.name,
+      params: params.length,
+      bytes,
+    });
     return { session, token: this.credentials.tokenFor(session.id) };
   }
 
@@ -152,7 +158,9 @@ export class SessionStore {
     const e = this.sessions.get(id);
     if (!e) return;
     if (this.limits.maxBytes > 0 && this.bytes + bytes > this.limits.maxBytes) {
-      throw new ResourceExhausted(`memory: ${what} needs ${bytes} bytes, ${Math.max(0, this.limits.maxBytes - this.bytes)} of the limit of ${this.limits.maxBytes} (--max-bytes) are free`);
+      throw new ResourceExhausted(
+        `memory: ${what} needs ${bytes} bytes, ${Math.max(0, this.limits.maxBytes - this.bytes)} of the limit of ${this.limits.maxBytes} (--max-bytes) are free`,
+      );
     }
     e.bytes += bytes;
     this.bytes += bytes;
@@ -199,7 +207,10 @@ export class SessionStore {
   recover(): number {
     if (!this.state) return 0;
     let n = 0;
-    for (const r of this.state.recover((id, spec, decls) => ({ session: new Session(id, spec, decls), stateBytes: projectedBytes(spec, decls) }))) {
+    for (const r of this.state.recover((id, spec, decls) => ({
+      session: new Session(id, spec, decls),
+      stateBytes: projectedBytes(spec, decls),
+    }))) {
       if ('damage' in r) {
         this.damaged.set(r.id, { error: r.damage, checkToken: r.checkToken });
         continue;

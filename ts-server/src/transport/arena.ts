@@ -43,7 +43,10 @@ export class Arena {
   private readonly buffer: ArrayBuffer;
   private fd: number;
 
-  constructor(private readonly addon: NativeAddon, params: Array<{ id: string; size: number }>) {
+  constructor(
+    private readonly addon: NativeAddon,
+    params: Array<{ id: string; size: number }>,
+  ) {
     const layout = arenaLayout(params);
     this.tensors = layout.tensors;
     this.bytes = layout.bytes;

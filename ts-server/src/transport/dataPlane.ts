@@ -68,7 +68,8 @@ function accept(ctx: ServerContext, bytes: Buffer): Pending {
   if (request.arenaGrads.length > 0) throw new InvalidArgument('data plane: arena_grads is for the shm transport; send the gradients');
   const session = ctx.store.get(request.sessionId, header.sessionToken || undefined);
   request.grads.forEach((g, i) => {
-    if (g.grad && g.grad.data.byteLength > 0) throw new InvalidArgument(`grads[${i}] '${g.paramId}': data must follow the header, not be in it`);
+    if (g.grad && g.grad.data.byteLength > 0)
+      throw new InvalidArgument(`grads[${i}] '${g.paramId}': data must follow the header, not be in it`);
   });
   const sizes = checkGradients(session, request.grads).map((n, i) => n * width(request.grads[i].grad!.dtype));
   return { session, request, sizes, total: sizes.reduce((a, n) => a + n, 0) };
@@ -121,7 +122,11 @@ class Connection {
         if (this.buffered < 4) return;
         this.need = this.take(4).readUInt32LE(0);
         if (this.need > this.ctx.maxMessageBytes) {
-          return this.refuse(new ResourceExhausted(`data plane: a ${this.need}-byte header is over the server's ${this.ctx.maxMessageBytes}-byte message limit`));
+          return this.refuse(
+            new ResourceExhausted(
+              `data plane: a ${this.need}-byte header is over the server's ${this.ctx.maxMessageBytes}-byte message limit`,
+            ),
+          );
         }
         this.state = 'header';
       } else if (this.state === 'header') {
@@ -186,7 +191,10 @@ class Connection {
       this.send.set(new Uint8Array(v.data.buffer, v.data.byteOffset, v.data.byteLength), off);
       off += v.data.byteLength;
     }
-    const params = r.values.map((v) => ({ paramId: v.id, value: { shape: session.shapeOf(v.id, 'reply'), dtype: DType.DTYPE_FLOAT32, data: Buffer.alloc(0) } }));
+    const params = r.values.map((v) => ({
+      paramId: v.id,
+      value: { shape: session.shapeOf(v.id, 'reply'), dtype: DType.DTYPE_FLOAT32, data: Buffer.alloc(0) },
+    }));
     const head = frame({ code: 0, message: '', reply: { step: r.step, replayed: r.replayed, params } });
     // Metered with the bytes that came over the wire (2-byte ones counted as sent).
     return { reply: { head, body: this.send.subarray(0, size) }, replayed: r.replayed, gradientBytes: p.total, parameterBytes: size };
@@ -244,7 +252,13 @@ export async function startDataPlane(ctx: ServerContext, opts: DataPlaneOptions)
   };
   const server = opts.tls
     ? tls.createServer(
-        { cert: opts.tls.cert, key: opts.tls.key, ca: opts.tls.clientCa, requestCert: opts.tls.clientCa !== undefined, rejectUnauthorized: opts.tls.clientCa !== undefined },
+        {
+          cert: opts.tls.cert,
+          key: opts.tls.key,
+          ca: opts.tls.clientCa,
+          requestCert: opts.tls.clientCa !== undefined,
+          rejectUnauthorized: opts.tls.clientCa !== undefined,
+        },
         onSocket,
       )
     : net.createServer(onSocket);
@@ -256,7 +270,7 @@ export async function startDataPlane(ctx: ServerContext, opts: DataPlaneOptions)
       resolve();
     });
   });
-  server.on('error', (e) => log('error', 'data_plane_error', { message: e.message }));
+  server.on('error', (e: Error) => log('error', 'data_plane_error', { message: e.message }));
   return {
     port: (server.address() as net.AddressInfo).port,
     close: () =>

@@ -28,7 +28,8 @@ const root = (h: H, x: number) => (h.eps_in_sqrt ? Math.sqrt(x + n(h, 'eps')) : 
 const norm = (x: number[]) => Math.sqrt(x.reduce((a, v) => a + v * v, 0));
 /** optax's trust ratio: tc ||theta|| / (||u|| + eps), 1 when either norm is 0. */
 function trust(th: number[], u: number[], tc: number, eps: number): number {
-  const pn = norm(th), un = norm(u);
+  const pn = norm(th),
+    un = norm(u);
   return pn === 0 || un === 0 ? 1 : (tc * pn) / (un + eps);
 }
 
@@ -62,9 +63,11 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
     case 'adam':
     case 'adamw': {
       const g = opt === 'adam' ? decayed(g0, th, wd) : g0;
-      const m = ensure('exp_avg'), v = ensure('exp_avg_sq');
+      const m = ensure('exp_avg'),
+        v = ensure('exp_avg_sq');
       const vmax = h.amsgrad ? ensure('max_exp_avg_sq') : v;
-      const bc1 = 1 - b1 ** t, bc2 = 1 - b2 ** t;
+      const bc1 = 1 - b1 ** t,
+        bc2 = 1 - b2 ** t;
       const d = filled(len);
       for (let i = 0; i < len; i++) {
         m[i] = b1 * m[i] + (1 - b1) * g[i];
@@ -110,7 +113,8 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
     }
     case 'adamax': {
       const g = decayed(g0, th, wd);
-      const m = ensure('exp_avg'), u = ensure('exp_inf');
+      const m = ensure('exp_avg'),
+        u = ensure('exp_inf');
       const d = g.map((gi, i) => {
         m[i] = b1 * m[i] + (1 - b1) * gi;
         u[i] = Math.max(b2 * u[i], Math.abs(gi) + n(h, 'eps'));
@@ -125,7 +129,8 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
       const mu1 = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * psi));
       const prod = ensure('mu_product', 1);
       prod[0] *= mu; // one number, kept as state like the product in torch
-      const m = ensure('exp_avg'), v = ensure('exp_avg_sq');
+      const m = ensure('exp_avg'),
+        v = ensure('exp_avg_sq');
       const bc2 = 1 - b2 ** t;
       const d = g.map((gi, i) => {
         m[i] = b1 * m[i] + (1 - b1) * gi;
@@ -137,7 +142,8 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
     }
     case 'radam': {
       const g = h.decoupled_weight_decay ? g0 : decayed(g0, th, wd);
-      const m = ensure('exp_avg'), v = ensure('exp_avg_sq');
+      const m = ensure('exp_avg'),
+        v = ensure('exp_avg_sq');
       const bc2 = 1 - b2 ** t;
       const rhoInf = 2 / (1 - b2) - 1;
       const rho = rhoInf - (2 * t * b2 ** t) / bc2;
@@ -151,8 +157,10 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
     }
     case 'adadelta': {
       const g = decayed(g0, th, wd);
-      const rho = n(h, 'rho'), e = n(h, 'eps');
-      const sa = ensure('square_avg'), acc = ensure('acc_delta');
+      const rho = n(h, 'rho'),
+        e = n(h, 'eps');
+      const sa = ensure('square_avg'),
+        acc = ensure('acc_delta');
       const d = g.map((gi, i) => {
         sa[i] = rho * sa[i] + (1 - rho) * sq(gi);
         const di = (Math.sqrt(acc[i] + e) / Math.sqrt(sa[i] + e)) * gi;
@@ -174,7 +182,8 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
       // torch's Rprop: the step is sign(g') step_size; d carries it in units of lr.
       const [etaMinus, etaPlus] = h.etas as number[];
       const [lo, hi] = h.step_sizes as number[];
-      const prev = ensure('prev'), size = ensure('step_size', n(h, 'lr'));
+      const prev = ensure('prev'),
+        size = ensure('step_size', n(h, 'lr'));
       const d = g0.map((gi, i) => {
         const s0 = Math.sign(gi * prev[i]);
         size[i] = Math.min(hi, Math.max(lo, size[i] * (s0 > 0 ? etaPlus : s0 < 0 ? etaMinus : 1)));
@@ -186,8 +195,11 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
     case 'asgd': {
       // torch's ASGD: theta (1 - lambd eta) - eta g', with eta and mu of the previous step.
       const g = decayed(g0, th, wd);
-      const lrNow = n(h, 'lr'), lambd = n(h, 'lambd');
-      const eta = scalar('eta', lrNow), mu = scalar('mu', 1), ax = ensure('ax');
+      const lrNow = n(h, 'lr'),
+        lambd = n(h, 'lambd');
+      const eta = scalar('eta', lrNow),
+        mu = scalar('mu', 1),
+        ax = ensure('ax');
       const [etaUsed, muUsed] = [eta[0], mu[0]];
       eta.fill(lrNow / (1 + lambd * lrNow * t) ** n(h, 'alpha'));
       mu.fill(1 / Math.max(1, t - n(h, 't0')));
@@ -196,8 +208,10 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
     }
     case 'lamb': {
       // optax.lamb: Adam's corrected update plus wd theta, times ||theta|| / ||u||.
-      const m = ensure('exp_avg'), v = ensure('exp_avg_sq');
-      const bc1 = 1 - b1 ** t, bc2 = 1 - b2 ** t;
+      const m = ensure('exp_avg'),
+        v = ensure('exp_avg_sq');
+      const bc1 = 1 - b1 ** t,
+        bc2 = 1 - b2 ** t;
       const u = g0.map((gi, i) => {
         m[i] = b1 * m[i] + (1 - b1) * gi;
         v[i] = b2 * v[i] + (1 - b2) * sq(gi);
@@ -210,7 +224,8 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
       // optax.lars: (g + wd theta) times tc ||theta|| / (||u|| + eps), then a trace of the lr-scaled steps.
       const u = decayed(g0, th, wd);
       const r = trust(th, u, n(h, 'trust_coefficient'), n(h, 'eps'));
-      const mu = n(h, 'momentum'), lrNow = n(h, 'lr');
+      const mu = n(h, 'momentum'),
+        lrNow = n(h, 'lr');
       const buf = ensure('momentum_buffer');
       const d = u.map((x, i) => {
         const lw = lrNow * r * x;
@@ -242,9 +257,7 @@ function refRule(rule: string, th: number[], { d, scale, decay }: Dir, rs: RefSt
       return x.map((v, i) => v - n(h, 'lr_out') * scale * Math.abs(v) * Math.tanh(n(h, 'lr_in') * d[i]));
     case 'hybrid': {
       const gm = n(h, 'gamma');
-      return x.map(
-        (v, i) => v - (gm * n(h, 'lr_out') * scale * Math.abs(v) * Math.tanh(n(h, 'lr_in') * d[i]) + (1 - gm) * eta * d[i]),
-      );
+      return x.map((v, i) => v - (gm * n(h, 'lr_out') * scale * Math.abs(v) * Math.tanh(n(h, 'lr_in') * d[i]) + (1 - gm) * eta * d[i]));
     }
     case 'exp_sign': {
       if (!rs.bound) {
@@ -252,7 +265,8 @@ function refRule(rule: string, th: number[], { d, scale, decay }: Dir, rs: RefSt
         const rms = Math.sqrt(th.reduce((a, v) => a + v * v, 0) / th.length);
         rs.bound = [n(h, 'p_scale') * rms];
       }
-      const B = rs.bound[0], gb = n(h, 'g_bound');
+      const B = rs.bound[0],
+        gb = n(h, 'g_bound');
       return x.map((v, i) => {
         const di = Math.min(gb, Math.max(-gb, d[i]));
         const next = v * Math.exp(-eta * Math.sign(v) * di);

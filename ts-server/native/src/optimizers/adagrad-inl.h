@@ -6,7 +6,8 @@
 #define MUR_ADAGRAD_DESC_
 namespace mur {
 namespace adagrad_desc {
-inline constexpr const char* kHypers[] = {"lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "eps_in_sqrt"};
+inline constexpr const char* kHypers[] = {"lr",  "lr_decay",   "weight_decay", "initial_accumulator_value",
+                                          "eps", "eps_in_sqrt"};
 inline constexpr const char* kSlots[] = {"sum"};
 }  // namespace adagrad_desc
 }  // namespace mur

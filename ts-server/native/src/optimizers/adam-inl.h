@@ -8,7 +8,8 @@
 #define MUR_ADAM_DESC_
 namespace mur {
 namespace adam_desc {
-inline constexpr const char* kHypers[] = {"lr", "betas.0", "betas.1", "eps", "weight_decay", "amsgrad", "eps_before_correction"};
+inline constexpr const char* kHypers[] = {
+    "lr", "betas.0", "betas.1", "eps", "weight_decay", "amsgrad", "eps_before_correction"};
 inline constexpr const char* kSlots[] = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
 }  // namespace adam_desc
 }  // namespace mur
@@ -43,7 +44,8 @@ struct AdamT {
     c->eps_first = OptH(j, 6) != 0;
     f->scale = 1 / BiasCorrection(b1, t);
     if (kDecoupled) f->decay = 1 - j.h[1] * wd;
-    return Need(j, 0, "exp_avg", err) && Need(j, 1, "exp_avg_sq", err) && (!c->amsgrad || Need(j, 2, "max_exp_avg_sq", err));
+    return Need(j, 0, "exp_avg", err) && Need(j, 1, "exp_avg_sq", err) &&
+           (!c->amsgrad || Need(j, 2, "max_exp_avg_sq", err));
   }
   static void Commit(const Job&, const C&) {}
 

@@ -32,7 +32,7 @@ struct Asgd {
   static constexpr bool kAfter = true;
   struct C {
     float wd, mu;
-    bool average;            // mu != 1: ax moves toward theta_t; else ax = theta_t
+    bool average;             // mu != 1: ax moves toward theta_t; else ax = theta_t
     float next_eta, next_mu;  // written by Commit
   };
   static bool Prepare(const Job& j, C* c, Factors* f, std::string* err) {

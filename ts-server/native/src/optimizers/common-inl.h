@@ -71,8 +71,8 @@ struct AdamHypers {
   float b1, omb1, b2, omb2, eps, wd;
   static AdamHypers From(const Job& j) {
     const double b1 = OptH(j, 1), b2 = OptH(j, 2);
-    return {static_cast<float>(b1), static_cast<float>(1 - b1), static_cast<float>(b2), static_cast<float>(1 - b2),
-            static_cast<float>(OptH(j, 3)), static_cast<float>(OptH(j, 4))};
+    return {static_cast<float>(b1),     static_cast<float>(1 - b1),     static_cast<float>(b2),
+            static_cast<float>(1 - b2), static_cast<float>(OptH(j, 3)), static_cast<float>(OptH(j, 4))};
   }
 };
 
@@ -105,7 +105,8 @@ HWY_INLINE void AfterStep(D d, const typename Opt::C& c, const Job& j, size_t i,
 
 /** Adam's moments (Adam, AdamW, NAdam, RAdam): m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2, stored in slots 0 and 1. */
 template <class D>
-HWY_INLINE void AdamMoments(D d, const Job& j, size_t i, hn::Vec<D> g, const AdamHypers& a, hn::Vec<D>* m, hn::Vec<D>* v) {
+HWY_INLINE void AdamMoments(D d, const Job& j, size_t i, hn::Vec<D> g, const AdamHypers& a, hn::Vec<D>* m,
+                            hn::Vec<D>* v) {
   *m = Ema(d, LoadSlot(d, j, 0, i), g, a.b1, a.omb1);
   *v = Ema(d, LoadSlot(d, j, 1, i), hn::Mul(g, g), a.b2, a.omb2);
   StoreSlot(d, *m, j, 0, i);

@@ -51,7 +51,9 @@ struct Lars {
     *a = hn::MulAdd(theta, theta, *a);
     *b = hn::MulAdd(u, u, *b);
   }
-  static void Finish(C* c, double theta_sq, double u_sq) { c->ratio = TrustRatio(theta_sq, u_sq, c->coefficient, c->eps); }
+  static void Finish(C* c, double theta_sq, double u_sq) {
+    c->ratio = TrustRatio(theta_sq, u_sq, c->coefficient, c->eps);
+  }
 
   template <class D>
   static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const Job& j, size_t i, hn::Vec<D> g, hn::Vec<D> theta) {

@@ -7,7 +7,8 @@
 #define MUR_NADAM_DESC_
 namespace mur {
 namespace nadam_desc {
-inline constexpr const char* kHypers[] = {"lr", "betas.0", "betas.1", "eps", "weight_decay", "momentum_decay", "decoupled_weight_decay"};
+inline constexpr const char* kHypers[] = {
+    "lr", "betas.0", "betas.1", "eps", "weight_decay", "momentum_decay", "decoupled_weight_decay"};
 inline constexpr const char* kSlots[] = {"exp_avg", "exp_avg_sq", "mu_product"};
 }  // namespace nadam_desc
 }  // namespace mur

@@ -53,7 +53,8 @@ struct NormPass {
       const size_t end = begin + kBlock < t.end ? begin + kBlock : t.end;
       auto va = hn::Zero(d), vb = hn::Zero(d);
       size_t i = begin;
-      for (; i + lanes <= end; i += lanes) Opt::Reduce(d, p, j, i, hn::LoadU(d, j.grad + i), hn::LoadU(d, j.theta + i), &va, &vb);
+      for (; i + lanes <= end; i += lanes)
+        Opt::Reduce(d, p, j, i, hn::LoadU(d, j.grad + i), hn::LoadU(d, j.theta + i), &va, &vb);
       auto ta = hn::Zero(d1), tb = hn::Zero(d1);
       for (; i < end; ++i) Opt::Reduce(d1, p, j, i, hn::LoadU(d1, j.grad + i), hn::LoadU(d1, j.theta + i), &ta, &tb);
       a += static_cast<double>(hn::GetLane(hn::SumOfLanes(d, va))) + hn::GetLane(ta);

@@ -37,10 +37,11 @@ struct Radam {
     c->a = AdamHypers::From(j);
     DecoupleWeightDecay(j, 5, &c->a, f);
     c->rectified = rho > 5;
-    c->rect = c->rectified
-                  ? static_cast<float>(std::sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)) *
-                                       std::sqrt(bc2))
-                  : 0.0f;
+    c->rect =
+        c->rectified
+            ? static_cast<float>(std::sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)) *
+                                 std::sqrt(bc2))
+            : 0.0f;
     f->scale = 1 / BiasCorrection(b1, t);
     return Need(j, 0, "exp_avg", err) && Need(j, 1, "exp_avg_sq", err);
   }

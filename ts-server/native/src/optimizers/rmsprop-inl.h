@@ -9,7 +9,8 @@
 #define MUR_RMSPROP_DESC_
 namespace mur {
 namespace rmsprop_desc {
-inline constexpr const char* kHypers[] = {"lr", "alpha", "eps", "weight_decay", "momentum", "centered", "eps_in_sqrt", "lr_in_momentum"};
+inline constexpr const char* kHypers[] = {"lr",       "alpha",    "eps",         "weight_decay",
+                                          "momentum", "centered", "eps_in_sqrt", "lr_in_momentum"};
 inline constexpr const char* kSlots[] = {"square_avg", "grad_avg", "momentum_buffer"};
 }  // namespace rmsprop_desc
 }  // namespace mur

@@ -12,8 +12,8 @@
 
 #include "hwy/highway.h"
 #include "kernel.h"
-#include "transcendental-inl.h"
 #include "simd-inl.h"
+#include "transcendental-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace mur {

@@ -21,9 +21,17 @@ export async function step(ctx: ServerContext, req: StepRequest, token: string |
     if (arena) {
       // Each gradient region read and parameter region written, once; a replay touches none.
       const bytes = r.replayed ? 0 : r.values.reduce((n, v) => n + v.data.byteLength, 0);
-      return { reply: { step: r.step, replayed: r.replayed, params: [] }, replayed: r.replayed, gradientBytes: bytes, parameterBytes: bytes };
+      return {
+        reply: { step: r.step, replayed: r.replayed, params: [] },
+        replayed: r.replayed,
+        gradientBytes: bytes,
+        parameterBytes: bytes,
+      };
     }
-    const params = r.values.map((v) => ({ paramId: v.id, value: { shape: session.shapeOf(v.id, 'reply'), dtype: DType.DTYPE_FLOAT32, data: f32ToBytes(v.data) } }));
+    const params = r.values.map((v) => ({
+      paramId: v.id,
+      value: { shape: session.shapeOf(v.id, 'reply'), dtype: DType.DTYPE_FLOAT32, data: f32ToBytes(v.data) },
+    }));
     return {
       reply: { step: r.step, replayed: r.replayed, params },
       replayed: r.replayed,
