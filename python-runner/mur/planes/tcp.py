@@ -3,8 +3,9 @@ and edit detection (grpc.py), with a step's tensor bytes on the server's
 data port.
 
 A step's tensor bytes on a plain TCP connection (TLS when the gRPC channel
-uses TLS) beside the gRPC channel, for a server on another host: grpcio and
-grpc-js move ~16 MB each way in ~35 ms on loopback here, a socket in ~9 ms.
+uses TLS) beside the gRPC channel, for a server on another host: a plain
+socket moves tensor bytes several times faster than grpcio and grpc-js do
+(docs/data-path.md has the measured echo ceilings; make bench-e2e measures them).
 
     request: u32 LE n | DataStepHeader (n bytes) | gradient bytes, in order
     reply:   u32 LE n | DataStepReplyHeader      | float32 parameter bytes, in order
@@ -86,7 +87,7 @@ class DataPlane:
                 self._sock = None
 
     def _send(self, parts):
-        # Byte views (the gradients mostly come as such already: casting again costs ~3 us each).
+        # Byte views (the gradients mostly come as such already, and casting again is not free).
         views = [p if isinstance(p, memoryview) and p.format == "B" else memoryview(p).cast("B") for p in parts]
         if self._ssl is not None:  # an SSL socket has no sendmsg
             for v in views:

@@ -1,6 +1,6 @@
 // The fast lane of the same-host transport: steps signalled through the
-// arena itself, with no RPC. A gRPC call costs ~0.4 ms of framing, HTTP/2
-// and event-loop hops; a step of a small model costs microseconds, so the
+// arena itself, with no RPC. A gRPC call costs framing, HTTP/2 and event-loop
+// hops (measured in docs/data-path.md); a small model's step costs far less, so the
 // client rings a doorbell in shared memory instead and this thread (one per
 // armed arena) runs the step and answers there.
 //
