@@ -23,12 +23,9 @@
 #include <cstring>
 #include <string>
 
-namespace {
+#include "mapped.h"
 
-struct Mapping {
-  void* addr;
-  size_t bytes;
-};
+namespace {
 
 [[noreturn]] void Fail(Napi::Env env, const std::string& msg) { throw Napi::Error::New(env, msg); }
 
@@ -51,16 +48,7 @@ Napi::Value ArenaCreate(const Napi::CallbackInfo& info) {
     close(fd);
     Fail(env, std::string("mmap: ") + std::strerror(e));
   }
-  auto* m = new Mapping{addr, bytes};
-  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(
-      env, addr, bytes,
-      [](Napi::Env fenv, void*, Mapping* mp) {
-        munmap(mp->addr, mp->bytes);
-        Napi::MemoryManagement::AdjustExternalMemory(fenv, -static_cast<int64_t>(mp->bytes));
-        delete mp;
-      },
-      m);
-  Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(bytes));
+  Napi::ArrayBuffer buffer = mur::MappedBuffer(env, addr, bytes, bytes);
   Napi::Object out = Napi::Object::New(env);
   out.Set("buffer", buffer);
   out.Set("fd", fd);

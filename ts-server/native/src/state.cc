@@ -18,14 +18,11 @@
 #include <cstring>
 #include <string>
 
+#include "mapped.h"
+
 namespace {
 
 constexpr size_t kHuge = size_t{2} << 20;
-
-struct Mapping {
-  void* addr;
-  size_t bytes;
-};
 
 Napi::Value AllocFloats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -43,16 +40,7 @@ Napi::Value AllocFloats(const Napi::CallbackInfo& info) {
   if (addr > raw) munmap(raw, addr - raw);
   if (raw + kHuge > addr) munmap(addr + bytes, raw + kHuge - addr);
   madvise(addr, bytes, MADV_HUGEPAGE);  // advice: without THP the pages are ordinary ones
-  auto* m = new Mapping{addr, bytes};
-  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(
-      env, addr, n * sizeof(float),
-      [](Napi::Env fenv, void*, Mapping* mp) {
-        munmap(mp->addr, mp->bytes);
-        Napi::MemoryManagement::AdjustExternalMemory(fenv, -static_cast<int64_t>(mp->bytes));
-        delete mp;
-      },
-      m);
-  Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(bytes));
+  Napi::ArrayBuffer buffer = mur::MappedBuffer(env, addr, bytes, n * sizeof(float));
   return Napi::Float32Array::New(env, n, buffer, 0);
 }
 
