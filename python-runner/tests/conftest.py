@@ -6,7 +6,9 @@ its batches and its parameters' bits."""
 import json
 import os
 import select
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,6 +95,15 @@ def same_bits(a, b):
             bits(a) if isinstance(a, torch.nn.Module) else a, bits(b) if isinstance(b, torch.nn.Module) else b
         )
     )
+
+
+@pytest.fixture
+def scratch():
+    """A private temporary directory (sockets, state dirs), removed after the
+    test however it ends, a failure before the test's own try included."""
+    d = tempfile.mkdtemp(prefix="mur-test-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

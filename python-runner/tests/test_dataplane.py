@@ -4,9 +4,7 @@ keep every guarantee of the grpc transport: the same trajectory bit for bit,
 edits between steps kept, refused steps changing nothing, retries exact
 through a server restart."""
 
-import shutil
 import socket
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -140,12 +138,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_tcp_rides_through_server_kills_on_a_state_dir():
+def test_tcp_rides_through_server_kills_on_a_state_dir(scratch):
     """SIGKILL the server between gradient and step and restart it on the same
     --state-dir and gRPC port (its data port changes): the client finds the new
     data port, resends its step under the same number, and ends equal to
     torch.optim: no step lost or applied twice."""
-    d = tempfile.mkdtemp(prefix="mur-test-")
+    d = scratch
     port = free_port()
     procs = [start_tcp("--state-dir", Path(d) / "state", port=port)[0]]
     a, b = net(5, width=16), net(5, width=16)
@@ -174,7 +172,6 @@ def test_tcp_rides_through_server_kills_on_a_state_dir():
         opt.close()
         for p in procs:
             stop(p)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.parametrize("transport", ["tcp", "grpc"])

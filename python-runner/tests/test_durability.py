@@ -5,8 +5,6 @@ resuming from a checkpoint as the message says gives the same run as
 torch.optim. Refused step numbers are kept in the journal, so a restarted
 server does not mistake the next one for lost steps."""
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import grpc
@@ -57,8 +55,8 @@ def _journal(state):
         ),
     ],
 )
-def test_damaged_state_raises_data_loss_and_a_checkpoint_resumes(transport):
-    d = tempfile.mkdtemp(prefix="mur-test-")
+def test_damaged_state_raises_data_loss_and_a_checkpoint_resumes(transport, scratch):
+    d = scratch
     sock, state = Path(d) / "s.sock", Path(d) / "state"
     if transport == "tcp":
         from conftest import start_tcp
@@ -128,15 +126,14 @@ def test_damaged_state_raises_data_loss_and_a_checkpoint_resumes(transport):
         opt.close()
         for p in procs:
             stop_proc(p)
-        shutil.rmtree(d, ignore_errors=True)
 
 
-def test_refused_step_numbers_are_kept_across_a_restart():
+def test_refused_step_numbers_are_kept_across_a_restart(scratch):
     """A refused step uses up its number (the next step() sends the one after);
     after a restart the server refuses a step numbered past the next one it
     expects (acknowledged steps lost), so it keeps the refused numbers in its
     journal: refusals before and after a restart do not read as lost steps."""
-    d = tempfile.mkdtemp(prefix="mur-test-")
+    d = scratch
     sock, state = Path(d) / "s.sock", Path(d) / "state"
     procs = [start_cli(sock, "--state-dir", str(state))]
     m = net(4, width=8)
@@ -177,4 +174,3 @@ def test_refused_step_numbers_are_kept_across_a_restart():
         opt.close()
         for p in procs:
             stop_proc(p)
-        shutil.rmtree(d, ignore_errors=True)

@@ -351,11 +351,11 @@ def _stop(proc):
 
 @needs_native
 @pytest.mark.parametrize("transport", ["shm", "grpc"])  # unix sockets: no tcp data plane
-def test_a_durable_shard_killed_between_the_phases_takes_the_step_once(transport):
+def test_a_durable_shard_killed_between_the_phases_takes_the_step_once(transport, scratch):
     """Shard 1's server is SIGKILLed after every shard validated a step and
     restarted on its --state-dir: its client's retry lands the step under the
     same number, so every shard applies it exactly once (equal to torch)."""
-    d = Path(tempfile.mkdtemp(prefix="mur-test-"))
+    d = Path(scratch)
     socks, procs = [d / "a.sock", d / "b.sock"], []
     opt = None
     try:
@@ -394,12 +394,11 @@ def test_a_durable_shard_killed_between_the_phases_takes_the_step_once(transport
         for ps in procs:
             for p in ps:
                 _stop(p)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @needs_native
-def test_a_shard_that_stays_down_is_named_and_stops_further_steps():
-    d = Path(tempfile.mkdtemp(prefix="mur-test-"))
+def test_a_shard_that_stays_down_is_named_and_stops_further_steps(scratch):
+    d = Path(scratch)
     socks = [d / "a.sock", d / "b.sock"]
     procs, opt = [], None
     try:
@@ -434,7 +433,6 @@ def test_a_shard_that_stays_down_is_named_and_stops_further_steps():
             opt.close()
         for p in procs:
             _stop(p)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 # -- torch.distributed: DDP + ZeroRedundancyOptimizer, 2 gloo ranks x 2 servers ---

@@ -535,8 +535,8 @@ def test_a_killed_client_takes_its_server_with_it():
 
 
 @needs_native
-def test_a_killed_server_fails_the_next_step_fast_and_a_new_one_works():
-    d = tempfile.mkdtemp(prefix="mur-test-")
+def test_a_killed_server_fails_the_next_step_fast_and_a_new_one_works(scratch):
+    d = scratch
     sock = Path(d) / "s.sock"
     procs, opts = [], []
     try:
@@ -586,12 +586,11 @@ def test_a_killed_server_fails_the_next_step_fast_and_a_new_one_works():
             o.close()
         for p in procs:
             stop_proc(p)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @needs_native
-def test_a_hung_server_fails_the_step_at_the_deadline():
-    d = tempfile.mkdtemp(prefix="mur-test-")
+def test_a_hung_server_fails_the_step_at_the_deadline(scratch):
+    d = scratch
     sock = Path(d) / "s.sock"
     proc = start_cli(sock, "--backend", "native")
     opt = None
@@ -614,7 +613,6 @@ def test_a_hung_server_fails_the_step_at_the_deadline():
         if opt:
             opt.close()
         stop_proc(proc)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 # -- the fast lane: steps rung through shared memory ------------------------------
@@ -671,7 +669,7 @@ def durable_run(transport, reconnect_timeout):
     and torch's beside it from the same weights; everything freed at the end."""
     d = tempfile.mkdtemp(prefix="mur-test-")
     sock, state = Path(d) / "s.sock", Path(d) / "state"
-    procs = [start_cli(sock, "--state-dir", str(state))]
+    procs = []
 
     def restart():
         stop_proc(procs[-1])
@@ -680,6 +678,7 @@ def durable_run(transport, reconnect_timeout):
     a, b = net(5, width=16), net(5, width=16)
     opt = None
     try:
+        procs.append(start_cli(sock, "--state-dir", str(state)))
         opt = mur.RemoteOptimizer(
             a.parameters(),
             optimizer="adam",
@@ -786,11 +785,11 @@ def test_an_unexpected_replay_is_raised_not_taken_silently(transport):
 
 
 @needs_native
-def test_fast_lane_steps_are_counted_in_the_metrics():
+def test_fast_lane_steps_are_counted_in_the_metrics(scratch):
     """Fast-lane steps make no call; a scrape takes them in and counts them as shm ok."""
     import urllib.request
 
-    d = tempfile.mkdtemp(prefix="mur-test-")
+    d = scratch
     sock = Path(d) / "s.sock"
     proc = subprocess.Popen(
         ["node", str(CLI), "--socket", str(sock), "--exit-with-stdin", "--metrics-port", "0"],
@@ -820,4 +819,3 @@ def test_fast_lane_steps_are_counted_in_the_metrics():
         if opt:
             opt.close()
         stop_proc(proc)
-        shutil.rmtree(d, ignore_errors=True)
