@@ -154,11 +154,6 @@ def error_for(code, message, reason=None, rename=None) -> MurError:
     return cls(text, status, reason=reason)
 
 
-def from_status(code: grpc.StatusCode, details: str) -> MurError:
-    """The MurError of a gRPC status and its message (no reason known)."""
-    return error_for(code, details)
-
-
 def from_rpc_error(e: grpc.RpcError, rename=None) -> MurError:
     """The MurError of a failed gRPC call, with the server's message and reason."""
     return error_for(e.code(), e.details() or "", reason=_reason(e), rename=rename)

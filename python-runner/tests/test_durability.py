@@ -14,13 +14,13 @@ from conftest import batches, bits, net, same_bits
 from test_transport import ADDON, CLI, max_diff, start_cli, stop_proc
 
 import mur
-from mur.errors import from_status
+from mur.errors import error_for
 
 pytestmark = pytest.mark.skipif(not CLI.exists(), reason=f"{CLI} not built (make build)")
 
 
 def test_statuses_map_to_typed_errors():
-    e = from_status(
+    e = error_for(
         grpc.StatusCode.DATA_LOSS, "session 'x': /s/sessions/x/journal: record at byte 40: body checksum mismatch"
     )
     assert isinstance(e, mur.DataLossError) and not isinstance(e, mur.ConnectionLostError)
@@ -29,12 +29,12 @@ def test_statuses_map_to_typed_errors():
         and "opt.load_state_dict(<your last checkpoint>)" in str(e)
         and "new RemoteOptimizer" in str(e)
     )
-    full = from_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "state dir /s: no space left (ENOSPC) while writing")
+    full = error_for(grpc.StatusCode.RESOURCE_EXHAUSTED, "state dir /s: no space left (ENOSPC) while writing")
     assert isinstance(full, mur.StorageFullError) and isinstance(full, mur.ResourceExhaustedError)
-    assert type(from_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "memory: ...")) is mur.ResourceExhaustedError
-    io = from_status(grpc.StatusCode.UNAVAILABLE, "state dir /s: I/O error (EIO) while writing")
+    assert type(error_for(grpc.StatusCode.RESOURCE_EXHAUSTED, "memory: ...")) is mur.ResourceExhaustedError
+    io = error_for(grpc.StatusCode.UNAVAILABLE, "state dir /s: I/O error (EIO) while writing")
     assert isinstance(io, mur.StorageIOError) and isinstance(io, mur.ConnectionLostError)
-    assert type(from_status(grpc.StatusCode.UNAVAILABLE, "connection refused")) is mur.ConnectionLostError
+    assert type(error_for(grpc.StatusCode.UNAVAILABLE, "connection refused")) is mur.ConnectionLostError
 
 
 def _journal(state):
