@@ -5,24 +5,28 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-# Debian packages the project needs (Python side, protoc, the dataset).
+# Debian packages the project needs (Python side, protoc, the dataset; OpenBLAS's
+# pthread build for Muon's matrix products, Eigen only for scripts/bench-blas.sh).
 APT_PACKAGES := python3-torch python3-grpcio python3-protobuf python3-numpy \
   python3-matplotlib python3-tqdm python3-venv python3-pip python3-pytest \
   protobuf-compiler protobuf-compiler-grpc dataset-fashion-mnist \
-  libhwy-dev g++ make openssl python3-optuna clang-format
+  libhwy-dev g++ make openssl python3-optuna clang-format \
+  libopenblas-pthread-dev libeigen3-dev
 SYS_PYTHON := /usr/bin/python3
 VENV := .venv
 PY := $(CURDIR)/$(VENV)/bin/python
 PROTO_SRC := proto/mur/v1/optimizer.proto
 
 .PHONY: help deps apt node-deps py-deps proto native native-engine build test test-ts test-py demo \
-  bench-engine bench-e2e bench-load bench-scale reproduce clean lint lint-py lint-ts lint-cxx format
+  bench-engine bench-e2e bench-train bench-load bench-scale reproduce clean lint lint-py lint-ts lint-cxx format
 
 help:
 	@echo "make demo   - install everything, then train Fashion-MNIST with torch.optim and through mur, side by side"
 	@echo "make test   - install everything, then lint and run every test"
 	@echo "make lint   - every linter and formatter in check mode (make format rewrites the files)"
-	@echo "make bench-engine | bench-e2e | bench-load | bench-scale | reproduce"
+	@echo "make bench-engine | bench-e2e | bench-train | bench-load | bench-scale | reproduce"
+	@echo "  bench-e2e   - RemoteOptimizer step on every transport vs torch default, foreach and fused (torch 2.x venv)"
+	@echo "  bench-train - ms per Fashion-MNIST batch: torch fused AdamW vs mur vs mur overlap; step vs the limit kernel"
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -148,9 +152,26 @@ $(NATIVE_ADDON): $(NATIVE_SRC) | node-deps apt
 bench-engine: build torch2
 	cd ts-server && MUR_LOG=silent node dist/bench/engine.js
 
-# RemoteOptimizer step vs a local torch.optim step, with a time breakdown (issue 3).
-bench-e2e: build
-	$(PY) -m mur_lab.bench_e2e
+# The Python benches run on torch 2.x from the cached venv (`make torch2`: its fused
+# optimizers are the strongest local step), mur and mur_lab from this checkout on
+# PYTHONPATH (that venv has neither, nor matplotlib and tqdm, which the benches do not
+# import); on Debian's torch 1.13 in .venv when that venv could not be built.
+bench-py = if [ -f $(TORCH2_VENV)/.installed ]; then \
+	  set -x; PYTHONPATH=$(CURDIR)/python-runner:$(CURDIR)/python-runner/lab $(CURDIR)/$(TORCH2_VENV)/bin/python $(1); \
+	else echo "no torch 2.x venv (make torch2): the bench runs on Debian's torch 1.13"; set -x; $(PY) $(1); fi
+
+# RemoteOptimizer step on shm, tcp and grpc vs torch's default, foreach and fused steps,
+# gradients made by backward after zero_grad() and kept in the arena, 1 and 2 threads,
+# 1 to 64M parameters and a 300-tensor model; the wire's ceiling; Fashion-MNIST ms/batch
+# (issues 3, 21). BENCH_E2E_ARGS="--quick" (or --sizes, --threads, --grads) shortens it.
+bench-e2e: build torch2
+	@$(call bench-py,-m mur_lab.bench_e2e $(BENCH_E2E_ARGS))
+
+# ms per Fashion-MNIST batch (MLP, CNN, transformer) with torch fused AdamW, mur and mur
+# overlap=True, alternating blocks; the remote AdamW step vs torch fused and the limit
+# kernel at 4M, 64M, 256M on 2 threads (issue 21). BENCH_TRAIN_ARGS="--quick" shortens it.
+bench-train: build torch2
+	@$(call bench-py,-m mur_lab.bench_train $(BENCH_TRAIN_ARGS))
 
 # Sharded servers under torch.distributed: steps/s and remote step time for
 # 1, 2, 4 servers x 1, 2, 4 gloo ranks (ZeroRedundancyOptimizer over

@@ -39,8 +39,10 @@ echo "== python-runner (pytest: RemoteOptimizer against a live server, mur.refer
 T2=${TORCH2_PY:-.venv-torch2/bin/python}
 if [ -x "$T2" ] && "$T2" -c 'import torch' 2>/dev/null; then
   echo "== python-runner again on torch $("$T2" -c 'import torch; print(torch.__version__)')"
-  # The library's suite: the lab (python-runner/lab) needs matplotlib and tqdm, which this venv does not have.
-  PYTHONPATH="$PWD/python-runner" "$T2" -m pytest -q python-runner/tests
+  # The library's suite: the lab (python-runner/lab) needs matplotlib and tqdm, which this venv does not have,
+  # except the benchmarks (make bench-e2e and bench-train run here, beside torch's fused optimizers).
+  PYTHONPATH="$PWD/python-runner:$PWD/python-runner/lab" "$T2" -m pytest -q python-runner/tests \
+    python-runner/lab/tests/test_bench.py
 else
   echo "== torch 2.x venv unavailable (see 'make torch2'): the suite ran on Debian's torch only"
 fi
@@ -51,7 +53,8 @@ JX=${JAX_PY:-.venv-jax/bin/python}
 if [ -x "$JX" ] && KERAS_BACKEND=jax "$JX" -c 'import jax, optax, keras' 2>/dev/null; then
   echo "== mur.optax and mur.keras on $(KERAS_BACKEND=jax "$JX" -c 'import jax, optax, keras; print("jax", jax.__version__, "optax", optax.__version__, "keras", keras.__version__)')"
   KERAS_BACKEND=jax PYTHONPATH="$PWD/python-runner:$PWD/python-runner/lab" "$JX" -m pytest -q \
-    python-runner/tests/test_optax.py python-runner/tests/test_trust_ratio.py python-runner/tests/test_keras.py \
+    python-runner/tests/test_optax.py python-runner/tests/test_trust_ratio.py python-runner/tests/test_adafactor_optax.py python-runner/tests/test_muon_optax.py \
+    python-runner/tests/test_keras.py \
     python-runner/lab/tests/test_frameworks.py
   echo "== cross-framework matrix, quick size (torch, optax, keras, and mur's additive rule through each client)"
   matrix=$(mktemp -d)

@@ -11,6 +11,7 @@ master the client's values are cast from). For Adam that is 1.5x
 torch.optim's state_dict. State dicts of the earlier format (the whole
 export under "mur"["frames"]) still load."""
 
+import math
 import numbers
 from collections import defaultdict
 
@@ -47,10 +48,20 @@ def torch_state(frames, by_id):
         st = {"step": torch.tensor(float(steps.get(pid, 0)))}
         for slot, data in slots.items():
             t = torch.from_numpy(np.frombuffer(data, dtype=np.float32).copy())
-            t = t.view(p.shape) if t.numel() == p.numel() else t.reshape(()) if t.numel() == 1 else t
+            t = t.view(_slot_shape(slot, p.shape, t.numel()))
             st[slot] = t.to(device=p.device)
         state[p] = st
     return state
+
+
+def _slot_shape(slot, shape, n):
+    """torch's shape of a slot: the parameter's, () for one element, and
+    Adafactor's row and column means [..., R, 1] and [..., 1, C]."""
+    if slot == "row_var" and len(shape) >= 2:
+        return (*shape[:-1], 1)
+    if slot == "col_var" and len(shape) >= 2:
+        return (*shape[:-2], 1, shape[-1])
+    return shape if n == math.prod(shape) else () if n == 1 else (n,)
 
 
 def values(frames, by_id):

@@ -74,7 +74,7 @@ class RemoteOptimizer(keras.optimizers.Optimizer):
 
     Args:
         optimizer: sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion, rprop, asgd,
-            lamb, lars.
+            lamb, lars, adafactor, muon.
         rule: additive (default), multiplicative, hybrid, exp_sign.
         learning_rate: a float or a keras.optimizers.schedules schedule (mur's lr).
         server: "auto" (a private local server), "host:port" or "unix:/path".

@@ -297,7 +297,7 @@ def remote(optimizer="adam", rule="additive", server="auto", **hyperparameters):
 
     Args:
         optimizer: sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion, rprop, asgd,
-            lamb, lars.
+            lamb, lars, adafactor, muon.
         rule: additive (default: ordinary optimizers), multiplicative, hybrid, exp_sign.
         server: "auto" (a private local server, stopped by close() or at exit),
             "host:port" or "unix:/path".

@@ -33,6 +33,7 @@ from .connection import Connection, check_address, load_pem
 from .errors import NO_DEFAULT_SPEC, FailedPreconditionError, InvalidArgumentError, MurError, TransportUnavailable
 from .planes.base import BF16, F16, F32, PARAM_DTYPES, PreparedStep
 from .planes.grpc import GrpcPlane
+from .planes.rows import check_sparse_grad
 from .planes.shm import ShmPlane
 from .planes.tcp import TcpPlane
 from .server import LocalServer
@@ -41,6 +42,7 @@ from .session import Session
 _PLANES = {"shm": ShmPlane, "tcp": TcpPlane, "grpc": GrpcPlane}
 _TRANSPORTS = ("auto", *_PLANES)
 _WIRE_DTYPES = {"float32": F32, "bfloat16": BF16, "float16": F16}
+_STATE_DTYPES = ("float32", "bfloat16")
 # torch 2.x constructor flags that choose an implementation, not the maths:
 # accepted and kept in param_groups (torch does), never sent to the server.
 _TORCH_FLAGS = ("foreach", "fused", "capturable", "differentiable")
@@ -52,6 +54,8 @@ _DECOUPLED_ON_SERVER = ("nadam", "radam")
 _TORCH_NOOP_KEYS = {"params", "param_names", "maximize", "decoupled_weight_decay", "initial_lr", *_TORCH_FLAGS}
 # mur's flags bridging Keras/optax (docs/frameworks.md): torch.optim has none, i.e. all off.
 _BRIDGE_FLAGS = {"eps_before_correction", "eps_in_sqrt", "lr_in_momentum"}
+# Hyperparameters whose values are strings (the server's "choice" type): Muon's adjust_lr_fn.
+_CHOICES = {"adjust_lr_fn"}
 _DEFAULT_OPTIMIZER, _DEFAULT_RULE = "adam", "hybrid"  # without a server --config
 _SGD_DEFAULT_LR = 1e-3  # torch >= 2.2's SGD default (mur's sgd has none)
 _NO_COPY = (
@@ -67,15 +71,15 @@ def _struct(d):
 
 
 def _wire_value(k, v):
-    if isinstance(v, bool):
+    if isinstance(v, bool) or (isinstance(v, str) and k in _CHOICES):
         return v
     if isinstance(v, numbers.Real):
         return float(v)
-    if isinstance(v, (tuple, list)) and all(isinstance(x, numbers.Real) for x in v):
-        return [float(x) for x in v]
+    if isinstance(v, (tuple, list)) and all(x is None or isinstance(x, numbers.Real) for x in v):
+        return [None if x is None else float(x) for x in v]  # None: Adafactor's eps[0]
     if torch.is_tensor(v) and v.numel() == 1:
         return float(v.item())
-    raise TypeError(f"hyperparameter {k}: {v!r} is not a number, a bool or a pair of numbers")
+    raise TypeError(f"hyperparameter {k}: {v!r} is not a number, a bool or a tuple of numbers")
 
 
 def param_groups_of(params):
@@ -190,6 +194,13 @@ def _check_options(transport, wire_dtype, timeout, reconnect_timeout):
         raise ValueError(f"reconnect_timeout={reconnect_timeout!r}: must be a number of seconds >= 0")
 
 
+def _check_state(state_dtype, state_seed):
+    if not isinstance(state_dtype, str) or state_dtype not in _STATE_DTYPES:
+        raise ValueError(f"state_dtype={state_dtype!r}: must be one of {', '.join(map(repr, _STATE_DTYPES))}")
+    if isinstance(state_seed, bool) or not isinstance(state_seed, numbers.Integral) or not 0 <= state_seed < 2**32:
+        raise ValueError(f"state_seed={state_seed!r}: must be an integer in [0, 2**32)")
+
+
 def _one_server(server):
     if isinstance(server, (list, tuple)):  # a list of one address (more: ShardedRemoteOptimizer)
         if len(server) != 1 or not isinstance(server[0], str):
@@ -205,7 +216,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         params: parameters, ``named_parameters()`` (errors then name them as
             the model does), or parameter groups, as for any torch optimizer.
         optimizer: sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion,
-            rprop, asgd, lamb, lars.
+            rprop, asgd, lamb, lars, adafactor, muon (2-D parameters only).
         rule: additive, multiplicative, hybrid or exp_sign. Neither given: the
             server's --config (its optimizer, rule and defaults), or adam with
             the hybrid rule when it has none (server="auto" never has one).
@@ -226,6 +237,23 @@ class RemoteOptimizer(torch.optim.Optimizer):
             with 8 significant bits; float16 keeps 11 bits but only
             |g| <= 65504 (a larger gradient becomes infinite and the step is
             refused, as for any non-finite gradient). Ignored on shm.
+        overlap: on shm with torch >= 2.1, a post-accumulate-grad hook moves
+            each gradient into the arena as backward finishes it (p.grad
+            becomes the arena's view, its values unchanged) and the server
+            checks it for finiteness then, while backward goes on; step()
+            copies and scans only what changed since (mur/planes/hot.py).
+            Off by default (False): a write that bypasses torch's version
+            counter (``p.grad.data``, numpy) after backward is not checked
+            again. Results are the same bits either way. Elsewhere (tcp,
+            grpc, torch 1.13) it does nothing; ``opt.overlap`` tells.
+        state_dtype: "float32" (default) or "bfloat16": how the server stores
+            the optimizer's per-element state (moments, accumulators).
+            bfloat16 halves those bytes; each step still computes in float32
+            and stores with stochastic rounding seeded by ``state_seed`` (an
+            integer, default 0; the same seed, gradients and steps give the
+            same state). state_dict() carries it widened to float32 (it loads
+            into torch.optim), and records the dtype in its "mur" entry.
+            Engines that cannot store bfloat16 (the tfjs ones) keep float32.
         timeout: deadline in seconds of every call to the server (None: none).
         reconnect_timeout: how long a call keeps retrying a lost connection,
             waiting 0.1 s doubling up to 0.5 s (x0.5-1.5 jitter) between
@@ -284,6 +312,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
         tls_cert=None,
         tls_key=None,
         reconnect_timeout=60.0,
+        overlap=False,
+        state_dtype="float32",
+        state_seed=0,
         **hyperparameters,
     ):
         self._local = self._conn = self._session = self._plane = None
@@ -292,6 +323,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
         # -- every argument, before a server is started or reached ---------------
         server = _one_server(server)
         _check_options(transport, wire_dtype, timeout, reconnect_timeout)
+        if overlap not in (None, True, False):
+            raise ValueError(f"overlap={overlap!r}: True or False (None: the default, False)")
+        self._overlap = bool(overlap)
+        _check_state(state_dtype, state_seed)
+        self.state_dtype, self._state_seed = state_dtype, int(state_seed)
         ca, cert, key = load_pem(tls_ca), load_pem(tls_cert), load_pem(tls_key)
         if (cert is None) != (key is None):
             raise ValueError("tls_cert and tls_key go together (a client certificate needs its key)")
@@ -335,6 +371,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
             )
             self._conn.rename = self._rename
             caps = self._caps = self._conn.capabilities()
+            if state_dtype != "float32" and state_dtype not in caps.state_dtypes:
+                raise FailedPreconditionError(
+                    f"state_dtype={state_dtype!r}: the server at {self._conn.address} does not take it "
+                    f"(it takes {', '.join(caps.state_dtypes) or 'float32 only'})"
+                )
             self._session = Session(self._conn, caps, self._params)
             resolved = None
             if from_config:
@@ -380,7 +421,12 @@ class RemoteOptimizer(torch.optim.Optimizer):
             defaults.update(hyperparameters)
             defaults.update(flags)
             self.optimizer_name, self.rule_name = optimizer, rule
+            self._own = self._own_optimizers(groups, caps, rl)
             super().__init__(groups, defaults)
+            for g in self.param_groups:  # torch filled in the main optimizer's defaults: not this group's
+                if g.get("optimizer", optimizer) != optimizer:
+                    for k in [k for k in g if k in self._all_opt_hypers and k not in self._own[g["optimizer"]][1]]:
+                        del g[k]
             if resolved is None:
                 self._session.create(self._spec(), list(self._params()), self._names())
             self._step_no = 0
@@ -388,6 +434,37 @@ class RemoteOptimizer(torch.optim.Optimizer):
         except BaseException:
             self.close()
             raise
+
+    def _own_optimizers(self, groups, caps, rl):
+        """Groups naming an optimizer of their own ({"params": ..., "optimizer": "adamw"}):
+        {name: (its hyperparameters, those and the rule's)}; each such group gets
+        that optimizer's defaults under its own values, and a key that optimizer
+        does not have is refused, naming the group."""
+        own = {}
+        for gi, g in enumerate(groups):
+            name = g.get("optimizer", self.optimizer_name)
+            if name == self.optimizer_name:
+                continue
+            o = next((x for x in caps.optimizers if x.name == name), None)
+            if o is None:
+                raise ValueError(
+                    f"param_groups[{gi}]: optimizer={name!r}: unknown (one of {', '.join(x.name for x in caps.optimizers)})"
+                )
+            known = {h.name: h for h in list(o.hyperparameters) + list(rl.hyperparameters)}
+            for k in g:
+                if k not in known and k not in _TORCH_NOOP_KEYS and k != "optimizer":
+                    raise ValueError(
+                        f"param_groups[{gi}]: {k}={g[k]!r}: not a hyperparameter of {name} with the "
+                        f"{self.rule_name} rule (known: {', '.join(known)})"
+                    )
+            for k, h in known.items():
+                g.setdefault(k, _default(h))
+            own[name] = ({h.name for h in o.hyperparameters}, set(known))
+        return own
+
+    def _opt_hypers_of(self, group):
+        name = group.get("optimizer", self.optimizer_name)
+        return self._own[name][0] if name in getattr(self, "_own", {}) else self._opt_hypers
 
     def _session_from_config(self, groups):
         """CreateSession without a spec: the server's --config decides;
@@ -409,7 +486,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             if name == "grpc":
                 break
             try:
-                return _PLANES[name].open(self._session, wire_dtype=self._wire_dtype)
+                return _PLANES[name].open(self._session, wire_dtype=self._wire_dtype, overlap=self._overlap)
             except TransportUnavailable as e:
                 if transport == name:
                     raise
@@ -460,6 +537,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._check_open()
         n = len(self.param_groups)
         group = param_groups_of([param_group])[0] if isinstance(param_group, dict) else param_group
+        if isinstance(group, dict) and group.get("optimizer", self.optimizer_name) != self.optimizer_name:
+            raise ValueError(
+                f"add_param_group: optimizer={group['optimizer']!r}: a group with an optimizer of its own is "
+                "given to the constructor (AddParameters adds groups of the session's optimizer)"
+            )
         super().add_param_group(group)  # torch's checks and defaults (a parameter in two groups: ValueError)
         try:
             if len(self.param_groups) != n + 1:  # a torch that did not append (it always does)
@@ -495,6 +577,12 @@ class RemoteOptimizer(torch.optim.Optimizer):
         return self._plane.name if self._plane is not None else None
 
     @property
+    def overlap(self):
+        """Whether gradients are moved into the arena and checked as backward
+        makes them (overlap=True, on shm with torch >= 2.1; read-only)."""
+        return getattr(self._plane, "hot", None) is not None
+
+    @property
     def lane_steps(self):
         """Steps that went through the shm fast lane (no RPC)."""
         return self._plane.lane_steps if self._plane is not None else 0
@@ -507,7 +595,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     def _group_hypers(self, group):
         # Only the server's hyperparameters: schedulers add keys such as initial_lr.
-        return {k: _wire_value(k, v) for k, v in group.items() if k in self._known and v is not None}
+        name = group.get("optimizer", self.optimizer_name)
+        known = self._own[name][1] if name in getattr(self, "_own", {}) else self._known
+        return {k: _wire_value(k, v) for k, v in group.items() if k in known and v is not None}
 
     def _params(self):
         for gi, group in enumerate(self.param_groups):
@@ -515,11 +605,21 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 yield f"g{gi}", f"p{gi}.{pi}", p
 
     def _spec(self):
-        return pb.OptimizerSpec(
+        spec = pb.OptimizerSpec(
             optimizer=self.optimizer_name,
             rule=self.rule_name,
             groups={f"g{i}": _struct(self._group_hypers(g)) for i, g in enumerate(self.param_groups)},
+            group_optimizers=pb.GroupOptimizers(
+                by_group={
+                    f"g{i}": g["optimizer"]
+                    for i, g in enumerate(self.param_groups)
+                    if g.get("optimizer", self.optimizer_name) != self.optimizer_name
+                }
+            ),
         )
+        if self.state_dtype != "float32" or self._state_seed:
+            spec.state_dtype, spec.state_seed = self.state_dtype, self._state_seed
+        return spec
 
     def _check_open(self):
         if self.session_id is None:
@@ -535,10 +635,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
             if p.grad is None or p.numel() == 0:  # nothing to update (the server refuses empty inline tensors)
                 continue
             if p.grad.is_sparse:
-                raise TypeError(
-                    f"parameter {self._label_of(self.param_groups, pid)}: sparse gradients are not supported"
-                )
-            if p.grad.shape != p.shape:
+                check_sparse_grad(self._label_of(self.param_groups, pid), p)
+            elif p.grad.shape != p.shape:
                 raise ValueError(
                     f"parameter {self._label_of(self.param_groups, pid)}: gradient of shape "
                     f"{tuple(p.grad.shape)}, parameter is {tuple(p.shape)}"
@@ -620,6 +718,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         frames = self._state_frames
         sd = super().state_dict()
         sd["mur"] = mur_entry(self._step_no, frames, [pid for _, pid, _ in self._params()], self._session.by_id)
+        sd["mur"]["state_dtype"] = self.state_dtype  # the values are float32 (bfloat16 state widened)
         return sd
 
     def _load_groups(self, groups):
@@ -647,12 +746,18 @@ class RemoteOptimizer(torch.optim.Optimizer):
                     f"load_state_dict: param_groups[{i}] has {len(g.get('params', ()))} parameters, "
                     f"this optimizer's has {len(ours['params'])}"
                 )
+            theirs, mine = g.get("optimizer", self.optimizer_name), ours.get("optimizer", self.optimizer_name)
+            if theirs != mine:
+                raise ValueError(
+                    f"load_state_dict: param_groups[{i}] is optimized by {theirs}, this optimizer's by {mine}"
+                )
+            opt_hypers = self._opt_hypers_of(ours)
             keys = set(g) - _TORCH_NOOP_KEYS
-            foreign = sorted((keys & self._all_opt_hypers) - self._opt_hypers)
+            foreign = sorted((keys & self._all_opt_hypers) - opt_hypers)
             # decoupled_weight_decay: torch < 2.2 has none (then it is False), and it is no flag of keys
-            missing = sorted(self._opt_hypers - keys - _BRIDGE_FLAGS - {"decoupled_weight_decay"})
+            missing = sorted(opt_hypers - keys - _BRIDGE_FLAGS - {"decoupled_weight_decay"})
             # A torch state_dict has torch's formulas: it cannot load where a bridging flag is on.
-            bridged = sorted(k for k in _BRIDGE_FLAGS & self._opt_hypers if k not in g and ours.get(k))
+            bridged = sorted(k for k in _BRIDGE_FLAGS & opt_hypers if k not in g and ours.get(k))
             dwd = g.get("decoupled_weight_decay")
             wrong_dwd = (
                 isinstance(dwd, bool)
@@ -753,7 +858,10 @@ def _default(h):
     if which == "bool_value":
         return h.default_value.bool_value
     if which == "list_value":
-        return tuple(v.number_value for v in h.default_value.list_value.values)
+        # null: Adafactor's eps[0] (torch's None)
+        return tuple(
+            None if v.WhichOneof("kind") == "null_value" else v.number_value for v in h.default_value.list_value.values
+        )
     return None  # "the server's default" (lr_out follows lr unless set)
 
 

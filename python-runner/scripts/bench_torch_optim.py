@@ -41,15 +41,32 @@ OPTIMIZERS = {
     "adamw": lambda params, **kw: torch.optim.AdamW(params, lr=1e-3, **kw),
     "adagrad": lambda params, **kw: torch.optim.Adagrad(params, lr=1e-2, **kw),
     "rmsprop": lambda params, **kw: torch.optim.RMSprop(params, lr=1e-2, **kw),
+    "muon": lambda params, **kw: torch.optim.Muon(params, lr=0.02, **kw),  # torch >= 2.9
 }
+if hasattr(torch.optim, "Adafactor"):  # torch >= 2.5
+    OPTIMIZERS["adafactor"] = lambda params, **kw: torch.optim.Adafactor(params, **kw)
+MATRIX = {"muon"}  # 2-D only: a 2048-row matrix of about n elements, as ts-server/bench/engine.ts
 MODES = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+
+
+def shape_of(name, n):
+    """Adafactor factors a matrix: R x C with R the largest divisor <= sqrt(n), as the server's bench;
+    Muon's is a 2048-row matrix of about n elements."""
+    if name in MATRIX:
+        return (2048, max(1, n // 2048))
+    if name != "adafactor":
+        return (n,)
+    r = int(n**0.5)
+    while n % r:
+        r -= 1
+    return (r, n // r)
 
 
 def make(name, mode, n):
     """A fresh parameter (seed 0) with a gradient, and its optimizer in `mode`."""
     torch.manual_seed(0)
-    p = torch.nn.Parameter(torch.randn(n))
-    p.grad = 0.01 * torch.randn(n)
+    p = torch.nn.Parameter(torch.randn(shape_of(name, n)))
+    p.grad = 0.01 * torch.randn(p.shape)
     return OPTIMIZERS[name]([p], **MODES[mode])
 
 
@@ -58,7 +75,8 @@ def supported(name, mode):
     try:
         make(name, mode, 16).step()
         return True
-    except (TypeError, RuntimeError, ValueError) as e:
+    # KeyError: this torch lacks it (Adafactor < 2.5); AttributeError: no such class (Muon < 2.9)
+    except (TypeError, RuntimeError, ValueError, KeyError, AttributeError) as e:
         print(f"  {name} {mode}: unsupported ({type(e).__name__}: {str(e).splitlines()[0][:100]})", file=sys.stderr)
         return False
 

@@ -11,6 +11,7 @@ jax = pytest.importorskip("jax", reason="jax is not installed here (make jax bui
 optax = pytest.importorskip("optax", reason="optax is not installed here (make jax builds .venv-jax)")
 import jax.numpy as jnp  # noqa: E402
 from jax.experimental import enable_x64  # noqa: E402
+from optax_trajectory import run_optax  # noqa: E402
 
 import mur.optax  # noqa: E402
 from mur import reference  # noqa: E402
@@ -48,31 +49,12 @@ def start(dtype):
     }
 
 
-def gradient(p, t):
-    """g = 0.6 cos(0.7 i + 0.3 t) + 0.4 theta per leaf (depends on theta, so trajectories are not trivial)."""
-    return {
-        k: (0.6 * np.cos(0.7 * np.arange(v.size) + 0.3 * t).reshape(v.shape) + 0.4 * np.asarray(v)).astype(v.dtype)
-        for k, v in p.items()
-    }
-
-
-def run_optax(tx, params):
-    state, out, grads = tx.init(params), [], []
-    for t in range(1, STEPS + 1):
-        g = gradient(params, t)
-        updates, state = tx.update(g, state, params)
-        params = optax.apply_updates(params, updates)
-        grads.append(g)
-        out.append({k: np.asarray(v) for k, v in params.items()})
-    return out, grads
-
-
 @pytest.mark.parametrize("name,h", CASES, ids=IDS)
 def test_reference_is_optax_in_float64(name, h):
     """Both float64, the same maths in another order: ~1e-15 after 30 steps; 1e-12
     is far below what a wrong formula moves (>= 1e-5 after one step)."""
     with enable_x64():
-        want, grads = run_optax(optax_of(name, h), {k: jnp.asarray(v) for k, v in start(np.float64).items()})
+        want, grads = run_optax(optax_of(name, h), {k: jnp.asarray(v) for k, v in start(np.float64).items()}, STEPS)
     params = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in start(np.float64).items()}
     opt = reference.Optimizer(params.values(), optimizer=name, rule="additive", **h)
     for t, g in enumerate(grads):
@@ -91,10 +73,10 @@ def test_server_is_optax_in_float32(request, backend, name, h):
     """float32 both: rounding of ~10 ops a step plus the two norms, 30 steps;
     2e-6 (1 + |theta|), the goldens' bound against torch, holds with room."""
     params = {k: jnp.asarray(v) for k, v in start(np.float32).items()}
-    want, _ = run_optax(optax_of(name, h), params)
+    want, _ = run_optax(optax_of(name, h), params, STEPS)
     tx = mur.optax.remote(name, "additive", server=request.getfixturevalue(backend), **h)
     try:
-        got, _ = run_optax(tx, params)
+        got, _ = run_optax(tx, params, STEPS)
     finally:
         tx.close()
     for t in range(STEPS):

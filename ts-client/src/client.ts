@@ -62,7 +62,14 @@ export class MurClient {
     const inline = total < caps.maxMessageBytes * INLINE_SHARE;
     const reply = await conn
       .call<CreateSessionRequest, CreateSessionReply>(conn.raw.createSession.bind(conn.raw), {
-        spec: { optimizer: spec.optimizer, rule: spec.rule, defaults: spec.defaults, groups: spec.groups ?? {} },
+        spec: {
+          optimizer: spec.optimizer,
+          rule: spec.rule,
+          defaults: spec.defaults,
+          groups: spec.groups ?? {},
+          stateDtype: spec.stateDtype,
+          stateSeed: spec.stateSeed,
+        },
         params: params.map((p) => ({
           id: p.id,
           name: p.name ?? p.id,

@@ -7,8 +7,9 @@ import { auth, type Connection } from './connection';
 import { fromServiceError, MurError } from './errors';
 import { GrpcPlane } from './grpcPlane';
 import type { Plane, SessionLink } from './plane';
+import { stepRows, type RowGrad } from './rows';
 import { StepStream } from './stream';
-import type { Checkpoint, Hypers, Overrides, SlotValues, Values } from './types';
+import type { Checkpoint, Hypers, Overrides, SlotValues, Spec, Values } from './types';
 
 /**
  * The server says the session's arena is gone (mur-reason arena-gone): it
@@ -58,6 +59,23 @@ export class MurSession {
     return out;
   }
 
+  /**
+   * One step with row-sparse gradients (an embedding table's touched rows,
+   * rows.ts): coalesced, sent in a Step message whatever the transport;
+   * returns the new values of those rows. Taken by sparseadam, sgd (no
+   * momentum or weight decay) and adagrad (no weight decay), as torch.optim.
+   */
+  async stepRows(
+    grads: Map<string, RowGrad> | Record<string, RowGrad>,
+    overrides: Overrides = {},
+    step = this.nextStep,
+  ): Promise<Map<string, RowGrad>> {
+    const g = grads instanceof Map ? grads : new Map(Object.entries(grads));
+    const out = await this.link.conn.retrying(() => stepRows(this.link, g, overrides, step));
+    this.nextStep = step + 1;
+    return out;
+  }
+
   /** The step number the next step() uses by default. */
   get next(): number {
     return this.nextStep;
@@ -100,6 +118,8 @@ export class MurSession {
         rule: header.spec.rule,
         defaults: header.spec.defaults as Hypers,
         groups: header.spec.groups as Record<string, Hypers>,
+        stateDtype: (header.spec.stateDtype || undefined) as Spec['stateDtype'],
+        stateSeed: header.spec.stateSeed || undefined,
       };
       return {
         spec,
@@ -151,6 +171,8 @@ export class MurSession {
           rule: header.spec.rule,
           defaults: header.spec.defaults,
           groups: header.spec.groups ?? {},
+          stateDtype: header.spec.stateDtype,
+          stateSeed: header.spec.stateSeed,
         };
     }
     const { conn, caps } = this.link;

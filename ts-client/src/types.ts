@@ -1,12 +1,23 @@
 // The client's vocabulary: what a session is made of and what a step carries.
 
-export type Hypers = Record<string, number | boolean | number[]>;
+/** Hyperparameters by name; a pair may hold null where the optimizer allows it (Adafactor's eps: [null, 1e-3]). */
+export type Hypers = Record<string, number | boolean | Array<number | null>>;
+
+/** How the server stores the optimizer's per-element state (GetCapabilities.stateDtypes lists what it takes). */
+export type StateDtype = 'float32' | 'bfloat16';
 
 export interface Spec {
   optimizer: string;
   rule: string;
   defaults?: Hypers;
   groups?: Record<string, Hypers>;
+  /**
+   * "float32" (default) or "bfloat16": half the state bytes, computed in
+   * float32 and stored with stochastic rounding seeded by stateSeed (default
+   * 0). Checkpoints carry the values as float32 either way.
+   */
+  stateDtype?: StateDtype;
+  stateSeed?: number;
 }
 
 export interface ParamInit {

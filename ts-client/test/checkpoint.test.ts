@@ -114,4 +114,24 @@ describe('MurSession checkpoints', () => {
     await s.close();
     await other.close();
   });
+
+  it('stateDtype "bfloat16": listed in capabilities, carried by checkpoints with its seed, an unknown one refused by name', async () => {
+    const caps = await client.capabilities();
+    assert.deepEqual(caps.stateDtypes, ['float32', 'bfloat16']);
+    assert.deepEqual(caps.storedStateDtypes, ['float32']); // this server runs the wasm engine: it keeps float32
+    const s = await client.createSession({ ...spec, stateDtype: 'bfloat16', stateSeed: 12 }, init(), { transport: 'grpc' });
+    await steps(s, 1, 2);
+    const cp = await s.checkpoint();
+    assert.equal(cp.spec?.stateDtype, 'bfloat16');
+    assert.equal(cp.spec?.stateSeed, 12);
+    const resumed = await client.createSession({ ...spec, stateDtype: 'bfloat16', stateSeed: 12 }, init(), { transport: 'grpc' });
+    await resumed.restore(cp);
+    assert.deepEqual(await steps(resumed, 3, 4), await steps(s, 3, 4));
+    await s.close();
+    await resumed.close();
+    await assert.rejects(
+      client.createSession({ ...spec, stateDtype: 'float8' as 'float32' }, init()),
+      (e: unknown) => e instanceof InvalidArgumentError && /state_dtype/.test((e as Error).message),
+    );
+  });
 });

@@ -15,11 +15,14 @@
 // rounds. Prints a table, then one JSON line per row.
 //
 //   BENCH_SIZES=1000000,4000000,64000000,256000000  parameters per tensor
-//   BENCH_OPTIMIZERS=sgd,adam,adamw,adagrad,rmsprop
+//   BENCH_OPTIMIZERS=sgd,adam,adamw,adagrad,rmsprop,adafactor,sparseadam  (adafactor: an R x C matrix, shapeOf;
+//     sparseadam: its own rows, bench/sparse.ts)
 //   BENCH_RULES=additive,multiplicative,hybrid,exp_sign  (above 4M: additive unless set)
 //   BENCH_BACKENDS=native,tensorflow,wasm  (tfjs engines up to 4M parameters)
 //   BENCH_ROUNDS=7  (above 4M: 3)
 //   BENCH_THREADS=1,2
+//   BENCH_STATE_DTYPES=float32  (and/or bfloat16: the state_dtype of mur's sessions; one row each)
+import { benchSparse, sparseTable } from './sparse';
 import { spawn, type ChildProcessByStdio } from 'child_process';
 import type { Readable, Writable } from 'stream';
 import * as fs from 'fs';
@@ -27,7 +30,9 @@ import * as path from 'path';
 import * as readline from 'readline';
 import { availableBackends, initBackend, type BackendName } from '../src/engine/backend';
 import { currentEngine } from '../src/engine/engine';
+import { elementBytes, type StateDtype } from '../src/engine/stateDtype';
 import { loadNative, NativeEngine } from '../src/engine/native';
+import { slotSize } from '../src/engine/slots';
 import { resolveGroup, resolveSpec, type ResolvedSpec } from '../src/registry';
 import { Session } from '../src/session/session';
 
@@ -35,32 +40,61 @@ const SMALL = 4_000_000; // the largest size every side runs at with every rule 
 const list = (v: string | undefined, d: string) => (v ?? d).split(',').filter(Boolean);
 const SIZES = list(process.env.BENCH_SIZES, '1000000,4000000,64000000,256000000').map(Number);
 const THREADS = list(process.env.BENCH_THREADS, '1,2').map(Number);
+const STATE_DTYPES = list(process.env.BENCH_STATE_DTYPES, 'float32') as StateDtype[];
 const HYPERS: Record<string, Record<string, unknown>> = {
   sgd: { lr: 0.01, momentum: 0.9 },
   adam: {},
   adamw: {},
   adagrad: {},
   rmsprop: {},
+  adafactor: {},
+  muon: { lr: 0.02 },
 };
-const OPTIMIZERS = list(process.env.BENCH_OPTIMIZERS, Object.keys(HYPERS).join(','));
+/*
+ * Muon works on matrices: a 2048-row matrix of about n elements (4M: 2048 x
+ * 1953; 4194304: 2048 x 2048), up to 2048 x 2048, with the additive rule
+ * unless BENCH_RULES says (its step is Newton-Schulz's matrix products, not
+ * memory traffic: the other rules add one element pass).
+ */
+const MATRIX = new Set(['muon']);
+const MATRIX_MAX = 2048 * 2048;
+/** Adafactor factors a matrix: n as R x C with R the largest divisor <= sqrt(n) (4M: 2000 x 2000); the rest a vector. */
+function shapeOf(optimizer: string, n: number): number[] {
+  if (MATRIX.has(optimizer)) return [2048, Math.max(1, Math.floor(n / 2048))];
+  if (optimizer !== 'adafactor') return [n];
+  let r = Math.floor(Math.sqrt(n));
+  while (n % r !== 0) r--;
+  return [r, n / r];
+}
+const OPTIMIZERS = list(process.env.BENCH_OPTIMIZERS, [...Object.keys(HYPERS), 'sparseadam'].join(','));
 const RULE_HYPERS: Record<string, Record<string, unknown>> = {
   additive: {},
   multiplicative: { lr_out: 1e-3 },
   hybrid: { lr_out: 1e-3, gamma: 0.9 },
   exp_sign: {},
 };
-const rulesAt = (n: number) => list(process.env.BENCH_RULES, n > SMALL ? 'additive' : Object.keys(RULE_HYPERS).join(','));
+const rulesAt = (n: number, optimizer = '') =>
+  list(process.env.BENCH_RULES, n > SMALL || MATRIX.has(optimizer) ? 'additive' : Object.keys(RULE_HYPERS).join(','));
 const roundsAt = (n: number) => Number(process.env.BENCH_ROUNDS ?? (n > SMALL ? 3 : 7));
 /** Steps per side per round: about 20M elements, at least one. */
 const stepsAt = (n: number) => Math.max(1, Math.min(50, Math.floor(2e7 / n)));
 const ROOT = path.join(__dirname, '../../..');
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 
-/** Bytes a step must move per parameter: read theta and g, write theta, read and write every full-size slot. */
-function bytesPerParam(spec: ResolvedSpec): number {
+/** Per-element slots of a spec's default group for a parameter of this shape. */
+function fullSlots(spec: ResolvedSpec, shape: number[]): number {
   const h = resolveGroup(spec, '');
-  const slots = [...spec.optimizer.slots, ...spec.rule.slots].filter((s) => !s.scalar && (!s.when || s.when(h)));
-  return 4 * (3 + 2 * slots.length);
+  const n = shape.reduce((a, b) => a * b, 1);
+  return [...spec.optimizer.slots, ...spec.rule.slots].filter((s) => slotSize(s, shape) === n && !s.scalar && (!s.when || s.when(h)))
+    .length;
+}
+
+/**
+ * Bytes a step must move per parameter: read theta and g, write theta (4 each), read and write every
+ * per-element slot (4 each in float32, 2 in bfloat16, where the engine stores it: 28 or 20 for Adam).
+ */
+function bytesPerParam(spec: ResolvedSpec, shape: number[], per = 4): number {
+  return 12 + 2 * per * fullSlots(spec, shape);
 }
 
 /** A torch.optim process in --serve mode (python-runner/scripts/bench_torch_optim.py). */
@@ -117,9 +151,16 @@ function murSide(
   n: number,
   grad: Float32Array,
   values: Float32Array,
-): { side: Side; session: Session; bytes: number } {
-  const spec = resolveSpec({ optimizer, rule, defaults: { ...HYPERS[optimizer], ...RULE_HYPERS[rule] } });
-  const s = new Session('bench', spec, [{ id: 'w', name: 'w', shape: [n], group: '', values }]);
+  dtype: StateDtype,
+): { side: Side; session: Session; bytes: number; stateBytes: number; slots: number; dtype: StateDtype } {
+  const spec = resolveSpec({
+    optimizer,
+    rule,
+    defaults: { ...HYPERS[optimizer], ...RULE_HYPERS[rule] },
+    ...(dtype === 'float32' ? {} : { state_dtype: dtype }),
+  });
+  const per = elementBytes(currentEngine().storedStateDtypes.includes(dtype) ? dtype : 'float32');
+  const s = new Session('bench', spec, [{ id: 'w', name: 'w', shape: shapeOf(optimizer, n), group: '', values }]);
   let t = 0;
   for (; t < 3;) s.step(++t, [{ id: 'w', data: grad }]);
   const side: Side = {
@@ -135,7 +176,15 @@ function murSide(
       return Promise.resolve(out);
     },
   };
-  return { side, session: s, bytes: bytesPerParam(spec) };
+  const shape = shapeOf(optimizer, n);
+  return {
+    side,
+    session: s,
+    bytes: bytesPerParam(spec, shape, per),
+    stateBytes: per * fullSlots(spec, shape),
+    slots: fullSlots(spec, shape),
+    dtype,
+  };
 }
 
 function torchSide(torch: Torch, name: string): Side {
@@ -172,12 +221,16 @@ async function main() {
     const threadSet = native ? THREADS : backend === 'wasm' ? [1] : [Math.max(...THREADS)];
     for (const n of SIZES) {
       if (!native && n > SMALL) continue;
-      const grad = fill(n, 0.01, Math.cos);
-      const values = fill(n, 1, Math.sin);
+      const gradAll = fill(n, 0.01, Math.cos);
+      const valuesAll = fill(n, 1, Math.sin);
       for (const threads of threadSet) {
         native?.setThreads(threads);
-        for (const optimizer of OPTIMIZERS) {
-          process.stderr.write(`${backend} x${threads} ${optimizer} ${n} ...\n`);
+        for (const optimizer of OPTIMIZERS.filter((o) => o !== 'sparseadam')) {
+          if (optimizer === 'adafactor' && n > SMALL) continue; // torch's materializes R x C temporaries: up to 4M
+          if (MATRIX.has(optimizer) && n > MATRIX_MAX) continue;
+          const elems = shapeOf(optimizer, n).reduce((a, b) => a * b, 1); // the elements this optimizer's tensor has
+          const [grad, values] = elems === n ? [gradAll, valuesAll] : [gradAll.subarray(0, elems), valuesAll.subarray(0, elems)];
+          process.stderr.write(`${backend} x${threads} ${optimizer} ${elems} ...\n`);
           const sides: Side[] = [];
           // torch 2.x: fused where it has it, else foreach and (up to 4M) the default, the faster reported.
           const torchSides: Side[] = [];
@@ -187,8 +240,9 @@ async function main() {
           // One torch optimizer per process at a time: the 2.x candidates beyond the first are measured in turn.
           const torchBest: Array<{ mode: string; sec: number }> = [];
           let t1: Side | null = null;
-          if (torch1 && n <= SMALL) {
+          if (torch1 && n <= SMALL && (await modesOf(torch1, optimizer)).includes('default')) {
             await torch1.ask({ cmd: 'setup', optimizer, mode: 'default', params: n, threads });
+            await torch1.ask({ cmd: 'setup', optimizer, mode: 'default', params: elems, threads });
             t1 = torchSide(torch1, 'torch1');
             torchSides.push(t1);
           }
@@ -197,7 +251,7 @@ async function main() {
           if (native && addon) {
             // On the engine's own kind of memory (huge pages from 2 MiB), beside the same gradient.
             const own = (f: (a: Float32Array) => void) => {
-              const a = addon.allocFloats(n);
+              const a = addon.allocFloats(elems);
               f(a);
               return a;
             };
@@ -216,10 +270,12 @@ async function main() {
               },
             };
           }
-          const mur = rulesAt(n).map((rule) => murSide(optimizer, rule, n, grad, values));
+          const mur = rulesAt(n, optimizer).flatMap((rule) =>
+            STATE_DTYPES.map((dtype) => murSide(optimizer, rule, elems, grad, values, dtype)),
+          );
           for (const [i, mode] of t2tried.entries()) {
             if (!torch2) break;
-            await torch2.ask({ cmd: 'setup', optimizer, mode, params: n, threads });
+            await torch2.ask({ cmd: 'setup', optimizer, mode, params: elems, threads });
             const t2 = torchSide(torch2, `torch2 ${mode}`);
             // The first candidate runs in every round with mur; further ones only beside the limit and torch 1.13.
             sides.length = 0;
@@ -238,28 +294,31 @@ async function main() {
           for (const m of mur) m.session.dispose();
           const best = torchBest.reduce<{ mode: string; sec: number } | null>((a, r) => (!a || r.sec < a.sec ? r : a), null);
           const limitSec = limit ? median(limit.times) : null;
-          const limitGbs = limitSec ? (28 * n) / limitSec / 1e9 : null;
+          const limitGbs = limitSec ? (28 * elems) / limitSec / 1e9 : null;
           for (const m of mur) {
             const sec = median(m.side.times);
-            const gbs = (m.bytes * n) / sec / 1e9;
-            const torchGbs = best ? (m.bytes * n) / best.sec / 1e9 : null;
+            const gbs = (m.bytes * elems) / sec / 1e9;
+            const torchBytes = 12 + 8 * m.slots; // torch keeps float32 state
+            const torchGbs = best ? (torchBytes * elems) / best.sec / 1e9 : null;
             rows.push({
               optimizer,
               rule: m.side.name,
+              state_dtype: m.dtype,
+              state_bytes_per_param: m.stateBytes,
               backend,
-              params: n,
+              params: elems,
               threads,
               ms_per_step: +(sec * 1e3).toFixed(3),
-              mparams_per_s: +(n / sec / 1e6).toFixed(1),
+              mparams_per_s: +(elems / sec / 1e6).toFixed(1),
               bytes_per_param: m.bytes,
               gb_per_s: +gbs.toFixed(1),
               limit_gb_per_s: limitGbs ? +limitGbs.toFixed(1) : null,
               limit_fraction: limitGbs ? +(gbs / limitGbs).toFixed(3) : null,
-              torch_best_mparams_per_s: best ? +(n / best.sec / 1e6).toFixed(1) : null,
+              torch_best_mparams_per_s: best ? +(elems / best.sec / 1e6).toFixed(1) : null,
               torch_best_mode: best ? `${torch2!.version} ${best.mode}` : null,
               torch_gb_per_s: torchGbs ? +torchGbs.toFixed(1) : null,
               torch_limit_fraction: torchGbs && limitGbs ? +(torchGbs / limitGbs).toFixed(3) : null,
-              torch_default_mparams_per_s: t1 ? +(n / median(t1.times) / 1e6).toFixed(1) : null,
+              torch_default_mparams_per_s: t1 ? +(elems / median(t1.times) / 1e6).toFixed(1) : null,
               ratio: best ? +(best.sec / sec).toFixed(3) : null,
             });
           }
@@ -269,6 +328,13 @@ async function main() {
   }
   torch2?.close();
   torch1?.close();
+  // SparseAdam: a [1M, 64] table, 1% of its rows touched a step (bench/sparse.ts), native engine only.
+  let sparse: Array<Record<string, unknown>> = [];
+  if (OPTIMIZERS.includes('sparseadam') && availableBackends().includes('native')) {
+    await initBackend('native');
+    const native = currentEngine() as NativeEngine;
+    sparse = benchSparse(ROOT, list(process.env.BENCH_RULES, Object.keys(RULE_HYPERS).join(',')), THREADS, (k) => native.setThreads(k));
+  }
   const versions = [torch2?.version, torch1?.version].filter(Boolean).join(' and ');
   console.log(
     `torch ${versions}; native SIMD target ${target ?? 'n/a'}; one step on one float32 tensor (median); limit = the limit kernel's GB/s at 28 B/param`,
@@ -276,6 +342,8 @@ async function main() {
   const head = [
     'optimizer',
     'rule',
+    'state',
+    'state B/p',
     'backend',
     'thr',
     'params',
@@ -293,6 +361,8 @@ async function main() {
   const cell = (r: Record<string, unknown>) => [
     r.optimizer,
     r.rule,
+    r.state_dtype,
+    r.state_bytes_per_param,
     r.backend,
     r.threads,
     r.params,
@@ -310,6 +380,10 @@ async function main() {
   console.log(`| ${head.join(' | ')} |\n|${head.map(() => ' --- ').join('|')}|`);
   for (const r of rows) console.log(`| ${cell(r).map(String).join(' | ')} |`);
   for (const r of rows) console.log(JSON.stringify(r));
+  if (sparse.length > 0) {
+    console.log(`\n${sparseTable(sparse)}`);
+    for (const r of sparse) console.log(JSON.stringify(r));
+  }
 }
 
 main().catch((e) => {

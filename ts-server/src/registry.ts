@@ -3,6 +3,7 @@
 // and the CLI's --config file can never disagree).
 import Ajv2020, { type ErrorObject } from 'ajv/dist/2020';
 import type { HyperSpec, Hypers, HyperValue, ItemBounds, OptimizerDef, RuleDef } from './engine/types';
+import { STATE_DTYPES, type StateFormat } from './engine/stateDtype';
 import { InvalidArgument } from './errors';
 import { OPTIMIZERS } from './optimizers';
 import { RULES } from './rules';
@@ -13,6 +14,12 @@ export interface SpecJson {
   rule: string;
   defaults?: Record<string, unknown>;
   groups?: Record<string, Record<string, unknown>>;
+  /** A group's own optimizer, by group name (Muon for matrices, AdamW for the rest). */
+  group_optimizers?: Record<string, string>;
+  /** How per-element optimizer state is stored: "float32" (default) or "bfloat16" (engine/stateDtype.ts). */
+  state_dtype?: string;
+  /** The seed of bfloat16 state's stochastic rounding (default 0). */
+  state_seed?: number;
 }
 
 /** A spec whose every group has all its hyperparameters. */
@@ -22,6 +29,20 @@ export interface ResolvedSpec {
   /** The hyperparameters as given (defaults and per group), for export. */
   defaults: Record<string, HyperValue>;
   groups: Record<string, Record<string, HyperValue>>;
+  /** Groups whose optimizer is not `optimizer`. */
+  groupOptimizers: Record<string, OptimizerDef>;
+  /** state_dtype and state_seed, fixed at session creation. */
+  state: StateFormat;
+}
+
+/** The optimizer of one group. */
+export function optimizerOf(spec: ResolvedSpec, group: string): OptimizerDef {
+  return spec.groupOptimizers[group] ?? spec.optimizer;
+}
+
+/** True when some group has an optimizer of its own (a mixed session). */
+export function isMixed(spec: ResolvedSpec): boolean {
+  return Object.values(spec.groupOptimizers).some((o) => o !== spec.optimizer);
 }
 
 export function findOptimizer(name: string): OptimizerDef | undefined {
@@ -37,7 +58,7 @@ export function hyperTable(opt: OptimizerDef, rule: RuleDef): HyperSpec[] {
 }
 
 function numberSchema(h: ItemBounds): Record<string, unknown> {
-  const s: Record<string, unknown> = { type: 'number' };
+  const s: Record<string, unknown> = { type: h.nullable ? ['number', 'null'] : 'number' };
   if (h.minimum !== undefined) s.minimum = h.minimum;
   if (h.maximum !== undefined) s.maximum = h.maximum;
   if (h.exclusiveMinimum !== undefined) s.exclusiveMinimum = h.exclusiveMinimum;
@@ -51,9 +72,13 @@ export function hyperSchema(h: HyperSpec): Record<string, unknown> {
     case 'boolean':
       return { ...base, type: 'boolean' };
     case 'number':
-      return { ...base, ...numberSchema(h) };
+      return { ...base, ...numberSchema(h), ...(h.integer ? { type: 'integer' } : {}) };
+    case 'choice':
+      return { ...base, enum: [...(h.choices ?? []), null] };
+    case 'triple':
+      return { ...base, type: 'array', items: numberSchema(h), minItems: 3, maxItems: 3 };
     case 'pair': {
-      const both = numberSchema(h);
+      const both = numberSchema({ ...h, nullable: h.items?.some((b) => b.nullable) });
       const each = h.items ? { prefixItems: h.items.map((b) => numberSchema({ ...h, ...b })) } : {};
       return { ...base, type: 'array', items: both, ...each, minItems: 2, maxItems: 2 };
     }
@@ -95,6 +120,18 @@ export function specSchema(): Record<string, unknown> {
       rule: { enum: RULES.map((r) => r.name) },
       defaults: { type: 'object' },
       groups: { type: 'object', additionalProperties: { type: 'object' } },
+      group_optimizers: { type: 'object', additionalProperties: { enum: OPTIMIZERS.map((o) => o.name) } },
+      state_dtype: {
+        enum: [...STATE_DTYPES],
+        description:
+          'How per-element optimizer state is stored: float32 (default) or bfloat16 (computed in float32, stored with seeded stochastic rounding; engines that cannot store it keep float32: GetCapabilities.stored_state_dtypes)',
+      },
+      state_seed: {
+        type: 'integer',
+        minimum: 0,
+        maximum: 0xffffffff,
+        description: 'The seed of bfloat16 state rounding (default 0): the same seed, gradients and steps give the same state',
+      },
     },
     allOf: branches,
   };
@@ -140,8 +177,23 @@ function describe(e: ErrorObject, root: unknown, prefix: string): string {
   return `${prefix}${where}: ${value} ${e.message}`;
 }
 
-/** Throws InvalidArgument naming the first bad field and its value. */
+/**
+ * Throws InvalidArgument naming the first bad field and its value. A group
+ * with an optimizer of its own is checked against that optimizer's table
+ * (the schema's branch for it), under the same path (groups.<name>.<key>).
+ */
 export function checkSpecJson(spec: unknown, prefix = ''): asserts spec is SpecJson {
+  const s = spec as SpecJson;
+  const named = spec !== null && typeof spec === 'object' && s.group_optimizers !== null && typeof s.group_optimizers === 'object';
+  const own = named ? Object.entries(s.group_optimizers!).filter(([, o]) => o !== s.optimizer) : [];
+  if (own.length === 0 || s.groups === null || typeof s.groups !== 'object') return validate(spec, prefix);
+  const rest = { ...s.groups };
+  for (const [g] of own) delete rest[g];
+  validate({ ...s, groups: rest }, prefix); // the spec's own fields, group_optimizers' names, the other groups
+  for (const [g, o] of own) validate({ optimizer: o, rule: s.rule, groups: { [g]: s.groups[g] ?? {} } }, prefix);
+}
+
+function validate(spec: unknown, prefix: string): void {
   if (!validateSpecJson(spec)) {
     const errors = validateSpecJson.errors ?? [];
     // The most specific error: skip the "must match then schema" wrappers.
@@ -155,7 +207,8 @@ export function checkSpecJson(spec: unknown, prefix = ''): asserts spec is SpecJ
  * default > the value of its defaultFrom. A missing required one is named.
  */
 export function resolveGroup(spec: ResolvedSpec, group: string): Hypers {
-  const table = hyperTable(spec.optimizer, spec.rule);
+  const opt = optimizerOf(spec, group);
+  const table = hyperTable(opt, spec.rule);
   const given = { ...spec.defaults, ...(spec.groups[group] ?? {}) };
   const out: Hypers = {};
   for (const h of table) {
@@ -169,7 +222,7 @@ export function resolveGroup(spec: ResolvedSpec, group: string): Hypers {
       out[h.name] = h.defaultFactor !== undefined && typeof from === 'number' ? h.defaultFactor * from : from;
     } else {
       const where = group === '' ? 'defaults' : `groups.${group}`;
-      throw new InvalidArgument(`${where}.${h.name}: required by ${spec.optimizer.name} with the ${spec.rule.name} rule`);
+      throw new InvalidArgument(`${where}.${h.name}: required by ${opt.name} with the ${spec.rule.name} rule`);
     }
   }
   return out;
@@ -183,9 +236,23 @@ export function resolveSpec(json: unknown, groupsInUse: Iterable<string> = [''])
     rule: findRule(json.rule)!,
     defaults: (json.defaults ?? {}) as Record<string, HyperValue>,
     groups: (json.groups ?? {}) as Record<string, Record<string, HyperValue>>,
+    groupOptimizers: Object.fromEntries(
+      Object.entries(json.group_optimizers ?? {})
+        .filter(([, o]) => o !== json.optimizer)
+        .map(([g, o]) => [g, findOptimizer(o)!]),
+    ),
+    state: { dtype: (json.state_dtype ?? 'float32') as StateFormat['dtype'], seed: json.state_seed ?? 0 },
   };
   for (const g of groupsInUse) resolveGroup(spec, g);
   return spec;
+}
+
+/** Refuses a parameter that its group's optimizer cannot take (Muon: 2-D only), by the parameter's name. */
+export function checkShapes(spec: ResolvedSpec, decls: ReadonlyArray<{ id: string; name: string; shape: number[]; group: string }>): void {
+  decls.forEach((d, i) => {
+    const why = optimizerOf(spec, d.group).refuseShape?.(d.shape);
+    if (why) throw new InvalidArgument(`params[${i}] '${d.name || d.id}' (shape ${JSON.stringify(d.shape)}): ${why}`);
+  });
 }
 
 /**
@@ -199,12 +266,12 @@ export function withOverrides(
 ): ResolvedSpec {
   const groups: Record<string, Record<string, unknown>> = { ...spec.groups };
   for (const [g, o] of Object.entries(overrides)) groups[g] = { ...(groups[g] ?? {}), ...o };
-  const json = { optimizer: spec.optimizer.name, rule: spec.rule.name, defaults: spec.defaults, groups };
+  const json = { ...specJson(spec), groups };
   const next = resolveSpec(json, groupsInUse);
   for (const g of groupsInUse) {
     const before = resolveGroup(spec, g);
     const after = resolveGroup(next, g);
-    for (const h of hyperTable(spec.optimizer, spec.rule)) {
+    for (const h of hyperTable(optimizerOf(spec, g), spec.rule)) {
       if (h.fixed && JSON.stringify(before[h.name]) !== JSON.stringify(after[h.name])) {
         throw new InvalidArgument(
           `group_overrides.${g || '""'}.${h.name}: ${JSON.stringify(after[h.name])} cannot change after session creation (was ${JSON.stringify(before[h.name])})`,
@@ -213,4 +280,17 @@ export function withOverrides(
     }
   }
   return next;
+}
+
+/**
+ * A resolved spec as JSON again (group_optimizers only when some group has its own,
+ * its state format only where it is not the default).
+ */
+export function specJson(spec: ResolvedSpec): SpecJson {
+  const json: SpecJson = { optimizer: spec.optimizer.name, rule: spec.rule.name, defaults: spec.defaults, groups: spec.groups };
+  const own = Object.entries(spec.groupOptimizers);
+  if (own.length) json.group_optimizers = Object.fromEntries(own.map(([g, o]) => [g, o.name]));
+  if (spec.state.dtype !== 'float32') json.state_dtype = spec.state.dtype;
+  if (spec.state.seed !== 0) json.state_seed = spec.state.seed;
+  return json;
 }

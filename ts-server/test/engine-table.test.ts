@@ -3,15 +3,18 @@
 // reference of test/reference. Also: no tensor leaks over many steps.
 import { strict as assert } from 'assert';
 import { currentEngine } from '../src/engine/engine';
+import { STATE_DTYPES, type StateDtype } from '../src/engine/stateDtype';
 import { OPTIMIZERS } from '../src/optimizers';
 import { resolveGroup, resolveSpec, withOverrides } from '../src/registry';
 import { RULES } from '../src/rules';
-import { Session } from '../src/session/session';
-import { refStep, type H, type RefState } from './reference/reference';
+import { Session, sizeOf } from '../src/session/session';
+import { roundNearest, roundSlot } from './reference/bf16';
+import { refStep, type H, type RefState, type Store } from './reference/reference';
 
 const SHAPE = [3, 5];
-const N = 15;
 const STEPS = 50;
+/** A variant's own parameter shape (Adafactor factors >= 2 dims and keeps vectors whole). */
+const SHAPED = 'shape';
 
 /*
  * A learning-rate schedule (sent as a step override, as a client's scheduler
@@ -71,12 +74,29 @@ const VARIANTS: Record<string, Array<Record<string, unknown>>> = {
   rprop: [{}, { lr: 1e-3, etas: [0.3, 1.5] }, { lr: 0.05, etas: [0.5, 1.9], step_sizes: [1e-3, 0.08] }, { lr: 0.01, [SCHEDULE]: true }],
   // t0 small enough that the average ax starts (mu < 1) within the 50 steps; ax is checked below.
   asgd: [{}, { lr: 0.05, lambd: 0.01, alpha: 0.6, t0: 10, weight_decay: 0.01 }, { lr: 0.05, lambd: 0.05, t0: 5, [SCHEDULE]: true }],
+  // Dense gradients are refused (as torch's): its rows are in sparse-table.test.ts.
+  sparseadam: [],
   lamb: [{ lr: 0.01 }, { lr: 0.01, weight_decay: 0.1, betas: [0.8, 0.99] }],
   // trust_coefficient 0.05: the trust-ratio step moves theta visibly within 50 steps.
   lars: [
     { lr: 0.5, trust_coefficient: 0.05 },
     { lr: 0.5, trust_coefficient: 0.05, weight_decay: 0.01, nesterov: true, eps: 0.1 },
     { lr: 0.5, trust_coefficient: 0.05, momentum: 0, [SCHEDULE]: true },
+  ],
+  // 2-D, a vector, 3-D (two 3x4 matrices), eps1 given, the clip d above the update's RMS, weight decay, a schedule.
+  adafactor: [
+    {},
+    { [SHAPED]: [15] },
+    { [SHAPED]: [2, 3, 4], beta2_decay: -0.5, eps: [1e-30, 1e-3], weight_decay: 0.1 },
+    { lr: 0.05, d: 1.5, eps: [null, 0.01] },
+    { [SHAPED]: [5, 3], lr: 0.05, [SCHEDULE]: true },
+  ],
+  // SHAPE is wide (3 x 5); test/muon.test.ts holds the tall case (the transposition) and the refusals.
+  muon: [
+    { lr: 0.02 },
+    { lr: 0.02, nesterov: false, weight_decay: 0, momentum: 0.9 },
+    { lr: 0.02, adjust_lr_fn: 'match_rms_adamw', ns_steps: 3, eps: 1e-3 },
+    { lr: 0.02, adjust_lr_fn: 'spectral_unclamped', ns_coefficients: [2, -1.5, 0.5], [SCHEDULE]: true },
   ],
 };
 
@@ -88,7 +108,7 @@ const RULE_SETTINGS: Record<string, Record<string, unknown>> = {
   exp_sign: {},
 };
 
-const theta0 = () => Array.from({ length: N }, (_, i) => Math.sin(1.3 * i + 0.4) * 0.8 + (i % 3 === 0 ? 0.05 : -0.1));
+const theta0 = (N: number) => Array.from({ length: N }, (_, i) => Math.sin(1.3 * i + 0.4) * 0.8 + (i % 3 === 0 ? 0.05 : -0.1));
 /** A deterministic gradient that depends on theta (so trajectories are not trivial). */
 const gradient = (th: number[], t: number) => th.map((v, i) => 0.6 * Math.cos(0.7 * i + 0.3 * t) + 0.4 * v);
 
@@ -118,27 +138,79 @@ interface Row {
   rule: string;
   hypers: Record<string, unknown>;
   scheduled: boolean;
+  shape: number[];
+  /** state_dtype (bfloat16 rows: the first variant of each optimizer, every rule) */
+  dtype: StateDtype;
 }
+
+const SEED = 7;
+
+/**
+ * How the reference stores state for a row: as computed (float32 state, or
+ * bfloat16 on an engine that keeps it in float32), or rounded as bfloat16
+ * with the engine's stochastic rounding (reference/bf16.ts) at each step.
+ */
+function storeFor(row: Row): (t: number) => Store {
+  if (row.dtype === 'float32' || !currentEngine().storedStateDtypes.includes(row.dtype)) return () => () => undefined;
+  const decls = OPTIMIZERS.find((o) => o.name === row.optimizer)!.slots;
+  return (t) =>
+    Object.assign(
+      (s: RefState) =>
+        decls.forEach((d, k) => {
+          if (!d.scalar && s[d.name]) roundSlot(s[d.name], SEED, 0, t, k);
+        }),
+      { fill: roundNearest },
+    );
+}
+
+/*
+ * Tolerance of bfloat16 rows. The reference rounds what it computes in
+ * float64 (made float32 first) with the engine's own random bits, so the two
+ * store the same bfloat16 unless the engine's float32 value and the
+ * reference's straddle a rounding threshold: they differ by a few float32 ulp,
+ * the threshold is uniform over the 2^16 float32 values between two bfloat16
+ * ones, so a store flips with probability ~2^-15 and then differs by one
+ * bfloat16 ulp (2^-8 relative), moving d by up to that for ~1 / (1 - beta)
+ * steps. Theta is held to 2e-4 absolute + relative and each slot to 2^-7
+ * relative (two bfloat16 ulp) + 1e-6, and every stored slot element must be a
+ * bfloat16 (low 16 bits zero). Measured: the worst theta error of every row is
+ * 0.003 of that bound (~6e-7: no store flipped with this seed), while a
+ * reference that rounds toward zero instead of stochastically fails 48 of the
+ * 56 rows, and a formula error moves theta by 1e-3 or more (above).
+ */
+const BF16_TOL = 2e-4;
+const BF16_SLOT_RTOL = 2 ** -7;
 
 const BRIDGES = ['eps_before_correction', 'eps_in_sqrt', 'lr_in_momentum'];
 
 const rows: Row[] = [];
 for (const o of OPTIMIZERS) {
   for (const r of RULES) {
-    for (const { [SCHEDULE]: scheduled, ...v } of VARIANTS[o.name] ?? [{}]) {
-      rows.push({ optimizer: o.name, rule: r.name, hypers: { ...v, ...RULE_SETTINGS[r.name] }, scheduled: scheduled === true });
-    }
+    (VARIANTS[o.name] ?? [{}]).forEach(({ [SCHEDULE]: scheduled, [SHAPED]: shape, ...v }, k) => {
+      for (const dtype of STATE_DTYPES) {
+        if (dtype !== 'float32' && k > 0) continue;
+        rows.push({
+          optimizer: o.name,
+          rule: r.name,
+          hypers: { ...v, ...RULE_SETTINGS[r.name] },
+          scheduled: scheduled === true,
+          shape: (shape as number[] | undefined) ?? SHAPE,
+          dtype,
+        });
+      }
+    });
   }
 }
 
 /** The reference trajectory alone (no engine), for the hyperparameters of each step. */
 function refTrajectory(row: Row, hAt: (t: number) => H): number[] {
-  let th = Array.from(Float32Array.from(theta0()));
+  let th = Array.from(Float32Array.from(theta0(sizeOf(row.shape))));
   const s: RefState = {};
   const rs: RefState = {};
+  const store = storeFor(row);
   for (let t = 1; t <= STEPS; t++) {
     const g = Array.from(Float32Array.from(gradient(th, t)));
-    th = refStep(row.optimizer, row.rule, th, g, s, rs, hAt(t), t);
+    th = refStep(row.optimizer, row.rule, th, g, s, rs, hAt(t), t, row.shape, store(t));
   }
   return th;
 }
@@ -150,8 +222,31 @@ describe('engine table: every optimizer x rule vs the float64 reference (50 step
   });
 
   for (const row of rows) {
-    it(`${row.optimizer} x ${row.rule} ${JSON.stringify(row.hypers)}${row.scheduled ? ' under an lr schedule' : ''}`, () => {
-      const json = { optimizer: row.optimizer, rule: row.rule, defaults: row.hypers };
+    const shaped = row.shape === SHAPE ? '' : ` shape ${JSON.stringify(row.shape)}`;
+    const title = `${row.optimizer} x ${row.rule} ${JSON.stringify(row.hypers)}${shaped}${row.scheduled ? ' under an lr schedule' : ''}`;
+    it(`${title}${row.dtype === 'float32' ? '' : `, state_dtype ${row.dtype}`}`, () => {
+      const engine = currentEngine();
+      const bf16 = row.dtype === 'bfloat16' && engine.storedStateDtypes.includes('bfloat16');
+      const atol = bf16 ? BF16_TOL : ATOL;
+      const rtol = bf16 ? BF16_TOL : RTOL;
+      const store = storeFor(row);
+      const json = {
+        optimizer: row.optimizer,
+        rule: row.rule,
+        defaults: row.hypers,
+        ...(row.dtype === 'float32' ? {} : { state_dtype: row.dtype, state_seed: SEED }),
+      };
+      if (bf16 && engine.takesStateDtype && !engine.takesStateDtype(row.optimizer, row.dtype)) {
+        // A kernel that cannot keep bfloat16 state (Adafactor's factored slots): refused, by name, at creation.
+        assert.throws(
+          () =>
+            new Session('table', resolveSpec(json), [
+              { id: 'w', name: 'w', shape: row.shape, group: '', values: new Float32Array(sizeOf(row.shape)) },
+            ]),
+          /state_dtype/,
+        );
+        return;
+      }
       const spec = resolveSpec(json);
       // This step's override (a schedule) and the hyperparameters it resolves to.
       const lr0 = resolveGroup(spec, '').lr as number;
@@ -165,8 +260,9 @@ describe('engine table: every optimizer x rule vs the float64 reference (50 step
         const gap = Math.max(...on.map((v, i) => Math.abs(v - off[i])));
         assert.ok(gap > 100 * ATOL, `${flags.join(', ')} moves theta by only ${gap}: the row cannot tell the flag from its absence`);
       }
-      const start = theta0();
-      const session = new Session('table', spec, [{ id: 'w', name: 'w', shape: SHAPE, group: '', values: Float32Array.from(start) }]);
+      const N = sizeOf(row.shape);
+      const start = theta0(N);
+      const session = new Session('table', spec, [{ id: 'w', name: 'w', shape: row.shape, group: '', values: Float32Array.from(start) }]);
       // The reference starts from the same float32-rounded values.
       let ref = Array.from(Float32Array.from(start));
       const s: RefState = {};
@@ -176,11 +272,11 @@ describe('engine table: every optimizer x rule vs the float64 reference (50 step
         for (let t = 1; t <= STEPS; t++) {
           const g = gradient(ref, t);
           const out = session.step(t, [{ id: 'w', data: Float32Array.from(g) }], overrides(t)).values[0].data;
-          ref = refStep(row.optimizer, row.rule, ref, Array.from(Float32Array.from(g)), s, rs, hAt(t), t);
+          ref = refStep(row.optimizer, row.rule, ref, Array.from(Float32Array.from(g)), s, rs, hAt(t), t, row.shape, store(t));
           for (let i = 0; i < N; i++) {
             const err = Math.abs(out[i] - ref[i]);
-            worst = Math.max(worst, err / (ATOL + RTOL * Math.abs(ref[i])));
-            assert.ok(err <= ATOL + RTOL * Math.abs(ref[i]), `step ${t} element ${i}: engine ${out[i]} vs reference ${ref[i]}`);
+            worst = Math.max(worst, err / (atol + rtol * Math.abs(ref[i])));
+            assert.ok(err <= atol + rtol * Math.abs(ref[i]), `step ${t} element ${i}: engine ${out[i]} vs reference ${ref[i]}`);
           }
         }
         // The trajectory moved: a rule that did nothing would pass trivially.
@@ -192,12 +288,14 @@ describe('engine table: every optimizer x rule vs the float64 reference (50 step
           if (t.slot === '' || t.slot.startsWith('rule.')) continue;
           const want = s[t.slot];
           assert.ok(want, `the reference has no slot '${t.slot}'`);
-          t.data.forEach((v, i) =>
-            assert.ok(
-              Math.abs(v - want[i]) <= ATOL + RTOL * Math.abs(want[i]),
-              `slot ${t.slot}[${i}]: engine ${v} vs reference ${want[i]}`,
-            ),
-          );
+          const full =
+            t.data.length === N && !OPTIMIZERS.find((o) => o.name === row.optimizer)!.slots.find((d) => d.name === t.slot)?.scalar;
+          const bits = new Uint32Array(t.data.buffer, t.data.byteOffset, t.data.length);
+          t.data.forEach((v, i) => {
+            const tol = bf16 && full ? 1e-6 + BF16_SLOT_RTOL * Math.abs(want[i]) : ATOL + RTOL * Math.abs(want[i]);
+            assert.ok(Math.abs(v - want[i]) <= tol, `slot ${t.slot}[${i}]: engine ${v} vs reference ${want[i]}`);
+            if (bf16 && full) assert.equal(bits[i] & 0xffff, 0, `slot ${t.slot}[${i}] = ${v} is not a bfloat16`);
+          });
         }
       } finally {
         session.dispose();

@@ -269,6 +269,8 @@ const OPTIMIZERS = [
   'asgd',
   'lamb',
   'lars',
+  'adafactor',
+  'muon',
 ];
 const RULES = ['additive', 'multiplicative', 'hybrid', 'exp_sign'];
 const HYPERS = [
@@ -298,6 +300,11 @@ const HYPERS = [
   'lambd',
   't0',
   'trust_coefficient',
+  'beta2_decay',
+  'd',
+  'ns_coefficients',
+  'ns_steps',
+  'adjust_lr_fn',
 ];
 const SLOTS = [
   '',
@@ -317,6 +324,9 @@ const SLOTS = [
   'eta',
   'mu',
   'ax',
+  'row_var',
+  'col_var',
+  'variance',
   'nope',
 ];
 const DTYPE_BYTES: Record<number, number> = { [DType.DTYPE_FLOAT64]: 8, [DType.DTYPE_FLOAT16]: 2, [DType.DTYPE_BFLOAT16]: 2 };

@@ -7,7 +7,7 @@
 // golden trajectories and the rule properties, which run on `native` too.
 import { strict as assert } from 'assert';
 import { loadNative, NativeEngine, nativeLoadError, type NativeAddon } from '../src/engine/native';
-import { flag, num, pair } from '../src/engine/hypers';
+import { choice, flag, nullablePair, num, pair, triple } from '../src/engine/hypers';
 import { OPTIMIZERS } from '../src/optimizers';
 import { resolveGroup, resolveSpec } from '../src/registry';
 import { RULES } from '../src/rules';
@@ -57,10 +57,17 @@ describe('native engine addon', () => {
         }),
         '',
       );
-      const flattened = def.hypers.flatMap((x) => (x.type === 'pair' ? [`${x.name}.0`, `${x.name}.1`] : [x.name]));
-      assert.deepEqual(desc.hypers, flattened, `${def.name}: the addon reads its hyperparameters in this order`);
+      const width = { pair: 2, triple: 3 } as Record<string, number | undefined>;
+      const flattened = def.hypers.flatMap((x) =>
+        width[x.type] ? Array.from({ length: width[x.type]! }, (_, i) => `${x.name}.${i}`) : [x.name],
+      );
+      // Entries from the parameter's shape ("#rows": Adafactor) follow the table's.
+      const fromTable = desc.hypers.filter((x) => !x.startsWith('#'));
+      assert.deepEqual(fromTable, flattened, `${def.name}: the addon reads its hyperparameters in this order`);
       for (const x of def.hypers) {
-        if (x.type === 'pair') pair(h, x.name);
+        if (x.type === 'pair') (x.items?.some((b) => b.nullable) ? nullablePair : pair)(h, x.name);
+        else if (x.type === 'triple') triple(h, x.name);
+        else if (x.type === 'choice') choice(h, x.name);
         else if (x.type === 'boolean') flag(h, x.name);
         else num(h, x.name);
       }
@@ -77,9 +84,23 @@ describe('native engine addon', () => {
     // The norm pass: a large tensor spans many tasks, whose sums are joined in one order.
     ['lamb', 'additive', { lr: 0.01, weight_decay: 0.1 }],
     ['lars', 'hybrid', { lr: 0.1, nesterov: true, lr_out: 0.01 }],
+    // Row and column sweeps on the pool: a 640 x 1000 matrix (tasks of 32 rows, blocks of 256 columns), a
+    // stack of 3 x 1001 matrices whose vectors cross row ends, and vectors.
+    ['adafactor', 'additive', { weight_decay: 0.1 }],
+    ['adafactor', 'hybrid', { lr_out: 0.01, d: 1.2 }],
   ] as const) {
     it(`${optimizer} x ${rule}: both threads give bit for bit what one thread gives (large tensor, 300 small ones, odd tails)`, () => {
-      const shapes = [[1 << 18], [3, 1001], ...Array.from({ length: 300 }, (_, i) => [i % 3 === 0 ? 96 : 97])];
+      const shapes = [
+        [1 << 18],
+        [3, 1001],
+        ...(optimizer === 'adafactor'
+          ? [
+              [640, 1000],
+              [2, 3, 1001],
+            ]
+          : []),
+        ...Array.from({ length: 300 }, (_, i) => [i % 3 === 0 ? 96 : 97]),
+      ];
       const run = (threads: number) => {
         const engine = new NativeEngine(addon, OPTIMIZERS, RULES);
         engine.setThreads(threads);
@@ -129,15 +150,20 @@ describe('native engine addon', () => {
           };
           const theta = mk((i) => Math.sin(i + 1));
           const grad = mk((i) => Math.cos(0.7 * i) * 0.3);
+          // Adafactor on a vector (its shape entries 0, below) has no row_var and col_var.
+          const vectorOnly = o.name === 'adafactor' ? ['row_var', 'col_var'] : [];
           const slots = [0, 1, 2].map((k) =>
-            k < o.slots.length ? mk(() => (o.slots[k].scalar ? 1 : 0.01), o.slots[k].scalar ? 1 : n) : null,
+            k < o.slots.length && !vectorOnly.includes(o.slots[k].name)
+              ? mk(() => (o.slots[k].scalar ? 1 : 0.01), o.slots[k].scalar ? 1 : n)
+              : null,
           );
           const ruleSlot = r.slots.length ? mk(() => 2, 1) : null;
-          const h = new Float64Array(24);
+          const h = new Float64Array(d.layout.hyperBlock);
           h[0] = 3;
+          h[d.layout.rowsHyper] = 1; // Muon: a 1 x n matrix
           h[1] = 0.01;
           // Every table value 0.5 (betas, alphas, rates in range), booleans set.
-          o.hypers.forEach((_, i) => (h[2 + i] = 0.5));
+          o.hypers.forEach((x, i) => (h[2 + i] = x.startsWith('#') ? 0 : 0.5)); // shape entries: a vector
           r.hypers.forEach((_, i) => (h[16 + i] = 0.5));
           addon.step(oi, ri, [theta, grad, ...slots, ruleSlot], h, new Uint32Array(1));
           results.push(theta.slice());
@@ -149,11 +175,42 @@ describe('native engine addon', () => {
     }
   });
 
+  it('adafactor: a factored tensor gives the same bits whatever the alignment (rows of 13 floats cross vectors)', () => {
+    const d = addon.describe();
+    const oi = d.optimizers.findIndex((o) => o.name === 'adafactor');
+    const [B, R, C] = [2, 7, 13];
+    const n = B * R * C;
+    for (const [ri, r] of d.rules.entries()) {
+      const results: Float32Array[] = [];
+      for (const shift of [0, 1, 2, 3, 5]) {
+        const mk = (f: (i: number) => number, len: number) => {
+          const b = new Float32Array(len + shift);
+          for (let i = 0; i < len; i++) b[shift + i] = f(i);
+          return b.subarray(shift);
+        };
+        const theta = mk((i) => Math.sin(i + 1), n);
+        const grad = mk((i) => Math.cos(0.7 * i) * 0.3, n);
+        const rows = mk(() => 0.01, B * R);
+        const cols = mk(() => 0.01, B * C);
+        const h = new Float64Array(d.layout.hyperBlock);
+        h[0] = 3;
+        h[1] = 0.01;
+        [0.01, -0.8, 1e-30, 1e-3, 1, 0.1, 1, R, C].forEach((v, i) => (h[2 + i] = v));
+        r.hypers.forEach((_, i) => (h[16 + i] = 0.5));
+        addon.step(oi, ri, [theta, grad, rows, cols, null, r.slots.length ? mk(() => 2, 1) : null], h, new Uint32Array(1));
+        results.push(Float32Array.from([...theta, ...rows, ...cols]));
+      }
+      for (const x of results.slice(1)) {
+        assert.ok(Buffer.from(x.buffer).equals(Buffer.from(results[0].buffer)), `adafactor x ${r.name}: bits depend on alignment`);
+      }
+    }
+  });
+
   it('changing the thread count between steps never loses a worker (200 switches, a large step after each)', () => {
     const n = 1 << 20; // above the thresholds: every step wakes the pool
     const theta = new Float32Array(n).fill(1);
     const grad = new Float32Array(n).fill(0.01);
-    const h = new Float64Array(24);
+    const h = new Float64Array(addon.describe().layout.hyperBlock);
     h[0] = 1;
     h[1] = 0.1;
     try {
@@ -173,15 +230,13 @@ describe('native engine addon', () => {
     const grad = Float32Array.from([0.1, 0.1, 0.1]);
     const m = new Float32Array(3);
     const shortV = new Float32Array(2);
-    const h = new Float64Array(24);
-    h[0] = 1;
-    h[1] = 0.1;
+    const block = addon.describe().layout.hyperBlock;
     // Two jobs: the first is valid, the second bad; neither may be applied.
     const ok = [theta, grad, m, new Float32Array(3), null, null];
     const bad = [Float32Array.from([4, 5, 6]), grad, new Float32Array(3), shortV, null, null];
-    const hyp = new Float64Array(48);
+    const hyp = new Float64Array(2 * block);
     hyp.set([1, 0.1, 0.1, 0.9, 0.999, 1e-8, 0, 0], 0);
-    hyp.set([1, 0.1, 0.1, 0.9, 0.999, 1e-8, 0, 0], 24);
+    hyp.set([1, 0.1, 0.1, 0.9, 0.999, 1e-8, 0, 0], block);
     assert.throws(() => addon.step(1, 0, [...ok, ...bad], hyp, new Uint32Array(2)), /job 1: slot 'exp_avg_sq' has 2 elements, expected 3/);
     assert.deepEqual(Array.from(theta), [1, 2, 3]);
     assert.deepEqual(Array.from(m), [0, 0, 0]);

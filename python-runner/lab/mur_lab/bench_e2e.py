@@ -1,13 +1,14 @@
 """python -m mur_lab.bench_e2e: what a training loop pays for mur.RemoteOptimizer
-against torch.optim, on every transport, in one run.
+against torch.optim's default, foreach and fused steps, on every transport, in one run.
 
 1. Step rows. Adam (torch's defaults) and SGD with momentum 0.9 (lr 0.01),
    with mur's additive rule (the same maths as torch), at 1, 100k, 1M and 4M
-   float32 parameters in one tensor, and as a 300-tensor list shaped like a
-   small transformer's (100 tensors of 96x96 and 200 of 96: 0.94M). Only
-   opt.step() is timed, with fixed small random gradients in p.grad:
-   torch.optim's default implementation in this process against
-   RemoteOptimizer over
+   float32 parameters in one tensor, 64M (Adam, shm only), and as a 300-tensor
+   list shaped like a small transformer's (100 tensors of 96x96 and 200 of 96:
+   0.94M); with 1 and 2 threads (torch.set_num_threads and the server's engine
+   threads alike). Only opt.step() is timed. torch.optim's for-loop
+   (foreach=False), foreach and fused implementations (those this torch has:
+   torch 1.13 has no fused CPU kernel) in this process against RemoteOptimizer over
      shm             shared memory on this host (server="auto"); gRPC carries
                      only control,
      tcp float32     a server on loopback TCP (as if on another host): the
@@ -15,28 +16,33 @@ against torch.optim, on every transport, in one run.
      tcp bfloat16    the same with bfloat16 gradients,
      grpc float32    the same server: gradients and parameters in gRPC messages,
      grpc bfloat16   the same with bfloat16 gradients on the wire.
-   The remote time includes copying the gradients in (p.grad is set to the
-   user's own tensor, untimed, before every step, as after a backward() into
-   fresh gradients) and, on grpc, the parameters back.
-   MB/s up and down (tcp, grpc): gradient bytes sent and parameter bytes received
-   per second of step time.
+   The gradients are made, untimed, before every step (--grads):
+     backward   the optimizer's own zero_grad(), then a backward writing each
+                gradient once: on torch 2.x p.grad is a fresh tensor every step
+                and mur copies it into the arena (the user's loop);
+     arena      kept from the step before (on shm p.grad views the arena): no copy;
+     own        p.grad set to the user's own tensor, the same every step.
+   The remote time includes copying the gradients in and, on tcp and grpc, the
+   parameters back. /fused and /default: remote ms over that torch ms. MB/s up
+   and down (tcp, grpc): gradient bytes sent and parameter bytes received per
+   second of step time.
 0. First, the wire's ceiling: the same bytes echoed by a server that does
    nothing (ts-server/bench/echo.ts), through grpc-js + grpcio and through a
    plain socket, so the transports' rows can be read against what the wire
    itself costs on this machine.
 2. Training rows. Fashion-MNIST MLP and CNN (mur_lab.models), batches of 64:
-   ms per batch (zero_grad, forward, backward, step) with torch.optim.Adam
-   against RemoteOptimizer(optimizer="adam", rule="additive") on shm, tcp and grpc.
-   This is torch 1.13's own loop: zero_grad() keeps the gradient tensors, so
-   on shm backward() accumulates straight into the arena and no copy is paid.
+   ms per batch (zero_grad, forward, backward, step) with torch.optim.Adam's
+   default step against RemoteOptimizer(optimizer="adam", rule="additive") on
+   shm, tcp and grpc (make bench-train compares training with torch's fused AdamW).
 
 Every number is a median of per-call times after warm-up. The contenders of
 a row take turns in short bursts, so load on a shared machine hits them
-alike and their ratio stays fair. Each row starts its own servers (about
-1.5 s each). The full run takes about 2 minutes; --quick is a ~20 s smoke run.
+alike and their ratio stays fair. Each row starts its own shm server (about
+1.5 s). The full run took 45 minutes at load 10-16 on 2 cores; --quick is a
+1-4 minute smoke run; --sizes, --threads, --grads and --no-train choose rows.
 
-    make bench-e2e
-    cd python-runner/lab && ../../.venv/bin/python -m mur_lab.bench_e2e [--quick] [--out FILE]
+    make bench-e2e      (torch 2.x from .venv-torch2; BENCH_E2E_ARGS for the flags)
+    PYTHONPATH=python-runner:python-runner/lab .venv-torch2/bin/python -m mur_lab.bench_e2e [--quick] [--out FILE]
 
 --out FILE also writes the JSON lines (one per row) to FILE.
 """
@@ -52,7 +58,7 @@ import torch
 import mur
 from mur._proto.mur.v1 import optimizer_pb2 as pb
 from mur._proto.mur.v1 import optimizer_pb2_grpc as pbg
-from mur_lab.bench_train import fashion_batches, interleaved, model, trainer
+from mur_lab.bench_train import backward_after_zero_grad, emit_rows, fashion_batches, interleaved, model, trainer
 
 OPTIMIZERS = [
     ("adam", torch.optim.Adam, {"lr": 1e-3}),
@@ -61,20 +67,26 @@ OPTIMIZERS = [
 LIST_SHAPES = [(96, 96), (96,), (96,)] * 100  # per block: a weight, its bias, a norm's weight
 TRANSPORTS = [("shm", None), ("tcp", "float32"), ("tcp", "bfloat16"), ("grpc", "float32"), ("grpc", "bfloat16")]
 TRAIN_TRANSPORTS = [("shm", None), ("tcp", "float32"), ("grpc", "float32")]
-_TCP = {}  # the loopback TCP server of this run: {"proc": Popen, "address": "127.0.0.1:N"}
+# torch.optim's three implementations of one algorithm, as the local sides of every step row.
+LOCAL_MODES = {"default": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+WIRE_MAX = 4_000_000  # above this the rows are shm only (64M through gRPC is ~256 MB each way a step)
+BIG_OPTIMIZERS = ("adam",)  # sizes above WIRE_MAX are measured for these only (each row takes ~1 min)
+GRADS = ("backward", "arena", "own")
+_TCP = {}  # the loopback TCP servers of this run, by engine threads: {threads: (Popen, "127.0.0.1:N")}
 
 
-def tcp_server():
-    """One server on loopback TCP for the tcp and grpc rows (as a server on
-    another host would be reached), started on first use, stopped at exit."""
-    if not _TCP:
+def tcp_server(threads):
+    """One server on loopback TCP with this many engine threads for the tcp and grpc
+    rows (as a server on another host would be reached), started on first use,
+    stopped at exit."""
+    if threads not in _TCP:
         import atexit
         import subprocess
 
         from mur.server import find_server_cli
 
         proc = subprocess.Popen(
-            ["node", str(find_server_cli()), "--port", "0", "--exit-with-stdin"],
+            ["node", str(find_server_cli()), "--port", "0", "--threads", str(threads), "--exit-with-stdin"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -90,13 +102,15 @@ def tcp_server():
             proc.wait()
 
         atexit.register(stop)
-        _TCP.update(proc=proc, address=f"127.0.0.1:{info['port']}")
-    return _TCP["address"]
+        _TCP[threads] = (proc, f"127.0.0.1:{info['port']}")
+    return _TCP[threads][1]
 
 
 FULL = dict(
-    sizes=[1, 100_000, 1_000_000, 4_000_000, "list"],
-    seconds=5.0,
+    sizes=[1, 100_000, 1_000_000, 4_000_000, 64_000_000, "list"],
+    threads=[1, 2],
+    grads=["backward", "arena"],
+    seconds=3.0,
     min_calls=20,
     max_calls=1000,
     ceiling_bytes=[4_000_000, 16_000_000],
@@ -105,6 +119,8 @@ FULL = dict(
 )
 QUICK = dict(
     sizes=[100_000, "list"],
+    threads=[1, 2],
+    grads=["backward", "arena"],
     seconds=0.3,
     min_calls=10,
     max_calls=100,
@@ -114,28 +130,56 @@ QUICK = dict(
 )
 
 
-def remote(params, optimizer, transport, wire_dtype, **hypers):
-    """RemoteOptimizer(server="auto") with the additive rule on this transport (an error if unavailable)."""
+def remote(params, optimizer, transport, wire_dtype, threads=None, **hypers):
+    """RemoteOptimizer with the additive rule on this transport (an error if unavailable): shm
+    through server="auto", tcp and grpc through the loopback server; ``threads`` engine threads
+    (None: the server's default, every core)."""
     name = "sgd" if optimizer == "sgd-momentum" else optimizer
-    server = "auto" if transport == "shm" else tcp_server()
-    opt = mur.RemoteOptimizer(
-        params,
-        optimizer=name,
-        rule="additive",
-        server=server,
-        transport=transport,
-        wire_dtype=wire_dtype or "float32",
-        **hypers,
-    )
+    if transport == "shm":
+        server = "auto"
+        saved = os.environ.get("MUR_THREADS")
+        os.environ["MUR_THREADS"] = str(threads or 0)  # read by the server "auto" starts
+    else:
+        server = tcp_server(threads or 0)
+    try:
+        opt = mur.RemoteOptimizer(
+            params,
+            optimizer=name,
+            rule="additive",
+            server=server,
+            transport=transport,
+            wire_dtype=wire_dtype or "float32",
+            **hypers,
+        )
+    finally:
+        if transport == "shm":
+            os.environ.pop("MUR_THREADS") if saved is None else os.environ.update(MUR_THREADS=saved)
     if opt.transport != transport:
         opt.close()
         raise ValueError(f"asked for transport {transport}, got {opt.transport}")
     return opt
 
 
-def contenders(make_local, make_remote, transports):
-    """{"local": torch optimizer, (transport, wire_dtype): RemoteOptimizer}, and why some are missing."""
-    opts, skipped = {"local": make_local()}, {}
+def local_modes(torch_cls, hypers):
+    """{mode: None or why this torch cannot}: each of LOCAL_MODES tried on one small step
+    (torch 1.13 has no fused CPU kernel; its constructor or its first step refuses)."""
+    out = {}
+    for mode, kw in LOCAL_MODES.items():
+        try:
+            p = torch.nn.Parameter(torch.zeros(4))
+            p.grad = torch.ones(4)
+            torch_cls([p], **hypers, **kw).step()
+            out[mode] = None
+        except Exception as e:
+            out[mode] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return out
+
+
+def contenders(make_local, make_remote, transports, local_keys=("local",)):
+    """{local key: torch optimizer, (transport, wire_dtype): RemoteOptimizer}, and why some are missing."""
+    opts, skipped = {}, {}
+    for key in local_keys:
+        opts[key] = make_local(key)
     for key in transports:
         try:
             opts[key] = make_remote(*key)
@@ -145,12 +189,30 @@ def contenders(make_local, make_remote, transports):
 
 
 def close(opts):
-    for key, opt in opts.items():
-        if key != "local":
+    for opt in opts.values():
+        if isinstance(opt, mur.RemoteOptimizer):
             opt.close()
 
 
-def step_rows(optimizer, torch_cls, hypers, size, cfg):
+def own_grads(opt, grads):
+    """p.grad set to the user's own tensor (the same one every step)."""
+    for p, g in zip(opt.param_groups[0]["params"], grads):
+        p.grad = g
+
+
+def step_rows(optimizer, torch_cls, hypers, size, threads, grads_mode, cfg, modes):
+    """One group of contenders measured side by side: torch's default, foreach and fused
+    step (those this torch has, ``modes``) and the RemoteOptimizer step on every transport
+    (shm only above WIRE_MAX), with ``threads`` torch and server threads. Only step() is
+    timed; before each, untimed, the gradients are made as ``grads_mode`` says:
+
+    backward  the optimizer's own zero_grad(), then a backward writing every gradient
+              (torch 2.x: set_to_none=True, so p.grad is a fresh tensor each step and mur
+              copies it into the arena; torch 1.13: zeroed in place, backward adds into it);
+    arena     nothing: the gradients of the step before stay (on shm p.grad views the
+              arena after the first step, so no copy is paid);
+    own       p.grad set to the user's own tensor, the same every step (mur copies it in).
+    """
     shapes = LIST_SHAPES if size == "list" else [(size,)]
     torch.manual_seed(0)
     init = [torch.randn(s) for s in shapes]
@@ -159,41 +221,49 @@ def step_rows(optimizer, torch_cls, hypers, size, cfg):
     def params():
         return [torch.nn.Parameter(t.clone()) for t in init]
 
-    def set_grads(opt):
-        # Untimed, before every step: p.grad is the user's own tensor, as after a
-        # backward() into fresh gradients (shm then pays for copying it in: its
-        # step leaves p.grad pointing into the arena otherwise).
-        for p, g in zip(opt.param_groups[0]["params"], grads):
-            p.grad = g
-
+    n = sum(torch.Size(s).numel() for s in shapes)
+    local_keys = [m for m, why in modes.items() if why is None]
+    transports = TRANSPORTS if n <= WIRE_MAX else TRANSPORTS[:1]
+    prepare = {"backward": backward_after_zero_grad, "own": own_grads, "arena": own_grads}[grads_mode]
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     opts, skipped = contenders(
-        lambda: torch_cls(params(), **hypers), lambda tr, wd: remote(params(), optimizer, tr, wd, **hypers), TRANSPORTS
+        lambda mode: torch_cls(params(), **hypers, **LOCAL_MODES[mode]),
+        lambda tr, wd: remote(params(), optimizer, tr, wd, threads, **hypers),
+        transports,
+        local_keys,
     )
     try:
+        for o in opts.values():  # every side starts with p.grad set
+            own_grads(o, grads)
         ms, calls = interleaved(
             {k: o.step for k, o in opts.items()},
             cfg["seconds"],
             cfg["min_calls"],
             cfg["max_calls"],
-            prepare={k: functools.partial(set_grads, o) for k, o in opts.items()},
+            prepare={} if grads_mode == "arena" else {k: functools.partial(prepare, o, grads) for k, o in opts.items()},
         )
         for k, o in opts.items():
             if not all(torch.isfinite(p).all() for p in o.param_groups[0]["params"]):
                 skipped[k] = "parameters are not finite after the run"
     finally:
         close(opts)
-    n = sum(torch.Size(s).numel() for s in shapes)
+        torch.set_num_threads(torch_threads)
+    local = {m: None if m in skipped else ms.get(m) for m in LOCAL_MODES}
     rows = []
-    for tr, wd in TRANSPORTS:
+    for tr, wd in transports:
         r = {
             "optimizer": optimizer,
             "params": n,
             "tensors": len(shapes),
+            "threads": threads,
+            "grads": grads_mode,
             "transport": tr,
             "wire_dtype": wd,
-            "local_ms": round(ms["local"], 4),
+            **{f"{m}_ms": None if t is None else round(t, 4) for m, t in local.items()},
             "remote_ms": None,
-            "ratio": None,
+            "ratio_fused": None,
+            "ratio_default": None,
             "mb_per_s_up": None,
             "mb_per_s_down": None,
             "steps": calls,
@@ -202,7 +272,9 @@ def step_rows(optimizer, torch_cls, hypers, size, cfg):
             r["skipped"] = skipped[(tr, wd)]
         else:
             t = ms[(tr, wd)]
-            r.update(remote_ms=round(t, 4), ratio=round(t / ms["local"], 2))
+            r["remote_ms"] = round(t, 4)
+            for m in ("fused", "default"):
+                r[f"ratio_{m}"] = round(t / local[m], 2) if local[m] else None
             if tr in ("grpc", "tcp"):
                 up = n * (2 if wd == "bfloat16" else 4)
                 r.update(mb_per_s_up=float(f"{up / t / 1e3:.3g}"), mb_per_s_down=float(f"{n * 4 / t / 1e3:.3g}"))
@@ -218,7 +290,7 @@ def train_rows(name, batches, cfg):
         return build_opt(nets[key].parameters())
 
     opts, skipped = contenders(
-        lambda: make("local", lambda ps: torch.optim.Adam(ps, lr=1e-3)),
+        lambda key: make(key, lambda ps: torch.optim.Adam(ps, lr=1e-3)),
         lambda tr, wd: make((tr, wd), lambda ps: remote(ps, "adam", tr, wd, lr=1e-3)),
         TRAIN_TRANSPORTS,
     )
@@ -346,8 +418,22 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a ~20 s smoke run (fewer sizes, shorter timings)")
     ap.add_argument("--out", help="also write the JSON lines to this file")
+    ap.add_argument("--sizes", help="step rows' parameters, comma-separated: integers and 'list' (default: all)")
+    ap.add_argument("--threads", help="torch and server threads of the step rows, comma-separated (default 1,2)")
+    ap.add_argument("--grads", help=f"how gradients are made, comma-separated of {', '.join(GRADS)}")
+    ap.add_argument("--no-train", action="store_true", help="skip the Fashion-MNIST rows")
     a = ap.parse_args(argv)
-    cfg = QUICK if a.quick else FULL
+    cfg = dict(QUICK if a.quick else FULL)
+    if a.sizes:
+        cfg["sizes"] = [s if s == "list" else int(float(s)) for s in a.sizes.split(",")]
+    if a.threads:
+        cfg["threads"] = [int(t) for t in a.threads.split(",")]
+    if a.grads:
+        cfg["grads"] = a.grads.split(",")
+        if set(cfg["grads"]) - set(GRADS):
+            ap.error(f"--grads={a.grads}: each must be one of {', '.join(GRADS)}")
+    if a.no_train:
+        cfg["models"] = []
 
     caps, server_threads = environment()
     print(
@@ -370,47 +456,63 @@ def main(argv=None):
             print(f"  skipped: {r['reason']}")
 
     print(
-        f"\n{'optimizer':13} {'params':>9} {'tensors':>7}  {'transport':9} {'wire':8} {'local ms':>9} "
-        f"{'remote ms':>9} {'ratio':>7} {'up MB/s':>8} {'down MB/s':>9}",
-        flush=True,
+        "\nStep rows: ms per opt.step() (median), torch's default (for-loop), foreach and fused steps beside "
+        "RemoteOptimizer's on each transport; /fused and /default: remote ms over that torch ms. thr: torch and "
+        "server threads. grads: backward = the optimizer's zero_grad() then a backward before every step, "
+        "arena = the gradients kept (on shm in the arena), own = p.grad set to the user's tensor"
     )
     for optimizer, torch_cls, hypers in OPTIMIZERS:
-        for size in cfg["sizes"]:
-            for r in step_rows(optimizer, torch_cls, hypers, size, cfg):
+        modes = local_modes(torch_cls, hypers)
+        for mode, why in modes.items():
+            if why:
+                print(f"  torch {torch.__version__} {optimizer} {mode}: n/a ({why})")
+    print(
+        f"{'optimizer':13} {'params':>9} {'tensors':>7} {'thr':>3} {'grads':8} {'transport':9} {'wire':8} "
+        f"{'default':>8} {'foreach':>8} {'fused':>8} {'remote':>8} {'/fused':>6} {'/default':>8} "
+        f"{'up MB/s':>8} {'down MB/s':>9}",
+        flush=True,
+    )
+    for threads in cfg["threads"]:
+        for optimizer, torch_cls, hypers in OPTIMIZERS:
+            modes = local_modes(torch_cls, hypers)
+            for size in cfg["sizes"]:
+                if size != "list" and size > WIRE_MAX and optimizer not in BIG_OPTIMIZERS:
+                    continue
+                for grads_mode in cfg["grads"]:
+                    for r in step_rows(optimizer, torch_cls, hypers, size, threads, grads_mode, cfg, modes):
+                        rows.append(r)
+                        print(
+                            f"{r['optimizer']:13} {r['params']:>9} {r['tensors']:>7} {r['threads']:>3} "
+                            f"{r['grads']:8} {r['transport']:9} {r['wire_dtype'] or '-':8} "
+                            f"{fmt(r['default_ms'], '8.3f')} {fmt(r['foreach_ms'], '8.3f')} "
+                            f"{fmt(r['fused_ms'], '8.3f')} {fmt(r['remote_ms'], '8.3f')} "
+                            f"{fmt(r['ratio_fused'], '6.2f')} {fmt(r['ratio_default'], '8.2f')} "
+                            f"{fmt(r['mb_per_s_up'], '8.3g')} {fmt(r['mb_per_s_down'], '9.3g')}"
+                            + (f"  skipped: {r['skipped']}" if "skipped" in r else ""),
+                            flush=True,
+                        )
+
+    if cfg["models"]:
+        batches = fashion_batches(100)
+        print(
+            f"\nFashion-MNIST, batch {len(batches[0][1])}, torch.optim.Adam (its default step) lr 1e-3: ms per batch (forward + backward + step), "
+            f"{cfg['batches']} batches each"
+        )
+        print(
+            f"{'model':6} {'params':>7}  {'transport':9} {'wire':8} {'local ms':>9} {'remote ms':>9} {'ratio':>7}",
+            flush=True,
+        )
+        for name in cfg["models"]:
+            for r in train_rows(name, batches, cfg):
                 rows.append(r)
                 print(
-                    f"{r['optimizer']:13} {r['params']:>9} {r['tensors']:>7}  {r['transport']:9} "
-                    f"{r['wire_dtype'] or '-':8} {r['local_ms']:9.3f} {fmt(r['remote_ms'], '9.3f')} "
-                    f"{fmt(r['ratio'], '7.2f')} {fmt(r['mb_per_s_up'], '8.3g')} {fmt(r['mb_per_s_down'], '9.3g')}"
+                    f"{r['model']:6} {r['params']:>7}  {r['transport']:9} {r['wire_dtype'] or '-':8} "
+                    f"{r['local_ms_per_batch']:9.3f} {fmt(r['remote_ms_per_batch'], '9.3f')} {fmt(r['ratio'], '7.2f')}"
                     + (f"  skipped: {r['skipped']}" if "skipped" in r else ""),
                     flush=True,
                 )
 
-    batches = fashion_batches(100)
-    print(
-        f"\nFashion-MNIST, batch {len(batches[0][1])}, Adam lr 1e-3: ms per batch (forward + backward + step), "
-        f"{cfg['batches']} batches each"
-    )
-    print(
-        f"{'model':6} {'params':>7}  {'transport':9} {'wire':8} {'local ms':>9} {'remote ms':>9} {'ratio':>7}",
-        flush=True,
-    )
-    for name in cfg["models"]:
-        for r in train_rows(name, batches, cfg):
-            rows.append(r)
-            print(
-                f"{r['model']:6} {r['params']:>7}  {r['transport']:9} {r['wire_dtype'] or '-':8} "
-                f"{r['local_ms_per_batch']:9.3f} {fmt(r['remote_ms_per_batch'], '9.3f')} {fmt(r['ratio'], '7.2f')}"
-                + (f"  skipped: {r['skipped']}" if "skipped" in r else ""),
-                flush=True,
-            )
-
-    print(f"\nload average at the end {os.getloadavg()[0]:.2f}\n")
-    lines = [json.dumps(r) for r in rows]
-    print("\n".join(lines))
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+    emit_rows(rows, a.out)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""The two Fashion-MNIST models used by validation, the demo-size runs and the experiments."""
+"""Fashion-MNIST models: the MLP and the CNN used by validation, the demo-size runs and the
+experiments, and a small transformer for the training benchmark (mur_lab.bench_train)."""
 
+import torch
 from torch import nn
 
 
@@ -18,3 +20,34 @@ def cnn(c1=16, c2=32):
         nn.Flatten(),
         nn.Linear(c2 * 7 * 7, 10),
     )
+
+
+class PatchTransformer(nn.Module):
+    """A small pre-norm transformer encoder over image patches: each ``patch`` x
+    ``patch`` square of the 28 x 28 image is a token (4 tokens of 196 pixels at 14:
+    few tokens keep a batch's forward and backward short beside its optimizer step),
+    embedded to ``d_model`` plus a learned position; ``layers`` encoder layers
+    (``heads`` heads, feed-forward ``2 d_model``, no dropout); the tokens' mean,
+    normalised, classified. 0.56M parameters at the defaults."""
+
+    def __init__(self, d_model=128, layers=4, heads=4, patch=14, side=28, classes=10):
+        super().__init__()
+        self.patch = patch
+        self.embed = nn.Linear(patch * patch, d_model)
+        self.position = nn.Parameter(torch.zeros(1, (side // patch) ** 2, d_model))
+        layer = nn.TransformerEncoderLayer(
+            d_model, heads, dim_feedforward=2 * d_model, dropout=0.0, batch_first=True, norm_first=True
+        )
+        # No nested tensors: they are for padded inference, and torch 2.x warns that norm_first excludes them.
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, classes)
+
+    def forward(self, x):
+        k = self.patch
+        patches = x.unfold(2, k, k).unfold(3, k, k).reshape(len(x), -1, k * k)  # (batch, tokens, k * k)
+        return self.head(self.norm(self.encoder(self.embed(patches) + self.position).mean(1)))
+
+
+def transformer(d_model=128, layers=4, heads=4, patch=14):
+    return PatchTransformer(d_model, layers, heads, patch)

@@ -39,6 +39,7 @@ OPTIMIZERS = [
     "asgd",
     "lamb",
     "lars",
+    "adafactor",
 ]
 RULES = ["additive", "multiplicative", "hybrid", "exp_sign"]
 HYPERS = {"sgd": dict(lr=0.05, momentum=0.9), "lamb": dict(lr=0.01), "lars": dict(lr=0.1)}
@@ -56,6 +57,8 @@ TORCH = {
     "rprop": torch.optim.Rprop,
     "asgd": torch.optim.ASGD,
 }
+if hasattr(torch.optim, "Adafactor"):  # torch >= 2.5
+    TORCH["adafactor"] = torch.optim.Adafactor
 
 
 # Tolerance on the relative difference max|a - b| / max|a| after step k.

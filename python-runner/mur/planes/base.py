@@ -125,6 +125,7 @@ def is_view_of(t, view) -> bool:
     """t is exactly `view` (same memory, shape and strides): an arena view."""
     return (
         t is not None
+        and not t.is_sparse  # a sparse gradient (planes/rows.py) views nothing
         and t.data_ptr() == view.data_ptr()
         and t.shape == view.shape
         and t.stride() == view.stride()

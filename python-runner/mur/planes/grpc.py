@@ -13,6 +13,7 @@ import torch
 from .._proto.mur.v1 import optimizer_pb2 as pb
 from ..errors import InvalidArgumentError, MurError
 from .base import BF16, F16, F32, MixedMarks, Plane, bits, f32_bytes, f32_view, read_only_view
+from .rows import sparse_parts, write_rows
 
 # The 2-byte wire dtypes and the torch dtype a gradient is rounded to for each.
 HALF = {BF16: torch.bfloat16, F16: torch.float16}
@@ -48,6 +49,14 @@ def gradient_fields(pid: str, shape, dtype: int, data) -> list:
     return [_field(3, grad_len), *grad, *tensor, data]
 
 
+def sparse_field(pid: str, shape, dtype: "pb.DType", data, rows) -> bytes:
+    """StepRequest.grads (field 3) for one row-sparse gradient (Gradient.rows),
+    through protobuf: the touched rows are a small part of the table."""
+    values = pb.Tensor(shape=shape, dtype=dtype, data=bytes(data))
+    grad = pb.Gradient(param_id=pid, rows=pb.SparseRows(indices=rows, values=values))
+    return pb.StepRequest(grads=[grad]).SerializeToString()
+
+
 def check_replayed(conn, replayed, number):
     """A first attempt answered "replayed": another writer of this session
     used this step number with the same request. Its result is not ours to
@@ -71,6 +80,7 @@ class GrpcPlane(Plane):
         # sent or received, and each parameter's version and address right
         # after it was written. The parameters hold the server's values now.
         self._server_bits, self._marks = {}, {}
+        self._own_bits = set()  # parameters whose _server_bits is a private copy (rows are written into it)
         for _, pid, p in session.entries():
             self._server_bits[pid] = bits(p).clone() if p.dtype == torch.float32 else None
             self._mark(pid, p)
@@ -107,6 +117,7 @@ class GrpcPlane(Plane):
         self.conn.retrying(lambda: self.session.import_values(data))
         for pid, p in edited.items():
             self._server_bits[pid] = read_only_view(data[pid], np.int32)
+            self._own_bits.discard(pid)
             self._mark(pid, p)
 
     def _take(self, pid, v):
@@ -114,6 +125,17 @@ class GrpcPlane(Plane):
         p = self.session.by_id[pid]
         p.copy_(v.view(p.shape))
         self._server_bits[pid] = v.view(torch.int32)
+        self._own_bits.discard(pid)
+        self._mark(pid, p)
+
+    def _take_rows(self, pid, rows, v):
+        """The server's new values of `rows` (flat float32, packed) into parameter pid; its other rows are as they were."""
+        p = self.session.by_id[pid]
+        write_rows(p, rows, v)
+        if pid not in self._own_bits:
+            self._server_bits[pid] = self._server_bits[pid].clone()
+            self._own_bits.add(pid)
+        write_rows(self._server_bits[pid].view(p.shape), rows, v.view(torch.int32))
         self._mark(pid, p)
 
     def values_imported(self, values):
@@ -142,25 +164,39 @@ class GrpcPlane(Plane):
         return scratch
 
     def _payload(self, prep):
-        """[(pid, shape, bytes)] of the step's gradients as sent (-grad where maximized)."""
+        """[(pid, shape, bytes, tensor, rows)] of the step's gradients as sent
+        (-grad where maximized); a sparse one: its values' shape and bytes and
+        its row indices (rows None: dense)."""
         out = []
         for pid, p in prep.grads:
-            t = self._encode(pid, p.grad.neg() if pid in prep.maximized else p.grad)
+            rows = None
+            if p.grad.is_sparse:
+                rows, g = sparse_parts(p.grad, negate=pid in prep.maximized)
+                t = self._encode(f"{pid}#rows", g)
+            else:
+                t = self._encode(pid, p.grad.neg() if pid in prep.maximized else p.grad)
             data = f32_view(t) if t.dtype == torch.float32 else memoryview(t.view(torch.int16).numpy()).cast("B")
-            out.append((pid, list(p.shape), data, t))
+            out.append((pid, list(t.shape), data, t, rows))
         return out
 
     def step(self, prep):
         self.sync()
         payload = self._payload(prep)
-        values = self._send(prep, [(pid, shape, b) for pid, shape, b, _ in payload])
+        values = self._send(prep, [(pid, shape, b, rows) for pid, shape, b, _, rows in payload])
+        rows_of = {pid: rows for pid, _, _, _, rows in payload if rows is not None}
         for pid, data in values.items():
-            self._take(pid, data if torch.is_tensor(data) else read_only_view(data))
+            v = data if torch.is_tensor(data) else read_only_view(data)
+            # A replay after a server restart answers whole parameters, even for sparse gradients.
+            if pid in rows_of and v.numel() != self.session.by_id[pid].numel():
+                self._take_rows(pid, rows_of[pid], v)
+            else:
+                self._take(pid, v)
 
     def _send(self, prep, payload):
-        """The step's gradients to the server; {pid: new float32 values}."""
-        size = sum(memoryview(b).nbytes for _, _, b in payload)
-        if size < self.session.caps.max_message_bytes * 0.9:
+        """The step's gradients to the server; {pid: new float32 values} (a sparse one's rows only)."""
+        size = sum(memoryview(b).nbytes for _, _, b, _ in payload)
+        # Sparse gradients travel in Step messages only (StepStream's chunks are dense tensors).
+        if size < self.session.caps.max_message_bytes * 0.9 or any(r is not None for *_, r in payload):
             return self.conn.retrying(lambda: self._step_unary(prep, payload))
         return self.conn.retrying(lambda: self._step_stream(prep, payload))
 
@@ -169,18 +205,29 @@ class GrpcPlane(Plane):
         # hand: a message is the concatenation of its fields.
         head = prep.request(session_id=self.session.id).SerializeToString()
         req = b"".join(
-            [head, *(x for pid, shape, b in payload for x in gradient_fields(pid, shape, self.wire_dtype, b))]
+            [
+                head,
+                *(
+                    x
+                    for pid, shape, b, rows in payload
+                    for x in (
+                        gradient_fields(pid, shape, self.wire_dtype, b)
+                        if rows is None
+                        else [sparse_field(pid, shape, self.wire_dtype, b, rows)]
+                    )
+                ),
+            ]
         )
         reply = self.conn.call(self.conn.raw_step, req)
         check_replayed(self.conn, reply.replayed, prep.number)
-        return {v.param_id: v.value.data for v in reply.params}
+        return {v.param_id: (v.rows.values.data if v.HasField("rows") else v.value.data) for v in reply.params}
 
     def _step_stream(self, prep, payload):
         def frames():
             yield pb.StepStreamRequest(
                 begin=pb.StepBegin(session_id=self.session.id, step=prep.number, group_overrides=prep.overrides)
             )
-            for pid, _, b in payload:
+            for pid, _, b, _ in payload:
                 for c in self.session.chunks(pid, "", b, self.wire_dtype):
                     yield pb.StepStreamRequest(grad=c)
             yield pb.StepStreamRequest(end=pb.StepEnd())
@@ -197,7 +244,7 @@ class GrpcPlane(Plane):
         with wire_dtype="bfloat16"), and the server checks the rest (the step
         number, the hyperparameters) without them, so that the step uploads
         them once, not twice."""
-        for pid, _, _, t in self._payload(prep):
+        for pid, _, _, t, _ in self._payload(prep):
             sent = t.reshape(-1)
             finite = torch.isfinite(sent)
             if not bool(finite.all()):

@@ -33,9 +33,11 @@ from .._proto.mur.v1 import optimizer_pb2 as pb
 from ..errors import ARENA_GONE, FailedPreconditionError, MurError, TransportUnavailable
 from .base import PARAM_DTYPES, MixedMarks, Plane, is_view_of
 from .grpc import check_replayed
+from .hot import HAS_HOOK, HotGrads
+from .rows import sparse_parts
 
 TOKEN_BYTES = 32
-MAGIC = b"MUR-ARENA-V1"  # at [32, 48), NUL-padded (ts-server/src/transport/arena.ts)
+MAGIC = b"MUR-ARENA-V2"  # at [32, 48), NUL-padded (ts-server/src/transport/arena.ts)
 MAGIC_AT = 32
 HEADER_BYTES = 48  # the bytes read before trusting anything else
 _F32 = 4
@@ -174,14 +176,28 @@ class Arena:
 # -- the fast lane ----------------------------------------------------------------
 # A step rung through the arena itself (ts-server/native/src/lane.cc has the
 # control block): the client writes the step number and the arena indices,
-# increments `seq` and wakes the server's lane thread with a futex; the lane
-# runs the step and sets `ack` = seq, `status`. No RPC, so a small step costs
-# microseconds instead of a gRPC round trip. Any status but 0 means nothing
-# was applied: send the same step by RPC, which handles every other case.
+# increments `seq` and `bell` and wakes the server's lane thread with a futex
+# on `bell`; the lane runs the step and sets `ack` = seq, `status`. No RPC, so
+# a small step costs microseconds instead of a gRPC round trip. Any status but
+# 0 means nothing was applied: send the same step by RPC, which handles every
+# other case.
+#
+# The queue (overlap=True): while backward runs, each final gradient's arena
+# index is queued (`queue[qwrite % _QUEUE]`, then `qwrite` += 1, `bell` += 1,
+# a wake when the lane sleeps) and the lane scans it for finiteness at once.
+# A step index with bit 15 (_UNCHANGED) set tells the lane that gradient has
+# not changed since it was queued, so a clean check of it stands; without the
+# bit the lane scans it at the step as before. Offsets from _CONTROL:
+#   +0 seq, +4 ack, +8 armed, +12 status (u32/i32), +16 step (u64), +24 count,
+#   +28 bell, +32 qwrite, +36 qread, +40 sleeping (u32), +64 indices (u16 x
+#   1000), +2112 queue (u16 x 512).
 _SYS_FUTEX = 202  # x86-64
 _FUTEX_WAIT, _FUTEX_WAKE = 0, 1
 _CONTROL = 64
-_MAX_INDICES = (4096 - _CONTROL - 32) // 4
+_MAX_INDICES = 1000
+_QUEUE = 512
+_UNCHANGED = 0x8000
+_WAKE_BYTES = 1 << 20  # queued gradient bytes that are worth waking a sleeping lane for
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 # futex(uaddr, op, val, timeout, uaddr2, val3): pointers must not be narrowed to int.
@@ -206,26 +222,52 @@ class Lane:
     APPLIED, NOT_TAKEN, REFUSED, NO_ANSWER = 0, 1, 2, 3
 
     def __init__(self, mm):
-        self._seq = ctypes.c_uint32.from_buffer(mm, _CONTROL)
-        self._ack = ctypes.c_uint32.from_buffer(mm, _CONTROL + 4)
-        self._armed = ctypes.c_uint32.from_buffer(mm, _CONTROL + 8)
+        u32 = lambda at: ctypes.c_uint32.from_buffer(mm, _CONTROL + at)  # noqa: E731
+        self._seq, self._ack, self._armed = u32(0), u32(4), u32(8)
         self._status = ctypes.c_int32.from_buffer(mm, _CONTROL + 12)
         self._step = ctypes.c_uint64.from_buffer(mm, _CONTROL + 16)
-        self._count = ctypes.c_uint32.from_buffer(mm, _CONTROL + 24)
-        self._indices = (ctypes.c_uint32 * _MAX_INDICES).from_buffer(mm, _CONTROL + 32)
+        self._count, self._bell = u32(24), u32(28)
+        self._qwrite, self._qread, self._sleeping = u32(32), u32(36), u32(40)
+        self._indices = (ctypes.c_uint16 * _MAX_INDICES).from_buffer(mm, _CONTROL + 64)
+        self._queue = (ctypes.c_uint16 * _QUEUE).from_buffer(mm, _CONTROL + 2112)
+        self._waiting = 0  # bytes queued since the lane was last woken
 
-    def armed(self, count):
-        return bool(self._armed.value) and 0 < count <= _MAX_INDICES
+    def armed(self, count, top=0):
+        """The lane takes a step of `count` tensors whose largest arena index is `top`."""
+        return bool(self._armed.value) and 0 < count <= _MAX_INDICES and top < _UNCHANGED
+
+    def queue(self, index, nbytes=_WAKE_BYTES):
+        """Tells the lane "tensor `index`'s gradient (`nbytes`) is final": it
+        scans it soon. False (nothing queued) when the lane is not armed or the
+        queue is full. A sleeping lane is woken once _WAKE_BYTES are waiting:
+        a wake costs a context switch, more than scanning a small tensor, so
+        small gradients are checked in batches (the step's ring takes the rest)."""
+        if not self._armed.value or index >= _UNCHANGED:
+            return False
+        w = self._qwrite.value
+        if (w - self._qread.value) & 0xFFFFFFFF >= _QUEUE:
+            return False
+        self._queue[w % _QUEUE] = index
+        self._qwrite.value = (w + 1) & 0xFFFFFFFF  # after the entry (x86-64 keeps store order)
+        self._bell.value = (self._bell.value + 1) & 0xFFFFFFFF
+        self._waiting += nbytes
+        if self._waiting >= _WAKE_BYTES and self._sleeping.value:  # a lane about to sleep sees the new bell
+            self._waiting = 0
+            _libc.syscall(_SYS_FUTEX, ctypes.addressof(self._bell), _FUTEX_WAKE, 1, None, None, 0)
+        return True
 
     def step(self, step_no, indices, wait_s=2.0):
         """Rings for one step: APPLIED; NOT_TAKEN or REFUSED (nothing applied); or
-        NO_ANSWER (none within wait_s: the lane may still apply it)."""
+        NO_ANSWER (none within wait_s: the lane may still apply it). An index
+        may carry _UNCHANGED (its queued check stands)."""
         self._step.value = step_no
         self._count.value = len(indices)
         self._indices[: len(indices)] = indices
         seq = (self._seq.value + 1) & 0xFFFFFFFF
         self._seq.value = seq  # after every other store (x86-64 keeps store order)
-        _libc.syscall(_SYS_FUTEX, ctypes.addressof(self._seq), _FUTEX_WAKE, 1, None, None, 0)
+        self._bell.value = (self._bell.value + 1) & 0xFFFFFFFF
+        self._waiting = 0
+        _libc.syscall(_SYS_FUTEX, ctypes.addressof(self._bell), _FUTEX_WAKE, 1, None, None, 0)
         for _ in range(200):  # a small step is done within a few microseconds
             if self._ack.value == seq:
                 return self._status.value
@@ -253,10 +295,12 @@ class ShmPlane(Plane):
 
     name = "shm"
 
-    def __init__(self, session, arena, views):
+    def __init__(self, session, arena, views, overlap=None):
         self.session, self.conn = session, session.conn
         self.arena, self.views = arena, views  # views: pid -> (arena index, parameter view, gradient view)
         self.lane_steps = 0
+        # overlap: gradients moved and checked as backward makes them (hot.py), where torch has the hook
+        self.hot = HotGrads(self) if HAS_HOOK and overlap else None
         self._lane_key = None  # the hyperparameters the server's fast lane holds, once a step set them
         self._mixed = MixedMarks()
         for _, pid, p in session.entries():
@@ -264,16 +308,18 @@ class ShmPlane(Plane):
                 p.data = views[pid][1]
             else:
                 self._mixed.mark(pid, p)
+        if self.hot is not None:
+            self.hot.attach((pid, p) for _, pid, p in session.entries())
 
     @classmethod
-    def open(cls, session, **_):
+    def open(cls, session, overlap=None, **_):
         caps = session.caps
         if "shm" not in caps.transports:
             raise TransportUnavailable(
                 f"the server at {session.conn.address} does not offer it (transports: {', '.join(caps.transports)}; "
                 f"its engine is '{caps.backend}', shared memory needs the native engine)"
             )
-        return cls(session, *request_arena(session, _NO_SHM))
+        return cls(session, *request_arena(session, _NO_SHM), overlap=overlap)
 
     # -- moving between arenas ----------------------------------------------------
     def _move_to(self, arena, views, carry_grads):
@@ -292,6 +338,8 @@ class ShmPlane(Plane):
             else:
                 self._mixed.mark(pid, p)
         self.arena, self.views, self._lane_key = arena, views, None
+        if self.hot is not None:
+            self.hot.forget()  # marks name the old arena's views
         old.close()
 
     def _reattach(self):
@@ -311,6 +359,8 @@ class ShmPlane(Plane):
             self.session, (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED)
         )
         self._move_to(arena, views, carry_grads=False)
+        if self.hot is not None:
+            self.hot.attach((pid, p) for _, pid, p in self.session.entries() if pid in pids)
 
     def sync(self):
         """Points every parameter back at its arena view, copying the values of
@@ -351,15 +401,27 @@ class ShmPlane(Plane):
     # -- the step -------------------------------------------------------------------
     def _place(self, prep, for_step):
         """The step's gradients into the arena's gradient regions; their arena
-        indices and (step only) the parameters whose arena gradient was negated
-        in place for maximize (restored after the step)."""
+        indices (step only: with _UNCHANGED where the lane's check of a
+        gradient queued by the hook stands), (step only) the parameters
+        whose arena gradient was negated in place for maximize (restored
+        after the step), and the sparse ones as ArenaRows (their values
+        packed from the region's start)."""
         self.sync()
-        indices, flipped = [], []
+        indices, flipped, sparse = [], [], []
         for pid, p in prep.grads:
             i, _, gv = self.views[pid]
             negate = for_step and pid in prep.maximized  # finiteness does not depend on the sign
+            if p.grad.is_sparse:
+                rows, values = sparse_parts(p.grad, negate=negate)
+                gv.reshape(-1)[: values.numel()].copy_(values.reshape(-1))
+                sparse.append(pb.ArenaRows(tensor=i, indices=rows))
+                continue
+            in_arena, checked = self.hot.take(pid, p, gv) if for_step and self.hot is not None else (False, False)
             if gv.numel() and not is_view_of(p.grad, gv):
-                if negate:
+                if in_arena:  # the hook copied (cast) this very gradient, unchanged since
+                    if negate:
+                        gv.neg_()  # gv is the step's copy: the user's p.grad is not touched
+                elif negate:
                     gv.copy_(p.grad).neg_()  # p.grad stays the user's own tensor, its sign untouched
                 else:
                     gv.copy_(p.grad)  # cast to float32 for a parameter that is not float32
@@ -368,8 +430,10 @@ class ShmPlane(Plane):
             elif gv.numel() and negate:
                 gv.neg_()  # p.grad is the arena's gradient: negated for the step, restored after it
                 flipped.append(pid)
-            indices.append(i)
-        return indices, flipped
+            indices.append(i | _UNCHANGED if checked else i)
+        if for_step and self.hot is not None:
+            self.hot.forget()  # a mark is good for one step (a parameter not stepped keeps none)
+        return indices, flipped, pb.ArenaSparse(rows=sparse) if sparse else None
 
     def _rpc(self, req):
         """Step by RPC; a lost connection or an arena gone (a server restarted
@@ -385,9 +449,9 @@ class ShmPlane(Plane):
             return self.conn.retrying(send, on_lost=self._reattach)
 
     def step(self, prep):
-        indices, flipped = self._place(prep, for_step=True)
+        indices, flipped, sparse = self._place(prep, for_step=True)
         try:
-            self._ring(prep, indices)
+            self._ring(prep, indices, sparse)
             for pid, p in prep.grads:  # parameters that are not float32 take the new master values, cast
                 if p.dtype != torch.float32:
                     p.copy_(self.views[pid][1])
@@ -396,18 +460,25 @@ class ShmPlane(Plane):
             for pid in flipped:  # negation is exact: the user's p.grad is bit for bit what it was
                 self.views[pid][2].neg_()
 
-    def _ring(self, prep, indices):
+    def _ring(self, prep, indices, sparse=None):
         # The fast lane when the server armed it and the hyperparameters are
-        # the ones it holds (a scheduler's change goes by RPC, with overrides).
+        # the ones it holds (a scheduler's change goes by RPC, with overrides);
+        # a step with sparse gradients goes by RPC (the lane steps whole regions).
         lane = self.arena.lane
         replay_ok = False
-        if lane is not None and prep.key == self._lane_key and lane.armed(len(indices)):
-            status = lane.step(prep.number, indices, wait_s=min(2.0, self.conn.timeout or 2.0))
+        marked, indices = indices, [i & ~_UNCHANGED for i in indices]
+        if (
+            sparse is None
+            and lane is not None
+            and prep.key == self._lane_key
+            and lane.armed(len(indices), max(indices))
+        ):
+            status = lane.step(prep.number, marked, wait_s=min(2.0, self.conn.timeout or 2.0))
             if status == lane.APPLIED:
                 self.lane_steps += 1
                 return
             replay_ok = status == lane.NO_ANSWER  # the lane may have applied it after all
-        req = prep.request(session_id=self.session.id, arena_grads=indices)
+        req = prep.request(session_id=self.session.id, arena_grads=indices, arena_sparse=sparse)
         reply = self._rpc(req)
         if not replay_ok:
             check_replayed(self.conn, reply.replayed, prep.number)
@@ -415,11 +486,15 @@ class ShmPlane(Plane):
 
     def validate(self, prep):
         """On shm the gradients are copied into the arena first (step() then finds them there)."""
-        indices, _ = self._place(prep, for_step=False)
-        self._rpc(prep.request(session_id=self.session.id, arena_grads=indices, validate_only=True))
+        indices, _, sparse = self._place(prep, for_step=False)  # no _UNCHANGED: for_step=False
+        self._rpc(
+            prep.request(session_id=self.session.id, arena_grads=indices, arena_sparse=sparse, validate_only=True)
+        )
 
     def close(self):
         """Gives every parameter (and gradient) that views the arena its own copy."""
+        if self.hot is not None:
+            self.hot.detach()
         try:
             with torch.no_grad():
                 for _, pid, p in self.session.entries():

@@ -135,7 +135,9 @@ class DataPlane:
                 # could not read past: start afresh after any refusal.
                 self.close()
                 raise error_for(reply.code, reply.message, rename=self._rename)
-            sizes = [4 * math.prod(p.value.shape) for p in reply.reply.params]
+            sizes = [
+                4 * math.prod((p.rows.values if p.HasField("rows") else p.value).shape) for p in reply.reply.params
+            ]
             total = sum(sizes)
             buf = self._buffers[self._next]
             if buf.nbytes < total:
@@ -218,10 +220,15 @@ class TcpPlane(GrpcPlane):
                 session_id=self.session.id,
                 grads=[
                     pb.Gradient(param_id=pid, grad=pb.Tensor(shape=shape, dtype=self.wire_dtype))
-                    for pid, shape, _ in payload
+                    if rows is None
+                    else pb.Gradient(
+                        param_id=pid,
+                        rows=pb.SparseRows(indices=rows, values=pb.Tensor(shape=shape, dtype=self.wire_dtype)),
+                    )
+                    for pid, shape, _, rows in payload
                 ],
             )
-            reply, values = self.data.step(self.conn.token, request, [b for _, _, b in payload])
+            reply, values = self.data.step(self.conn.token, request, [b for _, _, b, _ in payload])
             check_replayed(self.conn, reply.replayed, prep.number)
             return values
 

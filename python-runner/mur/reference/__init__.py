@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from .bf16 import SLOTS, round_nearest, round_stochastic
+
 # torch's defaults per optimizer (lr None: required, as torch.optim.SGD).
 DEFAULTS = {
     "sgd": dict(lr=None, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, lr_in_momentum=False),
@@ -40,14 +42,28 @@ DEFAULTS = {
     "radam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False),
     "adadelta": dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0),
     "lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0),
+    "sparseadam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8),
     "rprop": dict(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0)),
     "asgd": dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0),
     # optax's (no torch.optim class): lr required, as optax's learning_rate.
     "lamb": dict(lr=None, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0),
     "lars": dict(lr=None, weight_decay=0.0, trust_coefficient=1e-3, eps=0.0, momentum=0.9, nesterov=False),
+    # torch.optim.Adafactor's (eps[0] None: the parameter dtype's machine epsilon, as torch).
+    "adafactor": dict(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0),
+    # torch >= 2.9's Muon (2-D parameters only); adjust_lr_fn None is "original".
+    "muon": dict(
+        lr=1e-3,
+        weight_decay=0.1,
+        momentum=0.95,
+        nesterov=True,
+        ns_coefficients=(3.4445, -4.775, 2.0315),
+        eps=1e-7,
+        ns_steps=5,
+        adjust_lr_fn=None,
+    ),
 }
 # Optimizers whose weight decay multiplies theta (decoupled) rather than adding to g.
-_DECOUPLED = ("adamw", "lion")
+_DECOUPLED = ("adamw", "lion", "adafactor", "muon")
 LR_OUT_FACTOR = 10.0  # lr_out defaults to 10 x lr
 RULE_DEFAULTS = {
     "additive": {},
@@ -107,6 +123,14 @@ def direction(name, g, p, s, h, t):
         else:
             d = m / (v.sqrt() / math.sqrt(bc2) + h["eps"])  # m is not bias-corrected inside d
         return d, 1 / bc1, (1 - h["lr"] * wd) if name == "adamw" else 1.0
+    if name == "sparseadam":
+        # torch's order: m += (1-b1)(g - m), v += (1-b2)(g^2 - v); eps outside the bias correction.
+        b1, b2 = h["betas"]
+        m = s.setdefault("exp_avg", torch.zeros_like(p))
+        v = s.setdefault("exp_avg_sq", torch.zeros_like(p))
+        m.add_((g - m) * (1 - b1))
+        v.add_((g * g - v) * (1 - b2))
+        return m / (v.sqrt() + h["eps"]), math.sqrt(1 - b2**t) / (1 - b1**t), 1.0
     if name == "adagrad":
         acc = s.setdefault("sum", torch.full_like(p, h["initial_accumulator_value"])).addcmul_(g, g)
         return g / _root(acc, h), 1 / (1 + (t - 1) * h["lr_decay"]), 1.0
@@ -202,7 +226,64 @@ def direction(name, g, p, s, h, t):
         lw = h["lr"] * g * _trust_ratio(p, g, h["trust_coefficient"], h["eps"])
         buf = s.setdefault("momentum_buffer", torch.zeros_like(p)).mul_(h["momentum"]).add_(lw)
         return _per_lr(lw + h["momentum"] * buf if h["nesterov"] else buf.clone(), h), 1.0, 1.0
+    if name == "adafactor":
+        return _adafactor(g, p, s, h, t)
+    if name == "muon":
+        # torch.optim.Muon: momentum as lerps, NS of the (Nesterov) momentum, the lr adjustment by shape.
+        if p.dim() != 2:
+            raise ValueError(f"muon takes 2-D parameters only, got shape {tuple(p.shape)}")
+        buf = s.setdefault("momentum_buffer", torch.zeros_like(p)).lerp_(g, 1 - h["momentum"])
+        u = g.lerp(buf, h["momentum"]) if h["nesterov"] else buf
+        return newton_schulz(u, h).to(p.dtype), _adjust_lr(h.get("adjust_lr_fn"), *p.shape), 1 - h["lr"] * wd
     raise ValueError(f"optimizer={name!r}: unknown")
+
+
+def _rms(x):
+    return x.norm().item() / math.sqrt(max(1, x.numel()))
+
+
+def _adafactor(g, p, s, h, t):
+    """torch.optim.Adafactor: for >= 2 dims the row means of g^2 (over the
+    last dim) and the column means (over the one before), lerped by t^beta2_decay;
+    a vector's whole. d = max(eps2, rms(p)) u / max(1, rms(u) / d) with
+    u = g / sqrt(max(v, eps1^2)); scale min(lr, 1/sqrt(t)) / lr; decay 1 - lr wd."""
+    eps1, eps2 = h["eps"]
+    eps1 = torch.finfo(p.dtype).eps if eps1 is None else eps1
+    w = t ** h["beta2_decay"]
+    g2 = g * g
+    if g.dim() >= 2:
+        row = s.setdefault("row_var", g.new_zeros(*g.shape[:-1], 1)).lerp_(g2.mean(-1, keepdim=True), w)
+        col = s.setdefault("col_var", g.new_zeros(*g.shape[:-2], 1, g.shape[-1])).lerp_(g2.mean(-2, keepdim=True), w)
+        v = row * col / row.mean(-2, keepdim=True).clamp(min=eps1)
+    else:
+        v = s.setdefault("variance", torch.zeros_like(g)).lerp_(g2, w).clone()
+    u = g / v.clamp(min=eps1 * eps1).sqrt()
+    k = max(eps2, _rms(p)) / max(1.0, _rms(u) / h["d"])
+    lr = h["lr"]
+    return u * k, (min(lr, 1 / math.sqrt(t)) / lr if lr > 0 else 0.0), 1 - lr * h["weight_decay"]
+
+
+def newton_schulz(u, h):
+    """Muon's orthogonalisation, as torch's _zeropower_via_newtonschulz but in
+    float64 (torch: bfloat16): a tall matrix is transposed (and back),
+    X = u / max(||u||_F, eps), then ns_steps times A = X X^T, X = a X + (b A + c A A) X."""
+    a, b, c = h["ns_coefficients"]
+    tall = u.shape[0] > u.shape[1]
+    x = u.double().T if tall else u.double()
+    x = x / x.norm().clamp(min=h["eps"])
+    for _ in range(int(h["ns_steps"])):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+def _adjust_lr(fn, rows, cols):
+    """torch's _adjust_lr ratio for a rows x cols matrix."""
+    if fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    if fn == "spectral_unclamped":
+        return math.sqrt(rows / cols)
+    return math.sqrt(max(1, rows / cols))
 
 
 def _trust_ratio(p, u, tc, eps):
@@ -246,7 +327,15 @@ def change(rule, p, d, h, scale, rs):
 class Optimizer(torch.optim.Optimizer):
     """optimizer x rule, in-process, in the parameters' own dtype."""
 
-    def __init__(self, params, optimizer="adam", rule="hybrid", **hyperparameters):
+    def __init__(self, params, optimizer="adam", rule="hybrid", state_dtype="float32", state_seed=0, **hyperparameters):
+        """state_dtype="bfloat16" stores every full-size slot as the native engine does
+        (mur/reference/bf16.py: stochastic rounding from state_seed, the parameter's
+        flat index and its step); d is computed from the new state before rounding.
+        (LAMB's engine kernel reads its moments back after rounding them; here d uses
+        the unrounded ones: within one bfloat16 ulp of the moments.)"""
+        if state_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"state_dtype={state_dtype!r}: must be 'float32' or 'bfloat16'")
+        self.state_dtype, self.state_seed = state_dtype, state_seed
         if optimizer not in DEFAULTS:
             raise ValueError(f"optimizer={optimizer!r}: unknown (one of {', '.join(DEFAULTS)})")
         if rule not in RULE_DEFAULTS:
@@ -267,17 +356,62 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        index = 0
         for group in self.param_groups:
             for p in group["params"]:
+                index += 1
                 if p.grad is None:
                     continue
                 st = self.state[p]
                 st["step"] = st.get("step", 0) + 1
                 if self.rule_name == "exp_sign" and "bound" not in st:
                     st["bound"] = group["p_scale"] * p.pow(2).mean().sqrt()
+                if p.grad.is_sparse:
+                    self._rows_step(p, st, group)
+                    continue
+                if self.optimizer_name == "sparseadam":
+                    raise RuntimeError("sparseadam takes sparse gradients only (as torch.optim.SparseAdam)")
+                if self.state_dtype == "bfloat16":  # first fills other than 0, rounded to nearest (as the engine)
+                    if self.optimizer_name == "rprop" and "step_size" not in st:
+                        st["step_size"] = round_nearest(torch.full_like(p, group["lr"]))
+                    if self.optimizer_name == "adagrad" and "sum" not in st:
+                        st["sum"] = round_nearest(torch.full_like(p, group["initial_accumulator_value"]))
                 d, scale, decay = direction(self.optimizer_name, p.grad, p, st, group, st["step"])
                 if decay != 1.0:
                     p.mul_(decay)
                 p.sub_(change(self.rule_name, p, d, group, scale, st))
                 average(self.optimizer_name, p, st, group, st["step"])
+                if self.state_dtype == "bfloat16":
+                    for k, name in enumerate(SLOTS.get(self.optimizer_name, [])):  # adafactor: the engine refuses
+                        if name in st:
+                            st[name] = round_stochastic(st[name], self.state_seed, index - 1, st["step"], k)
         return loss
+
+    def _rows_step(self, p, st, group):
+        """A sparse (torch.sparse_coo, one sparse dimension) gradient: the step
+        of the touched rows (coalesced: duplicates summed, as torch), every
+        other row of p and of the state unchanged; the rule's bound stays the
+        whole tensor's."""
+        name = self.optimizer_name
+        if name not in _ROW_SLOTS:
+            raise RuntimeError(f"{name} does not take sparse gradients (sparseadam, sgd and adagrad do)")
+        g = p.grad.coalesce()
+        rows = g.indices()[0]
+        for k, first in _ROW_SLOTS[name].items():
+            st.setdefault(k, torch.full_like(p, group[first] if isinstance(first, str) else first))
+        sub = {k: st[k][rows] for k in _ROW_SLOTS[name]}
+        pr = p[rows]
+        d, scale, decay = direction(name, g.values(), pr, sub, group, st["step"])
+        for k, v in sub.items():
+            st[k][rows] = v
+        pr = pr * decay
+        p[rows] = pr - change(self.rule_name, pr, d, group, scale, st)
+
+
+# The slots of the optimizers that take sparse gradients, with their first values
+# (a number, or the hyperparameter that gives it); sgd only without momentum.
+_ROW_SLOTS = {
+    "sparseadam": {"exp_avg": 0.0, "exp_avg_sq": 0.0},
+    "adagrad": {"sum": "initial_accumulator_value"},
+    "sgd": {},
+}

@@ -4,8 +4,9 @@
 // (kernels.cc, widen.cc, limit.cc, transcendental.cc).
 //
 //   describe() -> {optimizers, rules, target, threads, layout}
-//   step(opt, rule, buffers, hypers, fresh)
-//   stepAsync(opt, rule, buffers, hypers, fresh) -> Promise<{nonFinite: [job, index]} | {digests: hex[]}>
+//   step(opt, rule, buffers, hypers, fresh[, dtype, streams])
+//   stepAsync(opt, rule, buffers, hypers, fresh[, dtype, streams]) -> Promise<{nonFinite: [job, index]} | {digests:
+//   hex[]}>
 //       the same off Node's main thread (a libuv worker): first the
 //       finiteness scan of every gradient (the first NaN/infinity found is
 //       returned, nothing written), then the kernel
@@ -13,6 +14,12 @@
 //                (Float32Array, or null where unused)
 //       hypers:  Float64Array, kHyperBlock values per job
 //       fresh:   Uint32Array, one bitmask per job (slot created this step, init "grad")
+//       dtype:   how full-size optimizer slots are stored: 0 float32 (default), 1 bfloat16
+//                (then they are Uint16Arrays of bfloat16 bits; one-element slots stay Float32Arrays)
+//       streams: Uint32Array, two per job: [seed, parameter index] of bfloat16 rounding (bf16-inl.h)
+//       rows:    optional (after dtype, streams when they are given), one entry per job: null
+//                (dense) or a Uint32Array of strictly increasing row indices; then grad holds
+//                those rows, packed (kernel.h: Job::rows)
 //   firstNonFinite(Float32Array) -> index or -1
 //   scan(Float32Array) -> [index or -1, digest hex]: both in one pass
 //   sumSquares(Float32Array) -> number
@@ -21,7 +28,7 @@
 //   math("exp" | "tanh", x, out): the rule kernels' exp and tanh (transcendental.cc), for tests
 //   setThreads(n) (0: all hardware threads), threads() -> n
 //   arenaCreate(bytes), arenaCloseFd(fd): shared memory (arena.cc)
-//   allocFloats(n): the engine's own buffers, on huge pages from 2 MiB (state.cc)
+//   allocFloats(n), allocBf16(n): the engine's own buffers, on huge pages from 2 MiB (state.cc)
 #include <napi.h>
 
 #include <string>
@@ -71,6 +78,7 @@ Napi::Value Describe(const Napi::CallbackInfo& info) {
   layout.Set("hyperBlock", mur::kHyperBlock);
   layout.Set("optHyper", mur::kOptHyper);
   layout.Set("ruleHyper", mur::kRuleHyper);
+  layout.Set("rowsHyper", mur::kRowsHyper);
   out.Set("optimizers", opts);
   out.Set("rules", rules);
   out.Set("target", mur::TargetName());
@@ -95,17 +103,71 @@ float* Floats(Napi::Env env, const Napi::Array& buffers, uint32_t i, size_t* len
   return *len == 0 ? &empty : a.Data();
 }
 
-/** Checks the arguments (opt, rule, buffers, hypers, fresh) at args[0..4] and lays out the jobs. */
-std::vector<mur::Job> ParseJobsAt(const Napi::CallbackInfo& info, size_t at, int* opt_out, int* rule_out) {
+/**
+ * A row-sparse job's rows (buffers entry `rows[k]`, a Uint32Array): strictly
+ * increasing, inside theta's rows; the gradient holds whole rows of them.
+ */
+void ParseRows(Napi::Env env, const Napi::Value& v, const std::string& where, size_t gn, mur::Job* j) {
+  if (v.IsNull() || v.IsUndefined()) return;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) {
+    Fail(env, where + ": rows must be a Uint32Array or null");
+  }
+  Napi::Uint32Array r = v.As<Napi::Uint32Array>();
+  static const uint32_t none = 0;
+  j->nrows = r.ElementLength();
+  j->rows = j->nrows == 0 ? &none : r.Data();
+  if (j->nrows == 0) {
+    if (gn != 0) Fail(env, where + ": no rows but " + std::to_string(gn) + " gradient elements");
+    return;
+  }
+  if (gn % j->nrows != 0 || gn == 0)
+    Fail(env, where + ": " + std::to_string(gn) + " gradient elements are not whole rows");
+  j->row_len = gn / j->nrows;
+  if (j->n % j->row_len != 0) Fail(env, where + ": theta is not rows of " + std::to_string(j->row_len));
+  const size_t nrows_theta = j->n / j->row_len;
+  for (size_t k = 0; k < j->nrows; ++k) {
+    if (j->rows[k] >= nrows_theta || (k > 0 && j->rows[k] <= j->rows[k - 1])) {
+      Fail(env, where + ": rows[" + std::to_string(k) + "] = " + std::to_string(j->rows[k]) +
+                    " is out of order or past the last row");
+    }
+  }
+}
+
+/** The Uint16Array at buffers[i] (bfloat16 bits), or nullptr for null/undefined. */
+uint16_t* Halves(Napi::Env env, const Napi::Array& buffers, uint32_t i, size_t* len) {
+  Napi::Value v = buffers.Get(i);
+  if (v.IsNull() || v.IsUndefined()) return nullptr;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint16_array) {
+    Fail(env, "buffers[" + std::to_string(i) + "]: expected a Uint16Array (bfloat16 state) or null");
+  }
+  Napi::Uint16Array a = v.As<Napi::Uint16Array>();
+  *len = a.ElementLength();
+  static uint16_t empty = 0;
+  return *len == 0 ? &empty : a.Data();
+}
+
+/**
+ * Checks the arguments (opt, rule, buffers, hypers, fresh[, dtype, streams][, rows]) at args[at..] and lays out
+ * the jobs.
+ */
+std::vector<mur::Job> ParseJobsAt(const Napi::CallbackInfo& info, size_t at, int* opt_out, int* rule_out,
+                                  int* dtype_out) {
   Napi::Env env = info.Env();
-  if (info.Length() != at + 5 || !info[at].IsNumber() || !info[at + 1].IsNumber() || !info[at + 2].IsArray() ||
-      !info[at + 3].IsTypedArray() || !info[at + 4].IsTypedArray()) {
-    Fail(env, "step(opt, rule, buffers, hypers, fresh): bad arguments");
+  const size_t extra = info.Length() < at + 5 ? 99 : info.Length() - (at + 5);
+  const bool typed = extra == 2 || extra == 3;
+  const bool sparse = extra == 1 || extra == 3;
+  const size_t rows_at = at + 5 + (typed ? 2 : 0);
+  if (extra > 3 || !info[at].IsNumber() || !info[at + 1].IsNumber() || !info[at + 2].IsArray() ||
+      !info[at + 3].IsTypedArray() || !info[at + 4].IsTypedArray() ||
+      (typed && (!info[at + 5].IsNumber() || !info[at + 6].IsTypedArray())) || (sparse && !info[rows_at].IsArray())) {
+    Fail(env, "step(opt, rule, buffers, hypers, fresh[, dtype, streams][, rows]): bad arguments");
   }
   const int opt = info[at].As<Napi::Number>().Int32Value();
   const int rule = info[at + 1].As<Napi::Number>().Int32Value();
+  const int dtype = typed ? info[at + 5].As<Napi::Number>().Int32Value() : mur::kStateFloat32;
   if (opt < 0 || opt >= mur::kNumOptimizers) Fail(env, "step: unknown optimizer id " + std::to_string(opt));
   if (rule < 0 || rule >= mur::kNumRules) Fail(env, "step: unknown rule id " + std::to_string(rule));
+  if (dtype < 0 || dtype >= mur::kNumStateDtypes) Fail(env, "step: unknown state dtype id " + std::to_string(dtype));
   const mur::Descriptor& od = mur::OptimizerDescriptor(opt);
   const mur::Descriptor& rd = mur::RuleDescriptor(rule);
   Napi::Array buffers = info[at + 2].As<Napi::Array>();
@@ -113,6 +175,8 @@ std::vector<mur::Job> ParseJobsAt(const Napi::CallbackInfo& info, size_t at, int
     Fail(env, "step: hypers must be a Float64Array");
   if (info[at + 4].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array)
     Fail(env, "step: fresh must be a Uint32Array");
+  if (typed && info[at + 6].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array)
+    Fail(env, "step: streams must be a Uint32Array");
   Napi::Float64Array hypers = info[at + 3].As<Napi::Float64Array>();
   Napi::Uint32Array fresh = info[at + 4].As<Napi::Uint32Array>();
   if (buffers.Length() % kStride != 0)
@@ -121,6 +185,16 @@ std::vector<mur::Job> ParseJobsAt(const Napi::CallbackInfo& info, size_t at, int
   if (hypers.ElementLength() != njobs * mur::kHyperBlock)
     Fail(env, "step: hypers.length must be jobs * " + std::to_string(mur::kHyperBlock));
   if (fresh.ElementLength() != njobs) Fail(env, "step: fresh.length must equal the number of jobs");
+  if (sparse && info[rows_at].As<Napi::Array>().Length() != njobs)
+    Fail(env, "step: rows.length must equal the number of jobs");
+  const uint32_t* streams = nullptr;
+  if (typed) {
+    Napi::Uint32Array st = info[at + 6].As<Napi::Uint32Array>();
+    if (st.ElementLength() != 2 * njobs) Fail(env, "step: streams.length must be 2 * the number of jobs");
+    streams = st.Data();
+  }
+  if (dtype == mur::kStateBfloat16 && !mur::OptimizerTakesBf16(opt))
+    Fail(env, std::string("step: ") + od.name + " does not take state_dtype bfloat16");
 
   std::vector<mur::Job> jobs(njobs);
   for (size_t k = 0; k < njobs; ++k) {
@@ -131,38 +205,57 @@ std::vector<mur::Job> ParseJobsAt(const Napi::CallbackInfo& info, size_t at, int
     j.theta = Floats(env, buffers, base, &n);
     j.grad = Floats(env, buffers, base + 1, &gn);
     if (j.theta == nullptr || j.grad == nullptr) Fail(env, where + ": theta and grad are required");
-    if (gn != n) Fail(env, where + ": grad has " + std::to_string(gn) + " elements, theta " + std::to_string(n));
     j.n = n;
-    auto slot = [&](uint32_t at, int k2, const mur::Descriptor& d) -> float* {
-      size_t len = 0;
-      float* p = Floats(env, buffers, at, &len);
-      if (p == nullptr) return nullptr;
+    if (sparse) ParseRows(env, info[rows_at].As<Napi::Array>().Get(static_cast<uint32_t>(k)), where, gn, &j);
+    if (j.rows == nullptr && gn != n) {
+      Fail(env, where + ": grad has " + std::to_string(gn) + " elements, theta " + std::to_string(n));
+    }
+    auto check = [&](size_t len, int k2, const mur::Descriptor& d) {
       if (k2 >= d.n_slots) Fail(env, where + ": " + d.name + " has no slot " + std::to_string(k2));
       const bool scalar = ((d.scalar_slots >> k2) & 1u) != 0;
-      if (scalar ? len < 1 : len != n) {
+      const size_t want = d.slot_size ? d.slot_size(k2, n, hypers.Data() + k * mur::kHyperBlock) : n;
+      if (scalar ? len < 1 : len != want) {
         Fail(env, where + ": slot '" + d.slots[k2] + "' has " + std::to_string(len) + " elements, expected " +
-                      (scalar ? std::string("1") : std::to_string(n)));
+                      (scalar ? std::string("1") : std::to_string(want)));
       }
+    };
+    auto slot = [&](uint32_t at2, int k2, const mur::Descriptor& d) -> float* {
+      size_t len = 0;
+      float* p = Floats(env, buffers, at2, &len);
+      if (p != nullptr) check(len, k2, d);
       return p;
     };
-    for (int s = 0; s < mur::kMaxOptSlots; ++s) j.slot[s] = slot(base + 2 + s, s, od);
+    for (int s = 0; s < mur::kMaxOptSlots; ++s) {
+      j.slot[s] = nullptr;
+      j.slot16[s] = nullptr;
+      const bool scalar = s < od.n_slots && ((od.scalar_slots >> s) & 1u) != 0;
+      if (dtype == mur::kStateBfloat16 && !scalar) {
+        size_t len = 0;
+        j.slot16[s] = Halves(env, buffers, base + 2 + s, &len);
+        if (j.slot16[s] != nullptr) check(len, s, od);
+      } else {
+        j.slot[s] = slot(base + 2 + s, s, od);
+      }
+    }
     for (int s = 0; s < mur::kMaxRuleSlots; ++s) j.rule_slot[s] = slot(base + 2 + mur::kMaxOptSlots + s, s, rd);
     j.h = hypers.Data() + k * mur::kHyperBlock;
     j.fresh = fresh[k];
+    j.stream = streams ? (static_cast<uint64_t>(streams[2 * k]) << 32) | streams[2 * k + 1] : 0;
   }
   *opt_out = opt;
   *rule_out = rule;
+  *dtype_out = dtype;
   return jobs;
 }
 
-std::vector<mur::Job> ParseJobs(const Napi::CallbackInfo& info, int* opt_out, int* rule_out) {
-  return ParseJobsAt(info, 0, opt_out, rule_out);
+std::vector<mur::Job> ParseJobs(const Napi::CallbackInfo& info, int* opt_out, int* rule_out, int* dtype_out) {
+  return ParseJobsAt(info, 0, opt_out, rule_out, dtype_out);
 }
 
 Napi::Value Step(const Napi::CallbackInfo& info) {
-  int opt = 0, rule = 0;
-  std::vector<mur::Job> jobs = ParseJobs(info, &opt, &rule);
-  std::string err = mur::RunStep(opt, rule, jobs.data(), jobs.size());
+  int opt = 0, rule = 0, dtype = 0;
+  std::vector<mur::Job> jobs = ParseJobs(info, &opt, &rule, &dtype);
+  std::string err = mur::RunStep(opt, rule, dtype, jobs.data(), jobs.size());
   if (!err.empty()) Fail(info.Env(), "step: " + err);
   return info.Env().Undefined();
 }
@@ -183,27 +276,30 @@ Napi::Array DigestArray(Napi::Env env, const std::vector<uint64_t>& digests) {
 /** A step on a libuv worker thread. It holds references to every buffer so none is collected meanwhile. */
 class StepWorker : public Napi::AsyncWorker {
  public:
-  StepWorker(Napi::Env env, const Napi::CallbackInfo& info, int opt, int rule, std::vector<mur::Job> jobs)
+  StepWorker(Napi::Env env, const Napi::CallbackInfo& info, int opt, int rule, int dtype, std::vector<mur::Job> jobs)
       : Napi::AsyncWorker(env, "mur.step"),
         deferred_(Napi::Promise::Deferred::New(env)),
         opt_(opt),
         rule_(rule),
+        dtype_(dtype),
         jobs_(std::move(jobs)) {
-    for (size_t i = 2; i < 5; ++i) keep_.push_back(Napi::Persistent(info[i].As<Napi::Object>()));
+    for (size_t i = 2; i < info.Length(); ++i) {
+      if (info[i].IsObject()) keep_.push_back(Napi::Persistent(info[i].As<Napi::Object>()));
+    }
   }
   Napi::Promise Promise() { return deferred_.Promise(); }
 
   void Execute() override {
     digests_.resize(jobs_.size());
     for (size_t k = 0; k < jobs_.size(); ++k) {
-      const int64_t i = mur::Scan(jobs_[k].grad, jobs_[k].n, &digests_[k]);
+      const int64_t i = mur::Scan(jobs_[k].grad, mur::GradElements(jobs_[k]), &digests_[k]);
       if (i >= 0) {
         bad_job_ = static_cast<int64_t>(k);
         bad_index_ = i;
         return;  // nothing written
       }
     }
-    std::string err = mur::RunStep(opt_, rule_, jobs_.data(), jobs_.size());
+    std::string err = mur::RunStep(opt_, rule_, dtype_, jobs_.data(), jobs_.size());
     if (!err.empty()) SetError("step: " + err);
   }
   void OnOK() override {
@@ -223,7 +319,7 @@ class StepWorker : public Napi::AsyncWorker {
 
  private:
   Napi::Promise::Deferred deferred_;
-  int opt_, rule_;
+  int opt_, rule_, dtype_;
   std::vector<mur::Job> jobs_;
   std::vector<Napi::ObjectReference> keep_;
   int64_t bad_job_ = -1, bad_index_ = -1;
@@ -231,9 +327,9 @@ class StepWorker : public Napi::AsyncWorker {
 };
 
 Napi::Value StepAsync(const Napi::CallbackInfo& info) {
-  int opt = 0, rule = 0;
-  std::vector<mur::Job> jobs = ParseJobs(info, &opt, &rule);
-  auto* w = new StepWorker(info.Env(), info, opt, rule, std::move(jobs));
+  int opt = 0, rule = 0, dtype = 0;
+  std::vector<mur::Job> jobs = ParseJobs(info, &opt, &rule, &dtype);
+  auto* w = new StepWorker(info.Env(), info, opt, rule, dtype, std::move(jobs));
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;
@@ -359,16 +455,18 @@ Napi::Value LaneCreateJs(const Napi::CallbackInfo& info) {
   });
 }
 
-/** laneArm(handle, lastStep, opt, rule, buffers, hypers, fresh): the caller keeps the buffers alive until laneDisarm.
+/**
+ * laneArm(handle, lastStep, opt, rule, buffers, hypers, fresh[, dtype, streams]): the caller keeps the buffers alive
+ * until laneDisarm.
  */
 Napi::Value LaneArmJs(const Napi::CallbackInfo& info) {
   LaneHolder* h = HolderOf(info);
   if (!info[1].IsNumber()) Fail(info.Env(), "laneArm: lastStep must be a number");
-  int opt = 0, rule = 0;
-  std::vector<mur::Job> jobs = ParseJobsAt(info, 2, &opt, &rule);
+  int opt = 0, rule = 0, dtype = 0;
+  std::vector<mur::Job> jobs = ParseJobsAt(info, 2, &opt, &rule, &dtype);
   Napi::Float64Array hy = info[5].As<Napi::Float64Array>();
   std::vector<double> hypers(hy.Data(), hy.Data() + hy.ElementLength());
-  mur::LaneArm(h->lane, opt, rule, std::move(jobs), std::move(hypers),
+  mur::LaneArm(h->lane, opt, rule, dtype, std::move(jobs), std::move(hypers),
                static_cast<uint64_t>(info[1].As<Napi::Number>().DoubleValue()));
   return info.Env().Undefined();
 }

@@ -20,20 +20,37 @@ constexpr int kMaxOptSlots = 3;   // Adam with AMSGrad, RMSprop centered with mo
 constexpr int kMaxRuleSlots = 1;  // exp_sign's bound
 // A job's hyperparameter block (doubles): [0] = t (this parameter's step,
 // from 1), [1] = lr, [kOptHyper..] the optimizer's table, [kRuleHyper..] the
-// rule's table, each in the order its descriptor names.
+// rule's table, each in the order its descriptor names; [kRowsHyper] the
+// parameter's first dimension (Muon's matrices: n / rows columns).
 constexpr int kOptHyper = 2;
 constexpr int kRuleHyper = 16;
-constexpr int kHyperBlock = 24;
+constexpr int kRowsHyper = 24;
+constexpr int kHyperBlock = 25;
+
+/** How a step's full-size optimizer slots are stored (the session's state_dtype). */
+enum StateDtype { kStateFloat32, kStateBfloat16, kNumStateDtypes };
 
 struct Job {
   float* theta;
   const float* grad;
   size_t n;
-  float* slot[kMaxOptSlots];        // nullptr where this step does not use it
-  float* rule_slot[kMaxRuleSlots];  // ditto
+  float* slot[kMaxOptSlots];        // float32 slots, and every one-element slot; nullptr where unused
+  uint16_t* slot16[kMaxOptSlots];   // bfloat16 slots (full-size ones of a kStateBfloat16 step); ditto
+  float* rule_slot[kMaxRuleSlots];  // ditto (every rule slot so far is one element, always float32)
   const double* h;                  // kHyperBlock values
   uint32_t fresh;                   // bit k: optimizer slot k was just created (init "grad")
+  uint64_t stream;                  // bfloat16 rounding: seed << 32 | parameter index (bf16-inl.h)
+  // A row-sparse gradient (rows/ in docs/data-path.md): when rows is set,
+  // theta and the slots are [n / row_len, row_len], grad holds nrows rows of
+  // row_len values, packed, for the strictly increasing row indices `rows`,
+  // and only those rows of theta and of the non-scalar slots are touched.
+  const uint32_t* rows = nullptr;
+  size_t nrows = 0;
+  size_t row_len = 0;
 };
+
+/** The gradient's element count: n, or the packed rows of a row-sparse one. */
+inline size_t GradElements(const Job& j) { return j.rows != nullptr ? j.nrows * j.row_len : j.n; }
 
 /** Names an engine binding needs to lay out jobs (target-independent). */
 struct Descriptor {
@@ -43,6 +60,10 @@ struct Descriptor {
   const char* const* slots;  // positional slot names
   int n_slots;
   uint32_t scalar_slots;  // bit k: slot k holds one element, not n
+  // Slots sized by the parameter's shape (Adafactor's row and column means):
+  // slot k's length for a job of n elements and hyperparameter block h, or
+  // nullptr where every slot is per element or scalar.
+  size_t (*slot_size)(int k, size_t n, const double* h) = nullptr;
 };
 
 enum OptimizerId {
@@ -60,6 +81,9 @@ enum OptimizerId {
   kAsgd,
   kLamb,
   kLars,
+  kAdafactor,
+  kSparseAdam,
+  kMuon,
   kNumOptimizers
 };
 enum RuleId { kAdditive, kMultiplicative, kHybrid, kExpSign, kNumRules };
@@ -68,7 +92,12 @@ const Descriptor& OptimizerDescriptor(int id);
 const Descriptor& RuleDescriptor(int id);
 
 /** Returns "" on success, else why the step was refused (nothing was written). */
-std::string RunStep(int opt, int rule, const Job* jobs, size_t njobs);
+std::string RunStep(int opt, int rule, int dtype, const Job* jobs, size_t njobs);
+/** The same for each dtype (kernels.cc, kernels-bf16.cc); RunStep picks one. */
+std::string RunStepFloat32(int opt, int rule, const Job* jobs, size_t njobs);
+std::string RunStepBfloat16(int opt, int rule, const Job* jobs, size_t njobs);
+/** Whether optimizer `opt` takes bfloat16 state (all of today's do). */
+bool OptimizerTakesBf16(int opt);
 /** Index of the first NaN or infinity, or -1. */
 int64_t FirstNonFinite(const float* x, size_t n);
 /** The same, and a 64-bit digest of the bytes (independent of the thread count). */

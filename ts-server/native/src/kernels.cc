@@ -7,7 +7,10 @@
 //      coefficients from the hyperparameter block (host maths in double).
 //      A job that cannot run is refused here, before anything is written.
 //   2. Commit the per-tensor scalars (NAdam's mu_product).
-//   2b. For LAMB and LARS, the per-tensor norms (optimizers/norms-inl.h).
+//   2b. For LAMB, LARS and Adafactor, the per-tensor norms (optimizers/norms-inl.h),
+//       Adafactor's row and column means before them (optimizers/adafactor-inl.h).
+//       For Muon, the matrix pass: momentum and Newton-Schulz per matrix,
+//       one matrix after another, each product on the pool (newton_schulz.h).
 //   3. The element loop over every job, split into tasks of kChunk elements
 //      that the thread pool runs on both cores when the step is large
 //      enough. A vector body and a one-lane tail run the same code.
@@ -21,25 +24,11 @@
 
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+
+// After foreach_target.h, which includes this file again once per target.
+#include "fused-inl.h"
 #include "kernel.h"
-#include "optimizers/adadelta-inl.h"
-#include "optimizers/adagrad-inl.h"
-#include "optimizers/adam-inl.h"
-#include "optimizers/adamax-inl.h"
-#include "optimizers/asgd-inl.h"
-#include "optimizers/lamb-inl.h"
-#include "optimizers/lars-inl.h"
-#include "optimizers/lion-inl.h"
-#include "optimizers/nadam-inl.h"
-#include "optimizers/radam-inl.h"
-#include "optimizers/rmsprop-inl.h"
-#include "optimizers/rprop-inl.h"
-#include "optimizers/sgd-inl.h"
 #include "pool.h"
-#include "rules/additive-inl.h"
-#include "rules/exp_sign-inl.h"
-#include "rules/hybrid-inl.h"
-#include "rules/multiplicative-inl.h"
 #include "tasks.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -47,151 +36,46 @@ namespace mur {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-template <class Opt, class Rule>
-struct Fused {
-  struct Plan {
-    typename Opt::C opt;
-    typename Rule::C rule;
-    float decay;
-  };
+std::string RunStepImpl(int opt, int rule, const Job* jobs, size_t n) { return RunStepT<float>(opt, rule, jobs, n); }
 
-  // One element block: d from the optimizer, decay, xi from the rule, and
-  // the framework's one subtraction.
-  template <bool kDecay, class D>
-  static HWY_INLINE void Body(D d, const Job& j, const Plan& p, size_t i) {
-    const auto g = hn::LoadU(d, j.grad + i);
-    const auto theta = hn::LoadU(d, j.theta + i);
-    const auto dir = Opt::Direction(d, p.opt, j, i, g, theta);
-    const auto x = kDecay ? hn::Mul(theta, hn::Set(d, p.decay)) : theta;
-    const auto next = hn::Sub(x, Rule::Change(d, p.rule, j, x, dir));
-    hn::StoreU(next, d, j.theta + i);
-    AfterStep<Opt>(d, p.opt, j, i, next);
-  }
-
-  template <bool kDecay>
-  static void Range(const Job& j, const Plan& p, size_t begin, size_t end) {
-    const hn::ScalableTag<float> d;
-    const hn::CappedTag<float, 1> d1;
-    const size_t lanes = hn::Lanes(d);
-    size_t i = begin;
-    // Peel single elements until theta is aligned to the vector size: a load
-    // or store that straddles two cache lines costs two. Large buffers from
-    // malloc share theta's misalignment (16 bytes past a page), so this aligns
-    // the state slots too.
-    const size_t vbytes = lanes * sizeof(float);
-    const size_t mis = reinterpret_cast<uintptr_t>(j.theta + i) % vbytes;
-    if (mis % sizeof(float) == 0) {
-      for (size_t k = mis ? (vbytes - mis) / sizeof(float) : 0; k > 0 && i < end; --k, ++i) Body<kDecay>(d1, j, p, i);
-    }
-    for (; i + lanes <= end; i += lanes) Body<kDecay>(d, j, p, i);
-    for (; i < end; ++i) Body<kDecay>(d1, j, p, i);
-  }
-
-  struct Task {
-    size_t job, begin, end;
-  };
-  struct Ctx {
-    const Job* jobs;
-    const Plan* plans;
-    const Task* tasks;
-  };
-
-  static void RunTask(void* vctx, size_t k) {
-    const Ctx& c = *static_cast<const Ctx*>(vctx);
-    const Task& t = c.tasks[k];
-    const Plan& p = c.plans[t.job];
-    if (p.decay != 1.0f) {
-      Range<true>(c.jobs[t.job], p, t.begin, t.end);
-    } else {
-      Range<false>(c.jobs[t.job], p, t.begin, t.end);
-    }
-  }
-
-  static std::string Run(const Job* jobs, size_t njobs) {
-    std::vector<Plan> plans(njobs);
-    std::string err;
-    size_t total = 0;
-    for (size_t k = 0; k < njobs; ++k) {
-      Factors f;
-      if (!Opt::Prepare(jobs[k], &plans[k].opt, &f, &err) || !Rule::Prepare(jobs[k], f.scale, &plans[k].rule, &err)) {
-        return "job " + std::to_string(k) + ": " + err;
-      }
-      plans[k].decay = static_cast<float>(f.decay);
-      total += jobs[k].n;
-    }
-    for (size_t k = 0; k < njobs; ++k) Opt::Commit(jobs[k], plans[k].opt);
-
-    // Tasks: small tensors whole, large ones in chunks.
-    std::vector<Task> tasks;
-    tasks.reserve(njobs + total / kChunk);
-    for (size_t k = 0; k < njobs; ++k) {
-      for (size_t b = 0; b < jobs[k].n; b += kChunk) {
-        tasks.push_back({k, b, b + kChunk < jobs[k].n ? b + kChunk : jobs[k].n});
-      }
-    }
-    Ctx ctx{jobs, plans.data(), tasks.data()};
-    Pool& pool = Pool::Get();
-    if constexpr (WantsNorms<Opt>::value) {  // LAMB, LARS: the per-tensor norms first (optimizers/norms-inl.h)
-      std::vector<typename Opt::C*> opts(njobs);
-      for (size_t k = 0; k < njobs; ++k) opts[k] = &plans[k].opt;
-      NormPass<Opt>::Run(jobs, njobs, opts.data(), tasks, pool.threads() > 1 && total >= kParallelMinCheap);
-    }
-    if (pool.threads() > 1 && total >= (Rule::kTranscendental ? kParallelMinTranscendental : kParallelMinCheap)) {
-      pool.Run(tasks.size(), &RunTask, &ctx);
-    } else {
-      for (size_t k = 0; k < tasks.size(); ++k) RunTask(&ctx, k);
-    }
-    return "";
-  }
-};
-
-template <class Opt>
-std::string WithRule(int rule, const Job* jobs, size_t n) {
-  switch (rule) {
-    case kAdditive:
-      return Fused<Opt, Additive>::Run(jobs, n);
-    case kMultiplicative:
-      return Fused<Opt, Multiplicative>::Run(jobs, n);
-    case kHybrid:
-      return Fused<Opt, Hybrid>::Run(jobs, n);
-    case kExpSign:
-      return Fused<Opt, ExpSign>::Run(jobs, n);
-  }
-  return "unknown rule id " + std::to_string(rule);
-}
-
-std::string RunStepImpl(int opt, int rule, const Job* jobs, size_t n) {
+bool TakesBf16Impl(int opt) {
   switch (opt) {
     case kSgd:
-      return WithRule<Sgd>(rule, jobs, n);
+      return TakesBf16<Sgd>::value;
     case kAdam:
-      return WithRule<Adam>(rule, jobs, n);
+      return TakesBf16<Adam>::value;
     case kAdamW:
-      return WithRule<AdamW>(rule, jobs, n);
+      return TakesBf16<AdamW>::value;
     case kAdagrad:
-      return WithRule<Adagrad>(rule, jobs, n);
+      return TakesBf16<Adagrad>::value;
     case kRmsprop:
-      return WithRule<Rmsprop>(rule, jobs, n);
+      return TakesBf16<Rmsprop>::value;
     case kAdamax:
-      return WithRule<Adamax>(rule, jobs, n);
+      return TakesBf16<Adamax>::value;
     case kNadam:
-      return WithRule<Nadam>(rule, jobs, n);
+      return TakesBf16<Nadam>::value;
     case kRadam:
-      return WithRule<Radam>(rule, jobs, n);
+      return TakesBf16<Radam>::value;
     case kAdadelta:
-      return WithRule<Adadelta>(rule, jobs, n);
+      return TakesBf16<Adadelta>::value;
     case kLion:
-      return WithRule<Lion>(rule, jobs, n);
+      return TakesBf16<Lion>::value;
     case kRprop:
-      return WithRule<Rprop>(rule, jobs, n);
+      return TakesBf16<Rprop>::value;
     case kAsgd:
-      return WithRule<Asgd>(rule, jobs, n);
+      return TakesBf16<Asgd>::value;
     case kLamb:
-      return WithRule<Lamb>(rule, jobs, n);
+      return TakesBf16<Lamb>::value;
     case kLars:
-      return WithRule<Lars>(rule, jobs, n);
+      return TakesBf16<Lars>::value;
+    case kAdafactor:
+      return TakesBf16<Adafactor>::value;
+    case kSparseAdam:
+      return TakesBf16<SparseAdam>::value;
+    case kMuon:
+      return TakesBf16<Muon>::value;
   }
-  return "unknown optimizer id " + std::to_string(opt);
+  return false;
 }
 
 // x - x is 0 for every finite x and NaN for NaN and +-infinity: ScanRange
@@ -291,6 +175,7 @@ HWY_AFTER_NAMESPACE();
 namespace mur {
 
 HWY_EXPORT(RunStepImpl);
+HWY_EXPORT(TakesBf16Impl);
 HWY_EXPORT(FirstNonFiniteImpl);
 HWY_EXPORT(ScanImpl);
 HWY_EXPORT(SumSquaresImpl);
@@ -304,6 +189,8 @@ constexpr int Count(std::nullptr_t) { return 0; }
 
 #define MUR_DESC(ns, name, scalar) \
   Descriptor { name, ns::kHypers, Count(ns::kHypers), ns::kSlots, Count(ns::kSlots), scalar }
+#define MUR_DESC_SIZED(ns, name, scalar) \
+  Descriptor { name, ns::kHypers, Count(ns::kHypers), ns::kSlots, Count(ns::kSlots), scalar, &ns::SlotSize }
 
 static const Descriptor kOptimizerTable[kNumOptimizers] = {
     MUR_DESC(sgd_desc, "sgd", 0),
@@ -320,6 +207,9 @@ static const Descriptor kOptimizerTable[kNumOptimizers] = {
     MUR_DESC(asgd_desc, "asgd", (1u << 0) | (1u << 1)),  // eta, mu
     MUR_DESC(lamb_desc, "lamb", 0),
     MUR_DESC(lars_desc, "lars", 0),
+    MUR_DESC_SIZED(adafactor_desc, "adafactor", 0),  // row_var, col_var: by rows and columns
+    MUR_DESC(sparse_adam_desc, "sparseadam", 0),
+    MUR_DESC(muon_desc, "muon", 0),
 };
 static const Descriptor kRuleTable[kNumRules] = {
     MUR_DESC(additive_desc, "additive", 0), MUR_DESC(multiplicative_desc, "multiplicative", 0),
@@ -329,8 +219,18 @@ static const Descriptor kRuleTable[kNumRules] = {
 const Descriptor& OptimizerDescriptor(int id) { return kOptimizerTable[id]; }
 const Descriptor& RuleDescriptor(int id) { return kRuleTable[id]; }
 
-std::string RunStep(int opt, int rule, const Job* jobs, size_t njobs) {
+std::string RunStepFloat32(int opt, int rule, const Job* jobs, size_t njobs) {
   return HWY_DYNAMIC_DISPATCH(RunStepImpl)(opt, rule, jobs, njobs);
+}
+bool OptimizerTakesBf16(int opt) { return HWY_DYNAMIC_DISPATCH(TakesBf16Impl)(opt); }
+std::string RunStep(int opt, int rule, int dtype, const Job* jobs, size_t njobs) {
+  switch (dtype) {
+    case kStateFloat32:
+      return RunStepFloat32(opt, rule, jobs, njobs);
+    case kStateBfloat16:
+      return RunStepBfloat16(opt, rule, jobs, njobs);
+  }
+  return "unknown state dtype id " + std::to_string(dtype);
 }
 int64_t FirstNonFinite(const float* x, size_t n) { return HWY_DYNAMIC_DISPATCH(FirstNonFiniteImpl)(x, n); }
 int64_t Scan(const float* x, size_t n, uint64_t* digest) { return HWY_DYNAMIC_DISPATCH(ScanImpl)(x, n, digest); }

@@ -9,6 +9,7 @@
 // shmem THP is `never` and no hugetlbfs pages are reserved.
 //
 //   allocFloats(n) -> Float32Array of n zeros
+//   allocBf16(n)   -> Uint16Array of n zeros (bfloat16 state, state_dtype "bfloat16")
 #include "state.h"
 
 #include <sys/mman.h>
@@ -24,24 +25,38 @@ namespace {
 
 constexpr size_t kHuge = size_t{2} << 20;
 
-Napi::Value AllocFloats(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() != 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "allocFloats(n): n must be a number");
+/** n zeros of `width` bytes each: plain below 2 MiB, else 2 MiB-aligned with MADV_HUGEPAGE. */
+Napi::ArrayBuffer Alloc(Napi::Env env, const Napi::CallbackInfo& info, const char* fn, size_t width, size_t* n_out) {
+  if (info.Length() != 1 || !info[0].IsNumber())
+    throw Napi::TypeError::New(env, std::string(fn) + "(n): n must be a number");
   const double want = info[0].As<Napi::Number>().DoubleValue();
-  if (!(want >= 0 && want <= double(1ull << 44))) throw Napi::RangeError::New(env, "allocFloats: n out of range");
+  if (!(want >= 0 && want <= double(1ull << 44)))
+    throw Napi::RangeError::New(env, std::string(fn) + ": n out of range");
   const size_t n = static_cast<size_t>(want);
-  if (n * sizeof(float) < kHuge) return Napi::Float32Array::New(env, n);
+  *n_out = n;
+  if (n * width < kHuge) return Napi::ArrayBuffer::New(env, n * width);
   // Map 2 MiB more than needed, keep the 2 MiB-aligned part, return the rest.
-  const size_t bytes = (n * sizeof(float) + kHuge - 1) / kHuge * kHuge;
+  const size_t bytes = (n * width + kHuge - 1) / kHuge * kHuge;
   char* raw =
       static_cast<char*>(mmap(nullptr, bytes + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-  if (raw == MAP_FAILED) throw Napi::Error::New(env, std::string("allocFloats: mmap: ") + std::strerror(errno));
+  if (raw == MAP_FAILED) throw Napi::Error::New(env, std::string(fn) + ": mmap: " + std::strerror(errno));
   char* addr = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(raw) + kHuge - 1) / kHuge * kHuge);
   if (addr > raw) munmap(raw, addr - raw);
   if (raw + kHuge > addr) munmap(addr + bytes, raw + kHuge - addr);
   madvise(addr, bytes, MADV_HUGEPAGE);  // advice: without THP the pages are ordinary ones
-  Napi::ArrayBuffer buffer = mur::MappedBuffer(env, addr, bytes, n * sizeof(float));
-  return Napi::Float32Array::New(env, n, buffer, 0);
+  return mur::MappedBuffer(env, addr, bytes, n * width);
+}
+
+Napi::Value AllocFloats(const Napi::CallbackInfo& info) {
+  size_t n = 0;
+  Napi::ArrayBuffer b = Alloc(info.Env(), info, "allocFloats", sizeof(float), &n);
+  return Napi::Float32Array::New(info.Env(), n, b, 0);
+}
+
+Napi::Value AllocBf16(const Napi::CallbackInfo& info) {
+  size_t n = 0;
+  Napi::ArrayBuffer b = Alloc(info.Env(), info, "allocBf16", sizeof(uint16_t), &n);
+  return Napi::Uint16Array::New(info.Env(), n, b, 0);
 }
 
 }  // namespace
@@ -49,5 +64,6 @@ Napi::Value AllocFloats(const Napi::CallbackInfo& info) {
 namespace mur {
 void InitState(Napi::Env env, Napi::Object exports) {
   exports.Set("allocFloats", Napi::Function::New(env, AllocFloats));
+  exports.Set("allocBf16", Napi::Function::New(env, AllocBf16));
 }
 }  // namespace mur

@@ -8,11 +8,14 @@
 // Engine.step, which must either apply every job or throw having changed
 // nothing.
 import type { Arena } from '../transport/arena';
+import type { StateDtype, StateFormat } from './stateDtype';
 import type { Hypers, OptimizerDef, RuleDef } from './types';
 
 /** One stored tensor: a parameter or a state slot. */
 export interface Slot {
   readonly size: number;
+  /** How the engine stores it (a parameter: always float32). */
+  readonly dtype?: StateDtype;
   /** The current values, without a copy where the engine can (valid until the next step). */
   view(): Float32Array;
   /** A copy of the current values. */
@@ -35,6 +38,14 @@ export interface StepJob {
   h: Hypers;
   /** This parameter's step number, from 1. */
   t: number;
+  /**
+   * A row-sparse gradient's rows (strictly increasing, checked): `grad` holds
+   * those rows of a [shape[0], ...] gradient, packed, and the step reads and
+   * writes only those rows of theta and of the non-scalar slots.
+   */
+  rows?: Uint32Array;
+  /** The parameter's index in its session (declaration order): its bfloat16 rounding stream. */
+  stream: number;
 }
 
 /** What a fast lane applied between arm and disarm. */
@@ -50,7 +61,7 @@ export interface LaneReport {
 /** A fast lane: armed with every arena tensor as a job, it steps them when the client rings. */
 export interface FastLane {
   /** False (and nothing armed) while some slot has yet to be created. */
-  arm(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[], lastStep: number): boolean;
+  arm(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[], lastStep: number, state?: StateFormat): boolean;
   disarm(): LaneReport;
   close(): void;
 }
@@ -79,9 +90,16 @@ export interface Engine {
   widenF16?(src: Uint8Array, dst: Float32Array): void;
   /** The same, and a digest of the bytes (to tell a retried request from a different one), in one pass. */
   scan(a: Float32Array): { nonFinite: number; digest: string };
-  /** New storage holding a copy of `values`. */
-  create(values: Float32Array, shape: number[]): Slot;
-  /** Overwrites a slot of the same size. */
+  /**
+   * New storage holding a copy of `values`; `dtype` "bfloat16" (an optimizer
+   * slot of a bfloat16 session) narrows them where the engine stores it.
+   */
+  create(values: Float32Array, shape: number[], dtype?: StateDtype): Slot;
+  /** The state dtypes this engine stores as named (the others it keeps in float32). */
+  readonly storedStateDtypes: readonly StateDtype[];
+  /** Whether optimizer `name`'s kernels take state stored as `dtype` (absent: every optimizer does). */
+  takesStateDtype?(name: string, dtype: StateDtype): boolean;
+  /** Overwrites a slot of the same size (narrowed, to nearest, if it is bfloat16). */
   write(slot: Slot, values: Float32Array): void;
   dispose(slot: Slot): void;
   /**
@@ -100,13 +118,24 @@ export interface Engine {
    * session validated the step; throws having changed nothing, or applies
    * every job.
    */
-  step(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[]): void;
+  step(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[], state?: StateFormat): void;
+  /**
+   * One step of a session whose groups have optimizers of their own: every
+   * batch (one optimizer's jobs) or, on a refusal, none; `state` is the
+   * session's, the same for every batch.
+   */
+  stepBatches(rule: RuleDef, batches: Array<{ opt: OptimizerDef; jobs: StepJob[] }>, state?: StateFormat): void;
   /**
    * The same off the event loop (engines that can), with the finiteness
    * check of every gradient included: resolves the first non-finite element
    * (nothing applied) or null (applied).
    */
-  stepAsync?(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[]): Promise<{ nonFinite: NonFinite } | { digests: string[] }>;
+  stepAsync?(
+    opt: OptimizerDef,
+    rule: RuleDef,
+    jobs: StepJob[],
+    state?: StateFormat,
+  ): Promise<{ nonFinite: NonFinite } | { digests: string[] }>;
   memory(): EngineMemory;
 }
 

@@ -12,7 +12,9 @@ import * as path from 'path';
 import type { Engine, EngineMemory, FastLane, LaneReport, NonFinite, Slot, StepJob } from './engine';
 import { Arena } from '../transport/arena';
 import { num } from './hypers';
-import type { HyperValue, Hypers, OptimizerDef, RuleDef, SlotDecl } from './types';
+import { FLOAT32_STATE, narrowBf16, widenBf16, type StateDtype, type StateFormat } from './stateDtype';
+import { slotShape, slotSize } from './slots';
+import type { HyperSpec, HyperValue, Hypers, OptimizerDef, RuleDef, SlotDecl } from './types';
 
 interface Descriptor {
   name: string;
@@ -26,17 +28,19 @@ export interface NativeAddon {
     rules: Descriptor[];
     target: string;
     threads: number;
-    layout: { stride: number; maxOptSlots: number; maxRuleSlots: number; hyperBlock: number; optHyper: number; ruleHyper: number };
+    layout: {
+      stride: number;
+      maxOptSlots: number;
+      maxRuleSlots: number;
+      hyperBlock: number;
+      optHyper: number;
+      ruleHyper: number;
+      rowsHyper: number;
+    };
   };
-  step(opt: number, rule: number, buffers: Array<Float32Array | null>, hypers: Float64Array, fresh: Uint32Array): void;
+  step(...args: StepArgs): void;
   /** Off the main thread: scans every gradient first; resolves the first non-finite one (nothing written) or their digests. */
-  stepAsync(
-    opt: number,
-    rule: number,
-    buffers: Array<Float32Array | null>,
-    hypers: Float64Array,
-    fresh: Uint32Array,
-  ): Promise<{ nonFinite: [number, number] } | { digests: string[] }>;
+  stepAsync(...args: StepArgs): Promise<{ nonFinite: [number, number] } | { digests: string[] }>;
   scan(a: Float32Array): [number, string];
   firstNonFinite(a: Float32Array): number;
   sumSquares(a: Float32Array): number;
@@ -51,6 +55,8 @@ export interface NativeAddon {
   arenaCreate(bytes: number): { buffer: ArrayBuffer; fd: number };
   /** n zeros, in a 2 MiB-aligned mapping with MADV_HUGEPAGE from 2 MiB (native/src/state.cc). */
   allocFloats(n: number): Float32Array;
+  /** n bfloat16 zeros, the same way (bfloat16 state). */
+  allocBf16(n: number): Uint16Array;
   arenaCloseFd(fd: number): void;
   laneCreate(arena: ArrayBuffer): LaneHandle;
   laneArm(
@@ -58,13 +64,36 @@ export interface NativeAddon {
     lastStep: number,
     opt: number,
     rule: number,
-    buffers: Array<Float32Array | null>,
+    buffers: Buffers,
     hypers: Float64Array,
     fresh: Uint32Array,
+    dtype?: number,
+    streams?: Uint32Array,
   ): void;
   laneDisarm(lane: LaneHandle): LaneReport;
   laneClose(lane: LaneHandle): void;
 }
+
+/** A step's buffers, kStride per job: Float32Arrays, Uint16Arrays (bfloat16 slots) or null. */
+type Buffers = Array<Float32Array | Uint16Array | null>;
+
+/**
+ * The addon's step and stepAsync arguments: dtype, streams for bfloat16 state (native/src/bf16-inl.h); rows (one
+ * per job) a row-sparse job's row indices, or null (kernel.h: Job::rows).
+ */
+type StepArgs = [
+  opt: number,
+  rule: number,
+  buffers: Buffers,
+  hypers: Float64Array,
+  fresh: Uint32Array,
+  dtype?: number,
+  streams?: Uint32Array,
+  rows?: Array<Uint32Array | null>,
+];
+
+/** The addon's state dtype ids (native/src/kernel.h StateDtype). */
+const DTYPE_ID: Record<StateDtype, number> = { float32: 0, bfloat16: 1 };
 
 /** An opaque handle of the addon's fast lane (native/src/lane.cc). */
 type LaneHandle = { readonly __lane: unique symbol };
@@ -94,39 +123,77 @@ export function nativeLoadError(): string | null {
 class NativeSlot implements Slot {
   /** @param borrowed memory the engine does not own (an arena region) */
   constructor(
-    readonly data: Float32Array,
+    readonly data: Float32Array | Uint16Array,
     readonly borrowed = false,
   ) {}
+  get dtype(): StateDtype {
+    return this.data instanceof Uint16Array ? 'bfloat16' : 'float32';
+  }
   get size(): number {
     return this.data.length;
   }
   view(): Float32Array {
-    return this.data;
+    return this.data instanceof Uint16Array ? widenBf16(this.data) : this.data;
   }
   read(): Float32Array {
-    return this.data.slice();
+    return this.data instanceof Uint16Array ? widenBf16(this.data) : this.data.slice();
   }
 }
 
 const dataOf = (s: Slot) => (s as NativeSlot).data;
+/** A parameter's values (always float32). */
+const floatsOf = (s: Slot) => (s as NativeSlot).data as Float32Array;
 
 interface Layout {
   opt: number;
   rule: number;
-  buffers: Array<Float32Array | null>;
+  dtype: number;
+  buffers: Buffers;
   hypers: Float64Array;
   fresh: Uint32Array;
-  created: Array<{ into: Map<string, Slot>; name: string; data: Float32Array }>;
+  streams: Uint32Array;
+  created: Array<{ into: Map<string, Slot>; name: string; data: Float32Array | Uint16Array }>;
+  /** The jobs' rows, when some job is row-sparse (else the addon's dense call). */
+  rows?: Array<Uint32Array | null>;
 }
 
-/** A hyperparameter by its flattened name: "lr", "betas.1"; booleans as 0/1. */
-function flatValue(h: Hypers, name: string): number {
+/** The addon's arguments of a step laid out. */
+const stepArgs = (l: Layout): StepArgs =>
+  l.rows
+    ? [l.opt, l.rule, l.buffers, l.hypers, l.fresh, l.dtype, l.streams, l.rows]
+    : [l.opt, l.rule, l.buffers, l.hypers, l.fresh, l.dtype, l.streams];
+
+/**
+ * A hyperparameter by its flattened name: "lr", "betas.1"; booleans as 0/1, null (Adafactor's eps1) as NaN,
+ * a choice (Muon's adjust_lr_fn) by its index in `choices`.
+ */
+function flatValue(h: Hypers, name: string, specs: readonly HyperSpec[] = []): number {
   const dot = name.indexOf('.');
-  const v: HyperValue | undefined =
-    dot < 0 ? h[name] : (h[name.slice(0, dot)] as [number, number] | undefined)?.[Number(name.slice(dot + 1))];
+  const v: HyperValue | null | undefined =
+    dot < 0 ? h[name] : (h[name.slice(0, dot)] as Array<number | null> | undefined)?.[Number(name.slice(dot + 1))];
   if (typeof v === 'boolean') return v ? 1 : 0;
+  if (v === null) return NaN;
+  if (typeof v === 'string') {
+    const i = specs.find((s) => s.name === name)?.choices?.indexOf(v) ?? -1;
+    if (i < 0) throw new Error(`native engine: hyperparameter '${name}' has no choice ${JSON.stringify(v)}`);
+    return i;
+  }
   if (typeof v !== 'number') throw new Error(`native engine: hyperparameter '${name}' is ${JSON.stringify(v)}`);
   return v;
+}
+
+/**
+ * An entry of the hyperparameter block taken from the parameter's shape, for
+ * optimizers that reduce rows and columns (Adafactor): "#factored" is 1 for
+ * a tensor of >= 2 dims, "#rows" and "#cols" its last two dimensions (all 0
+ * for fewer dims).
+ */
+function shapeValue(shape: number[], name: string): number {
+  if (name === '#factored') return shape.length >= 2 ? 1 : 0;
+  if (shape.length < 2) return 0;
+  if (name === '#rows') return shape[shape.length - 2];
+  if (name === '#cols') return shape[shape.length - 1];
+  throw new Error(`native engine: no shape entry '${name}'`);
 }
 
 /** Checks that the addon's slot list is the TypeScript definition's, in order. */
@@ -138,6 +205,7 @@ function sameSlots(what: string, ts: SlotDecl[], native: Descriptor['slots']): v
 
 export class NativeEngine implements Engine {
   readonly name = 'native';
+  readonly storedStateDtypes = ['float32', 'bfloat16'] as const;
   private readonly ids = new Map<string, number>();
   private readonly descs = new Map<string, Descriptor>();
   private readonly layout_: ReturnType<NativeAddon['describe']>['layout'];
@@ -161,6 +229,22 @@ export class NativeEngine implements Engine {
     };
     index('optimizer', d.optimizers, optimizers);
     index('rule', d.rules, rules);
+  }
+
+  /**
+   * Whether optimizer `name` takes `dtype` state: an optimizer whose kernel cannot (kBf16 = false in
+   * native/src) refuses a bfloat16 step before reading any job, so an empty step asks it.
+   */
+  takesStateDtype(name: string, dtype: StateDtype): boolean {
+    if (dtype === 'float32') return true;
+    const id = this.ids.get(`optimizer:${name}`);
+    if (id === undefined) return false;
+    try {
+      this.addon.step(id, 0, [], new Float64Array(0), new Uint32Array(0), DTYPE_ID[dtype], new Uint32Array(0));
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   /** The SIMD target the addon chose, e.g. "AVX3". */
@@ -200,14 +284,24 @@ export class NativeEngine implements Engine {
     return a;
   }
 
-  create(values: Float32Array): Slot {
+  private allocBf16(n: number): Uint16Array {
+    const a = this.addon.allocBf16(n);
+    this.live.buffers += 1;
+    this.live.bytes += 2 * n;
+    return a;
+  }
+
+  create(values: Float32Array, _shape?: number[], dtype: StateDtype = 'float32'): Slot {
+    if (dtype === 'bfloat16') return new NativeSlot(narrowBf16(values, this.allocBf16(values.length)));
     const a = this.alloc(values.length);
     a.set(values);
     return new NativeSlot(a);
   }
 
   write(slot: Slot, values: Float32Array): void {
-    dataOf(slot).set(values);
+    const d = dataOf(slot);
+    if (d instanceof Uint16Array) narrowBf16(values, d);
+    else d.set(values);
   }
 
   /** A slot over memory the caller owns (an arena region): no copy, not counted as the engine's. */
@@ -224,13 +318,13 @@ export class NativeEngine implements Engine {
     const handle = addon.laneCreate(arena.memory);
     const armed: { layout: Layout | null } = { layout: null }; // keeps the armed buffers alive
     return {
-      arm: (opt, rule, jobs, lastStep) => {
-        const l = this.layout(opt, rule, jobs);
+      arm: (opt, rule, jobs, lastStep, state = FLOAT32_STATE) => {
+        const l = this.layout(opt, rule, jobs, state);
         if (l.created.length > 0) {
           this.drop(l); // a slot is still to be made: the first step of a parameter goes through the session
           return false;
         }
-        addon.laneArm(handle, lastStep, l.opt, l.rule, l.buffers, l.hypers, l.fresh);
+        addon.laneArm(handle, lastStep, l.opt, l.rule, l.buffers, l.hypers, l.fresh, l.dtype, l.streams);
         armed.layout = l;
         return true;
       },
@@ -249,17 +343,23 @@ export class NativeEngine implements Engine {
   dispose(slot: Slot): void {
     if ((slot as NativeSlot).borrowed) return;
     this.live.buffers -= 1;
-    this.live.bytes -= 4 * slot.size;
+    this.live.bytes -= dataOf(slot).byteLength;
   }
 
   memory(): EngineMemory {
     return { ...this.live };
   }
 
-  /** A new slot's buffer with its declared first value. */
-  private initial(decl: SlotDecl, theta: Float32Array, h: Hypers): Float32Array {
-    const a = this.alloc(decl.scalar ? 1 : theta.length);
+  /** A new slot's buffer with its declared first value; bfloat16 bits for a per-element slot of bfloat16 state. */
+  private initial(decl: SlotDecl, theta: Float32Array, shape: number[], h: Hypers, bf16: boolean): Float32Array | Uint16Array {
     const i = decl.init;
+    if (bf16 && !decl.scalar) {
+      const b = this.allocBf16(slotSize(decl, shape));
+      const v = 'fill' in i ? i.fill : 'fillFrom' in i ? num(h, i.fillFrom) : 0;
+      if (v !== 0) b.fill(narrowBf16(Float32Array.of(v))[0]); // to nearest; copyOfGrad: the kernel copies (and rounds)
+      return b;
+    }
+    const a = this.alloc(slotSize(decl, shape));
     if ('fill' in i) a.fill(i.fill);
     else if ('fillFrom' in i) a.fill(num(h, i.fillFrom));
     else if ('rmsTimes' in i) a[0] = Math.sqrt(this.addon.sumSquares(theta) / Math.max(1, theta.length)) * num(h, i.rmsTimes);
@@ -268,30 +368,36 @@ export class NativeEngine implements Engine {
   }
 
   /** Every job's buffers and hyperparameters; slots needed for the first time are made off to the side. */
-  private layout(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[]): Layout {
-    const { stride, maxOptSlots, hyperBlock, optHyper, ruleHyper } = this.layout_;
+  private layout(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[], state: StateFormat): Layout {
+    const { stride, maxOptSlots, hyperBlock, optHyper, ruleHyper, rowsHyper } = this.layout_;
     const od = this.descs.get(`optimizer:${opt.name}`)!;
     const rd = this.descs.get(`rule:${rule.name}`)!;
     const out: Layout = {
       opt: this.ids.get(`optimizer:${opt.name}`)!,
       rule: this.ids.get(`rule:${rule.name}`)!,
-      buffers: new Array<Float32Array | null>(jobs.length * stride).fill(null),
+      dtype: DTYPE_ID[state.dtype],
+      buffers: new Array<Float32Array | Uint16Array | null>(jobs.length * stride).fill(null),
       hypers: new Float64Array(jobs.length * hyperBlock),
       fresh: new Uint32Array(jobs.length),
+      streams: new Uint32Array(2 * jobs.length),
       created: [],
+      rows: jobs.some((j) => j.rows) ? jobs.map((j) => j.rows ?? null) : undefined,
     };
+    const bf16 = state.dtype === 'bfloat16';
     try {
       jobs.forEach((j, k) => {
         const base = k * stride;
-        const theta = dataOf(j.state.theta!);
+        const theta = floatsOf(j.state.theta!);
         out.buffers[base] = theta;
+        out.streams[2 * k] = state.seed;
+        out.streams[2 * k + 1] = j.stream;
         out.buffers[base + 1] = j.grad;
         const place = (decls: SlotDecl[], into: Map<string, Slot>, at: number, freshBits: boolean) => {
           decls.forEach((d, i) => {
-            if (d.when && !d.when(j.h)) return;
+            if ((d.when && !d.when(j.h)) || slotShape(d, j.shape) === null) return;
             let s = into.get(d.name);
             if (!s) {
-              const data = this.initial(d, theta, j.h);
+              const data = this.initial(d, theta, j.shape, j.h, bf16 && freshBits); // rule slots: float32
               out.created.push({ into, name: d.name, data });
               s = new NativeSlot(data);
               if (freshBits && 'copyOfGrad' in d.init) out.fresh[k] |= 1 << i;
@@ -304,8 +410,12 @@ export class NativeEngine implements Engine {
         const hb = k * hyperBlock;
         out.hypers[hb] = j.t;
         out.hypers[hb + 1] = flatValue(j.h, 'lr');
-        od.hypers.forEach((name, i) => (out.hypers[hb + optHyper + i] = flatValue(j.h, name)));
-        rd.hypers.forEach((name, i) => (out.hypers[hb + ruleHyper + i] = flatValue(j.h, name)));
+        od.hypers.forEach(
+          (name, i) =>
+            (out.hypers[hb + optHyper + i] = name.startsWith('#') ? shapeValue(j.shape, name) : flatValue(j.h, name, opt.hypers)),
+        );
+        rd.hypers.forEach((name, i) => (out.hypers[hb + ruleHyper + i] = flatValue(j.h, name, rule.hypers)));
+        out.hypers[hb + rowsHyper] = j.shape.length > 0 ? j.shape[0] : 1;
       });
     } catch (e) {
       this.drop(out);
@@ -322,10 +432,10 @@ export class NativeEngine implements Engine {
     for (const c of l.created) c.into.set(c.name, new NativeSlot(c.data));
   }
 
-  step(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[]): void {
-    const l = this.layout(opt, rule, jobs);
+  step(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[], state: StateFormat = FLOAT32_STATE): void {
+    const l = this.layout(opt, rule, jobs, state);
     try {
-      this.addon.step(l.opt, l.rule, l.buffers, l.hypers, l.fresh);
+      this.addon.step(...stepArgs(l));
     } catch (e) {
       this.drop(l);
       throw e;
@@ -334,15 +444,48 @@ export class NativeEngine implements Engine {
   }
 
   /**
+   * Every batch laid out first (slots made, nothing written), then each
+   * batch's kernel call. The addon refuses a call only for a layout this
+   * file made wrongly (the session validated everything else), so a refusal
+   * of a later batch after an earlier one ran would be a bug here: it is
+   * reported as such, with every new slot dropped.
+   */
+  stepBatches(rule: RuleDef, batches: Array<{ opt: OptimizerDef; jobs: StepJob[] }>, state: StateFormat = FLOAT32_STATE): void {
+    const layouts: Layout[] = [];
+    try {
+      for (const b of batches) layouts.push(this.layout(b.opt, rule, b.jobs, state));
+      layouts.forEach((l, i) => {
+        try {
+          this.addon.step(...stepArgs(l));
+        } catch (e) {
+          if (i === 0) throw e;
+          throw new Error(`native engine: batch ${i} (${batches[i].opt.name}) refused after batch 0 ran: ${(e as Error).message}`, {
+            cause: e,
+          });
+        }
+      });
+    } catch (e) {
+      layouts.forEach((l) => this.drop(l));
+      throw e;
+    }
+    layouts.forEach((l) => this.keep(l));
+  }
+
+  /**
    * The step on a libuv thread, with the finiteness scan of every gradient
    * first: the event loop serves other sessions meanwhile. Resolves the first
    * non-finite gradient element (nothing applied), or null once applied.
    */
-  async stepAsync(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[]): Promise<{ nonFinite: NonFinite } | { digests: string[] }> {
-    const l = this.layout(opt, rule, jobs);
+  async stepAsync(
+    opt: OptimizerDef,
+    rule: RuleDef,
+    jobs: StepJob[],
+    state: StateFormat = FLOAT32_STATE,
+  ): Promise<{ nonFinite: NonFinite } | { digests: string[] }> {
+    const l = this.layout(opt, rule, jobs, state);
     let r: Awaited<ReturnType<NativeAddon['stepAsync']>>;
     try {
-      r = await this.addon.stepAsync(l.opt, l.rule, l.buffers, l.hypers, l.fresh);
+      r = await this.addon.stepAsync(...stepArgs(l));
     } catch (e) {
       this.drop(l);
       throw e;

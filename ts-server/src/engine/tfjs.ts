@@ -5,6 +5,8 @@ import { createHash } from 'crypto';
 import * as tf from '@tensorflow/tfjs-core';
 import type { Engine, EngineMemory, Slot, StepJob } from './engine';
 import { num } from './hypers';
+import { stepRows } from './rows';
+import { slotShape } from './slots';
 import { stepParam } from './step';
 import type { Hypers, OptimizerDef, RuleDef, SlotDecl, State } from './types';
 
@@ -29,14 +31,14 @@ export function initialSlot(decl: SlotDecl, theta: tf.Tensor, h: Hypers): tf.Ten
   if ('copyOfGrad' in i) return null;
   if ('rmsTimes' in i) return tf.reshape(tf.mul(tf.sqrt(tf.mean(tf.square(theta))), num(h, i.rmsTimes)), [1]);
   const v = 'fill' in i ? i.fill : num(h, i.fillFrom);
-  return decl.scalar ? tf.fill([1], v) : tf.fill(theta.shape, v);
+  return tf.fill(slotShape(decl, theta.shape)!, v);
 }
 
 /** The declared slots missing from `have`, created (inside tf.tidy). */
 export function missingSlots(decls: SlotDecl[], have: Record<string, unknown>, theta: tf.Tensor, h: Hypers): State {
   const out: State = {};
   for (const d of decls) {
-    if (d.name in have || (d.when && !d.when(h))) continue;
+    if (d.name in have || (d.when && !d.when(h)) || slotShape(d, theta.shape) === null) continue;
     const t = initialSlot(d, theta, h);
     if (t) out[d.name] = t;
   }
@@ -44,6 +46,8 @@ export function missingSlots(decls: SlotDecl[], have: Record<string, unknown>, t
 }
 
 export class TfjsEngine implements Engine {
+  /** bfloat16 state is accepted and kept in float32 (tfjs has no bfloat16 dtype): the step is float32 Adam's. */
+  readonly storedStateDtypes = ['float32'] as const;
   constructor(readonly name: string) {}
 
   firstNonFinite(a: Float32Array): number {
@@ -77,17 +81,25 @@ export class TfjsEngine implements Engine {
   }
 
   step(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[]): void {
-    // 1. Compute every new tensor; nothing is assigned yet.
+    this.stepBatches(rule, [{ opt, jobs }]);
+  }
+
+  stepBatches(rule: RuleDef, batches: Array<{ opt: OptimizerDef; jobs: StepJob[] }>): void {
+    const jobs = batches.flatMap((b) => b.jobs);
+    const opts = batches.flatMap((b) => b.jobs.map(() => b.opt));
+    // 1. Compute every new tensor of every batch; nothing is assigned yet.
     const results = tf.tidy(() =>
-      jobs.map((j) => {
+      jobs.map((j, k) => {
+        const opt = opts[k];
         const theta = tensorOf(j.state.theta!);
         const optState: State = Object.fromEntries([...j.state.opt].map(([k, s]) => [k, tensorOf(s)]));
         const ruleState: State = Object.fromEntries([...j.state.rule].map(([k, s]) => [k, tensorOf(s)]));
         const fresh = { opt: missingSlots(opt.slots, optState, theta, j.h), rule: missingSlots(rule.slots, ruleState, theta, j.h) };
         Object.assign(optState, fresh.opt);
         Object.assign(ruleState, fresh.rule);
-        const g = tf.tensor(j.grad, j.shape, 'float32');
-        const r = stepParam(opt, rule, theta, g, optState, ruleState, j.h, j.t);
+        const r = j.rows
+          ? stepRows(opt, rule, { ...j, rows: j.rows }, theta, optState, ruleState)
+          : stepParam(opt, rule, theta, tf.tensor(j.grad, j.shape, 'float32'), optState, ruleState, j.h, j.t);
         return { theta: r.theta, opt: { ...fresh.opt, ...r.optState }, rule: { ...fresh.rule, ...r.ruleState } };
       }),
     );

@@ -10,7 +10,7 @@
 import type * as tf from '@tensorflow/tfjs-core';
 
 /** A hyperparameter value as it appears in a spec's JSON. */
-export type HyperValue = number | boolean | [number, number];
+export type HyperValue = number | boolean | [number, number] | [number | null, number] | [number, number, number] | string;
 
 /** Resolved hyperparameters of one group: optimizer's and rule's together. */
 export type Hypers = Record<string, HyperValue>;
@@ -18,7 +18,12 @@ export type Hypers = Record<string, HyperValue>;
 /** One entry of an optimizer's or a rule's hyperparameter table. */
 export interface HyperSpec {
   name: string;
-  type: 'number' | 'boolean' | 'pair';
+  /** 'triple': three numbers (Muon's ns_coefficients); 'choice': one of `choices` (null in a spec: the default). */
+  type: 'number' | 'boolean' | 'pair' | 'triple' | 'choice';
+  /** The strings a 'choice' takes, in the order the native engine numbers them. */
+  choices?: readonly string[];
+  /** A number that must be a whole number (Muon's ns_steps). */
+  integer?: boolean;
   /** torch's default; `undefined` (and no defaultFrom) means required (e.g. SGD's lr). */
   default?: HyperValue;
   /** When not given, takes the resolved value of this other hyperparameter (lr_out: 'lr'). */
@@ -37,7 +42,10 @@ export interface HyperSpec {
 }
 
 /** The bounds of one number of a pair. */
-export type ItemBounds = Pick<HyperSpec, 'minimum' | 'maximum' | 'exclusiveMinimum' | 'exclusiveMaximum'>;
+export type ItemBounds = Pick<HyperSpec, 'minimum' | 'maximum' | 'exclusiveMinimum' | 'exclusiveMaximum'> & {
+  /** This number may be null (Adafactor's eps1: None, the float32 machine epsilon). */
+  nullable?: boolean;
+};
 
 /** Named state tensors of one parameter, e.g. {exp_avg, exp_avg_sq}. */
 export type State = Record<string, tf.Tensor>;
@@ -65,6 +73,13 @@ export interface SlotDecl {
   scalar?: boolean;
   /** The slot exists only with these hyperparameters (default: always). */
   when?: (h: Hypers) => boolean;
+  /**
+   * The slot's shape for a parameter of this shape, or null where the slot
+   * does not exist for it (Adafactor: row_var [..., R, 1] and col_var
+   * [..., 1, C] for >= 2 dims, variance for vectors). Default: the
+   * parameter's shape ([1] when scalar).
+   */
+  shape?: (param: number[]) => number[] | null;
 }
 
 /** What an optimizer hands to the rule. */
@@ -96,6 +111,13 @@ export interface OptimizerDef {
   /** The state slots of one parameter, created by the engine when first needed. */
   slots: SlotDecl[];
   /**
+   * Row-sparse gradients (docs/data-path.md): 'only' takes nothing else
+   * (SparseAdam), a function says why these hyperparameters refuse them ('':
+   * taken); absent, they are refused. With rows, `update` sees the touched
+   * rows of the gradient, theta and every non-scalar slot, as a dense step.
+   */
+  sparse?: 'only' | ((h: Hypers) => string);
+  /**
    * One step for one parameter. `t` counts this parameter's steps from 1.
    * Runs inside tf.tidy: allocate freely, return what must survive.
    */
@@ -106,6 +128,8 @@ export interface OptimizerDef {
    * step's `update`; returns the slots it changes. Runs inside tf.tidy.
    */
   after?(theta: tf.Tensor, state: State, h: Hypers, t: number): State;
+  /** Why a parameter of this shape cannot use this optimizer (Muon: 2-D only), or undefined. */
+  refuseShape?(shape: readonly number[]): string | undefined;
 }
 
 export interface RuleDef {

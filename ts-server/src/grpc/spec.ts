@@ -9,11 +9,23 @@ export function specFromWire(s: OptimizerSpec): SpecJson {
   if (s.groups && Object.keys(s.groups).length) {
     json.groups = Object.fromEntries(Object.entries(s.groups).map(([k, v]) => [k, v ?? {}]));
   }
+  const own = s.groupOptimizers?.byGroup ?? {};
+  if (Object.keys(own).length) json.group_optimizers = { ...own };
+  if (s.stateDtype) json.state_dtype = s.stateDtype; // "" is the default, float32
+  if (s.stateSeed) json.state_seed = s.stateSeed;
   return json;
 }
 
 export function specToWire(s: ResolvedSpec): OptimizerSpec {
-  return { optimizer: s.optimizer.name, rule: s.rule.name, defaults: { ...s.defaults }, groups: { ...s.groups } };
+  return {
+    optimizer: s.optimizer.name,
+    rule: s.rule.name,
+    defaults: { ...s.defaults },
+    groups: { ...s.groups },
+    groupOptimizers: { byGroup: Object.fromEntries(Object.entries(s.groupOptimizers).map(([g, o]) => [g, o.name])) },
+    stateDtype: s.state.dtype,
+    stateSeed: s.state.seed,
+  };
 }
 
 /** Overrides maps arrive with possibly undefined values. */

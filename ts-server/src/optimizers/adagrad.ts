@@ -24,6 +24,8 @@ export const adagrad: OptimizerDef = {
     eps(1e-10),
     EPS_IN_SQRT,
   ],
+  // torch.optim.Adagrad: "weight_decay option is not compatible with sparse gradients".
+  sparse: (h) => (num(h, 'weight_decay') !== 0 ? 'weight_decay: not compatible with sparse gradients (as in torch); use 0' : ''),
   slots: [{ name: 'sum', init: { fillFrom: 'initial_accumulator_value' } }],
   update(g, theta, state, h, t) {
     g = withWeightDecay(g, theta, num(h, 'weight_decay'));

@@ -1,6 +1,7 @@
 // Every optimizer the service offers, by name. GetCapabilities is read off this list.
 import type { OptimizerDef } from '../engine/types';
 import { adadelta } from './adadelta';
+import { adafactor } from './adafactor';
 import { adagrad } from './adagrad';
 import { adam } from './adam';
 import { adamax } from './adamax';
@@ -9,11 +10,13 @@ import { asgd } from './asgd';
 import { lamb } from './lamb';
 import { lars } from './lars';
 import { lion } from './lion';
+import { muon } from './muon';
 import { nadam } from './nadam';
 import { radam } from './radam';
 import { rmsprop } from './rmsprop';
 import { rprop } from './rprop';
 import { sgd } from './sgd';
+import { sparseAdam } from './sparseAdam';
 
 export const OPTIMIZERS: readonly OptimizerDef[] = [
   sgd,
@@ -30,4 +33,7 @@ export const OPTIMIZERS: readonly OptimizerDef[] = [
   asgd,
   lamb,
   lars,
+  adafactor,
+  sparseAdam,
+  muon,
 ];

@@ -19,6 +19,13 @@ export const sgd: OptimizerDef = {
     { name: 'nesterov', type: 'boolean', default: false, description: 'Nesterov momentum (needs momentum > 0, dampening 0)' },
     LR_IN_MOMENTUM,
   ],
+  // torch's sparse SGD keeps a sparse buffer whose every stored row moves each step, touched or not.
+  sparse: (h) =>
+    num(h, 'momentum') !== 0
+      ? 'momentum: a sparse momentum buffer moves rows the gradient does not touch; use momentum 0'
+      : num(h, 'weight_decay') !== 0
+        ? 'weight_decay: decay touches every row; use weight_decay 0'
+        : '',
   // The momentum buffer starts as a copy of the first gradient that uses it.
   slots: [{ name: 'momentum_buffer', init: { copyOfGrad: true }, when: (h) => num(h, 'momentum') !== 0 }],
   update(g, theta, state, h): OptimizerUpdate {

@@ -2,8 +2,9 @@
 // (slot "" is the parameter, "rule.x" a rule slot, anything else an
 // optimizer slot) and the all-or-nothing check of an import.
 import type { ParamState, Slot } from '../engine/engine';
+import { slotShape } from '../engine/slots';
 import { FailedPrecondition, InvalidArgument } from '../errors';
-import type { ResolvedSpec } from '../registry';
+import { optimizerOf, specJson, type ResolvedSpec } from '../registry';
 
 /** One tensor of a checkpoint. */
 export interface SlotTensor {
@@ -39,7 +40,7 @@ export function* paramTensors(id: string, p: ParamState): Generator<SlotTensor> 
  * the same optimizer and rule.
  */
 export function checkImport(
-  params: Map<string, { state: ParamState; size: number }>,
+  params: Map<string, { state: ParamState; size: number; shape: number[]; group: string }>,
   current: ResolvedSpec,
   header: Partial<SessionHeader> | undefined,
   tensors: SlotTensor[],
@@ -58,19 +59,31 @@ export function checkImport(
     let want = p.size;
     if (t.slot !== '') {
       const rule = t.slot.startsWith(RULE_PREFIX);
-      const decls = rule ? current.rule.slots : current.optimizer.slots;
+      const opt = optimizerOf(current, p.group);
+      const decls = rule ? current.rule.slots : opt.slots;
       const name = rule ? t.slot.slice(RULE_PREFIX.length) : t.slot;
       const decl = decls.find((d) => d.name === name);
       if (!decl) {
-        const known = [...current.optimizer.slots.map((d) => d.name), ...current.rule.slots.map((d) => RULE_PREFIX + d.name)];
+        const known = [...opt.slots.map((d) => d.name), ...current.rule.slots.map((d) => RULE_PREFIX + d.name)];
         throw new InvalidArgument(
-          `${where}: not a state slot of ${current.optimizer.name} with the ${current.rule.name} rule (its slots: ${known.join(', ') || 'none'})`,
+          `${where}: not a state slot of ${opt.name} with the ${current.rule.name} rule (its slots: ${known.join(', ') || 'none'})`,
         );
       }
-      if (decl.scalar) want = 1;
+      const shape = slotShape(decl, p.shape);
+      if (shape === null)
+        throw new InvalidArgument(
+          `${where}: ${current.optimizer.name} keeps no '${name}' for a parameter of shape ${JSON.stringify(p.shape)}`,
+        );
+      want = shape.reduce((a, b) => a * b, 1);
     }
     if (t.data.length !== want) throw new InvalidArgument(`${where}: ${t.data.length} elements, expected ${want}`);
     checkFinite(t.data, where);
+  }
+  const groupOpts = (x: ResolvedSpec) => JSON.stringify(Object.entries(specJson(x).group_optimizers ?? {}).sort());
+  if (header?.spec && groupOpts(header.spec) !== groupOpts(current)) {
+    throw new FailedPrecondition(
+      `header.spec: checkpoint's groups have optimizers ${groupOpts(header.spec)}, the session's ${groupOpts(current)}`,
+    );
   }
   if (header?.spec && (header.spec.optimizer !== current.optimizer || header.spec.rule !== current.rule)) {
     throw new FailedPrecondition(

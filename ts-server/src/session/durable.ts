@@ -33,7 +33,7 @@ import * as path from 'path';
 import { createHash, randomBytes } from 'crypto';
 import { DataLoss, InvalidArgument, type MurError, Reason, ResourceExhausted, Unavailable } from '../errors';
 import { log } from '../log';
-import { resolveSpec, type ResolvedSpec, type SpecJson } from '../registry';
+import { resolveSpec, specJson, type ResolvedSpec, type SpecJson } from '../registry';
 import type { SessionHeader, SlotTensor } from './checkpoint';
 import type { ParamDeclaration } from './declarations';
 import { FSYNC_DEFAULT, io, Syncer, type FsyncMode } from './fsync';
@@ -52,7 +52,7 @@ export interface PendingRecord {
 
 /** What a Session tells its journal: each change before it is made. */
 export interface StepJournal {
-  step(step: number, grads: Array<{ id: string; data: Float32Array }>, overrides: Overrides): PendingRecord;
+  step(step: number, grads: Array<{ id: string; data: Float32Array; rows?: Uint32Array }>, overrides: Overrides): PendingRecord;
   imported(header: Partial<SessionHeader> | undefined, tensors: SlotTensor[]): PendingRecord;
   added(groups: Overrides, decls: ParamDeclaration[]): PendingRecord;
   /** A step numbered past every number so far was refused (clients do not send that number again). */
@@ -76,7 +76,7 @@ interface SnapshotJson {
 }
 
 type JournalJson =
-  | { session: string; op: 'step'; step: number; overrides: Overrides; grads: Array<{ id: string; n: number }> }
+  | { session: string; op: 'step'; step: number; overrides: Overrides; grads: Array<{ id: string; n: number; rows?: number[] }> }
   | {
       session: string;
       op: 'import';
@@ -86,8 +86,9 @@ type JournalJson =
   | { session: string; op: 'add'; groups: Overrides; params: Array<ParamsJson[number] & { n: number }> }
   | { session: string; op: 'refused'; step: number };
 
+/** The spec as the journal and snapshots keep it (its state_dtype and state_seed included). */
 export function specToJson(s: ResolvedSpec): SpecJson {
-  return { optimizer: s.optimizer.name, rule: s.rule.name, defaults: s.defaults, groups: s.groups };
+  return specJson(s);
 }
 
 const paramsJson = (decls: ParamDeclaration[]): ParamsJson =>
@@ -256,9 +257,11 @@ class SessionFiles implements StepJournal {
     }
   }
 
-  step(step: number, grads: Array<{ id: string; data: Float32Array }>, overrides: Overrides): PendingRecord {
+  step(step: number, grads: Array<{ id: string; data: Float32Array; rows?: Uint32Array }>, overrides: Overrides): PendingRecord {
+    // A row-sparse gradient's rows go in the record's JSON, its values in the payload.
+    const entry = (g: (typeof grads)[number]) => ({ id: g.id, n: g.data.length, ...(g.rows ? { rows: Array.from(g.rows) } : {}) });
     return this.append(
-      { session: this.id, op: 'step', step, overrides, grads: grads.map((g) => ({ id: g.id, n: g.data.length })) },
+      { session: this.id, op: 'step', step, overrides, grads: grads.map(entry) },
       grads.map((g) => g.data),
     );
   }
@@ -612,7 +615,7 @@ function replay(session: Session, j: JournalJson, payload: Buffer): void {
     case 'step':
       session.step(
         j.step,
-        j.grads.map((g) => ({ id: g.id, data: take(g.n) })),
+        j.grads.map((g) => ({ id: g.id, data: take(g.n), ...(g.rows ? { rows: Uint32Array.from(g.rows) } : {}) })),
         j.overrides,
       );
       return;

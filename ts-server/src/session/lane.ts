@@ -4,7 +4,7 @@
 // it is idle and disarms it before any other operation, taking in what it
 // applied; it never runs beside another operation on the session.
 import type { Engine, FastLane, ParamState, StepJob } from '../engine/engine';
-import { resolveGroup, type ResolvedSpec } from '../registry';
+import { isMixed, resolveGroup, type ResolvedSpec } from '../registry';
 import type { Arena } from '../transport/arena';
 
 /** What the lane applied while armed: steps per parameter, and its last step. */
@@ -21,6 +21,7 @@ export interface LaneParam {
   state: ParamState;
   shape: number[];
   group: string;
+  index: number;
 }
 
 export class SessionLane {
@@ -43,6 +44,7 @@ export class SessionLane {
    */
   arm(spec: ResolvedSpec, param: (id: string) => LaneParam, lastStep: number): void {
     if (this.armed) return;
+    if (isMixed(spec)) return; // one optimizer per lane: a mixed session steps by RPC (docs/data-path.md)
     const params = this.arena.tensors.map((t) => param(t.paramId));
     if (params.some((p) => p.state.steps === 0)) return;
     const jobs: StepJob[] = params.map((p, i) => ({
@@ -51,8 +53,9 @@ export class SessionLane {
       grad: this.arena.grad(i),
       h: resolveGroup(spec, p.group),
       t: p.state.steps + 1,
+      stream: p.index,
     }));
-    this.armed = this.lane.arm(spec.optimizer, spec.rule, jobs, lastStep);
+    this.armed = this.lane.arm(spec.optimizer, spec.rule, jobs, lastStep, spec.state);
   }
 
   /** Stops the lane; what it applied since armed (null when it was not armed). */

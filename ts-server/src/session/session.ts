@@ -7,14 +7,15 @@
 // repeated last step number replays the result without stepping.
 import { createHash } from 'crypto';
 import { currentEngine, disposeParam, type Engine, type ParamState, type StepJob } from '../engine/engine';
-import type { Hypers } from '../engine/types';
+import type { Hypers, OptimizerDef } from '../engine/types';
 import { DataLoss, FailedPrecondition, InvalidArgument, MurError, Reason } from '../errors';
 import type { Arena } from '../transport/arena';
-import { resolveGroup, resolveSpec, withOverrides, type ResolvedSpec } from '../registry';
+import { checkShapes, isMixed, optimizerOf, resolveGroup, resolveSpec, specJson, withOverrides, type ResolvedSpec } from '../registry';
 import { checkImport, paramTensors, slotRef, type SessionHeader, type SlotTensor } from './checkpoint';
 import { checkDeclarations, checkFinite, sizeOf, type ParamDeclaration } from './declarations';
 import type { StepJournal } from './durable';
 import { SessionLane } from './lane';
+import { checkRows, elementName, gatherRows, gradientKindRefusal, rowLength } from './rows';
 
 export type { ParamDeclaration } from './declarations';
 export type { SessionHeader, SlotTensor } from './checkpoint';
@@ -22,6 +23,8 @@ export { sizeOf } from './declarations';
 
 interface Param {
   id: string;
+  /** Declaration order in the session: the parameter's bfloat16 rounding stream. */
+  index: number;
   shape: number[];
   group: string;
   size: number;
@@ -33,19 +36,34 @@ export type Overrides = Record<string, Record<string, unknown>>;
 type Where = (i: number) => string;
 const gradsAt: Where = (i) => `grads[${i}]`;
 
+/** One gradient of a step: dense (the parameter's size), or row-sparse (`rows`, and `data` their values, packed). */
+export interface StepGrad {
+  id: string;
+  data: Float32Array;
+  rows?: Uint32Array;
+}
+
 /** A planned step: validated, laid out, not yet applied. */
 interface Plan {
   spec: ResolvedSpec;
   jobs: StepJob[];
+  /** The jobs by optimizer (one batch unless groups have optimizers of their own), in order of first use. */
+  batches: Array<{ opt: OptimizerDef; jobs: StepJob[] }>;
   ids: string[];
+  /** Each gradient's rows (row-sparse ones). */
+  rows: Array<Uint32Array | undefined>;
   /** The gradients' digests, when the plan scanned them (the synchronous path). */
   digests?: string[];
 }
 
 /** One digest of a step request: which parameters, their gradients' digests, the overrides. */
-function requestDigest(grads: Array<{ id: string }>, digests: string[], overrides: Overrides): string {
+function requestDigest(grads: Array<{ id: string; rows?: Uint32Array }>, digests: string[], overrides: Overrides): string {
   const h = createHash('sha256');
-  grads.forEach((g, i) => h.update(`${g.id}\0${digests[i]}\0`));
+  grads.forEach((g, i) => {
+    h.update(`${g.id}\0${digests[i]}\0`);
+    // A row-sparse gradient's rows are part of the request: the same values at other rows are another step.
+    if (g.rows) h.update(`rows ${g.rows.length}\0`).update(new Uint8Array(g.rows.buffer, g.rows.byteOffset, g.rows.byteLength));
+  });
   h.update(canonicalJson(overrides));
   return h.digest('hex');
 }
@@ -70,7 +88,7 @@ export interface StepResult {
    * the session's storage where the engine allows: read them before the
    * session's next step.
    */
-  values: Array<{ id: string; data: Float32Array }>;
+  values: Array<{ id: string; data: Float32Array; rows?: Uint32Array }>;
 }
 
 export class Session {
@@ -79,6 +97,8 @@ export class Session {
   private readonly params = new Map<string, Param>();
   private lastStep = 0;
   private lastStepIds: string[] = [];
+  /** The rows of each of the last step's row-sparse gradients (its reply carries those rows only). */
+  private lastStepRows: Array<Uint32Array | undefined> = [];
   /** What the last applied step's request was (ids, gradient digests, overrides); null after an import. */
   private lastDigest: string | null = null;
   private disposed = false;
@@ -105,11 +125,19 @@ export class Session {
   constructor(id: string, spec: ResolvedSpec, decls: ParamDeclaration[], engine: Engine = currentEngine()) {
     this.id = id;
     this.engine = engine;
+    const { dtype } = spec.state;
+    // Every optimizer of the session (a mixed one's groups' too) must keep its state as state_dtype.
+    for (const opt of new Set([spec.optimizer, ...Object.values(spec.groupOptimizers)])) {
+      if (engine.storedStateDtypes.includes(dtype) && engine.takesStateDtype && !engine.takesStateDtype(opt.name, dtype)) {
+        throw new InvalidArgument(`state_dtype: ${opt.name} cannot keep its state as ${dtype} on the ${engine.name} engine (use float32)`);
+      }
+    }
     checkDeclarations(decls, (a) => engine.firstNonFinite(a));
     this.spec = resolveGroups(
       spec,
       decls.map((d) => d.group),
     );
+    checkShapes(this.spec, decls);
     for (const d of decls) this.declare(d);
   }
 
@@ -117,6 +145,7 @@ export class Session {
   private declare(d: ParamDeclaration): void {
     this.params.set(d.id, {
       id: d.id,
+      index: this.params.size,
       shape: [...d.shape],
       group: d.group,
       size: sizeOf(d.shape),
@@ -152,6 +181,11 @@ export class Session {
     return p;
   }
 
+  private element(g: StepGrad, index: number): string {
+    const p = this.params.get(g.id);
+    return elementName(index, g.rows, g.rows && p ? rowLength(p.shape, g.id) : 0);
+  }
+
   private finite(a: Float32Array, what: string): void {
     checkFinite(a, what, (x) => this.engine.firstNonFinite(x));
   }
@@ -161,7 +195,7 @@ export class Session {
    * one, in the parameter's row-major order. Runs on the calling thread; the
    * gRPC handlers use stepAsync.
    */
-  step(step: number, grads: Array<{ id: string; data: Float32Array }>, overrides: Overrides = {}, where: Where = gradsAt): StepResult {
+  step(step: number, grads: StepGrad[], overrides: Overrides = {}, where: Where = gradsAt): StepResult {
     this.syncLane();
     try {
       const plan = this.plan(step, grads, overrides, where, true);
@@ -169,7 +203,7 @@ export class Session {
       const rec = this.journal?.step(step, grads, overrides);
       try {
         rec?.durableSync();
-        this.engine.step(plan.spec.optimizer, plan.spec.rule, plan.jobs);
+        this.apply(plan);
       } catch (e) {
         rec?.cancel();
         throw e;
@@ -213,28 +247,27 @@ export class Session {
    * scan and the kernel run off the event loop, so other sessions are served
    * meanwhile.
    */
-  stepAsync(
-    step: number,
-    grads: Array<{ id: string; data: Float32Array }>,
-    overrides: Overrides = {},
-    where: Where = gradsAt,
-  ): Promise<StepResult> {
+  stepAsync(step: number, grads: StepGrad[], overrides: Overrides = {}, where: Where = gradsAt): Promise<StepResult> {
     return this.exclusive(async () => {
       const engine = this.engine;
       try {
-        const plan = this.plan(step, grads, overrides, where, !engine.stepAsync);
+        // A mixed session (groups with optimizers of their own) steps on this thread, its gradients scanned here.
+        const mixed = isMixed(this.spec);
+        const plan = this.plan(step, grads, overrides, where, !engine.stepAsync || mixed);
         if ('replay' in plan) return plan.replay;
         const rec = this.journal?.step(step, grads, overrides);
         let digests = plan.digests;
         try {
           await rec?.durable();
-          if (!engine.stepAsync) {
-            engine.step(plan.spec.optimizer, plan.spec.rule, plan.jobs);
+          if (!engine.stepAsync || plan.batches.length > 1 || mixed) {
+            this.apply(plan);
           } else {
-            const r = await engine.stepAsync(plan.spec.optimizer, plan.spec.rule, plan.jobs);
+            const r = await engine.stepAsync(plan.batches[0].opt, plan.spec.rule, plan.jobs, plan.spec.state);
             if ('nonFinite' in r) {
               const bad = r.nonFinite;
-              throw new InvalidArgument(`${where(bad.job)} '${grads[bad.job].id}': element ${bad.index} is ${bad.value} (must be finite)`);
+              throw new InvalidArgument(
+                `${where(bad.job)} '${grads[bad.job].id}': ${this.element(grads[bad.job], bad.index)} is ${bad.value} (must be finite)`,
+              );
             }
             digests = r.digests;
           }
@@ -258,12 +291,7 @@ export class Session {
    * `replayed` says the number is the last applied step's (the step would
    * replay it).
    */
-  validateStep(
-    step: number,
-    grads: Array<{ id: string; data: Float32Array }>,
-    overrides: Overrides = {},
-    where: Where = gradsAt,
-  ): Promise<StepResult> {
+  validateStep(step: number, grads: StepGrad[], overrides: Overrides = {}, where: Where = gradsAt): Promise<StepResult> {
     return this.exclusive(() => {
       const plan = this.plan(step, grads, overrides, where, true);
       return { step, replayed: 'replay' in plan, values: [] };
@@ -291,13 +319,7 @@ export class Session {
   }
 
   /** Everything but finiteness (optionally) checked, and the jobs laid out; or the replay of the last step. */
-  private plan(
-    step: number,
-    grads: Array<{ id: string; data: Float32Array }>,
-    overrides: Overrides,
-    where: Where,
-    checkFinite: boolean,
-  ): { replay: StepResult } | Plan {
+  private plan(step: number, grads: StepGrad[], overrides: Overrides, where: Where, checkFinite: boolean): { replay: StepResult } | Plan {
     this.checkOpen();
     if (!Number.isSafeInteger(step) || step < 1) throw new InvalidArgument(`step: ${step} must be a positive integer`);
     if (this.lastStep > 0 && step === this.lastStep) {
@@ -314,7 +336,7 @@ export class Session {
           );
         }
       }
-      return { replay: { step, replayed: true, values: this.lastStepIds.map((id) => ({ id, data: this.view(id) })) } };
+      return { replay: { step, replayed: true, values: this.values(this.lastStepIds, this.lastStepRows) } };
     }
     if (step < this.lastStep) {
       throw new FailedPrecondition(`step: ${step} is before the last applied step ${this.lastStep}`);
@@ -344,20 +366,43 @@ export class Session {
       if (seen.has(g.id)) throw new InvalidArgument(`${where(i)}: parameter '${g.id}' appears twice`);
       seen.add(g.id);
       if (!p.state.theta) throw new FailedPrecondition(`${where(i)}: parameter '${g.id}' has no values yet (send them with ImportState)`);
-      if (g.data.length !== p.size) {
+      if (g.rows) {
+        checkRows(g.rows, g.data.length, p.shape, `${where(i)} '${g.id}'`);
+      } else if (g.data.length !== p.size) {
         throw new InvalidArgument(
           `${where(i)} '${g.id}': ${g.data.length} elements, parameter has ${p.size} (shape ${JSON.stringify(p.shape)})`,
+        );
+      }
+      const refusal = gradientKindRefusal(optimizerOf(spec, p.group), hyp(p.group), g.rows !== undefined);
+      if (refusal) throw new InvalidArgument(`${where(i)} '${g.id}': ${refusal}`);
+      if (g.rows && spec.state.dtype !== 'float32') {
+        throw new InvalidArgument(
+          `${where(i)} '${g.id}': row-sparse gradients need state_dtype float32 (this session's is ${spec.state.dtype})`,
         );
       }
       if (checkFinite) {
         const { nonFinite, digest } = this.engine.scan(g.data);
         if (nonFinite >= 0)
-          throw new InvalidArgument(`${where(i)} '${g.id}': element ${nonFinite} is ${g.data[nonFinite]} (must be finite)`);
+          throw new InvalidArgument(`${where(i)} '${g.id}': ${this.element(g, nonFinite)} is ${g.data[nonFinite]} (must be finite)`);
         digests.push(digest);
       }
-      return { state: p.state, shape: p.shape, grad: g.data, h: hyp(p.group), t: p.state.steps + 1 };
+      return { state: p.state, shape: p.shape, grad: g.data, h: hyp(p.group), t: p.state.steps + 1, rows: g.rows, stream: p.index };
     });
-    return { spec, jobs, ids: grads.map((g) => g.id), digests: checkFinite ? digests : undefined };
+    const batches: Plan['batches'] = [];
+    jobs.forEach((j, i) => {
+      const opt = optimizerOf(spec, this.params.get(grads[i].id)!.group);
+      const b = batches.find((x) => x.opt === opt);
+      if (b) b.jobs.push(j);
+      else batches.push({ opt, jobs: [j] });
+    });
+    if (batches.length === 0) batches.push({ opt: spec.optimizer, jobs: [] });
+    return { spec, jobs, batches, ids: grads.map((g) => g.id), rows: grads.map((g) => g.rows), digests: checkFinite ? digests : undefined };
+  }
+
+  /** The engine applies a planned step: every batch (one per optimizer) or none. */
+  private apply(plan: Plan): void {
+    if (plan.batches.length === 1) this.engine.step(plan.batches[0].opt, plan.spec.rule, plan.batches[0].jobs, plan.spec.state);
+    else this.engine.stepBatches(plan.spec.rule, plan.batches, plan.spec.state);
   }
 
   /** After the engine applied a planned step. */
@@ -366,10 +411,21 @@ export class Session {
     this.spec = plan.spec;
     this.lastStep = step;
     this.lastStepIds = plan.ids;
+    this.lastStepRows = plan.rows;
     this.lastDigest = digest;
     this.resumedAt = null;
     this.journal?.committed(this);
-    return { step, replayed: false, values: this.lastStepIds.map((id) => ({ id, data: this.view(id) })) };
+    return { step, replayed: false, values: this.values(this.lastStepIds, this.lastStepRows) };
+  }
+
+  /** A step's reply values: each parameter whole (a view), or the rows its row-sparse gradient touched (a copy). */
+  private values(ids: string[], rows: Array<Uint32Array | undefined>): StepResult['values'] {
+    return ids.map((id, i) => {
+      const r = rows[i];
+      if (!r) return { id, data: this.view(id) };
+      const p = this.params.get(id)!;
+      return { id, data: gatherRows(this.view(id), r, rowLength(p.shape, id)), rows: r };
+    });
   }
 
   /**
@@ -433,13 +489,9 @@ export class Session {
       }
       if (!decls.some((d) => d.group === g)) throw new InvalidArgument(`groups.${g || '""'}: no new parameter is in this group`);
     }
-    const json = {
-      optimizer: this.spec.optimizer.name,
-      rule: this.spec.rule.name,
-      defaults: this.spec.defaults,
-      groups: { ...this.spec.groups, ...groups },
-    };
+    const json = { ...specJson(this.spec), groups: { ...this.spec.groups, ...groups } };
     const spec = resolveSpec(json, new Set([...inUse, ...decls.map((d) => d.group)]));
+    checkShapes(spec, decls);
     reserve(spec, decls);
     this.journal?.added(groups, decls).durableSync();
     // Commit: nothing below can be refused.
@@ -470,7 +522,13 @@ export class Session {
   }
 
   /** A step whose gradients are in the arena's gradient regions, by arena index. */
-  stepArena(step: number, indices: number[], overrides: Overrides = {}, validateOnly = false): Promise<StepResult> {
+  stepArena(
+    step: number,
+    indices: number[],
+    overrides: Overrides = {},
+    validateOnly = false,
+    sparse: Array<{ tensor: number; rows: Uint32Array }> = [],
+  ): Promise<StepResult> {
     this.checkOpen();
     const arena = this.arena;
     if (!arena) {
@@ -478,13 +536,27 @@ export class Session {
         reason: Reason.ArenaGone,
       });
     }
-    const grads = indices.map((i, k) => {
+    const grads: StepGrad[] = indices.map((i, k) => {
       if (!Number.isSafeInteger(i) || i < 0 || i >= arena.tensors.length) {
         throw new InvalidArgument(`arena_grads[${k}]: ${i} is not a tensor of the arena (0..${arena.tensors.length - 1})`);
       }
       return { id: arena.tensors[i].paramId, data: arena.grad(i) };
     });
-    const where: Where = (i) => `arena_grads[${i}] (tensor ${indices[i]})`;
+    sparse.forEach(({ tensor: i, rows }, k) => {
+      const what = `arena_sparse.rows[${k}]`;
+      if (!Number.isSafeInteger(i) || i < 0 || i >= arena.tensors.length) {
+        throw new InvalidArgument(`${what}.tensor: ${i} is not a tensor of the arena (0..${arena.tensors.length - 1})`);
+      }
+      const id = arena.tensors[i].paramId;
+      const region = arena.grad(i);
+      const n = rows.length * rowLength(this.shapeOf(id, what), `${what} '${id}'`);
+      // Packed from the region's start; more rows than the parameter has are refused by the plan's checks.
+      grads.push({ id, data: region.subarray(0, Math.min(n, region.length)), rows });
+    });
+    const where: Where = (i) =>
+      i < indices.length
+        ? `arena_grads[${i}] (tensor ${indices[i]})`
+        : `arena_sparse.rows[${i - indices.length}] (tensor ${sparse[i - indices.length].tensor})`;
     return validateOnly ? this.validateStep(step, grads, overrides, where) : this.stepAsync(step, grads, overrides, where);
   }
 
@@ -509,13 +581,15 @@ export class Session {
       this.laneStepsTaken += r.lastStep - this.lastStep;
       this.lastStep = r.lastStep;
       this.lastStepIds = r.lastIds;
+      this.lastStepRows = [];
       this.lastDigest = null; // shared memory loses no reply: a retry by RPC of that number replays
     }
   }
 
   /** Arms the fast lane with every parameter, when it can take steps on its own. */
   private armLane(): void {
-    if (this.disposed || this.journal) return;
+    // SparseAdam takes row-sparse steps only, and those go by RPC: the lane steps whole regions.
+    if (this.disposed || this.journal || this.spec.optimizer.sparse === 'only') return;
     this.lane?.arm(this.spec, (id) => this.params.get(id)!, this.lastStep);
   }
 
@@ -530,6 +604,7 @@ export class Session {
 
   set lastRequest(r: { ids: string[]; digest: string | null }) {
     this.lastStepIds = [...r.ids];
+    this.lastStepRows = []; // a replay after a restart answers whole parameters
     this.lastDigest = r.digest;
   }
 
@@ -558,12 +633,14 @@ export class Session {
     this.checkOpen();
     this.syncLane();
     checkImport(this.params, this.spec, header, tensors, (a, what) => this.finite(a, what));
+    // The session keeps its own state format: a checkpoint's values arrive as float32 and are narrowed to it.
     const spec = header?.spec
       ? resolveGroups(
-          header.spec,
+          { ...header.spec, state: this.spec.state },
           [...this.params.values()].map((p) => p.group),
         )
       : this.spec;
+    const scalar = new Set(this.spec.optimizer.slots.filter((d) => d.scalar).map((d) => d.name));
     this.journal?.imported(header, tensors).durableSync();
     // Commit.
     for (const t of tensors) {
@@ -580,7 +657,8 @@ export class Session {
         this.engine.write(old, t.data);
       } else {
         if (old) this.engine.dispose(old);
-        map.set(name, this.engine.create(t.data, shape));
+        const dtype = map === p.state.opt && !scalar.has(name) ? this.spec.state.dtype : 'float32';
+        map.set(name, this.engine.create(t.data, shape, dtype));
       }
     }
     this.spec = spec;
@@ -588,6 +666,7 @@ export class Session {
     if (header?.lastStep !== undefined) {
       this.lastStep = header.lastStep;
       this.lastStepIds = [];
+      this.lastStepRows = [];
       this.lastDigest = null; // a checkpoint does not carry the request: its step number replays
       this.lastRefused = 0;
     }

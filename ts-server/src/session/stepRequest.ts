@@ -10,41 +10,57 @@ import { InvalidArgument } from '../errors';
 import { overridesFromWire } from '../grpc/spec';
 import { bytesToF32, checkDtype, GRADIENT_DTYPES } from '../wire/tensors';
 import { sizeOf } from './declarations';
-import type { Session, StepResult } from './session';
+import { rowsFromWire } from './rows';
+import type { Session, StepGrad, StepResult } from './session';
 
-/** One gradient as a step takes it: its parameter and float32 values. */
-export interface Grad {
-  id: string;
-  data: Float32Array;
-}
+/** One gradient as a step takes it: its parameter and float32 values (and a row-sparse one's rows). */
+export type Grad = StepGrad;
+
+/** The tensor that carries a gradient's values: the dense one, or a row-sparse one's values. */
+export const valuesOf = (g: Gradient) => (g.rows ? g.rows.values : g.grad);
 
 /**
  * Checks the gradients a request declares (a tensor, each parameter once,
  * dtype, shape) against the session, before any of their bytes is used;
- * returns each one's element count, in order.
+ * returns each one's element count, in order. A row-sparse gradient
+ * (Gradient.rows) declares values of shape [len(indices), *row_shape]; its
+ * indices are checked with the step (session/rows.ts).
  */
 export function checkGradients(session: Session, grads: Gradient[]): number[] {
   const seen = new Set<string>();
   return grads.map((g, i) => {
     const where = `grads[${i}] '${g.paramId}'`;
-    if (!g.grad) throw new InvalidArgument(`${where}: missing tensor`);
+    if (g.grad && g.rows) throw new InvalidArgument(`${where}: has both grad and rows (one gradient each)`);
+    const t = valuesOf(g);
+    if (!t) throw new InvalidArgument(`${where}: missing tensor${g.rows ? ' (rows.values)' : ''}`);
     if (seen.has(g.paramId)) throw new InvalidArgument(`${where}: appears twice`);
     seen.add(g.paramId);
-    checkDtype(g.grad.dtype, where, GRADIENT_DTYPES);
-    const expected = session.shapeOf(g.paramId, `grads[${i}]`);
-    if (g.grad.shape.length !== expected.length || g.grad.shape.some((n, k) => n !== expected[k])) {
+    checkDtype(t.dtype, where, GRADIENT_DTYPES);
+    const param = session.shapeOf(g.paramId, `grads[${i}]`);
+    const expected = g.rows ? [g.rows.indices.length, ...param.slice(1)] : param;
+    if (g.rows && param.length === 0) throw new InvalidArgument(`${where}: a 0-d parameter has no rows; send a dense gradient`);
+    if (t.shape.length !== expected.length || t.shape.some((n, k) => n !== expected[k])) {
       throw new InvalidArgument(
-        `${where}: shape ${JSON.stringify(g.grad.shape)} does not match the parameter's ${JSON.stringify(expected)}`,
+        g.rows
+          ? `${where}: rows.values shape ${JSON.stringify(t.shape)} must be ${JSON.stringify(expected)} ` +
+              `(${g.rows.indices.length} indices, rows of the parameter's ${JSON.stringify(param)})`
+          : `${where}: shape ${JSON.stringify(t.shape)} does not match the parameter's ${JSON.stringify(expected)}`,
       );
     }
     return sizeOf(expected);
   });
 }
 
+/** A gradient's rows (row-sparse ones), from the wire. */
+export const rowsOf = (g: Gradient, i: number) => (g.rows ? rowsFromWire(g.rows.indices, `grads[${i}] '${g.paramId}' rows`) : undefined);
+
 /** The gradients inside the request's messages, checked, as float32 (2-byte ones widened). */
 function inlineGradients(session: Session, grads: Gradient[]): Grad[] {
   checkGradients(session, grads);
-  return grads.map((g, i) => ({ id: g.paramId, data: bytesToF32(g.grad!.data, `grads[${i}] '${g.paramId}'`, g.grad!.dtype) }));
+  return grads.map((g, i) => {
+    const t = valuesOf(g)!;
+    return { id: g.paramId, data: bytesToF32(t.data, `grads[${i}] '${g.paramId}'`, t.dtype), rows: rowsOf(g, i) };
+  });
 }
 
 /**
@@ -55,9 +71,11 @@ function inlineGradients(session: Session, grads: Gradient[]): Grad[] {
  */
 export function applyStep(session: Session, req: StepRequest, payload?: Grad[]): Promise<StepResult> {
   const overrides = overridesFromWire(req.groupOverrides);
-  if (req.arenaGrads.length > 0) {
-    if (req.grads.length > 0) throw new InvalidArgument('grads: must be empty when arena_grads names the gradients');
-    return session.stepArena(req.step, req.arenaGrads, overrides, req.validateOnly);
+  const arenaRows = req.arenaSparse?.rows ?? [];
+  if (req.arenaGrads.length > 0 || arenaRows.length > 0) {
+    if (req.grads.length > 0) throw new InvalidArgument('grads: must be empty when arena_grads or arena_sparse names the gradients');
+    const sparse = arenaRows.map((r, k) => ({ tensor: r.tensor, rows: rowsFromWire(r.indices, `arena_sparse.rows[${k}]`) }));
+    return session.stepArena(req.step, req.arenaGrads, overrides, req.validateOnly, sparse);
   }
   const grads = payload ?? inlineGradients(session, req.grads);
   return req.validateOnly ? session.validateStep(req.step, grads, overrides) : session.stepAsync(req.step, grads, overrides);

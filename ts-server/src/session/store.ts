@@ -5,9 +5,13 @@
 // answers DATA_LOSS. Closing a session (or the store) disposes everything it
 // holds.
 import { randomUUID } from 'crypto';
+import { currentEngine } from '../engine/engine';
+import { elementBytes, type StateDtype } from '../engine/stateDtype';
+import type { SlotDecl } from '../engine/types';
 import { type DataLoss, NotFound, ResourceExhausted } from '../errors';
+import { slotSize } from '../engine/slots';
 import { log } from '../log';
-import { resolveGroup, type ResolvedSpec } from '../registry';
+import { optimizerOf, resolveGroup, type ResolvedSpec } from '../registry';
 import { Credentials } from './credentials';
 import { sizeOf, type ParamDeclaration } from './declarations';
 import type { StateDir } from './durable';
@@ -38,17 +42,27 @@ export function sweepPeriodMs(idleTimeoutMs: number): number {
 }
 
 /**
- * The bytes a session will hold: each parameter and every slot its optimizer
- * and rule declare for its group's hyperparameters (per element, or one
- * value), float32.
+ * The bytes a session will hold: each parameter (float32) and every slot its
+ * optimizer and rule declare for its group's hyperparameters: one float32
+ * value, or per element 4 bytes (float32 state) or 2 (bfloat16 state, on an
+ * engine that stores it: `stored`, the engine's storedStateDtypes). Rule
+ * slots are one value each.
  */
-export function projectedBytes(spec: ResolvedSpec, decls: ParamDeclaration[]): number {
+export function projectedBytes(
+  spec: ResolvedSpec,
+  decls: ParamDeclaration[],
+  stored: readonly StateDtype[] = currentEngine().storedStateDtypes,
+): number {
+  const per = elementBytes(stored.includes(spec.state.dtype) ? spec.state.dtype : 'float32');
   let bytes = 0;
   for (const d of decls) {
     const n = sizeOf(d.shape);
     const h = resolveGroup(spec, d.group);
-    const slots = [...spec.optimizer.slots, ...spec.rule.slots].filter((s) => !s.when || s.when(h));
-    bytes += 4 * (n + slots.reduce((a, s) => a + (s.scalar ? 1 : n), 0));
+    const on = (s: SlotDecl) => !s.when || s.when(h);
+    bytes += 4 * n;
+    // A per-element slot takes `per` bytes an element; a scalar or shaped one (Adafactor's rows and columns) float32.
+    for (const s of optimizerOf(spec, d.group).slots.filter(on)) bytes += (s.scalar || s.shape ? 4 : per) * slotSize(s, d.shape);
+    for (const s of spec.rule.slots.filter(on)) bytes += 4 * slotSize(s, d.shape);
   }
   return bytes;
 }

@@ -1,7 +1,9 @@
 // A session's shared-memory arena (the same-host data plane). Layout:
 //   [0, 32)     token: 32 random bytes the client reads back to prove it
 //               mapped this server's memory
-//   [32, 48)    magic "MUR-ARENA-V1\0\0\0\0"
+//   [32, 48)    magic "MUR-ARENA-V2\0\0\0\0" (V2: the control block has the
+//               hot-check queue and 16-bit step indices; a V1 client refuses it
+//               and uses another transport instead of misreading the lane)
 //   [64, 4096)  the fast lane's control block (native/src/lane.cc)
 //   [4096, ...) per parameter, 64-byte aligned: its values (the server's
 //               live copy, updated in place by each step), then its gradient
@@ -12,7 +14,7 @@ import { randomBytes } from 'crypto';
 import type { NativeAddon } from '../engine/native';
 
 export const ARENA_HEADER_BYTES = 4096;
-export const ARENA_MAGIC = 'MUR-ARENA-V1';
+export const ARENA_MAGIC = 'MUR-ARENA-V2';
 const ALIGN = 64;
 const align = (n: number) => Math.ceil(n / ALIGN) * ALIGN;
 

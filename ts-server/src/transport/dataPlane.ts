@@ -19,7 +19,8 @@ import type { ServerContext } from '../grpc/context';
 import type { Metered } from '../metrics';
 import { toServiceError } from '../grpc/status';
 import type { Session } from '../session/session';
-import { applyStep, checkGradients, type Grad } from '../session/stepRequest';
+import { applyStep, checkGradients, rowsOf, valuesOf, type Grad } from '../session/stepRequest';
+import { paramValue } from '../wire/paramValue';
 import { bytesToF32, isHalf, widenInto } from '../wire/tensors';
 import { log } from '../log';
 
@@ -65,13 +66,14 @@ function accept(ctx: ServerContext, bytes: Buffer): Pending {
   }
   const request = header.request;
   if (!request) throw new InvalidArgument('data plane: DataStepHeader.request is missing');
-  if (request.arenaGrads.length > 0) throw new InvalidArgument('data plane: arena_grads is for the shm transport; send the gradients');
+  if (request.arenaGrads.length > 0 || (request.arenaSparse?.rows.length ?? 0) > 0)
+    throw new InvalidArgument('data plane: arena_grads is for the shm transport; send the gradients');
   const session = ctx.store.get(request.sessionId, header.sessionToken || undefined);
   request.grads.forEach((g, i) => {
-    if (g.grad && g.grad.data.byteLength > 0)
-      throw new InvalidArgument(`grads[${i}] '${g.paramId}': data must follow the header, not be in it`);
+    const t = valuesOf(g);
+    if (t && t.data.byteLength > 0) throw new InvalidArgument(`grads[${i}] '${g.paramId}': data must follow the header, not be in it`);
   });
-  const sizes = checkGradients(session, request.grads).map((n, i) => n * width(request.grads[i].grad!.dtype));
+  const sizes = checkGradients(session, request.grads).map((n, i) => n * width(valuesOf(request.grads[i])!.dtype));
   return { session, request, sizes, total: sizes.reduce((a, n) => a + n, 0) };
 }
 
@@ -164,17 +166,19 @@ class Connection {
 
   /** The payload's gradients as float32: views of the receive buffer (copies where misaligned); 2-byte ones widened into the reused buffer. */
   private gradients(p: Pending): Grad[] {
-    const wide = p.request.grads.reduce((n, g, i) => n + (isHalf(g.grad!.dtype) ? 2 * p.sizes[i] : 0), 0);
+    const wide = p.request.grads.reduce((n, g, i) => n + (isHalf(valuesOf(g)!.dtype) ? 2 * p.sizes[i] : 0), 0);
     if (this.widened.length < wide) this.widened = Buffer.allocUnsafe(wide);
     let at = 0;
     let w = 0;
     return p.request.grads.map((g, i) => {
       const data = this.recv.subarray(at, at + p.sizes[i]);
       at += p.sizes[i];
-      if (!isHalf(g.grad!.dtype)) return { id: g.paramId, data: bytesToF32(data, `grads[${i}] '${g.paramId}'`) };
+      const dtype = valuesOf(g)!.dtype;
+      const rows = rowsOf(g, i);
+      if (!isHalf(dtype)) return { id: g.paramId, data: bytesToF32(data, `grads[${i}] '${g.paramId}'`), rows };
       const out = new Float32Array(this.widened.buffer, this.widened.byteOffset + w, data.length / 2);
       w += 2 * data.length;
-      return { id: g.paramId, data: widenInto(g.grad!.dtype, data, out) };
+      return { id: g.paramId, data: widenInto(dtype, data, out), rows };
     });
   }
 
@@ -191,10 +195,7 @@ class Connection {
       this.send.set(new Uint8Array(v.data.buffer, v.data.byteOffset, v.data.byteLength), off);
       off += v.data.byteLength;
     }
-    const params = r.values.map((v) => ({
-      paramId: v.id,
-      value: { shape: session.shapeOf(v.id, 'reply'), dtype: DType.DTYPE_FLOAT32, data: Buffer.alloc(0) },
-    }));
+    const params = r.values.map((v) => paramValue(v, session.shapeOf(v.id, 'reply'), false));
     const head = frame({ code: 0, message: '', reply: { step: r.step, replayed: r.replayed, params } });
     // Metered with the bytes that came over the wire (2-byte ones counted as sent).
     return { reply: { head, body: this.send.subarray(0, size) }, replayed: r.replayed, gradientBytes: p.total, parameterBytes: size };

@@ -4,7 +4,7 @@
 // almost all parameter bytes, so here they are copied once, into a buffer of
 // the exact size. Field numbers are those of proto/mur/v1/optimizer.proto;
 // service.test.ts decodes what this writes with the generated decoder.
-import type { StepReply } from '../../generated/mur/v1/optimizer';
+import { StepReply } from '../../generated/mur/v1/optimizer';
 
 function varintLength(n: number): number {
   let len = 1;
@@ -37,6 +37,8 @@ const fieldSize = (payload: number) => 1 + varintLength(payload) + payload;
 let scratch = Buffer.allocUnsafe(0);
 
 export function encodeStepReply(r: StepReply): Buffer {
+  // Rows of row-sparse steps: a small reply, the generated encoder's.
+  if (r.params.some((p) => p.rows)) return Buffer.from(StepReply.encode(r).finish());
   const params = r.params.map((p) => {
     const id = Buffer.from(p.paramId, 'utf8');
     const v = p.value!;

@@ -1,7 +1,7 @@
 // The plain-number reference of docs/update-rules.md: float64, element by element,
 // no tfjs. It is written independently of src/ (one loop per element, the
 // formulas as the document states them) so that the two check each other.
-export type H = Record<string, number | boolean | number[]>;
+export type H = Record<string, number | boolean | Array<number | null> | string | null>;
 export type RefState = Record<string, number[]>;
 
 interface Dir {
@@ -36,11 +36,66 @@ function trust(th: number[], u: number[], tc: number, eps: number): number {
 /** lr_in_momentum: d is the step the buffer makes divided by the current lr (0 at lr = 0). */
 const perLr = (h: H, x: number) => (n(h, 'lr') > 0 ? x / n(h, 'lr') : 0);
 
-/** One optimizer's direction; mutates `s` (the reference keeps state in place). */
-export function refDirection(opt: string, g0: number[], th: number[], s: RefState, h: H, t: number): Dir {
+/** a (r x k) times b (k x c), row-major, in float64. */
+function matmul(a: number[], b: number[], r: number, k: number, c: number): number[] {
+  const out = filled(r * c);
+  for (let i = 0; i < r; i++) for (let j = 0; j < c; j++) for (let q = 0; q < k; q++) out[i * c + j] += a[i * k + q] * b[q * c + j];
+  return out;
+}
+function transpose(a: number[], r: number, c: number): number[] {
+  return Array.from({ length: r * c }, (_, i) => a[(i % r) * c + Math.floor(i / r)]);
+}
+
+/** Muon's Newton-Schulz orthogonalisation of a rows x cols matrix (docs/update-rules.md), in float64. */
+function newtonSchulz(u: number[], rows: number, cols: number, h: H): number[] {
+  const [a, b, c] = h.ns_coefficients as number[];
+  const tall = rows > cols;
+  const m = tall ? cols : rows,
+    k = tall ? rows : cols;
+  let x = tall ? transpose(u, rows, cols) : [...u];
+  const nrm = Math.max(norm(x), n(h, 'eps'));
+  x = x.map((v) => v / nrm);
+  for (let s = 0; s < n(h, 'ns_steps'); s++) {
+    const gram = matmul(x, transpose(x, m, k), m, k, m);
+    const gram2 = matmul(gram, gram, m, m, m);
+    const poly = gram.map((v, i) => b * v + c * gram2[i]);
+    const px = matmul(poly, x, m, m, k);
+    x = x.map((v, i) => a * v + px[i]);
+  }
+  return tall ? transpose(x, m, k) : x;
+}
+
+/**
+ * How the engine stores state: `store(s)` replaces each full-size slot by its
+ * stored value (bfloat16 state rounds it: reference/bf16.ts); identity for
+ * float32 state.
+ */
+export interface Store {
+  (s: RefState): void;
+  /** A full-size slot's first value as stored (bfloat16: to nearest). */
+  fill?: (v: number) => number;
+}
+const asIs: Store = () => undefined;
+
+/**
+ * One optimizer's direction; mutates `s` (the reference keeps state in place).
+ * d is computed from the new state as computed (the kernel keeps it in
+ * registers), except where the kernel reads it back after storing (LAMB's
+ * element pass, after its norm pass). `shape`: Muon's rows x cols.
+ */
+export function refDirection(
+  opt: string,
+  g0: number[],
+  th: number[],
+  s: RefState,
+  h: H,
+  t: number,
+  shape = [th.length],
+  store: Store = asIs,
+): Dir {
   const len = th.length;
   const wd = (h.weight_decay as number | undefined) ?? 0;
-  const ensure = (k: string, v = 0) => (s[k] ??= filled(len, v));
+  const ensure = (k: string, v = 0) => (s[k] ??= filled(len, store.fill ? store.fill(v) : v));
   const scalar = (k: string, v: number) => (s[k] ??= [v]);
   const [b1, b2] = (h.betas as number[]) ?? [0, 0];
   switch (opt) {
@@ -78,6 +133,18 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
           : m[i] / (Math.sqrt(vmax[i]) / Math.sqrt(bc2) + n(h, 'eps'));
       }
       return { d, scale: 1 / bc1, decay: opt === 'adamw' ? 1 - n(h, 'lr') * wd : 1 };
+    }
+    case 'sparseadam': {
+      // torch's order: m += (1-b1)(g - m), v += (1-b2)(g^2 - v); eps outside the bias correction.
+      const m = ensure('exp_avg'),
+        v = ensure('exp_avg_sq');
+      const d = filled(len);
+      for (let i = 0; i < len; i++) {
+        m[i] += (1 - b1) * (g0[i] - m[i]);
+        v[i] += (1 - b2) * (sq(g0[i]) - v[i]);
+        d[i] = m[i] / (Math.sqrt(v[i]) + n(h, 'eps'));
+      }
+      return { d, scale: Math.sqrt(1 - b2 ** t) / (1 - b1 ** t), decay: 1 };
     }
     case 'adagrad': {
       const g = decayed(g0, th, wd);
@@ -218,7 +285,9 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
         return m[i] / bc1 / (Math.sqrt(v[i] / bc2) + n(h, 'eps')) + wd * th[i];
       });
       const r = trust(th, u, 1, 0);
-      return { d: u.map((x) => x * r), scale: 1, decay: 1 };
+      store(s); // the element pass reads the stored moments
+      const d = th.map((x, i) => (m[i] / bc1 / (Math.sqrt(v[i] / bc2) + n(h, 'eps')) + wd * x) * r);
+      return { d, scale: 1, decay: 1 };
     }
     case 'lars': {
       // optax.lars: (g + wd theta) times tc ||theta|| / (||u|| + eps), then a trace of the lr-scaled steps.
@@ -234,15 +303,96 @@ export function refDirection(opt: string, g0: number[], th: number[], s: RefStat
       });
       return { d, scale: 1, decay: 1 };
     }
+    case 'adafactor':
+      return adafactor(g0, th, s, h, t, shape);
+    case 'muon': {
+      // torch.optim.Muon: buf = lerp(buf, g, 1 - mu); u = nesterov ? lerp(g, buf, mu) : buf; d = NS(u).
+      const mu = n(h, 'momentum');
+      const buf = ensure('momentum_buffer');
+      const u = g0.map((gi, i) => {
+        buf[i] = mu * buf[i] + (1 - mu) * gi;
+        return h.nesterov ? (1 - mu) * gi + mu * buf[i] : buf[i];
+      });
+      const [A, B] = shape;
+      const fn = h.adjust_lr_fn ?? 'original';
+      const scale =
+        fn === 'match_rms_adamw'
+          ? 0.2 * Math.sqrt(Math.max(A, B))
+          : fn === 'spectral_unclamped'
+            ? Math.sqrt(A / B)
+            : Math.sqrt(Math.max(1, A / B));
+      return { d: newtonSchulz(u, A, B, h), scale, decay: 1 - n(h, 'lr') * wd };
+    }
   }
   throw new Error(`reference: no optimizer ${opt}`);
 }
 
+/** torch.lerp: a + w (b - a). */
+const lerp = (a: number, b: number, w: number) => a + w * (b - a);
+
+/**
+ * torch.optim.Adafactor, element by element: for >= 2 dims [B, R, C] the row
+ * means (over C) and column means (over R) of g^2 per matrix; a vector keeps
+ * g^2's average whole. d = max(eps2, rms(theta)) u / max(1, rms(u) / d),
+ * scale = min(lr, 1/sqrt(t)) / lr, decay 1 - lr wd.
+ */
+function adafactor(g: number[], th: number[], s: RefState, h: H, t: number, shape: number[]): Dir {
+  const len = th.length;
+  const [e1, eps2] = h.eps as [number | null, number];
+  const eps1 = e1 ?? 2 ** -23;
+  const w = t ** n(h, 'beta2_decay');
+  const v = new Array<number>(len);
+  if (shape.length >= 2) {
+    const C = shape[shape.length - 1],
+      R = shape[shape.length - 2],
+      B = len / (R * C);
+    const row = (s.row_var ??= filled(B * R)),
+      col = (s.col_var ??= filled(B * C));
+    for (let b = 0; b < B; b++) {
+      for (let r = 0; r < R; r++) {
+        let a = 0;
+        for (let c = 0; c < C; c++) a += sq(g[(b * R + r) * C + c]);
+        row[b * R + r] = lerp(row[b * R + r], a / C, w);
+      }
+      for (let c = 0; c < C; c++) {
+        let a = 0;
+        for (let r = 0; r < R; r++) a += sq(g[(b * R + r) * C + c]);
+        col[b * C + c] = lerp(col[b * C + c], a / R, w);
+      }
+      let mean = 0;
+      for (let r = 0; r < R; r++) mean += row[b * R + r] / R;
+      for (let r = 0; r < R; r++)
+        for (let c = 0; c < C; c++) v[(b * R + r) * C + c] = (row[b * R + r] * col[b * C + c]) / Math.max(mean, eps1);
+    }
+  } else {
+    const va = (s.variance ??= filled(len));
+    g.forEach((gi, i) => (v[i] = va[i] = lerp(va[i], sq(gi), w)));
+  }
+  const u = g.map((gi, i) => gi / Math.sqrt(Math.max(v[i], eps1 * eps1)));
+  const rms = (x: number[]) => norm(x) / Math.sqrt(len);
+  const k = Math.max(eps2, rms(th)) / Math.max(1, rms(u) / n(h, 'd'));
+  const lr = n(h, 'lr');
+  return { d: u.map((x) => x * k), scale: lr > 0 ? Math.min(lr, 1 / Math.sqrt(t)) / lr : 0, decay: 1 - lr * n(h, 'weight_decay') };
+}
+
 /** One step of optimizer x rule on theta (returns the new theta; mutates state). */
-export function refStep(opt: string, rule: string, th: number[], g: number[], s: RefState, rs: RefState, h: H, t: number): number[] {
-  const { after, ...dir } = refDirection(opt, g, th, s, h, t);
+export function refStep(
+  opt: string,
+  rule: string,
+  th: number[],
+  g: number[],
+  s: RefState,
+  rs: RefState,
+  h: H,
+  t: number,
+  shape = [th.length],
+  store: Store = asIs,
+): number[] {
+  const { after, ...dir } = refDirection(opt, g, th, s, h, t, shape, store);
+  store(s);
   const next = refRule(rule, th, dir, rs, h);
   after?.(next);
+  store(s);
   return next;
 }
 
@@ -275,4 +425,46 @@ function refRule(rule: string, th: number[], { d, scale, decay }: Dir, rs: RefSt
     }
   }
   throw new Error(`reference: no rule ${rule}`);
+}
+
+/** The first value of a slot the optimizers that take row-sparse gradients keep (its untouched rows hold it). */
+const FIRST: Record<string, (h: H) => number> = {
+  exp_avg: () => 0,
+  exp_avg_sq: () => 0,
+  sum: (h) => n(h, 'initial_accumulator_value'),
+};
+
+/**
+ * One row-sparse step: `rows` (of `rowLen` elements each) get the dense step
+ * with their gradient `gRows` (packed); every other row of theta and of the
+ * state keeps its value. Computed as the dense step on a copy with the
+ * gradient scattered (zeros elsewhere), kept at the touched rows only; a rule
+ * state (exp_sign's bound) comes from the whole theta, as dense.
+ */
+export function refSparseStep(
+  opt: string,
+  rule: string,
+  th: number[],
+  rows: number[],
+  gRows: number[],
+  rowLen: number,
+  s: RefState,
+  rs: RefState,
+  h: H,
+  t: number,
+): number[] {
+  const g = filled(th.length);
+  rows.forEach((r, k) => {
+    for (let e = 0; e < rowLen; e++) g[r * rowLen + e] = gRows[k * rowLen + e];
+  });
+  const before: RefState = Object.fromEntries(Object.entries(s).map(([k, v]) => [k, v.slice()]));
+  const next = refStep(opt, rule, th, g, s, rs, h, t);
+  const touched = new Set(rows);
+  const keep = (i: number) => !touched.has(Math.floor(i / rowLen));
+  for (const [k, v] of Object.entries(s)) {
+    if (v.length !== th.length) continue;
+    const old = before[k] ?? filled(th.length, FIRST[k](h));
+    for (let i = 0; i < v.length; i++) if (keep(i)) v[i] = old[i];
+  }
+  return next.map((v, i) => (keep(i) ? th[i] : v));
 }

@@ -35,8 +35,8 @@ struct Adadelta {
   }
   static void Commit(const Job&, const C&) {}
 
-  template <class D>
-  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const Job& j, size_t i, hn::Vec<D> g, hn::Vec<D> theta) {
+  template <class D, class J>
+  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const J& j, size_t i, hn::Vec<D> g, hn::Vec<D> theta) {
     g = CoupledDecay(d, g, theta, c.wd);
     const auto eps = hn::Set(d, c.eps);
     const auto sq = Ema(d, LoadSlot(d, j, 0, i), hn::Mul(g, g), c.rho, c.omr);

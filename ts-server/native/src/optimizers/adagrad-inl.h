@@ -38,8 +38,8 @@ struct Adagrad {
   }
   static void Commit(const Job&, const C&) {}
 
-  template <class D>
-  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const Job& j, size_t i, hn::Vec<D> g, hn::Vec<D> theta) {
+  template <class D, class J>
+  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const J& j, size_t i, hn::Vec<D> g, hn::Vec<D> theta) {
     g = CoupledDecay(d, g, theta, c.wd);
     const auto sum = hn::MulAdd(g, g, LoadSlot(d, j, 0, i));
     StoreSlot(d, sum, j, 0, i);

@@ -33,8 +33,8 @@ struct Adamax {
   }
   static void Commit(const Job&, const C&) {}
 
-  template <class D>
-  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const Job& j, size_t i, hn::Vec<D> g, hn::Vec<D> theta) {
+  template <class D, class J>
+  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const J& j, size_t i, hn::Vec<D> g, hn::Vec<D> theta) {
     g = CoupledDecay(d, g, theta, c.a.wd);
     const auto m = Ema(d, LoadSlot(d, j, 0, i), g, c.a.b1, c.a.omb1);
     const auto u = hn::Max(hn::Mul(hn::Set(d, c.a.b2), LoadSlot(d, j, 1, i)), hn::Add(hn::Abs(g), hn::Set(d, c.a.eps)));

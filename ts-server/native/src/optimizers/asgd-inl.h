@@ -53,12 +53,12 @@ struct Asgd {
     j.slot[1][0] = c.next_mu;
   }
 
-  template <class D>
-  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const Job&, size_t, hn::Vec<D> g, hn::Vec<D> theta) {
+  template <class D, class J>
+  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const J&, size_t, hn::Vec<D> g, hn::Vec<D> theta) {
     return CoupledDecay(d, g, theta, c.wd);
   }
-  template <class D>
-  static HWY_INLINE void After(D d, const C& c, const Job& j, size_t i, hn::Vec<D> theta) {
+  template <class D, class J>
+  static HWY_INLINE void After(D d, const C& c, const J& j, size_t i, hn::Vec<D> theta) {
     if (!c.average) {
       StoreSlot(d, theta, j, 2, i);
       return;

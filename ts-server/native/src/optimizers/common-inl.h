@@ -12,6 +12,7 @@
 #include <string>
 #include <type_traits>
 
+#include "bf16-inl.h"
 #include "hwy/highway.h"
 #include "kernel.h"
 #include "simd-inl.h"
@@ -37,11 +38,41 @@ inline double BiasCorrection(double beta, double t) { return 1.0 - std::pow(beta
 
 /** Refuses a job whose slot k is missing (the binding laid it out wrongly). */
 inline bool Need(const Job& j, int k, const char* what, std::string* err) {
-  if (j.slot[k] != nullptr) return true;
+  if (j.slot[k] != nullptr || j.slot16[k] != nullptr) return true;
   *err = std::string("state slot '") + what + "' is missing";
   return false;
 }
 
+/**
+ * A job as its element loop sees it, typed by how its full-size slots are
+ * stored: S = float (state_dtype "float32") or Bf16 ("bfloat16", bf16-inl.h).
+ * Every per-element function of an optimizer takes `const J& j` and reaches
+ * its slots only through LoadSlot and StoreSlot, so one source compiles to
+ * both kernels; one-element slots (ASGD's eta and mu, NAdam's mu_product)
+ * stay float32 in j.slot whatever the dtype. `begin` is the first element of
+ * the task (the rounding stream depends on its high 32 bits).
+ */
+struct Bf16 {};
+template <class S>
+struct SlotJob;
+template <>
+struct SlotJob<float> : Job {
+  SlotJob(const Job& j, size_t) : Job(j) {}
+};
+template <>
+struct SlotJob<Bf16> : Job {
+  uint32_t offset[kMaxOptSlots];
+  SlotJob(const Job& j, size_t begin) : Job(j) {
+    const uint64_t key = RoundKey(j.stream, StepT(j));
+    for (int k = 0; k < kMaxOptSlots; ++k) offset[k] = SlotOffset(key, k, static_cast<uint64_t>(begin) >> 32);
+  }
+};
+
+/**
+ * Float32 slots through a plain Job: for kernels whose functions take `const Job&`
+ * (Adafactor: its factored row and column slots are not per element), which
+ * declare kBf16 = false and so only ever run on float32 state.
+ */
 template <class D>
 HWY_INLINE hn::Vec<D> LoadSlot(D d, const Job& j, int k, size_t i) {
   return hn::LoadU(d, j.slot[k] + i);
@@ -50,6 +81,32 @@ template <class D>
 HWY_INLINE void StoreSlot(D d, hn::Vec<D> v, const Job& j, int k, size_t i) {
   hn::StoreU(v, d, j.slot[k] + i);
 }
+template <class D>
+HWY_INLINE hn::Vec<D> LoadSlot(D d, const SlotJob<float>& j, int k, size_t i) {
+  return hn::LoadU(d, j.slot[k] + i);
+}
+template <class D>
+HWY_INLINE void StoreSlot(D d, hn::Vec<D> v, const SlotJob<float>& j, int k, size_t i) {
+  hn::StoreU(v, d, j.slot[k] + i);
+}
+template <class D>
+HWY_INLINE hn::Vec<D> LoadSlot(D d, const SlotJob<Bf16>& j, int k, size_t i) {
+  return WidenBf16(d, j.slot16[k] + i);
+}
+template <class D>
+HWY_INLINE void StoreSlot(D d, hn::Vec<D> v, const SlotJob<Bf16>& j, int k, size_t i) {
+  NarrowBf16(d, v, j.slot16[k] + i, j.offset[k], i);
+}
+
+/**
+ * Whether an optimizer's kernel takes bfloat16 state: true unless it
+ * declares `kBf16 = false` (one that reads a full-size slot other than
+ * through LoadSlot/StoreSlot); RunStep refuses such a step.
+ */
+template <class Opt, class = void>
+struct TakesBf16 : std::true_type {};
+template <class Opt>
+struct TakesBf16<Opt, std::void_t<decltype(Opt::kBf16)>> : std::bool_constant<Opt::kBf16> {};
 
 /** g + wd * theta (torch's coupled L2 decay); wd = 0 leaves g unchanged. */
 template <class D>
@@ -98,14 +155,14 @@ struct WantsAfter : std::false_type {};
 template <class Opt>
 struct WantsAfter<Opt, std::void_t<decltype(Opt::kAfter)>> : std::bool_constant<Opt::kAfter> {};
 
-template <class Opt, class D>
-HWY_INLINE void AfterStep(D d, const typename Opt::C& c, const Job& j, size_t i, hn::Vec<D> theta) {
+template <class Opt, class D, class J>
+HWY_INLINE void AfterStep(D d, const typename Opt::C& c, const J& j, size_t i, hn::Vec<D> theta) {
   if constexpr (WantsAfter<Opt>::value) Opt::After(d, c, j, i, theta);
 }
 
 /** Adam's moments (Adam, AdamW, NAdam, RAdam): m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2, stored in slots 0 and 1. */
-template <class D>
-HWY_INLINE void AdamMoments(D d, const Job& j, size_t i, hn::Vec<D> g, const AdamHypers& a, hn::Vec<D>* m,
+template <class D, class J>
+HWY_INLINE void AdamMoments(D d, const J& j, size_t i, hn::Vec<D> g, const AdamHypers& a, hn::Vec<D>* m,
                             hn::Vec<D>* v) {
   *m = Ema(d, LoadSlot(d, j, 0, i), g, a.b1, a.omb1);
   *v = Ema(d, LoadSlot(d, j, 1, i), hn::Mul(g, g), a.b2, a.omb2);

@@ -44,8 +44,8 @@ struct Lamb {
     const auto denom = hn::Add(hn::Sqrt(hn::Mul(v, hn::Set(d, c.inv_bc2))), hn::Set(d, c.a.eps));
     return hn::MulAdd(hn::Set(d, c.a.wd), theta, hn::Div(hn::Mul(m, hn::Set(d, c.inv_bc1)), denom));
   }
-  template <class D>
-  static HWY_INLINE void Reduce(D d, const C& c, const Job& j, size_t i, hn::Vec<D> g, hn::Vec<D> theta, hn::Vec<D>* a,
+  template <class D, class J>
+  static HWY_INLINE void Reduce(D d, const C& c, const J& j, size_t i, hn::Vec<D> g, hn::Vec<D> theta, hn::Vec<D>* a,
                                 hn::Vec<D>* b) {
     hn::Vec<D> m, v;
     AdamMoments(d, j, i, g, c.a, &m, &v);
@@ -55,8 +55,8 @@ struct Lamb {
   }
   static void Finish(C* c, double theta_sq, double u_sq) { c->ratio = TrustRatio(theta_sq, u_sq, 1, 0); }
 
-  template <class D>
-  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const Job& j, size_t i, hn::Vec<D>, hn::Vec<D> theta) {
+  template <class D, class J>
+  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const J& j, size_t i, hn::Vec<D>, hn::Vec<D> theta) {
     return hn::Mul(Update(d, c, LoadSlot(d, j, 0, i), LoadSlot(d, j, 1, i), theta), hn::Set(d, c.ratio));
   }
 };

@@ -44,8 +44,8 @@ struct Lars {
   }
   static void Commit(const Job&, const C&) {}
 
-  template <class D>
-  static HWY_INLINE void Reduce(D d, const C& c, const Job&, size_t, hn::Vec<D> g, hn::Vec<D> theta, hn::Vec<D>* a,
+  template <class D, class J>
+  static HWY_INLINE void Reduce(D d, const C& c, const J&, size_t, hn::Vec<D> g, hn::Vec<D> theta, hn::Vec<D>* a,
                                 hn::Vec<D>* b) {
     const auto u = CoupledDecay(d, g, theta, c.wd);
     *a = hn::MulAdd(theta, theta, *a);
@@ -55,8 +55,8 @@ struct Lars {
     c->ratio = TrustRatio(theta_sq, u_sq, c->coefficient, c->eps);
   }
 
-  template <class D>
-  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const Job& j, size_t i, hn::Vec<D> g, hn::Vec<D> theta) {
+  template <class D, class J>
+  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const J& j, size_t i, hn::Vec<D> g, hn::Vec<D> theta) {
     const auto lw = hn::Mul(hn::Mul(CoupledDecay(d, g, theta, c.wd), hn::Set(d, c.ratio)), hn::Set(d, c.lr));
     const auto mu = hn::Set(d, c.mu);
     const auto buf = hn::MulAdd(mu, LoadSlot(d, j, 0, i), lw);

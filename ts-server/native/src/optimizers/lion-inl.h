@@ -35,8 +35,8 @@ struct Lion {
   }
   static void Commit(const Job&, const C&) {}
 
-  template <class D>
-  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const Job& j, size_t i, hn::Vec<D> g, hn::Vec<D>) {
+  template <class D, class J>
+  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const J& j, size_t i, hn::Vec<D> g, hn::Vec<D>) {
     const auto m = LoadSlot(d, j, 0, i);
     const auto dir = Sign(d, Ema(d, m, g, c.b1, c.omb1));
     StoreSlot(d, Ema(d, m, g, c.b2, c.omb2), j, 0, i);

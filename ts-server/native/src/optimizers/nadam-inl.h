@@ -48,8 +48,8 @@ struct Nadam {
   }
   static void Commit(const Job& j, const C& c) { j.slot[2][0] = c.product; }
 
-  template <class D>
-  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const Job& j, size_t i, hn::Vec<D> g, hn::Vec<D> theta) {
+  template <class D, class J>
+  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const J& j, size_t i, hn::Vec<D> g, hn::Vec<D> theta) {
     g = CoupledDecay(d, g, theta, c.a.wd);
     hn::Vec<D> m, v;
     AdamMoments(d, j, i, g, c.a, &m, &v);

@@ -7,6 +7,8 @@
 // the pool, each task summing fixed blocks of kBlock elements in float
 // vectors and folding each block into a double; the tasks' sums are folded
 // per tensor in task order. So the result does not depend on the thread count.
+// S is the slot type (optimizers/common-inl.h's SlotJob): a Reduce that
+// writes slots rounds them as the element pass would.
 #if defined(MUR_OPTIMIZERS_NORMS_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef MUR_OPTIMIZERS_NORMS_INL_H_
 #undef MUR_OPTIMIZERS_NORMS_INL_H_
@@ -27,7 +29,17 @@ struct WantsNorms : std::false_type {};
 template <class Opt>
 struct WantsNorms<Opt, std::void_t<decltype(Opt::kNorms)>> : std::bool_constant<Opt::kNorms> {};
 
+/**
+ * Optimizers with a reduction before the norm pass (Adafactor's row and
+ * column means: `kPrepass = true`) have
+ *   Prepass(jobs, njobs, plans, tasks, parallel)   fills slots and plans
+ */
+template <class Opt, class = void>
+struct WantsPrepass : std::false_type {};
 template <class Opt>
+struct WantsPrepass<Opt, std::void_t<decltype(Opt::kPrepass)>> : std::bool_constant<Opt::kPrepass> {};
+
+template <class Opt, class S>
 struct NormPass {
   static constexpr size_t kBlock = 1024;  // elements summed in float before joining the double
 
@@ -43,7 +55,7 @@ struct NormPass {
   static void RunTask(void* vctx, size_t k) {
     auto& c = *static_cast<Ctx<Task>*>(vctx);
     const Task& t = c.tasks[k];
-    const Job& j = c.jobs[t.job];
+    const SlotJob<S> j(c.jobs[t.job], t.begin);
     const typename Opt::C& p = *c.plans[t.job];
     const hn::ScalableTag<float> d;
     const hn::CappedTag<float, 1> d1;

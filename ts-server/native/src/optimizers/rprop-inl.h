@@ -39,8 +39,8 @@ struct Rprop {
   }
   static void Commit(const Job&, const C&) {}
 
-  template <class D>
-  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const Job& j, size_t i, hn::Vec<D> g, hn::Vec<D>) {
+  template <class D, class J>
+  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const J& j, size_t i, hn::Vec<D> g, hn::Vec<D>) {
     const auto zero = hn::Zero(d);
     const auto s = hn::Mul(g, LoadSlot(d, j, 0, i));
     const auto flipped = hn::Lt(s, zero);

@@ -4,6 +4,7 @@ import * as path from 'path';
 import type { Capabilities, ComponentInfo, HyperparameterInfo } from '../../../generated/mur/v1/optimizer';
 import { installedBackends } from '../../engine/backend';
 import { currentEngine } from '../../engine/engine';
+import { STATE_DTYPES } from '../../engine/stateDtype';
 import type { HyperSpec } from '../../engine/types';
 import { OPTIMIZERS } from '../../optimizers';
 import { specSchema } from '../../registry';
@@ -26,6 +27,7 @@ function hyperInfo(h: HyperSpec): HyperparameterInfo {
       ? `${h.description} (default: ${h.defaultFactor !== undefined ? `${h.defaultFactor} x ` : 'the value of '}${h.defaultFrom})`
       : h.description,
     fixed: h.fixed ?? false,
+    choices: [...(h.choices ?? [])],
   };
 }
 
@@ -48,5 +50,7 @@ export function getCapabilities(ctx: ServerContext): Capabilities {
     specSchemaJson: JSON.stringify(specSchema()),
     transports: ['grpc', ...(currentEngine().createArena ? ['shm'] : []), ...(ctx.dataPort ? ['tcp'] : [])],
     dataPort: ctx.dataPort ?? 0,
+    stateDtypes: [...STATE_DTYPES],
+    storedStateDtypes: [...currentEngine().storedStateDtypes],
   };
 }

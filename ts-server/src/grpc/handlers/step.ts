@@ -2,10 +2,11 @@
 // (same-host transport) the gradients and parameters in the session's arena.
 // The request is read by session/stepRequest.ts; each step is metered
 // (metrics.ts): its result, latency and tensor bytes.
-import { DType, type StepReply, type StepRequest } from '../../../generated/mur/v1/optimizer';
+import type { StepReply, StepRequest } from '../../../generated/mur/v1/optimizer';
 import type { Metered } from '../../metrics';
 import { applyStep } from '../../session/stepRequest';
-import { f32ToBytes } from '../../wire/tensors';
+import { paramValue } from '../../wire/paramValue';
+import { valuesOf } from '../../session/stepRequest';
 import type { ServerContext } from '../context';
 
 export async function step(ctx: ServerContext, req: StepRequest, token: string | undefined): Promise<StepReply> {
@@ -14,7 +15,7 @@ export async function step(ctx: ServerContext, req: StepRequest, token: string |
     const r = await applyStep(ctx.store.get(req.sessionId, token), req);
     return { step: r.step, replayed: r.replayed, params: [] };
   }
-  const arena = req.arenaGrads.length > 0;
+  const arena = req.arenaGrads.length > 0 || (req.arenaSparse?.rows.length ?? 0) > 0;
   return ctx.metrics.step(arena ? 'shm' : 'grpc', async (): Promise<Metered<StepReply>> => {
     const session = ctx.store.get(req.sessionId, token);
     const r = await applyStep(session, req);
@@ -28,15 +29,12 @@ export async function step(ctx: ServerContext, req: StepRequest, token: string |
         parameterBytes: bytes,
       };
     }
-    const params = r.values.map((v) => ({
-      paramId: v.id,
-      value: { shape: session.shapeOf(v.id, 'reply'), dtype: DType.DTYPE_FLOAT32, data: f32ToBytes(v.data) },
-    }));
+    const params = r.values.map((v) => paramValue(v, session.shapeOf(v.id, 'reply')));
     return {
       reply: { step: r.step, replayed: r.replayed, params },
       replayed: r.replayed,
-      gradientBytes: req.grads.reduce((n, g) => n + (g.grad?.data.byteLength ?? 0), 0),
-      parameterBytes: params.reduce((n, p) => n + p.value.data.byteLength, 0),
+      gradientBytes: req.grads.reduce((n, g) => n + (valuesOf(g)?.data.byteLength ?? 0), 0),
+      parameterBytes: r.values.reduce((n, v) => n + v.data.byteLength, 0),
     };
   });
 }

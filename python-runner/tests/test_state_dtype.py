@@ -1,0 +1,120 @@
+"""state_dtype="bfloat16" from the Python client: the native engine against
+mur.reference's bfloat16 state (the same stochastic rounding, float64 maths),
+on gRPC and shared memory; state_dict() widened, loading into torch.optim and
+back; bad values refused before any server starts."""
+
+import copy
+
+import pytest
+import torch
+from conftest import ADDON, batches, net
+
+import mur
+from mur import reference
+
+pytestmark = pytest.mark.skipif(not ADDON.exists(), reason="bfloat16 state is stored by the native engine")
+
+
+def train(opt, model, data):
+    for x, y in data:
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("transport", ["grpc", "shm"])
+@pytest.mark.parametrize("optimizer,rule,hypers", [("adam", "additive", {}), ("sgd", "hybrid", {"momentum": 0.9})])
+def test_engine_matches_the_float64_reference(native_server, transport, optimizer, rule, hypers):
+    # The reference runs in float64 on the engine's gradients (the model's own,
+    # float32, identical batches) and stores state with the engine's rounding;
+    # the two differ by float32 rounding (~1e-7 per op over 20 steps) unless a
+    # store straddles a rounding threshold (probability ~2^-15 per element: then
+    # one bfloat16 ulp of one moment, <= lr * 2^-8 |d| on theta). 1e-5 holds
+    # that; the reference with float32 state ends 6e-4 (adam) and 2e-3 (sgd)
+    # away from its bfloat16 run in these 20 steps.
+    model = net(3, width=8)
+    ref_model = copy.deepcopy(model).double()
+    data = batches(20)
+    lr = {"lr": 0.01 if optimizer == "adam" else 0.05}
+    opt = mur.RemoteOptimizer(
+        model.parameters(),
+        optimizer=optimizer,
+        rule=rule,
+        server=native_server,
+        transport=transport,
+        state_dtype="bfloat16",
+        state_seed=5,
+        **lr,
+        **hypers,
+    )
+    ref = reference.Optimizer(
+        ref_model.parameters(), optimizer=optimizer, rule=rule, state_dtype="bfloat16", state_seed=5, **lr, **hypers
+    )
+    try:
+        for x, y in data:
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            for p, q in zip(model.parameters(), ref_model.parameters()):
+                q.grad = p.grad.double()
+            opt.step()
+            ref.step()
+        for p, q in zip(model.parameters(), ref_model.parameters()):
+            assert (p.detach().double() - q.detach()).abs().max().item() < 1e-5
+        state = opt.state_dict()
+        assert state["mur"]["state_dtype"] == "bfloat16"
+        for slots in state["state"].values():
+            for name, t in slots.items():
+                if name != "step":
+                    assert t.dtype == torch.float32
+                    assert (t.reshape(-1).view(torch.int32) & 0xFFFF).eq(0).all(), f"{name} is not bfloat16 widened"
+    finally:
+        opt.close()
+
+
+def test_state_dict_loads_into_torch_optim_and_back(native_server):
+    model = net(4)
+    opt = mur.RemoteOptimizer(
+        model.parameters(), optimizer="adam", rule="additive", lr=0.01, server=native_server, state_dtype="bfloat16"
+    )
+    try:
+        train(opt, model, batches(5))
+        sd = opt.state_dict()
+        torch_model = copy.deepcopy(model)
+        torch_opt = torch.optim.Adam(torch_model.parameters(), lr=0.01)
+        torch_opt.load_state_dict(sd)
+        assert torch_opt.state_dict()["state"][0]["exp_avg"].dtype == torch.float32
+        assert torch.equal(torch_opt.state_dict()["state"][0]["exp_avg_sq"], sd["state"][0]["exp_avg_sq"])
+        # Back into a bfloat16 RemoteOptimizer: the widened values narrow exactly, the next steps agree.
+        again_model = copy.deepcopy(model)
+        again = mur.RemoteOptimizer(
+            again_model.parameters(),
+            optimizer="adam",
+            rule="additive",
+            lr=0.01,
+            server=native_server,
+            state_dtype="bfloat16",
+        )
+        try:
+            again.load_state_dict(sd)
+            assert torch.equal(again.state_dict()["state"][1]["exp_avg"], sd["state"][1]["exp_avg"])
+        finally:
+            again.close()
+    finally:
+        opt.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        ({"state_dtype": "float8"}, ["state_dtype='float8'", "'bfloat16'"]),
+        ({"state_dtype": torch.bfloat16}, ["state_dtype="]),
+        ({"state_seed": -1}, ["state_seed=-1"]),
+        ({"state_seed": 2**32}, ["state_seed="]),
+        ({"state_seed": 1.5}, ["state_seed=1.5"]),
+    ],
+)
+def test_bad_values_are_refused_before_a_server_starts(monkeypatch, kwargs, words):
+    monkeypatch.setattr(mur.optimizer, "LocalServer", lambda *a, **k: pytest.fail("a server was started"))
+    with pytest.raises(ValueError) as e:
+        mur.RemoteOptimizer(net().parameters(), optimizer="adam", rule="additive", **kwargs)
+    assert all(w in str(e.value) for w in words), str(e.value)
