@@ -69,6 +69,7 @@ export class MurClient {
           groups: spec.groups ?? {},
           stateDtype: spec.stateDtype,
           stateSeed: spec.stateSeed,
+          groupOptimizers: { byGroup: spec.groupOptimizers ?? {} },
         },
         params: params.map((p) => ({
           id: p.id,

@@ -120,6 +120,9 @@ export class MurSession {
         groups: header.spec.groups as Record<string, Hypers>,
         stateDtype: (header.spec.stateDtype || undefined) as Spec['stateDtype'],
         stateSeed: header.spec.stateSeed || undefined,
+        ...(Object.keys(header.spec.groupOptimizers?.byGroup ?? {}).length
+          ? { groupOptimizers: { ...header.spec.groupOptimizers!.byGroup } }
+          : {}),
       };
       return {
         spec,
@@ -173,6 +176,7 @@ export class MurSession {
           groups: header.spec.groups ?? {},
           stateDtype: header.spec.stateDtype,
           stateSeed: header.spec.stateSeed,
+          groupOptimizers: { byGroup: header.spec.groupOptimizers ?? {} },
         };
     }
     const { conn, caps } = this.link;

@@ -18,6 +18,12 @@ export interface Spec {
    */
   stateDtype?: StateDtype;
   stateSeed?: number;
+  /**
+   * Groups stepped by an optimizer other than `optimizer`, by group name (the
+   * Muon recipe: `{ optimizer: 'muon', groupOptimizers: { rest: 'adamw' } }`).
+   * Each such group's hyperparameters (in `groups`) are that optimizer's.
+   */
+  groupOptimizers?: Record<string, string>;
 }
 
 export interface ParamInit {

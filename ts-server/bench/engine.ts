@@ -270,9 +270,9 @@ async function main() {
               },
             };
           }
-          const mur = rulesAt(n, optimizer).flatMap((rule) =>
-            STATE_DTYPES.map((dtype) => murSide(optimizer, rule, elems, grad, values, dtype)),
-          );
+          // Only the state dtypes this optimizer's kernel takes (Adafactor, Muon: float32 alone).
+          const dtypes = STATE_DTYPES.filter((dtype) => engine.takesStateDtype?.(optimizer, dtype) ?? true);
+          const mur = rulesAt(n, optimizer).flatMap((rule) => dtypes.map((dtype) => murSide(optimizer, rule, elems, grad, values, dtype)));
           for (const [i, mode] of t2tried.entries()) {
             if (!torch2) break;
             await torch2.ask({ cmd: 'setup', optimizer, mode, params: elems, threads });
