@@ -74,6 +74,8 @@ bool TakesBf16Impl(int opt) {
       return TakesBf16<SparseAdam>::value;
     case kMuon:
       return TakesBf16<Muon>::value;
+    case kScheduleFreeAdamW:
+      return TakesBf16<ScheduleFree>::value;
   }
   return false;
 }
@@ -210,6 +212,7 @@ static const Descriptor kOptimizerTable[kNumOptimizers] = {
     MUR_DESC_SIZED(adafactor_desc, "adafactor", 0),  // row_var, col_var: by rows and columns
     MUR_DESC(sparse_adam_desc, "sparseadam", 0),
     MUR_DESC(muon_desc, "muon", 0),
+    MUR_DESC(schedule_free_desc, "schedule_free_adamw", (1u << 2) | (1u << 3)),  // weight_sum, max_lr
 };
 static const Descriptor kRuleTable[kNumRules] = {
     MUR_DESC(additive_desc, "additive", 0), MUR_DESC(multiplicative_desc, "multiplicative", 0),

@@ -355,6 +355,7 @@ export class NativeEngine implements Engine {
     const i = decl.init;
     if (bf16 && !decl.scalar) {
       const b = this.allocBf16(slotSize(decl, shape));
+      if ('copyOfTheta' in i) return narrowBf16(theta, b);
       const v = 'fill' in i ? i.fill : 'fillFrom' in i ? num(h, i.fillFrom) : 0;
       if (v !== 0) b.fill(narrowBf16(Float32Array.of(v))[0]); // to nearest; copyOfGrad: the kernel copies (and rounds)
       return b;
@@ -362,6 +363,7 @@ export class NativeEngine implements Engine {
     const a = this.alloc(slotSize(decl, shape));
     if ('fill' in i) a.fill(i.fill);
     else if ('fillFrom' in i) a.fill(num(h, i.fillFrom));
+    else if ('copyOfTheta' in i) a.set(theta);
     else if ('rmsTimes' in i) a[0] = Math.sqrt(this.addon.sumSquares(theta) / Math.max(1, theta.length)) * num(h, i.rmsTimes);
     // copyOfGrad: the kernel copies the gradient in (its "fresh" bit).
     return a;

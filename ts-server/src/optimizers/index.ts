@@ -15,6 +15,7 @@ import { nadam } from './nadam';
 import { radam } from './radam';
 import { rmsprop } from './rmsprop';
 import { rprop } from './rprop';
+import { scheduleFreeAdamw } from './scheduleFree';
 import { sgd } from './sgd';
 import { sparseAdam } from './sparseAdam';
 
@@ -36,4 +37,5 @@ export const OPTIMIZERS: readonly OptimizerDef[] = [
   adafactor,
   sparseAdam,
   muon,
+  scheduleFreeAdamw,
 ];
