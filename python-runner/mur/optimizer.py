@@ -216,7 +216,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         params: parameters, ``named_parameters()`` (errors then name them as
             the model does), or parameter groups, as for any torch optimizer.
         optimizer: sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion,
-            rprop, asgd, lamb, lars, adafactor, muon (2-D parameters only).
+            rprop, asgd, lamb, lars, adafactor, muon (2-D parameters only),
+            schedule_free_adamw (evaluate between eval() and train()).
         rule: additive, multiplicative, hybrid or exp_sign. Neither given: the
             server's --config (its optimizer, rule and defaults), or adam with
             the hybrid rule when it has none (server="auto" never has one).

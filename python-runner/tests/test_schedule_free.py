@@ -1,0 +1,206 @@
+"""Schedule-Free AdamW through RemoteOptimizer: the server against mur.reference
+under every rule, train() / eval() end to end on every transport (x as
+optax.contrib.schedule_free_eval_params defines it, steps refused in eval mode,
+y back bit for bit, the mode in state_dict), and bad hyperparameters refused
+by name with the session unchanged."""
+
+import pytest
+import torch
+from conftest import CLI, max_diff, start_tcp, stop
+
+import mur
+from mur import reference
+
+needs_server = pytest.mark.skipif(not CLI.exists(), reason=f"{CLI} not built (make build)")
+CASES = [
+    dict(lr=0.01),
+    dict(lr=0.02, weight_decay=0.1, betas=(0.8, 0.99), eps=1e-4),
+    dict(lr=0.02, warmup_steps=5, weight_lr_power=1.0),
+]
+IDS = [f"case{i}" for i in range(len(CASES))]
+
+
+class Problem(torch.nn.Module):
+    """A matrix and a vector, with a loss whose gradient depends on the parameters."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.w = torch.nn.Parameter(torch.randn(3, 5) * 0.5)
+        self.b = torch.nn.Parameter(torch.randn(5) * 0.5)
+
+    def loss(self, t):
+        total = 0
+        for p in (self.w, self.b):
+            k = torch.arange(p.numel(), dtype=p.dtype).reshape(p.shape)
+            total = total + (torch.sin(p + 0.3 * k + 0.1 * t) * torch.cos(0.7 * k)).sum() + 0.2 * (p * p).sum()
+        return total
+
+
+@pytest.fixture(scope="module")
+def tcp_server():
+    proc, info = start_tcp()
+    assert info["data_port"] > 0
+    yield f"127.0.0.1:{info['port']}"
+    stop(proc)
+
+
+def train(model, opt, steps, start=0):
+    for t in range(start, start + steps):
+        opt.zero_grad()
+        model.loss(t).backward()
+        opt.step()
+
+
+def ref_x(model, opt, b1):
+    """The reference's evaluation point of each parameter."""
+    return [reference.eval_params(p.detach(), opt.state[p]["z"], b1) for p in model.parameters()]
+
+
+@needs_server
+@pytest.mark.parametrize("rule", ["additive", "multiplicative", "hybrid", "exp_sign"])
+@pytest.mark.parametrize("h", CASES, ids=IDS)
+def test_server_matches_the_reference_under_every_rule(server, rule, h):
+    """float32 server vs float32 mur.reference, 20 steps of rounding (~12 ops a step): 1e-5."""
+    a, b = Problem(), Problem()
+    h = dict(h, **(dict(gamma=0.5, lr_out=0.05) if rule == "hybrid" else {}))
+    opt = mur.RemoteOptimizer(a.parameters(), optimizer="schedule_free_adamw", rule=rule, server=server, **h)
+    try:
+        train(a, opt, 20)
+        ref = reference.Optimizer(b.parameters(), optimizer="schedule_free_adamw", rule=rule, **h)
+        train(b, ref, 20)
+        assert max_diff(a, b) < 1e-5
+        assert max_diff(a, Problem()) > 1e-3, "the rule moved the parameters"
+        b1 = h.get("betas", (0.9,))[0]
+        for p, x in zip(a.parameters(), ref_x(b, ref, b1)):
+            assert (opt.eval_params()[p] - x).abs().max().item() < 1e-5
+    finally:
+        opt.close()
+
+
+@needs_server
+@pytest.mark.parametrize("transport", ["shm", "tcp", "grpc"])
+def test_train_and_eval(request, server_for, transport):
+    """eval() puts x in the parameters (the reference's, to float32 rounding),
+    step() is refused there and changes nothing, train() gives y back bit for
+    bit, and the trajectory goes on as if eval() had never happened."""
+    a, b = Problem(), Problem()
+    opt = mur.RemoteOptimizer(
+        a.parameters(), optimizer="schedule_free_adamw", rule="additive", server=request.getfixturevalue("tcp_server") if transport == "tcp" else server_for(transport),
+        transport=transport, lr=0.02,
+    )
+    ref = reference.Optimizer(b.parameters(), optimizer="schedule_free_adamw", rule="additive", lr=0.02)
+    try:
+        assert opt.mode == "train"
+        train(a, opt, 10)
+        train(b, ref, 10)
+        y = [p.detach().clone() for p in a.parameters()]
+        assert opt.eval() is opt and opt.mode == "eval"
+        x = ref_x(b, ref, 0.9)
+        for p, want, yp in zip(a.parameters(), x, y):
+            assert (p.detach() - want).abs().max().item() < 1e-5
+            assert (p.detach() - yp).abs().max().item() > 1e-4, "x is y: eval() changed nothing"
+        eval_loss = a.loss(10).item()
+        opt.eval()  # idempotent: x stays x
+        assert all(torch.equal(p.detach(), want_p) for p, want_p in zip(a.parameters(), [p.detach().clone() for p in a.parameters()]))
+        a.zero_grad()
+        a.loss(10).backward()
+        with pytest.raises(mur.FailedPreconditionError, match=r"eval mode.*opt\.train\(\)"):
+            opt.step()
+        assert a.loss(10).item() == eval_loss
+        opt.train()
+        assert opt.mode == "train"
+        assert all(torch.equal(p.detach(), q) for p, q in zip(a.parameters(), y)), "train() did not restore y"
+        train(a, opt, 10, start=10)
+        train(b, ref, 10, start=10)
+        assert max_diff(a, b) < 1e-5, "eval() disturbed the trajectory"
+    finally:
+        opt.close()
+
+
+@needs_server
+def test_state_dict_carries_the_mode(server):
+    """A state_dict taken in eval mode holds y and says "eval": the optimizer
+    stays in eval mode, and a fresh one loading it comes up in eval mode with x,
+    whose train() gives y and continues the same trajectory."""
+    a, b = Problem(), Problem(seed=1)
+    kw = dict(optimizer="schedule_free_adamw", rule="hybrid", server=server, lr=0.02)
+    opt = mur.RemoteOptimizer(a.parameters(), **kw)
+    other = mur.RemoteOptimizer(b.parameters(), **kw)
+    try:
+        train(a, opt, 8)
+        y = [p.detach().clone() for p in a.parameters()]
+        opt.eval()
+        x = [p.detach().clone() for p in a.parameters()]
+        sd = opt.state_dict()
+        assert sd["mur"]["mode"] == "eval" and opt.mode == "eval"
+        assert all(torch.equal(p.detach(), q) for p, q in zip(a.parameters(), x)), "state_dict left eval mode"
+        other.load_state_dict(sd)
+        assert other.mode == "eval"
+        assert all(torch.equal(p.detach(), q) for p, q in zip(b.parameters(), x))
+        other.train()
+        opt.train()
+        assert all(torch.equal(p.detach(), q) for p, q in zip(b.parameters(), y))
+        train(a, opt, 5, start=8)
+        train(b, other, 5, start=8)
+        assert max_diff(a, b) == 0
+        assert opt.state_dict()["mur"]["mode"] == "train"
+    finally:
+        opt.close()
+        other.close()
+
+
+@needs_server
+def test_eval_needs_schedule_free(server):
+    model = Problem()
+    opt = mur.RemoteOptimizer(model.parameters(), optimizer="adamw", rule="additive", server=server)
+    try:
+        with pytest.raises(ValueError, match="schedule_free_adamw"):
+            opt.eval()
+        with pytest.raises(ValueError, match="schedule_free_adamw"):
+            opt.train()
+    finally:
+        opt.close()
+
+
+@needs_server
+def test_bad_hyperparameters_are_refused_by_name(server):
+    """INVALID_ARGUMENT naming the hyperparameter (b1 must be > 0: x divides by it);
+    a refused step override leaves the session as it was."""
+    bad = [
+        (dict(betas=(0.0, 0.999)), r"betas\[0\]"),
+        (dict(betas=(0.9, 1.0)), r"betas\[1\]"),
+        (dict(lr=-0.1), "lr"),
+        (dict(eps=-1.0), "eps"),
+        (dict(weight_decay=-1.0), "weight_decay"),
+        (dict(warmup_steps=2.5), "warmup_steps"),
+        (dict(warmup_steps=-1), "warmup_steps"),
+        (dict(weight_lr_power=-1.0), "weight_lr_power"),
+    ]
+    for h, what in bad:
+        with pytest.raises(mur.MurError, match=what) as e:
+            mur.RemoteOptimizer(
+                Problem().parameters(), optimizer="schedule_free_adamw", rule="additive", server=server, **h
+            )
+        assert e.value.code.name == "INVALID_ARGUMENT"
+    model = Problem()
+    opt = mur.RemoteOptimizer(model.parameters(), optimizer="schedule_free_adamw", rule="additive", server=server)
+    try:
+        train(model, opt, 3)
+        before = [p.detach().clone() for p in model.parameters()]
+        state = opt.state_dict()
+        for key, value, what in [("weight_lr_power", -1.0, "weight_lr_power"), ("warmup_steps", 3, "warmup_steps")]:
+            good = opt.param_groups[0][key]
+            opt.param_groups[0][key] = value
+            opt.zero_grad()
+            model.loss(3).backward()
+            with pytest.raises(mur.MurError, match=what):
+                opt.step()
+            opt.param_groups[0][key] = good
+        assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+        after = opt.state_dict()
+        for k, st in state["state"].items():
+            for slot, v in st.items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(after["state"][k][slot])), slot
+    finally:
+        opt.close()
