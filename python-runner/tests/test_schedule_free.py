@@ -86,8 +86,12 @@ def test_train_and_eval(request, server_for, transport):
     bit, and the trajectory goes on as if eval() had never happened."""
     a, b = Problem(), Problem()
     opt = mur.RemoteOptimizer(
-        a.parameters(), optimizer="schedule_free_adamw", rule="additive", server=request.getfixturevalue("tcp_server") if transport == "tcp" else server_for(transport),
-        transport=transport, lr=0.02,
+        a.parameters(),
+        optimizer="schedule_free_adamw",
+        rule="additive",
+        server=request.getfixturevalue("tcp_server") if transport == "tcp" else server_for(transport),
+        transport=transport,
+        lr=0.02,
     )
     ref = reference.Optimizer(b.parameters(), optimizer="schedule_free_adamw", rule="additive", lr=0.02)
     try:
@@ -101,8 +105,9 @@ def test_train_and_eval(request, server_for, transport):
             assert (p.detach() - want).abs().max().item() < 1e-5
             assert (p.detach() - yp).abs().max().item() > 1e-4, "x is y: eval() changed nothing"
         eval_loss = a.loss(10).item()
-        opt.eval()  # idempotent: x stays x
-        assert all(torch.equal(p.detach(), want_p) for p, want_p in zip(a.parameters(), [p.detach().clone() for p in a.parameters()]))
+        x_bits = [p.detach().clone() for p in a.parameters()]
+        opt.eval()  # idempotent: x stays x (not x computed from x as if it were y)
+        assert all(torch.equal(p.detach(), q) for p, q in zip(a.parameters(), x_bits))
         a.zero_grad()
         a.loss(10).backward()
         with pytest.raises(mur.FailedPreconditionError, match=r"eval mode.*opt\.train\(\)"):

@@ -35,7 +35,10 @@ describe('native engine addon', () => {
     addon = a;
   });
   /** A job's optimizer slots padded with nulls to the addon's kMaxOptSlots. */
-  const optSlots = (xs: Array<Float32Array | null>) => [...xs, ...new Array<null>(addon.describe().layout.maxOptSlots - xs.length).fill(null)];
+  const optSlots = (xs: Array<Float32Array | null>) => [
+    ...xs,
+    ...new Array<null>(addon.describe().layout.maxOptSlots - xs.length).fill(null),
+  ];
 
   it('loads and reports its SIMD target and threads', () => {
     const d = addon.describe();

@@ -57,10 +57,15 @@ describe('schedule_free_adamw: z, y and the averaging weights', () => {
 
   it('warmup: the base step takes warmup(t - 1) (0 at t = 1: z stays), the averaging weight warmup(t)', () => {
     const lr = 0.1;
-    const { ys, zs, slots } = run('additive', { lr, warmup_steps: 4 }, [0.5, -2], [
-      [0.3, 0.3],
-      [0.3, 0.3],
-    ]);
+    const { ys, zs, slots } = run(
+      'additive',
+      { lr, warmup_steps: 4 },
+      [0.5, -2],
+      [
+        [0.3, 0.3],
+        [0.3, 0.3],
+      ],
+    );
     assert.deepEqual(zs[0], Array.from(Float32Array.of(0.5, -2)), 'z moved at t = 1');
     assert.deepEqual(ys[0], zs[0]);
     // t = 2: z moves by lr warmup(1) = lr / 4 (d = 1 to 1e-7 with the same g twice).

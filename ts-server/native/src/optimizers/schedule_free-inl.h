@@ -14,7 +14,7 @@
 #define MUR_SCHEDULE_FREE_DESC_
 namespace mur {
 namespace schedule_free_desc {
-inline constexpr const char* kHypers[] = {"lr",           "betas.0",     "betas.1",        "eps",
+inline constexpr const char* kHypers[] = {"lr",           "betas.0",      "betas.1",        "eps",
                                           "weight_decay", "warmup_steps", "weight_lr_power"};
 inline constexpr const char* kSlots[] = {"z", "exp_avg_sq", "weight_sum", "max_lr"};
 }  // namespace schedule_free_desc
