@@ -6,7 +6,7 @@ by name with the session unchanged."""
 
 import pytest
 import torch
-from conftest import CLI, max_diff, start_tcp, stop
+from conftest import CLI, against_reference, max_diff, start_tcp, stop
 
 import mur
 from mur import reference
@@ -62,18 +62,28 @@ def ref_x(model, opt, b1):
 @pytest.mark.parametrize("h", CASES, ids=IDS)
 def test_server_matches_the_reference_under_every_rule(server, rule, h):
     """float32 server vs float32 mur.reference, 20 steps of rounding (~12 ops a step): 1e-5."""
+    h = dict(h, **(dict(lr_out=0.05) if rule in ("multiplicative", "hybrid") else {}))
+    diff, moved = against_reference(server, Problem, train, "schedule_free_adamw", rule, h)
+    assert diff < 1e-5
+    assert moved > 1e-3, "the rule moved the parameters"
+
+
+@needs_server
+@pytest.mark.parametrize("rule", ["additive", "exp_sign"])
+def test_eval_params_are_the_references_x(server, rule):
+    """eval_params() = the reference's (y - (1 - b1) z) / b1, b1 = 0.8, to float32 rounding."""
     a, b = Problem(), Problem()
-    h = dict(h, **(dict(gamma=0.5, lr_out=0.05) if rule == "hybrid" else {}))
+    h = dict(lr=0.02, betas=(0.8, 0.999))
     opt = mur.RemoteOptimizer(a.parameters(), optimizer="schedule_free_adamw", rule=rule, server=server, **h)
     try:
-        train(a, opt, 20)
+        assert all(torch.equal(x, p.detach()) for p, x in opt.eval_params().items()), "before a step x = y"
+        train(a, opt, 15)
         ref = reference.Optimizer(b.parameters(), optimizer="schedule_free_adamw", rule=rule, **h)
-        train(b, ref, 20)
-        assert max_diff(a, b) < 1e-5
-        assert max_diff(a, Problem()) > 1e-3, "the rule moved the parameters"
-        b1 = h.get("betas", (0.9,))[0]
-        for p, x in zip(a.parameters(), ref_x(b, ref, b1)):
-            assert (opt.eval_params()[p] - x).abs().max().item() < 1e-5
+        train(b, ref, 15)
+        got = opt.eval_params()
+        for p, x in zip(a.parameters(), ref_x(b, ref, 0.8)):
+            assert (got[p] - x).abs().max().item() < 1e-5
+            assert (got[p] - p.detach()).abs().max().item() > 1e-4, "x is y"
     finally:
         opt.close()
 
