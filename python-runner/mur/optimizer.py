@@ -665,14 +665,18 @@ class RemoteOptimizer(torch.optim.Optimizer):
         (Schedule-Free groups hold x, the point to evaluate): see eval()."""
         return self.__dict__.get("_mode", "train")
 
-    def _schedule_free_params(self):
-        """(p, b1) of every parameter of a schedule_free_adamw group."""
-        out = [
+    def _schedule_free_pairs(self):
+        """(p, b1) of every parameter of a schedule_free_adamw group (maybe none)."""
+        return [
             (p, float(g["betas"][0]))
             for g in self.param_groups
             if g.get("optimizer", self.optimizer_name) == "schedule_free_adamw"
             for p in g["params"]
         ]
+
+    def _schedule_free_params(self):
+        """(p, b1) of every parameter of a schedule_free_adamw group; refuses an optimizer without one."""
+        out = self._schedule_free_pairs()
         if not out:
             raise ValueError(
                 f"train()/eval(): no parameter group is optimized by schedule_free_adamw (this optimizer "

@@ -219,3 +219,48 @@ def test_bad_hyperparameters_are_refused_by_name(server):
                 assert torch.equal(torch.as_tensor(v), torch.as_tensor(after["state"][k][slot])), slot
     finally:
         opt.close()
+
+
+@pytest.fixture(scope="module")
+def two_servers():
+    with mur.LocalServer() as a, mur.LocalServer() as b:
+        yield [a.address, b.address]
+
+
+@needs_server
+def test_sharded_train_and_eval(two_servers):
+    """ShardedRemoteOptimizer: eval() on every shard (the matrix on one server, the
+    vector on the other), step() refused in eval mode, train() gives y back, and
+    its state_dict says "eval" and a load restores the mode."""
+    from mur.sharded import ShardedRemoteOptimizer
+
+    a, b = Problem(), Problem()
+    kw = dict(optimizer="schedule_free_adamw", rule="additive", server=two_servers, lr=0.02)
+    opt = ShardedRemoteOptimizer(a.parameters(), **kw)
+    ref = reference.Optimizer(b.parameters(), optimizer="schedule_free_adamw", rule="additive", lr=0.02)
+    try:
+        assert len({opt.shard_of(p) for p in a.parameters()}) == 2, "both servers hold a parameter"
+        train(a, opt, 6)
+        train(b, ref, 6)
+        y = [p.detach().clone() for p in a.parameters()]
+        opt.eval()
+        assert opt.mode == "eval"
+        for p, x in zip(a.parameters(), ref_x(b, ref, 0.9)):
+            assert (p.detach() - x).abs().max().item() < 1e-5
+        a.zero_grad()
+        a.loss(6).backward()
+        with pytest.raises(mur.FailedPreconditionError, match="eval mode"):
+            opt.step()
+        sd = opt.state_dict()
+        assert sd["mode"] == "eval" and opt.mode == "eval"
+        opt.train()
+        assert all(torch.equal(p.detach(), q) for p, q in zip(a.parameters(), y))
+        opt.load_state_dict(sd)
+        assert opt.mode == "eval"
+        opt.train()
+        assert all(torch.equal(p.detach(), q) for p, q in zip(a.parameters(), y))
+        train(a, opt, 4, start=6)
+        train(b, ref, 4, start=6)
+        assert max_diff(a, b) < 1e-5
+    finally:
+        opt.close()
