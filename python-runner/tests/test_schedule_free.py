@@ -111,6 +111,11 @@ def test_train_and_eval(request, server_for, transport):
         y = [p.detach().clone() for p in a.parameters()]
         assert opt.eval() is opt and opt.mode == "eval"
         x = ref_x(b, ref, 0.9)
+        ref.eval()  # mur.reference has the same switch
+        assert all(torch.equal(p.detach(), q) for p, q in zip(b.parameters(), x))
+        with pytest.raises(RuntimeError, match="eval mode"):
+            ref.step()
+        ref.train()
         for p, want, yp in zip(a.parameters(), x, y):
             assert (p.detach() - want).abs().max().item() < 1e-5
             assert (p.detach() - yp).abs().max().item() > 1e-4, "x is y: eval() changed nothing"

@@ -387,7 +387,39 @@ class Optimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
+    def eval(self):
+        """schedule_free_adamw: the parameters take x (eval_params of y and z); step() refuses until train()."""
+        self._schedule_free_only()
+        if not getattr(self, "_train_values", None):
+            self._train_values = {}
+            for group in self.param_groups:
+                for p in group["params"]:
+                    self._train_values[p] = p.detach().clone()
+                    if "z" in self.state[p]:
+                        p.copy_(eval_params(p, self.state[p]["z"], group["betas"][0]))
+        return self
+
+    @torch.no_grad()
+    def train(self, mode=True):
+        """schedule_free_adamw: the parameters get y back (bit for bit)."""
+        if not mode:
+            return self.eval()
+        self._schedule_free_only()
+        for p, y in (getattr(self, "_train_values", None) or {}).items():
+            p.copy_(y)
+        self._train_values = None
+        return self
+
+    def _schedule_free_only(self):
+        if self.optimizer_name != "schedule_free_adamw":
+            raise ValueError(
+                f"train()/eval(): only schedule_free_adamw has an evaluation point, not {self.optimizer_name}"
+            )
+
+    @torch.no_grad()
     def step(self, closure=None):
+        if getattr(self, "_train_values", None):
+            raise RuntimeError("step() in eval mode: the parameters hold x, not y; call train() first")
         loss = None
         if closure is not None:
             with torch.enable_grad():
