@@ -17,6 +17,7 @@ optax = pytest.importorskip("optax", reason="optax is not installed here (make j
 import jax.numpy as jnp  # noqa: E402
 from optax_trajectory import assert_reference_replays, gradient, run_optax  # noqa: E402
 
+import mur  # noqa: E402
 import mur.optax  # noqa: E402
 
 STEPS = 30
@@ -107,3 +108,33 @@ def test_server_is_optax_in_float32(request, backend, h):
             assert np.max(np.abs(np.asarray(want_x[k]) - np.asarray(rp[k]))) > 1e-4
     finally:
         tx.close()
+
+
+def test_defaults_are_optaxs_on_the_server_and_in_the_reference(server):
+    """One set of defaults: optax.contrib.schedule_free_adamw's signature (in torch's
+    spelling: lr, betas), the server's table (RemoteOptimizer's param_groups) and
+    mur.reference.DEFAULTS."""
+    import inspect
+
+    import torch
+
+    from mur import reference
+
+    sig = {k: p.default for k, p in inspect.signature(optax.contrib.schedule_free_adamw).parameters.items()}
+    want = dict(
+        lr=sig["learning_rate"],
+        betas=(sig["b1"], sig["b2"]),
+        eps=sig["eps"],
+        weight_decay=sig["weight_decay"],
+        warmup_steps=0,  # optax's None: no warmup
+        weight_lr_power=sig["weight_lr_power"],
+    )
+    assert sig["warmup_steps"] is None
+    assert reference.DEFAULTS["schedule_free_adamw"] == want
+    opt = mur.RemoteOptimizer([torch.nn.Parameter(torch.zeros(3))], optimizer="schedule_free_adamw", server=server)
+    try:
+        group = opt.param_groups[0]
+        for k, v in want.items():
+            assert tuple(group[k]) == pytest.approx(v) if k == "betas" else group[k] == pytest.approx(v), k
+    finally:
+        opt.close()
