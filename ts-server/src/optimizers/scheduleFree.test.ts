@@ -2,26 +2,13 @@
 // on z, theta is y, x is derived), through a real Session on the engine under
 // test (checked here without the reference).
 import { strict as assert } from 'assert';
+import { trajectory } from '../../test/harness';
 import { resolveSpec } from '../registry';
-import { Session } from '../session/session';
 
-/** Runs `grads` through one parameter; y after each step, and the final slots (z, exp_avg_sq, weight_sum, max_lr, rule.*). */
+/** `grads` through one vector parameter: y after each step, z after each step, and the final slots. */
 function run(rule: string, defaults: Record<string, unknown>, theta0: number[], grads: number[][]) {
-  const s = new Session('props', resolveSpec({ optimizer: 'schedule_free_adamw', rule, defaults }), [
-    { id: 'w', name: 'w', shape: [theta0.length], group: '', values: Float32Array.from(theta0) },
-  ]);
-  try {
-    const ys: number[][] = [];
-    const zs: number[][] = [];
-    grads.forEach((g, k) => {
-      ys.push(Array.from(s.step(k + 1, [{ id: 'w', data: Float32Array.from(g) }]).values[0].data));
-      zs.push(Array.from([...s.exportTensors()].find((t) => t.slot === 'z')!.data));
-    });
-    const slots = Object.fromEntries([...s.exportTensors()].map((t) => [t.slot, Array.from(t.data)]));
-    return { ys, zs, slots };
-  } finally {
-    s.dispose();
-  }
+  const r = trajectory('schedule_free_adamw', rule, defaults, [theta0.length], theta0, grads, true);
+  return { ys: r.thetas, zs: r.history.map((h) => h.z), slots: r.slots };
 }
 
 const close = (a: number, b: number, tol = 1e-6) => Math.abs(a - b) <= tol * (1 + Math.abs(b));
