@@ -712,9 +712,12 @@ class RemoteOptimizer(torch.optim.Optimizer):
             self._schedule_free_params()
             return self
         xs = self.eval_params()
-        self.__dict__["_train_values"] = {p: p.detach().clone() for p in xs}  # y, bit for bit
+        # The parameters are rebound to x (p.data), not written: their own
+        # memory keeps y untouched (on shm that is the server's arena, which
+        # must not hold x), and train() rebinds it, so no plane sees an edit.
+        self.__dict__["_train_values"] = {p: p.data for p in xs}
         for p, x in xs.items():
-            p.copy_(x.to(p.dtype))
+            p.data = x.to(device=p.device, dtype=p.dtype)
         self.__dict__["_mode"] = "eval"
         return self
 
@@ -727,7 +730,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if self.mode == "train":
             return self
         for p, y in self.__dict__.pop("_train_values").items():
-            p.copy_(y)
+            p.data = y
         self.__dict__["_mode"] = "train"
         return self
 

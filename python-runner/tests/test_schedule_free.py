@@ -89,7 +89,7 @@ def test_eval_params_are_the_references_x(server, rule):
 
 
 @needs_server
-@pytest.mark.parametrize("transport", ["shm", "tcp", "grpc"])
+@pytest.mark.parametrize("transport", ["shm", "shm-overlap", "tcp", "grpc"])
 def test_train_and_eval(request, server_for, transport):
     """eval() puts x in the parameters (the reference's, to float32 rounding),
     step() is refused there and changes nothing, train() gives y back bit for
@@ -99,8 +99,9 @@ def test_train_and_eval(request, server_for, transport):
         a.parameters(),
         optimizer="schedule_free_adamw",
         rule="additive",
-        server=request.getfixturevalue("tcp_server") if transport == "tcp" else server_for(transport),
-        transport=transport,
+        server=request.getfixturevalue("tcp_server") if transport == "tcp" else server_for(transport.split("-")[0]),
+        transport=transport.split("-")[0],
+        overlap=transport == "shm-overlap",
         lr=0.02,
     )
     ref = reference.Optimizer(b.parameters(), optimizer="schedule_free_adamw", rule="additive", lr=0.02)
@@ -109,7 +110,10 @@ def test_train_and_eval(request, server_for, transport):
         train(a, opt, 10)
         train(b, ref, 10)
         y = [p.detach().clone() for p in a.parameters()]
+        own = [p.data for p in a.parameters()]  # on shm: views of the server's arena
         assert opt.eval() is opt and opt.mode == "eval"
+        # x is bound, not written: the parameters' own memory (the server's, on shm) still holds y.
+        assert all(torch.equal(m, q) for m, q in zip(own, y))
         x = ref_x(b, ref, 0.9)
         ref.eval()  # mur.reference has the same switch
         assert all(torch.equal(p.detach(), q) for p, q in zip(b.parameters(), x))
@@ -131,6 +135,7 @@ def test_train_and_eval(request, server_for, transport):
         opt.train()
         assert opt.mode == "train"
         assert all(torch.equal(p.detach(), q) for p, q in zip(a.parameters(), y)), "train() did not restore y"
+        assert all(p.data.data_ptr() == m.data_ptr() for p, m in zip(a.parameters(), own)), "not rebound"
         train(a, opt, 10, start=10)
         train(b, ref, 10, start=10)
         assert max_diff(a, b) < 1e-5, "eval() disturbed the trajectory"
