@@ -29,6 +29,7 @@ from google.protobuf import json_format, struct_pb2
 
 from ._proto.mur.v1 import optimizer_pb2 as pb
 from .checkpoint import import_plan, mur_entry, torch_state
+from .checkpoint import values as master_values
 from .connection import Connection, check_address, load_pem
 from .errors import NO_DEFAULT_SPEC, FailedPreconditionError, InvalidArgumentError, MurError, TransportUnavailable
 from .planes.base import BF16, F16, F32, PARAM_DTYPES, PreparedStep
@@ -696,9 +697,15 @@ class RemoteOptimizer(torch.optim.Optimizer):
             return {p: p.detach().clone() for p, _ in self._schedule_free_params()}
         pairs = self._schedule_free_params()
         state = self.state
+        # A parameter that is not float32 holds a rounding of y: the server's float32 master is y.
+        masters = {}
+        if any(p.dtype != torch.float32 for p, _ in pairs):
+            pids = {id(p): pid for _, pid, p in self._params()}
+            flat = master_values(self._state_frames, self._session.by_id)
+            masters = {id(p): flat[pids[id(p)]] for p, _ in pairs if p.dtype != torch.float32 and pids[id(p)] in flat}
         out = {}
         for p, b1 in pairs:
-            y = p.detach().to(torch.float32)
+            y = masters[id(p)].to(p.device).view(p.shape) if id(p) in masters else p.detach().to(torch.float32)
             z = state.get(p, {}).get("z")
             out[p] = y.clone() if z is None else (y - (1.0 - b1) * z.to(y.device).view_as(y)) / b1
         return out

@@ -144,6 +144,28 @@ def test_train_and_eval(request, server_for, transport):
 
 
 @needs_server
+def test_eval_of_bfloat16_parameters_starts_from_the_float32_master(server):
+    """A bfloat16 model holds a rounding of y; x is computed from the server's
+    float32 y (the master) and rounded once: exactly bf16((y32 - (1-b1) z) / b1).
+    (From the bfloat16 y instead, 10 of the 20 elements differ.)"""
+    model = Problem().to(torch.bfloat16)
+    opt = mur.RemoteOptimizer(
+        model.parameters(), optimizer="schedule_free_adamw", rule="additive", server=server, lr=0.05
+    )
+    try:
+        train(model, opt, 8)
+        sd = opt.state_dict()
+        opt.eval()
+        for i, p in enumerate(model.parameters()):
+            y32 = torch.as_tensor(sd["mur"]["values"][i]).view(p.shape)
+            want = ((y32 - (1 - 0.9) * sd["state"][i]["z"].view(p.shape)) / 0.9).to(torch.bfloat16)
+            assert torch.equal(p.detach(), want), i
+        opt.train()
+    finally:
+        opt.close()
+
+
+@needs_server
 def test_state_dict_carries_the_mode(server):
     """A state_dict taken in eval mode holds y and says "eval": the optimizer
     stays in eval mode, and a fresh one loading it comes up in eval mode with x,
