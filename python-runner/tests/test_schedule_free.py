@@ -296,3 +296,37 @@ def test_sharded_train_and_eval(two_servers):
         assert max_diff(a, b) < 1e-5
     finally:
         opt.close()
+
+
+@needs_server
+def test_a_restart_on_a_state_dir_keeps_z_and_the_weights(scratch):
+    """A server on --state-dir stopped and started again mid-run: z, v and the
+    averaging scalars come back (the journal), the trajectory goes on as the
+    reference's, and eval() gives the reference's x."""
+    from pathlib import Path
+
+    from test_transport import start_cli, stop_proc
+
+    sock, state = Path(scratch) / "s.sock", Path(scratch) / "state"
+    proc = start_cli(sock, "--state-dir", str(state))
+    a, b = Problem(), Problem()
+    h = dict(lr=0.02, warmup_steps=3, lr_out=0.05)
+    opt = mur.RemoteOptimizer(
+        a.parameters(), optimizer="schedule_free_adamw", rule="hybrid", server=f"unix:{sock}", reconnect_timeout=30, **h
+    )
+    ref = reference.Optimizer(b.parameters(), optimizer="schedule_free_adamw", rule="hybrid", **h)
+    try:
+        train(a, opt, 5)
+        train(b, ref, 5)
+        stop_proc(proc)
+        proc = start_cli(sock, "--state-dir", str(state))
+        train(a, opt, 5, start=5)
+        train(b, ref, 5, start=5)
+        assert max_diff(a, b) < 1e-5
+        opt.eval()
+        for p, x in zip(a.parameters(), ref_x(b, ref, 0.9)):
+            assert (p.detach() - x).abs().max().item() < 1e-5
+        opt.train()
+    finally:
+        opt.close()
+        stop_proc(proc)
