@@ -12,6 +12,8 @@
 // warmup(k) = min(k, warmup_steps) / warmup_steps (1 at warmup_steps 0): optax
 // evaluates its warmup schedule at count t-1 for the base step and at t for
 // the averaging weight. The additive rule gives optax's trajectory.
+// weight_sum and max_lr are read on the host (one sync per parameter and
+// step, as ASGD's eta and mu); the rule acts on z through `ruleOn` (engine/step.ts).
 import * as tf from '@tensorflow/tfjs-core';
 import type { Hypers, OptimizerDef } from '../engine/types';
 import { num, pair } from '../engine/hypers';
