@@ -5,7 +5,7 @@
 // of a step: session/lbfgs.ts. This file holds its hyperparameters (torch's
 // names and defaults) and the codec of its state as checkpoint slots of the
 // session's first parameter, where torch's state_dict keeps it too.
-import { choice, flag, num } from '../engine/hypers';
+import { choice, num } from '../engine/hypers';
 import type { Hypers, OptimizerDef } from '../engine/types';
 import { InvalidArgument } from '../errors';
 import type { LbfgsHypers, LbfgsState } from './lbfgsStep';
@@ -46,7 +46,6 @@ export const lbfgs: OptimizerDef = {
       fixed: true,
       description: 'none (steps of length t) or strong_wolfe (cubic interpolation and zoom, c1 = 1e-4, c2 = 0.9); strong_wolfe needs the additive rule',
     },
-    { name: 'maximize', type: 'boolean', default: false, description: 'maximise the objective (torch >= 2.x): loss and gradient negated' },
   ],
   slots: [],
   closure: true,
@@ -55,7 +54,7 @@ export const lbfgs: OptimizerDef = {
   },
 };
 
-export const lbfgsHypers = (h: Hypers): LbfgsHypers & { maximize: boolean } => ({
+export const lbfgsHypers = (h: Hypers): LbfgsHypers => ({
   lr: num(h, 'lr'),
   maxIter: num(h, 'max_iter'),
   maxEval: Math.floor(num(h, 'max_eval')),
@@ -63,7 +62,6 @@ export const lbfgsHypers = (h: Hypers): LbfgsHypers & { maximize: boolean } => (
   toleranceChange: num(h, 'tolerance_change'),
   historySize: num(h, 'history_size'),
   strongWolfe: choice(h, 'line_search_fn') === 'strong_wolfe',
-  maximize: flag(h, 'maximize'),
 });
 
 /** The checkpoint slots of the state (torch's state_dict keys), on the session's first parameter. */
@@ -109,13 +107,14 @@ export function stateFromSlots(slots: Map<string, Float32Array>, n: number, hist
   };
   s.funcEvals = count('func_evals');
   s.nIter = count('n_iter');
-  const vectors = ['t', 'H_diag', 'prev_loss', 'ro', 'd', 'prev_flat_grad', 'old_dirs', 'old_stps'];
-  const given = vectors.filter((v) => slots.has(v));
+  // With no pair kept (k = 0) ro, old_dirs and old_stps are empty, and may be absent.
+  const vectors = ['t', 'H_diag', 'prev_loss', 'd', 'prev_flat_grad'];
+  const given = [...vectors, 'ro', 'old_dirs', 'old_stps'].filter((v) => slots.has(v));
   if (given.length === 0) {
     if (s.nIter > 0) throw new InvalidArgument(`${where('d')}: missing (n_iter ${s.nIter} > 0 needs the whole L-BFGS state)`);
     return s;
   }
-  if (given.length !== vectors.length) {
+  if (vectors.some((v) => !slots.has(v))) {
     throw new InvalidArgument(`${where(vectors.find((v) => !slots.has(v))!)}: missing (the L-BFGS state comes whole: ${vectors.join(', ')})`);
   }
   const one = (slot: string) => {
@@ -123,11 +122,11 @@ export function stateFromSlots(slots: Map<string, Float32Array>, n: number, hist
     if (a.length !== 1) throw new InvalidArgument(`${where(slot)}: ${a.length} elements, expected 1`);
     return a[0];
   };
-  const ro = slots.get('ro')!;
+  const ro = slots.get('ro') ?? new Float32Array(0);
   const k = ro.length;
   if (k > historySize) throw new InvalidArgument(`${where('ro')}: ${k} pairs, more than history_size ${historySize}`);
   const flat = (slot: string, len: number) => {
-    const a = slots.get(slot)!;
+    const a = slots.get(slot) ?? new Float32Array(0);
     if (a.length !== len) throw new InvalidArgument(`${where(slot)}: ${a.length} elements, expected ${len}`);
     return Float32Array.from(a);
   };

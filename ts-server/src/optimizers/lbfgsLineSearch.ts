@@ -10,8 +10,12 @@
 // |bracket width| max|d| < tolerance_change or after max_ls evaluations.
 //   sufficient decrease (Armijo): f(t) <= f(0) + c1 t g(0).d
 //   curvature (strong):            |g(t).d| <= -c2 g(0).d
-// The directional derivatives g.d are float32 dot products (lbfgs.ts: dot).
+// The directional derivatives g.d are float32 dot products (lbfgsMath.ts),
+// and every scalar follows torch's types (lbfgsScalar.ts): near convergence
+// the tests compare numbers within a float32 ulp, so which of them torch
+// rounds to float32 decides how many evaluations a search takes.
 import { dot } from './lbfgsMath';
+import { abs, add, f32, ge, gt, le, lt, max, min, mul, py, sub, div, sqrt, type Scalar } from './lbfgsScalar';
 
 export interface Evaluation {
   loss: number;
@@ -21,7 +25,7 @@ export interface Evaluation {
 export interface LineSearchResult {
   loss: number;
   grad: Float32Array;
-  t: number;
+  t: Scalar;
   evals: number;
 }
 
@@ -30,16 +34,18 @@ export interface LineSearchResult {
  * to `bounds` (default: the interval between x1 and x2); the midpoint of the
  * bounds when the cubic has no real minimiser.
  */
-export function cubicInterpolate(x1: number, f1: number, g1: number, x2: number, f2: number, g2: number, bounds?: [number, number]): number {
-  const [lo, hi] = bounds ?? (x1 <= x2 ? [x1, x2] : [x2, x1]);
-  const d1 = g1 + g2 - (3 * (f1 - f2)) / (x1 - x2);
-  const d2sq = d1 * d1 - g1 * g2;
-  if (d2sq >= 0) {
-    const d2 = Math.sqrt(d2sq);
-    const at = x1 <= x2 ? x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2)) : x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2));
-    return Math.min(Math.max(at, lo), hi);
+export function cubicInterpolate(x1: Scalar, f1: Scalar, g1: Scalar, x2: Scalar, f2: Scalar, g2: Scalar, bounds?: [Scalar, Scalar]): Scalar {
+  const [lo, hi] = bounds ?? (le(x1, x2) ? [x1, x2] : [x2, x1]);
+  const d1 = sub(add(g1, g2), div(mul(py(3), sub(f1, f2)), sub(x1, x2)));
+  const d2sq = sub(mul(d1, d1), mul(g1, g2));
+  if (ge(d2sq, py(0))) {
+    const d2 = sqrt(d2sq);
+    const at = le(x1, x2)
+      ? sub(x2, mul(sub(x2, x1), div(sub(add(g2, d2), d1), add(sub(g2, g1), mul(py(2), d2)))))
+      : sub(x1, mul(sub(x1, x2), div(sub(add(g1, d2), d1), add(sub(g1, g2), mul(py(2), d2)))));
+    return min(max(at, lo), hi);
   }
-  return (lo + hi) / 2;
+  return div(add(lo, hi), py(2));
 }
 
 /**
@@ -49,35 +55,40 @@ export function cubicInterpolate(x1: number, f1: number, g1: number, x2: number,
  */
 export function* strongWolfe(
   d: Float32Array,
-  t: number,
-  f: number,
+  t: Scalar,
+  fLoss: number,
   g: Float32Array,
-  gtd: number,
+  gtd: Scalar,
   tolChange: number,
   maxLs: number,
   c1 = 1e-4,
   c2 = 0.9,
 ): Generator<number, LineSearchResult, Evaluation> {
-  let dNorm = 0;
-  for (let i = 0; i < d.length; i++) dNorm = Math.max(dNorm, Math.abs(d[i]));
-  let e = yield t;
-  let fNew = e.loss;
+  const f = py(fLoss);
+  const tol = py(tolChange);
+  let dn = 0;
+  for (let i = 0; i < d.length; i++) dn = Math.max(dn, Math.abs(d[i]));
+  const dNorm = f32(dn);
+  const armijo = (tt: Scalar) => add(f, mul(mul(py(c1), tt), gtd));
+  const curvature = mul(py(-c2), gtd);
+  let e = yield t.v;
+  let fNew = py(e.loss);
   let gNew = e.grad;
   let evals = 1;
-  let gtdNew = dot(gNew, d);
-  let tPrev = 0;
+  let gtdNew = f32(dot(gNew, d));
+  let tPrev = py(0);
   let fPrev = f;
   let gPrev = g;
   let gtdPrev = gtd;
   let done = false;
   let lsIter = 0;
-  let br: number[] = [];
-  let brF: number[] = [];
+  let br: Scalar[] = [];
+  let brF: Scalar[] = [];
   let brG: Float32Array[] = [];
-  let brGtd: number[] = [];
+  let brGtd: Scalar[] = [];
   // Bracketing: grow t until an interval holds a point of both conditions.
   while (lsIter < maxLs) {
-    if (fNew > f + c1 * t * gtd || (lsIter > 1 && fNew >= fPrev)) {
+    if (gt(fNew, armijo(t)) || (lsIter > 1 && ge(fNew, fPrev))) {
       [br, brF, brG, brGtd] = [
         [tPrev, t],
         [fPrev, fNew],
@@ -86,12 +97,12 @@ export function* strongWolfe(
       ];
       break;
     }
-    if (Math.abs(gtdNew) <= -c2 * gtd) {
+    if (le(abs(gtdNew), curvature)) {
       [br, brF, brG] = [[t], [fNew], [gNew]];
       done = true;
       break;
     }
-    if (gtdNew >= 0) {
+    if (ge(gtdNew, py(0))) {
       [br, brF, brG, brGtd] = [
         [tPrev, t],
         [fPrev, fNew],
@@ -100,38 +111,38 @@ export function* strongWolfe(
       ];
       break;
     }
-    const next = cubicInterpolate(tPrev, fPrev, gtdPrev, t, fNew, gtdNew, [t + 0.01 * (t - tPrev), t * 10]);
+    const next = cubicInterpolate(tPrev, fPrev, gtdPrev, t, fNew, gtdNew, [add(t, mul(py(0.01), sub(t, tPrev))), mul(t, py(10))]);
     tPrev = t;
     t = next;
     fPrev = fNew;
     gPrev = gNew;
     gtdPrev = gtdNew;
-    e = yield t;
-    fNew = e.loss;
+    e = yield t.v;
+    fNew = py(e.loss);
     gNew = e.grad;
     evals++;
-    gtdNew = dot(gNew, d);
+    gtdNew = f32(dot(gNew, d));
     lsIter++;
   }
   if (lsIter === maxLs) {
     [br, brF, brG] = [
-      [0, t],
+      [py(0), t],
       [f, fNew],
       [g, gNew],
     ];
   }
   // Zoom: shrink the bracket until a point satisfies both conditions.
   let insufficient = false;
-  let [low, high] = brF[0] <= brF[brF.length - 1] ? [0, 1] : [1, 0];
+  let [low, high] = le(brF[0], brF[brF.length - 1]) ? [0, 1] : [1, 0];
   while (!done && lsIter < maxLs) {
-    if (Math.abs(br[1] - br[0]) * dNorm < tolChange) break;
+    if (lt(mul(abs(sub(br[1], br[0])), dNorm), tol)) break;
     t = cubicInterpolate(br[0], brF[0], brGtd[0], br[1], brF[1], brGtd[1]);
-    const bmax = Math.max(...br);
-    const bmin = Math.min(...br);
-    const eps = 0.1 * (bmax - bmin);
-    if (Math.min(bmax - t, t - bmin) < eps) {
-      if (insufficient || t >= bmax || t <= bmin) {
-        t = Math.abs(t - bmax) < Math.abs(t - bmin) ? bmax - eps : bmin + eps;
+    const bmax = max(br[0], br[1]);
+    const bmin = min(br[0], br[1]);
+    const eps = mul(py(0.1), sub(bmax, bmin));
+    if (lt(min(sub(bmax, t), sub(t, bmin)), eps)) {
+      if (insufficient || ge(t, bmax) || le(t, bmin)) {
+        t = lt(abs(sub(t, bmax)), abs(sub(t, bmin))) ? sub(bmax, eps) : add(bmin, eps);
         insufficient = false;
       } else {
         insufficient = true;
@@ -139,22 +150,22 @@ export function* strongWolfe(
     } else {
       insufficient = false;
     }
-    e = yield t;
-    fNew = e.loss;
+    e = yield t.v;
+    fNew = py(e.loss);
     gNew = e.grad;
     evals++;
-    gtdNew = dot(gNew, d);
+    gtdNew = f32(dot(gNew, d));
     lsIter++;
-    if (fNew > f + c1 * t * gtd || fNew >= brF[low]) {
+    if (gt(fNew, armijo(t)) || ge(fNew, brF[low])) {
       br[high] = t;
       brF[high] = fNew;
       brG[high] = gNew;
       brGtd[high] = gtdNew;
-      [low, high] = brF[0] <= brF[1] ? [0, 1] : [1, 0];
+      [low, high] = le(brF[0], brF[1]) ? [0, 1] : [1, 0];
     } else {
-      if (Math.abs(gtdNew) <= -c2 * gtd) {
+      if (le(abs(gtdNew), curvature)) {
         done = true;
-      } else if (gtdNew * (br[high] - br[low]) >= 0) {
+      } else if (ge(mul(gtdNew, sub(br[high], br[low])), py(0))) {
         br[high] = br[low];
         brF[high] = brF[low];
         brG[high] = brG[low];
@@ -166,5 +177,5 @@ export function* strongWolfe(
       brGtd[low] = gtdNew;
     }
   }
-  return { loss: brF[low], grad: brG[low], t: br[low], evals };
+  return { loss: brF[low].v, grad: brG[low], t: br[low], evals };
 }

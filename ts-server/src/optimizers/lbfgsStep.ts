@@ -21,6 +21,7 @@
 // cheap, exact snapshot to roll back to.
 import { strongWolfe, type Evaluation } from './lbfgsLineSearch';
 import { axpy, dot, maxAbs, minus, scaled, sumAbs } from './lbfgsMath';
+import { f32, py, type Scalar } from './lbfgsScalar';
 
 export type { Evaluation } from './lbfgsLineSearch';
 
@@ -97,7 +98,10 @@ export function* lbfgsStep(
   let g = first.grad;
   let evals = 1;
   state.funcEvals += 1;
-  if (maxAbs(g) <= h.toleranceGrad) return x;
+  // torch compares its float32 tensors with the tolerances in float32.
+  const tolGrad = Math.fround(h.toleranceGrad);
+  const tolChange = Math.fround(h.toleranceChange);
+  if (maxAbs(g) <= tolGrad) return x;
   let { d, t, hDiag, prevFlatGrad, prevLoss } = state;
   let nIter = 0;
   while (nIter < h.maxIter) {
@@ -113,7 +117,7 @@ export function* lbfgsStep(
       const y = minus(g, prevFlatGrad!);
       const s = scaled(d!, t);
       const ys = dot(y, s);
-      if (ys > 1e-10) {
+      if (ys > Math.fround(1e-10)) {
         if (state.oldDirs.length === h.historySize) {
           state.oldDirs.shift();
           state.oldStps.shift();
@@ -141,25 +145,26 @@ export function* lbfgsStep(
     prevFlatGrad = g;
     prevLoss = loss;
     // torch: min(1.0, 1.0 / g.abs().sum()) * lr, a float32 tensor when the sum exceeds 1.
+    let tS: Scalar = py(h.lr);
     if (state.nIter === 1) {
       const inv = Math.fround(1 / sumAbs(g));
-      t = inv < 1 ? Math.fround(inv * h.lr) : h.lr;
-    } else {
-      t = h.lr;
+      if (inv < 1) tS = f32(inv * Math.fround(h.lr));
     }
+    t = tS.v;
     const gtd = dot(g, d);
-    if (gtd > -h.toleranceChange) break;
+    if (gtd > Math.fround(-h.toleranceChange)) break;
     let lsEvals = 0;
     let optCond = false;
     if (h.strongWolfe) {
       const from = x;
       const dir = d;
-      const search = strongWolfe(dir, t, loss, g, gtd, h.toleranceChange, h.maxEval - evals);
+      const search = strongWolfe(dir, tS, loss, g, f32(gtd), h.toleranceChange, h.maxEval - evals);
       let r = search.next();
       while (!r.done) r = search.next(yield addMove(from, r.value, dir));
-      ({ loss, grad: g, t, evals: lsEvals } = r.value);
+      ({ loss, grad: g, evals: lsEvals } = r.value);
+      t = r.value.t.v;
       x = addMove(from, t, dir);
-      optCond = maxAbs(g) <= h.toleranceGrad;
+      optCond = maxAbs(g) <= tolGrad;
     } else {
       const next = mover.move(x, t, d);
       // Under a rule that is not additive the step taken is not t d: d becomes the direction actually travelled.
@@ -167,14 +172,14 @@ export function* lbfgsStep(
       x = next;
       if (nIter !== h.maxIter) {
         ({ loss, grad: g } = yield x);
-        optCond = maxAbs(g) <= h.toleranceGrad;
+        optCond = maxAbs(g) <= tolGrad;
         lsEvals = 1;
       }
     }
     evals += lsEvals;
     state.funcEvals += lsEvals;
     if (nIter === h.maxIter || evals >= h.maxEval || optCond) break;
-    if (maxAbs(scaled(d, t)) <= h.toleranceChange) break;
+    if (maxAbs(scaled(d, t)) <= tolChange) break;
     if (Math.abs(loss - prevLoss) < h.toleranceChange) break;
   }
   Object.assign(state, { d, t, hDiag, prevFlatGrad, prevLoss });

@@ -110,8 +110,8 @@ export class LbfgsRun {
     }
   }
 
-  /** The round's gradients as one flat vector (zeros where a parameter has none; negated to maximise). */
-  private flatGrad(grads: RoundInput['grads'], maximize: boolean): Float32Array {
+  /** The round's gradients as one flat vector (zeros where a parameter has none, as torch's _gather_flat_grad). */
+  private flatGrad(grads: RoundInput['grads']): Float32Array {
     const at = new Map<string, number>();
     let off = 0;
     for (const p of this.params()) {
@@ -120,7 +120,6 @@ export class LbfgsRun {
     }
     const g = new Float32Array(off);
     for (const x of grads) g.set(x.data, at.get(x.id)!);
-    if (maximize) for (let i = 0; i < g.length; i++) g[i] = -g[i];
     return g;
   }
 
@@ -161,7 +160,7 @@ export class LbfgsRun {
     const lh = lbfgsHypers(h);
     const x0 = this.flatParams();
     const before = cloneState(this.state);
-    const first = { loss: lh.maximize ? -input.loss : input.loss, grad: this.flatGrad(input.grads, lh.maximize) };
+    const first = { loss: input.loss, grad: this.flatGrad(input.grads) };
     const gen = lbfgsStep(this.state, lh, x0, this.mover(spec, h), first);
     this.inStep = { step, round: 0, digest, before, x0, gen, overrides, spec, rounds: keep ? [input] : [] };
     return this.advance(gen.next());
@@ -170,11 +169,10 @@ export class LbfgsRun {
   /** The next round of the step in progress. */
   feed(input: RoundInput, digest: string, keep: boolean): RoundOutcome {
     const s = this.inStep!;
-    const maximize = lbfgsHypers(resolveGroup(s.spec, this.group)).maximize;
     s.round += 1;
     s.digest = digest;
     if (keep) s.rounds.push(input);
-    return this.advance(s.gen.next({ loss: maximize ? -input.loss : input.loss, grad: this.flatGrad(input.grads, maximize) }));
+    return this.advance(s.gen.next({ loss: input.loss, grad: this.flatGrad(input.grads) }));
   }
 
   private advance(r: IteratorResult<Float32Array, Float32Array>): RoundOutcome {
