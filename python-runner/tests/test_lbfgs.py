@@ -160,6 +160,8 @@ def test_refusals(server):
     m, x, y = problem()
     with pytest.raises(ValueError, match="L-BFGS takes one"):
         mur.RemoteOptimizer([{"params": [m.weight]}, {"params": [m.bias]}], optimizer="lbfgs", server=server)
+    with pytest.raises(ValueError, match="one server"):
+        mur.RemoteOptimizer(m.parameters(), optimizer="lbfgs", server=[server, server])
     with pytest.raises(TransportUnavailable, match="transport='shm'"):
         mur.RemoteOptimizer(m.parameters(), optimizer="lbfgs", server=server, transport="shm")
     for k, v in [("history_size", 0), ("max_iter", 0), ("line_search_fn", "backtracking"), ("tolerance_grad", -1.0)]:
@@ -175,3 +177,51 @@ def test_refusals(server):
             opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))]})
     finally:
         opt.close()
+
+
+@needs_server
+def test_server_killed_in_the_middle_of_a_step(scratch):
+    """A --state-dir server SIGKILLed during a step's closure evaluations: the client's next round is
+    answered with a restart, step(closure) evaluates again from the parameters before that step, and
+    the run ends bit for bit where an uninterrupted one does."""
+    from pathlib import Path
+
+    from test_transport import start_cli, stop_proc
+
+    h = dict(max_iter=4, line_search_fn="strong_wolfe")
+    sock, state = Path(scratch) / "s.sock", Path(scratch) / "state"
+    ref, x, y = problem()
+    with mur.LocalServer() as s:
+        opt = mur.RemoteOptimizer(ref.parameters(), optimizer="lbfgs", rule="additive", server=s.address, **h)
+        try:
+            want = run(ref, opt, x, y, steps=3)
+        finally:
+            opt.close()
+    procs = [start_cli(sock, "--state-dir", str(state))]
+    try:
+        m, _, _ = problem()
+        opt = mur.RemoteOptimizer(
+            m.parameters(), optimizer="lbfgs", rule="additive", server=f"unix:{sock}", reconnect_timeout=30, **h
+        )
+        try:
+            got = run(m, opt, x, y, steps=1)
+            n = [0]
+            inner = closure_for(m, opt, x, y, n)
+
+            def closure():
+                if n[0] == 2:  # the third evaluation of step 2: the server dies and comes back
+                    stop_proc(procs[-1])
+                    procs.append(start_cli(sock, "--state-dir", str(state)))
+                return inner()
+
+            loss = opt.step(closure)
+            got.append((float(loss.detach()), n[0], torch.cat([p.detach().reshape(-1) for p in m.parameters()]).clone()))
+            got += run(m, opt, x, y, steps=1)
+        finally:
+            opt.close()
+    finally:
+        for p in procs:
+            stop_proc(p)
+    assert got[1][1] == want[1][1] + 3, "step 2 evaluated three times before the kill, then whole again"
+    for (lw, _, pw), (lg, _, pg) in zip(want, got):
+        assert lg == lw and torch.equal(pg, pw)
