@@ -251,6 +251,37 @@ describe('lbfgs round trips', () => {
   });
 });
 
+describe('lbfgs in a shared-memory arena', () => {
+  it('rounds with arena gradients: the arena holds each point; the same trajectory as inline', async function () {
+    const spec = resolveSpec({ optimizer: 'lbfgs', rule: 'additive', defaults: { max_iter: 4, line_search_fn: 'strong_wolfe' } });
+    const s = new Session('arena', spec, decls(golden.x0));
+    try {
+      let arena;
+      try {
+        arena = s.openArena();
+      } catch {
+        this.skip(); // the tfjs engines have no arena
+      }
+      const here = () => Float32Array.from([...arena.param(0), ...arena.param(1)]);
+      const xs: Float32Array[] = [];
+      for (let k = 1; k <= 2; k++) {
+        for (let round = 0; ; round++) {
+          const { loss, grad } = lossGrad(here());
+          arena.grad(0).set(grad.subarray(0, 4));
+          arena.grad(1).set(grad.subarray(4));
+          const r = await s.stepArena(k, [0, 1], {}, false, [], { round, loss });
+          if (!r.evaluate) break;
+        }
+        xs.push(here());
+      }
+      const ref = await trajectory({ optimizer: 'lbfgs', rule: 'additive', defaults: { max_iter: 4, line_search_fn: 'strong_wolfe' } }, 2);
+      assert.deepEqual(xs, ref.xs);
+    } finally {
+      s.dispose();
+    }
+  });
+});
+
 describe('lbfgs over gRPC, and a --state-dir restart in the middle of a step', () => {
   let dir: string;
   let h: Harness | null = null;
