@@ -27,8 +27,8 @@ from collections import defaultdict
 import torch
 from google.protobuf import json_format, struct_pb2
 
-from ._proto.mur.v1 import optimizer_pb2 as pb
 from . import lbfgs as _lbfgs
+from ._proto.mur.v1 import optimizer_pb2 as pb
 from .checkpoint import import_plan, mur_entry, torch_state
 from .connection import Connection, check_address, load_pem
 from .errors import NO_DEFAULT_SPEC, FailedPreconditionError, InvalidArgumentError, MurError, TransportUnavailable
@@ -833,7 +833,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
         else:
             self._load_groups(state_dict["param_groups"])
         if self.optimizer_name == "lbfgs":
-            state_dict = {**state_dict, "state": {k: _lbfgs.from_torch(v) for k, v in state_dict.get("state", {}).items()}}
+            state_dict = {
+                **state_dict,
+                "state": {k: _lbfgs.from_torch(v) for k, v in state_dict.get("state", {}).items()},
+            }
         saved = [i for g in state_dict["param_groups"] for i in g["params"]]
         pids = dict(zip(saved, (pid for _, pid, _ in self._params())))
         header, tensors, values, step = import_plan(state_dict, pids, self._session.id, self._spec())

@@ -52,7 +52,9 @@ def run(model, opt, x, y, steps=STEPS):
     for _ in range(steps):
         n = [0]
         loss = opt.step(closure_for(model, opt, x, y, n))
-        out.append((float(loss.detach()), n[0], torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()))
+        out.append(
+            (float(loss.detach()), n[0], torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone())
+        )
     return out
 
 
@@ -77,7 +79,9 @@ def test_torch_parity(tcp_server, transport, h):
     ref, x, y = problem()
     mine, _, _ = problem()
     want = run(ref, torch.optim.LBFGS(ref.parameters(), **h), x, y)
-    opt = mur.RemoteOptimizer(mine.parameters(), optimizer="lbfgs", rule="additive", server=tcp_server, transport=transport, **h)
+    opt = mur.RemoteOptimizer(
+        mine.parameters(), optimizer="lbfgs", rule="additive", server=tcp_server, transport=transport, **h
+    )
     try:
         assert opt.transport == transport
         got = run(mine, opt, x, y)
@@ -145,7 +149,11 @@ def test_to_convergence(server, h):
 
 @needs_server
 def test_rules_other_than_additive_decrease_the_loss(server):
-    for rule, h in [("multiplicative", dict(lr=0.5, lr_out=0.5)), ("hybrid", dict(lr=0.5, lr_out=0.5)), ("exp_sign", dict(lr=0.1))]:
+    for rule, h in [
+        ("multiplicative", dict(lr=0.5, lr_out=0.5)),
+        ("hybrid", dict(lr=0.5, lr_out=0.5)),
+        ("exp_sign", dict(lr=0.1)),
+    ]:
         m, x, y = problem()
         opt = mur.RemoteOptimizer(m.parameters(), optimizer="lbfgs", rule=rule, server=server, max_iter=5, **h)
         try:
@@ -168,7 +176,9 @@ def test_refusals(server):
         with pytest.raises(InvalidArgumentError, match=k):
             mur.RemoteOptimizer(m.parameters(), optimizer="lbfgs", server=server, **{k: v})
     with pytest.raises(InvalidArgumentError, match="strong_wolfe needs the additive rule"):
-        mur.RemoteOptimizer(m.parameters(), optimizer="lbfgs", rule="hybrid", server=server, line_search_fn="strong_wolfe")
+        mur.RemoteOptimizer(
+            m.parameters(), optimizer="lbfgs", rule="hybrid", server=server, line_search_fn="strong_wolfe"
+        )
     opt = mur.RemoteOptimizer(m.parameters(), optimizer="lbfgs", server=server)
     try:
         with pytest.raises(ValueError, match="pass a closure"):
@@ -215,7 +225,9 @@ def test_server_killed_in_the_middle_of_a_step(scratch):
                 return inner()
 
             loss = opt.step(closure)
-            got.append((float(loss.detach()), n[0], torch.cat([p.detach().reshape(-1) for p in m.parameters()]).clone()))
+            got.append(
+                (float(loss.detach()), n[0], torch.cat([p.detach().reshape(-1) for p in m.parameters()]).clone())
+            )
             got += run(m, opt, x, y, steps=1)
         finally:
             opt.close()

@@ -18,7 +18,13 @@ export const lbfgs: OptimizerDef = {
   description:
     'L-BFGS (torch.optim.LBFGS): two-loop recursion over the last history_size steps, optionally a strong Wolfe line search; step(closure) evaluates the loss on the client several times per step.',
   hypers: [
-    { name: 'lr', type: 'number', default: 1, minimum: 0, description: 'learning rate: the step length t (the first iteration: min(1, 1/|g|_1) lr)' },
+    {
+      name: 'lr',
+      type: 'number',
+      default: 1,
+      minimum: 0,
+      description: 'learning rate: the step length t (the first iteration: min(1, 1/|g|_1) lr)',
+    },
     { name: 'max_iter', type: 'number', integer: true, default: 20, minimum: 1, description: 'iterations per step' },
     {
       name: 'max_eval',
@@ -27,7 +33,7 @@ export const lbfgs: OptimizerDef = {
       defaultFrom: 'max_iter',
       defaultFactor: 1.25,
       minimum: 1,
-      description: 'closure evaluations per step (default: floor(1.25 max_iter), torch\'s max_iter * 5 // 4)',
+      description: "closure evaluations per step (default: floor(1.25 max_iter), torch's max_iter * 5 // 4)",
     },
     { name: 'tolerance_grad', type: 'number', default: 1e-7, minimum: 0, description: 'stop when max|g| <= tolerance_grad' },
     {
@@ -44,7 +50,8 @@ export const lbfgs: OptimizerDef = {
       choices: LINE_SEARCH_FNS,
       default: 'none',
       fixed: true,
-      description: 'none (steps of length t) or strong_wolfe (cubic interpolation and zoom, c1 = 1e-4, c2 = 0.9); strong_wolfe needs the additive rule',
+      description:
+        'none (steps of length t) or strong_wolfe (cubic interpolation and zoom, c1 = 1e-4, c2 = 0.9); strong_wolfe needs the additive rule',
     },
   ],
   slots: [],
@@ -65,7 +72,18 @@ export const lbfgsHypers = (h: Hypers): LbfgsHypers => ({
 });
 
 /** The checkpoint slots of the state (torch's state_dict keys), on the session's first parameter. */
-export const LBFGS_SLOTS = ['func_evals', 'n_iter', 't', 'H_diag', 'prev_loss', 'ro', 'd', 'prev_flat_grad', 'old_dirs', 'old_stps'] as const;
+export const LBFGS_SLOTS = [
+  'func_evals',
+  'n_iter',
+  't',
+  'H_diag',
+  'prev_loss',
+  'ro',
+  'd',
+  'prev_flat_grad',
+  'old_dirs',
+  'old_stps',
+] as const;
 
 /** The state as checkpoint tensors (n: the flat length). Pairs are stacked: old_dirs is [k * n]. */
 export function stateSlots(s: LbfgsState, n: number): Array<{ slot: string; data: Float32Array }> {
@@ -97,7 +115,12 @@ export function stateSlots(s: LbfgsState, n: number): Array<{ slot: string; data
  * checked whole: sizes against n and history_size, counts whole numbers.
  * `where` names a slot in messages.
  */
-export function stateFromSlots(slots: Map<string, Float32Array>, n: number, historySize: number, where: (slot: string) => string): LbfgsState {
+export function stateFromSlots(
+  slots: Map<string, Float32Array>,
+  n: number,
+  historySize: number,
+  where: (slot: string) => string,
+): LbfgsState {
   const s = newState();
   const count = (slot: string) => {
     const a = slots.get(slot);
@@ -115,7 +138,9 @@ export function stateFromSlots(slots: Map<string, Float32Array>, n: number, hist
     return s;
   }
   if (vectors.some((v) => !slots.has(v))) {
-    throw new InvalidArgument(`${where(vectors.find((v) => !slots.has(v))!)}: missing (the L-BFGS state comes whole: ${vectors.join(', ')})`);
+    throw new InvalidArgument(
+      `${where(vectors.find((v) => !slots.has(v))!)}: missing (the L-BFGS state comes whole: ${vectors.join(', ')})`,
+    );
   }
   const one = (slot: string) => {
     const a = slots.get(slot)!;

@@ -34,7 +34,15 @@ export interface LineSearchResult {
  * to `bounds` (default: the interval between x1 and x2); the midpoint of the
  * bounds when the cubic has no real minimiser.
  */
-export function cubicInterpolate(x1: Scalar, f1: Scalar, g1: Scalar, x2: Scalar, f2: Scalar, g2: Scalar, bounds?: [Scalar, Scalar]): Scalar {
+export function cubicInterpolate(
+  x1: Scalar,
+  f1: Scalar,
+  g1: Scalar,
+  x2: Scalar,
+  f2: Scalar,
+  g2: Scalar,
+  bounds?: [Scalar, Scalar],
+): Scalar {
   const [lo, hi] = bounds ?? (le(x1, x2) ? [x1, x2] : [x2, x1]);
   const d1 = sub(add(g1, g2), div(mul(py(3), sub(f1, f2)), sub(x1, x2)));
   const d2sq = sub(mul(d1, d1), mul(g1, g2));

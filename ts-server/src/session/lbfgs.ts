@@ -119,7 +119,7 @@ export class LbfgsRun {
       off += p.size;
     }
     const g = new Float32Array(off);
-    for (const x of grads) g.set(x.data, at.get(x.id)!);
+    for (const x of grads) g.set(x.data, at.get(x.id) ?? 0); // ids checked by check()
     return g;
   }
 
@@ -198,7 +198,7 @@ export class LbfgsRun {
 
   /** Checks a round's inputs against the parameters: known ids, once each, sizes. */
   check(grads: RoundInput['grads'], loss: number | undefined, where: (i: number) => string): number {
-    if (loss === undefined) throw new InvalidArgument('loss: an lbfgs round needs the closure\'s loss (StepRequest.loss)');
+    if (loss === undefined) throw new InvalidArgument("loss: an lbfgs round needs the closure's loss (StepRequest.loss)");
     if (!Number.isFinite(loss)) throw new InvalidArgument(`loss: ${loss} (must be finite)`);
     const sizes = new Map(this.params().map((p) => [p.id, p.size]));
     const seen = new Set<string>();

@@ -347,7 +347,9 @@ export class Session {
   private plan(step: number, grads: StepGrad[], overrides: Overrides, where: Where, checkFinite: boolean): { replay: StepResult } | Plan {
     this.checkOpen();
     if (this.lbfgs) {
-      throw new InvalidArgument(`${this.spec.optimizer.name} steps are rounds of closure evaluations: send them with Step (StepRequest.round, loss) or the tcp plane`);
+      throw new InvalidArgument(
+        `${this.spec.optimizer.name} steps are rounds of closure evaluations: send them with Step (StepRequest.round, loss) or the tcp plane`,
+      );
     }
     if (!Number.isSafeInteger(step) || step < 1) throw new InvalidArgument(`step: ${step} must be a positive integer`);
     if (this.lastStep > 0 && step === this.lastStep) {
@@ -662,7 +664,13 @@ export class Session {
     });
     const digestOf = () => {
       const digests = grads.map((g) => this.engine.scan(g.data).digest);
-      return `r${round}:${roundDigest(round, loss ?? NaN, digests, grads.map((g) => g.id), canonicalJson(overrides))}`;
+      return `r${round}:${roundDigest(
+        round,
+        loss ?? NaN,
+        digests,
+        grads.map((g) => g.id),
+        canonicalJson(overrides),
+      )}`;
     };
     const cur = run.current;
     const result = (extra: Partial<StepResult>): { result: StepResult } => ({
@@ -681,7 +689,9 @@ export class Session {
     if (cur?.step === step) {
       if (round === cur.round) {
         if (digestOf() !== cur.digest) {
-          throw new FailedPrecondition(`round: ${round} of step ${step} was already taken with a different request (loss, gradients or overrides)`);
+          throw new FailedPrecondition(
+            `round: ${round} of step ${step} was already taken with a different request (loss, gradients or overrides)`,
+          );
         }
         return result({ replayed: true, evaluate: true });
       }
@@ -690,7 +700,7 @@ export class Session {
       if (this.resumedAt !== null && step > this.lastStep + 1) {
         this.damage = new DataLoss(
           `session ${this.id}: after the server restarted, its --state-dir holds this session up to step ${this.lastStep}, but this client's next step is ${step}: ` +
-            'acknowledged steps are missing from the session\'s files, so the session is not served: restore it from your last checkpoint (load_state_dict into a new RemoteOptimizer)',
+            "acknowledged steps are missing from the session's files, so the session is not served: restore it from your last checkpoint (load_state_dict into a new RemoteOptimizer)",
         );
         throw this.damage;
       }
@@ -822,13 +832,19 @@ export class Session {
     this.syncLane();
     // L-BFGS: its state's slots (on the first parameter) are checked and taken apart from the others.
     const firstId = this.params.keys().next().value;
-    const isLbfgsSlot = (t: SlotTensor) => this.lbfgs !== null && t.paramId === firstId && (LBFGS_SLOTS as readonly string[]).includes(t.slot);
+    const isLbfgsSlot = (t: SlotTensor) =>
+      this.lbfgs !== null && t.paramId === firstId && (LBFGS_SLOTS as readonly string[]).includes(t.slot);
     const lbfgsSlots = new Map(tensors.filter(isLbfgsSlot).map((t) => [t.slot, t.data]));
     tensors = tensors.filter((t) => !isLbfgsSlot(t));
     checkImport(this.params, this.spec, header, tensors, (a, what) => this.finite(a, what));
     const lbfgsState =
       this.lbfgs && lbfgsSlots.size > 0
-        ? stateFromSlots(lbfgsSlots, this.lbfgs.size, resolveGroup(this.spec, this.lbfgs.group).history_size as number, (slot) => `'${firstId}' slot '${slot}'`)
+        ? stateFromSlots(
+            lbfgsSlots,
+            this.lbfgs.size,
+            resolveGroup(this.spec, this.lbfgs.group).history_size as number,
+            (slot) => `'${firstId}' slot '${slot}'`,
+          )
         : null;
     if (lbfgsState) for (const [slot, a] of lbfgsSlots) this.finite(a, `'${firstId}' slot '${slot}'`);
     // The session keeps its own state format: a checkpoint's values arrive as float32 and are narrowed to it.
@@ -839,7 +855,9 @@ export class Session {
         )
       : this.spec;
     const scalar = new Set(this.spec.optimizer.slots.filter((d) => d.scalar).map((d) => d.name));
-    this.journal?.imported(header, [...tensors, ...[...lbfgsSlots].map(([slot, data]) => ({ paramId: firstId!, slot, data }))]).durableSync();
+    this.journal
+      ?.imported(header, [...tensors, ...[...lbfgsSlots].map(([slot, data]) => ({ paramId: firstId!, slot, data }))])
+      .durableSync();
     // Commit. An import ends an L-BFGS step in progress (rolled back) and replaces its state when it carries one.
     this.lbfgs?.rollback();
     if (lbfgsState) this.lbfgs!.state = lbfgsState;
@@ -911,7 +929,9 @@ export class Session {
 function checkClosureSpec(spec: ResolvedSpec, decls: ParamDeclaration[]): void {
   const name = spec.optimizer.closure ? spec.optimizer.name : Object.values(spec.groupOptimizers).find((o) => o.closure)!.name;
   for (const [g, o] of Object.entries(spec.groupOptimizers)) {
-    throw new InvalidArgument(`group_optimizers.${g || '""'}: ${o.name} beside ${spec.optimizer.name}: ${name} takes the whole session (one parameter group)`);
+    throw new InvalidArgument(
+      `group_optimizers.${g || '""'}: ${o.name} beside ${spec.optimizer.name}: ${name} takes the whole session (one parameter group)`,
+    );
   }
   const groups = [...new Set(decls.map((d) => d.group))];
   if (groups.length > 1) {
