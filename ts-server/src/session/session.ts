@@ -614,7 +614,13 @@ export class Session {
     where: Where = gradsAt,
   ): Promise<StepResult> {
     return this.exclusive(async () => {
-      const r = this.closureRound(step, closure, grads, overrides, where, validateOnly, this.journal !== null);
+      let r: ReturnType<Session['closureRound']>;
+      try {
+        r = this.closureRound(step, closure, grads, overrides, where, validateOnly, this.journal !== null);
+      } catch (e) {
+        if (!validateOnly) this.refused(step, e); // a number past every one so far: kept, as for any step
+        throw e;
+      }
       if ('result' in r) return r.result;
       const rec = this.journal?.closureStep(step, overrides, r.outcome.rounds);
       try {
@@ -697,7 +703,7 @@ export class Session {
       }
       if (round !== cur.round + 1) throw run.outOfOrder(step, round);
     } else {
-      if (this.resumedAt !== null && step > this.lastStep + 1) {
+      if (this.resumedAt !== null && step > Math.max(this.lastStep, this.lastRefused) + 1) {
         this.damage = new DataLoss(
           `session ${this.id}: after the server restarted, its --state-dir holds this session up to step ${this.lastStep}, but this client's next step is ${step}: ` +
             "acknowledged steps are missing from the session's files, so the session is not served: restore it from your last checkpoint (load_state_dict into a new RemoteOptimizer)",
