@@ -11,6 +11,7 @@ import * as grpc from '@grpc/grpc-js';
 import { DType, type StepReply } from '../generated/mur/v1/optimizer';
 import { resolveGroup, resolveSpec } from '../src/registry';
 import { Session, type StepResult } from '../src/session/session';
+import { projectedBytes } from '../src/session/store';
 import { bytes, create, exportAll, expectStatus, floats, startHarness, step, type Harness } from './harness';
 
 interface Golden {
@@ -155,6 +156,11 @@ describe('lbfgs sessions: refusals by name', () => {
   it('max_eval defaults to floor(1.25 max_iter), as torch', () => {
     assert.equal(resolveGroup(resolveSpec({ optimizer: 'lbfgs', rule: 'additive', defaults: { max_iter: 3 } }), '').max_eval, 3);
     assert.equal(resolveGroup(resolveSpec({ optimizer: 'lbfgs', rule: 'additive' }), '').max_eval, 25);
+  });
+  it('--max-bytes counts the whole history: 2 history_size vectors of the model, and the working ones', () => {
+    const spec = resolveSpec({ optimizer: 'lbfgs', rule: 'additive', defaults: { history_size: 10 } });
+    // Parameters 4 n, history 2 x 10 x 4 n, six working vectors 6 x 4 n (n = 6 over the two parameters).
+    assert.equal(projectedBytes(spec, decls(golden.x0)), 4 * 6 * (1 + 20 + 6));
   });
   it('more than one parameter group, and other optimizers beside it', () => {
     const two = [...decls(golden.x0).slice(0, 1), { ...decls(golden.x0)[1], group: 'head' }];
