@@ -455,8 +455,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
     def _own_optimizers(self, groups, caps, rl):
         """Groups naming an optimizer of their own ({"params": ..., "optimizer": "adamw"}):
         {name: (its hyperparameters, those and the rule's)}; each such group gets
-        that optimizer's defaults under its own values, and a key that optimizer
-        does not have is refused, naming the group."""
+        that optimizer's defaults under its own values (the rule's hyperparameters
+        are the session's, so those come from the constructor's defaults, as for
+        every group), and a key that optimizer does not have is refused, naming
+        the group."""
         own = {}
         for gi, g in enumerate(groups):
             name = g.get("optimizer", self.optimizer_name)
@@ -474,8 +476,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
                         f"param_groups[{gi}]: {k}={g[k]!r}: not a hyperparameter of {name} with the "
                         f"{self.rule_name} rule (known: {', '.join(known)})"
                     )
-            for k, h in known.items():
-                g.setdefault(k, _default(h))
+            for h in o.hyperparameters:
+                g.setdefault(h.name, _default(h))
             own[name] = ({h.name for h in o.hyperparameters}, set(known))
         return own
 
