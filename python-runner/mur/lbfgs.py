@@ -11,6 +11,18 @@ import torch
 
 from .errors import MurError
 
+# torch.optim.LBFGS's arguments and defaults (the server's table; checked against GetCapabilities by
+# tests/test_lbfgs.py), for the names server="auto" checks before it starts its server.
+DEFAULTS = dict(
+    lr=1.0,
+    max_iter=20,
+    max_eval=None,
+    tolerance_grad=1e-7,
+    tolerance_change=1e-9,
+    history_size=100,
+    line_search_fn=None,
+)
+
 # The server's L-BFGS slots that hold Python numbers in torch's state.
 _COUNTS = ("func_evals", "n_iter")
 _SCALARS = ("t", "H_diag", "prev_loss")

@@ -134,11 +134,12 @@ def _local_names(optimizer, rule, hyperparameters):
     same tables as mur.reference)."""
     from . import reference
 
-    if optimizer not in reference.DEFAULTS:
-        raise ValueError(f"optimizer={optimizer!r}: unknown (one of {', '.join(reference.DEFAULTS)})")
+    tables = {**reference.DEFAULTS, "lbfgs": _lbfgs.DEFAULTS}  # L-BFGS has no elementwise reference
+    if optimizer not in tables:
+        raise ValueError(f"optimizer={optimizer!r}: unknown (one of {', '.join(tables)})")
     if rule not in reference.RULE_DEFAULTS:
         raise ValueError(f"rule={rule!r}: unknown (one of {', '.join(reference.RULE_DEFAULTS)})")
-    known = {**reference.DEFAULTS[optimizer], **reference.RULE_DEFAULTS[rule]}
+    known = {**tables[optimizer], **reference.RULE_DEFAULTS[rule]}
     for k in hyperparameters:
         if k not in known:
             raise ValueError(

@@ -238,3 +238,25 @@ def test_server_killed_in_the_middle_of_a_step(scratch):
     assert got[1][1] == want[1][1] + 3, "step 2 evaluated three times before the kill, then whole again"
     for (lw, _, pw), (lg, _, pg) in zip(want, got):
         assert lg == lw and torch.equal(pg, pw)
+
+
+@needs_server
+def test_server_auto_and_the_defaults_table():
+    """server="auto" checks names before starting its server (mur.lbfgs.DEFAULTS, which is the server's
+    table); param_groups hold torch's values (max_eval filled in, whole numbers as ints)."""
+    with pytest.raises(ValueError, match="momentum=0.9: not a hyperparameter of lbfgs"):
+        mur.RemoteOptimizer(torch.nn.Linear(2, 1).parameters(), optimizer="lbfgs", momentum=0.9)
+    m, x, y = problem()
+    opt = mur.RemoteOptimizer(m.parameters(), optimizer="lbfgs", max_iter=6)
+    try:
+        caps = {h.name: h for o in opt._caps.optimizers if o.name == "lbfgs" for h in o.hyperparameters}
+        assert set(caps) == set(mur.lbfgs.DEFAULTS)
+        for k, v in mur.lbfgs.DEFAULTS.items():
+            if v is not None:
+                assert caps[k].default_value.number_value == v, k
+        g = opt.param_groups[0]
+        assert (g["max_iter"], g["max_eval"], g["history_size"], g["line_search_fn"]) == (6, 7, 100, None)
+        assert isinstance(g["history_size"], int)
+        run(m, opt, x, y, steps=1)
+    finally:
+        opt.close()
