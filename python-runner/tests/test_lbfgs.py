@@ -244,7 +244,7 @@ def test_server_killed_in_the_middle_of_a_step(scratch):
 def test_server_auto_and_the_defaults_table():
     """server="auto" checks names before starting its server (mur.lbfgs.DEFAULTS, which is the server's
     table); param_groups hold torch's values (max_eval filled in, whole numbers as ints)."""
-    with pytest.raises(ValueError, match="momentum=0.9: not a hyperparameter of lbfgs"):
+    with pytest.raises(ValueError, match=r"momentum=0\.9: not a hyperparameter of lbfgs"):
         mur.RemoteOptimizer(torch.nn.Linear(2, 1).parameters(), optimizer="lbfgs", momentum=0.9)
     m, x, y = problem()
     opt = mur.RemoteOptimizer(m.parameters(), optimizer="lbfgs", max_iter=6)
