@@ -141,6 +141,12 @@ export interface OptimizerDef {
     slot: string;
     combine(theta: tf.Tensor, z: tf.Tensor, zNew: tf.Tensor, before: State, h: Hypers, t: number): tf.Tensor;
   };
+  /**
+   * Steps through the client's closure (L-BFGS): the session runs it over all
+   * parameters as one vector (session/lbfgs.ts), in TypeScript on every
+   * engine; it has no engine kernel and `update` is never called.
+   */
+  closure?: true;
   /** Why a parameter of this shape cannot use this optimizer (Muon: 2-D only), or undefined. */
   refuseShape?(shape: readonly number[]): string | undefined;
 }

@@ -8,6 +8,7 @@ import { adamax } from './adamax';
 import { adamw } from './adamw';
 import { asgd } from './asgd';
 import { lamb } from './lamb';
+import { lbfgs } from './lbfgs';
 import { lars } from './lars';
 import { lion } from './lion';
 import { muon } from './muon';
@@ -38,4 +39,5 @@ export const OPTIMIZERS: readonly OptimizerDef[] = [
   sparseAdam,
   muon,
   scheduleFreeAdamw,
+  lbfgs,
 ];

@@ -46,7 +46,8 @@ export function sweepPeriodMs(idleTimeoutMs: number): number {
  * optimizer and rule declare for its group's hyperparameters: one float32
  * value, or per element 4 bytes (float32 state) or 2 (bfloat16 state, on an
  * engine that stores it: `stored`, the engine's storedStateDtypes). Rule
- * slots are one value each.
+ * slots are one value each. L-BFGS counts its whole history (2 history_size
+ * vectors of the parameters' size) and its working vectors.
  */
 export function projectedBytes(
   spec: ResolvedSpec,
@@ -63,6 +64,9 @@ export function projectedBytes(
     // A per-element slot takes `per` bytes an element; a scalar or shaped one (Adafactor's rows and columns) float32.
     for (const s of optimizerOf(spec, d.group).slots.filter(on)) bytes += (s.scalar || s.shape ? 4 : per) * slotSize(s, d.shape);
     for (const s of spec.rule.slots.filter(on)) bytes += 4 * slotSize(s, d.shape);
+    // L-BFGS at its fullest: history_size pairs (s, y), d, g_prev and, during a step, the point it started
+    // from and the gradients of the line search's bracket (float32 vectors of the whole model).
+    if (optimizerOf(spec, d.group).closure) bytes += 4 * n * (2 * (h.history_size as number) + 6);
   }
   return bytes;
 }
