@@ -49,6 +49,8 @@ const HYPERS: Record<string, Record<string, unknown>> = {
   rmsprop: {},
   adafactor: {},
   muon: { lr: 0.02 },
+  lamb: { lr: 1e-3 }, // optax's lamb has no default lr: required
+  lars: { lr: 0.1 },
 };
 /*
  * Muon works on matrices: a 2048-row matrix of about n elements (4M: 2048 x
