@@ -303,10 +303,10 @@ describe('state_dtype bfloat16', () => {
     const h = await startHarness();
     try {
       const caps = await capabilities(h);
-      assert.deepEqual(caps.stateDtypes, ['float32', 'bfloat16']);
-      assert.deepEqual(caps.storedStateDtypes, stores() ? ['float32', 'bfloat16'] : ['float32']);
+      assert.deepEqual(caps.stateDtypes, ['float32', 'bfloat16', 'q8']);
+      assert.deepEqual(caps.storedStateDtypes, stores() ? ['float32', 'bfloat16', 'q8'] : ['float32']);
       const schema = JSON.parse(caps.specSchemaJson) as { properties: Record<string, { enum?: string[] }> };
-      assert.deepEqual(schema.properties.state_dtype.enum, ['float32', 'bfloat16']);
+      assert.deepEqual(schema.properties.state_dtype.enum, ['float32', 'bfloat16', 'q8']);
       const n = 300;
       const req = (dtype: string): CreateSessionRequest => ({
         spec: { optimizer: 'adam', rule: 'hybrid', defaults: { lr: 0.01 }, groups: {}, stateDtype: dtype, stateSeed: 4 },
