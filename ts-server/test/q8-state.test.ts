@@ -87,7 +87,35 @@ describe('state_dtype q8', () => {
       if (native) {
         assert.ok(bitsOf(native.values).equals(bitsOf(m.values)), 'kernel map = host map');
         assert.ok(bitsOf(native.thresholds).equals(bitsOf(m.thresholds)), 'kernel thresholds = host thresholds');
+        assert.ok(native.lutOk, 'every bucket of the kernels\' table holds at most one decision point (q8map.h)');
       }
+    }
+  });
+
+  it("the kernels' codes are code(x) for every float32 near each decision point and at random, both maps", function () {
+    const addon = loadNative();
+    if (!addon) this.skip();
+    const f = new Float32Array(1);
+    const u = new Uint32Array(f.buffer);
+    for (const unsigned of [false, true]) {
+      const m = q8Map(unsigned);
+      const xs: number[] = [0, -0, 1, -1, 2 ** -149, -(2 ** -149), 2 ** -26, 2 ** -27]; // NaN's code is not specified (it cannot arise)
+      // Every float32 within 64 ulp of each threshold, of each map value and of each power-of-ten boundary.
+      const centres = [...Array.from(m.thresholds.slice(0, 255)), ...Array.from(m.values), ...[1, 2, 3, 4, 5, 6, 7].map((e) => 10 ** -e)];
+      for (const c of centres) {
+        for (const sgn of [1, -1]) {
+          f[0] = sgn * c;
+          const b = u[0];
+          for (let k = -64; k <= 64; k++) {
+            u[0] = b + k;
+            if (Math.abs(f[0]) <= 1) xs.push(f[0]);
+          }
+        }
+      }
+      for (let k = 0; k < 200000; k++) xs.push(Math.fround(Math.sin(k * 1.7) ** (1 + (k % 5)) * (k % 3 === 0 ? 1e-4 : 1)));
+      const x = Float32Array.from(xs);
+      const got = addon.q8Codes(x, unsigned);
+      for (let i = 0; i < x.length; i++) if (got[i] !== code(m, x[i])) assert.fail(`code(${x[i]}): kernel ${got[i]}, host ${code(m, x[i])}`);
     }
   });
 

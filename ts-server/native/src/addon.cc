@@ -30,7 +30,8 @@
 //   setThreads(n) (0: all hardware threads), threads() -> n
 //   arenaCreate(bytes), arenaCloseFd(fd): shared memory (arena.cc)
 //   allocFloats(n), allocBf16(n), allocQ8(n): the engine's own buffers, on huge pages from 2 MiB (state.cc)
-//   q8Map(unsigned) -> [values, thresholds]: the q8 map (q8map.h), for tests
+//   q8Map(unsigned) -> [values, thresholds, lutOk], q8Codes(x, unsigned) -> codes: the q8 map (q8map.h)
+//                and the kernels' quantisation of x (absmax 1), for tests
 #include <napi.h>
 
 #include <string>
@@ -287,7 +288,7 @@ std::vector<mur::Job> ParseJobs(const Napi::CallbackInfo& info, int* opt_out, in
   return ParseJobsAt(info, 0, opt_out, rule_out, dtype_out);
 }
 
-/** q8Map(unsigned) -> [values, thresholds] (Float32Arrays of 256; q8map.h). */
+/** q8Map(unsigned) -> [values, thresholds, lutOk] (Float32Arrays of 256; whether the kernels use the bucket table). */
 Napi::Value Q8MapJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() != 1 || !info[0].IsBoolean()) Fail(env, "q8Map(unsigned): a boolean");
@@ -297,9 +298,22 @@ Napi::Value Q8MapJs(const Napi::CallbackInfo& info) {
     v[i] = m.value[i];
     t[i] = m.threshold[i];
   }
-  Napi::Array out = Napi::Array::New(env, 2);
+  Napi::Array out = Napi::Array::New(env, 3);
   out.Set(0u, v);
   out.Set(1u, t);
+  out.Set(2u, Napi::Boolean::New(env, m.lut_ok));
+  return out;
+}
+
+/** q8Codes(x: Float32Array, unsigned) -> Uint8Array: the kernels' codes of x (absmax 1), for tests. */
+Napi::Value Q8CodesJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 2 || !info[0].IsTypedArray() || !info[1].IsBoolean() ||
+      info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    Fail(env, "q8Codes(x: Float32Array, unsigned: boolean)");
+  Napi::Float32Array x = info[0].As<Napi::Float32Array>();
+  Napi::Uint8Array out = Napi::Uint8Array::New(env, x.ElementLength());
+  if (x.ElementLength() > 0) mur::Q8Codes(x.Data(), x.ElementLength(), info[1].As<Napi::Boolean>().Value(), out.Data());
   return out;
 }
 
@@ -556,6 +570,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("describe", Napi::Function::New(env, Describe));
   exports.Set("step", Napi::Function::New(env, Step));
   exports.Set("q8Map", Napi::Function::New(env, Q8MapJs));
+  exports.Set("q8Codes", Napi::Function::New(env, Q8CodesJs));
   exports.Set("stepAsync", Napi::Function::New(env, StepAsync));
   exports.Set("firstNonFinite", Napi::Function::New(env, FirstNonFinite));
   exports.Set("sumSquares", Napi::Function::New(env, SumSquares));

@@ -20,6 +20,10 @@ namespace HWY_NAMESPACE {
 
 std::string RunStepQ8Impl(int opt, int rule, const Job* jobs, size_t n) { return RunStepT<Q8>(opt, rule, jobs, n); }
 
+void Q8CodesImpl(const float* x, size_t n, bool is_unsigned, uint8_t* codes) {
+  Q8CodesOf(x, n, Q8MapOf(is_unsigned), codes);
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace mur
 HWY_AFTER_NAMESPACE();
@@ -27,8 +31,12 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace mur {
 HWY_EXPORT(RunStepQ8Impl);
+HWY_EXPORT(Q8CodesImpl);
 std::string RunStepQ8(int opt, int rule, const Job* jobs, size_t njobs) {
   return HWY_DYNAMIC_DISPATCH(RunStepQ8Impl)(opt, rule, jobs, njobs);
+}
+void Q8Codes(const float* x, size_t n, bool is_unsigned, uint8_t* codes) {
+  HWY_DYNAMIC_DISPATCH(Q8CodesImpl)(x, n, is_unsigned, codes);
 }
 }  // namespace mur
 #endif

@@ -60,8 +60,10 @@ export interface NativeAddon {
   allocBf16(n: number): Uint16Array;
   /** A q8 slot of n elements, zero bytes (native/src/kernel.h Q8Bytes: n codes, then a float32 absmax per 256). */
   allocQ8(n: number): Uint8Array;
-  /** The q8 map (native/src/q8map.h): its 256 values and thresholds, for tests. */
-  q8Map(unsigned: boolean): [Float32Array, Float32Array];
+  /** The q8 map (native/src/q8map.h): its 256 values and thresholds, and whether the kernels use its bucket table. */
+  q8Map(unsigned: boolean): [Float32Array, Float32Array, boolean];
+  /** The kernels' codes of x (absmax 1: native/src/q8-inl.h), for tests. */
+  q8Codes(x: Float32Array, unsigned: boolean): Uint8Array;
   arenaCloseFd(fd: number): void;
   laneCreate(arena: ArrayBuffer): LaneHandle;
   laneArm(
@@ -318,9 +320,9 @@ export class NativeEngine implements Engine {
   }
 
   /** The q8 map the kernels use (tests compare it with engine/q8.ts's). */
-  q8Map(unsigned: boolean): { values: Float32Array; thresholds: Float32Array } {
-    const [values, thresholds] = this.addon.q8Map(unsigned);
-    return { values, thresholds };
+  q8Map(unsigned: boolean): { values: Float32Array; thresholds: Float32Array; lutOk: boolean } {
+    const [values, thresholds, lutOk] = this.addon.q8Map(unsigned);
+    return { values, thresholds, lutOk };
   }
 
   /** `nonNegative`: a q8 slot that is never negative takes the unsigned map (SlotDecl.nonNegative). */
