@@ -18,7 +18,20 @@ import { Session, type SlotTensor } from '../src/session/session';
 import { projectedBytes } from '../src/session/store';
 import { refStep, type H, type RefState } from './reference/reference';
 import { nearest, quantiseSlot, REF_MAPS } from './reference/q8';
-import { auth, bytes, capabilities, closeSession, create, expectStatus, exportAll, importFrames, startHarness, step, grads, type Harness } from './harness';
+import {
+  auth,
+  bytes,
+  capabilities,
+  closeSession,
+  create,
+  expectStatus,
+  exportAll,
+  importFrames,
+  startHarness,
+  step,
+  grads,
+  type Harness,
+} from './harness';
 
 const F32 = DType.DTYPE_FLOAT32;
 const stores = () => currentEngine().storedStateDtypes.includes('q8');
@@ -87,7 +100,7 @@ describe('state_dtype q8', () => {
       if (native) {
         assert.ok(bitsOf(native.values).equals(bitsOf(m.values)), 'kernel map = host map');
         assert.ok(bitsOf(native.thresholds).equals(bitsOf(m.thresholds)), 'kernel thresholds = host thresholds');
-        assert.ok(native.lutOk, 'every bucket of the kernels\' table holds at most one decision point (q8map.h)');
+        assert.ok(native.lutOk, "every bucket of the kernels' table holds at most one decision point (q8map.h)");
       }
     }
   });
@@ -115,7 +128,8 @@ describe('state_dtype q8', () => {
       for (let k = 0; k < 200000; k++) xs.push(Math.fround(Math.sin(k * 1.7) ** (1 + (k % 5)) * (k % 3 === 0 ? 1e-4 : 1)));
       const x = Float32Array.from(xs);
       const got = addon.q8Codes(x, unsigned);
-      for (let i = 0; i < x.length; i++) if (got[i] !== code(m, x[i])) assert.fail(`code(${x[i]}): kernel ${got[i]}, host ${code(m, x[i])}`);
+      for (let i = 0; i < x.length; i++)
+        if (got[i] !== code(m, x[i])) assert.fail(`code(${x[i]}): kernel ${got[i]}, host ${code(m, x[i])}`);
     }
   });
 
@@ -205,7 +219,9 @@ describe('state_dtype q8', () => {
       s.dispose();
     }
     const travel = Math.max(...ref.map((v, i) => Math.abs(v - start[i])));
-    console.log(`      q8 Adam vs float32 state, 200 steps: worst |theta| difference ${worst.toExponential(2)}, ${((100 * worst) / travel).toFixed(2)}% of the ${travel.toFixed(3)} theta travelled`);
+    console.log(
+      `      q8 Adam vs float32 state, 200 steps: worst |theta| difference ${worst.toExponential(2)}, ${((100 * worst) / travel).toFixed(2)}% of the ${travel.toFixed(3)} theta travelled`,
+    );
     assert.ok(worst < 0.05 * travel, `q8 drifted ${worst} from float32 state (theta travelled ${travel})`);
     assert.ok(worst > 1e-5, 'q8 state should not equal float32 state (it would not be quantised)');
   });
@@ -252,7 +268,10 @@ describe('state_dtype q8', () => {
     }
     // Threads: a tensor large enough to be split over the pool, odd sizes, and the norm pass (LAMB).
     const sizes = [600_001, 33, 257, 1];
-    for (const spec of [{ ...ADAM_Q8, defaults: { lr: 0.01, amsgrad: true } }, { optimizer: 'lamb', rule: 'hybrid', defaults: { lr: 0.01 }, state_dtype: 'q8' }]) {
+    for (const spec of [
+      { ...ADAM_Q8, defaults: { lr: 0.01, amsgrad: true } },
+      { optimizer: 'lamb', rule: 'hybrid', defaults: { lr: 0.01 }, state_dtype: 'q8' },
+    ]) {
       const run = (threads: number) => {
         addon.setThreads(threads);
         const s = session(spec, sizes);
@@ -280,7 +299,10 @@ describe('state_dtype q8', () => {
       assert.ok(engine.takesStateDtype!('adam', 'q8'));
       const before = engine.memory();
       assert.throws(
-        () => new Session('x', resolveSpec({ optimizer: 'adafactor', rule: 'additive', state_dtype: 'q8' }), [{ id: 'w', name: 'w', shape: [4, 4], group: '', values: new Float32Array(16) }]),
+        () =>
+          new Session('x', resolveSpec({ optimizer: 'adafactor', rule: 'additive', state_dtype: 'q8' }), [
+            { id: 'w', name: 'w', shape: [4, 4], group: '', values: new Float32Array(16) },
+          ]),
         (e: Error) => e instanceof InvalidArgument && e.message.includes('state_dtype') && e.message.includes('adafactor'),
       );
       assert.deepEqual(engine.memory(), before, 'nothing was allocated');

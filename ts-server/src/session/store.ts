@@ -62,7 +62,8 @@ export function projectedBytes(
     const on = (s: SlotDecl) => !s.when || s.when(h);
     bytes += 4 * n;
     // A per-element slot is stored as `dtype`; a scalar or shaped one (Adafactor's rows and columns) float32.
-    for (const s of optimizerOf(spec, d.group).slots.filter(on)) bytes += slotBytes(s.scalar || s.shape ? 'float32' : dtype, slotSize(s, d.shape));
+    for (const s of optimizerOf(spec, d.group).slots.filter(on))
+      bytes += slotBytes(s.scalar || s.shape ? 'float32' : dtype, slotSize(s, d.shape));
     for (const s of spec.rule.slots.filter(on)) bytes += 4 * slotSize(s, d.shape);
   }
   return bytes;
