@@ -6,6 +6,9 @@
 // wire, the dtype in the header, quantised on import). The maths of every
 // optimizer x rule is in the engine table (engine-table.test.ts, its q8 rows).
 import { strict as assert } from 'assert';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
 import * as grpc from '@grpc/grpc-js';
 import { DType, type CreateSessionRequest, type StateFrame } from '../generated/mur/v1/optimizer';
 import { currentEngine } from '../src/engine/engine';
@@ -387,6 +390,41 @@ describe('state_dtype q8', () => {
       for (const s of [a, b, c, d]) await closeSession(h, s.sessionId);
     } finally {
       await h.close();
+    }
+  });
+
+  it('a restart on --state-dir keeps q8 state: the same tensors, and the next steps as an uninterrupted session', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mur-q8-'));
+    const n = 2000;
+    const g = (k: number) => new Float32Array(n).map((_, i) => Math.cos(i * 0.1 + k) * 0.1);
+    const spec = { optimizer: 'adam', rule: 'additive', defaults: { lr: 0.01 }, groups: {}, stateDtype: 'q8' };
+    const theta = new Float32Array(n).map((_, i) => Math.sin(i));
+    try {
+      let h = await startHarness({ stateDir: dir });
+      const s = await create(h, { spec, params: [{ id: 'w', name: 'w', shape: [n], dtype: F32, group: '', data: bytes(theta) }] });
+      for (let k = 1; k <= 3; k++)
+        await step(h, { sessionId: s.sessionId, step: k, grads: grads({ w: { shape: [n], data: g(k) } }), groupOverrides: {} });
+      const before = await exportAll(h, s.sessionId);
+      await h.close();
+      h = await startHarness({ stateDir: dir });
+      try {
+        assert.deepEqual(await exportAll(h, s.sessionId), before);
+        const r = await step(h, { sessionId: s.sessionId, step: 4, grads: grads({ w: { shape: [n], data: g(4) } }), groupOverrides: {} });
+        const refSpec = { optimizer: 'adam', rule: 'additive', defaults: { lr: 0.01 }, state_dtype: 'q8' };
+        const ref = new Session('ref', resolveSpec(refSpec), [{ id: 'w', name: 'w', shape: [n], group: '', values: theta }]);
+        try {
+          let out: Float32Array = new Float32Array(0);
+          for (let k = 1; k <= 4; k++) out = ref.step(k, [{ id: 'w', data: g(k) }]).values[0].data;
+          assert.ok(Buffer.from(r.params[0].value!.data).equals(bitsOf(out)), 'step 4 after the restart equals an uninterrupted run');
+        } finally {
+          ref.dispose();
+        }
+        await closeSession(h, s.sessionId);
+      } finally {
+        await h.close();
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 });
