@@ -27,6 +27,7 @@ from collections import defaultdict
 import torch
 from google.protobuf import json_format, struct_pb2
 
+from . import lbfgs as _lbfgs
 from ._proto.mur.v1 import optimizer_pb2 as pb
 from .checkpoint import import_plan, mur_entry, torch_state
 from .connection import Connection, check_address, load_pem
@@ -55,7 +56,7 @@ _TORCH_NOOP_KEYS = {"params", "param_names", "maximize", "decoupled_weight_decay
 # mur's flags bridging Keras/optax (docs/frameworks.md): torch.optim has none, i.e. all off.
 _BRIDGE_FLAGS = {"eps_before_correction", "eps_in_sqrt", "lr_in_momentum"}
 # Hyperparameters whose values are strings (the server's "choice" type): Muon's adjust_lr_fn.
-_CHOICES = {"adjust_lr_fn"}
+_CHOICES = {"adjust_lr_fn", "line_search_fn"}
 _DEFAULT_OPTIMIZER, _DEFAULT_RULE = "adam", "hybrid"  # without a server --config
 _SGD_DEFAULT_LR = 1e-3  # torch >= 2.2's SGD default (mur's sgd has none)
 _NO_COPY = (
@@ -133,11 +134,12 @@ def _local_names(optimizer, rule, hyperparameters):
     same tables as mur.reference)."""
     from . import reference
 
-    if optimizer not in reference.DEFAULTS:
-        raise ValueError(f"optimizer={optimizer!r}: unknown (one of {', '.join(reference.DEFAULTS)})")
+    tables = {**reference.DEFAULTS, "lbfgs": _lbfgs.DEFAULTS}  # L-BFGS has no elementwise reference
+    if optimizer not in tables:
+        raise ValueError(f"optimizer={optimizer!r}: unknown (one of {', '.join(tables)})")
     if rule not in reference.RULE_DEFAULTS:
         raise ValueError(f"rule={rule!r}: unknown (one of {', '.join(reference.RULE_DEFAULTS)})")
-    known = {**reference.DEFAULTS[optimizer], **reference.RULE_DEFAULTS[rule]}
+    known = {**tables[optimizer], **reference.RULE_DEFAULTS[rule]}
     for k in hyperparameters:
         if k not in known:
             raise ValueError(
@@ -216,7 +218,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
         params: parameters, ``named_parameters()`` (errors then name them as
             the model does), or parameter groups, as for any torch optimizer.
         optimizer: sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion,
-            rprop, asgd, lamb, lars, adafactor, muon (2-D parameters only).
+            rprop, asgd, lamb, lars, adafactor, muon (2-D parameters only), lbfgs
+            (torch.optim.LBFGS: one parameter group, ``step(closure)`` only; the
+            closure runs here, the history on the server; transports tcp and
+            grpc: the shm arena is not used for it, mur/lbfgs.py).
         rule: additive, multiplicative, hybrid or exp_sign. Neither given: the
             server's --config (its optimizer, rule and defaults), or adam with
             the hybrid rule when it has none (server="auto" never has one).
@@ -354,6 +359,17 @@ class RemoteOptimizer(torch.optim.Optimizer):
             if v is not None:
                 _wire_value(k, v)
         groups = param_groups_of(params)
+        if optimizer == "lbfgs" and len(groups) != 1:
+            raise ValueError(
+                f"optimizer='lbfgs': {len(groups)} parameter groups; L-BFGS takes one "
+                "(torch.optim.LBFGS doesn't support per-parameter options)"
+            )
+        if optimizer == "lbfgs" and transport == "shm":
+            raise TransportUnavailable(
+                "transport='shm': lbfgs steps are rounds of closure evaluations, which the shared-memory "
+                "arena does not carry in this client: use transport='tcp' or 'grpc'",
+                "shm",
+            )
         _check_flags([{**flags, **g} for g in groups])
         for gi, g in enumerate(groups):
             for pi, p in enumerate(g["params"]):
@@ -430,6 +446,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 if g.get("optimizer", optimizer) != optimizer:
                     for k in [k for k in g if k in self._all_opt_hypers and k not in self._own[g["optimizer"]][1]]:
                         del g[k]
+            if optimizer == "lbfgs":
+                _lbfgs.torch_group(self.param_groups[0])
             if resolved is None:
                 self._session.create(self._spec(), list(self._params()), self._names())
             self._step_no = 0
@@ -441,8 +459,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
     def _own_optimizers(self, groups, caps, rl):
         """Groups naming an optimizer of their own ({"params": ..., "optimizer": "adamw"}):
         {name: (its hyperparameters, those and the rule's)}; each such group gets
-        that optimizer's defaults under its own values, and a key that optimizer
-        does not have is refused, naming the group."""
+        that optimizer's defaults under its own values (the rule's hyperparameters
+        are the session's, so those come from the constructor's defaults, as for
+        every group), and a key that optimizer does not have is refused, naming
+        the group."""
         own = {}
         for gi, g in enumerate(groups):
             name = g.get("optimizer", self.optimizer_name)
@@ -460,8 +480,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
                         f"param_groups[{gi}]: {k}={g[k]!r}: not a hyperparameter of {name} with the "
                         f"{self.rule_name} rule (known: {', '.join(known)})"
                     )
-            for k, h in known.items():
-                g.setdefault(k, _default(h))
+            for h in o.hyperparameters:
+                g.setdefault(h.name, _default(h))
             own[name] = ({h.name for h in o.hyperparameters}, set(known))
         return own
 
@@ -485,7 +505,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     def _open_plane(self, transport):
         self._transport_reason = None
-        for name in ("shm", "tcp") if transport == "auto" else (transport,):
+        auto = ("tcp",) if self.optimizer_name == "lbfgs" else ("shm", "tcp")  # lbfgs: no arena (mur/lbfgs.py)
+        for name in auto if transport == "auto" else (transport,):
             if name == "grpc":
                 break
             try:
@@ -538,6 +559,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
             super().add_param_group(param_group)
             return
         self._check_open()
+        if self.optimizer_name == "lbfgs":
+            raise ValueError("add_param_group: optimizer='lbfgs' takes one parameter group (as torch.optim.LBFGS)")
         n = len(self.param_groups)
         group = param_groups_of([param_group])[0] if isinstance(param_group, dict) else param_group
         if isinstance(group, dict) and group.get("optimizer", self.optimizer_name) != self.optimizer_name:
@@ -661,6 +684,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         self._check_open()
+        if self.optimizer_name == "lbfgs":
+            return _lbfgs.closure_step(self, closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -672,6 +697,17 @@ class RemoteOptimizer(torch.optim.Optimizer):
         self._state_cache = None
         self._plane.step(prep)
         return loss
+
+    def _empty_step(self, number):
+        """A step with no gradient (L-BFGS counts them as zeros)."""
+        hypers = [self._group_hypers(g) for g in self.param_groups]
+        return PreparedStep(
+            number=number,
+            grads=[],
+            maximized=frozenset(),
+            overrides={f"g{i}": _struct(h) for i, h in enumerate(hypers)},
+            key=[sorted(h.items()) for h in hypers],
+        )
 
     @torch.no_grad()
     def _validate_step(self):
@@ -703,7 +739,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if d.get("_session") is None or d["_session"].id is None:  # not yet, or closed: torch's own (empty) dict
             return d.setdefault("_local_state", defaultdict(dict))
         self._state_frames = self._export()
-        d["_state_cache"] = torch_state(self._state_frames, self._session.by_id)
+        state = torch_state(self._state_frames, self._session.by_id)
+        if self.optimizer_name == "lbfgs":
+            for p in list(state):
+                state[p] = _lbfgs.to_torch(state[p])
+        d["_state_cache"] = state
         return d["_state_cache"]
 
     @state.setter
@@ -798,6 +838,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
             self._check_torch_algorithm(state_dict)
         else:
             self._load_groups(state_dict["param_groups"])
+        if self.optimizer_name == "lbfgs":
+            state_dict = {
+                **state_dict,
+                "state": {k: _lbfgs.from_torch(v) for k, v in state_dict.get("state", {}).items()},
+            }
         saved = [i for g in state_dict["param_groups"] for i in g["params"]]
         pids = dict(zip(saved, (pid for _, pid, _ in self._params())))
         header, tensors, values, step = import_plan(state_dict, pids, self._session.id, self._spec())

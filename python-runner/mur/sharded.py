@@ -139,6 +139,11 @@ class ShardedRemoteOptimizer(RemoteOptimizer):
                     f"server={list(server)!r}: {a!r} is not a server address ('host:port', 'unix:/path' or 'auto')"
                 )
         self.servers = list(server)
+        if optimizer == "lbfgs":
+            raise ValueError(
+                "optimizer='lbfgs' across several servers: its step is one vector over every parameter "
+                "(dot products of the whole model), which one server holds; give it one server"
+            )
         groups = param_groups_of(params)
         flat = [p for g in groups for p in g["params"]]
         names = [n for g in groups for n in g.get("param_names") or [None] * len(g["params"])]

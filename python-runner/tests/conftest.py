@@ -78,6 +78,25 @@ def max_diff(a, b):
     return max((p.detach() - q.detach()).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
 
 
+def against_reference(server, make, train, optimizer, rule, h, steps=20):
+    """One model from ``make()`` trained ``steps`` steps by ``train(model, opt, steps)``
+    through the server and another by mur.reference, ``optimizer`` under ``rule``
+    (gamma 0.5 for hybrid, so its own hyperparameter is not the default):
+    (their largest difference, how far the server moved the parameters)."""
+    import mur
+    from mur import reference
+
+    a, b = make(), make()
+    h = dict(h, **(dict(gamma=0.5) if rule == "hybrid" else {}))
+    opt = mur.RemoteOptimizer(a.parameters(), optimizer=optimizer, rule=rule, server=server, **h)
+    try:
+        train(a, opt, steps)
+        train(b, reference.Optimizer(b.parameters(), optimizer=optimizer, rule=rule, **h), steps)
+        return max_diff(a, b), max_diff(a, make())
+    finally:
+        opt.close()
+
+
 def batches(n, seed=1):
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(16, 5, generator=g), torch.randn(16, 2, generator=g)) for _ in range(n)]

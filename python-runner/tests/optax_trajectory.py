@@ -24,3 +24,28 @@ def run_optax(tx, params, steps):
         grads.append(g)
         out.append({k: np.asarray(v) for k, v in params.items()})
     return out, grads
+
+
+def assert_reference_replays(make_tx, start, optimizer, hypers, steps, tol):
+    """mur.reference in float64 replays optax's float64 trajectory: ``make_tx()``
+    (built under jax's x64 mode) run for ``steps`` steps from ``start`` (float64
+    numpy leaves), the reference fed the same gradients, within ``tol`` after
+    every step; and the trajectory moved (> 1e-2), so that agreeing says something."""
+    import jax.numpy as jnp
+    import torch
+    from jax.experimental import enable_x64
+
+    from mur import reference
+
+    with enable_x64():
+        want, grads = run_optax(make_tx(), {k: jnp.asarray(v) for k, v in start.items()}, steps)
+    params = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in start.items()}
+    opt = reference.Optimizer(params.values(), optimizer=optimizer, rule="additive", **hypers)
+    for t, g in enumerate(grads):
+        for k, p in params.items():
+            p.grad = torch.from_numpy(np.asarray(g[k]))
+        opt.step()
+        for k, p in params.items():
+            assert np.max(np.abs(p.detach().numpy() - want[t][k])) < tol, (t + 1, k)
+    moved = max(np.max(np.abs(want[-1][k] - v)) for k, v in start.items())
+    assert moved > 1e-2, f"the trajectory barely moved ({moved})"

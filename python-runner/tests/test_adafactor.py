@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import CLI, max_diff
+from conftest import CLI, against_reference, max_diff
 
 import mur
 from mur import reference
@@ -102,16 +102,9 @@ def test_server_additive_is_torch(request, backend, h):
 @pytest.mark.parametrize("h", CASES, ids=IDS)
 def test_server_matches_the_reference_under_every_rule(server, rule, h):
     """float32 server vs float32 mur.reference (any torch), 20 steps of rounding."""
-    a, b = Problem(), Problem()
-    h = dict(h, **(dict(gamma=0.5) if rule == "hybrid" else {}))
-    opt = mur.RemoteOptimizer(a.parameters(), optimizer="adafactor", rule=rule, server=server, **h)
-    try:
-        train(a, opt, 20)
-        train(b, reference.Optimizer(b.parameters(), optimizer="adafactor", rule=rule, **h), 20)
-        assert max_diff(a, b) < 1e-5
-        assert max_diff(a, Problem()) > 1e-3, "the rule moved the parameters"
-    finally:
-        opt.close()
+    diff, moved = against_reference(server, Problem, train, "adafactor", rule, h)
+    assert diff < 1e-5
+    assert moved > 1e-3, "the rule moved the parameters"
 
 
 @needs_server

@@ -6,7 +6,7 @@ parameters Muon refuses, by name. Skipped on a torch without Muon (1.13)."""
 
 import pytest
 import torch
-from conftest import CLI, batches
+from conftest import CLI, against_reference, batches
 
 import mur
 from mur import reference
@@ -116,16 +116,9 @@ def test_server_matches_the_reference_under_every_rule(server, rule, h):
     """float32 server vs mur.reference on float32 parameters (Newton-Schulz in
     float64), 20 steps: the float32 rounding of NS amplified as above, 2e-5
     per 10 steps; 1e-4."""
-    a, b = mats(), mats()
-    h = dict(h, **(dict(gamma=0.5) if rule == "hybrid" else {}))
-    opt = mur.RemoteOptimizer(a.parameters(), optimizer="muon", rule=rule, server=server, **h)
-    try:
-        train(a, opt, 20)
-        train(b, reference.Optimizer(b.parameters(), optimizer="muon", rule=rule, **h), 20)
-        assert max_diff(a, b) < 1e-4
-        assert max_diff(a, mats()) > 1e-3, "the rule moved the parameters"
-    finally:
-        opt.close()
+    diff, moved = against_reference(server, mats, train, "muon", rule, h)
+    assert diff < 1e-4
+    assert moved > 1e-3, "the rule moved the parameters"
 
 
 @needs_server

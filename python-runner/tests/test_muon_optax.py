@@ -20,17 +20,14 @@ optax's muon is torch's maths only with
 
 import numpy as np
 import pytest
-import torch
 
 jax = pytest.importorskip("jax", reason="jax is not installed here (make jax builds .venv-jax with jax and optax)")
 optax = pytest.importorskip("optax", reason="optax is not installed here (make jax builds .venv-jax)")
 import jax.numpy as jnp  # noqa: E402
-from jax.experimental import enable_x64  # noqa: E402
 from optax.contrib import MuonDimensionNumbers  # noqa: E402
-from optax_trajectory import run_optax  # noqa: E402
+from optax_trajectory import assert_reference_replays, run_optax  # noqa: E402
 
 import mur.optax  # noqa: E402
-from mur import reference  # noqa: E402
 
 STEPS = 20
 CASES = [
@@ -68,18 +65,7 @@ def test_reference_is_optax_in_float64(h):
     """Both float64, the same maths in another order (and optax's bias
     correction, removed by the normalisation up to rounding): ~1e-14 after 20
     steps; 1e-11 is far below what a wrong formula moves (>= 1e-4 a step)."""
-    with enable_x64():
-        want, grads = run_optax(optax_of(h), {k: jnp.asarray(v) for k, v in start(np.float64).items()}, STEPS)
-    params = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in start(np.float64).items()}
-    opt = reference.Optimizer(params.values(), optimizer="muon", rule="additive", **h)
-    for t, g in enumerate(grads):
-        for k, p in params.items():
-            p.grad = torch.from_numpy(np.asarray(g[k]))
-        opt.step()
-        for k, p in params.items():
-            assert np.max(np.abs(p.detach().numpy() - want[t][k])) < 1e-11, (t + 1, k)
-    moved = max(np.max(np.abs(want[-1][k] - v)) for k, v in start(np.float64).items())
-    assert moved > 1e-2, f"the trajectory barely moved ({moved})"
+    assert_reference_replays(lambda: optax_of(h), start(np.float64), "muon", h, STEPS, 1e-11)
 
 
 @pytest.mark.parametrize("backend", ["native_server", "wasm_server"])

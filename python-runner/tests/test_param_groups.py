@@ -129,3 +129,51 @@ def test_a_bad_group_raises_like_torch_and_the_optimizer_goes_on(server_for, tra
         assert opt.state[a[2].weight]["step"].item() == 1
     finally:
         opt.close()
+
+
+def test_a_group_of_another_optimizer_takes_the_constructors_rule_hyperparameters(server):
+    """The rule's hyperparameters (gamma, lr_in, lr_out) are the session's: a
+    group naming an optimizer of its own gets the constructor's values for
+    them, as every torch group gets the constructor's defaults, and steps as
+    mur.reference does with them (before, it got the rule's defaults)."""
+    from mur import reference
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+
+    a, b = model(), model()
+    weights = [p for p in a.parameters() if p.ndim == 2]
+    biases = [p for p in a.parameters() if p.ndim != 2]
+    opt = mur.RemoteOptimizer(
+        [{"params": weights}, {"params": biases, "optimizer": "adam", "lr": 3e-3}],
+        optimizer="sgd",
+        rule="hybrid",
+        server=server,
+        lr=0.05,
+        gamma=0.5,
+        lr_in=2.0,
+    )
+    refs = [
+        reference.Optimizer(
+            [p for p in b.parameters() if p.ndim == 2], optimizer="sgd", rule="hybrid", lr=0.05, gamma=0.5, lr_in=2.0
+        ),
+        reference.Optimizer(
+            [p for p in b.parameters() if p.ndim != 2], optimizer="adam", rule="hybrid", lr=3e-3, gamma=0.5, lr_in=2.0
+        ),
+    ]
+    try:
+        assert (opt.param_groups[1]["gamma"], opt.param_groups[1]["lr_in"]) == (0.5, 2.0)
+        torch.manual_seed(1)
+        for _ in range(3):
+            x, y = torch.randn(4, 5), torch.randn(4, 2)
+            for m, opts in ((a, [opt]), (b, refs)):
+                for o in opts:
+                    o.zero_grad()
+                torch.nn.functional.mse_loss(m(x), y).backward()
+                for o in opts:
+                    o.step()
+        # float32 rounding of a few elementwise ops a step (the references run in float32 too): 1e-6.
+        assert max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters())) < 1e-6
+    finally:
+        opt.close()

@@ -245,7 +245,7 @@ export class DataPlane {
         throw fromStatus(status.INTERNAL, `data plane: ${this.address} sent a malformed DataStepReplyHeader`);
       }
       if (h.code !== 0) throw fromStatus(h.code, h.message);
-      const reply = h.reply ?? { step: request.step, params: [], replayed: false };
+      const reply = h.reply ?? { step: request.step, params: [], replayed: false, evaluate: false, round: 0, restart: '' };
       // Each parameter is read straight into its own array: one copy from the
       // socket's chunks, and nothing the next step could overwrite.
       const values = new Map<string, Float32Array>();

@@ -8,6 +8,7 @@ import { fromServiceError, MurError } from './errors';
 import { GrpcPlane } from './grpcPlane';
 import type { Plane, SessionLink } from './plane';
 import { stepRows, type RowGrad } from './rows';
+import { stepClosure, type Closure } from './closure';
 import { StepStream } from './stream';
 import type { Checkpoint, Hypers, Overrides, SlotValues, Spec, Values } from './types';
 
@@ -72,6 +73,22 @@ export class MurSession {
   ): Promise<Map<string, RowGrad>> {
     const g = grads instanceof Map ? grads : new Map(Object.entries(grads));
     const out = await this.link.conn.retrying(() => stepRows(this.link, g, overrides, step));
+    this.nextStep = step + 1;
+    return out;
+  }
+
+  /**
+   * One L-BFGS step (optimizer "lbfgs"): calls `closure` once at the current
+   * parameters (null) and again at each point the server asks about (their
+   * values), as torch's LBFGS.step(closure); returns the first loss, the
+   * parameters after the step and how many times the closure ran (closure.ts).
+   */
+  async stepClosure(
+    closure: Closure,
+    overrides: Overrides = {},
+    step = this.nextStep,
+  ): Promise<{ loss: number; values: Values; evaluations: number }> {
+    const out = await stepClosure(this.link, closure, overrides, step);
     this.nextStep = step + 1;
     return out;
   }

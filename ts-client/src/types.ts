@@ -1,7 +1,7 @@
 // The client's vocabulary: what a session is made of and what a step carries.
 
-/** Hyperparameters by name; a pair may hold null where the optimizer allows it (Adafactor's eps: [null, 1e-3]). */
-export type Hypers = Record<string, number | boolean | Array<number | null>>;
+/** Hyperparameters by name; a pair may hold null where the optimizer allows it (Adafactor's eps: [null, 1e-3]); a choice is a string (Muon's adjust_lr_fn, L-BFGS's line_search_fn). */
+export type Hypers = Record<string, number | boolean | string | Array<number | null>>;
 
 /** How the server stores the optimizer's per-element state (GetCapabilities.stateDtypes lists what it takes). */
 export type StateDtype = 'float32' | 'bfloat16' | 'q8';

@@ -8,7 +8,7 @@ import { InvalidArgumentError, MurClient, type MurSession, type Spec } from '../
 const mixed: Spec = {
   optimizer: 'sgd',
   rule: 'hybrid',
-  defaults: { lr: 0.1, momentum: 0.9 },
+  defaults: { lr: 0.1, momentum: 0.9, gamma: 0.5 }, // gamma: the rule's, so every group's
   groups: { b: { lr: 0.01, betas: [0.8, 0.99] } },
   groupOptimizers: { b: 'adam' },
 };
@@ -40,8 +40,8 @@ describe('MurSession with per-group optimizers', () => {
 
   it('each group steps as a session of its own optimizer (bit for bit), and a checkpoint keeps the mapping', async () => {
     const both = await client.createSession(mixed, [w(), u()], { transport: 'grpc' });
-    const sgd = await client.createSession({ optimizer: 'sgd', rule: 'hybrid', defaults: { lr: 0.1, momentum: 0.9 } }, [w()]);
-    const adam = await client.createSession({ optimizer: 'adam', rule: 'hybrid', defaults: { lr: 0.01, betas: [0.8, 0.99] } }, [
+    const sgd = await client.createSession({ optimizer: 'sgd', rule: 'hybrid', defaults: { lr: 0.1, momentum: 0.9, gamma: 0.5 } }, [w()]);
+    const adam = await client.createSession({ optimizer: 'adam', rule: 'hybrid', defaults: { lr: 0.01, betas: [0.8, 0.99], gamma: 0.5 } }, [
       { ...u(), group: '' },
     ]);
     try {

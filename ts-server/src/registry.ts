@@ -219,7 +219,9 @@ export function resolveGroup(spec: ResolvedSpec, group: string): Hypers {
     if (out[h.name] !== undefined) continue;
     if (h.defaultFrom !== undefined && out[h.defaultFrom] !== undefined) {
       const from = out[h.defaultFrom];
-      out[h.name] = h.defaultFactor !== undefined && typeof from === 'number' ? h.defaultFactor * from : from;
+      const v = h.defaultFactor !== undefined && typeof from === 'number' ? h.defaultFactor * from : from;
+      // A whole number's default is whole (lbfgs' max_eval: floor(1.25 max_iter), torch's max_iter * 5 // 4).
+      out[h.name] = h.integer && typeof v === 'number' ? Math.floor(v) : v;
     } else {
       const where = group === '' ? 'defaults' : `groups.${group}`;
       throw new InvalidArgument(`${where}.${h.name}: required by ${opt.name} with the ${spec.rule.name} rule`);

@@ -16,6 +16,8 @@ import {
   type StepStreamRequest,
 } from '../generated/mur/v1/optimizer';
 import { startServer, type RunningServer, type ServerOptions } from '../src/grpc/server';
+import { resolveSpec } from '../src/registry';
+import { Session } from '../src/session/session';
 
 export interface Harness {
   server: RunningServer;
@@ -151,4 +153,28 @@ export async function expectStatus(p: Promise<unknown>, code: grpc.status, ...wo
   if (e.code !== code) throw new Error(`status ${grpc.status[e.code]} (${e.details}), expected ${grpc.status[code]}`);
   for (const w of words) if (!e.details.includes(w)) throw new Error(`"${e.details}" does not name ${w}`);
   if (e.details.includes('    at ')) throw new Error('a stack trace reached the client');
+}
+
+/**
+ * `grads` run through one parameter of `shape` in a Session of `optimizer` x `rule` on the engine under test:
+ * theta after each step, and the final optimizer slots (the property tests beside each optimizer).
+ */
+export function trajectory(
+  optimizer: string,
+  rule: string,
+  defaults: Record<string, unknown>,
+  shape: number[],
+  theta0: number[],
+  grads: number[][],
+): { thetas: number[][]; slots: Record<string, number[]> } {
+  const s = new Session('props', resolveSpec({ optimizer, rule, defaults }), [
+    { id: 'w', name: 'w', shape, group: '', values: Float32Array.from(theta0) },
+  ]);
+  try {
+    const thetas = grads.map((g, k) => Array.from(s.step(k + 1, [{ id: 'w', data: Float32Array.from(g) }]).values[0].data));
+    const slots = Object.fromEntries([...s.exportTensors()].map((t) => [t.slot, Array.from(t.data)]));
+    return { thetas, slots };
+  } finally {
+    s.dispose();
+  }
 }

@@ -51,3 +51,26 @@ class PatchTransformer(nn.Module):
 
 def transformer(d_model=128, layers=4, heads=4, patch=14):
     return PatchTransformer(d_model, layers, heads, patch)
+
+
+class PixelBag(nn.Module):
+    """A sparse-gradient model: each pixel's intensity, cut into ``levels``
+    levels, is a token of its own (position x level: 784 x 8 rows); the image
+    is the sum of its tokens' embeddings (an ``EmbeddingBag`` with
+    ``sparse=True``: a batch touches a few of the rows), classified by a
+    linear layer. Parameter 0 is the table, for SparseAdam."""
+
+    def __init__(self, dim=32, levels=8, side=28, classes=10):
+        super().__init__()
+        self.levels, self.pixels = levels, side * side
+        self.table = nn.EmbeddingBag(self.pixels * levels, dim, mode="sum", sparse=True)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        level = (x.reshape(len(x), -1) * self.levels).long().clamp_(0, self.levels - 1)
+        ids = torch.arange(self.pixels, device=x.device) * self.levels + level
+        return self.head(self.table(ids))
+
+
+def bag(dim=32, levels=8):
+    return PixelBag(dim, levels)

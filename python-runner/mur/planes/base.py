@@ -30,8 +30,14 @@ class PreparedStep:
     maximized: frozenset
     overrides: dict
     key: list = field(default_factory=list)
+    # L-BFGS (optimizer "lbfgs"): the round of the step and the closure's loss
+    # there (StepRequest.round, .loss); None for every other optimizer.
+    round: int | None = None
+    loss: float | None = None
 
     def request(self, **fields):
+        if self.loss is not None:
+            fields.update(round=self.round or 0, loss=self.loss)
         return pb.StepRequest(
             session_id=fields.pop("session_id"), step=self.number, group_overrides=self.overrides, **fields
         )

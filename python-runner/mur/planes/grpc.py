@@ -81,6 +81,7 @@ class GrpcPlane(Plane):
         # after it was written. The parameters hold the server's values now.
         self._server_bits, self._marks = {}, {}
         self._own_bits = set()  # parameters whose _server_bits is a private copy (rows are written into it)
+        self.last_reply = None  # the last StepReply (L-BFGS reads evaluate, round, restart)
         for _, pid, p in session.entries():
             self._server_bits[pid] = bits(p).clone() if p.dtype == torch.float32 else None
             self._mark(pid, p)
@@ -195,8 +196,13 @@ class GrpcPlane(Plane):
     def _send(self, prep, payload):
         """The step's gradients to the server; {pid: new float32 values} (a sparse one's rows only)."""
         size = sum(memoryview(b).nbytes for _, _, b, _ in payload)
-        # Sparse gradients travel in Step messages only (StepStream's chunks are dense tensors).
-        if size < self.session.caps.max_message_bytes * 0.9 or any(r is not None for *_, r in payload):
+        # Sparse gradients and L-BFGS rounds travel in Step messages only (StepStream's chunks are dense
+        # tensors; StepBegin has no round or loss).
+        if (
+            size < self.session.caps.max_message_bytes * 0.9
+            or any(r is not None for *_, r in payload)
+            or prep.loss is not None
+        ):
             return self.conn.retrying(lambda: self._step_unary(prep, payload))
         return self.conn.retrying(lambda: self._step_stream(prep, payload))
 
@@ -218,7 +224,7 @@ class GrpcPlane(Plane):
                 ),
             ]
         )
-        reply = self.conn.call(self.conn.raw_step, req)
+        reply = self.last_reply = self.conn.call(self.conn.raw_step, req)
         check_replayed(self.conn, reply.replayed, prep.number)
         return {v.param_id: (v.rows.values.data if v.HasField("rows") else v.value.data) for v in reply.params}
 

@@ -229,6 +229,7 @@ class TcpPlane(GrpcPlane):
                 ],
             )
             reply, values = self.data.step(self.conn.token, request, [b for _, _, b, _ in payload])
+            self.last_reply = reply
             check_replayed(self.conn, reply.replayed, prep.number)
             return values
 

@@ -241,6 +241,7 @@ export class NativeEngine implements Engine {
     this.layout_ = d.layout;
     const index = (kind: string, list: Descriptor[], defs: ReadonlyArray<{ name: string; slots: SlotDecl[] }>) => {
       for (const def of defs) {
+        if ('closure' in def && def.closure) continue; // L-BFGS: stepped by the session in TypeScript, no kernel
         const i = list.findIndex((x) => x.name === def.name);
         if (i < 0) throw new Error(`native engine: the addon has no ${kind} '${def.name}'`);
         sameSlots(`${kind} '${def.name}'`, def.slots, list[i].slots);

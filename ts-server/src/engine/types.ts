@@ -134,6 +134,12 @@ export interface OptimizerDef {
    * step's `update`; returns the slots it changes. Runs inside tf.tidy.
    */
   after?(theta: tf.Tensor, state: State, h: Hypers, t: number): State;
+  /**
+   * Steps through the client's closure (L-BFGS): the session runs it over all
+   * parameters as one vector (session/lbfgs.ts), in TypeScript on every
+   * engine; it has no engine kernel and `update` is never called.
+   */
+  closure?: true;
   /** Why a parameter of this shape cannot use this optimizer (Muon: 2-D only), or undefined. */
   refuseShape?(shape: readonly number[]): string | undefined;
 }

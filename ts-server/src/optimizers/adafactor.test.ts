@@ -1,8 +1,7 @@
 // Properties docs/update-rules.md states for Adafactor's split, through a real
 // Session on the engine under test (checked here without the reference).
 import { strict as assert } from 'assert';
-import { resolveSpec } from '../registry';
-import { Session } from '../session/session';
+import { trajectory } from '../../test/harness';
 
 const f32 = (x: number[]) => Array.from(Float32Array.from(x));
 /*
@@ -14,18 +13,8 @@ const REL = 5e-5;
 const rms = (x: number[]) => Math.sqrt(x.reduce((a, v) => a + v * v, 0) / x.length);
 
 /** Runs `grads` through one parameter of `shape`; theta after each step, and the final slots. */
-function run(rule: string, defaults: Record<string, unknown>, shape: number[], theta0: number[], grads: number[][]) {
-  const s = new Session('props', resolveSpec({ optimizer: 'adafactor', rule, defaults }), [
-    { id: 'w', name: 'w', shape, group: '', values: Float32Array.from(theta0) },
-  ]);
-  try {
-    const thetas = grads.map((g, k) => Array.from(s.step(k + 1, [{ id: 'w', data: Float32Array.from(g) }]).values[0].data));
-    const slots = Object.fromEntries([...s.exportTensors()].map((t) => [t.slot, Array.from(t.data)]));
-    return { thetas, slots };
-  } finally {
-    s.dispose();
-  }
-}
+const run = (rule: string, defaults: Record<string, unknown>, shape: number[], theta0: number[], grads: number[][]) =>
+  trajectory('adafactor', rule, defaults, shape, theta0, grads);
 
 describe('adafactor: factored state, the RMS clip and the relative step', () => {
   it('a matrix keeps R + C numbers (row and column means of g^2 at t = 1), a vector keeps n', () => {

@@ -8,6 +8,7 @@ import { adamax } from './adamax';
 import { adamw } from './adamw';
 import { asgd } from './asgd';
 import { lamb } from './lamb';
+import { lbfgs } from './lbfgs';
 import { lars } from './lars';
 import { lion } from './lion';
 import { muon } from './muon';
@@ -36,4 +37,5 @@ export const OPTIMIZERS: readonly OptimizerDef[] = [
   adafactor,
   sparseAdam,
   muon,
+  lbfgs,
 ];

@@ -1,8 +1,7 @@
 // Properties docs/update-rules.md states for Rprop's and ASGD's split, through
 // a real Session on the engine under test (checked here without the reference).
 import { strict as assert } from 'assert';
-import { resolveSpec } from '../registry';
-import { Session } from '../session/session';
+import { trajectory } from '../../test/harness';
 
 const RULE_HYPERS: Record<string, Record<string, number>> = {
   additive: {},
@@ -12,18 +11,8 @@ const RULE_HYPERS: Record<string, Record<string, number>> = {
 };
 
 /** Runs `grads` through one parameter; every theta after each step, and the final optimizer slots. */
-function run(optimizer: string, rule: string, defaults: Record<string, unknown>, theta0: number[], grads: number[][]) {
-  const s = new Session('props', resolveSpec({ optimizer, rule, defaults: { ...RULE_HYPERS[rule], ...defaults } }), [
-    { id: 'w', name: 'w', shape: [theta0.length], group: '', values: Float32Array.from(theta0) },
-  ]);
-  try {
-    const thetas = grads.map((g, k) => Array.from(s.step(k + 1, [{ id: 'w', data: Float32Array.from(g) }]).values[0].data));
-    const slots = Object.fromEntries([...s.exportTensors()].map((t) => [t.slot, Array.from(t.data)]));
-    return { thetas, slots };
-  } finally {
-    s.dispose();
-  }
-}
+const run = (optimizer: string, rule: string, defaults: Record<string, unknown>, theta0: number[], grads: number[][]) =>
+  trajectory(optimizer, rule, { ...RULE_HYPERS[rule], ...defaults }, [theta0.length], theta0, grads);
 
 describe("rprop: the split d = sign(g') step_size / lr", () => {
   for (const rule of Object.keys(RULE_HYPERS)) {

@@ -39,6 +39,7 @@ import type { ParamDeclaration } from './declarations';
 import { FSYNC_DEFAULT, io, Syncer, type FsyncMode } from './fsync';
 import { encodeRecord, floatsOf, type Frame, Kind, MAGIC, readOnly, readRecord, RecordDamage } from './records';
 import type { Overrides, Session } from './session';
+import type { RoundInput } from './lbfgs';
 
 /** A journal record written and not yet known to be on disk. */
 export interface PendingRecord {
@@ -57,6 +58,8 @@ export interface StepJournal {
   added(groups: Overrides, decls: ParamDeclaration[]): PendingRecord;
   /** A step numbered past every number so far was refused (clients do not send that number again). */
   refused(step: number): PendingRecord;
+  /** An L-BFGS step that ended: the inputs of its rounds (replayed in order, they rebuild it). */
+  closureStep(step: number, overrides: Overrides, rounds: RoundInput[]): PendingRecord;
   /** After a change was made in the session. */
   committed(session: Session): void;
 }
@@ -84,7 +87,14 @@ type JournalJson =
       tensors: SnapshotJson['tensors'];
     }
   | { session: string; op: 'add'; groups: Overrides; params: Array<ParamsJson[number] & { n: number }> }
-  | { session: string; op: 'refused'; step: number };
+  | { session: string; op: 'refused'; step: number }
+  | {
+      session: string;
+      op: 'lbfgs';
+      step: number;
+      overrides: Overrides;
+      rounds: Array<{ loss: number; grads: Array<{ id: string; n: number }> }>;
+    };
 
 /** The spec as the journal and snapshots keep it (its state_dtype and state_seed included). */
 export function specToJson(s: ResolvedSpec): SpecJson {
@@ -291,6 +301,15 @@ class SessionFiles implements StepJournal {
 
   refused(step: number): PendingRecord {
     return this.append({ session: this.id, op: 'refused', step }, []);
+  }
+
+  closureStep(step: number, overrides: Overrides, rounds: RoundInput[]): PendingRecord {
+    // Each loss is a JSON number (a double, exactly: JSON.stringify writes the shortest exact form).
+    const json = rounds.map((r) => ({ loss: r.loss, grads: r.grads.map((g) => ({ id: g.id, n: g.data.length })) }));
+    return this.append(
+      { session: this.id, op: 'lbfgs', step, overrides, rounds: json },
+      rounds.flatMap((r) => r.grads.map((g) => g.data)),
+    );
   }
 
   committed(session: Session): void {
@@ -633,6 +652,13 @@ function replay(session: Session, j: JournalJson, payload: Buffer): void {
     }
     case 'refused':
       session.refusedUpTo = j.step;
+      return;
+    case 'lbfgs':
+      session.replayClosureStep(
+        j.step,
+        j.overrides,
+        j.rounds.map((r) => ({ loss: r.loss, grads: r.grads.map((g) => ({ id: g.id, data: take(g.n) })) })),
+      );
       return;
     case 'add':
       session.addParameters(

@@ -16,6 +16,8 @@ import { checkDeclarations, checkFinite, sizeOf, type ParamDeclaration } from '.
 import type { StepJournal } from './durable';
 import { SessionLane } from './lane';
 import { checkRows, elementName, gatherRows, gradientKindRefusal, rowLength } from './rows';
+import { LbfgsRun, roundDigest, type RoundInput, type RoundOutcome } from './lbfgs';
+import { LBFGS_SLOTS, stateFromSlots, stateSlots } from '../optimizers/lbfgs';
 
 export type { ParamDeclaration } from './declarations';
 export type { SessionHeader, SlotTensor } from './checkpoint';
@@ -89,6 +91,18 @@ export interface StepResult {
    * session's next step.
    */
   values: Array<{ id: string; data: Float32Array; rows?: Uint32Array }>;
+  /** L-BFGS: the step needs another closure evaluation at `values` (StepReply.evaluate). */
+  evaluate?: boolean;
+  /** L-BFGS: the round answered. */
+  round?: number;
+  /** L-BFGS: why the round was not taken and the step restarts from `values` (StepReply.restart). */
+  restart?: string;
+}
+
+/** An L-BFGS round as a transport reads it (StepRequest.round, .loss). */
+export interface ClosureRound {
+  round: number;
+  loss: number | undefined;
 }
 
 export class Session {
@@ -121,6 +135,8 @@ export class Session {
   onLaneSteps: ((steps: number) => void) | null = null;
   /** Steps the fast lane applied, taken in so far (they make no call: the idle sweep looks at this). */
   private laneStepsTaken = 0;
+  /** L-BFGS sessions (optimizer "lbfgs"): the algorithm's state and the step in progress. */
+  private readonly lbfgs: LbfgsRun | null = null;
 
   constructor(id: string, spec: ResolvedSpec, decls: ParamDeclaration[], engine: Engine = currentEngine()) {
     this.id = id;
@@ -138,7 +154,16 @@ export class Session {
       decls.map((d) => d.group),
     );
     checkShapes(this.spec, decls);
+    if (spec.optimizer.closure || Object.values(spec.groupOptimizers).some((o) => o.closure)) {
+      checkClosureSpec(this.spec, decls);
+      this.lbfgs = new LbfgsRun(engine, () => [...this.params.values()]);
+    }
     for (const d of decls) this.declare(d);
+  }
+
+  /** True for L-BFGS sessions: steps come as rounds (stepClosure). */
+  get closure(): boolean {
+    return this.lbfgs !== null;
   }
 
   /** A declared parameter joins the session: its values (or none yet: ImportState), no optimizer state, no steps. */
@@ -321,6 +346,11 @@ export class Session {
   /** Everything but finiteness (optionally) checked, and the jobs laid out; or the replay of the last step. */
   private plan(step: number, grads: StepGrad[], overrides: Overrides, where: Where, checkFinite: boolean): { replay: StepResult } | Plan {
     this.checkOpen();
+    if (this.lbfgs) {
+      throw new InvalidArgument(
+        `${this.spec.optimizer.name} steps are rounds of closure evaluations: send them with Step (StepRequest.round, loss) or the tcp plane`,
+      );
+    }
     if (!Number.isSafeInteger(step) || step < 1) throw new InvalidArgument(`step: ${step} must be a positive integer`);
     if (this.lastStep > 0 && step === this.lastStep) {
       // A retry of the last step is answered, not applied; another request under its number is refused.
@@ -476,6 +506,11 @@ export class Session {
   ): { spec: ResolvedSpec; releasedBytes: number } {
     this.checkOpen();
     if (decls.length === 0) throw new InvalidArgument('params: adding parameters needs at least one');
+    if (this.lbfgs) {
+      throw new InvalidArgument(
+        `params: ${this.spec.optimizer.name} takes one parameter group, fixed at session creation (torch.optim.LBFGS): create a new session instead`,
+      );
+    }
     checkDeclarations(decls, (a) => this.engine.firstNonFinite(a));
     decls.forEach((d, i) => {
       if (this.params.has(d.id)) throw new InvalidArgument(`params[${i}].id: '${d.id}' is already a parameter of this session`);
@@ -528,6 +563,7 @@ export class Session {
     overrides: Overrides = {},
     validateOnly = false,
     sparse: Array<{ tensor: number; rows: Uint32Array }> = [],
+    closure?: ClosureRound,
   ): Promise<StepResult> {
     this.checkOpen();
     const arena = this.arena;
@@ -557,7 +593,163 @@ export class Session {
       i < indices.length
         ? `arena_grads[${i}] (tensor ${indices[i]})`
         : `arena_sparse.rows[${i - indices.length}] (tensor ${sparse[i - indices.length].tensor})`;
+    if (this.lbfgs) return this.stepClosure(step, closure ?? { round: 0, loss: undefined }, grads, overrides, validateOnly, where);
     return validateOnly ? this.validateStep(step, grads, overrides, where) : this.stepAsync(step, grads, overrides, where);
+  }
+
+  /**
+   * One round of an L-BFGS step (docs/update-rules.md, "lbfgs"; the round
+   * trips: session/lbfgs.ts), in its turn among this session's operations.
+   * Answers `evaluate` with the next point (every parameter), the step's
+   * result when it ends, a replay of the last round taken, or a `restart`
+   * (the step this round belongs to is not in progress: the session is as
+   * before it).
+   */
+  stepClosure(
+    step: number,
+    closure: ClosureRound,
+    grads: StepGrad[],
+    overrides: Overrides = {},
+    validateOnly = false,
+    where: Where = gradsAt,
+  ): Promise<StepResult> {
+    return this.exclusive(async () => {
+      let r: ReturnType<Session['closureRound']>;
+      try {
+        r = this.closureRound(step, closure, grads, overrides, where, validateOnly, this.journal !== null);
+      } catch (e) {
+        if (!validateOnly) this.refused(step, e); // a number past every one so far: kept, as for any step
+        throw e;
+      }
+      if ('result' in r) return r.result;
+      const rec = this.journal?.closureStep(step, overrides, r.outcome.rounds);
+      try {
+        await rec?.durable();
+      } catch (e) {
+        rec?.cancel();
+        this.lbfgs!.rollback(); // the step is not kept: the client's retry of this round is answered with a restart
+        throw e;
+      }
+      return this.closureCommit(step, r.outcome, r.digest);
+    });
+  }
+
+  /** Replays a journaled L-BFGS step (recovery): its rounds, in order, then the commit. */
+  replayClosureStep(step: number, overrides: Overrides, rounds: RoundInput[]): void {
+    for (const [i, input] of rounds.entries()) {
+      const r = this.closureRound(step, { round: i, loss: input.loss }, input.grads, overrides, gradsAt, false, false);
+      if ('outcome' in r) {
+        if (i !== rounds.length - 1) throw new Error(`step ${step} ended at round ${i} of ${rounds.length}`);
+        this.closureCommit(step, r.outcome, r.digest);
+        return;
+      }
+      if (r.result.restart) throw new Error(`step ${step} round ${i}: ${r.result.restart}`);
+    }
+    throw new Error(`step ${step} did not end after its ${rounds.length} rounds`);
+  }
+
+  private closureValues(): StepResult['values'] {
+    return [...this.params.keys()].map((id) => ({ id, data: this.view(id) }));
+  }
+
+  private closureRound(
+    step: number,
+    { round, loss }: ClosureRound,
+    grads: StepGrad[],
+    overrides: Overrides,
+    where: Where,
+    validateOnly: boolean,
+    keep: boolean,
+  ): { result: StepResult } | { outcome: Extract<RoundOutcome, { kind: 'done' }>; digest: string } {
+    this.checkOpen();
+    const run = this.lbfgs!;
+    if (!Number.isSafeInteger(step) || step < 1) throw new InvalidArgument(`step: ${step} must be a positive integer`);
+    if (!Number.isSafeInteger(round) || round < 0) throw new InvalidArgument(`round: ${round} must be a whole number`);
+    grads.forEach((g, i) => {
+      if (g.rows) throw new InvalidArgument(`${where(i)} '${g.id}': ${this.spec.optimizer.name} takes dense gradients only`);
+    });
+    const digestOf = () => {
+      const digests = grads.map((g) => this.engine.scan(g.data).digest);
+      return `r${round}:${roundDigest(
+        round,
+        loss ?? NaN,
+        digests,
+        grads.map((g) => g.id),
+        canonicalJson(overrides),
+      )}`;
+    };
+    const cur = run.current;
+    const result = (extra: Partial<StepResult>): { result: StepResult } => ({
+      result: { step, replayed: false, values: validateOnly ? [] : this.closureValues(), round, ...extra },
+    });
+    if (cur?.step !== step && this.lastStep > 0 && step === this.lastStep) {
+      // The last step, done: a retry of its last round is answered again.
+      if (this.lastDigest !== null && digestOf() !== this.lastDigest) {
+        throw new FailedPrecondition(
+          `step: ${step} was already applied, ending with another round or request than this round ${round}; a new step needs the next number (${step + 1})`,
+        );
+      }
+      return result({ replayed: true, evaluate: false });
+    }
+    if (step < this.lastStep) throw new FailedPrecondition(`step: ${step} is before the last applied step ${this.lastStep}`);
+    if (cur?.step === step) {
+      if (round === cur.round) {
+        if (digestOf() !== cur.digest) {
+          throw new FailedPrecondition(
+            `round: ${round} of step ${step} was already taken with a different request (loss, gradients or overrides)`,
+          );
+        }
+        return result({ replayed: true, evaluate: true });
+      }
+      if (round !== cur.round + 1) throw run.outOfOrder(step, round);
+    } else {
+      if (this.resumedAt !== null && step > Math.max(this.lastStep, this.lastRefused) + 1) {
+        this.damage = new DataLoss(
+          `session ${this.id}: after the server restarted, its --state-dir holds this session up to step ${this.lastStep}, but this client's next step is ${step}: ` +
+            "acknowledged steps are missing from the session's files, so the session is not served: restore it from your last checkpoint (load_state_dict into a new RemoteOptimizer)",
+        );
+        throw this.damage;
+      }
+      if (round > 0 || cur) {
+        const why = cur
+          ? `step ${cur.step} was still in progress (round ${cur.round}) when round ${round} of step ${step} came: it is rolled back`
+          : `step ${step} is not in progress on the server (it restarted in the middle of it, or the step was rolled back)`;
+        if (!validateOnly) run.rollback();
+        return result({
+          round: 0,
+          evaluate: true,
+          restart: `${why}; the session is as before that step: evaluate the closure at these parameters and send round 0 of step ${step} again`,
+        });
+      }
+    }
+    const spec = cur ? this.spec : Object.keys(overrides).length ? withOverrides(this.spec, overrides, this.groups()) : this.spec;
+    for (const g of Object.keys(overrides)) {
+      if (!this.groups().has(g)) throw new InvalidArgument(`group_overrides: no parameter is in group '${g}'`);
+    }
+    const lossValue = run.check(grads, loss, where);
+    grads.forEach((g, i) => {
+      const { nonFinite } = this.engine.scan(g.data);
+      if (nonFinite >= 0) throw new InvalidArgument(`${where(i)} '${g.id}': element ${nonFinite} is ${g.data[nonFinite]} (must be finite)`);
+    });
+    if (validateOnly) return result({ evaluate: true });
+    const digest = digestOf();
+    const input: RoundInput = { loss: lossValue, grads: grads.map((g) => ({ id: g.id, data: keep ? Float32Array.from(g.data) : g.data })) };
+    const outcome = cur ? run.feed(input, digest, keep) : run.start(step, spec, overrides, input, digest, keep);
+    if (outcome.kind === 'done') return { outcome, digest };
+    return result({ evaluate: true, round: outcome.round });
+  }
+
+  private closureCommit(step: number, outcome: Extract<RoundOutcome, { kind: 'done' }>, digest: string): StepResult {
+    this.lbfgs!.finish();
+    for (const p of this.params.values()) p.state.steps += 1;
+    this.spec = outcome.spec;
+    this.lastStep = step;
+    this.lastStepIds = [...this.params.keys()];
+    this.lastStepRows = [];
+    this.lastDigest = digest;
+    this.resumedAt = null;
+    this.journal?.committed(this);
+    return { step, replayed: false, values: this.closureValues(), evaluate: false, round: outcome.round };
   }
 
   /** Whether steps may arrive through the fast lane, without a call. */
@@ -588,8 +780,8 @@ export class Session {
 
   /** Arms the fast lane with every parameter, when it can take steps on its own. */
   private armLane(): void {
-    // SparseAdam takes row-sparse steps only, and those go by RPC: the lane steps whole regions.
-    if (this.disposed || this.journal || this.spec.optimizer.sparse === 'only') return;
+    // SparseAdam takes row-sparse steps only, and those go by RPC: the lane steps whole regions; L-BFGS steps are rounds.
+    if (this.disposed || this.journal || this.spec.optimizer.sparse === 'only' || this.lbfgs) return;
     this.lane?.arm(this.spec, (id) => this.params.get(id)!, this.lastStep);
   }
 
@@ -622,7 +814,19 @@ export class Session {
   *exportTensors(): Generator<SlotTensor> {
     this.checkOpen();
     this.syncLane();
-    for (const [id, p] of this.params) yield* paramTensors(id, p.state);
+    if (!this.lbfgs) {
+      for (const [id, p] of this.params) yield* paramTensors(id, p.state);
+      return;
+    }
+    // L-BFGS: the parameters and state before a step in progress; the state as slots of the first parameter (as torch keeps it).
+    const { x, state } = this.lbfgs.committed();
+    let off = 0;
+    for (const [id, p] of this.params) {
+      for (const t of paramTensors(id, p.state)) yield t.slot === '' ? { ...t, data: x.slice(off, off + p.size) } : t;
+      off += p.size;
+    }
+    const first = this.params.keys().next();
+    if (!first.done) for (const t of stateSlots(state, off)) yield { paramId: first.value, ...t };
   }
 
   /**
@@ -632,7 +836,23 @@ export class Session {
   importState(header: Partial<SessionHeader> | undefined, tensors: SlotTensor[]): number {
     this.checkOpen();
     this.syncLane();
+    // L-BFGS: its state's slots (on the first parameter) are checked and taken apart from the others.
+    const firstId = this.params.keys().next().value;
+    const isLbfgsSlot = (t: SlotTensor) =>
+      this.lbfgs !== null && t.paramId === firstId && (LBFGS_SLOTS as readonly string[]).includes(t.slot);
+    const lbfgsSlots = new Map(tensors.filter(isLbfgsSlot).map((t) => [t.slot, t.data]));
+    tensors = tensors.filter((t) => !isLbfgsSlot(t));
     checkImport(this.params, this.spec, header, tensors, (a, what) => this.finite(a, what));
+    const lbfgsState =
+      this.lbfgs && lbfgsSlots.size > 0
+        ? stateFromSlots(
+            lbfgsSlots,
+            this.lbfgs.size,
+            resolveGroup(this.spec, this.lbfgs.group).history_size as number,
+            (slot) => `'${firstId}' slot '${slot}'`,
+          )
+        : null;
+    if (lbfgsState) for (const [slot, a] of lbfgsSlots) this.finite(a, `'${firstId}' slot '${slot}'`);
     // The session keeps its own state format: a checkpoint's values arrive as float32 and are narrowed to it.
     const spec = header?.spec
       ? resolveGroups(
@@ -641,8 +861,12 @@ export class Session {
         )
       : this.spec;
     const scalar = new Set(this.spec.optimizer.slots.filter((d) => d.scalar).map((d) => d.name));
-    this.journal?.imported(header, tensors).durableSync();
-    // Commit.
+    this.journal
+      ?.imported(header, [...tensors, ...[...lbfgsSlots].map(([slot, data]) => ({ paramId: firstId!, slot, data }))])
+      .durableSync();
+    // Commit. An import ends an L-BFGS step in progress (rolled back) and replaces its state when it carries one.
+    this.lbfgs?.rollback();
+    if (lbfgsState) this.lbfgs!.state = lbfgsState;
     for (const t of tensors) {
       const p = this.params.get(t.paramId)!;
       const shape = t.slot === '' || t.data.length === p.size ? p.shape : [t.data.length];
@@ -701,6 +925,36 @@ export class Session {
     this.arena?.close();
     this.arena = null;
     this.params.clear();
+  }
+}
+
+/**
+ * What an L-BFGS session must be (torch.optim.LBFGS): one parameter group,
+ * no other optimizer beside it, and a line search only under the additive
+ * rule (the strong Wolfe conditions are stated along the straight line x + t d;
+ * the other rules move along a curve that they do not define on).
+ */
+function checkClosureSpec(spec: ResolvedSpec, decls: ParamDeclaration[]): void {
+  const name = spec.optimizer.closure ? spec.optimizer.name : Object.values(spec.groupOptimizers).find((o) => o.closure)!.name;
+  for (const [g, o] of Object.entries(spec.groupOptimizers)) {
+    throw new InvalidArgument(
+      `group_optimizers.${g || '""'}: ${o.name} beside ${spec.optimizer.name}: ${name} takes the whole session (one parameter group)`,
+    );
+  }
+  const groups = [...new Set(decls.map((d) => d.group))];
+  if (groups.length > 1) {
+    const i = decls.findIndex((d) => d.group !== decls[0].group);
+    throw new InvalidArgument(
+      `params[${i}] '${decls[i].name || decls[i].id}': group '${decls[i].group}' is a second parameter group (the first is '${decls[0].group}'); ` +
+        `${name} takes one parameter group (torch.optim.LBFGS refuses per-parameter options)`,
+    );
+  }
+  const group = groups[0] ?? '';
+  const h = resolveGroup(spec, group);
+  if (h.line_search_fn === 'strong_wolfe' && spec.rule.name !== 'additive') {
+    throw new InvalidArgument(
+      `${group === '' ? 'defaults' : `groups.${group}`}.line_search_fn: strong_wolfe needs the additive rule (its Wolfe conditions are along the straight line x + t d; the ${spec.rule.name} rule does not move along it): use line_search_fn none or the additive rule`,
+    );
   }
 }
 

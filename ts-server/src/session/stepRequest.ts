@@ -71,12 +71,17 @@ function inlineGradients(session: Session, grads: Gradient[]): Grad[] {
  */
 export function applyStep(session: Session, req: StepRequest, payload?: Grad[]): Promise<StepResult> {
   const overrides = overridesFromWire(req.groupOverrides);
+  const closure = { round: req.round ?? 0, loss: req.loss };
+  if (!session.closure && closure.round !== 0) {
+    throw new InvalidArgument(`round: ${closure.round}: only lbfgs steps have rounds (this session's optimizer evaluates once per step)`);
+  }
   const arenaRows = req.arenaSparse?.rows ?? [];
   if (req.arenaGrads.length > 0 || arenaRows.length > 0) {
     if (req.grads.length > 0) throw new InvalidArgument('grads: must be empty when arena_grads or arena_sparse names the gradients');
     const sparse = arenaRows.map((r, k) => ({ tensor: r.tensor, rows: rowsFromWire(r.indices, `arena_sparse.rows[${k}]`) }));
-    return session.stepArena(req.step, req.arenaGrads, overrides, req.validateOnly, sparse);
+    return session.stepArena(req.step, req.arenaGrads, overrides, req.validateOnly, sparse, closure);
   }
   const grads = payload ?? inlineGradients(session, req.grads);
+  if (session.closure) return session.stepClosure(req.step, closure, grads, overrides, req.validateOnly);
   return req.validateOnly ? session.validateStep(req.step, grads, overrides) : session.stepAsync(req.step, grads, overrides);
 }

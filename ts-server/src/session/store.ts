@@ -47,7 +47,8 @@ export function sweepPeriodMs(idleTimeoutMs: number): number {
  * value, or per element 4 bytes (float32 state), 2 (bfloat16 state) or 1 and
  * a float32 per 256 (q8 state, engine/stateDtype.ts slotBytes), on an engine
  * that stores it (`stored`, the engine's storedStateDtypes). Rule
- * slots are one value each.
+ * slots are one value each. L-BFGS counts its whole history (2 history_size
+ * vectors of the parameters' size) and its working vectors.
  */
 export function projectedBytes(
   spec: ResolvedSpec,
@@ -65,6 +66,9 @@ export function projectedBytes(
     for (const s of optimizerOf(spec, d.group).slots.filter(on))
       bytes += slotBytes(s.scalar || s.shape ? 'float32' : dtype, slotSize(s, d.shape));
     for (const s of spec.rule.slots.filter(on)) bytes += 4 * slotSize(s, d.shape);
+    // L-BFGS at its fullest: history_size pairs (s, y), d, g_prev and, during a step, the point it started
+    // from and the gradients of the line search's bracket (float32 vectors of the whole model).
+    if (optimizerOf(spec, d.group).closure) bytes += 4 * n * (2 * (h.history_size as number) + 6);
   }
   return bytes;
 }

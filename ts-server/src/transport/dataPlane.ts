@@ -19,6 +19,7 @@ import type { ServerContext } from '../grpc/context';
 import type { Metered } from '../metrics';
 import { toServiceError } from '../grpc/status';
 import type { Session } from '../session/session';
+import { closureFields } from '../wire/closure';
 import { applyStep, checkGradients, rowsOf, valuesOf, type Grad } from '../session/stepRequest';
 import { paramValue } from '../wire/paramValue';
 import { bytesToF32, isHalf, widenInto } from '../wire/tensors';
@@ -196,7 +197,7 @@ class Connection {
       off += v.data.byteLength;
     }
     const params = r.values.map((v) => paramValue(v, session.shapeOf(v.id, 'reply'), false));
-    const head = frame({ code: 0, message: '', reply: { step: r.step, replayed: r.replayed, params } });
+    const head = frame({ code: 0, message: '', reply: { step: r.step, replayed: r.replayed, params, ...closureFields(r) } });
     // Metered with the bytes that came over the wire (2-byte ones counted as sent).
     return { reply: { head, body: this.send.subarray(0, size) }, replayed: r.replayed, gradientBytes: p.total, parameterBytes: size };
   }

@@ -37,8 +37,8 @@ const fieldSize = (payload: number) => 1 + varintLength(payload) + payload;
 let scratch = Buffer.allocUnsafe(0);
 
 export function encodeStepReply(r: StepReply): Buffer {
-  // Rows of row-sparse steps: a small reply, the generated encoder's.
-  if (r.params.some((p) => p.rows)) return Buffer.from(StepReply.encode(r).finish());
+  // Rows of row-sparse steps: a small reply, the generated encoder's; so are L-BFGS rounds (fields 4-6).
+  if (r.params.some((p) => p.rows) || r.evaluate || r.round || r.restart) return Buffer.from(StepReply.encode(r).finish());
   const params = r.params.map((p) => {
     const id = Buffer.from(p.paramId, 'utf8');
     const v = p.value!;

@@ -71,6 +71,9 @@ export class StepStreamProtocol {
     return this.ctx.metrics.step('grpc', async () => {
       const grads = open.chunks.finish().map((t) => ({ id: t.paramId, data: t.data }));
       const { sessionId, step, groupOverrides } = open.begin;
+      if (open.session.closure) {
+        throw new InvalidArgument('StepStream carries no closure rounds (round, loss): send lbfgs steps with Step or the tcp data plane');
+      }
       const r = await applyStep(open.session, { sessionId, step, groupOverrides, grads: [], arenaGrads: [], validateOnly: false }, grads);
       return { reply: undefined, replayed: r.replayed, gradientBytes, parameterBytes: this.answer(r) };
     });
