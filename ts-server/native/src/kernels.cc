@@ -196,18 +196,18 @@ constexpr int Count(std::nullptr_t) { return 0; }
 
 static const Descriptor kOptimizerTable[kNumOptimizers] = {
     MUR_DESC(sgd_desc, "sgd", 0, 0),
-    MUR_DESC(adam_desc, "adam", 0, 0b110),   // exp_avg_sq, max_exp_avg_sq
-    MUR_DESC(adam_desc, "adamw", 0, 0b110),  // the same
-    MUR_DESC(adagrad_desc, "adagrad", 0, 0b1),  // sum
-    MUR_DESC(rmsprop_desc, "rmsprop", 0, 0b1),  // square_avg
-    MUR_DESC(adamax_desc, "adamax", 0, 0b10),   // exp_inf
+    MUR_DESC(adam_desc, "adam", 0, 0b110),         // exp_avg_sq, max_exp_avg_sq
+    MUR_DESC(adam_desc, "adamw", 0, 0b110),        // the same
+    MUR_DESC(adagrad_desc, "adagrad", 0, 0b1),     // sum
+    MUR_DESC(rmsprop_desc, "rmsprop", 0, 0b1),     // square_avg
+    MUR_DESC(adamax_desc, "adamax", 0, 0b10),      // exp_inf
     MUR_DESC(nadam_desc, "nadam", 1u << 2, 0b10),  // mu_product; exp_avg_sq
     MUR_DESC(radam_desc, "radam", 0, 0b10),        // exp_avg_sq
     MUR_DESC(adadelta_desc, "adadelta", 0, 0b11),  // square_avg, acc_delta
     MUR_DESC(lion_desc, "lion", 0, 0),
-    MUR_DESC(rprop_desc, "rprop", 0, 0b10),                   // step_size
-    MUR_DESC(asgd_desc, "asgd", (1u << 0) | (1u << 1), 0),    // eta, mu
-    MUR_DESC(lamb_desc, "lamb", 0, 0b10),                     // exp_avg_sq
+    MUR_DESC(rprop_desc, "rprop", 0, 0b10),                 // step_size
+    MUR_DESC(asgd_desc, "asgd", (1u << 0) | (1u << 1), 0),  // eta, mu
+    MUR_DESC(lamb_desc, "lamb", 0, 0b10),                   // exp_avg_sq
     MUR_DESC(lars_desc, "lars", 0, 0),
     MUR_DESC_SIZED(adafactor_desc, "adafactor", 0, 0b111),  // row_var, col_var: by rows and columns
     MUR_DESC(sparse_adam_desc, "sparseadam", 0, 0b10),      // exp_avg_sq

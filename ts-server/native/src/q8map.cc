@@ -28,7 +28,10 @@ void BuildLut(Q8Map* m) {
         uint32_t lo = 1, hi = 0xFFFF;
         while (lo < hi) {
           const uint32_t mid = (lo + hi) / 2;
-          if (Q8Code(*m, FromBits(first | mid)) == c0) lo = mid + 1; else hi = mid;
+          if (Q8Code(*m, FromBits(first | mid)) == c0)
+            lo = mid + 1;
+          else
+            hi = mid;
         }
         b = lo;
         // One change only: just before b the code is c0 (monotone, so all before), at b it is c1.

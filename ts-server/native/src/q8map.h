@@ -44,9 +44,9 @@ constexpr uint32_t kLutSize = 0x3F80 - kLutBase + 1;
 
 struct Q8Map {
   alignas(64) float value[256];
-  alignas(64) float threshold[256];  // [255] = +infinity (never crossed)
-  uint8_t zero_code;                  // code(0): the first entry that is 0
-  bool lut_ok;                        // every bucket holds at most one change (else the kernels search)
+  alignas(64) float threshold[256];       // [255] = +infinity (never crossed)
+  uint8_t zero_code;                      // code(0): the first entry that is 0
+  bool lut_ok;                            // every bucket holds at most one change (else the kernels search)
   alignas(64) int32_t lut[2 * kLutSize];  // [0, kLutSize): x >= 0; [kLutSize, 2 kLutSize): x < 0
 };
 

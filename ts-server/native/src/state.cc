@@ -67,7 +67,8 @@ Napi::Value AllocBf16(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value AllocQ8(const Napi::CallbackInfo& info) {
-  if (info.Length() != 1 || !info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "allocQ8(n): n must be a number");
+  if (info.Length() != 1 || !info[0].IsNumber())
+    throw Napi::TypeError::New(info.Env(), "allocQ8(n): n must be a number");
   const double want = info[0].As<Napi::Number>().DoubleValue();
   if (!(want >= 0 && want <= double(1ull << 44))) throw Napi::RangeError::New(info.Env(), "allocQ8: n out of range");
   const size_t bytes = mur::Q8Bytes(static_cast<size_t>(want));  // n codes, then the blocks' absmax
