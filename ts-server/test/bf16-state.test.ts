@@ -262,7 +262,7 @@ describe('state_dtype bfloat16', () => {
   it('an optimizer whose kernel cannot keep bfloat16 state is refused at session creation, naming state_dtype', () => {
     const engine = currentEngine();
     if (engine.takesStateDtype) assert.ok(engine.takesStateDtype('adam', 'bfloat16'), "today's kernels all take it");
-    // An engine whose adam kernel does not (as a new optimizer that declares kBf16 = false in native/src).
+    // An engine whose adam kernel does not (as a new optimizer that declares kCompact = false in native/src).
     const refusing = Object.create(engine, {
       storedStateDtypes: { value: ['float32', 'bfloat16'] },
       takesStateDtype: { value: (name: string, dtype: string) => !(name === 'adam' && dtype === 'bfloat16') },
