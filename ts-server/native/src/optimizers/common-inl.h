@@ -17,6 +17,7 @@
 #include "kernel.h"
 #include "q8-inl.h"
 #include "simd-inl.h"
+#include "tasks.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace mur {
@@ -79,6 +80,7 @@ struct SlotJob<Bf16> : Job {
  * the thread count. f(block, len) runs elements [0, len) of the block.
  */
 struct Q8 {};
+static_assert(kChunk % kQ8Block == 0, "q8: every task must start on a block boundary");
 template <class F>
 HWY_INLINE void Q8Blocks(const Job& job, size_t begin, size_t end, F&& f) {
   HWY_ALIGN float scratch[kMaxOptSlots][kQ8Block];
