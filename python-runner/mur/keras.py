@@ -74,7 +74,8 @@ class RemoteOptimizer(keras.optimizers.Optimizer):
 
     Args:
         optimizer: sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion, rprop, asgd,
-            lamb, lars, adafactor, muon.
+            lamb, lars, adafactor, muon, schedule_free_adamw (the weights are y; Keras has no
+            eval switch: use mur.RemoteOptimizer or mur.optax for the evaluation point x).
         rule: additive (default), multiplicative, hybrid, exp_sign.
         learning_rate: a float or a keras.optimizers.schedules schedule (mur's lr).
         server: "auto" (a private local server), "host:port" or "unix:/path".

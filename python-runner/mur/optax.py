@@ -28,6 +28,7 @@ The step talks to a server, so ``update`` cannot be traced by ``jax.jit``
 """
 
 import numbers
+import weakref
 from typing import NamedTuple
 
 import jax
@@ -38,12 +39,14 @@ import torch
 
 from .optimizer import RemoteOptimizer
 
-__all__ = ["remote", "RemoteState", "RemoteTransformation"]
+__all__ = ["remote", "RemoteState", "RemoteTransformation", "schedule_free_eval_params"]
 
 # Session handles of this process. The state pytree carries only the number,
 # so it stays a pytree of arrays that optax, jax.tree and checkpointers can map.
 _NEXT = [1]
 _CHECKPOINT_FORMAT = "mur.optax/1"
+# The live sessions by handle, for schedule_free_eval_params(state, params).
+_ADAPTERS: "weakref.WeakValueDictionary[int, _Adapter]" = weakref.WeakValueDictionary()
 
 
 class RemoteState(NamedTuple):
@@ -148,6 +151,7 @@ class _Adapter:
         self.expected = [t.detach().numpy().copy() for t in tensors]
         self.handle = _NEXT[0]
         _NEXT[0] += 1
+        _ADAPTERS[self.handle] = self
         self.steps = 0  # steps the server applied (a failed step is not counted)
         return RemoteState(count=np.asarray(0, np.int32), handle=np.asarray(self.handle, np.int32))
 
@@ -268,6 +272,24 @@ class _Adapter:
         self.steps = int(checkpoint["count"])
         return RemoteState(count=np.asarray(self.steps, np.int32), handle=state.handle)
 
+    def eval_params(self, state, params):
+        self._check_state(state)
+        if self.opt.optimizer_name != "schedule_free_adamw":
+            raise ValueError(
+                f"mur.optax: schedule_free_eval_params needs a schedule_free_adamw session, this one runs "
+                f"{self.opt.optimizer_name}"
+            )
+        ys = self._leaves(params, "params")
+        b1 = float(self.opt.param_groups[0]["betas"][0])
+        st = self.opt.state
+        xs = []
+        for t, y in zip(self.tensors, ys):
+            y = np.asarray(y, np.float32)
+            z = st.get(t, {}).get("z")
+            # optax's (yi - (1.0 - b1) * zi) / b1 in float32 (z = y before the first step: x = y)
+            xs.append(y if z is None else (y - (1.0 - b1) * z.numpy().reshape(y.shape)) / b1)
+        return jax.tree_util.tree_unflatten(self.treedef, [jnp.asarray(x, jnp.float32) for x in xs])
+
     def params(self):
         """The server's current parameters as a pytree of jax arrays."""
         return jax.tree_util.tree_unflatten(
@@ -292,12 +314,26 @@ def _updates(old, new):
     return u.astype(np.float32, copy=False), old + u
 
 
+def schedule_free_eval_params(state, params):
+    """optax.contrib.schedule_free_eval_params for a remote schedule_free_adamw:
+    the evaluation point x = (y - (1 - b1) z) / b1 of every leaf, y from
+    ``params`` and z from the session of ``state`` (one ExportState, cached until
+    the next step). A pytree like ``params``."""
+    if not isinstance(state, RemoteState):
+        raise TypeError(f"mur.optax: state is a {type(state).__name__}, not a RemoteState of mur.optax.remote")
+    adapter = _ADAPTERS.get(int(state.handle))
+    if adapter is None or adapter.opt is None:
+        raise ValueError(f"mur.optax: state.handle={int(state.handle)} belongs to no open session of this process")
+    return adapter.eval_params(state, params)
+
+
 def remote(optimizer="adam", rule="additive", server="auto", **hyperparameters):
     """An optax GradientTransformation whose maths runs on a mur server.
 
     Args:
         optimizer: sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion, rprop, asgd,
-            lamb, lars, adafactor, muon.
+            lamb, lars, adafactor, muon, schedule_free_adamw (evaluate at
+            ``schedule_free_eval_params(state, params)``).
         rule: additive (default: ordinary optimizers), multiplicative, hybrid, exp_sign.
         server: "auto" (a private local server, stopped by close() or at exit),
             "host:port" or "unix:/path".

@@ -30,6 +30,7 @@ from google.protobuf import json_format, struct_pb2
 from . import lbfgs as _lbfgs
 from ._proto.mur.v1 import optimizer_pb2 as pb
 from .checkpoint import import_plan, mur_entry, torch_state
+from .checkpoint import values as master_values
 from .connection import Connection, check_address, load_pem
 from .errors import NO_DEFAULT_SPEC, FailedPreconditionError, InvalidArgumentError, MurError, TransportUnavailable
 from .planes.base import BF16, F16, F32, PARAM_DTYPES, PreparedStep
@@ -221,7 +222,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
             rprop, asgd, lamb, lars, adafactor, muon (2-D parameters only), lbfgs
             (torch.optim.LBFGS: one parameter group, ``step(closure)`` only; the
             closure runs here, the history on the server; transports tcp and
-            grpc: the shm arena is not used for it, mur/lbfgs.py).
+            grpc: the shm arena is not used for it, mur/lbfgs.py),
+            schedule_free_adamw (evaluate between eval() and train()).
         rule: additive, multiplicative, hybrid or exp_sign. Neither given: the
             server's --config (its optimizer, rule and defaults), or adam with
             the hybrid rule when it has none (server="auto" never has one).
@@ -681,9 +683,98 @@ class RemoteOptimizer(torch.optim.Optimizer):
             key=[sorted(h.items()) for h in hypers],
         )
 
+    # -- Schedule-Free: train() / eval() ----------------------------------------
+    @property
+    def mode(self):
+        """ "train" (the parameters are y, where gradients are taken) or "eval"
+        (Schedule-Free groups hold x, the point to evaluate): see eval()."""
+        return self.__dict__.get("_mode", "train")
+
+    def _schedule_free_pairs(self):
+        """(p, b1) of every parameter of a schedule_free_adamw group (maybe none)."""
+        return [
+            (p, float(g["betas"][0]))
+            for g in self.param_groups
+            if g.get("optimizer", self.optimizer_name) == "schedule_free_adamw"
+            for p in g["params"]
+        ]
+
+    def _schedule_free_params(self):
+        """(p, b1) of every parameter of a schedule_free_adamw group; refuses an optimizer without one."""
+        out = self._schedule_free_pairs()
+        if not out:
+            raise ValueError(
+                f"train()/eval(): no parameter group is optimized by schedule_free_adamw (this optimizer "
+                f"runs {self.optimizer_name}); only Schedule-Free has an evaluation point"
+            )
+        return out
+
+    def eval_params(self):
+        """{param: x} for the Schedule-Free parameters: x = (y - (1 - b1) z) / b1
+        in float32, as the server and optax derive it (optax.contrib.
+        schedule_free_eval_params). Computed here from y (the parameter) and z
+        (the server's slot, read with the state: one ExportState per step at
+        most, cached): no call of its own, and it reads exactly the values the
+        server's next step starts from. A parameter that never stepped has z = y,
+        so x = y."""
+        if self.mode == "eval":
+            return {p: p.detach().clone() for p, _ in self._schedule_free_params()}
+        pairs = self._schedule_free_params()
+        state = self.state
+        # A parameter that is not float32 holds a rounding of y: the server's float32 master is y.
+        masters = {}
+        if any(p.dtype != torch.float32 for p, _ in pairs):
+            pids = {id(p): pid for _, pid, p in self._params()}
+            flat = master_values(self._state_frames, self._session.by_id)
+            masters = {id(p): flat[pids[id(p)]] for p, _ in pairs if p.dtype != torch.float32 and pids[id(p)] in flat}
+        out = {}
+        for p, b1 in pairs:
+            y = masters[id(p)].to(p.device).view(p.shape) if id(p) in masters else p.detach().to(torch.float32)
+            z = state.get(p, {}).get("z")
+            out[p] = y.clone() if z is None else (y - (1.0 - b1) * z.to(y.device).view_as(y)) / b1
+        return out
+
+    @torch.no_grad()
+    def eval(self):
+        """Schedule-Free (as its reference implementation's optimizer.eval()):
+        the Schedule-Free parameters take x, the average to evaluate at; step()
+        is refused until train(). Other groups keep their values. Idempotent."""
+        if self.mode == "eval":
+            self._schedule_free_params()
+            return self
+        xs = self.eval_params()
+        # The parameters are rebound to x (p.data), not written: their own
+        # memory keeps y untouched (on shm that is the server's arena, which
+        # must not hold x), and train() rebinds it, so no plane sees an edit.
+        self.__dict__["_train_values"] = {p: p.data for p in xs}
+        for p, x in xs.items():
+            p.data = x.to(device=p.device, dtype=p.dtype)
+        self.__dict__["_mode"] = "eval"
+        return self
+
+    @torch.no_grad()
+    def train(self, mode=True):
+        """Back to y (the parameters before eval(), bit for bit); train(False) is eval()."""
+        if not mode:
+            return self.eval()
+        self._schedule_free_params()
+        if self.mode == "train":
+            return self
+        for p, y in self.__dict__.pop("_train_values").items():
+            p.data = y
+        self.__dict__["_mode"] = "train"
+        return self
+
+    def _refuse_in_eval(self, what):
+        if self.mode == "eval":
+            raise FailedPreconditionError(
+                f"{what} in eval mode: the Schedule-Free parameters hold x, not y; call opt.train() first"
+            )
+
     @torch.no_grad()
     def step(self, closure=None):
         self._check_open()
+        self._refuse_in_eval("step()")
         if self.optimizer_name == "lbfgs":
             return _lbfgs.closure_step(self, closure)
         loss = None
@@ -715,6 +806,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         every check of the step that step() would send next and applies
         nothing; raises as that step would."""
         self._check_open()
+        self._refuse_in_eval("step()")
         prep = self._prepare_step(self._step_no + 1)
         if prep is not None:
             self._plane.validate(prep)
@@ -724,6 +816,12 @@ class RemoteOptimizer(torch.optim.Optimizer):
     def _export(self):
         """The session's checkpoint (StateFrames), after syncing the client's edits."""
         self._check_open()
+        if self.mode == "eval":  # the sync would send x as an edit: y goes back for the export
+            self.train()
+            try:
+                return self._export()
+            finally:
+                self.eval()
         self._plane.sync()
         return self._session.export()
 
@@ -756,12 +854,20 @@ class RemoteOptimizer(torch.optim.Optimizer):
         hooks see it), plus "mur": the step number and the float32 masters of
         parameters that are not float32 (checkpoint.py)."""
         self._check_open()
-        self._state_cache = None
-        self.state  # noqa: B018 - one export, cached
-        frames = self._state_frames
-        sd = super().state_dict()
-        sd["mur"] = mur_entry(self._step_no, frames, [pid for _, pid, _ in self._params()], self._session.by_id)
-        sd["mur"]["state_dtype"] = self.state_dtype  # the values are float32 (bfloat16 and q8 state widened)
+        mode = self.mode
+        if mode == "eval":  # the checkpoint holds y (the server's parameters), and says it was taken in eval mode
+            self.train()
+        try:
+            self._state_cache = None
+            self.state  # noqa: B018 - one export, cached
+            frames = self._state_frames
+            sd = super().state_dict()
+            sd["mur"] = mur_entry(self._step_no, frames, [pid for _, pid, _ in self._params()], self._session.by_id)
+            sd["mur"]["state_dtype"] = self.state_dtype  # the values are float32 (bfloat16 and q8 state widened)
+            sd["mur"]["mode"] = mode
+        finally:
+            if mode == "eval":
+                self.eval()
         return sd
 
     def _load_groups(self, groups):
@@ -833,6 +939,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         state_dict of the same algorithm (its moments, buffers and step counts
         become the server's state)."""
         self._check_open()
+        if self.mode == "eval":
+            self.train()  # the load writes y; the checkpoint's mode decides below
         torch_format = state_dict.get("mur") is None
         if torch_format:
             self._check_torch_algorithm(state_dict)
@@ -852,6 +960,8 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if step is not None:
             self._step_no = step
         self._plane.values_imported(values)
+        if not torch_format and state_dict["mur"].get("mode") == "eval":
+            self.eval()
         if torch_format:
             self._load_groups(state_dict["param_groups"])
             if self.optimizer_name in _DECOUPLED_ON_SERVER:

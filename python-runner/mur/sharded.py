@@ -309,6 +309,10 @@ class ShardedRemoteOptimizer(RemoteOptimizer):
         does each apply it (concurrently). A refusal raises the refusing
         shard's error, naming it, and no shard has changed."""
         self._check_usable()
+        if self.mode == "eval":
+            raise FailedPreconditionError(
+                "step() in eval mode: the Schedule-Free parameters hold x, not y; call opt.train() first"
+            )
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -354,6 +358,40 @@ class ShardedRemoteOptimizer(RemoteOptimizer):
             ) from errors[k]
         return loss
 
+    # -- Schedule-Free: train() / eval() on every shard that has its parameters ---
+    def _schedule_free_shards(self):
+        shards = [o for o in self._shards if o is not None and o._schedule_free_pairs()]
+        if not shards:
+            raise ValueError(
+                "train()/eval(): no parameter group is optimized by schedule_free_adamw; only Schedule-Free "
+                "has an evaluation point"
+            )
+        return shards
+
+    @property
+    def mode(self):
+        """ "eval" between eval() and train() (RemoteOptimizer.mode), else "train"."""
+        live = [o for o in getattr(self, "_shards", []) if o is not None]
+        return "eval" if any(o.mode == "eval" for o in live) else "train"
+
+    def eval_params(self):
+        """{param: x} of the Schedule-Free parameters, from every shard (RemoteOptimizer.eval_params)."""
+        return {p: x for o in self._schedule_free_shards() for p, x in o.eval_params().items()}
+
+    def eval(self):
+        """RemoteOptimizer.eval() on every shard holding Schedule-Free parameters."""
+        for o in self._schedule_free_shards():
+            o.eval()
+        return self
+
+    def train(self, mode=True):
+        """RemoteOptimizer.train() on every shard holding Schedule-Free parameters."""
+        if not mode:
+            return self.eval()
+        for o in self._schedule_free_shards():
+            o.train()
+        return self
+
     # -- checkpoints ------------------------------------------------------------
     def _index_maps(self):
         """For shard k: its local flat parameter index -> the global flat index."""
@@ -374,7 +412,10 @@ class ShardedRemoteOptimizer(RemoteOptimizer):
         for k, sd in sds.items():
             for li, st in sd["state"].items():
                 state[maps[k][li]] = st
-        return {"state": dict(sorted(state.items())), "param_groups": _numbered(self.param_groups)}
+        sd = {"state": dict(sorted(state.items())), "param_groups": _numbered(self.param_groups)}
+        if self.mode == "eval":  # the state holds y (each shard's state_dict); a load comes up in eval mode
+            sd["mode"] = "eval"
+        return sd
 
     def _split(self, state_dict):
         """A global torch-format state_dict -> one per shard (its local indices),
@@ -448,6 +489,8 @@ class ShardedRemoteOptimizer(RemoteOptimizer):
                 if key != "params":
                     g[key] = v
         self._broken = None  # every shard holds the checkpoint's state now
+        if state_dict.get("mode") == "eval":
+            self.eval()
 
     def _import_param_state(self, p, value):
         """One parameter's torch-style state into its shard (``opt.state[p] = ...``)."""

@@ -291,7 +291,8 @@ async function main() {
             torchBest.push({ mode, sec: median(t2.times) });
           }
           await torch2?.ask({ cmd: 'free' });
-          if (!torch2) await rounds([...torchSides, ...(limit ? [limit] : []), ...mur.map((m) => m.side)], n);
+          // No torch 2.x candidate ran (none installed, or it has no such optimizer: schedule_free_adamw): mur's rounds here.
+          if (torchBest.length === 0) await rounds([...torchSides, ...(limit ? [limit] : []), ...mur.map((m) => m.side)], n);
           await torch1?.ask({ cmd: 'free' });
           for (const m of mur) m.session.dispose();
           const best = torchBest.reduce<{ mode: string; sec: number } | null>((a, r) => (!a || r.sec < a.sec ? r : a), null);

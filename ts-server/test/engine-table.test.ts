@@ -99,6 +99,15 @@ const VARIANTS: Record<string, Array<Record<string, unknown>>> = {
     { lr: 0.02, adjust_lr_fn: 'match_rms_adamw', ns_steps: 3, eps: 1e-3 },
     { lr: 0.02, adjust_lr_fn: 'spectral_unclamped', ns_coefficients: [2, -1.5, 0.5], [SCHEDULE]: true },
   ],
+  // optax's default lr; weight decay with other betas; a warmup (base step at t-1, weight at t) and
+  // weight_lr_power 1; a schedule (the lr each step sends is both rates' base). Checked by mutating
+  // scheduleFree.ts: the base step's warmup at t fails the 4 warmup rows, x from z' instead of z all 20.
+  schedule_free_adamw: [
+    {},
+    { lr: 0.01, weight_decay: 0.1, betas: [0.8, 0.99], eps: 1e-3 },
+    { lr: 0.02, warmup_steps: 10, weight_lr_power: 1 },
+    { lr: 0.01, [SCHEDULE]: true },
+  ],
 };
 
 /** Extra settings per rule so each rule's own path moves visibly. */

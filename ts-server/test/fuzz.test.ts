@@ -271,6 +271,7 @@ const OPTIMIZERS = [
   'lars',
   'adafactor',
   'muon',
+  'schedule_free_adamw',
 ];
 const RULES = ['additive', 'multiplicative', 'hybrid', 'exp_sign'];
 const HYPERS = [
@@ -305,6 +306,8 @@ const HYPERS = [
   'ns_coefficients',
   'ns_steps',
   'adjust_lr_fn',
+  'warmup_steps',
+  'weight_lr_power',
 ];
 const SLOTS = [
   '',
@@ -327,6 +330,9 @@ const SLOTS = [
   'row_var',
   'col_var',
   'variance',
+  'z',
+  'weight_sum',
+  'max_lr',
   'nope',
 ];
 const DTYPE_BYTES: Record<number, number> = { [DType.DTYPE_FLOAT64]: 8, [DType.DTYPE_FLOAT16]: 2, [DType.DTYPE_BFLOAT16]: 2 };

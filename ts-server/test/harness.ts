@@ -157,7 +157,8 @@ export async function expectStatus(p: Promise<unknown>, code: grpc.status, ...wo
 
 /**
  * `grads` run through one parameter of `shape` in a Session of `optimizer` x `rule` on the engine under test:
- * theta after each step, and the final optimizer slots (the property tests beside each optimizer).
+ * theta after each step, and the final optimizer slots (the property tests beside each optimizer);
+ * with `every`, also the slots after each step (`history`: Schedule-Free's z).
  */
 export function trajectory(
   optimizer: string,
@@ -166,14 +167,20 @@ export function trajectory(
   shape: number[],
   theta0: number[],
   grads: number[][],
-): { thetas: number[][]; slots: Record<string, number[]> } {
+  every = false,
+): { thetas: number[][]; slots: Record<string, number[]>; history: Array<Record<string, number[]>> } {
   const s = new Session('props', resolveSpec({ optimizer, rule, defaults }), [
     { id: 'w', name: 'w', shape, group: '', values: Float32Array.from(theta0) },
   ]);
+  const slotsNow = () => Object.fromEntries([...s.exportTensors()].map((t) => [t.slot, Array.from(t.data)]));
   try {
-    const thetas = grads.map((g, k) => Array.from(s.step(k + 1, [{ id: 'w', data: Float32Array.from(g) }]).values[0].data));
-    const slots = Object.fromEntries([...s.exportTensors()].map((t) => [t.slot, Array.from(t.data)]));
-    return { thetas, slots };
+    const history: Array<Record<string, number[]>> = [];
+    const thetas = grads.map((g, k) => {
+      const theta = Array.from(s.step(k + 1, [{ id: 'w', data: Float32Array.from(g) }]).values[0].data);
+      if (every) history.push(slotsNow());
+      return theta;
+    });
+    return { thetas, slots: slotsNow(), history };
   } finally {
     s.dispose();
   }

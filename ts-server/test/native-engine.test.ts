@@ -34,6 +34,11 @@ describe('native engine addon', () => {
     assert.ok(a, `the native engine addon did not load: ${nativeLoadError()}`);
     addon = a;
   });
+  /** A job's optimizer slots padded with nulls to the addon's kMaxOptSlots. */
+  const optSlots = (xs: Array<Float32Array | null>) => [
+    ...xs,
+    ...new Array<null>(addon.describe().layout.maxOptSlots - xs.length).fill(null),
+  ];
 
   it('loads and reports its SIMD target and threads', () => {
     const d = addon.describe();
@@ -153,7 +158,7 @@ describe('native engine addon', () => {
           const grad = mk((i) => Math.cos(0.7 * i) * 0.3);
           // Adafactor on a vector (its shape entries 0, below) has no row_var and col_var.
           const vectorOnly = o.name === 'adafactor' ? ['row_var', 'col_var'] : [];
-          const slots = [0, 1, 2].map((k) =>
+          const slots = Array.from({ length: d.layout.maxOptSlots }, (_, k) => k).map((k) =>
             k < o.slots.length && !vectorOnly.includes(o.slots[k].name)
               ? mk(() => (o.slots[k].scalar ? 1 : 0.01), o.slots[k].scalar ? 1 : n)
               : null,
@@ -198,7 +203,7 @@ describe('native engine addon', () => {
         h[1] = 0.01;
         [0.01, -0.8, 1e-30, 1e-3, 1, 0.1, 1, R, C].forEach((v, i) => (h[2 + i] = v));
         r.hypers.forEach((_, i) => (h[16 + i] = 0.5));
-        addon.step(oi, ri, [theta, grad, rows, cols, null, r.slots.length ? mk(() => 2, 1) : null], h, new Uint32Array(1));
+        addon.step(oi, ri, [theta, grad, ...optSlots([rows, cols]), r.slots.length ? mk(() => 2, 1) : null], h, new Uint32Array(1));
         results.push(Float32Array.from([...theta, ...rows, ...cols]));
       }
       for (const x of results.slice(1)) {
@@ -217,7 +222,7 @@ describe('native engine addon', () => {
     try {
       for (let k = 0; k < 200; k++) {
         addon.setThreads(k % 2 === 0 ? 2 : 1);
-        addon.step(0, 0, [theta, grad, null, null, null, null], h, new Uint32Array(1));
+        addon.step(0, 0, [theta, grad, ...optSlots([]), null], h, new Uint32Array(1));
         assert.ok(addon.firstNonFinite(grad) === -1);
       }
       assert.ok(Math.abs(theta[n - 1] - (1 - 200 * 0.1 * 0.01)) < 1e-4);
@@ -233,8 +238,8 @@ describe('native engine addon', () => {
     const shortV = new Float32Array(2);
     const block = addon.describe().layout.hyperBlock;
     // Two jobs: the first is valid, the second bad; neither may be applied.
-    const ok = [theta, grad, m, new Float32Array(3), null, null];
-    const bad = [Float32Array.from([4, 5, 6]), grad, new Float32Array(3), shortV, null, null];
+    const ok = [theta, grad, ...optSlots([m, new Float32Array(3)]), null];
+    const bad = [Float32Array.from([4, 5, 6]), grad, ...optSlots([new Float32Array(3), shortV]), null];
     const hyp = new Float64Array(2 * block);
     hyp.set([1, 0.1, 0.1, 0.9, 0.999, 1e-8, 0, 0], 0);
     hyp.set([1, 0.1, 0.1, 0.9, 0.999, 1e-8, 0, 0], block);

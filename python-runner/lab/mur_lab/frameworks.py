@@ -10,7 +10,18 @@ through that framework's mur client:
     keras      keras.optimizers.X (fit)  mur~keras  mur.keras.RemoteOptimizer (fit)
 
 for Adam, AdamW, SGD with momentum (under a learning-rate schedule), RMSprop
-and Adagrad, all with the same hyperparameter values (CONFIGS). Every run
+and Adagrad, and for the whole-tensor LAMB, LARS (under a schedule) and
+Schedule-Free AdamW (with a warmup), all with the same hyperparameter values
+(CONFIGS). A framework without an optimizer of its own (NOT_IN: torch.optim
+has no LAMB, LARS or Schedule-Free; keras no LARS) has no run for it and no
+pair with one ("n/a" in the report); mur~F still runs through F's client,
+which can express every optimizer here. mur's LAMB, LARS and Schedule-Free
+follow optax's. Left out: Adafactor (mur follows torch.optim.Adafactor,
+absent from this venv's torch 1.13; optax's and keras's are other algorithms:
+relative step, clipping and eps placements of their own) and Muon (torch's
+needs torch >= 2.9; optax's and keras's route the biases to AdamW inside one
+optimizer with hyperparameters of their own, which mur.optax and mur.keras,
+one optimizer per session, cannot express). Every run
 computes its own gradients with its own framework, so a pair differs by
 float32 rounding (different kernels) or by a difference of semantics.
 DIFFERENCES names those differences; two runs are expected to agree when they
@@ -23,7 +34,8 @@ it must agree with F, while the difference stays named in its rows.
 
 Each difference is checked by measurement, with the setting that causes it
 removed: eps = 0 for the eps placements, a constant learning rate for the
-momentum's lr. Every optimizer is run a second time so ("ablated"), where the
+momentum's lr, weight_decay = 0 for LAMB's decay, warmup_steps = 0 for the
+Schedule-Free average (ABLATIONS). Every optimizer is run a second time so ("ablated"), where the
 differing pairs must agree too. The command exits 1 when a pair with the same
 semantics differs, when a gap does not close in the ablated run (a difference
 this table does not explain), or when a named difference makes no gap.
@@ -39,7 +51,22 @@ from pathlib import Path
 import numpy as np
 
 FRAMEWORKS = ("torch", "optax", "keras")
-OPTIMIZERS = ("adam", "adamw", "sgd_momentum", "rmsprop", "adagrad")
+OPTIMIZERS = ("adam", "adamw", "sgd_momentum", "rmsprop", "adagrad", "lamb", "lars", "schedule_free_adamw")
+
+# Which frameworks have each optimizer of their own; the others are "n/a" (no
+# run of theirs, and no pair with one). Every framework's mur client expresses
+# every optimizer here, so mur~F runs for each F all the same.
+NOT_IN = {
+    "lamb": {"torch": "torch.optim has no LAMB"},
+    "lars": {"torch": "torch.optim has no LARS", "keras": "keras.optimizers has no LARS"},
+    "schedule_free_adamw": {"torch": "torch.optim has no Schedule-Free method"},
+}
+
+
+def has(framework, opt):
+    """Whether the framework has the optimizer of its own (a run F in the matrix)."""
+    return framework not in NOT_IN.get(opt, {})
+
 
 # The values every framework is given (its own argument names below). They
 # differ from some frameworks' defaults on purpose: the defaults are a
@@ -52,6 +79,18 @@ CONFIGS = {
     "rmsprop": dict(lr=1e-2, decay=0.9, eps=1e-6),
     # eps 1e-3: inside or outside sqrt(0.1 + sum g^2) must make a visible gap.
     "adagrad": dict(lr=0.1, initial_accumulator_value=0.1, eps=1e-3),
+    # weight_decay 0.1: keras's (the base optimizer's, outside the trust ratio) must make
+    # a visible gap against optax's and mur's (inside it); ablated at weight_decay=0.
+    "lamb": dict(lr=1e-2, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.1),
+    # optax's momentum runs after the learning rate (it holds lr-scaled steps), mur's
+    # lars divides the step by the current lr: the schedule checks they agree under one.
+    # trust_coefficient 1e-2 (optax's default 1e-3): steps of 1% of ||theta||.
+    "lars": dict(lr=1.0, momentum=0.9, trust_coefficient=1e-2, weight_decay=1e-2, schedule=0.8),
+    # warmup_steps 5 of the 10 --quick steps: keras's warmup and average differ from optax's
+    # (and mur's) there; ablated at warmup_steps=0. No weight decay: keras's weight_decay= is
+    # the base optimizer's (theta -= lr*wd*theta on y, before the step), optax's is in the
+    # base step's direction at y; the table would need a second ablation to name both.
+    "schedule_free_adamw": dict(lr=1e-2, b1=0.9, b2=0.999, eps=1e-6, warmup_steps=5),
 }
 
 # Known semantic differences, by the name the report uses. Each entry: which
@@ -85,7 +124,29 @@ DIFFERENCES = {
         bridge_in={"sgd_momentum", "rmsprop"},
         ablation="constant lr",
     ),
+    "decay_outside_trust_ratio": dict(
+        where={("keras", "lamb")},
+        formula="keras (the base optimizer's weight_decay=): theta *= 1 - lr*wd, then theta -= lr*r*u with "
+        "u = m^/(sqrt(v^)+eps) and r = ||theta||/||u||; optax/mur: u = m^/(sqrt(v^)+eps) + wd*theta, "
+        "then theta -= lr*r*u (the decay is inside the trust ratio)",
+        bridge={},
+        bridge_in=set(),
+        ablation="weight_decay=0",
+    ),
+    "uniform_average_warmup_at_t": dict(
+        where={("keras", "schedule_free_adamw")},
+        formula="keras: z -= lr*min(t/W, 1)*g/(sqrt(v^)+eps), x averaged with weight 1/t; optax/mur: "
+        "z -= lr*min((t-1)/W, 1)*g/(sqrt(v^)+eps) (the base step's count starts at 0), weight "
+        "c_t = l_t^2/sum_k l_k^2 with l_t = lr*min(t/W, 1). The same at W = warmup_steps = 0",
+        bridge={},
+        bridge_in=set(),
+        ablation="warmup_steps=0",
+    ),
 }
+
+# What an optimizer's ablated run removes, where it is not eps (the default when
+# the optimizer has one) or the lr schedule: the setting its named difference needs.
+ABLATIONS = {"lamb": "weight_decay=0", "schedule_free_adamw": "warmup_steps=0"}
 
 # Defaults that differ (documented; CONFIGS sets them equal).
 DEFAULT_DIFFERENCES = [
@@ -104,6 +165,9 @@ DEFAULT_DIFFERENCES = [
         "eps= (placement: eps_in_sqrt=True)",
     ),
     ("sgd lr", "torch 1e-3 (>= 2.2), optax required, keras 1e-2, mur required", "lr="),
+    ("lamb lr", "optax required, keras 1e-3, mur required (torch: no LAMB)", "lr="),
+    ("lamb weight_decay", "optax 0, keras None (0), mur 0", "weight_decay="),
+    ("schedule_free_adamw warmup_steps", "optax None (0), keras 0, mur 0", "warmup_steps="),
 ]
 
 
@@ -137,12 +201,18 @@ def bridged(a, b, opt):
 
 
 def ablation(opt):
-    """The setting the ablated run removes: eps (when the optimizer has one) or the lr schedule."""
+    """The setting the ablated run removes: ABLATIONS', else eps (when the optimizer has one) or the lr schedule."""
+    if opt in ABLATIONS:
+        return ABLATIONS[opt]
     return "eps=0" if "eps" in CONFIGS[opt] else "constant lr" if "schedule" in CONFIGS[opt] else None
 
 
 def ablated(opt, c):
-    return {**c, "eps": 0.0} if ablation(opt) == "eps=0" else {k: v for k, v in c.items() if k != "schedule"}
+    at = ablation(opt)
+    if at == "constant lr":
+        return {k: v for k, v in c.items() if k != "schedule"}
+    key = at.removesuffix("=0")  # "eps=0", "weight_decay=0", "warmup_steps=0"
+    return {**c, key: type(c[key])(0)}
 
 
 # Tolerance on max|a - b| / max|a| after N steps for runs that should agree.
@@ -155,6 +225,10 @@ def ablated(opt, c):
 # mur after it; the other pairs stay below 6e-7). The bridged pairs (F vs
 # mur+F) are held to the same bound: their formulas are F's, in another order
 # (measured worst: 3.2e-6, keras's AdamW against mur+keras).
+# LAMB, LARS and Schedule-Free AdamW keep the same bound: measured worst over
+# 20 steps (and 10, --quick), both variants, 2.4e-6 (schedule_free_adamw, optax
+# against mur~optax; lamb 1.5e-7, lars 1.9e-7); their named differences make
+# 7.1e-3 (lamb) and 2.0e-2 (schedule_free_adamw) or more.
 # 2e-5 leaves a 6x margin; the smallest gap a named difference makes here is
 # 4.1e-4 (adagrad), 20x above it.
 TOLERANCE = 2e-5
@@ -199,6 +273,12 @@ def _mur_hypers_torch(opt, c):
         return "adamw" if opt == "adamw" else "adam", h
     if opt == "sgd_momentum":
         return "sgd", dict(lr=c["lr"], momentum=c["momentum"])
+    if opt == "lamb":  # mur follows optax here, in torch's spelling
+        return opt, dict(lr=c["lr"], betas=(c["b1"], c["b2"]), eps=c["eps"], weight_decay=c["weight_decay"])
+    if opt == "schedule_free_adamw":
+        return opt, dict(lr=c["lr"], betas=(c["b1"], c["b2"]), eps=c["eps"], warmup_steps=c["warmup_steps"])
+    if opt == "lars":
+        return "lars", {k: c[k] for k in ("lr", "momentum", "trust_coefficient", "weight_decay")}
     if opt == "rmsprop":
         return "rmsprop", dict(lr=c["lr"], alpha=c["decay"], eps=c["eps"])
     return "adagrad", dict(lr=c["lr"], initial_accumulator_value=c["initial_accumulator_value"], eps=c["eps"])
@@ -226,10 +306,12 @@ def run_torch(prob, opt, c, address=None, bridge=None):
         o = torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"])
     elif opt == "rmsprop":
         o = torch.optim.RMSprop(params, lr=c["lr"], alpha=c["decay"], eps=c["eps"])
-    else:
+    elif opt == "adagrad":
         o = torch.optim.Adagrad(
             params, lr=c["lr"], initial_accumulator_value=c["initial_accumulator_value"], eps=c["eps"]
         )
+    else:
+        raise ValueError(f"torch has no {opt}: {NOT_IN[opt]['torch']}")
     x, y, bs = torch.from_numpy(prob["x"]), torch.from_numpy(prob["y"]), prob["batch"]
     try:
         for k in range(prob["steps"]):
@@ -250,6 +332,7 @@ def run_optax(prob, opt, c, address=None, bridge=None):
     import jax
     import jax.numpy as jnp
     import optax
+    import optax.contrib
 
     import mur.optax
 
@@ -267,8 +350,18 @@ def run_optax(prob, opt, c, address=None, bridge=None):
         tx = optax.sgd(lr, momentum=c["momentum"])
     elif opt == "rmsprop":
         tx = optax.rmsprop(c["lr"], decay=c["decay"], eps=c["eps"])  # optax's default eps_in_sqrt=True
-    else:
+    elif opt == "adagrad":
         tx = optax.adagrad(c["lr"], initial_accumulator_value=c["initial_accumulator_value"], eps=c["eps"])
+    elif opt == "lamb":
+        tx = optax.lamb(c["lr"], b1=c["b1"], b2=c["b2"], eps=c["eps"], weight_decay=c["weight_decay"])
+    elif opt == "lars":
+        tx = optax.lars(
+            lr, weight_decay=c["weight_decay"], trust_coefficient=c["trust_coefficient"], momentum=c["momentum"]
+        )
+    else:  # the params are y, where the gradients are taken (mur's theta)
+        tx = optax.contrib.schedule_free_adamw(
+            c["lr"], warmup_steps=c["warmup_steps"] or None, b1=c["b1"], b2=c["b2"], eps=c["eps"]
+        )
 
     @jax.jit
     def grad(p, xb, yb):
@@ -319,10 +412,20 @@ def run_keras(prob, opt, c, address=None, bridge=None):
         o = keras.optimizers.SGD(lr, momentum=c["momentum"])
     elif opt == "rmsprop":
         o = keras.optimizers.RMSprop(c["lr"], rho=c["decay"], epsilon=c["eps"])
-    else:
+    elif opt == "adagrad":
         o = keras.optimizers.Adagrad(
             c["lr"], initial_accumulator_value=c["initial_accumulator_value"], epsilon=c["eps"]
         )
+    elif opt == "lamb":
+        o = keras.optimizers.Lamb(
+            c["lr"], beta_1=c["b1"], beta_2=c["b2"], epsilon=c["eps"], weight_decay=c["weight_decay"] or None
+        )
+    elif opt == "schedule_free_adamw":  # the weights are y, as optax's params
+        o = keras.optimizers.ScheduleFreeAdamW(
+            c["lr"], beta_1=c["b1"], beta_2=c["b2"], epsilon=c["eps"], warmup_steps=c["warmup_steps"]
+        )
+    else:
+        raise ValueError(f"keras has no {opt}: {NOT_IN[opt]['keras']}")
     try:
         model.compile(optimizer=o, loss="mse")
         model.fit(prob["x"], prob["y"], batch_size=prob["batch"], epochs=1, shuffle=False, verbose=0)
@@ -377,7 +480,8 @@ def matrix(frameworks, optimizers, steps, address):
                 continue
             results = {}
             for f in frameworks:
-                results[f] = RUNNERS[f](prob, opt, c)
+                if has(f, opt):
+                    results[f] = RUNNERS[f](prob, opt, c)
                 results[f"mur~{f}"] = RUNNERS[f](prob, opt, c, address=address)
                 if bridges(f, opt):  # mur with F's semantics, through F's client
                     results[f"mur+{f}"] = RUNNERS[f](prob, opt, c, address=address, bridge=f)
@@ -443,7 +547,20 @@ def markdown(m, rows, steps, frameworks):
         "same with the flags that bridge F's differences (F's semantics). Tolerance for runs with the same "
         f"semantics: {TOLERANCE:g}.",
         "",
+        "## Runs",
+        "",
+        "n/a: the framework has no such optimizer (no run, no pair with it); mur~F still runs through F's client.",
+        "",
+        "| optimizer | " + " | ".join(frameworks) + " |",
+        "|---" * (len(frameworks) + 1) + "|",
     ]
+    for opt in m:
+        lines.append(
+            f"| {opt} | "
+            + " | ".join(f"n/a ({NOT_IN[opt][f]})" if not has(f, opt) else "run" for f in frameworks)
+            + " |"
+        )
+    lines.append("")
     for opt, e in m.items():
         runs = e["runs"]
         lines += [
@@ -470,9 +587,10 @@ def markdown(m, rows, steps, frameworks):
     lines += ["", "## Semantic differences", ""]
     for n, d in DIFFERENCES.items():
         flags = ", ".join(f"{k}={v}" for k, v in d["bridge"].items())
+        how = f"`{flags}` reproduces it (runs mur+F)" if flags else "no flag reproduces it (no mur+F run)"
         lines += [
             f"- **{n}** ({', '.join(f'{f} {o}' for f, o in sorted(d['where']))}): {d['formula']}. "
-            f"mur: `{flags}` reproduces it (runs mur+F); gone at {d['ablation']}."
+            f"mur: {how}; gone at {d['ablation']}."
         ]
     lines += ["", "Defaults that differ (the matrix sets them equal):", ""]
     lines += [f"- {what}: {vals}; mur: `{how}`" for what, vals, how in DEFAULT_DIFFERENCES]

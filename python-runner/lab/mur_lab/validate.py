@@ -43,9 +43,15 @@ OPTIMIZERS = [
     "adafactor",
     "muon",
     "sparseadam",
+    "schedule_free_adamw",
 ]
 RULES = ["additive", "multiplicative", "hybrid", "exp_sign"]
-HYPERS = {"sgd": dict(lr=0.05, momentum=0.9), "lamb": dict(lr=0.01), "lars": dict(lr=0.1)}
+HYPERS = {
+    "sgd": dict(lr=0.05, momentum=0.9),
+    "lamb": dict(lr=0.01),
+    "lars": dict(lr=0.1),
+    "schedule_free_adamw": dict(lr=0.01),
+}
 RULE_HYPERS = {"hybrid": dict(gamma=0.5)}
 TORCH = {
     "sgd": torch.optim.SGD,

@@ -34,10 +34,34 @@ def test_quick_matrix_passes_and_writes_its_reports(server, tmp_path, capsys):
     for name in fw.DIFFERENCES:
         assert name in md
     pairs = {(r["optimizer"], r["a"], r["b"]): r for r in report["pairs"]}
-    # 6 runs per optimizer, plus mur+F for each framework that differs from torch there.
-    n_runs = {"adam": 7, "adamw": 7, "sgd_momentum": 7, "rmsprop": 8, "adagrad": 8}
+    # 6 runs per optimizer, plus mur+F for each framework that differs from torch there;
+    # no run for a framework without the optimizer (torch: lamb, lars, schedule_free_adamw;
+    # keras: lars), while mur~F still runs through its client.
+    n_runs = {
+        "adam": 7,
+        "adamw": 7,
+        "sgd_momentum": 7,
+        "rmsprop": 8,
+        "adagrad": 8,
+        "lamb": 5,
+        "lars": 4,
+        "schedule_free_adamw": 5,
+    }
     assert {o: len(e["runs"]) for o, e in report["matrix"].items()} == n_runs
     assert len(pairs) == sum(n * (n - 1) // 2 for n in n_runs.values()) and all(r["ok"] for r in pairs.values())
+    assert "torch" not in report["matrix"]["lamb"]["runs"] and "mur~torch" in report["matrix"]["lamb"]["runs"]
+    assert not {"torch", "keras"} & set(report["matrix"]["lars"]["runs"])
+    assert "n/a (keras.optimizers has no LARS)" in md
+    # mur follows optax's LAMB, LARS (under a schedule) and Schedule-Free AdamW.
+    for opt in ("lamb", "lars", "schedule_free_adamw"):
+        for b in ("mur~torch", "mur~optax", "mur~keras"):
+            r = pairs.get((opt, "optax", b)) or pairs[(opt, b, "optax")]  # runs in order: mur~torch first
+            assert r["differences"] == [] and r["ok"], r
+    # keras's LAMB decays outside the trust ratio, its Schedule-Free warms up and
+    # averages otherwise: real gaps, gone at weight_decay=0 and warmup_steps=0.
+    for opt, name in (("lamb", "decay_outside_trust_ratio"), ("schedule_free_adamw", "uniform_average_warmup_at_t")):
+        r = pairs[(opt, "optax", "keras")]
+        assert r["differences"] == [name] and r["rel"] > 10 * fw.TOLERANCE >= 10 * r["rel_ablated"], r
     # Measured, not just claimed: keras's Adam and optax's RMSprop differ from
     # torch by a real gap that closes at eps = 0; mur matches every framework
     # where the semantics are the same.
@@ -124,12 +148,17 @@ def test_differences_of_runs():
     assert fw.bridged("keras", "mur+keras", "adam") == ["eps_before_bias_correction"]
     assert fw._mur_hypers("rmsprop", fw.CONFIGS["rmsprop"], "optax")[1]["eps_in_sqrt"] is True
     assert "eps_in_sqrt" not in fw._mur_hypers("rmsprop", fw.CONFIGS["rmsprop"])[1]
+    assert not fw.has("torch", "lamb") and fw.has("keras", "lamb") and not fw.has("keras", "lars")
+    assert fw.differences("keras", "mur~keras", "lamb") == ["decay_outside_trust_ratio"]
+    assert fw.bridges("keras", "lamb") == {}  # mur has no flag for it: no mur+keras run
+    assert fw.ablated("schedule_free_adamw", fw.CONFIGS["schedule_free_adamw"])["warmup_steps"] == 0
+    assert "schedule" not in fw.ablated("lars", fw.CONFIGS["lars"])
 
 
 def test_bad_arguments_exit_2_naming_the_value(tmp_path, capsys):
     for argv, bad in (
         (["--frameworks", "torch,tf"], "'tf'"),
-        (["--frameworks", "torch", "--optimizers", "lamb"], "'lamb'"),
+        (["--frameworks", "torch", "--optimizers", "muon"], "'muon'"),
         (["--frameworks", "torch", "--steps", "0"], "0"),
     ):
         with pytest.raises(SystemExit) as e:

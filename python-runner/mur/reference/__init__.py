@@ -63,6 +63,10 @@ DEFAULTS = {
         ns_steps=5,
         adjust_lr_fn=None,
     ),
+    # optax.contrib.schedule_free_adamw's (torch.optim has none); betas[0] is its b1 (> 0).
+    "schedule_free_adamw": dict(
+        lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, warmup_steps=0, weight_lr_power=2.0
+    ),
 }
 # Optimizers whose weight decay multiplies theta (decoupled) rather than adding to g.
 _DECOUPLED = ("adamw", "lion", "adafactor", "muon")
@@ -307,6 +311,38 @@ def average(name, p, s, h, t):
     s["mu"].fill_(1 / max(1, t - h["t0"]))
 
 
+def _warmup(k, w):
+    """optax's warmup_constant_schedule(0, lr, w) at count k, over lr: min(k, w) / w (1 at w = 0)."""
+    return min(k, w) / w if w > 0 else 1.0
+
+
+def schedule_free(rule, y, g, s, h, t):
+    """One Schedule-Free AdamW step (optax.contrib.schedule_free_adamw) with the
+    rule acting on z; y (the parameter) is updated in place. x = (y - (1-b1) z) / b1
+    is derived, as optax does. The base step takes the warmup at t-1, the
+    averaging weight max_lr^p at t (optax's two schedule counts)."""
+    b1, b2 = h["betas"]
+    w = h["warmup_steps"]
+    z = s.setdefault("z", y.clone())
+    v = s.setdefault("exp_avg_sq", torch.zeros_like(y))
+    v.mul_(b2).add_((1 - b2) * g * g)
+    d = g / ((v / (1 - b2**t)).sqrt() + h["eps"]) + h["weight_decay"] * y
+    z_new = z - change(rule, z, d, h, _warmup(t - 1, w), s)
+    max_lr = max(s.get("max_lr", 0.0), h["lr"] * _warmup(t, w))
+    weight = max_lr ** h["weight_lr_power"]
+    total = s.get("weight_sum", 0.0) + weight
+    c = weight / total if total > 0 else 0.0  # optax: nan_to_num(0 / 0) = 0
+    s["max_lr"], s["weight_sum"] = max_lr, total
+    x = (y - (1 - b1) * z) / b1
+    y.copy_(b1 * ((1 - c) * x + c * z_new) + (1 - b1) * z_new)
+    z.copy_(z_new)
+
+
+def eval_params(y, z, b1):
+    """Schedule-Free's evaluation point x = (y - (1 - b1) z) / b1 (optax.contrib.schedule_free_eval_params)."""
+    return (y - (1 - b1) * z) / b1
+
+
 def change(rule, p, d, h, scale, rs):
     """The change xi subtracted from p (theta_t = theta_{t-1} - xi)."""
     eta = h["lr"] * scale
@@ -356,7 +392,39 @@ class Optimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
+    def eval(self):
+        """schedule_free_adamw: the parameters take x (eval_params of y and z); step() refuses until train()."""
+        self._schedule_free_only()
+        if not getattr(self, "_train_values", None):
+            self._train_values = {}
+            for group in self.param_groups:
+                for p in group["params"]:
+                    self._train_values[p] = p.detach().clone()
+                    if "z" in self.state[p]:
+                        p.copy_(eval_params(p, self.state[p]["z"], group["betas"][0]))
+        return self
+
+    @torch.no_grad()
+    def train(self, mode=True):
+        """schedule_free_adamw: the parameters get y back (bit for bit)."""
+        if not mode:
+            return self.eval()
+        self._schedule_free_only()
+        for p, y in (getattr(self, "_train_values", None) or {}).items():
+            p.copy_(y)
+        self._train_values = None
+        return self
+
+    def _schedule_free_only(self):
+        if self.optimizer_name != "schedule_free_adamw":
+            raise ValueError(
+                f"train()/eval(): only schedule_free_adamw has an evaluation point, not {self.optimizer_name}"
+            )
+
+    @torch.no_grad()
     def step(self, closure=None):
+        if getattr(self, "_train_values", None):
+            raise RuntimeError("step() in eval mode: the parameters hold x, not y; call train() first")
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -381,6 +449,9 @@ class Optimizer(torch.optim.Optimizer):
                         st["step_size"] = round_nearest(torch.full_like(p, group["lr"]))
                     if self.optimizer_name == "adagrad" and "sum" not in st:
                         st["sum"] = round_nearest(torch.full_like(p, group["initial_accumulator_value"]))
+                if self.optimizer_name == "schedule_free_adamw":
+                    schedule_free(self.rule_name, p, p.grad, st, group, st["step"])
+                    continue
                 d, scale, decay = direction(self.optimizer_name, p.grad, p, st, group, st["step"])
                 if decay != 1.0:
                     p.mul_(decay)

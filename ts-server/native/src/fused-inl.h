@@ -32,6 +32,7 @@
 #include "optimizers/rmsprop-inl.h"
 #include "optimizers/rows-inl.h"
 #include "optimizers/rprop-inl.h"
+#include "optimizers/schedule_free-inl.h"
 #include "optimizers/sgd-inl.h"
 #include "optimizers/sparse_adam-inl.h"
 #include "pool.h"
@@ -68,6 +69,12 @@ struct Fused {
     const auto g = hn::LoadU(d, j.grad + (i - gshift));
     const auto theta = hn::LoadU(d, j.theta + i);
     const auto dir = Opt::Direction(d, p.opt, j, i, g, theta);
+    if constexpr (RuleOnSlot<Opt>::value) {  // Schedule-Free: the rule moves z, theta follows (Combine)
+      const auto z = LoadSlot(d, j, Opt::kRuleSlot, i);
+      const auto z_new = hn::Sub(z, Rule::Change(d, p.rule, j, z, dir));
+      hn::StoreU(Opt::Combine(d, p.opt, j, i, theta, z, z_new), d, j.theta + i);
+      return;
+    }
     const auto x = kDecay ? hn::Mul(theta, hn::Set(d, p.decay)) : theta;
     const auto next = hn::Sub(x, Rule::Change(d, p.rule, j, x, dir));
     hn::StoreU(next, d, j.theta + i);
@@ -243,6 +250,8 @@ std::string RunStepT(int opt, int rule, const Job* jobs, size_t n) {
       return WithRule<SparseAdam, S>(rule, jobs, n);
     case kMuon:
       return WithRule<Muon, S>(rule, jobs, n);
+    case kScheduleFreeAdamW:
+      return WithRule<ScheduleFree, S>(rule, jobs, n);
   }
   return "unknown optimizer id " + std::to_string(opt);
 }

@@ -16,7 +16,7 @@
 
 namespace mur {
 
-constexpr int kMaxOptSlots = 3;   // Adam with AMSGrad, RMSprop centered with momentum, ASGD
+constexpr int kMaxOptSlots = 4;   // Schedule-Free (z, exp_avg_sq, weight_sum, max_lr)
 constexpr int kMaxRuleSlots = 1;  // exp_sign's bound
 // A job's hyperparameter block (doubles): [0] = t (this parameter's step,
 // from 1), [1] = lr, [kOptHyper..] the optimizer's table, [kRuleHyper..] the
@@ -100,6 +100,7 @@ enum OptimizerId {
   kAdafactor,
   kSparseAdam,
   kMuon,
+  kScheduleFreeAdamW,
   kNumOptimizers
 };
 enum RuleId { kAdditive, kMultiplicative, kHybrid, kExpSign, kNumRules };

@@ -74,6 +74,8 @@ bool TakesCompactImpl(int opt) {
       return TakesCompact<SparseAdam>::value;
     case kMuon:
       return TakesCompact<Muon>::value;
+    case kScheduleFreeAdamW:
+      return TakesCompact<ScheduleFree>::value;
   }
   return false;
 }
@@ -212,6 +214,7 @@ static const Descriptor kOptimizerTable[kNumOptimizers] = {
     MUR_DESC_SIZED(adafactor_desc, "adafactor", 0, 0b111),  // row_var, col_var: by rows and columns
     MUR_DESC(sparse_adam_desc, "sparseadam", 0, 0b10),      // exp_avg_sq
     MUR_DESC(muon_desc, "muon", 0, 0),
+    MUR_DESC(schedule_free_desc, "schedule_free_adamw", (1u << 2) | (1u << 3), 0b10),  // weight_sum, max_lr; exp_avg_sq
 };
 static const Descriptor kRuleTable[kNumRules] = {
     MUR_DESC(additive_desc, "additive", 0, 0), MUR_DESC(multiplicative_desc, "multiplicative", 0, 0),

@@ -401,6 +401,7 @@ export class NativeEngine implements Engine {
     const v = 'fill' in i ? i.fill : 'fillFrom' in i ? num(h, i.fillFrom) : 0;
     if (dtype === 'bfloat16' && !decl.scalar) {
       const b = this.allocBf16(slotSize(decl, shape));
+      if ('copyOfTheta' in i) return new NativeSlot(narrowBf16(theta, b));
       if (v !== 0) b.fill(narrowBf16(Float32Array.of(v))[0]); // to nearest; copyOfGrad: the kernel copies (and rounds)
       return new NativeSlot(b);
     }
@@ -408,12 +409,13 @@ export class NativeEngine implements Engine {
       const n = slotSize(decl, shape);
       const nonNegative = decl.nonNegative === true;
       // v in every element: absmax |v| and the code of +-1 (0: zeros); copyOfGrad: the kernel copies (and quantises).
-      const b = quantise(new Float32Array(n).fill(v), nonNegative, this.allocQ8(n));
+      const b = quantise('copyOfTheta' in i ? theta : new Float32Array(n).fill(v), nonNegative, this.allocQ8(n));
       return new NativeSlot(b, false, { n, nonNegative });
     }
     const a = this.alloc(slotSize(decl, shape));
     if ('fill' in i) a.fill(i.fill);
     else if ('fillFrom' in i) a.fill(num(h, i.fillFrom));
+    else if ('copyOfTheta' in i) a.set(theta);
     else if ('rmsTimes' in i) a[0] = Math.sqrt(this.addon.sumSquares(theta) / Math.max(1, theta.length)) * num(h, i.rmsTimes);
     // copyOfGrad: the kernel copies the gradient in (its "fresh" bit).
     return new NativeSlot(a);

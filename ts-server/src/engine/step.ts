@@ -26,6 +26,14 @@ export function stepParam(
   t: number,
 ): ParamStepResult {
   const u = opt.update(g, theta, optState, h, t);
+  if (opt.ruleOn) {
+    // Schedule-Free: the rule moves z; theta (y) follows from z before and after.
+    const z = optState[opt.ruleOn.slot];
+    const r = rule.apply(z, u.d, u.scale, h, ruleState);
+    const zNew = tf.sub(z, r.change);
+    const next = opt.ruleOn.combine(theta, z, zNew, optState, h, t);
+    return { theta: next, optState: { ...u.state, [opt.ruleOn.slot]: zNew }, ruleState: r.state };
+  }
   const decayed = u.decay === undefined || u.decay === 1 ? theta : tf.mul(theta, u.decay);
   const r = rule.apply(decayed, u.d, u.scale, h, ruleState);
   const next = tf.sub(decayed, r.change);

@@ -29,6 +29,7 @@ const tensorOf = (s: Slot) => (s as TfSlot).variable;
 export function initialSlot(decl: SlotDecl, theta: tf.Tensor, h: Hypers): tf.Tensor | null {
   const i = decl.init;
   if ('copyOfGrad' in i) return null;
+  if ('copyOfTheta' in i) return tf.clone(theta);
   if ('rmsTimes' in i) return tf.reshape(tf.mul(tf.sqrt(tf.mean(tf.square(theta))), num(h, i.rmsTimes)), [1]);
   const v = 'fill' in i ? i.fill : num(h, i.fillFrom);
   return tf.fill(slotShape(decl, theta.shape)!, v);

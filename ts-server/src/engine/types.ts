@@ -59,7 +59,9 @@ export type SlotInit =
   /** a copy of the first gradient that uses it (SGD's momentum buffer) */
   | { copyOfGrad: true }
   /** one element: rms(theta at creation) times this hyperparameter (Madam's bound) */
-  | { rmsTimes: string };
+  | { rmsTimes: string }
+  /** a copy of theta at creation (Schedule-Free's z: z_0 = x_0 = y_0) */
+  | { copyOfTheta: true };
 
 /**
  * One state slot of an optimizer or a rule. The list is positional: the
@@ -134,6 +136,17 @@ export interface OptimizerDef {
    * step's `update`; returns the slots it changes. Runs inside tf.tidy.
    */
   after?(theta: tf.Tensor, state: State, h: Hypers, t: number): State;
+  /**
+   * Schedule-Free: the rule acts on this slot (z) instead of theta, and
+   * `combine` gives the new theta from theta, z before and z after the rule
+   * and the state as it was before this step's `update` (docs/update-rules.md,
+   * schedule_free_adamw). `update` still reads theta (the gradient's point y)
+   * and returns d for z. Runs inside tf.tidy.
+   */
+  ruleOn?: {
+    slot: string;
+    combine(theta: tf.Tensor, z: tf.Tensor, zNew: tf.Tensor, before: State, h: Hypers, t: number): tf.Tensor;
+  };
   /**
    * Steps through the client's closure (L-BFGS): the session runs it over all
    * parameters as one vector (session/lbfgs.ts), in TypeScript on every

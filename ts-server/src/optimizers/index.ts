@@ -16,6 +16,7 @@ import { nadam } from './nadam';
 import { radam } from './radam';
 import { rmsprop } from './rmsprop';
 import { rprop } from './rprop';
+import { scheduleFreeAdamw } from './scheduleFree';
 import { sgd } from './sgd';
 import { sparseAdam } from './sparseAdam';
 
@@ -37,5 +38,6 @@ export const OPTIMIZERS: readonly OptimizerDef[] = [
   adafactor,
   sparseAdam,
   muon,
+  scheduleFreeAdamw,
   lbfgs,
 ];

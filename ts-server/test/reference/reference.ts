@@ -388,11 +388,45 @@ export function refStep(
   shape = [th.length],
   store: Store = asIs,
 ): number[] {
+  if (opt === 'schedule_free_adamw') return scheduleFree(rule, th, g, s, h, t, rs);
   const { after, ...dir } = refDirection(opt, g, th, s, h, t, shape, store);
   store(s);
   const next = refRule(rule, th, dir, rs, h);
   after?.(next);
   store(s);
+  return next;
+}
+
+/** optax's warmup_constant_schedule(0, lr, W) at count k, over lr: min(k, W) / W (1 at W = 0). */
+const warmup = (k: number, w: number) => (w > 0 ? Math.min(k, w) / w : 1);
+
+/**
+ * optax.contrib.schedule_free_adamw with the rule acting on z: theta is y,
+ * x = (y - (1-b1) z) / b1. The base step (z) takes the warmup at t-1, the
+ * averaging weight max_lr^p at t, as optax's two schedule counts.
+ */
+function scheduleFree(rule: string, y: number[], g: number[], s: RefState, h: H, t: number, rs: RefState): number[] {
+  const [b1, b2] = h.betas as number[];
+  const W = n(h, 'warmup_steps');
+  const z = (s.z ??= [...y]);
+  const v = (s.exp_avg_sq ??= filled(y.length));
+  const ws = (s.weight_sum ??= [0]);
+  const ml = (s.max_lr ??= [0]);
+  const bc2 = 1 - b2 ** t;
+  const d = g.map((gi, i) => {
+    v[i] = b2 * v[i] + (1 - b2) * gi * gi;
+    return gi / (Math.sqrt(v[i] / bc2) + n(h, 'eps')) + n(h, 'weight_decay') * y[i];
+  });
+  const zNew = refRule(rule, z, { d, scale: warmup(t - 1, W), decay: 1 }, rs, h);
+  ml[0] = Math.max(ml[0], n(h, 'lr') * warmup(t, W));
+  const w = ml[0] ** n(h, 'weight_lr_power');
+  ws[0] += w;
+  const c = ws[0] > 0 ? w / ws[0] : 0;
+  const next = y.map((yi, i) => {
+    const x = (yi - (1 - b1) * z[i]) / b1;
+    return b1 * ((1 - c) * x + c * zNew[i]) + (1 - b1) * zNew[i];
+  });
+  zNew.forEach((v2, i) => (z[i] = v2));
   return next;
 }
 

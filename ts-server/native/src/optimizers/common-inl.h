@@ -198,6 +198,16 @@ HWY_INLINE void AfterStep(D d, const typename Opt::C& c, const J& j, size_t i, h
   if constexpr (WantsAfter<Opt>::value) Opt::After(d, c, j, i, theta);
 }
 
+/**
+ * Optimizers whose rule acts on a slot instead of theta (Schedule-Free's z):
+ * `kRuleSlot` names the slot, and Combine(d, c, j, i, theta, z, z_new) stores
+ * z_new and returns the new theta.
+ */
+template <class Opt, class = void>
+struct RuleOnSlot : std::false_type {};
+template <class Opt>
+struct RuleOnSlot<Opt, std::void_t<decltype(Opt::kRuleSlot)>> : std::true_type {};
+
 /** Adam's moments (Adam, AdamW, NAdam, RAdam): m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2, stored in slots 0 and 1. */
 template <class D, class J>
 HWY_INLINE void AdamMoments(D d, const J& j, size_t i, hn::Vec<D> g, const AdamHypers& a, hn::Vec<D>* m,
