@@ -254,7 +254,9 @@ describe('state_dtype q8', () => {
           };
           const theta = mkF((i) => Math.sin(i + 1), n);
           const grad = mkF((i) => Math.cos(0.7 * i) * 0.3, n);
-          const slots = [0, 1, 2].map((k) => (k >= o.slots.length ? null : o.slots[k].scalar ? mkF(() => 1, 1) : mkQ(o.slots[k].unsigned)));
+          const slots = Array.from({ length: d.layout.maxOptSlots }, (_, k) =>
+            k >= o.slots.length ? null : o.slots[k].scalar ? mkF(() => 1, 1) : mkQ(o.slots[k].unsigned),
+          );
           const h = new Float64Array(d.layout.hyperBlock);
           h[0] = 3;
           h[1] = 0.01;
