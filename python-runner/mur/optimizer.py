@@ -44,7 +44,7 @@ from .session import Session
 _PLANES = {"shm": ShmPlane, "tcp": TcpPlane, "grpc": GrpcPlane}
 _TRANSPORTS = ("auto", *_PLANES)
 _WIRE_DTYPES = {"float32": F32, "bfloat16": BF16, "float16": F16}
-_STATE_DTYPES = ("float32", "bfloat16")
+_STATE_DTYPES = ("float32", "bfloat16", "q8")
 # torch 2.x constructor flags that choose an implementation, not the maths:
 # accepted and kept in param_groups (torch does), never sent to the server.
 _TORCH_FLAGS = ("foreach", "fused", "capturable", "differentiable")
@@ -253,14 +253,17 @@ class RemoteOptimizer(torch.optim.Optimizer):
             counter (``p.grad.data``, numpy) after backward is not checked
             again. Results are the same bits either way. Elsewhere (tcp,
             grpc, torch 1.13) it does nothing; ``opt.overlap`` tells.
-        state_dtype: "float32" (default) or "bfloat16": how the server stores
-            the optimizer's per-element state (moments, accumulators).
+        state_dtype: "float32" (default), "bfloat16" or "q8": how the server
+            stores the optimizer's per-element state (moments, accumulators).
             bfloat16 halves those bytes; each step still computes in float32
             and stores with stochastic rounding seeded by ``state_seed`` (an
             integer, default 0; the same seed, gradients and steps give the
-            same state). state_dict() carries it widened to float32 (it loads
-            into torch.optim), and records the dtype in its "mur" entry.
-            Engines that cannot store bfloat16 (the tfjs ones) keep float32.
+            same state). q8 keeps one byte per element and one float32 per
+            256 (8-bit block-wise dynamic quantisation, as bitsandbytes'
+            8-bit optimizers; docs/engine.md "8-bit state"). state_dict()
+            carries it widened to float32 (it loads into torch.optim), and
+            records the dtype in its "mur" entry. Engines that cannot store
+            them (the tfjs ones) keep float32.
         timeout: deadline in seconds of every call to the server (None: none).
         reconnect_timeout: how long a call keeps retrying a lost connection,
             waiting 0.1 s doubling up to 0.5 s (x0.5-1.5 jitter) between
@@ -860,7 +863,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
             frames = self._state_frames
             sd = super().state_dict()
             sd["mur"] = mur_entry(self._step_no, frames, [pid for _, pid, _ in self._params()], self._session.by_id)
-            sd["mur"]["state_dtype"] = self.state_dtype  # the values are float32 (bfloat16 state widened)
+            sd["mur"]["state_dtype"] = self.state_dtype  # the values are float32 (bfloat16 and q8 state widened)
             sd["mur"]["mode"] = mode
         finally:
             if mode == "eval":

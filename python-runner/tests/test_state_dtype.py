@@ -1,7 +1,8 @@
-"""state_dtype="bfloat16" from the Python client: the native engine against
-mur.reference's bfloat16 state (the same stochastic rounding, float64 maths),
-on gRPC and shared memory; state_dict() widened, loading into torch.optim and
-back; bad values refused before any server starts."""
+"""state_dtype="bfloat16" and "q8" from the Python client: the native engine
+against mur.reference's bfloat16 state (the same stochastic rounding, float64
+maths) and q8 state (the same map and blocks), on gRPC and shared memory;
+state_dict() widened, loading into torch.optim and back; bad values refused
+before any server starts."""
 
 import copy
 
@@ -25,6 +26,22 @@ def train(opt, model, data):
 @pytest.mark.parametrize("transport", ["grpc", "shm"])
 @pytest.mark.parametrize("optimizer,rule,hypers", [("adam", "additive", {}), ("sgd", "hybrid", {"momentum": 0.9})])
 def test_engine_matches_the_float64_reference(native_server, transport, optimizer, rule, hypers):
+    engine_matches_reference(native_server, transport, optimizer, rule, hypers, "bfloat16")
+
+
+@pytest.mark.parametrize("transport", ["grpc", "shm"])
+@pytest.mark.parametrize("optimizer,rule,hypers", [("adam", "additive", {}), ("sgd", "hybrid", {"momentum": 0.9})])
+def test_q8_engine_matches_the_float64_reference(native_server, transport, optimizer, rule, hypers):
+    # q8: the reference quantises its float64 state (made float32) with the engine's map and
+    # blocks (mur/reference/q8.py), so both store the same codes unless a value straddles a
+    # decision threshold (a few float32 ulp against thresholds >= 2^-7 apart: ~2^-15 per
+    # element and step); a flip is one map step of one moment (<= 0.9/64 of its block's
+    # absmax), <= lr * 1.5% |d| on theta for a few steps: 1e-4 holds one. The reference with
+    # float32 state ends further away (printed by the TS test, q8-state.test.ts).
+    engine_matches_reference(native_server, transport, optimizer, rule, hypers, "q8")
+
+
+def engine_matches_reference(native_server, transport, optimizer, rule, hypers, dtype):
     # The reference runs in float64 on the engine's gradients (the model's own,
     # float32, identical batches) and stores state with the engine's rounding;
     # the two differ by float32 rounding (~1e-7 per op over 20 steps) unless a
@@ -42,13 +59,13 @@ def test_engine_matches_the_float64_reference(native_server, transport, optimize
         rule=rule,
         server=native_server,
         transport=transport,
-        state_dtype="bfloat16",
+        state_dtype=dtype,
         state_seed=5,
         **lr,
         **hypers,
     )
     ref = reference.Optimizer(
-        ref_model.parameters(), optimizer=optimizer, rule=rule, state_dtype="bfloat16", state_seed=5, **lr, **hypers
+        ref_model.parameters(), optimizer=optimizer, rule=rule, state_dtype=dtype, state_seed=5, **lr, **hypers
     )
     try:
         for x, y in data:
@@ -59,14 +76,20 @@ def test_engine_matches_the_float64_reference(native_server, transport, optimize
             opt.step()
             ref.step()
         for p, q in zip(model.parameters(), ref_model.parameters()):
-            assert (p.detach().double() - q.detach()).abs().max().item() < 1e-5
+            assert (p.detach().double() - q.detach()).abs().max().item() < (1e-5 if dtype == "bfloat16" else 1e-4)
         state = opt.state_dict()
-        assert state["mur"]["state_dtype"] == "bfloat16"
-        for slots in state["state"].values():
+        assert state["mur"]["state_dtype"] == dtype
+        ref_state = list(ref.state.values())
+        for k, slots in state["state"].items():
             for name, t in slots.items():
                 if name != "step":
                     assert t.dtype == torch.float32
-                    assert (t.reshape(-1).view(torch.int32) & 0xFFFF).eq(0).all(), f"{name} is not bfloat16 widened"
+                    if dtype == "bfloat16":
+                        assert (t.reshape(-1).view(torch.int32) & 0xFFFF).eq(0).all(), f"{name} is not bfloat16 widened"
+                    else:  # the reference's quantised moments: equal but where a code flipped (one map step)
+                        want = ref_state[k][name].to(torch.float32)
+                        step = 0.9 / 64 * want.abs().max().item() + 1e-7
+                        assert (t - want).abs().max().item() <= step, name
     finally:
         opt.close()
 
@@ -106,7 +129,7 @@ def test_state_dict_loads_into_torch_optim_and_back(native_server):
 @pytest.mark.parametrize(
     "kwargs,words",
     [
-        ({"state_dtype": "float8"}, ["state_dtype='float8'", "'bfloat16'"]),
+        ({"state_dtype": "float8"}, ["state_dtype='float8'", "'bfloat16'", "'q8'"]),
         ({"state_dtype": torch.bfloat16}, ["state_dtype="]),
         ({"state_seed": -1}, ["state_seed=-1"]),
         ({"state_seed": 2**32}, ["state_seed="]),

@@ -4,7 +4,7 @@
 export type Hypers = Record<string, number | boolean | string | Array<number | null>>;
 
 /** How the server stores the optimizer's per-element state (GetCapabilities.stateDtypes lists what it takes). */
-export type StateDtype = 'float32' | 'bfloat16';
+export type StateDtype = 'float32' | 'bfloat16' | 'q8';
 
 export interface Spec {
   optimizer: string;
@@ -12,9 +12,10 @@ export interface Spec {
   defaults?: Hypers;
   groups?: Record<string, Hypers>;
   /**
-   * "float32" (default) or "bfloat16": half the state bytes, computed in
-   * float32 and stored with stochastic rounding seeded by stateSeed (default
-   * 0). Checkpoints carry the values as float32 either way.
+   * "float32" (default), "bfloat16" (half the state bytes, computed in
+   * float32 and stored with stochastic rounding seeded by stateSeed, default
+   * 0) or "q8" (8-bit block-quantised, 1 + 4/256 bytes an element, computed
+   * in float32). Checkpoints carry the values as float32 either way.
    */
   stateDtype?: StateDtype;
   stateSeed?: number;

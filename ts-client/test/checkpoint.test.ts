@@ -117,7 +117,7 @@ describe('MurSession checkpoints', () => {
 
   it('stateDtype "bfloat16": listed in capabilities, carried by checkpoints with its seed, an unknown one refused by name', async () => {
     const caps = await client.capabilities();
-    assert.deepEqual(caps.stateDtypes, ['float32', 'bfloat16']);
+    assert.deepEqual(caps.stateDtypes, ['float32', 'bfloat16', 'q8']);
     assert.deepEqual(caps.storedStateDtypes, ['float32']); // this server runs the wasm engine: it keeps float32
     const s = await client.createSession({ ...spec, stateDtype: 'bfloat16', stateSeed: 12 }, init(), { transport: 'grpc' });
     await steps(s, 1, 2);
@@ -129,6 +129,11 @@ describe('MurSession checkpoints', () => {
     assert.deepEqual(await steps(resumed, 3, 4), await steps(s, 3, 4));
     await s.close();
     await resumed.close();
+    // q8 too: a spec field the client passes through (this wasm server keeps it in float32).
+    const q = await client.createSession({ ...spec, stateDtype: 'q8' }, init(), { transport: 'grpc' });
+    await steps(q, 1, 1);
+    assert.equal((await q.checkpoint()).spec?.stateDtype, 'q8');
+    await q.close();
     await assert.rejects(
       client.createSession({ ...spec, stateDtype: 'float8' as 'float32' }, init()),
       (e: unknown) => e instanceof InvalidArgumentError && /state_dtype/.test((e as Error).message),

@@ -21,7 +21,7 @@
 //   BENCH_BACKENDS=native,tensorflow,wasm  (tfjs engines up to 4M parameters)
 //   BENCH_ROUNDS=7  (above 4M: 3)
 //   BENCH_THREADS=1,2
-//   BENCH_STATE_DTYPES=float32  (and/or bfloat16: the state_dtype of mur's sessions; one row each)
+//   BENCH_STATE_DTYPES=float32  (and/or bfloat16, q8: the state_dtype of mur's sessions; one row each)
 import { benchSparse, sparseTable } from './sparse';
 import { spawn, type ChildProcessByStdio } from 'child_process';
 import type { Readable, Writable } from 'stream';
@@ -30,7 +30,7 @@ import * as path from 'path';
 import * as readline from 'readline';
 import { availableBackends, initBackend, type BackendName } from '../src/engine/backend';
 import { currentEngine } from '../src/engine/engine';
-import { elementBytes, type StateDtype } from '../src/engine/stateDtype';
+import { slotBytes, type StateDtype } from '../src/engine/stateDtype';
 import { loadNative, NativeEngine } from '../src/engine/native';
 import { slotSize } from '../src/engine/slots';
 import { resolveGroup, resolveSpec, type ResolvedSpec } from '../src/registry';
@@ -93,7 +93,8 @@ function fullSlots(spec: ResolvedSpec, shape: number[]): number {
 
 /**
  * Bytes a step must move per parameter: read theta and g, write theta (4 each), read and write every
- * per-element slot (4 each in float32, 2 in bfloat16, where the engine stores it: 28 or 20 for Adam).
+ * per-element slot (4 each in float32, 2 in bfloat16, 1 + 4/256 in q8, where the engine stores it: 28, 20 or
+ * ~16.1 for Adam).
  */
 function bytesPerParam(spec: ResolvedSpec, shape: number[], per = 4): number {
   return 12 + 2 * per * fullSlots(spec, shape);
@@ -161,7 +162,8 @@ function murSide(
     defaults: { ...HYPERS[optimizer], ...RULE_HYPERS[rule] },
     ...(dtype === 'float32' ? {} : { state_dtype: dtype }),
   });
-  const per = elementBytes(currentEngine().storedStateDtypes.includes(dtype) ? dtype : 'float32');
+  // Bytes an element of a full-size slot takes (q8: 1 + 4/256).
+  const per = slotBytes(currentEngine().storedStateDtypes.includes(dtype) ? dtype : 'float32', 256) / 256;
   const s = new Session('bench', spec, [{ id: 'w', name: 'w', shape: shapeOf(optimizer, n), group: '', values }]);
   let t = 0;
   for (; t < 3;) s.step(++t, [{ id: 'w', data: grad }]);

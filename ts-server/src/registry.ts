@@ -16,7 +16,7 @@ export interface SpecJson {
   groups?: Record<string, Record<string, unknown>>;
   /** A group's own optimizer, by group name (Muon for matrices, AdamW for the rest). */
   group_optimizers?: Record<string, string>;
-  /** How per-element optimizer state is stored: "float32" (default) or "bfloat16" (engine/stateDtype.ts). */
+  /** How per-element optimizer state is stored: "float32" (default), "bfloat16" or "q8" (engine/stateDtype.ts). */
   state_dtype?: string;
   /** The seed of bfloat16 state's stochastic rounding (default 0). */
   state_seed?: number;
@@ -124,7 +124,7 @@ export function specSchema(): Record<string, unknown> {
       state_dtype: {
         enum: [...STATE_DTYPES],
         description:
-          'How per-element optimizer state is stored: float32 (default) or bfloat16 (computed in float32, stored with seeded stochastic rounding; engines that cannot store it keep float32: GetCapabilities.stored_state_dtypes)',
+          'How per-element optimizer state is stored: float32 (default), bfloat16 (computed in float32, stored with seeded stochastic rounding) or q8 (8-bit block-quantised: one byte per element and one float32 absmax per 256, dynamic map; computed in float32). Engines that cannot store one keep float32: GetCapabilities.stored_state_dtypes',
       },
       state_seed: {
         type: 'integer',

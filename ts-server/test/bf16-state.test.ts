@@ -264,7 +264,7 @@ describe('state_dtype bfloat16', () => {
   it('an optimizer whose kernel cannot keep bfloat16 state is refused at session creation, naming state_dtype', () => {
     const engine = currentEngine();
     if (engine.takesStateDtype) assert.ok(engine.takesStateDtype('adam', 'bfloat16'), "today's kernels all take it");
-    // An engine whose adam kernel does not (as a new optimizer that declares kBf16 = false in native/src).
+    // An engine whose adam kernel does not (as a new optimizer that declares kCompact = false in native/src).
     const refusing = Object.create(engine, {
       storedStateDtypes: { value: ['float32', 'bfloat16'] },
       takesStateDtype: { value: (name: string, dtype: string) => !(name === 'adam' && dtype === 'bfloat16') },
@@ -305,10 +305,10 @@ describe('state_dtype bfloat16', () => {
     const h = await startHarness();
     try {
       const caps = await capabilities(h);
-      assert.deepEqual(caps.stateDtypes, ['float32', 'bfloat16']);
-      assert.deepEqual(caps.storedStateDtypes, stores() ? ['float32', 'bfloat16'] : ['float32']);
+      assert.deepEqual(caps.stateDtypes, ['float32', 'bfloat16', 'q8']);
+      assert.deepEqual(caps.storedStateDtypes, stores() ? ['float32', 'bfloat16', 'q8'] : ['float32']);
       const schema = JSON.parse(caps.specSchemaJson) as { properties: Record<string, { enum?: string[] }> };
-      assert.deepEqual(schema.properties.state_dtype.enum, ['float32', 'bfloat16']);
+      assert.deepEqual(schema.properties.state_dtype.enum, ['float32', 'bfloat16', 'q8']);
       const n = 300;
       const req = (dtype: string): CreateSessionRequest => ({
         spec: { optimizer: 'adam', rule: 'hybrid', defaults: { lr: 0.01 }, groups: {}, stateDtype: dtype, stateSeed: 4 },

@@ -9,6 +9,7 @@ import { resolveGroup, resolveSpec, withOverrides } from '../src/registry';
 import { RULES } from '../src/rules';
 import { Session, sizeOf } from '../src/session/session';
 import { roundNearest, roundSlot } from './reference/bf16';
+import { quantiseSlot } from './reference/q8';
 import { refStep, type H, type RefState, type Store } from './reference/reference';
 
 const SHAPE = [3, 5];
@@ -148,7 +149,7 @@ interface Row {
   hypers: Record<string, unknown>;
   scheduled: boolean;
   shape: number[];
-  /** state_dtype (bfloat16 rows: the first variant of each optimizer, every rule) */
+  /** state_dtype (bfloat16 and q8 rows: the first variant of each optimizer, every rule) */
   dtype: StateDtype;
 }
 
@@ -156,12 +157,24 @@ const SEED = 7;
 
 /**
  * How the reference stores state for a row: as computed (float32 state, or
- * bfloat16 on an engine that keeps it in float32), or rounded as bfloat16
- * with the engine's stochastic rounding (reference/bf16.ts) at each step.
+ * a compact dtype on an engine that keeps it in float32), rounded as bfloat16
+ * with the engine's stochastic rounding (reference/bf16.ts), or quantised as
+ * q8 (reference/q8.ts) at each step.
  */
 function storeFor(row: Row): (t: number) => Store {
   if (row.dtype === 'float32' || !currentEngine().storedStateDtypes.includes(row.dtype)) return () => () => undefined;
   const decls = OPTIMIZERS.find((o) => o.name === row.optimizer)!.slots;
+  if (row.dtype === 'q8') {
+    // A fill v quantises to v itself (absmax |v|, the code of +-1).
+    return () =>
+      Object.assign(
+        (s: RefState) =>
+          decls.forEach((d) => {
+            if (!d.scalar && s[d.name]) quantiseSlot(s[d.name], d.nonNegative === true);
+          }),
+        { fill: Math.fround },
+      );
+  }
   return (t) =>
     Object.assign(
       (s: RefState) =>
@@ -189,6 +202,29 @@ function storeFor(row: Row): (t: number) => Store {
  */
 const BF16_TOL = 2e-4;
 const BF16_SLOT_RTOL = 2 ** -7;
+
+/*
+ * Tolerance of q8 rows. The reference quantises what it computes in float64
+ * (made float32 first) with the same map, blocks and rounding (reference/q8.ts,
+ * written from the definition), so the two store the same codes unless the
+ * engine's float32 value and the reference's straddle a decision threshold:
+ * they differ by a few float32 ulp (~2^-22 relative) and the thresholds are at
+ * least 2^-7 (unsigned map) apart, so a code flips with probability ~2^-15 per
+ * element and step, and then differs by one map step: <= 0.9 / 64 of the
+ * block's absmax (the signed map's widest step). Theta is held to Q8_TOL
+ * absolute + relative and every slot element to Q8_SLOT_STEP of its slot's
+ * largest magnitude + 1e-6 (one step of the map). A flip moves theta by at most
+ * lr x that step's share of d for ~1 / (1 - beta) steps; Q8_TOL is that for the
+ * table's lr 1e-3 .. 0.05 with room for one flip. Measured: the worst theta
+ * error of every q8 row is 0.005 of that bound (~1e-6: no code flipped), while
+ * a reference that does not quantise (float32 state) fails 47 of the 64 rows
+ * (the other 17: Adafactor and Muon, refused; SGD without momentum, no slot;
+ * ASGD, whose ax never reaches theta and is held to one map step; Adadelta x
+ * multiplicative, whose moves stay within Q8_TOL). q8-state.test.ts holds the
+ * loose bound against float32 state.
+ */
+const Q8_TOL = 2e-4;
+const Q8_SLOT_STEP = 0.9 / 64;
 
 const BRIDGES = ['eps_before_correction', 'eps_in_sqrt', 'lr_in_momentum'];
 
@@ -238,8 +274,9 @@ describe('engine table: every optimizer x rule vs the float64 reference (50 step
     it(`${title}${row.dtype === 'float32' ? '' : `, state_dtype ${row.dtype}`}`, () => {
       const engine = currentEngine();
       const bf16 = row.dtype === 'bfloat16' && engine.storedStateDtypes.includes('bfloat16');
-      const atol = bf16 ? BF16_TOL : ATOL;
-      const rtol = bf16 ? BF16_TOL : RTOL;
+      const q8 = row.dtype === 'q8' && engine.storedStateDtypes.includes('q8');
+      const atol = bf16 ? BF16_TOL : q8 ? Q8_TOL : ATOL;
+      const rtol = bf16 ? BF16_TOL : q8 ? Q8_TOL : RTOL;
       const store = storeFor(row);
       const json = {
         optimizer: row.optimizer,
@@ -247,8 +284,8 @@ describe('engine table: every optimizer x rule vs the float64 reference (50 step
         defaults: row.hypers,
         ...(row.dtype === 'float32' ? {} : { state_dtype: row.dtype, state_seed: SEED }),
       };
-      if (bf16 && engine.takesStateDtype && !engine.takesStateDtype(row.optimizer, row.dtype)) {
-        // A kernel that cannot keep bfloat16 state (Adafactor's factored slots): refused, by name, at creation.
+      if ((bf16 || q8) && engine.takesStateDtype && !engine.takesStateDtype(row.optimizer, row.dtype)) {
+        // A kernel that cannot keep compact state (Adafactor's factored slots): refused, by name, at creation.
         assert.throws(
           () =>
             new Session('table', resolveSpec(json), [
@@ -302,8 +339,14 @@ describe('engine table: every optimizer x rule vs the float64 reference (50 step
           const full =
             t.data.length === N && !OPTIMIZERS.find((o) => o.name === row.optimizer)!.slots.find((d) => d.name === t.slot)?.scalar;
           const bits = new Uint32Array(t.data.buffer, t.data.byteOffset, t.data.length);
+          const largest = Math.max(...want.map(Math.abs));
           t.data.forEach((v, i) => {
-            const tol = bf16 && full ? 1e-6 + BF16_SLOT_RTOL * Math.abs(want[i]) : ATOL + RTOL * Math.abs(want[i]);
+            const tol =
+              bf16 && full
+                ? 1e-6 + BF16_SLOT_RTOL * Math.abs(want[i])
+                : q8 && full
+                  ? 1e-6 + Q8_SLOT_STEP * largest
+                  : ATOL + RTOL * Math.abs(want[i]);
             assert.ok(Math.abs(v - want[i]) <= tol, `slot ${t.slot}[${i}]: engine ${v} vs reference ${want[i]}`);
             if (bf16 && full) assert.equal(bits[i] & 0xffff, 0, `slot ${t.slot}[${i}] = ${v} is not a bfloat16`);
           });

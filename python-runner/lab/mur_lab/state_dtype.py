@@ -1,9 +1,10 @@
-"""python -m mur_lab.state_dtype: the training effect of bfloat16 optimizer state.
+"""python -m mur_lab.state_dtype: the training effect of bfloat16 and q8 optimizer state.
 
 Two models, each trained from the same initial weights on the same batches by
-torch.optim.Adam, by mur's Adam (additive rule) with float32 state and by mur's
+torch.optim.Adam, by mur's Adam (additive rule) with float32 state, by mur's
 Adam with state_dtype="bfloat16" (stochastic rounding, state_seed = the run's
-seed), for each seed:
+seed) and with state_dtype="q8" (8-bit block-wise dynamic quantisation), for
+each seed:
 
 * the demo's Fashion-MNIST MLP (784-256-10): test accuracy and final training loss;
 * a small transformer (2 encoder layers, d_model 64, 4 heads) that learns to
@@ -14,6 +15,7 @@ The contenders take turns batch by batch. Prints one table row per model x
 seed x contender (docs/engine.md quotes them).
 
     python -m mur_lab.state_dtype [--seeds 0,1] [--epochs 1] [--train-size 60000] [--steps 800]
+                                  [--dtypes float32,bfloat16,q8]
 """
 
 import argparse
@@ -48,10 +50,13 @@ def sort_batch(g, n):
     return x, x.sort(dim=1).values
 
 
+DTYPES = ["float32", "bfloat16", "q8"]
+
+
 def contenders(net, server, lr, seed):
-    nets = [copy.deepcopy(net) for _ in range(3)]
+    nets = [copy.deepcopy(net) for _ in range(1 + len(DTYPES))]
     opts = [torch.optim.Adam(nets[0].parameters(), lr=lr)]
-    for k, dtype in ((1, "float32"), (2, "bfloat16")):
+    for k, dtype in enumerate(DTYPES, start=1):
         opts.append(
             mur.RemoteOptimizer(
                 nets[k].parameters(),
@@ -63,7 +68,7 @@ def contenders(net, server, lr, seed):
                 state_seed=seed,
             )
         )
-    names = ["torch.optim.Adam", "mur adam, float32 state", "mur adam, bfloat16 state"]
+    names = ["torch.optim.Adam"] + [f"mur adam, {d} state" for d in DTYPES]
     return list(zip(names, nets, opts))
 
 
@@ -138,7 +143,9 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=1, help="MLP epochs")
     ap.add_argument("--train-size", type=int, default=60000, help="MLP: the first N training images")
     ap.add_argument("--steps", type=int, default=800, help="transformer steps (batch 64)")
+    ap.add_argument("--dtypes", default=",".join(DTYPES), help="mur's state dtypes, beside torch.optim.Adam")
     a = ap.parse_args(argv)
+    DTYPES[:] = a.dtypes.split(",")
     torch.set_num_threads(1)  # the second core is the server's
     rows = []
     with mur.LocalServer() as server:

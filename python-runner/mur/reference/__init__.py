@@ -16,6 +16,8 @@ import math
 import torch
 
 from .bf16 import SLOTS, round_nearest, round_stochastic
+from .q8 import UNSIGNED
+from .q8 import quantise as q8_quantise
 
 # torch's defaults per optimizer (lr None: required, as torch.optim.SGD).
 DEFAULTS = {
@@ -368,9 +370,12 @@ class Optimizer(torch.optim.Optimizer):
         (mur/reference/bf16.py: stochastic rounding from state_seed, the parameter's
         flat index and its step); d is computed from the new state before rounding.
         (LAMB's engine kernel reads its moments back after rounding them; here d uses
-        the unrounded ones: within one bfloat16 ulp of the moments.)"""
-        if state_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"state_dtype={state_dtype!r}: must be 'float32' or 'bfloat16'")
+        the unrounded ones: within one bfloat16 ulp of the moments.)
+        state_dtype="q8" quantises every full-size slot after each step as the engine's
+        8-bit state (mur/reference/q8.py: blocks of 256, the dynamic map); a fill is
+        stored exactly (absmax |v|, the code of 1)."""
+        if state_dtype not in ("float32", "bfloat16", "q8"):
+            raise ValueError(f"state_dtype={state_dtype!r}: must be 'float32', 'bfloat16' or 'q8'")
         self.state_dtype, self.state_seed = state_dtype, state_seed
         if optimizer not in DEFAULTS:
             raise ValueError(f"optimizer={optimizer!r}: unknown (one of {', '.join(DEFAULTS)})")
@@ -456,6 +461,10 @@ class Optimizer(torch.optim.Optimizer):
                     for k, name in enumerate(SLOTS.get(self.optimizer_name, [])):  # adafactor: the engine refuses
                         if name in st:
                             st[name] = round_stochastic(st[name], self.state_seed, index - 1, st["step"], k)
+                if self.state_dtype == "q8":
+                    for name in SLOTS.get(self.optimizer_name, []):
+                        if name in st:
+                            st[name] = q8_quantise(st[name], name in UNSIGNED)
         return loss
 
     def _rows_step(self, p, st, group):

@@ -15,7 +15,8 @@
 //       hypers:  Float64Array, kHyperBlock values per job
 //       fresh:   Uint32Array, one bitmask per job (slot created this step, init "grad")
 //       dtype:   how full-size optimizer slots are stored: 0 float32 (default), 1 bfloat16
-//                (then they are Uint16Arrays of bfloat16 bits; one-element slots stay Float32Arrays)
+//                (then they are Uint16Arrays of bfloat16 bits; one-element slots stay Float32Arrays),
+//                2 q8 (then Uint8Arrays of kernel.h Q8Bytes(n): codes, then the blocks' absmax)
 //       streams: Uint32Array, two per job: [seed, parameter index] of bfloat16 rounding (bf16-inl.h)
 //       rows:    optional (after dtype, streams when they are given), one entry per job: null
 //                (dense) or a Uint32Array of strictly increasing row indices; then grad holds
@@ -28,7 +29,9 @@
 //   math("exp" | "tanh", x, out): the rule kernels' exp and tanh (transcendental.cc), for tests
 //   setThreads(n) (0: all hardware threads), threads() -> n
 //   arenaCreate(bytes), arenaCloseFd(fd): shared memory (arena.cc)
-//   allocFloats(n), allocBf16(n): the engine's own buffers, on huge pages from 2 MiB (state.cc)
+//   allocFloats(n), allocBf16(n), allocQ8(n): the engine's own buffers, on huge pages from 2 MiB (state.cc)
+//   q8Map(unsigned) -> [values, thresholds, lutOk], q8Codes(x, unsigned) -> codes: the q8 map (q8map.h)
+//                and the kernels' quantisation of x (absmax 1), for tests
 #include <napi.h>
 
 #include <string>
@@ -39,6 +42,7 @@
 #include "lane.h"
 #include "limit.h"
 #include "pool.h"
+#include "q8map.h"
 #include "state.h"
 #include "transcendental.h"
 #include "widen.h"
@@ -57,6 +61,7 @@ Napi::Object DescribeOne(Napi::Env env, const mur::Descriptor& d) {
     Napi::Object s = Napi::Object::New(env);
     s.Set("name", d.slots[i]);
     s.Set("scalar", ((d.scalar_slots >> i) & 1u) != 0);
+    s.Set("unsigned", ((d.unsigned_slots >> i) & 1u) != 0);
     slots.Set(i, s);
   }
   o.Set("hypers", hypers);
@@ -146,6 +151,21 @@ uint16_t* Halves(Napi::Env env, const Napi::Array& buffers, uint32_t i, size_t* 
   return *len == 0 ? &empty : a.Data();
 }
 
+/** The Uint8Array at buffers[i] (a q8 slot), or nullptr for null/undefined. */
+uint8_t* Bytes(Napi::Env env, const Napi::Array& buffers, uint32_t i, size_t* len) {
+  Napi::Value v = buffers.Get(i);
+  if (v.IsNull() || v.IsUndefined()) return nullptr;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    Fail(env, "buffers[" + std::to_string(i) + "]: expected a Uint8Array (q8 state) or null");
+  }
+  Napi::Uint8Array a = v.As<Napi::Uint8Array>();
+  *len = a.ElementLength();
+  if (reinterpret_cast<uintptr_t>(a.Data()) % 4 != 0)
+    Fail(env, "buffers[" + std::to_string(i) + "]: a q8 slot must start 4-byte aligned");
+  static uint8_t empty[4] = {0, 0, 0, 0};
+  return *len == 0 ? empty : a.Data();
+}
+
 /**
  * Checks the arguments (opt, rule, buffers, hypers, fresh[, dtype, streams][, rows]) at args[at..] and lays out
  * the jobs.
@@ -193,8 +213,10 @@ std::vector<mur::Job> ParseJobsAt(const Napi::CallbackInfo& info, size_t at, int
     if (st.ElementLength() != 2 * njobs) Fail(env, "step: streams.length must be 2 * the number of jobs");
     streams = st.Data();
   }
-  if (dtype == mur::kStateBfloat16 && !mur::OptimizerTakesBf16(opt))
-    Fail(env, std::string("step: ") + od.name + " does not take state_dtype bfloat16");
+  if (dtype != mur::kStateFloat32 && !mur::OptimizerTakesCompact(opt))
+    Fail(env, std::string("step: ") + od.name + " does not take state_dtype " +
+                  (dtype == mur::kStateBfloat16 ? "bfloat16" : "q8"));
+  if (dtype == mur::kStateQ8 && sparse) Fail(env, "step: rows need state_dtype float32");
 
   std::vector<mur::Job> jobs(njobs);
   for (size_t k = 0; k < njobs; ++k) {
@@ -225,14 +247,28 @@ std::vector<mur::Job> ParseJobsAt(const Napi::CallbackInfo& info, size_t at, int
       if (p != nullptr) check(len, k2, d);
       return p;
     };
+    j.q8_unsigned = od.unsigned_slots;
     for (int s = 0; s < mur::kMaxOptSlots; ++s) {
       j.slot[s] = nullptr;
       j.slot16[s] = nullptr;
+      j.slot8[s] = nullptr;
+      j.absmax[s] = nullptr;
       const bool scalar = s < od.n_slots && ((od.scalar_slots >> s) & 1u) != 0;
       if (dtype == mur::kStateBfloat16 && !scalar) {
         size_t len = 0;
         j.slot16[s] = Halves(env, buffers, base + 2 + s, &len);
         if (j.slot16[s] != nullptr) check(len, s, od);
+      } else if (dtype == mur::kStateQ8 && !scalar) {
+        size_t len = 0;
+        j.slot8[s] = Bytes(env, buffers, base + 2 + s, &len);
+        if (j.slot8[s] != nullptr) {
+          if (s >= od.n_slots) Fail(env, where + ": " + od.name + " has no slot " + std::to_string(s));
+          if (len != mur::Q8Bytes(n)) {
+            Fail(env, where + ": q8 slot '" + od.slots[s] + "' has " + std::to_string(len) + " bytes, expected " +
+                          std::to_string(mur::Q8Bytes(n)));
+          }
+          j.absmax[s] = reinterpret_cast<float*>(j.slot8[s] + mur::Q8AbsmaxOffset(n));
+        }
       } else {
         j.slot[s] = slot(base + 2 + s, s, od);
       }
@@ -250,6 +286,35 @@ std::vector<mur::Job> ParseJobsAt(const Napi::CallbackInfo& info, size_t at, int
 
 std::vector<mur::Job> ParseJobs(const Napi::CallbackInfo& info, int* opt_out, int* rule_out, int* dtype_out) {
   return ParseJobsAt(info, 0, opt_out, rule_out, dtype_out);
+}
+
+/** q8Map(unsigned) -> [values, thresholds, lutOk] (Float32Arrays of 256; whether the kernels use the bucket table). */
+Napi::Value Q8MapJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 1 || !info[0].IsBoolean()) Fail(env, "q8Map(unsigned): a boolean");
+  const mur::Q8Map& m = mur::Q8MapOf(info[0].As<Napi::Boolean>().Value());
+  Napi::Float32Array v = Napi::Float32Array::New(env, 256), t = Napi::Float32Array::New(env, 256);
+  for (int i = 0; i < 256; ++i) {
+    v[i] = m.value[i];
+    t[i] = m.threshold[i];
+  }
+  Napi::Array out = Napi::Array::New(env, 3);
+  out.Set(0u, v);
+  out.Set(1u, t);
+  out.Set(2u, Napi::Boolean::New(env, m.lut_ok));
+  return out;
+}
+
+/** q8Codes(x: Float32Array, unsigned) -> Uint8Array: the kernels' codes of x (absmax 1), for tests. */
+Napi::Value Q8CodesJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 2 || !info[0].IsTypedArray() || !info[1].IsBoolean() ||
+      info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    Fail(env, "q8Codes(x: Float32Array, unsigned: boolean)");
+  Napi::Float32Array x = info[0].As<Napi::Float32Array>();
+  Napi::Uint8Array out = Napi::Uint8Array::New(env, x.ElementLength());
+  if (x.ElementLength() > 0) mur::Q8Codes(x.Data(), x.ElementLength(), info[1].As<Napi::Boolean>().Value(), out.Data());
+  return out;
 }
 
 Napi::Value Step(const Napi::CallbackInfo& info) {
@@ -504,6 +569,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("laneClose", Napi::Function::New(env, LaneCloseJs));
   exports.Set("describe", Napi::Function::New(env, Describe));
   exports.Set("step", Napi::Function::New(env, Step));
+  exports.Set("q8Map", Napi::Function::New(env, Q8MapJs));
+  exports.Set("q8Codes", Napi::Function::New(env, Q8CodesJs));
   exports.Set("stepAsync", Napi::Function::New(env, StepAsync));
   exports.Set("firstNonFinite", Napi::Function::New(env, FirstNonFinite));
   exports.Set("sumSquares", Napi::Function::New(env, SumSquares));

@@ -1,8 +1,10 @@
 // The fused kernel of every optimizer x rule, templated on how the state is
-// stored (S: float or Bf16, optimizers/common-inl.h): kernels.cc instantiates
-// it for float32 state, kernels-bf16.cc for bfloat16, each once per SIMD
-// target (two translation units, so that the build compiles them in
-// parallel). The step's phases are described in kernels.cc.
+// stored (S: float, Bf16 or Q8, optimizers/common-inl.h): kernels.cc
+// instantiates it for float32 state, kernels-bf16.cc for bfloat16,
+// kernels-q8.cc for q8, each once per SIMD target (three translation units,
+// so that the build compiles them in parallel). The step's phases are
+// described in kernels.cc. q8 state runs the float32 kernel block by block
+// on dequantised scratch (Q8Blocks below).
 #if defined(MUR_FUSED_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef MUR_FUSED_INL_H_
 #undef MUR_FUSED_INL_H_
@@ -34,6 +36,7 @@
 #include "optimizers/sgd-inl.h"
 #include "optimizers/sparse_adam-inl.h"
 #include "pool.h"
+#include "q8-inl.h"
 #include "rules/additive-inl.h"
 #include "rules/exp_sign-inl.h"
 #include "rules/hybrid-inl.h"
@@ -45,13 +48,17 @@ namespace mur {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
+/** A job's per-tensor coefficients (the same whatever the state dtype). */
+template <class Opt, class Rule>
+struct FusedPlan {
+  typename Opt::C opt;
+  typename Rule::C rule;
+  float decay;
+};
+
 template <class Opt, class Rule, class S>
 struct Fused {
-  struct Plan {
-    typename Opt::C opt;
-    typename Rule::C rule;
-    float decay;
-  };
+  using Plan = FusedPlan<Opt, Rule>;
 
   // One element block: d from the optimizer, decay, xi from the rule, and
   // the framework's one subtraction.
@@ -76,6 +83,18 @@ struct Fused {
 
   template <bool kDecay>
   static void Range(const Job& job, const Plan& p, size_t begin, size_t end, size_t gshift) {
+    if constexpr (std::is_same_v<S, Q8>) {
+      // q8: each block's slots dequantised into scratch, the float32 kernel over the block, quantised back.
+      Q8Blocks(job, begin, end, [&](const Job& block, size_t len) {
+        Fused<Opt, Rule, float>::template Range<kDecay>(block, p, 0, len, 0);
+      });
+    } else {
+      DenseRange<kDecay>(job, p, begin, end, gshift);
+    }
+  }
+
+  template <bool kDecay>
+  static void DenseRange(const Job& job, const Plan& p, size_t begin, size_t end, size_t gshift) {
     const SlotJob<S> j(job, begin);
     const hn::ScalableTag<float> d;
     const hn::CappedTag<float, 1> d1;
@@ -137,6 +156,8 @@ struct Fused {
       }
       plans[k].decay = static_cast<float>(f.decay);
       if (jobs[k].rows != nullptr && WantsNorms<Opt>::value) return "job " + std::to_string(k) + ": " + kNoRows;
+      if (jobs[k].rows != nullptr && std::is_same_v<S, Q8>)
+        return "job " + std::to_string(k) + ": rows need state_dtype float32";
       total += GradElements(jobs[k]);
     }
     for (size_t k = 0; k < njobs; ++k) Opt::Commit(jobs[k], plans[k].opt);
@@ -174,8 +195,9 @@ struct Fused {
 
 template <class Opt, class S>
 std::string WithRule(int rule, const Job* jobs, size_t n) {
-  if constexpr (std::is_same_v<S, Bf16> && !TakesBf16<Opt>::value) {
-    return "this optimizer does not take state_dtype bfloat16";
+  if constexpr (!std::is_same_v<S, float> && !TakesCompact<Opt>::value) {
+    return std::is_same_v<S, Bf16> ? "this optimizer does not take state_dtype bfloat16"
+                                   : "this optimizer does not take state_dtype q8";
   } else {
     switch (rule) {
       case kAdditive:

@@ -28,7 +28,17 @@ constexpr int kRowsHyper = 24;
 constexpr int kHyperBlock = 25;
 
 /** How a step's full-size optimizer slots are stored (the session's state_dtype). */
-enum StateDtype { kStateFloat32, kStateBfloat16, kNumStateDtypes };
+enum StateDtype { kStateFloat32, kStateBfloat16, kStateQ8, kNumStateDtypes };
+
+/**
+ * q8 state (q8map.h): one uint8 code per element, then, at byte
+ * Q8AbsmaxOffset(n), one float32 absmax per block of kQ8Block elements
+ * (blocks start at element 0; the last may be short). One buffer per slot.
+ */
+constexpr size_t kQ8Block = 256;
+inline size_t Q8Blocks(size_t n) { return (n + kQ8Block - 1) / kQ8Block; }
+inline size_t Q8AbsmaxOffset(size_t n) { return (n + 3) / 4 * 4; }
+inline size_t Q8Bytes(size_t n) { return Q8AbsmaxOffset(n) + 4 * Q8Blocks(n); }
 
 struct Job {
   float* theta;
@@ -36,6 +46,9 @@ struct Job {
   size_t n;
   float* slot[kMaxOptSlots];        // float32 slots, and every one-element slot; nullptr where unused
   uint16_t* slot16[kMaxOptSlots];   // bfloat16 slots (full-size ones of a kStateBfloat16 step); ditto
+  uint8_t* slot8[kMaxOptSlots];     // q8 codes (full-size slots of a kStateQ8 step); ditto
+  float* absmax[kMaxOptSlots];      // their blocks' absmax (kernel.h Q8AbsmaxOffset), beside slot8
+  uint32_t q8_unsigned;             // bit k: slot k takes the unsigned q8 map (Descriptor::unsigned_slots)
   float* rule_slot[kMaxRuleSlots];  // ditto (every rule slot so far is one element, always float32)
   const double* h;                  // kHyperBlock values
   uint32_t fresh;                   // bit k: optimizer slot k was just created (init "grad")
@@ -60,6 +73,9 @@ struct Descriptor {
   const char* const* slots;  // positional slot names
   int n_slots;
   uint32_t scalar_slots;  // bit k: slot k holds one element, not n
+  // bit k: slot k is never negative (exp_avg_sq, sum, ...): q8 state stores it
+  // with the unsigned map (q8map.h), the others with the signed one.
+  uint32_t unsigned_slots = 0;
   // Slots sized by the parameter's shape (Adafactor's row and column means):
   // slot k's length for a job of n elements and hyperparameter block h, or
   // nullptr where every slot is per element or scalar.
@@ -97,8 +113,12 @@ std::string RunStep(int opt, int rule, int dtype, const Job* jobs, size_t njobs)
 /** The same for each dtype (kernels.cc, kernels-bf16.cc); RunStep picks one. */
 std::string RunStepFloat32(int opt, int rule, const Job* jobs, size_t njobs);
 std::string RunStepBfloat16(int opt, int rule, const Job* jobs, size_t njobs);
-/** Whether optimizer `opt` takes bfloat16 state (all of today's do). */
-bool OptimizerTakesBf16(int opt);
+std::string RunStepQ8(int opt, int rule, const Job* jobs, size_t njobs);
+/**
+ * Whether optimizer `opt` takes compact state (bfloat16, q8): every one whose
+ * kernel reaches its full-size slots only through LoadSlot/StoreSlot.
+ */
+bool OptimizerTakesCompact(int opt);
 /** Index of the first NaN or infinity, or -1. */
 int64_t FirstNonFinite(const float* x, size_t n);
 /** The same, and a 64-bit digest of the bytes (independent of the thread count). */

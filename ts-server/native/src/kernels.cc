@@ -38,44 +38,44 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 std::string RunStepImpl(int opt, int rule, const Job* jobs, size_t n) { return RunStepT<float>(opt, rule, jobs, n); }
 
-bool TakesBf16Impl(int opt) {
+bool TakesCompactImpl(int opt) {
   switch (opt) {
     case kSgd:
-      return TakesBf16<Sgd>::value;
+      return TakesCompact<Sgd>::value;
     case kAdam:
-      return TakesBf16<Adam>::value;
+      return TakesCompact<Adam>::value;
     case kAdamW:
-      return TakesBf16<AdamW>::value;
+      return TakesCompact<AdamW>::value;
     case kAdagrad:
-      return TakesBf16<Adagrad>::value;
+      return TakesCompact<Adagrad>::value;
     case kRmsprop:
-      return TakesBf16<Rmsprop>::value;
+      return TakesCompact<Rmsprop>::value;
     case kAdamax:
-      return TakesBf16<Adamax>::value;
+      return TakesCompact<Adamax>::value;
     case kNadam:
-      return TakesBf16<Nadam>::value;
+      return TakesCompact<Nadam>::value;
     case kRadam:
-      return TakesBf16<Radam>::value;
+      return TakesCompact<Radam>::value;
     case kAdadelta:
-      return TakesBf16<Adadelta>::value;
+      return TakesCompact<Adadelta>::value;
     case kLion:
-      return TakesBf16<Lion>::value;
+      return TakesCompact<Lion>::value;
     case kRprop:
-      return TakesBf16<Rprop>::value;
+      return TakesCompact<Rprop>::value;
     case kAsgd:
-      return TakesBf16<Asgd>::value;
+      return TakesCompact<Asgd>::value;
     case kLamb:
-      return TakesBf16<Lamb>::value;
+      return TakesCompact<Lamb>::value;
     case kLars:
-      return TakesBf16<Lars>::value;
+      return TakesCompact<Lars>::value;
     case kAdafactor:
-      return TakesBf16<Adafactor>::value;
+      return TakesCompact<Adafactor>::value;
     case kSparseAdam:
-      return TakesBf16<SparseAdam>::value;
+      return TakesCompact<SparseAdam>::value;
     case kMuon:
-      return TakesBf16<Muon>::value;
+      return TakesCompact<Muon>::value;
     case kScheduleFreeAdamW:
-      return TakesBf16<ScheduleFree>::value;
+      return TakesCompact<ScheduleFree>::value;
   }
   return false;
 }
@@ -177,7 +177,7 @@ HWY_AFTER_NAMESPACE();
 namespace mur {
 
 HWY_EXPORT(RunStepImpl);
-HWY_EXPORT(TakesBf16Impl);
+HWY_EXPORT(TakesCompactImpl);
 HWY_EXPORT(FirstNonFiniteImpl);
 HWY_EXPORT(ScanImpl);
 HWY_EXPORT(SumSquaresImpl);
@@ -189,34 +189,36 @@ constexpr int Count(const char* const (&)[N]) {
 }
 constexpr int Count(std::nullptr_t) { return 0; }
 
-#define MUR_DESC(ns, name, scalar) \
-  Descriptor { name, ns::kHypers, Count(ns::kHypers), ns::kSlots, Count(ns::kSlots), scalar }
-#define MUR_DESC_SIZED(ns, name, scalar) \
-  Descriptor { name, ns::kHypers, Count(ns::kHypers), ns::kSlots, Count(ns::kSlots), scalar, &ns::SlotSize }
+// scalar: bit k, slot k holds one element; unsigned: bit k, slot k is never
+// negative (the unsigned q8 map, q8map.h).
+#define MUR_DESC(ns, name, scalar, unsigned_) \
+  Descriptor { name, ns::kHypers, Count(ns::kHypers), ns::kSlots, Count(ns::kSlots), scalar, unsigned_ }
+#define MUR_DESC_SIZED(ns, name, scalar, unsigned_) \
+  Descriptor { name, ns::kHypers, Count(ns::kHypers), ns::kSlots, Count(ns::kSlots), scalar, unsigned_, &ns::SlotSize }
 
 static const Descriptor kOptimizerTable[kNumOptimizers] = {
-    MUR_DESC(sgd_desc, "sgd", 0),
-    MUR_DESC(adam_desc, "adam", 0),
-    MUR_DESC(adam_desc, "adamw", 0),
-    MUR_DESC(adagrad_desc, "adagrad", 0),
-    MUR_DESC(rmsprop_desc, "rmsprop", 0),
-    MUR_DESC(adamax_desc, "adamax", 0),
-    MUR_DESC(nadam_desc, "nadam", 1u << 2),  // mu_product
-    MUR_DESC(radam_desc, "radam", 0),
-    MUR_DESC(adadelta_desc, "adadelta", 0),
-    MUR_DESC(lion_desc, "lion", 0),
-    MUR_DESC(rprop_desc, "rprop", 0),
-    MUR_DESC(asgd_desc, "asgd", (1u << 0) | (1u << 1)),  // eta, mu
-    MUR_DESC(lamb_desc, "lamb", 0),
-    MUR_DESC(lars_desc, "lars", 0),
-    MUR_DESC_SIZED(adafactor_desc, "adafactor", 0),  // row_var, col_var: by rows and columns
-    MUR_DESC(sparse_adam_desc, "sparseadam", 0),
-    MUR_DESC(muon_desc, "muon", 0),
-    MUR_DESC(schedule_free_desc, "schedule_free_adamw", (1u << 2) | (1u << 3)),  // weight_sum, max_lr
+    MUR_DESC(sgd_desc, "sgd", 0, 0),
+    MUR_DESC(adam_desc, "adam", 0, 0b110),         // exp_avg_sq, max_exp_avg_sq
+    MUR_DESC(adam_desc, "adamw", 0, 0b110),        // the same
+    MUR_DESC(adagrad_desc, "adagrad", 0, 0b1),     // sum
+    MUR_DESC(rmsprop_desc, "rmsprop", 0, 0b1),     // square_avg
+    MUR_DESC(adamax_desc, "adamax", 0, 0b10),      // exp_inf
+    MUR_DESC(nadam_desc, "nadam", 1u << 2, 0b10),  // mu_product; exp_avg_sq
+    MUR_DESC(radam_desc, "radam", 0, 0b10),        // exp_avg_sq
+    MUR_DESC(adadelta_desc, "adadelta", 0, 0b11),  // square_avg, acc_delta
+    MUR_DESC(lion_desc, "lion", 0, 0),
+    MUR_DESC(rprop_desc, "rprop", 0, 0b10),                 // step_size
+    MUR_DESC(asgd_desc, "asgd", (1u << 0) | (1u << 1), 0),  // eta, mu
+    MUR_DESC(lamb_desc, "lamb", 0, 0b10),                   // exp_avg_sq
+    MUR_DESC(lars_desc, "lars", 0, 0),
+    MUR_DESC_SIZED(adafactor_desc, "adafactor", 0, 0b111),  // row_var, col_var: by rows and columns
+    MUR_DESC(sparse_adam_desc, "sparseadam", 0, 0b10),      // exp_avg_sq
+    MUR_DESC(muon_desc, "muon", 0, 0),
+    MUR_DESC(schedule_free_desc, "schedule_free_adamw", (1u << 2) | (1u << 3), 0b10),  // weight_sum, max_lr; exp_avg_sq
 };
 static const Descriptor kRuleTable[kNumRules] = {
-    MUR_DESC(additive_desc, "additive", 0), MUR_DESC(multiplicative_desc, "multiplicative", 0),
-    MUR_DESC(hybrid_desc, "hybrid", 0), MUR_DESC(exp_sign_desc, "exp_sign", 1u << 0),  // max
+    MUR_DESC(additive_desc, "additive", 0, 0), MUR_DESC(multiplicative_desc, "multiplicative", 0, 0),
+    MUR_DESC(hybrid_desc, "hybrid", 0, 0), MUR_DESC(exp_sign_desc, "exp_sign", 1u << 0, 0),  // max
 };
 
 const Descriptor& OptimizerDescriptor(int id) { return kOptimizerTable[id]; }
@@ -225,13 +227,15 @@ const Descriptor& RuleDescriptor(int id) { return kRuleTable[id]; }
 std::string RunStepFloat32(int opt, int rule, const Job* jobs, size_t njobs) {
   return HWY_DYNAMIC_DISPATCH(RunStepImpl)(opt, rule, jobs, njobs);
 }
-bool OptimizerTakesBf16(int opt) { return HWY_DYNAMIC_DISPATCH(TakesBf16Impl)(opt); }
+bool OptimizerTakesCompact(int opt) { return HWY_DYNAMIC_DISPATCH(TakesCompactImpl)(opt); }
 std::string RunStep(int opt, int rule, int dtype, const Job* jobs, size_t njobs) {
   switch (dtype) {
     case kStateFloat32:
       return RunStepFloat32(opt, rule, jobs, njobs);
     case kStateBfloat16:
       return RunStepBfloat16(opt, rule, jobs, njobs);
+    case kStateQ8:
+      return RunStepQ8(opt, rule, jobs, njobs);
   }
   return "unknown state dtype id " + std::to_string(dtype);
 }

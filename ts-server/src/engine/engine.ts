@@ -91,15 +91,16 @@ export interface Engine {
   /** The same, and a digest of the bytes (to tell a retried request from a different one), in one pass. */
   scan(a: Float32Array): { nonFinite: number; digest: string };
   /**
-   * New storage holding a copy of `values`; `dtype` "bfloat16" (an optimizer
-   * slot of a bfloat16 session) narrows them where the engine stores it.
+   * New storage holding a copy of `values`; `dtype` "bfloat16" or "q8" (an
+   * optimizer slot of such a session) narrows them where the engine stores
+   * it; `nonNegative` (the slot's SlotDecl.nonNegative) picks q8's unsigned map.
    */
-  create(values: Float32Array, shape: number[], dtype?: StateDtype): Slot;
+  create(values: Float32Array, shape: number[], dtype?: StateDtype, nonNegative?: boolean): Slot;
   /** The state dtypes this engine stores as named (the others it keeps in float32). */
   readonly storedStateDtypes: readonly StateDtype[];
   /** Whether optimizer `name`'s kernels take state stored as `dtype` (absent: every optimizer does). */
   takesStateDtype?(name: string, dtype: StateDtype): boolean;
-  /** Overwrites a slot of the same size (narrowed, to nearest, if it is bfloat16). */
+  /** Overwrites a slot of the same size (narrowed, to nearest, if it is bfloat16; quantised if q8). */
   write(slot: Slot, values: Float32Array): void;
   dispose(slot: Slot): void;
   /**

@@ -12,14 +12,15 @@ import * as path from 'path';
 import type { Engine, EngineMemory, FastLane, LaneReport, NonFinite, Slot, StepJob } from './engine';
 import { Arena } from '../transport/arena';
 import { num } from './hypers';
-import { FLOAT32_STATE, narrowBf16, widenBf16, type StateDtype, type StateFormat } from './stateDtype';
+import { dequantise, quantise } from './q8';
+import { FLOAT32_STATE, narrowBf16, slotBytes, widenBf16, type StateDtype, type StateFormat } from './stateDtype';
 import { slotShape, slotSize } from './slots';
 import type { HyperSpec, HyperValue, Hypers, OptimizerDef, RuleDef, SlotDecl } from './types';
 
 interface Descriptor {
   name: string;
   hypers: string[];
-  slots: Array<{ name: string; scalar: boolean }>;
+  slots: Array<{ name: string; scalar: boolean; unsigned: boolean }>;
 }
 
 export interface NativeAddon {
@@ -57,6 +58,12 @@ export interface NativeAddon {
   allocFloats(n: number): Float32Array;
   /** n bfloat16 zeros, the same way (bfloat16 state). */
   allocBf16(n: number): Uint16Array;
+  /** A q8 slot of n elements, zero bytes (native/src/kernel.h Q8Bytes: n codes, then a float32 absmax per 256). */
+  allocQ8(n: number): Uint8Array;
+  /** The q8 map (native/src/q8map.h): its 256 values and thresholds, and whether the kernels use its bucket table. */
+  q8Map(unsigned: boolean): [Float32Array, Float32Array, boolean];
+  /** The kernels' codes of x (absmax 1: native/src/q8-inl.h), for tests. */
+  q8Codes(x: Float32Array, unsigned: boolean): Uint8Array;
   arenaCloseFd(fd: number): void;
   laneCreate(arena: ArrayBuffer): LaneHandle;
   laneArm(
@@ -74,8 +81,9 @@ export interface NativeAddon {
   laneClose(lane: LaneHandle): void;
 }
 
-/** A step's buffers, kStride per job: Float32Arrays, Uint16Arrays (bfloat16 slots) or null. */
-type Buffers = Array<Float32Array | Uint16Array | null>;
+/** A step's buffers, kStride per job: Float32Arrays, Uint16Arrays (bfloat16 slots), Uint8Arrays (q8 slots) or null. */
+type Buffers = Array<Float32Array | Uint16Array | Uint8Array | null>;
+type SlotData = Float32Array | Uint16Array | Uint8Array;
 
 /**
  * The addon's step and stepAsync arguments: dtype, streams for bfloat16 state (native/src/bf16-inl.h); rows (one
@@ -93,7 +101,7 @@ type StepArgs = [
 ];
 
 /** The addon's state dtype ids (native/src/kernel.h StateDtype). */
-const DTYPE_ID: Record<StateDtype, number> = { float32: 0, bfloat16: 1 };
+const DTYPE_ID: Record<StateDtype, number> = { float32: 0, bfloat16: 1, q8: 2 };
 
 /** An opaque handle of the addon's fast lane (native/src/lane.cc). */
 type LaneHandle = { readonly __lane: unique symbol };
@@ -120,23 +128,35 @@ export function nativeLoadError(): string | null {
   return loadError;
 }
 
+/** A q8 slot's element count and map (engine/q8.ts). */
+interface Q8Info {
+  n: number;
+  nonNegative: boolean;
+}
+
 class NativeSlot implements Slot {
-  /** @param borrowed memory the engine does not own (an arena region) */
+  /**
+   * @param borrowed memory the engine does not own (an arena region)
+   * @param q8 set for a q8 slot (data: its bytes)
+   */
   constructor(
-    readonly data: Float32Array | Uint16Array,
+    readonly data: SlotData,
     readonly borrowed = false,
+    readonly q8: Q8Info | null = null,
   ) {}
   get dtype(): StateDtype {
-    return this.data instanceof Uint16Array ? 'bfloat16' : 'float32';
+    return this.q8 ? 'q8' : this.data instanceof Uint16Array ? 'bfloat16' : 'float32';
   }
   get size(): number {
-    return this.data.length;
+    return this.q8 ? this.q8.n : this.data.length;
   }
   view(): Float32Array {
-    return this.data instanceof Uint16Array ? widenBf16(this.data) : this.data;
+    if (this.q8) return dequantise(this.data as Uint8Array, this.q8.n, this.q8.nonNegative);
+    return this.data instanceof Uint16Array ? widenBf16(this.data) : (this.data as Float32Array);
   }
   read(): Float32Array {
-    return this.data instanceof Uint16Array ? widenBf16(this.data) : this.data.slice();
+    if (this.q8) return dequantise(this.data as Uint8Array, this.q8.n, this.q8.nonNegative);
+    return this.data instanceof Uint16Array ? widenBf16(this.data) : (this.data as Float32Array).slice();
   }
 }
 
@@ -152,7 +172,7 @@ interface Layout {
   hypers: Float64Array;
   fresh: Uint32Array;
   streams: Uint32Array;
-  created: Array<{ into: Map<string, Slot>; name: string; data: Float32Array | Uint16Array }>;
+  created: Array<{ into: Map<string, Slot>; name: string; slot: NativeSlot }>;
   /** The jobs' rows, when some job is row-sparse (else the addon's dense call). */
   rows?: Array<Uint32Array | null>;
 }
@@ -198,14 +218,15 @@ function shapeValue(shape: number[], name: string): number {
 
 /** Checks that the addon's slot list is the TypeScript definition's, in order. */
 function sameSlots(what: string, ts: SlotDecl[], native: Descriptor['slots']): void {
-  const a = ts.map((s) => `${s.name}${s.scalar ? '[1]' : ''}`).join(',');
-  const b = native.map((s) => `${s.name}${s.scalar ? '[1]' : ''}`).join(',');
+  // [1]: one element; +: never negative (the unsigned q8 map)
+  const a = ts.map((s) => `${s.name}${s.scalar ? '[1]' : ''}${s.nonNegative ? '+' : ''}`).join(',');
+  const b = native.map((s) => `${s.name}${s.scalar ? '[1]' : ''}${s.unsigned ? '+' : ''}`).join(',');
   if (a !== b) throw new Error(`native engine: ${what} slots differ: TypeScript [${a}], addon [${b}]`);
 }
 
 export class NativeEngine implements Engine {
   readonly name = 'native';
-  readonly storedStateDtypes = ['float32', 'bfloat16'] as const;
+  readonly storedStateDtypes = ['float32', 'bfloat16', 'q8'] as const;
   private readonly ids = new Map<string, number>();
   private readonly descs = new Map<string, Descriptor>();
   private readonly layout_: ReturnType<NativeAddon['describe']>['layout'];
@@ -233,8 +254,8 @@ export class NativeEngine implements Engine {
   }
 
   /**
-   * Whether optimizer `name` takes `dtype` state: an optimizer whose kernel cannot (kBf16 = false in
-   * native/src) refuses a bfloat16 step before reading any job, so an empty step asks it.
+   * Whether optimizer `name` takes `dtype` state: an optimizer whose kernel cannot (kCompact = false in
+   * native/src) refuses a bfloat16 or q8 step before reading any job, so an empty step asks it.
    */
   takesStateDtype(name: string, dtype: StateDtype): boolean {
     if (dtype === 'float32') return true;
@@ -292,17 +313,37 @@ export class NativeEngine implements Engine {
     return a;
   }
 
-  create(values: Float32Array, _shape?: number[], dtype: StateDtype = 'float32'): Slot {
+  private allocQ8(n: number): Uint8Array {
+    const a = this.addon.allocQ8(n);
+    this.live.buffers += 1;
+    this.live.bytes += slotBytes('q8', n);
+    return a;
+  }
+
+  /** The q8 map the kernels use (tests compare it with engine/q8.ts's). */
+  q8Map(unsigned: boolean): { values: Float32Array; thresholds: Float32Array; lutOk: boolean } {
+    const [values, thresholds, lutOk] = this.addon.q8Map(unsigned);
+    return { values, thresholds, lutOk };
+  }
+
+  /** `nonNegative`: a q8 slot that is never negative takes the unsigned map (SlotDecl.nonNegative). */
+  create(values: Float32Array, _shape?: number[], dtype: StateDtype = 'float32', nonNegative = false): Slot {
     if (dtype === 'bfloat16') return new NativeSlot(narrowBf16(values, this.allocBf16(values.length)));
+    if (dtype === 'q8') {
+      const q8 = { n: values.length, nonNegative };
+      return new NativeSlot(quantise(values, nonNegative, this.allocQ8(values.length)), false, q8);
+    }
     const a = this.alloc(values.length);
     a.set(values);
     return new NativeSlot(a);
   }
 
   write(slot: Slot, values: Float32Array): void {
-    const d = dataOf(slot);
-    if (d instanceof Uint16Array) narrowBf16(values, d);
-    else d.set(values);
+    const s = slot as NativeSlot;
+    const d = s.data;
+    if (s.q8) quantise(values, s.q8.nonNegative, d as Uint8Array);
+    else if (d instanceof Uint16Array) narrowBf16(values, d);
+    else (d as Float32Array).set(values);
   }
 
   /** A slot over memory the caller owns (an arena region): no copy, not counted as the engine's. */
@@ -351,15 +392,25 @@ export class NativeEngine implements Engine {
     return { ...this.live };
   }
 
-  /** A new slot's buffer with its declared first value; bfloat16 bits for a per-element slot of bfloat16 state. */
-  private initial(decl: SlotDecl, theta: Float32Array, shape: number[], h: Hypers, bf16: boolean): Float32Array | Uint16Array {
+  /**
+   * A new slot with its declared first value; bfloat16 bits or q8 bytes for a per-element slot of such state
+   * (`dtype`: the session's for an optimizer slot, float32 for a rule's).
+   */
+  private initial(decl: SlotDecl, theta: Float32Array, shape: number[], h: Hypers, dtype: StateDtype): NativeSlot {
     const i = decl.init;
-    if (bf16 && !decl.scalar) {
+    const v = 'fill' in i ? i.fill : 'fillFrom' in i ? num(h, i.fillFrom) : 0;
+    if (dtype === 'bfloat16' && !decl.scalar) {
       const b = this.allocBf16(slotSize(decl, shape));
-      if ('copyOfTheta' in i) return narrowBf16(theta, b);
-      const v = 'fill' in i ? i.fill : 'fillFrom' in i ? num(h, i.fillFrom) : 0;
+      if ('copyOfTheta' in i) return new NativeSlot(narrowBf16(theta, b));
       if (v !== 0) b.fill(narrowBf16(Float32Array.of(v))[0]); // to nearest; copyOfGrad: the kernel copies (and rounds)
-      return b;
+      return new NativeSlot(b);
+    }
+    if (dtype === 'q8' && !decl.scalar) {
+      const n = slotSize(decl, shape);
+      const nonNegative = decl.nonNegative === true;
+      // v in every element: absmax |v| and the code of +-1 (0: zeros); copyOfGrad: the kernel copies (and quantises).
+      const b = quantise('copyOfTheta' in i ? theta : new Float32Array(n).fill(v), nonNegative, this.allocQ8(n));
+      return new NativeSlot(b, false, { n, nonNegative });
     }
     const a = this.alloc(slotSize(decl, shape));
     if ('fill' in i) a.fill(i.fill);
@@ -367,7 +418,7 @@ export class NativeEngine implements Engine {
     else if ('copyOfTheta' in i) a.set(theta);
     else if ('rmsTimes' in i) a[0] = Math.sqrt(this.addon.sumSquares(theta) / Math.max(1, theta.length)) * num(h, i.rmsTimes);
     // copyOfGrad: the kernel copies the gradient in (its "fresh" bit).
-    return a;
+    return new NativeSlot(a);
   }
 
   /** Every job's buffers and hyperparameters; slots needed for the first time are made off to the side. */
@@ -379,14 +430,13 @@ export class NativeEngine implements Engine {
       opt: this.ids.get(`optimizer:${opt.name}`)!,
       rule: this.ids.get(`rule:${rule.name}`)!,
       dtype: DTYPE_ID[state.dtype],
-      buffers: new Array<Float32Array | Uint16Array | null>(jobs.length * stride).fill(null),
+      buffers: new Array<SlotData | null>(jobs.length * stride).fill(null),
       hypers: new Float64Array(jobs.length * hyperBlock),
       fresh: new Uint32Array(jobs.length),
       streams: new Uint32Array(2 * jobs.length),
       created: [],
       rows: jobs.some((j) => j.rows) ? jobs.map((j) => j.rows ?? null) : undefined,
     };
-    const bf16 = state.dtype === 'bfloat16';
     try {
       jobs.forEach((j, k) => {
         const base = k * stride;
@@ -400,9 +450,9 @@ export class NativeEngine implements Engine {
             if ((d.when && !d.when(j.h)) || slotShape(d, j.shape) === null) return;
             let s = into.get(d.name);
             if (!s) {
-              const data = this.initial(d, theta, j.shape, j.h, bf16 && freshBits); // rule slots: float32
-              out.created.push({ into, name: d.name, data });
-              s = new NativeSlot(data);
+              const slot = this.initial(d, theta, j.shape, j.h, freshBits ? state.dtype : 'float32'); // rule slots: float32
+              out.created.push({ into, name: d.name, slot });
+              s = slot;
               if (freshBits && 'copyOfGrad' in d.init) out.fresh[k] |= 1 << i;
             }
             out.buffers[at + i] = dataOf(s);
@@ -428,11 +478,11 @@ export class NativeEngine implements Engine {
   }
 
   private drop(l: Layout): void {
-    for (const c of l.created) this.dispose(new NativeSlot(c.data));
+    for (const c of l.created) this.dispose(c.slot);
   }
 
   private keep(l: Layout): void {
-    for (const c of l.created) c.into.set(c.name, new NativeSlot(c.data));
+    for (const c of l.created) c.into.set(c.name, c.slot);
   }
 
   step(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[], state: StateFormat = FLOAT32_STATE): void {

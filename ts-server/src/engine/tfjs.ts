@@ -47,7 +47,7 @@ export function missingSlots(decls: SlotDecl[], have: Record<string, unknown>, t
 }
 
 export class TfjsEngine implements Engine {
-  /** bfloat16 state is accepted and kept in float32 (tfjs has no bfloat16 dtype): the step is float32 Adam's. */
+  /** bfloat16 and q8 state are accepted and kept in float32 (tfjs has neither dtype): the step is the float32 one. */
   readonly storedStateDtypes = ['float32'] as const;
   constructor(readonly name: string) {}
 

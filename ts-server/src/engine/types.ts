@@ -73,6 +73,12 @@ export interface SlotDecl {
   init: SlotInit;
   /** One element per parameter instead of one per element. */
   scalar?: boolean;
+  /**
+   * Never negative (exp_avg_sq, sum, ...): q8 state stores it with the
+   * unsigned map, twice as fine (engine/q8.ts). Default: signed. The native
+   * addon's descriptor must agree.
+   */
+  nonNegative?: boolean;
   /** The slot exists only with these hyperparameters (default: always). */
   when?: (h: Hypers) => boolean;
   /**

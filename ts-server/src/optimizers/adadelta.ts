@@ -15,8 +15,8 @@ export const adadelta: OptimizerDef = {
     weightDecay(0),
   ],
   slots: [
-    { name: 'square_avg', init: { fill: 0 } },
-    { name: 'acc_delta', init: { fill: 0 } },
+    { name: 'square_avg', nonNegative: true, init: { fill: 0 } },
+    { name: 'acc_delta', nonNegative: true, init: { fill: 0 } },
   ],
   update(g, theta, state, h) {
     g = withWeightDecay(g, theta, num(h, 'weight_decay'));

@@ -26,7 +26,7 @@ export const adagrad: OptimizerDef = {
   ],
   // torch.optim.Adagrad: "weight_decay option is not compatible with sparse gradients".
   sparse: (h) => (num(h, 'weight_decay') !== 0 ? 'weight_decay: not compatible with sparse gradients (as in torch); use 0' : ''),
-  slots: [{ name: 'sum', init: { fillFrom: 'initial_accumulator_value' } }],
+  slots: [{ name: 'sum', nonNegative: true, init: { fillFrom: 'initial_accumulator_value' } }],
   update(g, theta, state, h, t) {
     g = withWeightDecay(g, theta, num(h, 'weight_decay'));
     const sum = tf.add(state.sum, tf.square(g));

@@ -32,8 +32,8 @@ export function adamDirection(g: tf.Tensor, state: State, h: Hypers, t: number):
 /** Adam's and AdamW's slots; max_exp_avg_sq only with AMSGrad. */
 export const ADAM_SLOTS: SlotDecl[] = [
   { name: 'exp_avg', init: { fill: 0 } },
-  { name: 'exp_avg_sq', init: { fill: 0 } },
-  { name: 'max_exp_avg_sq', init: { fill: 0 }, when: (h) => flag(h, 'amsgrad') },
+  { name: 'exp_avg_sq', nonNegative: true, init: { fill: 0 } },
+  { name: 'max_exp_avg_sq', nonNegative: true, init: { fill: 0 }, when: (h) => flag(h, 'amsgrad') },
 ];
 
 export const AMSGRAD = {

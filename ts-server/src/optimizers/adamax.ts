@@ -11,7 +11,7 @@ export const adamax: OptimizerDef = {
   hypers: [lr(2e-3), betas(0.9, 0.999), eps(1e-8), weightDecay(0)],
   slots: [
     { name: 'exp_avg', init: { fill: 0 } },
-    { name: 'exp_inf', init: { fill: 0 } },
+    { name: 'exp_inf', nonNegative: true, init: { fill: 0 } },
   ],
   update(g, theta, state, h, t) {
     g = withWeightDecay(g, theta, num(h, 'weight_decay'));

@@ -28,7 +28,7 @@ export const lamb: OptimizerDef = {
   ],
   slots: [
     { name: 'exp_avg', init: { fill: 0 } },
-    { name: 'exp_avg_sq', init: { fill: 0 } },
+    { name: 'exp_avg_sq', nonNegative: true, init: { fill: 0 } },
   ],
   update(g, theta, state, h, t) {
     const [b1, b2] = pair(h, 'betas');

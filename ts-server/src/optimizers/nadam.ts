@@ -23,7 +23,7 @@ export const nadam: OptimizerDef = {
   ],
   slots: [
     { name: 'exp_avg', init: { fill: 0 } },
-    { name: 'exp_avg_sq', init: { fill: 0 } },
+    { name: 'exp_avg_sq', nonNegative: true, init: { fill: 0 } },
     { name: 'mu_product', init: { fill: 1 }, scalar: true },
   ],
   update(g0, theta, state, h, t) {

@@ -15,7 +15,7 @@ export const radam: OptimizerDef = {
   hypers: [lr(1e-3), betas(0.9, 0.999), eps(1e-8), weightDecay(0), DECOUPLED_WEIGHT_DECAY],
   slots: [
     { name: 'exp_avg', init: { fill: 0 } },
-    { name: 'exp_avg_sq', init: { fill: 0 } },
+    { name: 'exp_avg_sq', nonNegative: true, init: { fill: 0 } },
   ],
   update(g0, theta, state, h, t) {
     const { g, decay } = coupledOrDecoupled(g0, theta, h);

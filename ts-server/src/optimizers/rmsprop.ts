@@ -22,7 +22,7 @@ export const rmsprop: OptimizerDef = {
     LR_IN_MOMENTUM,
   ],
   slots: [
-    { name: 'square_avg', init: { fill: 0 } },
+    { name: 'square_avg', nonNegative: true, init: { fill: 0 } },
     { name: 'grad_avg', init: { fill: 0 }, when: (h) => flag(h, 'centered') },
     { name: 'momentum_buffer', init: { fill: 0 }, when: (h) => num(h, 'momentum') > 0 },
   ],

@@ -28,7 +28,7 @@ export const rprop: OptimizerDef = {
   ],
   slots: [
     { name: 'prev', init: { fill: 0 } },
-    { name: 'step_size', init: { fillFrom: 'lr' } },
+    { name: 'step_size', nonNegative: true, init: { fillFrom: 'lr' } },
   ],
   update(g, _theta, state, h) {
     const [etaMinus, etaPlus] = pair(h, 'etas');

@@ -66,7 +66,7 @@ export const scheduleFreeAdamw: OptimizerDef = {
   ],
   slots: [
     { name: 'z', init: { copyOfTheta: true } },
-    { name: 'exp_avg_sq', init: { fill: 0 } },
+    { name: 'exp_avg_sq', nonNegative: true, init: { fill: 0 } },
     { name: 'weight_sum', init: { fill: 0 }, scalar: true },
     { name: 'max_lr', init: { fill: 0 }, scalar: true },
   ],

@@ -15,7 +15,7 @@ export const sparseAdam: OptimizerDef = {
   hypers: [lr(1e-3), betas(0.9, 0.999), eps(1e-8)],
   slots: [
     { name: 'exp_avg', init: { fill: 0 } },
-    { name: 'exp_avg_sq', init: { fill: 0 } },
+    { name: 'exp_avg_sq', nonNegative: true, init: { fill: 0 } },
   ],
   sparse: 'only',
   update(g, _theta, state, h, t) {

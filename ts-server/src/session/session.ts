@@ -882,7 +882,9 @@ export class Session {
       } else {
         if (old) this.engine.dispose(old);
         const dtype = map === p.state.opt && !scalar.has(name) ? this.spec.state.dtype : 'float32';
-        map.set(name, this.engine.create(t.data, shape, dtype));
+        // q8: the slot's own map (unsigned for one that is never negative).
+        const nonNegative = optimizerOf(this.spec, p.group).slots.find((d) => d.name === name)?.nonNegative === true;
+        map.set(name, this.engine.create(t.data, shape, dtype, nonNegative));
       }
     }
     this.spec = spec;

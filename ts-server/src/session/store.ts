@@ -6,7 +6,7 @@
 // holds.
 import { randomUUID } from 'crypto';
 import { currentEngine } from '../engine/engine';
-import { elementBytes, type StateDtype } from '../engine/stateDtype';
+import { slotBytes, type StateDtype } from '../engine/stateDtype';
 import type { SlotDecl } from '../engine/types';
 import { type DataLoss, NotFound, ResourceExhausted } from '../errors';
 import { slotSize } from '../engine/slots';
@@ -44,8 +44,9 @@ export function sweepPeriodMs(idleTimeoutMs: number): number {
 /**
  * The bytes a session will hold: each parameter (float32) and every slot its
  * optimizer and rule declare for its group's hyperparameters: one float32
- * value, or per element 4 bytes (float32 state) or 2 (bfloat16 state, on an
- * engine that stores it: `stored`, the engine's storedStateDtypes). Rule
+ * value, or per element 4 bytes (float32 state), 2 (bfloat16 state) or 1 and
+ * a float32 per 256 (q8 state, engine/stateDtype.ts slotBytes), on an engine
+ * that stores it (`stored`, the engine's storedStateDtypes). Rule
  * slots are one value each. L-BFGS counts its whole history (2 history_size
  * vectors of the parameters' size) and its working vectors.
  */
@@ -54,15 +55,16 @@ export function projectedBytes(
   decls: ParamDeclaration[],
   stored: readonly StateDtype[] = currentEngine().storedStateDtypes,
 ): number {
-  const per = elementBytes(stored.includes(spec.state.dtype) ? spec.state.dtype : 'float32');
+  const dtype = stored.includes(spec.state.dtype) ? spec.state.dtype : 'float32';
   let bytes = 0;
   for (const d of decls) {
     const n = sizeOf(d.shape);
     const h = resolveGroup(spec, d.group);
     const on = (s: SlotDecl) => !s.when || s.when(h);
     bytes += 4 * n;
-    // A per-element slot takes `per` bytes an element; a scalar or shaped one (Adafactor's rows and columns) float32.
-    for (const s of optimizerOf(spec, d.group).slots.filter(on)) bytes += (s.scalar || s.shape ? 4 : per) * slotSize(s, d.shape);
+    // A per-element slot is stored as `dtype`; a scalar or shaped one (Adafactor's rows and columns) float32.
+    for (const s of optimizerOf(spec, d.group).slots.filter(on))
+      bytes += slotBytes(s.scalar || s.shape ? 'float32' : dtype, slotSize(s, d.shape));
     for (const s of spec.rule.slots.filter(on)) bytes += 4 * slotSize(s, d.shape);
     // L-BFGS at its fullest: history_size pairs (s, y), d, g_prev and, during a step, the point it started
     // from and the gradients of the line search's bracket (float32 vectors of the whole model).

@@ -55,8 +55,8 @@ namespace HWY_NAMESPACE {
 struct Adafactor {
   static constexpr bool kNorms = true;
   static constexpr bool kPrepass = true;
-  /** Its factored row and column slots are not per element: float32 state only (a bfloat16 step is refused). */
-  static constexpr bool kBf16 = false;
+  /** Its factored row and column slots are not per element: float32 state only (a bfloat16 or q8 step is refused). */
+  static constexpr bool kCompact = false;
   static constexpr size_t kColBlock = 256;  // columns per task of the column sweep (a multiple of every lane count)
   static constexpr size_t kRowBlock = 64;   // rows summed in float before joining the column's double
 

@@ -15,7 +15,9 @@
 #include "bf16-inl.h"
 #include "hwy/highway.h"
 #include "kernel.h"
+#include "q8-inl.h"
 #include "simd-inl.h"
+#include "tasks.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace mur {
@@ -38,7 +40,7 @@ inline double BiasCorrection(double beta, double t) { return 1.0 - std::pow(beta
 
 /** Refuses a job whose slot k is missing (the binding laid it out wrongly). */
 inline bool Need(const Job& j, int k, const char* what, std::string* err) {
-  if (j.slot[k] != nullptr || j.slot16[k] != nullptr) return true;
+  if (j.slot[k] != nullptr || j.slot16[k] != nullptr || j.slot8[k] != nullptr) return true;
   *err = std::string("state slot '") + what + "' is missing";
   return false;
 }
@@ -69,9 +71,44 @@ struct SlotJob<Bf16> : Job {
 };
 
 /**
+ * q8 state (state_dtype "q8", q8map.h) has no SlotJob of its own: Q8Blocks
+ * hands each block of a task to the float32 kernel as a Job of its own, its
+ * full-size slots dequantised into float32 scratch on the stack (3 KiB) and
+ * theta and grad rebased to the block, then quantises the scratch back. A
+ * task starts on a block boundary (tasks are kChunk elements, a multiple of
+ * kQ8Block), so every block, its absmax and its codes are the same whatever
+ * the thread count. f(block, len) runs elements [0, len) of the block.
+ */
+struct Q8 {};
+static_assert(kChunk % kQ8Block == 0, "q8: every task must start on a block boundary");
+template <class F>
+HWY_INLINE void Q8Blocks(const Job& job, size_t begin, size_t end, F&& f) {
+  HWY_ALIGN float scratch[kMaxOptSlots][kQ8Block];
+  const Q8Map* maps[kMaxOptSlots];
+  for (int k = 0; k < kMaxOptSlots; ++k) maps[k] = &Q8MapOf(((job.q8_unsigned >> k) & 1u) != 0);
+  for (size_t b = begin; b < end; b += kQ8Block) {
+    const size_t len = b + kQ8Block < end ? kQ8Block : end - b, blk = b / kQ8Block;
+    Job block = job;
+    block.theta = job.theta + b;
+    block.grad = job.grad + b;
+    block.n = len;
+    for (int k = 0; k < kMaxOptSlots; ++k) {
+      if (job.slot8[k] == nullptr) continue;
+      Q8Dequantise(job.slot8[k] + b, job.absmax[k][blk], *maps[k], len, scratch[k]);
+      block.slot[k] = scratch[k];
+      block.slot8[k] = nullptr;
+    }
+    f(static_cast<const Job&>(block), len);
+    for (int k = 0; k < kMaxOptSlots; ++k) {
+      if (job.slot8[k] != nullptr) job.absmax[k][blk] = Q8Quantise(scratch[k], len, *maps[k], job.slot8[k] + b);
+    }
+  }
+}
+
+/**
  * Float32 slots through a plain Job: for kernels whose functions take `const Job&`
  * (Adafactor: its factored row and column slots are not per element), which
- * declare kBf16 = false and so only ever run on float32 state.
+ * declare kCompact = false and so only ever run on float32 state.
  */
 template <class D>
 HWY_INLINE hn::Vec<D> LoadSlot(D d, const Job& j, int k, size_t i) {
@@ -99,14 +136,15 @@ HWY_INLINE void StoreSlot(D d, hn::Vec<D> v, const SlotJob<Bf16>& j, int k, size
 }
 
 /**
- * Whether an optimizer's kernel takes bfloat16 state: true unless it
- * declares `kBf16 = false` (one that reads a full-size slot other than
- * through LoadSlot/StoreSlot); RunStep refuses such a step.
+ * Whether an optimizer's kernel takes compact state (bfloat16, q8): true
+ * unless it declares `kCompact = false` (one that reads a full-size slot
+ * other than through LoadSlot/StoreSlot, or other than at element i);
+ * RunStep refuses such a step.
  */
 template <class Opt, class = void>
-struct TakesBf16 : std::true_type {};
+struct TakesCompact : std::true_type {};
 template <class Opt>
-struct TakesBf16<Opt, std::void_t<decltype(Opt::kBf16)>> : std::bool_constant<Opt::kBf16> {};
+struct TakesCompact<Opt, std::void_t<decltype(Opt::kCompact)>> : std::bool_constant<Opt::kCompact> {};
 
 /** g + wd * theta (torch's coupled L2 decay); wd = 0 leaves g unchanged. */
 template <class D>

@@ -44,7 +44,7 @@ struct WantsMatrix<Opt, std::void_t<decltype(Opt::kMatrix)>> : std::bool_constan
 
 struct Muon {
   static constexpr bool kMatrix = true;
-  static constexpr bool kBf16 = false;  // the matrix pass reads and writes slot[0] as float32
+  static constexpr bool kCompact = false;  // the matrix pass reads and writes slot[0] as float32
   enum AdjustLr { kOriginal, kMatchRmsAdamW, kSpectralUnclamped };
   struct C {
     float mu, omm;

@@ -8,7 +8,8 @@
 // vectors and folding each block into a double; the tasks' sums are folded
 // per tensor in task order. So the result does not depend on the thread count.
 // S is the slot type (optimizers/common-inl.h's SlotJob): a Reduce that
-// writes slots rounds them as the element pass would.
+// writes slots rounds them as the element pass would (q8: quantises each
+// block, whose sums are then folded per block of kQ8Block).
 #if defined(MUR_OPTIMIZERS_NORMS_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef MUR_OPTIMIZERS_NORMS_INL_H_
 #undef MUR_OPTIMIZERS_NORMS_INL_H_
@@ -55,22 +56,37 @@ struct NormPass {
   static void RunTask(void* vctx, size_t k) {
     auto& c = *static_cast<Ctx<Task>*>(vctx);
     const Task& t = c.tasks[k];
-    const SlotJob<S> j(c.jobs[t.job], t.begin);
     const typename Opt::C& p = *c.plans[t.job];
     const hn::ScalableTag<float> d;
     const hn::CappedTag<float, 1> d1;
     const size_t lanes = hn::Lanes(d);
     double a = 0, b = 0;
-    for (size_t begin = t.begin; begin < t.end; begin += kBlock) {
-      const size_t end = begin + kBlock < t.end ? begin + kBlock : t.end;
-      auto va = hn::Zero(d), vb = hn::Zero(d);
-      size_t i = begin;
-      for (; i + lanes <= end; i += lanes)
-        Opt::Reduce(d, p, j, i, hn::LoadU(d, j.grad + i), hn::LoadU(d, j.theta + i), &va, &vb);
-      auto ta = hn::Zero(d1), tb = hn::Zero(d1);
-      for (; i < end; ++i) Opt::Reduce(d1, p, j, i, hn::LoadU(d1, j.grad + i), hn::LoadU(d1, j.theta + i), &ta, &tb);
-      a += static_cast<double>(hn::GetLane(hn::SumOfLanes(d, va))) + hn::GetLane(ta);
-      b += static_cast<double>(hn::GetLane(hn::SumOfLanes(d, vb))) + hn::GetLane(tb);
+    if constexpr (std::is_same_v<S, Q8>) {
+      // q8: block by block on dequantised scratch (Q8Blocks), each block's sums folded into the doubles.
+      Q8Blocks(c.jobs[t.job], t.begin, t.end, [&](const Job& block, size_t len) {
+        const SlotJob<float> j(block, 0);
+        auto va = hn::Zero(d), vb = hn::Zero(d);
+        size_t i = 0;
+        for (; i + lanes <= len; i += lanes)
+          Opt::Reduce(d, p, j, i, hn::LoadU(d, j.grad + i), hn::LoadU(d, j.theta + i), &va, &vb);
+        auto ta = hn::Zero(d1), tb = hn::Zero(d1);
+        for (; i < len; ++i) Opt::Reduce(d1, p, j, i, hn::LoadU(d1, j.grad + i), hn::LoadU(d1, j.theta + i), &ta, &tb);
+        a += static_cast<double>(hn::GetLane(hn::SumOfLanes(d, va))) + hn::GetLane(ta);
+        b += static_cast<double>(hn::GetLane(hn::SumOfLanes(d, vb))) + hn::GetLane(tb);
+      });
+    } else {
+      const SlotJob<S> j(c.jobs[t.job], t.begin);
+      for (size_t begin = t.begin; begin < t.end; begin += kBlock) {
+        const size_t end = begin + kBlock < t.end ? begin + kBlock : t.end;
+        auto va = hn::Zero(d), vb = hn::Zero(d);
+        size_t i = begin;
+        for (; i + lanes <= end; i += lanes)
+          Opt::Reduce(d, p, j, i, hn::LoadU(d, j.grad + i), hn::LoadU(d, j.theta + i), &va, &vb);
+        auto ta = hn::Zero(d1), tb = hn::Zero(d1);
+        for (; i < end; ++i) Opt::Reduce(d1, p, j, i, hn::LoadU(d1, j.grad + i), hn::LoadU(d1, j.theta + i), &ta, &tb);
+        a += static_cast<double>(hn::GetLane(hn::SumOfLanes(d, va))) + hn::GetLane(ta);
+        b += static_cast<double>(hn::GetLane(hn::SumOfLanes(d, vb))) + hn::GetLane(tb);
+      }
     }
     c.sums[2 * k] = a;
     c.sums[2 * k + 1] = b;

@@ -42,7 +42,7 @@ struct ScheduleFree {
   /** The rule acts on slot kRuleSlot (z), and Combine gives the new theta (fused-inl.h). */
   static constexpr int kRuleSlot = 0;
   /** z in bfloat16 would round the iterate itself: float32 state only. */
-  static constexpr bool kBf16 = false;
+  static constexpr bool kCompact = false;
   struct C {
     float b1, omb1, b2, omb2, eps, wd, inv_bc2, ck;
     float next_weight_sum, next_max_lr;  // written by Commit

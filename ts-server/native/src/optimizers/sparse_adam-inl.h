@@ -27,8 +27,8 @@ namespace mur {
 namespace HWY_NAMESPACE {
 
 struct SparseAdam {
-  // Its row-sparse sessions keep float32 state (a row step of bfloat16 state has no reference yet).
-  static constexpr bool kBf16 = false;
+  // Its row-sparse sessions keep float32 state (a row step of bfloat16 or q8 state has no reference yet).
+  static constexpr bool kCompact = false;
   struct C {
     float omb1, omb2, eps;
   };
