@@ -41,7 +41,9 @@ def main():
                 finally:
                     tx.close()
                 err = max(float(np.max(np.abs(g[k] - w[k]))) for g, w in zip(got, want) for k in params)
-                rel = max(float(np.max(np.abs(g[k] - w[k]) / (1 + np.abs(w[k])))) for g, w in zip(got, want) for k in params)
+                rel = max(
+                    float(np.max(np.abs(g[k] - w[k]) / (1 + np.abs(w[k])))) for g, w in zip(got, want) for k in params
+                )
                 a, r = worst.get(name, (0.0, 0.0))
                 worst[name] = (max(a, err), max(r, rel))
     print(f"server {server.backend}; float32 both; the parity tests' cases and steps")
