@@ -10,66 +10,22 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as grpc from '@grpc/grpc-js';
-import { DType, type CreateSessionRequest, type StateFrame } from '../generated/mur/v1/optimizer';
+import { DType, type CreateSessionRequest } from '../generated/mur/v1/optimizer';
 import { currentEngine } from '../src/engine/engine';
 import { loadNative, type NativeEngine } from '../src/engine/native';
 import { absmaxOffset, code, dequantise, q8Map, quantise } from '../src/engine/q8';
 import { slotBytes } from '../src/engine/stateDtype';
 import { InvalidArgument } from '../src/errors';
 import { resolveGroup, resolveSpec, type SpecJson } from '../src/registry';
-import { Session, type SlotTensor } from '../src/session/session';
+import { Session } from '../src/session/session';
 import { projectedBytes } from '../src/session/store';
 import { refStep, type H, type RefState } from './reference/reference';
 import { nearest, quantiseSlot, REF_MAPS } from './reference/q8';
-import {
-  auth,
-  bytes,
-  capabilities,
-  closeSession,
-  create,
-  expectStatus,
-  exportAll,
-  importFrames,
-  startHarness,
-  step,
-  grads,
-  type Harness,
-} from './harness';
+import { bytes, capabilities, closeSession, create, expectStatus, exportAll, importFrames, startHarness, step, grads } from './harness';
+import { bitsOf, framesOf, session, tensors } from './state-dtype-support';
 
 const F32 = DType.DTYPE_FLOAT32;
 const stores = () => currentEngine().storedStateDtypes.includes('q8');
-const bitsOf = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
-
-function session(spec: SpecJson, sizes: number[], seed = 1): Session {
-  return new Session(
-    'q8',
-    resolveSpec(spec),
-    sizes.map((n, k) => ({
-      id: `p${k}`,
-      name: `p${k}`,
-      shape: [n],
-      group: '',
-      values: Float32Array.from({ length: n }, (_, i) => Math.sin(seed * (i + 1) + k)),
-    })),
-  );
-}
-
-/** Every tensor of a session, by "param/slot". */
-const tensors = (s: Session) => new Map([...s.exportTensors()].map((t: SlotTensor) => [`${t.paramId}/${t.slot}`, t.data]));
-
-/** ExportState's frames of session `from`, addressed to session `to`. */
-function framesOf(h: Harness, from: string, to: string): Promise<StateFrame[]> {
-  return new Promise((resolve, reject) => {
-    const out: StateFrame[] = [];
-    const s = h.client.exportState({ sessionId: from }, auth(from));
-    s.on('data', (f: StateFrame) => {
-      if (f.frame?.$case === 'header') f.frame.value.sessionId = to;
-      out.push(f);
-    });
-    s.on('error', reject);
-    s.on('end', () => resolve(out));
-  });
-}
 
 const ADAM_Q8: SpecJson = { optimizer: 'adam', rule: 'additive', defaults: { lr: 0.01 }, state_dtype: 'q8' };
 
