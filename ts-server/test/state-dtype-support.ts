@@ -1,6 +1,7 @@
 // What the state-dtype tests (bf16-state, q8-state) share: sessions of sine
 // values, their tensors by "param/slot", a session's checkpoint frames
 // addressed to another.
+import { strict as assert } from 'assert';
 import type { StateFrame } from '../generated/mur/v1/optimizer';
 import { resolveSpec, type SpecJson } from '../src/registry';
 import { Session, type SlotTensor } from '../src/session/session';
@@ -39,4 +40,21 @@ export function framesOf(h: Harness, from: string, to: string): Promise<StateFra
     s.on('error', reject);
     s.on('end', () => resolve(out));
   });
+}
+
+/** Asserts that a session of `spec` steps bit for bit as the same spec with float32 state (a tfjs engine keeps float32). */
+export function assertSameTrajectoryAsFloat32(spec: SpecJson): void {
+  const a = session({ ...spec }, [64]);
+  const b = session({ ...spec, state_dtype: 'float32' }, [64]);
+  try {
+    for (let t = 1; t <= 5; t++) {
+      const g = Float32Array.from({ length: 64 }, (_, i) => Math.cos(i + t));
+      assert.ok(
+        bitsOf(a.step(t, [{ id: 'p0', data: g }]).values[0].data).equals(bitsOf(b.step(t, [{ id: 'p0', data: g }]).values[0].data)),
+      );
+    }
+  } finally {
+    a.dispose();
+    b.dispose();
+  }
 }
