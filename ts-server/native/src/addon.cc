@@ -15,7 +15,8 @@
 //       hypers:  Float64Array, kHyperBlock values per job
 //       fresh:   Uint32Array, one bitmask per job (slot created this step, init "grad")
 //       dtype:   how full-size optimizer slots are stored: 0 float32 (default), 1 bfloat16
-//                (then they are Uint16Arrays of bfloat16 bits; one-element slots stay Float32Arrays),
+//                (then they are Uint16Arrays of bfloat16 bits; one-element and wide slots, Descriptor::
+//                wide_slots, stay Float32Arrays),
 //                2 q8 (then Uint8Arrays of kernel.h Q8Bytes(n): codes, then the blocks' absmax)
 //       streams: Uint32Array, two per job: [seed, parameter index] of bfloat16 rounding (bf16-inl.h)
 //       rows:    optional (after dtype, streams when they are given), one entry per job: null
@@ -62,6 +63,7 @@ Napi::Object DescribeOne(Napi::Env env, const mur::Descriptor& d) {
     s.Set("name", d.slots[i]);
     s.Set("scalar", ((d.scalar_slots >> i) & 1u) != 0);
     s.Set("unsigned", ((d.unsigned_slots >> i) & 1u) != 0);
+    s.Set("wide", ((d.wide_slots >> i) & 1u) != 0);
     slots.Set(i, s);
   }
   o.Set("hypers", hypers);
@@ -216,7 +218,6 @@ std::vector<mur::Job> ParseJobsAt(const Napi::CallbackInfo& info, size_t at, int
   if (dtype != mur::kStateFloat32 && !mur::OptimizerTakesCompact(opt))
     Fail(env, std::string("step: ") + od.name + " does not take state_dtype " +
                   (dtype == mur::kStateBfloat16 ? "bfloat16" : "q8"));
-  if (dtype == mur::kStateQ8 && sparse) Fail(env, "step: rows need state_dtype float32");
 
   std::vector<mur::Job> jobs(njobs);
   for (size_t k = 0; k < njobs; ++k) {
@@ -253,7 +254,8 @@ std::vector<mur::Job> ParseJobsAt(const Napi::CallbackInfo& info, size_t at, int
       j.slot16[s] = nullptr;
       j.slot8[s] = nullptr;
       j.absmax[s] = nullptr;
-      const bool scalar = s < od.n_slots && ((od.scalar_slots >> s) & 1u) != 0;
+      // One-element and wide slots (Descriptor::wide_slots) are float32 whatever the dtype.
+      const bool scalar = s < od.n_slots && (((od.scalar_slots | od.wide_slots) >> s) & 1u) != 0;
       if (dtype == mur::kStateBfloat16 && !scalar) {
         size_t len = 0;
         j.slot16[s] = Halves(env, buffers, base + 2 + s, &len);

@@ -70,7 +70,8 @@ struct Fused {
     const auto theta = hn::LoadU(d, j.theta + i);
     const auto dir = Opt::Direction(d, p.opt, j, i, g, theta);
     if constexpr (RuleOnSlot<Opt>::value) {  // Schedule-Free: the rule moves z, theta follows (Combine)
-      const auto z = LoadSlot(d, j, Opt::kRuleSlot, i);
+      static_assert(((WideSlots<Opt>::value >> Opt::kRuleSlot) & 1u) != 0, "the iterate the rule acts on is float32");
+      const auto z = hn::LoadU(d, j.slot[Opt::kRuleSlot] + i);
       const auto z_new = hn::Sub(z, Rule::Change(d, p.rule, j, z, dir));
       hn::StoreU(Opt::Combine(d, p.opt, j, i, theta, z, z_new), d, j.theta + i);
       return;
@@ -83,9 +84,12 @@ struct Fused {
 
   template <bool kDecay>
   static void Range(const Job& job, const Plan& p, size_t begin, size_t end, size_t gshift) {
-    if constexpr (std::is_same_v<S, Q8>) {
+    if constexpr (std::is_same_v<S, Q8> && SlotsBeforeElements<Opt>::value) {
+      // Muon: its matrix pass read and wrote the q8 momentum; the element pass reads no slot.
+      Fused<Opt, Rule, float>::template DenseRange<kDecay>(job, p, begin, end, gshift);
+    } else if constexpr (std::is_same_v<S, Q8>) {
       // q8: each block's slots dequantised into scratch, the float32 kernel over the block, quantised back.
-      Q8Blocks(job, begin, end, [&](const Job& block, size_t len) {
+      Q8Blocks<WideSlots<Opt>::value>(job, begin, end, [&](const Job& block, size_t len) {
         Fused<Opt, Rule, float>::template Range<kDecay>(block, p, 0, len, 0);
       });
     } else {
@@ -123,9 +127,67 @@ struct Fused {
     const Task* tasks;
   };
 
+  /**
+   * Rows [begin, end) of a row-sparse gradient on q8 state: block by block
+   * (kQ8Block elements of the flat tensor, the blocks of a dense step), each
+   * block that a row touches dequantised whole, the float32 loop over the
+   * touched elements, the block quantised back. Elements of the block that no
+   * row touched keep their codes: the block keeps its old absmax unless a
+   * touched element outgrows it (Q8Quantise's floor), and an absmax times a map
+   * value divided by the same absmax quantises to that map value's code (the
+   * thresholds are midpoints, far more than one float32 ulp from every value);
+   * only when a touched element outgrows the absmax are the untouched ones
+   * quantised again to the new scale (off by up to half a map step, as every
+   * element of a dense step). A task's rows share no block (Run).
+   */
+  template <bool kDecay>
+  static void Q8Rows(const Job& job, const Plan& p, size_t begin, size_t end) {
+    if (job.row_len == 0) return;
+    HWY_ALIGN float scratch[kMaxOptSlots][kQ8Block];
+    const Q8Map* maps[kMaxOptSlots];
+    for (int k = 0; k < kMaxOptSlots; ++k) maps[k] = &Q8MapOf(((job.q8_unsigned >> k) & 1u) != 0);
+    size_t r = begin, pos = RowStart(job, r);
+    while (r < end) {
+      const size_t blk = pos / kQ8Block, b0 = blk * kQ8Block;
+      const size_t len = b0 + kQ8Block < job.n ? kQ8Block : job.n - b0;
+      Job block = job;
+      block.theta = job.theta + b0;
+      block.n = len;
+      block.rows = nullptr;
+      RebaseWide(job, WideSlots<Opt>::value, b0, &block);
+      for (int k = 0; k < kMaxOptSlots; ++k) {
+        if (job.slot8[k] == nullptr) continue;
+        Q8Dequantise(job.slot8[k] + b0, job.absmax[k][blk], *maps[k], len, scratch[k]);
+        block.slot[k] = scratch[k];
+        block.slot8[k] = nullptr;
+      }
+      size_t touched = 0;
+      for (;;) {  // every row segment in this block
+        const size_t row_at = RowStart(job, r), row_end = row_at + job.row_len;
+        const size_t seg_end = row_end < b0 + len ? row_end : b0 + len;
+        block.grad = job.grad + r * job.row_len + (pos - row_at);  // the gradient of element pos
+        Fused<Opt, Rule, float>::template DenseRange<kDecay>(block, p, pos - b0, seg_end - b0, pos - b0);
+        touched += seg_end - pos;
+        if (seg_end < row_end) {  // the row goes on in the next block
+          pos = seg_end;
+          break;
+        }
+        if (++r == end) break;
+        pos = RowStart(job, r);
+        if (pos >= b0 + len) break;
+      }
+      for (int k = 0; k < kMaxOptSlots; ++k) {
+        if (job.slot8[k] == nullptr) continue;
+        const float floor = touched < len ? job.absmax[k][blk] : 0.0f;
+        job.absmax[k][blk] = Q8Quantise(scratch[k], len, *maps[k], job.slot8[k] + b0, floor);
+      }
+    }
+  }
+
   template <bool kDecay>
   static void RunRange(const Job& j, const Plan& p, size_t begin, size_t end) {
     if (j.rows == nullptr) return Range<kDecay>(j, p, begin, end, 0);
+    if constexpr (std::is_same_v<S, Q8>) return Q8Rows<kDecay>(j, p, begin, end);
     // A row-sparse job's task is rows [begin, end) of its gradient: each is
     // the dense loop over that row of theta and the slots.
     for (size_t r = begin; r < end; ++r) {
@@ -156,8 +218,6 @@ struct Fused {
       }
       plans[k].decay = static_cast<float>(f.decay);
       if (jobs[k].rows != nullptr && WantsNorms<Opt>::value) return "job " + std::to_string(k) + ": " + kNoRows;
-      if (jobs[k].rows != nullptr && std::is_same_v<S, Q8>)
-        return "job " + std::to_string(k) + ": rows need state_dtype float32";
       total += GradElements(jobs[k]);
     }
     for (size_t k = 0; k < njobs; ++k) Opt::Commit(jobs[k], plans[k].opt);
@@ -169,7 +229,15 @@ struct Fused {
       // Dense: elements; row-sparse: rows of the gradient, about kChunk elements a task.
       const size_t n = jobs[k].rows != nullptr ? jobs[k].nrows : jobs[k].n;
       const size_t step = jobs[k].rows != nullptr ? RowsPerTask(jobs[k]) : kChunk;
-      for (size_t b = 0; b < n; b += step) tasks.push_back({k, b, b + step < n ? b + step : n});
+      for (size_t b = 0, e; b < n; b = e) {
+        e = b + step < n ? b + step : n;
+        // q8 rows: a task ends where the next row starts in a block of its own (Q8Rows), the same split on any thread count.
+        if constexpr (std::is_same_v<S, Q8>) {
+          if (jobs[k].rows != nullptr)
+            while (e < n && SameQ8Block(jobs[k], e - 1, e)) ++e;
+        }
+        tasks.push_back({k, b, e});
+      }
     }
     Ctx ctx{jobs, plans.data(), tasks.data()};
     Pool& pool = Pool::Get();
@@ -195,7 +263,9 @@ struct Fused {
 
 template <class Opt, class S>
 std::string WithRule(int rule, const Job* jobs, size_t n) {
-  if constexpr (!std::is_same_v<S, float> && !TakesCompact<Opt>::value) {
+  if constexpr (!std::is_same_v<S, float> && KeepsFloat32<Opt>::value) {
+    return WithRule<Opt, float>(rule, jobs, n);  // Adafactor: every slot float32 (Descriptor::wide_slots)
+  } else if constexpr (!std::is_same_v<S, float> && !TakesCompact<Opt>::value) {
     return std::is_same_v<S, Bf16> ? "this optimizer does not take state_dtype bfloat16"
                                    : "this optimizer does not take state_dtype q8";
   } else {

@@ -76,6 +76,10 @@ struct Descriptor {
   // bit k: slot k is never negative (exp_avg_sq, sum, ...): q8 state stores it
   // with the unsigned map (q8map.h), the others with the signed one.
   uint32_t unsigned_slots = 0;
+  // bit k: slot k is float32 whatever the state dtype (Schedule-Free's
+  // iterate z, which the rule acts on; Adafactor's factored statistics,
+  // O(rows + cols)): a bfloat16 or q8 step passes it as a Float32Array.
+  uint32_t wide_slots = 0;
   // Slots sized by the parameter's shape (Adafactor's row and column means):
   // slot k's length for a job of n elements and hyperparameter block h, or
   // nullptr where every slot is per element or scalar.
@@ -116,7 +120,9 @@ std::string RunStepBfloat16(int opt, int rule, const Job* jobs, size_t njobs);
 std::string RunStepQ8(int opt, int rule, const Job* jobs, size_t njobs);
 /**
  * Whether optimizer `opt` takes compact state (bfloat16, q8): every one whose
- * kernel reaches its full-size slots only through LoadSlot/StoreSlot.
+ * kernel reaches its full-size slots only through LoadSlot/StoreSlot, the
+ * whole-slot ReadWholeSlot/WriteWholeSlot (Muon) or keeps them float32
+ * (Descriptor::wide_slots). Every optimizer does since issue 23.
  */
 bool OptimizerTakesCompact(int opt);
 /** Index of the first NaN or infinity, or -1. */

@@ -190,11 +190,16 @@ constexpr int Count(const char* const (&)[N]) {
 constexpr int Count(std::nullptr_t) { return 0; }
 
 // scalar: bit k, slot k holds one element; unsigned: bit k, slot k is never
-// negative (the unsigned q8 map, q8map.h).
+// negative (the unsigned q8 map, q8map.h); wide: bit k, slot k is float32
+// whatever the state dtype (Descriptor::wide_slots).
 #define MUR_DESC(ns, name, scalar, unsigned_) \
   Descriptor { name, ns::kHypers, Count(ns::kHypers), ns::kSlots, Count(ns::kSlots), scalar, unsigned_ }
-#define MUR_DESC_SIZED(ns, name, scalar, unsigned_) \
-  Descriptor { name, ns::kHypers, Count(ns::kHypers), ns::kSlots, Count(ns::kSlots), scalar, unsigned_, &ns::SlotSize }
+#define MUR_DESC_WIDE(ns, name, scalar, unsigned_, wide) \
+  Descriptor { name, ns::kHypers, Count(ns::kHypers), ns::kSlots, Count(ns::kSlots), scalar, unsigned_, wide }
+#define MUR_DESC_SIZED(ns, name, scalar, unsigned_, wide) \
+  Descriptor {                                                                                                \
+    name, ns::kHypers, Count(ns::kHypers), ns::kSlots, Count(ns::kSlots), scalar, unsigned_, wide, &ns::SlotSize \
+  }
 
 static const Descriptor kOptimizerTable[kNumOptimizers] = {
     MUR_DESC(sgd_desc, "sgd", 0, 0),
@@ -211,10 +216,11 @@ static const Descriptor kOptimizerTable[kNumOptimizers] = {
     MUR_DESC(asgd_desc, "asgd", (1u << 0) | (1u << 1), 0),  // eta, mu
     MUR_DESC(lamb_desc, "lamb", 0, 0b10),                   // exp_avg_sq
     MUR_DESC(lars_desc, "lars", 0, 0),
-    MUR_DESC_SIZED(adafactor_desc, "adafactor", 0, 0b111),  // row_var, col_var: by rows and columns
+    MUR_DESC_SIZED(adafactor_desc, "adafactor", 0, 0b111, 0b111),  // row_var, col_var: by rows and columns; float32
     MUR_DESC(sparse_adam_desc, "sparseadam", 0, 0b10),      // exp_avg_sq
     MUR_DESC(muon_desc, "muon", 0, 0),
-    MUR_DESC(schedule_free_desc, "schedule_free_adamw", (1u << 2) | (1u << 3), 0b10),  // weight_sum, max_lr; exp_avg_sq
+    // weight_sum, max_lr; exp_avg_sq; z (the iterate) float32
+    MUR_DESC_WIDE(schedule_free_desc, "schedule_free_adamw", (1u << 2) | (1u << 3), 0b10, 0b1),
 };
 static const Descriptor kRuleTable[kNumRules] = {
     MUR_DESC(additive_desc, "additive", 0, 0), MUR_DESC(multiplicative_desc, "multiplicative", 0, 0),

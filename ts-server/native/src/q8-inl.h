@@ -97,8 +97,12 @@ HWY_INLINE void Q8CodesOf(const float* x, size_t n, const Q8Map& m, uint8_t* cod
   for (; i < n; ++i) Q8QuantiseLanes(d1, x + i, hn::Set(d1, 1.0f), m, codes + i);
 }
 
-/** in[0..len) (len <= kQ8Block) quantised into codes; returns the block's absmax. */
-HWY_INLINE float Q8Quantise(const float* in, size_t len, const Q8Map& m, uint8_t* codes) {
+/**
+ * in[0..len) (len <= kQ8Block) quantised into codes; returns the block's absmax:
+ * max |in|, or `floor` if that is larger (a row-sparse step keeps the block's
+ * old absmax while it holds rows it did not touch: optimizers/rows-inl.h).
+ */
+HWY_INLINE float Q8Quantise(const float* in, size_t len, const Q8Map& m, uint8_t* codes, float floor = 0.0f) {
   const hn::ScalableTag<float> d;
   const hn::CappedTag<float, 1> d1;
   const size_t lanes = hn::Lanes(d);
@@ -107,6 +111,7 @@ HWY_INLINE float Q8Quantise(const float* in, size_t len, const Q8Map& m, uint8_t
   for (; i + lanes <= len; i += lanes) mx = hn::Max(mx, hn::Abs(hn::LoadU(d, in + i)));
   float absmax = hn::GetLane(hn::MaxOfLanes(d, mx));
   for (; i < len; ++i) absmax = hn::GetLane(hn::Max(hn::Set(d1, absmax), hn::Abs(hn::LoadU(d1, in + i))));
+  if (absmax < floor) absmax = floor;  // false for NaN: it stays NaN
   if (!(absmax > 0)) {  // a block of zeros (or NaN: nothing finite to scale by): the first zero's code
     std::memset(codes, m.zero_code, len);
     return 0.0f;

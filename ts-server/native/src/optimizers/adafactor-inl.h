@@ -55,8 +55,12 @@ namespace HWY_NAMESPACE {
 struct Adafactor {
   static constexpr bool kNorms = true;
   static constexpr bool kPrepass = true;
-  /** Its factored row and column slots are not per element: float32 state only (a bfloat16 or q8 step is refused). */
-  static constexpr bool kCompact = false;
+  /**
+   * Its factored row and column statistics are O(rows + cols) (a 4096 x 4096 matrix: 32 KiB of
+   * float32 beside 64 MiB of theta), the unfactored variance only exists for vectors: every slot
+   * stays float32 whatever the state dtype (Descriptor::wide_slots), so a compact step is the float32 one.
+   */
+  static constexpr bool kFloat32State = true;
   static constexpr size_t kColBlock = 256;  // columns per task of the column sweep (a multiple of every lane count)
   static constexpr size_t kRowBlock = 64;   // rows summed in float before joining the column's double
 

@@ -81,7 +81,41 @@ struct SlotJob<Bf16> : Job {
  */
 struct Q8 {};
 static_assert(kChunk % kQ8Block == 0, "q8: every task must start on a block boundary");
-template <class F>
+
+/**
+ * An optimizer's slots kept float32 whatever the state dtype (bit k: slot k;
+ * Descriptor::wide_slots must agree): `kWideSlots`. Its kernel reads them as
+ * j.slot[k] + i; Q8Blocks rebases them with theta.
+ */
+template <class Opt, class = void>
+struct WideSlots : std::integral_constant<uint32_t, 0> {};
+template <class Opt>
+struct WideSlots<Opt, std::void_t<decltype(Opt::kWideSlots)>> : std::integral_constant<uint32_t, Opt::kWideSlots> {};
+
+/** Optimizers all of whose slots are wide (`kFloat32State = true`: Adafactor): a compact step is the float32 one. */
+template <class Opt, class = void>
+struct KeepsFloat32 : std::false_type {};
+template <class Opt>
+struct KeepsFloat32<Opt, std::void_t<decltype(Opt::kFloat32State)>> : std::bool_constant<Opt::kFloat32State> {};
+
+/**
+ * Optimizers whose element pass reads no full-size slot (`kSlotsBeforeElements = true`: Muon, whose
+ * matrix pass reads and writes its momentum whole, ReadWholeSlot / WriteWholeSlot): a q8 element pass
+ * then runs the float32 loop over the task, with no block dequantised.
+ */
+template <class Opt, class = void>
+struct SlotsBeforeElements : std::false_type {};
+template <class Opt>
+struct SlotsBeforeElements<Opt, std::void_t<decltype(Opt::kSlotsBeforeElements)>>
+    : std::bool_constant<Opt::kSlotsBeforeElements> {};
+
+/** Rebases the wide full-size slots (bits of `wide`) of a block starting at element b. */
+HWY_INLINE void RebaseWide(const Job& job, uint32_t wide, size_t b, Job* block) {
+  for (int k = 0; k < kMaxOptSlots; ++k)
+    if (((wide >> k) & 1u) != 0 && job.slot[k] != nullptr) block->slot[k] = job.slot[k] + b;
+}
+
+template <uint32_t kWide = 0, class F>
 HWY_INLINE void Q8Blocks(const Job& job, size_t begin, size_t end, F&& f) {
   HWY_ALIGN float scratch[kMaxOptSlots][kQ8Block];
   const Q8Map* maps[kMaxOptSlots];
@@ -92,6 +126,7 @@ HWY_INLINE void Q8Blocks(const Job& job, size_t begin, size_t end, F&& f) {
     block.theta = job.theta + b;
     block.grad = job.grad + b;
     block.n = len;
+    RebaseWide(job, kWide, b, &block);
     for (int k = 0; k < kMaxOptSlots; ++k) {
       if (job.slot8[k] == nullptr) continue;
       Q8Dequantise(job.slot8[k] + b, job.absmax[k][blk], *maps[k], len, scratch[k]);
@@ -106,9 +141,61 @@ HWY_INLINE void Q8Blocks(const Job& job, size_t begin, size_t end, F&& f) {
 }
 
 /**
+ * Full-size slot k of a whole job widened into out[0..n) (float32, bfloat16 or
+ * q8 storage, whichever pointer the job has): for kernels that read a slot
+ * before their element pass (Muon's momentum).
+ */
+HWY_INLINE void ReadWholeSlot(const Job& j, int k, float* out) {
+  const hn::ScalableTag<float> d;
+  const hn::CappedTag<float, 1> d1;
+  if (j.slot16[k] != nullptr) {
+    const size_t lanes = hn::Lanes(d);
+    size_t i = 0;
+    for (; i + lanes <= j.n; i += lanes) hn::StoreU(WidenBf16(d, j.slot16[k] + i), d, out + i);
+    for (; i < j.n; ++i) hn::StoreU(WidenBf16(d1, j.slot16[k] + i), d1, out + i);
+  } else if (j.slot8[k] != nullptr) {
+    const Q8Map& m = Q8MapOf(((j.q8_unsigned >> k) & 1u) != 0);
+    for (size_t b = 0; b < j.n; b += kQ8Block)
+      Q8Dequantise(j.slot8[k] + b, j.absmax[k][b / kQ8Block], m, b + kQ8Block < j.n ? kQ8Block : j.n - b, out + b);
+  } else {
+    for (size_t i = 0; i < j.n; ++i) out[i] = j.slot[k][i];
+  }
+}
+
+/**
+ * in[0..n) stored into full-size slot k of a whole job: float32 as is,
+ * bfloat16 rounded stochastically with the keys a dense element pass uses
+ * (bf16-inl.h: the same bits as a task of elements [b, b + kChunk) storing
+ * them), q8 block by block (the same blocks as Q8Blocks).
+ */
+HWY_INLINE void WriteWholeSlot(const Job& j, int k, const float* in) {
+  const hn::ScalableTag<float> d;
+  const hn::CappedTag<float, 1> d1;
+  if (j.slot16[k] != nullptr) {
+    const uint64_t key = RoundKey(j.stream, StepT(j));
+    const size_t lanes = hn::Lanes(d);
+    for (size_t b = 0; b < j.n; b += kChunk) {
+      const uint32_t offset = SlotOffset(key, k, static_cast<uint64_t>(b) >> 32);
+      const size_t end = b + kChunk < j.n ? b + kChunk : j.n;
+      size_t i = b;
+      for (; i + lanes <= end; i += lanes) NarrowBf16(d, hn::LoadU(d, in + i), j.slot16[k] + i, offset, i);
+      for (; i < end; ++i) NarrowBf16(d1, hn::LoadU(d1, in + i), j.slot16[k] + i, offset, i);
+    }
+  } else if (j.slot8[k] != nullptr) {
+    const Q8Map& m = Q8MapOf(((j.q8_unsigned >> k) & 1u) != 0);
+    for (size_t b = 0; b < j.n; b += kQ8Block) {
+      const size_t len = b + kQ8Block < j.n ? kQ8Block : j.n - b;
+      j.absmax[k][b / kQ8Block] = Q8Quantise(in + b, len, m, j.slot8[k] + b);
+    }
+  } else {
+    for (size_t i = 0; i < j.n; ++i) j.slot[k][i] = in[i];
+  }
+}
+
+/**
  * Float32 slots through a plain Job: for kernels whose functions take `const Job&`
  * (Adafactor: its factored row and column slots are not per element), which
- * declare kCompact = false and so only ever run on float32 state.
+ * keep every slot float32 (kFloat32State) and so only ever run the float32 kernel.
  */
 template <class D>
 HWY_INLINE hn::Vec<D> LoadSlot(D d, const Job& j, int k, size_t i) {

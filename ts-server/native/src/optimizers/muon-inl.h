@@ -44,7 +44,10 @@ struct WantsMatrix<Opt, std::void_t<decltype(Opt::kMatrix)>> : std::bool_constan
 
 struct Muon {
   static constexpr bool kMatrix = true;
-  static constexpr bool kCompact = false;  // the matrix pass reads and writes slot[0] as float32
+  // The matrix pass widens the momentum (bfloat16, q8) to float32, lerps it, stores it back (bfloat16:
+  // stochastically with the dense keys; q8: per block) and takes u from the float32 values; the element
+  // pass reads no slot.
+  static constexpr bool kSlotsBeforeElements = true;
   enum AdjustLr { kOriginal, kMatchRmsAdamW, kSpectralUnclamped };
   struct C {
     float mu, omm;
@@ -92,12 +95,18 @@ struct Muon {
   static float Lerp(float a, float b, float w, float omw) { return w < 0.5f ? a + w * (b - a) : b - (b - a) * omw; }
 
   static void Matrix(const Job& j, C* c, bool parallel) {
-    std::vector<float> u(j.n);
+    std::vector<float> u(j.n), wide;
     float* buf = j.slot[0];
+    if (buf == nullptr) {  // bfloat16 or q8 momentum
+      wide.resize(j.n);
+      ReadWholeSlot(j, 0, wide.data());
+      buf = wide.data();
+    }
     for (size_t i = 0; i < j.n; ++i) {
       buf[i] = Lerp(buf[i], j.grad[i], c->omm, c->mu);
       u[i] = c->nesterov ? Lerp(j.grad[i], buf[i], c->mu, c->omm) : buf[i];
     }
+    if (buf != j.slot[0]) WriteWholeSlot(j, 0, buf);
     c->store.resize(j.n);
     NewtonSchulz(u.data(), c->rows, c->cols, c->ns, c->store.data(), parallel);
     c->o = c->store.data();

@@ -41,8 +41,11 @@ inline double WarmupFactor(double k, double warmup) { return warmup > 0 ? std::m
 struct ScheduleFree {
   /** The rule acts on slot kRuleSlot (z), and Combine gives the new theta (fused-inl.h). */
   static constexpr int kRuleSlot = 0;
-  /** z in bfloat16 would round the iterate itself: float32 state only. */
-  static constexpr bool kCompact = false;
+  /**
+   * z is the iterate the rule acts on, not a moment: float32 whatever the state dtype (bfloat16
+   * would round the iterate itself); exp_avg_sq takes the state dtype.
+   */
+  static constexpr uint32_t kWideSlots = 1u << 0;
   struct C {
     float b1, omb1, b2, omb2, eps, wd, inv_bc2, ck;
     float next_weight_sum, next_max_lr;  // written by Commit
@@ -84,7 +87,7 @@ struct ScheduleFree {
   template <class D, class J>
   static HWY_INLINE hn::Vec<D> Combine(D d, const C& c, const J& j, size_t i, hn::Vec<D> y, hn::Vec<D> z,
                                        hn::Vec<D> z_new) {
-    StoreSlot(d, z_new, j, 0, i);
+    hn::StoreU(z_new, d, j.slot[0] + i);  // float32 (kWideSlots)
     const auto x = hn::Div(hn::Sub(y, hn::Mul(hn::Set(d, c.omb1), z)), hn::Set(d, c.b1));
     const auto x_new = hn::Add(hn::Mul(hn::Set(d, 1.0f - c.ck), x), hn::Mul(hn::Set(d, c.ck), z_new));
     return hn::Add(hn::Mul(hn::Set(d, c.b1), x_new), hn::Mul(hn::Set(d, c.omb1), z_new));

@@ -27,8 +27,6 @@ namespace mur {
 namespace HWY_NAMESPACE {
 
 struct SparseAdam {
-  // Its row-sparse sessions keep float32 state (a row step of bfloat16 or q8 state has no reference yet).
-  static constexpr bool kCompact = false;
   struct C {
     float omb1, omb2, eps;
   };
@@ -42,8 +40,10 @@ struct SparseAdam {
   }
   static void Commit(const Job&, const C&) {}
 
-  template <class D>
-  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const Job& j, size_t i, hn::Vec<D> g, hn::Vec<D>) {
+  // Compact state (bfloat16, q8): per element through LoadSlot/StoreSlot; a q8 row step dequantises and
+  // quantises whole blocks (fused-inl.h Q8Rows), bfloat16 rounds each touched element with the dense keys.
+  template <class D, class J>
+  static HWY_INLINE hn::Vec<D> Direction(D d, const C& c, const J& j, size_t i, hn::Vec<D> g, hn::Vec<D>) {
     const auto m_old = LoadSlot(d, j, 0, i);
     const auto v_old = LoadSlot(d, j, 1, i);
     const auto m = hn::Add(hn::Mul(hn::Sub(g, m_old), hn::Set(d, c.omb1)), m_old);
