@@ -170,7 +170,7 @@ function storeFor(row: Row): (t: number) => Store {
       Object.assign(
         (s: RefState) =>
           decls.forEach((d) => {
-            if (!d.scalar && s[d.name]) quantiseSlot(s[d.name], d.nonNegative === true);
+            if (!d.scalar && !d.float32 && s[d.name]) quantiseSlot(s[d.name], d.nonNegative === true);
           }),
         { fill: Math.fround },
       );
@@ -179,7 +179,7 @@ function storeFor(row: Row): (t: number) => Store {
     Object.assign(
       (s: RefState) =>
         decls.forEach((d, k) => {
-          if (!d.scalar && s[d.name]) roundSlot(s[d.name], SEED, 0, t, k);
+          if (!d.scalar && !d.float32 && s[d.name]) roundSlot(s[d.name], SEED, 0, t, k);
         }),
       { fill: roundNearest },
     );
@@ -336,8 +336,9 @@ describe('engine table: every optimizer x rule vs the float64 reference (50 step
           if (t.slot === '' || t.slot.startsWith('rule.')) continue;
           const want = s[t.slot];
           assert.ok(want, `the reference has no slot '${t.slot}'`);
-          const full =
-            t.data.length === N && !OPTIMIZERS.find((o) => o.name === row.optimizer)!.slots.find((d) => d.name === t.slot)?.scalar;
+          // A full-size slot stored as the state dtype (not one kept float32: SlotDecl.float32).
+          const decl = OPTIMIZERS.find((o) => o.name === row.optimizer)!.slots.find((d) => d.name === t.slot);
+          const full = t.data.length === N && !decl?.scalar && !decl?.float32;
           const bits = new Uint32Array(t.data.buffer, t.data.byteOffset, t.data.length);
           const largest = Math.max(...want.map(Math.abs));
           t.data.forEach((v, i) => {

@@ -20,7 +20,7 @@ import type { HyperSpec, HyperValue, Hypers, OptimizerDef, RuleDef, SlotDecl } f
 interface Descriptor {
   name: string;
   hypers: string[];
-  slots: Array<{ name: string; scalar: boolean; unsigned: boolean }>;
+  slots: Array<{ name: string; scalar: boolean; unsigned: boolean; wide: boolean }>;
 }
 
 export interface NativeAddon {
@@ -218,9 +218,9 @@ function shapeValue(shape: number[], name: string): number {
 
 /** Checks that the addon's slot list is the TypeScript definition's, in order. */
 function sameSlots(what: string, ts: SlotDecl[], native: Descriptor['slots']): void {
-  // [1]: one element; +: never negative (the unsigned q8 map)
-  const a = ts.map((s) => `${s.name}${s.scalar ? '[1]' : ''}${s.nonNegative ? '+' : ''}`).join(',');
-  const b = native.map((s) => `${s.name}${s.scalar ? '[1]' : ''}${s.unsigned ? '+' : ''}`).join(',');
+  // [1]: one element; +: never negative (the unsigned q8 map); =: float32 whatever the state dtype
+  const a = ts.map((s) => `${s.name}${s.scalar ? '[1]' : ''}${s.nonNegative ? '+' : ''}${s.float32 ? '=' : ''}`).join(',');
+  const b = native.map((s) => `${s.name}${s.scalar ? '[1]' : ''}${s.unsigned ? '+' : ''}${s.wide ? '=' : ''}`).join(',');
   if (a !== b) throw new Error(`native engine: ${what} slots differ: TypeScript [${a}], addon [${b}]`);
 }
 
@@ -396,8 +396,9 @@ export class NativeEngine implements Engine {
    * A new slot with its declared first value; bfloat16 bits or q8 bytes for a per-element slot of such state
    * (`dtype`: the session's for an optimizer slot, float32 for a rule's).
    */
-  private initial(decl: SlotDecl, theta: Float32Array, shape: number[], h: Hypers, dtype: StateDtype): NativeSlot {
+  private initial(decl: SlotDecl, theta: Float32Array, shape: number[], h: Hypers, stateDtype: StateDtype): NativeSlot {
     const i = decl.init;
+    const dtype = decl.float32 ? 'float32' : stateDtype; // Schedule-Free's z, Adafactor's statistics (SlotDecl.float32)
     const v = 'fill' in i ? i.fill : 'fillFrom' in i ? num(h, i.fillFrom) : 0;
     if (dtype === 'bfloat16' && !decl.scalar) {
       const b = this.allocBf16(slotSize(decl, shape));

@@ -79,6 +79,13 @@ export interface SlotDecl {
    * addon's descriptor must agree.
    */
   nonNegative?: boolean;
+  /**
+   * Kept float32 whatever the session's state_dtype: not a moment but the
+   * iterate the rule acts on (Schedule-Free's z), or statistics of O(rows +
+   * cols) (Adafactor's). The native addon's descriptor must agree (its
+   * wide_slots).
+   */
+  float32?: boolean;
   /** The slot exists only with these hyperparameters (default: always). */
   when?: (h: Hypers) => boolean;
   /**

@@ -44,9 +44,10 @@ export const adafactor: OptimizerDef = {
     { name: 'weight_decay', type: 'number', default: 0, minimum: 0, description: 'decoupled weight decay: theta *= 1 - lr * weight_decay' },
   ],
   slots: [
-    { name: 'row_var', nonNegative: true, init: { fill: 0 }, shape: rowShape },
-    { name: 'col_var', nonNegative: true, init: { fill: 0 }, shape: colShape },
-    { name: 'variance', nonNegative: true, init: { fill: 0 }, shape: (s) => (s.length < 2 ? s : null) },
+    // float32 whatever the state_dtype: O(rows + cols) for a matrix (docs/engine.md "compact state").
+    { name: 'row_var', nonNegative: true, float32: true, init: { fill: 0 }, shape: rowShape },
+    { name: 'col_var', nonNegative: true, float32: true, init: { fill: 0 }, shape: colShape },
+    { name: 'variance', nonNegative: true, float32: true, init: { fill: 0 }, shape: (s) => (s.length < 2 ? s : null) },
   ],
   update(g, theta, state, h, t) {
     const lrNow = num(h, 'lr');

@@ -65,7 +65,7 @@ export const scheduleFreeAdamw: OptimizerDef = {
     },
   ],
   slots: [
-    { name: 'z', init: { copyOfTheta: true } },
+    { name: 'z', float32: true, init: { copyOfTheta: true } }, // the iterate, not a moment: float32 whatever the state_dtype
     { name: 'exp_avg_sq', nonNegative: true, init: { fill: 0 } },
     { name: 'weight_sum', init: { fill: 0 }, scalar: true },
     { name: 'max_lr', init: { fill: 0 }, scalar: true },

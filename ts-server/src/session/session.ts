@@ -405,11 +405,6 @@ export class Session {
       }
       const refusal = gradientKindRefusal(optimizerOf(spec, p.group), hyp(p.group), g.rows !== undefined);
       if (refusal) throw new InvalidArgument(`${where(i)} '${g.id}': ${refusal}`);
-      if (g.rows && spec.state.dtype !== 'float32') {
-        throw new InvalidArgument(
-          `${where(i)} '${g.id}': row-sparse gradients need state_dtype float32 (this session's is ${spec.state.dtype})`,
-        );
-      }
       if (checkFinite) {
         const { nonFinite, digest } = this.engine.scan(g.data);
         if (nonFinite >= 0)
@@ -881,9 +876,11 @@ export class Session {
         this.engine.write(old, t.data);
       } else {
         if (old) this.engine.dispose(old);
-        const dtype = map === p.state.opt && !scalar.has(name) ? this.spec.state.dtype : 'float32';
+        // One-element slots and those kept float32 (SlotDecl.float32: Schedule-Free's z, Adafactor's) stay float32.
+        const decl = optimizerOf(this.spec, p.group).slots.find((d) => d.name === name);
+        const dtype = map === p.state.opt && !scalar.has(name) && decl?.float32 !== true ? this.spec.state.dtype : 'float32';
         // q8: the slot's own map (unsigned for one that is never negative).
-        const nonNegative = optimizerOf(this.spec, p.group).slots.find((d) => d.name === name)?.nonNegative === true;
+        const nonNegative = decl?.nonNegative === true;
         map.set(name, this.engine.create(t.data, shape, dtype, nonNegative));
       }
     }

@@ -62,9 +62,10 @@ export function projectedBytes(
     const h = resolveGroup(spec, d.group);
     const on = (s: SlotDecl) => !s.when || s.when(h);
     bytes += 4 * n;
-    // A per-element slot is stored as `dtype`; a scalar or shaped one (Adafactor's rows and columns) float32.
+    // A per-element slot is stored as `dtype`; a scalar, shaped (Adafactor's rows and columns) or
+    // float32 one (SlotDecl.float32: Schedule-Free's z) float32.
     for (const s of optimizerOf(spec, d.group).slots.filter(on))
-      bytes += slotBytes(s.scalar || s.shape ? 'float32' : dtype, slotSize(s, d.shape));
+      bytes += slotBytes(s.scalar || s.shape || s.float32 ? 'float32' : dtype, slotSize(s, d.shape));
     for (const s of spec.rule.slots.filter(on)) bytes += 4 * slotSize(s, d.shape);
     // L-BFGS at its fullest: history_size pairs (s, y), d, g_prev and, during a step, the point it started
     // from and the gradients of the line search's bracket (float32 vectors of the whole model).

@@ -388,7 +388,7 @@ export function refStep(
   shape = [th.length],
   store: Store = asIs,
 ): number[] {
-  if (opt === 'schedule_free_adamw') return scheduleFree(rule, th, g, s, h, t, rs);
+  if (opt === 'schedule_free_adamw') return scheduleFree(rule, th, g, s, h, t, rs, store);
   const { after, ...dir } = refDirection(opt, g, th, s, h, t, shape, store);
   store(s);
   const next = refRule(rule, th, dir, rs, h);
@@ -405,7 +405,7 @@ const warmup = (k: number, w: number) => (w > 0 ? Math.min(k, w) / w : 1);
  * x = (y - (1-b1) z) / b1. The base step (z) takes the warmup at t-1, the
  * averaging weight max_lr^p at t, as optax's two schedule counts.
  */
-function scheduleFree(rule: string, y: number[], g: number[], s: RefState, h: H, t: number, rs: RefState): number[] {
+function scheduleFree(rule: string, y: number[], g: number[], s: RefState, h: H, t: number, rs: RefState, store: Store = asIs): number[] {
   const [b1, b2] = h.betas as number[];
   const W = n(h, 'warmup_steps');
   const z = (s.z ??= [...y]);
@@ -427,6 +427,7 @@ function scheduleFree(rule: string, y: number[], g: number[], s: RefState, h: H,
     return b1 * ((1 - c) * x + c * zNew[i]) + (1 - b1) * zNew[i];
   });
   zNew.forEach((v2, i) => (z[i] = v2));
+  store(s); // exp_avg_sq as stored (z is float32 whatever the state dtype)
   return next;
 }
 
