@@ -16,6 +16,7 @@ import { loadNative, type NativeEngine } from '../src/engine/native';
 import { absmaxOffset, code, dequantise, q8Map, quantise } from '../src/engine/q8';
 import { slotBytes } from '../src/engine/stateDtype';
 import { InvalidArgument } from '../src/errors';
+import { OPTIMIZERS } from '../src/optimizers';
 import { resolveGroup, resolveSpec, type SpecJson } from '../src/registry';
 import { Session } from '../src/session/session';
 import { projectedBytes } from '../src/session/store';
@@ -180,6 +181,7 @@ describe('state_dtype q8', () => {
     for (const n of [97, 256, 513]) {
       for (const [oi, o] of d.optimizers.entries()) {
         if (!currentEngine().takesStateDtype!(o.name, 'q8')) continue; // refused at session creation (engine table)
+        if (o.name === 'adafactor') continue; // every slot float32, shaped by rows and columns: its q8 step is the float32 one
         const results: Buffer[] = [];
         for (const shift of [0, 1, 3, 5]) {
           const mkF = (f: (i: number) => number, len: number) => {
@@ -199,7 +201,13 @@ describe('state_dtype q8', () => {
           const theta = mkF((i) => Math.sin(i + 1), n);
           const grad = mkF((i) => Math.cos(0.7 * i) * 0.3, n);
           const slots = Array.from({ length: d.layout.maxOptSlots }, (_, k) =>
-            k >= o.slots.length ? null : o.slots[k].scalar ? mkF(() => 1, 1) : mkQ(o.slots[k].unsigned),
+            k >= o.slots.length
+              ? null
+              : o.slots[k].scalar
+                ? mkF(() => 1, 1)
+                : o.slots[k].wide
+                  ? mkF((i) => Math.sin(i), n)
+                  : mkQ(o.slots[k].unsigned),
           );
           const h = new Float64Array(d.layout.hyperBlock);
           h[0] = 3;
@@ -220,6 +228,7 @@ describe('state_dtype q8', () => {
     for (const spec of [
       { ...ADAM_Q8, defaults: { lr: 0.01, amsgrad: true } },
       { optimizer: 'lamb', rule: 'hybrid', defaults: { lr: 0.01 }, state_dtype: 'q8' },
+      { optimizer: 'schedule_free_adamw', rule: 'additive', defaults: { lr: 0.01 }, state_dtype: 'q8' },
     ]) {
       const run = (threads: number) => {
         addon.setThreads(threads);
@@ -241,20 +250,35 @@ describe('state_dtype q8', () => {
     }
   });
 
-  it('refuses row-sparse steps (rows need state_dtype float32) and optimizers that cannot keep it, by name', function () {
+  it('every optimizer takes it (issue 23): Schedule-Free keeps z and Adafactor its statistics float32, the rest compact; bad names refused', function () {
     const engine = currentEngine();
     if (stores()) {
-      for (const name of ['adafactor', 'muon', 'sparseadam']) assert.ok(!engine.takesStateDtype!(name, 'q8'), `${name} refuses q8`);
-      assert.ok(engine.takesStateDtype!('adam', 'q8'));
-      const before = engine.memory();
-      assert.throws(
-        () =>
-          new Session('x', resolveSpec({ optimizer: 'adafactor', rule: 'additive', state_dtype: 'q8' }), [
-            { id: 'w', name: 'w', shape: [4, 4], group: '', values: new Float32Array(16) },
-          ]),
-        (e: Error) => e instanceof InvalidArgument && e.message.includes('state_dtype') && e.message.includes('adafactor'),
-      );
-      assert.deepEqual(engine.memory(), before, 'nothing was allocated');
+      for (const o of OPTIMIZERS.filter((x) => !x.closure)) assert.ok(engine.takesStateDtype!(o.name, 'q8'), `${o.name} takes q8`);
+      // --max-bytes counts each slot as it is stored: z float32 (4 n), exp_avg_sq q8, the two scalars float32.
+      const n = 1024;
+      const decl = [{ id: 'w', name: 'w', shape: [32, 32], group: '', values: null }];
+      const q8n = n + 4 * 4;
+      const sf = resolveSpec({ optimizer: 'schedule_free_adamw', rule: 'additive', state_dtype: 'q8' });
+      assert.equal(projectedBytes(sf, decl, ['float32', 'q8']), 4 * n + 4 * n + q8n + 8);
+      const muon = resolveSpec({ optimizer: 'muon', rule: 'additive', state_dtype: 'q8' });
+      assert.equal(projectedBytes(muon, decl, ['float32', 'q8']), 4 * n + q8n);
+      const af = resolveSpec({ optimizer: 'adafactor', rule: 'additive', state_dtype: 'q8' });
+      assert.equal(projectedBytes(af, decl, ['float32', 'q8']), 4 * n + 4 * 32 + 4 * 32, 'row_var and col_var: float32');
+      // A session holds exactly that (engine memory).
+      for (const [spec, want] of [
+        [sf, 4 * n + q8n + 8],
+        [muon, q8n],
+        [af, 4 * 64],
+      ] as const) {
+        const before = engine.memory().bytes;
+        const ss = new Session('x', spec, [{ id: 'w', name: 'w', shape: [32, 32], group: '', values: Float32Array.from({ length: n }, (_, i) => Math.sin(i)) }]);
+        try {
+          ss.step(1, [{ id: 'w', data: Float32Array.from({ length: n }, (_, i) => Math.cos(i)) }]);
+          assert.equal(engine.memory().bytes - before - 4 * n, want, `${spec.optimizer.name}: state bytes`);
+        } finally {
+          ss.dispose();
+        }
+      }
     }
     assert.throws(
       () => resolveSpec({ optimizer: 'adam', rule: 'additive', state_dtype: 'int8' }),
