@@ -8,6 +8,10 @@ import { OPTIMIZERS } from '../src/optimizers';
 import { resolveGroup, resolveSpec } from '../src/registry';
 import { RULES } from '../src/rules';
 import { Session } from '../src/session/session';
+import { currentEngine } from '../src/engine/engine';
+import { loadNative } from '../src/engine/native';
+import { roundSlotAt } from './reference/bf16';
+import { quantiseRows } from './reference/q8';
 import { refSparseStep, type H, type RefState } from './reference/reference';
 
 const ROWS = 6;
@@ -162,4 +166,114 @@ describe('rule properties on rows (sparseadam)', () => {
     assert.ok(close(run('hybrid', { gamma: 0 }), run('additive', {})), 'gamma 0 != additive');
     assert.ok(close(run('hybrid', { gamma: 1 }), run('multiplicative', {})), 'gamma 1 != multiplicative');
   });
+});
+
+/*
+ * Compact state on rows (issue 23): SparseAdam's exp_avg and exp_avg_sq as
+ * bfloat16 or q8, against the float64 reference that stores them the same way
+ * (reference/bf16.ts roundSlotAt: the touched elements, with a dense store's
+ * keys; reference/q8.ts quantiseRows: every block a touched row reaches,
+ * quantised whole). Tolerances are the engine table's (engine-table.test.ts:
+ * BF16_TOL / Q8_TOL 2e-4 on theta; a slot within two bfloat16 ulp or one q8 map
+ * step of its largest element). A [300, 3] table's rows straddle q8 blocks
+ * (256 is no multiple of 3) and its last rows, never touched, fill a block of
+ * their own; the [6, 4] table is one block shared by every row.
+ */
+describe('sparse table: compact state (bfloat16, q8) on rows (sparseadam)', () => {
+  const SEED = 7;
+  const TOL = 2e-4;
+  for (const dtype of ['bfloat16', 'q8'] as const) {
+    for (const [rows0, len] of [
+      [6, 4],
+      [300, 3],
+    ]) {
+      it(`${dtype}, a [${rows0}, ${len}] table: the reference's stores; elements of untouched rows keep their bits (q8: while their block's absmax holds)`, function () {
+        if (!currentEngine().storedStateDtypes.includes(dtype)) this.skip();
+        const n = rows0 * len;
+        const hypers = { lr: 0.01 };
+        const spec = resolveSpec({ optimizer: 'sparseadam', rule: 'additive', defaults: hypers, state_dtype: dtype, state_seed: SEED });
+        const h = resolveGroup(spec, '') as H;
+        const start = Array.from(Float32Array.from({ length: n }, (_, i) => Math.sin(1.3 * i + 0.4) * 0.8));
+        // Rows below rows0 - 10 as touched(t) picks them (by row mod 6); the last 10 rows never.
+        const pick = (t: number) =>
+          t === 7 ? [] : Array.from({ length: rows0 }, (_, r) => r).filter((r) => r < Math.max(5, rows0 - 10) && (r * 7 + t * 3) % 5 < 3);
+        const session = new Session('sparse', spec, [{ id: 'e', name: 'e', shape: [rows0, len], group: '', values: Float32Array.from(start) }]);
+        let ref = start.slice();
+        const s: RefState = {};
+        const rs: RefState = {};
+        const absmax: Record<string, number[]> = { exp_avg: [], exp_avg_sq: [] };
+        let prev = new Map<string, Float32Array>();
+        let kept = 0;
+        let regrown = 0;
+        try {
+          for (let t = 1; t <= STEPS; t++) {
+            const rows = pick(t);
+            const g = Array.from(Float32Array.from(rows.flatMap((r) => Array.from({ length: len }, (_, e) => 0.6 * Math.cos(0.7 * (r * len + e) + 0.3 * t) + 0.4 * ref[r * len + e]))));
+            session.step(t, [{ id: 'e', data: Float32Array.from(g), rows: Uint32Array.from(rows) }]);
+            ref = refSparseStep('sparseadam', 'additive', ref, rows, g, len, s, rs, h, t);
+            const hit = new Set(rows);
+            const touchedAt = (i: number) => hit.has(Math.floor(i / len));
+            const grew: Record<string, Set<number>> = { exp_avg: new Set(), exp_avg_sq: new Set() };
+            ['exp_avg', 'exp_avg_sq'].forEach((name, k) => {
+              if (dtype === 'bfloat16') roundSlotAt(s[name], SEED, 0, t, k, touchedAt);
+              else {
+                const before = absmax[name].slice();
+                quantiseRows(s[name], k === 1, absmax[name], touchedAt);
+                absmax[name].forEach((a, b) => a > (before[b] ?? 0) && grew[name].add(b));
+              }
+            });
+            const now = new Map([...session.exportTensors()].map((x) => [x.slot, x.data]));
+            const theta = now.get('')!;
+            theta.forEach((v, i) => assert.ok(Math.abs(v - ref[i]) <= TOL + TOL * Math.abs(ref[i]), `step ${t} theta[${i}]: ${v} vs ${ref[i]}`));
+            for (const name of ['exp_avg', 'exp_avg_sq']) {
+              const got = now.get(name)!;
+              const want = s[name];
+              const largest = Math.max(...want.map(Math.abs));
+              got.forEach((v, i) => {
+                const tol = dtype === 'bfloat16' ? 1e-6 + 2 ** -7 * Math.abs(want[i]) : 1e-6 + (0.9 / 64) * largest;
+                assert.ok(Math.abs(v - want[i]) <= tol, `step ${t} ${name}[${i}]: ${v} vs ${want[i]}`);
+              });
+              const was = prev.get(name);
+              if (!was) continue;
+              for (let i = 0; i < n; i++) {
+                if (touchedAt(i)) continue;
+                if (dtype === 'q8' && grew[name].has(Math.floor(i / 256))) {
+                  regrown++;
+                  continue;
+                }
+                assert.equal(got[i], was[i], `step ${t} ${name}[${i}] (untouched) changed`);
+                kept++;
+              }
+            }
+            prev = now;
+          }
+        } finally {
+          session.dispose();
+        }
+        assert.ok(kept > n, `untouched elements checked: ${kept}`);
+        if (dtype === 'q8') console.log(`      ${kept} untouched slot elements kept their bits; ${regrown} re-quantised (their block's absmax grew)`);
+      });
+    }
+    it(`${dtype}: a row step gives the same bits on one thread and two (a [300000, 3] table, rows split over the pool)`, function () {
+      const addon = loadNative();
+      if (!addon || !currentEngine().storedStateDtypes.includes(dtype)) this.skip();
+      const R = 300_000;
+      const run = (threads: number) => {
+        addon.setThreads(threads);
+        const spec = resolveSpec({ optimizer: 'sparseadam', rule: 'additive', defaults: { lr: 0.01 }, state_dtype: dtype, state_seed: 3 });
+        const session = new Session('t', spec, [{ id: 'e', name: 'e', shape: [R, 3], group: '', values: Float32Array.from({ length: 3 * R }, (_, i) => Math.sin(i)) }]);
+        try {
+          for (let t = 1; t <= 3; t++) {
+            const rows = Uint32Array.from({ length: R }, (_, r) => r).filter((r) => (r + t) % 3 !== 0);
+            session.step(t, [{ id: 'e', data: Float32Array.from({ length: 3 * rows.length }, (_, i) => Math.cos(0.01 * i + t)), rows }]);
+          }
+          return Buffer.concat([...session.exportTensors()].map((x) => Buffer.from(x.data.buffer, x.data.byteOffset, x.data.byteLength)));
+        } finally {
+          session.dispose();
+          addon.setThreads(0);
+        }
+      };
+      assert.ok(run(1).equals(run(2)), 'two threads give what one gives');
+    });
+  }
 });

@@ -44,3 +44,9 @@ export function roundNearest(x: number): number {
   u32[0] = (((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) << 16) >>> 0;
   return f32[0];
 }
+
+/** A row-sparse store: only the elements `touched(i)` rounded, each with the key a dense store of the slot uses. */
+export function roundSlotAt(values: number[], seed: number, param: number, t: number, slot: number, touched: (i: number) => boolean): void {
+  const off = slotOffset(seed, param, t, slot);
+  for (let i = 0; i < values.length; i++) if (touched(i)) values[i] = roundStochastic(values[i], off, i);
+}

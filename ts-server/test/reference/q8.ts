@@ -45,3 +45,29 @@ export function quantiseSlot(values: number[], unsigned: boolean): void {
     }
   }
 }
+
+/**
+ * A row-sparse store of q8 state (docs/engine.md "compact state"): every block
+ * of 256 holding a touched element is quantised again, its absmax max |v| over
+ * the block but at least its old absmax while it holds an untouched element
+ * (which then keeps its value); blocks without a touched element keep
+ * everything. `absmax`: each block's, updated in place.
+ */
+export function quantiseRows(values: number[], unsigned: boolean, absmax: number[], touched: (i: number) => boolean): void {
+  const map = unsigned ? REF_MAPS.unsigned : REF_MAPS.signed;
+  for (let b = 0, blk = 0; b < values.length; b += 256, blk++) {
+    const end = Math.min(values.length, b + 256);
+    let any = false,
+      all = true,
+      mx = 0;
+    for (let i = b; i < end; i++) {
+      if (touched(i)) any = true;
+      else all = false;
+      mx = Math.max(mx, Math.abs(Math.fround(values[i])));
+    }
+    if (!any) continue;
+    const a = all ? mx : Math.max(mx, absmax[blk] ?? 0);
+    absmax[blk] = a;
+    for (let i = b; i < end; i++) values[i] = a === 0 ? 0 : Math.fround(a * map[nearest(map, Math.fround(Math.fround(values[i]) / a))]);
+  }
+}
