@@ -10,6 +10,8 @@ import { spawnSync } from 'child_process';
 import * as path from 'path';
 import { resolveSpec } from '../src/registry';
 import { Session } from '../src/session/session';
+import { currentEngine } from '../src/engine/engine';
+import type { StateDtype } from '../src/engine/stateDtype';
 
 const env = (k: string, d: number) => Number(process.env[k] ?? d);
 
@@ -59,6 +61,7 @@ export function benchSparse(
   rules: string[],
   threads: number[],
   setThreads: (n: number) => void,
+  dtypes: readonly StateDtype[] = ['float32'],
 ): Array<Record<string, unknown>> {
   const rows = env('BENCH_SPARSE_ROWS', 1_000_000);
   const dim = env('BENCH_SPARSE_DIM', 64);
@@ -71,34 +74,40 @@ export function benchSparse(
     setThreads(thr);
     const torch = torchMs(root, rows, dim, touched, thr);
     for (const rule of rules) {
-      process.stderr.write(`native x${thr} sparseadam ${rule} ${rows}x${dim}, ${touched} rows ...\n`);
-      const spec = resolveSpec({ optimizer: 'sparseadam', rule, defaults: { lr: 1e-3 } });
-      const s = new Session('bench-sparse', spec, [{ id: 'e', name: 'e', shape: [rows, dim], group: '', values }]);
-      try {
-        // Step 1 touches every row, so the state's pages exist before timing (torch's side does the same):
-        // the steady state of a long training run, not first-touch page faults.
-        s.step(1, [{ id: 'e', data: new Float32Array(rows * dim).fill(0.01), rows: Uint32Array.from({ length: rows }, (_, i) => i) }]);
-        const times: number[] = [];
-        for (let t = 2; t <= 24; t++) {
-          const t0 = process.hrtime.bigint();
-          s.step(t, [{ id: 'e', data: grad, rows: sets[t % sets.length] }]);
-          if (t > 4) times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+      for (const dtype of dtypes) {
+        process.stderr.write(`native x${thr} sparseadam ${rule} ${dtype} ${rows}x${dim}, ${touched} rows ...\n`);
+        const spec = resolveSpec({ optimizer: 'sparseadam', rule, defaults: { lr: 1e-3 }, state_dtype: dtype });
+        const before = currentEngine().memory().bytes;
+        const s = new Session('bench-sparse', spec, [{ id: 'e', name: 'e', shape: [rows, dim], group: '', values }]);
+        try {
+          // Step 1 touches every row, so the state's pages exist before timing (torch's side does the same):
+          // the steady state of a long training run, not first-touch page faults.
+          s.step(1, [{ id: 'e', data: new Float32Array(rows * dim).fill(0.01), rows: Uint32Array.from({ length: rows }, (_, i) => i) }]);
+          const stateBytes = currentEngine().memory().bytes - before - 4 * rows * dim; // exp_avg and exp_avg_sq as stored
+          const times: number[] = [];
+          for (let t = 2; t <= 24; t++) {
+            const t0 = process.hrtime.bigint();
+            s.step(t, [{ id: 'e', data: grad, rows: sets[t % sets.length] }]);
+            if (t > 4) times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+          }
+          const ms = median(times);
+          out.push({
+            optimizer: 'sparseadam',
+            rule,
+            state_dtype: dtype,
+            state_bytes: stateBytes,
+            threads: thr,
+            table: `${rows}x${dim}`,
+            touched_rows: touched,
+            ms_per_step: +ms.toFixed(3),
+            touched_mparams_per_s: +((touched * dim) / ms / 1e3).toFixed(1),
+            torch_ms_per_step: torch?.ms ?? null,
+            torch_version: torch?.version ?? null,
+            ratio: torch ? +(torch.ms / ms).toFixed(2) : null,
+          });
+        } finally {
+          s.dispose();
         }
-        const ms = median(times);
-        out.push({
-          optimizer: 'sparseadam',
-          rule,
-          threads: thr,
-          table: `${rows}x${dim}`,
-          touched_rows: touched,
-          ms_per_step: +ms.toFixed(3),
-          touched_mparams_per_s: +((touched * dim) / ms / 1e3).toFixed(1),
-          torch_ms_per_step: torch?.ms ?? null,
-          torch_version: torch?.version ?? null,
-          ratio: torch ? +(torch.ms / ms).toFixed(2) : null,
-        });
-      } finally {
-        s.dispose();
       }
     }
   }
@@ -110,6 +119,8 @@ export function sparseTable(rows: Array<Record<string, unknown>>): string {
   const head = [
     'optimizer',
     'rule',
+    'state',
+    'state MB',
     'thr',
     'table',
     'touched rows',
@@ -119,9 +130,19 @@ export function sparseTable(rows: Array<Record<string, unknown>>): string {
     'torch/mur',
   ];
   const lines = rows.map((r) =>
-    [r.optimizer, r.rule, r.threads, r.table, r.touched_rows, r.ms_per_step, r.touched_mparams_per_s, r.torch_ms_per_step, r.ratio].map(
-      String,
-    ),
+    [
+      r.optimizer,
+      r.rule,
+      r.state_dtype,
+      ((r.state_bytes as number) / 1e6).toFixed(1),
+      r.threads,
+      r.table,
+      r.touched_rows,
+      r.ms_per_step,
+      r.touched_mparams_per_s,
+      r.torch_ms_per_step,
+      r.ratio,
+    ].map(String),
   );
   return [`| ${head.join(' | ')} |`, `|${head.map(() => ' --- ').join('|')}|`, ...lines.map((l) => `| ${l.join(' | ')} |`)].join('\n');
 }

@@ -271,7 +271,9 @@ describe('state_dtype q8', () => {
         [af, 4 * 64],
       ] as const) {
         const before = engine.memory().bytes;
-        const ss = new Session('x', spec, [{ id: 'w', name: 'w', shape: [32, 32], group: '', values: Float32Array.from({ length: n }, (_, i) => Math.sin(i)) }]);
+        const ss = new Session('x', spec, [
+          { id: 'w', name: 'w', shape: [32, 32], group: '', values: Float32Array.from({ length: n }, (_, i) => Math.sin(i)) },
+        ]);
         try {
           ss.step(1, [{ id: 'w', data: Float32Array.from({ length: n }, (_, i) => Math.cos(i)) }]);
           assert.equal(engine.memory().bytes - before - 4 * n, want, `${spec.optimizer.name}: state bytes`);

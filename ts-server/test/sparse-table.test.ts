@@ -197,7 +197,9 @@ describe('sparse table: compact state (bfloat16, q8) on rows (sparseadam)', () =
         // Rows below rows0 - 10 as touched(t) picks them (by row mod 6); the last 10 rows never.
         const pick = (t: number) =>
           t === 7 ? [] : Array.from({ length: rows0 }, (_, r) => r).filter((r) => r < Math.max(5, rows0 - 10) && (r * 7 + t * 3) % 5 < 3);
-        const session = new Session('sparse', spec, [{ id: 'e', name: 'e', shape: [rows0, len], group: '', values: Float32Array.from(start) }]);
+        const session = new Session('sparse', spec, [
+          { id: 'e', name: 'e', shape: [rows0, len], group: '', values: Float32Array.from(start) },
+        ]);
         let ref = start.slice();
         const s: RefState = {};
         const rs: RefState = {};
@@ -208,7 +210,13 @@ describe('sparse table: compact state (bfloat16, q8) on rows (sparseadam)', () =
         try {
           for (let t = 1; t <= STEPS; t++) {
             const rows = pick(t);
-            const g = Array.from(Float32Array.from(rows.flatMap((r) => Array.from({ length: len }, (_, e) => 0.6 * Math.cos(0.7 * (r * len + e) + 0.3 * t) + 0.4 * ref[r * len + e]))));
+            const g = Array.from(
+              Float32Array.from(
+                rows.flatMap((r) =>
+                  Array.from({ length: len }, (_, e) => 0.6 * Math.cos(0.7 * (r * len + e) + 0.3 * t) + 0.4 * ref[r * len + e]),
+                ),
+              ),
+            );
             session.step(t, [{ id: 'e', data: Float32Array.from(g), rows: Uint32Array.from(rows) }]);
             ref = refSparseStep('sparseadam', 'additive', ref, rows, g, len, s, rs, h, t);
             const hit = new Set(rows);
@@ -224,7 +232,9 @@ describe('sparse table: compact state (bfloat16, q8) on rows (sparseadam)', () =
             });
             const now = new Map([...session.exportTensors()].map((x) => [x.slot, x.data]));
             const theta = now.get('')!;
-            theta.forEach((v, i) => assert.ok(Math.abs(v - ref[i]) <= TOL + TOL * Math.abs(ref[i]), `step ${t} theta[${i}]: ${v} vs ${ref[i]}`));
+            theta.forEach((v, i) =>
+              assert.ok(Math.abs(v - ref[i]) <= TOL + TOL * Math.abs(ref[i]), `step ${t} theta[${i}]: ${v} vs ${ref[i]}`),
+            );
             for (const name of ['exp_avg', 'exp_avg_sq']) {
               const got = now.get(name)!;
               const want = s[name];
@@ -251,7 +261,8 @@ describe('sparse table: compact state (bfloat16, q8) on rows (sparseadam)', () =
           session.dispose();
         }
         assert.ok(kept > n, `untouched elements checked: ${kept}`);
-        if (dtype === 'q8') console.log(`      ${kept} untouched slot elements kept their bits; ${regrown} re-quantised (their block's absmax grew)`);
+        if (dtype === 'q8')
+          console.log(`      ${kept} untouched slot elements kept their bits; ${regrown} re-quantised (their block's absmax grew)`);
       });
     }
     it(`${dtype}: a row step gives the same bits on one thread and two (a [300000, 3] table, rows split over the pool)`, function () {
@@ -261,7 +272,9 @@ describe('sparse table: compact state (bfloat16, q8) on rows (sparseadam)', () =
       const run = (threads: number) => {
         addon.setThreads(threads);
         const spec = resolveSpec({ optimizer: 'sparseadam', rule: 'additive', defaults: { lr: 0.01 }, state_dtype: dtype, state_seed: 3 });
-        const session = new Session('t', spec, [{ id: 'e', name: 'e', shape: [R, 3], group: '', values: Float32Array.from({ length: 3 * R }, (_, i) => Math.sin(i)) }]);
+        const session = new Session('t', spec, [
+          { id: 'e', name: 'e', shape: [R, 3], group: '', values: Float32Array.from({ length: 3 * R }, (_, i) => Math.sin(i)) },
+        ]);
         try {
           for (let t = 1; t <= 3; t++) {
             const rows = Uint32Array.from({ length: R }, (_, r) => r).filter((r) => (r + t) % 3 !== 0);
