@@ -124,7 +124,7 @@ export function specSchema(): Record<string, unknown> {
       state_dtype: {
         enum: [...STATE_DTYPES],
         description:
-          'How per-element optimizer state is stored: float32 (default), bfloat16 (computed in float32, stored with seeded stochastic rounding) or q8 (8-bit block-quantised: one byte per element and one float32 absmax per 256, dynamic map; computed in float32). Every optimizer takes both; Schedule-Free's z (the iterate) and Adafactor's row and column statistics stay float32. Engines that cannot store one keep float32: GetCapabilities.stored_state_dtypes',
+          'How per-element optimizer state is stored: float32 (default), bfloat16 (computed in float32, stored with seeded stochastic rounding) or q8 (8-bit block-quantised: one byte per element and one float32 absmax per 256, dynamic map; computed in float32). Every optimizer takes both; the Schedule-Free iterate z and the Adafactor row and column statistics stay float32. Engines that cannot store one keep float32: GetCapabilities.stored_state_dtypes',
       },
       state_seed: {
         type: 'integer',
