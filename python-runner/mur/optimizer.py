@@ -262,8 +262,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
             256 (8-bit block-wise dynamic quantisation, as bitsandbytes'
             8-bit optimizers; docs/engine.md "8-bit state"). state_dict()
             carries it widened to float32 (it loads into torch.optim), and
-            records the dtype in its "mur" entry. Engines that cannot store
-            them (the tfjs ones) keep float32.
+            records the dtype in its "mur" entry. Every optimizer takes both
+            (SparseAdam's row-sparse steps too); Schedule-Free's z and
+            Adafactor's statistics stay float32 (docs/engine.md "compact
+            state for every optimizer"). Engines that cannot store them (the
+            tfjs ones) keep float32.
         timeout: deadline in seconds of every call to the server (None: none).
         reconnect_timeout: how long a call keeps retrying a lost connection,
             waiting 0.1 s doubling up to 0.5 s (x0.5-1.5 jitter) between
