@@ -338,7 +338,13 @@ async function main() {
   if (OPTIMIZERS.includes('sparseadam') && availableBackends().includes('native')) {
     await initBackend('native');
     const native = currentEngine() as NativeEngine;
-    sparse = benchSparse(ROOT, list(process.env.BENCH_RULES, Object.keys(RULE_HYPERS).join(',')), THREADS, (k) => native.setThreads(k), STATE_DTYPES);
+    sparse = benchSparse(
+      ROOT,
+      list(process.env.BENCH_RULES, Object.keys(RULE_HYPERS).join(',')),
+      THREADS,
+      (k) => native.setThreads(k),
+      STATE_DTYPES,
+    );
   }
   const versions = [torch2?.version, torch1?.version].filter(Boolean).join(' and ');
   console.log(

@@ -231,7 +231,8 @@ struct Fused {
       const size_t step = jobs[k].rows != nullptr ? RowsPerTask(jobs[k]) : kChunk;
       for (size_t b = 0, e; b < n; b = e) {
         e = b + step < n ? b + step : n;
-        // q8 rows: a task ends where the next row starts in a block of its own (Q8Rows), the same split on any thread count.
+        // q8 rows: a task ends where the next row starts in a block of its own (Q8Rows), the same split on any thread
+        // count.
         if constexpr (std::is_same_v<S, Q8>) {
           if (jobs[k].rows != nullptr)
             while (e < n && SameQ8Block(jobs[k], e - 1, e)) ++e;

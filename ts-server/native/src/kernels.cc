@@ -196,8 +196,8 @@ constexpr int Count(std::nullptr_t) { return 0; }
   Descriptor { name, ns::kHypers, Count(ns::kHypers), ns::kSlots, Count(ns::kSlots), scalar, unsigned_ }
 #define MUR_DESC_WIDE(ns, name, scalar, unsigned_, wide) \
   Descriptor { name, ns::kHypers, Count(ns::kHypers), ns::kSlots, Count(ns::kSlots), scalar, unsigned_, wide }
-#define MUR_DESC_SIZED(ns, name, scalar, unsigned_, wide) \
-  Descriptor {                                                                                                \
+#define MUR_DESC_SIZED(ns, name, scalar, unsigned_, wide)                                                        \
+  Descriptor {                                                                                                   \
     name, ns::kHypers, Count(ns::kHypers), ns::kSlots, Count(ns::kSlots), scalar, unsigned_, wide, &ns::SlotSize \
   }
 
@@ -217,7 +217,7 @@ static const Descriptor kOptimizerTable[kNumOptimizers] = {
     MUR_DESC(lamb_desc, "lamb", 0, 0b10),                   // exp_avg_sq
     MUR_DESC(lars_desc, "lars", 0, 0),
     MUR_DESC_SIZED(adafactor_desc, "adafactor", 0, 0b111, 0b111),  // row_var, col_var: by rows and columns; float32
-    MUR_DESC(sparse_adam_desc, "sparseadam", 0, 0b10),      // exp_avg_sq
+    MUR_DESC(sparse_adam_desc, "sparseadam", 0, 0b10),             // exp_avg_sq
     MUR_DESC(muon_desc, "muon", 0, 0),
     // weight_sum, max_lr; exp_avg_sq; z (the iterate) float32
     MUR_DESC_WIDE(schedule_free_desc, "schedule_free_adamw", (1u << 2) | (1u << 3), 0b10, 0b1),

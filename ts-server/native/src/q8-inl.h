@@ -112,7 +112,7 @@ HWY_INLINE float Q8Quantise(const float* in, size_t len, const Q8Map& m, uint8_t
   float absmax = hn::GetLane(hn::MaxOfLanes(d, mx));
   for (; i < len; ++i) absmax = hn::GetLane(hn::Max(hn::Set(d1, absmax), hn::Abs(hn::LoadU(d1, in + i))));
   if (absmax < floor) absmax = floor;  // false for NaN: it stays NaN
-  if (!(absmax > 0)) {  // a block of zeros (or NaN: nothing finite to scale by): the first zero's code
+  if (!(absmax > 0)) {                 // a block of zeros (or NaN: nothing finite to scale by): the first zero's code
     std::memset(codes, m.zero_code, len);
     return 0.0f;
   }

@@ -18,7 +18,8 @@ inline constexpr const char* kNoRows = "row-sparse gradients need an elementwise
 /** The first element of the r-th gradient row in theta and the slots. */
 inline size_t RowStart(const Job& j, size_t r) { return static_cast<size_t>(j.rows[r]) * j.row_len; }
 
-/** Whether gradient rows a < b of a q8 job meet in one block (kernel.h kQ8Block): row a's last element's and row b's first. */
+/** Whether gradient rows a < b of a q8 job meet in one block (kernel.h kQ8Block): row a's last element's and row b's
+ * first. */
 inline bool SameQ8Block(const Job& j, size_t a, size_t b) {
   return j.row_len > 0 && (RowStart(j, a) + j.row_len - 1) / kQ8Block == RowStart(j, b) / kQ8Block;
 }
