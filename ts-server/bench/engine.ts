@@ -33,6 +33,7 @@ import { currentEngine } from '../src/engine/engine';
 import { slotBytes, type StateDtype } from '../src/engine/stateDtype';
 import { loadNative, NativeEngine } from '../src/engine/native';
 import { slotSize } from '../src/engine/slots';
+import type { SlotDecl } from '../src/engine/types';
 import { resolveGroup, resolveSpec, type ResolvedSpec } from '../src/registry';
 import { Session } from '../src/session/session';
 
@@ -84,11 +85,15 @@ const ROOT = path.join(__dirname, '../../..');
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 
 /** Per-element slots of a spec's default group for a parameter of this shape. */
-function fullSlots(spec: ResolvedSpec, shape: number[]): number {
+function fullSlots(spec: ResolvedSpec, shape: number[]): SlotDecl[] {
   const h = resolveGroup(spec, '');
   const n = shape.reduce((a, b) => a * b, 1);
-  return [...spec.optimizer.slots, ...spec.rule.slots].filter((s) => slotSize(s, shape) === n && !s.scalar && (!s.when || s.when(h)))
-    .length;
+  return [...spec.optimizer.slots, ...spec.rule.slots].filter((s) => slotSize(s, shape) === n && !s.scalar && (!s.when || s.when(h)));
+}
+
+/** State bytes per parameter: `per` for each full-size slot, 4 for one kept float32 (SlotDecl.float32: Schedule-Free's z). */
+function stateBytesPerParam(spec: ResolvedSpec, shape: number[], per: number): number {
+  return fullSlots(spec, shape).reduce((a, s) => a + (s.float32 ? 4 : per), 0);
 }
 
 /**
@@ -97,7 +102,7 @@ function fullSlots(spec: ResolvedSpec, shape: number[]): number {
  * ~16.1 for Adam).
  */
 function bytesPerParam(spec: ResolvedSpec, shape: number[], per = 4): number {
-  return 12 + 2 * per * fullSlots(spec, shape);
+  return 12 + 2 * stateBytesPerParam(spec, shape, per);
 }
 
 /** A torch.optim process in --serve mode (python-runner/scripts/bench_torch_optim.py). */
@@ -185,8 +190,8 @@ function murSide(
     side,
     session: s,
     bytes: bytesPerParam(spec, shape, per),
-    stateBytes: per * fullSlots(spec, shape),
-    slots: fullSlots(spec, shape),
+    stateBytes: stateBytesPerParam(spec, shape, per),
+    slots: fullSlots(spec, shape).length,
     dtype,
   };
 }
