@@ -18,7 +18,15 @@ import { Session } from '../src/session/session';
 import { projectedBytes } from '../src/session/store';
 import { roundNearest, roundStochastic, slotOffset } from './reference/bf16';
 import { bytes, capabilities, closeSession, create, expectStatus, exportAll, grads, importFrames, startHarness, step } from './harness';
-import { assertSameTrajectoryAsFloat32, bitsOf, framesOf, session, tensors } from './state-dtype-support';
+import {
+  assertCheckpointRoundTrip,
+  assertSameTrajectoryAsFloat32,
+  COMPACT_CASES,
+  bitsOf,
+  framesOf,
+  session,
+  tensors,
+} from './state-dtype-support';
 
 const F32 = DType.DTYPE_FLOAT32;
 const stores = () => currentEngine().storedStateDtypes.includes('bfloat16');
@@ -26,6 +34,11 @@ const stores = () => currentEngine().storedStateDtypes.includes('bfloat16');
 const ADAM_BF16: SpecJson = { optimizer: 'adam', rule: 'hybrid', defaults: { lr: 0.01 }, state_dtype: 'bfloat16', state_seed: 9 };
 
 describe('state_dtype bfloat16', () => {
+  for (const c of COMPACT_CASES) {
+    it(`${c.spec.optimizer}${c.rows ? ' (row steps)' : ''}: a checkpoint round-trips exactly and the copy steps as the original`, () =>
+      assertCheckpointRoundTrip(c, 'bfloat16'));
+  }
+
   it('stores moments as bfloat16 (half the engine bytes of float32 state) and exports them widened', function () {
     if (!stores()) this.skip(); // the tfjs engines keep float32 (next test)
     const engine = currentEngine();

@@ -23,7 +23,15 @@ import { projectedBytes } from '../src/session/store';
 import { refStep, type H, type RefState } from './reference/reference';
 import { nearest, quantiseSlot, REF_MAPS } from './reference/q8';
 import { bytes, capabilities, closeSession, create, expectStatus, exportAll, importFrames, startHarness, step, grads } from './harness';
-import { assertSameTrajectoryAsFloat32, bitsOf, framesOf, session, tensors } from './state-dtype-support';
+import {
+  assertCheckpointRoundTrip,
+  assertSameTrajectoryAsFloat32,
+  COMPACT_CASES,
+  bitsOf,
+  framesOf,
+  session,
+  tensors,
+} from './state-dtype-support';
 
 const F32 = DType.DTYPE_FLOAT32;
 const stores = () => currentEngine().storedStateDtypes.includes('q8');
@@ -31,6 +39,11 @@ const stores = () => currentEngine().storedStateDtypes.includes('q8');
 const ADAM_Q8: SpecJson = { optimizer: 'adam', rule: 'additive', defaults: { lr: 0.01 }, state_dtype: 'q8' };
 
 describe('state_dtype q8', () => {
+  for (const c of COMPACT_CASES) {
+    it(`${c.spec.optimizer}${c.rows ? ' (row steps)' : ''}: a checkpoint round-trips exactly and the copy steps as the original`, () =>
+      assertCheckpointRoundTrip(c, 'q8'));
+  }
+
   it('its maps: 256 sorted entries in [-1, 1] with 0 and +-1 (signed: symmetric), the same in kernels, host and reference', () => {
     for (const unsigned of [false, true]) {
       const m = q8Map(unsigned);
