@@ -240,7 +240,7 @@ def test_a_round_replays_and_another_request_under_it_is_refused(tcp_server, tra
         x0 = torch.cat([p.detach().reshape(-1) for p in mine.parameters()]).clone()
         loss = closure_for(mine, opt, x, y, [0])()
         prep = opt._prepare_step(1)
-        prep.round, prep.loss = 0, float(loss)
+        prep.round, prep.loss = 0, float(loss.detach())
         send = torch.no_grad()(opt._plane.step)  # as step() sends it
         send(prep)
         assert opt._plane.last_reply.evaluate and opt._plane.last_reply.round == 0

@@ -62,10 +62,14 @@ describe('L-BFGS steps (stepClosure)', () => {
     let streamed = 0;
     try {
       const w0 = new Float32Array(5);
-      const session = await client.createSession({ optimizer: 'lbfgs', rule: 'additive', defaults }, [
-        { id: 'w', shape: [5], values: w0 },
-        { id: 'b', shape: [], values: Float32Array.of(0) },
-      ], { transport: transport === 'grpc-stream' ? 'grpc' : transport });
+      const session = await client.createSession(
+        { optimizer: 'lbfgs', rule: 'additive', defaults },
+        [
+          { id: 'w', shape: [5], values: w0 },
+          { id: 'b', shape: [], values: Float32Array.of(0) },
+        ],
+        { transport: transport === 'grpc-stream' ? 'grpc' : transport },
+      );
       s = session;
       assert.equal(session.transport, transport === 'grpc-stream' ? 'grpc' : transport);
       if (transport === 'grpc-stream') {
@@ -77,7 +81,7 @@ describe('L-BFGS steps (stepClosure)', () => {
           streamed++;
           return open(...a);
         }) as typeof raw.stepStream;
-        raw.step = (() => assert.fail('a round went unary')) as unknown as typeof raw.step;
+        raw.step = () => assert.fail('a round went unary');
       }
       const { closure, calls } = problem(w0);
       const out: Array<{ loss: number; values: Values; evaluations: number }> = [];
@@ -109,13 +113,18 @@ describe('L-BFGS steps (stepClosure)', () => {
       const want = await twoSteps('grpc', defaults);
       const got = await twoSteps(transport, defaults);
       if (transport === 'grpc-stream') {
-        assert.equal(got.streamed, got.out.reduce((a, o) => a + o.evaluations, 0), 'one StepStream per round');
+        assert.equal(
+          got.streamed,
+          got.out.reduce((a, o) => a + o.evaluations, 0),
+          'one StepStream per round',
+        );
       }
       got.out.forEach((r, k) => {
         const w = want.out[k];
         assert.equal(r.loss, w.loss, `step ${k + 1}: first loss`);
         assert.equal(r.evaluations, w.evaluations, `step ${k + 1}: evaluations`);
-        for (const id of ['w', 'b']) assert.deepEqual(Array.from(r.values.get(id)!), Array.from(w.values.get(id)!), `step ${k + 1} '${id}'`);
+        for (const id of ['w', 'b'])
+          assert.deepEqual(Array.from(r.values.get(id)!), Array.from(w.values.get(id)!), `step ${k + 1} '${id}'`);
       });
     });
   }

@@ -372,7 +372,10 @@ describe('lbfgs over gRPC, and a --state-dir restart in the middle of a step', (
     const frames = (k: number, round: number, loss: number, g: Float32Array): StepStreamRequest[] => [
       { frame: { $case: 'begin', value: { sessionId: s.sessionId, step: k, groupOverrides: {}, round, loss } } },
       ...[0, 2].map((off): StepStreamRequest => ({
-        frame: { $case: 'grad', value: { paramId: 'a', slot: '', offset: off, totalElements: 4, dtype: F32, data: bytes(g.slice(off, off + 2)) } },
+        frame: {
+          $case: 'grad',
+          value: { paramId: 'a', slot: '', offset: off, totalElements: 4, dtype: F32, data: bytes(g.slice(off, off + 2)) },
+        },
       })),
       { frame: { $case: 'grad', value: { paramId: 'b', slot: '', offset: 0, totalElements: 2, dtype: F32, data: bytes(g.slice(4)) } } },
       { frame: { $case: 'end', value: {} } },
@@ -382,7 +385,9 @@ describe('lbfgs over gRPC, and a --state-dir restart in the middle of a step', (
       const { replies, error } = await stream(h!, frames(k, round, loss, lossGrad(x).grad));
       if (error) throw error;
       const out = new Float32Array(N);
-      const chunks = replies.filter((r) => r.frame?.$case === 'param').map((r) => r.frame!.value as { paramId: string; offset: number; data: Buffer });
+      const chunks = replies
+        .filter((r) => r.frame?.$case === 'param')
+        .map((r) => r.frame!.value as { paramId: string; offset: number; data: Buffer });
       assert.ok(chunks.length >= 3, 'the parameters come back in 8-byte chunks');
       for (const c of chunks) out.set(floats(c.data), (c.paramId === 'a' ? 0 : 4) + c.offset);
       const done = replies.find((r) => r.frame?.$case === 'done')!.frame!.value as StepDone;
@@ -401,7 +406,11 @@ describe('lbfgs over gRPC, and a --state-dir restart in the middle of a step', (
           const rep = await send(k, round, at);
           assert.equal(rep.done.replayed, true);
           assert.deepEqual(rep.x, r.x);
-          await expectStatus(send(k, round, at, lossGrad(at).loss + 1), grpc.status.FAILED_PRECONDITION, 'was already taken with a different request');
+          await expectStatus(
+            send(k, round, at, lossGrad(at).loss + 1),
+            grpc.status.FAILED_PRECONDITION,
+            'was already taken with a different request',
+          );
         }
       }
       x = r.x;
