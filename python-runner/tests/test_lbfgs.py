@@ -265,6 +265,25 @@ def test_a_round_replays_and_another_request_under_it_is_refused(tcp_server, tra
         assert ng == nw and (pg - pw).abs().max().item() <= 2e-5  # the tolerance of test_torch_parity
 
 
+@needs_server
+def test_float64_parameters_on_shm_take_every_point(tcp_server):
+    """float64 parameters keep their own memory on shm (the arena holds the float32 master): after each
+    round every one takes the point the server wrote there, cast, so the closure runs where it does on
+    tcp (whose replies carry the points): the same evaluations and parameters, bit for bit."""
+    out = {}
+    for transport in ("tcp", "shm"):
+        m, x, y = problem()
+        m, x = m.double(), x.double()
+        opt, _ = remote(m, tcp_server, transport, max_iter=3)
+        try:
+            assert opt.transport == transport and m.weight.dtype == torch.float64
+            out[transport] = run(m, opt, x, y.double(), steps=2)
+        finally:
+            opt.close()
+    for (lt, nt, pt), (ls, ns, ps) in zip(out["tcp"], out["shm"]):
+        assert (ls, ns) == (lt, nt) and torch.equal(ps, pt)
+
+
 def start_state_dir_server(transport, scratch, port=0):
     """A --state-dir server for `transport` (tcp: on TCP, `port` 0 the first time, then the same one;
     else on a Unix socket), with stdin kept open (it dies with this test process): (process, address)."""
