@@ -2,8 +2,13 @@
 // in-process server: a least-squares problem whose minimum is known, the
 // closure called at the server's points, and the first loss returned; on
 // every plane (grpc, grpc with every round streamed, tcp, shm), the same
-// rounds bit for bit.
+// rounds bit for bit; a --state-dir server restarted in the middle of a step
+// (grpc, shm: the client maps the new server's arena) ends the step where an
+// uninterrupted one does.
 import { strict as assert } from 'assert';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
 import { initBackend, startServer, type RunningServer } from '@mur/server';
 import { MurClient, type Hypers, type MurSession, type Values } from '../src';
 
@@ -126,6 +131,54 @@ describe('L-BFGS steps (stepClosure)', () => {
         for (const id of ['w', 'b'])
           assert.deepEqual(Array.from(r.values.get(id)!), Array.from(w.values.get(id)!), `step ${k + 1} '${id}'`);
       });
+    });
+  }
+
+  for (const transport of ['grpc', 'shm'] as const) {
+    it(`${transport}: a --state-dir server restarted in the middle of a step: the step runs again from before it, and ends as uninterrupted`, async function () {
+      if (transport === 'shm' && !native) this.skip();
+      const defaults: Hypers = { max_iter: 3, lr: 0.1 }; // no line search, short moves: 4 evaluations per step
+      const want = await twoSteps('grpc', defaults);
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mur-closure-'));
+      const socket = path.join(dir, 'mur.sock');
+      const stateDir = path.join(dir, 'state');
+      let restarted: RunningServer = await startServer({ socket, stateDir });
+      const client = new MurClient(`unix:${socket}`, { deadlineMs: 10_000 });
+      try {
+        const w0 = new Float32Array(5);
+        const s = await client.createSession(
+          { optimizer: 'lbfgs', rule: 'additive', defaults },
+          [
+            { id: 'w', shape: [5], values: w0 },
+            { id: 'b', shape: [], values: Float32Array.of(0) },
+          ],
+          { transport },
+        );
+        assert.equal(s.transport, transport);
+        const { closure, calls } = problem(w0);
+        const first = await s.stepClosure(closure);
+        const before = calls.n;
+        const second = await s.stepClosure(async (params) => {
+          if (calls.n === before + 2) {
+            // The third evaluation of step 2: the server stops and comes back on its state directory.
+            await restarted.close();
+            restarted = await startServer({ socket, stateDir });
+          }
+          return closure(params);
+        });
+        assert.equal(s.transport, transport, 'the same plane after the restart (shm: the new arena)');
+        assert.equal(second.evaluations, want.out[1].evaluations + 3, 'three evaluations before the restart, then the whole step');
+        for (const [k, r] of [first, second].entries()) {
+          assert.equal(r.loss, want.out[k].loss, `step ${k + 1}: first loss`);
+          for (const id of ['w', 'b'])
+            assert.deepEqual(Array.from(r.values.get(id)!), Array.from(want.out[k].values.get(id)!), `step ${k + 1} '${id}'`);
+        }
+        await s.close();
+      } finally {
+        client.close();
+        await restarted.close();
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
     });
   }
 });
