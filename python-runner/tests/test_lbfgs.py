@@ -266,6 +266,39 @@ def test_a_round_replays_and_another_request_under_it_is_refused(tcp_server, tra
 
 
 @needs_server
+def test_a_round_above_the_servers_message_limit_streams(tcp_server):
+    """A server started with --max-message-mb 1 and a 300,000-element parameter (1.2 MB of gradient per
+    round: Step would be RESOURCE_EXHAUSTED): every round goes by StepStream, and the steps are those of
+    a server without the limit, bit for bit."""
+    n = 300_000
+    a = torch.linspace(1.0, 10.0, n)
+
+    def steps(server):
+        w = torch.nn.Parameter(torch.zeros(n))
+        opt = mur.RemoteOptimizer([w], optimizer="lbfgs", rule="additive", server=server, transport="grpc", max_iter=3)
+        try:
+
+            def closure():
+                opt.zero_grad()
+                loss = (0.5 * a * (w - 1.0) ** 2).sum()
+                loss.backward()
+                return loss
+
+            return [(float(opt.step(closure)), w.detach().clone()) for _ in range(2)]
+        finally:
+            opt.close()
+
+    proc, info = start_tcp("--max-message-mb", 1, "--chunk-kb", 256)  # chunks with room for their framing
+    try:
+        got = steps(f"127.0.0.1:{info['port']}")
+    finally:
+        stop(proc)
+    want = steps(tcp_server)
+    for (lg, pg), (lw, pw) in zip(got, want):
+        assert lg == lw and torch.equal(pg, pw)
+
+
+@needs_server
 def test_float64_parameters_on_shm_take_every_point(tcp_server):
     """float64 parameters keep their own memory on shm (the arena holds the float32 master): after each
     round every one takes the point the server wrote there, cast, so the closure runs where it does on
