@@ -36,7 +36,7 @@ export interface PathRates {
 
 /** The rates from the session's resolved group (lr_out etc. as the rule has them; unused ones neutral). */
 export function pathRates(h: Hypers): PathRates {
-  const opt = (k: string, dflt: number) => (typeof h[k] === 'number' ? (h[k] as number) : dflt);
+  const opt = (k: string, dflt: number) => (typeof h[k] === 'number' ? h[k] : dflt);
   return { lr: opt('lr', 0), lrOut: opt('lr_out', 0), lrIn: opt('lr_in', 1), gamma: opt('gamma', 1), gBound: opt('g_bound', Infinity) };
 }
 
