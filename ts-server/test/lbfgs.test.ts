@@ -82,6 +82,8 @@ async function trajectory(spec: Record<string, unknown>, steps: number): Promise
   }
 }
 
+const RULES = ['additive', 'multiplicative', 'hybrid', 'exp_sign'];
+
 const hypersOf = (h: Record<string, unknown>) =>
   Object.fromEntries(Object.entries(h).map(([k, v]) => [k, k === 'line_search_fn' && v === null ? 'none' : v]));
 
@@ -207,77 +209,89 @@ describe('lbfgs sessions: refusals by name', () => {
 });
 
 describe('lbfgs round trips', () => {
-  const spec = resolveSpec({ optimizer: 'lbfgs', rule: 'additive', defaults: { max_iter: 4 } });
-  it('a repeated round replays; a different one, or one out of order, is refused and changes nothing', async () => {
-    const s = new Session('rt', spec, decls(golden.x0));
-    try {
-      const x0 = Float32Array.from(golden.x0);
-      const e0 = lossGrad(x0);
-      const r0 = await s.stepClosure(1, { round: 0, loss: e0.loss }, split(e0.grad));
-      assert.equal(r0.evaluate, true);
-      const x1 = flat(r0);
-      const again = await s.stepClosure(1, { round: 0, loss: e0.loss }, split(e0.grad));
-      assert.equal(again.replayed, true);
-      assert.deepEqual(flat(again), x1);
-      await assert.rejects(
-        s.stepClosure(1, { round: 0, loss: e0.loss + 1 }, split(e0.grad)),
-        /round: 0 of step 1 was already taken with a different request/,
-      );
-      await assert.rejects(s.stepClosure(1, { round: 2, loss: 1 }, split(e0.grad)), /round: 2 of step 1 does not follow round 0/);
-      const e1 = lossGrad(x1);
-      await assert.rejects(s.stepClosure(1, { round: 1, loss: NaN }, split(e1.grad)), /loss: NaN/);
-      const bad = split(e1.grad);
-      bad[1].data[1] = Infinity;
-      await assert.rejects(s.stepClosure(1, { round: 1, loss: e1.loss }, bad), /grads\[1\] 'b': element 1 is Infinity/);
-      await assert.rejects(s.stepClosure(1, { round: 1, loss: undefined }, split(e1.grad)), /loss: an lbfgs round needs/);
-      // After the refusals the step goes on as if they never came: the same as an uninterrupted run.
-      let x = x1;
-      let r = await s.stepClosure(1, { round: 1, loss: e1.loss }, split(e1.grad));
-      for (let round = 2; r.evaluate; round++) {
-        x = flat(r);
-        const e = lossGrad(x);
-        r = await s.stepClosure(1, { round, loss: e.loss }, split(e.grad));
+  const additive: { optimizer: string; rule: string; defaults: Record<string, unknown> } = {
+    optimizer: 'lbfgs',
+    rule: 'additive',
+    defaults: { max_iter: 4 },
+  };
+  // The same round trips with the line search along each rule's path (its trial points are rounds too).
+  const cases = [
+    additive,
+    ...RULES.map((rule) => ({ optimizer: 'lbfgs', rule, defaults: { max_iter: 4, line_search_fn: 'strong_wolfe' } })),
+  ];
+  const named = (c: (typeof cases)[number]) => `${c.rule}${c.defaults.line_search_fn ? ' strong_wolfe' : ''}`;
+  for (const c of cases)
+    it(`${named(c)}: a repeated round replays; a different one, or one out of order, is refused and changes nothing`, async () => {
+      const s = new Session('rt', resolveSpec(c), decls(golden.x0));
+      try {
+        const x0 = Float32Array.from(golden.x0);
+        const e0 = lossGrad(x0);
+        const r0 = await s.stepClosure(1, { round: 0, loss: e0.loss }, split(e0.grad));
+        assert.equal(r0.evaluate, true);
+        const x1 = flat(r0);
+        const again = await s.stepClosure(1, { round: 0, loss: e0.loss }, split(e0.grad));
+        assert.equal(again.replayed, true);
+        assert.deepEqual(flat(again), x1);
+        await assert.rejects(
+          s.stepClosure(1, { round: 0, loss: e0.loss + 1 }, split(e0.grad)),
+          /round: 0 of step 1 was already taken with a different request/,
+        );
+        await assert.rejects(s.stepClosure(1, { round: 2, loss: 1 }, split(e0.grad)), /round: 2 of step 1 does not follow round 0/);
+        const e1 = lossGrad(x1);
+        await assert.rejects(s.stepClosure(1, { round: 1, loss: NaN }, split(e1.grad)), /loss: NaN/);
+        const bad = split(e1.grad);
+        bad[1].data[1] = Infinity;
+        await assert.rejects(s.stepClosure(1, { round: 1, loss: e1.loss }, bad), /grads\[1\] 'b': element 1 is Infinity/);
+        await assert.rejects(s.stepClosure(1, { round: 1, loss: undefined }, split(e1.grad)), /loss: an lbfgs round needs/);
+        // After the refusals the step goes on as if they never came: the same as an uninterrupted run.
+        let x = x1;
+        let r = await s.stepClosure(1, { round: 1, loss: e1.loss }, split(e1.grad));
+        for (let round = 2; r.evaluate; round++) {
+          x = flat(r);
+          const e = lossGrad(x);
+          r = await s.stepClosure(1, { round, loss: e.loss }, split(e.grad));
+        }
+        const ref = await trajectory(c, 1);
+        assert.deepEqual(flat(r), ref.xs[0]);
+        // The finished step's last round replays; any other round of it is refused.
+        const last = r.round!;
+        const el = lossGrad(x);
+        const rep = await s.stepClosure(1, { round: last, loss: el.loss }, split(el.grad));
+        assert.equal(rep.replayed, true);
+        assert.equal(rep.evaluate, false);
+        await assert.rejects(s.stepClosure(1, { round: 0, loss: e0.loss }, split(e0.grad)), /step: 1 was already applied/);
+        // Plain steps are refused on an lbfgs session.
+        assert.throws(() => s.step(2, split(e0.grad)), /lbfgs steps are rounds of closure evaluations/);
+      } finally {
+        s.dispose();
       }
-      const ref = await trajectory({ optimizer: 'lbfgs', rule: 'additive', defaults: { max_iter: 4 } }, 1);
-      assert.deepEqual(flat(r), ref.xs[0]);
-      // The finished step's last round replays; any other round of it is refused.
-      const last = r.round!;
-      const el = lossGrad(x);
-      const rep = await s.stepClosure(1, { round: last, loss: el.loss }, split(el.grad));
-      assert.equal(rep.replayed, true);
-      assert.equal(rep.evaluate, false);
-      await assert.rejects(s.stepClosure(1, { round: 0, loss: e0.loss }, split(e0.grad)), /step: 1 was already applied/);
-      // Plain steps are refused on an lbfgs session.
-      assert.throws(() => s.step(2, split(e0.grad)), /lbfgs steps are rounds of closure evaluations/);
-    } finally {
-      s.dispose();
-    }
-  });
+    });
 
-  it('a new step number in the middle of a step rolls it back: restart, with the parameters before it', async () => {
-    const s = new Session('rb', spec, decls(golden.x0));
-    try {
-      const x0 = Float32Array.from(golden.x0);
-      const e0 = lossGrad(x0);
-      const r0 = await s.stepClosure(1, { round: 0, loss: e0.loss }, split(e0.grad));
-      assert.equal(r0.evaluate, true);
-      const e1 = lossGrad(flat(r0));
-      const r = await s.stepClosure(2, { round: 0, loss: e1.loss }, split(e1.grad));
-      assert.match(r.restart!, /step 1 was still in progress \(round 0\).*rolled back.*send round 0 of step 2 again/);
-      assert.equal(r.evaluate, true);
-      assert.deepEqual(flat(r), x0);
-      // The state is as before step 1: step 2 from x0 is step 1 of a fresh session.
-      const ref = await trajectory({ optimizer: 'lbfgs', rule: 'additive', defaults: { max_iter: 4 } }, 1);
-      const done = await runStep(s, 2, x0);
-      assert.deepEqual(done.x, ref.xs[0]);
-    } finally {
-      s.dispose();
-    }
-  });
+  for (const c of cases)
+    it(`${named(c)}: a new step number in the middle of a step rolls it back: restart, with the parameters before it`, async () => {
+      const s = new Session('rb', resolveSpec(c), decls(golden.x0));
+      try {
+        const x0 = Float32Array.from(golden.x0);
+        const e0 = lossGrad(x0);
+        const r0 = await s.stepClosure(1, { round: 0, loss: e0.loss }, split(e0.grad));
+        assert.equal(r0.evaluate, true);
+        const e1 = lossGrad(flat(r0));
+        const r = await s.stepClosure(2, { round: 0, loss: e1.loss }, split(e1.grad));
+        assert.match(r.restart!, /step 1 was still in progress \(round 0\).*rolled back.*send round 0 of step 2 again/);
+        assert.equal(r.evaluate, true);
+        assert.deepEqual(flat(r), x0);
+        // The state is as before step 1: step 2 from x0 is step 1 of a fresh session.
+        const ref = await trajectory(c, 1);
+        const done = await runStep(s, 2, x0);
+        assert.deepEqual(done.x, ref.xs[0]);
+      } finally {
+        s.dispose();
+      }
+    });
 
   it('checkpoints carry the state as torch names it, on the first parameter; an import restores the trajectory', async () => {
-    const a = new Session('ck', spec, decls(golden.x0));
-    const b = new Session('ck2', spec, decls(golden.x0));
+    const a = new Session('ck', resolveSpec(additive), decls(golden.x0));
+    const b = new Session('ck2', resolveSpec(additive), decls(golden.x0));
     try {
       let x = (await runStep(a, 1, Float32Array.from(golden.x0))).x;
       const tensors = [...a.exportTensors()];
@@ -297,8 +311,6 @@ describe('lbfgs round trips', () => {
     }
   });
 });
-
-const RULES = ['additive', 'multiplicative', 'hybrid', 'exp_sign'];
 
 describe('lbfgs in a shared-memory arena', () => {
   for (const rule of RULES)
