@@ -1,6 +1,6 @@
 // The strong Wolfe line search of torch.optim.LBFGS (line_search_fn =
 // "strong_wolfe"), as a generator: each evaluation of the objective at
-// x + t d is a `yield` of t, answered with the loss and gradient there (the
+// x + t d (or along a rule's path x(t), lbfgsPath.ts) is a `yield` of t, answered with the loss and gradient there (the
 // client's closure, one round trip). Nocedal & Wright, Numerical
 // Optimization, algorithms 3.5 (bracketing) and 3.6 (zoom), with torch's
 // choices: the trial step grows by cubic interpolation within

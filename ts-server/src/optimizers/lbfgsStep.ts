@@ -12,6 +12,9 @@
 //   t = min(1, 1/|g|_1) lr on the session's first iteration, lr after;
 //   stop when g.d > -tolerance_change (not a descent direction);
 //   move to x + t d (or along the line search's accepted t), evaluate;
+//   under another rule the move is the rule's (session/lbfgs.ts), the line
+//   search runs along its path (lbfgsPath.ts), and d becomes the direction
+//   travelled, (x_new - x) / t, so that the next s is the real step;
 //   stop after max_iter iterations, max_eval evaluations, max|g| <=
 //   tolerance_grad, max|t d| <= tolerance_change or |loss change| <
 //   tolerance_change.
