@@ -265,6 +265,25 @@ describe('sparse table: compact state (bfloat16, q8) on rows (sparseadam)', () =
           console.log(`      ${kept} untouched slot elements kept their bits; ${regrown} re-quantised (their block's absmax grew)`);
       });
     }
+    it(`${dtype}: an engine that keeps float32 takes row steps of it, on float32 state's trajectory`, function () {
+      if (currentEngine().storedStateDtypes.includes(dtype)) this.skip();
+      const make = (d: string) =>
+        new Session('w', resolveSpec({ optimizer: 'sparseadam', rule: 'additive', defaults: { lr: 0.01 }, state_dtype: d }), [
+          { id: 'e', name: 'e', shape: [ROWS, LEN], group: '', values: Float32Array.from(theta0()) },
+        ]);
+      const a = make(dtype);
+      const b = make('float32');
+      try {
+        for (let t = 1; t <= 5; t++) {
+          const rows = touched(t);
+          const g = { id: 'e', data: Float32Array.from(gradient(theta0(), rows, t)), rows: Uint32Array.from(rows) };
+          assert.deepEqual(Array.from(a.step(t, [g]).values[0].data), Array.from(b.step(t, [g]).values[0].data));
+        }
+      } finally {
+        a.dispose();
+        b.dispose();
+      }
+    });
     it(`${dtype}: a row step gives the same bits on one thread and two (a [300000, 3] table, rows split over the pool)`, function () {
       const addon = loadNative();
       if (!addon || !currentEngine().storedStateDtypes.includes(dtype)) this.skip();
