@@ -33,7 +33,7 @@ const request = (): CreateSessionRequest => ({
   ],
 });
 const openArena = (h: Harness, sessionId: string) =>
-  call<OpenArenaRequest, ArenaInfo>(h.client.openArena.bind(h.client), { sessionId }, auth(sessionId));
+  call<OpenArenaRequest, ArenaInfo>(h.client.openArena.bind(h.client), { sessionId, overlap: false }, auth(sessionId));
 
 /** A client's handle on an arena: pread/pwrite on the memfd. */
 class Mapped {
