@@ -8,8 +8,6 @@ torch >= 2.1 only (the hook); on torch 1.13 overlap does nothing, which the
 last test checks there. Every optimizer and server a test makes is freed by it."""
 
 import copy
-import os
-import time
 
 import numpy as np
 import pytest
@@ -594,7 +592,9 @@ def test_a_checkpoint_mid_run_after_committed_steps(shm):
     outs = []
     for overlap in (True, False):
         a = net(3, sizes=SIZES)
-        opt = mur.RemoteOptimizer(a.parameters(), optimizer="adam", rule="additive", lr=0.01, server=shm, overlap=overlap)
+        opt = mur.RemoteOptimizer(
+            a.parameters(), optimizer="adam", rule="additive", lr=0.01, server=shm, overlap=overlap
+        )
         try:
             for k, (x, y) in enumerate(data):
                 if k == 5:

@@ -293,7 +293,9 @@ class Lane {
   void Speculate(size_t k) {
     const Job& live = jobs_[k];
     Staged& st = staged_[k];
-    if (!stage_ || dtype_ != kStateFloat32 || !Speculates(opt_) || live.rows != nullptr || live.fresh != 0 || live.n == 0) return;
+    if (!stage_ || dtype_ != kStateFloat32 || !Speculates(opt_) || live.rows != nullptr || live.fresh != 0 ||
+        live.n == 0)
+      return;
     uint64_t digest;
     if (Scan(live.theta, live.n, &digest) >= 0) return;  // a non-finite parameter: the step computes it
     if (st.theta.size() < live.n) st.theta.resize(live.n);
@@ -428,12 +430,12 @@ class Lane {
   std::vector<uint32_t> last_indices_;
   // Speculation (see the header): per job, its staging and the armed buffers (home_: the session's own).
   struct Staged {
-    std::vector<float> theta;                      // the staged new parameter
-    std::vector<float> slot[kMaxOptSlots];         // the lane's spare of each slot
-    std::vector<float> rule_slot[kMaxRuleSlots];   // ditto, rule slots
-    float* next[kMaxOptSlots] = {};                // where the staged slots are (become live on commit)
+    std::vector<float> theta;                     // the staged new parameter
+    std::vector<float> slot[kMaxOptSlots];        // the lane's spare of each slot
+    std::vector<float> rule_slot[kMaxRuleSlots];  // ditto, rule slots
+    float* next[kMaxOptSlots] = {};               // where the staged slots are (become live on commit)
     float* next_rule[kMaxRuleSlots] = {};
-    uint64_t digest = 0;                           // the live parameter's digest the speculation read
+    uint64_t digest = 0;  // the live parameter's digest the speculation read
     bool ready = false;
   };
   std::vector<Staged> staged_;
