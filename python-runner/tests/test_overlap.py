@@ -1,8 +1,9 @@
 """overlap=True on the shm transport (mur/planes/hot.py, the lane's queue in
 ts-server/native/src/lane.cc): gradients moved into the arena by a
 post-accumulate-grad hook as backward makes them and checked by the server
-while hot. Every case is held to overlap=False: the same bits, the same
-refusals, nothing applied by a refused step.
+while hot, and each update staged there (speculation) and committed by the
+step where it still stands. Every case is held to overlap=False: the same
+bits, the same refusals, nothing applied by a refused step.
 
 torch >= 2.1 only (the hook); on torch 1.13 overlap does nothing, which the
 last test checks there. Every optimizer and server a test makes is freed by it."""
