@@ -268,11 +268,13 @@ def test_add_param_group_hooks_the_new_parameters(shm):
                 if overlap and k >= 3:
                     assert {"p1.0", "p1.1"} <= set(opt._plane.hot._marks), "the new group's gradients moved early"
                     assert is_view_of(frozen[0].grad, opt._plane.views["p1.0"][2])
+                    wait_checked(opt)
                 opt.step()
-            results.append((bits(model), opt.state_dict()))
+            results.append((bits(model), opt.state_dict(), opt.speculations))
         finally:
             opt.close()
     assert same_bits(results[0][0], results[1][0]) and same_state(results[0][1], results[1][1])
+    assert results[0][2][1] >= 8, "the new arena's lane staged and committed the new group's updates too"
 
 
 @needs_hook
@@ -441,6 +443,46 @@ def test_speculated_steps_are_committed_with_the_bits_of_steps_computed_at_step(
     assert committed == made, "nothing invalidated a speculation in a plain loop"
     assert committed % 6 == 0 and committed >= 6 * 3, (on[2], on[4])
     assert off[4] == (0, 0)
+
+
+@needs_hook
+@pytest.mark.parametrize(
+    "name", ["sgd", "adamw", "adagrad", "rmsprop", "adamax", "nadam", "radam", "adadelta", "lion", "rprop", "asgd"]
+)
+def test_every_speculating_optimizer_commits_the_same_bits(shm, name):
+    """The optimizers lane.cc stages (element-wise kernels: Speculates())."""
+    kw = {"optimizer": name, "lr": 0.01}
+    on, off = run(shm, True, opt_kw=kw, settle="each"), run(shm, False, opt_kw=kw)
+    assert same_bits(on[0], off[0]) and same_state(on[1], off[1])
+    assert on[4][1] == on[4][0] >= 6 * 3, on[4]
+
+
+@needs_hook
+@pytest.mark.parametrize("name", ["lamb", "lars"])
+def test_an_optimizer_that_does_not_speculate_is_computed_at_the_step(shm, name):
+    kw = {"optimizer": name, "lr": 0.01}
+    on, off = run(shm, True, opt_kw=kw, settle="each"), run(shm, False, opt_kw=kw)
+    assert same_bits(on[0], off[0]) and same_state(on[1], off[1])
+    assert on[4] == (0, 0) and on[2] >= 4
+
+
+@needs_hook
+def test_maximize_and_grad_scaler_unscaling_are_computed_at_the_step(shm):
+    """maximize negates the arena copy at the step (no _SPECULATE); an in-place
+    unscale moves the version counter: the staged updates do not stand."""
+
+    def unscale(model, _):
+        for p in model.parameters():
+            p.grad.mul_(1.0 / 1024)
+
+    def scaled(model, x, y):
+        return loss_of(model, x, y) * 1024
+
+    for kw, edit, loss in (({"maximize": True}, None, loss_of), ({}, unscale, scaled)):
+        on = run(shm, True, opt_kw=kw, edit=edit, loss=loss, settle="each")
+        off = run(shm, False, opt_kw=kw, edit=edit, loss=loss)
+        assert same_bits(on[0], off[0]) and same_state(on[1], off[1])
+        assert on[4][0] > 0 and on[4][1] == 0, (kw, on[4])
 
 
 @needs_hook
