@@ -425,7 +425,7 @@ def test_training_on_a_state_dir_rides_through_restarts_with_overlap(scratch):
 
 
 @needs_hook
-@pytest.mark.parametrize("rule", ["additive", "multiplicative"])
+@pytest.mark.parametrize("rule", ["additive", "multiplicative", "hybrid", "exp_sign"])
 @pytest.mark.parametrize(
     "opt_kw",
     [{"optimizer": "adam"}, {"optimizer": "sgd", "momentum": 0.9, "lr": 0.05}],
@@ -435,7 +435,7 @@ def test_speculated_steps_are_committed_with_the_bits_of_steps_computed_at_step(
     """Every gradient checked (and its update staged) before step(): the lane
     commits the staged results, and parameters and state are bit for bit
     those of overlap=False (the same kernel on the same inputs)."""
-    kw = {**opt_kw, "rule": rule}
+    kw = {**opt_kw, "rule": rule, **({"gamma": 0.5} if rule == "hybrid" else {})}
     on, off = run(shm, True, opt_kw=kw, settle="each"), run(shm, False, opt_kw=kw)
     assert same_bits(on[0], off[0])
     assert same_state(on[1], off[1])
