@@ -486,6 +486,14 @@ def test_maximize_and_grad_scaler_unscaling_are_computed_at_the_step(shm):
 
 
 @needs_hook
+def test_mur_overlap_staging_0_checks_while_hot_and_speculates_nothing(shm, monkeypatch):
+    monkeypatch.setenv("MUR_OVERLAP_STAGING", "0")
+    on, off = run(shm, True, settle="each"), run(shm, False)
+    assert same_bits(on[0], off[0]) and same_state(on[1], off[1])
+    assert on[4] == (0, 0) and on[2] >= 4 and on[3] == [f"p0.{i}" for i in range(6)]
+
+
+@needs_hook
 def test_speculation_with_per_group_hyperparameters(shm):
     def two_groups(model):
         return [

@@ -16,7 +16,9 @@ gradients.
      overlap   the same with overlap=True (each parameter's gradient moved,
                checked and its update computed into staging on the server when
                backward has finished it; step() commits: lane.cc); "n/a" when
-               this mur has no overlap= keyword.
+               this mur has no overlap= keyword,
+     check     (the row's trailing note) overlap=True with MUR_OVERLAP_STAGING=0:
+               gradients moved and checked while hot, nothing speculated.
    Each contender trains its own copy of the model from the same initial
    weights on the same batches. They take turns in blocks of batches (the
    order reversed every other round) after a warm-up; a contender's time is
@@ -281,6 +283,14 @@ def train_rows(name, batches, threads, cfg):
     opts["overlap"], why = overlap_adamw(nets["overlap"].parameters(), threads)
     if opts["overlap"] is None:
         del opts["overlap"]
+    elif opts["overlap"].overlap:
+        # overlap without the lane's staging (MUR_OVERLAP_STAGING=0): gradients moved and checked while hot only
+        nets["check"] = model(name)
+        os.environ["MUR_OVERLAP_STAGING"] = "0"
+        try:
+            opts["check"] = remote_adamw(nets["check"].parameters(), threads, overlap=True)
+        finally:
+            os.environ.pop("MUR_OVERLAP_STAGING")
     try:
         fns = {k: trainer(nets[k], o, batches) for k, o in opts.items()}
         ms = blocks(fns, cfg["rounds"], cfg["block"], cfg["warmup"])
@@ -310,6 +320,14 @@ def train_rows(name, batches, threads, cfg):
     if why:
         row["overlap_skipped"] = why
     return row
+
+
+def check_cell(r):
+    """The trailing note of a training row: overlap without staging (check only), when it ran."""
+    if r.get("check_ms") is None:
+        return ""
+    lo, hi = r["check_spread_ms"]
+    return f"  overlap without staging: {r['check_ms']:.3f} [{lo:.2f}-{hi:.2f}]"
 
 
 def memory_available():
@@ -451,6 +469,7 @@ def main(argv=None):
                 f"{r['model']:11} {r['params']:>7} {cell('fused')} {cell('mur')} {r['mur_over_fused']:9.3f} "
                 f"{cell('overlap')} {fmt(r['overlap_over_fused'], '9.3f')} {buys:>16}"
                 + (f"  overlap: n/a ({r['overlap_skipped']})" if "overlap_skipped" in r else "")
+                + check_cell(r)
                 + ("  (torch: default step, no fused CPU kernel)" if r["torch_mode"] != "fused" else ""),
                 flush=True,
             )

@@ -351,7 +351,7 @@ class ShmPlane(Plane):
                 f"its engine is '{caps.backend}', shared memory needs the native engine)"
             )
         overlap = bool(HAS_HOOK and overlap)
-        return cls(session, *request_arena(session, _NO_SHM, overlap=overlap), overlap=overlap)
+        return cls(session, *request_arena(session, _NO_SHM, overlap=_staging(overlap)), overlap=overlap)
 
     # -- moving between arenas ----------------------------------------------------
     def _move_to(self, arena, views, carry_grads):
@@ -378,7 +378,7 @@ class ShmPlane(Plane):
         """After a lost connection or an arena gone: if the server restarted
         (its arena went with its process), map its new arena, which holds the
         session's recovered values, carrying this step's gradients over."""
-        arena, views = request_arena(self.session, _NO_SHM, overlap=self.hot is not None)
+        arena, views = request_arena(self.session, _NO_SHM, overlap=_staging(self.hot is not None))
         if arena.token == self.arena.token:
             arena.close()  # the same server: only the connection was lost
             return
@@ -390,7 +390,7 @@ class ShmPlane(Plane):
         arena, views = request_arena(
             self.session,
             (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED),
-            overlap=self.hot is not None,
+            overlap=_staging(self.hot is not None),
         )
         self._move_to(arena, views, carry_grads=False)
         if self.hot is not None:
@@ -543,6 +543,13 @@ class ShmPlane(Plane):
         finally:
             self.views = {}
             self.arena.close()
+
+
+def _staging(overlap):
+    """Whether to ask for the lane's staging (speculated updates): with
+    overlap, unless MUR_OVERLAP_STAGING=0 (overlap then only moves and checks
+    the gradients while hot, as before issue 21's speculation)."""
+    return overlap and os.environ.get("MUR_OVERLAP_STAGING", "1") != "0"
 
 
 def request_arena(session, unavailable, overlap=False):
