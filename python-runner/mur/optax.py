@@ -116,9 +116,7 @@ def _lr_of(hyper, what):
     hyper = dict(hyper)
     if "learning_rate" in hyper:
         if "lr" in hyper:
-            raise ValueError(
-                f"{what}learning_rate={hyper['learning_rate']!r} and lr={hyper['lr']!r}: give one of them"
-            )
+            raise ValueError(f"{what}learning_rate={hyper['learning_rate']!r} and lr={hyper['lr']!r}: give one of them")
         hyper["lr"] = hyper.pop("learning_rate")
     schedule = hyper.pop("lr") if callable(hyper.get("lr")) else None
     if schedule is not None:
@@ -143,12 +141,16 @@ def _leaf_labels(param_labels, params, groups):
     labels = param_labels(params) if callable(param_labels) else param_labels
     try:
         # Each label leaf of the prefix, repeated for the leaves of its subtree.
-        nested = jax.tree_util.tree_map(lambda lab, sub: _Run([lab] * len(jax.tree_util.tree_leaves(sub))), labels, params)
+        nested = jax.tree_util.tree_map(
+            lambda lab, sub: _Run([lab] * len(jax.tree_util.tree_leaves(sub))), labels, params
+        )
     except (ValueError, TypeError) as e:
         raise ValueError(
             f"mur.optax: param_labels is not a pytree prefix of params (a label per leaf or subtree): {e}"
         ) from None
-    flat = [lab for run in jax.tree_util.tree_leaves(nested, is_leaf=lambda x: isinstance(x, _Run)) for lab in run.labels]
+    flat = [
+        lab for run in jax.tree_util.tree_leaves(nested, is_leaf=lambda x: isinstance(x, _Run)) for lab in run.labels
+    ]
     if len(flat) != len(paths):
         raise ValueError(f"mur.optax: param_labels gives {len(flat)} labels for the {len(paths)} leaves of params")
     for path, lab in zip(paths, flat):

@@ -191,7 +191,10 @@ def test_two_groups_in_one_session_are_two_separate_sessions(remote):
     adam_alone = remote("adam", learning_rate=1e-2, betas=(0.8, 0.99))
     theirs, _ = fit(keras.optimizers.MultiOptimizer(lambda v: sgd if v.path.endswith("kernel") else adam_alone), w0)
     groups = one.remote.param_groups
-    assert [g.get("optimizer", "sgd") for g in groups] == ["sgd", "adam"] and [len(g["params"]) for g in groups] == [2, 2]
+    assert [g.get("optimizer", "sgd") for g in groups] == ["sgd", "adam"] and [len(g["params"]) for g in groups] == [
+        2,
+        2,
+    ]
     assert groups[0]["lr"] == pytest.approx(0.05 * 0.9 ** (STEPS - 1)) and groups[1]["lr"] == float(np.float32(1e-2))
     assert rel(w0, ours) > 1e-2  # it trained
     assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
@@ -205,7 +208,9 @@ def test_bad_labels_and_groups_are_refused_naming_the_variable(remote):
     m = model()
     groups = {"kernels": {}, "biases": {"optimizer": "adam"}}
     opt = remote("sgd", learning_rate=0.1, groups=groups, param_labels={".*/kernel": "kernels"})
-    with pytest.raises(ValueError, match=r"variable sequential\w*/dense\w*/bias the label None, which is not a key of groups"):
+    with pytest.raises(
+        ValueError, match=r"variable sequential\w*/dense\w*/bias the label None, which is not a key of groups"
+    ):
         opt.build(m.trainable_variables)
     with pytest.raises(ValueError, match=r"variable sequential\w*/dense\w*/kernel the label 'kernel'"):
         remote("sgd", learning_rate=0.1, groups=groups, param_labels=lambda v: v.path.split("/")[-1]).build(

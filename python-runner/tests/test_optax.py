@@ -268,7 +268,9 @@ def test_two_groups_in_one_session_are_two_separate_sessions(remote, transport):
     assert rel(params, ours) > 1e-2  # it trained
     assert bits_equal(ours, theirs)
     # A pytree prefix labels whole subtrees; the checkpoint carries each group's optimizer.
-    prefix = remote("sgd", lr=0.05, groups={"a": {}, "b": {"optimizer": "adam"}}, param_labels={"w1": "a", "b1": "b", "out": "a"})
+    prefix = remote(
+        "sgd", lr=0.05, groups={"a": {}, "b": {"optimizer": "adam"}}, param_labels={"w1": "a", "b1": "b", "out": "a"}
+    )
     prefix.init(params)
     assert [len(g["params"]) for g in prefix.optimizer.param_groups] == [1, 3]  # b1; out (2 leaves), w1
     assert [g.get("optimizer") for g in one.state_dict(state)["param_groups"]] == ["adam", None]
@@ -284,7 +286,9 @@ def test_bad_labels_and_groups_are_refused_naming_the_leaf(remote):
     with pytest.raises(ValueError, match="not a pytree prefix of params"):
         remote("sgd", lr=0.1, groups=groups, param_labels={"w1": "mats"}).init(params)
     with pytest.raises(ValueError, match=r"groups\['vecs'\]: nesterov=True: not a hyperparameter of adam"):
-        remote("sgd", lr=0.1, groups={"mats": {}, "vecs": {"optimizer": "adam", "nesterov": True}}, param_labels=_labels).init(params)
+        remote(
+            "sgd", lr=0.1, groups={"mats": {}, "vecs": {"optimizer": "adam", "nesterov": True}}, param_labels=_labels
+        ).init(params)
     with pytest.raises(ValueError, match=r"groups\['vecs'\]: optimizer='adamm': unknown"):
         remote("sgd", lr=0.1, groups={"mats": {}, "vecs": {"optimizer": "adamm"}}, param_labels=_labels).init(params)
     with pytest.raises(ValueError, match="go together"):
