@@ -226,7 +226,7 @@ def test_differences_of_runs():
 def test_bad_arguments_exit_2_naming_the_value(tmp_path, capsys):
     for argv, bad in (
         (["--frameworks", "torch,tf"], "'tf'"),
-        (["--frameworks", "torch", "--optimizers", "muon"], "'muon'"),
+        (["--frameworks", "torch", "--optimizers", "lion"], "'lion'"),
         (["--frameworks", "torch", "--steps", "0"], "0"),
     ):
         with pytest.raises(SystemExit) as e:
