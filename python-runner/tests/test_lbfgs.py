@@ -1,7 +1,8 @@
 """L-BFGS (torch.optim.LBFGS) through the server: step(closure) runs the
 closure here and the algorithm on the server, round by round. Against torch's
 own LBFGS (both line-search modes, on the grpc and tcp planes), state_dict
-both ways with torch.optim.LBFGS, and the refusals, by name."""
+both ways with torch.optim.LBFGS, the other rules (strong_wolfe along their
+paths), a server killed mid-step under each rule, and the refusals, by name."""
 
 import pytest
 import torch
@@ -148,20 +149,40 @@ def test_to_convergence(server, h):
     assert abs(got[-1][0] - want[-1][0]) <= 1e-6 and (got[-1][2] - want[-1][2]).abs().max().item() <= 2e-3
 
 
+def losses_of(server, rule, steps, **h):
+    """The loss before each of `steps` steps and after the last (closure evaluations of a fresh model)."""
+    m, x, y = problem()
+    opt = mur.RemoteOptimizer(m.parameters(), optimizer="lbfgs", rule=rule, server=server, **h)
+    try:
+        out = run(m, opt, x, y, steps=steps)
+        final = float(closure_for(m, opt, x, y, [0])().detach())
+    finally:
+        opt.close()
+    return [loss for loss, _, _ in out] + [final]
+
+
 @needs_server
-def test_rules_other_than_additive_decrease_the_loss(server):
+@pytest.mark.parametrize("line_search_fn", [None, "strong_wolfe"], ids=["none", "strong_wolfe"])
+def test_rules_other_than_additive_decrease_the_loss(server, line_search_fn):
     for rule, h in [
         ("multiplicative", dict(lr=0.5, lr_out=0.5)),
         ("hybrid", dict(lr=0.5, lr_out=0.5)),
         ("exp_sign", dict(lr=0.1)),
     ]:
-        m, x, y = problem()
-        opt = mur.RemoteOptimizer(m.parameters(), optimizer="lbfgs", rule=rule, server=server, max_iter=5, **h)
-        try:
-            losses = [loss for loss, _, _ in run(m, opt, x, y, steps=3)]
-        finally:
-            opt.close()
+        losses = losses_of(server, rule, 3, max_iter=5, line_search_fn=line_search_fn, **h)
         assert losses[-1] < losses[0], f"{rule}: {losses}"
+
+
+@needs_server
+@pytest.mark.parametrize("rule", ["multiplicative", "hybrid"])
+def test_strong_wolfe_along_the_rules_path(server, rule):
+    """With the defaults (lr 1, lr_out 10 lr) a step of length 1 through the multiplicative term is far
+    too long: line_search_fn None takes it, strong_wolfe searches t along the rule's path x(t) (its slope
+    g.x'(t)) and the loss falls at every step, below what one step of None reaches."""
+    sw = losses_of(server, rule, 4, max_iter=5, line_search_fn="strong_wolfe")
+    assert all(b < a for a, b in zip(sw, sw[1:])), f"strong_wolfe: {sw}"
+    none = losses_of(server, rule, 1, max_iter=5)
+    assert sw[1] < none[1] and sw[-1] < none[1], f"strong_wolfe {sw} vs one step of None {none}"
 
 
 @needs_server
@@ -176,10 +197,6 @@ def test_refusals(server):
     for k, v in [("history_size", 0), ("max_iter", 0), ("line_search_fn", "backtracking"), ("tolerance_grad", -1.0)]:
         with pytest.raises(InvalidArgumentError, match=k):
             mur.RemoteOptimizer(m.parameters(), optimizer="lbfgs", server=server, **{k: v})
-    with pytest.raises(InvalidArgumentError, match="strong_wolfe needs the additive rule"):
-        mur.RemoteOptimizer(
-            m.parameters(), optimizer="lbfgs", rule="hybrid", server=server, line_search_fn="strong_wolfe"
-        )
     opt = mur.RemoteOptimizer(m.parameters(), optimizer="lbfgs", server=server)
     try:
         with pytest.raises(ValueError, match="pass a closure"):
@@ -191,10 +208,11 @@ def test_refusals(server):
 
 
 @needs_server
-def test_server_killed_in_the_middle_of_a_step(scratch):
+@pytest.mark.parametrize("rule", ["additive", "multiplicative", "hybrid", "exp_sign"])
+def test_server_killed_in_the_middle_of_a_step(scratch, rule):
     """A --state-dir server SIGKILLed during a step's closure evaluations: the client's next round is
     answered with a restart, step(closure) evaluates again from the parameters before that step, and
-    the run ends bit for bit where an uninterrupted one does."""
+    the run ends bit for bit where an uninterrupted one does (strong_wolfe, along each rule's path)."""
     from pathlib import Path
 
     from test_transport import start_cli, stop_proc
@@ -203,7 +221,7 @@ def test_server_killed_in_the_middle_of_a_step(scratch):
     sock, state = Path(scratch) / "s.sock", Path(scratch) / "state"
     ref, x, y = problem()
     with mur.LocalServer() as s:
-        opt = mur.RemoteOptimizer(ref.parameters(), optimizer="lbfgs", rule="additive", server=s.address, **h)
+        opt = mur.RemoteOptimizer(ref.parameters(), optimizer="lbfgs", rule=rule, server=s.address, **h)
         try:
             want = run(ref, opt, x, y, steps=3)
         finally:
@@ -212,7 +230,7 @@ def test_server_killed_in_the_middle_of_a_step(scratch):
     try:
         m, _, _ = problem()
         opt = mur.RemoteOptimizer(
-            m.parameters(), optimizer="lbfgs", rule="additive", server=f"unix:{sock}", reconnect_timeout=30, **h
+            m.parameters(), optimizer="lbfgs", rule=rule, server=f"unix:{sock}", reconnect_timeout=30, **h
         )
         try:
             got = run(m, opt, x, y, steps=1)

@@ -1,6 +1,7 @@
 // L-BFGS (optimizer "lbfgs") on the engine under test (MUR_BACKEND): torch's
 // trajectories (test/golden/torch_lbfgs.json, from
-// python-runner/scripts/make_lbfgs_golden.py), the other rules, the round
+// python-runner/scripts/make_lbfgs_golden.py), the other rules (with and
+// without the strong Wolfe search along their paths), the round
 // trips (replay, refusal, out of order), bad hyperparameters by name, one
 // group only, and a restart of a --state-dir server in the middle of a step.
 import { strict as assert } from 'assert';
@@ -81,6 +82,8 @@ async function trajectory(spec: Record<string, unknown>, steps: number): Promise
   }
 }
 
+const RULES = ['additive', 'multiplicative', 'hybrid', 'exp_sign'];
+
 const hypersOf = (h: Record<string, unknown>) =>
   Object.fromEntries(Object.entries(h).map(([k, v]) => [k, k === 'line_search_fn' && v === null ? 'none' : v]));
 
@@ -122,12 +125,41 @@ describe('lbfgs under the other rules (line_search_fn none)', () => {
       }
     });
   }
-  it('the first step under hybrid with gamma 0 is the additive one', async () => {
-    const add = await trajectory({ optimizer: 'lbfgs', rule: 'additive', defaults: { max_iter: 3 } }, 1);
-    const hyb = await trajectory({ optimizer: 'lbfgs', rule: 'hybrid', defaults: { max_iter: 3, gamma: 0 } }, 1);
-    // The same float32 operations up to the 0 * term and the direction actually travelled (x1 - x0) / t: 1e-5.
-    add.xs[0].forEach((v, i) => assert.ok(Math.abs(v - hyb.xs[0][i]) < 1e-5, `element ${i}: ${v} vs ${hyb.xs[0][i]}`));
-  });
+  for (const ls of ['none', 'strong_wolfe']) {
+    it(`the first step under hybrid with gamma 0 is the additive one (line_search_fn ${ls})`, async () => {
+      const add = await trajectory({ optimizer: 'lbfgs', rule: 'additive', defaults: { max_iter: 3, line_search_fn: ls } }, 1);
+      const hyb = await trajectory({ optimizer: 'lbfgs', rule: 'hybrid', defaults: { max_iter: 3, gamma: 0, line_search_fn: ls } }, 1);
+      // The same float32 operations up to the 0 * term and the direction actually travelled (x1 - x0) / t
+      // (with strong_wolfe the path's tangent is (1 - 0) d = d, the same slopes): 1e-5.
+      assert.deepEqual(hyb.evals, add.evals, 'closure evaluations');
+      add.xs[0].forEach((v, i) => assert.ok(Math.abs(v - hyb.xs[0][i]) < 1e-5, `element ${i}: ${v} vs ${hyb.xs[0][i]}`));
+    });
+  }
+});
+
+describe("lbfgs strong_wolfe under the other rules (along the rule's path)", () => {
+  const lossOf = (x: Float32Array) => lossGrad(x).loss;
+  const l0 = lossOf(Float32Array.from(golden.x0));
+  // The defaults (lr 1, lr_out 10 lr): a step of length 1 through the multiplicative term moves each weight by
+  // up to 10 |x|, which line_search_fn none takes as it comes; strong_wolfe finds a t along the rule's path.
+  for (const rule of ['multiplicative', 'hybrid', 'exp_sign']) {
+    it(`${rule}: the loss decreases at every step, deterministically${rule === 'exp_sign' ? '' : ', below one step of none'}`, async () => {
+      const spec = { optimizer: 'lbfgs', rule, defaults: { max_iter: 5, line_search_fn: 'strong_wolfe' } };
+      const a = await trajectory(spec, 4);
+      const b = await trajectory(spec, 4);
+      assert.deepEqual(b.xs, a.xs, 'the same inputs give the same trajectory');
+      assert.deepEqual(b.evals, a.evals);
+      const losses = [l0, ...a.xs.map(lossOf)];
+      for (let k = 1; k < losses.length; k++) assert.ok(losses[k] < losses[k - 1], `step ${k}: ${losses[k - 1]} -> ${losses[k]}`);
+      // The minimum is -2.2804 (the additive rule's, test above); a good step gets most of the way.
+      assert.ok(losses[4] < (rule === 'exp_sign' ? -2 : -2.25), `after 4 steps: ${losses[4]}`);
+      if (rule !== 'exp_sign') {
+        const none = await trajectory({ optimizer: 'lbfgs', rule, defaults: { max_iter: 5 } }, 1);
+        const l1 = lossOf(none.xs[0]);
+        assert.ok(losses[1] < l1 && losses[4] < l1, `strong_wolfe ${losses[1]} (4 steps: ${losses[4]}) vs one step of none ${l1}`);
+      }
+    });
+  }
 });
 
 describe('lbfgs sessions: refusals by name', () => {
@@ -170,86 +202,96 @@ describe('lbfgs sessions: refusals by name', () => {
     );
     assert.throws(make({ optimizer: 'adam', rule: 'additive', group_optimizers: { '': 'lbfgs' } }), /lbfgs takes the whole session/);
   });
-  it('strong_wolfe under a rule that is not additive', () => {
-    assert.throws(
-      make({ optimizer: 'lbfgs', rule: 'hybrid', defaults: { line_search_fn: 'strong_wolfe' } }),
-      /defaults.line_search_fn: strong_wolfe needs the additive rule/,
-    );
+  it("strong_wolfe is taken under every rule (each defines its path's tangent)", () => {
+    for (const rule of ['additive', 'multiplicative', 'hybrid', 'exp_sign'])
+      make({ optimizer: 'lbfgs', rule, defaults: { line_search_fn: 'strong_wolfe' } })();
   });
 });
 
 describe('lbfgs round trips', () => {
-  const spec = resolveSpec({ optimizer: 'lbfgs', rule: 'additive', defaults: { max_iter: 4 } });
-  it('a repeated round replays; a different one, or one out of order, is refused and changes nothing', async () => {
-    const s = new Session('rt', spec, decls(golden.x0));
-    try {
-      const x0 = Float32Array.from(golden.x0);
-      const e0 = lossGrad(x0);
-      const r0 = await s.stepClosure(1, { round: 0, loss: e0.loss }, split(e0.grad));
-      assert.equal(r0.evaluate, true);
-      const x1 = flat(r0);
-      const again = await s.stepClosure(1, { round: 0, loss: e0.loss }, split(e0.grad));
-      assert.equal(again.replayed, true);
-      assert.deepEqual(flat(again), x1);
-      await assert.rejects(
-        s.stepClosure(1, { round: 0, loss: e0.loss + 1 }, split(e0.grad)),
-        /round: 0 of step 1 was already taken with a different request/,
-      );
-      await assert.rejects(s.stepClosure(1, { round: 2, loss: 1 }, split(e0.grad)), /round: 2 of step 1 does not follow round 0/);
-      const e1 = lossGrad(x1);
-      await assert.rejects(s.stepClosure(1, { round: 1, loss: NaN }, split(e1.grad)), /loss: NaN/);
-      const bad = split(e1.grad);
-      bad[1].data[1] = Infinity;
-      await assert.rejects(s.stepClosure(1, { round: 1, loss: e1.loss }, bad), /grads\[1\] 'b': element 1 is Infinity/);
-      await assert.rejects(s.stepClosure(1, { round: 1, loss: undefined }, split(e1.grad)), /loss: an lbfgs round needs/);
-      // After the refusals the step goes on as if they never came: the same as an uninterrupted run.
-      let x = x1;
-      let r = await s.stepClosure(1, { round: 1, loss: e1.loss }, split(e1.grad));
-      for (let round = 2; r.evaluate; round++) {
-        x = flat(r);
-        const e = lossGrad(x);
-        r = await s.stepClosure(1, { round, loss: e.loss }, split(e.grad));
+  const additive: { optimizer: string; rule: string; defaults: Record<string, unknown> } = {
+    optimizer: 'lbfgs',
+    rule: 'additive',
+    defaults: { max_iter: 4 },
+  };
+  // The same round trips with the line search along each rule's path (its trial points are rounds too).
+  const cases = [
+    additive,
+    ...RULES.map((rule) => ({ optimizer: 'lbfgs', rule, defaults: { max_iter: 4, line_search_fn: 'strong_wolfe' } })),
+  ];
+  const named = (c: (typeof cases)[number]) => `${c.rule}${c.defaults.line_search_fn ? ' strong_wolfe' : ''}`;
+  for (const c of cases)
+    it(`${named(c)}: a repeated round replays; a different one, or one out of order, is refused and changes nothing`, async () => {
+      const s = new Session('rt', resolveSpec(c), decls(golden.x0));
+      try {
+        const x0 = Float32Array.from(golden.x0);
+        const e0 = lossGrad(x0);
+        const r0 = await s.stepClosure(1, { round: 0, loss: e0.loss }, split(e0.grad));
+        assert.equal(r0.evaluate, true);
+        const x1 = flat(r0);
+        const again = await s.stepClosure(1, { round: 0, loss: e0.loss }, split(e0.grad));
+        assert.equal(again.replayed, true);
+        assert.deepEqual(flat(again), x1);
+        await assert.rejects(
+          s.stepClosure(1, { round: 0, loss: e0.loss + 1 }, split(e0.grad)),
+          /round: 0 of step 1 was already taken with a different request/,
+        );
+        await assert.rejects(s.stepClosure(1, { round: 2, loss: 1 }, split(e0.grad)), /round: 2 of step 1 does not follow round 0/);
+        const e1 = lossGrad(x1);
+        await assert.rejects(s.stepClosure(1, { round: 1, loss: NaN }, split(e1.grad)), /loss: NaN/);
+        const bad = split(e1.grad);
+        bad[1].data[1] = Infinity;
+        await assert.rejects(s.stepClosure(1, { round: 1, loss: e1.loss }, bad), /grads\[1\] 'b': element 1 is Infinity/);
+        await assert.rejects(s.stepClosure(1, { round: 1, loss: undefined }, split(e1.grad)), /loss: an lbfgs round needs/);
+        // After the refusals the step goes on as if they never came: the same as an uninterrupted run.
+        let x = x1;
+        let r = await s.stepClosure(1, { round: 1, loss: e1.loss }, split(e1.grad));
+        for (let round = 2; r.evaluate; round++) {
+          x = flat(r);
+          const e = lossGrad(x);
+          r = await s.stepClosure(1, { round, loss: e.loss }, split(e.grad));
+        }
+        const ref = await trajectory(c, 1);
+        assert.deepEqual(flat(r), ref.xs[0]);
+        // The finished step's last round replays; any other round of it is refused.
+        const last = r.round!;
+        const el = lossGrad(x);
+        const rep = await s.stepClosure(1, { round: last, loss: el.loss }, split(el.grad));
+        assert.equal(rep.replayed, true);
+        assert.equal(rep.evaluate, false);
+        await assert.rejects(s.stepClosure(1, { round: 0, loss: e0.loss }, split(e0.grad)), /step: 1 was already applied/);
+        // Plain steps are refused on an lbfgs session.
+        assert.throws(() => s.step(2, split(e0.grad)), /lbfgs steps are rounds of closure evaluations/);
+      } finally {
+        s.dispose();
       }
-      const ref = await trajectory({ optimizer: 'lbfgs', rule: 'additive', defaults: { max_iter: 4 } }, 1);
-      assert.deepEqual(flat(r), ref.xs[0]);
-      // The finished step's last round replays; any other round of it is refused.
-      const last = r.round!;
-      const el = lossGrad(x);
-      const rep = await s.stepClosure(1, { round: last, loss: el.loss }, split(el.grad));
-      assert.equal(rep.replayed, true);
-      assert.equal(rep.evaluate, false);
-      await assert.rejects(s.stepClosure(1, { round: 0, loss: e0.loss }, split(e0.grad)), /step: 1 was already applied/);
-      // Plain steps are refused on an lbfgs session.
-      assert.throws(() => s.step(2, split(e0.grad)), /lbfgs steps are rounds of closure evaluations/);
-    } finally {
-      s.dispose();
-    }
-  });
+    });
 
-  it('a new step number in the middle of a step rolls it back: restart, with the parameters before it', async () => {
-    const s = new Session('rb', spec, decls(golden.x0));
-    try {
-      const x0 = Float32Array.from(golden.x0);
-      const e0 = lossGrad(x0);
-      const r0 = await s.stepClosure(1, { round: 0, loss: e0.loss }, split(e0.grad));
-      assert.equal(r0.evaluate, true);
-      const e1 = lossGrad(flat(r0));
-      const r = await s.stepClosure(2, { round: 0, loss: e1.loss }, split(e1.grad));
-      assert.match(r.restart!, /step 1 was still in progress \(round 0\).*rolled back.*send round 0 of step 2 again/);
-      assert.equal(r.evaluate, true);
-      assert.deepEqual(flat(r), x0);
-      // The state is as before step 1: step 2 from x0 is step 1 of a fresh session.
-      const ref = await trajectory({ optimizer: 'lbfgs', rule: 'additive', defaults: { max_iter: 4 } }, 1);
-      const done = await runStep(s, 2, x0);
-      assert.deepEqual(done.x, ref.xs[0]);
-    } finally {
-      s.dispose();
-    }
-  });
+  for (const c of cases)
+    it(`${named(c)}: a new step number in the middle of a step rolls it back: restart, with the parameters before it`, async () => {
+      const s = new Session('rb', resolveSpec(c), decls(golden.x0));
+      try {
+        const x0 = Float32Array.from(golden.x0);
+        const e0 = lossGrad(x0);
+        const r0 = await s.stepClosure(1, { round: 0, loss: e0.loss }, split(e0.grad));
+        assert.equal(r0.evaluate, true);
+        const e1 = lossGrad(flat(r0));
+        const r = await s.stepClosure(2, { round: 0, loss: e1.loss }, split(e1.grad));
+        assert.match(r.restart!, /step 1 was still in progress \(round 0\).*rolled back.*send round 0 of step 2 again/);
+        assert.equal(r.evaluate, true);
+        assert.deepEqual(flat(r), x0);
+        // The state is as before step 1: step 2 from x0 is step 1 of a fresh session.
+        const ref = await trajectory(c, 1);
+        const done = await runStep(s, 2, x0);
+        assert.deepEqual(done.x, ref.xs[0]);
+      } finally {
+        s.dispose();
+      }
+    });
 
   it('checkpoints carry the state as torch names it, on the first parameter; an import restores the trajectory', async () => {
-    const a = new Session('ck', spec, decls(golden.x0));
-    const b = new Session('ck2', spec, decls(golden.x0));
+    const a = new Session('ck', resolveSpec(additive), decls(golden.x0));
+    const b = new Session('ck2', resolveSpec(additive), decls(golden.x0));
     try {
       let x = (await runStep(a, 1, Float32Array.from(golden.x0))).x;
       const tensors = [...a.exportTensors()];
@@ -271,34 +313,35 @@ describe('lbfgs round trips', () => {
 });
 
 describe('lbfgs in a shared-memory arena', () => {
-  it('rounds with arena gradients: the arena holds each point; the same trajectory as inline', async function () {
-    const spec = resolveSpec({ optimizer: 'lbfgs', rule: 'additive', defaults: { max_iter: 4, line_search_fn: 'strong_wolfe' } });
-    const s = new Session('arena', spec, decls(golden.x0));
-    try {
-      let arena;
+  for (const rule of RULES)
+    it(`${rule}: rounds with arena gradients: the arena holds each point; the same trajectory as inline`, async function () {
+      const spec = resolveSpec({ optimizer: 'lbfgs', rule, defaults: { max_iter: 4, line_search_fn: 'strong_wolfe' } });
+      const s = new Session('arena', spec, decls(golden.x0));
       try {
-        arena = s.openArena();
-      } catch {
-        this.skip(); // the tfjs engines have no arena
-      }
-      const here = () => Float32Array.from([...arena.param(0), ...arena.param(1)]);
-      const xs: Float32Array[] = [];
-      for (let k = 1; k <= 2; k++) {
-        for (let round = 0; ; round++) {
-          const { loss, grad } = lossGrad(here());
-          arena.grad(0).set(grad.subarray(0, 4));
-          arena.grad(1).set(grad.subarray(4));
-          const r = await s.stepArena(k, [0, 1], {}, false, [], { round, loss });
-          if (!r.evaluate) break;
+        let arena;
+        try {
+          arena = s.openArena();
+        } catch {
+          this.skip(); // the tfjs engines have no arena
         }
-        xs.push(here());
+        const here = () => Float32Array.from([...arena.param(0), ...arena.param(1)]);
+        const xs: Float32Array[] = [];
+        for (let k = 1; k <= 2; k++) {
+          for (let round = 0; ; round++) {
+            const { loss, grad } = lossGrad(here());
+            arena.grad(0).set(grad.subarray(0, 4));
+            arena.grad(1).set(grad.subarray(4));
+            const r = await s.stepArena(k, [0, 1], {}, false, [], { round, loss });
+            if (!r.evaluate) break;
+          }
+          xs.push(here());
+        }
+        const ref = await trajectory({ optimizer: 'lbfgs', rule, defaults: { max_iter: 4, line_search_fn: 'strong_wolfe' } }, 2);
+        assert.deepEqual(xs, ref.xs);
+      } finally {
+        s.dispose();
       }
-      const ref = await trajectory({ optimizer: 'lbfgs', rule: 'additive', defaults: { max_iter: 4, line_search_fn: 'strong_wolfe' } }, 2);
-      assert.deepEqual(xs, ref.xs);
-    } finally {
-      s.dispose();
-    }
-  });
+    });
 });
 
 describe('lbfgs over gRPC, and a --state-dir restart in the middle of a step', () => {
@@ -320,48 +363,56 @@ describe('lbfgs over gRPC, and a --state-dir restart in the middle of a step', (
   ];
   const values = (r: StepReply) => Float32Array.from(r.params.flatMap((p) => Array.from(floats(p.value!.data))));
 
-  it('rounds travel in Step; a restart mid-step restores the step before it and says so; the step then completes as uninterrupted', async () => {
-    const defaults = { max_iter: 4, line_search_fn: 'strong_wolfe' };
-    h = await startHarness({ stateDir: dir });
-    const params = decls(golden.x0).map((d) => ({ id: d.id, name: d.name, shape: d.shape, dtype: F32, group: '', data: bytes(d.values) }));
-    const s = await create(h, { spec: { optimizer: 'lbfgs', rule: 'additive', defaults, groups: {} }, params });
-    const send = (k: number, round: number, x: Float32Array) => {
-      const e = lossGrad(x);
-      return step(h!, { sessionId: s.sessionId, step: k, round, loss: e.loss, grads: wire(e.grad), groupOverrides: {} });
-    };
-    // Step 1 whole.
-    let r = await send(1, 0, Float32Array.from(golden.x0));
-    for (let round = 1; r.evaluate; round++) r = await send(1, round, values(r));
-    const after1 = values(r);
-    const before = await exportAll(h, s.sessionId);
-    // Step 2: two rounds, then the server restarts.
-    r = await send(2, 0, after1);
-    assert.equal(r.evaluate, true);
-    r = await send(2, 1, values(r));
-    assert.equal(r.evaluate, true);
-    const pending = values(r);
-    await h.close();
-    h = await startHarness({ stateDir: dir });
-    assert.deepEqual(await exportAll(h, s.sessionId), before, 'recovered as it was after step 1');
-    r = await send(2, 2, pending);
-    assert.match(r.restart, /step 2 is not in progress on the server/);
-    assert.equal(r.evaluate, true);
-    assert.deepEqual(values(r), after1);
-    // The client restarts step 2 from those parameters: the result is the uninterrupted one.
-    r = await send(2, 0, after1);
-    for (let round = 1; r.evaluate; round++) r = await send(2, round, values(r));
-    const ref = await trajectory({ optimizer: 'lbfgs', rule: 'additive', defaults }, 2);
-    assert.deepEqual(values(r), ref.xs[1]);
-    // And step 2 is journaled: after another restart its last round replays.
-    const done = values(r);
-    await h.close();
-    h = await startHarness({ stateDir: dir });
-    const last = r.round;
-    const rep = await send(2, last, done);
-    assert.equal(rep.replayed, true, 'the last round of a journaled step replays after a restart');
-    assert.deepEqual(values(rep), done);
-    await expectStatus(send(2, 0, done), grpc.status.FAILED_PRECONDITION, 'step: 2 was already applied');
-  });
+  for (const rule of RULES)
+    it(`${rule}: rounds travel in Step; a restart mid-step restores the step before it and says so; the step then completes as uninterrupted`, async () => {
+      const defaults = { max_iter: 4, line_search_fn: 'strong_wolfe' };
+      h = await startHarness({ stateDir: dir });
+      const params = decls(golden.x0).map((d) => ({
+        id: d.id,
+        name: d.name,
+        shape: d.shape,
+        dtype: F32,
+        group: '',
+        data: bytes(d.values),
+      }));
+      const s = await create(h, { spec: { optimizer: 'lbfgs', rule, defaults, groups: {} }, params });
+      const send = (k: number, round: number, x: Float32Array) => {
+        const e = lossGrad(x);
+        return step(h!, { sessionId: s.sessionId, step: k, round, loss: e.loss, grads: wire(e.grad), groupOverrides: {} });
+      };
+      // Step 1 whole.
+      let r = await send(1, 0, Float32Array.from(golden.x0));
+      for (let round = 1; r.evaluate; round++) r = await send(1, round, values(r));
+      const after1 = values(r);
+      const before = await exportAll(h, s.sessionId);
+      // Step 2: two rounds, then the server restarts.
+      r = await send(2, 0, after1);
+      assert.equal(r.evaluate, true);
+      r = await send(2, 1, values(r));
+      assert.equal(r.evaluate, true);
+      const pending = values(r);
+      await h.close();
+      h = await startHarness({ stateDir: dir });
+      assert.deepEqual(await exportAll(h, s.sessionId), before, 'recovered as it was after step 1');
+      r = await send(2, 2, pending);
+      assert.match(r.restart, /step 2 is not in progress on the server/);
+      assert.equal(r.evaluate, true);
+      assert.deepEqual(values(r), after1);
+      // The client restarts step 2 from those parameters: the result is the uninterrupted one.
+      r = await send(2, 0, after1);
+      for (let round = 1; r.evaluate; round++) r = await send(2, round, values(r));
+      const ref = await trajectory({ optimizer: 'lbfgs', rule, defaults }, 2);
+      assert.deepEqual(values(r), ref.xs[1]);
+      // And step 2 is journaled: after another restart its last round replays.
+      const done = values(r);
+      await h.close();
+      h = await startHarness({ stateDir: dir });
+      const last = r.round;
+      const rep = await send(2, last, done);
+      assert.equal(rep.replayed, true, 'the last round of a journaled step replays after a restart');
+      assert.deepEqual(values(rep), done);
+      await expectStatus(send(2, 0, done), grpc.status.FAILED_PRECONDITION, 'step: 2 was already applied');
+    });
 
   it('round on an optimizer without rounds, and StepStream on an lbfgs session, are refused', async () => {
     h = await startHarness({});

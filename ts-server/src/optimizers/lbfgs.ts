@@ -51,7 +51,7 @@ export const lbfgs: OptimizerDef = {
       default: 'none',
       fixed: true,
       description:
-        'none (steps of length t) or strong_wolfe (cubic interpolation and zoom, c1 = 1e-4, c2 = 0.9); strong_wolfe needs the additive rule',
+        "none (steps of length t) or strong_wolfe (cubic interpolation and zoom, c1 = 1e-4, c2 = 0.9), under every rule: along x + t d (additive) or the rule's path x(t), with slopes g.x'(t)",
     },
   ],
   slots: [],

@@ -1,6 +1,6 @@
 // The strong Wolfe line search of torch.optim.LBFGS (line_search_fn =
 // "strong_wolfe"), as a generator: each evaluation of the objective at
-// x + t d is a `yield` of t, answered with the loss and gradient there (the
+// x + t d (or along a rule's path x(t), lbfgsPath.ts) is a `yield` of t, answered with the loss and gradient there (the
 // client's closure, one round trip). Nocedal & Wright, Numerical
 // Optimization, algorithms 3.5 (bracketing) and 3.6 (zoom), with torch's
 // choices: the trial step grows by cubic interpolation within
@@ -27,6 +27,8 @@ export interface LineSearchResult {
   grad: Float32Array;
   t: Scalar;
   evals: number;
+  /** The search ended at a point of both conditions (else on its evaluation budget or the bracket's width). */
+  accepted: boolean;
 }
 
 /**
@@ -60,6 +62,10 @@ export function cubicInterpolate(
  * Searches along d from the point where the loss is f and the gradient g
  * (gtd = g.d < 0), starting at step t. Yields each trial step; returns the
  * accepted step with its loss and gradient and the number of evaluations.
+ * Along a curved path x(t) (a rule's move, lbfgsPath.ts) `tangent` gives
+ * x'(t), d is x'(0) and the slopes are g(t).x'(t); without it the path is
+ * the line x + t d, x'(t) = d (torch's search, bit for bit). The search
+ * itself works in t only: its cubics and bracket do not care which.
  */
 export function* strongWolfe(
   d: Float32Array,
@@ -69,21 +75,24 @@ export function* strongWolfe(
   gtd: Scalar,
   tolChange: number,
   maxLs: number,
+  tangent?: (t: number) => Float32Array,
   c1 = 1e-4,
   c2 = 0.9,
 ): Generator<number, LineSearchResult, Evaluation> {
   const f = py(fLoss);
   const tol = py(tolChange);
+  // The bracket is too narrow when its width times max|x'(0)| is below tolerance_change.
   let dn = 0;
   for (let i = 0; i < d.length; i++) dn = Math.max(dn, Math.abs(d[i]));
   const dNorm = f32(dn);
+  const slope = (tt: Scalar, gt: Float32Array) => f32(dot(gt, tangent ? tangent(tt.v) : d));
   const armijo = (tt: Scalar) => add(f, mul(mul(py(c1), tt), gtd));
   const curvature = mul(py(-c2), gtd);
   let e = yield t.v;
   let fNew = py(e.loss);
   let gNew = e.grad;
   let evals = 1;
-  let gtdNew = f32(dot(gNew, d));
+  let gtdNew = slope(t, gNew);
   let tPrev = py(0);
   let fPrev = f;
   let gPrev = g;
@@ -129,7 +138,7 @@ export function* strongWolfe(
     fNew = py(e.loss);
     gNew = e.grad;
     evals++;
-    gtdNew = f32(dot(gNew, d));
+    gtdNew = slope(t, gNew);
     lsIter++;
   }
   if (lsIter === maxLs) {
@@ -162,7 +171,7 @@ export function* strongWolfe(
     fNew = py(e.loss);
     gNew = e.grad;
     evals++;
-    gtdNew = f32(dot(gNew, d));
+    gtdNew = slope(t, gNew);
     lsIter++;
     if (gt(fNew, armijo(t)) || ge(fNew, brF[low])) {
       br[high] = t;
@@ -185,5 +194,5 @@ export function* strongWolfe(
       brGtd[low] = gtdNew;
     }
   }
-  return { loss: brF[low].v, grad: brG[low], t: br[low], evals };
+  return { loss: brF[low].v, grad: brG[low], t: br[low], evals, accepted: done };
 }

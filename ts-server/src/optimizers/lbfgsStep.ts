@@ -12,6 +12,9 @@
 //   t = min(1, 1/|g|_1) lr on the session's first iteration, lr after;
 //   stop when g.d > -tolerance_change (not a descent direction);
 //   move to x + t d (or along the line search's accepted t), evaluate;
+//   under another rule the move is the rule's (session/lbfgs.ts), the line
+//   search runs along its path (lbfgsPath.ts), and d becomes the direction
+//   travelled, (x_new - x) / t, so that the next s is the real step;
 //   stop after max_iter iterations, max_eval evaluations, max|g| <=
 //   tolerance_grad, max|t d| <= tolerance_change or |loss change| <
 //   tolerance_change.
@@ -67,11 +70,14 @@ export const cloneState = (s: LbfgsState): LbfgsState => ({ ...s, oldDirs: [...s
 /**
  * Moves x by t along d and returns the new point: x + t d (additive, torch's
  * add_) or the session's rule applied to the direction -d with learning
- * rate t. `exact` is true for the additive move.
+ * rate t. `exact` is true for the additive move. `tangent`, for a move that
+ * is not x + t d, is the path's derivative d/dt move(x, t, d) (lbfgsPath.ts):
+ * the strong Wolfe line search takes its slopes along it.
  */
 export interface Mover {
   exact: boolean;
   move(x: Float32Array, t: number, d: Float32Array): Float32Array;
+  tangent?(x: Float32Array, t: number, d: Float32Array): Float32Array;
 }
 
 /** x + t d in float32, as torch's p.add_(d, alpha=t). */
@@ -158,12 +164,19 @@ export function* lbfgsStep(
     if (h.strongWolfe) {
       const from = x;
       const dir = d;
-      const search = strongWolfe(dir, tS, loss, g, f32(gtd), h.toleranceChange, h.maxEval - evals);
+      // Along the rule's path x(t) = move(from, t, dir): phi'(t) = g(x(t)).x'(t), x'(t) = dir for x + t dir.
+      const tangent = mover.tangent ? (tt: number) => mover.tangent!(from, tt, dir) : undefined;
+      const p0 = tangent ? tangent(0) : dir;
+      const slope0 = tangent ? dot(g, p0) : gtd;
+      if (slope0 > Math.fround(-h.toleranceChange)) break; // not a descent direction along the path
+      const search = strongWolfe(p0, tS, loss, g, f32(slope0), h.toleranceChange, h.maxEval - evals, tangent);
       let r = search.next();
-      while (!r.done) r = search.next(yield addMove(from, r.value, dir));
+      while (!r.done) r = search.next(yield mover.move(from, r.value, dir));
       ({ loss, grad: g, evals: lsEvals } = r.value);
       t = r.value.t.v;
-      x = addMove(from, t, dir);
+      x = mover.move(from, t, dir);
+      // As without line search: d becomes the direction actually travelled, so that s = t d is the real step.
+      if (!mover.exact && t !== 0) d = scaled(minus(x, from), 1 / t);
       optCond = maxAbs(g) <= tolGrad;
     } else {
       const next = mover.move(x, t, d);

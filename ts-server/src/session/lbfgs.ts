@@ -20,6 +20,7 @@ import type { Engine, ParamState } from '../engine/engine';
 import { FailedPrecondition, InvalidArgument } from '../errors';
 import { lbfgsHypers } from '../optimizers/lbfgs';
 import { addMove, cloneState, lbfgsStep, newState, type Evaluation, type LbfgsState, type Mover } from '../optimizers/lbfgsStep';
+import { firstBound, isPathRule, pathRates, pathTangent } from '../optimizers/lbfgsPath';
 import { resolveGroup, resolveSpec, type ResolvedSpec } from '../registry';
 import { sgd } from '../optimizers/sgd';
 import type { Hypers } from '../engine/types';
@@ -124,17 +125,35 @@ export class LbfgsRun {
   }
 
   /**
-   * The move of an iteration without line search: x + t d under the additive
-   * rule; otherwise the session's rule, applied by the engine as one SGD step
-   * (no momentum, no decay) whose gradient is -d and learning rate t, with
-   * lr_out scaled by t / lr (the way an optimizer's scale reaches eta_out).
+   * The move of an iteration: x + t d under the additive rule; otherwise the
+   * session's rule, applied by the engine as one SGD step (no momentum, no
+   * decay) whose gradient is -d and learning rate t, with lr_out scaled by
+   * t / lr (the way an optimizer's scale reaches eta_out); its tangent in t
+   * (optimizers/lbfgsPath.ts) per parameter, with exp_sign's bound as the
+   * engine keeps it (or will store it on the parameter's first move).
    */
-  private mover(spec: ResolvedSpec, h: Hypers): Mover {
+  mover(spec: ResolvedSpec, h: Hypers): Mover {
     if (spec.rule.name === 'additive') return { exact: true, move: addMove };
     const lr = h.lr as number;
     const ruleHypers = Object.fromEntries(spec.rule.hypers.map((r) => [r.name, h[r.name]]));
+    const rule = spec.rule.name;
+    const rates = pathRates(h);
+    const tangent = isPathRule(rule)
+      ? (x: Float32Array, t: number, d: Float32Array) => {
+          const out = new Float32Array(x.length);
+          let off = 0;
+          for (const p of this.params()) {
+            const x0 = x.subarray(off, off + p.size);
+            const bound = rule === 'exp_sign' ? (p.state.rule.get('max')?.view()[0] ?? firstBound(h.p_scale as number, x0)) : 0;
+            pathTangent(rule, rates, x0, t, d.subarray(off, off + p.size), bound, out.subarray(off, off + p.size));
+            off += p.size;
+          }
+          return out;
+        }
+      : undefined;
     return {
       exact: false,
+      tangent,
       move: (x, t, d) => {
         const scale = lr > 0 ? t / lr : 0;
         const defaults: Record<string, unknown> = { ...ruleHypers, lr: t };

@@ -18,6 +18,7 @@ import { SessionLane } from './lane';
 import { checkRows, elementName, gatherRows, gradientKindRefusal, rowLength } from './rows';
 import { LbfgsRun, roundDigest, type RoundInput, type RoundOutcome } from './lbfgs';
 import { LBFGS_SLOTS, stateFromSlots, stateSlots } from '../optimizers/lbfgs';
+import { isPathRule, PATH_RULES } from '../optimizers/lbfgsPath';
 
 export type { ParamDeclaration } from './declarations';
 export type { SessionHeader, SlotTensor } from './checkpoint';
@@ -930,9 +931,10 @@ export class Session {
 
 /**
  * What an L-BFGS session must be (torch.optim.LBFGS): one parameter group,
- * no other optimizer beside it, and a line search only under the additive
- * rule (the strong Wolfe conditions are stated along the straight line x + t d;
- * the other rules move along a curve that they do not define on).
+ * no other optimizer beside it, and a line search only under a rule whose
+ * path has a tangent (the strong Wolfe conditions are stated along the path
+ * x(t) the rule moves on: x + t d for the additive rule, optimizers/lbfgsPath.ts
+ * for the others).
  */
 function checkClosureSpec(spec: ResolvedSpec, decls: ParamDeclaration[]): void {
   const name = spec.optimizer.closure ? spec.optimizer.name : Object.values(spec.groupOptimizers).find((o) => o.closure)!.name;
@@ -951,9 +953,9 @@ function checkClosureSpec(spec: ResolvedSpec, decls: ParamDeclaration[]): void {
   }
   const group = groups[0] ?? '';
   const h = resolveGroup(spec, group);
-  if (h.line_search_fn === 'strong_wolfe' && spec.rule.name !== 'additive') {
+  if (h.line_search_fn === 'strong_wolfe' && spec.rule.name !== 'additive' && !isPathRule(spec.rule.name)) {
     throw new InvalidArgument(
-      `${group === '' ? 'defaults' : `groups.${group}`}.line_search_fn: strong_wolfe needs the additive rule (its Wolfe conditions are along the straight line x + t d; the ${spec.rule.name} rule does not move along it): use line_search_fn none or the additive rule`,
+      `${group === '' ? 'defaults' : `groups.${group}`}.line_search_fn: strong_wolfe needs the tangent of the rule's path (optimizers/lbfgsPath.ts), which the ${spec.rule.name} rule does not define: use line_search_fn none or one of the rules additive, ${PATH_RULES.join(', ')}`,
     );
   }
 }
