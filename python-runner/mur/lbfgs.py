@@ -3,6 +3,10 @@
 The client evaluates the closure and sends the loss and gradients; the server
 (which keeps the history: ts-server/src/session/lbfgs.ts) answers with the
 parameters where it needs the next evaluation, or with the step's result.
+Each round goes on the optimizer's plane as a step would: on shm the gradients
+are in the arena and the server writes the next point into it (``p.data``
+views it), on tcp in the data port's frame, on gRPC in one Step message or,
+above the message limit, a StepStream (docs/data-path.md, "L-BFGS rounds").
 Also the codec between the server's checkpoint slots for L-BFGS (on the first
 parameter, flat: old_dirs is the k pairs stacked) and torch.optim.LBFGS's
 state (lists of tensors, Python numbers)."""

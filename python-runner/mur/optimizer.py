@@ -221,8 +221,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
         optimizer: sgd, adam, adamw, adagrad, rmsprop, adamax, nadam, radam, adadelta, lion,
             rprop, asgd, lamb, lars, adafactor, muon (2-D parameters only), lbfgs
             (torch.optim.LBFGS: one parameter group, ``step(closure)`` only; the
-            closure runs here, the history on the server; transports tcp and
-            grpc: the shm arena is not used for it, mur/lbfgs.py),
+            closure runs here, the history on the server, one round trip per
+            evaluation on every transport: on shm the gradients and the points
+            to evaluate are in the arena, mur/lbfgs.py),
             schedule_free_adamw (evaluate between eval() and train()).
         rule: additive, multiplicative, hybrid or exp_sign. Neither given: the
             server's --config (its optimizer, rule and defaults), or adam with
@@ -366,12 +367,6 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 f"optimizer='lbfgs': {len(groups)} parameter groups; L-BFGS takes one "
                 "(torch.optim.LBFGS doesn't support per-parameter options)"
             )
-        if optimizer == "lbfgs" and transport == "shm":
-            raise TransportUnavailable(
-                "transport='shm': lbfgs steps are rounds of closure evaluations, which the shared-memory "
-                "arena does not carry in this client: use transport='tcp' or 'grpc'",
-                "shm",
-            )
         _check_flags([{**flags, **g} for g in groups])
         for gi, g in enumerate(groups):
             for pi, p in enumerate(g["params"]):
@@ -507,8 +502,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     def _open_plane(self, transport):
         self._transport_reason = None
-        auto = ("tcp",) if self.optimizer_name == "lbfgs" else ("shm", "tcp")  # lbfgs: no arena (mur/lbfgs.py)
-        for name in auto if transport == "auto" else (transport,):
+        for name in ("shm", "tcp") if transport == "auto" else (transport,):
             if name == "grpc":
                 break
             try:

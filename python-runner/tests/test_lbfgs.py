@@ -1,17 +1,22 @@
 """L-BFGS (torch.optim.LBFGS) through the server: step(closure) runs the
 closure here and the algorithm on the server, round by round. Against torch's
-own LBFGS (both line-search modes, on the grpc and tcp planes), state_dict
-both ways with torch.optim.LBFGS, the other rules (strong_wolfe along their
-paths), a server killed mid-step under each rule, and the refusals, by name."""
+own LBFGS (both line-search modes) on every transport (grpc, grpc with every
+round streamed, tcp, shm), a round's replay and refusal, state_dict both ways
+with torch.optim.LBFGS, the other rules (strong_wolfe along their paths), a
+SIGKILLed --state-dir server in the middle of a step under each rule on every
+transport, and the refusals, by name."""
 
 import pytest
 import torch
-from conftest import CLI, start_tcp, stop
+from conftest import ADDON, CLI, start_tcp, stop
 
 import mur
-from mur.errors import InvalidArgumentError, TransportUnavailable
+from mur.errors import FailedPreconditionError, InvalidArgumentError, MurError
 
 needs_server = pytest.mark.skipif(not CLI.exists(), reason=f"{CLI} not built (make build)")
+# Every transport a round can take; "grpc-stream": grpc with a message limit so small that every round
+# goes by StepStream in several chunks (the client's limit: the server's own is 64 MB).
+TRANSPORTS = ["grpc", "grpc-stream", "tcp", "shm"]
 # Steps short of convergence: near the minimum the losses of nearby points differ in their last
 # float32 bit, and which way a comparison goes there depends on the order of float32 sums (torch
 # 1.13 and 2.x take different paths there too); up to that floor the paths are the same.
@@ -68,8 +73,39 @@ def tcp_server():
         stop(proc)
 
 
+def remote(model, server, transport, rule="additive", **h):
+    """A RemoteOptimizer for lbfgs on `transport` (a TRANSPORTS name); with "grpc-stream" every round is
+    counted by StepStream's begin frames in the returned list (round, loss), and none goes unary."""
+    if transport == "shm" and not ADDON.exists():
+        pytest.skip("the shm transport needs the native engine (make native-engine)")
+    opt = mur.RemoteOptimizer(
+        model.parameters(), optimizer="lbfgs", rule=rule, server=server, transport=transport.split("-")[0], **h
+    )
+    streamed = []
+    if transport == "grpc-stream":
+        opt._caps.max_message_bytes, opt._caps.chunk_bytes = 16, 8  # 8-byte chunks: each gradient in pieces
+        real = opt._conn.stub.StepStream
+
+        def spy(frames, **k):
+            def seen():
+                for f in frames:
+                    if f.HasField("begin"):
+                        streamed.append((f.begin.round, f.begin.loss))
+                    yield f
+
+            return real(seen(), **k)
+
+        opt._conn.stub.StepStream = spy
+
+        def unary(*a, **k):
+            raise AssertionError("a round went unary: it exceeds the (client's) message limit")
+
+        opt._conn.raw_step = unary
+    return opt, streamed
+
+
 @needs_server
-@pytest.mark.parametrize("transport", ["grpc", "tcp"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("h", CASES, ids=IDS)
 def test_torch_parity(tcp_server, transport, h):
     """The same closure evaluations and, to float32 rounding, the same trajectory as torch.optim.LBFGS.
@@ -81,14 +117,15 @@ def test_torch_parity(tcp_server, transport, h):
     ref, x, y = problem()
     mine, _, _ = problem()
     want = run(ref, torch.optim.LBFGS(ref.parameters(), **h), x, y)
-    opt = mur.RemoteOptimizer(
-        mine.parameters(), optimizer="lbfgs", rule="additive", server=tcp_server, transport=transport, **h
-    )
+    opt, streamed = remote(mine, tcp_server, transport, **h)
     try:
-        assert opt.transport == transport
+        assert opt.transport == transport.split("-")[0]
         got = run(mine, opt, x, y)
     finally:
         opt.close()
+    if transport == "grpc-stream":
+        assert len(streamed) == sum(n for _, n, _ in got), "every closure evaluation is one streamed round"
+        assert [r for r, _ in streamed[:2]] == [0, 1] and streamed[0][1] == got[0][0]
     for k, ((lw, nw, pw), (lg, ng, pg)) in enumerate(zip(want, got)):
         assert ng == nw, f"step {k + 1}: {ng} closure evaluations, torch {nw}"
         assert abs(lg - lw) <= 2e-5 * max(1.0, abs(lw)), f"step {k + 1}: loss {lg} vs torch {lw}"
@@ -192,8 +229,6 @@ def test_refusals(server):
         mur.RemoteOptimizer([{"params": [m.weight]}, {"params": [m.bias]}], optimizer="lbfgs", server=server)
     with pytest.raises(ValueError, match="one server"):
         mur.RemoteOptimizer(m.parameters(), optimizer="lbfgs", server=[server, server])
-    with pytest.raises(TransportUnavailable, match="transport='shm'"):
-        mur.RemoteOptimizer(m.parameters(), optimizer="lbfgs", server=server, transport="shm")
     for k, v in [("history_size", 0), ("max_iter", 0), ("line_search_fn", "backtracking"), ("tolerance_grad", -1.0)]:
         with pytest.raises(InvalidArgumentError, match=k):
             mur.RemoteOptimizer(m.parameters(), optimizer="lbfgs", server=server, **{k: v})
@@ -208,17 +243,123 @@ def test_refusals(server):
 
 
 @needs_server
-@pytest.mark.parametrize("rule", ["additive", "multiplicative", "hybrid", "exp_sign"])
-def test_server_killed_in_the_middle_of_a_step(scratch, rule):
-    """A --state-dir server SIGKILLed during a step's closure evaluations: the client's next round is
-    answered with a restart, step(closure) evaluates again from the parameters before that step, and
-    the run ends bit for bit where an uninterrupted one does (strong_wolfe, along each rule's path)."""
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_round_replays_and_another_request_under_it_is_refused(tcp_server, transport):
+    """Round 0 sent twice as it was: the server answers it again (replayed, which a first attempt reports
+    as another writer) and takes nothing; under another loss it is refused. A new step number then
+    rolls the step back (restart, the parameters before it) and the run is torch's from there."""
+    h = dict(max_iter=3)
+    ref, x, y = problem()
+    mine, _, _ = problem()
+    want = run(ref, torch.optim.LBFGS(ref.parameters(), **h), x, y, steps=2)
+    opt, _ = remote(mine, tcp_server, transport, **h)
+    try:
+        x0 = torch.cat([p.detach().reshape(-1) for p in mine.parameters()]).clone()
+        loss = closure_for(mine, opt, x, y, [0])()
+        prep = opt._prepare_step(1)
+        prep.round, prep.loss = 0, float(loss.detach())
+        send = torch.no_grad()(opt._plane.step)  # as step() sends it
+        send(prep)
+        assert opt._plane.last_reply.evaluate and opt._plane.last_reply.round == 0
+        point = torch.cat([p.detach().reshape(-1) for p in mine.parameters()]).clone()
+        assert not torch.equal(point, x0), "round 0 moved the parameters to the first point to evaluate"
+        with pytest.raises(MurError, match="step 1 had already been applied"):
+            send(prep)  # replayed: a first attempt that finds its round taken is another writer's
+        prep.loss += 1.0
+        with pytest.raises(FailedPreconditionError, match="round: 0 of step 1 was already taken with a different"):
+            send(prep)
+        assert torch.equal(torch.cat([p.detach().reshape(-1) for p in mine.parameters()]), point)
+        # Step 2 while step 1 is in progress: step 1 is rolled back, the parameters are x0 again.
+        prep.number = 2
+        send(prep)
+        assert "step 1 was still in progress" in opt._plane.last_reply.restart
+        assert torch.equal(torch.cat([p.detach().reshape(-1) for p in mine.parameters()]), x0)
+        opt._step_no = 2  # the next step() is step 3, from x0 and a history the refusals left empty
+        got = run(mine, opt, x, y, steps=2)
+    finally:
+        opt.close()
+    for (_, nw, pw), (_, ng, pg) in zip(want, got):
+        assert ng == nw and (pg - pw).abs().max().item() <= 2e-5  # the tolerance of test_torch_parity
+
+
+@needs_server
+def test_a_round_above_the_servers_message_limit_streams(tcp_server):
+    """A server started with --max-message-mb 1 and a 300,000-element parameter (1.2 MB of gradient per
+    round: Step would be RESOURCE_EXHAUSTED): every round goes by StepStream, and the steps are those of
+    a server without the limit, bit for bit."""
+    n = 300_000
+    a = torch.linspace(1.0, 10.0, n)
+
+    def steps(server):
+        w = torch.nn.Parameter(torch.zeros(n))
+        opt = mur.RemoteOptimizer([w], optimizer="lbfgs", rule="additive", server=server, transport="grpc", max_iter=3)
+        try:
+
+            def closure():
+                opt.zero_grad()
+                loss = (0.5 * a * (w - 1.0) ** 2).sum()
+                loss.backward()
+                return loss
+
+            return [(float(opt.step(closure)), w.detach().clone()) for _ in range(2)]
+        finally:
+            opt.close()
+
+    proc, info = start_tcp("--max-message-mb", 1, "--chunk-kb", 256)  # chunks with room for their framing
+    try:
+        got = steps(f"127.0.0.1:{info['port']}")
+    finally:
+        stop(proc)
+    want = steps(tcp_server)
+    for (lg, pg), (lw, pw) in zip(got, want):
+        assert lg == lw and torch.equal(pg, pw)
+
+
+@needs_server
+def test_float64_parameters_on_shm_take_every_point(tcp_server):
+    """float64 parameters keep their own memory on shm (the arena holds the float32 master): after each
+    round every one takes the point the server wrote there, cast, so the closure runs where it does on
+    tcp (whose replies carry the points): the same evaluations and parameters, bit for bit."""
+    out = {}
+    for transport in ("tcp", "shm"):
+        m, x, y = problem()
+        m, x = m.double(), x.double()
+        opt, _ = remote(m, tcp_server, transport, max_iter=3)
+        try:
+            assert opt.transport == transport and m.weight.dtype == torch.float64
+            out[transport] = run(m, opt, x, y.double(), steps=2)
+        finally:
+            opt.close()
+    for (lt, nt, pt), (ls, ns, ps) in zip(out["tcp"], out["shm"]):
+        assert (ls, ns) == (lt, nt) and torch.equal(ps, pt)
+
+
+def start_state_dir_server(transport, scratch, port=0):
+    """A --state-dir server for `transport` (tcp: on TCP, `port` 0 the first time, then the same one;
+    else on a Unix socket), with stdin kept open (it dies with this test process): (process, address)."""
     from pathlib import Path
 
-    from test_transport import start_cli, stop_proc
+    from test_transport import start_cli
+
+    state = Path(scratch) / "state"
+    if transport == "tcp":
+        proc, info = start_tcp("--state-dir", state, port=port)
+        return proc, f"127.0.0.1:{info['port']}"
+    sock = Path(scratch) / "s.sock"
+    return start_cli(sock, "--state-dir", str(state)), f"unix:{sock}"
+
+
+@needs_server
+@pytest.mark.parametrize("rule", ["additive", "multiplicative", "hybrid", "exp_sign"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_server_killed_in_the_middle_of_a_step(scratch, transport, rule):
+    """A --state-dir server SIGKILLed during a step's closure evaluations: the client's next round is
+    answered with a restart (on shm: in the new server's arena, which the client maps), step(closure)
+    evaluates again from the parameters before that step, and the run ends bit for bit where an
+    uninterrupted one does (strong_wolfe, along each rule's path)."""
+    from test_transport import stop_proc
 
     h = dict(max_iter=4, line_search_fn="strong_wolfe")
-    sock, state = Path(scratch) / "s.sock", Path(scratch) / "state"
     ref, x, y = problem()
     with mur.LocalServer() as s:
         opt = mur.RemoteOptimizer(ref.parameters(), optimizer="lbfgs", rule=rule, server=s.address, **h)
@@ -226,21 +367,22 @@ def test_server_killed_in_the_middle_of_a_step(scratch, rule):
             want = run(ref, opt, x, y, steps=3)
         finally:
             opt.close()
-    procs = [start_cli(sock, "--state-dir", str(state))]
+    proc, address = start_state_dir_server(transport, scratch)
+    procs = [proc]
     try:
         m, _, _ = problem()
-        opt = mur.RemoteOptimizer(
-            m.parameters(), optimizer="lbfgs", rule=rule, server=f"unix:{sock}", reconnect_timeout=30, **h
-        )
+        opt, _ = remote(m, address, transport, rule=rule, reconnect_timeout=30, **h)
         try:
+            assert opt.transport == transport.split("-")[0]
             got = run(m, opt, x, y, steps=1)
             n = [0]
             inner = closure_for(m, opt, x, y, n)
+            port = int(address.rsplit(":", 1)[1]) if transport == "tcp" else 0
 
             def closure():
                 if n[0] == 2:  # the third evaluation of step 2: the server dies and comes back
                     stop_proc(procs[-1])
-                    procs.append(start_cli(sock, "--state-dir", str(state)))
+                    procs.append(start_state_dir_server(transport, scratch, port)[0])
                 return inner()
 
             loss = opt.step(closure)
@@ -261,7 +403,8 @@ def test_server_killed_in_the_middle_of_a_step(scratch, rule):
 @needs_server
 def test_server_auto_and_the_defaults_table():
     """server="auto" checks names before starting its server (mur.lbfgs.DEFAULTS, which is the server's
-    table); param_groups hold torch's values (max_eval filled in, whole numbers as ints)."""
+    table) and picks shm for lbfgs as for every optimizer; param_groups hold torch's values (max_eval
+    filled in, whole numbers as ints)."""
     with pytest.raises(ValueError, match=r"momentum=0\.9: not a hyperparameter of lbfgs"):
         mur.RemoteOptimizer(torch.nn.Linear(2, 1).parameters(), optimizer="lbfgs", momentum=0.9)
     m, x, y = problem()
@@ -275,6 +418,7 @@ def test_server_auto_and_the_defaults_table():
         g = opt.param_groups[0]
         assert (g["max_iter"], g["max_eval"], g["history_size"], g["line_search_fn"]) == (6, 7, 100, None)
         assert isinstance(g["history_size"], int)
+        assert opt.transport == ("shm" if ADDON.exists() else "grpc")
         run(m, opt, x, y, steps=1)
     finally:
         opt.close()

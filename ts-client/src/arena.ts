@@ -1,13 +1,15 @@
 // The "shm" plane: a session's shared-memory arena as this client reaches it,
 // the server's memfd through /proc (same host, same user). Gradients are
 // written into the arena and parameters read from it with pwrite/pread; the
-// Step call carries only the arena indices.
+// Step call carries only the arena indices. An L-BFGS round the same way:
+// the server writes the point it asks about (or the step's result) into the
+// parameter regions, read back for every parameter.
 import * as fs from 'fs';
 import type { ArenaInfo, OpenArenaRequest, StepReply, StepRequest } from '../generated/mur/v1/optimizer';
 import { isRetryable } from './connection';
 import { bytes } from './chunks';
 import { GrpcPlane } from './grpcPlane';
-import type { Plane, SessionLink } from './plane';
+import type { Plane, Round, RoundReply, SessionLink } from './plane';
 import type { Overrides, Values } from './types';
 
 /** The arena file of one session, opened and checked to be this server's. */
@@ -71,20 +73,31 @@ export class ShmPlane implements Plane {
   ) {}
 
   async step(g: Values, overrides: Overrides, step: number): Promise<Values> {
+    await this.send(g, overrides, step);
+    return new Map([...g.keys()].map((id) => [id, this.arena.readParam(id)]));
+  }
+
+  async round(g: Values, overrides: Overrides, step: number, round: Round): Promise<RoundReply> {
+    const reply = await this.send(g, overrides, step, round);
+    const values = new Map([...this.s.shapes.keys()].map((id) => [id, this.arena.readParam(id)]));
+    return { evaluate: reply.evaluate, round: reply.round, restart: reply.restart, values };
+  }
+
+  private send(g: Values, overrides: Overrides, step: number, round?: Round): Promise<StepReply> {
     const arena = this.arena;
     for (const [id, a] of g) arena.writeGrad(id, a);
-    await this.s.conn.call<StepRequest, StepReply>(
+    return this.s.conn.call<StepRequest, StepReply>(
       this.s.conn.raw.step.bind(this.s.conn.raw),
       {
         sessionId: this.s.id,
         step,
+        ...round,
         groupOverrides: overrides,
         grads: [],
         arenaGrads: [...g.keys()].map((id) => arena.indexOf(id)),
       },
       this.s.auth(),
     );
-    return new Map([...g.keys()].map((id) => [id, arena.readParam(id)]));
   }
 
   /** The arena again: a restarted server made a new one; one that cannot offer shm here leaves the session on gRPC. */

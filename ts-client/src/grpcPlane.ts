@@ -1,8 +1,9 @@
-// The "grpc" plane: tensors inside messages. A step goes unary while it fits
-// in one message, else as chunks through one StepStream.
+// The "grpc" plane: tensors inside messages. A step (an L-BFGS round too)
+// goes unary while it fits in one message, else as chunks through one
+// StepStream.
 import type { StepReply, StepRequest } from '../generated/mur/v1/optimizer';
 import { bytes, F32, floats } from './chunks';
-import type { Plane, SessionLink } from './plane';
+import type { Plane, Round, RoundReply, SessionLink } from './plane';
 import { StepStream } from './stream';
 import type { Overrides, Values } from './types';
 
@@ -15,6 +16,15 @@ export class GrpcPlane implements Plane {
   constructor(private readonly s: SessionLink) {}
 
   async step(g: Values, overrides: Overrides, step: number): Promise<Values> {
+    return (await this.send(g, overrides, step)).values;
+  }
+
+  async round(g: Values, overrides: Overrides, step: number, round: Round): Promise<RoundReply> {
+    const { values, reply } = await this.send(g, overrides, step, round);
+    return { evaluate: reply.evaluate, round: reply.round, restart: reply.restart, values };
+  }
+
+  private async send(g: Values, overrides: Overrides, step: number, round?: Round) {
     const size = [...g.values()].reduce((n, a) => n + a.byteLength, 0);
     if (size >= this.s.caps.maxMessageBytes * INLINE_SHARE) {
       const stream = new StepStream(
@@ -23,7 +33,7 @@ export class GrpcPlane implements Plane {
         this.s.caps.chunkBytes,
       );
       try {
-        return await stream.step(g, overrides, step);
+        return await stream.send(g, overrides, step, round);
       } finally {
         stream.close();
       }
@@ -33,6 +43,7 @@ export class GrpcPlane implements Plane {
       {
         sessionId: this.s.id,
         step,
+        ...round,
         groupOverrides: overrides,
         arenaGrads: [],
         grads: [...g].map(([paramId, a]) => ({
@@ -42,7 +53,7 @@ export class GrpcPlane implements Plane {
       },
       this.s.auth(),
     );
-    return new Map(reply.params.map((p) => [p.paramId, floats(p.value!.data)]));
+    return { reply, values: new Map(reply.params.map((p) => [p.paramId, floats(p.value!.data)])) };
   }
 
   recover(): Promise<Plane> {

@@ -20,10 +20,31 @@ export interface SessionLink {
   auth(): grpc.Metadata;
 }
 
+/** An L-BFGS round as the plane sends it (StepRequest.round, .loss). */
+export interface Round {
+  round: number;
+  loss: number;
+}
+
+/** What an L-BFGS round answers (StepReply.evaluate, .round, .restart) and every parameter's values after it. */
+export interface RoundReply {
+  evaluate: boolean;
+  round: number;
+  restart: string;
+  values: Values;
+}
+
 export interface Plane {
   readonly name: 'shm' | 'tcp' | 'grpc';
   /** One attempt of a step: the new values of the parameters that had a gradient. */
   step(grads: Values, overrides: Overrides, step: number): Promise<Values>;
+  /**
+   * One attempt of an L-BFGS round (closure.ts): the gradients at the point
+   * the server asked about go as any step's would on this plane, with the
+   * round and loss; the reply's fields and the point to evaluate next (or the
+   * step's result) come back.
+   */
+  round(grads: Values, overrides: Overrides, step: number, round: Round): Promise<RoundReply>;
   /**
    * Before a retry (the server was lost, or came back without this plane's
    * resources): the plane to go on with, this one re-attached or gRPC's when

@@ -45,19 +45,27 @@ export class MurSession {
    */
   async step(grads: Values | Record<string, Float32Array>, overrides: Overrides = {}, step = this.nextStep): Promise<Values> {
     const g = grads instanceof Map ? grads : new Map(Object.entries(grads));
-    // Retried under the same step number: a server that applied it replays its result.
-    const out = await this.link.conn.retrying(async (attempt) => {
+    const out = await this.onPlane((plane) => plane.step(g, overrides, step));
+    this.nextStep = step + 1;
+    return out;
+  }
+
+  /**
+   * `send` on the session's plane, retried (a step or round under the same
+   * number: a server that applied it replays its result); before a retry,
+   * or when the server says the arena is gone, the plane recovers.
+   */
+  private onPlane<T>(send: (plane: Plane) => Promise<T>): Promise<T> {
+    return this.link.conn.retrying(async (attempt) => {
       if (attempt > 0) this.plane = await this.plane.recover();
       try {
-        return await this.plane.step(g, overrides, step);
+        return await send(this.plane);
       } catch (e) {
         if (!arenaGone(e)) throw e;
         this.plane = await this.plane.recover();
-        return this.plane.step(g, overrides, step);
+        return send(this.plane);
       }
     });
-    this.nextStep = step + 1;
-    return out;
   }
 
   /**
@@ -82,13 +90,14 @@ export class MurSession {
    * parameters (null) and again at each point the server asks about (their
    * values), as torch's LBFGS.step(closure); returns the first loss, the
    * parameters after the step and how many times the closure ran (closure.ts).
+   * Each round travels on the session's plane (the arena on shm).
    */
   async stepClosure(
     closure: Closure,
     overrides: Overrides = {},
     step = this.nextStep,
   ): Promise<{ loss: number; values: Values; evaluations: number }> {
-    const out = await stepClosure(this.link, closure, overrides, step);
+    const out = await stepClosure(closure, (g, round) => this.onPlane((plane) => plane.round(g, overrides, step, round)));
     this.nextStep = step + 1;
     return out;
   }

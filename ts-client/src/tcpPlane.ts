@@ -5,7 +5,7 @@ import { F32 } from './chunks';
 import type { Connection } from './connection';
 import { DataPlane, hostOf } from './dataPlane';
 import { GrpcPlane } from './grpcPlane';
-import type { Plane, SessionLink } from './plane';
+import type { Plane, Round, RoundReply, SessionLink } from './plane';
 import type { Overrides, Values } from './types';
 
 /** The data port of a server with these capabilities, connected; throws an Error saying why there is none from here. */
@@ -30,6 +30,16 @@ export class TcpPlane implements Plane {
   ) {}
 
   async step(g: Values, overrides: Overrides, step: number): Promise<Values> {
+    return (await this.send(g, overrides, step)).values;
+  }
+
+  /** An L-BFGS round: its round and loss in the header's StepRequest. */
+  async round(g: Values, overrides: Overrides, step: number, round: Round): Promise<RoundReply> {
+    const { values, reply } = await this.send(g, overrides, step, round);
+    return { evaluate: reply.evaluate, round: reply.round, restart: reply.restart, values };
+  }
+
+  private send(g: Values, overrides: Overrides, step: number, round?: Round) {
     // The server frames the gradient bytes by the session's shapes: an array
     // of another length would shift every byte after it, so it never leaves.
     const grads = [...g].map(([paramId, a]) => {
@@ -40,9 +50,8 @@ export class TcpPlane implements Plane {
         throw new TypeError(`gradient of '${paramId}': ${a.length} elements, parameter has ${elements} (shape ${JSON.stringify(shape)})`);
       return { paramId, grad: { shape, dtype: F32, data: Buffer.alloc(0) } };
     });
-    const request = { sessionId: this.s.id, step, groupOverrides: overrides, arenaGrads: [], grads };
-    const { values } = await this.data.step(this.s.token, request, [...g.values()], this.s.conn.deadlineMs);
-    return values;
+    const request = { sessionId: this.s.id, step, ...round, groupOverrides: overrides, arenaGrads: [], grads };
+    return this.data.step(this.s.token, request, [...g.values()], this.s.conn.deadlineMs);
   }
 
   /**

@@ -43,7 +43,7 @@ Usage: mur-server [options]
                       close a session unused for S seconds (default 3600; 0: never)
   --max-streams N     concurrent calls per connection (default 64)
   --max-message-mb N  largest gRPC message accepted or sent (default 64)
-  --chunk-kb N        size of the chunks of streamed tensors (default 1024)
+  --chunk-kb N        size of the chunks of streamed tensors (default 1024, at most half of --max-message-mb)
   --tls-cert FILE     serve TLS with this certificate chain (PEM); needs --tls-key
   --tls-key FILE      the certificate's private key (PEM)
   --tls-client-ca FILE
@@ -231,6 +231,15 @@ export function parseArgs(argv: string[]): CliOptions | 'help' | 'version' {
   }
   if (metricsHost !== undefined && metricsPort === undefined) throw new Error('--metrics-host: needs --metrics-port');
   if (o.fsync && !o.stateDir) throw new Error('--fsync: needs --state-dir');
+  // A streamed chunk travels in one message with its framing: keep it within half the message limit.
+  const chunkCap = Math.floor(o.maxMessageBytes / 2);
+  if (o.chunkBytes > chunkCap) {
+    if (argv.includes('--chunk-kb'))
+      throw new Error(
+        `--chunk-kb: ${o.chunkBytes / 1024} KiB chunks do not fit in --max-message-mb ${o.maxMessageBytes / (1 << 20)} (at most half of it: ${chunkCap >> 10} KiB)`,
+      );
+    o.chunkBytes = chunkCap;
+  }
   if (metricsPort !== undefined) o.metrics = { port: metricsPort, host: metricsHost ?? '127.0.0.1' };
   return o;
 }

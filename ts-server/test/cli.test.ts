@@ -8,6 +8,7 @@ import * as path from 'path';
 import * as readline from 'readline';
 import * as grpc from '@grpc/grpc-js';
 import { OptimizerClient } from '../generated/mur/v1/optimizer';
+import { parseArgs } from '../src/cli';
 
 const CLI = path.join(__dirname, '../src/cli.js');
 
@@ -41,6 +42,16 @@ describe('mur-server CLI', () => {
     ]) {
       assert.ok(r.stdout.includes(f), f);
     }
+  });
+
+  it('keeps the default chunk within half of a smaller --max-message-mb, and an explicit one that fits as given', () => {
+    const small = parseArgs(['--max-message-mb', '1']);
+    const fits = parseArgs(['--max-message-mb', '1', '--chunk-kb', '256']);
+    const dflt = parseArgs([]);
+    assert.ok(typeof small === 'object' && typeof fits === 'object' && typeof dflt === 'object');
+    assert.equal(small.chunkBytes, 512 * 1024); // a streamed chunk and its framing stay within the 1 MiB limit
+    assert.equal(fits.chunkBytes, 256 * 1024);
+    assert.equal(dflt.chunkBytes, 1024 * 1024); // 64 MiB messages: the 1 MiB default is kept
   });
 
   it('--version prints the package version', () => {
@@ -81,6 +92,10 @@ describe('mur-server CLI', () => {
       [['--data-port', '70000'], /--data-port: 70000 is not a port/],
       [['--socket', sock, '--state-dir', state, '--data-port'], /--data-port: null is not a non-negative integer/],
       [['--socket', sock, '--state-dir', state, '--fsync', 'sometimes'], /--fsync: "sometimes" is not never, always or interval=MS/],
+      [
+        ['--max-message-mb', '1', '--chunk-kb', '1024'],
+        /--chunk-kb: 1024 KiB chunks do not fit in --max-message-mb 1 \(at most half of it: 512 KiB\)/,
+      ],
     ] as Array<[string[], RegExp]>) {
       const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env });
       assert.equal(r.status, 2, args.join(' '));

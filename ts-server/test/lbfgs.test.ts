@@ -9,11 +9,11 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as grpc from '@grpc/grpc-js';
-import { DType, type StepReply } from '../generated/mur/v1/optimizer';
+import { DType, type StepDone, type StepReply, type StepStreamRequest } from '../generated/mur/v1/optimizer';
 import { resolveGroup, resolveSpec } from '../src/registry';
 import { Session, type StepResult } from '../src/session/session';
 import { projectedBytes } from '../src/session/store';
-import { bytes, create, exportAll, expectStatus, floats, startHarness, step, type Harness } from './harness';
+import { bytes, create, exportAll, expectStatus, floats, startHarness, step, stream, type Harness } from './harness';
 
 interface Golden {
   torch_version: string;
@@ -414,7 +414,73 @@ describe('lbfgs over gRPC, and a --state-dir restart in the middle of a step', (
       await expectStatus(send(2, 0, done), grpc.status.FAILED_PRECONDITION, 'step: 2 was already applied');
     });
 
-  it('round on an optimizer without rounds, and StepStream on an lbfgs session, are refused', async () => {
+  it('rounds through StepStream (round and loss in StepBegin; evaluate, round, restart in StepDone): the trajectory of Step; replay, refusal and restart as on Step', async () => {
+    const defaults = { max_iter: 4, line_search_fn: 'strong_wolfe' };
+    // 8-byte chunks: every gradient and every reply is in several pieces, reassembled on each side.
+    h = await startHarness({ stateDir: dir, chunkBytes: 8 });
+    const params = decls(golden.x0).map((d) => ({ id: d.id, name: d.name, shape: d.shape, dtype: F32, group: '', data: bytes(d.values) }));
+    const s = await create(h, { spec: { optimizer: 'lbfgs', rule: 'additive', defaults, groups: {} }, params });
+    const frames = (k: number, round: number, loss: number, g: Float32Array): StepStreamRequest[] => [
+      { frame: { $case: 'begin', value: { sessionId: s.sessionId, step: k, groupOverrides: {}, round, loss } } },
+      ...[0, 2].map((off): StepStreamRequest => ({
+        frame: {
+          $case: 'grad',
+          value: { paramId: 'a', slot: '', offset: off, totalElements: 4, dtype: F32, data: bytes(g.slice(off, off + 2)) },
+        },
+      })),
+      { frame: { $case: 'grad', value: { paramId: 'b', slot: '', offset: 0, totalElements: 2, dtype: F32, data: bytes(g.slice(4)) } } },
+      { frame: { $case: 'end', value: {} } },
+    ];
+    /** One round on its own stream: its StepDone and the parameters it carried (a, then b). */
+    const send = async (k: number, round: number, x: Float32Array, loss = lossGrad(x).loss) => {
+      const { replies, error } = await stream(h!, frames(k, round, loss, lossGrad(x).grad));
+      if (error) throw error;
+      const out = new Float32Array(N);
+      const chunks = replies
+        .filter((r) => r.frame?.$case === 'param')
+        .map((r) => r.frame!.value as { paramId: string; offset: number; data: Buffer });
+      assert.ok(chunks.length >= 3, 'the parameters come back in 8-byte chunks');
+      for (const c of chunks) out.set(floats(c.data), (c.paramId === 'a' ? 0 : 4) + c.offset);
+      const done = replies.find((r) => r.frame?.$case === 'done')!.frame!.value as StepDone;
+      return { done, x: out };
+    };
+    const xs: Float32Array[] = [];
+    let x = Float32Array.from(golden.x0);
+    for (let k = 1; k <= 2; k++) {
+      let r = await send(k, 0, x);
+      for (let round = 1; r.done.evaluate; round++) {
+        assert.equal(r.done.round, round - 1);
+        const at = r.x;
+        r = await send(k, round, at);
+        if (k === 1 && round === 1) {
+          // The same round again replays (its reply again, nothing applied); another request under it is refused.
+          const rep = await send(k, round, at);
+          assert.equal(rep.done.replayed, true);
+          assert.deepEqual(rep.x, r.x);
+          await expectStatus(
+            send(k, round, at, lossGrad(at).loss + 1),
+            grpc.status.FAILED_PRECONDITION,
+            'was already taken with a different request',
+          );
+        }
+      }
+      x = r.x;
+      xs.push(x);
+    }
+    const ref = await trajectory({ optimizer: 'lbfgs', rule: 'additive', defaults }, 2);
+    assert.deepEqual(xs, ref.xs, 'StepStream rounds are the rounds of Step, bit for bit');
+    // Step 3 cut by a restart: the next round's StepDone says restart, with the parameters before step 3.
+    let r = await send(3, 0, x);
+    assert.equal(r.done.evaluate, true);
+    await h.close();
+    h = await startHarness({ stateDir: dir, chunkBytes: 8 });
+    r = await send(3, 1, r.x);
+    assert.match(r.done.restart, /step 3 is not in progress on the server/);
+    assert.equal(r.done.evaluate, true);
+    assert.deepEqual(r.x, x);
+  });
+
+  it('round on an optimizer without rounds is refused', async () => {
     h = await startHarness({});
     const params = decls(golden.x0).map((d) => ({ id: d.id, name: d.name, shape: d.shape, dtype: F32, group: '', data: bytes(d.values) }));
     const adam = await create(h, { spec: { optimizer: 'adam', rule: 'additive', defaults: {}, groups: {} }, params });

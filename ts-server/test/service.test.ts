@@ -161,8 +161,8 @@ describe('service over gRPC', () => {
     assert.equal(error, undefined);
     const done = replies.filter((r) => r.frame?.$case === 'done').map((r) => r.frame!.value);
     assert.deepEqual(done, [
-      { step: 1, replayed: false },
-      { step: 2, replayed: false },
+      { step: 1, replayed: false, evaluate: false, round: 0, restart: '' },
+      { step: 2, replayed: false, evaluate: false, round: 0, restart: '' },
     ]);
     const chunks = replies.filter((r) => r.frame?.$case === 'param');
     assert.equal(chunks.length, 2 * Math.ceil((n * 4) / (64 * 1024)), 'every reply chunk is at most chunk_bytes');

@@ -5,7 +5,9 @@ parameters back in place. The client's parameters are copies of the
 server's: an edit since the server last wrote them (rebound, written in
 place, or through ``p.data`` or numpy) is found bit for bit and sent before
 the next step, so it is never undone. The tcp plane (tcp.py) is this plane
-with the tensor bytes on the server's data port."""
+with the tensor bytes on the server's data port. An L-BFGS round (mur/lbfgs.py)
+goes the same way: unary, or StepStream (round and loss in StepBegin,
+evaluate/round/restart in StepDone) when its gradients exceed one message."""
 
 import numpy as np
 import torch
@@ -196,13 +198,9 @@ class GrpcPlane(Plane):
     def _send(self, prep, payload):
         """The step's gradients to the server; {pid: new float32 values} (a sparse one's rows only)."""
         size = sum(memoryview(b).nbytes for _, _, b, _ in payload)
-        # Sparse gradients and L-BFGS rounds travel in Step messages only (StepStream's chunks are dense
-        # tensors; StepBegin has no round or loss).
-        if (
-            size < self.session.caps.max_message_bytes * 0.9
-            or any(r is not None for *_, r in payload)
-            or prep.loss is not None
-        ):
+        # Sparse gradients travel in Step messages only (StepStream's chunks are dense tensors); an L-BFGS
+        # round above the limit streams like any step, its round and loss in StepBegin.
+        if size < self.session.caps.max_message_bytes * 0.9 or any(r is not None for *_, r in payload):
             return self.conn.retrying(lambda: self._step_unary(prep, payload))
         return self.conn.retrying(lambda: self._step_stream(prep, payload))
 
@@ -229,9 +227,13 @@ class GrpcPlane(Plane):
         return {v.param_id: (v.rows.values.data if v.HasField("rows") else v.value.data) for v in reply.params}
 
     def _step_stream(self, prep, payload):
+        closure = dict(round=prep.round or 0, loss=prep.loss) if prep.loss is not None else {}
+
         def frames():
             yield pb.StepStreamRequest(
-                begin=pb.StepBegin(session_id=self.session.id, step=prep.number, group_overrides=prep.overrides)
+                begin=pb.StepBegin(
+                    session_id=self.session.id, step=prep.number, group_overrides=prep.overrides, **closure
+                )
             )
             for pid, _, b, _ in payload:
                 for c in self.session.chunks(pid, "", b, self.wire_dtype):
@@ -242,6 +244,10 @@ class GrpcPlane(Plane):
         for r in self.conn.stream(self.conn.stub.StepStream, frames()):
             if r.HasField("param"):
                 parts.setdefault(r.param.param_id, []).append(r.param.data)
+            elif r.HasField("done"):
+                self.last_reply = r.done  # L-BFGS reads evaluate, round and restart, as on a StepReply
+                if closure:
+                    check_replayed(self.conn, r.done.replayed, prep.number)
         return {pid: b"".join(chunks) for pid, chunks in parts.items()}
 
     def validate(self, prep):

@@ -17,6 +17,12 @@ the magic, and exposes one flat float32 torch view per region.
 Any failure raises ``TransportUnavailable`` with the reason; it means "use the
 gRPC transport". Nothing here creates a file: the memory belongs to the
 server's memfd and the kernel frees it when the last mapping goes away.
+
+L-BFGS (mur/lbfgs.py) uses the same regions: each round's gradients go into
+the gradient regions, the round (StepRequest.round, .loss) by RPC, and the
+server writes the point it wants evaluated next (or the step's result, or
+after a ``restart`` the parameters before the step) into the parameter
+regions, which ``p.data`` views: the closure runs there.
 """
 
 import ctypes
@@ -302,6 +308,7 @@ class ShmPlane(Plane):
         # overlap: gradients moved and checked as backward makes them (hot.py), where torch has the hook
         self.hot = HotGrads(self) if HAS_HOOK and overlap else None
         self._lane_key = None  # the hyperparameters the server's fast lane holds, once a step set them
+        self.last_reply = None  # the last StepReply by RPC (L-BFGS reads evaluate, round, restart)
         self._mixed = MixedMarks()
         for _, pid, p in session.entries():
             if p.dtype == torch.float32:
@@ -452,7 +459,10 @@ class ShmPlane(Plane):
         indices, flipped, sparse = self._place(prep, for_step=True)
         try:
             self._ring(prep, indices, sparse)
-            for pid, p in prep.grads:  # parameters that are not float32 take the new master values, cast
+            # Parameters that are not float32 take the new master values, cast: those stepped, or every one
+            # after an L-BFGS round (the server wrote the next point, or the step's result, into each region).
+            moved = self.session.entries() if prep.loss is not None else ((None, pid, p) for pid, p in prep.grads)
+            for _, pid, p in moved:
                 if p.dtype != torch.float32:
                     p.copy_(self.views[pid][1])
                     self._mixed.mark(pid, p)
@@ -463,12 +473,14 @@ class ShmPlane(Plane):
     def _ring(self, prep, indices, sparse=None):
         # The fast lane when the server armed it and the hyperparameters are
         # the ones it holds (a scheduler's change goes by RPC, with overrides);
-        # a step with sparse gradients goes by RPC (the lane steps whole regions).
+        # a step with sparse gradients goes by RPC (the lane steps whole regions), and so does an L-BFGS
+        # round (the lane has no round or loss; the server never arms it for lbfgs).
         lane = self.arena.lane
         replay_ok = False
         marked, indices = indices, [i & ~_UNCHANGED for i in indices]
         if (
             sparse is None
+            and prep.loss is None
             and lane is not None
             and prep.key == self._lane_key
             and lane.armed(len(indices), max(indices))
@@ -479,7 +491,7 @@ class ShmPlane(Plane):
                 return
             replay_ok = status == lane.NO_ANSWER  # the lane may have applied it after all
         req = prep.request(session_id=self.session.id, arena_grads=indices, arena_sparse=sparse)
-        reply = self._rpc(req)
+        reply = self.last_reply = self._rpc(req)
         if not replay_ok:
             check_replayed(self.conn, reply.replayed, prep.number)
         self._lane_key = prep.key

@@ -2,6 +2,10 @@
 // client sends StepBegin, the gradient chunks, StepEnd; the server answers the
 // updated parameters as chunks, then StepDone. A stream that breaks its
 // framing ends with a status; a step not closed by StepEnd is never applied.
+// An L-BFGS round (its gradients above one message) is a step here too:
+// StepBegin carries its round and loss, the parameter chunks are the point to
+// evaluate (or the step's result) and StepDone says which (evaluate, round,
+// restart), as Step's reply.
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import type { StepBegin, StepStreamReply, StepStreamRequest } from '../../../generated/mur/v1/optimizer';
 import { Aborted, InvalidArgument, OutOfRange } from '../../errors';
@@ -13,6 +17,7 @@ import type { ServerContext } from '../context';
 import { tokenOf } from '../../session/credentials';
 import { checkWellFormed } from '../malformed';
 import { toServiceError } from '../status';
+import { closureFields } from '../../wire/closure';
 
 interface OpenStep {
   begin: StepBegin;
@@ -70,11 +75,10 @@ export class StepStreamProtocol {
     const gradientBytes = this.gradientBytes;
     return this.ctx.metrics.step('grpc', async () => {
       const grads = open.chunks.finish().map((t) => ({ id: t.paramId, data: t.data }));
-      const { sessionId, step, groupOverrides } = open.begin;
-      if (open.session.closure) {
-        throw new InvalidArgument('StepStream carries no closure rounds (round, loss): send lbfgs steps with Step or the tcp data plane');
-      }
-      const r = await applyStep(open.session, { sessionId, step, groupOverrides, grads: [], arenaGrads: [], validateOnly: false }, grads);
+      // An L-BFGS round (StepBegin.round, .loss) is read as its Step request would be.
+      const { sessionId, step, groupOverrides, round, loss } = open.begin;
+      const req = { sessionId, step, groupOverrides, grads: [], arenaGrads: [], validateOnly: false, round, loss };
+      const r = await applyStep(open.session, req, grads);
       return { reply: undefined, replayed: r.replayed, gradientBytes, parameterBytes: this.answer(r) };
     });
   }
@@ -88,7 +92,7 @@ export class StepStreamProtocol {
         bytes += chunk.data.byteLength;
       }
     }
-    this.send({ frame: { $case: 'done', value: { step: r.step, replayed: r.replayed } } });
+    this.send({ frame: { $case: 'done', value: { step: r.step, replayed: r.replayed, ...closureFields(r) } } });
     return bytes;
   }
 
