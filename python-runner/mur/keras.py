@@ -31,6 +31,8 @@ state lives on the server: ``state_dict()`` / ``load_state_dict()`` save and
 restore it (Keras's own ``save`` records only ``iterations`` and the rate).
 """
 
+import re
+
 import keras
 import numpy as np
 import torch
@@ -68,6 +70,52 @@ def _concrete(x):
         return None
 
 
+def _check_groups(groups, param_labels):
+    """groups: {label: {"optimizer": name (default: the optimizer's), "learning_rate": a float
+    or a schedule (default: the optimizer's), mur's hyperparameters}}."""
+    if (groups is None) != (param_labels is None):
+        raise ValueError(
+            "mur.keras: groups= and param_labels= go together (groups maps each label to its optimizer and "
+            "hyperparameters, param_labels labels the variables)"
+        )
+    if groups is None:
+        return None
+    if not isinstance(groups, dict) or not groups:
+        raise TypeError(f"mur.keras: groups={groups!r}: must be a non-empty dict {{label: {{...}}}}")
+    if not (callable(param_labels) or isinstance(param_labels, dict)):
+        raise TypeError(
+            f"mur.keras: param_labels={param_labels!r}: must be a callable variable -> label or a dict "
+            "{variable path pattern (re.fullmatch, as keras.optimizers.OptimizerMap): label}"
+        )
+    for label, g in groups.items():
+        if not isinstance(label, str) or not isinstance(g, dict):
+            raise TypeError(f"mur.keras: groups[{label!r}]={g!r}: must be a dict keyed by a label (a string)")
+        for k in ("lr", "params"):
+            if k in g:
+                raise ValueError(
+                    f"mur.keras: groups[{label!r}] has {k!r}: "
+                    + ("give the group's rate as learning_rate=" if k == "lr" else "param_labels places the variables")
+                )
+    return {label: dict(g) for label, g in groups.items()}
+
+
+def _label_of(param_labels, variable):
+    """The label of a variable: param_labels(variable), or the value of the one
+    pattern of the dict that its path fully matches (None when none does)."""
+    if callable(param_labels):
+        return param_labels(variable)
+    found = [lab for pattern, lab in param_labels.items() if re.fullmatch(pattern, variable.path)]
+    if len(found) > 1:
+        raise ValueError(f"mur.keras: variable {variable.path} matches more than one param_labels pattern")
+    return found[0] if found else None
+
+
+def _rate_at(rate, iterations):
+    """A group's rate at a step: its schedule's value, or its number in float32
+    (as Keras keeps an optimizer's learning_rate)."""
+    return rate(iterations) if callable(rate) else np.float32(rate)
+
+
 @keras.saving.register_keras_serializable(package="mur")
 class RemoteOptimizer(keras.optimizers.Optimizer):
     """A Keras optimizer computing ``optimizer`` x ``rule`` on a mur server.
@@ -83,9 +131,26 @@ class RemoteOptimizer(keras.optimizers.Optimizer):
             and mur's hyperparameters by their mur (torch) names: betas, eps,
             weight_decay, momentum, ..., lr_in, lr_out, gamma; and
             mur.RemoteOptimizer's transport=, timeout=, ...
+        groups, param_labels: per-variable optimizers in one session (mur's
+            param groups): ``groups`` maps a label to ``{"optimizer": name,
+            "learning_rate": rate, **hyperparameters}`` (optimizer and rate
+            default to this optimizer's), ``param_labels`` is a callable
+            ``variable -> label`` or a dict ``{path pattern: label}``
+            (``re.fullmatch``, as keras.optimizers.OptimizerMap). A variable
+            whose label is not a key of ``groups`` is a ValueError naming it.
     """
 
-    def __init__(self, optimizer="adam", rule="additive", learning_rate=0.001, server="auto", name=None, **kwargs):
+    def __init__(
+        self,
+        optimizer="adam",
+        rule="additive",
+        learning_rate=0.001,
+        server="auto",
+        name=None,
+        groups=None,
+        param_labels=None,
+        **kwargs,
+    ):
         if kwargs.get("gradient_accumulation_steps"):
             raise ValueError(
                 f"gradient_accumulation_steps={kwargs['gradient_accumulation_steps']!r}: not supported by "
@@ -100,6 +165,8 @@ class RemoteOptimizer(keras.optimizers.Optimizer):
         super().__init__(learning_rate=learning_rate, weight_decay=None, name=name, **base)
         self.mur_optimizer, self.mur_rule, self.server = optimizer, rule, server
         self.mur_hyperparameters = {k: v for k, v in kwargs.items() if v is not None}
+        self.mur_groups, self.param_labels = _check_groups(groups, param_labels), param_labels
+        self._rates = [None]  # per param group: None (the step's learning rate), a float or a schedule
         self._remote = None
         self._tensors = []
 
@@ -117,8 +184,9 @@ class RemoteOptimizer(keras.optimizers.Optimizer):
                 raise TypeError(f"mur.keras: variable {v.path} is {a.dtype}; mur keeps float32 parameters")
             values.append(np.array(a, dtype=np.float32, order="C"))
         tensors = [torch.from_numpy(a) for a in values]
+        groups, self._rates = self._param_groups(variables, tensors)
         self._remote = _TorchRemote(
-            tensors,
+            groups,
             optimizer=self.mur_optimizer,
             rule=self.mur_rule,
             server=self.server,
@@ -127,13 +195,37 @@ class RemoteOptimizer(keras.optimizers.Optimizer):
         )
         self._tensors = tensors
 
+    def _param_groups(self, variables, tensors):
+        """One param group per label, in the order the labels first appear among
+        the variables; a group's learning_rate (a float or a schedule) is its
+        own, else the optimizer's."""
+        if self.mur_groups is None:
+            return tensors, [None]
+        labels = []
+        for v in variables:
+            label = _label_of(self.param_labels, v)
+            if not isinstance(label, str) or label not in self.mur_groups:
+                raise ValueError(
+                    f"mur.keras: param_labels gives variable {v.path} the label {label!r}, which is not a key of "
+                    f"groups ({', '.join(map(repr, self.mur_groups))})"
+                )
+            labels.append(label)
+        out, rates = [], []
+        for label in dict.fromkeys(labels):
+            g = dict(self.mur_groups[label])
+            rate = g.pop("learning_rate", None)
+            g["lr"] = float(_concrete(self.learning_rate if rate is None else _rate_at(rate, 0)))
+            out.append({"params": [t for t, lab in zip(tensors, labels) if lab == label], **g})
+            rates.append(rate)
+        return out, rates
+
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if self._remote is None:
             raise RuntimeError("mur.keras: the optimizer has no server session (closed, or not built)")
         idx = [self._get_variable_index(v) for v in trainable_variables]
         if isinstance(learning_rate, keras.Variable):
             learning_rate = learning_rate.value  # inside fit's stateless scope: this step's (traced) value
-        args = [learning_rate, *grads, *(v.value for v in trainable_variables)]
+        args = [learning_rate, self.iterations.value, *grads, *(v.value for v in trainable_variables)]
         if any(_is_traced(a) for a in args):
             # Inside jax.jit: the host step as an ordered io_callback, so it
             # runs exactly once per executed step, in program order.
@@ -147,7 +239,7 @@ class RemoteOptimizer(keras.optimizers.Optimizer):
         for v, n in zip(trainable_variables, new):
             v.assign(n)
 
-    def _host_step(self, idx, learning_rate, *arrays):
+    def _host_step(self, idx, learning_rate, iterations, *arrays):
         n = len(idx)
         grads, values = arrays[:n], arrays[n:]
         lr = _concrete(learning_rate)
@@ -179,8 +271,8 @@ class RemoteOptimizer(keras.optimizers.Optimizer):
                 if t.grad is None:
                     t.grad = torch.zeros_like(t)
                 np.copyto(t.grad.numpy(), g.reshape(t.shape))
-            for group in self._remote.param_groups:
-                group["lr"] = float(lr)
+            for group, rate in zip(self._remote.param_groups, self._rates):
+                group["lr"] = float(lr if rate is None else _concrete(_rate_at(rate, _concrete(iterations))))
             self._remote.step()
             return tuple(self._tensors[i].detach().numpy().copy() for i in idx)
 
@@ -198,7 +290,39 @@ class RemoteOptimizer(keras.optimizers.Optimizer):
         )
         for k, v in self.mur_hyperparameters.items():
             config[k] = list(v) if isinstance(v, tuple) else v
+        if self.mur_groups is not None:
+            if callable(self.param_labels):
+                raise ValueError(
+                    "mur.keras: param_labels is a callable, which get_config cannot serialize; give a dict "
+                    "{variable path pattern: label} to save this optimizer"
+                )
+            config["param_labels"] = dict(self.param_labels)
+            config["groups"] = {
+                label: {
+                    k: keras.optimizers.schedules.serialize(v)
+                    if isinstance(v, keras.optimizers.schedules.LearningRateSchedule)
+                    else list(v)
+                    if isinstance(v, tuple)
+                    else v
+                    for k, v in g.items()
+                }
+                for label, g in self.mur_groups.items()
+            }
         return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        groups = config.get("groups")
+        if groups:
+            config = dict(config)
+            config["groups"] = {
+                label: {
+                    k: keras.optimizers.schedules.deserialize(v) if k == "learning_rate" and isinstance(v, dict) else v
+                    for k, v in g.items()
+                }
+                for label, g in groups.items()
+            }
+        return super().from_config(config, custom_objects=custom_objects)
 
     @property
     def remote(self):

@@ -110,22 +110,113 @@ def _leaf_array(x, what, i):
     return a
 
 
+def _lr_of(hyper, what):
+    """hyper with optax's learning_rate as mur's lr, and its schedule (a
+    callable count -> lr, evaluated and sent with each step) or None."""
+    hyper = dict(hyper)
+    if "learning_rate" in hyper:
+        if "lr" in hyper:
+            raise ValueError(f"{what}learning_rate={hyper['learning_rate']!r} and lr={hyper['lr']!r}: give one of them")
+        hyper["lr"] = hyper.pop("learning_rate")
+    schedule = hyper.pop("lr") if callable(hyper.get("lr")) else None
+    if schedule is not None:
+        hyper["lr"] = float(schedule(0))
+    return hyper, schedule
+
+
+class _Run:
+    """The labels of one prefix leaf's subtree (a pytree leaf, not a list node)."""
+
+    __slots__ = ("labels",)
+
+    def __init__(self, labels):
+        self.labels = labels
+
+
+def _leaf_labels(param_labels, params, groups):
+    """One label per leaf of params (flattening order) from optax.multi_transform's
+    param_labels: a pytree prefix of params with a label at each leaf, or a
+    callable params -> such a pytree. Every label must be a key of groups."""
+    paths = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    labels = param_labels(params) if callable(param_labels) else param_labels
+    try:
+        # Each label leaf of the prefix, repeated for the leaves of its subtree.
+        nested = jax.tree_util.tree_map(
+            lambda lab, sub: _Run([lab] * len(jax.tree_util.tree_leaves(sub))), labels, params
+        )
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"mur.optax: param_labels is not a pytree prefix of params (a label per leaf or subtree): {e}"
+        ) from None
+    flat = [
+        lab for run in jax.tree_util.tree_leaves(nested, is_leaf=lambda x: isinstance(x, _Run)) for lab in run.labels
+    ]
+    if len(flat) != len(paths):
+        raise ValueError(f"mur.optax: param_labels gives {len(flat)} labels for the {len(paths)} leaves of params")
+    for path, lab in zip(paths, flat):
+        if not isinstance(lab, str) or lab not in groups:
+            raise ValueError(
+                f"mur.optax: param_labels gives params leaf {path or '(root)'} the label {lab!r}, which is not "
+                f"a key of groups ({', '.join(map(repr, groups))})"
+            )
+    return flat
+
+
+def _check_groups(groups, param_labels):
+    """groups: {label: {"optimizer": name (default: the session's), hyperparameters}}."""
+    if (groups is None) != (param_labels is None):
+        raise ValueError(
+            "mur.optax: groups= and param_labels= go together (groups maps each label to its optimizer and "
+            "hyperparameters, param_labels labels the leaves)"
+        )
+    if groups is None:
+        return None
+    if not isinstance(groups, dict) or not groups:
+        raise TypeError(f"mur.optax: groups={groups!r}: must be a non-empty dict {{label: {{...}}}}")
+    out = {}
+    for label, g in groups.items():
+        if not isinstance(label, str) or not isinstance(g, dict):
+            raise TypeError(f"mur.optax: groups[{label!r}]={g!r}: must be a dict keyed by a label (a string)")
+        if "params" in g:
+            raise ValueError(f"mur.optax: groups[{label!r}] has 'params': param_labels says which leaves it holds")
+        if "optimizer" in g and not isinstance(g["optimizer"], str):
+            raise TypeError(f"mur.optax: groups[{label!r}]: optimizer={g['optimizer']!r}: must be a name")
+        for k, v in g.items():
+            if k not in ("lr", "learning_rate", "optimizer") and isinstance(v, numbers.Real) and not np.isfinite(v):
+                raise ValueError(f"mur.optax: groups[{label!r}]: {k}={v!r}: must be finite")
+        out[label] = _lr_of(g, f"groups[{label!r}]: ")
+    return out
+
+
 class _Adapter:
-    def __init__(self, optimizer, rule, server, hyperparameters):
+    def __init__(self, optimizer, rule, server, hyperparameters, groups=None, param_labels=None):
         self.optimizer, self.rule, self.server = optimizer, rule, server
-        hyper = dict(hyperparameters)
-        if "learning_rate" in hyper:
-            if "lr" in hyper:
-                raise ValueError(f"learning_rate={hyper['learning_rate']!r} and lr={hyper['lr']!r}: give one of them")
-            hyper["lr"] = hyper.pop("learning_rate")
         # A schedule (optax's contract: count -> lr) is evaluated here and sent
         # with each step; a number is a hyperparameter like any other.
-        self.schedule = hyper.pop("lr") if callable(hyper.get("lr")) else None
-        if self.schedule is not None:
-            hyper["lr"] = float(self.schedule(0))
-        self.hyper = hyper
+        self.hyper, self.schedule = _lr_of(hyperparameters, "")
+        self.groups, self.param_labels = _check_groups(groups, param_labels), param_labels
+        self.schedules = [self.schedule]  # per param group of the session
         self.opt = None
         self.handle = None
+
+    def _param_groups(self, params, tensors):
+        """The RemoteOptimizer's param groups: one per label, in the order the
+        labels first appear among the leaves; a group without an lr takes the
+        session's (its number or its schedule), as optax.contrib.muon's Adam
+        takes muon's learning rate unless given its own."""
+        if self.groups is None:
+            return tensors, [self.schedule]
+        labels = _leaf_labels(self.param_labels, params, self.groups)
+        order = list(dict.fromkeys(labels))
+        out, schedules = [], []
+        for label in order:
+            hyper, schedule = self.groups[label]
+            g = {"params": [t for t, lab in zip(tensors, labels) if lab == label], **hyper}
+            if "lr" not in g and "lr" in self.hyper:
+                g["lr"], schedule = self.hyper["lr"], self.schedule
+            out.append(g)
+            schedules.append(schedule)
+        return out, schedules
 
     # -- session ---------------------------------------------------------------
     def init(self, params):
@@ -142,7 +233,17 @@ class _Adapter:
                 )
             arrays.append(np.array(a, dtype=np.float32, order="C"))  # our own writable copy
         tensors = [torch.from_numpy(a) for a in arrays]
-        opt = RemoteOptimizer(tensors, optimizer=self.optimizer, rule=self.rule, server=self.server, **self.hyper)
+        groups, schedules = self._param_groups(params, tensors)
+        try:
+            opt = RemoteOptimizer(groups, optimizer=self.optimizer, rule=self.rule, server=self.server, **self.hyper)
+        except ValueError as e:  # name the group by its label, not its index
+            msg = str(e)
+            if self.groups is not None and msg.startswith("param_groups["):
+                i = int(msg[len("param_groups[") : msg.index("]")])
+                label = [lab for lab in dict.fromkeys(_leaf_labels(self.param_labels, params, self.groups))][i]
+                raise ValueError(f"mur.optax: groups[{label!r}]{msg[msg.index(']') + 1 :]}") from None
+            raise
+        self.schedules = schedules
         self.close()  # a second init replaces the session (its old states go stale)
         self.opt, self.tensors, self.treedef = opt, tensors, treedef
         self.shapes = [a.shape for a in arrays]
@@ -215,8 +316,9 @@ class _Adapter:
                 # Straight into .grad's memory: on shared memory that is the
                 # server's gradient buffer after the first step.
                 np.copyto(t.grad.numpy(), g, casting="same_kind")
-            if self.schedule is not None:
-                self.opt.param_groups[0]["lr"] = float(self.schedule(int(state.count)))
+            for group, schedule in zip(self.opt.param_groups, self.schedules):
+                if schedule is not None:
+                    group["lr"] = float(schedule(int(state.count)))
             self.opt.step()
             self.steps += 1
             new = [t.detach().numpy() for t in self.tensors]
@@ -327,7 +429,7 @@ def schedule_free_eval_params(state, params):
     return adapter.eval_params(state, params)
 
 
-def remote(optimizer="adam", rule="additive", server="auto", **hyperparameters):
+def remote(optimizer="adam", rule="additive", server="auto", groups=None, param_labels=None, **hyperparameters):
     """An optax GradientTransformation whose maths runs on a mur server.
 
     Args:
@@ -341,6 +443,18 @@ def remote(optimizer="adam", rule="additive", server="auto", **hyperparameters):
             momentum, ..., lr_in, lr_out, gamma; plus transport=, timeout=, ...
             of mur.RemoteOptimizer. ``lr`` (or optax's ``learning_rate``) may be
             a schedule, ``count -> lr``: the value for the step is sent with it.
+        groups, param_labels: per-leaf optimizers in one session, as
+            ``optax.multi_transform(transforms, param_labels)``: ``groups`` maps
+            a label to ``{"optimizer": name, **hyperparameters}`` (``optimizer``
+            defaults to the session's; a group without ``lr`` takes the
+            session's, schedule included), ``param_labels`` is a pytree prefix
+            of the params with a label per leaf (or a callable ``params ->``
+            such a pytree). E.g. Muon for the matrices, AdamW for the rest::
+
+                remote("muon", lr=0.02, groups={"muon": {}, "adam": {"optimizer": "adamw", "lr": 3e-4}},
+                       param_labels=lambda p: jax.tree.map(lambda x: "muon" if x.ndim == 2 else "adam", p))
+
+            A label that is not a key of ``groups`` is a ValueError naming the leaf.
 
     Returns a RemoteTransformation: ``init(params)`` creates the session (a
     second init replaces it), ``update(grads, state, params)`` makes one step
@@ -354,5 +468,5 @@ def remote(optimizer="adam", rule="additive", server="auto", **hyperparameters):
             continue
         if isinstance(v, numbers.Real) and not np.isfinite(v):
             raise ValueError(f"{k}={v!r}: must be finite")
-    a = _Adapter(optimizer, rule, server, hyperparameters)
+    a = _Adapter(optimizer, rule, server, hyperparameters, groups, param_labels)
     return RemoteTransformation(init=a.init, update=a.update)

@@ -613,6 +613,14 @@ class RemoteOptimizer(torch.optim.Optimizer):
         return self._plane.lane_steps if self._plane is not None else 0
 
     @property
+    def speculations(self):
+        """(made, committed): updates the server's shm lane computed into staging
+        while backward ran (overlap=True) and those steps committed, since the
+        arena opened; (0, 0) on any other plane (README "overlap")."""
+        lane = getattr(getattr(self._plane, "arena", None), "lane", None)
+        return lane.speculations if lane is not None else (0, 0)
+
+    @property
     def session_id(self):
         """The server session's id (None once closed); its token stays private."""
         s = self.__dict__.get("_session")

@@ -169,3 +169,64 @@ def test_state_dict_round_trip(remote):
     opt2.iterations.assign(5)
     m2.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
     assert rel(m.get_weights(), m2.get_weights()) == 0.0
+
+
+def test_two_groups_in_one_session_are_two_separate_sessions(remote):
+    """groups + param_labels: SGD with momentum under a schedule for the
+    kernels and Adam (its own rate) for the biases in one session, against
+    keras.optimizers.MultiOptimizer of two sessions, one per group: the same
+    server kernels on the same variables, so the same weights bit for bit."""
+    w0 = model().get_weights()
+    sched = keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=1, decay_rate=0.9)
+    adam = {"optimizer": "adam", "learning_rate": 1e-2, "betas": (0.8, 0.99)}
+    one = remote(
+        "sgd",
+        learning_rate=sched,
+        momentum=0.9,
+        groups={"kernels": {}, "biases": adam},
+        param_labels={".*/kernel": "kernels", ".*/bias": "biases"},
+    )
+    ours, _ = fit(one, w0)
+    sgd = remote("sgd", learning_rate=sched, momentum=0.9)
+    adam_alone = remote("adam", learning_rate=1e-2, betas=(0.8, 0.99))
+    theirs, _ = fit(keras.optimizers.MultiOptimizer(lambda v: sgd if v.path.endswith("kernel") else adam_alone), w0)
+    groups = one.remote.param_groups
+    assert [g.get("optimizer", "sgd") for g in groups] == ["sgd", "adam"] and [len(g["params"]) for g in groups] == [
+        2,
+        2,
+    ]
+    assert groups[0]["lr"] == pytest.approx(0.05 * 0.9 ** (STEPS - 1)) and groups[1]["lr"] == float(np.float32(1e-2))
+    assert rel(w0, ours) > 1e-2  # it trained
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+    config = one.get_config()
+    assert config["param_labels"] == {".*/kernel": "kernels", ".*/bias": "biases"}
+    again = keras.optimizers.deserialize(keras.optimizers.serialize(one))
+    assert again.get_config() == config and again.mur_groups["biases"]["optimizer"] == "adam"
+
+
+def test_bad_labels_and_groups_are_refused_naming_the_variable(remote):
+    m = model()
+    groups = {"kernels": {}, "biases": {"optimizer": "adam"}}
+    opt = remote("sgd", learning_rate=0.1, groups=groups, param_labels={".*/kernel": "kernels"})
+    with pytest.raises(
+        ValueError, match=r"variable sequential\w*/dense\w*/bias the label None, which is not a key of groups"
+    ):
+        opt.build(m.trainable_variables)
+    with pytest.raises(ValueError, match=r"variable sequential\w*/dense\w*/kernel the label 'kernel'"):
+        remote("sgd", learning_rate=0.1, groups=groups, param_labels=lambda v: v.path.split("/")[-1]).build(
+            m.trainable_variables
+        )
+    with pytest.raises(ValueError, match=r"param_groups\[1\]: nesterov=True: not a hyperparameter of adam"):
+        remote(
+            "sgd",
+            learning_rate=0.1,
+            groups={"kernels": {}, "biases": {"optimizer": "adam", "nesterov": True}},
+            param_labels={".*/kernel": "kernels", ".*/bias": "biases"},
+        ).build(m.trainable_variables)
+    with pytest.raises(ValueError, match="go together"):
+        mur.keras.RemoteOptimizer("sgd", groups=groups)
+    with pytest.raises(ValueError, match=r"groups\['biases'\] has 'lr'"):
+        mur.keras.RemoteOptimizer("sgd", groups={"biases": {"lr": 1.0}}, param_labels={".*": "biases"})
+    with pytest.raises(ValueError, match="cannot serialize"):
+        mur.keras.RemoteOptimizer("sgd", groups=groups, param_labels=lambda v: "kernels").get_config()
+    assert opt.remote is None  # nothing was created

@@ -230,3 +230,74 @@ def test_updates_round_trip_through_apply_updates():
     assert not (got[80_000:] == new[80_000:]).all()  # the hard cases are hard
     # Everywhere: within one ulp of the step itself.
     assert (np.abs(got.astype(np.float64) - new) <= np.spacing(np.abs(new - old))).all()
+
+
+def _labels(p):
+    """optax.multi_transform's param_labels: the matrices "mats", the vectors "vecs"."""
+    return jax.tree_util.tree_map(lambda x: "mats" if x.ndim == 2 else "vecs", p)
+
+
+@pytest.mark.parametrize("transport", ["shm", "grpc"])
+def test_two_groups_in_one_session_are_two_separate_sessions(remote, transport):
+    """groups + param_labels: SGD with momentum (under a schedule) for the
+    matrices and Adam for the vectors in one session, against
+    optax.multi_transform of two sessions, one per group: the same server
+    kernels on the same leaves, so bit for bit the same parameters."""
+    params, xs, ys = problem()
+    schedule = lambda count: 0.05 * 0.9**count  # noqa: E731
+    one = remote(
+        "sgd",
+        lr=schedule,
+        momentum=0.9,
+        groups={"mats": {}, "vecs": {"optimizer": "adam", "lr": 1e-2, "betas": (0.8, 0.99)}},
+        param_labels=_labels,
+        transport=transport,
+    )
+    two = optax.multi_transform(
+        {
+            "mats": remote("sgd", lr=schedule, momentum=0.9, transport=transport),
+            "vecs": remote("adam", lr=1e-2, betas=(0.8, 0.99), transport=transport),
+        },
+        _labels,
+    )
+    ours, state = train(one, params, xs, ys)
+    theirs, _ = train(two, params, xs, ys)
+    groups = one.optimizer.param_groups
+    assert [g.get("optimizer", "sgd") for g in groups] == ["adam", "sgd"]  # leaf order: b1, out, w1
+    assert [len(g["params"]) for g in groups] == [2, 2] and groups[1]["lr"] == pytest.approx(schedule(STEPS - 1))
+    assert rel(params, ours) > 1e-2  # it trained
+    assert bits_equal(ours, theirs)
+    # A pytree prefix labels whole subtrees; the checkpoint carries each group's optimizer.
+    prefix = remote(
+        "sgd", lr=0.05, groups={"a": {}, "b": {"optimizer": "adam"}}, param_labels={"w1": "a", "b1": "b", "out": "a"}
+    )
+    prefix.init(params)
+    assert [len(g["params"]) for g in prefix.optimizer.param_groups] == [1, 3]  # b1; out (2 leaves), w1
+    assert [g.get("optimizer") for g in one.state_dict(state)["param_groups"]] == ["adam", None]
+
+
+def test_bad_labels_and_groups_are_refused_naming_the_leaf(remote):
+    params, xs, ys = problem()
+    groups = {"mats": {}, "vecs": {"optimizer": "adam"}}
+    with pytest.raises(ValueError, match=r"params leaf \['out'\]\[1\] the label 'vec', which is not a key of groups"):
+        remote("sgd", lr=0.1, groups=groups, param_labels=lambda p: {**_labels(p), "out": ["mats", "vec"]}).init(params)
+    with pytest.raises(ValueError, match=r"label 3"):
+        remote("sgd", lr=0.1, groups=groups, param_labels={"w1": "mats", "b1": 3, "out": "mats"}).init(params)
+    with pytest.raises(ValueError, match="not a pytree prefix of params"):
+        remote("sgd", lr=0.1, groups=groups, param_labels={"w1": "mats"}).init(params)
+    with pytest.raises(ValueError, match=r"groups\['vecs'\]: nesterov=True: not a hyperparameter of adam"):
+        remote(
+            "sgd", lr=0.1, groups={"mats": {}, "vecs": {"optimizer": "adam", "nesterov": True}}, param_labels=_labels
+        ).init(params)
+    with pytest.raises(ValueError, match=r"groups\['vecs'\]: optimizer='adamm': unknown"):
+        remote("sgd", lr=0.1, groups={"mats": {}, "vecs": {"optimizer": "adamm"}}, param_labels=_labels).init(params)
+    with pytest.raises(ValueError, match="go together"):
+        remote("sgd", lr=0.1, groups=groups)
+    with pytest.raises(ValueError, match=r"groups\['vecs'\]: eps=nan"):
+        remote("sgd", lr=0.1, groups={"mats": {}, "vecs": {"eps": float("nan")}}, param_labels=_labels)
+    # Refused at init: no session was made, so an update says so and nothing was stepped.
+    tx = remote("sgd", lr=0.1, groups=groups, param_labels=lambda p: jax.tree_util.tree_map(lambda x: "x", p))
+    with pytest.raises(ValueError, match=r"params leaf \['b1'\] the label 'x'"):
+        tx.init(params)
+    with pytest.raises(ValueError, match="before init"):
+        tx.update(grad(params, xs[0], ys[0]), mur.optax.RemoteState(np.int32(0), np.int32(0)), params)

@@ -1,15 +1,14 @@
 """overlap=True on the shm transport (mur/planes/hot.py, the lane's queue in
 ts-server/native/src/lane.cc): gradients moved into the arena by a
 post-accumulate-grad hook as backward makes them and checked by the server
-while hot. Every case is held to overlap=False: the same bits, the same
-refusals, nothing applied by a refused step.
+while hot, and each update staged there (speculation) and committed by the
+step where it still stands. Every case is held to overlap=False: the same
+bits, the same refusals, nothing applied by a refused step.
 
 torch >= 2.1 only (the hook); on torch 1.13 overlap does nothing, which the
 last test checks there. Every optimizer and server a test makes is freed by it."""
 
 import copy
-import os
-import time
 
 import numpy as np
 import pytest
@@ -32,11 +31,14 @@ def loss_of(model, x, y):
     return torch.nn.functional.mse_loss(model(x), y)
 
 
-def run(server, overlap, steps=6, edit=None, micro=1, loss=loss_of, opt_kw=None, groups=None):
+def run(server, overlap, steps=6, edit=None, micro=1, loss=loss_of, opt_kw=None, groups=None, settle=None):
     """A model trained `steps` steps through mur with `overlap`, `micro`
     backwards per step; `edit(model, opt)` runs after backward, before
-    step(). (bits of the parameters, the optimizer's state_dict, the lane
-    steps, the parameters the last backward queued on the lane)."""
+    step(); `settle` ("each" or "first" micro-batch): wait there until the
+    lane has checked (and speculated on) every queued gradient. (bits of the
+    parameters, the optimizer's state_dict, the lane steps, the parameters
+    the last backward queued on the lane, the lane's (speculations made,
+    committed) during the run)."""
     model = net(3, sizes=SIZES)
     kw = {"optimizer": "adam", "rule": "additive", "lr": 0.01, **(opt_kw or {})}
     opt = mur.RemoteOptimizer(
@@ -45,15 +47,20 @@ def run(server, overlap, steps=6, edit=None, micro=1, loss=loss_of, opt_kw=None,
     try:
         assert opt.overlap is overlap
         data, queued = batches(steps * micro, seed=5), []
+        lane = opt._plane.arena.lane
+        spec0 = lane.speculations
         for k in range(steps):
             opt.zero_grad()
-            for x, y in data[k * micro : (k + 1) * micro]:
+            for j, (x, y) in enumerate(data[k * micro : (k + 1) * micro]):
                 loss(model, x, y).backward()
+                if overlap and (settle == "each" or (settle == "first" and j == 0)):
+                    wait_checked(opt)
             queued = sorted(pid for pid, m in opt._plane.hot._marks.items() if m.queued) if overlap else []
             if edit:
                 edit(model, opt)
             opt.step()
-        return bits(model), opt.state_dict(), opt.lane_steps, queued
+        spec = tuple(b - a for a, b in zip(spec0, lane.speculations))
+        return bits(model), opt.state_dict(), opt.lane_steps, queued, spec
     finally:
         opt.close()
 
@@ -72,10 +79,8 @@ def same_state(a, b, steps=True):
 
 def wait_checked(opt):
     """Until the server's lane has taken (and scanned) every queued gradient."""
-    lane, deadline = opt._plane.arena.lane, time.monotonic() + 30
-    while lane._qread.value != lane._qwrite.value:
-        assert time.monotonic() < deadline, "the lane did not take the queued gradients"
-        os.sched_yield()
+    # Lane.drain wakes it first: small gradients do not wake a sleeping lane on their own.
+    assert opt._plane.arena.lane.drain(30), "the lane did not take the queued gradients"
 
 
 @pytest.fixture
@@ -263,11 +268,13 @@ def test_add_param_group_hooks_the_new_parameters(shm):
                 if overlap and k >= 3:
                     assert {"p1.0", "p1.1"} <= set(opt._plane.hot._marks), "the new group's gradients moved early"
                     assert is_view_of(frozen[0].grad, opt._plane.views["p1.0"][2])
+                    wait_checked(opt)
                 opt.step()
-            results.append((bits(model), opt.state_dict()))
+            results.append((bits(model), opt.state_dict(), opt.speculations))
         finally:
             opt.close()
     assert same_bits(results[0][0], results[1][0]) and same_state(results[0][1], results[1][1])
+    assert results[0][2][1] >= 8, "the new arena's lane staged and committed the new group's updates too"
 
 
 @needs_hook
@@ -411,6 +418,255 @@ def test_training_on_a_state_dir_rides_through_restarts_with_overlap(scratch):
             opt.close()
         for p in procs:
             stop_proc(p)
+
+
+# -- speculation with a commit (issue 21; lane.cc): each update staged when its
+# gradient is checked, committed at step() only where it still stands.
+
+
+@needs_hook
+@pytest.mark.parametrize("rule", ["additive", "multiplicative", "hybrid", "exp_sign"])
+@pytest.mark.parametrize(
+    "opt_kw",
+    [{"optimizer": "adam"}, {"optimizer": "sgd", "momentum": 0.9, "lr": 0.05}],
+    ids=["adam", "sgd-momentum"],
+)
+def test_speculated_steps_are_committed_with_the_bits_of_steps_computed_at_step(shm, opt_kw, rule):
+    """Every gradient checked (and its update staged) before step(): the lane
+    commits the staged results, and parameters and state are bit for bit
+    those of overlap=False (the same kernel on the same inputs)."""
+    kw = {**opt_kw, "rule": rule, **({"gamma": 0.5} if rule == "hybrid" else {})}
+    on, off = run(shm, True, opt_kw=kw, settle="each"), run(shm, False, opt_kw=kw)
+    assert same_bits(on[0], off[0])
+    assert same_state(on[1], off[1])
+    made, committed = on[4]
+    assert committed == made, "nothing invalidated a speculation in a plain loop"
+    assert committed % 6 == 0 and committed >= 6 * 3, (on[2], on[4])
+    assert off[4] == (0, 0)
+
+
+@needs_hook
+@pytest.mark.parametrize(
+    "name", ["sgd", "adamw", "adagrad", "rmsprop", "adamax", "nadam", "radam", "adadelta", "lion", "rprop", "asgd"]
+)
+def test_every_speculating_optimizer_commits_the_same_bits(shm, name):
+    """The optimizers lane.cc stages (element-wise kernels: Speculates())."""
+    kw = {"optimizer": name, "lr": 0.01}
+    on, off = run(shm, True, opt_kw=kw, settle="each"), run(shm, False, opt_kw=kw)
+    assert same_bits(on[0], off[0]) and same_state(on[1], off[1])
+    assert on[4][1] == on[4][0] >= 6 * 3, on[4]
+
+
+@needs_hook
+@pytest.mark.parametrize("name", ["lamb", "lars"])
+def test_an_optimizer_that_does_not_speculate_is_computed_at_the_step(shm, name):
+    kw = {"optimizer": name, "lr": 0.01}
+    on, off = run(shm, True, opt_kw=kw, settle="each"), run(shm, False, opt_kw=kw)
+    assert same_bits(on[0], off[0]) and same_state(on[1], off[1])
+    assert on[4] == (0, 0) and on[2] >= 4
+
+
+@needs_hook
+def test_maximize_and_grad_scaler_unscaling_are_computed_at_the_step(shm):
+    """maximize negates the arena copy at the step (no _SPECULATE); an in-place
+    unscale moves the version counter: the staged updates do not stand."""
+
+    def unscale(model, _):
+        for p in model.parameters():
+            p.grad.mul_(1.0 / 1024)
+
+    def scaled(model, x, y):
+        return loss_of(model, x, y) * 1024
+
+    for kw, edit, loss in (({"maximize": True}, None, loss_of), ({}, unscale, scaled)):
+        on = run(shm, True, opt_kw=kw, edit=edit, loss=loss, settle="each")
+        off = run(shm, False, opt_kw=kw, edit=edit, loss=loss)
+        assert same_bits(on[0], off[0]) and same_state(on[1], off[1])
+        assert on[4][0] > 0 and on[4][1] == 0, (kw, on[4])
+
+
+@needs_hook
+def test_mur_overlap_staging_0_checks_while_hot_and_speculates_nothing(shm, monkeypatch):
+    monkeypatch.setenv("MUR_OVERLAP_STAGING", "0")
+    on, off = run(shm, True, settle="each"), run(shm, False)
+    assert same_bits(on[0], off[0]) and same_state(on[1], off[1])
+    assert on[4] == (0, 0) and on[2] >= 4 and on[3] == [f"p0.{i}" for i in range(6)]
+
+
+@needs_hook
+def test_speculation_with_per_group_hyperparameters(shm):
+    def two_groups(model):
+        return [
+            {"params": list(model[0].parameters()), "lr": 0.03, "weight_decay": 0.1},
+            {"params": list(model[2].parameters()) + list(model[4].parameters())},
+        ]
+
+    kw = {"optimizer": "adamw"}
+    on = run(shm, True, opt_kw=kw, groups=two_groups, settle="each")
+    off = run(shm, False, opt_kw=kw, groups=two_groups)
+    assert same_bits(on[0], off[0]) and same_state(on[1], off[1])
+    assert on[4][1] >= 6 * 3
+
+
+def _nan_then_retry(server, overlap, where):
+    """Three steps, then a step whose gradient of one tensor is NaN (every
+    other tensor's update staged): refused, nothing changed; then the same
+    step again with that gradient zeroed (a retry), and two more steps."""
+    model = net(3, sizes=SIZES)
+    opt = mur.RemoteOptimizer(
+        model.parameters(), optimizer="adam", rule="additive", lr=0.01, server=server, overlap=overlap
+    )
+    lane = opt._plane.arena.lane
+    try:
+        data, spec0 = batches(6, seed=13), lane.speculations
+        for k, (x, y) in enumerate(data):
+            if k == 3:
+                before, state = bits(model), opt.state_dict()  # before backward: an export disarms the lane
+            opt.zero_grad()
+            handle = None
+            if k == 3 and where == "backward":  # backward makes the first layer's weight (its last gradient) NaN
+                handle = model[0].weight.register_hook(lambda g: torch.full_like(g, float("nan")))
+            loss_of(model, x, y).backward()
+            if handle is not None:
+                handle.remove()
+            if overlap:
+                wait_checked(opt)
+            if k == 3:
+                if where == "edit":
+                    model[4].bias.grad[0] = float("nan")  # after its check and speculation
+                _refused_step_changes_nothing(opt, model, before, state)
+                for p in model.parameters():
+                    p.grad.nan_to_num_(0.0)  # the retry of the same step, on finite gradients
+            opt.step()
+        spec = tuple(b - a for a, b in zip(spec0, lane.speculations))
+        return bits(model), opt.state_dict(), spec
+    finally:
+        opt.close()
+
+
+@needs_hook
+@pytest.mark.parametrize("where", ["edit", "backward"])
+def test_a_nan_after_speculation_commits_nothing_and_the_retry_matches(shm, where):
+    on, off = _nan_then_retry(shm, True, where), _nan_then_retry(shm, False, where)
+    assert same_bits(on[0], off[0]) and same_state(on[1], off[1])
+    made, committed = on[2]
+    assert made > committed > 0, "the refused step's speculations were made and dropped, the others committed"
+
+
+@needs_hook
+def test_clip_grad_norm_after_the_speculation_is_computed_at_the_step(shm):
+    def clip(model, _):
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+
+    on, off = run(shm, True, edit=clip, settle="each"), run(shm, False, edit=clip)
+    assert same_bits(on[0], off[0]) and same_state(on[1], off[1])
+    assert on[4][0] > 0 and on[4][1] == 0, "every gradient was edited after its speculation"
+
+
+@needs_hook
+def test_a_scheduler_between_backward_and_step(shm):
+    """lr changed after the speculation: the step goes by RPC with the new
+    lr (the lane holds the old one), no staged result is committed."""
+
+    def decay(_, opt):
+        for g in opt.param_groups:
+            g["lr"] *= 0.9
+
+    on, off = run(shm, True, edit=decay, settle="each"), run(shm, False, edit=decay)
+    assert same_bits(on[0], off[0]) and same_state(on[1], off[1])
+    assert on[4][1] == 0
+
+
+@needs_hook
+def test_a_torch_scheduler_before_backward_leaves_the_lane_its_hypers(shm):
+    """StepLR stepped after opt.step(): between its changes the lane holds the
+    step's hyperparameters and commits; every run equals overlap=False."""
+    results = []
+    for overlap in (True, False):
+        model = net(3, sizes=SIZES)
+        opt = mur.RemoteOptimizer(
+            model.parameters(), optimizer="adam", rule="additive", lr=0.01, server=shm, overlap=overlap
+        )
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
+        lane = opt._plane.arena.lane
+        try:
+            spec0 = lane.speculations
+            for x, y in batches(12, seed=14):
+                opt.zero_grad()
+                loss_of(model, x, y).backward()
+                if overlap:
+                    wait_checked(opt)
+                opt.step()
+                sched.step()
+            results.append((bits(model), opt.state_dict(), lane.speculations[1] - spec0[1]))
+        finally:
+            opt.close()
+    assert same_bits(results[0][0], results[1][0]) and same_state(results[0][1], results[1][1])
+    assert results[0][2] >= 6 * 4, results[0][2]
+
+
+@needs_hook
+@pytest.mark.parametrize("settle", ["first", "each"])
+def test_accumulation_invalidates_the_first_micro_batch_s_speculation(shm, settle):
+    """A speculation on the first micro-batch's gradient is made stale by the
+    second backward (its hook queues the sum again): only the update of the
+    sum is committed ("each": speculated again; "first": computed at step())."""
+    on, off = run(shm, True, micro=2, settle=settle), run(shm, False, micro=2)
+    assert same_bits(on[0], off[0]) and same_state(on[1], off[1])
+    made, committed = on[4]
+    if settle == "each":
+        assert made == 2 * committed and committed >= 6 * 3, on[4]
+    else:
+        assert made >= 6 * 3, on[4]
+
+
+@needs_hook
+def test_a_parameter_edited_after_its_speculation_is_computed_from_the_edit(shm):
+    """p.data written after backward (a clamp, behind the version counter):
+    the lane's digest of the parameter tells, the step starts from the edit."""
+
+    def clamp(model, _):
+        model[0].weight.data.clamp_(-0.1, 0.1)
+
+    on, off = run(shm, True, edit=clamp, settle="each"), run(shm, False, edit=clamp)
+    assert same_bits(on[0], off[0]) and same_state(on[1], off[1])
+    made, committed = on[4]
+    assert made > committed > 0, on[4]
+
+
+@needs_hook
+def test_a_checkpoint_mid_run_after_committed_steps(shm):
+    """state_dict() after speculated steps (the state flipped to the lane's
+    buffers and copied back at disarm) and a load into a new optimizer
+    continue the same trajectory as overlap=False."""
+    data = batches(8, seed=15)
+    outs = []
+    for overlap in (True, False):
+        a = net(3, sizes=SIZES)
+        opt = mur.RemoteOptimizer(
+            a.parameters(), optimizer="adam", rule="additive", lr=0.01, server=shm, overlap=overlap
+        )
+        try:
+            for k, (x, y) in enumerate(data):
+                if k == 5:
+                    ck = copy.deepcopy({"model": a.state_dict(), "opt": opt.state_dict()})
+                    opt.close()
+                    a = net(0, sizes=SIZES)
+                    a.load_state_dict(ck["model"])
+                    opt = mur.RemoteOptimizer(
+                        a.parameters(), optimizer="adam", rule="additive", lr=0.01, server=shm, overlap=overlap
+                    )
+                    opt.load_state_dict(ck["opt"])
+                opt.zero_grad()
+                loss_of(a, x, y).backward()
+                if overlap:
+                    wait_checked(opt)
+                opt.step()
+            outs.append((bits(a), opt.state_dict(), ck))
+        finally:
+            opt.close()
+    assert same_state(outs[0][2]["opt"], outs[1][2]["opt"])
+    assert same_bits(outs[0][0], outs[1][0]) and same_state(outs[0][1], outs[1][1])
 
 
 @pytest.mark.skipif(HAS_HOOK, reason="checks torch < 2.1, where the hook does not exist")

@@ -60,7 +60,11 @@ export class ArenaFile {
 /** The session's arena, asked of the server (OpenArena) and opened here; throws an Error saying why not. */
 export async function openArena(s: SessionLink): Promise<ArenaFile> {
   if (!s.caps.transports.includes('shm')) throw new Error(`the server (engine '${s.caps.backend}') offers no shm transport`);
-  const info = await s.conn.call<OpenArenaRequest, ArenaInfo>(s.conn.raw.openArena.bind(s.conn.raw), { sessionId: s.id }, s.auth());
+  const info = await s.conn.call<OpenArenaRequest, ArenaInfo>(
+    s.conn.raw.openArena.bind(s.conn.raw),
+    { sessionId: s.id, overlap: false },
+    s.auth(),
+  );
   return new ArenaFile(info);
 }
 
@@ -106,7 +110,7 @@ export class ShmPlane implements Plane {
     try {
       const info = await this.s.conn.call<OpenArenaRequest, ArenaInfo>(
         this.s.conn.raw.openArena.bind(this.s.conn.raw),
-        { sessionId: this.s.id },
+        { sessionId: this.s.id, overlap: false },
         this.s.auth(),
       );
       if (this.arena.is(info)) return this;

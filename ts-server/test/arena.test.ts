@@ -33,7 +33,7 @@ const request = (): CreateSessionRequest => ({
   ],
 });
 const openArena = (h: Harness, sessionId: string) =>
-  call<OpenArenaRequest, ArenaInfo>(h.client.openArena.bind(h.client), { sessionId }, auth(sessionId));
+  call<OpenArenaRequest, ArenaInfo>(h.client.openArena.bind(h.client), { sessionId, overlap: false }, auth(sessionId));
 
 /** A client's handle on an arena: pread/pwrite on the memfd. */
 class Mapped {
@@ -255,5 +255,49 @@ describe('same-host transport: the shared-memory arena', () => {
       assert.equal((e as NodeJS.ErrnoException).code, 'ENOENT');
     }
     if (reopened) assert.ok(!reopened.equals(Buffer.from(info.token)));
+  });
+
+  it("an overlapping client's OpenArena reserves the lane's staging within --max-bytes, or opens without it", async function () {
+    if (!native) this.skip();
+    const withOverlap = (hh: Harness, sessionId: string, overlap: boolean) =>
+      call<OpenArenaRequest, ArenaInfo>(hh.client.openArena.bind(hh.client), { sessionId, overlap }, auth(sessionId));
+    // What one session holds (its parameters and state) and its arena's gradients, on a server without a limit.
+    const s = await create(h, request());
+    const held0 = h.server.context.store.heldBytes;
+    const plain = await withOverlap(h, s.sessionId, false);
+    const grads = h.server.context.store.heldBytes - held0;
+    assert.equal(grads, 4 * 9, "the arena's gradient regions");
+    assert.equal(plain.staging, false, 'no staging without overlap');
+    const staged = await withOverlap(h, s.sessionId, true);
+    assert.equal(staged.staging, true, 'the same arena, staging added');
+    assert.deepEqual(Buffer.from(staged.token), Buffer.from(plain.token));
+    const stagingBytes = h.server.context.store.heldBytes - held0 - grads;
+    assert.ok(stagingBytes >= 4 * 9 * 3, `staging: the parameters and Adam's two slots once more (${stagingBytes})`);
+    await closeSession(h, s.sessionId);
+    const session = stagingBytes; // staging is the session's projected bytes again
+    for (const room of [true, false]) {
+      const lim = await startHarness({
+        limits: { maxSessions: 0, maxBytes: 2 * session + grads - (room ? 0 : 1), idleTimeoutMs: 0 },
+      });
+      try {
+        const a = await create(lim, request());
+        const info = await withOverlap(lim, a.sessionId, true);
+        assert.equal(info.staging, room, room ? 'staging fits' : 'one byte short: the arena opens without staging');
+        assert.equal(lim.server.context.store.heldBytes, session + grads + (room ? session : 0));
+        const m = new Mapped(info);
+        try {
+          m.writeGrad(0, [0.1, -0.2, 0.3, 0.05, -1, 0.5]);
+          m.writeGrad(1, [0.01, 0.02, -0.03]);
+          await step(lim, { sessionId: a.sessionId, step: 1, grads: [], groupOverrides: {}, arenaGrads: [0, 1] });
+          assert.ok(m.param(0)[0] !== 0.5, 'the arena steps either way');
+        } finally {
+          m.close();
+        }
+        await closeSession(lim, a.sessionId);
+        assert.equal(lim.server.context.store.heldBytes, 0, 'staging is given back with the session');
+      } finally {
+        await lim.close();
+      }
+    }
   });
 });

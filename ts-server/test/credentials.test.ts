@@ -46,7 +46,7 @@ function everyCall(h: Harness, sessionId: string, m: grpc.Metadata): Array<[stri
     ['StepStream', stream],
     ['ExportState', exported],
     ['ImportState', imported],
-    ['OpenArena', () => call<OpenArenaRequest, ArenaInfo>(c.openArena.bind(c), { sessionId }, m)],
+    ['OpenArena', () => call<OpenArenaRequest, ArenaInfo>(c.openArena.bind(c), { sessionId, overlap: false }, m)],
     ['CloseSession', () => call(c.closeSession.bind(c), { sessionId }, m)],
   ];
 }

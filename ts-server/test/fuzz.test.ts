@@ -568,7 +568,7 @@ describe(`fuzzing (seed ${SEED})`, function () {
       { path: '/mur.v1.Optimizer/CreateSession', kind: 'unary', valid: [enc(CreateSessionRequest, WITNESS)] },
       { path: '/mur.v1.Optimizer/Step', kind: 'unary', valid: [stepReq] },
       { path: '/mur.v1.Optimizer/CloseSession', kind: 'unary', valid: [enc(CloseSessionRequest, { sessionId: sid })] },
-      { path: '/mur.v1.Optimizer/OpenArena', kind: 'unary', valid: [enc(OpenArenaRequest, { sessionId: sid })] },
+      { path: '/mur.v1.Optimizer/OpenArena', kind: 'unary', valid: [enc(OpenArenaRequest, { sessionId: sid, overlap: false })] },
       { path: '/mur.v1.Optimizer/AddParameters', kind: 'unary', valid: [addParams] },
       { path: '/mur.v1.Optimizer/ExportState', kind: 'server', valid: [enc(ExportStateRequest, { sessionId: sid })] },
       { path: '/mur.v1.Optimizer/ImportState', kind: 'client', valid: [header, chunk] },

@@ -159,7 +159,11 @@ describe('metrics (--metrics-port)', () => {
   it('counts shm steps: bytes read from and written to the arena, replays touching none', async function () {
     if (!currentEngine().createArena) this.skip(); // the tfjs engines have no arena
     const a = await create(h, request());
-    const info = await call<OpenArenaRequest, ArenaInfo>(h.client.openArena.bind(h.client), { sessionId: a.sessionId }, auth(a.sessionId));
+    const info = await call<OpenArenaRequest, ArenaInfo>(
+      h.client.openArena.bind(h.client),
+      { sessionId: a.sessionId, overlap: false },
+      auth(a.sessionId),
+    );
     const fd = fs.openSync(info.path, 'r+');
     const writeGrad = (i: number, v: number[]) => fs.writeSync(fd, bytes(v), 0, 4 * v.length, info.tensors[i].gradOffset);
     const before = await scrape(port);

@@ -6,15 +6,19 @@ machine, a Fashion-MNIST training loop and a backward that writes fresh
 gradients.
 
 1. Training rows. Fashion-MNIST (mur_lab.data), batches of 128, the MLP, the
-   CNN and the patch transformer of mur_lab.models: ms per batch (zero_grad,
+   CNN, the patch transformer and the wide MLP (5.8M parameters: the one whose
+   optimizer step is a real share of the batch) of mur_lab.models: ms per batch (zero_grad,
    forward, backward, step) with
      fused     torch.optim.AdamW(lr=1e-3, fused=True) (torch's default step where
                this torch has no fused CPU kernel: torch 1.13),
      mur       mur.RemoteOptimizer(optimizer="adamw", rule="additive",
                server="auto", the same hyperparameters): shared memory,
-     overlap   the same with overlap=True (each parameter's step starts on the
-               server when backward has finished its gradient); "n/a" when this
-               mur has no overlap= keyword.
+     overlap   the same with overlap=True (each parameter's gradient moved,
+               checked and its update computed into staging on the server when
+               backward has finished it; step() commits: lane.cc); "n/a" when
+               this mur has no overlap= keyword,
+     check     (the row's trailing note) overlap=True with MUR_OVERLAP_STAGING=0:
+               gradients moved and checked while hot, nothing speculated.
    Each contender trains its own copy of the model from the same initial
    weights on the same batches. They take turns in blocks of batches (the
    order reversed every other round) after a warm-up; a contender's time is
@@ -24,7 +28,10 @@ gradients.
 2. Step rows. One float32 tensor of 4M, 64M and 256M parameters (256M only when
    the machine has ~18 GiB available), AdamW, 2 torch and server threads: torch's
    fused step, the remote step on shm with its gradient made by backward after
-   the optimizer's own zero_grad() (p.grad a fresh tensor on torch 2.x) and the
+   the optimizer's own zero_grad() (p.grad a fresh tensor on torch 2.x), the
+   remote step with overlap=True once the lane has staged the update ("staged":
+   what step() costs when backward gave the server time to speculate, i.e. the
+   commit: the staged parameter copied into the arena, the state flipped) and the
    limit kernel (ts-server/bench/limit.ts: Adam's 28 bytes per parameter, no
    maths, on the engine's pool and huge pages), alternating; GB/s at 28 bytes per
    parameter and each side's fraction of the limit.
@@ -93,7 +100,7 @@ def fashion_batches(count, size=64):
     return [(torch.from_numpy(x[i : i + size]), torch.from_numpy(y[i : i + size])) for i in range(0, n, size)]
 
 
-MODELS = {"mlp": models.mlp, "cnn": models.cnn, "transformer": models.transformer}
+MODELS = {"mlp": models.mlp, "cnn": models.cnn, "transformer": models.transformer, "wide_mlp": models.wide_mlp}
 
 
 def model(name, seed=0):
@@ -209,7 +216,7 @@ class LimitKernel:
 HYPERS = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}  # torch's AdamW defaults
 BYTES_PER_PARAM = 28  # Adam(W): read p, g, m, v; write p, m, v
 FULL = dict(
-    models=["mlp", "cnn", "transformer"],
+    models=["mlp", "cnn", "transformer", "wide_mlp"],
     batches=100,
     rounds=7,
     block=10,
@@ -276,6 +283,14 @@ def train_rows(name, batches, threads, cfg):
     opts["overlap"], why = overlap_adamw(nets["overlap"].parameters(), threads)
     if opts["overlap"] is None:
         del opts["overlap"]
+    elif opts["overlap"].overlap:
+        # overlap without the lane's staging (MUR_OVERLAP_STAGING=0): gradients moved and checked while hot only
+        nets["check"] = model(name)
+        os.environ["MUR_OVERLAP_STAGING"] = "0"
+        try:
+            opts["check"] = remote_adamw(nets["check"].parameters(), threads, overlap=True)
+        finally:
+            os.environ.pop("MUR_OVERLAP_STAGING")
     try:
         fns = {k: trainer(nets[k], o, batches) for k, o in opts.items()}
         ms = blocks(fns, cfg["rounds"], cfg["block"], cfg["warmup"])
@@ -307,6 +322,14 @@ def train_rows(name, batches, threads, cfg):
     return row
 
 
+def check_cell(r):
+    """The trailing note of a training row: overlap without staging (check only), when it ran."""
+    if r.get("check_ms") is None:
+        return ""
+    lo, hi = r["check_spread_ms"]
+    return f"  overlap without staging: {r['check_ms']:.3f} [{lo:.2f}-{hi:.2f}]"
+
+
 def memory_available():
     """Bytes the kernel says can be allocated without swapping (MemAvailable), or None."""
     try:
@@ -314,6 +337,15 @@ def memory_available():
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
     except (OSError, StopIteration):
         return None
+
+
+def staged_backward(opt, grads):
+    """backward_after_zero_grad with overlap on, then until the server's lane has
+    checked the gradient and staged its update (untimed: backward's share)."""
+    backward_after_zero_grad(opt, grads)
+    lane = opt._plane.arena.lane if opt._plane is not None and opt._plane.name == "shm" else None
+    if lane is not None:
+        lane.drain()
 
 
 def step_row(n, threads, cfg):
@@ -328,17 +360,24 @@ def step_row(n, threads, cfg):
     try:
         opts["fused"], mode = fused_adamw([nn.Parameter(init.clone())])
         opts["mur"] = remote_adamw([nn.Parameter(init.clone())], threads)
+        staged, _ = overlap_adamw([nn.Parameter(init.clone())], threads)
+        if staged is not None and staged.overlap:
+            opts["staged"] = staged
         del init
         with LimitKernel(n, threads) as limit:
             fns = {k: o.step for k, o in opts.items()}
             fns["limit"] = limit.run
             prepare = {k: (lambda o=o: backward_after_zero_grad(o, grads)) for k, o in opts.items()}
+            if "staged" in opts:
+                prepare["staged"] = lambda o=opts["staged"]: staged_backward(o, grads)
             ms = blocks(
                 fns, cfg["step_rounds"], cfg["step_block"], 2, prepare=prepare, timers={"limit": lambda sec: sec}
             )
+            made_committed = opts["staged"].speculations if "staged" in opts else None
     finally:
-        if "mur" in opts:
-            opts["mur"].close()
+        for k in ("mur", "staged"):
+            if k in opts:
+                opts[k].close()
         torch.set_num_threads(torch_threads)
     gbs = {k: BYTES_PER_PARAM * n / (v[0] * 1e-3) / 1e9 for k, v in ms.items()}
     return {
@@ -351,6 +390,8 @@ def step_row(n, threads, cfg):
         "mur_over_fused": round(ms["mur"][0] / ms["fused"][0], 3),
         "mur_of_limit": round(gbs["mur"] / gbs["limit"], 3),
         "fused_of_limit": round(gbs["fused"] / gbs["limit"], 3),
+        "staged_over_mur": round(ms["staged"][0] / ms["mur"][0], 3) if "staged" in ms else None,
+        "speculations_made_committed": made_committed,
     }
 
 
@@ -428,6 +469,7 @@ def main(argv=None):
                 f"{r['model']:11} {r['params']:>7} {cell('fused')} {cell('mur')} {r['mur_over_fused']:9.3f} "
                 f"{cell('overlap')} {fmt(r['overlap_over_fused'], '9.3f')} {buys:>16}"
                 + (f"  overlap: n/a ({r['overlap_skipped']})" if "overlap_skipped" in r else "")
+                + check_cell(r)
                 + ("  (torch: default step, no fused CPU kernel)" if r["torch_mode"] != "fused" else ""),
                 flush=True,
             )
@@ -439,7 +481,7 @@ def main(argv=None):
             f"GB/s at {BYTES_PER_PARAM} B/param, fraction of the limit kernel"
         )
         print(
-            f"{'params':>10} {'fused ms':>9} {'mur ms':>9} {'limit ms':>9} {'mur/fused':>9} "
+            f"{'params':>10} {'fused ms':>9} {'mur ms':>9} {'staged ms':>9} {'limit ms':>9} {'mur/fused':>9} "
             f"{'fused GB/s':>10} {'mur GB/s':>9} {'limit GB/s':>10} {'fused/lim':>9} {'mur/lim':>8}",
             flush=True,
         )
@@ -447,7 +489,7 @@ def main(argv=None):
             avail = memory_available()
             # ~18 float32 copies at once: torch's p, m, v, p.grad; mur's arena (p, g), p.grad and the
             # server's m, v; the limit's four; the gradient source, the initial values, the session's upload.
-            need = 18 * 4 * n
+            need = 22 * 4 * n  # and the overlap optimizer's arena, state and staging: +~4
             if avail is not None and need > avail:
                 print(f"{n:>10}  skipped: needs ~{need / 2**30:.0f} GiB, {avail / 2**30:.0f} GiB available", flush=True)
                 rows.append({"params": n, "skipped": f"needs ~{need} bytes, {avail} available"})
@@ -455,7 +497,8 @@ def main(argv=None):
             r = step_row(n, a.step_threads, cfg)
             rows.append(r)
             print(
-                f"{r['params']:>10} {r['fused_ms']:9.3f} {r['mur_ms']:9.3f} {r['limit_ms']:9.3f} "
+                f"{r['params']:>10} {r['fused_ms']:9.3f} {r['mur_ms']:9.3f} {fmt(r.get('staged_ms'), '9.3f')} "
+                f"{r['limit_ms']:9.3f} "
                 f"{r['mur_over_fused']:9.3f} {r['fused_gb_per_s']:10.1f} {r['mur_gb_per_s']:9.1f} "
                 f"{r['limit_gb_per_s']:10.1f} {r['fused_of_limit']:9.3f} {r['mur_of_limit']:8.3f}"
                 + ("  (torch: default step, no fused CPU kernel)" if r["torch_mode"] != "fused" else ""),

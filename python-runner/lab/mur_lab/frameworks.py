@@ -10,18 +10,21 @@ through that framework's mur client:
     keras      keras.optimizers.X (fit)  mur~keras  mur.keras.RemoteOptimizer (fit)
 
 for Adam, AdamW, SGD with momentum (under a learning-rate schedule), RMSprop
-and Adagrad, and for the whole-tensor LAMB, LARS (under a schedule) and
-Schedule-Free AdamW (with a warmup), all with the same hyperparameter values
-(CONFIGS). A framework without an optimizer of its own (NOT_IN: torch.optim
-has no LAMB, LARS or Schedule-Free; keras no LARS) has no run for it and no
-pair with one ("n/a" in the report); mur~F still runs through F's client,
-which can express every optimizer here. mur's LAMB, LARS and Schedule-Free
-follow optax's. Left out: Adafactor (mur follows torch.optim.Adafactor,
-absent from this venv's torch 1.13; optax's and keras's are other algorithms:
-relative step, clipping and eps placements of their own) and Muon (torch's
-needs torch >= 2.9; optax's and keras's route the biases to AdamW inside one
-optimizer with hyperparameters of their own, which mur.optax and mur.keras,
-one optimizer per session, cannot express). Every run
+and Adagrad, for the whole-tensor LAMB, LARS (under a schedule) and
+Schedule-Free AdamW (with a warmup), and for Adafactor and Muon (Muon for the
+matrices and AdamW for the biases, the usual recipe: torch.optim.Muon +
+AdamW, optax.contrib.muon and keras.optimizers.Muon route the biases to their
+AdamW themselves, mur is one session with per-group optimizers through each
+client), all with the same hyperparameter values (CONFIGS). A framework
+without an optimizer of its own (NOT_IN: torch.optim has no LAMB, LARS or
+Schedule-Free; keras no LARS) has no run for it and no pair with one ("n/a"
+in the report); mur~F still runs through F's client, which can express every
+optimizer here. mur's LAMB, LARS and Schedule-Free follow optax's, its
+Adafactor and Muon torch's. torch.optim.Adafactor (torch >= 2.5) and Muon
+(>= 2.9) are newer than the matrix venv's torch 1.13: their torch runs are
+made by the torch 2.x venv in a subprocess (torch2_runs.py) on the same
+problem; without one the torch run is "n/a" with the reason (UNAVAILABLE).
+Every run
 computes its own gradients with its own framework, so a pair differs by
 float32 rounding (different kernels) or by a difference of semantics.
 DIFFERENCES names those differences; two runs are expected to agree when they
@@ -35,7 +38,10 @@ it must agree with F, while the difference stays named in its rows.
 Each difference is checked by measurement, with the setting that causes it
 removed: eps = 0 for the eps placements, a constant learning rate for the
 momentum's lr, weight_decay = 0 for LAMB's decay, warmup_steps = 0 for the
-Schedule-Free average (ABLATIONS). Every optimizer is run a second time so ("ablated"), where the
+Schedule-Free average, eps1 = 0 for Adafactor's, and for Muon nesterov=False,
+eps=0, adam_weight_decay=0 and torch's Newton-Schulz in float32 at once
+(ABLATIONS; the last is a patch of torch's dtype, since torch has no
+setting). Every optimizer is run a second time so ("ablated"), where the
 differing pairs must agree too. The command exits 1 when a pair with the same
 semantics differs, when a gap does not close in the ablated run (a difference
 this table does not explain), or when a named difference makes no gap.
@@ -51,7 +57,18 @@ from pathlib import Path
 import numpy as np
 
 FRAMEWORKS = ("torch", "optax", "keras")
-OPTIMIZERS = ("adam", "adamw", "sgd_momentum", "rmsprop", "adagrad", "lamb", "lars", "schedule_free_adamw")
+OPTIMIZERS = (
+    "adam",
+    "adamw",
+    "sgd_momentum",
+    "rmsprop",
+    "adagrad",
+    "lamb",
+    "lars",
+    "schedule_free_adamw",
+    "adafactor",
+    "muon",
+)
 
 # Which frameworks have each optimizer of their own; the others are "n/a" (no
 # run of theirs, and no pair with one). Every framework's mur client expresses
@@ -63,9 +80,22 @@ NOT_IN = {
 }
 
 
+# torch.optim classes newer than some torchs (Adafactor: torch >= 2.5, Muon: >= 2.9). When
+# this process's torch lacks one (.venv-jax has Debian's torch 1.13), the torch run is made
+# by the torch 2.x venv (`make torch2`) in a subprocess (mur_lab/torch2_runs.py), with the
+# same problem and config; without one, the row says n/a and why (UNAVAILABLE).
+TORCH_CLASSES = {"adafactor": "Adafactor", "muon": "Muon"}
+# {opt: {framework: why}}: runs that could not be made here (filled by matrix()).
+UNAVAILABLE: dict = {}
+
+
 def has(framework, opt):
-    """Whether the framework has the optimizer of its own (a run F in the matrix)."""
-    return framework not in NOT_IN.get(opt, {})
+    """Whether the framework has the optimizer of its own (a run F in the matrix) and it ran here."""
+    return framework not in NOT_IN.get(opt, {}) and framework not in UNAVAILABLE.get(opt, {})
+
+
+def why_not(framework, opt):
+    return NOT_IN.get(opt, {}).get(framework) or UNAVAILABLE.get(opt, {}).get(framework)
 
 
 # The values every framework is given (its own argument names below). They
@@ -91,6 +121,28 @@ CONFIGS = {
     # the base optimizer's (theta -= lr*wd*theta on y, before the step), optax's is in the
     # base step's direction at y; the table would need a second ablation to name both.
     "schedule_free_adamw": dict(lr=1e-2, b1=0.9, b2=0.999, eps=1e-6, warmup_steps=5),
+    # torch's: lr caps the relative step min(lr, 1/sqrt(t)); eps1 1e-3 (torch's default: the
+    # dtype's machine eps) so that optax's and keras's placement (added to g^2, not a clamp)
+    # makes a visible gap; ablated at eps1=0. No weight decay: torch decays after rms(theta),
+    # keras before it (the base optimizer's), optax adds lr*wd*theta: a second ablation.
+    "adafactor": dict(lr=1e-2, beta2_decay=-0.8, eps1=1e-3, eps2=1e-3, d=1.0),
+    # Muon (torch's match_rms_adamw scaling, keras's rms_rate=0.2, optax's consistent_rms=0.2)
+    # for the matrices, AdamW for the biases (adam_*), the usual recipe. eps is optax's single
+    # eps (its Newton-Schulz and its Adam), keras's epsilon (its Adam; its NS adds 1e-7) and
+    # torch's for both. torch_ns: the dtype torch's Newton-Schulz runs in (its code: bfloat16);
+    # the ablation runs torch's own code with float32 there (a patch: torch has no setting).
+    "muon": dict(
+        lr=0.02,
+        momentum=0.95,
+        nesterov=True,
+        weight_decay=0.1,
+        eps=1e-7,
+        adam_lr=3e-3,
+        b1=0.9,
+        b2=0.999,
+        adam_weight_decay=0.01,
+        torch_ns="bfloat16",
+    ),
 }
 
 # Known semantic differences, by the name the report uses. Each entry: which
@@ -99,12 +151,12 @@ CONFIGS = {
 # (ablation: "eps=0" or "constant lr").
 DIFFERENCES = {
     "eps_before_bias_correction": dict(
-        where={("keras", "adam"), ("keras", "adamw")},
+        where={("keras", "adam"), ("keras", "adamw"), ("keras", "muon")},
         formula="keras: theta -= lr*sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v)+eps); torch/optax/mur: "
         "theta -= lr/(1-b1^t) * m/(sqrt(v)/sqrt(1-b2^t)+eps), i.e. keras's eps is eps/sqrt(1-b2^t) in torch's "
-        "formula (31.6x eps at t=1)",
+        "formula (31.6x eps at t=1); keras's Muon's AdamW (the biases) too",
         bridge=dict(eps_before_correction=True),
-        bridge_in={"adam", "adamw"},
+        bridge_in={"adam", "adamw", "muon"},  # muon: on its AdamW group
         ablation="eps=0",
     ),
     "eps_inside_sqrt": dict(
@@ -144,9 +196,59 @@ DIFFERENCES = {
     ),
 }
 
+DIFFERENCES.update(
+    {
+        "eps1_added_to_g2": dict(
+            where={("optax", "adafactor"), ("keras", "adafactor")},
+            formula="optax, keras: row/col/vector means of g^2 + eps1, u = g/sqrt(v); torch/mur: means of g^2, "
+            "u = g/sqrt(max(v, eps1^2)), the row mean clamped at eps1 (a bound on v, not a shift of g^2). The "
+            "same where g^2 >> eps1 (optax's and keras's default eps1 is 1e-30)",
+            bridge={},
+            bridge_in=set(),
+            ablation="eps1=0",
+        ),
+        "newton_schulz_in_bfloat16": dict(
+            where={("torch", "muon")},
+            formula="torch.optim.Muon runs its Newton-Schulz iteration in bfloat16 (8-bit mantissa); mur in "
+            "float32, optax and keras in the parameters' dtype (float32). No setting changes it: the ablation "
+            "runs torch's own code with float32 in place of bfloat16",
+            bridge={},
+            bridge_in=set(),
+            ablation="torch_ns=float32",
+            not_in_mur=True,  # mur follows torch's maths, at a higher precision
+        ),
+        "adam_decay_at_muon_lr": dict(
+            where={("keras", "muon")},
+            formula="keras.optimizers.Muon decays its AdamW variables (the biases) by lr*adam_weight_decay, lr "
+            "being Muon's rate, while their Adam step is at lr*adam_lr_ratio; torch's recipe (an AdamW of its "
+            "own), optax (adamw at adam_learning_rate) and mur's AdamW group: adam_lr*adam_weight_decay",
+            # Not a flag: the AdamW group's weight_decay, scaled (mur+F sets it).
+            bridge={"weight_decay": "adam_weight_decay*lr/adam_lr"},
+            bridge_in={"muon"},
+            ablation="adam_weight_decay=0",
+        ),
+        "nesterov_bias_corrected": dict(
+            where={("optax", "muon")},
+            formula="optax.contrib.muon: nesterov blends the bias-corrected momentum and gradient, "
+            "b*mu/(1-b^(t+1)) + (1-b)*g/(1-b^t), and makes its Adam part Nesterov too (NAdamW on the "
+            "biases); torch/keras/mur: lerp(g, buf, b) (keras: g + b*m with m = buf/(1-b), the same direction "
+            "after the normalisation), AdamW. The same at nesterov=False",
+            bridge={},
+            bridge_in=set(),
+            ablation="nesterov=False",
+        ),
+    }
+)
+
 # What an optimizer's ablated run removes, where it is not eps (the default when
-# the optimizer has one) or the lr schedule: the setting its named difference needs.
-ABLATIONS = {"lamb": "weight_decay=0", "schedule_free_adamw": "warmup_steps=0"}
+# the optimizer has one) or the lr schedule: the setting its named difference needs
+# (several, comma-separated, when its frameworks differ in several ways).
+ABLATIONS = {
+    "lamb": "weight_decay=0",
+    "schedule_free_adamw": "warmup_steps=0",
+    "adafactor": "eps1=0",
+    "muon": "nesterov=False, eps=0, adam_weight_decay=0, torch_ns=float32",
+}
 
 # Defaults that differ (documented; CONFIGS sets them equal).
 DEFAULT_DIFFERENCES = [
@@ -168,6 +270,41 @@ DEFAULT_DIFFERENCES = [
     ("lamb lr", "optax required, keras 1e-3, mur required (torch: no LAMB)", "lr="),
     ("lamb weight_decay", "optax 0, keras None (0), mur 0", "weight_decay="),
     ("schedule_free_adamw warmup_steps", "optax None (0), keras 0, mur 0", "warmup_steps="),
+    (
+        "adafactor relative step",
+        "torch, keras (relative_step=True), mur: min(lr, 1/sqrt(t)); optax: the rate as given "
+        "(the matrix passes optax the schedule count -> min(lr, 1/sqrt(count + 1)))",
+        "lr=",
+    ),
+    (
+        "adafactor factoring",
+        "torch, keras, mur: every tensor of 2+ dims; optax: dims >= 128 only (min_dim_size_to_factor=128; "
+        "the matrix sets 1)",
+        "(always factored)",
+    ),
+    (
+        "adafactor eps1",
+        "torch None (float32: 1.2e-7, a clamp), optax 1e-30, keras 1e-30 (added to g^2)",
+        "eps=(eps1, eps2)",
+    ),
+    (
+        "muon weight axes",
+        "torch, mur: (out, in); optax: (in, out) by default (the matrix's params are torch's (out, in): "
+        "MuonDimensionNumbers(reduction_axis=1, output_axis=0)); keras kernels are (in, out)",
+        "(out, in)",
+    ),
+    (
+        "muon scaling",
+        "torch adjust_lr_fn None (sqrt(max(1, A/B))), optax none (consistent_rms=None), keras rms_rate 0.2; "
+        "the matrix uses 0.2 sqrt(max(A, B)) everywhere (torch's match_rms_adamw, optax's consistent_rms=0.2)",
+        "adjust_lr_fn=",
+    ),
+    (
+        "muon weight_decay / eps",
+        "torch 0.1 / 1e-7, optax 0 / 1e-8 (one eps for NS and Adam), keras 0.004 / 1e-7 (Adam; NS 1e-7 fixed), "
+        "mur 0.1 / 1e-7",
+        "weight_decay=, eps=",
+    ),
 ]
 
 
@@ -178,11 +315,16 @@ def semantics(run):
     return run[4:] if run.startswith("mur+") else run
 
 
+def _has_difference(run, opt, d):
+    if d.get("not_in_mur") and run.startswith("mur"):  # torch's, where mur does not follow it
+        return False
+    return (semantics(run), opt) in d["where"]
+
+
 def differences(a, b, opt):
     """The named semantic differences between runs a and b (e.g. "keras",
     "mur~optax", "mur+keras") for an optimizer."""
-    fa, fb = semantics(a), semantics(b)
-    return sorted(n for n, d in DIFFERENCES.items() if ((fa, opt) in d["where"]) != ((fb, opt) in d["where"]))
+    return sorted(n for n, d in DIFFERENCES.items() if _has_difference(a, opt, d) != _has_difference(b, opt, d))
 
 
 def bridges(framework, opt):
@@ -211,8 +353,12 @@ def ablated(opt, c):
     at = ablation(opt)
     if at == "constant lr":
         return {k: v for k, v in c.items() if k != "schedule"}
-    key = at.removesuffix("=0")  # "eps=0", "weight_decay=0", "warmup_steps=0"
-    return {**c, key: type(c[key])(0)}
+    c = dict(c)
+    for setting in at.split(", "):  # "eps=0", "nesterov=False", "torch_ns=float32"
+        key, value = setting.split("=")
+        old = c[key]
+        c[key] = (value == "True") if isinstance(old, bool) else type(old)(value)
+    return c
 
 
 # Tolerance on max|a - b| / max|a| after N steps for runs that should agree.
@@ -229,6 +375,12 @@ def ablated(opt, c):
 # 20 steps (and 10, --quick), both variants, 2.4e-6 (schedule_free_adamw, optax
 # against mur~optax; lamb 1.5e-7, lars 1.9e-7); their named differences make
 # 7.1e-3 (lamb) and 2.0e-2 (schedule_free_adamw) or more.
+# Adafactor and Muon (--quick, 10 steps) keep it too: Adafactor's same-semantics pairs
+# 8.2e-8 (torch 2.15's in the subprocess against mur and the configured optax and keras);
+# Muon + AdamW 8.1e-7 (keras's against mur's, ablated run; Newton-Schulz amplifies float32
+# rounding by up to a^ns_steps, docs/update-rules.md muon, here well under it), torch's with
+# its Newton-Schulz in float32 3.3e-7. Their named differences make 1.5e-3 or more (the
+# smallest alone: keras's AdamW eps, 6.1e-5, 3x above the bound).
 # 2e-5 leaves a 6x margin; the smallest gap a named difference makes here is
 # 4.1e-4 (adagrad), 20x above it.
 TOLERANCE = 2e-5
@@ -281,6 +433,8 @@ def _mur_hypers_torch(opt, c):
         return "lars", {k: c[k] for k in ("lr", "momentum", "trust_coefficient", "weight_decay")}
     if opt == "rmsprop":
         return "rmsprop", dict(lr=c["lr"], alpha=c["decay"], eps=c["eps"])
+    if opt == "adafactor":
+        return opt, dict(lr=c["lr"], beta2_decay=c["beta2_decay"], eps=(c["eps1"], c["eps2"]), d=c["d"])
     return "adagrad", dict(lr=c["lr"], initial_accumulator_value=c["initial_accumulator_value"], eps=c["eps"])
 
 
@@ -293,9 +447,50 @@ def run_torch(prob, opt, c, address=None, bridge=None):
 
     w1, b1, w2, b2 = (torch.from_numpy(a.copy()) for a in prob["params"])
     params = [nn.Parameter(t) for t in (w1, b1, w2, b2)]
-    if address is not None:
+    mats, vecs = [params[0], params[2]], [params[1], params[3]]
+    extra = []  # the usual Muon recipe's second optimizer (AdamW for the biases)
+
+    def restore():
+        pass
+
+    if address is not None and opt == "muon":
+        muon, adam = _muon_hypers(c, bridge)
+        o = mur.RemoteOptimizer(
+            [{"params": mats, "optimizer": "muon", **muon}, {"params": vecs, "optimizer": "adamw", **adam}],
+            optimizer="muon",
+            rule="additive",
+            server=address,
+        )
+    elif address is not None:
         name, h = _mur_hypers(opt, c, bridge)
         o = mur.RemoteOptimizer(params, optimizer=name, rule="additive", server=address, **h)
+    elif opt == "adafactor":
+        o = torch.optim.Adafactor(
+            params, lr=c["lr"], beta2_decay=c["beta2_decay"], eps=(c["eps1"], c["eps2"]), d=c["d"], weight_decay=0.0
+        )
+    elif opt == "muon":
+        import torch.optim._muon as muon_module
+
+        o = torch.optim.Muon(
+            mats,
+            lr=c["lr"],
+            weight_decay=c["weight_decay"],
+            momentum=c["momentum"],
+            nesterov=c["nesterov"],
+            eps=c["eps"],
+            adjust_lr_fn="match_rms_adamw",
+        )
+        extra = [
+            torch.optim.AdamW(
+                vecs, lr=c["adam_lr"], betas=(c["b1"], c["b2"]), eps=c["eps"], weight_decay=c["adam_weight_decay"]
+            )
+        ]
+        if c["torch_ns"] != "bfloat16":
+            muon_module.torch = _TorchWith(torch, getattr(torch, c["torch_ns"]))
+
+            def restore():
+                muon_module.torch = torch
+
     elif opt == "adam":
         o = torch.optim.Adam(params, lr=c["lr"], betas=(c["b1"], c["b2"]), eps=c["eps"])
     elif opt == "adamw":
@@ -312,20 +507,57 @@ def run_torch(prob, opt, c, address=None, bridge=None):
         )
     else:
         raise ValueError(f"torch has no {opt}: {NOT_IN[opt]['torch']}")
+    opts = [o, *extra]
     x, y, bs = torch.from_numpy(prob["x"]), torch.from_numpy(prob["y"]), prob["batch"]
     try:
         for k in range(prob["steps"]):
             xb, yb = x[k * bs : (k + 1) * bs], y[k * bs : (k + 1) * bs]
-            for group in o.param_groups:  # the schedule, as a torch scheduler sets it
-                group["lr"] = lr_at(c, k)
-            o.zero_grad()
+            for o in opts:
+                if "schedule" in c:
+                    for group in o.param_groups:  # the schedule, as a torch scheduler sets it
+                        group["lr"] = lr_at(c, k)
+                o.zero_grad()
             out = torch.tanh(xb @ params[0].T + params[1]) @ params[2].T + params[3]
             ((out - yb) ** 2).mean().backward()
-            o.step()
+            for o in opts:
+                o.step()
         return [p.detach().numpy().copy() for p in params]
     finally:
         if address is not None:
             o.close()
+        restore()
+
+
+class _TorchWith:
+    """torch, with its bfloat16 standing for another dtype: torch.optim.Muon's
+    _zeropower_via_newtonschulz then runs its own maths in that dtype (the
+    Muon ablation; tests/test_muon.py does the same)."""
+
+    def __init__(self, torch, dtype):
+        self._torch, self.bfloat16 = torch, dtype
+
+    def __getattr__(self, name):
+        return getattr(self._torch, name)
+
+
+def _muon_hypers(c, framework=None):
+    """mur's muon group and AdamW group (the biases) for CONFIGS["muon"], with
+    F's bridges on the AdamW group (mur+F)."""
+    muon = dict(
+        lr=c["lr"],
+        momentum=c["momentum"],
+        nesterov=c["nesterov"],
+        weight_decay=c["weight_decay"],
+        eps=c["eps"],
+        adjust_lr_fn="match_rms_adamw",
+    )
+    adam = dict(lr=c["adam_lr"], betas=(c["b1"], c["b2"]), eps=c["eps"], weight_decay=c["adam_weight_decay"])
+    for name, flags in (bridges(framework, "muon") if framework else {}).items():
+        if name == "adam_decay_at_muon_lr":  # keras's decay, at Muon's rate, as the group's own weight_decay
+            adam["weight_decay"] = c["adam_weight_decay"] * c["lr"] / c["adam_lr"]
+        else:
+            adam.update(flags)
+    return muon, adam
 
 
 def run_optax(prob, opt, c, address=None, bridge=None):
@@ -339,7 +571,17 @@ def run_optax(prob, opt, c, address=None, bridge=None):
     names = ("w1", "b1", "w2", "b2")
     params = {n: jnp.asarray(a) for n, a in zip(names, prob["params"])}
     lr = (lambda count: lr_at(c, count)) if "schedule" in c else c["lr"]  # optax's contract: count -> lr
-    if address is not None:
+    if address is not None and opt == "muon":
+        muon, adam = _muon_hypers(c, bridge)
+        tx = mur.optax.remote(
+            "muon",
+            rule="additive",
+            server=address,
+            groups={"muon": {}, "adam": {"optimizer": "adamw", **adam}},
+            param_labels=lambda p: jax.tree_util.tree_map(lambda x: "muon" if x.ndim == 2 else "adam", p),
+            **muon,
+        )
+    elif address is not None:
         name, h = _mur_hypers(opt, c, bridge)
         tx = mur.optax.remote(name, rule="additive", server=address, **{**h, "lr": lr})
     elif opt == "adam":
@@ -357,6 +599,32 @@ def run_optax(prob, opt, c, address=None, bridge=None):
     elif opt == "lars":
         tx = optax.lars(
             lr, weight_decay=c["weight_decay"], trust_coefficient=c["trust_coefficient"], momentum=c["momentum"]
+        )
+    elif opt == "adafactor":  # configured to torch's algorithm (DEFAULT_DIFFERENCES), eps1 aside
+        tx = optax.adafactor(
+            learning_rate=lambda count: jnp.minimum(c["lr"], 1 / jnp.sqrt(count + 1.0)),
+            min_dim_size_to_factor=1,
+            decay_rate=-c["beta2_decay"],
+            clipping_threshold=c["d"],
+            multiply_by_parameter_scale=True,
+            eps=c["eps1"],
+        )
+        assert c["eps2"] == 1e-3  # optax's fixed min_scale
+    elif opt == "muon":
+        # The params are torch's (out, in): optax is told which axis is which.
+        dims = optax.contrib.MuonDimensionNumbers(reduction_axis=1, output_axis=0)
+        tx = optax.contrib.muon(
+            c["lr"],
+            beta=c["momentum"],
+            eps=c["eps"],
+            weight_decay=c["weight_decay"],
+            nesterov=c["nesterov"],
+            adam_b1=c["b1"],
+            adam_b2=c["b2"],
+            adam_weight_decay=c["adam_weight_decay"],
+            adam_learning_rate=c["adam_lr"],
+            muon_weight_dimension_numbers={"w1": dims, "b1": None, "w2": dims, "b2": None},
+            consistent_rms=0.2,
         )
     else:  # the params are y, where the gradients are taken (mur's theta)
         tx = optax.contrib.schedule_free_adamw(
@@ -398,7 +666,18 @@ def run_keras(prob, opt, c, address=None, bridge=None):
         if "schedule" in c
         else c["lr"]
     )
-    if address is not None:
+    if address is not None and opt == "muon":
+        muon, adam = _muon_hypers(c, bridge)
+        o = mur.keras.RemoteOptimizer(
+            "muon",
+            rule="additive",
+            learning_rate=muon.pop("lr"),
+            server=address,
+            groups={"muon": {}, "adam": {"optimizer": "adamw", "learning_rate": adam.pop("lr"), **adam}},
+            param_labels=lambda v: "muon" if len(v.shape) == 2 else "adam",
+            **muon,
+        )
+    elif address is not None:
         name, h = _mur_hypers(opt, c, bridge)
         h.pop("lr")
         o = mur.keras.RemoteOptimizer(name, rule="additive", learning_rate=lr, server=address, **h)
@@ -419,6 +698,28 @@ def run_keras(prob, opt, c, address=None, bridge=None):
     elif opt == "lamb":
         o = keras.optimizers.Lamb(
             c["lr"], beta_1=c["b1"], beta_2=c["b2"], epsilon=c["eps"], weight_decay=c["weight_decay"] or None
+        )
+    elif opt == "adafactor":  # relative_step=True: torch's min(lr, 1/sqrt(t))
+        o = keras.optimizers.Adafactor(
+            c["lr"],
+            beta_2_decay=c["beta2_decay"],
+            epsilon_1=c["eps1"],
+            epsilon_2=c["eps2"],
+            clip_threshold=c["d"],
+            relative_step=True,
+        )
+    elif opt == "muon":  # rms_rate 0.2: torch's match_rms_adamw; its AdamW for the biases
+        o = keras.optimizers.Muon(
+            c["lr"],
+            adam_beta_1=c["b1"],
+            adam_beta_2=c["b2"],
+            adam_weight_decay=c["adam_weight_decay"],
+            epsilon=c["eps"],
+            weight_decay=c["weight_decay"],
+            adam_lr_ratio=c["adam_lr"] / c["lr"],
+            momentum=c["momentum"],
+            nesterov=c["nesterov"],
+            rms_rate=0.2,
         )
     elif opt == "schedule_free_adamw":  # the weights are y, as optax's params
         o = keras.optimizers.ScheduleFreeAdamW(
@@ -447,6 +748,58 @@ def _keras():
 
 RUNNERS = {"torch": run_torch, "optax": run_optax, "keras": run_keras}
 
+TORCH_NEEDS = {"adafactor": "2.5", "muon": "2.9"}
+TORCH2_VERSION = [None]  # the subprocess's torch, for the report
+
+
+def torch2_python():
+    """The torch 2.x venv's python (`make torch2`; TORCH2_PY overrides)."""
+    env = os.environ.get("TORCH2_PY")
+    return Path(env) if env else Path(__file__).resolve().parents[3] / ".venv-torch2" / "bin" / "python"
+
+
+def torch2_runs(prob, jobs):
+    """The torch runs [(opt, config), ...] made by the torch 2.x venv's python in one
+    subprocess (mur_lab/torch2_runs.py: the same run_torch, problem and configs), through
+    a temporary directory that is removed afterwards: (their final params, its torch
+    version). RuntimeError saying why when it cannot."""
+    import subprocess
+    import tempfile
+
+    py = torch2_python()
+    if not py.exists():
+        raise RuntimeError(f"no torch 2.x venv ({py} is missing: make torch2 builds it)")
+    root = Path(__file__).resolve().parents[2]  # python-runner
+    with tempfile.TemporaryDirectory(prefix="mur-torch2-") as d:
+        np.savez(
+            Path(d) / "problem.npz",
+            *prob["params"],
+            x=prob["x"],
+            y=prob["y"],
+            batch=prob["batch"],
+            steps=prob["steps"],
+        )
+        (Path(d) / "jobs.json").write_text(json.dumps([{"opt": o, "config": c} for o, c in jobs]))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "lab")])}
+        r = subprocess.run(
+            [str(py), "-m", "mur_lab.torch2_runs", d], env=env, capture_output=True, text=True, timeout=900
+        )
+        if r.returncode != 0:
+            last = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+            raise RuntimeError(f"{py} failed: {last}")
+        meta = json.loads((Path(d) / "meta.json").read_text())
+        outs = []
+        for i in range(len(jobs)):
+            with np.load(Path(d) / f"run{i}.npz") as z:
+                outs.append([z[f"arr_{k}"].copy() for k in range(4)])
+    return outs, meta["torch"]
+
+
+def _torch_in_process(opt):
+    import torch
+
+    return opt not in TORCH_CLASSES or hasattr(torch.optim, TORCH_CLASSES[opt])
+
 
 def available(framework):
     """None when the framework can run here, else why not."""
@@ -471,6 +824,28 @@ def rel_diff(a, b):
 def matrix(frameworks, optimizers, steps, address):
     """{opt: {"runs": [...], "rel": {(a, b): r}, "rel_ablated": {...} or None, "ablation": "eps=0" | ...}}"""
     prob = problem(steps)
+    UNAVAILABLE.clear()
+    variants = {
+        opt: [("rel", CONFIGS[opt])] + ([("rel_ablated", ablated(opt, CONFIGS[opt]))] if ablation(opt) else [])
+        for opt in optimizers
+    }
+    # torch's runs of the optimizers this torch lacks: one subprocess of the torch 2.x venv for all.
+    sub = [o for o in optimizers if "torch" in frameworks and not _torch_in_process(o)]
+    torch2 = {}
+    if sub:
+        import torch
+
+        jobs = [(o, v, c) for o in sub for v, c in variants[o]]
+        try:
+            outs, version = torch2_runs(prob, [(o, c) for o, _, c in jobs])
+            torch2 = {(o, v): r for (o, v, _), r in zip(jobs, outs)}
+            TORCH2_VERSION[0] = version
+        except (RuntimeError, OSError, ValueError) as e:
+            for o in sub:
+                UNAVAILABLE.setdefault(o, {})["torch"] = (
+                    f"torch.optim.{TORCH_CLASSES[o]} needs torch >= {TORCH_NEEDS[o]}, this one is "
+                    f"{torch.__version__}; the torch 2.x subprocess: {e}"
+                )
     out = {}
     for opt in optimizers:
         entry = {"ablation": ablation(opt)}
@@ -481,7 +856,9 @@ def matrix(frameworks, optimizers, steps, address):
             results = {}
             for f in frameworks:
                 if has(f, opt):
-                    results[f] = RUNNERS[f](prob, opt, c)
+                    results[f] = (
+                        torch2[(opt, variant)] if (f, opt) in {("torch", o) for o in sub} else RUNNERS[f](prob, opt, c)
+                    )
                 results[f"mur~{f}"] = RUNNERS[f](prob, opt, c, address=address)
                 if bridges(f, opt):  # mur with F's semantics, through F's client
                     results[f"mur+{f}"] = RUNNERS[f](prob, opt, c, address=address, bridge=f)
@@ -557,7 +934,14 @@ def markdown(m, rows, steps, frameworks):
     for opt in m:
         lines.append(
             f"| {opt} | "
-            + " | ".join(f"n/a ({NOT_IN[opt][f]})" if not has(f, opt) else "run" for f in frameworks)
+            + " | ".join(
+                f"n/a ({why_not(f, opt)})"
+                if not has(f, opt)
+                else f"run (torch {TORCH2_VERSION[0]}, a subprocess)"
+                if f == "torch" and opt in TORCH_CLASSES and TORCH2_VERSION[0]
+                else "run"
+                for f in frameworks
+            )
             + " |"
         )
     lines.append("")

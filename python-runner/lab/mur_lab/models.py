@@ -1,5 +1,5 @@
 """Fashion-MNIST models: the MLP and the CNN used by validation, the demo-size runs and the
-experiments, and a small transformer for the training benchmark (mur_lab.bench_train)."""
+experiments, and a small transformer and a wide MLP for the training benchmark (mur_lab.bench_train)."""
 
 import torch
 from torch import nn
@@ -7,6 +7,15 @@ from torch import nn
 
 def mlp(hidden=128):
     return nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+
+def wide_mlp(hidden=2048):
+    """An MLP whose optimizer step is a real share of a batch: 784 -> 2048 -> 2048 -> 10,
+    5.8M parameters in six tensors, so a batch of 128 spends about as long in AdamW's
+    step as in forward and backward (mur_lab.bench_train's overlap rows)."""
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10)
+    )
 
 
 def cnn(c1=16, c2=32):

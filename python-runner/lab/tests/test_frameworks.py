@@ -46,6 +46,9 @@ def test_quick_matrix_passes_and_writes_its_reports(server, tmp_path, capsys):
         "lamb": 5,
         "lars": 4,
         "schedule_free_adamw": 5,
+        # torch's Adafactor and Muon: the torch 2.x venv's (a subprocess) when this torch lacks them.
+        "adafactor": 6 if fw.has("torch", "adafactor") else 5,
+        "muon": 7 if fw.has("torch", "muon") else 6,
     }
     assert {o: len(e["runs"]) for o, e in report["matrix"].items()} == n_runs
     assert len(pairs) == sum(n * (n - 1) // 2 for n in n_runs.values()) and all(r["ok"] for r in pairs.values())
@@ -92,6 +95,30 @@ def test_quick_matrix_passes_and_writes_its_reports(server, tmp_path, capsys):
     keras_sgd = pairs[("sgd_momentum", "torch", "keras")]
     assert keras_sgd["ablation"] == "constant lr"
     assert keras_sgd["rel"] > 10 * fw.TOLERANCE >= 10 * keras_sgd["rel_ablated"]
+    # Adafactor: optax and keras configured to torch's algorithm agree with mur at eps1=0; their
+    # eps1 (added to g^2) makes a real gap at eps1 = 1e-3.
+    for f in ("optax", "keras"):
+        r = pairs[("adafactor", f, f"mur~{f}")] if f == "keras" else pairs[("adafactor", "optax", "mur~optax")]
+        assert r["differences"] == ["eps1_added_to_g2"] and r["rel"] > 10 * fw.TOLERANCE >= 10 * r["rel_ablated"], r
+    assert pairs[("adafactor", "optax", "keras")]["differences"] == [] and pairs[("adafactor", "optax", "keras")]["ok"]
+    # Muon + AdamW: mur's per-group sessions through each client; optax's Nesterov and keras's
+    # AdamW (eps, decay at Muon's rate) differ, gone in the ablated run; mur+keras bridges keras.
+    assert pairs[("muon", "mur~optax", "mur~keras")]["rel"] <= fw.TOLERANCE
+    r = pairs[("muon", "optax", "mur~optax")]
+    assert r["differences"] == ["nesterov_bias_corrected"] and r["rel"] > 10 * fw.TOLERANCE, r
+    r = pairs[("muon", "keras", "mur+keras")]
+    assert r["differences"] == [] and r["rel"] <= fw.TOLERANCE, r
+    assert pairs[("muon", "keras", "mur~keras")]["rel"] > 10 * fw.TOLERANCE
+    if fw.has("torch", "muon"):
+        assert md.count("run (torch 2.") == 2, md  # the Adafactor and Muon rows
+        r = pairs[("adafactor", "torch", "mur~torch")]
+        assert r["differences"] == [] and r["rel"] <= fw.TOLERANCE, r
+        # torch's Newton-Schulz in bfloat16: a real gap, closed by its own code in float32.
+        r = pairs[("muon", "torch", "mur~torch")]
+        assert r["differences"] == ["newton_schulz_in_bfloat16"] and r["rel"] > 10 * fw.TOLERANCE, r
+        assert r["rel_ablated"] <= fw.TOLERANCE
+    else:
+        assert "n/a (torch.optim.Muon needs torch >= 2.9" in md
 
 
 @needs_jax
@@ -138,6 +165,34 @@ def test_a_claimed_difference_that_does_not_show_fails(server, tmp_path, monkeyp
     assert "NOT MEASURED" in capsys.readouterr().out
 
 
+@needs_jax
+def test_without_a_torch_2_venv_the_torch_run_is_na_and_says_why(server, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH2_PY", str(tmp_path / "no-such-python"))
+    code = fw.main(
+        [
+            "--frameworks",
+            "torch,optax",
+            "--optimizers",
+            "adafactor",
+            "--quick",
+            "--server",
+            server,
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    md = capsys.readouterr().out
+    report = json.loads((tmp_path / "frameworks.json").read_text())
+    import torch
+
+    if hasattr(torch.optim, "Adafactor"):  # this torch has it: no subprocess
+        assert "torch" in report["matrix"]["adafactor"]["runs"]
+    else:
+        assert code == 0, md
+        assert report["matrix"]["adafactor"]["runs"] == ["mur~torch", "optax", "mur~optax"]
+        assert "n/a (torch.optim.Adafactor needs torch >= 2.5" in md and "no-such-python is missing" in md
+
+
 def test_differences_of_runs():
     assert fw.differences("keras", "mur~torch", "adam") == ["eps_before_bias_correction"]
     assert fw.differences("mur~keras", "torch", "adam") == []  # mur has torch's semantics
@@ -148,6 +203,19 @@ def test_differences_of_runs():
     assert fw.bridged("keras", "mur+keras", "adam") == ["eps_before_bias_correction"]
     assert fw._mur_hypers("rmsprop", fw.CONFIGS["rmsprop"], "optax")[1]["eps_in_sqrt"] is True
     assert "eps_in_sqrt" not in fw._mur_hypers("rmsprop", fw.CONFIGS["rmsprop"])[1]
+    # torch's bfloat16 Newton-Schulz is torch's alone: mur follows torch's maths otherwise.
+    assert fw.differences("torch", "mur~torch", "muon") == ["newton_schulz_in_bfloat16"]
+    assert fw.differences("mur~torch", "mur~keras", "muon") == []
+    assert fw.differences("keras", "mur+keras", "muon") == []
+    muon, adam = fw._muon_hypers(fw.CONFIGS["muon"], "keras")
+    assert adam["eps_before_correction"] is True and adam["weight_decay"] == pytest.approx(0.01 * 0.02 / 3e-3)
+    assert fw.ablated("muon", fw.CONFIGS["muon"]) == {
+        **fw.CONFIGS["muon"],
+        "nesterov": False,
+        "eps": 0.0,
+        "adam_weight_decay": 0.0,
+        "torch_ns": "float32",
+    }
     assert not fw.has("torch", "lamb") and fw.has("keras", "lamb") and not fw.has("keras", "lars")
     assert fw.differences("keras", "mur~keras", "lamb") == ["decay_outside_trust_ratio"]
     assert fw.bridges("keras", "lamb") == {}  # mur has no flag for it: no mur+keras run
@@ -158,7 +226,7 @@ def test_differences_of_runs():
 def test_bad_arguments_exit_2_naming_the_value(tmp_path, capsys):
     for argv, bad in (
         (["--frameworks", "torch,tf"], "'tf'"),
-        (["--frameworks", "torch", "--optimizers", "muon"], "'muon'"),
+        (["--frameworks", "torch", "--optimizers", "lion"], "'lion'"),
         (["--frameworks", "torch", "--steps", "0"], "0"),
     ):
         with pytest.raises(SystemExit) as e:

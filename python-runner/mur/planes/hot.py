@@ -18,8 +18,10 @@ At ``step()`` the plane asks ``take(pid, p)``: when ``p.grad`` is the tensor
 the hook saw and no version counter moved (no ``clip_grad_norm_``, no
 unscaling, no ``p.grad.mul_``, no second backward after it), the arena
 already holds the step's gradient (no copy) and the lane's check stands (the
-step index carries ``_UNCHANGED``); otherwise the step copies and the server
-scans as without overlap. Writes that bypass torch (``p.grad.data``, which has a
+step index carries ``_UNCHANGED``, and ``_SPECULATE`` unless the step negates
+it for maximize: the update the lane staged when it checked it may then be
+committed instead of computed, lane.cc); otherwise the step copies and the
+server scans and computes as without overlap. Writes that bypass torch (``p.grad.data``, which has a
 version counter of its own; numpy on the arena's memory; ctypes) do not move
 the version counter and are not seen: do not write gradients behind torch's
 back with overlap on.

@@ -62,6 +62,7 @@ class Arena:
         self.path = info.path
         self.bytes = int(info.bytes)
         self.token = bytes(info.token)
+        self.staging = bool(info.staging)  # the lane stages updates while backward runs (overlap)
         self.param_ids = [t.param_id for t in info.tensors]
         self.index = {pid: i for i, pid in enumerate(self.param_ids)}
         self._params = [self._view(int(t.param_offset), int(t.elements)) for t in info.tensors]
@@ -193,16 +194,23 @@ class Arena:
 # a wake when the lane sleeps) and the lane scans it for finiteness at once.
 # A step index with bit 15 (_UNCHANGED) set tells the lane that gradient has
 # not changed since it was queued, so a clean check of it stands; without the
-# bit the lane scans it at the step as before. Offsets from _CONTROL:
+# bit the lane scans it at the step as before. Bit 14 (_SPECULATE) besides
+# tells it the step uses that gradient as queued (not negated for maximize):
+# the update the lane computed out of place when it checked it (speculation,
+# lane.cc) may be committed instead of computed at the step. Offsets from
+# _CONTROL:
 #   +0 seq, +4 ack, +8 armed, +12 status (u32/i32), +16 step (u64), +24 count,
-#   +28 bell, +32 qwrite, +36 qread, +40 sleeping (u32), +64 indices (u16 x
-#   1000), +2112 queue (u16 x 512).
+#   +28 bell, +32 qwrite, +36 qread, +40 sleeping, +44 staged (speculations
+#   committed), +48 made (speculations made) (u32), +64 indices (u16 x 1000,
+#   each < 0x4000), +2112 queue (u16 x 512).
 _SYS_FUTEX = 202  # x86-64
 _FUTEX_WAIT, _FUTEX_WAKE = 0, 1
 _CONTROL = 64
 _MAX_INDICES = 1000
 _QUEUE = 512
 _UNCHANGED = 0x8000
+_SPECULATE = 0x4000
+_INDEX = 0x3FFF  # an index's own bits
 _WAKE_BYTES = 1 << 20  # queued gradient bytes that are worth waking a sleeping lane for
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -234,13 +242,20 @@ class Lane:
         self._step = ctypes.c_uint64.from_buffer(mm, _CONTROL + 16)
         self._count, self._bell = u32(24), u32(28)
         self._qwrite, self._qread, self._sleeping = u32(32), u32(36), u32(40)
+        self._staged, self._made = u32(44), u32(48)
         self._indices = (ctypes.c_uint16 * _MAX_INDICES).from_buffer(mm, _CONTROL + 64)
         self._queue = (ctypes.c_uint16 * _QUEUE).from_buffer(mm, _CONTROL + 2112)
         self._waiting = 0  # bytes queued since the lane was last woken
 
     def armed(self, count, top=0):
         """The lane takes a step of `count` tensors whose largest arena index is `top`."""
-        return bool(self._armed.value) and 0 < count <= _MAX_INDICES and top < _UNCHANGED
+        return bool(self._armed.value) and 0 < count <= _MAX_INDICES and top < _SPECULATE
+
+    @property
+    def speculations(self):
+        """(made, committed): the lane's counts of updates staged while
+        backward ran and of those a step committed, since the arena opened."""
+        return self._made.value, self._staged.value
 
     def queue(self, index, nbytes=_WAKE_BYTES):
         """Tells the lane "tensor `index`'s gradient (`nbytes`) is final": it
@@ -248,7 +263,7 @@ class Lane:
         queue is full. A sleeping lane is woken once _WAKE_BYTES are waiting:
         a wake costs a context switch, more than scanning a small tensor, so
         small gradients are checked in batches (the step's ring takes the rest)."""
-        if not self._armed.value or index >= _UNCHANGED:
+        if not self._armed.value or index >= _SPECULATE:
             return False
         w = self._qwrite.value
         if (w - self._qread.value) & 0xFFFFFFFF >= _QUEUE:
@@ -260,6 +275,22 @@ class Lane:
         if self._waiting >= _WAKE_BYTES and self._sleeping.value:  # a lane about to sleep sees the new bell
             self._waiting = 0
             _libc.syscall(_SYS_FUTEX, ctypes.addressof(self._bell), _FUTEX_WAKE, 1, None, None, 0)
+        return True
+
+    def wake(self):
+        """Wakes a sleeping lane (it takes whatever is queued at once)."""
+        self._waiting = 0
+        _libc.syscall(_SYS_FUTEX, ctypes.addressof(self._bell), _FUTEX_WAKE, 1, None, None, 0)
+
+    def drain(self, wait_s=30.0):
+        """Wakes the lane and waits until it has taken (checked, and staged the
+        update of) every queued gradient; False when wait_s passed first."""
+        self.wake()
+        deadline = time.monotonic() + wait_s
+        while self._qread.value != self._qwrite.value:
+            if time.monotonic() > deadline:
+                return False
+            os.sched_yield()
         return True
 
     def step(self, step_no, indices, wait_s=2.0):
@@ -326,7 +357,8 @@ class ShmPlane(Plane):
                 f"the server at {session.conn.address} does not offer it (transports: {', '.join(caps.transports)}; "
                 f"its engine is '{caps.backend}', shared memory needs the native engine)"
             )
-        return cls(session, *request_arena(session, _NO_SHM), overlap=overlap)
+        overlap = bool(HAS_HOOK and overlap)
+        return cls(session, *request_arena(session, _NO_SHM, overlap=_staging(overlap)), overlap=overlap)
 
     # -- moving between arenas ----------------------------------------------------
     def _move_to(self, arena, views, carry_grads):
@@ -353,7 +385,7 @@ class ShmPlane(Plane):
         """After a lost connection or an arena gone: if the server restarted
         (its arena went with its process), map its new arena, which holds the
         session's recovered values, carrying this step's gradients over."""
-        arena, views = request_arena(self.session, _NO_SHM)
+        arena, views = request_arena(self.session, _NO_SHM, overlap=_staging(self.hot is not None))
         if arena.token == self.arena.token:
             arena.close()  # the same server: only the connection was lost
             return
@@ -363,7 +395,9 @@ class ShmPlane(Plane):
         """The server gave its arena up (an arena cannot grow) and OpenArena
         makes one covering every parameter, holding the server's values."""
         arena, views = request_arena(
-            self.session, (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED)
+            self.session,
+            (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED),
+            overlap=_staging(self.hot is not None),
         )
         self._move_to(arena, views, carry_grads=False)
         if self.hot is not None:
@@ -437,7 +471,8 @@ class ShmPlane(Plane):
             elif gv.numel() and negate:
                 gv.neg_()  # p.grad is the arena's gradient: negated for the step, restored after it
                 flipped.append(pid)
-            indices.append(i | _UNCHANGED if checked else i)
+            # _SPECULATE: the lane's staged update of this gradient may stand (not negated here)
+            indices.append(i | _UNCHANGED | (0 if negate else _SPECULATE) if checked else i)
         if for_step and self.hot is not None:
             self.hot.forget()  # a mark is good for one step (a parameter not stepped keeps none)
         return indices, flipped, pb.ArenaSparse(rows=sparse) if sparse else None
@@ -477,7 +512,7 @@ class ShmPlane(Plane):
         # round (the lane has no round or loss; the server never arms it for lbfgs).
         lane = self.arena.lane
         replay_ok = False
-        marked, indices = indices, [i & ~_UNCHANGED for i in indices]
+        marked, indices = indices, [i & _INDEX for i in indices]
         if (
             sparse is None
             and prep.loss is None
@@ -522,16 +557,26 @@ class ShmPlane(Plane):
             self.arena.close()
 
 
-def request_arena(session, unavailable):
+def _staging(overlap):
+    """Whether to ask for the lane's staging (speculated updates): with
+    overlap, unless MUR_OVERLAP_STAGING=0 (overlap then only moves and checks
+    the gradients while hot, as before issue 21's speculation)."""
+    return overlap and os.environ.get("MUR_OVERLAP_STAGING", "1") != "0"
+
+
+def request_arena(session, unavailable, overlap=False):
     """The session's arena, mapped (OpenArena), and each parameter's
     (index, parameter view, gradient view) in it; TransportUnavailable when
     a parameter is not in CPU memory, the arena does not match the session,
-    or the server answers one of the status codes `unavailable`."""
+    or the server answers one of the status codes `unavailable`. `overlap`:
+    ask for the lane's staging too (speculated updates; within --max-bytes)."""
     for _, pid, p in session.entries():
         if p.device.type != "cpu":
             raise TransportUnavailable(f"parameter {pid} is on {p.device}; the arena is CPU memory")
     try:
-        info = session.conn.call(session.conn.stub.OpenArena, pb.OpenArenaRequest(session_id=session.id))
+        info = session.conn.call(
+            session.conn.stub.OpenArena, pb.OpenArenaRequest(session_id=session.id, overlap=overlap)
+        )
     except MurError as e:
         if e.code in unavailable:
             raise TransportUnavailable(f"OpenArena: {e}") from None

@@ -557,6 +557,14 @@ Napi::Value LaneDisarmJs(const Napi::CallbackInfo& info) {
   return out;
 }
 
+/** laneStaging(handle, on): whether the lane stages updates while backward runs (lane.cc). */
+Napi::Value LaneStagingJs(const Napi::CallbackInfo& info) {
+  LaneHolder* h = HolderOf(info);
+  if (info.Length() != 2 || !info[1].IsBoolean()) Fail(info.Env(), "laneStaging(handle, on): on must be a boolean");
+  mur::LaneSetStaging(h->lane, info[1].As<Napi::Boolean>().Value());
+  return info.Env().Undefined();
+}
+
 Napi::Value LaneCloseJs(const Napi::CallbackInfo& info) {
   LaneHolder* h = HolderOf(info);
   mur::LaneDestroy(h->lane);
@@ -568,6 +576,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("laneCreate", Napi::Function::New(env, LaneCreateJs));
   exports.Set("laneArm", Napi::Function::New(env, LaneArmJs));
   exports.Set("laneDisarm", Napi::Function::New(env, LaneDisarmJs));
+  exports.Set("laneStaging", Napi::Function::New(env, LaneStagingJs));
   exports.Set("laneClose", Napi::Function::New(env, LaneCloseJs));
   exports.Set("describe", Napi::Function::New(env, Describe));
   exports.Set("step", Napi::Function::New(env, Step));

@@ -20,9 +20,13 @@
 //   +36 u32 qread    queued tensors the lane has taken (the client reads it:
 //                    at most kQueue may be waiting)
 //   +40 u32 sleeping 1 while the lane waits on bell (the client wakes it then)
-//   +64 u16 indices  the step's arena tensor indices (< 0x8000), each with
+//   +44 u32 staged   speculated results committed so far (the lane bumps it)
+//   +48 u32 made     speculations made so far (the lane bumps it)
+//   +64 u16 indices  the step's arena tensor indices (< 0x4000), each with
 //                    bit 15 set when the client saw no change of that
-//                    gradient since it last queued it
+//                    gradient since it last queued it, and bit 14 set when
+//                    moreover the step uses that gradient as queued (not
+//                    negated for maximize): its speculated result may stand
 //   +2112 u16 queue  kQueue entries: queue[n % kQueue] is the n-th tensor
 //                    index queued, "this gradient is final"
 //
@@ -38,6 +42,29 @@
 // overflowed (a client writing qwrite past what it may) forgets every check.
 // Checks are dropped when the lane is armed or disarmed and after every step.
 //
+// Speculation with a commit (issue 21): when the lane has scanned a queued
+// gradient clean while backward runs, it also computes that tensor's update
+// out of place, with the hyperparameters and step count the lane holds (the
+// ones the coming lane step uses: a step with other hypers goes by RPC, which
+// disarms the lane and drops every speculation), into staging: a copy of the
+// parameter and a spare of each optimizer and rule slot, run through the same
+// kernel (RunStep on that one job) as the step would. Live parameters and
+// state are not touched. At the step, a tensor whose index carries both bits
+// and whose speculation stands (made since the last step, on a gradient
+// scanned clean, on a parameter whose bytes have the digest the speculation
+// read: a client edit of p.data after backward is seen) takes its staged
+// result; every other tensor is stepped from the live values; the whole step
+// validates first (count, step number, every scan) and the unspeculated
+// tensors' kernel runs before any commit, so a refusal commits nothing.
+// Commit copies the staged parameter into the arena (the client's p.data
+// views it) and flips the state: the spare becomes the live slot and the old
+// live one the next spare. Disarm copies flipped state back into the
+// session's own buffers, which the lane used as spares meanwhile (the
+// session touches no state while the lane is armed). Only float32 state of
+// the optimizers whose kernel is element-wise per tensor (Speculates()) is
+// speculated; bit-identical to the step computed at the step by construction:
+// the same kernel on the same inputs.
+//
 // The session arms the lane with every parameter's buffers and hyperparameter
 // block (session/session.ts) when nothing else needs its state, and disarms
 // it before any other operation on the session, reading back what the lane
@@ -52,6 +79,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstddef>
+#include <cstring>
 #include <ctime>
 #include <mutex>
 #include <string>
@@ -67,6 +95,30 @@ constexpr size_t kControl = 64;
 constexpr uint32_t kMaxIndices = 1000;
 constexpr uint32_t kQueue = 512;
 constexpr uint16_t kUnchanged = 0x8000;  // an index's bit 15: the client's "no change since queued"
+constexpr uint16_t kSpeculate = 0x4000;  // bit 14: and the step uses it as queued (its staged result may stand)
+constexpr uint16_t kIndexBits = 0x3FFF;
+
+/** Whether `opt`'s kernel is element-wise per tensor (its slots per element or per tensor, no reduction
+ * whose order could depend on the job set), so that one job run alone gives the bits of the whole step. */
+bool Speculates(int opt) {
+  switch (opt) {
+    case kSgd:
+    case kAdam:
+    case kAdamW:
+    case kAdagrad:
+    case kRmsprop:
+    case kAdamax:
+    case kNadam:
+    case kRadam:
+    case kAdadelta:
+    case kLion:
+    case kRprop:
+    case kAsgd:
+      return true;
+    default:
+      return false;
+  }
+}
 
 struct Control {
   std::atomic<uint32_t> seq;
@@ -79,11 +131,14 @@ struct Control {
   std::atomic<uint32_t> qwrite;
   std::atomic<uint32_t> qread;
   std::atomic<uint32_t> sleeping;
-  uint32_t pad[5];
+  std::atomic<uint32_t> staged;
+  std::atomic<uint32_t> made;
+  uint32_t pad[3];
   uint16_t indices[kMaxIndices];
   uint16_t pad2[24];
   uint16_t queue[kQueue];
 };
+static_assert(offsetof(Control, staged) == 44, "staged at +44 (the Python Lane class reads this layout)");
 static_assert(offsetof(Control, indices) == 64, "indices at +64 (the Python Lane class reads this layout)");
 static_assert(offsetof(Control, queue) == 2112, "the queue at +2112 (the Python Lane class reads this layout)");
 static_assert(sizeof(Control) <= 4096 - kControl, "the control block fits the arena header");
@@ -114,12 +169,15 @@ class Lane {
 
   void Arm(int opt, int rule, int dtype, std::vector<Job> jobs, std::vector<double> hypers, uint64_t last_step) {
     std::lock_guard<std::mutex> lock(mu_);
+    GoHome();  // armed again without a disarm: the flipped state goes back first
     opt_ = opt;
     rule_ = rule;
     dtype_ = dtype;
     jobs_ = std::move(jobs);
     hypers_ = std::move(hypers);
     for (size_t k = 0; k < jobs_.size(); ++k) jobs_[k].h = hypers_.data() + k * kHyperBlock;
+    home_ = jobs_;
+    if (staged_.size() < jobs_.size()) staged_.resize(jobs_.size());
     applied_.assign(jobs_.size(), 0);
     ForgetQueue();
     last_step_ = last_step;
@@ -133,12 +191,27 @@ class Lane {
     std::vector<uint32_t> last_indices;
   };
 
+  /** Whether the lane stages updates while backward runs (the session reserved the memory: --max-bytes). */
+  void SetStaging(bool on) {
+    std::lock_guard<std::mutex> lock(mu_);
+    stage_ = on;
+    if (!on) {
+      GoHome();
+      if (home_.size() == jobs_.size()) jobs_ = home_;  // every slot in the session's buffers again
+      staged_.clear();
+      staged_.shrink_to_fit();
+      if (!jobs_.empty()) staged_.resize(jobs_.size());
+    }
+  }
+
   /** Stops taking requests (waits for one in progress) and says what was applied. */
   Report Disarm() {
     c_->armed.store(0, std::memory_order_release);
     std::lock_guard<std::mutex> lock(mu_);
     Report r{applied_, last_step_, last_indices_};
+    GoHome();
     jobs_.clear();
+    home_.clear();
     applied_.clear();
     ForgetQueue();
     return r;
@@ -163,7 +236,7 @@ class Lane {
       if (c_->qwrite.load(std::memory_order_acquire) != qread_) {
         c_->sleeping.store(0, std::memory_order_relaxed);
         std::lock_guard<std::mutex> lock(mu_);
-        TakeQueue();
+        TakeQueue(true);
         continue;
       }
       Futex(&c_->bell, FUTEX_WAIT, bell, &wait);
@@ -171,8 +244,8 @@ class Lane {
     }
   }
 
-  /** Scans every queued tensor (mu_ held), recording which are clean. */
-  void TakeQueue() {
+  /** Scans every queued tensor (mu_ held), recording which are clean; `speculate`: and stages their update. */
+  void TakeQueue(bool speculate) {
     const uint32_t w = c_->qwrite.load(std::memory_order_acquire);
     if (w - qread_ > kQueue || !c_->armed.load(std::memory_order_acquire) || jobs_.empty()) {
       ForgetQueue();  // overflowed (entries lost), or nothing to check against
@@ -183,7 +256,9 @@ class Lane {
       ++qread_;
       if (k < jobs_.size()) {
         uint64_t digest;
+        staged_[k].ready = false;
         clean_[k] = Scan(jobs_[k].grad, jobs_[k].n, &digest) < 0;
+        if (clean_[k] && speculate) Speculate(k);
       }
       c_->qread.store(qread_, std::memory_order_release);
     }
@@ -194,31 +269,119 @@ class Lane {
     qread_ = c_->qwrite.load(std::memory_order_acquire);
     c_->qread.store(qread_, std::memory_order_release);
     clean_.assign(jobs_.size(), false);
+    DropStaged();
+  }
+
+  void DropStaged() {
+    for (Staged& st : staged_) st.ready = false;
+  }
+
+  /** Slot s's element count for job k (float32 state: per element, one, or the descriptor's size). */
+  size_t SlotLen(const Descriptor& d, int s, const Job& j) const {
+    if ((d.scalar_slots >> s) & 1u) return 1;
+    return d.slot_size != nullptr ? d.slot_size(s, j.n, j.h) : j.n;
+  }
+
+  /** The buffer of job k's slot that is not live: the session's own when the lane's is live, else the lane's. */
+  float* Spare(size_t k, float* live, float* home, std::vector<float>* own, size_t len) {
+    if (live != home) return home;
+    if (own->size() < len) own->resize(len);
+    return own->data();
+  }
+
+  /** Stages job k's update (mu_ held; its gradient just scanned clean): see the header. */
+  void Speculate(size_t k) {
+    const Job& live = jobs_[k];
+    Staged& st = staged_[k];
+    if (!stage_ || dtype_ != kStateFloat32 || !Speculates(opt_) || live.rows != nullptr || live.fresh != 0 ||
+        live.n == 0)
+      return;
+    uint64_t digest;
+    if (Scan(live.theta, live.n, &digest) >= 0) return;  // a non-finite parameter: the step computes it
+    if (st.theta.size() < live.n) st.theta.resize(live.n);
+    std::memcpy(st.theta.data(), live.theta, live.n * sizeof(float));
+    Job j = live;
+    j.theta = st.theta.data();
+    const Descriptor& od = OptimizerDescriptor(opt_);
+    for (int s = 0; s < kMaxOptSlots; ++s) {
+      if (live.slot[s] == nullptr) continue;
+      if (s >= od.n_slots) return;
+      const size_t len = SlotLen(od, s, live);
+      j.slot[s] = Spare(k, live.slot[s], home_[k].slot[s], &st.slot[s], len);
+      std::memcpy(j.slot[s], live.slot[s], len * sizeof(float));
+    }
+    for (int s = 0; s < kMaxRuleSlots; ++s) {
+      if (live.rule_slot[s] == nullptr) continue;
+      j.rule_slot[s] = Spare(k, live.rule_slot[s], home_[k].rule_slot[s], &st.rule_slot[s], 1);
+      *j.rule_slot[s] = *live.rule_slot[s];  // every rule slot is one element (kernel.h)
+    }
+    if (!RunStep(opt_, rule_, dtype_, &j, 1).empty()) return;
+    st.digest = digest;
+    for (int s = 0; s < kMaxOptSlots; ++s) st.next[s] = j.slot[s];
+    for (int s = 0; s < kMaxRuleSlots; ++s) st.next_rule[s] = j.rule_slot[s];
+    st.ready = true;
+    c_->made.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  /** Whether job k's staged result stands: made this step, on the parameter as it is now. */
+  bool Stands(size_t k) {
+    const Staged& st = staged_[k];
+    if (!st.ready || !clean_[k]) return false;
+    uint64_t digest;
+    return Scan(jobs_[k].theta, jobs_[k].n, &digest) < 0 && digest == st.digest;
+  }
+
+  /** Makes job k's staged result live: the parameter copied into the arena, the state flipped. */
+  void Commit(size_t k) {
+    Job& live = jobs_[k];
+    Staged& st = staged_[k];
+    std::memcpy(live.theta, st.theta.data(), live.n * sizeof(float));
+    for (int s = 0; s < kMaxOptSlots; ++s) {
+      if (live.slot[s] != nullptr) live.slot[s] = st.next[s];
+    }
+    for (int s = 0; s < kMaxRuleSlots; ++s) {
+      if (live.rule_slot[s] != nullptr) live.rule_slot[s] = st.next_rule[s];
+    }
+    st.ready = false;
+    c_->staged.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  /** Copies every flipped slot back into the session's own buffer (mu_ held; before the lane lets go). */
+  void GoHome() {
+    if (home_.size() != jobs_.size()) return;
+    const Descriptor& od = OptimizerDescriptor(opt_);
+    for (size_t k = 0; k < jobs_.size(); ++k) {
+      for (int s = 0; s < kMaxOptSlots; ++s) {
+        if (jobs_[k].slot[s] != home_[k].slot[s])
+          std::memcpy(home_[k].slot[s], jobs_[k].slot[s], SlotLen(od, s, jobs_[k]) * sizeof(float));
+      }
+      for (int s = 0; s < kMaxRuleSlots; ++s) {
+        if (jobs_[k].rule_slot[s] != home_[k].rule_slot[s]) *home_[k].rule_slot[s] = *jobs_[k].rule_slot[s];
+      }
+    }
   }
 
   int32_t Serve() {
     std::lock_guard<std::mutex> lock(mu_);
     if (!c_->armed.load(std::memory_order_acquire) || jobs_.empty()) return 1;
-    TakeQueue();
+    TakeQueue(false);  // the step is here: nothing to gain from staging now
     const int32_t status = Apply();
-    clean_.assign(jobs_.size(), false);  // checks are good for one step
+    clean_.assign(jobs_.size(), false);  // checks and speculations are good for one step
+    DropStaged();
     return status;
   }
 
   int32_t Apply() {
     const uint32_t count = c_->count;
     if (count == 0 || count > jobs_.size() || count > kMaxIndices || c_->step != last_step_ + 1) return 1;
-    std::vector<Job> sel;
     std::vector<uint32_t> ks;
-    sel.reserve(count);
     ks.reserve(count);
     std::vector<bool> used(jobs_.size(), false);
     for (uint32_t i = 0; i < count; ++i) {
       const uint16_t raw = c_->indices[i];
-      const uint32_t k = raw & ~kUnchanged;
+      const uint32_t k = raw & kIndexBits;
       if (k >= jobs_.size() || used[k]) return 1;
       used[k] = true;
-      sel.push_back(jobs_[k]);
       ks.push_back(k);
     }
     for (uint32_t i = 0; i < count; ++i) {
@@ -227,7 +390,22 @@ class Lane {
       uint64_t digest;
       if (Scan(jobs_[k].grad, jobs_[k].n, &digest) >= 0) return 2;  // the RPC refuses it with its message
     }
-    if (!RunStep(opt_, rule_, dtype_, sel.data(), sel.size()).empty()) return 1;
+    // Every check passed. The tensors whose staged result stands are committed
+    // after the others' kernel ran: a refused kernel commits nothing.
+    std::vector<uint32_t> commit;
+    std::vector<Job> rest;
+    rest.reserve(count);
+    for (uint32_t i = 0; i < count; ++i) {
+      const uint32_t k = ks[i];
+      const uint16_t both = kUnchanged | kSpeculate;
+      if ((c_->indices[i] & both) == both && Stands(k)) {
+        commit.push_back(k);
+      } else {
+        rest.push_back(jobs_[k]);
+      }
+    }
+    if (!rest.empty() && !RunStep(opt_, rule_, dtype_, rest.data(), rest.size()).empty()) return 1;
+    for (const uint32_t k : commit) Commit(k);
     last_indices_ = ks;
     for (const uint32_t k : ks) {
       hypers_[k * kHyperBlock] += 1;  // this parameter's t for its next step
@@ -250,6 +428,19 @@ class Lane {
   std::vector<uint64_t> applied_;
   uint64_t last_step_ = 0;
   std::vector<uint32_t> last_indices_;
+  // Speculation (see the header): per job, its staging and the armed buffers (home_: the session's own).
+  struct Staged {
+    std::vector<float> theta;                     // the staged new parameter
+    std::vector<float> slot[kMaxOptSlots];        // the lane's spare of each slot
+    std::vector<float> rule_slot[kMaxRuleSlots];  // ditto, rule slots
+    float* next[kMaxOptSlots] = {};               // where the staged slots are (become live on commit)
+    float* next_rule[kMaxRuleSlots] = {};
+    uint64_t digest = 0;  // the live parameter's digest the speculation read
+    bool ready = false;
+  };
+  std::vector<Staged> staged_;
+  std::vector<Job> home_;
+  bool stage_ = false;  // until the session reserved the staging (laneStaging)
 };
 
 Lane* LaneCreate(void* arena) { return new Lane(arena); }
@@ -258,6 +449,7 @@ void LaneArm(Lane* l, int opt, int rule, int dtype, std::vector<Job> jobs, std::
              uint64_t last_step) {
   l->Arm(opt, rule, dtype, std::move(jobs), std::move(hypers), last_step);
 }
+void LaneSetStaging(Lane* l, bool on) { l->SetStaging(on); }
 void LaneDisarm(Lane* l, std::vector<uint64_t>* applied, uint64_t* last_step, std::vector<uint32_t>* last_indices) {
   Lane::Report r = l->Disarm();
   *applied = std::move(r.applied);

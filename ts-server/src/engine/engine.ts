@@ -63,6 +63,11 @@ export interface FastLane {
   /** False (and nothing armed) while some slot has yet to be created. */
   arm(opt: OptimizerDef, rule: RuleDef, jobs: StepJob[], lastStep: number, state?: StateFormat): boolean;
   disarm(): LaneReport;
+  /**
+   * Whether the lane computes each queued gradient's update into staging while
+   * backward runs, committed by the step (native/src/lane.cc); off frees it.
+   */
+  staging(on: boolean): void;
   close(): void;
 }
 

@@ -78,6 +78,7 @@ export interface NativeAddon {
     streams?: Uint32Array,
   ): void;
   laneDisarm(lane: LaneHandle): LaneReport;
+  laneStaging(lane: LaneHandle, on: boolean): void;
   laneClose(lane: LaneHandle): void;
 }
 
@@ -375,6 +376,7 @@ export class NativeEngine implements Engine {
         armed.layout = null;
         return r;
       },
+      staging: (on) => addon.laneStaging(handle, on),
       close: () => {
         addon.laneClose(handle);
         armed.layout = null;

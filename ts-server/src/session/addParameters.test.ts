@@ -43,7 +43,7 @@ const HEAD = { lr: 0.05, lr_out: 0.05, betas: [0.8, 0.99] };
 const add = (h: Harness, req: AddParametersRequest) =>
   call<AddParametersRequest, AddParametersReply>(h.client.addParameters.bind(h.client), req, auth(req.sessionId));
 const openArena = (h: Harness, sessionId: string) =>
-  call<OpenArenaRequest, ArenaInfo>(h.client.openArena.bind(h.client), { sessionId }, auth(sessionId));
+  call<OpenArenaRequest, ArenaInfo>(h.client.openArena.bind(h.client), { sessionId, overlap: false }, auth(sessionId));
 const headDecl = (id = 'h', data = H0) => ({ id, name: id, shape: [data.length], dtype: F32, group: 'head', data: bytes(data) });
 const addHead = (sessionId: string): AddParametersRequest => ({ sessionId, groups: { head: HEAD }, params: [headDecl()] });
 const inline = (sessionId: string, k: number, which: Record<string, number[]>): StepRequest => ({

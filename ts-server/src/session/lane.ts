@@ -71,6 +71,11 @@ export class SessionLane {
     };
   }
 
+  /** Whether the lane stages updates while backward runs (the session reserved their memory). */
+  staging(on: boolean): void {
+    this.lane.staging(on);
+  }
+
   close(): void {
     this.lane.close();
   }

@@ -20,6 +20,12 @@ import { LbfgsRun, roundDigest, type RoundInput, type RoundOutcome } from './lbf
 import { LBFGS_SLOTS, stateFromSlots, stateSlots } from '../optimizers/lbfgs';
 import { isPathRule, PATH_RULES } from '../optimizers/lbfgsPath';
 
+/** The lane's staging an overlapping client asks for (Session.openArena): its bytes, reserved by `reserve` (false: no room). */
+export interface Staging {
+  bytes: number;
+  reserve: (bytes: number) => boolean;
+}
+
 export type { ParamDeclaration } from './declarations';
 export type { SessionHeader, SlotTensor } from './checkpoint';
 export { sizeOf } from './declarations';
@@ -126,6 +132,8 @@ export class Session {
   journal: StepJournal | null = null;
   /** The arena's fast lane (steps rung through shared memory: lane.ts). */
   private lane: SessionLane | null = null;
+  /** Bytes reserved (--max-bytes) for the lane's staged updates (OpenArenaRequest.overlap); 0: it stages none. */
+  private stagingBytes = 0;
   /** The step number this session was recovered at (--state-dir), until its next step. */
   private resumedAt: number | null = null;
   /** The highest step number refused past the last applied one (clients do not reuse it). */
@@ -459,9 +467,12 @@ export class Session {
    * transport) and returns it; the same arena on later calls. From then on
    * the parameters live in the arena and each step updates them there.
    */
-  openArena(reserve: (gradBytes: number) => void = () => undefined): Arena {
+  openArena(reserve: (gradBytes: number) => void = () => undefined, staging?: Staging): Arena {
     this.checkOpen();
-    if (this.arena) return this.arena;
+    if (this.arena) {
+      this.reserveStaging(staging);
+      return this.arena;
+    }
     const engine = this.engine;
     if (!engine.createArena || !engine.adopt) {
       throw new FailedPrecondition(`the shm transport needs the native engine (this server runs '${engine.name}'); use the grpc transport`);
@@ -480,7 +491,28 @@ export class Session {
     });
     this.arena = arena;
     this.lane = SessionLane.open(engine, arena, this.journal !== null);
+    this.lane?.staging(false);
+    this.reserveStaging(staging);
     return arena;
+  }
+
+  /**
+   * Staging for the lane's speculated updates (native/src/lane.cc), once a
+   * client that overlaps asks: the parameters and their state once more,
+   * within --max-bytes; without it (no room, no lane) the lane stages nothing.
+   */
+  private reserveStaging(staging: Staging | undefined): void {
+    if (!staging || !this.lane || this.stagingBytes > 0 || staging.bytes <= 0) return;
+    if (!staging.reserve(staging.bytes)) return;
+    this.stagingBytes = staging.bytes;
+    this.syncLane(); // staging is switched while disarmed; the session re-arms when idle
+    this.lane.staging(true);
+    this.armLane();
+  }
+
+  /** Whether the lane stages updates while backward runs (ArenaInfo.staging). */
+  get staging(): boolean {
+    return this.stagingBytes > 0;
   }
 
   /**
@@ -540,7 +572,8 @@ export class Session {
     this.syncLane();
     this.lane?.close();
     this.lane = null;
-    let gradBytes = 0;
+    let gradBytes = this.stagingBytes; // the staging goes with the lane
+    this.stagingBytes = 0;
     for (const p of this.params.values()) {
       gradBytes += 4 * p.size;
       const theta = p.state.theta!;
