@@ -250,10 +250,14 @@ class RemoteOptimizer(torch.optim.Optimizer):
             becomes the arena's view, its values unchanged) and the server
             checks it for finiteness then, while backward goes on; step()
             copies and scans only what changed since (mur/planes/hot.py).
-            Off by default (False): a write that bypasses torch's version
-            counter (``p.grad.data``, numpy) after backward is not checked
-            again. Results are the same bits either way. Elsewhere (tcp,
-            grpc, torch 1.13) it does nothing; ``opt.overlap`` tells.
+            With True the server also computes each checked tensor's update
+            into staging and step() commits what still stands; "check" moves
+            and checks only (no staging: the server keeps no second copy of
+            the parameters and state). Off by default (False): a write that
+            bypasses torch's version counter (``p.grad.data``, numpy) after
+            backward is not checked again. Results are the same bits either
+            way. Elsewhere (tcp, grpc, torch 1.13) it does nothing;
+            ``opt.overlap`` tells.
         state_dtype: "float32" (default), "bfloat16" or "q8": how the server
             stores the optimizer's per-element state (moments, accumulators).
             bfloat16 halves those bytes; each step still computes in float32
@@ -337,9 +341,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
         # -- every argument, before a server is started or reached ---------------
         server = _one_server(server)
         _check_options(transport, wire_dtype, timeout, reconnect_timeout)
-        if overlap not in (None, True, False):
-            raise ValueError(f"overlap={overlap!r}: True or False (None: the default, False)")
-        self._overlap = bool(overlap)
+        if overlap not in (None, True, False, "check"):
+            raise ValueError(f"overlap={overlap!r}: True, 'check' or False (None: the default, False)")
+        self._overlap = False if overlap is None else overlap
         _check_state(state_dtype, state_seed)
         self.state_dtype, self._state_seed = state_dtype, int(state_seed)
         ca, cert, key = load_pem(tls_ca), load_pem(tls_cert), load_pem(tls_key)
@@ -603,9 +607,11 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     @property
     def overlap(self):
-        """Whether gradients are moved into the arena and checked as backward
-        makes them (overlap=True, on shm with torch >= 2.1; read-only)."""
-        return getattr(self._plane, "hot", None) is not None
+        """The overlap in effect (read-only): True (gradients moved into the
+        arena and checked as backward makes them, updates speculated),
+        "check" (moved and checked only) or False (elsewhere than shm with
+        torch >= 2.1, or not asked for)."""
+        return getattr(self._plane, "_overlap", False)
 
     @property
     def lane_steps(self):

@@ -486,9 +486,8 @@ def test_maximize_and_grad_scaler_unscaling_are_computed_at_the_step(shm):
 
 
 @needs_hook
-def test_mur_overlap_staging_0_checks_while_hot_and_speculates_nothing(shm, monkeypatch):
-    monkeypatch.setenv("MUR_OVERLAP_STAGING", "0")
-    on, off = run(shm, True, settle="each"), run(shm, False)
+def test_overlap_check_checks_while_hot_and_speculates_nothing(shm):
+    on, off = run(shm, "check", settle="each"), run(shm, False)
     assert same_bits(on[0], off[0]) and same_state(on[1], off[1])
     assert on[4] == (0, 0) and on[2] >= 4 and on[3] == [f"p0.{i}" for i in range(6)]
 
@@ -687,3 +686,9 @@ def test_overlap_is_off_by_default_and_must_be_a_bool(server_for):
         opt.close()
     with pytest.raises(ValueError, match="overlap='yes'"):
         mur.RemoteOptimizer(net().parameters(), optimizer="sgd", lr=0.1, overlap="yes")
+
+
+def test_overlap_refuses_a_value_it_does_not_know():
+    p = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match=r"overlap='yes': True, 'check' or False"):
+        mur.RemoteOptimizer([p], optimizer="adam", server="localhost:1", overlap="yes")

@@ -17,7 +17,7 @@ gradients.
                checked and its update computed into staging on the server when
                backward has finished it; step() commits: lane.cc); "n/a" when
                this mur has no overlap= keyword,
-     check     (the row's trailing note) overlap=True with MUR_OVERLAP_STAGING=0:
+     check     (the row's trailing note) overlap="check":
                gradients moved and checked while hot, nothing speculated.
    Each contender trains its own copy of the model from the same initial
    weights on the same batches. They take turns in blocks of batches (the
@@ -284,13 +284,9 @@ def train_rows(name, batches, threads, cfg):
     if opts["overlap"] is None:
         del opts["overlap"]
     elif opts["overlap"].overlap:
-        # overlap without the lane's staging (MUR_OVERLAP_STAGING=0): gradients moved and checked while hot only
+        # overlap="check": gradients moved and checked while hot only (no staging)
         nets["check"] = model(name)
-        os.environ["MUR_OVERLAP_STAGING"] = "0"
-        try:
-            opts["check"] = remote_adamw(nets["check"].parameters(), threads, overlap=True)
-        finally:
-            os.environ.pop("MUR_OVERLAP_STAGING")
+        opts["check"] = remote_adamw(nets["check"].parameters(), threads, overlap="check")
     try:
         fns = {k: trainer(nets[k], o, batches) for k, o in opts.items()}
         ms = blocks(fns, cfg["rounds"], cfg["block"], cfg["warmup"])

@@ -338,6 +338,7 @@ class ShmPlane(Plane):
         self.lane_steps = 0
         # overlap: gradients moved and checked as backward makes them (hot.py), where torch has the hook
         self.hot = HotGrads(self) if HAS_HOOK and overlap else None
+        self._overlap = overlap if self.hot is not None else False  # True (speculate) or "check"
         self._lane_key = None  # the hyperparameters the server's fast lane holds, once a step set them
         self.last_reply = None  # the last StepReply by RPC (L-BFGS reads evaluate, round, restart)
         self._mixed = MixedMarks()
@@ -357,7 +358,7 @@ class ShmPlane(Plane):
                 f"the server at {session.conn.address} does not offer it (transports: {', '.join(caps.transports)}; "
                 f"its engine is '{caps.backend}', shared memory needs the native engine)"
             )
-        overlap = bool(HAS_HOOK and overlap)
+        overlap = overlap if HAS_HOOK and overlap else False
         return cls(session, *request_arena(session, _NO_SHM, overlap=_staging(overlap)), overlap=overlap)
 
     # -- moving between arenas ----------------------------------------------------
@@ -385,7 +386,7 @@ class ShmPlane(Plane):
         """After a lost connection or an arena gone: if the server restarted
         (its arena went with its process), map its new arena, which holds the
         session's recovered values, carrying this step's gradients over."""
-        arena, views = request_arena(self.session, _NO_SHM, overlap=_staging(self.hot is not None))
+        arena, views = request_arena(self.session, _NO_SHM, overlap=_staging(self._overlap))
         if arena.token == self.arena.token:
             arena.close()  # the same server: only the connection was lost
             return
@@ -397,7 +398,7 @@ class ShmPlane(Plane):
         arena, views = request_arena(
             self.session,
             (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED),
-            overlap=_staging(self.hot is not None),
+            overlap=_staging(self._overlap),
         )
         self._move_to(arena, views, carry_grads=False)
         if self.hot is not None:
@@ -559,9 +560,9 @@ class ShmPlane(Plane):
 
 def _staging(overlap):
     """Whether to ask for the lane's staging (speculated updates): with
-    overlap, unless MUR_OVERLAP_STAGING=0 (overlap then only moves and checks
-    the gradients while hot, as before issue 21's speculation)."""
-    return overlap and os.environ.get("MUR_OVERLAP_STAGING", "1") != "0"
+    overlap=True; overlap="check" only moves and checks the gradients while
+    hot (no staging on the server)."""
+    return overlap is True
 
 
 def request_arena(session, unavailable, overlap=False):
