@@ -7,7 +7,11 @@
 // default (up to 4M parameters). The limit kernel (native/src/limit.cc) moves
 // Adam's 28 bytes per parameter with no maths: the most any float32 step can
 // move here. Every row reports GB/s (the bytes its optimizer must move) and
-// the fraction of the limit, for mur and for torch.
+// the fraction of the limit, for mur and for torch. On native the step's
+// check (the finiteness scan and replay digest alone, on the same gradient)
+// runs in the same rounds too: `check ms`, and `ratio w/o check`, torch's
+// time over the step minus its check (derived: the cost of a step whose
+// gradients were checked before, as overlap's lane checks them on shm).
 //
 // Sides are measured in rounds (torch, the limit, every rule's session, in
 // an order reversed every other round), so all see the same machine state
@@ -279,6 +283,25 @@ async function main() {
               },
             };
           }
+          // The step's check alone (native only): the finiteness scan and replay digest of the same gradient, which a
+          // session step runs before its kernel; what the step would cost with its gradient checked before
+          // (overlap's lane on shm) is the step minus this.
+          let check: Side | null = null;
+          if (native) {
+            check = {
+              name: 'check',
+              times: [],
+              run: (steps) => {
+                const out: number[] = [];
+                for (let k = 0; k < steps; k++) {
+                  const t0 = process.hrtime.bigint();
+                  native.scan(grad);
+                  out.push(Number(process.hrtime.bigint() - t0) / 1e9);
+                }
+                return Promise.resolve(out);
+              },
+            };
+          }
           // Only the state dtypes this optimizer's kernel takes (Adafactor, Muon: float32 alone).
           const dtypes = STATE_DTYPES.filter((dtype) => engine.takesStateDtype?.(optimizer, dtype) ?? true);
           const mur = rulesAt(n, optimizer).flatMap((rule) => dtypes.map((dtype) => murSide(optimizer, rule, elems, grad, values, dtype)));
@@ -292,6 +315,7 @@ async function main() {
               t2,
               ...(t1 && i === 0 ? [t1] : []),
               ...(limit && i === 0 ? [limit] : []),
+              ...(check && i === 0 ? [check] : []),
               ...(i === 0 ? mur.map((m) => m.side) : []),
             );
             await rounds(sides, n);
@@ -299,12 +323,14 @@ async function main() {
           }
           await torch2?.ask({ cmd: 'free' });
           // No torch 2.x candidate ran (none installed, or it has no such optimizer: schedule_free_adamw): mur's rounds here.
-          if (torchBest.length === 0) await rounds([...torchSides, ...(limit ? [limit] : []), ...mur.map((m) => m.side)], n);
+          if (torchBest.length === 0)
+            await rounds([...torchSides, ...(limit ? [limit] : []), ...(check ? [check] : []), ...mur.map((m) => m.side)], n);
           await torch1?.ask({ cmd: 'free' });
           for (const m of mur) m.session.dispose();
           const best = torchBest.reduce<{ mode: string; sec: number } | null>((a, r) => (!a || r.sec < a.sec ? r : a), null);
           const limitSec = limit ? median(limit.times) : null;
           const limitGbs = limitSec ? (28 * elems) / limitSec / 1e9 : null;
+          const checkSec = check ? median(check.times) : null;
           for (const m of mur) {
             const sec = median(m.side.times);
             const gbs = (m.bytes * elems) / sec / 1e9;
@@ -330,6 +356,9 @@ async function main() {
               torch_limit_fraction: torchGbs && limitGbs ? +(torchGbs / limitGbs).toFixed(3) : null,
               torch_default_mparams_per_s: t1 ? +(elems / median(t1.times) / 1e6).toFixed(1) : null,
               ratio: best ? +(best.sec / sec).toFixed(3) : null,
+              check_ms: checkSec !== null ? +(checkSec * 1e3).toFixed(3) : null,
+              // Derived, not a path timed here: torch's time over (the step minus its check).
+              ratio_checked_before: best && checkSec !== null && sec > checkSec ? +(best.sec / (sec - checkSec)).toFixed(3) : null,
             });
           }
         }
@@ -373,6 +402,8 @@ async function main() {
     'of limit',
     '1.13 dflt',
     'ratio',
+    'check ms',
+    'ratio w/o check',
   ];
   const cell = (r: Record<string, unknown>) => [
     r.optimizer,
@@ -392,6 +423,8 @@ async function main() {
     r.torch_limit_fraction,
     r.torch_default_mparams_per_s,
     r.ratio,
+    r.check_ms,
+    r.ratio_checked_before,
   ];
   console.log(`| ${head.join(' | ')} |\n|${head.map(() => ' --- ').join('|')}|`);
   for (const r of rows) console.log(`| ${cell(r).map(String).join(' | ')} |`);
