@@ -92,7 +92,13 @@ def test_bench_train_quick(tmp_path):
     (step,) = [r for r in rows if "limit_ms" in r]
     assert step["params"] == 100_000 and step["threads"] == 2 and step["limit_threads"] == 2
     assert step["mur_ms"] > 0 and step["fused_ms"] > 0 and step["limit_ms"] > 0
-    assert step["mur_of_limit"] == pytest.approx(step["limit_ms"] / step["mur_ms"], rel=0.01, abs=1e-3)
+    # mur_of_limit comes from the unrounded times, the *_ms fields are rounded to 3 decimals: at the
+    # quick run's 100k parameters limit_ms is a few hundredths of a ms, so that rounding alone moves
+    # limit_ms / mur_ms by more than 1%. Bound the ratio by the rounding (and its own 3 decimals).
+    half = 5e-4
+    lo = (step["limit_ms"] - half) / (step["mur_ms"] + half)
+    hi = (step["limit_ms"] + half) / (step["mur_ms"] - half)
+    assert lo - half <= step["mur_of_limit"] <= hi + half
 
 
 def test_blocks_alternate_and_take_medians():
