@@ -58,7 +58,15 @@ import torch
 import mur
 from mur._proto.mur.v1 import optimizer_pb2 as pb
 from mur._proto.mur.v1 import optimizer_pb2_grpc as pbg
-from mur_lab.bench_train import backward_after_zero_grad, emit_rows, fashion_batches, interleaved, model, trainer
+from mur_lab.bench_train import (
+    backward_after_zero_grad,
+    emit_rows,
+    fashion_batches,
+    interleaved,
+    model,
+    omp_wait_policy,
+    trainer,
+)
 
 OPTIMIZERS = [
     ("adam", torch.optim.Adam, {"lr": 1e-3}),
@@ -439,7 +447,7 @@ def main(argv=None):
     print(
         f"torch {torch.__version__} ({torch.get_num_threads()} threads); server engine {caps.backend} "
         f"({server_threads} threads); server transports {', '.join(caps.transports) or 'grpc'}; "
-        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}"
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; {omp_wait_policy()}"
     )
 
     rows = []

@@ -237,6 +237,14 @@ QUICK = dict(
 )
 
 
+def omp_wait_policy():
+    """How this process's OpenMP threads wait between parallel regions (read by
+    libgomp when torch loads): unset, torch's threads spin for a while after
+    each op (forward, backward, a fused step) on the cores a same-host server
+    steps on (README, "Sharing the host's cores")."""
+    return "OMP_WAIT_POLICY=" + os.environ.get("OMP_WAIT_POLICY", "unset")
+
+
 def fused_adamw(params):
     """torch.optim.AdamW with fused=True, or its default step where this torch has no
     fused CPU kernel; and the mode it runs."""
@@ -431,7 +439,8 @@ def main(argv=None):
         ap.error("--threads and --step-threads must be at least 1")
 
     print(
-        f"torch {torch.__version__}; mur {mur.__file__}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}",
+        f"torch {torch.__version__}; mur {mur.__file__}; {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.2f}; {omp_wait_policy()}",
         flush=True,
     )
     rows = []
