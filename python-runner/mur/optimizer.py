@@ -25,7 +25,7 @@ import re
 from collections import defaultdict
 
 import torch
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 
 from . import lbfgs as _lbfgs
 from ._proto.mur.v1 import optimizer_pb2 as pb
@@ -33,7 +33,7 @@ from .checkpoint import import_plan, mur_entry, torch_state
 from .checkpoint import values as master_values
 from .connection import Connection, check_address, load_pem
 from .errors import NO_DEFAULT_SPEC, FailedPreconditionError, InvalidArgumentError, MurError, TransportUnavailable
-from .planes.base import BF16, F16, F32, PARAM_DTYPES, PreparedStep
+from .planes.base import BF16, F16, F32, PARAM_DTYPES, PreparedStep, struct_of
 from .planes.grpc import GrpcPlane
 from .planes.rows import check_sparse_grad
 from .planes.shm import ShmPlane
@@ -64,12 +64,6 @@ _NO_COPY = (
     "a RemoteOptimizer holds a live server session and cannot be copied or pickled; "
     "use state_dict() / load_state_dict() to save or move its state"
 )
-
-
-def _struct(d):
-    s = struct_pb2.Struct()
-    s.update(d)
-    return s
 
 
 def _wire_value(k, v):
@@ -587,7 +581,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         decls = [(f"g{gi}", f"p{gi}.{pi}", p) for pi, p in enumerate(group["params"])]
         for _, pid, p in decls:
             _check_param(self._label_of(self.param_groups, pid), p)
-        hypers = {f"g{gi}": _struct(self._group_hypers(group))}  # TypeError for a value that is not a number
+        hypers = {f"g{gi}": struct_of(self._group_hypers(group))}  # TypeError for a value that is not a number
         self._plane.sync()  # on shm the server moves the parameters out of the arena: with the client's edits
         self._session.add(hypers, decls, self._names())
         try:
@@ -647,7 +641,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         spec = pb.OptimizerSpec(
             optimizer=self.optimizer_name,
             rule=self.rule_name,
-            groups={f"g{i}": _struct(self._group_hypers(g)) for i, g in enumerate(self.param_groups)},
+            groups={f"g{i}": struct_of(self._group_hypers(g)) for i, g in enumerate(self.param_groups)},
             group_optimizers=pb.GroupOptimizers(
                 by_group={
                     f"g{i}": g["optimizer"]
@@ -685,14 +679,10 @@ class RemoteOptimizer(torch.optim.Optimizer):
                 maximized.add(pid)  # the server is sent -grad (torch's maximize)
         if not grads:
             return None
-        hypers = [self._group_hypers(g) for g in self.param_groups]
-        return PreparedStep(
-            number=number,
-            grads=grads,
-            maximized=frozenset(maximized),
-            overrides={f"g{i}": _struct(h) for i, h in enumerate(hypers)},
-            key=[sorted(h.items()) for h in hypers],
-        )
+        return self._prepared(number, grads, frozenset(maximized))
+
+    def _prepared(self, number, grads, maximized):
+        return PreparedStep(number, grads, maximized, [self._group_hypers(g) for g in self.param_groups])
 
     # -- Schedule-Free: train() / eval() ----------------------------------------
     @property
@@ -802,14 +792,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     def _empty_step(self, number):
         """A step with no gradient (L-BFGS counts them as zeros)."""
-        hypers = [self._group_hypers(g) for g in self.param_groups]
-        return PreparedStep(
-            number=number,
-            grads=[],
-            maximized=frozenset(),
-            overrides={f"g{i}": _struct(h) for i, h in enumerate(hypers)},
-            key=[sorted(h.items()) for h in hypers],
-        )
+        return self._prepared(number, [], frozenset())
 
     @torch.no_grad()
     def _validate_step(self):

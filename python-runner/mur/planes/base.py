@@ -1,12 +1,14 @@
 """What every data plane implements (``Plane``), the step it is given
 (``PreparedStep``), and the tensor helpers the planes share."""
 
+import functools
 import warnings
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from google.protobuf import struct_pb2
 
 from .._proto.mur.v1 import optimizer_pb2 as pb
 
@@ -18,22 +20,39 @@ _INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+def struct_of(d):
+    """A protobuf Struct of a dict of wire values."""
+    s = struct_pb2.Struct()
+    s.update(d)
+    return s
+
+
 @dataclass
 class PreparedStep:
     """One step as the optimizer prepared it for a plane: its number, the
     parameters with a gradient (in order), those whose group maximizes
-    (the server is sent -grad), the groups' hyperparameters (Structs by
-    group id) and their plain values (``key``: the shm fast lane compares it)."""
+    (the server is sent -grad) and the groups' hyperparameters as plain wire
+    values (``hypers``, one dict per group). ``key`` is what the shm fast
+    lane compares with the hyperparameters it holds; ``overrides`` the
+    Structs an RPC sends, built only when a step goes by RPC (a protobuf
+    Struct costs more than a whole small step through the lane)."""
 
     number: int
     grads: list  # [(param id, parameter)]
     maximized: frozenset
-    overrides: dict
-    key: list = field(default_factory=list)
+    hypers: list  # [{name: wire value}] by group index
     # L-BFGS (optimizer "lbfgs"): the round of the step and the closure's loss
     # there (StepRequest.round, .loss); None for every other optimizer.
     round: int | None = None
     loss: float | None = None
+
+    @functools.cached_property
+    def key(self):
+        return [sorted(h.items()) for h in self.hypers]
+
+    @functools.cached_property
+    def overrides(self):
+        return {f"g{i}": struct_of(h) for i, h in enumerate(self.hypers)}
 
     def request(self, **fields):
         if self.loss is not None:
