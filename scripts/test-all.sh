@@ -54,7 +54,7 @@ if [ -x "$JX" ] && KERAS_BACKEND=jax "$JX" -c 'import jax, optax, keras' 2>/dev/
   echo "== mur.optax and mur.keras on $(KERAS_BACKEND=jax "$JX" -c 'import jax, optax, keras; print("jax", jax.__version__, "optax", optax.__version__, "keras", keras.__version__)')"
   KERAS_BACKEND=jax PYTHONPATH="$PWD/python-runner:$PWD/python-runner/lab" "$JX" -m pytest -q \
     python-runner/tests/test_optax.py python-runner/tests/test_trust_ratio.py python-runner/tests/test_adafactor_optax.py python-runner/tests/test_muon_optax.py \
-    python-runner/tests/test_schedule_free_optax.py \
+    python-runner/tests/test_schedule_free_optax.py python-runner/tests/test_lion_optax.py \
     python-runner/tests/test_keras.py \
     python-runner/lab/tests/test_frameworks.py
   echo "== cross-framework matrix, quick size (torch, optax, keras, and mur's additive rule through each client)"

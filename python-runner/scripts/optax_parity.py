@@ -1,6 +1,6 @@
 """The worst difference between mur's server (additive rule, float32, through
 mur.optax) and optax's own transformation (float32) for the algorithms whose
-reference implementation is optax's: LAMB, LARS, Schedule-Free AdamW, and
+reference implementation is optax's: LAMB, LARS, Lion, Schedule-Free AdamW, and
 Adafactor and Muon beside their torch parity. The cases and the trajectory are
 the parity tests' (python-runner/tests/test_*optax*.py, test_trust_ratio.py),
 whose bounds hold them in CI; this prints the numbers.
@@ -24,6 +24,7 @@ SUITES = {
     "test_adafactor_optax": lambda m: [("adafactor", m.optax_of(h), m.mur_hypers(h)) for h in m.CASES],
     "test_muon_optax": lambda m: [("muon", m.optax_of(h), h) for h in m.CASES],
     "test_schedule_free_optax": lambda m: [("schedule_free_adamw", m.optax_of(h), h) for h in m.CASES],
+    "test_lion_optax": lambda m: [("lion", m.optax_of(h), h) for h in m.CASES],
 }
 
 
