@@ -34,7 +34,10 @@ describe('steps off the event loop (native engine)', () => {
       await large;
       const ms = Number(process.hrtime.bigint() - started) / 1e6;
       console.log(`      ${smallSteps} small steps completed during one ${ms.toFixed(0)} ms step of 24M parameters`);
-      assert.ok(smallSteps >= 3, `only ${smallSteps} small steps while the large one ran`);
+      // Were steps run on the event loop, the large one would finish before the first
+      // small one could: none would complete while it ran. How many do is the
+      // machine's scheduling (2 here once on a loaded host), so one is the test.
+      assert.ok(smallSteps >= 1, `no small step completed while the large one ran`);
     } finally {
       big.dispose();
       small.dispose();
