@@ -11,12 +11,10 @@ whose bounds hold them in CI; this prints the numbers.
 
 import importlib
 
-import jax.numpy as jnp
 import numpy as np
-from optax_trajectory import run_optax
+from optax_trajectory import server_and_optax
 
 import mur
-import mur.optax
 
 # module: [(optimizer, optax transformation, mur hyperparameters)] from its CASES.
 SUITES = {
@@ -34,17 +32,9 @@ def main():
         for module, cases in SUITES.items():
             m = importlib.import_module(module)
             for name, tx_ref, h in cases(m):
-                params = {k: jnp.asarray(v) for k, v in m.start(np.float32).items()}
-                want, _ = run_optax(tx_ref, params, m.STEPS)
-                tx = mur.optax.remote(name, "additive", server=server.address, **h)
-                try:
-                    got, _ = run_optax(tx, params, m.STEPS)
-                finally:
-                    tx.close()
-                err = max(float(np.max(np.abs(g[k] - w[k]))) for g, w in zip(got, want) for k in params)
-                rel = max(
-                    float(np.max(np.abs(g[k] - w[k]) / (1 + np.abs(w[k])))) for g, w in zip(got, want) for k in params
-                )
+                got, want = server_and_optax(tx_ref, name, server.address, h, m.start(np.float32), m.STEPS)
+                err = max(float(np.max(np.abs(g[k] - w[k]))) for g, w in zip(got, want) for k in w)
+                rel = max(float(np.max(np.abs(g[k] - w[k]) / (1 + np.abs(w[k])))) for g, w in zip(got, want) for k in w)
                 a, r = worst.get(name, (0.0, 0.0))
                 worst[name] = (max(a, err), max(r, rel))
     print(f"server {server.backend}; float32 both; the parity tests' cases and steps")

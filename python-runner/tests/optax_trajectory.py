@@ -49,3 +49,30 @@ def assert_reference_replays(make_tx, start, optimizer, hypers, steps, tol):
             assert np.max(np.abs(p.detach().numpy() - want[t][k])) < tol, (t + 1, k)
     moved = max(np.max(np.abs(want[-1][k] - v)) for k, v in start.items())
     assert moved > 1e-2, f"the trajectory barely moved ({moved})"
+
+
+def server_and_optax(tx_ref, name, server, hypers, start, steps):
+    """Both float32 from ``start`` (numpy leaves): mur's server through
+    mur.optax (additive rule, ``hypers``) and ``tx_ref``, ``steps`` steps each
+    over the same theta-dependent gradient. Returns (got, want): the
+    parameters after each step."""
+    import jax.numpy as jnp
+
+    import mur.optax
+
+    params = {k: jnp.asarray(v) for k, v in start.items()}
+    want, _ = run_optax(tx_ref, params, steps)
+    tx = mur.optax.remote(name, "additive", server=server, **hypers)
+    try:
+        got, _ = run_optax(tx, params, steps)
+    finally:
+        tx.close()
+    return got, want
+
+
+def assert_within(got, want, bound):
+    """Every leaf after every step within ``bound`` (1 + |want|) of the reference."""
+    for t, (g, w) in enumerate(zip(got, want)):
+        for k in w:
+            err = np.abs(g[k] - w[k])
+            assert np.all(err <= bound * (1 + np.abs(w[k]))), (t + 1, k, float(err.max()))

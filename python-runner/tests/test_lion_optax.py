@@ -9,11 +9,8 @@ import pytest
 
 jax = pytest.importorskip("jax", reason="jax is not installed here (make jax builds .venv-jax with jax and optax)")
 optax = pytest.importorskip("optax", reason="optax is not installed here (make jax builds .venv-jax)")
-import jax.numpy as jnp  # noqa: E402
-from optax_trajectory import assert_reference_replays, run_optax  # noqa: E402
+from optax_trajectory import assert_reference_replays, assert_within, server_and_optax  # noqa: E402
 from test_trust_ratio import start  # noqa: E402
-
-import mur.optax  # noqa: E402
 
 STEPS = 30
 CASES = [
@@ -41,14 +38,5 @@ def test_server_is_optax_in_float32(request, backend, h):
     """float32 both: the sign is the same while the interpolated momentum is not within
     rounding of 0 (it is not on this trajectory); the decay's other order is an ulp
     of theta a step: 30 steps within 2e-6 (1 + |theta|), the goldens' bound."""
-    params = {k: jnp.asarray(v) for k, v in start(np.float32).items()}
-    want, _ = run_optax(optax_of(h), params, STEPS)
-    tx = mur.optax.remote("lion", "additive", server=request.getfixturevalue(backend), **h)
-    try:
-        got, _ = run_optax(tx, params, STEPS)
-    finally:
-        tx.close()
-    for t in range(STEPS):
-        for k in params:
-            err = np.abs(got[t][k] - want[t][k])
-            assert np.all(err <= 2e-6 * (1 + np.abs(want[t][k]))), (t + 1, k, float(err.max()))
+    server = request.getfixturevalue(backend)
+    assert_within(*server_and_optax(optax_of(h), "lion", server, h, start(np.float32), STEPS), 2e-6)

@@ -23,11 +23,8 @@ import pytest
 
 jax = pytest.importorskip("jax", reason="jax is not installed here (make jax builds .venv-jax with jax and optax)")
 optax = pytest.importorskip("optax", reason="optax is not installed here (make jax builds .venv-jax)")
-import jax.numpy as jnp  # noqa: E402
 from optax.contrib import MuonDimensionNumbers  # noqa: E402
-from optax_trajectory import assert_reference_replays, run_optax  # noqa: E402
-
-import mur.optax  # noqa: E402
+from optax_trajectory import assert_reference_replays, server_and_optax  # noqa: E402
 
 STEPS = 20
 CASES = [
@@ -75,13 +72,7 @@ def test_server_is_optax_in_float32(request, backend, h):
     a^ns_steps ~ 500 (u = 6e-8: 3e-5 relative in NS(u), entries below 1), and
     each step moves theta by lr * adjust (<= 0.02 * 1.3) times NS(u): 20 steps,
     2e-5 at most."""
-    params = {k: jnp.asarray(v) for k, v in start(np.float32).items()}
-    want, _ = run_optax(optax_of(h), params, STEPS)
-    tx = mur.optax.remote("muon", "additive", server=request.getfixturevalue(backend), **h)
-    try:
-        got, _ = run_optax(tx, params, STEPS)
-    finally:
-        tx.close()
-    worst = max(float(np.max(np.abs(got[t][k] - want[t][k]))) for t in range(STEPS) for k in params)
+    got, want = server_and_optax(optax_of(h), "muon", request.getfixturevalue(backend), h, start(np.float32), STEPS)
+    worst = max(float(np.max(np.abs(g[k] - w[k]))) for g, w in zip(got, want) for k in w)
     print(f"muon {h} on {backend}: worst difference from optax {worst:.2e}")
     assert worst < 2e-5

@@ -8,10 +8,7 @@ import pytest
 
 jax = pytest.importorskip("jax", reason="jax is not installed here (make jax builds .venv-jax with jax and optax)")
 optax = pytest.importorskip("optax", reason="optax is not installed here (make jax builds .venv-jax)")
-import jax.numpy as jnp  # noqa: E402
-from optax_trajectory import assert_reference_replays, run_optax  # noqa: E402
-
-import mur.optax  # noqa: E402
+from optax_trajectory import assert_reference_replays, assert_within, server_and_optax  # noqa: E402
 
 STEPS = 30
 CASES = [
@@ -58,14 +55,5 @@ def test_reference_is_optax_in_float64(name, h):
 def test_server_is_optax_in_float32(request, backend, name, h):
     """float32 both: rounding of ~10 ops a step plus the two norms, 30 steps;
     2e-6 (1 + |theta|), the goldens' bound against torch, holds with room."""
-    params = {k: jnp.asarray(v) for k, v in start(np.float32).items()}
-    want, _ = run_optax(optax_of(name, h), params, STEPS)
-    tx = mur.optax.remote(name, "additive", server=request.getfixturevalue(backend), **h)
-    try:
-        got, _ = run_optax(tx, params, STEPS)
-    finally:
-        tx.close()
-    for t in range(STEPS):
-        for k in params:
-            err = np.abs(got[t][k] - want[t][k])
-            assert np.all(err <= 2e-6 * (1 + np.abs(want[t][k]))), (t + 1, k, float(err.max()))
+    server = request.getfixturevalue(backend)
+    assert_within(*server_and_optax(optax_of(name, h), name, server, h, start(np.float32), STEPS), 2e-6)
