@@ -136,7 +136,7 @@ const gradient = (th: number[], t: number) => th.map((v, i) => 0.6 * Math.cos(0.
  * buffer), so the same bound holds for their rows; ignoring a flag fails every
  * row that sets it (checked by disabling eps_in_sqrt in adagrad,
  * eps_before_correction in adam and the division by lr: 40 rows fail).
- * The native rule kernels evaluate their own tanh and exp (within 3 and 2
+ * The native rule kernels evaluate their own tanh and exp (within 6 and 2
  * ulp of float64, test/native-math.test.ts): a few u more on xi per step,
  * where xi is at most lr_out |theta|, so the same bound holds.
  */

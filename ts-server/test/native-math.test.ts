@@ -34,6 +34,8 @@ function worst(addon: NativeAddon, fn: 'exp' | 'tanh', ref: (x: number) => numbe
     for (let i = 0; i < CHUNK; i++) {
       const r = ref(x[i]);
       const got = out[i];
+      // tanh: never past 1 in magnitude (the multiplicative rule's bounded step, docs/update-rules.md)
+      if (fn === 'tanh') assert.ok(!(Math.abs(got) > 1), `tanh(${x[i]}) = ${got}, beyond 1`);
       if (Number.isNaN(r)) {
         assert.ok(Number.isNaN(got), `${fn}(${x[i]}) = ${got}, expected NaN`);
         continue;
@@ -73,10 +75,10 @@ describe('native engine exp and tanh (the rule kernels)', function () {
     assert.ok(w.ulps <= 2, `exp(${w.at}) is ${w.ulps} ulp off`);
   });
 
-  it('tanh is within 3 ulp of float64 over the whole float32 range', () => {
+  it('tanh is within 6 ulp of float64 over the whole float32 range', () => {
     const w = worst(addon, 'tanh', Math.tanh);
     console.log(`      tanh: worst ${w.ulps.toFixed(3)} ulp at ${w.at}`);
-    assert.ok(w.ulps <= 3, `tanh(${w.at}) is ${w.ulps} ulp off`);
+    assert.ok(w.ulps <= 6, `tanh(${w.at}) is ${w.ulps} ulp off`);
   });
 
   it('gets the special values right', () => {
