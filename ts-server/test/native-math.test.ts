@@ -63,7 +63,7 @@ describe('native engine exp and tanh (the rule kernels)', function () {
     addon = a;
   });
 
-  const run = (fn: 'exp' | 'tanh', xs: number[]) => {
+  const run = (fn: 'exp' | 'exp_bounded' | 'tanh', xs: number[]) => {
     const out = new Float32Array(xs.length);
     addon.math(fn, Float32Array.from(xs), out);
     return [...out];
@@ -79,6 +79,31 @@ describe('native engine exp and tanh (the rule kernels)', function () {
     const w = worst(addon, 'tanh', Math.tanh);
     console.log(`      tanh: worst ${w.ulps.toFixed(3)} ulp at ${w.at}`);
     assert.ok(w.ulps <= 6, `tanh(${w.at}) is ${w.ulps} ulp off`);
+  });
+
+  it('exp_bounded (the exp-sign rule, |eta| g_bound <= 86) is exp bit for bit on [-86, 86]', () => {
+    // Every 256th bit pattern of both signs whose value is within 86: from the subnormals to 86.
+    const bits = new Uint32Array(CHUNK);
+    const x = new Float32Array(bits.buffer);
+    const full = new Float32Array(CHUNK);
+    const bounded = new Float32Array(CHUNK);
+    let compared = 0;
+    for (let start = 0; start < 2 ** 32; start += CHUNK * STRIDE) {
+      let n = 0;
+      for (let i = 0; i < CHUNK; i++) {
+        bits[n] = start + i * STRIDE;
+        if (Math.abs(x[n]) <= 86) n++;
+      }
+      const xs = x.subarray(0, n);
+      addon.math('exp', xs, full.subarray(0, n));
+      addon.math('exp_bounded', xs, bounded.subarray(0, n));
+      for (let i = 0; i < n; i++) {
+        if (!Object.is(full[i], bounded[i])) assert.fail(`exp(${xs[i]}): ${full[i]}, exp_bounded: ${bounded[i]}`);
+      }
+      compared += n;
+    }
+    assert.ok(compared > 8_000_000, `${compared} inputs compared`);
+    assert.deepEqual(run('exp_bounded', [86, -86]), run('exp', [86, -86]));
   });
 
   it('gets the special values right', () => {
@@ -100,7 +125,7 @@ describe('native engine exp and tanh (the rule kernels)', function () {
   it('computes the same bits in the vector body and the one-lane tail', () => {
     // 37 elements: the body covers the first multiple of the vector width, the tail the rest.
     const xs = Array.from({ length: 37 }, (_, i) => (i - 18) * 0.37);
-    for (const fn of ['exp', 'tanh'] as const) {
+    for (const fn of ['exp', 'exp_bounded', 'tanh'] as const) {
       const whole = run(fn, xs);
       const single = xs.map((x) => run(fn, [x])[0]); // one element: the tail alone
       assert.deepEqual(whole, single, fn);
@@ -108,7 +133,7 @@ describe('native engine exp and tanh (the rule kernels)', function () {
   });
 
   it('refuses bad arguments', () => {
-    assert.throws(() => addon.math('log' as 'exp', new Float32Array(1), new Float32Array(1)), /'exp' or 'tanh'/);
+    assert.throws(() => addon.math('log' as 'exp', new Float32Array(1), new Float32Array(1)), /'exp', 'exp_bounded' or 'tanh'/);
     assert.throws(() => addon.math('exp', new Float32Array(2), new Float32Array(1)), /one length/);
     assert.throws(() => addon.math('exp', new Float64Array(1) as unknown as Float32Array, new Float32Array(1)), /Float32Arrays/);
   });

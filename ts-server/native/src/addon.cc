@@ -27,7 +27,7 @@
 //   sumSquares(Float32Array) -> number
 //   widenBf16(src, dst), widenF16(src, dst): wire gradients to float32 (widen.cc)
 //   limit(p, g, m, v): the benchmark's limit kernel (limit.cc)
-//   math("exp" | "tanh", x, out): the rule kernels' exp and tanh (transcendental.cc), for tests
+//   math("exp" | "exp_bounded" | "tanh", x, out): the rule kernels' exp and tanh (transcendental.cc), for tests
 //   setThreads(n) (0: all hardware threads), threads() -> n
 //   arenaCreate(bytes), arenaCloseFd(fd): shared memory (arena.cc)
 //   allocFloats(n), allocBf16(n), allocQ8(n): the engine's own buffers, on huge pages from 2 MiB (state.cc)
@@ -450,13 +450,14 @@ Napi::Value Widen(const Napi::CallbackInfo& info, const char* fn, void (*widen)(
   return info.Env().Undefined();
 }
 
-/** math(fn: "exp" | "tanh", x: Float32Array, out: Float32Array): the rule kernels' exp or tanh (transcendental-inl.h),
- * for tests. */
+/** math(fn: "exp" | "exp_bounded" | "tanh", x: Float32Array, out: Float32Array): the rule kernels' exp, exp for
+ * |x| <= 86, or tanh (transcendental-inl.h), for tests. */
 Napi::Value MathJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() != 3 || !info[0].IsString()) Fail(env, "math(fn, x, out): fn must be 'exp' or 'tanh'");
+  if (info.Length() != 3 || !info[0].IsString())
+    Fail(env, "math(fn, x, out): fn must be 'exp', 'exp_bounded' or 'tanh'");
   const std::string fn = info[0].As<Napi::String>().Utf8Value();
-  if (fn != "exp" && fn != "tanh") Fail(env, "math: fn must be 'exp' or 'tanh'");
+  if (fn != "exp" && fn != "exp_bounded" && fn != "tanh") Fail(env, "math: fn must be 'exp', 'exp_bounded' or 'tanh'");
   for (size_t k = 1; k < 3; ++k) {
     if (!info[k].IsTypedArray() || info[k].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
       Fail(env, "math(fn, x, out): x and out must be Float32Arrays");
@@ -464,7 +465,9 @@ Napi::Value MathJs(const Napi::CallbackInfo& info) {
   }
   Napi::Float32Array x = info[1].As<Napi::Float32Array>(), out = info[2].As<Napi::Float32Array>();
   if (x.ElementLength() != out.ElementLength()) Fail(env, "math: x and out must have one length");
-  (fn == "exp" ? mur::ExpArray : mur::TanhArray)(x.Data(), out.Data(), x.ElementLength());
+  (fn == "exp"           ? mur::ExpArray
+   : fn == "exp_bounded" ? mur::ExpBoundedArray
+                         : mur::TanhArray)(x.Data(), out.Data(), x.ElementLength());
   return env.Undefined();
 }
 

@@ -76,6 +76,22 @@ HWY_INLINE hn::Vec<D> FastExp(D d, hn::Vec<D> y) {
   return hn::Mul(hn::MulAdd(p, s1, s1), s2);
 }
 
+/**
+ * exp(y) for |y| <= kExpBoundedMax: FastExp's bits there (its two halves of 2^k
+ * multiply exactly while every partial result is normal, and 2^k with k in
+ * [-124, 124] and 1 + expm1(r) in [0.7, 1.42] keep it so) in 17 operations
+ * instead of 24. The exp-sign rule, whose argument a tensor's hyperparameters
+ * bound, takes it when they bound it by kExpBoundedMax.
+ */
+inline constexpr float kExpBoundedMax = 86.0f;
+template <class D>
+HWY_INLINE hn::Vec<D> FastExpBounded(D d, hn::Vec<D> y) {
+  hn::Vec<D> k;
+  const auto p = Expm1Reduced(d, ReduceLn2(d, y, &k));
+  const auto s = Pow2(d, k);
+  return hn::MulAdd(p, s, s);
+}
+
 template <class D>
 HWY_INLINE hn::Vec<D> FastTanh(D d, hn::Vec<D> x) {
   const auto c = hn::Set(d, kTanhClamp);

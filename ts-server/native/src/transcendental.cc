@@ -13,23 +13,26 @@ HWY_BEFORE_NAMESPACE();
 namespace mur {
 namespace HWY_NAMESPACE {
 
-template <bool kTanh, class D>
+enum Fn { kExp, kExpBounded, kTanh };
+
+template <Fn kFn, class D>
 HWY_INLINE void One(D d, const float* x, float* out, size_t i) {
   const auto v = hn::LoadU(d, x + i);
-  hn::StoreU(kTanh ? FastTanh(d, v) : FastExp(d, v), d, out + i);
+  hn::StoreU(kFn == kTanh ? FastTanh(d, v) : kFn == kExp ? FastExp(d, v) : FastExpBounded(d, v), d, out + i);
 }
 
-template <bool kTanh>
+template <Fn kFn>
 void Apply(const float* x, float* out, size_t n) {
   const hn::ScalableTag<float> d;
   const hn::CappedTag<float, 1> d1;
   size_t i = 0;
-  for (; i + hn::Lanes(d) <= n; i += hn::Lanes(d)) One<kTanh>(d, x, out, i);
-  for (; i < n; ++i) One<kTanh>(d1, x, out, i);
+  for (; i + hn::Lanes(d) <= n; i += hn::Lanes(d)) One<kFn>(d, x, out, i);
+  for (; i < n; ++i) One<kFn>(d1, x, out, i);
 }
 
-void ExpArrayImpl(const float* x, float* out, size_t n) { Apply<false>(x, out, n); }
-void TanhArrayImpl(const float* x, float* out, size_t n) { Apply<true>(x, out, n); }
+void ExpArrayImpl(const float* x, float* out, size_t n) { Apply<kExp>(x, out, n); }
+void ExpBoundedArrayImpl(const float* x, float* out, size_t n) { Apply<kExpBounded>(x, out, n); }
+void TanhArrayImpl(const float* x, float* out, size_t n) { Apply<kTanh>(x, out, n); }
 
 }  // namespace HWY_NAMESPACE
 }  // namespace mur
@@ -38,8 +41,10 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace mur {
 HWY_EXPORT(ExpArrayImpl);
+HWY_EXPORT(ExpBoundedArrayImpl);
 HWY_EXPORT(TanhArrayImpl);
 void ExpArray(const float* x, float* out, size_t n) { HWY_DYNAMIC_DISPATCH(ExpArrayImpl)(x, out, n); }
+void ExpBoundedArray(const float* x, float* out, size_t n) { HWY_DYNAMIC_DISPATCH(ExpBoundedArrayImpl)(x, out, n); }
 void TanhArray(const float* x, float* out, size_t n) { HWY_DYNAMIC_DISPATCH(TanhArrayImpl)(x, out, n); }
 }  // namespace mur
 #endif

@@ -50,7 +50,7 @@ export interface NativeAddon {
   /** The limit kernel of make bench-engine (native/src/limit.cc): m += g, v += g, p -= g. */
   limit(p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array): void;
   /** The rule kernels' exp or tanh over an array (native/src/transcendental.cc), for tests. */
-  math(fn: 'exp' | 'tanh', x: Float32Array, out: Float32Array): void;
+  math(fn: 'exp' | 'exp_bounded' | 'tanh', x: Float32Array, out: Float32Array): void;
   setThreads(n: number): number;
   threads(): number;
   arenaCreate(bytes: number): { buffer: ArrayBuffer; fd: number };

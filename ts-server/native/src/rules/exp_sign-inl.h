@@ -18,6 +18,8 @@ inline constexpr const char* kSlots[] = {"max"};
 #else
 #define MUR_RULES_EXP_SIGN_INL_H_
 #endif
+#include <cmath>
+
 #include "rules/common-inl.h"
 HWY_BEFORE_NAMESPACE();
 namespace mur {
@@ -28,6 +30,7 @@ struct ExpSign {
   static constexpr bool kTranscendental = true;
   struct C {
     float eta, g_bound, bound;
+    bool bounded;  // |eta| g_bound <= kExpBoundedMax: exp's argument needs no subnormal or overflow handling
   };
   static bool Prepare(const Job& j, double scale, C* c, std::string* err) {
     if (j.rule_slot[0] == nullptr) {
@@ -37,6 +40,7 @@ struct ExpSign {
     c->eta = static_cast<float>(Lr(j) * scale);
     c->g_bound = static_cast<float>(RuleH(j, 0));
     c->bound = j.rule_slot[0][0];
+    c->bounded = std::fabs(c->eta) * std::fabs(c->g_bound) <= kExpBoundedMax;  // NaN: false
     return true;
   }
   template <class D>
@@ -44,7 +48,8 @@ struct ExpSign {
     const auto gb = hn::Set(d, c.g_bound);
     const auto clamped_d = hn::Min(hn::Max(dir, hn::Neg(gb)), gb);
     // -eta sign(x) clamp(d): sign(x) in {-1, 0, 1}; for x = 0 the product x * exp(...) is 0 anyway.
-    const auto e = FastExp(d, hn::Mul(hn::Set(d, -c.eta), hn::Mul(Sign(d, x), clamped_d)));
+    const auto arg = hn::Mul(hn::Set(d, -c.eta), hn::Mul(Sign(d, x), clamped_d));
+    const auto e = c.bounded ? FastExpBounded(d, arg) : FastExp(d, arg);  // the same bits where both apply
     const auto b = hn::Set(d, c.bound);
     const auto next = hn::Min(hn::Max(hn::Mul(x, e), hn::Neg(b)), b);
     return hn::Sub(x, next);
