@@ -18,6 +18,7 @@ Hyperparameters live in ``param_groups`` as in torch: schedulers that edit
 them are honoured at the next step.
 """
 
+import functools
 import inspect
 import numbers
 import os
@@ -64,6 +65,12 @@ _NO_COPY = (
     "a RemoteOptimizer holds a live server session and cannot be copied or pickled; "
     "use state_dict() / load_state_dict() to save or move its state"
 )
+
+
+@functools.lru_cache(maxsize=256)
+def _pids(gi, count):
+    """The ids of group gi's parameters ("p<group>.<index>"), made once per group size."""
+    return tuple(f"p{gi}.{pi}" for pi in range(count))
 
 
 def _wire_value(k, v):
@@ -634,8 +641,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     def _params(self):
         for gi, group in enumerate(self.param_groups):
-            for pi, p in enumerate(group["params"]):
-                yield f"g{gi}", f"p{gi}.{pi}", p
+            params = group["params"]
+            for pid, p in zip(_pids(gi, len(params)), params):
+                yield f"g{gi}", pid, p
 
     def _spec(self):
         spec = pb.OptimizerSpec(
@@ -664,19 +672,23 @@ class RemoteOptimizer(torch.optim.Optimizer):
         a gradient, those of maximizing groups, the groups' hyperparameters,
         checked as far as the client can; None when no parameter has a gradient."""
         grads, maximized = [], set()
-        for group, pid, p in self._params():
-            if p.grad is None or p.numel() == 0:  # nothing to update (the server refuses empty inline tensors)
-                continue
-            if p.grad.is_sparse:
-                check_sparse_grad(self._label_of(self.param_groups, pid), p)
-            elif p.grad.shape != p.shape:
-                raise ValueError(
-                    f"parameter {self._label_of(self.param_groups, pid)}: gradient of shape "
-                    f"{tuple(p.grad.shape)}, parameter is {tuple(p.shape)}"
-                )
-            grads.append((pid, p))
-            if self.param_groups[int(group[1:])].get("maximize"):
-                maximized.add(pid)  # the server is sent -grad (torch's maximize)
+        for gi, group in enumerate(self.param_groups):
+            maximize = group.get("maximize")
+            params = group["params"]
+            for pid, p in zip(_pids(gi, len(params)), params):
+                g = p.grad
+                if g is None or p.numel() == 0:  # nothing to update (the server refuses empty inline tensors)
+                    continue
+                if g.is_sparse:
+                    check_sparse_grad(self._label_of(self.param_groups, pid), p)
+                elif g.shape != p.shape:
+                    raise ValueError(
+                        f"parameter {self._label_of(self.param_groups, pid)}: gradient of shape "
+                        f"{tuple(g.shape)}, parameter is {tuple(p.shape)}"
+                    )
+                grads.append((pid, p))
+                if maximize:
+                    maximized.add(pid)  # the server is sent -grad (torch's maximize)
         if not grads:
             return None
         return self._prepared(number, grads, frozenset(maximized))
@@ -782,6 +794,7 @@ class RemoteOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._plane.step_coming()
         prep = self._prepare_step(self._step_no + 1)
         if prep is None:
             return loss

@@ -24,6 +24,7 @@ from conftest import batches, bits, max_diff, net, same_bits
 import mur
 from mur import reference
 from mur.optimizer import pb
+from mur.planes import shm as shm_plane
 from mur.planes.shm import Arena
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -658,6 +659,41 @@ def test_fast_lane_steps_equal_rpc_steps_bit_for_bit_and_hand_over_cleanly():
     assert lane_steps >= 20, lane_steps
     assert sd_shm["mur"]["step"] == sd_grpc["mur"]["step"]
     assert [float(s["step"]) for s in sd_shm["state"].values()] == [float(s["step"]) for s in sd_grpc["state"].values()]
+
+
+def test_a_step_announced_but_not_rung_changes_nothing(monkeypatch):
+    """step() tells the lane a step is coming before it prepares it
+    (Lane.prewake: a sleeping lane wakes and polls for the ring). Announcements
+    with no step after them (several in a row; a step the client refuses after
+    announcing it) leave the lane as it was: the steps after them take the lane
+    and the trajectory equals the gRPC transport's bit for bit."""
+    monkeypatch.setattr(shm_plane, "_CORES", 1 << 10)  # announce whatever torch's thread count
+    runs = {}
+    for transport in ("shm", "grpc"):
+        model = net(6, width=8)
+        opt = mur.RemoteOptimizer(model.parameters(), optimizer="adamw", lr=0.01, transport=transport)
+        try:
+            for k, (x, y) in enumerate(batches(12, seed=5)):
+                opt.zero_grad()
+                torch.nn.functional.mse_loss(model(x), y).backward()
+                lane = opt._plane.arena.lane if transport == "shm" else None
+                for _ in range(k % 3):
+                    if lane is not None:
+                        lane.prewake()
+
+                def refused(number):
+                    raise ValueError("refused by the client, after step() announced the step")
+
+                opt._prepare_step = refused
+                with pytest.raises(ValueError, match="after step"):
+                    opt.step()
+                del opt._prepare_step
+                opt.step()
+            runs[transport] = (bits(model), opt.lane_steps)
+        finally:
+            opt.close()
+    assert same_bits(runs["shm"][0], runs["grpc"][0])
+    assert runs["shm"][1] >= 10, runs["shm"][1]  # the first step goes by RPC; the lane takes the rest
 
 
 # -- a durable server killed during training -----------------------------------------

@@ -46,9 +46,9 @@ class PreparedStep:
     round: int | None = None
     loss: float | None = None
 
-    @functools.cached_property
+    @property
     def key(self):
-        return [sorted(h.items()) for h in self.hypers]
+        return self.hypers  # dicts compare by their items, whatever their order
 
     @functools.cached_property
     def overrides(self):
@@ -87,6 +87,10 @@ class Plane(ABC):
     @abstractmethod
     def close(self):
         """Lets go of the plane; the parameters keep (or get) their own memory."""
+
+    def step_coming(self):  # noqa: B027 (an optional hook: a no-op unless the plane needs it)
+        """step() has begun (its gradients are final): a plane may get the
+        server ready while the step is prepared (shm: Lane.prewake)."""
 
     def sync(self):  # noqa: B027 (an optional hook: a no-op unless the plane needs it)
         """Makes the server's parameter values the client's (before an export

@@ -211,6 +211,8 @@ _QUEUE = 512
 _UNCHANGED = 0x8000
 _SPECULATE = 0x4000
 _INDEX = 0x3FFF  # an index's own bits
+_CORES = len(os.sched_getaffinity(0))  # the cores this process (and a server="auto" it starts) may run on
+_POLL_S = 1e-3  # how long a step's answer is polled for before the client sleeps on it
 _WAKE_BYTES = 1 << 20  # queued gradient bytes that are worth waking a sleeping lane for
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -277,6 +279,17 @@ class Lane:
             _libc.syscall(_SYS_FUTEX, ctypes.addressof(self._bell), _FUTEX_WAKE, 1, None, None, 0)
         return True
 
+    def prewake(self):
+        """Tells the lane "a step is coming" (step() began preparing it): a
+        sleeping lane wakes and polls for the ring (lane.cc AwaitWork) instead
+        of being woken by it, which costs tens of microseconds on a virtual
+        machine, hidden here behind the step's own preparation."""
+        if not self._armed.value:
+            return
+        self._bell.value = (self._bell.value + 1) & 0xFFFFFFFF
+        if self._sleeping.value:
+            self.wake()
+
     def wake(self):
         """Wakes a sleeping lane (it takes whatever is queued at once)."""
         self._waiting = 0
@@ -305,10 +318,18 @@ class Lane:
         self._bell.value = (self._bell.value + 1) & 0xFFFFFFFF
         self._waiting = 0
         _libc.syscall(_SYS_FUTEX, ctypes.addressof(self._bell), _FUTEX_WAKE, 1, None, None, 0)
-        for _ in range(200):  # a small step is done within a few microseconds
+        # Polled, not slept on, for up to _POLL_S: a futex wake-up takes tens of
+        # microseconds on a virtual machine, more than a small step. The poll
+        # yields the core in between, so a server thread that needs this core
+        # (a server with as many threads as the host has cores) gets it.
+        now = time.monotonic()
+        polled = now + _POLL_S
+        while now < polled:
             if self._ack.value == seq:
                 return self._status.value
-        deadline = time.monotonic() + wait_s
+            os.sched_yield()
+            now = time.monotonic()
+        deadline = now + wait_s
         ts = _Timespec(0, 50_000_000)
         while True:
             ack = self._ack.value
@@ -490,6 +511,15 @@ class ShmPlane(Plane):
                 raise
             self._reattach()
             return self.conn.retrying(send, on_lost=self._reattach)
+
+    def step_coming(self):
+        # The lane polls for the ring on a core of its own: only when torch's
+        # threads leave one free (its OpenMP threads spin on theirs after
+        # backward, and a lane polling beside one of them shares that core by
+        # time slices, losing far more than a wake-up costs: docs/data-path.md).
+        lane = self.arena.lane if self.arena is not None else None
+        if lane is not None and torch.get_num_threads() < _CORES:
+            lane.prewake()
 
     def step(self, prep):
         indices, flipped, sparse = self._place(prep, for_step=True)

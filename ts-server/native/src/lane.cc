@@ -71,12 +71,14 @@
 // applied. While armed, the lane is the only writer of the session's state.
 #include "lane.h"
 
+#include <immintrin.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <climits>
 #include <cstddef>
 #include <cstring>
@@ -219,6 +221,7 @@ class Lane {
 
  private:
   void Loop() {
+    bool rung = false;  // the last wait ended with a bell
     for (;;) {
       const timespec wait{0, 200 * 1000 * 1000};
       c_->sleeping.store(1, std::memory_order_seq_cst);
@@ -231,16 +234,42 @@ class Lane {
         c_->status = Serve();
         c_->ack.store(seq, std::memory_order_release);
         Futex(&c_->ack, FUTEX_WAKE, INT_MAX, nullptr);
+        rung = false;
         continue;
       }
       if (c_->qwrite.load(std::memory_order_acquire) != qread_) {
         c_->sleeping.store(0, std::memory_order_relaxed);
         std::lock_guard<std::mutex> lock(mu_);
         TakeQueue(true);
+        rung = false;
         continue;
       }
-      Futex(&c_->bell, FUTEX_WAIT, bell, &wait);
+      if (rung) {
+        // A bell with nothing to do is the client's "a step is coming"
+        // (Lane.prewake: step() began): wait for it awake, since a futex
+        // wake-up costs tens of microseconds on a virtual machine.
+        rung = false;
+        c_->sleeping.store(0, std::memory_order_seq_cst);
+        if (AwaitWork()) continue;
+        c_->sleeping.store(1, std::memory_order_seq_cst);  // a bell since `bell` ends the wait below at once
+      }
+      rung = Futex(&c_->bell, FUTEX_WAIT, bell, &wait) == 0 || errno == EAGAIN;
       c_->sleeping.store(0, std::memory_order_relaxed);
+    }
+  }
+
+  /** Polls, for up to kAwaitNs, until a step is rung, a tensor queued or the lane stopped: whether one was. */
+  bool AwaitWork() {
+    constexpr int64_t kAwaitNs = 500 * 1000;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(kAwaitNs);
+    for (;;) {
+      for (int i = 0; i < 64; ++i) {
+        if (c_->seq.load(std::memory_order_acquire) != seen_ || c_->qwrite.load(std::memory_order_acquire) != qread_ ||
+            stop_.load(std::memory_order_relaxed))
+          return true;
+        _mm_pause();
+      }
+      if (std::chrono::steady_clock::now() >= until) return false;
     }
   }
 
