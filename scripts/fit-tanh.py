@@ -19,6 +19,7 @@ on every run.
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -76,7 +77,9 @@ def main(path):
     ]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
-    subprocess.run(["clang-format", "-i", path], check=True)
+    # The repository's style whatever directory `path` is in (a test writes into a temporary one).
+    style = Path(__file__).resolve().parents[1] / ".clang-format"
+    subprocess.run(["clang-format", f"--style=file:{style}", "-i", path], check=True)
 
 
 if __name__ == "__main__":
