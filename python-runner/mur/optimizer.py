@@ -641,9 +641,9 @@ class RemoteOptimizer(torch.optim.Optimizer):
 
     def _params(self):
         for gi, group in enumerate(self.param_groups):
-            params = group["params"]
+            name, params = f"g{gi}", group["params"]
             for pid, p in zip(_pids(gi, len(params)), params):
-                yield f"g{gi}", pid, p
+                yield name, pid, p
 
     def _spec(self):
         spec = pb.OptimizerSpec(

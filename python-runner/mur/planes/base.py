@@ -32,8 +32,8 @@ class PreparedStep:
     """One step as the optimizer prepared it for a plane: its number, the
     parameters with a gradient (in order), those whose group maximizes
     (the server is sent -grad) and the groups' hyperparameters as plain wire
-    values (``hypers``, one dict per group). ``key`` is what the shm fast
-    lane compares with the hyperparameters it holds; ``overrides`` the
+    values (``hypers``, one dict per group: what the shm fast lane compares,
+    dict by dict, with the hyperparameters it holds); ``overrides`` the
     Structs an RPC sends, built only when a step goes by RPC (a protobuf
     Struct costs more than a whole small step through the lane)."""
 
@@ -45,10 +45,6 @@ class PreparedStep:
     # there (StepRequest.round, .loss); None for every other optimizer.
     round: int | None = None
     loss: float | None = None
-
-    @property
-    def key(self):
-        return self.hypers  # dicts compare by their items, whatever their order
 
     @functools.cached_property
     def overrides(self):

@@ -548,7 +548,7 @@ class ShmPlane(Plane):
             sparse is None
             and prep.loss is None
             and lane is not None
-            and prep.key == self._lane_key
+            and prep.hypers == self._lane_key
             and lane.armed(len(indices), max(indices))
         ):
             status = lane.step(prep.number, marked, wait_s=min(2.0, self.conn.timeout or 2.0))
@@ -560,7 +560,7 @@ class ShmPlane(Plane):
         reply = self.last_reply = self._rpc(req)
         if not replay_ok:
             check_replayed(self.conn, reply.replayed, prep.number)
-        self._lane_key = prep.key
+        self._lane_key = prep.hypers
 
     def validate(self, prep):
         """On shm the gradients are copied into the arena first (step() then finds them there)."""
