@@ -71,7 +71,6 @@
 // applied. While armed, the lane is the only writer of the session's state.
 #include "lane.h"
 
-#include <immintrin.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -89,6 +88,7 @@
 #include <vector>
 
 #include "kernel.h"
+#include "spin.h"
 
 namespace mur {
 namespace {
@@ -258,19 +258,14 @@ class Lane {
     }
   }
 
-  /** Polls, for up to kAwaitNs, until a step is rung, a tensor queued or the lane stopped: whether one was. */
+  /** Polls, for up to 0.5 ms, until a step is rung, a tensor queued or the lane stopped: whether one was. */
   bool AwaitWork() {
-    constexpr int64_t kAwaitNs = 500 * 1000;
-    const auto until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(kAwaitNs);
-    for (;;) {
-      for (int i = 0; i < 64; ++i) {
-        if (c_->seq.load(std::memory_order_acquire) != seen_ || c_->qwrite.load(std::memory_order_acquire) != qread_ ||
-            stop_.load(std::memory_order_relaxed))
-          return true;
-        _mm_pause();
-      }
-      if (std::chrono::steady_clock::now() >= until) return false;
-    }
+    return SpinUntil(
+        [&] {
+          return c_->seq.load(std::memory_order_acquire) != seen_ ||
+                 c_->qwrite.load(std::memory_order_acquire) != qread_ || stop_.load(std::memory_order_relaxed);
+        },
+        std::chrono::microseconds(500));
   }
 
   /** Scans every queued tensor (mu_ held), recording which are clean; `speculate`: and stages their update. */

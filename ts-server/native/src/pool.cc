@@ -3,12 +3,7 @@
 #include <algorithm>
 #include <chrono>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define MUR_PAUSE() _mm_pause()
-#else
-#define MUR_PAUSE() std::this_thread::yield()
-#endif
+#include "spin.h"
 
 namespace mur {
 
@@ -76,11 +71,11 @@ constexpr auto kSpin = std::chrono::microseconds(100);
 
 void Pool::WorkerLoop(uint64_t seen) {
   for (;;) {
-    const auto until = std::chrono::steady_clock::now() + kSpin;
-    while (generation_.load(std::memory_order_acquire) == seen && !stopping_.load(std::memory_order_relaxed)) {
-      for (int i = 0; i < 64; ++i) MUR_PAUSE();
-      if (std::chrono::steady_clock::now() > until) break;
-    }
+    SpinUntil(
+        [&] {
+          return generation_.load(std::memory_order_acquire) != seen || stopping_.load(std::memory_order_relaxed);
+        },
+        kSpin);
     {
       std::unique_lock<std::mutex> lock(mu_);
       wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
