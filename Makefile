@@ -18,15 +18,16 @@ PY := $(CURDIR)/$(VENV)/bin/python
 PROTO_SRC := proto/mur/v1/optimizer.proto
 
 .PHONY: help deps apt node-deps py-deps proto native native-engine build test test-ts test-py demo \
-  bench-engine bench-e2e bench-train bench-load bench-scale reproduce clean lint lint-py lint-ts lint-cxx format
+  bench-engine bench-e2e bench-train bench-lane bench-load bench-scale reproduce clean lint lint-py lint-ts lint-cxx format
 
 help:
 	@echo "make demo   - install everything, then train Fashion-MNIST with torch.optim and through mur, side by side"
 	@echo "make test   - install everything, then lint and run every test"
 	@echo "make lint   - every linter and formatter in check mode (make format rewrites the files)"
-	@echo "make bench-engine | bench-e2e | bench-train | bench-load | bench-scale | reproduce"
+	@echo "make bench-engine | bench-e2e | bench-train | bench-lane | bench-load | bench-scale | reproduce"
 	@echo "  bench-e2e   - RemoteOptimizer step on every transport vs torch default, foreach and fused (torch 2.x venv)"
 	@echo "  bench-train - ms per Fashion-MNIST batch: torch fused AdamW vs mur vs mur overlap; step vs the limit kernel"
+	@echo "  bench-lane  - a tiny same-host step (the fast lane's round trip) vs torch fused, busy gaps between steps"
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -172,6 +173,9 @@ bench-e2e: build torch2
 # kernel at 4M, 64M, 256M on 2 threads (issue 21). BENCH_TRAIN_ARGS="--quick" shortens it.
 bench-train: build torch2
 	@$(call bench-py,-m mur_lab.bench_train $(BENCH_TRAIN_ARGS))
+
+bench-lane: build torch2
+	@$(call bench-py,-m mur_lab.bench_lane $(BENCH_LANE_ARGS))
 
 # Sharded servers under torch.distributed: steps/s and remote step time for
 # 1, 2, 4 servers x 1, 2, 4 gloo ranks (ZeroRedundancyOptimizer over

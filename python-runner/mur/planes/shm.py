@@ -272,11 +272,10 @@ class Lane:
             return False
         self._queue[w % _QUEUE] = index
         self._qwrite.value = (w + 1) & 0xFFFFFFFF  # after the entry (x86-64 keeps store order)
-        self._bell.value = (self._bell.value + 1) & 0xFFFFFFFF
+        self._ring()
         self._waiting += nbytes
         if self._waiting >= _WAKE_BYTES and self._sleeping.value:  # a lane about to sleep sees the new bell
-            self._waiting = 0
-            _libc.syscall(_SYS_FUTEX, ctypes.addressof(self._bell), _FUTEX_WAKE, 1, None, None, 0)
+            self.wake()
         return True
 
     def prewake(self):
@@ -286,9 +285,14 @@ class Lane:
         machine, hidden here behind the step's own preparation."""
         if not self._armed.value:
             return
-        self._bell.value = (self._bell.value + 1) & 0xFFFFFFFF
+        self._ring()
         if self._sleeping.value:
             self.wake()
+
+    def _ring(self):
+        """Bumps the bell (the lane's futex word): a lane about to sleep on it
+        sees the change and stays awake; a sleeping one needs wake() as well."""
+        self._bell.value = (self._bell.value + 1) & 0xFFFFFFFF
 
     def wake(self):
         """Wakes a sleeping lane (it takes whatever is queued at once)."""
@@ -315,9 +319,8 @@ class Lane:
         self._indices[: len(indices)] = indices
         seq = (self._seq.value + 1) & 0xFFFFFFFF
         self._seq.value = seq  # after every other store (x86-64 keeps store order)
-        self._bell.value = (self._bell.value + 1) & 0xFFFFFFFF
-        self._waiting = 0
-        _libc.syscall(_SYS_FUTEX, ctypes.addressof(self._bell), _FUTEX_WAKE, 1, None, None, 0)
+        self._ring()
+        self.wake()
         # Polled, not slept on, for up to _POLL_S: a futex wake-up takes tens of
         # microseconds on a virtual machine, more than a small step. The poll
         # yields the core in between, so a server thread that needs this core
@@ -432,7 +435,7 @@ class ShmPlane(Plane):
             if pid not in self.views:
                 continue  # a group being added (add_param_group): not in any arena yet
             _, pv, _ = self.views[pid]
-            if pv.numel() == 0 or is_view_of(p.data, pv):
+            if pv.numel() == 0 or is_view_of(p, pv):  # p itself, not p.data (which makes a tensor per call)
                 continue
             if p.dtype in PARAM_DTYPES and p.dtype != torch.float32 and p.device.type == "cpu" and p.shape == pv.shape:
                 # Not float32: the arena holds the float32 master; an edit of the
