@@ -1,6 +1,6 @@
-"""The benchmarks end to end at tiny sizes (`make bench-e2e`, `make bench-train`), run
-as a user runs them, their JSON lines read back: every contender and row is there and
-each ratio is the quotient of its two times. No timing is asserted. Also the timer
+"""The benchmarks end to end at tiny sizes (`make bench-e2e`, `make bench-train`,
+`make bench-lane`), run as a user runs them, their JSON lines read back: every
+contender and row is there and each ratio is the quotient of its two times. No timing is asserted. Also the timer
 that alternates the contenders, and the transformer the training bench adds."""
 
 import json
@@ -99,6 +99,19 @@ def test_bench_train_quick(tmp_path):
     lo = (step["limit_ms"] - half) / (step["mur_ms"] + half)
     hi = (step["limit_ms"] + half) / (step["mur_ms"] - half)
     assert lo - half <= step["mur_of_limit"] <= hi + half
+
+
+def test_bench_lane_quick(tmp_path):
+    stdout, rows = run_bench("mur_lab.bench_lane", ["--quick"], tmp_path)
+    cells = {(r["params"], r["threads"], r["gap_us"]): r for r in rows}
+    assert set(cells) == {(n, t, g) for n in (1, 100_000) for t in (1, 2) for g in (0, 100, 500)}
+    for r in cells.values():
+        assert r["fused_ms"] > 0 and r["step_ms"] > 0 and r["calls"] >= 10
+        assert r["step_over_fused"] == pytest.approx(r["step_ms"] / r["fused_ms"], rel=0.01)
+        # Same hyperparameters every step, gradient in place: the armed lane answers them
+        # (an RPC is its fallback only after a 2 s wait); the round trip is part of the step.
+        assert r["lane_share"] > 0.9 and r["lane_ms"] > 0, r
+    assert "step/fused" in stdout
 
 
 def test_blocks_alternate_and_take_medians():
