@@ -114,6 +114,38 @@ def test_maximize_equals_torch_and_leaves_the_users_grad_alone(server_for, trans
     oa.close()
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_one_gradient_tensor_shared_by_parameters_with_and_without_maximize(server_for, transport):
+    """p.grad objects shared between parameters, one of them (on shm) another
+    parameter's arena gradient, with maximize on the group of one: each
+    parameter steps on its own sign of the same values, as torch's Adam."""
+    torch.manual_seed(0)
+    init = [torch.randn(3, 4) for _ in range(2)]
+    mine = [torch.nn.Parameter(t.clone()) for t in init]
+    theirs = [torch.nn.Parameter(t.clone()) for t in init]
+    groups = lambda ps: [{"params": [ps[0]]}, {"params": [ps[1]], "maximize": False}]  # noqa: E731
+    oa = remote(groups(mine), server_for, transport, optimizer="adam", rule="additive", lr=0.01)
+    ob = torch.optim.Adam(groups(theirs), lr=0.01)
+    for step in range(6):
+        g = torch.randn(3, 4)
+        if step == 3:  # from here on the second parameter's group maximizes
+            for o in (oa, ob):
+                o.param_groups[1]["maximize"] = True
+        for ps in (mine, theirs):
+            if step == 0:  # one tensor as both gradients
+                ps[0].grad = ps[1].grad = g.clone()
+            else:  # the first takes the second's p.grad (on shm, after a plain step, its arena gradient)
+                ps[1].grad.copy_(g)
+                ps[0].grad = ps[1].grad
+        before = mine[1].grad.clone()
+        oa.step()
+        ob.step()
+        assert torch.equal(mine[1].grad, before), "the shared gradient is as the user left it"
+        # float32 rounding of the server's kernel against torch's: 1e-6 over 6 steps of size ~0.01
+        assert max((p - q).abs().max().item() for p, q in zip(mine, theirs)) < 1e-6, step
+    oa.close()
+
+
 def test_decoupled_weight_decay_makes_adam_adamw(server):
     a, b = net(), net()
     oa = mur.RemoteOptimizer(

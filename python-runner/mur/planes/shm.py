@@ -37,7 +37,7 @@ import torch
 
 from .._proto.mur.v1 import optimizer_pb2 as pb
 from ..errors import ARENA_GONE, FailedPreconditionError, MurError, TransportUnavailable
-from .base import PARAM_DTYPES, MixedMarks, Plane, is_view_of
+from .base import PARAM_DTYPES, MixedMarks, Plane, copy_all, is_view_of, view_key
 from .grpc import check_replayed
 from .hot import HAS_HOOK, HotGrads
 from .rows import sparse_parts
@@ -385,6 +385,18 @@ class ShmPlane(Plane):
         overlap = overlap if HAS_HOOK and overlap else False
         return cls(session, *request_arena(session, _NO_SHM, overlap=_staging(overlap)), overlap=overlap)
 
+    @property
+    def views(self):
+        """pid -> (arena index, parameter view, gradient view)."""
+        return self._views
+
+    @views.setter
+    def views(self, views):
+        # The views' keys (view_key; None for an empty region), made once per
+        # arena: the step compares each parameter and gradient with them.
+        self._views = views
+        self._keys = {pid: (view_key(pv), view_key(gv)) if pv.numel() else None for pid, (_, pv, gv) in views.items()}
+
     # -- moving between arenas ----------------------------------------------------
     def _move_to(self, arena, views, carry_grads):
         """Parameters (and gradients viewing the old arena) onto a new arena;
@@ -431,12 +443,14 @@ class ShmPlane(Plane):
     def sync(self):
         """Points every parameter back at its arena view, copying the values of
         one the user rebound (``p.data = t``) into the arena first."""
+        keys = self._keys
         for _, pid, p in self.session.entries():
-            if pid not in self.views:
+            if pid not in keys:
                 continue  # a group being added (add_param_group): not in any arena yet
-            _, pv, _ = self.views[pid]
-            if pv.numel() == 0 or is_view_of(p, pv):  # p itself, not p.data (which makes a tensor per call)
+            key = keys[pid]
+            if key is None or view_key(p) == key[0]:  # p itself, not p.data (which makes a tensor per call)
                 continue
+            _, pv, _ = self.views[pid]
             if p.dtype in PARAM_DTYPES and p.dtype != torch.float32 and p.device.type == "cpu" and p.shape == pv.shape:
                 # Not float32: the arena holds the float32 master; an edit of the
                 # parameter (its bits changed since the server's value was written
@@ -474,32 +488,47 @@ class ShmPlane(Plane):
         packed from the region's start)."""
         self.sync()
         indices, flipped, sparse = [], [], []
+        keys, hot = self._keys, self.hot if for_step else None
+        # Plain float32 copies wait for one copy_all after the loop; with
+        # maximize in the step every copy is made in turn, before the negations
+        # that follow it (a p.grad may be another parameter's arena gradient).
+        dst, src = [], []
+        defer = not (for_step and prep.maximized)
         for pid, p in prep.grads:
             i, _, gv = self.views[pid]
+            g = p.grad
             negate = for_step and pid in prep.maximized  # finiteness does not depend on the sign
-            if p.grad.is_sparse:
-                rows, values = sparse_parts(p.grad, negate=negate)
+            if g.is_sparse:
+                rows, values = sparse_parts(g, negate=negate)
                 gv.reshape(-1)[: values.numel()].copy_(values.reshape(-1))
                 sparse.append(pb.ArenaRows(tensor=i, indices=rows))
                 continue
-            in_arena, checked = self.hot.take(pid, p, gv) if for_step and self.hot is not None else (False, False)
-            if gv.numel() and not is_view_of(p.grad, gv):
+            in_arena, checked = hot.take(pid, p, gv) if hot is not None else (False, False)
+            key = keys[pid]
+            # Not the region's view: another address (the common case after torch's zero_grad, one call), or
+            # the address with another shape, strides or dtype.
+            if key is not None and (g.data_ptr() != key[1][0] or view_key(g) != key[1]):
                 if in_arena:  # the hook copied (cast) this very gradient, unchanged since
                     if negate:
                         gv.neg_()  # gv is the step's copy: the user's p.grad is not touched
                 elif negate:
-                    gv.copy_(p.grad).neg_()  # p.grad stays the user's own tensor, its sign untouched
+                    gv.copy_(g).neg_()  # p.grad stays the user's own tensor, its sign untouched
                 else:
-                    gv.copy_(p.grad)  # cast to float32 for a parameter that is not float32
-                    if for_step and p.grad.dtype == torch.float32 and p.dtype == torch.float32:
+                    if defer and g.dtype == torch.float32:
+                        dst.append(gv)
+                        src.append(g)
+                    else:
+                        gv.copy_(g)  # cast to float32 for a parameter that is not float32
+                    if for_step and g.dtype == torch.float32 and p.dtype == torch.float32:
                         p.grad = gv  # backward accumulates here from now on (zero_grad(set_to_none=False))
-            elif gv.numel() and negate:
+            elif key is not None and negate:
                 gv.neg_()  # p.grad is the arena's gradient: negated for the step, restored after it
                 flipped.append(pid)
             # _SPECULATE: the lane's staged update of this gradient may stand (not negated here)
             indices.append(i | _UNCHANGED | (0 if negate else _SPECULATE) if checked else i)
-        if for_step and self.hot is not None:
-            self.hot.forget()  # a mark is good for one step (a parameter not stepped keeps none)
+        copy_all(dst, src)  # src holds the user's gradients: p.grad = gv above dropped only the attribute
+        if hot is not None:
+            hot.forget()  # a mark is good for one step (a parameter not stepped keeps none)
         return indices, flipped, pb.ArenaSparse(rows=sparse) if sparse else None
 
     def _rpc(self, req):
