@@ -492,7 +492,7 @@ class ShmPlane(Plane):
         # Plain float32 copies wait for one copy_all after the loop; with
         # maximize in the step every copy is made in turn, before the negations
         # that follow it (a p.grad may be another parameter's arena gradient).
-        dst, src = [], []
+        dst, src, adopt = [], [], []
         defer = not (for_step and prep.maximized)
         for pid, p in prep.grads:
             i, _, gv = self.views[pid]
@@ -520,13 +520,15 @@ class ShmPlane(Plane):
                     else:
                         gv.copy_(g)  # cast to float32 for a parameter that is not float32
                     if for_step and g.dtype == torch.float32 and p.dtype == torch.float32:
-                        p.grad = gv  # backward accumulates here from now on (zero_grad(set_to_none=False))
+                        adopt.append((p, gv))
             elif key is not None and negate:
                 gv.neg_()  # p.grad is the arena's gradient: negated for the step, restored after it
                 flipped.append(pid)
             # _SPECULATE: the lane's staged update of this gradient may stand (not negated here)
             indices.append(i | _UNCHANGED | (0 if negate else _SPECULATE) if checked else i)
-        copy_all(dst, src)  # src holds the user's gradients: p.grad = gv above dropped only the attribute
+        copy_all(dst, src)
+        for p, gv in adopt:  # once gv holds p.grad's values
+            p.grad = gv  # backward accumulates here from now on (zero_grad(set_to_none=False))
         if hot is not None:
             hot.forget()  # a mark is good for one step (a parameter not stepped keeps none)
         return indices, flipped, pb.ArenaSparse(rows=sparse) if sparse else None
