@@ -20,15 +20,13 @@ bursts (mur_lab.bench_train.interleaved).
 """
 
 import argparse
-import os
 import statistics
 import time
 
 import torch
 from torch import nn
 
-import mur
-from mur_lab.bench_train import emit_rows, fused_adamw, interleaved, omp_wait_policy, remote_adamw
+from mur_lab.bench_train import emit_rows, fused_adamw, interleaved, print_header, remote_adamw, time_calls
 
 SIZES = [1, 100_000]
 GAPS_US = [0, 100, 500]
@@ -39,21 +37,6 @@ def busy(us):
     until = time.perf_counter() + us * 1e-6
     while time.perf_counter() < until:
         pass
-
-
-def timed_lane(lane):
-    """Wraps the lane so that every round trip's seconds land in the returned list."""
-    spent, step = [], lane.step
-
-    def lane_step(*args, **kw):
-        t0 = time.perf_counter()
-        try:
-            return step(*args, **kw)
-        finally:
-            spent.append(time.perf_counter() - t0)
-
-    lane.step = lane_step
-    return spent
 
 
 def row(n, threads, gap_us, seconds, calls):
@@ -71,7 +54,7 @@ def row(n, threads, gap_us, seconds, calls):
         local_p.grad = grad.clone()
         remote_p.grad = grad.clone()
         remote.step()  # the first step places p.grad in the arena; later steps find it there
-        spent = timed_lane(lane)
+        spent = time_calls(lane, "step")  # every round trip's seconds
         before = plane.lane_steps
         fns = {"fused": local.step, "step": remote.step}
         gap = {name: (lambda: busy(gap_us)) for name in fns}
@@ -100,11 +83,7 @@ def main(argv=None):
     ap.add_argument("--out", help="also write the JSON lines (one per row) here")
     a = ap.parse_args(argv)
     seconds, calls = (0.5, 100) if a.quick else (4.0, 1000)
-    print(
-        f"torch {torch.__version__}; mur {mur.__file__}; {os.cpu_count()} cores, load average "
-        f"{os.getloadavg()[0]:.2f}; {omp_wait_policy()}",
-        flush=True,
-    )
+    print_header()
     print(
         "\nOne AdamW step, gradient in place, busy gap between steps: ms per step (median), lane round trip, "
         "share of steps the lane answered"

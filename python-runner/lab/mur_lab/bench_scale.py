@@ -56,6 +56,7 @@ import torch.multiprocessing as mp
 
 import mur
 from mur.server import find_server_cli, terminate
+from mur_lab.bench_train import time_calls
 
 TENSORS = 16
 
@@ -130,17 +131,8 @@ def _rank(rank, world, store, servers, n_params, steps, warmup, transport, out):
             lr=1e-3,
             transport=transport,
         )
-        inner, remote, total = opt.optim, [], []
-        inner_step = inner.step
-
-        def timed_step(*a, **k):
-            t = time.perf_counter()
-            try:
-                return inner_step(*a, **k)
-            finally:
-                remote.append(time.perf_counter() - t)
-
-        inner.step = timed_step
+        inner = opt.optim
+        remote, total = time_calls(inner, "step"), []
         for _ in range(warmup + steps):
             for p, gr in zip(params, grads):
                 p.grad = gr

@@ -404,6 +404,30 @@ def fmt(x, spec):
     return format(x, spec) if x is not None else format("-", ">" + spec.split(".")[0])
 
 
+def print_header():
+    """The start of a bench run: torch, the mur it measures, the cores and the load (beside emit_rows' end)."""
+    print(
+        f"torch {torch.__version__}; mur {mur.__file__}; {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.2f}; {omp_wait_policy()}",
+        flush=True,
+    )
+
+
+def time_calls(obj, name):
+    """Wraps ``obj.name`` so that each call's seconds land in the returned list."""
+    spent, call = [], getattr(obj, name)
+
+    def timed(*args, **kw):
+        t0 = time.perf_counter()
+        try:
+            return call(*args, **kw)
+        finally:
+            spent.append(time.perf_counter() - t0)
+
+    setattr(obj, name, timed)
+    return spent
+
+
 def emit_rows(rows, out):
     """The end of a bench run: the load average, then every row as a JSON line, printed and (``out``) written."""
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}\n")
@@ -438,11 +462,7 @@ def main(argv=None):
     if a.threads < 1 or a.step_threads < 1:
         ap.error("--threads and --step-threads must be at least 1")
 
-    print(
-        f"torch {torch.__version__}; mur {mur.__file__}; {os.cpu_count()} cores, load average "
-        f"{os.getloadavg()[0]:.2f}; {omp_wait_policy()}",
-        flush=True,
-    )
+    print_header()
     rows = []
     if cfg["models"]:
         torch.set_num_threads(a.threads)
