@@ -6,7 +6,8 @@
 // The maths itself is held to the references by the engine table, the torch
 // golden trajectories and the rule properties, which run on `native` too.
 import { strict as assert } from 'assert';
-import { loadNative, NativeEngine, nativeLoadError, type NativeAddon } from '../src/engine/native';
+import { execFileSync } from 'child_process';
+import { ADDON_PATH, loadNative, NativeEngine, nativeLoadError, type NativeAddon } from '../src/engine/native';
 import { choice, flag, nullablePair, num, pair, triple } from '../src/engine/hypers';
 import { OPTIMIZERS } from '../src/optimizers';
 import { resolveGroup, resolveSpec } from '../src/registry';
@@ -45,6 +46,37 @@ describe('native engine addon', () => {
     console.log(`      SIMD target ${d.target}, ${d.threads} threads`);
     assert.match(d.target, /^[A-Z0-9_]+$/);
     assert.ok(d.threads >= 1);
+  });
+
+  it('scans alike with and without its prefetch (MUR_SCAN_PREFETCH=1 and 0): the same index and digest', () => {
+    // The prefetch is a per-process choice (prefetch.h), so each side runs in a child process of its own.
+    const script = `
+      const a = require(${JSON.stringify(ADDON_PATH)});
+      const r = (s) => () => ((s = (1664525 * s + 1013904223) >>> 0) / 2 ** 32) * 2 - 1;
+      const out = [];
+      for (const [n, bad] of [[0, -1], [5, -1], [1000003, -1], [1000003, 999999], [70000, 3]]) {
+        const g = r(n + 7), x = Float32Array.from({ length: n }, g);
+        if (bad >= 0) x[bad] = NaN;
+        out.push(a.scan(x));
+      }
+      console.log(JSON.stringify({ prefetch: a.describe().scanPrefetch, out }));`;
+    const run = (on: string) => {
+      const env = { ...process.env, MUR_SCAN_PREFETCH: on };
+      return JSON.parse(execFileSync(process.execPath, ['-e', script], { env, encoding: 'utf8' })) as {
+        prefetch: boolean;
+        out: Array<[number, string]>;
+      };
+    };
+    const on = run('1'),
+      off = run('0');
+    assert.equal(on.prefetch, true);
+    assert.equal(off.prefetch, false);
+    assert.deepEqual(on.out, off.out);
+    assert.deepEqual(
+      on.out.map(([i]) => i),
+      [-1, -1, -1, 999999, 3],
+    );
+    assert.equal(new Set(on.out.map(([, d]) => d)).size, on.out.length, 'different arrays, different digests');
   });
 
   it("has every optimizer and rule, with the TypeScript tables' hyperparameters and slots", () => {

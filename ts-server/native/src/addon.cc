@@ -43,6 +43,7 @@
 #include "lane.h"
 #include "limit.h"
 #include "pool.h"
+#include "prefetch.h"
 #include "q8map.h"
 #include "state.h"
 #include "transcendental.h"
@@ -90,6 +91,7 @@ Napi::Value Describe(const Napi::CallbackInfo& info) {
   out.Set("rules", rules);
   out.Set("target", mur::TargetName());
   out.Set("threads", mur::Pool::Get().threads());
+  out.Set("scanPrefetch", mur::ScanPrefetches());  // prefetch.h
   out.Set("layout", layout);
   return out;
 }

@@ -30,6 +30,7 @@
 #include "fused-inl.h"
 #include "kernel.h"
 #include "pool.h"
+#include "prefetch.h"
 #include "tasks.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -90,8 +91,11 @@ constexpr size_t kScanAhead = 1024;  // floats: how far ahead ScanRange prefetch
 // same vector loop as the finiteness test (multiply-xor on 32-bit lanes, four
 // independent accumulators, folded with the length at the end), so the scan
 // stays at memory speed. Not cryptographic: it tells a retried request from a
-// different one.
-int64_t ScanRange(const float* x, size_t begin, size_t end, uint64_t* digest) {
+// different one. kPrefetch asks for the line kScanAhead floats ahead (4 KiB)
+// on every iteration: it helps on some CPUs and hurts on others (prefetch.h),
+// and it changes no result.
+template <bool kPrefetch>
+int64_t ScanRangeT(const float* x, size_t begin, size_t end, uint64_t* digest) {
   const hn::ScalableTag<float> df;
   const hn::RebindToUnsigned<decltype(df)> du;
   const size_t lanes = hn::Lanes(df);
@@ -101,11 +105,7 @@ int64_t ScanRange(const float* x, size_t begin, size_t end, uint64_t* digest) {
   const auto zero = hn::Zero(df);
   size_t i = begin;
   for (; i + 4 * lanes <= end; i += 4 * lanes) {
-    // One read stream alone gets too few lines in flight from the hardware
-    // prefetchers to reach the bandwidth a kernel's several streams get: ask
-    // for the line kScanAhead floats ahead (4 KiB). Measured at 64M floats on
-    // one thread (docs/engine.md, "Where a step's time goes").
-    hwy::Prefetch(i + kScanAhead < end ? x + i + kScanAhead : x + i);
+    if (kPrefetch) hwy::Prefetch(i + kScanAhead < end ? x + i + kScanAhead : x + i);
     const auto v0 = hn::LoadU(df, x + i), v1 = hn::LoadU(df, x + i + lanes);
     const auto v2 = hn::LoadU(df, x + i + 2 * lanes), v3 = hn::LoadU(df, x + i + 3 * lanes);
     const auto s = hn::Add(hn::Add(hn::Sub(v0, v0), hn::Sub(v1, v1)), hn::Add(hn::Sub(v2, v2), hn::Sub(v3, v3)));
@@ -130,6 +130,10 @@ int64_t ScanRange(const float* x, size_t begin, size_t end, uint64_t* digest) {
   for (size_t q = 0; q < 4 * lanes; ++q) h = (h ^ acc[q]) * 0x9E3779B97F4A7C15ull;
   *digest = h ^ (h >> 31);
   return -1;
+}
+
+int64_t ScanRange(const float* x, size_t begin, size_t end, uint64_t* digest) {
+  return ScanPrefetches() ? ScanRangeT<true>(x, begin, end, digest) : ScanRangeT<false>(x, begin, end, digest);
 }
 
 // Large arrays are scanned in kChunk pieces on the pool; the first non-finite

@@ -29,6 +29,8 @@ export interface NativeAddon {
     rules: Descriptor[];
     target: string;
     threads: number;
+    /** Whether the finiteness scan prefetches ahead (native/src/prefetch.h: the CPU's vendor, or MUR_SCAN_PREFETCH). */
+    scanPrefetch: boolean;
     layout: {
       stride: number;
       maxOptSlots: number;
